@@ -1,0 +1,414 @@
+"""The op registry: what an op is, how plugins register ops, and the frozen op table.
+
+A plugin describes an op once (`Op` or `Composite`); the engine collects every plugin's ops
+when its plugins change, checks them, and binds each to its `Value` class as a plain Python
+function. Those bound functions are the hot path: no pluggy call, no lookup by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from numbers import Real
+from typing import TYPE_CHECKING, Any
+
+from .errors import AnomalyError, EngineMismatchError, OpError, PluginError, describe
+from .modes import ANOMALY, NO_GRAD, mode
+
+if TYPE_CHECKING:
+    from .value import Value
+
+
+@dataclass(frozen=True)
+class Op:
+    """A primitive op: its forward function and its local derivatives.
+
+    `forward(*xs) -> float` computes the output from the inputs' data.
+    `derivative(out, *xs) -> tuple` returns d out / d x_i for each input, given the output
+    and the inputs; backward multiplies each by the output's grad (the chain rule).
+    `arity` defaults to the number of positional parameters of `forward`.
+    `static` lists argument positions that, given a plain number, are baked into the op
+    instead of becoming a constant leaf: `x ** 2` has one parent, as in micrograd.
+    """
+
+    name: str
+    forward: Callable[..., float]
+    derivative: Callable[..., Sequence[float]]
+    arity: int | None = None
+    static: tuple[int, ...] = ()
+    doc: str = ""
+    plugin: str = ""  # set by the registry: the name of the plugin that registered the op
+    constants: tuple[tuple[int, float], ...] = field(default=(), repr=False)  # (position, value)
+
+    @property
+    def title(self) -> str:
+        """The op as drawings and traces show it: `pow 2` for `x ** 2`."""
+        return " ".join([self.name, *(f"{value:g}" for _, value in self.constants)])
+
+
+@dataclass(frozen=True)
+class Composite:
+    """An op defined as a function of Values built from other ops (`div` is `a * b**-1`).
+
+    It needs no derivative: backward goes through the ops it is built from.
+    """
+
+    name: str
+    fn: Callable[..., Value]
+    arity: int | None = None
+    doc: str = ""
+    plugin: str = ""
+
+
+AnyOp = Op | Composite
+
+# Names an op may not take: they would shadow an attribute of Value. The unary built-ins that
+# Value has as methods (v.exp(), v.tanh() ...) dispatch to the op table, so they are allowed.
+METHOD_OPS = frozenset({"exp", "tanh", "relu", "log", "sigmoid"})
+
+
+def reserved_names() -> frozenset[str]:
+    from .value import Value
+
+    return frozenset(n for n in dir(Value) if not n.startswith("_")) - METHOD_OPS
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking what a plugin registers
+
+
+def _positional_arity(fn: Callable) -> int | None:
+    """How many positional arguments `fn` takes, or None for *args."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature
+        return None
+    kinds = [p.kind for p in params]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in params if p.kind in positional and p.default is p.empty)
+
+
+def check(op: Any, plugin: str) -> AnyOp:
+    """Check one registered op and return it with its plugin and arity filled in.
+
+    Raises PluginError naming the plugin and the op for anything malformed.
+    """
+    if not isinstance(op, Op | Composite):
+        raise PluginError(
+            f"plugin {plugin!r} registered {op!r}: expected an opgraph.Op or opgraph.Composite"
+        )
+
+    def fail(problem: str) -> PluginError:
+        return PluginError(f"plugin {plugin!r}, op {op.name!r}: {problem}")
+
+    if not isinstance(op.name, str) or not op.name.isidentifier():
+        raise fail("an op name must be a Python identifier")
+    if op.name.startswith("_") or op.name in reserved_names():
+        raise fail("this name would shadow an attribute of Value; choose another")
+    body = op.forward if isinstance(op, Op) else op.fn
+    if not callable(body):
+        raise fail(f"{'forward' if isinstance(op, Op) else 'fn'} must be callable, got {body!r}")
+    arity = op.arity if op.arity is not None else _positional_arity(body)
+    if arity is None:
+        raise fail("give arity= explicitly: the function takes *args")
+    if not isinstance(arity, int) or arity < 1:
+        raise fail(f"arity must be a positive integer, got {arity!r}")
+    takes = _positional_arity(body)
+    if takes is not None and takes != arity:
+        raise fail(f"arity is {arity} but the function takes {takes} positional arguments")
+    if isinstance(op, Composite):
+        return replace(op, arity=arity, plugin=plugin)
+
+    if not callable(op.derivative):
+        raise fail(f"derivative must be callable, got {op.derivative!r}")
+    takes = _positional_arity(op.derivative)
+    if takes is not None and takes != arity + 1:
+        raise fail(f"derivative must take (out, *inputs): {arity + 1} arguments, not {takes}")
+    if any(not 0 <= i < arity for i in op.static):
+        raise fail(f"static positions {op.static} are out of range for arity {arity}")
+    _probe(op, arity, fail)
+    return replace(op, arity=arity, plugin=plugin)
+
+
+def _probe(op: Op, arity: int, fail: Callable[[str], PluginError]) -> None:
+    """Call the op once at a harmless point to catch a derivative with the wrong shape.
+
+    A forward or derivative that raises there (a domain error) is not judged here: backward
+    checks the shape again on every call.
+    """
+    xs = (0.5,) * arity
+    try:
+        partials = op.derivative(op.forward(*xs), *xs)
+    except Exception:
+        return
+    if not isinstance(partials, tuple | list) or len(partials) != arity:
+        raise fail(
+            f"derivative must return a tuple of {arity} partial derivative(s), "
+            f"one per input; it returned {partials!r}"
+        )
+
+
+def collect(registrations: Iterable[tuple[str, AnyOp, bool]]) -> dict[str, AnyOp]:
+    """Merge (plugin, op, replace) registrations, in order, into one table by name."""
+    table: dict[str, AnyOp] = {}
+    for plugin, op, replaces in registrations:
+        op = check(op, plugin)
+        earlier = table.get(op.name)
+        if earlier is not None and not replaces:
+            raise PluginError(
+                f"op {op.name!r} is registered by both plugin {earlier.plugin!r} and plugin "
+                f"{plugin!r}; pass register(op, replace=True) in {plugin!r} to replace it"
+            )
+        table[op.name] = op
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Binding ops to an engine's Value class: the hot path
+
+
+def _coercer(cls: type[Value], op: AnyOp) -> Callable[[Any], Value]:
+    """A function that turns an operand into a Value of `cls`, or explains why it cannot."""
+    from .value import Value
+
+    def to_value(x: Any) -> Value:
+        if isinstance(x, Value):
+            if x._ops is cls._ops:
+                return x
+            raise EngineMismatchError(
+                f"op {op.name!r}: {describe(x)} belongs to engine {x.engine.name!r}, the other "
+                f"operands to engine {cls._engine.name!r}; Values of two engines do not mix"
+            )
+        if isinstance(x, Real):
+            return cls(float(x))
+        raise TypeError(
+            f"op {op.name!r} (plugin {op.plugin!r}) got an operand of type "
+            f"{type(x).__name__}: {x!r}; operands must be Values or real numbers"
+        )
+
+    return to_value
+
+
+def _as_float(op: AnyOp, out: Any) -> float:
+    if isinstance(out, Real):
+        return float(out)
+    raise OpError(
+        f"op {op.name!r} (plugin {op.plugin!r}): forward returned {out!r} of type "
+        f"{type(out).__name__}; it must return a real number"
+    )
+
+
+def forward_error(op: AnyOp, operands: Sequence[Value], exc: Exception) -> OpError:
+    inputs = ", ".join(describe(v) for v in operands)
+    return OpError(
+        f"op {op.name!r} (plugin {op.plugin!r}) failed in forward on inputs ({inputs}): "
+        f"{type(exc).__name__}: {exc}"
+    )
+
+
+def _checked(op: Op, cls: type[Value], out: float, parents: tuple, flags: int) -> Value:
+    """The slow path of an op under no_grad() or detect_anomaly()."""
+    if flags & ANOMALY and not math.isfinite(out):
+        inputs = ", ".join(describe(v) for v in parents)
+        raise AnomalyError(
+            f"op {op.title!r} (plugin {op.plugin!r}) produced {out} in forward "
+            f"from inputs ({inputs})"
+        )
+    if flags & NO_GRAD:
+        return cls(out)
+    return cls(out, "", parents, op)
+
+
+def _bind_primitive(op: Op, cls: type[Value], engine_flags: int) -> Callable[..., Value]:
+    forward, to_value = op.forward, _coercer(cls, op)
+
+    # Unary and binary ops get their own functions: they are almost every op in a graph, and
+    # unpacking *args costs more than the rest of the work.
+    if op.arity == 1:
+
+        def unary(a):
+            if type(a) is not cls:
+                a = to_value(a)
+            try:
+                out = forward(a.data)
+            except Exception as exc:
+                raise forward_error(op, (a,), exc) from exc
+            if type(out) is not float:
+                out = _as_float(op, out)
+            flags = mode.get() | engine_flags
+            if flags:
+                return _checked(op, cls, out, (a,), flags)
+            return cls(out, "", (a,), op)
+
+        return unary
+
+    if op.arity == 2:
+
+        def binary(a, b):
+            if type(a) is not cls:
+                a = to_value(a)
+            if type(b) is not cls:
+                b = to_value(b)
+            try:
+                out = forward(a.data, b.data)
+            except Exception as exc:
+                raise forward_error(op, (a, b), exc) from exc
+            if type(out) is not float:
+                out = _as_float(op, out)
+            flags = mode.get() | engine_flags
+            if flags:
+                return _checked(op, cls, out, (a, b), flags)
+            return cls(out, "", (a, b), op)
+
+        return binary
+
+    def nary(*operands):
+        if len(operands) != op.arity:
+            raise TypeError(f"op {op.name!r} takes {op.arity} operands, got {len(operands)}")
+        parents = tuple(x if type(x) is cls else to_value(x) for x in operands)
+        try:
+            out = forward(*[p.data for p in parents])
+        except Exception as exc:
+            raise forward_error(op, parents, exc) from exc
+        if type(out) is not float:
+            out = _as_float(op, out)
+        flags = mode.get() | engine_flags
+        if flags:
+            return _checked(op, cls, out, parents, flags)
+        return cls(out, "", parents, op)
+
+    return nary
+
+
+def with_constants(op: Op, constants: tuple[tuple[int, float], ...]) -> Op:
+    """The op with some arguments fixed to numbers: `pow` with exponent 2 is unary."""
+    fixed = dict(constants)
+    keep = [i for i in range(op.arity) if i not in fixed]
+    forward, derivative = op.forward, op.derivative
+
+    def full(xs: Sequence[float]) -> list[float]:
+        args, it = [], iter(xs)
+        for i in range(op.arity):
+            args.append(fixed[i] if i in fixed else next(it))
+        return args
+
+    def forward_fixed(*xs):
+        return forward(*full(xs))
+
+    def derivative_fixed(out, *xs):
+        partials = derivative(out, *full(xs))
+        return tuple(partials[i] for i in keep)
+
+    return replace(
+        op,
+        forward=forward_fixed,
+        derivative=derivative_fixed,
+        arity=len(keep),
+        static=(),
+        constants=constants,
+    )
+
+
+def _bind_static(op: Op, cls: type[Value], engine_flags: int) -> Callable[..., Value]:
+    """Bind an op with static positions: plain numbers there are baked into the op."""
+    full = _bind_primitive(op, cls, engine_flags)
+
+    @functools.lru_cache(maxsize=256)
+    def fixed(constants: tuple[tuple[int, float], ...]) -> Callable[..., Value]:
+        return _bind_primitive(with_constants(op, constants), cls, engine_flags)
+
+    def apply(*operands):
+        constants = tuple(
+            (i, float(operands[i]))
+            for i in op.static
+            if i < len(operands) and isinstance(operands[i], Real)
+        )
+        if not constants:
+            return full(*operands)
+        positions = {i for i, _ in constants}
+        rest = [x for i, x in enumerate(operands) if i not in positions]
+        return fixed(constants)(*rest)
+
+    return apply
+
+
+def _bind_composite(op: Composite, cls: type[Value]) -> Callable[..., Value]:
+    fn, to_value = op.fn, _coercer(cls, op)
+
+    def composite(*operands):
+        if len(operands) != op.arity:
+            raise TypeError(f"op {op.name!r} takes {op.arity} operands, got {len(operands)}")
+        values = [x if type(x) is cls else to_value(x) for x in operands]
+        try:
+            out = fn(*values)
+        except (OpError, EngineMismatchError, AnomalyError):
+            raise
+        except Exception as exc:
+            raise forward_error(op, values, exc) from exc
+        if type(out) is not cls:
+            raise OpError(
+                f"composite op {op.name!r} (plugin {op.plugin!r}) returned {out!r}; "
+                f"it must return a Value built from other ops"
+            )
+        return out
+
+    return composite
+
+
+def bind(op: AnyOp, cls: type[Value], engine_flags: int = 0) -> Callable[..., Value]:
+    """The function that applies `op` to operands and returns a new Value of `cls`."""
+    if isinstance(op, Composite):
+        fn = _bind_composite(op, cls)
+    elif op.static:
+        fn = _bind_static(op, cls, engine_flags)
+    else:
+        fn = _bind_primitive(op, cls, engine_flags)
+    fn.__name__ = fn.__qualname__ = op.name
+    fn.__doc__ = op.doc or None
+    return fn
+
+
+class OpTable:
+    """One engine's frozen op table. `ops.add(a, b)`, `ops["add"]`, `"sin" in ops`.
+
+    Attributes are the bound op functions; `ops.definitions[name]` is the registered
+    `Op` or `Composite` with the plugin that provides it.
+    """
+
+    def __init__(self, definitions: dict[str, AnyOp], cls: type[Value], engine_flags: int = 0):
+        self.definitions = dict(definitions)
+        for name, op in definitions.items():
+            setattr(self, name, bind(op, cls, engine_flags))
+
+    def __getitem__(self, name: str) -> Callable[..., Value]:
+        try:
+            return self.__dict__[name] if name in self.definitions else self._missing(name)
+        except AttributeError as exc:
+            raise KeyError(name) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return self._missing(name)
+
+    def _missing(self, name: str):
+        known = ", ".join(sorted(self.__dict__.get("definitions", ()))) or "none"
+        raise AttributeError(f"no op named {name!r} is registered; registered ops: {known}")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.definitions
+
+    def __iter__(self):
+        return iter(sorted(self.definitions))
+
+    def __len__(self) -> int:
+        return len(self.definitions)
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self.definitions))
+
+    def __repr__(self) -> str:
+        return f"<OpTable {', '.join(sorted(self.definitions))}>"

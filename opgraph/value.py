@@ -1,0 +1,196 @@
+"""The Value: one node of the computation graph.
+
+A Value holds a number (`data`), the derivative of the final output with respect to it
+(`grad`), a `label` for people, its parents in order, and the op that made it. Unlike
+micrograd it keeps no `_backward` closure: backward asks the op for its local derivatives.
+Every operator dispatches through the op table of the Value's engine, so every op, `+`
+included, comes from a plugin.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from numbers import Real
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .registry import Op, OpTable
+
+
+class _DefaultOps:
+    """Stands in for the default engine's op table until the first op needs it.
+
+    Creating the default engine loads plugins, so `import opgraph` stays cheap and a broken
+    plugin cannot break the import; the engine replaces this object on `Value` when created.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        from .engine import default_engine
+
+        return getattr(default_engine().ops, name)
+
+
+class Value:
+    """A scalar in the computation graph, a drop-in for micrograd's `Value`."""
+
+    __slots__ = ("data", "grad", "_label", "_prev", "_opdef", "_id", "__weakref__")
+
+    # Set per engine on its own Value class (the default engine uses this class itself).
+    _ops: OpTable = _DefaultOps()  # type: ignore[assignment]
+    _engine: Engine | None = None
+    _tracer: Any = None  # the engine's tracer; None when tracing is off
+    _ids = itertools.count()
+
+    def __init__(self, data: float, label: str = "", _prev: tuple = (), _op: Op | None = None):
+        if type(data) is not float:
+            data = _number(data)
+        self.data = data
+        self.grad = 0.0
+        self._label = label
+        self._prev = _prev
+        self._opdef = _op
+        self._id = next(self._ids)
+        if self._tracer is not None:
+            self._tracer.forward(self)
+
+    # --- what the node is -----------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        return self._label
+
+    @label.setter
+    def label(self, label: str) -> None:
+        self._label = label
+        if self._tracer is not None:
+            self._tracer.relabel(self)
+
+    @property
+    def id(self) -> int:
+        """The node's number in its engine, in creation order (so parents come first)."""
+        return self._id
+
+    @property
+    def parents(self) -> tuple[Value, ...]:
+        """The operands of the op that made this node, in order, duplicates kept."""
+        return self._prev
+
+    @property
+    def op(self) -> Op | None:
+        """The op that made this node, or None for a leaf."""
+        return self._opdef
+
+    @property
+    def _op(self) -> str:
+        # micrograd's draw_dot reads `_op` as a string, empty for leaves.
+        return self._opdef.title if self._opdef is not None else ""
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from .engine import default_engine
+
+            return default_engine()
+        return self._engine
+
+    def __repr__(self) -> str:
+        label = f", label={self._label!r}" if self._label else ""
+        return f"Value(data={self.data}, grad={self.grad}{label})"
+
+    # --- operators: each dispatches to the engine's op table ------------------------------
+
+    def __add__(self, other):
+        return self._ops.add(self, other)
+
+    def __radd__(self, other):
+        return self._ops.add(other, self)
+
+    def __mul__(self, other):
+        return self._ops.mul(self, other)
+
+    def __rmul__(self, other):
+        return self._ops.mul(other, self)
+
+    def __pow__(self, other):
+        return self._ops.pow(self, other)
+
+    def __rpow__(self, other):
+        return self._ops.pow(other, self)
+
+    def __neg__(self):
+        return self._ops.neg(self)
+
+    def __sub__(self, other):
+        return self._ops.sub(self, other)
+
+    def __rsub__(self, other):
+        return self._ops.sub(other, self)
+
+    def __truediv__(self, other):
+        return self._ops.div(self, other)
+
+    def __rtruediv__(self, other):
+        return self._ops.div(other, self)
+
+    def exp(self) -> Value:
+        return self._ops.exp(self)
+
+    def log(self) -> Value:
+        return self._ops.log(self)
+
+    def tanh(self) -> Value:
+        return self._ops.tanh(self)
+
+    def relu(self) -> Value:
+        return self._ops.relu(self)
+
+    def sigmoid(self) -> Value:
+        return self._ops.sigmoid(self)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: any op a plugin registers is a method too,
+        # so `v.sin()` works once a plugin registers `sin`, and `v.atan2(w)` for binary ops.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        ops = self._ops
+        try:
+            op = getattr(ops, name)
+        except AttributeError:
+            raise AttributeError(
+                f"'Value' object has no attribute {name!r}, and no plugin registers an op "
+                f"of that name"
+            ) from None
+        return functools.partial(op, self)
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self._ops))
+
+    # --- gradients ------------------------------------------------------------------------
+
+    def backward(self, gradient: float = 1.0) -> None:
+        """Add d self / d node (times `gradient`) to the grad of every node in the graph."""
+        from .backward import backward
+
+        backward(self, gradient)
+
+    def zero_grad(self) -> None:
+        """Reset the grad of every node in this graph to 0."""
+        from .backward import zero_grad
+
+        zero_grad(self)
+
+
+def _number(data: Any) -> float:
+    """A leaf's data as a float, or a TypeError that says what was wrong."""
+    if isinstance(data, Real):
+        return float(data)
+    if isinstance(data, Value):
+        raise TypeError(
+            "Value(...) takes a number; to reuse a Value, use it directly "
+            f"(got Value with data {data.data!r})"
+        )
+    raise TypeError(
+        f"a Value's data must be a real number, got {type(data).__name__}: {data!r}"
+    )

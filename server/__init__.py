@@ -1,0 +1,1 @@
+"""opgraph's tracing server (see docs/tracing.md)."""
