@@ -30,7 +30,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
 
-from opgraph.trace import Tracer, event_map
+from opgraph.trace import Tracer
 
 from .hub import Hub, Viewer
 from .recording import Recorder
@@ -223,10 +223,14 @@ class TraceServer:
             return not self._pending()
 
         future = asyncio.run_coroutine_threadsafe(settle(), self.loop)
-        return future.result(timeout + 1)
+        try:
+            return future.result(timeout + 1)
+        except TimeoutError:
+            return False
 
     def _pending(self) -> bool:
-        return any(v.queue or v.resync for v in self.hub.viewers)
+        # A viewer waiting for its resync is settled: it will get a snapshot, not events.
+        return any(v.queue and not v.resync for v in self.hub.viewers)
 
     def _drain_now(self) -> None:
         """Overridden by sources that buffer outside the hub (the local tracer)."""
@@ -472,8 +476,7 @@ class EngineServer(TraceServer):
             self.hub.upstream_lost(lost)
         events = self.tracer.drain(DRAIN_BATCH)
         if events:
-            t0 = self.tracer.t0
-            self.hub.publish([event_map(e, 0, t0) for e in events])
+            self.hub.publish_traced(events, self.tracer.t0)
 
     def close(self) -> None:
         if self._closed:
