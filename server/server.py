@@ -97,6 +97,9 @@ class TraceServer:
         queue_limit: int = 100_000,
         max_nodes: int = 500_000,
         accept_publishers: bool = False,
+        ping_interval: float = 20,
+        ping_timeout: float = 20,
+        close_timeout: float = 5,
     ):
         if token is None:
             token = None if is_loopback(host) else secrets.token_urlsafe(16)
@@ -107,6 +110,8 @@ class TraceServer:
         self.requested_port = port
         self.static_dir = Path(static_dir) if static_dir is not None else STATIC_DIR
         self.accept_publishers = accept_publishers
+        self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
+        self.close_timeout = close_timeout
         self.recorder = Recorder(record) if record else None
         self.hub = Hub(
             engine_name,
@@ -160,6 +165,9 @@ class TraceServer:
                 max_size=PUBLISH_MAX_SIZE,
                 compression=None,
                 server_header=None,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+                close_timeout=self.close_timeout,
             )
         except OSError as exc:
             self._error = exc
