@@ -124,6 +124,7 @@ class TraceServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._finished = threading.Event()  # the loop thread has ended
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
         self._closed = False
@@ -151,6 +152,8 @@ class TraceServer:
         except BaseException as exc:  # reported by start() or close()
             self._error = self._error or exc
             self._ready.set()
+        finally:
+            self._finished.set()
 
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -250,13 +253,14 @@ class TraceServer:
         for callback in self._on_close:
             callback()
         self._closed = True
-        if self.loop is not None and self._stop is not None and self._thread.is_alive():
+        # (Not Thread.is_alive(): after a KeyboardInterrupt in Thread.join() it can say False
+        # while the thread still runs.)
+        if self.loop is not None and self._stop is not None and not self._finished.is_set():
             try:
                 self.loop.call_soon_threadsafe(self._stop.set)
             except RuntimeError:  # the loop already ended
                 pass
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._finished.wait(timeout=10)
 
     def __enter__(self) -> TraceServer:
         return self
@@ -266,8 +270,8 @@ class TraceServer:
 
     def wait(self) -> None:
         """Block until the server stops (or KeyboardInterrupt)."""
-        while self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout=0.5)
+        while self._thread is not None and not self._finished.wait(timeout=0.5):
+            pass
 
     def stats(self) -> dict[str, Any]:
         """Counters of the hub and of each viewer (queued events, drops, resyncs)."""
@@ -491,7 +495,7 @@ class EngineServer(TraceServer):
             return
         if self.engine.tracer is self.tracer:
             self.engine.tracer = None
-        if self.loop is not None and self._thread is not None and self._thread.is_alive():
+        if self.loop is not None and not self._finished.is_set():
             try:
                 self.flush(timeout=2)
             except Exception:
