@@ -125,7 +125,7 @@ def test_hub_keeps_viewers_connected_across_two_publishing_scripts(tmp_path):
         hub.wait(timeout=10)
     hello = got[0]
     assert hello["engine"] == "hub"
-    for stdout, stderr in outputs:
+    for _, stderr in outputs:
         assert b"publishing the trace" in stderr, stderr
     runs = [e for e in got if e["type"] == "run"]
     assert sorted(r["state"] for r in runs) == ["end", "end", "start", "start"]
