@@ -31,6 +31,20 @@ def builtin_plugins() -> list[Any]:
     return list(BUILTIN_PLUGINS)
 
 
+class _PluginManager(pluggy.PluginManager):
+    def get_canonical_name(self, plugin: Any) -> str:
+        # pluggy names an object without `__name__` (a class instance) by its id(), which
+        # would make error messages say "plugin '139794187515408'"; use its class instead.
+        name = getattr(plugin, "__name__", None)
+        if name:
+            return name
+        name = base = f"{type(plugin).__module__}.{type(plugin).__qualname__}"
+        copies = itertools.count(2)
+        while self.has_plugin(name):
+            name = f"{base}-{next(copies)}"
+        return name
+
+
 class Engine:
     """An autograd engine with its own plugins and op table.
 
@@ -59,7 +73,7 @@ class Engine:
             self.Value._ids = itertools.count()
         self._lock = threading.RLock()
         self._tracer: Any = None
-        self.pm = pluggy.PluginManager("opgraph")
+        self.pm = _PluginManager("opgraph")
         self.pm.add_hookspecs(hookspecs)
         self.ops: OpTable = OpTable({}, self.Value)
         for plugin in builtin_plugins() if builtins else ():
