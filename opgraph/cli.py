@@ -12,7 +12,9 @@ import sys
 from collections.abc import Sequence
 
 # name -> (module that implements it, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("opgraph.demo", "Train micrograd's moons MLP and draw a neuron's graph."),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
