@@ -190,6 +190,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("."), help="directory for the neuron's SVG (.)"
     )
+    from opgraph.server.demo import add_arguments as add_serve_arguments
+
+    add_serve_arguments(parser)  # --serve and its options
 
 
 def _positive(text: str) -> int:
@@ -200,6 +203,10 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "serve", False):
+        from opgraph.server.demo import run_served
+
+        return run_served(args)
     X, y = make_moons(100, noise=0.1, seed=args.seed)
     model = MLP(2, [16, 16, 1], rng=random.Random(args.seed))
     print(f"{model}\n{len(model.parameters())} parameters, {len(X)} points, {args.steps} steps")
