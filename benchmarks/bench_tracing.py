@@ -1,0 +1,255 @@
+"""What tracing costs: the moons training step untraced, with tracing off, and traced live.
+
+    python benchmarks/bench_tracing.py [--steps 3] [--json PATH]
+
+1. Tracing off: the demo's moons step (MLP(2, [16, 16, 1]) on 100 points, about 65,000
+   nodes) with no tracer attached, against the same step with the tracer hooks removed from
+   the engine (Value.__init__ and backward patched to copies without the `tracer is not
+   None` tests). The difference is what tracing costs when it is off (goal: at most 3%).
+2. Tracing on: the same step while the engine's trace is served to one viewer, a separate
+   process (as a browser would be) that reads and decodes every event. Reported: the step's
+   slowdown, and the events per second delivered to the viewer, from the start of the step
+   to the moment the viewer decoded the step's last event (goal: 300,000 events/s).
+
+Each configuration runs `--steps` steps, interleaved, and the fastest is kept (the machine's
+other load only ever slows a run down). Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+# (opgraph.backward is also the name of a function in the package: import the module itself)
+backward_module = importlib.import_module("opgraph.backward")
+value_module = importlib.import_module("opgraph.value")
+from opgraph.demo import MLP, make_moons, train
+
+VIEWER = r"""
+import asyncio, sys, time
+import msgpack, websockets
+
+async def main(url):
+    async with websockets.connect(url, subprotocols=["opgraph.v1"], max_size=None) as ws:
+        unpacker = msgpack.Unpacker(raw=False)
+        print("ready", flush=True)
+        count, last_seq, last_time = 0, 0, 0.0
+        loop = asyncio.get_running_loop()
+        stdin = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+        wanted = asyncio.ensure_future(stdin.readline())
+        target = None
+        while True:
+            if target is None and wanted.done():
+                target = int(wanted.result())
+            if target is not None and last_seq >= target:
+                print(count, last_seq, repr(last_time), flush=True)
+                target, wanted = None, asyncio.ensure_future(stdin.readline())
+                continue
+            try:
+                frame = await asyncio.wait_for(ws.recv(), 0.05)
+            except TimeoutError:
+                continue
+            unpacker.feed(frame)
+            for event in unpacker:
+                count += 1
+                seq = event.get("seq")
+                if isinstance(seq, int) and event["type"] not in ("hello", "snapshot_begin"):
+                    last_seq = seq
+            last_time = time.time()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def moons_model(seed: int = 1337):
+    X, y = make_moons(100, noise=0.1, seed=seed)
+    return MLP(2, [16, 16, 1], rng=random.Random(seed)), X, y
+
+
+def timed_step(model, X, y) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    train(model, X, y, 1)
+    return time.perf_counter() - start
+
+
+# --- the engine without its tracer hooks (what "tracing off" is compared with) ---------------
+
+
+def _init_without_hook(self, data, label="", _prev=(), _op=None):
+    if type(data) is not float:
+        data = value_module._number(data)
+    self.data = data
+    self.grad = 0.0
+    self._label = label
+    self._prev = _prev
+    self._opdef = _op
+    self._id = next(self._ids)
+
+
+def _propagate_without_hook(nodes, tracer):
+    for node in reversed(nodes):
+        op = node._opdef
+        if op is None:
+            continue
+        parents, grad = node._prev, node.grad
+        try:
+            if len(parents) == 2:
+                a, b = parents
+                da, db = op.derivative(node.data, a.data, b.data)
+                a.grad += da * grad
+                b.grad += db * grad
+            else:
+                partials = op.derivative(node.data, *[p.data for p in parents])
+                for parent, partial in zip(parents, partials, strict=True):
+                    parent.grad += partial * grad
+        except Exception as exc:
+            raise backward_module.derivative_error(node, exc) from exc
+
+
+@contextmanager
+def without_tracer_hooks():
+    init, propagate = value_module.Value.__init__, backward_module._propagate
+    value_module.Value.__init__ = _init_without_hook
+    backward_module._propagate = _propagate_without_hook
+    try:
+        yield
+    finally:
+        value_module.Value.__init__ = init
+        backward_module._propagate = propagate
+
+
+def bench_off(steps: int) -> dict:
+    model, X, y = moons_model()
+    train(model, X, y, 1)  # warm up
+    off, unhooked = [], []
+    for _ in range(steps):
+        off.append(timed_step(model, X, y))
+        with without_tracer_hooks():
+            unhooked.append(timed_step(model, X, y))
+    best_off, best_unhooked = min(off), min(unhooked)
+    return {
+        "step_s_tracing_off": best_off,
+        "step_s_without_hooks": best_unhooked,
+        "tracing_off_overhead": best_off / best_unhooked - 1,
+        "runs_tracing_off": off,
+        "runs_without_hooks": unhooked,
+    }
+
+
+# --- tracing on, one viewer in another process -------------------------------------------------
+
+
+def bench_on(steps: int) -> dict:
+    model, X, y = moons_model()
+    engine = model.engine
+    train(model, X, y, 1)  # warm up
+    untraced = [timed_step(model, X, y) for _ in range(steps)]
+    server = engine.serve(port=0, queue_limit=10_000_000)  # this viewer must lose nothing
+    viewer = subprocess.Popen(
+        [sys.executable, "-c", VIEWER, server.ws_url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    traced, rates, events, lags = [], [], [], []
+    try:
+        assert viewer.stdout.readline().strip() == "ready"
+        server.flush()
+        for _ in range(steps):
+            first = server.stats()["seq"]
+            wall_start = time.time()
+            traced.append(timed_step(model, X, y))
+            server.flush(timeout=120)
+            last = server.stats()["seq"]
+            viewer.stdin.write(f"{last}\n")
+            viewer.stdin.flush()
+            count, seq, delivered_at = viewer.stdout.readline().split()
+            delivered = last - first
+            rates.append(delivered / (float(delivered_at) - wall_start))
+            lags.append(float(delivered_at) - wall_start - traced[-1])
+            events.append(delivered)
+        stats = server.stats()
+    finally:
+        viewer.kill()
+        server.close()
+    dropped = sum(v["dropped"] for v in stats["viewers"])
+    return {
+        "step_s_untraced": min(untraced),
+        "step_s_traced": min(traced),
+        "slowdown": min(traced) / min(untraced),
+        "events_per_step": max(events),
+        "delivered_events_per_s": max(rates),
+        "delivery_lag_s": min(lags),
+        "dropped": dropped,
+        "runs_untraced": untraced,
+        "runs_traced": traced,
+        "runs_rate": rates,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=3, help="steps per configuration")
+    parser.add_argument(
+        "--json",
+        default=str(Path(__file__).parent / "results" / "bench_tracing.json"),
+        help="where to write the results",
+    )
+    args = parser.parse_args()
+    off = bench_off(args.steps)
+    on = bench_on(args.steps)
+    rows = [
+        ("moons step, tracer hooks removed", f"{off['step_s_without_hooks'] * 1e3:8.1f} ms", ""),
+        (
+            "moons step, tracing off",
+            f"{off['step_s_tracing_off'] * 1e3:8.1f} ms",
+            f"{off['tracing_off_overhead']:+.1%} (goal <= 3%)",
+        ),
+        ("moons step, untraced (run 2)", f"{on['step_s_untraced'] * 1e3:8.1f} ms", ""),
+        (
+            "moons step, traced, 1 viewer",
+            f"{on['step_s_traced'] * 1e3:8.1f} ms",
+            f"x{on['slowdown']:.2f} slower",
+        ),
+        ("events per traced step", f"{on['events_per_step']:8d}", ""),
+        (
+            "delivered to the viewer",
+            f"{on['delivered_events_per_s']:8.0f} /s",
+            "(goal >= 300,000/s)",
+        ),
+        ("viewer done after the step", f"{on['delivery_lag_s'] * 1e3:8.1f} ms", ""),
+        ("events dropped", f"{on['dropped']:8d}", ""),
+    ]
+    print(f"{'':36} {'':>12}")
+    for name, value, note in rows:
+        print(f"{name:36} {value:>12}  {note}")
+    result = {
+        "benchmark": "tracing",
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "steps": args.steps,
+        "tracing_off": off,
+        "tracing_on": on,
+    }
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
