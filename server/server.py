@@ -457,11 +457,11 @@ def static_response(static_dir: Path, path: str) -> Response:
 class EngineServer(TraceServer):
     """A server fed by one engine's tracer (what `engine.serve()` returns)."""
 
-    def __init__(self, engine: Engine, **options: Any):
+    def __init__(self, engine: Engine, *, buffer_limit: int = 2_000_000, **options: Any):
         ops = {name: op.plugin for name, op in engine.ops.definitions.items()}
         super().__init__(engine_name=engine.name, ops=ops, **options)
         self.engine = engine
-        self.tracer = Tracer(engine)
+        self.tracer = Tracer(engine, max_buffer=buffer_limit)
         self.add_source(self._drain_forever)
 
     def start(self) -> EngineServer:
