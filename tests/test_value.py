@@ -65,6 +65,15 @@ def test_x_times_x_gradient_is_two_x():
     assert x.grad == 6.0
 
 
+def test_x_to_the_x_uses_both_slots():
+    # d(x**x)/dx = x**x (ln x + 1): the base slot and the exponent slot both contribute
+    x = Value(2.0)
+    y = x**x
+    assert y._prev == (x, x)
+    y.backward()
+    assert x.grad == pytest.approx(4.0 * (math.log(2.0) + 1.0), rel=1e-14)
+
+
 def test_constant_exponent_is_part_of_the_op():
     # `x ** 2` has one parent and `_op` names the exponent, as micrograd's '**2'.
     x = Value(3.0)
