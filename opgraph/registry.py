@@ -74,9 +74,9 @@ METHOD_OPS = frozenset({"exp", "tanh", "relu", "log", "sigmoid"})
 def reserved_names() -> frozenset[str]:
     from .value import Value
 
-    names = {n for n in dir(Value) if not n.startswith("_")}
-    names.add("definitions")  # the op table's own attribute, which the op would overwrite
-    return frozenset(names) - METHOD_OPS
+    value_names = {n for n in dir(Value) if not n.startswith("_")} - METHOD_OPS
+    table_names = {n for n in dir(OpTable) if not n.startswith("_")} | {"definitions"}
+    return frozenset(value_names | table_names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +112,10 @@ def check(op: Any, plugin: str) -> AnyOp:
     if not isinstance(op.name, str) or not op.name.isidentifier():
         raise fail("an op name must be a Python identifier")
     if op.name.startswith("_") or op.name in reserved_names():
-        raise fail("this name would shadow an attribute of Value or of the op table")
+        raise fail(
+            "this name would shadow an attribute of Value or of the op table "
+            "(data, grad, label, backward ...); choose another"
+        )
     body = op.forward if isinstance(op, Op) else op.fn
     if not callable(body):
         raise fail(f"{'forward' if isinstance(op, Op) else 'fn'} must be callable, got {body!r}")
