@@ -165,3 +165,34 @@ def test_op_table_lookup_errors():
     with pytest.raises(KeyError):
         engine.ops["nope"]
     assert "nope" not in engine.ops
+
+
+class Counting:
+    """A plugin that counts how often the engine asks it for its ops."""
+
+    calls = 0
+
+    @hookimpl
+    def register_ops(register):
+        Counting.calls += 1
+        register(Op("sin", math.sin, lambda out, a: (math.cos(a),)))
+
+
+class NoPluginManager:
+    def __getattr__(self, name):
+        raise AssertionError(f"the plugin manager was used ({name}) during arithmetic")
+
+
+def test_arithmetic_never_calls_pluggy():
+    # The op table is built once when plugins change; ops and backward use only the table.
+    Counting.calls = 0
+    engine = opgraph.Engine(plugins=[Counting], entry_points=False)
+    assert Counting.calls == 1
+    engine.pm = NoPluginManager()
+    x = engine.value(0.3)
+    y = x
+    for _ in range(100):
+        y = (y * 1.01 + x.sin()).tanh() - 0.1 / (1 + y.exp())
+    y.backward()
+    assert x.grad != 0.0
+    assert Counting.calls == 1

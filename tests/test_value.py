@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -359,6 +360,38 @@ def test_micrograd_draw_dot_trace_runs_on_opgraph_values():
     assert all(isinstance(n._op, str) for n in nodes)
     assert {n._op for n in nodes if n._prev} == {"mul", "add", "relu"}
     assert {n._op for n in nodes if not n._prev} == {""}
+
+
+def draw_dot(root):
+    """micrograd's draw_dot (from its trace_graph notebook), verbatim but for formatting."""
+    from graphviz import Digraph
+
+    dot = Digraph(format="svg", graph_attr={"rankdir": "LR"})
+    nodes, edges = trace(root)
+    for n in nodes:
+        uid = str(id(n))
+        label = "{ data %.4f | grad %.4f }" % (n.data, n.grad)  # noqa: UP031 (micrograd's code)
+        dot.node(name=uid, label=label, shape="record")
+        if n._op:
+            dot.node(name=uid + n._op, label=n._op)
+            dot.edge(uid + n._op, uid)
+    for n1, n2 in edges:
+        dot.edge(str(id(n1)), str(id(n2)) + n2._op)
+    return dot
+
+
+def test_micrograd_draw_dot_renders_opgraph_values():
+    x = Value(2.0)
+    y = (x**2 + x * 3).relu() / 4  # `pow 2` has a space, which graphviz must quote
+    y.backward()
+    dot = draw_dot(y)
+    op_nodes = sum(1 for n in topological_order(y) if n._op)
+    assert dot.source.count("shape=record") == len(topological_order(y))
+    assert dot.source.count("->") == op_nodes + len(trace(y)[1])
+    if shutil.which("dot"):
+        svg = dot.pipe(encoding="utf-8")
+        assert svg.count('class="node"') == len(topological_order(y)) + op_nodes
+        assert "pow 2" in svg
 
 
 def micrograd_nn_with(value_module: str) -> dict:
