@@ -194,6 +194,20 @@ def test_accumulation_and_zero_grad_on_random_graphs(program):
     assert all(node.grad == 0.0 for node in topological_order(built.output))
 
 
+@settings(max_examples=40, deadline=None)
+@given(program=programs())
+def test_topological_order_on_random_graphs(program):
+    built = run(program, Value)
+    order = topological_order(built.output)
+    position = {node: i for i, node in enumerate(order)}
+    assert len(position) == len(order), "a node listed twice"
+    assert order[-1] is built.output
+    assert set(built.nodes[len(program.leaves) :]) <= set(order)  # every step reaches the output
+    for node in order:
+        for parent in node._prev:
+            assert position[parent] < position[node]
+
+
 # ---------------------------------------------------------------------------------------------
 # no_grad
 
@@ -208,6 +222,17 @@ def test_no_grad_records_no_graph():
     assert y._prev == () and y._op == ""
     z = x * 3
     assert z._prev == (x,) or len(z._prev) == 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(program=programs())
+def test_no_grad_computes_the_same_numbers_without_a_graph(program):
+    recorded = run(program, Value)
+    with no_grad():
+        quiet = run(program, Value)
+    for a, b in zip(recorded.nodes + [recorded.output], quiet.nodes + [quiet.output], strict=True):
+        assert a.data == b.data or (math.isnan(a.data) and math.isnan(b.data))
+        assert b._prev == () and b._op == ""
 
 
 def test_no_grad_result_is_a_leaf_for_backward():
