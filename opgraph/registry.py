@@ -71,6 +71,7 @@ AnyOp = Op | Composite
 METHOD_OPS = frozenset({"exp", "tanh", "relu", "log", "sigmoid"})
 
 
+@functools.cache
 def reserved_names() -> frozenset[str]:
     """Names no op may take: Value's attributes, and the op table's own (`ops.definitions`)."""
     from .value import Value
@@ -134,8 +135,9 @@ def check(op: Any, plugin: str) -> AnyOp:
     takes = _positional_arity(body)
     if takes is not None and takes != arity:
         raise fail(f"arity is {arity} but the function takes {takes} positional arguments")
+    doc = op.doc or _first_line(inspect.getdoc(body))
     if isinstance(op, Composite):
-        return replace(op, arity=arity, plugin=plugin)
+        return replace(op, arity=arity, plugin=plugin, doc=doc)
 
     if op.derivative is None:
         raise fail(
@@ -150,7 +152,12 @@ def check(op: Any, plugin: str) -> AnyOp:
     if any(not 0 <= i < arity for i in op.static):
         raise fail(f"static positions {op.static} are out of range for arity {arity}")
     _probe(op, arity, fail)
-    return replace(op, arity=arity, plugin=plugin)
+    return replace(op, arity=arity, plugin=plugin, doc=doc)
+
+
+def _first_line(doc: str | None) -> str:
+    """An op's doc when the plugin gives none: the first line of its function's docstring."""
+    return doc.strip().splitlines()[0] if doc and doc.strip() else ""
 
 
 def _probe(op: Op, arity: int, fail: Callable[[str], PluginError]) -> None:
