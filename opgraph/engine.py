@@ -312,7 +312,7 @@ class Engine:
         found: list[tuple[str, AnyOp, bool]] = []
         open_ = True
 
-        def register(op: AnyOp, replace: bool = False) -> None:
+        def register(op: AnyOp, *, replace: bool = False) -> None:
             if not open_:
                 raise PluginError(
                     f"plugin {name!r} called register() after register_ops returned; "
