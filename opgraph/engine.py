@@ -291,7 +291,10 @@ class Engine:
             try:
                 definitions = collect(registrations)
             except PluginError as exc:
-                raise self._blame_installed(exc) from exc
+                blamed = self._blame_installed(exc)
+                if blamed is exc:
+                    raise
+                raise blamed from exc
             flags = ANOMALY if self._detect_anomaly else 0
             self.ops = OpTable(definitions, self.Value, flags)
             self.Value._ops = self.ops
