@@ -464,11 +464,25 @@ def load_entry_points(pm: pluggy.PluginManager, only: Sequence[str] | None = Non
             if not keys & wanted:
                 continue
             matched |= keys & wanted
-        if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
-            continue
         source = PluginSource(
             entry_point=f"{ep.name} = {ep.value}", distribution=dist, version=version
         )
+        if pm.is_blocked(ep.name):
+            continue
+        if pm.has_plugin(ep.name):
+            earlier = getattr(pm, "sources", {}).get(ep.name)
+            if earlier == source:  # loaded by an earlier call
+                continue
+            where = f"distribution {earlier.distribution}" if earlier else "another plugin"
+            raise PluginLoadError(
+                f"two plugins are named {ep.name!r}: the entry point {ep.name} = {ep.value} of "
+                f"distribution {dist} {version}, and {where}; uninstall one of them, or "
+                f"choose one with OPGRAPH_PLUGINS",
+                plugin=ep.name,
+                entry_point=source.entry_point,
+                distribution=dist,
+                version=version,
+            )
         try:
             plugin = ep.load()
             add_plugin(pm, plugin, name=ep.name, source=source)
