@@ -72,14 +72,18 @@ class PluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.sources: dict[str, PluginSource] = {}
 
-
-def plugin_name(plugin: Any) -> str:
-    """The name a plugin is registered under by default: its module or class name."""
-    name = getattr(plugin, "__name__", None)
-    if isinstance(name, str) and name:
+    def get_canonical_name(self, plugin: Any) -> str:
+        # pluggy names an object without `__name__` (a class instance) by its id(), which
+        # would make error messages say "plugin '139794187515408'"; use its class instead,
+        # numbered from the second instance on.
+        name = getattr(plugin, "__name__", None)
+        if isinstance(name, str) and name:
+            return name
+        name = base = f"{type(plugin).__module__}.{type(plugin).__qualname__}"
+        copies = itertools.count(2)
+        while self.has_plugin(name):
+            name = f"{base}-{next(copies)}"
         return name
-    cls = type(plugin)
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def add_plugin(
@@ -96,7 +100,7 @@ def add_plugin(
     """
     if plugin is None:
         raise PluginError("cannot register None as a plugin")
-    name = name or plugin_name(plugin)
+    name = name or pm.get_canonical_name(plugin)
     if pm.has_plugin(name):
         raise PluginError(f"a plugin named {name!r} is already registered", plugin=name)
     if pm.is_registered(plugin):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import AnomalyError, EngineMismatchError, OpError, PluginError, describe
 from .modes import ANOMALY, NO_GRAD, mode
+from .value import _number
 
 if TYPE_CHECKING:
     from .value import Value
@@ -124,7 +125,7 @@ def check(op: Any, plugin: str) -> AnyOp:
     body = op.forward if isinstance(op, Op) else op.fn
     what = "forward" if isinstance(op, Op) else "fn"
     if body is None:
-        raise fail(f"no {what} function given")
+        raise fail(f"{what} must be callable; none was given")
     if not callable(body):
         raise fail(f"{what} must be callable, got {body!r}")
     arity = op.arity if op.arity is not None else _positional_arity(body)
@@ -141,8 +142,8 @@ def check(op: Any, plugin: str) -> AnyOp:
 
     if op.derivative is None:
         raise fail(
-            "no derivative given: a primitive Op needs derivative(out, *inputs) -> tuple; "
-            "an op built from other ops is a Composite"
+            "derivative must be callable; none was given: a primitive Op needs "
+            "derivative(out, *inputs) -> tuple; an op built from other ops is a Composite"
         )
     if not callable(op.derivative):
         raise fail(f"derivative must be callable, got {op.derivative!r}")
@@ -216,7 +217,7 @@ def _coercer(cls: type[Value], op: AnyOp) -> Callable[[Any], Value]:
                 f"operands to engine {cls._engine.name!r}; Values of two engines do not mix"
             )
         if isinstance(x, Real):
-            return cls(float(x))
+            return cls(x)
         raise TypeError(
             f"op {op.name!r} (plugin {op.plugin!r}) got an operand of type "
             f"{type(x).__name__}: {x!r}; operands must be Values or real numbers"
@@ -355,7 +356,7 @@ def _bind_static(op: Op, cls: type[Value], engine_flags: int) -> Callable[..., V
 
     def apply(*operands):
         constants = tuple(
-            (i, float(operands[i]))
+            (i, _number(operands[i]))
             for i in op.static
             if i < len(operands) and isinstance(operands[i], Real)
         )

@@ -183,11 +183,11 @@ def unary(name: str) -> Op:
         (Op("sin", math.sin, lambda out, a: (1.0,), arity=2), "arity is 2 but the function"),
         (Op("sin", math.sin, lambda a: (1.0,)), "derivative must take (out, *inputs)"),
         (Op("sin", math.sin, lambda out, a: (1.0, 2.0)), "tuple of 1 partial derivative"),
-        (Op("sin", math.sin), "no derivative given"),
-        (Op("sin", derivative=lambda out, a: (1.0,)), "no forward function given"),
+        (Op("sin", math.sin), "derivative must be callable; none was given"),
+        (Op("sin", derivative=lambda out, a: (1.0,)), "forward must be callable; none was given"),
         (Op("sin", 3.0, lambda out, a: (1.0,)), "forward must be callable"),
         (Op("sin", lambda *xs: 0.0, lambda out, a: (1.0,)), "give arity= explicitly"),
-        (Composite("twice"), "no fn function given"),
+        (Composite("twice"), "fn must be callable; none was given"),
     ],
 )
 def test_malformed_op_is_reported_with_plugin_and_op(op, problem):

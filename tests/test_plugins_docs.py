@@ -1,12 +1,12 @@
 """docs/plugins.md documents every hook with its real signature, every hook has a test (as
-datasette checks its own), and the tutorial shows the example plugin's real files."""
+datasette checks its own), and the tutorial shows the example plugin's real files.
+
+tests/test_docs.py runs the page's Python blocks."""
 
 from __future__ import annotations
 
 import inspect
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -58,16 +58,3 @@ def fenced(language: str, after: str) -> str:
 )
 def test_tutorial_shows_the_example_files(after, language, path):
     assert fenced(language, after) == (EXAMPLE / path).read_text()
-
-
-def test_python_blocks_run(tmp_path):
-    # As tests/test_docs.py runs every doc: the blocks in order, in one fresh process.
-    blocks = re.findall(r"^```python\n(.*?)^```", DOC, re.S | re.M)
-    result = subprocess.run(
-        [sys.executable, "-c", "\n".join(blocks)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
