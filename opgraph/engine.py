@@ -108,14 +108,26 @@ def add_plugin(
             f"plugin {name!r} is already registered as {pm.get_name(plugin)!r}", plugin=name
         )
     check_hooks(pm, plugin, name)
+    # check_hooks() reports every problem pluggy's own validation and check_pending() would,
+    # with clearer messages; theirs stay as a net.
     try:
         pm.register(plugin, name=name)
-    except (ValueError, pluggy.PluginValidationError) as exc:  # checked above; kept as a net
-        message = " ".join(str(exc).split())
-        raise PluginError(f"plugin {name!r} cannot be registered: {message}", plugin=name) from exc
+    except (ValueError, pluggy.PluginValidationError) as exc:
+        raise _unregistrable(name, exc) from exc
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:  # blame the plugin at fault, maybe another
+        culprit = (pm.get_name(exc.plugin) if exc.plugin is not None else None) or name
+        pm.unregister(plugin)
+        raise _unregistrable(culprit, exc) from exc
     if source is not None and hasattr(pm, "sources"):
         pm.sources[name] = source
     return name
+
+
+def _unregistrable(name: str, exc: Exception) -> PluginError:
+    message = " ".join(str(exc).split())
+    return PluginError(f"plugin {name!r} cannot be registered: {message}", plugin=name)
 
 
 def hook_specs(pm: pluggy.PluginManager) -> dict[str, inspect.Signature]:

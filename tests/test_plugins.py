@@ -242,6 +242,18 @@ def test_wrong_argument_name():
     assert "define it as register_ops(register)" in message
 
 
+def test_pluggy_check_pending_still_runs_and_blames_the_culprit():
+    # A plugin slipped in through pluggy directly, bypassing engine.register's checks, is
+    # still caught by pluggy's check_pending() at the next registration, by its name.
+    e = engine()
+    typo = types.ModuleType("typo")
+    typo.register_op = hookimpl(lambda register: None)
+    e.pm.register(typo)
+    with pytest.raises(PluginError, match="plugin 'typo' cannot be registered: unknown hook"):
+        e.register(plugin("trig", SIN))
+    assert "trig" not in e.plugin_names() and "sin" not in e.ops
+
+
 def test_hook_function_not_marked():
     module = types.ModuleType("unmarked")
     module.register_ops = lambda register: None
