@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from .engine import PluginInfo, default_engine
 from .errors import PluginError
@@ -23,7 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        infos = default_engine().plugins()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            infos = default_engine().plugins()
+        for warning in caught:  # OPGRAPH_PLUGINS naming no installed plugin, for one
+            print(f"opgraph plugins: warning: {warning.message}", file=sys.stderr)
     except PluginError as exc:
         print(f"opgraph plugins: {exc}", file=sys.stderr)
         if exc.__cause__ is not None:
@@ -42,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 def format_plugins(infos: list[PluginInfo]) -> str:
     """The plugins as lines for people: name, origin, then the ops."""
     if not infos:
-        return "no plugins"
+        return "no plugins loaded"
     lines = []
     for info in infos:
         origin = [f"{info.distribution} {info.version}" if info.distribution else "not installed"]

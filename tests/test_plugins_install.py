@@ -166,6 +166,11 @@ class TestExamplePlugin:
         ]
         excluded = cli("plugins", "--json", "--installed", plugins="")
         assert json.loads(excluded.stdout) == []
+        misspelled = cli("plugins", "--installed", plugins="trigg")
+        assert misspelled.stdout.strip() == "no plugins loaded"
+        assert misspelled.stderr.startswith(
+            "opgraph plugins: warning: OPGRAPH_PLUGINS names trigg, which no installed plugin"
+        )
 
     def test_its_own_test_suite_passes(self, tmp_path):
         # The example's tests, run as its author would, against the installed package: the
