@@ -369,7 +369,8 @@ class Engine:
             return error
         return PluginLoadError(
             f"{error} -- plugin {error.plugin!r} is the entry point {source.entry_point!r} "
-            f"of distribution {source.distribution} {source.version}. {_how_to_disable()}",
+            f"of distribution {source.distribution} {source.version}. "
+            f"{_how_to_disable(error.plugin or '', source.distribution)}",
             plugin=error.plugin,
             op=error.op,
             entry_point=source.entry_point,
@@ -446,10 +447,15 @@ def selected_plugins() -> list[str] | None:
     return [n.strip() for n in os.environ["OPGRAPH_PLUGINS"].split(",") if n.strip()]
 
 
-def _how_to_disable() -> str:
+def _how_to_disable(plugin: str, distribution: str | None) -> str:
+    """A hint the user can paste: OPGRAPH_PLUGINS listing every plugin but the failing one."""
+    selected = selected_plugins()
+    names = [ep.name for ep in installed_entry_points()] if selected is None else selected
+    failing = {_normalize(plugin), _normalize(distribution or plugin)}
+    others = [name for name in names if _normalize(name) not in failing]
     return (
-        "To run without it, set OPGRAPH_PLUGINS to a comma list of the installed plugins to "
-        "load (an empty value loads none), or uninstall its distribution."
+        f"To run without it, set OPGRAPH_PLUGINS={','.join(others)} (the other installed "
+        f"plugins to load; an empty value loads none), or uninstall {distribution or 'it'}."
     )
 
 
@@ -506,7 +512,7 @@ def load_entry_points(pm: pluggy.PluginManager, only: Sequence[str] | None = Non
             raise PluginLoadError(
                 f"plugin {ep.name!r} (entry point {ep.name} = {ep.value}, distribution "
                 f"{dist} {version}) failed to load: {type(exc).__name__}: {exc}. "
-                f"{_how_to_disable()}",
+                f"{_how_to_disable(ep.name, dist)}",
                 plugin=ep.name,
                 entry_point=f"{ep.name} = {ep.value}",
                 distribution=dist,

@@ -203,14 +203,18 @@ class TestBrokenPlugin:
         assert "plugin 'broken_import' (entry point broken_import = " in message
         assert "distribution opgraph-broken 0.0.1) failed to load" in message
         assert "No module named 'opgraph_missing_dependency'" in message
-        assert "set OPGRAPH_PLUGINS" in message
+        assert "set OPGRAPH_PLUGINS= (the other installed plugins to load;" in message
+        assert "or uninstall opgraph-broken" in message
 
     def test_default_engine_shows_the_load_error(self):
         # No OPGRAPH_PLUGINS: every installed plugin loads, so the first op fails, by name.
         result = python("from opgraph import Value\nValue(1.0) + 1")
         assert result.returncode == 1
-        assert "opgraph.errors.PluginLoadError: plugin 'broken_" in result.stderr
+        assert "opgraph.errors.PluginLoadError: plugin 'broken_args'" in result.stderr
         assert "opgraph-broken 0.0.1" in result.stderr
+        # The hint lists every other installed plugin, ready to paste.
+        others = "broken_conflict,broken_hookname,broken_import,broken_raises,trig"
+        assert f"set OPGRAPH_PLUGINS={others} (the other" in result.stderr
 
     def test_opgraph_plugins_leaves_it_out(self):
         assert (
@@ -244,4 +248,5 @@ class TestBrokenPlugin:
         assert result.returncode == 1
         assert result.stdout == ""
         assert "opgraph plugins: plugin 'broken_args'" in result.stderr
+        assert "set OPGRAPH_PLUGINS=trig (the other" in result.stderr
         assert "Traceback" not in result.stderr
