@@ -11,6 +11,7 @@ import functools
 import inspect
 import keyword
 import math
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from numbers import Real
@@ -117,6 +118,12 @@ def check(op: Any, plugin: str) -> AnyOp:
 
     if not isinstance(op.name, str) or not op.name.isidentifier() or keyword.iskeyword(op.name):
         raise fail("an op name must be a Python identifier and not a keyword")
+    if unicodedata.normalize("NFKC", op.name) != op.name:
+        # Python reads identifiers in NFKC form: `v.ﬁ()` in source code means `v.fi()`.
+        raise fail(
+            f"an op name must be in NFKC form, as Python reads it: {op.name!r} is read "
+            f"as {unicodedata.normalize('NFKC', op.name)!r}"
+        )
     if op.name.startswith("_") or op.name in reserved_names():
         raise fail(
             "this name would shadow an attribute of Value or of the op table "

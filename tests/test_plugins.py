@@ -6,10 +6,13 @@ from __future__ import annotations
 import math
 import operator
 import types
+import unicodedata
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from opgraph import Composite, Engine, Op, PluginError, hookimpl
+from opgraph import Composite, Engine, Op, PluginError, Value, hookimpl
 from opgraph.testing import check_op
 
 
@@ -175,6 +178,7 @@ def unary(name: str) -> Op:
     [
         (unary("my op"), "must be a Python identifier"),
         (unary("lambda"), "not a keyword"),
+        (unary("ﬁ"), "must be in NFKC form"),
         (unary("data"), "would shadow an attribute"),
         (unary("grad"), "would shadow an attribute"),
         (unary("backward"), "would shadow an attribute"),
@@ -400,3 +404,22 @@ def test_plugin_from_an_installed_distribution_names_it():
     infos = {p.name: p for p in engine(module).plugins()}
     assert infos["_pytest.probe"].distribution == "pytest"
     assert infos["_pytest.probe"].version == pytest.__version__
+
+
+# --- any name: accepted and callable as a method, or refused by name ------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.text(min_size=1, max_size=12) | st.sampled_from(sorted(dir(Value))))
+def test_any_op_name_works_as_a_method_or_is_refused_naming_it(name):
+    e = engine(builtins=False)  # no built-in op to conflict with
+    try:
+        e.register(plugin("named", Op(name, math.sin, lambda out, a: (math.cos(a),))))
+    except PluginError as error:
+        assert f"plugin 'named', op {name!r}" in str(error)
+        assert (error.plugin, error.op) == ("named", name)
+        assert name not in e.ops
+        return
+    assert name.isidentifier() and unicodedata.normalize("NFKC", name) == name
+    assert getattr(e.Value(0.5), name)().data == math.sin(0.5)
+    assert e.ops[name](0.5).data == math.sin(0.5)
