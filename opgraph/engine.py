@@ -355,10 +355,12 @@ class Engine:
         finally:
             open_ = False
         if result is not None:
-            raise PluginError(
-                f"plugin {name!r}: register_ops returned {result!r}; it must call "
-                f"register(op) once per op and return nothing",
-                plugin=name,
+            raise self._blame_installed(
+                PluginError(
+                    f"plugin {name!r}: register_ops returned {result!r}; it must call "
+                    f"register(op) once per op and return nothing",
+                    plugin=name,
+                )
             )
         return found
 
