@@ -57,6 +57,23 @@ def test_two_engines_with_different_op_sets_side_by_side():
     assert all(op.plugin not in ("Trig", "Cube") for op in default_ops.values())
 
 
+class LeakyRelu:
+    @hookimpl
+    def register_ops(register):
+        leaky = Op("relu", lambda a: max(a, 0.1 * a), lambda out, a: (1.0 if a > 0 else 0.1,))
+        register(leaky, replace=True)
+
+
+def test_one_op_name_two_meanings_in_two_engines():
+    leaky = opgraph.Engine(plugins=[LeakyRelu], entry_points=False)
+    plain = opgraph.Engine(entry_points=False)
+    x, y, z = leaky.value(-2.0), plain.value(-2.0), Value(-2.0)
+    assert (x.relu().data, y.relu().data, z.relu().data) == (-0.2, 0.0, 0.0)
+    x.relu().backward()
+    y.relu().backward()
+    assert (x.grad, y.grad) == (0.1, 0.0)
+
+
 def test_mixing_values_of_two_engines_raises():
     first = opgraph.Engine(entry_points=False, name="first")
     second = opgraph.Engine(entry_points=False, name="second")
