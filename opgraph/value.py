@@ -187,13 +187,6 @@ class Value:
         zero_grad(self)
 
 
-def _label_error(label: Any) -> TypeError:
-    hint = ""
-    if isinstance(label, tuple | list | set):  # micrograd's Value(data, _children, _op)
-        hint = "; Value(data, children, op) is micrograd's internal form: new ops come from plugins"
-    return TypeError(f"a Value's label must be a str, got {type(label).__name__}: {label!r}{hint}")
-
-
 def _number(data: Any) -> float:
     """A leaf's data as a float, or a TypeError that says what was wrong."""
     if isinstance(data, Real):
@@ -209,3 +202,10 @@ def _number(data: Any) -> float:
     raise TypeError(
         f"a Value's data must be a real number, got {type(data).__name__}: {data!r}"
     )
+
+
+def _label_error(label: Any) -> TypeError:
+    hint = ""
+    if isinstance(label, tuple | list | set):  # micrograd's Value(data, _children, _op)
+        hint = "; Value(data, children, op) is micrograd's internal form: new ops come from plugins"
+    return TypeError(f"a Value's label must be a str, got {type(label).__name__}: {label!r}{hint}")
