@@ -271,15 +271,15 @@ def test_no_grad_is_per_thread():
     def quiet():
         with no_grad():
             inside.set()
-            release.wait(5)
+            release.wait(30)
             results["quiet"] = x * 2
 
     thread = threading.Thread(target=quiet)
     thread.start()
-    assert inside.wait(5)
+    assert inside.wait(30)
     results["main"] = x * 2  # while the other thread is inside no_grad()
     release.set()
-    thread.join(5)
+    thread.join(30)
     assert results["main"]._prev, "no_grad() of another thread leaked into this one"
     assert results["quiet"]._prev == ()
 
@@ -306,6 +306,21 @@ def test_no_grad_is_per_asyncio_task():
     quiet_result, recorded = asyncio.run(main())
     assert quiet_result._prev == ()
     assert recorded._prev
+
+
+def test_a_task_started_inside_no_grad_inherits_it():
+    # asyncio copies the context when a task is created, as for any context variable.
+    x = Value(2.0)
+
+    async def child():
+        return x * 2
+
+    async def main():
+        with no_grad():
+            task = asyncio.create_task(child())
+        return await task
+
+    assert asyncio.run(main())._prev == ()
 
 
 # ---------------------------------------------------------------------------------------------
