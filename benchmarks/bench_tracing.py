@@ -20,12 +20,15 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import inspect
 import json
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
+import textwrap
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,45 +95,35 @@ def timed_step(model, X, y, cpu: list | None = None) -> float:
     return time.perf_counter() - start
 
 
-# --- the engine without its tracer hooks (what "tracing off" is compared with) ---------------
+# --- the engine without its tracer hooks (what "tracing off" is compared with) -------------
 
 
-def _init_without_hook(self, data, label="", _prev=(), _op=None):
-    if type(data) is not float:
-        data = value_module._number(data)
-    self.data = data
-    self.grad = 0.0
-    self._label = label
-    self._prev = _prev
-    self._opdef = _op
-    self._id = next(self._ids)
-
-
-def _propagate_without_hook(nodes, tracer):
-    for node in reversed(nodes):
-        op = node._opdef
-        if op is None:
+def _without_tracer_test(function):
+    """`function` compiled again from its source without its `if ... tracer is not None:`
+    statements (each guards one line), in the globals of its module."""
+    lines = textwrap.dedent(inspect.getsource(function)).splitlines()
+    kept, skip = [], False
+    for line in lines:
+        if skip:
+            skip = False
             continue
-        parents, grad = node._prev, node.grad
-        try:
-            if len(parents) == 2:
-                a, b = parents
-                da, db = op.derivative(node.data, a.data, b.data)
-                a.grad += da * grad
-                b.grad += db * grad
-            else:
-                partials = op.derivative(node.data, *[p.data for p in parents])
-                for parent, partial in zip(parents, partials, strict=True):
-                    parent.grad += partial * grad
-        except Exception as exc:
-            raise backward_module.derivative_error(node, exc) from exc
+        if re.fullmatch(r"\s*if [\w.]*tracer is not None:", line):
+            skip = True  # drop the test and the one statement it guards
+            continue
+        kept.append(line)
+    namespace: dict = {}
+    exec(compile("\n".join(kept), f"<{function.__qualname__} without tracer>", "exec"),
+         function.__globals__, namespace)  # fmt: skip
+    return namespace[function.__name__]
 
 
 @contextmanager
 def without_tracer_hooks():
+    """The engine as it would be without tracing: Value.__init__ and backward's loop
+    recompiled without their tracer tests."""
     init, propagate = value_module.Value.__init__, backward_module._propagate
-    value_module.Value.__init__ = _init_without_hook
-    backward_module._propagate = _propagate_without_hook
+    value_module.Value.__init__ = _without_tracer_test(init)
+    backward_module._propagate = _without_tracer_test(propagate)
     try:
         yield
     finally:

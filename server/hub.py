@@ -118,15 +118,20 @@ class Hub:
                 except struct.error:  # a number past 32 bits
                     append(pack({"type": "backward", "seq": seq, "id": id_, "grad": grad, "t": t}))
             elif kind == FORWARD:
-                _, _, id_, op, parents, data, label, constants = event
+                _, _, node, data, label = event
+                id_, op, parents = node._id, node._opdef, node._prev
                 if len(parents) == 2:
                     parents = (parents[0]._id, parents[1]._id)
                 else:
                     parents = tuple([p._id for p in parents])
-                const = tuple([value for _, value in constants]) if constants else None
-                nodes[id_] = (op, parents, data, label, const)
+                if op is None:
+                    name = const = None
+                else:
+                    name = op.name
+                    const = tuple([v for _, v in op.constants]) if op.constants else None
+                nodes[id_] = (name, parents, data, label, const)
                 try:
-                    append(forward_bytes(seq, id_, op, parents, data, label, t, const))
+                    append(forward_bytes(seq, id_, name, parents, data, label, t, const))
                 except struct.error:
                     append(pack(event_map(event, seq, t0)))
             else:
