@@ -355,8 +355,12 @@ class TraceServer:
         except ConnectionClosed:
             pass
 
+    def _refresh_ops(self) -> None:
+        """Overridden by servers whose ops can change (an engine gaining a plugin)."""
+
     async def _viewer(self, ws: ServerConnection) -> None:
         ws.protocol.max_message_size = CONTROL_MAX_SIZE
+        self._refresh_ops()
         viewer = Viewer(self.hub, ws.send, name=_peer(ws))
         sender = self._spawn(viewer.run(self.hub.join(viewer)))
         receiver = asyncio.ensure_future(self._control(ws, viewer))
@@ -489,6 +493,10 @@ class EngineServer(TraceServer):
         events = self.tracer.drain(DRAIN_BATCH)
         if events:
             self.hub.publish_traced(events, self.tracer.t0)
+
+    def _refresh_ops(self) -> None:
+        # A plugin registered after serve() started: new viewers' hello lists its ops too.
+        self.hub.ops = {name: op.plugin for name, op in self.engine.ops.definitions.items()}
 
     def close(self) -> None:
         if self._closed:

@@ -285,3 +285,27 @@ def test_events_lost_before_the_server_numbers_them_resync_every_viewer():
     graph = th.graph_of(got)
     assert graph and all(graph[i]["data"] == real[i].data for i in graph)
     assert all(graph[i]["parents"] == [p.id for p in real[i].parents] for i in graph)
+
+
+def test_a_viewer_joining_after_a_plugin_was_added_hears_of_its_ops():
+    from opgraph import Op, hookimpl
+
+    class Square:
+        @hookimpl
+        def register_ops(self, register):
+            register(Op("square", lambda a: a * a, lambda out, a: (2 * a,)))
+
+    engine = new_engine()
+
+    async def hello(server):
+        reader = await th.connect_reader(server.ws_url)
+        first = await reader.next()
+        await reader.ws.close()
+        return first
+
+    with engine.serve(port=0) as server:
+        assert "square" not in asyncio.run(hello(server))["ops"]
+        engine.register(Square(), name="square-plugin")
+        y = engine.value(3.0).square()
+        assert asyncio.run(hello(server))["ops"]["square"] == "square-plugin"
+        assert y.data == 9.0
