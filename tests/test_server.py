@@ -96,13 +96,14 @@ def test_late_joiner_gets_a_snapshot_then_the_stream_without_gap_or_duplicate():
         assert early_graph[p.id]["label"] == p.label
 
 
-def test_stalled_viewer_is_resynced_while_a_fast_one_loses_nothing():
+def test_stalled_viewer_is_resynced_while_a_fast_one_loses_nothing(tmp_path):
     engine = new_engine()
     params = [engine.value(0.001 * k) for k in range(300)]
     limit = 10_000  # more than one step makes: the fast viewer never overflows
+    recording = tmp_path / "run.ogtrace"
 
     async def main():
-        with engine.serve(port=0, queue_limit=limit) as server:
+        with engine.serve(port=0, queue_limit=limit, record=recording) as server:
             fast = await th.connect_reader(server.ws_url)
             # A viewer that stops reading: a tiny receive buffer and a one-frame queue.
             sock = socket.socket()
@@ -156,6 +157,12 @@ def test_stalled_viewer_is_resynced_while_a_fast_one_loses_nothing():
     fast_graph = th.graph_of([{"type": "hello"}, *fast_events])
     stalled_graph = th.graph_of(stalled_events)
     assert stalled_graph == fast_graph  # consistent: the same final graph
+    # the recording was made before any per-viewer dropping: it has every event
+    from opgraph.server.recording import Recording
+
+    recorded = list(Recording(recording))
+    assert [e["seq"] for e in recorded[1:]] == list(range(1, last + 1))
+    assert th.graph_of(recorded) == fast_graph
     assert sum(e["count"] for e in stalled_events if e["type"] == "dropped") > 0
 
 
