@@ -202,7 +202,10 @@ def _positive(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     X, y = make_moons(100, noise=0.1, seed=args.seed)
     model = MLP(2, [16, 16, 1], rng=random.Random(args.seed))
-    print(f"{model}\n{len(model.parameters())} parameters, {len(X)} points, {args.steps} steps")
+    print(
+        f"training MLP(2, [16, 16, 1]) ({len(model.parameters())} parameters) on {len(X)} "
+        f"two-moons points for {args.steps} steps (seed {args.seed})"
+    )
     started = time.perf_counter()
     train(model, X, y, args.steps, on_step=ProgressBar(args.steps))
     final_loss, accuracy = evaluate(model, X, y)
