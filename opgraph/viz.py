@@ -70,8 +70,9 @@ def draw_dot(
     if max_nodes is not None and len(nodes) > max_nodes:
         raise ValueError(
             f"the graph of {root.label or f'node #{root.id}'} has {len(nodes):,} values, more "
-            f"than max_nodes={max_nodes:,}: Graphviz would take minutes or hours to lay it "
-            f"out. Pass max_nodes=None to draw it anyway, or watch it in the live viewer."
+            f"than max_nodes={max_nodes:,}, and Graphviz's layout time grows steeply with size "
+            f"(minutes for a few thousand values). Pass max_nodes=None to draw it anyway, or "
+            f"watch it in the live viewer."
         )
     dot = Drawing(format=format, graph_attr={"rankdir": rankdir})
     for node in nodes:
