@@ -200,6 +200,13 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:  # find out now, not after a minute of training, that the drawing cannot be written
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(
+            f"opgraph demo: --out {args.out}: cannot create the directory: {exc}", file=sys.stderr
+        )
+        return 2
     X, y = make_moons(100, noise=0.1, seed=args.seed)
     model = MLP(2, [16, 16, 1], rng=random.Random(args.seed))
     print(

@@ -196,3 +196,11 @@ def test_demo_rejects_bad_options():
     assert result.returncode == 2 and "--steps: must be at least 1, got 0" in result.stderr
     result = opgraph_demo("--seed", "x")
     assert result.returncode == 2 and "--seed" in result.stderr
+
+
+def test_demo_refuses_an_output_directory_it_cannot_create_before_training(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    result = opgraph_demo("--out", str(tmp_path / "a-file" / "svg"))
+    assert result.returncode == 2
+    assert f"--out {tmp_path / 'a-file' / 'svg'}: cannot create the directory" in result.stderr
+    assert "training" not in result.stdout  # it stopped before training
