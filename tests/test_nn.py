@@ -213,6 +213,14 @@ def test_parameters_belong_to_the_given_engine():
         model([Value(1.0), Value(2.0)])
 
 
+def test_inputs_may_be_any_iterable_of_numbers_or_values():
+    model = MLP(2, [3, 1], rng=random.Random(0))
+    expected = model([0.5, -1.0]).data
+    assert model((0.5, -1.0)).data == expected
+    assert model(x for x in [0.5, -1.0]).data == expected
+    assert model([Value(0.5), -1.0]).data == expected
+
+
 def test_wrong_number_of_inputs_names_the_neuron():
     model = MLP(2, [2, 1])
     with pytest.raises(ValueError, match=r"neuron L0\.N0 takes 2 inputs, got 3"):
