@@ -118,8 +118,14 @@ class Neuron(Module):
 class Layer(Module):
     """`nout` neurons that read the same inputs. With one neuron it returns a Value."""
 
-    def __init__(self, nin: int, nout: int, *, name: str = "", **kwargs: Any):
-        self.neurons = [Neuron(nin, name=_join(name, f"N{i}"), **kwargs) for i in range(nout)]
+    def __init__(
+        self, nin: int, nout: int, *, name: str = "", engine: Engine | None = None, **kwargs: Any
+    ):
+        self.engine = engine if engine is not None else default_engine()
+        self.neurons = [
+            Neuron(nin, name=_join(name, f"N{i}"), engine=self.engine, **kwargs)
+            for i in range(nout)
+        ]
 
     def __call__(self, x: Iterable[Value | float] | Value) -> Value | list[Value]:
         x = _as_inputs(x)  # once, so that an iterator reaches every neuron

@@ -211,6 +211,9 @@ def test_parameters_belong_to_the_given_engine():
     model = MLP(2, [2, 1], engine=engine)
     assert all(type(p) is engine.Value for p in model.parameters())
     assert type(model([1.0, 2.0])) is engine.Value
+    assert model.engine is engine and model.layers[0].engine is engine
+    assert Layer(2, 3, engine=engine).engine is engine
+    assert all(type(p) is engine.Value for p in Layer(2, 3, engine=engine).parameters())
     assert all(type(p) is Value for p in MLP(2, [2, 1]).parameters())  # the default engine
     with pytest.raises(EngineMismatchError):
         model([Value(1.0), Value(2.0)])
