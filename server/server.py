@@ -130,7 +130,6 @@ class TraceServer:
         self._closed = False
         self._tasks: set[asyncio.Task] = set()
         self._sources: list[Callable[[], Coroutine]] = []
-        self._on_close: list[Callable[[], None]] = []
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -241,7 +240,7 @@ class TraceServer:
 
     def _pending(self) -> bool:
         # A viewer waiting for its resync is settled: it will get a snapshot, not events.
-        return any(v.queue and not v.resync for v in self.hub.viewers)
+        return any((v.queue or v.sending) and not v.resync for v in self.hub.viewers)
 
     def _drain_now(self) -> None:
         """Overridden by sources that buffer outside the hub (the local tracer)."""
@@ -250,8 +249,6 @@ class TraceServer:
         """Stop serving: viewers are disconnected, the recording is closed."""
         if self._closed:
             return
-        for callback in self._on_close:
-            callback()
         self._closed = True
         # (Not Thread.is_alive(): after a KeyboardInterrupt in Thread.join() it can say False
         # while the thread still runs.)
