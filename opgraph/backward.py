@@ -25,11 +25,12 @@ def topological_order(root: Value) -> list[Value]:
     """Every node that `root` depends on, `root` included, parents before children."""
     seen = {root}
     stack = [root]
+    visit, pop, push = seen.add, stack.pop, stack.append
     while stack:
-        for parent in stack.pop()._prev:
+        for parent in pop()._prev:
             if parent not in seen:
-                seen.add(parent)
-                stack.append(parent)
+                visit(parent)
+                push(parent)
     return sorted(seen, key=_by_id)
 
 
@@ -40,11 +41,10 @@ def backward(root: Value, gradient: float = 1.0) -> None:
     contribution, so calling it twice on one graph gives exactly twice the gradients.
     """
     nodes = topological_order(root)
-    earlier = [node.grad for node in nodes]
-    carried = any(earlier)
-    if carried:  # propagate this pass alone, then add back what was there before
-        for node in nodes:
-            node.grad = 0.0
+    # Propagate this pass alone from zero grads, then add back what was there before.
+    carried = [(node, node.grad) for node in nodes if node.grad]
+    for node, _ in carried:
+        node.grad = 0.0
     root.grad = float(gradient)
     tracer = root._tracer
     if tracer is not None:
@@ -53,14 +53,16 @@ def backward(root: Value, gradient: float = 1.0) -> None:
         _propagate_checked(nodes, tracer)
     else:
         _propagate(nodes, tracer)
-    if carried:
-        for node, grad in zip(nodes, earlier, strict=True):
-            node.grad += grad
+    for node, grad in carried:
+        node.grad += grad
     if tracer is not None:
         tracer.backward_end(root)
 
 
 def _propagate(nodes: list[Value], tracer) -> None:
+    # The chain rule, node by node from the root down: each parent gets the op's local
+    # derivative times the node's grad. Unary and binary ops, nearly all nodes, skip the
+    # general loop.
     for node in reversed(nodes):
         op = node._opdef
         if tracer is not None:
@@ -74,6 +76,10 @@ def _propagate(nodes: list[Value], tracer) -> None:
                 da, db = op.derivative(node.data, a.data, b.data)
                 a.grad += da * grad
                 b.grad += db * grad
+            elif len(parents) == 1:
+                (a,) = parents
+                (da,) = op.derivative(node.data, a.data)
+                a.grad += da * grad
             else:
                 partials = op.derivative(node.data, *[p.data for p in parents])
                 for parent, partial in zip(parents, partials, strict=True):

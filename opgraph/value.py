@@ -182,6 +182,51 @@ class Value:
         zero_grad(self)
 
 
+# Each operator and op method of Value, and the op it applies; True marks a reflected operator
+# (`2 * v` calls `v.__rmul__(2)`, which is `mul(2, v)`).
+OPERATORS: dict[str, tuple[str, bool]] = {
+    "__add__": ("add", False),
+    "__radd__": ("add", True),
+    "__mul__": ("mul", False),
+    "__rmul__": ("mul", True),
+    "__pow__": ("pow", False),
+    "__rpow__": ("pow", True),
+    "__neg__": ("neg", False),
+    "__sub__": ("sub", False),
+    "__rsub__": ("sub", True),
+    "__truediv__": ("div", False),
+    "__rtruediv__": ("div", True),
+    **{name: (name, False) for name in ("exp", "log", "tanh", "relu", "sigmoid")},
+}
+
+# The methods as written above: each looks its op up in the op table on every call.
+_DISPATCHING = {method: Value.__dict__[method] for method in OPERATORS}
+
+
+def install_operators(cls: type[Value], ops: OpTable) -> None:
+    """Make the operators of an engine's Value class call its bound ops directly.
+
+    `a * b` then runs the engine's `mul` without a dispatch step in between (a Python call
+    saved per node). An op the engine lacks keeps the dispatching method, whose op table
+    raises the error that lists the registered ops.
+    """
+    for method, (name, reflected) in OPERATORS.items():
+        if name not in ops:
+            setattr(cls, method, _DISPATCHING[method])
+        elif reflected:
+            setattr(cls, method, _reflected(ops[name]))
+        else:
+            setattr(cls, method, ops[name])
+
+
+def _reflected(op):
+    def reflected(self, other):
+        return op(other, self)
+
+    reflected.__name__ = reflected.__qualname__ = f"r{op.__name__}"
+    return reflected
+
+
 def _number(data: Any) -> float:
     """A leaf's data as a float, or a TypeError that says what was wrong."""
     if isinstance(data, Real):
