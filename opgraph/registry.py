@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import AnomalyError, EngineMismatchError, OpError, PluginError, describe
 from .modes import ANOMALY, NO_GRAD, mode
+from .value import _number
 
 if TYPE_CHECKING:
     from .value import Value
@@ -196,7 +197,7 @@ def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]
                 f"operands to engine {cls._engine.name!r}; Values of two engines do not mix"
             )
         if isinstance(x, Real):
-            return cls(float(x))
+            return cls(x)
         raise TypeError(
             f"op {op.name!r} (plugin {op.plugin!r}) got an operand of type "
             f"{type(x).__name__}: {x!r}; operands must be Values or real numbers"
@@ -365,7 +366,7 @@ def _bind_static(op: Op, cls: type[Value], engine_flags: int, tracer: Any) -> Ca
 
     def apply(*operands):
         constants = tuple(
-            (i, float(operands[i]))
+            (i, _number(operands[i]))
             for i in op.static
             if i < len(operands) and isinstance(operands[i], Real)
         )
