@@ -184,7 +184,8 @@ def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]
         if type(x) is float or type(x) is int:
             # A constant leaf (the 2 of `2 * x`), built in place as the op functions do.
             node = new(cls)
-            node.data, node.grad, node._label = float(x), 0.0, ""
+            node.data = x if type(x) is float else _number(x)
+            node.grad, node._label = 0.0, ""
             node._prev, node._opdef, node._id = (), None, next_id()
             if tracer is not None:
                 tracer.forward(node)
@@ -380,7 +381,7 @@ def _bind_static(op: Op, cls: type[Value], engine_flags: int, tracer: Any) -> Ca
         # The common case, `x ** 2`, without building tuples and sets on every call.
         def apply_binary(a, b):
             if type(b) is float or type(b) is int:
-                return fixed(((1, float(b)),))(a)
+                return fixed(((1, _number(b)),))(a)
             return apply(a, b)
 
         return apply_binary
