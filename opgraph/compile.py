@@ -387,7 +387,10 @@ class _Program:
         for k, p in enumerate(compiled.parameters):
             if index[id(p)] in has_grad:
                 emit(f"    P{k}.grad += g{index[id(p)]}")
-        grads = [f"g{index[id(v)]}" if index[id(v)] in has_grad else "0.0" for v in compiled.inputs]
+        grads = [
+            f"g{index[id(v)]}" if index.get(id(v)) in has_grad else "0.0"  # unused: no grad
+            for v in compiled.inputs
+        ]
         emit(f"    seed = yield [{', '.join(grads)}]")
         return "\n".join(code) + "\n", lines
 
