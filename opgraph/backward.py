@@ -27,7 +27,20 @@ def topological_order(root: Value) -> list[Value]:
     stack = [root]
     visit, pop, push = seen.add, stack.pop, stack.append
     while stack:
-        for parent in pop()._prev:
+        node = pop()
+        a = node._a  # the parents are the slots _a, _b, _more (see value.py)
+        if a is None:
+            continue
+        if a not in seen:
+            visit(a)
+            push(a)
+        b = node._b
+        if b is None:
+            continue
+        if b not in seen:
+            visit(b)
+            push(b)
+        for parent in node._more or ():
             if parent not in seen:
                 visit(parent)
                 push(parent)
@@ -76,18 +89,17 @@ def _propagate(nodes: list[Value], tracer) -> None:
             tracer.backward(node)
         if op is None:  # a leaf
             continue
-        parents, grad = node._prev, node.grad
+        a, b, grad = node._a, node._b, node.grad
         try:
-            if len(parents) == 2:
-                a, b = parents
+            if b is None:
+                (da,) = op.derivative(node.data, a.data)
+                a.grad += da * grad
+            elif node._more is None:
                 da, db = op.derivative(node.data, a.data, b.data)
                 a.grad += da * grad
                 b.grad += db * grad
-            elif len(parents) == 1:
-                (a,) = parents
-                (da,) = op.derivative(node.data, a.data)
-                a.grad += da * grad
             else:
+                parents = node._prev
                 partials = op.derivative(node.data, *[p.data for p in parents])
                 for parent, partial in zip(parents, partials, strict=True):
                     parent.grad += partial * grad

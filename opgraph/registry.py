@@ -186,7 +186,8 @@ def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]
             node = new(cls)
             node.data = x if type(x) is float else _number(x)
             node.grad, node._label = 0.0, ""
-            node._prev, node._opdef, node._id = (), None, next_id()
+            node._a = node._b = node._more = node._opdef = None
+            node._id = next_id()
             if tracer is not None:
                 tracer.forward(node)
             return node
@@ -264,7 +265,8 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
                 return _checked(op, cls, out, (a,), get_mode() | engine_flags)
             node = new(cls)
             node.data, node.grad, node._label = out, 0.0, ""
-            node._prev, node._opdef, node._id = (a,), op, next_id()
+            node._a, node._b, node._more = a, None, None
+            node._opdef, node._id = op, next_id()
             if tracer is not None:
                 tracer.forward(node)
             return node
@@ -288,7 +290,8 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
                 return _checked(op, cls, out, (a, b), get_mode() | engine_flags)
             node = new(cls)
             node.data, node.grad, node._label = out, 0.0, ""
-            node._prev, node._opdef, node._id = (a, b), op, next_id()
+            node._a, node._b, node._more = a, b, None
+            node._opdef, node._id = op, next_id()
             if tracer is not None:
                 tracer.forward(node)
             return node

@@ -5,6 +5,12 @@ A Value holds a number (`data`), the derivative of the final output with respect
 micrograd it keeps no `_backward` closure: backward asks the op for its local derivatives.
 Every operator dispatches through the op table of the Value's engine, so every op, `+`
 included, comes from a plugin.
+
+The parents live in three slots rather than in a tuple of their own: `_a` and `_b`, the first
+and second operand (None when there is none), and `_more`, a tuple of any further operands
+(None for the unary and binary ops that make almost every node). A tuple per node would be a
+second object for the garbage collector to walk and 56 more bytes; `_prev` (micrograd's
+name) and `parents` give the parents as an ordered tuple.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ class _DefaultOps:
 class Value:
     """A scalar in the computation graph, a drop-in for micrograd's `Value`."""
 
-    __slots__ = ("data", "grad", "_label", "_prev", "_opdef", "_id", "__weakref__")
+    __slots__ = ("data", "grad", "_label", "_a", "_b", "_more", "_opdef", "_id", "__weakref__")
 
     # Set per engine on its own Value class (the default engine uses this class itself).
     _ops: OpTable = _DefaultOps()  # type: ignore[assignment]
@@ -50,7 +56,7 @@ class Value:
         self.data = data
         self.grad = 0.0
         self._label = label
-        self._prev = _prev
+        self._a, self._b, self._more = _split(_prev)
         self._opdef = _op
         self._id = next(self._ids)
         if self._tracer is not None:
@@ -72,6 +78,17 @@ class Value:
     def id(self) -> int:
         """The node's number in its engine, in creation order (so parents come first)."""
         return self._id
+
+    @property
+    def _prev(self) -> tuple[Value, ...]:
+        # micrograd's name for the parents (a set there; here ordered, duplicates kept).
+        a = self._a
+        if a is None:
+            return ()
+        b = self._b
+        if b is None:
+            return (a,)
+        return (a, b) if self._more is None else (a, b, *self._more)
 
     @property
     def parents(self) -> tuple[Value, ...]:
@@ -226,6 +243,13 @@ def _reflected(op):
 
     reflected.__name__ = reflected.__qualname__ = f"r{op.__name__}"
     return reflected
+
+
+def _split(parents: tuple) -> tuple[Any, Any, tuple | None]:
+    """Parents as the slots `_a`, `_b`, `_more` hold them."""
+    if len(parents) <= 2:
+        return (*parents, None, None, None)[:3]  # type: ignore[return-value]
+    return parents[0], parents[1], tuple(parents[2:])
 
 
 def _number(data: Any) -> float:
