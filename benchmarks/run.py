@@ -16,6 +16,7 @@ micrograd's time over opgraph's, measured in the same run.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -131,7 +132,8 @@ def bench_moons(config, X, y) -> dict:
         row = {}
         for name, V in ENGINES.items():
             model = MLP(V, 2, [16, 16, 1])
-            row[name] = best_time(lambda: step(model, V, X, y), config.repeat, collector) * 1e3
+            run = functools.partial(step, model, V, X, y)
+            row[name] = best_time(run, config.repeat, collector) * 1e3
         row["ratio"] = row["micrograd"] / row["opgraph"]
         results[f"gc {'on' if collector else 'off'}"] = row
     return results
