@@ -12,7 +12,10 @@ import sys
 from collections.abc import Sequence
 
 # name -> (module that implements it, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("opgraph.demo", "train micrograd's moons MLP and draw a neuron's graph"),
+    "plugins": ("opgraph.plugin_cli", "list the op plugins, their distributions and their ops"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
