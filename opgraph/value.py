@@ -55,6 +55,8 @@ class Value:
             data = _number(data)
         self.data = data
         self.grad = 0.0
+        if type(label) is not str:
+            raise _label_error(label)
         self._label = label
         self._a, self._b, self._more = _split(_prev)
         self._opdef = _op
@@ -70,6 +72,8 @@ class Value:
 
     @label.setter
     def label(self, label: str) -> None:
+        if not isinstance(label, str):
+            raise _label_error(label)
         self._label = label
         if self._tracer is not None:
             self._tracer.relabel(self)
@@ -267,3 +271,10 @@ def _number(data: Any) -> float:
     raise TypeError(
         f"a Value's data must be a real number, got {type(data).__name__}: {data!r}"
     )
+
+
+def _label_error(label: Any) -> TypeError:
+    hint = ""
+    if isinstance(label, tuple | list | set):  # micrograd's Value(data, _children, _op)
+        hint = "; Value(data, children, op) is micrograd's internal form: new ops come from plugins"
+    return TypeError(f"a Value's label must be a str, got {type(label).__name__}: {label!r}{hint}")

@@ -260,6 +260,15 @@ def test_value_of_a_value_says_to_use_it_directly():
         Value(Value(1.0))
 
 
+def test_label_must_be_a_string():
+    a = Value(1.0)
+    with pytest.raises(TypeError, match="label must be a str.*new ops come from plugins"):
+        Value(2.0, (a,), "tanh")  # micrograd's internal constructor form
+    with pytest.raises(TypeError, match="label must be a str, got int"):
+        a.label = 3
+    assert a.label == ""
+
+
 def test_value_accepts_any_real_number():
     assert Value(Fraction(1, 4)).data == 0.25
     assert Value(True).data == 1.0
