@@ -310,3 +310,29 @@ def test_random_dags_compiled_equals_eager(program, shift, split):
         eager.backward()
         assert close(out, eager.data)
         assert_all_close(grads, [v.grad for v in leaves])
+
+
+# --- the demo ----------------------------------------------------------------------------------
+
+
+def test_demo_training_compiled_follows_eager_training():
+    from opgraph.demo import MLP, compiled_loss, make_moons, train
+
+    X, y = make_moons(12, noise=0.1, seed=3)
+    eager_model = MLP(2, [4, 4, 1], rng=random.Random(5))
+    compiled_model = MLP(2, [4, 4, 1], rng=random.Random(5))
+    eager = train(eager_model, X, y, 4)
+    compiled = train(compiled_model, X, y, 4, loss_fn=compiled_loss(compiled_model, X, y))
+    for a, b in zip(eager, compiled, strict=True):
+        assert close(a.loss, b.loss) and a.accuracy == b.accuracy
+    for p, q in zip(eager_model.parameters(), compiled_model.parameters(), strict=True):
+        assert close(p.data, q.data, rel=1e-11)
+
+
+def test_opgraph_demo_compile_command(tmp_path, capsys):
+    from opgraph.cli import main
+
+    assert main(["demo", "--compile", "--steps", "2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "compiled the training step in" in out and "<Compiled" in out
+    assert "final loss" in out
