@@ -26,7 +26,7 @@ def test_quick_run_prints_a_table_and_writes_json(tmp_path: Path):
         assert row in result.stdout
     results = json.loads((tmp_path / "quick.json").read_text())
     assert results["meta"]["quick"] is True
-    for section in ("ops", "backward", "moons", "compiled", "memory", "depth", "tracing"):
+    for section in ("ops", "backward", "moons", "memory", "depth", "tracing"):
         assert section in results
     step = results["moons"]["gc on"]
     assert step["micrograd"] > 0 and step["opgraph"] > 0
