@@ -22,6 +22,7 @@ from .errors import (
 from .hookspecs import hookimpl, hookspec
 from .modes import detect_anomaly, enable_grad, grad_enabled, no_grad
 from .registry import Composite, Op
+from .trace import serve, touch
 from .value import Value
 
 __version__ = "0.1.0"
@@ -51,7 +52,9 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "no_grad",
+    "serve",
     "topological_order",
+    "touch",
     "zero_grad",
 ]
 

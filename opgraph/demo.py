@@ -232,6 +232,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="record the step's graph once and replay it compiled (opgraph.compile)",
     )
+    from opgraph.server.demo import add_arguments as add_serve_arguments
+
+    add_serve_arguments(parser)  # --serve and its options
 
 
 def _positive(text: str) -> int:
@@ -242,6 +245,17 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "serve", False):
+        if getattr(args, "compile", False):
+            print(
+                "opgraph demo: --compile replays the step without building Values, so there "
+                "would be nothing to trace; use --serve or --compile, not both",
+                file=sys.stderr,
+            )
+            return 2
+        from opgraph.server.demo import run_served
+
+        return run_served(args)
     try:  # find out now, not after a minute of training, that the drawing cannot be written
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -448,6 +448,17 @@ class Engine:
             self.Value._tracer = tracer
             self._bind(self.ops.definitions)
 
+    def serve(self, port: int = 8765, host: str = "127.0.0.1", **options: Any) -> Any:
+        """Serve this engine's live trace to viewers; returns the running server.
+
+        The server runs in a background thread; the result is a context manager with `.url`,
+        `.port` and `.close()`. `port=0` picks a free port. Options: `record=path`,
+        `token=`, `static_dir=`, `queue_limit=`, `max_nodes=` (see docs/tracing.md).
+        """
+        from opgraph.server.server import serve_engine
+
+        return serve_engine(self, port=port, host=host, **options)
+
 
 def _normalize(name: str) -> str:
     """A name as PEP 503 compares them: `opgraph_Trig` is `opgraph-trig`."""
@@ -575,4 +586,8 @@ def default_engine() -> Engine:
         with _default_lock:
             if _default is None:
                 _default = Engine(name="default", _value_class=Value)
+                if os.environ.get("OPGRAPH_TRACE"):
+                    from .trace import from_environment
+
+                    from_environment(_default)
     return _default
