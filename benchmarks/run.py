@@ -275,7 +275,10 @@ def bench_tracing(config, X, y, moons_ms: float) -> dict:
     if runner is None:
         results["on"] = "not measured: the tracing server is not in this checkout"
     else:
-        results["on"] = runner(config)
+        try:
+            results["on"] = runner(config)
+        except Exception as exc:  # keep the other figures of a long run
+            results["on"] = f"failed: {type(exc).__name__}: {exc}"
     return results
 
 
