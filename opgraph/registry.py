@@ -222,7 +222,7 @@ def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]
         if type(x) is float or type(x) is int:
             # A constant leaf (the 2 of `2 * x`), built in place as the op functions do.
             node = new(cls)
-            node.data = x if type(x) is float else _number(x)
+            node.data = x if type(x) is float else _float_of_int(x)
             node.grad, node._label = 0.0, ""
             node._a = node._b = node._more = node._opdef = None
             node._id = next_id()
@@ -244,6 +244,13 @@ def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]
         )
 
     return to_value
+
+
+def _float_of_int(x: int) -> float:
+    try:
+        return float(x)
+    except OverflowError:  # beyond the largest float: inf, as IEEE-754
+        return _number(x)
 
 
 def _as_float(op: AnyOp, out: Any) -> float:
@@ -420,9 +427,16 @@ def _bind_static(op: Op, cls: type[Value], engine_flags: int, tracer: Any) -> Ca
 
     if op.arity == 2 and op.static == (1,):
         # The common case, `x ** 2`, without building tuples and sets on every call.
+        by_exponent: dict[float, Callable[..., Value]] = {}
+
         def apply_binary(a, b):
             if type(b) is float or type(b) is int:
-                return fixed(((1, _number(b)),))(a)
+                unary = by_exponent.get(b)
+                if unary is None:
+                    if len(by_exponent) > 256:
+                        by_exponent.clear()
+                    unary = by_exponent[b] = fixed(((1, _number(b)),))
+                return unary(a)
             return apply(a, b)
 
         return apply_binary
@@ -432,10 +446,7 @@ def _bind_static(op: Op, cls: type[Value], engine_flags: int, tracer: Any) -> Ca
 def _bind_composite(op: Composite, cls: type[Value], tracer: Any) -> Callable[..., Value]:
     fn, to_value = op.fn, _coercer(cls, op, tracer)
 
-    def composite(*operands):
-        if len(operands) != op.arity:
-            raise TypeError(f"op {op.name!r} takes {op.arity} operands, got {len(operands)}")
-        values = [x if type(x) is cls else to_value(x) for x in operands]
+    def run(values: Sequence[Value]) -> Value:
         try:
             out = fn(*values)
         except (OpError, EngineMismatchError, AnomalyError):
@@ -448,6 +459,26 @@ def _bind_composite(op: Composite, cls: type[Value], tracer: Any) -> Callable[..
                 f"it must return a Value built from other ops"
             )
         return out
+
+    # As for primitives, unary and binary composites (neg, sub, div) skip the *args work.
+    if op.arity == 1:
+
+        def unary(a):
+            return run((a if type(a) is cls else to_value(a),))
+
+        return unary
+
+    if op.arity == 2:
+
+        def binary(a, b):
+            return run((a if type(a) is cls else to_value(a), b if type(b) is cls else to_value(b)))
+
+        return binary
+
+    def composite(*operands):
+        if len(operands) != op.arity:
+            raise TypeError(f"op {op.name!r} takes {op.arity} operands, got {len(operands)}")
+        return run([x if type(x) is cls else to_value(x) for x in operands])
 
     return composite
 
