@@ -95,7 +95,7 @@ def timed_step(model, X, y, cpu: list | None = None) -> float:
     return time.perf_counter() - start
 
 
-# --- the engine without its tracer hooks (what "tracing off" is compared with) ---------------
+# --- the engine without its tracer hooks (what "tracing off" is compared with) -------------
 
 registry_module = importlib.import_module("opgraph.registry")
 

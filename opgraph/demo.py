@@ -189,9 +189,10 @@ def draw_neuron(model: MLP, X: Sequence[Sequence[float]], path: Path) -> Path:
 class ProgressBar:
     """A plain-text progress bar: redrawn in place on a terminal, a line per tenth elsewhere."""
 
-    def __init__(self, steps: int, stream: TextIO = sys.stderr, width: int = 30):
-        self.steps, self.stream, self.width = steps, stream, width
-        self.tty = stream.isatty()
+    def __init__(self, steps: int, stream: TextIO | None = None, width: int = 30):
+        self.steps, self.width = steps, width
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
         self.start = time.perf_counter()
         self.shown_tenths = -1
 
@@ -284,5 +285,5 @@ def run(args: argparse.Namespace) -> int:
     except GraphvizNotFoundError as exc:
         print(f"no drawing of a neuron's graph: {exc}")
     else:
-        print(f"drew the graph of neuron L0.N0: {path}")
+        print(f"drew the graph of neuron L0.N0: {path.resolve()}")
     return 0

@@ -79,6 +79,14 @@ class Tracer:
             self._ranges.append((int(self._since), self._last_id + 1))
             self._since = math.inf
 
+    def forget_all(self) -> None:
+        """Forget which nodes were announced (the consumer starts over): every node is
+        announced again, with its ancestors, when the program next uses it."""
+        self._known.clear()
+        self._ranges.clear()
+        self._since = math.inf
+        self._starting = True
+
     # --- the hooks the engine calls -------------------------------------------------------
 
     def forward(self, node: Value) -> None:
@@ -86,35 +94,26 @@ class Tracer:
         if self._starting:
             self._since, self._starting = id_, False
         self._last_id = id_
-        known = self._known
         parents = node._prev
-        for parent in parents:
-            if parent._opdef is None:  # a leaf: new to the viewers, or changed data?
-                data = known.get(parent._id, _MISSING)
-                if data is not parent.data:  # same float object: unchanged (the common case)
-                    self._check(parent, data)
-            elif parent._id < self._since and not self._is_known(parent):
-                self._announce(parent)  # made before tracing started
-        op = node._opdef
-        if op is None:
-            known[id_] = node.data  # even when lost: re-announcing it would be lost too
-            if len(known) > self.max_known:
+        if parents:
+            known, since = self._known, self._since
+            for parent in parents:
+                if parent._opdef is None:  # a leaf: new to the viewers, or changed data?
+                    data = known.get(parent._id, _MISSING)
+                    if data is not parent.data:  # the same float object: unchanged (usual)
+                        self._check(parent, data)
+                elif parent._id < since and not self._is_known(parent):
+                    self._announce(parent)  # made before tracing started
+        else:  # a leaf: remember its data (even if the event is lost: it would be again)
+            self._known[id_] = node.data
+            if len(self._known) > self.max_known:
                 self._forget()
         if len(self.buffer) >= self.max_buffer:
             self.lost += 1
             return
-        self.buffer.append(
-            (
-                FORWARD,
-                perf_counter_ns(),
-                id_,
-                None if op is None else op.name,
-                parents,  # the Values: their ids are read when the event is drained
-                node.data,
-                node._label,
-                None if op is None else op.constants,
-            )
-        )
+        # The node itself: its id, op and parents never change, so they are read when the
+        # event is drained; data and label are taken now.
+        self.buffer.append((FORWARD, perf_counter_ns(), node, node.data, node._label))
 
     def relabel(self, node: Value) -> None:
         if not self._is_known(node):
@@ -189,20 +188,8 @@ class Tracer:
             self._forward_one(each)
 
     def _forward_one(self, node: Value) -> None:
-        op = node._opdef
         self._known[node._id] = node.data
-        self._emit(
-            (
-                FORWARD,
-                perf_counter_ns(),
-                node._id,
-                None if op is None else op.name,
-                node._prev,
-                node.data,
-                node._label,
-                None if op is None else op.constants,
-            )
-        )
+        self._emit((FORWARD, perf_counter_ns(), node, node.data, node._label))
 
     def _forget(self) -> None:
         """Forget the oldest quarter of announced nodes, to keep memory bounded.
@@ -247,12 +234,13 @@ def event_map(event: tuple, seq: int, t0: int) -> dict[str, Any]:
     """The protocol map of one buffered event, numbered `seq`; `t` counts from `t0` (ns)."""
     kind, t = event[0], (event[1] - t0) // 1000
     if kind == FORWARD:
-        _, _, id_, op, parents, data, label, constants = event
-        parents = [p._id for p in parents]
-        out = {"type": "forward", "seq": seq, "id": id_, "op": op, "parents": parents}
-        out.update(data=data, label=label, t=t)
-        if constants:
-            out["const"] = [value for _, value in constants]
+        _, _, node, data, label = event
+        op = node._opdef
+        parents = [p._id for p in node._prev]
+        out = {"type": "forward", "seq": seq, "id": node._id, "op": op and op.name}
+        out.update(parents=parents, data=data, label=label, t=t)
+        if op is not None and op.constants:
+            out["const"] = [value for _, value in op.constants]
         return out
     if kind == BACKWARD:
         return {"type": "backward", "seq": seq, "id": event[2], "grad": event[3], "t": t}

@@ -79,11 +79,11 @@ def draw_dot(
         name = str(node.id)
         label = f"{{ {_escape(node.label)} | data {node.data:.4f} | grad {node.grad:.4f} }}"
         dot.node(name, label=label, shape="record")
-        if node._opdef is not None:
+        if node.op is not None:
             # an op node feeds the record of its result; one edge per parent slot feeds it
-            dot.node(name + "op", label=node._op)
+            dot.node(name + "op", label=node.op.title)
             dot.edge(name + "op", name)
-            for parent in node._prev:
+            for parent in node.parents:
                 dot.edge(str(parent.id), name + "op")
     return dot
 

@@ -118,15 +118,20 @@ class Hub:
                 except struct.error:  # a number past 32 bits
                     append(pack({"type": "backward", "seq": seq, "id": id_, "grad": grad, "t": t}))
             elif kind == FORWARD:
-                _, _, id_, op, parents, data, label, constants = event
+                _, _, node, data, label = event
+                id_, op, parents = node._id, node._opdef, node._prev
                 if len(parents) == 2:
                     parents = (parents[0]._id, parents[1]._id)
                 else:
                     parents = tuple([p._id for p in parents])
-                const = tuple([value for _, value in constants]) if constants else None
-                nodes[id_] = (op, parents, data, label, const)
+                if op is None:
+                    name = const = None
+                else:
+                    name = op.name
+                    const = tuple([v for _, v in op.constants]) if op.constants else None
+                nodes[id_] = (name, parents, data, label, const)
                 try:
-                    append(forward_bytes(seq, id_, op, parents, data, label, t, const))
+                    append(forward_bytes(seq, id_, name, parents, data, label, t, const))
                 except struct.error:
                     append(pack(event_map(event, seq, t0)))
             else:
@@ -250,6 +255,7 @@ class Viewer:
         self.resync = False  # send dropped + snapshot before anything else
         self.want_snapshot = False  # the viewer asked for a snapshot
         self.wake = asyncio.Event()
+        self.sending = False  # a frame of the queue is being written
 
     def offer(self, frame: bytes, count: int) -> None:
         """Queue a frame of `count` events, or count them lost if the queue is full."""
@@ -285,7 +291,11 @@ class Viewer:
                     continue
                 frame, count = self.queue.popleft()
                 self.queued -= count
-                await self.send(frame)
+                self.sending = True
+                try:
+                    await self.send(frame)
+                finally:
+                    self.sending = False
 
     async def _send_snapshot(self) -> None:
         # Built synchronously: it reflects exactly the events up to hub.seq; the queue holds
