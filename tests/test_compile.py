@@ -185,6 +185,7 @@ class Piecewise:
             )
         )
         register(Op("strict_sqrt", math.sqrt, lambda out, a: (0.5 / out,)))
+        register(Op("fma", lambda a, b, c: a * b + c, lambda out, a, b, c: (b, a, 1.0)))
 
 
 def test_a_plugin_op_compiles_and_branches_at_replay():
@@ -201,6 +202,16 @@ def test_a_plugin_op_compiles_and_branches_at_replay():
         eager.backward()
         assert close(out, eager.data)
         assert close(grad, w.grad)
+
+
+def test_an_op_of_three_operands_compiles():
+    engine = Engine(plugins=[Piecewise()], entry_points=False)
+    w = engine.value(-1.5)
+    compiled = opgraph.compile(lambda x, c: engine.ops.fma(x, w, c * x), 2.0, 0.5, engine=engine)
+    assert compiled(3.0, 2.0) == 3.0 * -1.5 + 6.0
+    compiled.backward()
+    assert w.grad == 3.0
+    assert compiled.input_grads == [-1.5 + 2.0, 3.0]
 
 
 def test_an_error_in_a_replayed_op_names_the_op_plugin_and_node():
