@@ -251,6 +251,12 @@ class Compiled:
         outputs = self._program.run(numbers, checked)
         return outputs[0] if self._single else outputs
 
+    def zero_grad(self) -> None:
+        """Set the `.grad` of every parameter, and every input gradient, to 0."""
+        for p in self.parameters:
+            p.grad = 0.0
+        self.input_grads = [0.0] * len(self.inputs)
+
     def backward(self, gradient: float = 1.0) -> None:
         """Add d output / d leaf (times `gradient`) to each parameter's `.grad`.
 

@@ -145,6 +145,8 @@ def test_input_grads_and_several_outputs():
     compiled.backward(2.0)  # from the first output, times 2
     assert compiled.input_grads == [2 * -0.5, 2 * 1.25]
     assert w.grad == 2.0
+    compiled.zero_grad()
+    assert compiled.input_grads == [0.0, 0.0] and w.grad == 0.0
 
 
 def test_pow_with_a_constant_exponent_and_constants_made_inside():
