@@ -4,8 +4,9 @@
 
 1. Tracing off: the demo's moons step (MLP(2, [16, 16, 1]) on 100 points, about 65,000
    nodes) with no tracer attached, against the same step with the tracer hooks removed from
-   the engine (Value.__init__ and backward patched to copies without the `tracer is not
-   None` tests). The difference is what tracing costs when it is off (goal: at most 3%).
+   the engine (its op binder, Value.__init__ and backward recompiled without their
+   `tracer is not None` tests). The difference is what tracing costs when it is off
+   (goal: at most 3%).
 2. Tracing on: the same step while the engine's trace is served to one viewer, a separate
    process (as a browser would be) that reads and decodes every event. Reported: the step's
    slowdown, and the events per second delivered to the viewer, from the start of the step
@@ -25,7 +26,6 @@ import json
 import os
 import platform
 import random
-import re
 import subprocess
 import sys
 import textwrap
@@ -97,38 +97,52 @@ def timed_step(model, X, y, cpu: list | None = None) -> float:
 
 # --- the engine without its tracer hooks (what "tracing off" is compared with) -------------
 
+registry_module = importlib.import_module("opgraph.registry")
 
-def _without_tracer_test(function):
-    """`function` compiled again from its source without its `if ... tracer is not None:`
-    statements (each guards one line), in the globals of its module."""
-    lines = textwrap.dedent(inspect.getsource(function)).splitlines()
-    kept, skip = [], False
-    for line in lines:
-        if skip:
-            skip = False
-            continue
-        if re.fullmatch(r"\s*if [\w.]*tracer is not None:", line):
-            skip = True  # drop the test and the one statement it guards
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def without_tracer_tests(func):
+    """`func` compiled again from its source, without its `if ... tracer is not None:` blocks.
+
+    The engine tests for a tracer in four places: the op functions that `_bind_primitive`
+    makes, the constant leaves of `_coercer`, `Value.__init__` and backward's `_propagate`.
+    Dropping those blocks gives the engine as it would be with tracing compiled out entirely.
+    """
+    kept, skipping = [], None
+    for line in textwrap.dedent(inspect.getsource(func)).splitlines():
+        if skipping is not None and line.strip() and _indent(line) > skipping:
+            continue  # the body of a tracer test
+        skipping = None
+        if line.strip().startswith("if ") and "tracer is not None" in line:
+            skipping = _indent(line)
             continue
         kept.append(line)
-    namespace: dict = {}
-    exec(compile("\n".join(kept), f"<{function.__qualname__} without tracer>", "exec"),
-         function.__globals__, namespace)  # fmt: skip
-    return namespace[function.__name__]
+    namespace = dict(func.__globals__)
+    exec("\n".join(kept), namespace)
+    return namespace[func.__name__]
 
 
 @contextmanager
-def without_tracer_hooks():
-    """The engine as it would be without tracing: Value.__init__ and backward's loop
-    recompiled without their tracer tests."""
-    init, propagate = value_module.Value.__init__, backward_module._propagate
-    value_module.Value.__init__ = _without_tracer_test(init)
-    backward_module._propagate = _without_tracer_test(propagate)
+def without_tracer_hooks(engine):
+    patches = [
+        (registry_module, "_bind_primitive"),
+        (registry_module, "_coercer"),
+        (backward_module, "_propagate"),
+        (value_module.Value, "__init__"),
+    ]
+    originals = [(owner, name, owner.__dict__[name]) for owner, name in patches]
+    for owner, name, original in originals:
+        setattr(owner, name, without_tracer_tests(original))
+    engine._bind(engine.ops.definitions)  # the op functions again, from the patched binder
     try:
         yield
     finally:
-        value_module.Value.__init__ = init
-        backward_module._propagate = propagate
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+        engine._bind(engine.ops.definitions)
 
 
 def bench_off(steps: int) -> dict:
@@ -137,7 +151,7 @@ def bench_off(steps: int) -> dict:
     off, unhooked, off_cpu, unhooked_cpu = [], [], [], []
     for _ in range(steps):
         off.append(timed_step(model, X, y, off_cpu))
-        with without_tracer_hooks():
+        with without_tracer_hooks(model.engine):
             unhooked.append(timed_step(model, X, y, unhooked_cpu))
     return {
         "step_s_tracing_off": min(off),
@@ -148,6 +162,46 @@ def bench_off(steps: int) -> dict:
         "tracing_off_overhead_cpu": min(off_cpu) / min(unhooked_cpu) - 1,
         "runs_tracing_off": off,
         "runs_without_hooks": unhooked,
+    }
+
+
+# --- tracing on, no viewer ---------------------------------------------------------------------
+
+
+def bench_no_viewer(steps: int) -> dict:
+    """The step while the engine's trace is served to nobody (events made, then dropped)."""
+    model, X, y = moons_model()
+    train(model, X, y, 1)  # warm up
+    untraced_cpu: list[float] = []
+    traced_cpu: list[float] = []
+    for _ in range(steps):
+        timed_step(model, X, y, untraced_cpu)
+        with model.engine.serve(port=0) as server:
+            start_cpu = time.process_time()
+            timed_step(model, X, y)
+            server.flush(timeout=120)
+            traced_cpu.append(time.process_time() - start_cpu)
+    return {
+        "step_cpu_s_untraced": min(untraced_cpu),
+        "step_cpu_s_served_no_viewer": min(traced_cpu),
+        "slowdown_cpu": min(traced_cpu) / min(untraced_cpu),
+    }
+
+
+def run_for_runner(config) -> dict:
+    """The figures `python -m benchmarks` shows, in its table's units."""
+    steps = 1 if config.quick else config.repeat
+    off = bench_off(steps)
+    if config.quick:  # the smoke test: no server, no viewer process
+        return {"off, CPU overhead %": 100 * off["tracing_off_overhead_cpu"]}
+    alone = bench_no_viewer(steps)
+    on = bench_on(steps)
+    return {
+        "off, CPU overhead %": 100 * off["tracing_off_overhead_cpu"],
+        "on, no viewer, CPU slowdown x": alone["slowdown_cpu"],
+        "on, 1 viewer, CPU slowdown x": on["slowdown_cpu"],
+        "on, 1 viewer, events/s delivered": on["delivered_events_per_s"],
+        "on, 1 viewer, events dropped": on["dropped"],
     }
 
 

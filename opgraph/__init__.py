@@ -8,6 +8,7 @@
 """
 
 from .backward import backward, topological_order, zero_grad
+from .compile import Compiled, CompileError, CompileWarning, compile
 from .engine import Engine, default_engine
 from .errors import (
     AnomalyError,
@@ -28,6 +29,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AnomalyError",
+    "CompileError",
+    "CompileWarning",
+    "Compiled",
     "Composite",
     "Engine",
     "EngineMismatchError",
@@ -39,6 +43,7 @@ __all__ = [
     "PluginLoadError",
     "Value",
     "backward",
+    "compile",
     "default_engine",
     "detect_anomaly",
     "draw_dot",

@@ -25,11 +25,25 @@ def topological_order(root: Value) -> list[Value]:
     """Every node that `root` depends on, `root` included, parents before children."""
     seen = {root}
     stack = [root]
+    visit, pop, push = seen.add, stack.pop, stack.append
     while stack:
-        for parent in stack.pop()._prev:
+        node = pop()
+        a = node._a  # the parents are the slots _a, _b, _more (see value.py)
+        if a is None:
+            continue
+        if a not in seen:
+            visit(a)
+            push(a)
+        b = node._b
+        if b is None:
+            continue
+        if b not in seen:
+            visit(b)
+            push(b)
+        for parent in node._more or ():
             if parent not in seen:
-                seen.add(parent)
-                stack.append(parent)
+                visit(parent)
+                push(parent)
     return sorted(seen, key=_by_id)
 
 
@@ -40,11 +54,10 @@ def backward(root: Value, gradient: float = 1.0) -> None:
     contribution, so calling it twice on one graph gives exactly twice the gradients.
     """
     nodes = topological_order(root)
-    earlier = [node.grad for node in nodes]
-    carried = any(earlier)
-    if carried:  # propagate this pass alone, then add back what was there before
-        for node in nodes:
-            node.grad = 0.0
+    # Propagate this pass alone from zero grads, then add back what was there before.
+    carried = [(node, node.grad) for node in nodes if node.grad]
+    for node, _ in carried:
+        node.grad = 0.0
     root.grad = float(gradient)
     tracer = root._tracer
     if tracer is not None:
@@ -55,31 +68,38 @@ def backward(root: Value, gradient: float = 1.0) -> None:
         else:
             _propagate(nodes, tracer)
     except BaseException:  # a failed pass adds nothing: put every grad back as it was
-        for node, grad in zip(nodes, earlier, strict=True):
+        for node in nodes:
+            node.grad = 0.0
+        for node, grad in carried:
             node.grad = grad
         raise
-    if carried:
-        for node, grad in zip(nodes, earlier, strict=True):
-            node.grad += grad
+    for node, grad in carried:
+        node.grad += grad
     if tracer is not None:
         tracer.backward_end(root)
 
 
 def _propagate(nodes: list[Value], tracer) -> None:
+    # The chain rule, node by node from the root down: each parent gets the op's local
+    # derivative times the node's grad. Unary and binary ops, nearly all nodes, skip the
+    # general loop.
     for node in reversed(nodes):
         op = node._opdef
         if tracer is not None:
             tracer.backward(node)
         if op is None:  # a leaf
             continue
-        parents, grad = node._prev, node.grad
+        a, b, grad = node._a, node._b, node.grad
         try:
-            if len(parents) == 2:
-                a, b = parents
+            if b is None:
+                (da,) = op.derivative(node.data, a.data)
+                a.grad += da * grad
+            elif node._more is None:
                 da, db = op.derivative(node.data, a.data, b.data)
                 a.grad += da * grad
                 b.grad += db * grad
             else:
+                parents = node._prev
                 partials = op.derivative(node.data, *[p.data for p in parents])
                 for parent, partial in zip(parents, partials, strict=True):
                     parent.grad += partial * grad

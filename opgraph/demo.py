@@ -6,7 +6,8 @@ with micrograd's learning-rate schedule. Then it draws one trained neuron's grap
 Graphviz.
 
 The pieces are functions so that other features can reuse them: `make_moons`, `loss`,
-`train` (with an `on_step` callback) and `draw_neuron`.
+`train` (with an `on_step` callback) and `draw_neuron`. `opgraph demo --compile` trains
+with `compiled_loss`, the same loss through `opgraph.compile`.
 """
 
 from __future__ import annotations
@@ -76,6 +77,42 @@ def loss(
     total_loss = data_loss + reg_loss
     accuracy = sum((yi > 0) == (score.data > 0) for yi, score in zip(y, scores, strict=True))
     return total_loss, accuracy / len(y)
+
+
+class CompiledLoss:
+    """What a compiled loss gives `train` in place of a Value: `.data` and `.backward()`."""
+
+    def __init__(self, data: float, backward: Callable[[], None]):
+        self.data = data
+        self.backward = backward
+
+
+def compiled_loss(
+    model: Module, X: Sequence[Sequence[float]], y: Sequence[int], alpha: float = 1e-4
+) -> Callable[[Module, Sequence[Sequence[float]], Sequence[int]], tuple[CompiledLoss, float]]:
+    """`loss`, compiled once with `opgraph.compile`, as a `loss_fn` for `train`.
+
+    The points and labels are the compiled function's inputs; the scores are extra outputs,
+    so accuracy is computed from floats (reading `.data` while recording would be refused).
+    """
+    from .compile import compile
+
+    def loss_and_scores(points, labels):
+        scores = [model(row) for row in points]
+        losses = [(1 + -yi * score).relu() for yi, score in zip(labels, scores, strict=True)]
+        data_loss = sum(losses) * (1.0 / len(losses))
+        reg_loss = alpha * sum(p * p for p in model.parameters())
+        return (data_loss + reg_loss, *scores)
+
+    compiled = compile(loss_and_scores, X, y, engine=model.engine)
+
+    def loss_fn(model_: Module, X: Sequence[Sequence[float]], y: Sequence[int]):
+        total, *scores = compiled(X, y)
+        accuracy = sum((yi > 0) == (score > 0) for yi, score in zip(y, scores, strict=True))
+        return CompiledLoss(total, compiled.backward), accuracy / len(y)
+
+    loss_fn.compiled = compiled  # type: ignore[attr-defined]
+    return loss_fn
 
 
 @dataclass(frozen=True)
@@ -191,6 +228,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("."), help="directory for the neuron's SVG (.)"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="record the step's graph once and replay it compiled (opgraph.compile)",
+    )
     from opgraph.server.demo import add_arguments as add_serve_arguments
 
     add_serve_arguments(parser)  # --serve and its options
@@ -205,6 +247,13 @@ def _positive(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "serve", False):
+        if getattr(args, "compile", False):
+            print(
+                "opgraph demo: --compile replays the step without building Values, so there "
+                "would be nothing to trace; use --serve or --compile, not both",
+                file=sys.stderr,
+            )
+            return 2
         from opgraph.server.demo import run_served
 
         return run_served(args)
@@ -222,7 +271,12 @@ def run(args: argparse.Namespace) -> int:
         f"two-moons points for {args.steps} steps (seed {args.seed})"
     )
     started = time.perf_counter()
-    train(model, X, y, args.steps, on_step=ProgressBar(args.steps))
+    loss_fn = loss
+    if args.compile:
+        loss_fn = compiled_loss(model, X, y)
+        seconds = time.perf_counter() - started
+        print(f"compiled the training step in {seconds:.1f}s: {loss_fn.compiled}")
+    train(model, X, y, args.steps, on_step=ProgressBar(args.steps), loss_fn=loss_fn)
     final_loss, accuracy = evaluate(model, X, y)
     print(f"trained in {time.perf_counter() - started:.1f}s")
     print(f"final loss {final_loss:.4f}, accuracy {accuracy:.0%}")

@@ -26,7 +26,7 @@ from . import hookspecs
 from .errors import PluginError, PluginLoadError
 from .modes import ANOMALY
 from .registry import AnyOp, OpTable, collect
-from .value import Value
+from .value import Value, install_operators
 
 ENTRY_POINT_GROUP = "opgraph"
 
@@ -311,10 +311,19 @@ class Engine:
                 if blamed is exc:
                     raise
                 raise blamed from exc
-            flags = ANOMALY if self._detect_anomaly else 0
-            self.ops = OpTable(definitions, self.Value, flags)
-            self.Value._ops = self.ops
+            self._bind(definitions)
             self._registered = registrations
+
+    def _bind(self, definitions: dict[str, AnyOp]) -> None:
+        """Bind the ops to this engine's Value class, with the current tracer and flags.
+
+        The bound functions hold the tracer and the anomaly flag as constants, so they are
+        bound again whenever either changes: with tracing off, a node pays for no tracer.
+        """
+        flags = ANOMALY if self._detect_anomaly else 0
+        self.ops = OpTable(definitions, self.Value, flags, self._tracer)
+        self.Value._ops = self.ops
+        install_operators(self.Value, self.ops)
 
     def _registrations(self) -> list[tuple[str, AnyOp, bool]]:
         registrations: list[tuple[str, AnyOp, bool]] = []
@@ -421,8 +430,9 @@ class Engine:
 
     @detect_anomaly.setter
     def detect_anomaly(self, enabled: bool) -> None:
-        self._detect_anomaly = bool(enabled)
-        self.rebuild()
+        with self._lock:
+            self._detect_anomaly = bool(enabled)
+            self._bind(self.ops.definitions)
 
     # --- tracing --------------------------------------------------------------------------
 
@@ -433,8 +443,10 @@ class Engine:
 
     @tracer.setter
     def tracer(self, tracer: Any) -> None:
-        self._tracer = tracer
-        self.Value._tracer = tracer
+        with self._lock:
+            self._tracer = tracer
+            self.Value._tracer = tracer
+            self._bind(self.ops.definitions)
 
     def serve(self, port: int = 8765, host: str = "127.0.0.1", **options: Any) -> Any:
         """Serve this engine's live trace to viewers; returns the running server.

@@ -45,6 +45,7 @@ class Op:
     doc: str = ""
     plugin: str = ""  # set by the registry: the name of the plugin that registered the op
     constants: tuple[tuple[int, float], ...] = field(default=(), repr=False)  # (position, value)
+    base: Op | None = field(default=None, repr=False, compare=False)  # the op before fixing
 
     @property
     def title(self) -> str:
@@ -211,11 +212,23 @@ def collect(registrations: Iterable[tuple[str, AnyOp, bool]]) -> dict[str, AnyOp
 # Binding ops to an engine's Value class: the hot path
 
 
-def _coercer(cls: type[Value], op: AnyOp) -> Callable[[Any], Value]:
+def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]:
     """A function that turns an operand into a Value of `cls`, or explains why it cannot."""
     from .value import Value
 
+    new, next_id = object.__new__, cls._ids.__next__
+
     def to_value(x: Any) -> Value:
+        if type(x) is float or type(x) is int:
+            # A constant leaf (the 2 of `2 * x`), built in place as the op functions do.
+            node = new(cls)
+            node.data = x if type(x) is float else _float_of_int(x)
+            node.grad, node._label = 0.0, ""
+            node._a = node._b = node._more = node._opdef = None
+            node._id = next_id()
+            if tracer is not None:
+                tracer.forward(node)
+            return node
         if isinstance(x, Value):
             if x._ops is cls._ops:
                 return x
@@ -231,6 +244,13 @@ def _coercer(cls: type[Value], op: AnyOp) -> Callable[[Any], Value]:
         )
 
     return to_value
+
+
+def _float_of_int(x: int) -> float:
+    try:
+        return float(x)
+    except OverflowError:  # beyond the largest float: inf, as IEEE-754
+        return _number(x)
 
 
 def _as_float(op: AnyOp, out: Any) -> float:
@@ -263,8 +283,15 @@ def _checked(op: Op, cls: type[Value], out: float, parents: tuple, flags: int) -
     return cls(out, "", parents, op)
 
 
-def _bind_primitive(op: Op, cls: type[Value], engine_flags: int) -> Callable[..., Value]:
-    forward, to_value = op.forward, _coercer(cls, op)
+def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) -> Callable:
+    """The function that runs `op` on operands: the hot path of every graph.
+
+    It builds the output node in place (`new(cls)` and six slot stores) rather than calling
+    `cls(...)`, which would run `Value.__init__` through a slower generic call; `tracer` and
+    `engine_flags` are fixed here, so the engine binds its ops again when either changes.
+    """
+    forward, to_value = op.forward, _coercer(cls, op, tracer)
+    new, next_id, get_mode = object.__new__, cls._ids.__next__, mode.get
 
     # Unary and binary ops get their own functions: they are almost every op in a graph, and
     # unpacking *args costs more than the rest of the work.
@@ -279,10 +306,15 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int) -> Callable[...
                 raise forward_error(op, (a,), exc) from exc
             if type(out) is not float:
                 out = _as_float(op, out)
-            flags = mode.get() | engine_flags
-            if flags:
-                return _checked(op, cls, out, (a,), flags)
-            return cls(out, "", (a,), op)
+            if get_mode() or engine_flags:
+                return _checked(op, cls, out, (a,), get_mode() | engine_flags)
+            node = new(cls)
+            node.data, node.grad, node._label = out, 0.0, ""
+            node._a, node._b, node._more = a, None, None
+            node._opdef, node._id = op, next_id()
+            if tracer is not None:
+                tracer.forward(node)
+            return node
 
         return unary
 
@@ -299,10 +331,15 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int) -> Callable[...
                 raise forward_error(op, (a, b), exc) from exc
             if type(out) is not float:
                 out = _as_float(op, out)
-            flags = mode.get() | engine_flags
-            if flags:
-                return _checked(op, cls, out, (a, b), flags)
-            return cls(out, "", (a, b), op)
+            if get_mode() or engine_flags:
+                return _checked(op, cls, out, (a, b), get_mode() | engine_flags)
+            node = new(cls)
+            node.data, node.grad, node._label = out, 0.0, ""
+            node._a, node._b, node._more = a, b, None
+            node._opdef, node._id = op, next_id()
+            if tracer is not None:
+                tracer.forward(node)
+            return node
 
         return binary
 
@@ -316,32 +353,46 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int) -> Callable[...
             raise forward_error(op, parents, exc) from exc
         if type(out) is not float:
             out = _as_float(op, out)
-        flags = mode.get() | engine_flags
+        flags = get_mode() | engine_flags
         if flags:
             return _checked(op, cls, out, parents, flags)
-        return cls(out, "", parents, op)
+        return cls(out, "", parents, op)  # Value.__init__ tells the tracer
 
     return nary
 
 
 def with_constants(op: Op, constants: tuple[tuple[int, float], ...]) -> Op:
-    """The op with some arguments fixed to numbers: `pow` with exponent 2 is unary."""
+    """The op with some arguments fixed to numbers: `pow` with exponent 2 is unary.
+
+    The result keeps the full op as `base`, so that `compile` can call it directly.
+    """
     fixed = dict(constants)
     keep = [i for i in range(op.arity) if i not in fixed]
     forward, derivative = op.forward, op.derivative
 
-    def full(xs: Sequence[float]) -> list[float]:
-        args, it = [], iter(xs)
-        for i in range(op.arity):
-            args.append(fixed[i] if i in fixed else next(it))
-        return args
+    if op.arity == 2 and keep == [0]:  # the common case, `x ** 2`: no argument shuffling
+        (c,) = fixed.values()
 
-    def forward_fixed(*xs):
-        return forward(*full(xs))
+        def forward_fixed(a):
+            return forward(a, c)
 
-    def derivative_fixed(out, *xs):
-        partials = derivative(out, *full(xs))
-        return tuple(partials[i] for i in keep)
+        def derivative_fixed(out, a):
+            return (derivative(out, a, c)[0],)
+
+    else:
+
+        def full(xs: Sequence[float]) -> list[float]:
+            args, it = [], iter(xs)
+            for i in range(op.arity):
+                args.append(fixed[i] if i in fixed else next(it))
+            return args
+
+        def forward_fixed(*xs):
+            return forward(*full(xs))
+
+        def derivative_fixed(out, *xs):
+            partials = derivative(out, *full(xs))
+            return tuple(partials[i] for i in keep)
 
     return replace(
         op,
@@ -350,16 +401,17 @@ def with_constants(op: Op, constants: tuple[tuple[int, float], ...]) -> Op:
         arity=len(keep),
         static=(),
         constants=constants,
+        base=op,
     )
 
 
-def _bind_static(op: Op, cls: type[Value], engine_flags: int) -> Callable[..., Value]:
+def _bind_static(op: Op, cls: type[Value], engine_flags: int, tracer: Any) -> Callable:
     """Bind an op with static positions: plain numbers there are baked into the op."""
-    full = _bind_primitive(op, cls, engine_flags)
+    full = _bind_primitive(op, cls, engine_flags, tracer)
 
     @functools.lru_cache(maxsize=256)
     def fixed(constants: tuple[tuple[int, float], ...]) -> Callable[..., Value]:
-        return _bind_primitive(with_constants(op, constants), cls, engine_flags)
+        return _bind_primitive(with_constants(op, constants), cls, engine_flags, tracer)
 
     def apply(*operands):
         constants = tuple(
@@ -373,16 +425,28 @@ def _bind_static(op: Op, cls: type[Value], engine_flags: int) -> Callable[..., V
         rest = [x for i, x in enumerate(operands) if i not in positions]
         return fixed(constants)(*rest)
 
+    if op.arity == 2 and op.static == (1,):
+        # The common case, `x ** 2`, without building tuples and sets on every call.
+        by_exponent: dict[float, Callable[..., Value]] = {}
+
+        def apply_binary(a, b):
+            if type(b) is float or type(b) is int:
+                unary = by_exponent.get(b)
+                if unary is None:
+                    if len(by_exponent) > 256:
+                        by_exponent.clear()
+                    unary = by_exponent[b] = fixed(((1, _number(b)),))
+                return unary(a)
+            return apply(a, b)
+
+        return apply_binary
     return apply
 
 
-def _bind_composite(op: Composite, cls: type[Value]) -> Callable[..., Value]:
-    fn, to_value = op.fn, _coercer(cls, op)
+def _bind_composite(op: Composite, cls: type[Value], tracer: Any) -> Callable[..., Value]:
+    fn, to_value = op.fn, _coercer(cls, op, tracer)
 
-    def composite(*operands):
-        if len(operands) != op.arity:
-            raise TypeError(f"op {op.name!r} takes {op.arity} operands, got {len(operands)}")
-        values = [x if type(x) is cls else to_value(x) for x in operands]
+    def run(values: Sequence[Value]) -> Value:
         try:
             out = fn(*values)
         except (OpError, EngineMismatchError, AnomalyError):
@@ -396,17 +460,43 @@ def _bind_composite(op: Composite, cls: type[Value]) -> Callable[..., Value]:
             )
         return out
 
+    # As for primitives, unary and binary composites (neg, sub, div) skip the *args work.
+    if op.arity == 1:
+
+        def unary(a):
+            return run((a if type(a) is cls else to_value(a),))
+
+        return unary
+
+    if op.arity == 2:
+
+        def binary(a, b):
+            return run((a if type(a) is cls else to_value(a), b if type(b) is cls else to_value(b)))
+
+        return binary
+
+    def composite(*operands):
+        if len(operands) != op.arity:
+            raise TypeError(f"op {op.name!r} takes {op.arity} operands, got {len(operands)}")
+        return run([x if type(x) is cls else to_value(x) for x in operands])
+
     return composite
 
 
-def bind(op: AnyOp, cls: type[Value], engine_flags: int = 0) -> Callable[..., Value]:
-    """The function that applies `op` to operands and returns a new Value of `cls`."""
+def bind(
+    op: AnyOp, cls: type[Value], engine_flags: int = 0, tracer: Any = None
+) -> Callable[..., Value]:
+    """The function that applies `op` to operands and returns a new Value of `cls`.
+
+    `engine_flags` (ANOMALY for an engine that checks every op) and `tracer` (told about
+    every new node, or None) are fixed into the function.
+    """
     if isinstance(op, Composite):
-        fn = _bind_composite(op, cls)
+        fn = _bind_composite(op, cls, tracer)
     elif op.static:
-        fn = _bind_static(op, cls, engine_flags)
+        fn = _bind_static(op, cls, engine_flags, tracer)
     else:
-        fn = _bind_primitive(op, cls, engine_flags)
+        fn = _bind_primitive(op, cls, engine_flags, tracer)
     fn.__name__ = fn.__qualname__ = op.name
     fn.__doc__ = op.doc or None
     return fn
@@ -419,10 +509,16 @@ class OpTable:
     `Op` or `Composite` with the plugin that provides it.
     """
 
-    def __init__(self, definitions: dict[str, AnyOp], cls: type[Value], engine_flags: int = 0):
+    def __init__(
+        self,
+        definitions: dict[str, AnyOp],
+        cls: type[Value],
+        engine_flags: int = 0,
+        tracer: Any = None,
+    ):
         self.definitions = dict(definitions)
         for name, op in definitions.items():
-            setattr(self, name, bind(op, cls, engine_flags))
+            setattr(self, name, bind(op, cls, engine_flags, tracer))
 
     def __getitem__(self, name: str) -> Callable[..., Value]:
         try:

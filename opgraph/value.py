@@ -5,6 +5,12 @@ A Value holds a number (`data`), the derivative of the final output with respect
 micrograd it keeps no `_backward` closure: backward asks the op for its local derivatives.
 Every operator dispatches through the op table of the Value's engine, so every op, `+`
 included, comes from a plugin.
+
+The parents live in three slots rather than in a tuple of their own: `_a` and `_b`, the first
+and second operand (None when there is none), and `_more`, a tuple of any further operands
+(None for the unary and binary ops that make almost every node). A tuple per node would be a
+second object for the garbage collector to walk and 56 more bytes; `_prev` (micrograd's
+name) and `parents` give the parents as an ordered tuple.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ class _DefaultOps:
 class Value:
     """A scalar in the computation graph, a drop-in for micrograd's `Value`."""
 
-    __slots__ = ("data", "grad", "_label", "_prev", "_opdef", "_id", "__weakref__")
+    __slots__ = ("data", "grad", "_label", "_a", "_b", "_more", "_opdef", "_id", "__weakref__")
 
     # Set per engine on its own Value class (the default engine uses this class itself).
     _ops: OpTable = _DefaultOps()  # type: ignore[assignment]
@@ -52,7 +58,7 @@ class Value:
         if type(label) is not str:
             raise _label_error(label)
         self._label = label
-        self._prev = _prev
+        self._a, self._b, self._more = _split(_prev)
         self._opdef = _op
         self._id = next(self._ids)
         if self._tracer is not None:
@@ -76,6 +82,17 @@ class Value:
     def id(self) -> int:
         """The node's number in its engine, in creation order (so parents come first)."""
         return self._id
+
+    @property
+    def _prev(self) -> tuple[Value, ...]:
+        # micrograd's name for the parents (a set there; here ordered, duplicates kept).
+        a = self._a
+        if a is None:
+            return ()
+        b = self._b
+        if b is None:
+            return (a,)
+        return (a, b) if self._more is None else (a, b, *self._more)
 
     @property
     def parents(self) -> tuple[Value, ...]:
@@ -187,6 +204,58 @@ class Value:
         zero_grad(self)
 
 
+# Each operator and op method of Value, and the op it applies; True marks a reflected operator
+# (`2 * v` calls `v.__rmul__(2)`, which is `mul(2, v)`).
+OPERATORS: dict[str, tuple[str, bool]] = {
+    "__add__": ("add", False),
+    "__radd__": ("add", True),
+    "__mul__": ("mul", False),
+    "__rmul__": ("mul", True),
+    "__pow__": ("pow", False),
+    "__rpow__": ("pow", True),
+    "__neg__": ("neg", False),
+    "__sub__": ("sub", False),
+    "__rsub__": ("sub", True),
+    "__truediv__": ("div", False),
+    "__rtruediv__": ("div", True),
+    **{name: (name, False) for name in ("exp", "log", "tanh", "relu", "sigmoid")},
+}
+
+# The methods as written above: each looks its op up in the op table on every call.
+_DISPATCHING = {method: Value.__dict__[method] for method in OPERATORS}
+
+
+def install_operators(cls: type[Value], ops: OpTable) -> None:
+    """Make the operators of an engine's Value class call its bound ops directly.
+
+    `a * b` then runs the engine's `mul` without a dispatch step in between (a Python call
+    saved per node). An op the engine lacks keeps the dispatching method, whose op table
+    raises the error that lists the registered ops.
+    """
+    for method, (name, reflected) in OPERATORS.items():
+        if name not in ops:
+            setattr(cls, method, _DISPATCHING[method])
+        elif reflected:
+            setattr(cls, method, _reflected(ops[name]))
+        else:
+            setattr(cls, method, ops[name])
+
+
+def _reflected(op):
+    def reflected(self, other):
+        return op(other, self)
+
+    reflected.__name__ = reflected.__qualname__ = f"r{op.__name__}"
+    return reflected
+
+
+def _split(parents: tuple) -> tuple[Any, Any, tuple | None]:
+    """Parents as the slots `_a`, `_b`, `_more` hold them."""
+    if len(parents) <= 2:
+        return (*parents, None, None, None)[:3]  # type: ignore[return-value]
+    return parents[0], parents[1], tuple(parents[2:])
+
+
 def _number(data: Any) -> float:
     """A leaf's data as a float, or a TypeError that says what was wrong."""
     if isinstance(data, Real):
@@ -199,9 +268,7 @@ def _number(data: Any) -> float:
             "Value(...) takes a number; to reuse a Value, use it directly "
             f"(got Value with data {data.data!r})"
         )
-    raise TypeError(
-        f"a Value's data must be a real number, got {type(data).__name__}: {data!r}"
-    )
+    raise TypeError(f"a Value's data must be a real number, got {type(data).__name__}: {data!r}")
 
 
 def _label_error(label: Any) -> TypeError:

@@ -1,0 +1,1 @@
+"""Benchmarks of opgraph against micrograd: `python -m benchmarks` (see run.py)."""

@@ -1,0 +1,486 @@
+"""Compiled replay: record the graph a function builds once, then re-run it without Values.
+
+A training loop rebuilds the same graph every step. `compile(fn, *example_args)` runs `fn`
+once, takes the graph it built, and writes it out as two straight-line Python functions:
+a forward pass, one line per node, and a backward pass, the chain rule line by line in reverse.
+Both call the same plugin `forward` and `derivative` functions as eager mode, so any op
+compiles, third-party ones included. A replay builds no Value and no graph.
+
+What a replay can follow: everything inside ops (relu's branch, a plugin's piecewise op),
+new argument values, and new `.data` on the leaf Values the graph reads (parameters after an
+optimizer step). What it cannot: Python control flow on `.data` in `fn` itself; the graph is
+the one recorded. Such a read is detected while recording and raises `CompileError`
+(or warns, with `strict=False`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from numbers import Real
+from typing import Any
+
+from .backward import topological_order
+from .engine import default_engine
+from .errors import AnomalyError, OpError, OpgraphError, describe
+from .modes import ANOMALY, enable_grad, mode
+from .registry import Op
+from .value import Value
+
+__all__ = ["Compiled", "CompileError", "CompileWarning", "compile"]
+
+
+class CompileError(OpgraphError):
+    """A function cannot be compiled faithfully, or a compiled function got other arguments."""
+
+
+class CompileWarning(UserWarning):
+    """A compiled function may not replay what eager mode would compute (`strict=False`)."""
+
+
+def compile(
+    fn: Callable[..., Any],
+    *example_args: Any,
+    strict: bool = True,
+    engine: Any = None,
+) -> Compiled:
+    """Record the graph `fn(*example_args)` builds, once, and return it compiled.
+
+    Numbers in the arguments (also inside lists and tuples) are the inputs of the compiled
+    function: `fn` receives them as leaf Values, and each call may pass new numbers. Any other
+    argument (a model, a string) is fixed: later calls must pass the same object. `fn`
+    returns a Value, or a tuple or list of Values (backward differentiates the first).
+
+    With `strict=True` (the default), `fn` reading the `.data` of a Value of the graph while
+    it is recorded raises CompileError: the replay could not follow what it did with it.
+    `strict=False` warns instead. `engine` makes the input Values (default: the default engine).
+    """
+    return Compiled(fn, example_args, strict=strict, engine=engine)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments: numbers become inputs, the rest is fixed
+
+
+class _Input:
+    """Where an input number sits in the arguments' structure."""
+
+
+def _template(obj: Any, make_input: Callable[[float, int], Value], count: list[int]) -> Any:
+    """The arguments with each number replaced by an input Value, and their structure."""
+    if isinstance(obj, list | tuple):
+        parts = [_template(x, make_input, count) for x in obj]
+        values = [value for value, _ in parts]
+        return (type(obj)(values) if type(obj) in (list, tuple) else values), (
+            type(obj),
+            [shape for _, shape in parts],
+        )
+    if isinstance(obj, Value) or (isinstance(obj, Real) and not isinstance(obj, bool)):
+        data = obj.data if isinstance(obj, Value) else float(obj)
+        count[0] += 1
+        return make_input(data, count[0] - 1), _Input
+    return obj, obj  # fixed: the object itself
+
+
+def _fill(shape: Any, obj: Any, out: list[float], where: str) -> None:
+    """Append the input numbers of `obj` to `out`, checking it has the recorded structure."""
+    if shape is _Input:
+        if isinstance(obj, Value):
+            out.append(obj.data)
+        elif isinstance(obj, Real) and not isinstance(obj, bool):
+            out.append(float(obj))
+        else:
+            raise CompileError(f"{where}: expected a number, got {type(obj).__name__}: {obj!r}")
+    elif isinstance(shape, tuple) and len(shape) == 2 and shape[0] in (list, tuple):
+        kind, items = shape
+        if not isinstance(obj, list | tuple) or len(obj) != len(items):
+            size = len(obj) if isinstance(obj, list | tuple) else None
+            raise CompileError(
+                f"{where}: recorded as a {kind.__name__} of {len(items)} items, got "
+                f"{type(obj).__name__}"
+                + (f" of {size} items" if size is not None else "")
+                + "; compile again for other shapes"
+            )
+        for i, (item_shape, item) in enumerate(zip(items, obj, strict=True)):
+            _fill(item_shape, item, out, f"{where}[{i}]")
+    elif obj is not shape:
+        raise CompileError(
+            f"{where}: this argument is fixed in the compiled graph (it is not a number); "
+            f"it was {shape!r} when compiled, now {obj!r}; compile again to change it"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Detecting reads of `.data` while recording
+
+
+_DATA_SLOT = Value.__dict__["data"]  # the slot descriptor that stores `data`
+_recording_lock = threading.Lock()
+
+# Modules that read `.data` to run the graph itself, not to decide what graph to build.
+# Plugins are not among them: a composite op that branches on `.data` cannot be replayed.
+_ENGINE_MODULES = frozenset(
+    {"opgraph.value", "opgraph.registry", "opgraph.backward", "opgraph.errors", __name__}
+)
+
+
+def _is_engine_module(name: str) -> bool:
+    return name in _ENGINE_MODULES or name.startswith(("opgraph.server", "opgraph.trac"))
+
+
+class _DataReads:
+    """While active, `Value.data` is a property that notes who reads it outside the engine."""
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[Value, str, int]] = []
+
+    def _get(self, value: Value) -> float:
+        caller = sys._getframe(1)
+        if not _is_engine_module(caller.f_globals.get("__name__", "")):
+            self.reads.append((value, caller.f_code.co_filename, caller.f_lineno))
+        return _DATA_SLOT.__get__(value, type(value))
+
+    def __enter__(self) -> _DataReads:
+        if not _recording_lock.acquire(blocking=False):
+            raise CompileError("compile() is already recording a function: it cannot be nested")
+        Value.data = property(self._get, _DATA_SLOT.__set__)  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        Value.data = _DATA_SLOT  # type: ignore[assignment]
+        _recording_lock.release()
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled function
+
+
+class Compiled:
+    """A recorded graph, replayed by generated Python code. Made by `opgraph.compile`.
+
+    `compiled(*args)` runs the forward pass and returns the output as a float (a tuple of
+    floats when `fn` returned several Values). `compiled.backward()` then adds d output /
+    d leaf to the `.grad` of every leaf Value the graph reads, as eager `.backward()` would;
+    the gradients of the inputs are in `input_grads`. One Compiled object is not meant to be
+    called from two threads at once.
+    """
+
+    def __init__(self, fn: Callable[..., Any], args: Sequence[Any], *, strict: bool, engine):
+        started = time.perf_counter()
+        self.fn = fn
+        self.engine = engine or default_engine()
+        name = getattr(fn, "__qualname__", repr(fn))
+        self.name = name
+        inputs: list[Value] = []
+
+        def make_input(data: float, index: int) -> Value:
+            inputs.append(self.engine.value(data, label=f"input{index}"))
+            return inputs[-1]
+
+        values, self._shape = _template(tuple(args), make_input, [0])
+        self.inputs = inputs
+        marker = self.engine.value(0.0)  # nodes with larger ids are made while recording
+        with _DataReads() as reads, enable_grad():
+            result = fn(*values)
+        self.outputs, self._single = _outputs(result, name)
+        if type(self.outputs[0]) is not self.engine.Value:
+            raise CompileError(
+                f"compile({name}): the graph belongs to engine "
+                f"{self.outputs[0].engine.name!r}; pass engine= to compile()"
+            )
+        self.nodes = _reachable(self.outputs)
+        self._classify(marker._id)
+        self._check_reads(reads.reads, strict)
+        self._program = _Program(self)
+        self.input_grads: list[float] = [0.0] * len(inputs)
+        self.compile_seconds = time.perf_counter() - started
+
+    def __repr__(self) -> str:
+        return (
+            f"<Compiled {self.name}: {len(self.nodes)} nodes, {len(self.parameters)} "
+            f"parameters, {len(self.inputs)} inputs, compiled in {self.compile_seconds:.3f} s>"
+        )
+
+    @property
+    def source(self) -> str:
+        """The generated Python source of the forward and backward passes."""
+        return self._program.source
+
+    def _classify(self, first_id: int) -> None:
+        """Sort the graph's leaves into inputs, constants made by `fn`, and parameters."""
+        input_ids = {id(v) for v in self.inputs}
+        self.parameters: list[Value] = []  # leaves made before fn ran: read at every call
+        for node in self.nodes:
+            if node._opdef is None and id(node) not in input_ids and node._id <= first_id:
+                self.parameters.append(node)
+
+    def _check_reads(self, reads: list[tuple[Value, str, int]], strict: bool) -> None:
+        """Complain about reads of `.data` on nodes whose data a replay may change."""
+        varying = {id(v) for v in self.nodes if v._opdef is not None}
+        varying.update(id(v) for v in self.inputs)
+        varying.update(id(v) for v in self.parameters)
+        unsafe = [(v, f, line) for v, f, line in reads if id(v) in varying]
+        if not unsafe:
+            return
+        shown = "; ".join(
+            f"{describe(v)}{' (op ' + v._op + ')' if v._op else ''} at {f}:{line}"
+            for v, f, line in unsafe[:3]
+        )
+        more = f" and {len(unsafe) - 3} more" if len(unsafe) > 3 else ""
+        message = (
+            f"compile({self.name}): the function read the .data of {len(unsafe)} Value(s) of "
+            f"its graph while being recorded: {shown}{more}. A compiled replay follows the "
+            f"recorded graph and cannot follow Python decisions made on .data; return such "
+            f"values as extra outputs instead, or pass strict=False to compile anyway"
+        )
+        if strict:
+            raise CompileError(message)
+        warnings.warn(message, CompileWarning, stacklevel=4)
+
+    # --- running --------------------------------------------------------------------------
+
+    def __call__(self, *args: Any) -> float | tuple[float, ...]:
+        numbers: list[float] = []
+        _fill(self._shape, tuple(args), numbers, "arguments")
+        checked = bool(mode.get() & ANOMALY or self.engine.detect_anomaly)
+        outputs = self._program.run(numbers, checked)
+        return outputs[0] if self._single else outputs
+
+    def zero_grad(self) -> None:
+        """Set the `.grad` of every parameter, and every input gradient, to 0."""
+        for p in self.parameters:
+            p.grad = 0.0
+        self.input_grads = [0.0] * len(self.inputs)
+
+    def backward(self, gradient: float = 1.0) -> None:
+        """Add d output / d leaf (times `gradient`) to each parameter's `.grad`.
+
+        The output is the first one `fn` returned. Gradients accumulate, as in eager mode;
+        zero them (for example with `model.zero_grad()`) between steps.
+        """
+        grads = self._program.backward(float(gradient))
+        for i, g in enumerate(grads):
+            self.input_grads[i] += g
+
+
+def _outputs(result: Any, name: str) -> tuple[list[Value], bool]:
+    if isinstance(result, Value):
+        return [result], True
+    if isinstance(result, list | tuple) and result and all(isinstance(v, Value) for v in result):
+        return list(result), False
+    raise CompileError(
+        f"compile({name}): the function must return a Value or a tuple of Values, "
+        f"got {type(result).__name__}: {result!r}"
+    )
+
+
+def _reachable(outputs: list[Value]) -> list[Value]:
+    """Every node the outputs depend on, in creation (topological) order."""
+    if len(outputs) == 1:
+        return topological_order(outputs[0])
+    seen: dict[int, Value] = {}
+    for output in outputs:
+        for node in topological_order(output):
+            seen[id(node)] = node
+    return sorted(seen.values(), key=lambda v: v._id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Code generation
+
+
+class _Program:
+    """The generated replay function of one recorded graph.
+
+    Node i of the graph is the local variable `v{i}` (its data) and `g{i}` (its grad). The
+    function is a generator: it reads the inputs and parameters, computes one node per line,
+    and yields the outputs; sent a seed gradient, it runs the chain rule line by line in
+    reverse, adds into the parameters' grads, and yields the inputs' grads. Its locals stay
+    alive between the two, so nothing is copied from forward to backward.
+    """
+
+    def __init__(self, compiled: Compiled):
+        self.compiled = compiled
+        nodes = compiled.nodes
+        self.index = {id(node): i for i, node in enumerate(nodes)}
+        self.outputs = [self.index[id(v)] for v in compiled.outputs]
+        self.namespace: dict[str, Any] = {"inf": math.inf, "nan": math.nan}
+        self._names: dict[int, str] = {}
+        self._checked: tuple[Callable, dict[int, int]] | None = None
+        self.source, self.lines = self._generate(checked=False)
+        self.replay = self._build(self.source)
+        self._running: Any = None  # the generator of the last call, waiting for backward
+
+    # --- the source -----------------------------------------------------------------------
+
+    def _name(self, fn: Callable, hint: str) -> str:
+        """A global name in the generated code for a plugin function."""
+        if id(fn) not in self._names:
+            name = f"{hint}_{len(self._names)}"
+            self._names[id(fn)] = name
+            self.namespace[name] = fn
+        return self._names[id(fn)]
+
+    def _arguments(self, op: Op, parents: list[int]) -> tuple[Op, list[str], list[int]]:
+        """The op to call, its argument expressions, and which partials belong to parents."""
+        if op.base is None:
+            return op, [f"v{p}" for p in parents], list(range(len(parents)))
+        fixed = dict(op.constants)  # an op with constants baked in: call the full op
+        names = iter(f"v{p}" for p in parents)
+        args = [_literal(fixed[i]) if i in fixed else next(names) for i in range(op.base.arity)]
+        return op.base, args, [i for i in range(op.base.arity) if i not in fixed]
+
+    def _generate(self, checked: bool) -> tuple[str, dict[int, int]]:
+        """The source of the replay function, and which node each line computes."""
+        compiled, index = self.compiled, self.index
+        inputs = {id(v): k for k, v in enumerate(compiled.inputs)}
+        parameters = {id(v): k for k, v in enumerate(compiled.parameters)}
+        for k, p in enumerate(compiled.parameters):
+            self.namespace[f"P{k}"] = p
+        code = ["def replay(x):"]
+        lines: dict[int, int] = {}  # line number (from 1) -> node index
+
+        def emit(line: str, node: int | None = None) -> None:
+            code.append("    " + line)
+            if node is not None:
+                lines[len(code)] = node
+
+        # Forward: inputs, parameters and constants first met, then one line per op node.
+        for i, node in enumerate(compiled.nodes):
+            op = node._opdef
+            if op is None:
+                if id(node) in inputs:
+                    emit(f"v{i} = x[{inputs[id(node)]}]")
+                elif id(node) in parameters:
+                    emit(f"v{i} = P{parameters[id(node)]}.data")
+                else:  # a constant made while recording
+                    emit(f"v{i} = {_literal(node.data)}")
+                continue
+            call_op, args, _ = self._arguments(op, [index[id(p)] for p in node._prev])
+            f = self._name(call_op.forward, call_op.name)
+            emit(f"v{i} = {f}({', '.join(args)})", i)
+            if checked:
+                emit(f"if not isfinite(v{i}): forward_anomaly({i}, v{i})")
+        emit(f"seed = yield ({''.join(f'v{i}, ' for i in self.outputs)})")
+
+        # Backward, as often as it is asked for: the chain rule from the first output down.
+        emit("while True:")
+        root = self.outputs[0]
+        emit(f"    g{root} = seed")
+        has_grad = {root}
+        for i in range(len(compiled.nodes) - 1, -1, -1):
+            node = compiled.nodes[i]
+            op = node._opdef
+            if op is None or i not in has_grad:
+                continue  # a leaf, or a node the first output does not depend on
+            parents = [index[id(p)] for p in node._prev]
+            call_op, args, keep = self._arguments(op, parents)
+            d = self._name(call_op.derivative, f"d_{call_op.name}")
+            # The partials unpack into d0, d1, ...; a wrong count fails on this line.
+            partials = [f"d{k}" for k in range(len(args))]
+            emit(f"    {', '.join(partials)}, = {d}(v{i}, {', '.join(args)})", i)
+            for k, parent in zip(keep, parents, strict=True):
+                assign = "+=" if parent in has_grad else "="
+                emit(f"    g{parent} {assign} d{k} * g{i}", i)
+                if checked:
+                    emit(f"    if not isfinite(g{parent}): backward_anomaly({i}, d{k}, g{parent})")
+                has_grad.add(parent)
+        for k, p in enumerate(compiled.parameters):
+            if index[id(p)] in has_grad:
+                emit(f"    P{k}.grad += g{index[id(p)]}")
+        grads = [
+            f"g{index[id(v)]}" if index.get(id(v)) in has_grad else "0.0"  # unused: no grad
+            for v in compiled.inputs
+        ]
+        emit(f"    seed = yield [{', '.join(grads)}]")
+        return "\n".join(code) + "\n", lines
+
+    def _build(self, source: str) -> Callable:
+        self.filename = f"<opgraph.compile {self.compiled.name}>"
+        namespace = dict(self.namespace)
+        namespace.update(
+            isfinite=math.isfinite,
+            forward_anomaly=self._forward_anomaly,
+            backward_anomaly=self._backward_anomaly,
+        )
+        exec(builtins.compile(source, self.filename, "exec"), namespace)
+        return namespace["replay"]
+
+    # --- running, and errors that name the node -------------------------------------------
+
+    def _function(self, checked: bool) -> tuple[Callable, dict[int, int]]:
+        if not checked:
+            return self.replay, self.lines
+        if self._checked is None:  # detect_anomaly(): a second program, checking every line
+            source, lines = self._generate(checked=True)
+            self._checked = (self._build(source), lines)
+        return self._checked
+
+    def run(self, numbers: list[float], checked: bool) -> tuple:
+        replay, lines = self._function(checked)
+        self._running = None
+        running = replay(numbers)
+        try:
+            outputs = next(running)
+        except AnomalyError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, lines, "forward") from exc
+        self._running, self._lines = running, lines
+        return outputs
+
+    def backward(self, seed: float) -> list[float]:
+        if self._running is None:
+            raise CompileError(f"compiled {self.compiled.name}: call it before backward()")
+        try:
+            return self._running.send(seed)
+        except AnomalyError:
+            self._running = None
+            raise
+        except Exception as exc:
+            self._running = None
+            raise self._error(exc, self._lines, "backward") from exc
+
+    def _error(self, exc: Exception, lines: dict[int, int], where: str) -> Exception:
+        tb = exc.__traceback__
+        line = None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == self.filename:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        if line not in lines:
+            return exc
+        node = self.compiled.nodes[lines[line]]
+        label = f"node {node.label!r}" if node.label else f"node #{node._id}"
+        return OpError(
+            f"op {node._opdef.title!r} (plugin {node._opdef.plugin!r}) failed in compiled "
+            f"{where} of {self.compiled.name} at {label} (as recorded: inputs "
+            f"{', '.join(describe(p) for p in node._prev)}): {type(exc).__name__}: {exc}"
+        )
+
+    def _forward_anomaly(self, i: int, out: float) -> None:
+        node = self.compiled.nodes[i]
+        raise AnomalyError(
+            f"op {node._opdef.title!r} (plugin {node._opdef.plugin!r}) produced {out} in "
+            f"compiled forward of {self.compiled.name} at node {node.label or node._id!r}"
+        )
+
+    def _backward_anomaly(self, i: int, partial: float, grad: float) -> None:
+        node = self.compiled.nodes[i]
+        raise AnomalyError(
+            f"op {node._opdef.title!r} (plugin {node._opdef.plugin!r}) at node "
+            f"{node.label or node._id!r} gave a non-finite gradient in compiled backward of "
+            f"{self.compiled.name}: partial {partial}, grad {grad}"
+        )
+
+
+def _literal(x: float) -> str:
+    """A float as Python source that evaluates to exactly it."""
+    if math.isfinite(x):
+        return repr(float(x))
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
