@@ -1,0 +1,305 @@
+// Drawing on a canvas: the graph node by node (detail and focus views) or as op groups per
+// rank (aggregate view). Everything here is in world units; `Camera` maps them to pixels.
+
+import { COLUMN_WIDTH } from "./graph.js";
+
+export const NODE_W = 172;
+export const NODE_H = 56;
+const GROUP_W = 172;
+const GROUP_GAP = 16;
+
+const COLORS = {
+  edge: "#a9b1bd",
+  edgeDone: "#f0b27a",
+  edgeGrad: "#d9480f",
+  node: "#ffffff",
+  nodeStroke: "#8792a2",
+  leaf: "#eaf2ff",
+  leafStroke: "#5b84c4",
+  done: "#fff0df",
+  doneStroke: "#e8892b",
+  current: "#ffd2a1",
+  currentStroke: "#d9480f",
+  selected: "#1c7ed6",
+  match: "#f5b700",
+  latest: "#2f9e44",
+  text: "#1f2430",
+  muted: "#5c6677",
+  pending: "#a0a7b4",
+  group: "#f3f5f9",
+};
+
+const OP_SYMBOLS = { add: "+", mul: "×", pow: "^", neg: "−", sub: "−", div: "÷" };
+
+/** Numbers as a learner reads them: 4 significant digits, exponents only when needed. */
+export function formatNumber(value) {
+  if (value === undefined || value === null) return "";
+  if (Number.isNaN(value)) return "nan";
+  if (value === Infinity) return "inf";
+  if (value === -Infinity) return "-inf";
+  if (value === 0) return "0";
+  const size = Math.abs(value);
+  if (size >= 1e5 || size < 1e-3) return value.toExponential(3).replace(/\.?0+e/, "e");
+  return String(Number(value.toPrecision(4)));
+}
+
+export function opText(node) {
+  if (node.placeholder) return "?";
+  if (!node.op) return "";
+  const symbol = OP_SYMBOLS[node.op] ?? node.op;
+  if (node.const && node.const.length) return `${symbol} ${node.const.map(formatNumber).join(", ")}`;
+  return symbol;
+}
+
+export function nodeTitle(node) {
+  return node.label || `#${node.id}`;
+}
+
+export class Camera {
+  constructor() {
+    this.scale = 1;
+    this.x = 0; // screen position of world x = 0
+    this.y = 0;
+  }
+  toWorld(sx, sy) {
+    return [(sx - this.x) / this.scale, (sy - this.y) / this.scale];
+  }
+  zoomAt(sx, sy, factor) {
+    const scale = Math.min(4, Math.max(0.005, this.scale * factor));
+    const [wx, wy] = this.toWorld(sx, sy);
+    this.scale = scale;
+    this.x = sx - wx * scale;
+    this.y = sy - wy * scale;
+  }
+  /** Show the world box whole, centred, no larger than 1:1 (small graphs stay readable). */
+  fit(box, width, height, margin = 40) {
+    const w = Math.max(1, box.right - box.left);
+    const h = Math.max(1, box.bottom - box.top);
+    this.scale = Math.min(1.25, (width - 2 * margin) / w, (height - 2 * margin) / h);
+    this.scale = Math.max(0.005, this.scale);
+    this.x = (width - w * this.scale) / 2 - box.left * this.scale;
+    this.y = Math.max(margin, (height - h * this.scale) / 2) - box.top * this.scale;
+  }
+  centerOn(wx, wy, width, height) {
+    this.scale = Math.max(this.scale, 0.6);
+    this.x = width / 2 - wx * this.scale;
+    this.y = height / 2 - wy * this.scale;
+  }
+}
+
+/** The world box of a detail scene. */
+export function sceneBox(scene) {
+  let left = Infinity, top = Infinity, right = -Infinity, bottom = -Infinity;
+  for (const node of scene.nodes) {
+    const p = scene.pos(node);
+    left = Math.min(left, p.x); top = Math.min(top, p.y);
+    right = Math.max(right, p.x + NODE_W); bottom = Math.max(bottom, p.y + NODE_H);
+  }
+  if (left === Infinity) return { left: 0, top: 0, right: NODE_W, bottom: NODE_H };
+  return { left, top, right, bottom };
+}
+
+function roundRect(ctx, x, y, w, h, r) {
+  ctx.beginPath();
+  ctx.roundRect(x, y, w, h, r);
+}
+
+function edgePath(ctx, x1, y1, x2, y2) {
+  const bend = Math.max(30, (x2 - x1) * 0.45);
+  ctx.moveTo(x1, y1);
+  ctx.bezierCurveTo(x1 + bend, y1, x2 - bend, y2, x2, y2);
+}
+
+function arrowHead(ctx, x, y, direction, size) {
+  ctx.moveTo(x, y);
+  ctx.lineTo(x - direction * size, y - size * 0.6);
+  ctx.lineTo(x - direction * size, y + size * 0.6);
+  ctx.closePath();
+}
+
+/**
+ * Draw a detail scene. `look(node)` says how to draw a node:
+ * {state: "plain"|"done"|"current", gradShown: bool, selected, match, latest}.
+ */
+export function drawScene(ctx, camera, width, height, scene, look, gradEdgesOf) {
+  ctx.save();
+  ctx.setTransform(camera.scale * devicePixelRatio, 0, 0, camera.scale * devicePixelRatio,
+    camera.x * devicePixelRatio, camera.y * devicePixelRatio);
+  const [left, top] = camera.toWorld(0, 0);
+  const [right, bottom] = camera.toWorld(width, height);
+  const visible = (x1, y1, x2, y2) => x2 >= left && x1 <= right && y2 >= top && y1 <= bottom;
+  const detail = camera.scale >= 0.3;
+
+  // Edges first, underneath the nodes; each parent slot is its own port (x + x: two edges).
+  ctx.lineWidth = 1.3 / Math.min(1, camera.scale);
+  ctx.strokeStyle = COLORS.edge;
+  ctx.beginPath();
+  const doneEdges = [];
+  for (const node of scene.nodes) {
+    const p = scene.pos(node);
+    const n = node.parents.length;
+    for (let k = 0; k < n; k++) {
+      const parent = scene.inside(node.parents[k]);
+      if (!parent) continue;
+      const q = scene.pos(parent);
+      const x1 = q.x + NODE_W, y1 = q.y + NODE_H / 2;
+      const x2 = p.x, y2 = p.y + (NODE_H * (k + 1)) / (n + 1);
+      if (!visible(Math.min(x1, x2), Math.min(y1, y2), Math.max(x1, x2), Math.max(y1, y2))) continue;
+      if (look(node).state !== "plain") doneEdges.push([x1, y1, x2, y2]);
+      else edgePath(ctx, x1, y1, x2, y2);
+    }
+  }
+  ctx.stroke();
+  if (doneEdges.length) {
+    ctx.strokeStyle = COLORS.edgeDone;
+    ctx.beginPath();
+    for (const [x1, y1, x2, y2] of doneEdges) edgePath(ctx, x1, y1, x2, y2);
+    ctx.stroke();
+  }
+  // The edges the gradient just flowed along: from the current node back to its inputs.
+  const gradEdges = gradEdgesOf();
+  if (gradEdges.length) {
+    ctx.strokeStyle = COLORS.edgeGrad;
+    ctx.fillStyle = COLORS.edgeGrad;
+    ctx.lineWidth = 3.2 / Math.min(1, camera.scale);
+    for (const [parent, node, k] of gradEdges) {
+      if (!scene.inside(parent.id)) continue;
+      const p = scene.pos(node), q = scene.pos(parent);
+      const n = node.parents.length;
+      const x1 = q.x + NODE_W, y1 = q.y + NODE_H / 2;
+      ctx.beginPath();
+      edgePath(ctx, x1, y1, p.x, p.y + (NODE_H * (k + 1)) / (n + 1));
+      ctx.stroke();
+      ctx.beginPath();
+      arrowHead(ctx, x1, y1, -1, 11 / Math.min(1, camera.scale));
+      ctx.fill();
+    }
+  }
+
+  for (const node of scene.nodes) {
+    const { x, y } = scene.pos(node);
+    if (!visible(x, y, x + NODE_W, y + NODE_H)) continue;
+    drawNode(ctx, node, x, y, look(node), detail, camera.scale);
+  }
+  ctx.restore();
+}
+
+function drawNode(ctx, node, x, y, look, detail, scale) {
+  let fill = node.op ? COLORS.node : COLORS.leaf;
+  let stroke = node.op ? COLORS.nodeStroke : COLORS.leafStroke;
+  let width = 1.4;
+  if (look.state === "done") { fill = COLORS.done; stroke = COLORS.doneStroke; }
+  if (look.state === "current") { fill = COLORS.current; stroke = COLORS.currentStroke; width = 3; }
+  roundRect(ctx, x, y, NODE_W, NODE_H, 8);
+  ctx.fillStyle = fill;
+  ctx.fill();
+  ctx.lineWidth = width / Math.min(1, scale);
+  ctx.strokeStyle = stroke;
+  if (node.placeholder) ctx.setLineDash([5, 4]);
+  ctx.stroke();
+  ctx.setLineDash([]);
+  const ring = look.selected ? COLORS.selected : look.match ? COLORS.match
+    : look.latest ? COLORS.latest : null;
+  if (ring) {
+    roundRect(ctx, x - 5, y - 5, NODE_W + 10, NODE_H + 10, 11);
+    ctx.lineWidth = 3 / Math.min(1, scale);
+    ctx.strokeStyle = ring;
+    ctx.stroke();
+  }
+  if (!detail) return;
+
+  // Header: the label, and the op as a pill on the right.
+  ctx.textBaseline = "middle";
+  const op = opText(node);
+  let labelRoom = NODE_W - 16;
+  if (op) {
+    ctx.font = "600 12px system-ui, sans-serif";
+    const w = Math.min(80, ctx.measureText(op).width + 14);
+    labelRoom -= w + 4;
+    roundRect(ctx, x + NODE_W - w - 6, y + 5, w, 18, 9);
+    ctx.fillStyle = "#e7ebf3";
+    ctx.fill();
+    ctx.fillStyle = "#2b3a55";
+    ctx.textAlign = "center";
+    ctx.fillText(op, x + NODE_W - w / 2 - 6, y + 14.5, w - 6);
+  }
+  ctx.textAlign = "left";
+  ctx.font = "600 13px system-ui, sans-serif";
+  ctx.fillStyle = node.label ? COLORS.text : COLORS.muted;
+  ctx.fillText(nodeTitle(node), x + 8, y + 14.5, labelRoom);
+
+  ctx.font = "12px ui-monospace, SFMono-Regular, Menlo, monospace";
+  ctx.fillStyle = COLORS.muted;
+  ctx.fillText("data", x + 8, y + 32);
+  ctx.fillText("grad", x + 8, y + 47);
+  ctx.fillStyle = COLORS.text;
+  ctx.fillText(formatNumber(node.data), x + 46, y + 32, NODE_W - 52);
+  ctx.fillStyle = look.gradShown ? (look.state === "plain" ? COLORS.text : COLORS.currentStroke)
+    : COLORS.pending;
+  ctx.fillText(look.gradShown ? formatNumber(node.grad) : "…", x + 46, y + 47, NODE_W - 52);
+}
+
+// --- the aggregate view ---------------------------------------------------------------------
+
+/** Positions of the op groups: one column per rank, groups stacked in arrival order. */
+export function layoutGroups(graph) {
+  const boxes = new Map();
+  let bottom = 0;
+  graph.groupsByRank.forEach((groups, rank) => {
+    let y = 0;
+    for (const group of groups ?? []) {
+      const h = 34 + Math.min(70, 7 * Math.log2(group.count + 1));
+      boxes.set(group.key, { x: rank * COLUMN_WIDTH, y, w: GROUP_W, h, group });
+      y += h + GROUP_GAP;
+    }
+    bottom = Math.max(bottom, y);
+  });
+  return { boxes, box: { left: 0, top: 0, right: graph.maxRank * COLUMN_WIDTH + GROUP_W, bottom } };
+}
+
+export function drawGroups(ctx, camera, width, height, graph, layout, selectedKey, passNumber) {
+  ctx.save();
+  ctx.setTransform(camera.scale * devicePixelRatio, 0, 0, camera.scale * devicePixelRatio,
+    camera.x * devicePixelRatio, camera.y * devicePixelRatio);
+  const [left, top] = camera.toWorld(0, 0);
+  const [right, bottom] = camera.toWorld(width, height);
+  const unit = 1 / Math.min(1, camera.scale);
+
+  ctx.strokeStyle = "rgba(120, 130, 150, 0.35)";
+  for (const edge of graph.groupEdges.values()) {
+    const a = layout.boxes.get(edge.from.key), b = layout.boxes.get(edge.to.key);
+    const x1 = a.x + a.w, y1 = a.y + a.h / 2, x2 = b.x, y2 = b.y + b.h / 2;
+    if (Math.max(x1, x2) < left || Math.min(x1, x2) > right) continue;
+    if (Math.max(y1, y2) < top || Math.min(y1, y2) > bottom) continue;
+    ctx.lineWidth = (0.8 + Math.log2(edge.count + 1) * 0.6) * unit;
+    ctx.beginPath();
+    edgePath(ctx, x1, y1, x2, y2);
+    ctx.stroke();
+  }
+  for (const { x, y, w, h, group } of layout.boxes.values()) {
+    if (x > right || x + w < left || y > bottom || y + h < top) continue;
+    roundRect(ctx, x, y, w, h, 6);
+    ctx.fillStyle = group.op === "leaf" ? COLORS.leaf : COLORS.group;
+    ctx.fill();
+    ctx.lineWidth = (group.key === selectedKey ? 3 : 1.2) * unit;
+    ctx.strokeStyle = group.key === selectedKey ? COLORS.selected : COLORS.nodeStroke;
+    ctx.stroke();
+    // How much of the group the current backward pass has reached.
+    if (group.bwPass === passNumber && group.bwDone) {
+      ctx.fillStyle = COLORS.doneStroke;
+      ctx.fillRect(x + 6, y + h - 8, (w - 12) * (group.bwDone / group.count), 4);
+    }
+    if (camera.scale >= 0.3) {
+      ctx.textBaseline = "middle";
+      ctx.textAlign = "left";
+      ctx.font = "600 13px system-ui, sans-serif";
+      ctx.fillStyle = COLORS.text;
+      ctx.fillText(group.op, x + 8, y + 15, w - 16);
+      ctx.font = "12px system-ui, sans-serif";
+      ctx.fillStyle = COLORS.muted;
+      ctx.fillText(`${group.count.toLocaleString("en-US")} nodes · rank ${group.rank}`,
+        x + 8, y + 31, w - 16);
+    }
+  }
+  ctx.restore();
+}
