@@ -1,10 +1,10 @@
 """opgraph: a scalar autograd engine whose ops come from plugins.
 
-    from opgraph import Value
-    x = Value(2.0, label="x")
-    y = (x * x + x.exp()).tanh()
-    y.backward()
-    print(x.grad)
+from opgraph import Value
+x = Value(2.0, label="x")
+y = (x * x + x.exp()).tanh()
+y.backward()
+print(x.grad)
 """
 
 from .backward import backward, topological_order, zero_grad
@@ -20,6 +20,7 @@ from .errors import (
 from .hookspecs import hookimpl, hookspec
 from .modes import detect_anomaly, enable_grad, grad_enabled, no_grad
 from .registry import Composite, Op
+from .trace import serve, touch
 from .value import Value
 
 __version__ = "0.1.0"
@@ -43,6 +44,8 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "no_grad",
+    "serve",
     "topological_order",
+    "touch",
     "zero_grad",
 ]

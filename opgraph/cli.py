@@ -12,7 +12,12 @@ import sys
 from collections.abc import Sequence
 
 # name -> (module that implements it, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("opgraph.server.server", "run a standalone trace hub that scripts publish to"),
+    "replay": ("opgraph.server.replay", "serve a recorded trace (.ogtrace) to viewers"),
+    "export": ("opgraph.server.chrome", "export a recorded trace as Chrome trace-event JSON"),
+    "watch": ("opgraph.server.client", "print a live summary of a trace server's stream"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

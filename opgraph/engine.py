@@ -169,6 +169,17 @@ class Engine:
         self._tracer = tracer
         self.Value._tracer = tracer
 
+    def serve(self, port: int = 8765, host: str = "127.0.0.1", **options: Any) -> Any:
+        """Serve this engine's live trace to viewers; returns the running server.
+
+        The server runs in a background thread; the result is a context manager with `.url`,
+        `.port` and `.close()`. `port=0` picks a free port. Options: `record=path`,
+        `token=`, `static_dir=`, `queue_limit=`, `max_nodes=` (see docs/tracing.md).
+        """
+        from opgraph.server.server import serve_engine
+
+        return serve_engine(self, port=port, host=host, **options)
+
 
 def load_entry_points(pm: pluggy.PluginManager, only: Sequence[str] | None = None) -> list[str]:
     """Register the installed plugins of the `opgraph` entry-point group.
@@ -212,4 +223,8 @@ def default_engine() -> Engine:
         with _default_lock:
             if _default is None:
                 _default = Engine(name="default", _value_class=Value)
+                if os.environ.get("OPGRAPH_TRACE"):
+                    from .trace import from_environment
+
+                    from_environment(_default)
     return _default

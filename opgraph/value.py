@@ -191,6 +191,4 @@ def _number(data: Any) -> float:
             "Value(...) takes a number; to reuse a Value, use it directly "
             f"(got Value with data {data.data!r})"
         )
-    raise TypeError(
-        f"a Value's data must be a real number, got {type(data).__name__}: {data!r}"
-    )
+    raise TypeError(f"a Value's data must be a real number, got {type(data).__name__}: {data!r}")

@@ -1,0 +1,275 @@
+"""The tracer: what the engine tells a viewer about each node, as events of docs/protocol.md.
+
+The engine calls an attached tracer from its hot path (`Value.__init__`, the label setter,
+backward), so the tracer does as little as it can there: it appends one small tuple per event
+to a buffer. Whoever consumes the trace (the server's event loop, or a publisher sending to a
+hub) drains the buffer from another thread, numbers the events and turns them into the maps
+of the protocol with `event_map`.
+
+Data changes: the engine does not watch `.data` assignments. The tracer remembers the data
+it last announced per node and, whenever a node is used as an operand, announces a `data`
+event first if the value changed (an optimizer step changes the parameters, the next forward
+uses them). `touch(values)` announces changes right away.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections import deque
+from collections.abc import Iterable
+from time import perf_counter_ns
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .value import Value
+
+# Event kinds as they travel through the buffer (tuples, first item the kind).
+FORWARD, BACKWARD, BACKWARD_BEGIN, BACKWARD_END, DATA, LABEL = range(6)
+
+_MISSING = object()
+
+
+def _same(a: float, b: float) -> bool:
+    # nan == nan is false; two nans are the same value for a viewer.
+    return a == b or (a != a and b != b)
+
+
+class Tracer:
+    """Collects the trace events of one engine into a bounded buffer.
+
+    `max_buffer` bounds the events waiting to be drained: past it, new events are counted
+    in `lost` instead of stored, so memory stays bounded even when nobody drains.
+    `max_known` bounds the memory of which nodes were announced (see `_forget`).
+    """
+
+    def __init__(self, engine: Engine, *, max_buffer: int = 2_000_000, max_known: int = 500_000):
+        self.engine = engine
+        self.buffer: deque[tuple] = deque()
+        self.max_buffer = max_buffer
+        self.max_known = max_known
+        self.lost = 0  # events not stored because the buffer was full
+        self.passes = 0
+        self.t0 = perf_counter_ns()
+        self._known: dict[int, float] = {}  # id -> the data last announced for the node
+
+    # --- the hooks the engine calls -------------------------------------------------------
+
+    def forward(self, node: Value) -> None:
+        known = self._known
+        parents = node._prev
+        for parent in parents:
+            data = known.get(parent._id, _MISSING)
+            if data is not parent.data:  # same float object: unchanged (the common case)
+                self._check(parent, data)
+        if len(self.buffer) >= self.max_buffer:
+            self.lost += 1
+            return
+        op = node._opdef
+        known[node._id] = node.data
+        if len(known) > self.max_known:
+            self._forget()
+        self.buffer.append(
+            (
+                FORWARD,
+                perf_counter_ns(),
+                node._id,
+                None if op is None else op.name,
+                [p._id for p in parents],
+                node.data,
+                node._label,
+                None if op is None else op.constants,
+            )
+        )
+
+    def relabel(self, node: Value) -> None:
+        if node._id not in self._known:
+            self._announce(node)  # the forward carries the label
+        else:
+            self._emit((LABEL, perf_counter_ns(), node._id, node._label))
+
+    def backward_begin(self, root: Value) -> None:
+        self.passes += 1
+        self._emit((BACKWARD_BEGIN, perf_counter_ns(), root._id, self.passes))
+
+    def backward(self, node: Value) -> None:
+        # node.grad is this pass's gradient: backward() sets aside what earlier passes left
+        # and adds it back after backward_end (see docs/protocol.md).
+        if node._id not in self._known:
+            self._announce(node)
+        if len(self.buffer) >= self.max_buffer:
+            self.lost += 1
+            return
+        self.buffer.append((BACKWARD, perf_counter_ns(), node._id, node.grad))
+
+    def backward_end(self, root: Value) -> None:
+        self._emit((BACKWARD_END, perf_counter_ns(), root._id, self.passes))
+
+    # --- data changes and late announcements ----------------------------------------------
+
+    def touch(self, values: Iterable[Value]) -> None:
+        """Announce the current data of `values` now if it changed since it was last sent."""
+        for value in values:
+            self._check(value, self._known.get(value._id, _MISSING))
+
+    def _check(self, node: Value, announced: Any) -> None:
+        if announced is _MISSING:
+            self._announce(node)
+        elif not _same(announced, node.data):
+            self._known[node._id] = node.data
+            self._emit((DATA, perf_counter_ns(), node._id, node.data))
+        else:
+            self._known[node._id] = node.data  # equal value, new object: remember this one
+
+    def _announce(self, node: Value) -> None:
+        """Send `forward` for a node the viewers never saw, and for its unseen ancestors.
+
+        That happens when tracing starts after some nodes exist (parameters built before
+        `serve()`), or for a node forgotten by `_forget`. Parents go first, in id order.
+        """
+        known = self._known
+        unseen = {node}
+        stack = [node]
+        while stack:
+            for parent in stack.pop()._prev:
+                if parent._id not in known and parent not in unseen:
+                    unseen.add(parent)
+                    stack.append(parent)
+        for each in sorted(unseen, key=lambda v: v._id):
+            self._forward_one(each)
+
+    def _forward_one(self, node: Value) -> None:
+        op = node._opdef
+        self._known[node._id] = node.data
+        self._emit(
+            (
+                FORWARD,
+                perf_counter_ns(),
+                node._id,
+                None if op is None else op.name,
+                [p._id for p in node._prev],
+                node.data,
+                node._label,
+                None if op is None else op.constants,
+            )
+        )
+
+    def _forget(self) -> None:
+        """Forget the oldest quarter of announced nodes, to keep memory bounded.
+
+        A forgotten node that is used again is announced again (a `forward` for an id the
+        viewer knows, which replaces it): correct, only a little redundant.
+        """
+        known = self._known
+        for key in list(itertools.islice(known, len(known) // 4)):
+            del known[key]
+
+    def _emit(self, event: tuple) -> None:
+        if len(self.buffer) >= self.max_buffer:
+            self.lost += 1
+        else:
+            self.buffer.append(event)
+
+    # --- the consumer's side --------------------------------------------------------------
+
+    def drain(self, limit: int = 1 << 62) -> list[tuple]:
+        """Take up to `limit` buffered events, oldest first (thread-safe against the engine)."""
+        buffer, taken = self.buffer, []
+        append, popleft = taken.append, buffer.popleft
+        try:
+            for _ in range(min(limit, len(buffer))):
+                append(popleft())
+        except IndexError:
+            pass
+        return taken
+
+    def take_lost(self) -> int:
+        lost, self.lost = self.lost, 0
+        return lost
+
+    def hello(self) -> dict[str, Any]:
+        """The fields of `hello` that describe this tracer's engine."""
+        ops = self.engine.ops.definitions
+        return {"engine": self.engine.name, "ops": {n: op.plugin for n, op in ops.items()}}
+
+
+def event_map(event: tuple, seq: int, t0: int) -> dict[str, Any]:
+    """The protocol map of one buffered event, numbered `seq`; `t` counts from `t0` (ns)."""
+    kind, t = event[0], (event[1] - t0) // 1000
+    if kind == FORWARD:
+        _, _, id_, op, parents, data, label, constants = event
+        out = {"type": "forward", "seq": seq, "id": id_, "op": op, "parents": parents}
+        out.update(data=data, label=label, t=t)
+        if constants:
+            out["const"] = [value for _, value in constants]
+        return out
+    if kind == BACKWARD:
+        return {"type": "backward", "seq": seq, "id": event[2], "grad": event[3], "t": t}
+    if kind == BACKWARD_BEGIN:
+        return {"type": "backward_begin", "seq": seq, "root": event[2], "pass": event[3], "t": t}
+    if kind == BACKWARD_END:
+        return {"type": "backward_end", "seq": seq, "root": event[2], "pass": event[3], "t": t}
+    if kind == DATA:
+        return {"type": "data", "seq": seq, "id": event[2], "data": event[3], "t": t}
+    return {"type": "label", "seq": seq, "id": event[2], "label": event[3], "t": t}
+
+
+def touch(values: Iterable[Value]) -> None:
+    """Send a `data` event now for each of `values` whose data changed since last announced.
+
+    Tracing notices changed parameters when they are next used; call this after the last
+    optimizer step (or whenever a viewer should see new values at once). A no-op when the
+    values' engine is not traced.
+    """
+    for value in values:
+        tracer = value._tracer
+        if tracer is not None:
+            tracer.touch([value])
+
+
+# --- starting a trace -----------------------------------------------------------------------
+
+
+def serve(
+    port: int = 8765,
+    host: str = "127.0.0.1",
+    *,
+    engine: Engine | None = None,
+    **options: Any,
+):
+    """Serve the trace of `engine` (default: the default engine); see `Engine.serve`."""
+    from opgraph.server.server import serve_engine
+
+    from .engine import default_engine
+
+    return serve_engine(engine or default_engine(), port=port, host=host, **options)
+
+
+def from_environment(engine: Engine) -> Any:
+    """Start tracing `engine` as the OPGRAPH_TRACE environment variable asks, if it does.
+
+    `OPGRAPH_TRACE=1` serves the trace on port 8765 (OPGRAPH_TRACE_PORT chooses another; 0 a
+    free one) and prints the viewer's URL; `OPGRAPH_TRACE=ws://host:port` publishes to a hub
+    started with `opgraph serve`. OPGRAPH_TRACE_RECORD=path also records the served trace.
+    Errors are reported on stderr and leave the program running untraced.
+    """
+    setting = os.environ.get("OPGRAPH_TRACE", "").strip()
+    if setting in ("", "0", "false", "no", "off"):
+        return None
+    try:
+        if setting.startswith(("ws://", "wss://")):
+            from opgraph.server.publish import publish
+
+            return publish(engine, setting, at_exit=True)
+        if setting not in ("1", "true", "yes", "on"):
+            raise ValueError(f"expected 1 or a hub URL like ws://127.0.0.1:8765, got {setting!r}")
+        port = int(os.environ.get("OPGRAPH_TRACE_PORT", "8765"))
+        record = os.environ.get("OPGRAPH_TRACE_RECORD") or None
+        from opgraph.server.server import serve_engine
+
+        return serve_engine(engine, port=port, record=record, at_exit=True, announce=True)
+    except Exception as exc:  # tracing must never stop the program
+        print(f"opgraph: OPGRAPH_TRACE: tracing is off: {exc}", file=sys.stderr)
+        return None

@@ -1,0 +1,164 @@
+"""`opgraph export --chrome run.ogtrace out.json`: a recording as Chrome trace-event JSON.
+
+Perfetto (ui.perfetto.dev) and chrome://tracing open the result. Three tracks:
+"forward" has one slice per node, from the previous event to the node's creation (the time
+the op took, Python overhead included; at most 100 us, as a longer gap is the program's own
+work); "backward" has one slice per pass and, nested in
+it, one slice per node's backward step, until the next step starts; "updates" has instant
+events for `data` and `label` changes. Times are the events' `t` (microseconds).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .recording import Recording
+
+PID = 1
+MAX_OP_US = 100  # a longer gap before a node is the program's own work, not the op
+FORWARD_TID, BACKWARD_TID, UPDATES_TID = 1, 2, 3
+
+
+def chrome_trace(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The Chrome trace-event document for a stream of protocol maps."""
+    out: list[dict[str, Any]] = []
+    engine = "opgraph"
+    ops: dict[int, str] = {}  # node id -> op name (for naming backward steps)
+    previous_t = 0
+    open_step: dict[str, Any] | None = None  # the backward step slice waiting for its end
+    open_pass: dict[str, Any] | None = None
+
+    def close_step(t: int) -> None:
+        nonlocal open_step
+        if open_step is not None:
+            open_step["dur"] = max(t - open_step["ts"], 0)
+            open_step = None
+
+    for event in events:
+        kind = event.get("type")
+        t = event.get("t")
+        t = t if isinstance(t, int | float) else previous_t
+        if kind == "hello":
+            engine = str(event.get("engine", engine))
+            continue
+        if kind == "forward":
+            op = event.get("op")
+            ops[event["id"]] = op or "leaf"
+            start = max(previous_t, t - MAX_OP_US)
+            out.append(
+                _slice(
+                    op or "leaf",
+                    "forward",
+                    start,
+                    t - start,
+                    FORWARD_TID,
+                    id=event["id"],
+                    label=event.get("label", ""),
+                    data=event.get("data"),
+                    parents=event.get("parents", []),
+                )
+            )
+        elif kind == "backward_begin":
+            open_pass = _slice(
+                f"backward pass {event.get('pass')}",
+                "backward",
+                t,
+                0,
+                BACKWARD_TID,
+                root=event.get("root"),
+            )
+            out.append(open_pass)
+        elif kind == "backward":
+            close_step(t)
+            id_ = event.get("id")
+            open_step = _slice(
+                ops.get(id_, "node"),
+                "backward step",
+                t,
+                0,
+                BACKWARD_TID,
+                id=id_,
+                grad=event.get("grad"),
+            )
+            out.append(open_step)
+        elif kind == "backward_end":
+            close_step(t)
+            if open_pass is not None:
+                open_pass["dur"] = max(t - open_pass["ts"], 0)
+                open_pass = None
+        elif kind in ("data", "label"):
+            out.append(
+                {
+                    "name": f"{kind} #{event.get('id')}",
+                    "cat": kind,
+                    "ph": "i",
+                    "s": "t",
+                    "ts": t,
+                    "pid": PID,
+                    "tid": UPDATES_TID,
+                    "args": {k: event.get(k) for k in ("id", kind)},
+                }
+            )
+        previous_t = t
+    close_step(previous_t)
+    names = {FORWARD_TID: "forward", BACKWARD_TID: "backward", UPDATES_TID: "updates"}
+    meta = [{"name": "process_name", "ph": "M", "pid": PID, "args": {"name": f"opgraph {engine}"}}]
+    meta += [
+        {"name": "thread_name", "ph": "M", "pid": PID, "tid": tid, "args": {"name": name}}
+        for tid, name in names.items()
+    ]
+    return {"traceEvents": meta + out, "displayTimeUnit": "ms"}
+
+
+def _slice(name: str, cat: str, ts: float, dur: float, tid: int, **args: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "cat": cat,
+        "ph": "X",
+        "ts": ts,
+        "dur": dur,
+        "pid": PID,
+        "tid": tid,
+        "args": args,
+    }
+
+
+def export_chrome(recording: str | Path, out: str | Path) -> Recording:
+    """Write `recording` as Chrome trace-event JSON to `out`; returns the read Recording
+    (its `damage` says whether it stopped early)."""
+    reader = Recording(recording)
+    document = chrome_trace(reader)
+    with open(out, "w") as file:
+        json.dump(document, file, separators=(",", ":"))
+    return reader
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--chrome",
+        action="store_true",
+        required=True,
+        help="Chrome trace-event JSON (the only format so far)",
+    )
+    parser.add_argument("recording", help="a recording made with --record (.ogtrace)")
+    parser.add_argument("out", help="the JSON file to write")
+
+
+def run(args) -> int:
+    try:
+        reader = export_chrome(args.recording, args.out)
+    except OSError as exc:
+        print(f"opgraph export: {exc}", file=sys.stderr)
+        return 1
+    if reader.hello is None:
+        print(f"opgraph export: {args.recording}: {reader.damage}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: open it in https://ui.perfetto.dev or chrome://tracing")
+    if reader.damage:
+        print(f"opgraph export: stopped early: {reader.damage}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,257 @@
+"""The hub: numbers events, keeps the current graph, and fans events out to viewers.
+
+Everything here runs on the server's event loop thread, so nothing needs a lock. Events
+come in as protocol maps (from the local tracer, a publishing script, or a recording); the
+hub gives each its `seq`, applies it to its copy of the graph (what a snapshot shows), packs
+it with msgpack, writes it to the recording, and offers the packed frame to each viewer's
+bounded queue. A viewer whose queue overflows is resynced: `dropped`, then a snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from time import perf_counter_ns
+from typing import Any
+
+import msgpack
+
+FRAME_EVENTS = 2000  # events per websocket frame (about 60-100 KB)
+SNAPSHOT_FRAME_NODES = 2000
+
+# A node of the hub's graph: [op, parents, data, grad, label, const]
+OP, PARENTS, DATA, GRAD, LABEL, CONST = range(6)
+
+
+class Hub:
+    """The state shared by all viewers of one server: seq, graph, viewers, recording.
+
+    `max_nodes` bounds the graph kept for snapshots: past it, the nodes least recently
+    created or used (as a parent, by `backward` or `data`) are forgotten.
+    """
+
+    def __init__(
+        self,
+        engine: str,
+        ops: dict[str, str],
+        *,
+        queue_limit: int = 100_000,
+        max_nodes: int = 500_000,
+        recorder: Any = None,
+    ):
+        self.session = secrets.token_hex(8)
+        self.engine = engine
+        self.ops = dict(ops)
+        self.queue_limit = queue_limit
+        self.max_nodes = max_nodes
+        self.recorder = recorder
+        self.seq = 0
+        self.nodes: OrderedDict[int, list] = OrderedDict()
+        self.viewers: set[Viewer] = set()
+        self.next_id = 0  # for renumbering published runs (hub mode)
+        self.runs = 0
+        self._pack = msgpack.Packer().pack
+        self.t0 = perf_counter_ns()
+        if recorder is not None:
+            recorder.write(self._pack(self.hello_map(0)))
+
+    def hello_map(self, seq: int) -> dict[str, Any]:
+        return {
+            "type": "hello",
+            "seq": seq,
+            "protocol": "opgraph",
+            "version": 1,
+            "session": self.session,
+            "engine": self.engine,
+            "ops": self.ops,
+        }
+
+    def now_us(self) -> int:
+        """Microseconds since this hub started (the `t` of events the hub makes)."""
+        return (perf_counter_ns() - self.t0) // 1000
+
+    # --- events in ------------------------------------------------------------------------
+
+    def publish(self, events: Iterable[dict[str, Any]]) -> int:
+        """Number, apply, record and fan out `events` (maps without `seq`); returns the count.
+
+        Maps that already have a `seq` (from a recording or a publisher) are renumbered.
+        """
+        pack, apply = self._pack, self.apply
+        packed: list[bytes] = []
+        seq = self.seq
+        for event in events:
+            seq += 1
+            event["seq"] = seq
+            apply(event)
+            packed.append(pack(event))
+        self.seq = seq
+        for start in range(0, len(packed), FRAME_EVENTS):
+            chunk = packed[start : start + FRAME_EVENTS]
+            frame = b"".join(chunk)
+            if self.recorder is not None:
+                self.recorder.write(frame)
+            for viewer in self.viewers:
+                viewer.offer(frame, len(chunk))
+        return len(packed)
+
+    def apply(self, event: dict[str, Any]) -> None:
+        """Update the graph with one event (unknown kinds change nothing)."""
+        kind, nodes = event["type"], self.nodes
+        if kind == "forward":
+            id_ = event["id"]
+            nodes.pop(id_, None)
+            nodes[id_] = [
+                event.get("op"),
+                event.get("parents", []),
+                event.get("data", 0.0),
+                0.0,
+                event.get("label", ""),
+                event.get("const"),
+            ]
+            for parent in event.get("parents", ()):
+                if parent in nodes:
+                    nodes.move_to_end(parent)
+            while len(nodes) > self.max_nodes:
+                nodes.popitem(last=False)
+            return
+        node = nodes.get(event.get("id"))
+        if node is None:
+            return
+        if kind == "backward":
+            node[GRAD] = event["grad"]
+            nodes.move_to_end(event["id"])
+        elif kind == "data":
+            node[DATA] = event["data"]
+            nodes.move_to_end(event["id"])
+        elif kind == "label":
+            node[LABEL] = event["label"]
+
+    def upstream_lost(self, count: int) -> None:
+        """The source lost `count` events before they were numbered: resync every viewer."""
+        for viewer in self.viewers:
+            viewer.lose(count)
+
+    # --- snapshots ------------------------------------------------------------------------
+
+    def snapshot_frames(self) -> list[bytes]:
+        """The current graph as protocol frames: snapshot_begin, node maps, snapshot_end."""
+        pack, seq, nodes = self._pack, self.seq, self.nodes
+        frames = [pack({"type": "snapshot_begin", "seq": seq, "nodes": len(nodes)})]
+        ids = sorted(nodes)
+        for start in range(0, len(ids), SNAPSHOT_FRAME_NODES):
+            parts = []
+            for id_ in ids[start : start + SNAPSHOT_FRAME_NODES]:
+                op, parents, data, grad, label, const = nodes[id_]
+                node = {"type": "node", "id": id_, "op": op, "parents": parents}
+                node.update(data=data, grad=grad, label=label)
+                if const:
+                    node["const"] = const
+                parts.append(pack(node))
+            frames.append(b"".join(parts))
+        frames.append(pack({"type": "snapshot_end", "seq": seq}))
+        return frames
+
+    def join(self, viewer: Viewer) -> list[bytes]:
+        """Register a viewer; returns its first frames (hello and snapshot).
+
+        Called synchronously on the loop: the snapshot reflects every event up to
+        `self.seq`, and every later event goes to the viewer's queue, so it misses none and
+        gets none twice.
+        """
+        frames = [self._pack(self.hello_map(self.seq)), *self.snapshot_frames()]
+        self.viewers.add(viewer)
+        return frames
+
+    def leave(self, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "nodes": len(self.nodes),
+            "viewers": [viewer.stats() for viewer in self.viewers],
+            "runs": self.runs,
+        }
+
+
+class Viewer:
+    """One connected viewer: its bounded queue of frames, and the task that sends them."""
+
+    def __init__(self, hub: Hub, send: Any, name: str = "viewer"):
+        self.hub = hub
+        self.send = send  # the websocket's send coroutine function
+        self.name = name
+        self.limit = hub.queue_limit
+        self.queue: deque[tuple[bytes, int]] = deque()
+        self.queued = 0  # events in the queue
+        self.max_queued = 0
+        self.lost = 0  # events lost since the last resync
+        self.dropped_total = 0
+        self.resyncs = 0
+        self.resync = False  # send dropped + snapshot before anything else
+        self.want_snapshot = False  # the viewer asked for a snapshot
+        self.wake = asyncio.Event()
+
+    def offer(self, frame: bytes, count: int) -> None:
+        """Queue a frame of `count` events, or count them lost if the queue is full."""
+        if self.resync:
+            self.lost += count
+        elif self.queued + count > self.limit:
+            self.lose(count)
+        else:
+            self.queue.append((frame, count))
+            self.queued += count
+            if self.queued > self.max_queued:
+                self.max_queued = self.queued
+        self.wake.set()
+
+    def lose(self, count: int) -> None:
+        """Discard the queue; the viewer will get `dropped` and a snapshot."""
+        self.lost += self.queued + count
+        self.queue.clear()
+        self.queued = 0
+        self.resync = True
+        self.wake.set()
+
+    async def run(self, first_frames: list[bytes]) -> None:
+        """Send the first frames, then queued frames as they come, resyncing when needed."""
+        for frame in first_frames:
+            await self.send(frame)
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.queue or self.resync or self.want_snapshot:
+                if self.resync or self.want_snapshot:
+                    await self._send_snapshot()
+                    continue
+                frame, count = self.queue.popleft()
+                self.queued -= count
+                await self.send(frame)
+
+    async def _send_snapshot(self) -> None:
+        # Built synchronously: it reflects exactly the events up to hub.seq; the queue holds
+        # only events up to hub.seq too, so it is dropped and the stream goes on at seq + 1.
+        frames = self.hub.snapshot_frames()
+        if self.resync:
+            frames.insert(0, self.hub._pack({"type": "dropped", "count": self.lost}))
+            self.dropped_total += self.lost
+            self.resyncs += 1
+        self.lost = 0
+        self.resync = self.want_snapshot = False
+        self.queue.clear()
+        self.queued = 0
+        for frame in frames:
+            await self.send(frame)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "queued": self.queued,
+            "max_queued": self.max_queued,
+            "limit": self.limit,
+            "dropped": self.dropped_total + self.lost,
+            "resyncs": self.resyncs,
+        }

@@ -1,0 +1,115 @@
+"""Recordings: the wire format in a file (hello, then every live event, back to back).
+
+`Recorder` appends what the hub sends; `read_recording` reads a file back one event at a
+time and, when the file is truncated or damaged, stops at the damage and says where.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgpack
+
+SUFFIX = ".ogtrace"
+
+
+class Recorder:
+    """Writes packed frames to a file, buffered; `close()` flushes."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.file: BinaryIO = open(self.path, "wb", buffering=1 << 20)  # noqa: SIM115
+        self.bytes = 0
+
+    def write(self, frame: bytes) -> None:
+        if not self.file.closed:
+            self.file.write(frame)
+            self.bytes += len(frame)
+
+    def flush(self) -> None:
+        if not self.file.closed:
+            self.file.flush()
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+
+
+@dataclass
+class Damage:
+    """Where and why reading a recording stopped early."""
+
+    offset: int  # byte offset of the first byte not used
+    events: int  # events read before the damage
+    last_seq: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        after = f"after seq {self.last_seq}" if self.last_seq is not None else "at the start"
+        return (
+            f"recording damaged at byte {self.offset} ({after}, {self.events} events read): "
+            f"{self.reason}"
+        )
+
+
+class Recording:
+    """Iterates over the maps of a recording; `damage` is set if it stopped early.
+
+    rec = Recording("run.ogtrace")
+    for event in rec: ...
+    if rec.damage: print(rec.damage)
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.damage: Damage | None = None
+        self.hello: dict[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with open(self.path, "rb") as file:
+            yield from self._read(file)
+
+    def _read(self, file: BinaryIO) -> Iterator[dict[str, Any]]:
+        unpacker = msgpack.Unpacker(file, raw=False, strict_map_key=False, read_size=1 << 16)
+        count, last_seq, offset = 0, None, 0
+        size = file.seek(0, io.SEEK_END)
+        file.seek(0)
+
+        def stop(reason: str) -> Damage:
+            return Damage(offset, count, last_seq, reason)
+
+        while True:
+            try:
+                event = unpacker.unpack()
+            except msgpack.OutOfData:
+                if offset < size:
+                    self.damage = stop(f"truncated: {size - offset} bytes of an incomplete event")
+                break
+            except (msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:
+                self.damage = stop(f"not msgpack ({type(exc).__name__}: {exc})")
+                break
+            problem = _invalid(event, first=count == 0)
+            if problem:
+                self.damage = stop(problem)
+                break
+            if count == 0:
+                self.hello = event
+            offset = unpacker.tell()
+            count += 1
+            if isinstance(event.get("seq"), int) and event["type"] != "hello":
+                last_seq = event["seq"]
+            yield event
+
+
+def _invalid(event: Any, first: bool) -> str | None:
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        return f"expected a map with a 'type', found {type(event).__name__}"
+    if first and (event["type"] != "hello" or event.get("protocol") != "opgraph"):
+        return "not an opgraph recording: it must begin with an opgraph hello"
+    if first and event.get("version") != 1:
+        return f"recorded with protocol version {event.get('version')!r}; this reads version 1"
+    return None

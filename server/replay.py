@@ -1,0 +1,119 @@
+"""`opgraph replay run.ogtrace`: serve a recording to viewers as if it were live.
+
+Events are sent at the pace they were recorded (their `t`), `speed` times faster, or as fast
+as possible with `speed=0`. A damaged recording replays up to the damage, which is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .recording import Recording
+from .server import TraceServer, stop_on_sigterm
+
+BATCH = 2000
+
+
+class ReplayServer(TraceServer):
+    """A server whose events come from a recording; `.done` is set when it has all been sent."""
+
+    def __init__(self, path: str | Path, *, speed: float = 1.0, **options: Any):
+        self.recording = Recording(path)
+        events = iter(self.recording)
+        hello = next(events, None)  # read now, so a bad file fails before serving
+        if hello is None:
+            raise ValueError(f"{path}: {self.recording.damage or 'empty recording'}")
+        super().__init__(
+            engine_name=str(hello.get("engine", "replay")),
+            ops=dict(hello.get("ops") or {}),
+            **options,
+        )
+        self.speed = speed
+        self.replayed = 0
+        self.done = asyncio.Event()
+        self._events = events
+        self.add_source(self._play)
+
+    async def _play(self) -> None:
+        self.done = asyncio.Event()
+        start = time.monotonic()
+        batch: list[dict] = []
+        for event in self._events:
+            event.pop("seq", None)
+            t = event.get("t")
+            if self.speed > 0 and isinstance(t, int | float):
+                delay = t / 1e6 / self.speed - (time.monotonic() - start)
+                if delay > 0.002:
+                    self._send(batch)
+                    await asyncio.sleep(delay)
+            batch.append(event)
+            if len(batch) >= BATCH:
+                self._send(batch)
+                await asyncio.sleep(0)
+        self._send(batch)
+        self.done.set()
+
+    def _send(self, batch: list[dict]) -> None:
+        if batch:
+            self.hub.publish(batch)
+            self.replayed += len(batch)
+            batch.clear()
+
+    def wait_done(self, timeout: float | None = None) -> bool:
+        """Block until the whole recording has been handed to the hub."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
+            if self.loop is not None and self.call(self.done.is_set):
+                return True
+            time.sleep(0.02)
+        return False
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("recording", help="a recording made with --record (.ogtrace)")
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="times real speed; 0: as fast as possible"
+    )
+    parser.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--static-dir", help="serve the viewer page from this directory")
+    parser.add_argument(
+        "--exit",
+        action="store_true",
+        help="exit when the recording has been sent instead of serving on",
+    )
+
+
+def run(args) -> int:
+    stop_on_sigterm()
+    try:
+        server = ReplayServer(
+            args.recording,
+            speed=args.speed,
+            host=args.host,
+            port=args.port,
+            static_dir=args.static_dir,
+        ).start()
+    except (OSError, ValueError) as exc:
+        print(f"opgraph replay: {exc}", file=sys.stderr)
+        return 1
+    with server:
+        pace = "as fast as possible" if args.speed <= 0 else f"at {args.speed:g}x real speed"
+        print(f"replaying {args.recording} {pace}; viewer: {server.url}", flush=True)
+        try:
+            server.wait_done()
+            server.flush()
+            damage = server.recording.damage
+            print(f"replayed {server.replayed} events", flush=True)
+            if damage:
+                print(f"opgraph replay: stopped early: {damage}", file=sys.stderr, flush=True)
+            if not args.exit:
+                print("serving the replayed graph until interrupted (Ctrl-C)", flush=True)
+                server.wait()
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+    return 2 if server.recording.damage else 0
