@@ -13,6 +13,7 @@ const params = new URLSearchParams(location.search);
 const THRESHOLD = Number(params.get("threshold")) || 3000;
 const LIST_LIMIT = 400; // rows in the node list; search narrows it down
 const SLICE_MS = 12; // work per slice before the page gets to draw and handle input
+const DRAW_INTERVAL_MS = 100; // while a stream is being applied, draw ~10 times a second
 const $ = (id) => document.getElementById(id);
 
 class Viewer {
@@ -109,7 +110,7 @@ class Viewer {
       this.pending = this.pending.slice(this.pendingHead);
       this.pendingHead = 0;
     }
-    this.requestDraw();
+    this.requestDraw(false);
     const work = this.frames.length || (!this.paused && this.pendingHead < this.pending.length);
     if (waitForAllowance) setTimeout(() => this.wake(), Math.max(4, 1000 / this.rate));
     else if (work) this.wake();
@@ -132,6 +133,7 @@ class Viewer {
   apply(event) {
     if (!event || typeof event !== "object") return;
     const type = event.type;
+    if (this.refused && type !== "hello") return; // a stream this viewer cannot read
     if (!this.checkSeq(event)) return;
     const target = this.staging ?? this.graph;
     switch (type) {
@@ -165,8 +167,10 @@ class Viewer {
   }
 
   hello(event) {
-    if (event.protocol !== "opgraph" || event.version !== 1) {
+    this.refused = event.protocol !== "opgraph" || event.version !== 1;
+    if (this.refused) {
       this.source?.stop();
+      this.frames = [];
       this.notice(`This viewer speaks opgraph protocol 1; the server sent ` +
         `${event.protocol} version ${event.version}. Upgrade the page or the server.`);
       return;
@@ -282,7 +286,7 @@ class Viewer {
     if (!paused) this.stepIndex = null;
     $("pause").textContent = paused ? "Resume" : "Pause";
     $("pause").setAttribute("aria-pressed", String(paused));
-    this.listKey = null;
+    this.listNow = true; // update the list on the next draw
     this.requestDraw();
     this.wake();
   }
@@ -307,14 +311,14 @@ class Viewer {
     this.stepIndex = Math.max(0, Math.min(last, index));
     const node = this.graph.nodes.get(pass.steps[this.stepIndex].id);
     if (node) this.select(node, { center: true });
-    this.listKey = null;
+    this.listNow = true; // update the list on the next draw
     this.requestDraw();
   }
 
   leaveStepping() {
     if (this.stepIndex === null) return false;
     this.stepIndex = null;
-    this.listKey = null;
+    this.listNow = true; // update the list on the next draw
     this.requestDraw();
     return true;
   }
@@ -435,7 +439,11 @@ class Viewer {
     search.oninput = () => this.search(search.value);
     search.onkeydown = (event) => {
       if (event.key === "Enter") { event.preventDefault(); this.nextMatch(event.shiftKey ? -1 : 1); }
-      if (event.key === "Escape") { search.value = ""; this.search(""); search.blur(); }
+      if (event.key !== "Escape") return;
+      event.preventDefault();
+      if (search.value) { search.value = ""; this.search(""); return; }
+      search.blur();
+      this.escape();
     };
     $("node-list").onclick = (event) => {
       const row = event.target.closest("tr[data-id]");
@@ -598,13 +606,29 @@ class Viewer {
     this.draw();
   }
 
-  requestDraw() {
+  /**
+   * Draw on the next frame. While a stream is still being applied (`urgent` false), draw at
+   * most every DRAW_INTERVAL_MS: the time goes to applying events instead, and input still
+   * gets its turn between slices. What the user does (`urgent`) is drawn at once.
+   */
+  requestDraw(urgent = true) {
+    if (urgent) this.urgentDraw = true;
     if (this.drawRequested) return;
     this.drawRequested = true;
-    requestAnimationFrame(() => {
-      this.drawRequested = false;
-      this.draw();
-    });
+    requestAnimationFrame(() => this.frame());
+  }
+
+  frame() {
+    const now = performance.now();
+    const busy = this.frames.length > 0 || (!this.paused && this.waiting > 0);
+    if (busy && !this.urgentDraw && now - (this.lastDraw ?? 0) < DRAW_INTERVAL_MS) {
+      requestAnimationFrame(() => this.frame());
+      return;
+    }
+    this.drawRequested = false;
+    this.urgentDraw = false;
+    this.lastDraw = now;
+    this.draw();
   }
 
   /** The nodes drawn one by one: the whole graph, or the focused neighbourhood. */
@@ -739,34 +763,52 @@ class Viewer {
 
   updateList() {
     const now = performance.now();
-    if (this.listKey !== null && now - (this.listUpdated ?? 0) < 150 && !this.paused) return;
+    const due = this.listKey === null || this.listNow || now - (this.listUpdated ?? 0) >= 150;
+    if (!due) return;
+    this.listNow = false;
     this.listUpdated = now;
     if (this.query) this.updateMatches();
     const graph = this.graph;
     const total = this.query ? this.matches.length : this.focus ? this.focus.sub.nodes.length : graph.size;
-    const key = `${this.query}|${this.focus?.center.id}|${this.focus?.version}|${this.stepIndex}`;
+    const key = `${this.query}|${this.focus?.center.id}|${this.focus?.version}`;
+    const listed = this.listedNodes();
     const body = $("node-list").tBodies[0];
-    if (key !== this.listKey || this.listGraph !== graph || this.listTotal !== Math.min(total, LIST_LIMIT)) {
-      this.listKey = key;
-      this.listGraph = graph;
-      this.listTotal = Math.min(total, LIST_LIMIT);
-      this.rows = new Map();
+    if (key === this.listKey && this.listGraph === graph && this.startsWithShown(listed)) {
+      // The same list, maybe longer: add the new rows, redraw the rows of changed nodes.
       const fragment = document.createDocumentFragment();
-      for (const node of this.listedNodes()) fragment.append(this.makeRow(node));
-      body.replaceChildren(fragment);
-      this.listMarks = null;
-    } else {
+      for (const node of listed.slice(this.listIds.length)) {
+        fragment.append(this.makeRow(node));
+        this.listIds.push(node.id);
+      }
+      body.append(fragment);
       for (const id of graph.changed) {
         const row = this.rows.get(id);
         if (row) this.fillRow(row, graph.nodes.get(id));
       }
+    } else {
+      this.listKey = key;
+      this.listGraph = graph;
+      this.rows = new Map();
+      this.listIds = listed.map((node) => node.id);
+      const fragment = document.createDocumentFragment();
+      for (const node of listed) fragment.append(this.makeRow(node));
+      body.replaceChildren(fragment);
+      this.listMarks = null;
+      this.selectedRow = this.currentRow = null;
     }
     graph.changed.clear();
     const what = this.query ? "matches" : this.focus ? "in the neighbourhood" : "nodes";
-    $("list-count").textContent = `${total.toLocaleString("en-US")} ${what}`;
-    $("list-more").textContent = total > LIST_LIMIT
-      ? `Showing the first ${LIST_LIMIT}; search to find the others.` : "";
+    setText($("list-count"), `${total.toLocaleString("en-US")} ${what}`);
+    setText($("list-more"), total > LIST_LIMIT
+      ? `Showing the first ${LIST_LIMIT}; search to find the others.` : "");
     this.updateListMarks();
+  }
+
+  startsWithShown(listed) {
+    const ids = this.listIds;
+    if (listed.length < ids.length) return false;
+    for (let i = 0; i < ids.length; i++) if (listed[i].id !== ids[i]) return false;
+    return true;
   }
 
   makeRow(node) {
@@ -778,38 +820,51 @@ class Viewer {
     return row;
   }
 
+  // Only what changed is written: every write to the page costs a style recalculation.
   fillRow(row, node) {
+    if (!node) return;
     const look = this.look(node);
     const cells = row.cells;
-    cells[0].textContent = String(node.id);
-    cells[1].textContent = node.label;
-    cells[2].textContent = node.op ? opText(node) : node.placeholder ? "unseen" : "leaf";
-    cells[3].textContent = formatNumber(node.data);
-    cells[4].textContent = look.gradShown ? formatNumber(node.grad) : "…";
-    row.dataset.label = node.label;
-    row.dataset.op = node.op ?? "";
-    row.dataset.data = String(node.data);
-    row.dataset.grad = String(node.grad);
-    row.dataset.state = look.state;
-    if (node.bwStep >= 0 && node.bwPass === this.graph.lastPass?.pass) row.dataset.bwStep = String(node.bwStep);
-    else delete row.dataset.bwStep;
+    setText(cells[0], String(node.id));
+    setText(cells[1], node.label);
+    setText(cells[2], node.op ? opText(node) : node.placeholder ? "unseen" : "leaf");
+    setText(cells[3], formatNumber(node.data));
+    setText(cells[4], look.gradShown ? formatNumber(node.grad) : "…");
+    setData(row, "label", node.label);
+    setData(row, "op", node.op ?? "");
+    setData(row, "data", String(node.data));
+    setData(row, "grad", String(node.grad));
+    setData(row, "state", look.state);
+    const inPass = node.bwStep >= 0 && node.bwPass === this.graph.lastPass?.pass;
+    setData(row, "bwStep", inPass ? String(node.bwStep) : undefined);
   }
 
   // Selection and the current backward step change only a few rows' marks.
   updateListMarks() {
     if (!this.rows) return;
-    const current = this.currentStepNode();
     const pass = this.graph.lastPass;
-    const marks = `${this.selected}|${current?.id}|${this.stepIndex}|${pass?.pass}|${pass?.done}`;
-    if (marks === this.listMarks) return;
-    this.listMarks = marks;
-    for (const row of this.rows.values()) {
-      const id = Number(row.dataset.id);
-      row.classList.toggle("selected", id === this.selected);
-      if (current && id === current.id) row.setAttribute("aria-current", "step");
-      else row.removeAttribute("aria-current");
-      this.fillRow(row, this.graph.nodes.get(id));
+    const marks = `${this.stepIndex}|${pass?.pass}|${pass?.done}|${this.graph === this.listGraph}`;
+    if (marks !== this.listMarks) { // every row's look may have changed
+      this.listMarks = marks;
+      for (const row of this.rows.values()) this.fillRow(row, this.graph.nodes.get(Number(row.dataset.id)));
     }
+    this.markRow("selectedRow", typeof this.selected === "number" ? this.selected : null,
+      (row, on) => row.classList.toggle("selected", on));
+    this.markRow("currentRow", this.currentStepNode()?.id ?? null, (row, on) => {
+      if (on) row.setAttribute("aria-current", "step");
+      else row.removeAttribute("aria-current");
+      this.fillRow(row, this.graph.nodes.get(Number(row.dataset.id)));
+    });
+  }
+
+  // Move a mark (selection, current step) from the row that has it to the row of `id`.
+  markRow(slot, id, mark) {
+    const row = id === null ? null : this.rows.get(id) ?? null;
+    const old = this[slot];
+    if (old === row && (!row || row.isConnected)) return;
+    if (old && old.isConnected) mark(old, false);
+    if (row) mark(row, true);
+    this[slot] = row;
   }
 
   renderDetails() {
@@ -861,7 +916,7 @@ class Viewer {
     const reached = group.bwPass === pass?.pass ? group.bwDone : 0;
     const members = group.ids.slice(0, 30).map((id) => this.nodeLink(id)).join("");
     panel.innerHTML = `
-      <h2>${escapeHtml(group.op)} · rank ${group.rank}</h2>
+      <h2>${escapeHtml(group.op)} · ${group.ranks}</h2>
       <dl class="facts">
         <dt>nodes</dt><dd data-field="count">${group.count}</dd>
         <dt>plugin</dt><dd>${escapeHtml(this.ops[group.op] ?? "–")}</dd>
@@ -874,11 +929,21 @@ class Viewer {
   tickRate() {
     this.eventsPerSecond = this.eventsThisSecond;
     this.eventsThisSecond = 0;
-    this.requestDraw();
+    this.requestDraw(false);
   }
 }
 
 const LIVE_KINDS = new Set(["forward", "backward_begin", "backward", "backward_end", "data", "label", "run"]);
+
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+function setData(element, key, value) {
+  if (element.dataset[key] === value) return;
+  if (value === undefined) delete element.dataset[key];
+  else element.dataset[key] = value;
+}
 
 function escapeHtml(text) {
   return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);

@@ -7,6 +7,7 @@
 
 export const COLUMN_WIDTH = 230; // world units between ranks
 export const ROW_HEIGHT = 68; // world units between rows of one rank
+export const MAX_BANDS = 16; // columns of the aggregate view
 
 export class Graph {
   constructor() {
@@ -15,8 +16,9 @@ export class Graph {
     this.nextRow = []; // per rank: the first free row
     this.maxRank = 0;
     this.edgeCount = 0;
-    this.groups = new Map(); // "rank op" -> group of the aggregate view
-    this.groupsByRank = []; // per rank: its groups in arrival order
+    this.groups = new Map(); // "band op" -> group of the aggregate view
+    this.groupsByBand = []; // per band of ranks: its groups in arrival order
+    this.bandShift = 0; // a band holds 2**bandShift ranks
     this.groupEdges = new Map(); // "from>to" group keys -> {from, to, count}
     this.passes = []; // backward passes: {root, pass, steps: [{id, grad}], done}
     this.latest = null; // the node of the last forward event
@@ -107,26 +109,50 @@ export class Graph {
     this.addToGroup(node);
   }
 
+  // The aggregate view groups nodes by op within bands of ranks: one band per rank while
+  // there are few ranks, then 2, 4, 8... ranks per band so that at most MAX_BANDS columns
+  // remain (a summed loss makes chains thousands of ranks long).
   addToGroup(node) {
+    if (node.rank >> this.bandShift >= MAX_BANDS) {
+      while (node.rank >> this.bandShift >= MAX_BANDS) this.bandShift++;
+      this.regroup(); // the node is not listed yet: it is grouped below
+    }
+    const band = node.rank >> this.bandShift;
     const op = node.placeholder ? "(unseen)" : node.op ?? "leaf";
-    const key = `${node.rank} ${op}`;
+    const key = `${band} ${op}`;
     let group = this.groups.get(key);
     if (!group) {
-      group = { key, rank: node.rank, op, count: 0, ids: [], bwPass: 0, bwDone: 0 };
+      const first = band << this.bandShift;
+      group = {
+        key, band, op, count: 0, ids: [], bwPass: 0, bwDone: 0,
+        ranks: this.bandShift ? `ranks ${first}–${first + (1 << this.bandShift) - 1}` : `rank ${first}`,
+      };
       this.groups.set(key, group);
-      (this.groupsByRank[node.rank] ??= []).push(group);
+      (this.groupsByBand[band] ??= []).push(group);
     }
     group.count++;
     group.ids.push(node.id);
     node.group = group;
+    const pass = this.lastPass;
+    if (pass && node.bwPass === pass.pass) {
+      if (group.bwPass !== pass.pass) { group.bwPass = pass.pass; group.bwDone = 0; }
+      group.bwDone++;
+    }
     for (const id of node.parents) {
       const from = this.nodes.get(id)?.group;
-      if (!from) continue;
+      if (!from || from === group) continue;
       const edgeKey = `${from.key}>${key}`;
       const edge = this.groupEdges.get(edgeKey);
       if (edge) edge.count++;
       else this.groupEdges.set(edgeKey, { from, to: group, count: 1 });
     }
+  }
+
+  regroup() {
+    this.groups = new Map();
+    this.groupsByBand = [];
+    this.groupEdges = new Map();
+    for (const node of this.order) this.addToGroup(node);
   }
 
   touch(node) {
@@ -182,7 +208,10 @@ export class Graph {
     this.version++;
   }
 
-  /** Nodes whose label, id ("#12") or op ("op:tanh") matches the query, in id order. */
+  /**
+   * Nodes whose label, id ("#12") or op ("op:tanh") matches the query: labels equal to the
+   * query first, then those that contain it, each in id order.
+   */
   search(query, limit = Infinity) {
     const q = query.trim().toLowerCase();
     const out = [];
@@ -197,36 +226,43 @@ export class Graph {
     } else {
       test = (node) => node.label.toLowerCase().includes(q);
     }
+    const exact = [];
     for (const node of this.order) {
-      if (test(node)) {
-        out.push(node);
-        if (out.length >= limit) break;
-      }
+      if (!test(node)) continue;
+      if (node.label.toLowerCase() === q) exact.push(node);
+      else out.push(node);
+      if (exact.length + out.length >= limit) break;
     }
-    return out;
+    return exact.concat(out);
   }
 
   /**
-   * The subgraph around `center`: its ancestors and descendants up to `depth` edges away,
-   * at most `limit` nodes (nearest first), laid out by rank on its own.
+   * The subgraph around `center`, laid out by rank on its own: how it was computed (its
+   * ancestors, up to `up` edges back) and where it goes (descendants, up to `down` edges on,
+   * at most `fan` users per node so that a parameter used a thousand times does not flood
+   * the view); at most `limit` nodes, nearest first.
    */
-  neighbourhood(center, depth = 4, limit = 250) {
-    const picked = new Map([[center.id, 0]]);
-    let frontier = [center];
-    for (let d = 1; d <= depth && picked.size < limit; d++) {
-      const next = [];
-      for (const node of frontier) {
-        for (const id of [...node.parents, ...node.children]) {
-          if (picked.has(id) || picked.size >= limit) continue;
-          const other = this.nodes.get(id);
-          if (!other) continue;
-          picked.set(id, d);
-          next.push(other);
+  neighbourhood(center, { up = 12, down = 3, fan = 6, limit = 250 } = {}) {
+    const picked = new Set([center.id]);
+    const walk = (depth, next, cap) => {
+      let frontier = [center];
+      for (let d = 1; d <= depth && frontier.length && picked.size < cap; d++) {
+        const reached = [];
+        for (const node of frontier) {
+          for (const id of next(node)) {
+            if (picked.size >= cap) break;
+            const other = this.nodes.get(id);
+            if (!other || picked.has(id)) continue;
+            picked.add(id);
+            reached.push(other);
+          }
         }
+        frontier = reached;
       }
-      frontier = next;
-    }
-    const nodes = [...picked.keys()].sort((a, b) => a - b).map((id) => this.nodes.get(id));
+    };
+    walk(down, (node) => node.children.slice(0, node === center ? 2 * fan : fan), limit / 4);
+    walk(up, (node) => node.parents, limit);
+    const nodes = [...picked].sort((a, b) => a - b).map((id) => this.nodes.get(id));
     return layoutSubgraph(nodes);
   }
 }

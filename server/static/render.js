@@ -176,15 +176,49 @@ export function drawScene(ctx, camera, width, height, scene, look, gradEdgesOf) 
     }
   }
 
+  if (!detail) {
+    drawNodesZoomedOut(ctx, scene, look, visible, camera.scale);
+    ctx.restore();
+    return;
+  }
   for (const node of scene.nodes) {
     const { x, y } = scene.pos(node);
     if (!visible(x, y, x + NODE_W, y + NODE_H)) continue;
-    drawNode(ctx, node, x, y, look(node), detail, camera.scale);
+    drawNode(ctx, node, x, y, look(node), camera.scale);
   }
   ctx.restore();
 }
 
-function drawNode(ctx, node, x, y, look, detail, scale) {
+// Zoomed out, text is unreadable: plain boxes, one fill per colour (thousands of nodes).
+function drawNodesZoomedOut(ctx, scene, look, visible, scale) {
+  const batches = new Map();
+  const rings = [];
+  for (const node of scene.nodes) {
+    const { x, y } = scene.pos(node);
+    if (!visible(x, y, x + NODE_W, y + NODE_H)) continue;
+    const l = look(node);
+    const colour = l.state === "current" ? COLORS.currentStroke : l.state === "done"
+      ? COLORS.doneStroke : node.op ? COLORS.nodeStroke : COLORS.leafStroke;
+    let batch = batches.get(colour);
+    if (!batch) batches.set(colour, (batch = []));
+    batch.push(x, y);
+    const ring = l.selected ? COLORS.selected : l.match ? COLORS.match : null;
+    if (ring) rings.push([x, y, ring]);
+  }
+  for (const [colour, xy] of batches) {
+    ctx.fillStyle = colour;
+    ctx.beginPath();
+    for (let i = 0; i < xy.length; i += 2) ctx.rect(xy[i], xy[i + 1], NODE_W, NODE_H);
+    ctx.fill();
+  }
+  ctx.lineWidth = 4 / scale;
+  for (const [x, y, ring] of rings) {
+    ctx.strokeStyle = ring;
+    ctx.strokeRect(x - 12 / scale, y - 12 / scale, NODE_W + 24 / scale, NODE_H + 24 / scale);
+  }
+}
+
+function drawNode(ctx, node, x, y, look, scale) {
   let fill = node.op ? COLORS.node : COLORS.leaf;
   let stroke = node.op ? COLORS.nodeStroke : COLORS.leafStroke;
   let width = 1.4;
@@ -206,7 +240,6 @@ function drawNode(ctx, node, x, y, look, detail, scale) {
     ctx.strokeStyle = ring;
     ctx.stroke();
   }
-  if (!detail) return;
 
   // Header: the label, and the op as a pill on the right.
   ctx.textBaseline = "middle";
@@ -241,20 +274,22 @@ function drawNode(ctx, node, x, y, look, detail, scale) {
 
 // --- the aggregate view ---------------------------------------------------------------------
 
-/** Positions of the op groups: one column per rank, groups stacked in arrival order. */
+/** Positions of the op groups: one column per band of ranks, stacked in arrival order. */
 export function layoutGroups(graph) {
   const boxes = new Map();
   let bottom = 0;
-  graph.groupsByRank.forEach((groups, rank) => {
+  let bands = 0;
+  graph.groupsByBand.forEach((groups, band) => {
     let y = 0;
+    bands = Math.max(bands, band);
     for (const group of groups ?? []) {
       const h = 34 + Math.min(70, 7 * Math.log2(group.count + 1));
-      boxes.set(group.key, { x: rank * COLUMN_WIDTH, y, w: GROUP_W, h, group });
+      boxes.set(group.key, { x: band * COLUMN_WIDTH, y, w: GROUP_W, h, group });
       y += h + GROUP_GAP;
     }
     bottom = Math.max(bottom, y);
   });
-  return { boxes, box: { left: 0, top: 0, right: graph.maxRank * COLUMN_WIDTH + GROUP_W, bottom } };
+  return { boxes, box: { left: 0, top: 0, right: bands * COLUMN_WIDTH + GROUP_W, bottom } };
 }
 
 export function drawGroups(ctx, camera, width, height, graph, layout, selectedKey, passNumber) {
@@ -265,31 +300,52 @@ export function drawGroups(ctx, camera, width, height, graph, layout, selectedKe
   const [right, bottom] = camera.toWorld(width, height);
   const unit = 1 / Math.min(1, camera.scale);
 
-  ctx.strokeStyle = "rgba(120, 130, 150, 0.35)";
+  // Edges between groups, thicker for more edges; one stroke per thickness (strokes are
+  // what costs, not path segments).
+  const buckets = [];
   for (const edge of graph.groupEdges.values()) {
     const a = layout.boxes.get(edge.from.key), b = layout.boxes.get(edge.to.key);
     const x1 = a.x + a.w, y1 = a.y + a.h / 2, x2 = b.x, y2 = b.y + b.h / 2;
     if (Math.max(x1, x2) < left || Math.min(x1, x2) > right) continue;
     if (Math.max(y1, y2) < top || Math.min(y1, y2) > bottom) continue;
-    ctx.lineWidth = (0.8 + Math.log2(edge.count + 1) * 0.6) * unit;
-    ctx.beginPath();
-    edgePath(ctx, x1, y1, x2, y2);
-    ctx.stroke();
+    (buckets[Math.round(Math.log2(edge.count + 1))] ??= []).push([x1, y1, x2, y2]);
   }
+  ctx.strokeStyle = "rgba(120, 130, 150, 0.35)";
+  buckets.forEach((edges, size) => {
+    ctx.lineWidth = (0.8 + size * 0.6) * unit;
+    ctx.beginPath();
+    for (const [x1, y1, x2, y2] of edges) edgePath(ctx, x1, y1, x2, y2);
+    ctx.stroke();
+  });
+
+  const tiny = camera.scale * GROUP_W < 12; // a few pixels wide: plain boxes will do
+  const labels = []; // zoomed out: labelled below at a readable size, where they fit
   for (const { x, y, w, h, group } of layout.boxes.values()) {
     if (x > right || x + w < left || y > bottom || y + h < top) continue;
+    const selected = group.key === selectedKey;
+    ctx.fillStyle = group.op === "leaf" ? COLORS.leafStroke : COLORS.nodeStroke;
+    if (tiny && !selected) {
+      ctx.fillRect(x, y, w, h);
+      if (group.bwPass === passNumber && group.bwDone) {
+        ctx.fillStyle = COLORS.doneStroke;
+        ctx.fillRect(x, y + h * (1 - group.bwDone / group.count), w, h * (group.bwDone / group.count));
+      }
+      continue;
+    }
     roundRect(ctx, x, y, w, h, 6);
     ctx.fillStyle = group.op === "leaf" ? COLORS.leaf : COLORS.group;
     ctx.fill();
-    ctx.lineWidth = (group.key === selectedKey ? 3 : 1.2) * unit;
-    ctx.strokeStyle = group.key === selectedKey ? COLORS.selected : COLORS.nodeStroke;
+    ctx.lineWidth = (selected ? 3 : 1.2) * unit;
+    ctx.strokeStyle = selected ? COLORS.selected : COLORS.nodeStroke;
     ctx.stroke();
     // How much of the group the current backward pass has reached.
     if (group.bwPass === passNumber && group.bwDone) {
       ctx.fillStyle = COLORS.doneStroke;
       ctx.fillRect(x + 6, y + h - 8, (w - 12) * (group.bwDone / group.count), 4);
     }
-    if (camera.scale >= 0.3) {
+    if (camera.scale < 0.3) {
+      labels.push({ x, y, w, h, group });
+    } else {
       ctx.textBaseline = "middle";
       ctx.textAlign = "left";
       ctx.font = "600 13px system-ui, sans-serif";
@@ -297,9 +353,29 @@ export function drawGroups(ctx, camera, width, height, graph, layout, selectedKe
       ctx.fillText(group.op, x + 8, y + 15, w - 16);
       ctx.font = "12px system-ui, sans-serif";
       ctx.fillStyle = COLORS.muted;
-      ctx.fillText(`${group.count.toLocaleString("en-US")} nodes · rank ${group.rank}`,
+      ctx.fillText(`${group.count.toLocaleString("en-US")} nodes · ${group.ranks}`,
         x + 8, y + 31, w - 16);
     }
   }
   ctx.restore();
+  drawScreenLabels(ctx, camera, labels);
 }
+
+// Op names at a fixed 11 px on the screen, for groups drawn too small for world-size text.
+function drawScreenLabels(ctx, camera, labels) {
+  ctx.save();
+  ctx.setTransform(devicePixelRatio, 0, 0, devicePixelRatio, 0, 0);
+  ctx.font = "600 11px system-ui, sans-serif";
+  ctx.textBaseline = "middle";
+  ctx.textAlign = "left";
+  ctx.fillStyle = COLORS.text;
+  for (const { x, y, w, h, group } of labels) {
+    const sw = w * camera.scale, sh = h * camera.scale;
+    if (sw < 34 || sh < 11) continue;
+    const sx = x * camera.scale + camera.x, sy = y * camera.scale + camera.y;
+    const text = sh >= 24 ? [group.op, group.count.toLocaleString("en-US")] : [group.op];
+    text.forEach((line, i) => ctx.fillText(line, sx + 4, sy + 7 + i * 12, sw - 8));
+  }
+  ctx.restore();
+}
+
