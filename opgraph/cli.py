@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("opgraph.server.replay", "serve a recorded trace (.ogtrace) to viewers"),
     "export": ("opgraph.server.chrome", "export a recorded trace as Chrome trace-event JSON"),
     "watch": ("opgraph.server.client", "print a live summary of a trace server's stream"),
+    "plugins": ("opgraph.plugin_cli", "list the op plugins, their distributions and their ops"),
 }
 
 

@@ -12,11 +12,38 @@ class OpgraphError(Exception):
 
 
 class PluginError(OpgraphError):
-    """A plugin registered something malformed or conflicting."""
+    """A plugin registered something malformed or conflicting.
+
+    `plugin` is the name of the plugin to blame and `op` the name of the op, when known.
+    """
+
+    def __init__(self, message: str, *, plugin: str | None = None, op: str | None = None):
+        super().__init__(message)
+        self.plugin = plugin
+        self.op = op
 
 
 class PluginLoadError(PluginError):
-    """An installed plugin (an entry point of the `opgraph` group) could not be loaded."""
+    """An installed plugin (an entry point of the `opgraph` group) could not be loaded.
+
+    The original exception is the cause (`__cause__`); `entry_point`, `distribution` and
+    `version` say where the plugin comes from.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        plugin: str | None = None,
+        op: str | None = None,
+        entry_point: str | None = None,
+        distribution: str | None = None,
+        version: str | None = None,
+    ):
+        super().__init__(message, plugin=plugin, op=op)
+        self.entry_point = entry_point
+        self.distribution = distribution
+        self.version = version
 
 
 class OpError(OpgraphError):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import keyword
 import math
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from numbers import Real
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import AnomalyError, EngineMismatchError, OpError, PluginError, describe
 from .modes import ANOMALY, NO_GRAD, mode
+from .value import _number
 
 if TYPE_CHECKING:
     from .value import Value
@@ -35,8 +38,8 @@ class Op:
     """
 
     name: str
-    forward: Callable[..., float]
-    derivative: Callable[..., Sequence[float]]
+    forward: Callable[..., float] | None = None  # None only to report it by name in check()
+    derivative: Callable[..., Sequence[float]] | None = None
     arity: int | None = None
     static: tuple[int, ...] = ()
     doc: str = ""
@@ -57,7 +60,7 @@ class Composite:
     """
 
     name: str
-    fn: Callable[..., Value]
+    fn: Callable[..., Value] | None = None  # None only to report it by name in check()
     arity: int | None = None
     doc: str = ""
     plugin: str = ""
@@ -70,10 +73,14 @@ AnyOp = Op | Composite
 METHOD_OPS = frozenset({"exp", "tanh", "relu", "log", "sigmoid"})
 
 
+@functools.cache
 def reserved_names() -> frozenset[str]:
+    """Names no op may take: Value's attributes, and the op table's own (`ops.definitions`)."""
     from .value import Value
 
-    return frozenset(n for n in dir(Value) if not n.startswith("_")) - METHOD_OPS
+    value_names = {n for n in dir(Value) if not n.startswith("_")} - METHOD_OPS
+    table_names = {n for n in dir(OpTable) if not n.startswith("_")} | {"definitions"}
+    return frozenset(value_names | table_names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,19 +107,34 @@ def check(op: Any, plugin: str) -> AnyOp:
     """
     if not isinstance(op, Op | Composite):
         raise PluginError(
-            f"plugin {plugin!r} registered {op!r}: expected an opgraph.Op or opgraph.Composite"
+            f"plugin {plugin!r} registered {op!r}: expected an opgraph.Op or opgraph.Composite",
+            plugin=plugin,
         )
 
     def fail(problem: str) -> PluginError:
-        return PluginError(f"plugin {plugin!r}, op {op.name!r}: {problem}")
+        return PluginError(
+            f"plugin {plugin!r}, op {op.name!r}: {problem}", plugin=plugin, op=op.name
+        )
 
-    if not isinstance(op.name, str) or not op.name.isidentifier():
-        raise fail("an op name must be a Python identifier")
+    if not isinstance(op.name, str) or not op.name.isidentifier() or keyword.iskeyword(op.name):
+        raise fail("an op name must be a Python identifier and not a keyword")
+    if unicodedata.normalize("NFKC", op.name) != op.name:
+        # Python reads identifiers in NFKC form: `v.ﬁ()` in source code means `v.fi()`.
+        raise fail(
+            f"an op name must be in NFKC form, as Python reads it: {op.name!r} is read "
+            f"as {unicodedata.normalize('NFKC', op.name)!r}"
+        )
     if op.name.startswith("_") or op.name in reserved_names():
-        raise fail("this name would shadow an attribute of Value; choose another")
+        raise fail(
+            "this name would shadow an attribute of Value or of the op table "
+            "(data, grad, label, backward ...); choose another"
+        )
     body = op.forward if isinstance(op, Op) else op.fn
+    what = "forward" if isinstance(op, Op) else "fn"
+    if body is None:
+        raise fail(f"{what} must be callable; none was given")
     if not callable(body):
-        raise fail(f"{'forward' if isinstance(op, Op) else 'fn'} must be callable, got {body!r}")
+        raise fail(f"{what} must be callable, got {body!r}")
     arity = op.arity if op.arity is not None else _positional_arity(body)
     if arity is None:
         raise fail("give arity= explicitly: the function takes *args")
@@ -121,9 +143,15 @@ def check(op: Any, plugin: str) -> AnyOp:
     takes = _positional_arity(body)
     if takes is not None and takes != arity:
         raise fail(f"arity is {arity} but the function takes {takes} positional arguments")
+    doc = op.doc or _first_line(inspect.getdoc(body))
     if isinstance(op, Composite):
-        return replace(op, arity=arity, plugin=plugin)
+        return replace(op, arity=arity, plugin=plugin, doc=doc)
 
+    if op.derivative is None:
+        raise fail(
+            "derivative must be callable; none was given: a primitive Op needs "
+            "derivative(out, *inputs) -> tuple; an op built from other ops is a Composite"
+        )
     if not callable(op.derivative):
         raise fail(f"derivative must be callable, got {op.derivative!r}")
     takes = _positional_arity(op.derivative)
@@ -132,7 +160,12 @@ def check(op: Any, plugin: str) -> AnyOp:
     if any(not 0 <= i < arity for i in op.static):
         raise fail(f"static positions {op.static} are out of range for arity {arity}")
     _probe(op, arity, fail)
-    return replace(op, arity=arity, plugin=plugin)
+    return replace(op, arity=arity, plugin=plugin, doc=doc)
+
+
+def _first_line(doc: str | None) -> str:
+    """An op's doc when the plugin gives none: the first line of its function's docstring."""
+    return doc.strip().splitlines()[0] if doc and doc.strip() else ""
 
 
 def _probe(op: Op, arity: int, fail: Callable[[str], PluginError]) -> None:
@@ -159,10 +192,16 @@ def collect(registrations: Iterable[tuple[str, AnyOp, bool]]) -> dict[str, AnyOp
     for plugin, op, replaces in registrations:
         op = check(op, plugin)
         earlier = table.get(op.name)
+        if earlier is not None and earlier.plugin == plugin:
+            raise PluginError(
+                f"plugin {plugin!r} registers op {op.name!r} twice", plugin=plugin, op=op.name
+            )
         if earlier is not None and not replaces:
             raise PluginError(
                 f"op {op.name!r} is registered by both plugin {earlier.plugin!r} and plugin "
-                f"{plugin!r}; pass register(op, replace=True) in {plugin!r} to replace it"
+                f"{plugin!r}; pass register(op, replace=True) in {plugin!r} to replace it",
+                plugin=plugin,
+                op=op.name,
             )
         table[op.name] = op
     return table
@@ -185,7 +224,7 @@ def _coercer(cls: type[Value], op: AnyOp) -> Callable[[Any], Value]:
                 f"operands to engine {cls._engine.name!r}; Values of two engines do not mix"
             )
         if isinstance(x, Real):
-            return cls(float(x))
+            return cls(x)
         raise TypeError(
             f"op {op.name!r} (plugin {op.plugin!r}) got an operand of type "
             f"{type(x).__name__}: {x!r}; operands must be Values or real numbers"
@@ -324,7 +363,7 @@ def _bind_static(op: Op, cls: type[Value], engine_flags: int) -> Callable[..., V
 
     def apply(*operands):
         constants = tuple(
-            (i, float(operands[i]))
+            (i, _number(operands[i]))
             for i in op.static
             if i < len(operands) and isinstance(operands[i], Real)
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
@@ -185,7 +186,10 @@ class Value:
 def _number(data: Any) -> float:
     """A leaf's data as a float, or a TypeError that says what was wrong."""
     if isinstance(data, Real):
-        return float(data)
+        try:
+            return float(data)
+        except OverflowError:  # an int beyond the largest float rounds to inf, as IEEE-754
+            return math.inf if data > 0 else -math.inf
     if isinstance(data, Value):
         raise TypeError(
             "Value(...) takes a number; to reuse a Value, use it directly "

@@ -22,7 +22,9 @@ def power(a: float, b: float) -> float:
         out = a**b
     except ZeroDivisionError:  # zero to a negative power: a pole
         return math.copysign(inf, a) if _odd_integer(b) else inf
-    except OverflowError:
+    except OverflowError:  # too large, or a negative base to a fractional power (complex)
+        if a < 0 and not b.is_integer():
+            return nan
         return -inf if a < 0 and _odd_integer(b) else inf
     return nan if isinstance(out, complex) else out
 

@@ -1,0 +1,191 @@
+"""check_op: compare an op's derivative with central finite differences.
+
+For an op f of n inputs, at a point x the analytic gradient comes from opgraph's backward,
+and the numeric one from central differences
+
+    d f / d x_i  ~  (f(x + eps e_i) - f(x - eps e_i)) / (2 eps)
+
+whose error shrinks like eps**2. They agree when |analytic - numeric| <= atol + rtol *
+|numeric| (numpy's `isclose`). The report names the worst point, so a wrong derivative is
+found with the inputs that expose it, as autograd's `check_grads` and PyTorch's `gradcheck`
+do.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from numbers import Real
+from typing import TYPE_CHECKING, Any
+
+from ..modes import no_grad
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+Domain = tuple[float, float] | Sequence[tuple[float, float]]
+
+
+class GradcheckError(AssertionError):
+    """An op's derivative disagrees with finite differences (or cannot be checked)."""
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """The comparison of one partial derivative at one point."""
+
+    inputs: tuple[float, ...]
+    position: int  # which input the partial derivative is taken with respect to
+    analytic: float
+    numeric: float
+
+    @property
+    def error(self) -> float:
+        return abs(self.analytic - self.numeric)
+
+    def excess(self, rtol: float, atol: float) -> float:
+        """How far over the tolerance: above 1 is a failure (nan counts as infinitely far)."""
+        if self.analytic == self.numeric:  # equal infinities included
+            return 0.0
+        ratio = self.error / (atol + rtol * abs(self.numeric))
+        return math.inf if math.isnan(ratio) else ratio
+
+
+@dataclass(frozen=True)
+class GradcheckReport:
+    """What check_op compared: the op, how many points, and the worst partial derivative."""
+
+    op: str
+    plugin: str
+    points: int
+    worst: Mismatch | None
+
+
+def check_op(
+    engine: Engine,
+    name: str,
+    points: Iterable[Sequence[float] | float] | None = None,
+    *,
+    eps: float = 1e-6,
+    rtol: float = 1e-5,
+    atol: float = 1e-7,
+    domain: Domain = (-2.0, 2.0),
+    samples: int = 20,
+    seed: int = 0,
+) -> GradcheckReport:
+    """Check op `name` of `engine` against central finite differences.
+
+    `points` are the inputs to check at (a tuple per point, or a number for a unary op); by
+    default `samples` random points drawn uniformly from `domain`, which is one (low, high)
+    for every input or one pair per input, from a generator seeded with `seed`. Raises
+    GradcheckError naming the op, its plugin and the worst mismatch with its inputs;
+    returns a GradcheckReport when every partial derivative agrees.
+    """
+    definition = _definition(engine, name)
+    arity = definition.arity or 1
+    if eps <= 0 or rtol < 0 or atol < 0 or (rtol == 0 and atol == 0):
+        raise ValueError(
+            f"need eps > 0 and rtol, atol >= 0, not both 0 (eps={eps}, rtol={rtol}, atol={atol})"
+        )
+    if points is None:
+        points = random_points(arity, domain, samples, seed)
+    where = f"op {name!r} (plugin {definition.plugin!r})"
+    checked, worst, failures = 0, None, 0
+    for point in points:
+        xs = _as_point(point, arity, where)
+        for mismatch in _compare(engine, name, xs, eps, where):
+            excess = mismatch.excess(rtol, atol)
+            failures += excess > 1
+            if worst is None or excess > worst.excess(rtol, atol):
+                worst = mismatch
+        checked += 1
+    if checked == 0:
+        raise GradcheckError(f"{where}: no points to check")
+    if failures:
+        raise GradcheckError(_explain(where, worst, failures, checked, arity, rtol, atol, eps))
+    return GradcheckReport(name, definition.plugin, checked, worst)
+
+
+def random_points(
+    arity: int, domain: Domain, samples: int, seed: int = 0
+) -> list[tuple[float, ...]]:
+    """`samples` points of `arity` coordinates, uniform in `domain`."""
+    bounds = _bounds(domain, arity)
+    rng = random.Random(seed)
+    return [tuple(rng.uniform(low, high) for low, high in bounds) for _ in range(samples)]
+
+
+def _definition(engine: Engine, name: str) -> Any:
+    definitions = engine.ops.definitions
+    if name not in definitions:
+        known = ", ".join(sorted(definitions)) or "none"
+        raise GradcheckError(
+            f"engine {engine.name!r} has no op named {name!r} (registered ops: {known}); "
+            f"is the plugin that provides it registered?"
+        )
+    return definitions[name]
+
+
+def _bounds(domain: Domain, arity: int) -> list[tuple[float, float]]:
+    if len(domain) == 2 and all(isinstance(b, Real) for b in domain):
+        bounds = [tuple(domain)] * arity  # one (low, high) for every input
+    else:
+        bounds = [tuple(pair) for pair in domain]
+    if len(bounds) != arity or any(len(b) != 2 or not b[0] <= b[1] for b in bounds):
+        raise ValueError(
+            f"domain must be one (low, high) pair or {arity} of them, one per input, "
+            f"with low <= high; got {domain!r}"
+        )
+    return bounds  # type: ignore[return-value]
+
+
+def _as_point(point: Sequence[float] | float, arity: int, where: str) -> tuple[float, ...]:
+    xs = (point,) if isinstance(point, Real) else tuple(point)
+    if len(xs) != arity or not all(isinstance(x, Real) for x in xs):
+        raise ValueError(f"{where} takes {arity} input(s); the point {point!r} does not fit")
+    return tuple(float(x) for x in xs)
+
+
+def _compare(engine: Engine, name: str, xs: tuple[float, ...], eps: float, where: str):
+    """Yield a Mismatch per input: backward's partial derivative beside the numeric one."""
+    op = engine.ops[name]
+    leaves = [engine.Value(x) for x in xs]
+    out = op(*leaves)
+    _finite(out.data, where, xs, "its output")
+    out.backward()
+    for i, leaf in enumerate(leaves):
+        yield Mismatch(xs, i, leaf.grad, _central_difference(engine, op, xs, i, eps, where))
+
+
+def _central_difference(engine: Engine, op: Any, xs: tuple, i: int, eps: float, where: str):
+    def f(shift: float) -> float:
+        moved = [x + shift if j == i else x for j, x in enumerate(xs)]
+        with no_grad():
+            return op(*[engine.Value(x) for x in moved]).data
+
+    above, below = f(eps), f(-eps)
+    _finite(above, where, xs, f"its output at input {i + 1} + eps")
+    _finite(below, where, xs, f"its output at input {i + 1} - eps")
+    return (above - below) / (2 * eps)
+
+
+def _finite(value: float, where: str, xs: tuple, what: str) -> None:
+    if not math.isfinite(value):
+        raise GradcheckError(
+            f"{where}: {what} is {value} at inputs {xs}; finite differences need finite "
+            f"values: choose points or a domain where the op is defined"
+        )
+
+
+def _explain(where, worst, failures, checked, arity, rtol, atol, eps) -> str:
+    wrt = f"input {worst.position + 1} of {arity}"
+    return (
+        f"{where}: the derivative disagrees with central finite differences "
+        f"({failures} partial derivative(s) over tolerance, at {checked} point(s) checked). "
+        f"Worst at inputs {worst.inputs}, with respect to {wrt}: "
+        f"analytic {worst.analytic!r}, numeric {worst.numeric!r}, "
+        f"difference {worst.error:.3g} > atol + rtol * |numeric| = "
+        f"{atol + rtol * abs(worst.numeric):.3g} (rtol={rtol}, atol={atol}, eps={eps})"
+    )

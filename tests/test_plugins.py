@@ -1,0 +1,425 @@
+"""Registering op plugins on an Engine: what a plugin author can do, and every error they can
+get, each naming the plugin (and the op)."""
+
+from __future__ import annotations
+
+import math
+import operator
+import types
+import unicodedata
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from opgraph import Composite, Engine, Op, PluginError, Value, hookimpl
+from opgraph.testing import check_op
+
+
+def plugin(name: str, *ops: Op | Composite, replace: bool = False) -> types.ModuleType:
+    """A plugin module registering `ops`."""
+    module = types.ModuleType(name)
+
+    @hookimpl
+    def register_ops(register):
+        for op in ops:
+            register(op, replace=replace)
+
+    module.register_ops = register_ops
+    return module
+
+
+def engine(*plugins, **options) -> Engine:
+    return Engine(plugins=plugins, entry_points=False, **options)
+
+
+SIN = Op("sin", math.sin, lambda out, a: (math.cos(a),))
+SQUARE = Op("square", lambda a: a * a, lambda out, a: (2 * a,))
+
+
+# --- the hook --------------------------------------------------------------------------------
+
+
+def test_hook_register_ops():
+    """register_ops is called once per plugin per rebuild, built-ins first, by keyword."""
+    calls = []
+
+    def recording(name):
+        module = types.ModuleType(name)
+
+        @hookimpl(tryfirst=True)  # pluggy's ordering hints do not change the build order
+        def register_ops(register):
+            calls.append(name)
+            register(Op(name, math.exp, lambda out, a: (out,)))
+
+        module.register_ops = register_ops
+        return module
+
+    e = engine(recording("first"), recording("second"))
+    assert calls == ["first", "second"]
+    assert [p.name for p in e.plugins()][:3] == [
+        "opgraph.plugins.arithmetic",
+        "opgraph.plugins.exponential",
+        "opgraph.plugins.activations",
+    ]
+    e.Value(1.0).first() + 2.0  # ops run without calling the hook again
+    assert calls == ["first", "second"]
+    e.register(recording("third"))
+    assert calls == ["first", "second", "first", "second", "third"]
+
+
+def test_hook_without_arguments_registers_nothing():
+    module = types.ModuleType("quiet")
+    module.register_ops = hookimpl(lambda: None)
+    module.register_ops.__name__ = "register_ops"
+    e = engine(module)
+    assert e.plugins()[-1].ops == []
+
+
+# --- built-ins first, conflicts and replace ---------------------------------------------------
+
+
+def test_conflict_with_a_builtin_blames_the_third_party_plugin():
+    with pytest.raises(PluginError) as caught:
+        engine(plugin("mine", Op("add", operator.add, lambda out, a, b: (1.0, 1.0))))
+    message = str(caught.value)
+    assert "'opgraph.plugins.arithmetic' and plugin 'mine'" in message
+    assert "register(op, replace=True) in 'mine'" in message
+    assert (caught.value.plugin, caught.value.op) == ("mine", "add")
+
+
+def test_conflict_blames_a_tryfirst_plugin_too():
+    module = types.ModuleType("eager")
+
+    @hookimpl(tryfirst=True)
+    def register_ops(register):
+        register(Op("exp", math.exp, lambda out, a: (out,)))
+
+    module.register_ops = register_ops
+    with pytest.raises(PluginError, match="'opgraph.plugins.exponential' and plugin 'eager'"):
+        engine(module)
+
+
+def test_conflict_between_two_plugins_blames_the_later():
+    with pytest.raises(PluginError, match="both plugin 'one' and plugin 'two'") as caught:
+        engine(plugin("one", SIN), plugin("two", SIN))
+    assert caught.value.plugin == "two"
+
+
+def test_a_plugin_registering_a_name_twice():
+    with pytest.raises(PluginError, match="plugin 'twice' registers op 'sin' twice"):
+        engine(plugin("twice", SIN, SIN))
+
+
+def test_replace_a_builtin_explicitly():
+    # An add that saturates at 10: every `+` now goes through the replacement.
+    capped = Op("add", lambda a, b: min(a + b, 10.0), lambda out, a, b: (1.0, 1.0))
+    e = engine(plugin("capped", capped, replace=True))
+    assert (e.Value(7.0) + 8.0).data == 10.0
+    assert e.ops.definitions["add"].plugin == "capped"
+    info = {p.name: p for p in e.plugins()}
+    assert info["capped"].replaces == {"add": "opgraph.plugins.arithmetic"}
+    assert "add" in info["opgraph.plugins.arithmetic"].ops
+
+
+def test_replace_with_nothing_to_replace_registers_the_op():
+    e = engine(plugin("mine", SIN, replace=True), builtins=False)
+    assert list(e.ops) == ["sin"]
+
+
+# --- what an op may be -----------------------------------------------------------------------
+
+
+def test_ternary_primitive_as_method_and_in_the_op_table():
+    # fma(a, b, c) = a * b + c: a primitive of arity 3 with one partial derivative per input.
+    fma = Op("fma", lambda a, b, c: a * b + c, lambda out, a, b, c: (b, a, 1.0))
+    e = engine(plugin("fused", fma))
+    a, b, c = e.Value(2.0), e.Value(3.0), e.Value(4.0)
+    out = a.fma(b, c)
+    out.backward()
+    assert out.data == 10.0 and (a.grad, b.grad, c.grad) == (3.0, 2.0, 1.0)
+    assert e.ops.fma(1.0, 2.0, c).data == 6.0
+    check_op(e, "fma")
+
+
+def test_composite_may_use_ops_of_another_plugin_registered_later():
+    # sin_squared is registered before the plugin that provides sin: ops resolve at call time.
+    sin_squared = Composite("sin_squared", lambda a: a.sin() * a.sin())
+    e = engine(plugin("squares", sin_squared), plugin("trig", SIN))
+    x = e.Value(0.7)
+    y = x.sin_squared()
+    y.backward()
+    assert y.data == pytest.approx(math.sin(0.7) ** 2)
+    assert x.grad == pytest.approx(2 * math.sin(0.7) * math.cos(0.7))
+    check_op(e, "sin_squared", domain=(-3, 3))
+
+
+def test_composite_whose_op_is_missing_names_both():
+    e = engine(plugin("squares", Composite("sin_squared", lambda a: a.sin() * a.sin())))
+    with pytest.raises(Exception, match="sin_squared.*plugin 'squares'.*'sin'"):
+        e.Value(0.7).sin_squared()
+
+
+def test_op_doc_defaults_to_the_forward_docstring():
+    e = engine(plugin("trig", SIN))
+    assert e.ops.definitions["sin"].doc == math.sin.__doc__.splitlines()[0]
+    assert e.ops.sin.__doc__ == e.ops.definitions["sin"].doc
+
+
+# --- errors at registration, each naming the plugin and the op -------------------------------
+
+
+def unary(name: str) -> Op:
+    return Op(name, math.sin, lambda out, a: (math.cos(a),))
+
+
+@pytest.mark.parametrize(
+    "op, problem",
+    [
+        (unary("my op"), "must be a Python identifier"),
+        (unary("lambda"), "not a keyword"),
+        (unary("ﬁ"), "must be in NFKC form"),
+        (unary("data"), "would shadow an attribute"),
+        (unary("grad"), "would shadow an attribute"),
+        (unary("backward"), "would shadow an attribute"),
+        (unary("definitions"), "would shadow an attribute"),
+        (unary("_hidden"), "would shadow an attribute"),
+        (Op("sin", math.sin, lambda out, a: (1.0,), arity=2), "arity is 2 but the function"),
+        (Op("sin", math.sin, lambda a: (1.0,)), "derivative must take (out, *inputs)"),
+        (Op("sin", math.sin, lambda out, a: (1.0, 2.0)), "tuple of 1 partial derivative"),
+        (Op("sin", math.sin), "derivative must be callable; none was given"),
+        (Op("sin", derivative=lambda out, a: (1.0,)), "forward must be callable; none was given"),
+        (Op("sin", 3.0, lambda out, a: (1.0,)), "forward must be callable"),
+        (Op("sin", lambda *xs: 0.0, lambda out, a: (1.0,)), "give arity= explicitly"),
+        (Composite("twice"), "fn must be callable; none was given"),
+    ],
+)
+def test_malformed_op_is_reported_with_plugin_and_op(op, problem):
+    with pytest.raises(PluginError) as caught:
+        engine(plugin("sloppy", op))
+    assert f"plugin 'sloppy', op {op.name!r}" in str(caught.value)
+    assert problem in str(caught.value)
+    assert (caught.value.plugin, caught.value.op) == ("sloppy", op.name)
+
+
+def test_registering_something_that_is_not_an_op():
+    module = types.ModuleType("sloppy")
+
+    @hookimpl
+    def register_ops(register):
+        register("sin", math.sin)
+
+    module.register_ops = register_ops
+    with pytest.raises(PluginError, match="plugin 'sloppy' failed in register_ops: TypeError"):
+        engine(module)
+    module.register_ops = hookimpl(lambda register: register("sin"))
+    module.register_ops.__name__ = "register_ops"
+    with pytest.raises(PluginError, match="expected an opgraph.Op or opgraph.Composite"):
+        engine(module)
+
+
+# --- errors in the plugin's hook functions ---------------------------------------------------
+
+
+def test_misspelled_hook_name():
+    module = types.ModuleType("typo")
+    module.register_op = hookimpl(lambda register: None)
+    with pytest.raises(PluginError) as caught:
+        engine(module)
+    assert "plugin 'typo' implements 'register_op', which is not an opgraph hook" in str(
+        caught.value
+    )
+    assert "did you mean 'register_ops'?" in str(caught.value)
+
+
+def test_wrong_argument_name():
+    module = types.ModuleType("argh")
+
+    def register_ops(reg):
+        pass
+
+    module.register_ops = hookimpl(register_ops)
+    with pytest.raises(PluginError) as caught:
+        engine(module)
+    message = str(caught.value)
+    assert "plugin 'argh': its hook function register_ops(reg) takes 'reg'" in message
+    assert "define it as register_ops(register)" in message
+
+
+def test_pluggy_check_pending_still_runs_and_blames_the_culprit():
+    # A plugin slipped in through pluggy directly, bypassing engine.register's checks, is
+    # still caught by pluggy's check_pending() at the next registration, by its name.
+    e = engine()
+    typo = types.ModuleType("typo")
+    typo.register_op = hookimpl(lambda register: None)
+    e.pm.register(typo)
+    with pytest.raises(PluginError, match="plugin 'typo' cannot be registered: unknown hook"):
+        e.register(plugin("trig", SIN))
+    assert "trig" not in e.plugin_names() and "sin" not in e.ops
+
+
+def test_hook_function_not_marked():
+    module = types.ModuleType("unmarked")
+    module.register_ops = lambda register: None
+    with pytest.raises(PluginError, match="register_ops is not marked with @opgraph.hookimpl"):
+        engine(module)
+
+
+def test_object_with_no_hook():
+    with pytest.raises(PluginError, match="plugin 'builtins.object' implements no opgraph hook"):
+        engine(object())
+
+
+def test_wrapper_hook_is_refused():
+    module = types.ModuleType("wrapping")
+
+    def register_ops(register):
+        yield
+
+    module.register_ops = hookimpl(wrapper=True)(register_ops)
+    with pytest.raises(PluginError, match="plugin 'wrapping': register_ops cannot be a wrapper"):
+        engine(module)
+
+
+def test_register_ops_returning_ops_instead_of_registering_them():
+    module = types.ModuleType("returner")
+    module.register_ops = hookimpl(lambda register: [SIN])
+    module.register_ops.__name__ = "register_ops"
+    with pytest.raises(PluginError, match="plugin 'returner': register_ops returned"):
+        engine(module)
+
+
+def test_register_ops_raising_keeps_the_cause():
+    module = types.ModuleType("raiser")
+
+    @hookimpl
+    def register_ops(register):
+        raise KeyError("missing table")
+
+    module.register_ops = register_ops
+    with pytest.raises(PluginError, match="plugin 'raiser' failed in register_ops: KeyError"):
+        engine(module)
+    try:
+        engine(module)
+    except PluginError as exc:
+        assert isinstance(exc.__cause__, KeyError)
+
+
+def test_register_called_after_the_hook_returned():
+    kept = []
+    module = types.ModuleType("late")
+    module.register_ops = hookimpl(lambda register: kept.append(register))
+    module.register_ops.__name__ = "register_ops"
+    engine(module)
+    with pytest.raises(PluginError, match="plugin 'late' called register\\(\\) after"):
+        kept[0](SIN)
+
+
+def test_same_plugin_twice():
+    trig = plugin("trig", SIN)
+    e = engine(trig)
+    with pytest.raises(PluginError, match="a plugin named 'trig' is already registered"):
+        e.register(trig)
+    with pytest.raises(PluginError, match="already registered as 'trig'"):
+        e.register(trig, name="trig2")
+
+
+def test_plugin_objects_are_named_by_their_class():
+    class Squares:
+        @hookimpl
+        def register_ops(self, register):
+            register(SQUARE)
+
+    e = engine(Squares())
+    assert e.plugin_names()[-1] == f"{__name__}.{Squares.__qualname__}"
+    assert e.Value(3.0).square().data == 9.0
+
+
+# --- registering and unregistering at run time -----------------------------------------------
+
+
+def test_register_and_unregister_rebuild_the_op_table_then_only():
+    e = engine()
+    table = e.ops
+    e.Value(1.0) + 2.0
+    assert e.ops is table  # using ops never rebuilds
+    name = e.register(plugin("trig", SIN))
+    assert name == "trig" and e.ops is not table
+    assert e.Value(0.5).sin().data == math.sin(0.5)
+    e.unregister("trig")
+    with pytest.raises(AttributeError, match="no plugin registers an op of that name"):
+        e.Value(0.5).sin()
+    trig = plugin("trig", SIN)
+    e.register(trig)
+    e.unregister(trig)
+    assert "sin" not in e.ops and "trig" not in e.plugin_names()
+
+
+def test_rejected_plugin_leaves_the_engine_as_it_was():
+    e = engine(plugin("trig", SIN))
+    table, names = e.ops, e.plugin_names()
+    with pytest.raises(PluginError, match="both plugin 'trig' and plugin 'again'"):
+        e.register(plugin("again", SIN))
+    assert e.ops is table and e.plugin_names() == names
+    e.register(plugin("again", SQUARE))  # the name is free again
+    assert "square" in e.ops
+
+
+def test_unregister_unknown_plugin():
+    e = engine()
+    with pytest.raises(PluginError, match="no plugin 'nope' is registered on engine"):
+        e.unregister("nope")
+
+
+def test_values_made_before_a_rebuild_use_the_new_table():
+    e = engine()
+    x = e.Value(0.5)
+    e.register(plugin("trig", SIN))
+    assert x.sin().data == math.sin(0.5)
+
+
+# --- listing plugins ---------------------------------------------------------------------------
+
+
+def test_plugins_lists_distribution_version_and_ops():
+    e = engine(plugin("trig", SIN, SQUARE))
+    infos = {p.name: p for p in e.plugins()}
+    builtin = infos["opgraph.plugins.arithmetic"]
+    assert builtin.builtin and builtin.distribution == "opgraph"
+    assert builtin.version == __import__("opgraph").__version__
+    assert builtin.ops == ["add", "mul", "pow", "neg", "sub", "div"]
+    mine = infos["trig"]
+    assert not mine.builtin and mine.entry_point is None and mine.distribution is None
+    assert mine.ops == ["sin", "square"] and mine.hooks == ["register_ops"]
+    assert mine.to_dict()["ops"] == ["sin", "square"]
+    every_op = [op for info in e.plugins() for op in info.ops]
+    assert sorted(every_op) == sorted(e.ops)
+
+
+def test_plugin_from_an_installed_distribution_names_it():
+    # A plugin registered in code from an installed package (pytest's own modules, here):
+    # plugins() finds its distribution from the module's top-level package.
+    module = plugin("probe", SIN)
+    module.__name__ = "_pytest.probe"
+    infos = {p.name: p for p in engine(module).plugins()}
+    assert infos["_pytest.probe"].distribution == "pytest"
+    assert infos["_pytest.probe"].version == pytest.__version__
+
+
+# --- any name: accepted and callable as a method, or refused by name ------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.text(min_size=1, max_size=12) | st.sampled_from(sorted(dir(Value))))
+def test_any_op_name_works_as_a_method_or_is_refused_naming_it(name):
+    e = engine(builtins=False)  # no built-in op to conflict with
+    try:
+        e.register(plugin("named", Op(name, math.sin, lambda out, a: (math.cos(a),))))
+    except PluginError as error:
+        assert f"plugin 'named', op {name!r}" in str(error)
+        assert (error.plugin, error.op) == ("named", name)
+        assert name not in e.ops
+        return
+    assert name.isidentifier() and unicodedata.normalize("NFKC", name) == name
+    assert getattr(e.Value(0.5), name)().data == math.sin(0.5)
+    assert e.ops[name](0.5).data == math.sin(0.5)
