@@ -12,6 +12,7 @@ from .engine import Engine, default_engine
 from .errors import (
     AnomalyError,
     EngineMismatchError,
+    GraphvizNotFoundError,
     OpError,
     OpgraphError,
     PluginError,
@@ -30,6 +31,7 @@ __all__ = [
     "Composite",
     "Engine",
     "EngineMismatchError",
+    "GraphvizNotFoundError",
     "Op",
     "OpError",
     "OpgraphError",
@@ -39,6 +41,7 @@ __all__ = [
     "backward",
     "default_engine",
     "detect_anomaly",
+    "draw_dot",
     "enable_grad",
     "grad_enabled",
     "hookimpl",
@@ -49,3 +52,12 @@ __all__ = [
     "touch",
     "zero_grad",
 ]
+
+
+def __getattr__(name: str):
+    # draw_dot imports the graphviz package, so it loads on first use, not with `import opgraph`
+    if name == "draw_dot":
+        from .viz import draw_dot
+
+        return draw_dot
+    raise AttributeError(f"module 'opgraph' has no attribute {name!r}")

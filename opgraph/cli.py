@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 # name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("opgraph.demo", "Train micrograd's moons MLP and draw a neuron's graph."),
     "serve": ("opgraph.server.server", "run a standalone trace hub that scripts publish to"),
     "replay": ("opgraph.server.replay", "serve a recorded trace (.ogtrace) to viewers"),
     "export": ("opgraph.server.chrome", "export a recorded trace as Chrome trace-event JSON"),

@@ -63,3 +63,7 @@ def describe(value) -> str:
     label = getattr(value, "_label", "")
     data = getattr(value, "data", value)
     return f"{data!r} (label {label!r})" if label else repr(data)
+
+
+class GraphvizNotFoundError(OpgraphError, RuntimeError):
+    """Rendering a drawing needs Graphviz's `dot` program, which is not installed."""

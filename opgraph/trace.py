@@ -64,20 +64,20 @@ class Tracer:
             data = known.get(parent._id, _MISSING)
             if data is not parent.data:  # same float object: unchanged (the common case)
                 self._check(parent, data)
+        known[node._id] = node.data  # even when lost: re-announcing it would be lost too
+        if len(known) > self.max_known:
+            self._forget()
         if len(self.buffer) >= self.max_buffer:
             self.lost += 1
             return
         op = node._opdef
-        known[node._id] = node.data
-        if len(known) > self.max_known:
-            self._forget()
         self.buffer.append(
             (
                 FORWARD,
                 perf_counter_ns(),
                 node._id,
                 None if op is None else op.name,
-                [p._id for p in parents],
+                parents,  # the Values: their ids are read when the event is drained
                 node.data,
                 node._label,
                 None if op is None else op.constants,
@@ -149,7 +149,7 @@ class Tracer:
                 perf_counter_ns(),
                 node._id,
                 None if op is None else op.name,
-                [p._id for p in node._prev],
+                node._prev,
                 node.data,
                 node._label,
                 None if op is None else op.constants,
@@ -200,6 +200,7 @@ def event_map(event: tuple, seq: int, t0: int) -> dict[str, Any]:
     kind, t = event[0], (event[1] - t0) // 1000
     if kind == FORWARD:
         _, _, id_, op, parents, data, label, constants = event
+        parents = [p._id for p in parents]
         out = {"type": "forward", "seq": seq, "id": id_, "op": op, "parents": parents}
         out.update(data=data, label=label, t=t)
         if constants:

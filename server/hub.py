@@ -10,13 +10,16 @@ bounded queue. A viewer whose queue overflows is resynced: `dropped`, then a sna
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable
 from time import perf_counter_ns
 from typing import Any
 
 import msgpack
+
+from opgraph.trace import BACKWARD, FORWARD, event_map
 
 FRAME_EVENTS = 2000  # events per websocket frame (about 60-100 KB)
 SNAPSHOT_FRAME_NODES = 2000
@@ -28,8 +31,8 @@ OP, PARENTS, DATA, GRAD, LABEL, CONST = range(6)
 class Hub:
     """The state shared by all viewers of one server: seq, graph, viewers, recording.
 
-    `max_nodes` bounds the graph kept for snapshots: past it, the nodes least recently
-    created or used (as a parent, by `backward` or `data`) are forgotten.
+    `max_nodes` bounds the graph kept for snapshots: past it, the oldest nodes (by creation,
+    or by their last `data` change) are forgotten.
     """
 
     def __init__(
@@ -48,7 +51,7 @@ class Hub:
         self.max_nodes = max_nodes
         self.recorder = recorder
         self.seq = 0
-        self.nodes: OrderedDict[int, list] = OrderedDict()
+        self.nodes: dict[int, list] = {}
         self.viewers: set[Viewer] = set()
         self.next_id = 0  # for renumbering published runs (hub mode)
         self.runs = 0
@@ -88,6 +91,45 @@ class Hub:
             apply(event)
             packed.append(pack(event))
         self.seq = seq
+        self._fan_out(packed)
+        return len(packed)
+
+    def publish_traced(self, events: list[tuple], t0: int) -> int:
+        """`publish` for the tuples of a local `Tracer` (the fast path: no dict per event)."""
+        pack, nodes = self._pack, self.nodes
+        packed: list[bytes] = []
+        seq = self.seq
+        for event in events:
+            seq += 1
+            kind, t = event[0], (event[1] - t0) // 1000
+            if kind == BACKWARD:
+                _, _, id_, grad = event
+                node = nodes.get(id_)
+                if node is not None:
+                    node[GRAD] = grad
+                out = {"type": "backward", "seq": seq, "id": id_, "grad": grad, "t": t}
+                packed.append(pack(out))
+            elif kind == FORWARD:
+                _, _, id_, op, parents, data, label, constants = event
+                parents = [p._id for p in parents]
+                const = [value for _, value in constants] if constants else None
+                nodes[id_] = [op, parents, data, 0.0, label, const]
+                out = {"type": "forward", "seq": seq, "id": id_, "op": op, "parents": parents,
+                       "data": data, "label": label, "t": t}  # fmt: skip
+                if const:
+                    out["const"] = const
+                packed.append(pack(out))
+            else:
+                out = event_map(event, seq, t0)
+                self.apply(out)
+                packed.append(pack(out))
+        self.seq = seq
+        if len(nodes) > self.max_nodes:
+            self._forget()
+        self._fan_out(packed)
+        return len(packed)
+
+    def _fan_out(self, packed: list[bytes]) -> None:
         for start in range(0, len(packed), FRAME_EVENTS):
             chunk = packed[start : start + FRAME_EVENTS]
             frame = b"".join(chunk)
@@ -95,15 +137,12 @@ class Hub:
                 self.recorder.write(frame)
             for viewer in self.viewers:
                 viewer.offer(frame, len(chunk))
-        return len(packed)
 
     def apply(self, event: dict[str, Any]) -> None:
         """Update the graph with one event (unknown kinds change nothing)."""
         kind, nodes = event["type"], self.nodes
         if kind == "forward":
-            id_ = event["id"]
-            nodes.pop(id_, None)
-            nodes[id_] = [
+            nodes[event["id"]] = [
                 event.get("op"),
                 event.get("parents", []),
                 event.get("data", 0.0),
@@ -111,23 +150,27 @@ class Hub:
                 event.get("label", ""),
                 event.get("const"),
             ]
-            for parent in event.get("parents", ()):
-                if parent in nodes:
-                    nodes.move_to_end(parent)
-            while len(nodes) > self.max_nodes:
-                nodes.popitem(last=False)
+            if len(nodes) > self.max_nodes:
+                self._forget()
             return
         node = nodes.get(event.get("id"))
         if node is None:
             return
         if kind == "backward":
             node[GRAD] = event["grad"]
-            nodes.move_to_end(event["id"])
         elif kind == "data":
             node[DATA] = event["data"]
-            nodes.move_to_end(event["id"])
+            nodes[event["id"]] = nodes.pop(event["id"])  # renewed: forgotten last
         elif kind == "label":
             node[LABEL] = event["label"]
+
+    def _forget(self) -> None:
+        """Forget the oldest nodes (by creation or last `data` change) down to 90% of the
+        limit, in one go so that the cost per event stays small."""
+        nodes = self.nodes
+        excess = len(nodes) - self.max_nodes * 9 // 10
+        for id_ in list(itertools.islice(nodes, excess)):
+            del nodes[id_]
 
     def upstream_lost(self, count: int) -> None:
         """The source lost `count` events before they were numbered: resync every viewer."""

@@ -30,7 +30,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
 
-from opgraph.trace import Tracer, event_map
+from opgraph.trace import Tracer
 
 from .hub import Hub, Viewer
 from .recording import Recorder
@@ -97,6 +97,9 @@ class TraceServer:
         queue_limit: int = 100_000,
         max_nodes: int = 500_000,
         accept_publishers: bool = False,
+        ping_interval: float = 20,
+        ping_timeout: float = 20,
+        close_timeout: float = 5,
     ):
         if token is None:
             token = None if is_loopback(host) else secrets.token_urlsafe(16)
@@ -107,6 +110,8 @@ class TraceServer:
         self.requested_port = port
         self.static_dir = Path(static_dir) if static_dir is not None else STATIC_DIR
         self.accept_publishers = accept_publishers
+        self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
+        self.close_timeout = close_timeout
         self.recorder = Recorder(record) if record else None
         self.hub = Hub(
             engine_name,
@@ -119,6 +124,7 @@ class TraceServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._finished = threading.Event()  # the loop thread has ended
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
         self._closed = False
@@ -146,6 +152,8 @@ class TraceServer:
         except BaseException as exc:  # reported by start() or close()
             self._error = self._error or exc
             self._ready.set()
+        finally:
+            self._finished.set()
 
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -160,6 +168,9 @@ class TraceServer:
                 max_size=PUBLISH_MAX_SIZE,
                 compression=None,
                 server_header=None,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+                close_timeout=self.close_timeout,
             )
         except OSError as exc:
             self._error = exc
@@ -223,10 +234,14 @@ class TraceServer:
             return not self._pending()
 
         future = asyncio.run_coroutine_threadsafe(settle(), self.loop)
-        return future.result(timeout + 1)
+        try:
+            return future.result(timeout + 1)
+        except TimeoutError:
+            return False
 
     def _pending(self) -> bool:
-        return any(v.queue or v.resync for v in self.hub.viewers)
+        # A viewer waiting for its resync is settled: it will get a snapshot, not events.
+        return any(v.queue and not v.resync for v in self.hub.viewers)
 
     def _drain_now(self) -> None:
         """Overridden by sources that buffer outside the hub (the local tracer)."""
@@ -238,13 +253,14 @@ class TraceServer:
         for callback in self._on_close:
             callback()
         self._closed = True
-        if self.loop is not None and self._stop is not None and self._thread.is_alive():
+        # (Not Thread.is_alive(): after a KeyboardInterrupt in Thread.join() it can say False
+        # while the thread still runs.)
+        if self.loop is not None and self._stop is not None and not self._finished.is_set():
             try:
                 self.loop.call_soon_threadsafe(self._stop.set)
             except RuntimeError:  # the loop already ended
                 pass
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._finished.wait(timeout=10)
 
     def __enter__(self) -> TraceServer:
         return self
@@ -254,8 +270,8 @@ class TraceServer:
 
     def wait(self) -> None:
         """Block until the server stops (or KeyboardInterrupt)."""
-        while self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout=0.5)
+        while self._thread is not None and not self._finished.wait(timeout=0.5):
+            pass
 
     def stats(self) -> dict[str, Any]:
         """Counters of the hub and of each viewer (queued events, drops, resyncs)."""
@@ -472,15 +488,14 @@ class EngineServer(TraceServer):
             self.hub.upstream_lost(lost)
         events = self.tracer.drain(DRAIN_BATCH)
         if events:
-            t0 = self.tracer.t0
-            self.hub.publish([event_map(e, 0, t0) for e in events])
+            self.hub.publish_traced(events, self.tracer.t0)
 
     def close(self) -> None:
         if self._closed:
             return
         if self.engine.tracer is self.tracer:
             self.engine.tracer = None
-        if self.loop is not None and self._thread is not None and self._thread.is_alive():
+        if self.loop is not None and not self._finished.is_set():
             try:
                 self.flush(timeout=2)
             except Exception:

@@ -1,0 +1,224 @@
+"""`opgraph demo`: micrograd's moons demo, trained with opgraph.
+
+An MLP(2, [16, 16, 1]) learns to separate two interleaved half-moons of 100 points with
+micrograd's max-margin (SVM) loss plus an L2 penalty, by plain gradient descent for 100 steps
+with micrograd's learning-rate schedule. Then it draws one trained neuron's graph with
+Graphviz.
+
+The pieces are functions so that other features can reuse them: `make_moons`, `loss`,
+`train` (with an `on_step` callback) and `draw_neuron`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from .errors import GraphvizNotFoundError
+from .modes import no_grad
+from .nn import MLP, Module, Neuron
+from .value import Value
+from .viz import draw_dot, render
+
+Points = list[list[float]]
+
+
+def make_moons(
+    n: int = 100, noise: float = 0.1, seed: int | None = None
+) -> tuple[Points, list[int]]:
+    """Two interleaving half circles, like scikit-learn's `make_moons`, with labels -1 and 1.
+
+    The upper moon (label -1) is the half circle of radius 1 around (0, 0); the lower moon
+    (label 1) is the same half circle turned upside down and moved to (1, 0.5). Gaussian
+    noise of standard deviation `noise` is added to every coordinate, and the points are
+    shuffled. The same `seed` gives the same points.
+    """
+    rng = random.Random(seed)
+    n_upper = n // 2
+    n_lower = n - n_upper
+    upper = [(math.cos(t), math.sin(t)) for t in _linspace(0, math.pi, n_upper)]
+    lower = [(1 - math.cos(t), 0.5 - math.sin(t)) for t in _linspace(0, math.pi, n_lower)]
+    points = [(x, y, -1) for x, y in upper] + [(x, y, 1) for x, y in lower]
+    rng.shuffle(points)
+    X = [[x + rng.gauss(0, noise), y + rng.gauss(0, noise)] for x, y, _ in points]
+    labels = [label for _, _, label in points]
+    return X, labels
+
+
+def _linspace(start: float, stop: float, n: int) -> list[float]:
+    if n == 1:
+        return [start]
+    return [start + (stop - start) * i / (n - 1) for i in range(n)]
+
+
+def loss(
+    model: Module, X: Sequence[Sequence[float]], y: Sequence[int], alpha: float = 1e-4
+) -> tuple[Value, float]:
+    """micrograd's demo loss: (total loss, accuracy) of `model` on points X with labels y.
+
+    The data loss is the mean max-margin (SVM) loss relu(1 - y_i * score_i): zero once a
+    point is on the right side with a margin of 1. The L2 term alpha * sum(p**2) keeps the
+    weights small. Accuracy is the fraction of points whose score has the label's sign.
+    """
+    value = model.engine.value
+    inputs = [[value(x) for x in row] for row in X]
+    scores = [model(row) for row in inputs]
+    losses = [(1 + -yi * score).relu() for yi, score in zip(y, scores, strict=True)]
+    data_loss = sum(losses) * (1.0 / len(losses))
+    reg_loss = alpha * sum(p * p for p in model.parameters())
+    total_loss = data_loss + reg_loss
+    accuracy = sum((yi > 0) == (score.data > 0) for yi, score in zip(y, scores, strict=True))
+    return total_loss, accuracy / len(y)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one training step reports to `on_step` (loss and accuracy before its update)."""
+
+    index: int  # 0-based
+    steps: int
+    loss: float
+    accuracy: float
+    learning_rate: float
+
+
+def learning_rate(step: int, steps: int) -> float:
+    """micrograd's schedule: from 1.0 at the first step down to 0.1 at the end."""
+    return 1.0 - 0.9 * step / steps
+
+
+def train(
+    model: Module,
+    X: Sequence[Sequence[float]],
+    y: Sequence[int],
+    steps: int = 100,
+    on_step: Callable[[Step], None] | None = None,
+    loss_fn: Callable[
+        [Module, Sequence[Sequence[float]], Sequence[int]], tuple[Value, float]
+    ] = loss,
+) -> list[Step]:
+    """Full-batch gradient descent, as micrograd's demo: forward, zero_grad, backward, update.
+
+    Calls `on_step(step)` after each update and returns every step's report.
+    `loss_fn(model, X, y) -> (loss, accuracy)` replaces the loss (e.g. a compiled one).
+    """
+    history = []
+    for k in range(steps):
+        total_loss, accuracy = loss_fn(model, X, y)
+        model.zero_grad()
+        total_loss.backward()
+        rate = learning_rate(k, steps)
+        for p in model.parameters():
+            p.data -= rate * p.grad
+        step = Step(k, steps, total_loss.data, accuracy, rate)
+        history.append(step)
+        if on_step is not None:
+            on_step(step)
+    return history
+
+
+def evaluate(model: Module, X: Sequence[Sequence[float]], y: Sequence[int]) -> tuple[float, float]:
+    """(loss, accuracy) of the model as it is now, without recording a graph."""
+    with no_grad():
+        total_loss, accuracy = loss(model, X, y)
+    return total_loss.data, accuracy
+
+
+def draw_neuron(model: MLP, X: Sequence[Sequence[float]], path: Path) -> Path:
+    """Render the graph of the model's first neuron on one input point, with its gradients.
+
+    The point is the first on which the neuron is active (a relu that outputs 0 would show
+    zero gradients). Raises GraphvizNotFoundError when the `dot` program is missing.
+    """
+    neuron: Neuron = model.layers[0].neurons[0]
+    value = model.engine.value
+    for row in X:
+        inputs = [value(x, f"x{i}") for i, x in enumerate(row)]
+        out = neuron(inputs)
+        if out.data > 0:
+            break
+    neuron.zero_grad()
+    out.backward()
+    return render(draw_dot(out), path)
+
+
+class ProgressBar:
+    """A plain-text progress bar: redrawn in place on a terminal, a line per tenth elsewhere."""
+
+    def __init__(self, steps: int, stream: TextIO = sys.stderr, width: int = 30):
+        self.steps, self.stream, self.width = steps, stream, width
+        self.tty = stream.isatty()
+        self.start = time.perf_counter()
+        self.shown_tenths = -1
+
+    def __call__(self, step: Step) -> None:
+        done = step.index + 1
+        tenths = done * 10 // self.steps
+        if not self.tty and tenths == self.shown_tenths and done != self.steps:
+            return
+        self.shown_tenths = tenths
+        filled = done * self.width // self.steps
+        bar = "#" * filled + "." * (self.width - filled)
+        elapsed = time.perf_counter() - self.start
+        remaining = elapsed / done * (self.steps - done)
+        line = (
+            f"step {done:>{len(str(self.steps))}}/{self.steps} [{bar}] "
+            f"loss {step.loss:.4f}  accuracy {step.accuracy:6.1%}  "
+            f"{elapsed:.0f}s elapsed, {remaining:.0f}s left"
+        )
+        if self.tty:
+            end = "\n" if done == self.steps else ""
+            self.stream.write(f"\r{line}{end}")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+# --- the `opgraph demo` command ---------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=_positive, default=100, help="training steps (100)")
+    parser.add_argument("--seed", type=int, default=1337, help="seed of data and weights (1337)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("."), help="directory for the neuron's SVG (.)"
+    )
+    from opgraph.server.demo import add_arguments as add_serve_arguments
+
+    add_serve_arguments(parser)  # --serve and its options
+
+
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "serve", False):
+        from opgraph.server.demo import run_served
+
+        return run_served(args)
+    X, y = make_moons(100, noise=0.1, seed=args.seed)
+    model = MLP(2, [16, 16, 1], rng=random.Random(args.seed))
+    print(f"{model}\n{len(model.parameters())} parameters, {len(X)} points, {args.steps} steps")
+    started = time.perf_counter()
+    train(model, X, y, args.steps, on_step=ProgressBar(args.steps))
+    final_loss, accuracy = evaluate(model, X, y)
+    print(f"trained in {time.perf_counter() - started:.1f}s")
+    print(f"final loss {final_loss:.4f}, accuracy {accuracy:.0%}")
+    try:
+        path = draw_neuron(model, X, args.out / "neuron.svg")
+    except GraphvizNotFoundError as exc:
+        print(f"no drawing of a neuron's graph: {exc}")
+    else:
+        print(f"drew the graph of neuron L0.N0: {path}")
+    return 0

@@ -1,0 +1,166 @@
+"""A tiny neural-network library on top of Value: micrograd's `nn`, with labels and engines.
+
+`Neuron`, `Layer` and `MLP` have micrograd's signatures and behaviour (a Layer with one output
+returns a Value, not a list). On top of that:
+- `act=` chooses the activation: "relu" (the default, as micrograd), "tanh", the name of any
+  unary op of the engine (a plugin's too), or a function from Value to Value;
+- `engine=` builds the parameters in that Engine (default: the default engine);
+- `rng=` is the `random.Random` to draw initial weights from (default: the `random` module);
+- parameters are labelled by where they sit ("L0.N3.w1", "L0.N3.b") and so is each neuron's
+  output ("L0.N3"), so drawings and the live viewer show which module a node belongs to.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .engine import Engine, default_engine
+from .value import Value
+
+Activation = str | Callable[[Value], Value]
+
+
+class Module:
+    """Anything with parameters. `zero_grad()` resets their gradients before a backward pass."""
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = 0.0
+
+    def parameters(self) -> list[Value]:
+        return []
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _check_activation(act: Activation, engine: Engine) -> None:
+    """Fail at construction, not at the first forward, when `act` names no unary op."""
+    if callable(act):
+        return
+    if not isinstance(act, str):
+        raise TypeError(f"act must be an op name or a function of a Value, got {act!r}")
+    unary = sorted(name for name, op in engine.ops.definitions.items() if op.arity == 1)
+    if act not in engine.ops:
+        raise ValueError(
+            f"act={act!r}: engine {engine.name!r} has no op of that name; "
+            f"its unary ops are: {', '.join(unary)}"
+        )
+    if act not in unary:
+        arity = engine.ops.definitions[act].arity
+        raise ValueError(
+            f"act={act!r}: op {act!r} takes {arity} operands, an activation takes one; "
+            f"the unary ops of engine {engine.name!r} are: {', '.join(unary)}"
+        )
+
+
+def _activation_title(act: Activation) -> str:
+    """How `repr` names a neuron's activation: ReLUNeuron, TanhNeuron, SinNeuron ..."""
+    name = act if isinstance(act, str) else getattr(act, "__name__", "Custom")
+    return "ReLU" if name == "relu" else name[:1].upper() + name[1:]
+
+
+class Neuron(Module):
+    """out = act(w . x + b), or w . x + b when `nonlin` is false."""
+
+    def __init__(
+        self,
+        nin: int,
+        nonlin: bool = True,
+        act: Activation = "relu",
+        *,
+        engine: Engine | None = None,
+        rng: random.Random | None = None,
+        name: str = "",
+    ):
+        self.engine = engine if engine is not None else default_engine()
+        _check_activation(act, self.engine)
+        uniform = (rng or random).uniform  # micrograd draws from the `random` module
+        value = self.engine.value
+        self.w = [value(uniform(-1, 1), _join(name, f"w{i}")) for i in range(nin)]
+        self.b = value(0.0, _join(name, "b"))
+        self.nonlin = nonlin
+        self.act = act
+        self.name = name
+
+    def __call__(self, x: Sequence[Value | float] | Value) -> Value:
+        if isinstance(x, Value):  # the output of a one-neuron layer
+            x = [x]
+        if len(x) != len(self.w):
+            raise ValueError(
+                f"neuron {self.name or repr(self)} takes {len(self.w)} inputs, got {len(x)}"
+            )
+        out = sum((wi * xi for wi, xi in zip(self.w, x, strict=True)), self.b)
+        if self.nonlin:
+            act = self.act
+            out = self.engine.ops[act](out) if isinstance(act, str) else act(out)
+        if self.name and out is not self.b:
+            out.label = self.name
+        return out
+
+    def parameters(self) -> list[Value]:
+        return self.w + [self.b]
+
+    def __repr__(self) -> str:
+        kind = _activation_title(self.act) if self.nonlin else "Linear"
+        return f"{kind}Neuron({len(self.w)})"
+
+
+class Layer(Module):
+    """`nout` neurons that read the same inputs. With one neuron it returns a Value."""
+
+    def __init__(self, nin: int, nout: int, *, name: str = "", **kwargs: Any):
+        self.neurons = [Neuron(nin, name=_join(name, f"N{i}"), **kwargs) for i in range(nout)]
+
+    def __call__(self, x: Sequence[Value | float]) -> Value | list[Value]:
+        out = [n(x) for n in self.neurons]
+        return out[0] if len(out) == 1 else out
+
+    def parameters(self) -> list[Value]:
+        return [p for n in self.neurons for p in n.parameters()]
+
+    def __repr__(self) -> str:
+        return f"Layer of [{', '.join(str(n) for n in self.neurons)}]"
+
+
+class MLP(Module):
+    """A multi-layer perceptron: `MLP(2, [16, 16, 1])` maps 2 inputs through two hidden
+    layers of 16 neurons to one output. Every layer but the last applies the activation."""
+
+    def __init__(
+        self,
+        nin: int,
+        nouts: Sequence[int],
+        act: Activation = "relu",
+        *,
+        engine: Engine | None = None,
+        rng: random.Random | None = None,
+    ):
+        sizes = [nin, *nouts]
+        self.engine = engine if engine is not None else default_engine()
+        self.layers = [
+            Layer(
+                sizes[i],
+                sizes[i + 1],
+                nonlin=i != len(nouts) - 1,
+                act=act,
+                engine=self.engine,
+                rng=rng,
+                name=f"L{i}",
+            )
+            for i in range(len(nouts))
+        ]
+
+    def __call__(self, x: Sequence[Value | float]) -> Value | list[Value]:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def parameters(self) -> list[Value]:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def __repr__(self) -> str:
+        return f"MLP of [{', '.join(str(layer) for layer in self.layers)}]"

@@ -1,0 +1,101 @@
+"""Drawing a graph with Graphviz, like micrograd's `draw_dot` from the lecture.
+
+`draw_dot(root)` returns a `graphviz.Digraph`: a record node per Value showing its label,
+data and grad, an oval node per operation, and one edge per parent slot (so `x + x` draws
+two edges from x). It renders in Jupyter; `render(dot, "graph.svg")` writes a file. Both need
+Graphviz's `dot` program; without it they raise `GraphvizNotFoundError`, which says how to
+install it.
+
+Graphviz lays out a few hundred nodes in seconds, but its time grows much faster than the
+graph (measured here: 478 values in 2.4 s, 1,488 in 47 s), so `draw_dot` refuses graphs of
+more than `max_nodes` values (1,000 by default) unless told otherwise. For a whole training
+step use the live viewer instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import graphviz
+
+from .backward import topological_order
+from .errors import GraphvizNotFoundError
+from .value import Value
+
+INSTALL_HINT = (
+    "install Graphviz to render drawings: `sudo apt-get install graphviz` (Debian, Ubuntu), "
+    "`brew install graphviz` (macOS), `conda install -c conda-forge graphviz`, or see "
+    "https://graphviz.org/download/ (the Python package `graphviz` alone is not enough)"
+)
+
+
+class Drawing(graphviz.Digraph):
+    """A `graphviz.Digraph` whose rendering explains how to install a missing Graphviz."""
+
+    def pipe(self, *args, **kwargs):
+        return _explained(super().pipe, *args, **kwargs)
+
+    def render(self, *args, **kwargs):
+        return _explained(super().render, *args, **kwargs)
+
+    def _repr_mimebundle_(self, *args, **kwargs):  # how Jupyter displays it
+        return _explained(super()._repr_mimebundle_, *args, **kwargs)
+
+
+def _explained(method, *args, **kwargs):
+    try:
+        return method(*args, **kwargs)
+    except graphviz.ExecutableNotFound as exc:
+        message = f"the Graphviz `dot` program was not found; {INSTALL_HINT}"
+        raise GraphvizNotFoundError(message) from exc
+
+
+def _escape(text: str) -> str:
+    """Make text safe inside a record label, where { } | < > and quotes have meanings."""
+    for char in '\\{}|<>"':
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def draw_dot(
+    root: Value, format: str = "svg", rankdir: str = "LR", *, max_nodes: int | None = 1000
+) -> graphviz.Digraph:
+    """The graph that `root` depends on, as a Graphviz digraph (left to right by default).
+
+    Raises ValueError when the graph has more than `max_nodes` values (None: no limit).
+    """
+    if rankdir not in ("LR", "TB", "RL", "BT"):
+        raise ValueError(f"rankdir must be one of LR, TB, RL, BT; got {rankdir!r}")
+    nodes = topological_order(root)
+    if max_nodes is not None and len(nodes) > max_nodes:
+        raise ValueError(
+            f"the graph of {root.label or f'node #{root.id}'} has {len(nodes):,} values, more "
+            f"than max_nodes={max_nodes:,}: Graphviz would take minutes or hours to lay it "
+            f"out. Pass max_nodes=None to draw it anyway, or watch it in the live viewer."
+        )
+    dot = Drawing(format=format, graph_attr={"rankdir": rankdir})
+    for node in nodes:
+        name = str(node.id)
+        label = f"{{ {_escape(node.label)} | data {node.data:.4f} | grad {node.grad:.4f} }}"
+        dot.node(name, label=label, shape="record")
+        if node._opdef is not None:
+            # an op node feeds the record of its result; one edge per parent slot feeds it
+            dot.node(name + "op", label=node._op)
+            dot.edge(name + "op", name)
+            for parent in node._prev:
+                dot.edge(str(parent.id), name + "op")
+    return dot
+
+
+def render(dot: graphviz.Digraph, path: str | Path, format: str | None = None) -> Path:
+    """Write `dot` rendered to `path` (format from its suffix, else the Digraph's format).
+
+    Creates the parent directories; returns the path. Raises GraphvizNotFoundError, with
+    installation instructions, when the `dot` program is missing.
+    """
+    path = Path(path)
+    format = format or path.suffix.lstrip(".") or dot.format
+    data = _explained(dot.pipe, format=format)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path

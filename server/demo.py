@@ -1,0 +1,115 @@
+"""`opgraph demo --serve`: train the moons demo while serving its live trace.
+
+One training step of the demo builds about 65,000 nodes (forward and backward are about
+130,000 events), so by default only the first and the last step are traced; `--trace-steps`
+chooses others. Between traced steps tracing is paused, and the parameters' new values are
+announced (`data` events) when the next traced step uses them. After training the server
+keeps serving the traced steps' graphs until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+
+from opgraph.demo import MLP, ProgressBar, Step, evaluate, make_moons, train
+
+from .server import ServerError, stop_on_sigterm
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `opgraph demo` gets for serving (called from opgraph/demo.py)."""
+    group = parser.add_argument_group("live trace")
+    group.add_argument("--serve", action="store_true", help="serve the training's live trace")
+    group.add_argument(
+        "--trace-steps",
+        default="first,last",
+        help="steps to trace: comma list of step numbers (from 1), 'first', 'last', "
+        "or 'all' (default: first,last)",
+    )
+    group.add_argument("--port", type=int, default=8765, help="port of the trace server (8765)")
+    group.add_argument("--record", metavar="FILE", help="also record the trace (.ogtrace)")
+    group.add_argument(
+        "--no-wait", action="store_true", help="exit after training instead of serving on"
+    )
+
+
+def traced_steps(spec: str, steps: int) -> set[int]:
+    """0-based step indexes from a --trace-steps value like 'first,10,last' or 'all'."""
+    chosen: set[int] = set()
+    for part in (p.strip().lower() for p in spec.split(",") if p.strip()):
+        if part == "all":
+            return set(range(steps))
+        if part == "first":
+            chosen.add(0)
+        elif part == "last":
+            chosen.add(steps - 1)
+        elif part.isdigit() and 1 <= int(part) <= steps:
+            chosen.add(int(part) - 1)
+        else:
+            raise ValueError(f"--trace-steps: {part!r} is not first, last, all or 1..{steps}")
+    return chosen
+
+
+def describe(chosen: set[int], steps: int) -> str:
+    if len(chosen) == steps:
+        return f"all {steps} steps"
+    numbers = ", ".join(str(k + 1) for k in sorted(chosen))
+    return f"step{'s' if len(chosen) > 1 else ''} {numbers} of {steps}" if chosen else "no step"
+
+
+def run_served(args: argparse.Namespace) -> int:
+    stop_on_sigterm()
+    try:
+        chosen = traced_steps(args.trace_steps, args.steps)
+    except ValueError as exc:
+        print(f"opgraph demo: {exc}", file=sys.stderr)
+        return 2
+    X, y = make_moons(100, noise=0.1, seed=args.seed)
+    model = MLP(2, [16, 16, 1], rng=random.Random(args.seed))
+    try:
+        server = model.engine.serve(port=args.port, record=args.record)
+    except ServerError as exc:
+        print(f"opgraph demo: {exc} (choose another port with --port)", file=sys.stderr)
+        return 1
+    with server:
+        print(f"{model}\n{len(model.parameters())} parameters, {len(X)} points, {args.steps} steps")
+        print(f"viewer: {server.url}", flush=True)
+        print(
+            f"tracing {describe(chosen, args.steps)} (one step is about 65,000 nodes; "
+            f"choose with --trace-steps)",
+            flush=True,
+        )
+        progress = ProgressBar(args.steps)
+
+        def on_step(step: Step) -> None:
+            progress(step)
+            if step.index + 1 in chosen:  # the next step is traced
+                server.resume()
+            else:
+                server.pause()
+
+        if 0 not in chosen:
+            server.pause()
+        started = time.perf_counter()
+        try:
+            train(model, X, y, args.steps, on_step=on_step)
+        except KeyboardInterrupt:
+            print("\ntraining interrupted", file=sys.stderr)
+            return 130
+        server.resume()
+        server.touch(model.parameters())  # the viewer sees the trained weights
+        final_loss, accuracy = evaluate(model, X, y)
+        print(f"trained in {time.perf_counter() - started:.1f}s")
+        print(f"final loss {final_loss:.4f}, accuracy {accuracy:.0%}", flush=True)
+        server.flush(timeout=30)
+        if args.no_wait:
+            return 0
+        print(f"serving the trace at {server.url} until interrupted (Ctrl-C)", flush=True)
+        try:
+            server.wait()
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,197 @@
+"""Record, replay and export: a recording goes round the server and into Chrome's format."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import msgpack
+import pytest
+from opgraph.server.chrome import chrome_trace, export_chrome
+from opgraph.server.recording import Recording
+from opgraph.server.replay import ReplayServer
+
+from opgraph import Engine
+
+try:
+    from . import _tracing_helpers as th
+except ImportError:
+    import _tracing_helpers as th
+
+
+def record_training(path, steps: int = 3):
+    """Train a tiny model while recording; returns the parameters and the final loss."""
+    engine = Engine(name="recorded", entry_points=False)
+    params = [engine.value(0.1 * k - 0.2, label=f"w{k}") for k in range(5)]
+    with engine.serve(port=0, record=path):
+        for _ in range(steps):
+            total = engine.value(0.0)
+            for k, p in enumerate(params):
+                total = total + (p * (k + 1.0)).tanh()
+            loss = total * total
+            loss.label = "loss"
+            loss.backward()
+            for p in params:
+                p.data -= 0.05 * p.grad
+                p.grad = 0.0
+        engine.tracer.touch(params)
+    return params, loss
+
+
+def test_a_recording_is_hello_then_every_event_in_order(tmp_path):
+    path = tmp_path / "run.ogtrace"
+    params, loss = record_training(path)
+    reader = Recording(path)
+    events = list(reader)
+    assert reader.damage is None
+    assert events[0]["type"] == "hello" and events[0]["engine"] == "recorded"
+    assert [e["seq"] for e in events[1:]] == list(range(1, len(events)))
+    kinds = {e["type"] for e in events[1:]}
+    assert kinds == {"forward", "backward_begin", "backward", "backward_end", "data", "label"}
+    graph = th.graph_of(events)
+    for p in params:
+        assert graph[p.id]["data"] == p.data  # the data events carried the updates
+    assert graph[loss.id]["label"] == "loss"
+    # any msgpack reader can read it: it is the wire format, maps back to back
+    raw = list(msgpack.Unpacker(open(path, "rb"), raw=False))
+    assert raw == events
+
+
+def test_replay_serves_the_recording_as_a_live_stream(tmp_path):
+    path = tmp_path / "run.ogtrace"
+    record_training(path)
+    recorded = list(Recording(path))
+
+    async def watch(server):
+        reader = await th.connect_reader(server.ws_url)
+        got = await reader.until_seq(len(recorded) - 1)
+        await reader.ws.close()
+        return got
+
+    with ReplayServer(path, speed=0, port=0) as server:
+        server.start()
+        live = asyncio.run(watch(server))  # joined while (or after) it replays
+        assert server.wait_done(timeout=th.TIMEOUT)
+        late = asyncio.run(watch(server))  # joined after the end: a snapshot of it all
+    hello = live[0]
+    assert hello["engine"] == "recorded" and hello["ops"] == recorded[0]["ops"]
+    assert hello["session"] != recorded[0]["session"]  # a replay is a new session
+    assert th.graph_of(live) == th.graph_of(recorded) == th.graph_of(late)
+    assert late[1] == {
+        "type": "snapshot_begin",
+        "seq": len(recorded) - 1,
+        "nodes": late[1]["nodes"],
+    }
+    streamed = [e for e in live if "seq" in e and e["type"] not in ("hello",) and "t" in e]
+    assert streamed == [e for e in recorded[1:] if e["seq"] > live[1]["seq"]]
+
+
+def test_replay_keeps_the_recorded_pace_scaled_by_speed(tmp_path):
+    path = tmp_path / "slow.ogtrace"
+    hello = {"type": "hello", "seq": 0, "protocol": "opgraph", "version": 1, "session": "s"}
+    events = [
+        {
+            "type": "forward",
+            "seq": i + 1,
+            "id": i,
+            "op": None,
+            "parents": [],
+            "data": 1.0,
+            "label": "",
+            "t": i * 100_000,
+        }  # fmt: skip
+        for i in range(4)
+    ]  # one event every 0.1 s of recorded time
+    path.write_bytes(
+        b"".join(msgpack.packb(e) for e in [{**hello, "engine": "e", "ops": {}}, *events])
+    )
+
+    def replay_seconds(speed):
+        with ReplayServer(path, speed=speed, port=0) as server:
+            start = time.monotonic()
+            server.start()
+            assert server.wait_done(timeout=th.TIMEOUT)
+            return time.monotonic() - start
+
+    assert replay_seconds(1.0) >= 0.3  # the last event is 0.3 s after the first
+    assert replay_seconds(0) < replay_seconds(1.0)
+
+
+@pytest.mark.parametrize("cut", ["truncated", "garbage", "not-opgraph"])
+def test_a_damaged_recording_replays_up_to_the_damage_and_says_where(tmp_path, cut):
+    path = tmp_path / "run.ogtrace"
+    record_training(path, steps=1)
+    whole = path.read_bytes()
+    events = list(Recording(path))
+    keep = len(b"".join(msgpack.packb(e) for e in events[:10]))
+    damaged = tmp_path / "damaged.ogtrace"
+    if cut == "truncated":
+        damaged.write_bytes(whole[: keep + 7])  # 10 events, then 7 bytes of the 11th
+    elif cut == "garbage":
+        damaged.write_bytes(whole[:keep] + b"\xc1" + whole[keep:])  # 0xc1 is never msgpack
+    else:
+        damaged.write_bytes(msgpack.packb({"type": "hello", "protocol": "other"}) + whole)
+    reader = Recording(damaged)
+    got = list(reader)
+    if cut == "not-opgraph":
+        assert got == [] and "not an opgraph recording" in str(reader.damage)
+        result = run_cli("replay", str(damaged), "--port", "0", "--speed", "0", "--exit")
+        assert result.returncode == 1 and "not an opgraph recording" in result.stderr
+        return
+    assert got == events[:10]
+    assert reader.damage.offset == keep and reader.damage.last_seq == 9
+    assert ("truncated" if cut == "truncated" else "not msgpack") in reader.damage.reason
+    result = run_cli("replay", str(damaged), "--port", "0", "--speed", "0", "--exit")
+    assert result.returncode == 2, result.stderr
+    assert "replayed 9 events" in result.stdout
+    assert f"recording damaged at byte {keep} (after seq 9" in result.stderr
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "opgraph", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_export_writes_chrome_trace_events_with_passes_and_ops_as_slices(tmp_path):
+    path = tmp_path / "run.ogtrace"
+    params, loss = record_training(path, steps=2)
+    out = tmp_path / "run.json"
+    result = run_cli("export", "--chrome", str(path), str(out))
+    assert result.returncode == 0, result.stderr
+    document = json.loads(out.read_text())
+    events = document["traceEvents"]
+    names = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert names == {"forward", "backward", "updates"}
+    slices = [e for e in events if e["ph"] == "X"]
+    assert all(e["dur"] >= 0 and isinstance(e["ts"], int) for e in slices)
+    passes = [e for e in slices if e["cat"] == "backward"]
+    steps = [e for e in slices if e["cat"] == "backward step"]
+    assert [p["name"] for p in passes] == ["backward pass 1", "backward pass 2"]
+    recorded = list(Recording(path))
+    assert len(steps) == sum(e["type"] == "backward" for e in recorded)
+    for step in steps:  # each step lies inside its pass (Perfetto nests them)
+        assert any(
+            p["ts"] <= step["ts"] and step["ts"] + step["dur"] <= p["ts"] + p["dur"] for p in passes
+        )
+    forwards = [e for e in slices if e["cat"] == "forward"]
+    assert len(forwards) == sum(e["type"] == "forward" for e in recorded)
+    assert {"tanh", "mul", "add", "leaf"} <= {e["name"] for e in forwards}
+    loss_step = next(s for s in steps if s["args"]["id"] == loss.id)
+    assert loss_step["name"] == "mul" and loss_step["args"]["grad"] == 1.0
+    assert any(e["ph"] == "i" and e["cat"] == "data" for e in events)
+    # chrome_trace works on any stream of maps, too
+    assert chrome_trace(recorded) == document
+    # and a damaged recording exports what it has, saying where it stopped
+    damaged = tmp_path / "cut.ogtrace"
+    damaged.write_bytes(path.read_bytes()[:-3])
+    reader = export_chrome(damaged, tmp_path / "cut.json")
+    assert reader.damage is not None and "truncated" in reader.damage.reason
+    result = run_cli("export", "--chrome", str(damaged), str(tmp_path / "cut2.json"))
+    assert result.returncode == 2 and "stopped early" in result.stderr
