@@ -570,6 +570,47 @@ def test_aggregate_view_of_50000_nodes_stays_responsive(page, engine, server):
     expect(page.locator("#canvas")).to_have_attribute("data-view", "aggregate")
 
 
+def test_click_pan_and_zoom(page, engine, server):
+    open_viewer(page, server)
+    values, y = neuron(engine)
+    server.flush()
+    wait_nodes(page, y.id + 1)
+
+    def screen_of(value):  # where the page draws a node: its world box through the camera
+        return page.evaluate(
+            """(id) => {
+                const v = opgraphViewer, node = v.graph.nodes.get(id), c = v.camera;
+                const box = v.canvas.getBoundingClientRect();
+                return [box.left + c.x + (node.x + 86) * c.scale,
+                        box.top + c.y + (node.y + 28) * c.scale, c.scale];
+            }""",
+            value.id,
+        )
+
+    x, y_, scale = screen_of(values["o"])
+    page.mouse.click(x, y_)
+    expect(page.locator("#details h2")).to_have_text("o")
+    page.mouse.wheel(0, -400)  # zoom in around the pointer: the node under it stays put
+    page.wait_for_function(f"() => opgraphViewer.camera.scale > {scale}")
+    x2, y2, _ = screen_of(values["o"])
+    assert abs(x2 - x) < 2 and abs(y2 - y_) < 2
+    page.mouse.move(x2, y2 + 200)  # drag empty canvas below the node: the view pans
+    page.mouse.down()
+    page.mouse.move(x2 - 100, y2 + 250, steps=5)
+    page.mouse.up()
+    x3, y3, _ = screen_of(values["o"])
+    assert (round(x3 - x2), round(y3 - y2)) == (-100, 50)
+    expect(page.locator("#details h2")).to_have_text("o")  # a drag is not a click
+    page.keyboard.press("f")  # fit: every node inside the canvas again
+    inside = page.evaluate(
+        """() => { const v = opgraphViewer, c = v.camera;
+            return v.graph.order.every(n => c.x + n.x * c.scale >= 0 &&
+              c.x + (n.x + 172) * c.scale <= v.width && c.y + n.y * c.scale >= 0 &&
+              c.y + (n.y + 56) * c.scale <= v.height); }"""
+    )
+    assert inside
+
+
 def test_keyboard_help(page, server):
     open_viewer(page, server)
     page.keyboard.press("?")

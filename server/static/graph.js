@@ -5,7 +5,7 @@
 // leaves sit in column 0 and every node sits right of all of its inputs. A node's row is
 // placed once, when it arrives, and never moves: the drawing stays still as the graph grows.
 
-export const COLUMN_WIDTH = 230; // world units between ranks
+export const COLUMN_WIDTH = 210; // world units between ranks (boxes are 172 wide)
 export const ROW_HEIGHT = 68; // world units between rows of one rank
 export const MAX_BANDS = 16; // columns of the aggregate view
 

@@ -222,7 +222,7 @@ function drawNode(ctx, node, x, y, look, scale) {
   let fill = node.op ? COLORS.node : COLORS.leaf;
   let stroke = node.op ? COLORS.nodeStroke : COLORS.leafStroke;
   let width = 1.4;
-  if (look.state === "done") { fill = COLORS.done; stroke = COLORS.doneStroke; }
+  if (look.state === "done") { fill = COLORS.done; stroke = node.op ? COLORS.doneStroke : stroke; }
   if (look.state === "current") { fill = COLORS.current; stroke = COLORS.currentStroke; width = 3; }
   roundRect(ctx, x, y, NODE_W, NODE_H, 8);
   ctx.fillStyle = fill;
