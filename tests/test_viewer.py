@@ -611,6 +611,24 @@ def test_click_pan_and_zoom(page, engine, server):
     assert inside
 
 
+def test_memory_stays_bounded_on_long_runs(page, engine, server):
+    page.goto(server.url + "?max_nodes=60")
+    expect(page.locator("#st-conn")).to_have_attribute("data-state", "open")
+    weight = engine.value(0.5, label="weight")
+    total = weight
+    for step in range(40):  # 3 new nodes per step (a constant, *, +), using the weight
+        total = total + weight * step
+        total.label = f"total{step}"
+    server.flush()
+    wait_rows(page, "rows.some(r => r.label === 'total39')")
+    count = int(page.locator("#st-nodes").get_attribute("data-count"))
+    assert count <= 60
+    expect(page.locator("#notice")).to_contain_text("Over 60 nodes: kept the newest 30")
+    labels = {r["label"] for r in rows(page)}
+    assert "weight" in labels  # an input the newest nodes use is kept
+    assert "total0" not in labels
+
+
 def test_keyboard_help(page, server):
     open_viewer(page, server)
     page.keyboard.press("?")

@@ -11,6 +11,8 @@ import { LiveSource, readRecording, streamUrl } from "./source.js";
 const params = new URLSearchParams(location.search);
 // Above this many nodes the whole-graph view shows op groups per rank instead of nodes.
 const THRESHOLD = Number(params.get("threshold")) || 3000;
+// Past this many nodes the page keeps only the newest half (and the inputs they use).
+const MAX_NODES = Number(params.get("max_nodes")) || 400_000;
 const LIST_LIMIT = 400; // rows in the node list; search narrows it down
 const SLICE_MS = 12; // work per slice before the page gets to draw and handle input
 const DRAW_INTERVAL_MS = 100; // while a stream is being applied, draw ~10 times a second
@@ -138,7 +140,10 @@ class Viewer {
     const target = this.staging ?? this.graph;
     switch (type) {
       case "hello": return this.hello(event);
-      case "forward": this.graph.addNode(event); break;
+      case "forward":
+        this.graph.addNode(event);
+        if (this.graph.size > MAX_NODES) this.compact();
+        break;
       case "snapshot_begin":
         this.staging = new Graph();
         this.snapshotTotal = event.nodes ?? 0;
@@ -209,6 +214,16 @@ class Viewer {
     if (this.focus) this.setFocus(fresh.nodes.get(this.focus.center.id) ?? null);
     this.listKey = null;
     this.matchesVersion = -1;
+  }
+
+  compact() {
+    const keep = Math.floor(MAX_NODES / 2);
+    this.graph = this.graph.compacted(keep);
+    if (this.focus) this.setFocus(this.graph.nodes.get(this.focus.center.id) ?? null);
+    if (typeof this.selected === "number" && !this.graph.nodes.has(this.selected)) this.selected = null;
+    this.matchesVersion = -1;
+    this.notice(`Over ${MAX_NODES.toLocaleString("en-US")} nodes: kept the newest ` +
+      `${keep.toLocaleString("en-US")} and the inputs they use.`);
   }
 
   run(event) {

@@ -209,6 +209,30 @@ export class Graph {
   }
 
   /**
+   * A new graph of the newest `keep` nodes and the inputs they use (the parameters of a
+   * training loop stay): how the page bounds its memory when a long run streams millions.
+   */
+  compacted(keep) {
+    const ids = new Set();
+    for (const node of this.order.slice(-keep)) {
+      if (node.placeholder) continue;
+      ids.add(node.id);
+      for (const id of node.parents) ids.add(id);
+    }
+    const fresh = new Graph();
+    fresh.passes = this.passes;
+    for (const id of [...ids].sort((a, b) => a - b)) {
+      const node = this.nodes.get(id);
+      if (!node || node.placeholder) continue;
+      const copy = fresh.addNode(node);
+      copy.bwPass = node.bwPass;
+      copy.bwStep = node.bwStep;
+    }
+    fresh.regroup(); // counts the backward steps of the copies too
+    return fresh;
+  }
+
+  /**
    * Nodes whose label, id ("#12") or op ("op:tanh") matches the query: labels equal to the
    * query first, then those that contain it, each in id order.
    */
