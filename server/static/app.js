@@ -4,7 +4,8 @@
 import { Graph } from "./graph.js";
 import { Reader } from "./msgpack.js";
 import {
-  Camera, drawGroups, drawScene, formatNumber, layoutGroups, nodeTitle, opText, sceneBox,
+  Camera, NODE_H, NODE_W, drawGroups, drawScene, formatNumber, layoutGroups, nodeTitle, opText,
+  sceneBox,
 } from "./render.js";
 import { LiveSource, readRecording, streamUrl } from "./source.js";
 
@@ -384,10 +385,10 @@ class Viewer {
       const [left, top] = this.camera.toWorld(40, 40);
       const [right, bottom] = this.camera.toWorld(this.width - 40, this.height - 40);
       const readable = this.camera.scale >= 0.3;
-      if (readable && p.x >= left && p.x + 172 <= right && p.y >= top && p.y + 56 <= bottom) return;
+      if (readable && p.x >= left && p.x + NODE_W <= right && p.y >= top && p.y + NODE_H <= bottom) return;
     }
     this.follow = false;
-    this.camera.centerOn(p.x + 86, p.y + 28, this.width, this.height);
+    this.camera.centerOn(p.x + NODE_W / 2, p.y + NODE_H / 2, this.width, this.height);
   }
 
   search(query) {
@@ -596,7 +597,7 @@ class Viewer {
     const scene = this.scene();
     for (const node of scene.nodes) {
       const p = scene.pos(node);
-      if (x >= p.x && x <= p.x + 172 && y >= p.y && y <= p.y + 56) return { node };
+      if (x >= p.x && x <= p.x + NODE_W && y >= p.y && y <= p.y + NODE_H) return { node };
     }
     return null;
   }
