@@ -747,6 +747,8 @@ class Viewer {
       ? `${nodes} nodes (loading snapshot ${this.staging.size.toLocaleString("en-US")} of ${(this.snapshotTotal ?? 0).toLocaleString("en-US")})`
       : `${nodes} nodes`;
     $("st-nodes").dataset.count = String(graph.size);
+    const title = `opgraph · ${nodes} nodes${this.paused ? " · paused" : ""}`;
+    if (document.title !== title) document.title = title;
     const pass = graph.lastPass;
     let passText = "no backward pass yet";
     if (pass) {
