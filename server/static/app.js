@@ -16,6 +16,7 @@ const THRESHOLD = Number(params.get("threshold")) || 3000;
 const MAX_NODES = Number(params.get("max_nodes")) || 400_000;
 const LIST_LIMIT = 400; // rows in the node list; search narrows it down
 const SLICE_MS = 12; // work per slice before the page gets to draw and handle input
+const DECODE_AHEAD = 20_000; // events decoded ahead of those applied; the rest stay bytes
 const DRAW_INTERVAL_MS = 100; // while a stream is being applied, draw ~10 times a second
 const $ = (id) => document.getElementById(id);
 
@@ -93,13 +94,13 @@ class Viewer {
     this.refillAllowance();
     while (performance.now() < deadline) {
       if (!this.paused && this.pendingHead < this.pending.length) {
-        if (this.rate && this.allowance < 1) { waitForAllowance = true; break; }
+        if (this.allowance < 1) { waitForAllowance = true; break; }
         this.allowance--;
         this.apply(this.pending[this.pendingHead++]);
         continue;
       }
       const reader = this.frames[0];
-      if (!reader) break;
+      if (!reader || this.waiting >= DECODE_AHEAD) break; // the rest waits as bytes
       if (reader.done) { this.frames.shift(); continue; }
       try {
         this.pending.push(reader.next());
@@ -114,14 +115,16 @@ class Viewer {
       this.pendingHead = 0;
     }
     this.requestDraw(false);
-    const work = this.frames.length || (!this.paused && this.pendingHead < this.pending.length);
+    const work = (this.frames.length && this.waiting < DECODE_AHEAD)
+      || (!this.paused && this.waiting > 0);
     if (waitForAllowance) setTimeout(() => this.wake(), Math.max(4, 1000 / this.rate));
     else if (work) this.wake();
   }
 
+  // Events a recording may apply now at its playback speed (live streams: no limit).
   refillAllowance() {
     const now = performance.now();
-    if (!this.rate) { this.allowance = Infinity; this.lastRefill = now; return; }
+    if (!this.rate || !this.recording) { this.allowance = Infinity; this.lastRefill = now; return; }
     if (!Number.isFinite(this.allowance)) this.allowance = 0;
     const elapsed = (now - (this.lastRefill ?? now)) / 1000;
     this.allowance = Math.min(this.allowance + elapsed * this.rate, Math.max(1, this.rate / 4));
@@ -130,6 +133,13 @@ class Viewer {
 
   get waiting() {
     return this.pending.length - this.pendingHead;
+  }
+
+  waitingText() {
+    const events = `${this.waiting.toLocaleString("en-US")} events`;
+    const bytes = this.frames.reduce((sum, reader) => sum + reader.bytes.length - reader.offset, 0);
+    if (!bytes) return events;
+    return `${events} and ${(bytes / 1e6).toFixed(1)} MB`;
   }
 
   /** Apply one protocol event (docs/protocol.md) to the model. */
@@ -759,8 +769,7 @@ class Viewer {
     $("st-pass").textContent = passText;
     $("st-dropped").textContent = `${this.dropped.toLocaleString("en-US")} dropped`;
     $("st-dropped").classList.toggle("warn", this.dropped > 0);
-    $("st-paused").textContent = this.paused
-      ? `paused · ${this.waiting.toLocaleString("en-US")} events waiting` : "";
+    $("st-paused").textContent = this.paused ? `paused · ${this.waitingText()} waiting` : "";
     const stepInfo = this.stepIndex !== null && pass ? `step ${this.stepIndex + 1}/${pass.steps.length}` : "";
     $("step-info").textContent = stepInfo;
     const current = this.currentStepNode();
