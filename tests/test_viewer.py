@@ -345,6 +345,16 @@ def test_reconnects_after_a_server_restart_and_clears_a_new_session(page, engine
         expect(page.locator("#notice")).to_contain_text("New server session")
 
 
+def test_connects_to_a_server_that_needs_a_token(page, engine):
+    with engine.serve(port=0, token="s3cret-token") as server:
+        assert "?token=s3cret-token" in server.url
+        open_viewer(page, server)  # the page passes its ?token= on to /ws
+        a = engine.value(1.0, label="guarded")
+        a.exp()
+        server.flush()
+        wait_nodes(page, 2)
+
+
 def test_late_joiner_gets_the_graph_from_a_snapshot(page, engine, server):
     values, y = neuron(engine)
     y.backward()
@@ -478,16 +488,28 @@ def test_protocol_details_dropped_snapshot_unknown_kinds(page, server, tmp_path)
         {"type": "snapshot_end", "seq": 10},
         forward(10, 9, label="duplicate seq, ignored"),
         forward(11, 5, op="add", parents=[4, 4], label="d", data=10.0),
+        {
+            "type": "run",
+            "seq": 12,
+            "state": "start",
+            "source": "train@42",
+            "engine": "e",
+            "ops": {"sin": "opgraph-sin"},
+        },
+        forward(13, 6, op="sin", parents=[5], label="from-a-run"),
     )
     open_bytes(page, tmp_path, "handmade.ogtrace", data)
     wait_rows(page, "rows.some(r => r.label === 'd')")
     expect(page.locator("#st-dropped")).to_have_text("7 dropped")
     listed = {r["id"]: r for r in rows(page)}
-    assert sorted(listed) == [0, 1, 3, 4, 5]
+    assert sorted(listed) == [0, 1, 3, 4, 5, 6]
     assert listed[1]["label"] == "b"  # the snapshot replaced what came before it
     assert listed[0]["grad"] == 0.5
     assert listed[3]["cells"][2] == "unseen"
     assert all(r["label"] != "duplicate seq, ignored" for r in listed.values())
+    # a hub's `run` brings the ops of its script: details name their plugin
+    page.locator("#node-list tr[data-label='from-a-run']").click()
+    expect(page.locator("#details [data-field=plugin]")).to_have_text("opgraph-sin")
 
 
 def test_refuses_an_unknown_protocol_version(page, server, tmp_path):
@@ -592,6 +614,11 @@ def test_click_pan_and_zoom(page, engine, server):
         )
 
     x, y_, scale = screen_of(values["o"])
+    page.mouse.move(x, y_)  # hovering shows the node's numbers
+    expect(page.locator("#tooltip")).to_be_visible()
+    expect(page.locator("#tooltip")).to_have_text(
+        f"o · tanh\ndata {shown(values['o'].data)}\ngrad 0", use_inner_text=True
+    )
     page.mouse.click(x, y_)
     expect(page.locator("#details h2")).to_have_text("o")
     page.mouse.wheel(0, -400)  # zoom in around the pointer: the node under it stays put

@@ -569,7 +569,7 @@ class Viewer {
       canvas.setPointerCapture(event.pointerId);
     });
     canvas.addEventListener("pointermove", (event) => {
-      if (!drag) return;
+      if (!drag) return this.hover(event.offsetX, event.offsetY);
       const dx = event.offsetX - drag.x, dy = event.offsetY - drag.y;
       if (!drag.moved && Math.hypot(dx, dy) < 4) return;
       drag.moved = true;
@@ -584,6 +584,7 @@ class Viewer {
       if (drag && !drag.moved) this.click(event.offsetX, event.offsetY);
       drag = null;
     });
+    canvas.addEventListener("pointerleave", () => this.hover(null));
     canvas.addEventListener("wheel", (event) => {
       event.preventDefault();
       this.follow = false;
@@ -610,6 +611,26 @@ class Viewer {
       if (x >= p.x && x <= p.x + NODE_W && y >= p.y && y <= p.y + NODE_H) return { node };
     }
     return null;
+  }
+
+  /** A tooltip with the numbers of the node (or group) under the pointer. */
+  hover(sx, sy) {
+    const tip = $("tooltip");
+    const hit = sx === null ? null : this.hit(sx, sy);
+    if (!hit) { tip.hidden = true; return; }
+    if (hit.node) {
+      const node = hit.node;
+      const look = this.look(node);
+      const op = node.op ? ` · ${opText(node)}` : node.placeholder ? " · unseen" : " · leaf";
+      tip.textContent = `${nodeTitle(node)}${op}\ndata ${formatNumber(node.data)}\n` +
+        `grad ${look.gradShown ? formatNumber(node.grad) : "not reached yet"}`;
+    } else {
+      const group = hit.group;
+      tip.textContent = `${group.op} · ${group.ranks}\n${group.count.toLocaleString("en-US")} nodes`;
+    }
+    tip.style.left = `${sx + 14}px`;
+    tip.style.top = `${sy + 14}px`;
+    tip.hidden = false;
   }
 
   click(sx, sy) {
