@@ -319,7 +319,7 @@ export function drawGroups(ctx, camera, width, height, graph, layout, selectedKe
   });
 
   const tiny = camera.scale * GROUP_W < 12; // a few pixels wide: plain boxes will do
-  const labels = []; // zoomed out: labelled below at a readable size, where they fit
+  const labels = []; // zoomed out: labelled at a readable size below, where they fit
   for (const { x, y, w, h, group } of layout.boxes.values()) {
     if (x > right || x + w < left || y > bottom || y + h < top) continue;
     const selected = group.key === selectedKey;
@@ -341,9 +341,9 @@ export function drawGroups(ctx, camera, width, height, graph, layout, selectedKe
     // How much of the group the current backward pass has reached.
     if (group.bwPass === passNumber && group.bwDone) {
       ctx.fillStyle = COLORS.doneStroke;
-      ctx.fillRect(x + 6, y + h - 8, (w - 12) * (group.bwDone / group.count), 4);
+      ctx.fillRect(x + 6, y + h - 4, (w - 12) * (group.bwDone / group.count), 3);
     }
-    if (camera.scale < 0.3) {
+    if (camera.scale < 0.85) { // world-size text would be too small to read
       labels.push({ x, y, w, h, group });
     } else {
       ctx.textBaseline = "middle";
@@ -373,8 +373,12 @@ function drawScreenLabels(ctx, camera, labels) {
     const sw = w * camera.scale, sh = h * camera.scale;
     if (sw < 34 || sh < 11) continue;
     const sx = x * camera.scale + camera.x, sy = y * camera.scale + camera.y;
-    const text = sh >= 24 ? [group.op, group.count.toLocaleString("en-US")] : [group.op];
-    text.forEach((line, i) => ctx.fillText(line, sx + 4, sy + 7 + i * 12, sw - 8));
+    const lines = [group.op, `${group.count.toLocaleString("en-US")} nodes`, group.ranks];
+    const room = Math.max(1, Math.floor((sh - 2) / 12));
+    lines.slice(0, room).forEach((line, i) => {
+      ctx.font = i ? "11px system-ui, sans-serif" : "600 11px system-ui, sans-serif";
+      ctx.fillText(line, sx + 5, sy + 8 + i * 12, sw - 10);
+    });
   }
   ctx.restore();
 }
