@@ -1,10 +1,10 @@
 """opgraph: a scalar autograd engine whose ops come from plugins.
 
-from opgraph import Value
-x = Value(2.0, label="x")
-y = (x * x + x.exp()).tanh()
-y.backward()
-print(x.grad)
+    from opgraph import Value
+    x = Value(2.0, label="x")
+    y = (x * x + x.exp()).tanh()
+    y.backward()
+    print(x.grad)
 """
 
 from .backward import backward, topological_order, zero_grad

@@ -49,10 +49,15 @@ def backward(root: Value, gradient: float = 1.0) -> None:
     tracer = root._tracer
     if tracer is not None:
         tracer.backward_begin(root)
-    if mode.get() & ANOMALY or root.engine.detect_anomaly:
-        _propagate_checked(nodes, tracer)
-    else:
-        _propagate(nodes, tracer)
+    try:
+        if mode.get() & ANOMALY or root.engine.detect_anomaly:
+            _propagate_checked(nodes, tracer)
+        else:
+            _propagate(nodes, tracer)
+    except BaseException:  # a failed pass adds nothing: put every grad back as it was
+        for node, grad in zip(nodes, earlier, strict=True):
+            node.grad = grad
+        raise
     if carried:
         for node, grad in zip(nodes, earlier, strict=True):
             node.grad += grad

@@ -15,6 +15,7 @@ uses them). `touch(values)` announces changes right away.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import sys
 from collections import deque
@@ -53,39 +54,61 @@ class Tracer:
         self.lost = 0  # events not stored because the buffer was full
         self.passes = 0
         self.t0 = perf_counter_ns()
-        self._known: dict[int, float] = {}  # id -> the data last announced for the node
+        # Which nodes the viewers know. Recording every node in a dict would cost more than
+        # the rest of the tracer, so: a node made while the tracer was attached is known by
+        # its id (ids grow), with id ranges for the times it was attached; leaves, whose data
+        # an optimizer changes, and nodes announced late are in `_known` with their data.
+        self._known: dict[int, float] = {}
+        self._ranges: list[tuple[int, int]] = []  # [first, last + 1) of earlier attachments
+        self._since: float = math.inf  # the first id made during the current attachment
+        self._starting = True  # the next node seen starts the current attachment
+        self._last_id = -1
+
+    # --- attaching ------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Start tracing the engine (again)."""
+        self._starting = True
+        self.engine.tracer = self
+
+    def detach(self) -> None:
+        """Stop tracing the engine; nodes made meanwhile are announced if used later."""
+        if self.engine.tracer is self:
+            self.engine.tracer = None
+        if self._since != math.inf:
+            self._ranges.append((int(self._since), self._last_id + 1))
+            self._since = math.inf
 
     # --- the hooks the engine calls -------------------------------------------------------
 
     def forward(self, node: Value) -> None:
-        known = self._known
+        id_ = node._id
+        if self._starting:
+            self._since, self._starting = id_, False
+        self._last_id = id_
         parents = node._prev
-        for parent in parents:
-            data = known.get(parent._id, _MISSING)
-            if data is not parent.data:  # same float object: unchanged (the common case)
-                self._check(parent, data)
-        known[node._id] = node.data  # even when lost: re-announcing it would be lost too
-        if len(known) > self.max_known:
-            self._forget()
+        if parents:
+            known, since = self._known, self._since
+            for parent in parents:
+                if parent._opdef is None:  # a leaf: new to the viewers, or changed data?
+                    data = known.get(parent._id, _MISSING)
+                    if data is not parent.data:  # the same float object: unchanged (usual)
+                        self._check(parent, data)
+                elif parent._id < since and not self._is_known(parent):
+                    self._announce(parent)  # made before tracing started
+        else:  # a leaf: remember its data (even if the event is lost: it would be again)
+            self._known[id_] = node.data
+            if len(self._known) > self.max_known:
+                self._forget()
         if len(self.buffer) >= self.max_buffer:
             self.lost += 1
             return
-        op = node._opdef
-        self.buffer.append(
-            (
-                FORWARD,
-                perf_counter_ns(),
-                node._id,
-                None if op is None else op.name,
-                parents,  # the Values: their ids are read when the event is drained
-                node.data,
-                node._label,
-                None if op is None else op.constants,
-            )
-        )
+        # The node itself: its id, op and parents never change, so they are read when the
+        # event is drained; data and label are taken now.
+        self.buffer.append((FORWARD, perf_counter_ns(), node, node.data, node._label))
 
     def relabel(self, node: Value) -> None:
-        if node._id not in self._known:
+        if not self._is_known(node):
             self._announce(node)  # the forward carries the label
         else:
             self._emit((LABEL, perf_counter_ns(), node._id, node._label))
@@ -97,7 +120,7 @@ class Tracer:
     def backward(self, node: Value) -> None:
         # node.grad is this pass's gradient: backward() sets aside what earlier passes left
         # and adds it back after backward_end (see docs/protocol.md).
-        if node._id not in self._known:
+        if (node._opdef is None or node._id < self._since) and not self._is_known(node):
             self._announce(node)
         if len(self.buffer) >= self.max_buffer:
             self.lost += 1
@@ -109,10 +132,27 @@ class Tracer:
 
     # --- data changes and late announcements ----------------------------------------------
 
+    def _is_known(self, node: Value) -> bool:
+        """Whether the viewers were told about `node` (and it was not forgotten since)."""
+        id_ = node._id
+        if id_ in self._known:
+            return True
+        if node._opdef is None:
+            return False  # leaves are all in _known
+        if id_ >= self._since:
+            return True
+        return any(first <= id_ < end for first, end in self._ranges)
+
     def touch(self, values: Iterable[Value]) -> None:
         """Announce the current data of `values` now if it changed since it was last sent."""
         for value in values:
-            self._check(value, self._known.get(value._id, _MISSING))
+            announced = self._known.get(value._id, _MISSING)
+            if announced is _MISSING and self._is_known(value):
+                # made while traced but not remembered (not a leaf): send its data anyway
+                self._known[value._id] = value.data
+                self._emit((DATA, perf_counter_ns(), value._id, value.data))
+            else:
+                self._check(value, announced)
 
     def _check(self, node: Value, announced: Any) -> None:
         if announced is _MISSING:
@@ -129,32 +169,19 @@ class Tracer:
         That happens when tracing starts after some nodes exist (parameters built before
         `serve()`), or for a node forgotten by `_forget`. Parents go first, in id order.
         """
-        known = self._known
         unseen = {node}
         stack = [node]
         while stack:
             for parent in stack.pop()._prev:
-                if parent._id not in known and parent not in unseen:
+                if parent not in unseen and not self._is_known(parent):
                     unseen.add(parent)
                     stack.append(parent)
         for each in sorted(unseen, key=lambda v: v._id):
             self._forward_one(each)
 
     def _forward_one(self, node: Value) -> None:
-        op = node._opdef
         self._known[node._id] = node.data
-        self._emit(
-            (
-                FORWARD,
-                perf_counter_ns(),
-                node._id,
-                None if op is None else op.name,
-                node._prev,
-                node.data,
-                node._label,
-                None if op is None else op.constants,
-            )
-        )
+        self._emit((FORWARD, perf_counter_ns(), node, node.data, node._label))
 
     def _forget(self) -> None:
         """Forget the oldest quarter of announced nodes, to keep memory bounded.
@@ -199,12 +226,13 @@ def event_map(event: tuple, seq: int, t0: int) -> dict[str, Any]:
     """The protocol map of one buffered event, numbered `seq`; `t` counts from `t0` (ns)."""
     kind, t = event[0], (event[1] - t0) // 1000
     if kind == FORWARD:
-        _, _, id_, op, parents, data, label, constants = event
-        parents = [p._id for p in parents]
-        out = {"type": "forward", "seq": seq, "id": id_, "op": op, "parents": parents}
-        out.update(data=data, label=label, t=t)
-        if constants:
-            out["const"] = [value for _, value in constants]
+        _, _, node, data, label = event
+        op = node._opdef
+        parents = [p._id for p in node._prev]
+        out = {"type": "forward", "seq": seq, "id": node._id, "op": op and op.name}
+        out.update(parents=parents, data=data, label=label, t=t)
+        if op is not None and op.constants:
+            out["const"] = [value for _, value in op.constants]
         return out
     if kind == BACKWARD:
         return {"type": "backward", "seq": seq, "id": event[2], "grad": event[3], "t": t}

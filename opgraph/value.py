@@ -49,6 +49,8 @@ class Value:
             data = _number(data)
         self.data = data
         self.grad = 0.0
+        if type(label) is not str:
+            raise _label_error(label)
         self._label = label
         self._prev = _prev
         self._opdef = _op
@@ -64,6 +66,8 @@ class Value:
 
     @label.setter
     def label(self, label: str) -> None:
+        if not isinstance(label, str):
+            raise _label_error(label)
         self._label = label
         if self._tracer is not None:
             self._tracer.relabel(self)
@@ -195,4 +199,13 @@ def _number(data: Any) -> float:
             "Value(...) takes a number; to reuse a Value, use it directly "
             f"(got Value with data {data.data!r})"
         )
-    raise TypeError(f"a Value's data must be a real number, got {type(data).__name__}: {data!r}")
+    raise TypeError(
+        f"a Value's data must be a real number, got {type(data).__name__}: {data!r}"
+    )
+
+
+def _label_error(label: Any) -> TypeError:
+    hint = ""
+    if isinstance(label, tuple | list | set):  # micrograd's Value(data, _children, _op)
+        hint = "; Value(data, children, op) is micrograd's internal form: new ops come from plugins"
+    return TypeError(f"a Value's label must be a str, got {type(label).__name__}: {label!r}{hint}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
+import struct
 from collections import deque
 from collections.abc import Iterable
 from time import perf_counter_ns
@@ -21,11 +22,14 @@ import msgpack
 
 from opgraph.trace import BACKWARD, FORWARD, event_map
 
+from .encode import backward_bytes, forward_bytes
+
 FRAME_EVENTS = 2000  # events per websocket frame (about 60-100 KB)
 SNAPSHOT_FRAME_NODES = 2000
 
-# A node of the hub's graph: [op, parents, data, grad, label, const]
-OP, PARENTS, DATA, GRAD, LABEL, CONST = range(6)
+# A node of the hub's graph is a tuple (op, parents, data, label, const) and its grad is kept
+# apart in a dict of floats: tuples of atomic values and dicts of floats are untracked by
+# the garbage collector, which otherwise walks every node on each full collection.
 
 
 class Hub:
@@ -51,7 +55,8 @@ class Hub:
         self.max_nodes = max_nodes
         self.recorder = recorder
         self.seq = 0
-        self.nodes: dict[int, list] = {}
+        self.nodes: dict[int, tuple] = {}
+        self.grads: dict[int, float] = {}
         self.viewers: set[Viewer] = set()
         self.next_id = 0  # for renumbering published runs (hub mode)
         self.runs = 0
@@ -95,34 +100,44 @@ class Hub:
         return len(packed)
 
     def publish_traced(self, events: list[tuple], t0: int) -> int:
-        """`publish` for the tuples of a local `Tracer` (the fast path: no dict per event)."""
-        pack, nodes = self._pack, self.nodes
+        """`publish` for the tuples of a local `Tracer`: the fast path, with no dict per event
+        and the two commonest kinds packed by templates (see encode.py)."""
+        pack, nodes, grads = self._pack, self.nodes, self.grads
         packed: list[bytes] = []
+        append = packed.append
         seq = self.seq
         for event in events:
             seq += 1
-            kind, t = event[0], (event[1] - t0) // 1000
+            kind = event[0]
+            t = (event[1] - t0) // 1000
             if kind == BACKWARD:
-                _, _, id_, grad = event
-                node = nodes.get(id_)
-                if node is not None:
-                    node[GRAD] = grad
-                out = {"type": "backward", "seq": seq, "id": id_, "grad": grad, "t": t}
-                packed.append(pack(out))
+                id_, grad = event[2], event[3]
+                grads[id_] = grad
+                try:
+                    append(backward_bytes(seq, id_, grad, t))
+                except struct.error:  # a number past 32 bits
+                    append(pack({"type": "backward", "seq": seq, "id": id_, "grad": grad, "t": t}))
             elif kind == FORWARD:
-                _, _, id_, op, parents, data, label, constants = event
-                parents = [p._id for p in parents]
-                const = [value for _, value in constants] if constants else None
-                nodes[id_] = [op, parents, data, 0.0, label, const]
-                out = {"type": "forward", "seq": seq, "id": id_, "op": op, "parents": parents,
-                       "data": data, "label": label, "t": t}  # fmt: skip
-                if const:
-                    out["const"] = const
-                packed.append(pack(out))
+                _, _, node, data, label = event
+                id_, op, parents = node._id, node._opdef, node._prev
+                if len(parents) == 2:
+                    parents = (parents[0]._id, parents[1]._id)
+                else:
+                    parents = tuple([p._id for p in parents])
+                if op is None:
+                    name = const = None
+                else:
+                    name = op.name
+                    const = tuple([v for _, v in op.constants]) if op.constants else None
+                nodes[id_] = (name, parents, data, label, const)
+                try:
+                    append(forward_bytes(seq, id_, name, parents, data, label, t, const))
+                except struct.error:
+                    append(pack(event_map(event, seq, t0)))
             else:
                 out = event_map(event, seq, t0)
                 self.apply(out)
-                packed.append(pack(out))
+                append(pack(out))
         self.seq = seq
         if len(nodes) > self.max_nodes:
             self._forget()
@@ -142,27 +157,29 @@ class Hub:
         """Update the graph with one event (unknown kinds change nothing)."""
         kind, nodes = event["type"], self.nodes
         if kind == "forward":
-            nodes[event["id"]] = [
+            const = event.get("const")
+            nodes[event["id"]] = (
                 event.get("op"),
-                event.get("parents", []),
+                tuple(event.get("parents", ())),
                 event.get("data", 0.0),
-                0.0,
                 event.get("label", ""),
-                event.get("const"),
-            ]
+                tuple(const) if const else None,
+            )
             if len(nodes) > self.max_nodes:
                 self._forget()
             return
-        node = nodes.get(event.get("id"))
+        id_ = event.get("id")
+        node = nodes.get(id_)
         if node is None:
             return
+        op, parents, data, label, const = node
         if kind == "backward":
-            node[GRAD] = event["grad"]
+            self.grads[id_] = event["grad"]
         elif kind == "data":
-            node[DATA] = event["data"]
-            nodes[event["id"]] = nodes.pop(event["id"])  # renewed: forgotten last
+            del nodes[id_]  # renewed: re-inserted last, so it is forgotten last
+            nodes[id_] = (op, parents, event["data"], label, const)
         elif kind == "label":
-            node[LABEL] = event["label"]
+            nodes[id_] = (op, parents, data, event["label"], const)
 
     def _forget(self) -> None:
         """Forget the oldest nodes (by creation or last `data` change) down to 90% of the
@@ -171,6 +188,7 @@ class Hub:
         excess = len(nodes) - self.max_nodes * 9 // 10
         for id_ in list(itertools.islice(nodes, excess)):
             del nodes[id_]
+            self.grads.pop(id_, None)
 
     def upstream_lost(self, count: int) -> None:
         """The source lost `count` events before they were numbered: resync every viewer."""
@@ -181,17 +199,17 @@ class Hub:
 
     def snapshot_frames(self) -> list[bytes]:
         """The current graph as protocol frames: snapshot_begin, node maps, snapshot_end."""
-        pack, seq, nodes = self._pack, self.seq, self.nodes
+        pack, seq, nodes, grads = self._pack, self.seq, self.nodes, self.grads
         frames = [pack({"type": "snapshot_begin", "seq": seq, "nodes": len(nodes)})]
         ids = sorted(nodes)
         for start in range(0, len(ids), SNAPSHOT_FRAME_NODES):
             parts = []
             for id_ in ids[start : start + SNAPSHOT_FRAME_NODES]:
-                op, parents, data, grad, label, const = nodes[id_]
-                node = {"type": "node", "id": id_, "op": op, "parents": parents}
-                node.update(data=data, grad=grad, label=label)
+                op, parents, data, label, const = nodes[id_]
+                node = {"type": "node", "id": id_, "op": op, "parents": list(parents)}
+                node.update(data=data, grad=grads.get(id_, 0.0), label=label)
                 if const:
-                    node["const"] = const
+                    node["const"] = list(const)
                 parts.append(pack(node))
             frames.append(b"".join(parts))
         frames.append(pack({"type": "snapshot_end", "seq": seq}))

@@ -67,7 +67,7 @@ class Publisher:
     def start(self) -> Publisher:
         if self.engine.tracer is not None:
             raise RuntimeError(f"engine {self.engine.name!r} is already traced")
-        self.engine.tracer = self.tracer
+        self.tracer.attach()
         self._thread.start()
         self._ready.wait(self.connect_timeout + 1)
         if self.error:
@@ -84,8 +84,7 @@ class Publisher:
             self._done.set()
 
     def _fail(self, message: str) -> None:
-        if self.engine.tracer is self.tracer:
-            self.engine.tracer = None
+        self.tracer.detach()
         if self.error is None:
             self.error = message
             if self._ready.is_set():  # after start(): nobody else will report it
@@ -139,8 +138,7 @@ class Publisher:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop tracing, send what is buffered, and close the connection."""
-        if self.engine.tracer is self.tracer:
-            self.engine.tracer = None
+        self.tracer.detach()
         self._closing = True
         self._done.wait(timeout)
 

@@ -457,11 +457,11 @@ def static_response(static_dir: Path, path: str) -> Response:
 class EngineServer(TraceServer):
     """A server fed by one engine's tracer (what `engine.serve()` returns)."""
 
-    def __init__(self, engine: Engine, **options: Any):
+    def __init__(self, engine: Engine, *, buffer_limit: int = 2_000_000, **options: Any):
         ops = {name: op.plugin for name, op in engine.ops.definitions.items()}
         super().__init__(engine_name=engine.name, ops=ops, **options)
         self.engine = engine
-        self.tracer = Tracer(engine)
+        self.tracer = Tracer(engine, max_buffer=buffer_limit)
         self.add_source(self._drain_forever)
 
     def start(self) -> EngineServer:
@@ -471,7 +471,7 @@ class EngineServer(TraceServer):
                 f"close that server first"
             )
         super().start()
-        self.engine.tracer = self.tracer
+        self.tracer.attach()
         return self
 
     async def _drain_forever(self) -> None:
@@ -493,8 +493,7 @@ class EngineServer(TraceServer):
     def close(self) -> None:
         if self._closed:
             return
-        if self.engine.tracer is self.tracer:
-            self.engine.tracer = None
+        self.tracer.detach()
         if self.loop is not None and not self._finished.is_set():
             try:
                 self.flush(timeout=2)
@@ -505,13 +504,12 @@ class EngineServer(TraceServer):
     # pausing: the demo traces some steps and not others
     def pause(self) -> None:
         """Stop tracing the engine (nodes made meanwhile are announced when next used)."""
-        if self.engine.tracer is self.tracer:
-            self.engine.tracer = None
+        self.tracer.detach()
 
     def resume(self) -> None:
         """Trace the engine again after `pause()`."""
         if not self._closed and self.engine.tracer is None:
-            self.engine.tracer = self.tracer
+            self.tracer.attach()
 
     def touch(self, values: Any) -> None:
         """Announce changed data of `values` now (see `opgraph.trace.touch`)."""

@@ -52,8 +52,26 @@ def test_two_engines_with_different_op_sets_side_by_side():
     # each engine keeps its own Value class, and the built-in ops work in both
     assert type(x) is trig.Value and type(y) is cube.Value
     assert (x * 2).engine is trig and (y * 2).engine is cube
-    # and the default engine does not see either plugin
-    assert "sin" not in default_engine().ops
+    # and the default engine does not see either plugin (an installed one may provide sin)
+    default_ops = default_engine().ops.definitions
+    assert all(op.plugin not in ("Trig", "Cube") for op in default_ops.values())
+
+
+class LeakyRelu:
+    @hookimpl
+    def register_ops(register):
+        leaky = Op("relu", lambda a: max(a, 0.1 * a), lambda out, a: (1.0 if a > 0 else 0.1,))
+        register(leaky, replace=True)
+
+
+def test_one_op_name_two_meanings_in_two_engines():
+    leaky = opgraph.Engine(plugins=[LeakyRelu], entry_points=False)
+    plain = opgraph.Engine(entry_points=False)
+    x, y, z = leaky.value(-2.0), plain.value(-2.0), Value(-2.0)
+    assert (x.relu().data, y.relu().data, z.relu().data) == (-0.2, 0.0, 0.0)
+    x.relu().backward()
+    y.relu().backward()
+    assert (x.grad, y.grad) == (0.1, 0.0)
 
 
 def test_mixing_values_of_two_engines_raises():
@@ -165,3 +183,34 @@ def test_op_table_lookup_errors():
     with pytest.raises(KeyError):
         engine.ops["nope"]
     assert "nope" not in engine.ops
+
+
+class Counting:
+    """A plugin that counts how often the engine asks it for its ops."""
+
+    calls = 0
+
+    @hookimpl
+    def register_ops(register):
+        Counting.calls += 1
+        register(Op("sin", math.sin, lambda out, a: (math.cos(a),)))
+
+
+class NoPluginManager:
+    def __getattr__(self, name):
+        raise AssertionError(f"the plugin manager was used ({name}) during arithmetic")
+
+
+def test_arithmetic_never_calls_pluggy():
+    # The op table is built once when plugins change; ops and backward use only the table.
+    Counting.calls = 0
+    engine = opgraph.Engine(plugins=[Counting], entry_points=False)
+    assert Counting.calls == 1
+    engine.pm = NoPluginManager()
+    x = engine.value(0.3)
+    y = x
+    for _ in range(100):
+        y = (y * 1.01 + x.sin()).tanh() - 0.1 / (1 + y.exp())
+    y.backward()
+    assert x.grad != 0.0
+    assert Counting.calls == 1

@@ -260,6 +260,15 @@ def test_value_of_a_value_says_to_use_it_directly():
         Value(Value(1.0))
 
 
+def test_label_must_be_a_string():
+    a = Value(1.0)
+    with pytest.raises(TypeError, match="label must be a str.*new ops come from plugins"):
+        Value(2.0, (a,), "tanh")  # micrograd's internal constructor form
+    with pytest.raises(TypeError, match="label must be a str, got int"):
+        a.label = 3
+    assert a.label == ""
+
+
 def test_value_accepts_any_real_number():
     assert Value(Fraction(1, 4)).data == 0.25
     assert Value(True).data == 1.0
@@ -287,3 +296,14 @@ def test_non_numeric_operands(combine, op):
     message = str(info.value)
     assert f"op '{op}'" in message, message
     assert "operands must be Values or real numbers" in message
+
+
+def test_a_failed_backward_leaves_every_grad_as_it_was():
+    # A training loop that skips a bad minibatch must keep the gradients it has collected.
+    w = Value(0.0, label="w")
+    (w * 3 + 1).backward()  # a good example: w.grad = 3
+    bad = (w * 1.0) ** 0.5  # sqrt(0): infinite slope
+    with detect_anomaly(), pytest.raises(AnomalyError):
+        bad.backward()
+    assert w.grad == 3.0
+    assert all(node.grad == 0.0 for node in opgraph.topological_order(bad) if node is not w)

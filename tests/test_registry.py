@@ -211,6 +211,7 @@ def test_invalid_names():
     rejected(sin_op(name="not valid"), "must be a Python identifier")
     rejected(sin_op(name="backward"), "would shadow an attribute of Value")
     rejected(sin_op(name="_private"), "would shadow an attribute of Value")
+    rejected(sin_op(name="definitions"), "would shadow an attribute of Value or of the op table")
 
 
 def test_registering_something_that_is_not_an_op():

@@ -252,3 +252,36 @@ def test_abrupt_disconnects_do_not_disturb_the_engine_or_other_viewers():
     events, last, viewers = asyncio.run(main())
     assert [e["seq"] for e in events] == list(range(1, last + 1))
     assert viewers == 1  # the vanished viewers were cleaned up
+
+
+def test_events_lost_before_the_server_numbers_them_resync_every_viewer():
+    engine = new_engine()
+
+    async def main():
+        with engine.serve(port=0, buffer_limit=100) as server:
+            reader = await th.connect_reader(server.ws_url)
+            await reader.until(lambda e: e["type"] == "snapshot_end")
+            x = engine.value(0.5)
+            for _ in range(20_000):  # far faster than the loop drains a 100-event buffer
+                x = x.tanh()
+            last = await final_seq(server)
+            got = await reader.until(lambda e: e["type"] == "snapshot_end" or e.get("seq") == last)
+            if got[-1]["type"] == "snapshot_end":
+                got += await reader.until_seq(last) if last > got[-1]["seq"] else []
+            await reader.ws.close()
+            return got, last, x
+
+    got, last, x = asyncio.run(main())
+    drops = [e for e in got if e["type"] == "dropped"]
+    assert drops and drops[0]["count"] > 0
+    kinds = [e["type"] for e in got]
+    assert kinds[kinds.index("dropped") + 1] == "snapshot_begin"
+    seqs = [e["seq"] for e in got if e["type"] not in ("hello", "node", "dropped") and "seq" in e]
+    assert seqs == sorted(seqs) and seqs[-1] == last  # numbered events are never skipped
+    # what the viewer shows is a part of the real graph, exactly: no invented or stale node
+    from opgraph import topological_order
+
+    real = {n.id: n for n in topological_order(x)}
+    graph = th.graph_of(got)
+    assert graph and all(graph[i]["data"] == real[i].data for i in graph)
+    assert all(graph[i]["parents"] == [p.id for p in real[i].parents] for i in graph)

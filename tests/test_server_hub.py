@@ -200,6 +200,7 @@ def test_watch_prints_a_live_summary_and_the_client_reconnects():
         port_holder["port"] = server.port
         x = engine.value(2.0)
         (x * x).backward()
+        await asyncio.to_thread(server.flush)  # the first pass is numbered before watch joins
         out = io.StringIO()
         summary = asyncio.ensure_future(watch(server.ws_url, 0.2, 1.0, reconnect=False, out=out))
         while not server.stats()["viewers"]:  # joined: its snapshot is taken

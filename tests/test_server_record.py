@@ -126,7 +126,11 @@ def test_a_damaged_recording_replays_up_to_the_damage_and_says_where(tmp_path, c
     record_training(path, steps=1)
     whole = path.read_bytes()
     events = list(Recording(path))
-    keep = len(b"".join(msgpack.packb(e) for e in events[:10]))
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(whole)
+    for _ in range(10):
+        unpacker.unpack()
+    keep = unpacker.tell()  # the byte offset after the first 10 events
     damaged = tmp_path / "damaged.ogtrace"
     if cut == "truncated":
         damaged.write_bytes(whole[: keep + 7])  # 10 events, then 7 bytes of the 11th

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -63,6 +64,15 @@ def test_x_times_x_gradient_is_two_x():
     assert y._prev == (x, x)
     y.backward()
     assert x.grad == 6.0
+
+
+def test_x_to_the_x_uses_both_slots():
+    # d(x**x)/dx = x**x (ln x + 1): the base slot and the exponent slot both contribute
+    x = Value(2.0)
+    y = x**x
+    assert y._prev == (x, x)
+    y.backward()
+    assert x.grad == pytest.approx(4.0 * (math.log(2.0) + 1.0), rel=1e-14)
 
 
 def test_constant_exponent_is_part_of_the_op():
@@ -184,6 +194,20 @@ def test_accumulation_and_zero_grad_on_random_graphs(program):
     assert all(node.grad == 0.0 for node in topological_order(built.output))
 
 
+@settings(max_examples=40, deadline=None)
+@given(program=programs())
+def test_topological_order_on_random_graphs(program):
+    built = run(program, Value)
+    order = topological_order(built.output)
+    position = {node: i for i, node in enumerate(order)}
+    assert len(position) == len(order), "a node listed twice"
+    assert order[-1] is built.output
+    assert set(built.nodes[len(program.leaves) :]) <= set(order)  # every step reaches the output
+    for node in order:
+        for parent in node._prev:
+            assert position[parent] < position[node]
+
+
 # ---------------------------------------------------------------------------------------------
 # no_grad
 
@@ -198,6 +222,17 @@ def test_no_grad_records_no_graph():
     assert y._prev == () and y._op == ""
     z = x * 3
     assert z._prev == (x,) or len(z._prev) == 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(program=programs())
+def test_no_grad_computes_the_same_numbers_without_a_graph(program):
+    recorded = run(program, Value)
+    with no_grad():
+        quiet = run(program, Value)
+    for a, b in zip(recorded.nodes + [recorded.output], quiet.nodes + [quiet.output], strict=True):
+        assert a.data == b.data or (math.isnan(a.data) and math.isnan(b.data))
+        assert b._prev == () and b._op == ""
 
 
 def test_no_grad_result_is_a_leaf_for_backward():
@@ -236,15 +271,15 @@ def test_no_grad_is_per_thread():
     def quiet():
         with no_grad():
             inside.set()
-            release.wait(5)
+            release.wait(30)
             results["quiet"] = x * 2
 
     thread = threading.Thread(target=quiet)
     thread.start()
-    assert inside.wait(5)
+    assert inside.wait(30)
     results["main"] = x * 2  # while the other thread is inside no_grad()
     release.set()
-    thread.join(5)
+    thread.join(30)
     assert results["main"]._prev, "no_grad() of another thread leaked into this one"
     assert results["quiet"]._prev == ()
 
@@ -271,6 +306,21 @@ def test_no_grad_is_per_asyncio_task():
     quiet_result, recorded = asyncio.run(main())
     assert quiet_result._prev == ()
     assert recorded._prev
+
+
+def test_a_task_started_inside_no_grad_inherits_it():
+    # asyncio copies the context when a task is created, as for any context variable.
+    x = Value(2.0)
+
+    async def child():
+        return x * 2
+
+    async def main():
+        with no_grad():
+            task = asyncio.create_task(child())
+        return await task
+
+    assert asyncio.run(main())._prev == ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,6 +400,38 @@ def test_micrograd_draw_dot_trace_runs_on_opgraph_values():
     assert all(isinstance(n._op, str) for n in nodes)
     assert {n._op for n in nodes if n._prev} == {"mul", "add", "relu"}
     assert {n._op for n in nodes if not n._prev} == {""}
+
+
+def draw_dot(root):
+    """micrograd's draw_dot (from its trace_graph notebook), verbatim but for formatting."""
+    from graphviz import Digraph
+
+    dot = Digraph(format="svg", graph_attr={"rankdir": "LR"})
+    nodes, edges = trace(root)
+    for n in nodes:
+        uid = str(id(n))
+        label = "{ data %.4f | grad %.4f }" % (n.data, n.grad)  # noqa: UP031 (micrograd's code)
+        dot.node(name=uid, label=label, shape="record")
+        if n._op:
+            dot.node(name=uid + n._op, label=n._op)
+            dot.edge(uid + n._op, uid)
+    for n1, n2 in edges:
+        dot.edge(str(id(n1)), str(id(n2)) + n2._op)
+    return dot
+
+
+def test_micrograd_draw_dot_renders_opgraph_values():
+    x = Value(2.0)
+    y = (x**2 + x * 3).relu() / 4  # `pow 2` has a space, which graphviz must quote
+    y.backward()
+    dot = draw_dot(y)
+    op_nodes = sum(1 for n in topological_order(y) if n._op)
+    assert dot.source.count("shape=record") == len(topological_order(y))
+    assert dot.source.count("->") == op_nodes + len(trace(y)[1])
+    if shutil.which("dot"):
+        svg = dot.pipe(encoding="utf-8")
+        assert svg.count('class="node"') == len(topological_order(y)) + op_nodes
+        assert "pow 2" in svg
 
 
 def micrograd_nn_with(value_module: str) -> dict:

@@ -1,0 +1,147 @@
+"""Fast msgpack encoding of the two most frequent events, `forward` and `backward`.
+
+Packing a dict with msgpack costs a dict, and the packer walking it. These events have fixed
+keys, so most of their bytes are constant: `struct` writes the numbers into a template in one
+call. The result is ordinary msgpack (a map with the same keys, integers as uint32, floats as
+float64): any msgpack decoder reads it as the map `msgpack.packb` would give. Numbers that do
+not fit the template (ids past 2**32) raise `struct.error`; callers fall back to `packb`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import msgpack
+
+_pack = msgpack.Packer().pack
+
+
+def _key(name: str) -> bytes:
+    return _pack(name)
+
+
+# backward: {"type": "backward", "seq": u32, "id": u32, "grad": f64, "t": u32}
+_B_PARTS = (
+    b"\x85" + _key("type") + _pack("backward") + _key("seq") + b"\xce",
+    _key("id") + b"\xce",
+    _key("grad") + b"\xcb",
+    _key("t") + b"\xce",
+)
+_BACKWARD = struct.Struct(
+    ">" + "".join(f"{len(part)}s{fmt}" for part, fmt in zip(_B_PARTS, "IIdI", strict=True))
+)
+
+
+def backward_bytes(seq: int, id_: int, grad: float, t: int) -> bytes:
+    a, b, c, d = _B_PARTS
+    return _BACKWARD.pack(a, seq, b, id_, c, grad, d, t)
+
+
+# forward: {"type": "forward", "seq", "id", "op", "parents", "data", "label", "t"[, "const"]}
+_F_START = {
+    False: b"\x88" + _key("type") + _pack("forward") + _key("seq") + b"\xce",
+    True: b"\x89" + _key("type") + _pack("forward") + _key("seq") + b"\xce",
+}
+_F_ID = _key("id") + b"\xce"
+_F_HEAD = {
+    const: struct.Struct(f">{len(start)}sI{len(_F_ID)}sI") for const, start in _F_START.items()
+}
+_OP_KEY = _key("op")
+_PARENTS_KEY = _key("parents")
+_DATA = struct.Struct(f">{len(_key('data')) + 1}sd")
+_DATA_KEY = _key("data") + b"\xcb"
+_LABEL_KEY = _key("label")
+_T = struct.Struct(f">{len(_key('t')) + 1}sI")
+_T_KEY = _key("t") + b"\xce"
+_CONST_KEY = _key("const")
+_PARENTS = {
+    0: None,
+    1: struct.Struct(">BBI"),
+    2: struct.Struct(">BBIBI"),
+}
+_ops: dict[str | None, bytes] = {}
+
+
+def _parents_bytes(ids: Sequence[int]) -> bytes:
+    n = len(ids)
+    if n == 2:
+        return _PARENTS[2].pack(0x92, 0xCE, ids[0], 0xCE, ids[1])
+    if n == 1:
+        return _PARENTS[1].pack(0x91, 0xCE, ids[0])
+    if n == 0:
+        return b"\x90"
+    for id_ in ids:  # same rule as the rest: ids must fit in 32 bits
+        if not 0 <= id_ < 1 << 32:
+            raise struct.error("id out of range")
+    return _pack(list(ids))
+
+
+def forward_bytes(
+    seq: int,
+    id_: int,
+    op: str | None,
+    parents: Sequence[int],
+    data: float,
+    label: str,
+    t: int,
+    const: list[float] | None = None,
+) -> bytes:
+    if not label and not const and len(parents) <= 2:
+        template = _templates.get((op, len(parents)))
+        if template is None:
+            template = _templates[op, len(parents)] = _template(op, len(parents))
+        pack, parts = template
+        if len(parents) == 2:
+            a, b, c, d, e, f = parts
+            return pack(a, seq, b, id_, c, parents[0], d, parents[1], e, data, f, t)
+        if len(parents) == 1:
+            a, b, c, e, f = parts
+            return pack(a, seq, b, id_, c, parents[0], e, data, f, t)
+        a, b, c, f = parts
+        return pack(a, seq, b, id_, c, data, f, t)
+    return _forward_general(seq, id_, op, parents, data, label, t, const)
+
+
+# The common forward (no label, no constants, at most two parents) as one struct per op and
+# arity: constant byte strings between the numbers.
+_templates: dict[tuple[str | None, int], tuple] = {}
+
+
+def _template(op: str | None, arity: int) -> tuple:
+    head = _F_START[False]
+    op_part = _OP_KEY + _pack(op) + _PARENTS_KEY
+    tail = _LABEL_KEY + b"\xa0" + _T_KEY
+    if arity == 2:
+        parts = (head, _F_ID, op_part + b"\x92\xce", b"\xce", _DATA_KEY, tail)
+        formats = "IIIIdI"
+    elif arity == 1:
+        parts = (head, _F_ID, op_part + b"\x91\xce", _DATA_KEY, tail)
+        formats = "IIIdI"
+    else:
+        parts = (head, _F_ID, op_part + b"\x90" + _DATA_KEY, tail)
+        formats = "IIdI"
+    layout = "".join(f"{len(p)}s{f}" for p, f in zip(parts, formats, strict=True))
+    return struct.Struct(">" + layout).pack, parts
+
+
+def _forward_general(seq, id_, op, parents, data, label, t, const) -> bytes:
+    op_bytes = _ops.get(op)
+    if op_bytes is None:
+        op_bytes = _ops[op] = _pack(op)
+    has_const = bool(const)
+    parts = [
+        _F_HEAD[has_const].pack(_F_START[has_const], seq, _F_ID, id_),
+        _OP_KEY,
+        op_bytes,
+        _PARENTS_KEY,
+        _parents_bytes(parents),
+        _DATA.pack(_DATA_KEY, data),
+        _LABEL_KEY,
+        _pack(label) if label else b"\xa0",
+        _T.pack(_T_KEY, t),
+    ]
+    if has_const:
+        parts.append(_CONST_KEY)
+        parts.append(_pack(const))
+    return b"".join(parts)
