@@ -153,7 +153,7 @@ def test_nodes_labels_data_and_grads_appear_live(page, engine, server):
         assert row["data"] == value.data  # exact, in the row's data-data attribute
         assert row["cells"][3] == shown(value.data)  # as a learner reads it
     assert page.locator("#canvas").get_attribute("data-view") == "detail"
-    assert "no backward pass yet" in page.inner_text("#st-pass")
+    assert "no backward pass seen" in page.inner_text("#st-pass")
 
     y.backward()
     server.flush()

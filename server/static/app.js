@@ -781,7 +781,7 @@ class Viewer {
     const title = `opgraph · ${nodes} nodes${this.paused ? " · paused" : ""}`;
     if (document.title !== title) document.title = title;
     const pass = graph.lastPass;
-    let passText = "no backward pass yet";
+    let passText = "no backward pass seen";
     if (pass) {
       const where = this.stepIndex !== null ? `step ${this.stepIndex + 1} of ${pass.steps.length}`
         : pass.done ? `done, ${pass.steps.length} steps` : `running, ${pass.steps.length} steps`;
