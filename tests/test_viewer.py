@@ -251,6 +251,10 @@ def test_backward_highlight_order_and_stepping(page, engine, server):
     expect(page.locator("#node-list tr[aria-current=step]")).to_have_attribute(
         "data-id", str(order[-2])
     )
+    page.keyboard.press("Shift+ArrowLeft")  # 10 steps at a time, stopping at the first
+    shown_step = max(1, len(order) - 1 - 10)  # from step len-1 of 1..len
+    expect(page.locator("#step-info")).to_have_text(f"step {shown_step}/{len(order)}")
+    page.keyboard.press("End")
     page.locator("#step-first").click()
     expect(page.locator("#node-list tr[aria-current=step]")).to_have_attribute(
         "data-id", str(order[0])

@@ -503,8 +503,10 @@ class Viewer {
     const actions = {
       " ": () => this.togglePause(),
       k: () => this.togglePause(),
-      ArrowRight: () => this.step(1),
-      ArrowLeft: () => this.step(-1),
+      ArrowRight: () => this.step(event.shiftKey ? 10 : 1),
+      ArrowLeft: () => this.step(event.shiftKey ? -10 : -1),
+      PageDown: () => this.step(100),
+      PageUp: () => this.step(-100),
       Home: () => this.step("first"),
       End: () => this.step("last"),
       "/": () => $("search").focus(),
