@@ -516,6 +516,43 @@ def test_protocol_details_dropped_snapshot_unknown_kinds(page, server, tmp_path)
     expect(page.locator("#details [data-field=plugin]")).to_have_text("opgraph-sin")
 
 
+def test_backward_lights_up_node_by_node_as_events_arrive(page, server, tmp_path):
+    # Played back at 4 events per second, every backward step is on screen for a while.
+    events = [
+        hello(),
+        forward(1, 0, label="a", data=2.0),
+        forward(2, 1, label="b", data=3.0),
+        forward(3, 2, op="mul", parents=[0, 1], label="c", data=6.0),
+        forward(4, 3, op="add", parents=[2, 0], label="d", data=8.0),
+        {"type": "backward_begin", "seq": 5, "root": 3, "pass": 1},
+        {"type": "backward", "seq": 6, "id": 3, "grad": 1.0},
+        {"type": "backward", "seq": 7, "id": 2, "grad": 1.0},
+        {"type": "backward", "seq": 8, "id": 1, "grad": 2.0},
+        {"type": "backward", "seq": 9, "id": 0, "grad": 4.0},
+        {"type": "backward_end", "seq": 10, "root": 3, "pass": 1},
+    ]
+    open_viewer(page, server)
+    open_bytes(page, tmp_path, "abcd.ogtrace", frames(*events))
+    expect(page.locator("#st-pass")).to_have_text("backward pass 1: done, 4 steps")
+    page.evaluate(
+        r"""() => {
+            const canvas = document.querySelector("#canvas");
+            window.lit = [];
+            new MutationObserver(() => {
+                const m = canvas.getAttribute("aria-label").match(/Backward step at (.*)\.$/);
+                if (m && lit[lit.length - 1] !== m[1]) lit.push(m[1]);
+            }).observe(canvas, {attributes: true, attributeFilter: ["aria-label"]});
+        }"""
+    )
+    page.select_option("#speed", "4")  # slow down, and play it again
+    page.locator("#restart").click()
+    page.wait_for_function("() => lit.length >= 4")  # ~3 s: 11 events at 4 a second
+    expect(page.locator("#st-pass")).to_have_text("backward pass 1: done, 4 steps")
+    assert page.evaluate("lit") == ["d", "c", "b", "a"]  # the chain rule's order
+    grads = {r["label"]: r["grad"] for r in rows(page)}
+    assert grads == {"a": 4.0, "b": 2.0, "c": 1.0, "d": 1.0}
+
+
 def test_refuses_an_unknown_protocol_version(page, server, tmp_path):
     open_viewer(page, server)
     open_bytes(page, tmp_path, "v2.ogtrace", frames(hello(version=2), forward(1, 0, label="x")))
