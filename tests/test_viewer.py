@@ -553,12 +553,19 @@ def test_backward_lights_up_node_by_node_as_events_arrive(page, server, tmp_path
     assert grads == {"a": 4.0, "b": 2.0, "c": 1.0, "d": 1.0}
 
 
-def test_refuses_an_unknown_protocol_version(page, server, tmp_path):
+def test_refuses_an_unknown_protocol_version(page, engine, server, tmp_path):
     open_viewer(page, server)
     open_bytes(page, tmp_path, "v2.ogtrace", frames(hello(version=2), forward(1, 0, label="x")))
     expect(page.locator("#notice")).to_contain_text("speaks opgraph protocol 1")
     expect(page.locator("#notice")).to_contain_text("version 2")
     wait_nodes(page, 0)
+    # back to the live server, which speaks version 1
+    page.locator("#live").click()
+    expect(page.locator("#st-conn")).to_have_attribute("data-state", "open")
+    a = engine.value(1.0, label="live-again")
+    a.exp()
+    server.flush()
+    wait_nodes(page, 2)
 
 
 def test_a_damaged_recording_is_reported(page, server, tmp_path):
