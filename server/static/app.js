@@ -747,10 +747,12 @@ class Viewer {
       this.focus.sub = this.graph.neighbourhood(this.focus.center);
       this.focus.version = this.graph.version;
     }
+    const mode = this.mode;
+    if (mode !== this.drawnMode && mode !== "focus") this.follow = true; // a new picture: fit it
+    this.drawnMode = mode;
     if (this.follow) this.fitCamera();
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
-    const mode = this.mode;
     if (mode === "aggregate") {
       const layout = layoutGroups(this.graph);
       drawGroups(ctx, this.camera, width, height, this.graph, layout, this.selected,
