@@ -501,12 +501,13 @@ def test_protocol_details_dropped_snapshot_unknown_kinds(page, server, tmp_path)
             "ops": {"sin": "opgraph-sin"},
         },
         forward(13, 6, op="sin", parents=[5], label="from-a-run"),
+        forward(16, 7, label="after a gap of two"),  # seq 14 and 15 never came
     )
     open_bytes(page, tmp_path, "handmade.ogtrace", data)
     wait_rows(page, "rows.some(r => r.label === 'd')")
-    expect(page.locator("#st-dropped")).to_have_text("7 dropped")
+    expect(page.locator("#st-dropped")).to_have_text("7 dropped, 2 missing")
     listed = {r["id"]: r for r in rows(page)}
-    assert sorted(listed) == [0, 1, 3, 4, 5, 6]
+    assert sorted(listed) == [0, 1, 3, 4, 5, 6, 7]
     assert listed[1]["label"] == "b"  # the snapshot replaced what came before it
     assert listed[0]["grad"] == 0.5
     assert listed[3]["cells"][2] == "unseen"

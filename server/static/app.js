@@ -225,6 +225,7 @@ class Viewer {
     if (this.focus) this.setFocus(fresh.nodes.get(this.focus.center.id) ?? null);
     this.listKey = null;
     this.matchesVersion = -1;
+    if (fresh.size > MAX_NODES) this.compact();
   }
 
   compact() {
@@ -792,8 +793,11 @@ class Viewer {
       passText = `backward pass ${pass.pass}: ${where}`;
     }
     $("st-pass").textContent = passText;
-    $("st-dropped").textContent = `${this.dropped.toLocaleString("en-US")} dropped`;
-    $("st-dropped").classList.toggle("warn", this.dropped > 0);
+    // `gaps`: events missing from the sequence without a `dropped` to say so (never, unless
+    // something is wrong between the server and this page).
+    const missing = this.gaps ? `, ${this.gaps.toLocaleString("en-US")} missing` : "";
+    $("st-dropped").textContent = `${this.dropped.toLocaleString("en-US")} dropped${missing}`;
+    $("st-dropped").classList.toggle("warn", this.dropped > 0 || this.gaps > 0);
     $("st-paused").textContent = this.paused ? `paused · ${this.waitingText()} waiting` : "";
     const stepInfo = this.stepIndex !== null && pass ? `step ${this.stepIndex + 1}/${pass.steps.length}` : "";
     $("step-info").textContent = stepInfo;
