@@ -173,9 +173,10 @@ class Viewer {
     this.lastKind = type;
   }
 
-  // Live events count up by one; anything at or below the last seq was already applied.
+  // Live events, of every kind known or not, count up by one; anything at or below the
+  // last seq was already applied. hello and the snapshot markers repeat a seq instead.
   checkSeq(event) {
-    if (!LIVE_KINDS.has(event.type) || typeof event.seq !== "number") return true;
+    if (UNNUMBERED.has(event.type) || typeof event.seq !== "number") return true;
     if (event.seq <= this.lastSeq) return false;
     if (event.seq > this.lastSeq + 1) this.gaps += event.seq - this.lastSeq - 1;
     this.lastSeq = event.seq;
@@ -989,7 +990,7 @@ class Viewer {
   }
 }
 
-const LIVE_KINDS = new Set(["forward", "backward_begin", "backward", "backward_end", "data", "label", "run"]);
+const UNNUMBERED = new Set(["hello", "snapshot_begin", "snapshot_end"]);
 
 function setText(element, text) {
   if (element.textContent !== text) element.textContent = text;
