@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from pathlib import Path
 
 import msgpack
@@ -613,7 +614,23 @@ def test_aggregate_view_of_50000_nodes_stays_responsive(page, engine, server):
             }).observe({type: "longtask"});
         }"""
     )
-    loss = mlp_graph(engine, neurons=820)
+    # The program builds the graph in another thread while the page receives it.
+    built = []
+    builder = threading.Thread(target=lambda: built.append(mlp_graph(engine, neurons=820)))
+    builder.start()
+    try:
+        # Mid-load, the page answers a key press: Space pauses it with nodes still to come.
+        page.wait_for_function(
+            "() => Number(document.querySelector('#st-nodes').dataset.count) > 1000"
+        )
+        page.keyboard.press("Space")
+        expect(page.locator("#pause")).to_have_text("Resume")
+        expect(page.locator("#st-paused")).to_have_text(re.compile(r"^paused · [\d,]+ events"))
+        assert int(page.locator("#st-nodes").get_attribute("data-count")) < 50_000
+        page.keyboard.press("Space")
+    finally:
+        builder.join()
+    loss = built[0]
     total = loss.id + 1
     assert total >= 50_000
     loss.backward()
