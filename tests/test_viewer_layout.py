@@ -17,14 +17,15 @@ BUILD = """(events) => {
         const node = graph.addNode(event);
         seen.push([node.id, node.x, node.y]);
     }
+    const overview = graph.bands();
     const nodes = graph.order.map((n) => ({
         id: n.id, rank: n.rank, x: n.x, y: n.y, parents: n.parents, placeholder: n.placeholder,
-        group: n.group.key,
+        group: `${n.rank >> overview.shift} ${n.group.op}`,
     }));
-    const groups = [...graph.groups.values()].map((g) => ({key: g.key, op: g.op, count: g.count,
-        band: g.band}));
-    const edges = [...graph.groupEdges.values()].map((e) => [e.from.key, e.to.key, e.count]);
-    return {seen, nodes, groups, edges, edgeCount: graph.edgeCount, bandShift: graph.bandShift};
+    const groups = [...overview.groups.values()].map((g) => ({key: g.key, op: g.op,
+        count: g.count, band: g.band}));
+    const edges = [...overview.edges.values()].map((e) => [e.from.key, e.to.key, e.count]);
+    return {seen, nodes, groups, edges, edgeCount: graph.edgeCount, bandShift: overview.shift};
 }"""
 
 

@@ -757,8 +757,7 @@ class Viewer {
     ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
     if (mode === "aggregate") {
       const layout = layoutGroups(this.graph);
-      drawGroups(ctx, this.camera, width, height, this.graph, layout, this.selected,
-        this.graph.lastPass?.pass);
+      drawGroups(ctx, this.camera, width, height, layout, this.selected);
     } else {
       drawScene(ctx, this.camera, width, height, this.scene(), (node) => this.look(node),
         () => this.gradEdges());
@@ -967,11 +966,15 @@ class Viewer {
   }
 
   renderGroup(panel) {
-    const group = this.graph.groups.get(this.selected);
+    const group = this.graph.bands().groups.get(this.selected);
     if (!group) return;
-    const pass = this.graph.lastPass;
-    const reached = group.bwPass === pass?.pass ? group.bwDone : 0;
-    const members = group.ids.slice(0, 30).map((id) => this.nodeLink(id)).join("");
+    const reached = group.bwDone;
+    const firstIds = [];
+    for (const member of group.members) {
+      firstIds.push(...member.ids.slice(0, 30 - firstIds.length));
+      if (firstIds.length >= 30) break;
+    }
+    const members = firstIds.map((id) => this.nodeLink(id)).join("");
     panel.innerHTML = `
       <h2>${escapeHtml(group.op)} · ${group.ranks}</h2>
       <dl class="facts">

@@ -16,10 +16,10 @@ export class Graph {
     this.nextRow = []; // per rank: the first free row
     this.maxRank = 0;
     this.edgeCount = 0;
-    this.groups = new Map(); // "band op" -> group of the aggregate view
-    this.groupsByBand = []; // per band of ranks: its groups in arrival order
-    this.bandShift = 0; // a band holds 2**bandShift ranks
+    this.groups = new Map(); // "rank op" -> the nodes of one op in one rank
+    this.groupsByRank = []; // per rank: its groups in arrival order
     this.groupEdges = new Map(); // "from>to" group keys -> {from, to, count}
+    this.bandCache = null; // the overview's bands, for one version of the graph
     this.passes = []; // backward passes: {root, pass, steps: [{id, grad}], done}
     this.latest = null; // the node of the last forward event
     this.changed = new Set(); // ids whose row in the node list needs redrawing
@@ -109,35 +109,20 @@ export class Graph {
     this.addToGroup(node);
   }
 
-  // The aggregate view groups nodes by op within bands of ranks: one band per rank while
-  // there are few ranks, then 2, 4, 8... ranks per band so that at most MAX_BANDS columns
-  // remain (a summed loss makes chains thousands of ranks long).
+  // The overview counts nodes by op in each rank as they arrive (constant work per node);
+  // `bands()` merges ranks into at most MAX_BANDS columns when it is drawn.
   addToGroup(node) {
-    if (node.rank >> this.bandShift >= MAX_BANDS) {
-      while (node.rank >> this.bandShift >= MAX_BANDS) this.bandShift++;
-      this.regroup(); // the node is not listed yet: it is grouped below
-    }
-    const band = node.rank >> this.bandShift;
     const op = node.placeholder ? "(unseen)" : node.op ?? "leaf";
-    const key = `${band} ${op}`;
+    const key = `${node.rank} ${op}`;
     let group = this.groups.get(key);
     if (!group) {
-      const first = band << this.bandShift;
-      group = {
-        key, band, op, count: 0, ids: [], bwPass: 0, bwDone: 0,
-        ranks: this.bandShift ? `ranks ${first}–${first + (1 << this.bandShift) - 1}` : `rank ${first}`,
-      };
+      group = { key, rank: node.rank, op, count: 0, ids: [], bwPass: 0, bwDone: 0 };
       this.groups.set(key, group);
-      (this.groupsByBand[band] ??= []).push(group);
+      (this.groupsByRank[node.rank] ??= []).push(group);
     }
     group.count++;
     group.ids.push(node.id);
     node.group = group;
-    const pass = this.lastPass;
-    if (pass && node.bwPass === pass.pass) {
-      if (group.bwPass !== pass.pass) { group.bwPass = pass.pass; group.bwDone = 0; }
-      group.bwDone++;
-    }
     for (const id of node.parents) {
       const from = this.nodes.get(id)?.group;
       if (!from || from === group) continue;
@@ -148,11 +133,48 @@ export class Graph {
     }
   }
 
-  regroup() {
-    this.groups = new Map();
-    this.groupsByBand = [];
-    this.groupEdges = new Map();
-    for (const node of this.order) this.addToGroup(node);
+  /**
+   * The overview: ranks merged into bands of 1, 2, 4, 8... ranks so that at most MAX_BANDS
+   * columns remain (a summed loss makes chains thousands of ranks long), one group per op
+   * in each band, and the edges between groups.
+   */
+  bands() {
+    if (this.bandCache?.version === this.version) return this.bandCache;
+    let shift = 0;
+    while (this.maxRank >> shift >= MAX_BANDS) shift++;
+    const pass = this.lastPass?.pass;
+    const groups = new Map();
+    const byBand = [];
+    const bandOf = new Map(); // rank group -> its band group
+    this.groupsByRank.forEach((rankGroups, rank) => {
+      const band = rank >> shift;
+      for (const group of rankGroups ?? []) {
+        const key = `${band} ${group.op}`;
+        let merged = groups.get(key);
+        if (!merged) {
+          const first = band << shift;
+          const ranks = shift ? `ranks ${first}–${first + (1 << shift) - 1}` : `rank ${first}`;
+          merged = { key, band, op: group.op, ranks, count: 0, bwDone: 0, members: [] };
+          groups.set(key, merged);
+          (byBand[band] ??= []).push(merged);
+        }
+        merged.count += group.count;
+        if (group.bwPass === pass) merged.bwDone += group.bwDone;
+        merged.members.push(group);
+        bandOf.set(group, merged);
+      }
+    });
+    const edges = new Map();
+    for (const edge of this.groupEdges.values()) {
+      const from = bandOf.get(edge.from), to = bandOf.get(edge.to);
+      if (from === to) continue;
+      const key = `${from.key}>${to.key}`;
+      const merged = edges.get(key);
+      if (merged) merged.count += edge.count;
+      else edges.set(key, { from, to, count: edge.count });
+    }
+    this.bandCache = { version: this.version, shift, groups, byBand, edges };
+    return this.bandCache;
   }
 
   touch(node) {
@@ -228,7 +250,12 @@ export class Graph {
       copy.bwPass = node.bwPass;
       copy.bwStep = node.bwStep;
     }
-    fresh.regroup(); // counts the backward steps of the copies too
+    const pass = fresh.lastPass?.pass; // count the backward steps of the copies too
+    for (const node of fresh.order) {
+      if (node.bwPass !== pass || pass === undefined) continue;
+      if (node.group.bwPass !== pass) { node.group.bwPass = pass; node.group.bwDone = 0; }
+      node.group.bwDone++;
+    }
     return fresh;
   }
 

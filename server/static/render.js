@@ -279,7 +279,8 @@ export function layoutGroups(graph) {
   const boxes = new Map();
   let bottom = 0;
   let bands = 0;
-  graph.groupsByBand.forEach((groups, band) => {
+  const overview = graph.bands();
+  overview.byBand.forEach((groups, band) => {
     let y = 0;
     bands = Math.max(bands, band);
     for (const group of groups ?? []) {
@@ -289,10 +290,11 @@ export function layoutGroups(graph) {
     }
     bottom = Math.max(bottom, y);
   });
-  return { boxes, box: { left: 0, top: 0, right: bands * COLUMN_WIDTH + GROUP_W, bottom } };
+  const box = { left: 0, top: 0, right: bands * COLUMN_WIDTH + GROUP_W, bottom };
+  return { boxes, box, edges: overview.edges };
 }
 
-export function drawGroups(ctx, camera, width, height, graph, layout, selectedKey, passNumber) {
+export function drawGroups(ctx, camera, width, height, layout, selectedKey) {
   ctx.save();
   ctx.setTransform(camera.scale * devicePixelRatio, 0, 0, camera.scale * devicePixelRatio,
     camera.x * devicePixelRatio, camera.y * devicePixelRatio);
@@ -303,7 +305,7 @@ export function drawGroups(ctx, camera, width, height, graph, layout, selectedKe
   // Edges between groups, thicker for more edges; one stroke per thickness (strokes are
   // what costs, not path segments).
   const buckets = [];
-  for (const edge of graph.groupEdges.values()) {
+  for (const edge of layout.edges.values()) {
     const a = layout.boxes.get(edge.from.key), b = layout.boxes.get(edge.to.key);
     const x1 = a.x + a.w, y1 = a.y + a.h / 2, x2 = b.x, y2 = b.y + b.h / 2;
     if (Math.max(x1, x2) < left || Math.min(x1, x2) > right) continue;
@@ -326,7 +328,7 @@ export function drawGroups(ctx, camera, width, height, graph, layout, selectedKe
     ctx.fillStyle = group.op === "leaf" ? COLORS.leafStroke : COLORS.nodeStroke;
     if (tiny && !selected) {
       ctx.fillRect(x, y, w, h);
-      if (group.bwPass === passNumber && group.bwDone) {
+      if (group.bwDone) {
         ctx.fillStyle = COLORS.doneStroke;
         ctx.fillRect(x, y + h * (1 - group.bwDone / group.count), w, h * (group.bwDone / group.count));
       }
@@ -339,7 +341,7 @@ export function drawGroups(ctx, camera, width, height, graph, layout, selectedKe
     ctx.strokeStyle = selected ? COLORS.selected : COLORS.nodeStroke;
     ctx.stroke();
     // How much of the group the current backward pass has reached.
-    if (group.bwPass === passNumber && group.bwDone) {
+    if (group.bwDone) {
       ctx.fillStyle = COLORS.doneStroke;
       ctx.fillRect(x + 6, y + h - 4, (w - 12) * (group.bwDone / group.count), 3);
     }
