@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 # name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("opgraph.demo", "Train micrograd's moons MLP and draw a neuron's graph."),
+    "demo": ("opgraph.demo", "train micrograd's moons MLP and draw a neuron's graph"),
     "plugins": ("opgraph.plugin_cli", "list the op plugins, their distributions and their ops"),
     "serve": ("opgraph.server.server", "run a standalone trace hub that scripts publish to"),
     "replay": ("opgraph.server.replay", "serve a recorded trace (.ogtrace) to viewers"),

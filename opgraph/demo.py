@@ -152,9 +152,10 @@ def draw_neuron(model: MLP, X: Sequence[Sequence[float]], path: Path) -> Path:
 class ProgressBar:
     """A plain-text progress bar: redrawn in place on a terminal, a line per tenth elsewhere."""
 
-    def __init__(self, steps: int, stream: TextIO = sys.stderr, width: int = 30):
-        self.steps, self.stream, self.width = steps, stream, width
-        self.tty = stream.isatty()
+    def __init__(self, steps: int, stream: TextIO | None = None, width: int = 30):
+        self.steps, self.width = steps, width
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
         self.start = time.perf_counter()
         self.shown_tenths = -1
 
@@ -207,9 +208,19 @@ def run(args: argparse.Namespace) -> int:
         from opgraph.server.demo import run_served
 
         return run_served(args)
+    try:  # find out now, not after a minute of training, that the drawing cannot be written
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(
+            f"opgraph demo: --out {args.out}: cannot create the directory: {exc}", file=sys.stderr
+        )
+        return 2
     X, y = make_moons(100, noise=0.1, seed=args.seed)
     model = MLP(2, [16, 16, 1], rng=random.Random(args.seed))
-    print(f"{model}\n{len(model.parameters())} parameters, {len(X)} points, {args.steps} steps")
+    print(
+        f"training MLP(2, [16, 16, 1]) ({len(model.parameters())} parameters) on {len(X)} "
+        f"two-moons points for {args.steps} steps (seed {args.seed})"
+    )
     started = time.perf_counter()
     train(model, X, y, args.steps, on_step=ProgressBar(args.steps))
     final_loss, accuracy = evaluate(model, X, y)
@@ -220,5 +231,5 @@ def run(args: argparse.Namespace) -> int:
     except GraphvizNotFoundError as exc:
         print(f"no drawing of a neuron's graph: {exc}")
     else:
-        print(f"drew the graph of neuron L0.N0: {path}")
+        print(f"drew the graph of neuron L0.N0: {path.resolve()}")
     return 0

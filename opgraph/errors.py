@@ -58,12 +58,12 @@ class EngineMismatchError(OpgraphError, TypeError):
     """Values of two different engines were combined."""
 
 
+class GraphvizNotFoundError(OpgraphError, RuntimeError):
+    """Rendering a drawing needs Graphviz's `dot` program, which is not installed."""
+
+
 def describe(value) -> str:
     """A value as an error message shows it: its data, and its label when it has one."""
     label = getattr(value, "_label", "")
     data = getattr(value, "data", value)
     return f"{data!r} (label {label!r})" if label else repr(data)
-
-
-class GraphvizNotFoundError(OpgraphError, RuntimeError):
-    """Rendering a drawing needs Graphviz's `dot` program, which is not installed."""

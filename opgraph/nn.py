@@ -13,7 +13,7 @@ returns a Value, not a list). On top of that:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .engine import Engine, default_engine
@@ -63,6 +63,13 @@ def _activation_title(act: Activation) -> str:
     return "ReLU" if name == "relu" else name[:1].upper() + name[1:]
 
 
+def _as_inputs(x: Iterable[Value | float] | Value) -> Sequence[Value | float]:
+    """A list or tuple of inputs from any iterable, or from the Value a one-neuron layer returns."""
+    if isinstance(x, Value):
+        return [x]
+    return x if isinstance(x, list | tuple) else list(x)
+
+
 class Neuron(Module):
     """out = act(w . x + b), or w . x + b when `nonlin` is false."""
 
@@ -86,9 +93,8 @@ class Neuron(Module):
         self.act = act
         self.name = name
 
-    def __call__(self, x: Sequence[Value | float] | Value) -> Value:
-        if isinstance(x, Value):  # the output of a one-neuron layer
-            x = [x]
+    def __call__(self, x: Iterable[Value | float] | Value) -> Value:
+        x = _as_inputs(x)
         if len(x) != len(self.w):
             raise ValueError(
                 f"neuron {self.name or repr(self)} takes {len(self.w)} inputs, got {len(x)}"
@@ -112,10 +118,17 @@ class Neuron(Module):
 class Layer(Module):
     """`nout` neurons that read the same inputs. With one neuron it returns a Value."""
 
-    def __init__(self, nin: int, nout: int, *, name: str = "", **kwargs: Any):
-        self.neurons = [Neuron(nin, name=_join(name, f"N{i}"), **kwargs) for i in range(nout)]
+    def __init__(
+        self, nin: int, nout: int, *, name: str = "", engine: Engine | None = None, **kwargs: Any
+    ):
+        self.engine = engine if engine is not None else default_engine()
+        self.neurons = [
+            Neuron(nin, name=_join(name, f"N{i}"), engine=self.engine, **kwargs)
+            for i in range(nout)
+        ]
 
-    def __call__(self, x: Sequence[Value | float]) -> Value | list[Value]:
+    def __call__(self, x: Iterable[Value | float] | Value) -> Value | list[Value]:
+        x = _as_inputs(x)  # once, so that an iterator reaches every neuron
         out = [n(x) for n in self.neurons]
         return out[0] if len(out) == 1 else out
 
@@ -154,7 +167,7 @@ class MLP(Module):
             for i in range(len(nouts))
         ]
 
-    def __call__(self, x: Sequence[Value | float]) -> Value | list[Value]:
+    def __call__(self, x: Iterable[Value | float] | Value) -> Value | list[Value]:
         for layer in self.layers:
             x = layer(x)
         return x

@@ -79,6 +79,14 @@ class Tracer:
             self._ranges.append((int(self._since), self._last_id + 1))
             self._since = math.inf
 
+    def forget_all(self) -> None:
+        """Forget which nodes were announced (the consumer starts over): every node is
+        announced again, with its ancestors, when the program next uses it."""
+        self._known.clear()
+        self._ranges.clear()
+        self._since = math.inf
+        self._starting = True
+
     # --- the hooks the engine calls -------------------------------------------------------
 
     def forward(self, node: Value) -> None:

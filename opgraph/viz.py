@@ -70,19 +70,20 @@ def draw_dot(
     if max_nodes is not None and len(nodes) > max_nodes:
         raise ValueError(
             f"the graph of {root.label or f'node #{root.id}'} has {len(nodes):,} values, more "
-            f"than max_nodes={max_nodes:,}: Graphviz would take minutes or hours to lay it "
-            f"out. Pass max_nodes=None to draw it anyway, or watch it in the live viewer."
+            f"than max_nodes={max_nodes:,}, and Graphviz's layout time grows steeply with size "
+            f"(minutes for a few thousand values). Pass max_nodes=None to draw it anyway, or "
+            f"watch it in the live viewer."
         )
     dot = Drawing(format=format, graph_attr={"rankdir": rankdir})
     for node in nodes:
         name = str(node.id)
         label = f"{{ {_escape(node.label)} | data {node.data:.4f} | grad {node.grad:.4f} }}"
         dot.node(name, label=label, shape="record")
-        if node._opdef is not None:
+        if node.op is not None:
             # an op node feeds the record of its result; one edge per parent slot feeds it
-            dot.node(name + "op", label=node._op)
+            dot.node(name + "op", label=node.op.title)
             dot.edge(name + "op", name)
-            for parent in node._prev:
+            for parent in node.parents:
                 dot.edge(str(parent.id), name + "op")
     return dot
 

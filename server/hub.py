@@ -255,6 +255,7 @@ class Viewer:
         self.resync = False  # send dropped + snapshot before anything else
         self.want_snapshot = False  # the viewer asked for a snapshot
         self.wake = asyncio.Event()
+        self.sending = False  # a frame of the queue is being written
 
     def offer(self, frame: bytes, count: int) -> None:
         """Queue a frame of `count` events, or count them lost if the queue is full."""
@@ -290,7 +291,11 @@ class Viewer:
                     continue
                 frame, count = self.queue.popleft()
                 self.queued -= count
-                await self.send(frame)
+                self.sending = True
+                try:
+                    await self.send(frame)
+                finally:
+                    self.sending = False
 
     async def _send_snapshot(self) -> None:
         # Built synchronously: it reflects exactly the events up to hub.seq; the queue holds

@@ -47,8 +47,9 @@ def publish_url(url: str) -> str:
 class Publisher:
     """Sends one engine's trace to a hub from a background thread.
 
-    If the hub cannot be reached the publisher says so on stderr and stops tracing; if the
-    connection breaks later, the rest of the trace is dropped. The engine never waits.
+    If the hub cannot be reached at the start, the publisher says so on stderr and stops
+    tracing. If the connection breaks later, it reconnects (events made meanwhile are
+    dropped) and continues as a new run. The engine never waits.
     """
 
     def __init__(self, engine: Engine, url: str, *, connect_timeout: float = 5.0):
@@ -57,6 +58,8 @@ class Publisher:
         self.tracer = Tracer(engine)
         self.connect_timeout = connect_timeout
         self.sent = 0
+        self.dropped = 0  # events made while the hub was away
+        self.connections = 0  # how many times it connected (reconnections included)
         self.error: str | None = None
         self._seq = 0
         self._closing = False
@@ -92,49 +95,91 @@ class Publisher:
 
     async def _main(self) -> None:
         try:
-            ws = await asyncio.wait_for(
-                websockets.connect(
-                    self.url, subprotocols=[SUBPROTOCOL], max_size=None, compression=None
-                ),
-                self.connect_timeout,
-            )
+            ws = await self._connect()
         except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
             self._fail(f"cannot reach the hub at {self.url}: {exc}")
             return
-        async with ws:
-            hello = {
-                "type": "hello",
-                "seq": 0,
-                "protocol": "opgraph",
-                "version": 1,
-                "session": secrets.token_hex(8),
-                "pid": os.getpid(),
-                "t": (perf_counter_ns() - self.tracer.t0) // 1000,
-                **self.tracer.hello(),
-            }
-            await ws.send(msgpack.packb(hello))
-            self._ready.set()
+        self.connections += 1
+        self._ready.set()
+        while ws is not None:
             try:
-                await self._pump(ws)
+                async with ws:
+                    finished = await self._pump(ws)
+                problem = "it closed the connection"
             except ConnectionClosed as exc:
-                self._fail(f"the hub closed the connection ({exc})")
-
-    async def _pump(self, ws: Any) -> None:
-        pack, t0 = msgpack.Packer().pack, self.tracer.t0
-        while True:
-            closing = self._closing  # read before draining: a final drain follows it
-            events = self.tracer.drain(BATCH)
-            if events:
-                frame = []
-                for event in events:
-                    self._seq += 1
-                    frame.append(pack(event_map(event, self._seq, t0)))
-                await ws.send(b"".join(frame))
-                self.sent += len(events)
-            elif closing:
+                finished, problem = False, str(exc)
+            if finished or self._closing:
                 return
-            else:
-                await asyncio.sleep(SEND_INTERVAL)
+            print(f"opgraph: lost the hub at {self.url} ({problem}); reconnecting", file=sys.stderr)
+            ws = await self._reconnect()
+
+    async def _connect(self) -> Any:
+        """Open a connection to the hub and send this run's hello."""
+        ws = await asyncio.wait_for(
+            websockets.connect(
+                self.url, subprotocols=[SUBPROTOCOL], max_size=None, compression=None
+            ),
+            self.connect_timeout,
+        )
+        hello = {
+            "type": "hello",
+            "seq": 0,
+            "protocol": "opgraph",
+            "version": 1,
+            "session": secrets.token_hex(8),
+            "pid": os.getpid(),
+            "t": (perf_counter_ns() - self.tracer.t0) // 1000,
+            **self.tracer.hello(),
+        }
+        await ws.send(msgpack.packb(hello))
+        return ws
+
+    async def _reconnect(self) -> Any:
+        """Try again until the hub is back (or the program ends); None if it ends first.
+
+        Events made meanwhile are dropped. The hub sees the new connection as a new run that
+        knows no node, so the tracer forgets what it announced: nodes are announced again,
+        with their ancestors, when the program next uses them.
+        """
+        delay = 0.2
+        while not self._closing:
+            self.dropped += len(self.tracer.drain())
+            try:
+                ws = await self._connect()
+            except (OSError, TimeoutError, websockets.InvalidHandshake):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            self.tracer.forget_all()
+            self.dropped += len(self.tracer.drain())
+            self.connections += 1
+            print(f"opgraph: publishing to {self.url} again", file=sys.stderr)
+            return ws
+        return None
+
+    async def _pump(self, ws: Any) -> bool:
+        """Send events until the program ends (True) or the hub goes away (False)."""
+        pack, t0 = msgpack.Packer().pack, self.tracer.t0
+        closed = asyncio.ensure_future(ws.wait_closed())
+        try:
+            while True:
+                closing = self._closing  # read before draining: a final drain follows it
+                events = self.tracer.drain(BATCH)
+                if events:
+                    frame = []
+                    for event in events:
+                        self._seq += 1
+                        frame.append(pack(event_map(event, self._seq, t0)))
+                    await ws.send(b"".join(frame))
+                    self.sent += len(events)
+                elif closing:
+                    return True
+                else:  # idle: notice a hub that went away even with nothing to send
+                    done, _ = await asyncio.wait([closed], timeout=SEND_INTERVAL)
+                    if done:
+                        return False
+        finally:
+            closed.cancel()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop tracing, send what is buffered, and close the connection."""

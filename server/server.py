@@ -130,7 +130,6 @@ class TraceServer:
         self._closed = False
         self._tasks: set[asyncio.Task] = set()
         self._sources: list[Callable[[], Coroutine]] = []
-        self._on_close: list[Callable[[], None]] = []
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -241,7 +240,7 @@ class TraceServer:
 
     def _pending(self) -> bool:
         # A viewer waiting for its resync is settled: it will get a snapshot, not events.
-        return any(v.queue and not v.resync for v in self.hub.viewers)
+        return any((v.queue or v.sending) and not v.resync for v in self.hub.viewers)
 
     def _drain_now(self) -> None:
         """Overridden by sources that buffer outside the hub (the local tracer)."""
@@ -250,8 +249,6 @@ class TraceServer:
         """Stop serving: viewers are disconnected, the recording is closed."""
         if self._closed:
             return
-        for callback in self._on_close:
-            callback()
         self._closed = True
         # (Not Thread.is_alive(): after a KeyboardInterrupt in Thread.join() it can say False
         # while the thread still runs.)
@@ -355,8 +352,12 @@ class TraceServer:
         except ConnectionClosed:
             pass
 
+    def _refresh_ops(self) -> None:
+        """Overridden by servers whose ops can change (an engine gaining a plugin)."""
+
     async def _viewer(self, ws: ServerConnection) -> None:
         ws.protocol.max_message_size = CONTROL_MAX_SIZE
+        self._refresh_ops()
         viewer = Viewer(self.hub, ws.send, name=_peer(ws))
         sender = self._spawn(viewer.run(self.hub.join(viewer)))
         receiver = asyncio.ensure_future(self._control(ws, viewer))
@@ -489,6 +490,10 @@ class EngineServer(TraceServer):
         events = self.tracer.drain(DRAIN_BATCH)
         if events:
             self.hub.publish_traced(events, self.tracer.t0)
+
+    def _refresh_ops(self) -> None:
+        # A plugin registered after serve() started: new viewers' hello lists its ops too.
+        self.hub.ops = {name: op.plugin for name, op in self.engine.ops.definitions.items()}
 
     def close(self) -> None:
         if self._closed:

@@ -96,13 +96,14 @@ def test_late_joiner_gets_a_snapshot_then_the_stream_without_gap_or_duplicate():
         assert early_graph[p.id]["label"] == p.label
 
 
-def test_stalled_viewer_is_resynced_while_a_fast_one_loses_nothing():
+def test_stalled_viewer_is_resynced_while_a_fast_one_loses_nothing(tmp_path):
     engine = new_engine()
     params = [engine.value(0.001 * k) for k in range(300)]
     limit = 10_000  # more than one step makes: the fast viewer never overflows
+    recording = tmp_path / "run.ogtrace"
 
     async def main():
-        with engine.serve(port=0, queue_limit=limit) as server:
+        with engine.serve(port=0, queue_limit=limit, record=recording) as server:
             fast = await th.connect_reader(server.ws_url)
             # A viewer that stops reading: a tiny receive buffer and a one-frame queue.
             sock = socket.socket()
@@ -156,6 +157,12 @@ def test_stalled_viewer_is_resynced_while_a_fast_one_loses_nothing():
     fast_graph = th.graph_of([{"type": "hello"}, *fast_events])
     stalled_graph = th.graph_of(stalled_events)
     assert stalled_graph == fast_graph  # consistent: the same final graph
+    # the recording was made before any per-viewer dropping: it has every event
+    from opgraph.server.recording import Recording
+
+    recorded = list(Recording(recording))
+    assert [e["seq"] for e in recorded[1:]] == list(range(1, last + 1))
+    assert th.graph_of(recorded) == fast_graph
     assert sum(e["count"] for e in stalled_events if e["type"] == "dropped") > 0
 
 
@@ -285,3 +292,27 @@ def test_events_lost_before_the_server_numbers_them_resync_every_viewer():
     graph = th.graph_of(got)
     assert graph and all(graph[i]["data"] == real[i].data for i in graph)
     assert all(graph[i]["parents"] == [p.id for p in real[i].parents] for i in graph)
+
+
+def test_a_viewer_joining_after_a_plugin_was_added_hears_of_its_ops():
+    from opgraph import Op, hookimpl
+
+    class Square:
+        @hookimpl
+        def register_ops(self, register):
+            register(Op("square", lambda a: a * a, lambda out, a: (2 * a,)))
+
+    engine = new_engine()
+
+    async def hello(server):
+        reader = await th.connect_reader(server.ws_url)
+        first = await reader.next()
+        await reader.ws.close()
+        return first
+
+    with engine.serve(port=0) as server:
+        assert "square" not in asyncio.run(hello(server))["ops"]
+        engine.register(Square(), name="square-plugin")
+        y = engine.value(3.0).square()
+        assert asyncio.run(hello(server))["ops"]["square"] == "square-plugin"
+        assert y.data == 9.0

@@ -239,3 +239,58 @@ def test_watch_prints_a_live_summary_and_the_client_reconnects():
     for event in seen:
         rebuilt.apply(event)
     assert any(n["label"] == "after restart" for n in rebuilt.nodes.values())
+
+
+def test_a_publisher_reconnects_when_its_hub_restarts():
+    from opgraph.server.publish import Publisher
+    from opgraph.server.server import TraceServer
+
+    def hub(port=0):
+        return TraceServer(engine_name="hub", ops={}, port=port, accept_publishers=True).start()
+
+    def labels(server):
+        async def read():
+            reader = await th.connect_reader(server.ws_url)
+            got = await reader.until(lambda e: e["type"] == "snapshot_end")
+            await reader.ws.close()
+            return th.graph_of(got)
+
+        return {n["label"]: n for n in asyncio.run(read()).values()}
+
+    def wait_for(server, label):
+        for _ in range(400):
+            if label in labels(server):
+                return
+            asyncio.run(asyncio.sleep(0.025))
+        raise AssertionError(f"{label!r} never reached the hub")
+
+    engine = Engine(name="publisher", entry_points=False)
+    first = hub()
+    publisher = Publisher(engine, first.publish_url).start()
+    try:
+        w = engine.value(0.5, label="w")
+        h = (w * 3.0).tanh()
+        h.label = "h"
+        wait_for(first, "h")
+        port = first.port
+        first.close()
+        second = hub(port)  # the same address: the publisher finds it again
+        try:
+            for _ in range(400):
+                if publisher.connections == 2:
+                    break
+                asyncio.run(asyncio.sleep(0.025))
+            out = h + w  # uses nodes announced to the first hub only
+            out.label = "out"
+            wait_for(second, "out")
+            graph = labels(second)
+        finally:
+            second.close()
+    finally:
+        publisher.close()
+    assert publisher.connections == 2 and publisher.error is None
+    # the new run re-announced what `out` is built from, so the graph is whole
+    assert graph["out"]["op"] == "add" and graph["h"]["op"] == "tanh"
+    assert graph["w"]["op"] is None and graph["w"]["data"] == 0.5
+    ids = {label: i for i, n in enumerate(graph.values()) for label in [n["label"]]}
+    assert len(ids) == len(graph)

@@ -281,3 +281,34 @@ def test_the_default_page_is_the_viewers_directory():
     from opgraph.server.server import STATIC_DIR
 
     assert STATIC_DIR.name == "static" and STATIC_DIR.parent.name == "server"
+
+
+def test_publishing_needs_a_hub_its_token_and_no_foreign_origin():
+    import msgpack as mp
+
+    hub = TraceServer(engine_name="hub", ops={}, port=0, token="tok", accept_publishers=True)
+
+    async def attempt(url, origin=None, frames=()):
+        try:
+            ws = await websockets.connect(url, origin=origin, subprotocols=["opgraph.v1"])
+        except websockets.InvalidStatus as exc:
+            return exc.response.status_code
+        for frame in frames:
+            await ws.send(frame)
+        code = await th.close_code(ws, timeout=2) if frames else None
+        await ws.close()
+        return code or 101
+
+    with hub.start():
+        base = f"ws://127.0.0.1:{hub.port}/publish"
+        assert asyncio.run(attempt(base)) == 403
+        assert asyncio.run(attempt(base + "?token=tok", origin="http://evil.example")) == 403
+        assert asyncio.run(attempt(base + "?token=tok")) == 101
+        # a publisher must start with an opgraph hello, and send msgpack maps
+        not_hello = mp.packb({"type": "forward", "id": 0})
+        assert asyncio.run(attempt(base + "?token=tok", frames=[not_hello])) == 1008
+        assert asyncio.run(attempt(base + "?token=tok", frames=[b"\xc1"])) == 1007
+        assert hub.stats()["nodes"] == 0
+    engine = Engine(name="not-a-hub", entry_points=False)
+    with engine.serve(port=0) as server:  # a script's own server takes no publishers
+        assert asyncio.run(attempt(f"ws://127.0.0.1:{server.port}/publish")) == 404
