@@ -317,6 +317,11 @@ def test_search_jumps_to_nodes(page, engine, server):
     page.fill("#search", "nothing-like-this")
     page.keyboard.press("Enter")
     expect(page.locator("#search-info")).to_have_text("no match")
+    # the node list works from the keyboard: focus a row, Enter selects it
+    page.fill("#search", "")
+    page.locator("#node-list tr[data-label='x2']").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#details h2")).to_have_text("x2")
     # clicking an input in the details panel goes to that node
     page.fill("#search", "")
     page.locator("#node-list tr[data-label='n']").click()

@@ -477,6 +477,12 @@ class Viewer {
       const row = event.target.closest("tr[data-id]");
       if (row) this.select(this.graph.nodes.get(Number(row.dataset.id)), { center: true });
     };
+    $("node-list").onkeydown = (event) => {
+      const row = event.target.closest("tr[data-id]");
+      if (!row || event.key !== "Enter") return;
+      event.preventDefault();
+      this.select(this.graph.nodes.get(Number(row.dataset.id)), { center: true });
+    };
     $("details").onclick = (event) => this.detailsClick(event);
     document.addEventListener("keydown", (event) => this.keydown(event));
     document.addEventListener("dragover", (event) => event.preventDefault());
@@ -870,6 +876,7 @@ class Viewer {
   makeRow(node) {
     const row = document.createElement("tr");
     row.dataset.id = String(node.id);
+    row.tabIndex = 0; // rows are reachable with Tab; Enter selects one
     for (let i = 0; i < 5; i++) row.append(document.createElement("td"));
     this.fillRow(row, node);
     this.rows.set(node.id, row);
