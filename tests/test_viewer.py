@@ -15,7 +15,7 @@ from pathlib import Path
 import msgpack
 import pytest
 from playwright.sync_api import expect, sync_playwright
-from viewer_support import launch
+from viewer_support import STATIC, launch
 
 from opgraph import Engine, topological_order
 from opgraph.trace import touch
@@ -739,6 +739,25 @@ def test_keyboard_help(page, server):
     expect(help_dialog).to_contain_text("pause / resume the live view")
     page.keyboard.press("Escape")
     expect(help_dialog).to_be_hidden()
+
+
+def test_protocol_md_browser_client_runs_with_the_viewers_msgpack_module(page, tmp_path):
+    """The ```html example of docs/protocol.md, served beside the viewer's msgpack.js."""
+    protocol = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    (example,) = re.findall(r"```html\n(.*?)```", protocol, flags=re.S)
+    static = tmp_path / "static"
+    static.mkdir()
+    page_html = f'<!doctype html><title>-</title><link rel="icon" href="data:,">\n{example}'
+    (static / "index.html").write_text(page_html)
+    (static / "msgpack.js").write_text((STATIC / "msgpack.js").read_text())
+    engine = Engine(name="docs-client")
+    with engine.serve(port=0, static_dir=static) as server:
+        page.goto(server.url)
+        x = engine.value(0.5, label="x")
+        y = x * x
+        y.backward()
+        server.flush()
+        expect(page).to_have_title(f"{y.id + 1} nodes")  # ids count the nodes from 0
 
 
 def test_static_files_are_served_with_module_content_types(server):
