@@ -193,6 +193,18 @@ def test_data_and_label_changes_update_the_page(page, engine, server):
     assert listed[p.id]["data"] == p.data
     assert listed[loss.id]["label"] == "loss"
 
+    # a label is text, never markup: it cannot inject elements into the page
+    sneaky = '<img src=x onerror="document.title=`pwned`">'
+    q = engine.value(3.0, label=sneaky)
+    (q * p).label = "uses it"
+    server.flush()
+    page.locator("#node-list tr[data-label='uses it']").click()
+    expect(page.locator("#details button[data-goto]").first).to_contain_text(sneaky)
+    page.locator("#details button[data-goto]").first.click()
+    expect(page.locator("#details h2")).to_have_text(sneaky)
+    assert page.locator("#details img").count() == 0
+    assert page.title() != "pwned"
+
 
 def test_status_bar(page, engine, server):
     open_viewer(page, server)
