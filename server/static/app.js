@@ -4,8 +4,8 @@
 import { Graph } from "./graph.js";
 import { Reader } from "./msgpack.js";
 import {
-  Camera, NODE_H, NODE_W, drawGroups, drawScene, formatNumber, layoutGroups, nodeTitle, opText,
-  sceneBox,
+  Camera, NODE_H, NODE_W, dataText, drawGroups, drawScene, gradText, layoutGroups, nodeTitle,
+  opText, sceneBox,
 } from "./render.js";
 import { LiveSource, readRecording, streamUrl } from "./source.js";
 
@@ -632,8 +632,8 @@ class Viewer {
       const node = hit.node;
       const look = this.look(node);
       const op = node.op ? ` · ${opText(node)}` : node.placeholder ? " · unseen" : " · leaf";
-      tip.textContent = `${nodeTitle(node)}${op}\ndata ${formatNumber(node.data)}\n` +
-        `grad ${look.gradShown ? formatNumber(node.grad) : "not reached yet"}`;
+      tip.textContent = `${nodeTitle(node)}${op}\ndata ${dataText(node)}\n` +
+        `grad ${gradText(node, look, "not reached yet")}`;
     } else {
       const group = hit.group;
       tip.textContent = `${group.op} · ${group.ranks}\n${group.count.toLocaleString("en-US")} nodes`;
@@ -891,8 +891,8 @@ class Viewer {
     setText(cells[0], String(node.id));
     setText(cells[1], node.label);
     setText(cells[2], node.op ? opText(node) : node.placeholder ? "unseen" : "leaf");
-    setText(cells[3], formatNumber(node.data));
-    setText(cells[4], look.gradShown ? formatNumber(node.grad) : "…");
+    setText(cells[3], dataText(node));
+    setText(cells[4], gradText(node, look));
     setData(row, "label", node.label);
     setData(row, "op", node.op ?? "");
     setData(row, "data", String(node.data));
@@ -954,8 +954,8 @@ class Viewer {
         <dt>op</dt><dd data-field="op">${node.op ? escapeHtml(node.op) : node.placeholder ? "not seen by this viewer" : "leaf (input or parameter)"}</dd>
         ${node.op ? `<dt>plugin</dt><dd data-field="plugin">${escapeHtml(plugin)}</dd>` : ""}
         ${node.const ? `<dt>constants</dt><dd data-field="const">${node.const.map(String).join(", ")}</dd>` : ""}
-        <dt>data</dt><dd data-field="data">${String(node.data)}</dd>
-        <dt>grad</dt><dd data-field="grad">${look.gradShown ? String(node.grad) : "not reached yet"}</dd>
+        <dt>data</dt><dd data-field="data">${node.placeholder ? "?" : String(node.data)}</dd>
+        <dt>grad</dt><dd data-field="grad">${node.placeholder ? "?" : look.gradShown ? String(node.grad) : "not reached yet"}</dd>
         <dt>rank</dt><dd data-field="rank">${node.rank}</dd>
         <dt>backward</dt><dd data-field="step">${step}</dd>
       </dl>
@@ -967,7 +967,7 @@ class Viewer {
   nodeLink(id, prefix = "") {
     const node = this.graph.nodes.get(id);
     const name = node ? escapeHtml(nodeTitle(node)) : `#${id}`;
-    const value = node ? ` = ${formatNumber(node.data)}` : "";
+    const value = node ? ` = ${dataText(node)}` : "";
     const what = node?.op ? ` <span class="op">${escapeHtml(opText(node))}</span>` : "";
     return `<li><button class="link" data-goto="${id}">${prefix ? `<span class="muted">${prefix}</span> ` : ""}${name}${value}${what}</button></li>`;
   }

@@ -43,6 +43,16 @@ export function formatNumber(value) {
   return String(Number(value.toPrecision(4)));
 }
 
+/** A node's data and grad as shown; a parent this viewer never saw has neither. */
+export function dataText(node) {
+  return node.placeholder ? "?" : formatNumber(node.data);
+}
+
+export function gradText(node, look, pending = "…") {
+  if (node.placeholder) return "?";
+  return look.gradShown ? formatNumber(node.grad) : pending;
+}
+
 export function opText(node) {
   if (node.placeholder) return "?";
   if (!node.op) return "";
@@ -266,10 +276,10 @@ function drawNode(ctx, node, x, y, look, scale) {
   ctx.fillText("data", x + 8, y + 32);
   ctx.fillText("grad", x + 8, y + 47);
   ctx.fillStyle = COLORS.text;
-  ctx.fillText(formatNumber(node.data), x + 46, y + 32, NODE_W - 52);
+  ctx.fillText(dataText(node), x + 46, y + 32, NODE_W - 52);
   ctx.fillStyle = look.gradShown ? (look.state === "plain" ? COLORS.text : COLORS.currentStroke)
     : COLORS.pending;
-  ctx.fillText(look.gradShown ? formatNumber(node.grad) : "…", x + 46, y + 47, NODE_W - 52);
+  ctx.fillText(gradText(node, look), x + 46, y + 47, NODE_W - 52);
 }
 
 // --- the aggregate view ---------------------------------------------------------------------
