@@ -1,0 +1,1022 @@
+// The viewer page: receives trace events, applies them to the graph a slice at a time
+// (so the tab never freezes), draws, and wires up the controls.
+
+import { Graph } from "./graph.js";
+import { Reader } from "./msgpack.js";
+import {
+  Camera, NODE_H, NODE_W, dataText, drawGroups, drawScene, gradText, layoutGroups, nodeTitle,
+  opText, sceneBox,
+} from "./render.js";
+import { LiveSource, readRecording, streamUrl } from "./source.js";
+
+const params = new URLSearchParams(location.search);
+// Above this many nodes the whole-graph view shows op groups per rank instead of nodes.
+const THRESHOLD = Number(params.get("threshold")) || 3000;
+// Past this many nodes the page keeps only the newest half (and the inputs they use).
+const MAX_NODES = Number(params.get("max_nodes")) || 400_000;
+const LIST_LIMIT = 400; // rows in the node list; search narrows it down
+const SLICE_MS = 12; // work per slice before the page gets to draw and handle input
+const DECODE_AHEAD = 20_000; // events decoded ahead of those applied; the rest stay bytes
+const DRAW_INTERVAL_MS = 100; // while a stream is being applied, draw ~10 times a second
+const $ = (id) => document.getElementById(id);
+
+class Viewer {
+  constructor() {
+    this.canvas = $("canvas");
+    this.ctx = this.canvas.getContext("2d");
+    this.camera = new Camera();
+    this.follow = true; // fit the camera to the graph as it grows, until the user moves it
+    this.frames = []; // Readers of received bytes not yet decoded
+    this.pending = []; // decoded events waiting to be applied (while paused)
+    this.pendingHead = 0;
+    this.paused = false;
+    this.rate = 0; // playback speed of a recording in events/s; 0: as fast as possible
+    this.allowance = 0;
+    this.source = null;
+    this.recording = null; // {name, bytes} while playing a recording
+    this.scheduled = false;
+    this.drawRequested = false;
+    this.eventsThisSecond = 0;
+    this.eventsPerSecond = 0;
+    this.resetSession();
+    this.bindControls();
+    new ResizeObserver(() => this.resize()).observe($("stage"));
+    setInterval(() => this.tickRate(), 1000);
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => this.pump();
+    this.wakePort = channel.port2;
+  }
+
+  /** Forget everything about the current session: a new server or a new recording. */
+  resetSession() {
+    this.graph = new Graph();
+    this.staging = null; // a snapshot being received
+    this.session = null;
+    this.ops = {};
+    this.engineName = "";
+    this.protocolVersion = null;
+    this.lastSeq = 0;
+    this.gaps = 0;
+    this.dropped = 0;
+    this.selected = null; // a node id, or a group key in the overview
+    this.focus = null; // {center, sub}: the neighbourhood view of a big graph
+    this.stepIndex = null; // stepping through the last backward pass
+    this.query = "";
+    this.matches = [];
+    this.matchIndex = -1;
+    this.matchSet = new Set();
+    this.matchesVersion = -1;
+    this.lastKind = "";
+    this.listKey = null;
+    this.shownVersion = -1;
+    this.follow = true;
+    if (this.canvas) this.requestDraw();
+  }
+
+  // --- receiving ------------------------------------------------------------------------
+
+  receive(bytes) {
+    this.frames.push(new Reader(bytes));
+    this.wake();
+  }
+
+  wake() {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    this.wakePort.postMessage(0);
+  }
+
+  // Decode and apply events for one slice of time, then give the page back to the browser.
+  pump() {
+    this.scheduled = false;
+    const deadline = performance.now() + SLICE_MS;
+    let waitForAllowance = false;
+    this.refillAllowance();
+    while (performance.now() < deadline) {
+      if (!this.paused && this.pendingHead < this.pending.length) {
+        if (this.allowance < 1) { waitForAllowance = true; break; }
+        this.allowance--;
+        this.apply(this.pending[this.pendingHead++]);
+        continue;
+      }
+      const reader = this.frames[0];
+      if (!reader || this.waiting >= DECODE_AHEAD) break; // the rest waits as bytes
+      if (reader.done) { this.frames.shift(); continue; }
+      try {
+        this.pending.push(reader.next());
+        this.eventsThisSecond++;
+      } catch (err) {
+        this.notice(`Could not read the trace: ${err.message}`);
+        this.frames.shift();
+      }
+    }
+    if (this.pendingHead > 4096 && this.pendingHead * 2 > this.pending.length) {
+      this.pending = this.pending.slice(this.pendingHead);
+      this.pendingHead = 0;
+    }
+    this.requestDraw(false);
+    const work = (this.frames.length && this.waiting < DECODE_AHEAD)
+      || (!this.paused && this.waiting > 0);
+    if (waitForAllowance) setTimeout(() => this.wake(), Math.max(4, 1000 / this.rate));
+    else if (work) this.wake();
+  }
+
+  // Events a recording may apply now at its playback speed (live streams: no limit).
+  refillAllowance() {
+    const now = performance.now();
+    if (!this.rate || !this.recording) { this.allowance = Infinity; this.lastRefill = now; return; }
+    if (!Number.isFinite(this.allowance)) this.allowance = 0;
+    const elapsed = (now - (this.lastRefill ?? now)) / 1000;
+    this.allowance = Math.min(this.allowance + elapsed * this.rate, Math.max(1, this.rate / 4));
+    this.lastRefill = now;
+  }
+
+  get waiting() {
+    return this.pending.length - this.pendingHead;
+  }
+
+  waitingText() {
+    const events = `${this.waiting.toLocaleString("en-US")} events`;
+    const bytes = this.frames.reduce((sum, reader) => sum + reader.bytes.length - reader.offset, 0);
+    if (!bytes) return events;
+    return `${events} and ${(bytes / 1e6).toFixed(1)} MB`;
+  }
+
+  /** Apply one protocol event (docs/protocol.md) to the model. */
+  apply(event) {
+    if (!event || typeof event !== "object") return;
+    const type = event.type;
+    if (this.refused && type !== "hello") return; // a stream this viewer cannot read
+    if (!this.checkSeq(event)) return;
+    const target = this.staging ?? this.graph;
+    switch (type) {
+      case "hello": return this.hello(event);
+      case "forward":
+        this.graph.addNode(event);
+        if (this.graph.size > MAX_NODES) this.compact();
+        break;
+      case "snapshot_begin":
+        this.staging = new Graph();
+        this.snapshotTotal = event.nodes ?? 0;
+        break;
+      case "node": target.addNode(event); break;
+      case "snapshot_end": this.finishSnapshot(event); break;
+      case "backward_begin": this.graph.beginPass(event.root, event.pass); break;
+      case "backward": this.graph.backwardStep(event.id, event.grad); break;
+      case "backward_end": this.graph.endPass(); break;
+      case "data": this.graph.setData(event.id, event.data); break;
+      case "label": this.graph.setLabel(event.id, event.label); break;
+      case "dropped": this.dropped += event.count ?? 0; break;
+      case "run": this.run(event); break;
+      default: return; // unknown kinds are ignored: the protocol grows by adding them
+    }
+    this.lastKind = type;
+  }
+
+  // Live events, of every kind known or not, count up by one; anything at or below the
+  // last seq was already applied. hello and the snapshot markers repeat a seq instead.
+  checkSeq(event) {
+    if (UNNUMBERED.has(event.type) || typeof event.seq !== "number") return true;
+    if (event.seq <= this.lastSeq) return false;
+    if (event.seq > this.lastSeq + 1) this.gaps += event.seq - this.lastSeq - 1;
+    this.lastSeq = event.seq;
+    return true;
+  }
+
+  hello(event) {
+    this.refused = event.protocol !== "opgraph" || event.version !== 1;
+    if (this.refused) {
+      this.source?.stop();
+      this.frames = [];
+      this.notice(`This viewer speaks opgraph protocol 1; the server sent ` +
+        `${event.protocol} version ${event.version}. Upgrade the page or the server.`);
+      return;
+    }
+    if (this.session !== null && event.session !== this.session) {
+      const source = this.recording ? "recording" : "server";
+      this.resetSession();
+      this.notice(`New ${source} session: the view was cleared.`);
+    }
+    this.session = event.session;
+    this.ops = { ...(event.ops ?? {}) };
+    this.engineName = event.engine ?? "";
+    this.protocolVersion = event.version;
+    this.lastSeq = event.seq ?? 0;
+    this.lastKind = "hello";
+  }
+
+  finishSnapshot(event) {
+    const old = this.graph;
+    const fresh = this.staging ?? new Graph();
+    this.staging = null;
+    // Keep the backward passes seen so far, so stepping still works after a resync.
+    fresh.passes = old.passes;
+    const pass = fresh.lastPass;
+    if (pass) {
+      pass.steps.forEach((step, index) => {
+        const node = fresh.nodes.get(step.id);
+        if (node) { node.bwPass = pass.pass; node.bwStep = index; }
+      });
+    }
+    this.graph = fresh;
+    this.lastSeq = event.seq ?? this.lastSeq;
+    if (this.selected !== null && typeof this.selected === "number" && !fresh.nodes.has(this.selected)) {
+      this.selected = null;
+    }
+    if (this.focus) this.setFocus(fresh.nodes.get(this.focus.center.id) ?? null);
+    this.listKey = null;
+    this.matchesVersion = -1;
+    if (fresh.size > MAX_NODES) this.compact();
+  }
+
+  compact() {
+    const keep = Math.floor(MAX_NODES / 2);
+    this.graph = this.graph.compacted(keep);
+    if (this.focus) this.setFocus(this.graph.nodes.get(this.focus.center.id) ?? null);
+    if (typeof this.selected === "number" && !this.graph.nodes.has(this.selected)) this.selected = null;
+    this.matchesVersion = -1;
+    this.notice(`Over ${MAX_NODES.toLocaleString("en-US")} nodes: kept the newest ` +
+      `${keep.toLocaleString("en-US")} and the inputs they use.`);
+  }
+
+  run(event) {
+    if (event.state === "start") {
+      Object.assign(this.ops, event.ops ?? {});
+      this.notice(`Run ${event.source ?? ""} started`);
+    } else if (event.state === "end") {
+      this.notice(`Run ${event.source ?? ""} ended`);
+    }
+  }
+
+  // --- sources --------------------------------------------------------------------------
+
+  startLive() {
+    const url = streamUrl(location);
+    this.recording = null;
+    this.showRecordingControls(false);
+    if (!url) {
+      this.setConnection("offline", "no server: open a recording");
+      return;
+    }
+    this.source?.stop();
+    this.source = new LiveSource(url, {
+      onFrame: (bytes) => this.receive(bytes),
+      onState: (state, detail) => this.setConnection(state, detail),
+    });
+    this.source.start();
+  }
+
+  async openRecording(file) {
+    const bytes = await readRecording(file);
+    this.playRecording(file.name, bytes);
+  }
+
+  playRecording(name, bytes) {
+    this.source?.stop();
+    this.source = null;
+    this.frames = [];
+    this.pending = [];
+    this.pendingHead = 0;
+    this.resetSession();
+    this.recording = { name, bytes };
+    this.setPaused(false);
+    this.showRecordingControls(true);
+    this.setConnection("recording", name);
+    this.receive(bytes);
+  }
+
+  showRecordingControls(shown) {
+    $("speed").hidden = !shown;
+    $("restart").hidden = !shown;
+    $("live").hidden = !shown || !streamUrl(location);
+  }
+
+  setConnection(state, detail = "") {
+    const element = $("st-conn");
+    const text = {
+      connecting: "connecting…",
+      open: "connected",
+      retrying: "disconnected, retrying…",
+      closed: "disconnected",
+      error: "error",
+      offline: "offline",
+      recording: `recording: ${detail}`,
+    }[state] ?? state;
+    element.dataset.state = state;
+    element.textContent = text;
+    element.title = detail;
+  }
+
+  // --- controls -------------------------------------------------------------------------
+
+  setPaused(paused) {
+    this.paused = paused;
+    if (!paused) this.stepIndex = null;
+    $("pause").textContent = paused ? "Resume" : "Pause";
+    $("pause").setAttribute("aria-pressed", String(paused));
+    this.listNow = true; // update the list on the next draw
+    this.requestDraw();
+    this.wake();
+  }
+
+  togglePause() {
+    this.setPaused(!this.paused);
+  }
+
+  /** Step through the last backward pass: `to` is an index, or a move from the current one. */
+  step(to) {
+    const pass = this.graph.lastPass;
+    if (!pass || !pass.steps.length) {
+      this.notice("No backward pass to step through yet.");
+      return;
+    }
+    if (!this.paused) this.setPaused(true);
+    const last = pass.steps.length - 1;
+    let index;
+    if (to === "first") index = 0;
+    else if (to === "last") index = last;
+    else index = (this.stepIndex ?? last + (to > 0 ? 0 : 1)) + to;
+    this.stepIndex = Math.max(0, Math.min(last, index));
+    const node = this.graph.nodes.get(pass.steps[this.stepIndex].id);
+    if (node) this.select(node, { center: true });
+    this.listNow = true; // update the list on the next draw
+    this.requestDraw();
+  }
+
+  leaveStepping() {
+    if (this.stepIndex === null) return false;
+    this.stepIndex = null;
+    this.listNow = true; // update the list on the next draw
+    this.requestDraw();
+    return true;
+  }
+
+  get mode() {
+    if (this.focus) return "focus";
+    const view = $("view-mode").value;
+    if (view === "auto") return this.graph.size > THRESHOLD ? "aggregate" : "detail";
+    return view;
+  }
+
+  select(node, { center = false } = {}) {
+    this.selected = node ? node.id : null;
+    if (node && center) {
+      if (this.mode === "aggregate") this.setFocus(node);
+      this.centerOn(node, true);
+    }
+    this.renderDetails();
+    this.updateListMarks();
+    this.requestDraw();
+  }
+
+  selectGroup(group) {
+    this.selected = group ? group.key : null;
+    this.renderDetails();
+    this.requestDraw();
+  }
+
+  /** Show the neighbourhood of a node on its own (for graphs too big to draw whole). */
+  setFocus(node) {
+    if (!node) {
+      this.focus = null;
+    } else {
+      this.focus = { center: node, sub: this.graph.neighbourhood(node), version: this.graph.version };
+      this.follow = true;
+    }
+    $("leave-focus").hidden = !this.focus;
+    this.listKey = null;
+    this.requestDraw();
+  }
+
+  /** Bring a node into view: centre on it unless it is already well inside the window. */
+  centerOn(node, onlyIfHidden = false) {
+    const scene = this.scene();
+    if (!scene || !scene.inside(node.id)) return;
+    const p = scene.pos(node);
+    if (onlyIfHidden) {
+      const [left, top] = this.camera.toWorld(40, 40);
+      const [right, bottom] = this.camera.toWorld(this.width - 40, this.height - 40);
+      const readable = this.camera.scale >= 0.3;
+      if (readable && p.x >= left && p.x + NODE_W <= right && p.y >= top && p.y + NODE_H <= bottom) return;
+    }
+    this.follow = false;
+    this.camera.centerOn(p.x + NODE_W / 2, p.y + NODE_H / 2, this.width, this.height);
+  }
+
+  search(query) {
+    this.query = query;
+    this.matchIndex = -1;
+    this.updateMatches(true);
+    this.listKey = null;
+    this.requestDraw();
+  }
+
+  updateMatches(force = false) {
+    if (!force && this.matchesVersion === this.graph.version) return;
+    this.matchesVersion = this.graph.version;
+    this.matches = this.query ? this.graph.search(this.query) : [];
+    this.matchSet = new Set(this.matches.length <= 20000 ? this.matches.map((n) => n.id) : []);
+    const info = this.query
+      ? `${this.matches.length ? Math.max(1, this.matchIndex + 1) : 0} of ${this.matches.length}`
+      : "";
+    $("search-info").textContent = info;
+  }
+
+  /** Jump to the next (or previous) node matching the search. */
+  nextMatch(direction = 1) {
+    this.updateMatches(true);
+    if (!this.matches.length) {
+      $("search-info").textContent = this.query ? "no match" : "";
+      return;
+    }
+    const n = this.matches.length;
+    this.matchIndex = (this.matchIndex + direction + n) % n;
+    this.select(this.matches[this.matchIndex], { center: true });
+    $("search-info").textContent = `${this.matchIndex + 1} of ${n}`;
+  }
+
+  notice(text) {
+    const element = $("notice");
+    element.textContent = text;
+    element.hidden = false;
+    clearTimeout(this.noticeTimer);
+    this.noticeTimer = setTimeout(() => { element.hidden = true; }, 5000);
+  }
+
+  bindControls() {
+    $("pause").onclick = () => this.togglePause();
+    $("step-first").onclick = () => this.step("first");
+    $("step-back").onclick = () => this.step(-1);
+    $("step-forward").onclick = () => this.step(1);
+    $("step-last").onclick = () => this.step("last");
+    $("fit").onclick = () => this.fitView();
+    $("leave-focus").onclick = () => this.setFocus(null);
+    $("view-mode").onchange = () => { this.setFocus(null); this.fitView(); };
+    $("open").onclick = () => $("file").click();
+    $("file").onchange = () => {
+      const file = $("file").files[0];
+      if (file) this.openRecording(file);
+      $("file").value = "";
+    };
+    $("speed").onchange = () => { this.rate = Number($("speed").value); this.wake(); };
+    $("restart").onclick = () => this.recording && this.playRecording(this.recording.name, this.recording.bytes);
+    $("live").onclick = () => { this.frames = []; this.pending = []; this.pendingHead = 0; this.resetSession(); this.startLive(); };
+    $("help-button").onclick = () => this.toggleHelp(true);
+    $("help-close").onclick = () => this.toggleHelp(false);
+    const search = $("search");
+    search.oninput = () => this.search(search.value);
+    search.onkeydown = (event) => {
+      if (event.key === "Enter") { event.preventDefault(); this.nextMatch(event.shiftKey ? -1 : 1); }
+      if (event.key !== "Escape") return;
+      event.preventDefault();
+      if (search.value) { search.value = ""; this.search(""); return; }
+      search.blur();
+      this.escape();
+    };
+    $("node-list").onclick = (event) => {
+      const row = event.target.closest("tr[data-id]");
+      if (row) this.select(this.graph.nodes.get(Number(row.dataset.id)), { center: true });
+    };
+    $("node-list").onkeydown = (event) => {
+      const row = event.target.closest("tr[data-id]");
+      if (!row || event.key !== "Enter") return;
+      event.preventDefault();
+      this.select(this.graph.nodes.get(Number(row.dataset.id)), { center: true });
+    };
+    $("details").onclick = (event) => this.detailsClick(event);
+    document.addEventListener("keydown", (event) => this.keydown(event));
+    document.addEventListener("dragover", (event) => event.preventDefault());
+    document.addEventListener("drop", (event) => {
+      event.preventDefault();
+      const file = event.dataTransfer?.files?.[0];
+      if (file) this.openRecording(file);
+    });
+    this.bindPointer();
+  }
+
+  detailsClick(event) {
+    const target = event.target.closest("[data-goto],[data-focus]");
+    if (!target) return;
+    if (target.dataset.focus !== undefined) {
+      const node = this.graph.nodes.get(Number(target.dataset.focus));
+      if (node) { this.setFocus(node); this.select(node); }
+      return;
+    }
+    this.select(this.graph.nodes.get(Number(target.dataset.goto)), { center: true });
+  }
+
+  keydown(event) {
+    const typing = event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement;
+    if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
+    const actions = {
+      " ": () => this.togglePause(),
+      k: () => this.togglePause(),
+      ArrowRight: () => this.step(event.shiftKey ? 10 : 1),
+      ArrowLeft: () => this.step(event.shiftKey ? -10 : -1),
+      PageDown: () => this.step(100),
+      PageUp: () => this.step(-100),
+      Home: () => this.step("first"),
+      End: () => this.step("last"),
+      "/": () => $("search").focus(),
+      f: () => this.fitView(),
+      "+": () => this.zoom(1.25),
+      "=": () => this.zoom(1.25),
+      "-": () => this.zoom(0.8),
+      g: () => this.focusSelected(),
+      v: () => this.cycleView(),
+      o: () => $("file").click(),
+      r: () => this.recording && this.playRecording(this.recording.name, this.recording.bytes),
+      "?": () => this.toggleHelp(),
+      Escape: () => this.escape(),
+    };
+    const action = actions[event.key.length === 1 ? event.key.toLowerCase() : event.key]
+      ?? actions[event.key];
+    if (!action) return;
+    event.preventDefault();
+    action();
+  }
+
+  escape() {
+    if (!$("help").hidden) return this.toggleHelp(false);
+    if (this.leaveStepping()) return;
+    if (this.focus) return this.setFocus(null);
+    this.select(null);
+  }
+
+  focusSelected() {
+    const node = typeof this.selected === "number" ? this.graph.nodes.get(this.selected) : null;
+    if (node) this.setFocus(node);
+  }
+
+  cycleView() {
+    const select = $("view-mode");
+    select.selectedIndex = (select.selectedIndex + 1) % select.options.length;
+    select.onchange();
+  }
+
+  toggleHelp(show = $("help").hidden) {
+    $("help").hidden = !show;
+    if (show) $("help-close").focus();
+  }
+
+  zoom(factor) {
+    this.follow = false;
+    this.camera.zoomAt(this.width / 2, this.height / 2, factor);
+    this.requestDraw();
+  }
+
+  fitView() {
+    this.follow = true;
+    this.fitCamera();
+    this.requestDraw();
+  }
+
+  bindPointer() {
+    const canvas = this.canvas;
+    let drag = null;
+    canvas.addEventListener("pointerdown", (event) => {
+      drag = { x: event.offsetX, y: event.offsetY, moved: false };
+      canvas.setPointerCapture(event.pointerId);
+    });
+    canvas.addEventListener("pointermove", (event) => {
+      if (!drag) return this.hover(event.offsetX, event.offsetY);
+      const dx = event.offsetX - drag.x, dy = event.offsetY - drag.y;
+      if (!drag.moved && Math.hypot(dx, dy) < 4) return;
+      drag.moved = true;
+      this.follow = false;
+      this.camera.x += dx;
+      this.camera.y += dy;
+      drag.x = event.offsetX;
+      drag.y = event.offsetY;
+      this.requestDraw();
+    });
+    canvas.addEventListener("pointerup", (event) => {
+      if (drag && !drag.moved) this.click(event.offsetX, event.offsetY);
+      drag = null;
+    });
+    canvas.addEventListener("pointerleave", () => this.hover(null));
+    canvas.addEventListener("wheel", (event) => {
+      event.preventDefault();
+      this.follow = false;
+      this.camera.zoomAt(event.offsetX, event.offsetY, Math.exp(-event.deltaY * 0.0015));
+      this.requestDraw();
+    }, { passive: false });
+    canvas.addEventListener("dblclick", (event) => {
+      const hit = this.hit(event.offsetX, event.offsetY);
+      if (hit?.node) { this.setFocus(hit.node); this.select(hit.node); }
+    });
+  }
+
+  hit(sx, sy) {
+    const [x, y] = this.camera.toWorld(sx, sy);
+    if (this.mode === "aggregate") {
+      for (const box of layoutGroups(this.graph).boxes.values()) {
+        if (x >= box.x && x <= box.x + box.w && y >= box.y && y <= box.y + box.h) return { group: box.group };
+      }
+      return null;
+    }
+    const scene = this.scene();
+    for (const node of scene.nodes) {
+      const p = scene.pos(node);
+      if (x >= p.x && x <= p.x + NODE_W && y >= p.y && y <= p.y + NODE_H) return { node };
+    }
+    return null;
+  }
+
+  /** A tooltip with the numbers of the node (or group) under the pointer. */
+  hover(sx, sy) {
+    const tip = $("tooltip");
+    const hit = sx === null ? null : this.hit(sx, sy);
+    if (!hit) { tip.hidden = true; return; }
+    if (hit.node) {
+      const node = hit.node;
+      const look = this.look(node);
+      const op = node.op ? ` · ${opText(node)}` : node.placeholder ? " · unseen" : " · leaf";
+      tip.textContent = `${nodeTitle(node)}${op}\ndata ${dataText(node)}\n` +
+        `grad ${gradText(node, look, "not reached yet")}`;
+    } else {
+      const group = hit.group;
+      tip.textContent = `${group.op} · ${group.ranks}\n${group.count.toLocaleString("en-US")} nodes`;
+    }
+    tip.style.left = `${sx + 14}px`;
+    tip.style.top = `${sy + 14}px`;
+    tip.hidden = false;
+  }
+
+  click(sx, sy) {
+    const hit = this.hit(sx, sy);
+    if (hit?.group) this.selectGroup(hit.group);
+    else this.select(hit?.node ?? null);
+  }
+
+  // --- drawing --------------------------------------------------------------------------
+
+  resize() {
+    const stage = $("stage");
+    this.width = stage.clientWidth;
+    this.height = stage.clientHeight;
+    this.canvas.width = Math.round(this.width * devicePixelRatio);
+    this.canvas.height = Math.round(this.height * devicePixelRatio);
+    this.canvas.style.width = `${this.width}px`;
+    this.canvas.style.height = `${this.height}px`;
+    if (this.follow) this.fitCamera();
+    this.draw();
+  }
+
+  /**
+   * Draw on the next frame. While a stream is still being applied (`urgent` false), draw at
+   * most every DRAW_INTERVAL_MS: the time goes to applying events instead, and input still
+   * gets its turn between slices. What the user does (`urgent`) is drawn at once.
+   */
+  requestDraw(urgent = true) {
+    if (urgent) this.urgentDraw = true;
+    if (this.drawRequested) return;
+    this.drawRequested = true;
+    requestAnimationFrame(() => this.frame());
+  }
+
+  frame() {
+    const now = performance.now();
+    const busy = this.frames.length > 0 || (!this.paused && this.waiting > 0);
+    if (busy && !this.urgentDraw && now - (this.lastDraw ?? 0) < DRAW_INTERVAL_MS) {
+      requestAnimationFrame(() => this.frame());
+      return;
+    }
+    this.drawRequested = false;
+    this.urgentDraw = false;
+    this.lastDraw = now;
+    this.draw();
+  }
+
+  /** The nodes drawn one by one: the whole graph, or the focused neighbourhood. */
+  scene() {
+    if (this.focus) {
+      const sub = this.focus.sub;
+      return {
+        nodes: sub.nodes,
+        pos: (node) => sub.positions.get(node.id),
+        inside: (id) => (sub.inside.has(id) ? this.graph.nodes.get(id) : null),
+      };
+    }
+    const nodes = this.graph.nodes;
+    return { nodes: this.graph.order, pos: (node) => node, inside: (id) => nodes.get(id) };
+  }
+
+  fitCamera() {
+    if (!this.width) return;
+    const box = this.mode === "aggregate" ? layoutGroups(this.graph).box : sceneBox(this.scene());
+    this.camera.fit(box, this.width, this.height);
+  }
+
+  /** How a node looks right now: its backward state, and whether its grad is known yet. */
+  look(node) {
+    const pass = this.graph.lastPass;
+    const look = {
+      state: "plain", gradShown: true, selected: node.id === this.selected,
+      match: this.matchSet.has(node.id), latest: false,
+    };
+    if (this.lastKind === "forward" && node === this.graph.latest) look.latest = true;
+    if (!pass || node.bwPass !== pass.pass) return look;
+    if (this.stepIndex !== null) {
+      if (node.bwStep < this.stepIndex) look.state = "done";
+      else if (node.bwStep === this.stepIndex) look.state = "current";
+      else look.gradShown = false;
+    } else {
+      const current = !pass.done && node.bwStep === pass.steps.length - 1;
+      look.state = current ? "current" : "done";
+    }
+    return look;
+  }
+
+  /** The node whose backward step is shown as current, if any. */
+  currentStepNode() {
+    const pass = this.graph.lastPass;
+    if (!pass || !pass.steps.length) return null;
+    if (this.stepIndex !== null) return this.graph.nodes.get(pass.steps[this.stepIndex].id);
+    if (pass.done) return null;
+    return this.graph.nodes.get(pass.steps[pass.steps.length - 1].id);
+  }
+
+  gradEdges() {
+    const node = this.currentStepNode();
+    if (!node) return [];
+    const out = [];
+    node.parents.forEach((id, k) => {
+      const parent = this.graph.nodes.get(id);
+      if (parent) out.push([parent, node, k]);
+    });
+    return out;
+  }
+
+  draw() {
+    const { ctx, width, height } = this;
+    if (!width) return;
+    if (this.focus && this.focus.version !== this.graph.version && !this.paused) {
+      this.focus.sub = this.graph.neighbourhood(this.focus.center);
+      this.focus.version = this.graph.version;
+    }
+    const mode = this.mode;
+    if (mode !== this.drawnMode && mode !== "focus") this.follow = true; // a new picture: fit it
+    this.drawnMode = mode;
+    if (this.follow) this.fitCamera();
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
+    if (mode === "aggregate") {
+      const layout = layoutGroups(this.graph);
+      drawGroups(ctx, this.camera, width, height, layout, this.selected);
+    } else {
+      drawScene(ctx, this.camera, width, height, this.scene(), (node) => this.look(node),
+        () => this.gradEdges());
+    }
+    this.canvas.dataset.view = mode;
+    $("empty").hidden = this.graph.size > 0 || this.staging !== null;
+    this.updateStatus(mode);
+    this.updateList();
+    if (this.shownVersion !== this.graph.version) {
+      this.shownVersion = this.graph.version;
+      if (this.selected !== null) this.renderDetails();
+    }
+  }
+
+  updateStatus(mode) {
+    const graph = this.graph;
+    const nodes = graph.size.toLocaleString("en-US");
+    $("st-proto").textContent = this.protocolVersion
+      ? `opgraph v${this.protocolVersion}${this.engineName ? ` · ${this.engineName}` : ""}`
+      : "protocol –";
+    $("st-rate").textContent = `${this.eventsPerSecond.toLocaleString("en-US")} ev/s`;
+    $("st-nodes").textContent = this.staging
+      ? `${nodes} nodes (loading snapshot ${this.staging.size.toLocaleString("en-US")} of ${(this.snapshotTotal ?? 0).toLocaleString("en-US")})`
+      : `${nodes} nodes`;
+    $("st-nodes").dataset.count = String(graph.size);
+    const title = `opgraph · ${nodes} nodes${this.paused ? " · paused" : ""}`;
+    if (document.title !== title) document.title = title;
+    const pass = graph.lastPass;
+    let passText = "no backward pass seen";
+    if (pass) {
+      const where = this.stepIndex !== null ? `step ${this.stepIndex + 1} of ${pass.steps.length}`
+        : pass.done ? `done, ${pass.steps.length} steps` : `running, ${pass.steps.length} steps`;
+      passText = `backward pass ${pass.pass}: ${where}`;
+    }
+    $("st-pass").textContent = passText;
+    // `gaps`: events missing from the sequence without a `dropped` to say so (never, unless
+    // something is wrong between the server and this page).
+    const missing = this.gaps ? `, ${this.gaps.toLocaleString("en-US")} missing` : "";
+    $("st-dropped").textContent = `${this.dropped.toLocaleString("en-US")} dropped${missing}`;
+    $("st-dropped").classList.toggle("warn", this.dropped > 0 || this.gaps > 0);
+    $("st-paused").textContent = this.paused ? `paused · ${this.waitingText()} waiting` : "";
+    const stepInfo = this.stepIndex !== null && pass ? `step ${this.stepIndex + 1}/${pass.steps.length}` : "";
+    $("step-info").textContent = stepInfo;
+    const current = this.currentStepNode();
+    const view = { detail: "every node", aggregate: "op groups by rank", focus: "a node's neighbourhood" }[mode];
+    this.canvas.setAttribute("aria-label",
+      `Computation graph of ${nodes} nodes, showing ${view}.` +
+      (current ? ` Backward step at ${nodeTitle(current)}.` : ""));
+  }
+
+  // --- the node list and the details panel (the page's text, for search, screen readers
+  // and tests, whatever the canvas shows) -------------------------------------------------
+
+  listedNodes() {
+    if (this.query) return this.matches.slice(0, LIST_LIMIT);
+    if (this.focus) return this.focus.sub.nodes.slice(0, LIST_LIMIT);
+    return this.graph.order.slice(0, LIST_LIMIT);
+  }
+
+  updateList() {
+    const now = performance.now();
+    const due = this.listKey === null || this.listNow || now - (this.listUpdated ?? 0) >= 150;
+    if (!due) return;
+    this.listNow = false;
+    this.listUpdated = now;
+    if (this.query) this.updateMatches();
+    const graph = this.graph;
+    const total = this.query ? this.matches.length : this.focus ? this.focus.sub.nodes.length : graph.size;
+    const key = `${this.query}|${this.focus?.center.id}|${this.focus?.version}`;
+    const listed = this.listedNodes();
+    const body = $("node-list").tBodies[0];
+    if (key === this.listKey && this.listGraph === graph && this.startsWithShown(listed)) {
+      // The same list, maybe longer: add the new rows, redraw the rows of changed nodes.
+      const fragment = document.createDocumentFragment();
+      for (const node of listed.slice(this.listIds.length)) {
+        fragment.append(this.makeRow(node));
+        this.listIds.push(node.id);
+      }
+      body.append(fragment);
+      for (const id of graph.changed) {
+        const row = this.rows.get(id);
+        if (row) this.fillRow(row, graph.nodes.get(id));
+      }
+    } else {
+      this.listKey = key;
+      this.listGraph = graph;
+      this.rows = new Map();
+      this.listIds = listed.map((node) => node.id);
+      const fragment = document.createDocumentFragment();
+      for (const node of listed) fragment.append(this.makeRow(node));
+      body.replaceChildren(fragment);
+      this.listMarks = null;
+      this.selectedRow = this.currentRow = null;
+    }
+    graph.changed.clear();
+    const what = this.query ? "matches" : this.focus ? "in the neighbourhood" : "nodes";
+    setText($("list-count"), `${total.toLocaleString("en-US")} ${what}`);
+    setText($("list-more"), total > LIST_LIMIT
+      ? `Showing the first ${LIST_LIMIT}; search to find the others.` : "");
+    this.updateListMarks();
+  }
+
+  startsWithShown(listed) {
+    const ids = this.listIds;
+    if (listed.length < ids.length) return false;
+    for (let i = 0; i < ids.length; i++) if (listed[i].id !== ids[i]) return false;
+    return true;
+  }
+
+  makeRow(node) {
+    const row = document.createElement("tr");
+    row.dataset.id = String(node.id);
+    row.tabIndex = 0; // rows are reachable with Tab; Enter selects one
+    for (let i = 0; i < 5; i++) row.append(document.createElement("td"));
+    this.fillRow(row, node);
+    this.rows.set(node.id, row);
+    return row;
+  }
+
+  // Only what changed is written: every write to the page costs a style recalculation.
+  fillRow(row, node) {
+    if (!node) return;
+    const look = this.look(node);
+    const cells = row.cells;
+    setText(cells[0], String(node.id));
+    setText(cells[1], node.label);
+    setText(cells[2], node.op ? opText(node) : node.placeholder ? "unseen" : "leaf");
+    setText(cells[3], dataText(node));
+    setText(cells[4], gradText(node, look));
+    setData(row, "label", node.label);
+    setData(row, "op", node.op ?? "");
+    setData(row, "data", String(node.data));
+    setData(row, "grad", String(node.grad));
+    setData(row, "state", look.state);
+    const inPass = node.bwStep >= 0 && node.bwPass === this.graph.lastPass?.pass;
+    setData(row, "bwStep", inPass ? String(node.bwStep) : undefined);
+  }
+
+  // Selection and the current backward step change only a few rows' marks.
+  updateListMarks() {
+    if (!this.rows) return;
+    const pass = this.graph.lastPass;
+    const marks = `${this.stepIndex}|${pass?.pass}|${pass?.done}|${this.graph === this.listGraph}`;
+    if (marks !== this.listMarks) { // every row's look may have changed
+      this.listMarks = marks;
+      for (const row of this.rows.values()) this.fillRow(row, this.graph.nodes.get(Number(row.dataset.id)));
+    }
+    this.markRow("selectedRow", typeof this.selected === "number" ? this.selected : null,
+      (row, on) => row.classList.toggle("selected", on));
+    this.markRow("currentRow", this.currentStepNode()?.id ?? null, (row, on) => {
+      if (on) row.setAttribute("aria-current", "step");
+      else row.removeAttribute("aria-current");
+      this.fillRow(row, this.graph.nodes.get(Number(row.dataset.id)));
+    });
+  }
+
+  // Move a mark (selection, current step) from the row that has it to the row of `id`.
+  markRow(slot, id, mark) {
+    const row = id === null ? null : this.rows.get(id) ?? null;
+    const old = this[slot];
+    if (old === row && (!row || row.isConnected)) return;
+    if (old && old.isConnected) mark(old, false);
+    if (row) mark(row, true);
+    this[slot] = row;
+  }
+
+  renderDetails() {
+    const panel = $("details");
+    if (this.selected === null) {
+      panel.innerHTML = `<p class="hint">Click a node, or search, to see its details.</p>`;
+      return;
+    }
+    if (typeof this.selected === "string") return this.renderGroup(panel);
+    const node = this.graph.nodes.get(this.selected);
+    if (!node) return;
+    const look = this.look(node);
+    const pass = this.graph.lastPass;
+    const plugin = node.op ? this.ops[node.op] ?? "unknown plugin" : "";
+    const inputs = node.parents.map((id, k) => this.nodeLink(id, `input ${k + 1}`)).join("");
+    const users = node.children.slice(0, 12).map((id) => this.nodeLink(id)).join("");
+    const more = node.children.length > 12 ? `<li>… ${node.children.length - 12} more</li>` : "";
+    const step = node.bwPass === pass?.pass && node.bwStep >= 0
+      ? `step ${node.bwStep + 1} of ${pass.steps.length} in pass ${pass.pass}` : "not in the last pass";
+    panel.innerHTML = `
+      <h2 class="node-title">${escapeHtml(nodeTitle(node))}</h2>
+      <dl class="facts">
+        <dt>id</dt><dd data-field="id">${node.id}</dd>
+        <dt>op</dt><dd data-field="op">${node.op ? escapeHtml(node.op) : node.placeholder ? "not seen by this viewer" : "leaf (input or parameter)"}</dd>
+        ${node.op ? `<dt>plugin</dt><dd data-field="plugin">${escapeHtml(plugin)}</dd>` : ""}
+        ${node.const ? `<dt>constants</dt><dd data-field="const">${node.const.map(String).join(", ")}</dd>` : ""}
+        <dt>data</dt><dd data-field="data">${node.placeholder ? "?" : String(node.data)}</dd>
+        <dt>grad</dt><dd data-field="grad">${node.placeholder ? "?" : look.gradShown ? String(node.grad) : "not reached yet"}</dd>
+        <dt>rank</dt><dd data-field="rank">${node.rank}</dd>
+        <dt>backward</dt><dd data-field="step">${step}</dd>
+      </dl>
+      ${inputs ? `<h3>Inputs</h3><ul class="links">${inputs}</ul>` : ""}
+      ${users ? `<h3>Used by</h3><ul class="links">${users}${more}</ul>` : ""}
+      <button data-focus="${node.id}" title="Show this node's neighbourhood on its own (G)">Focus on neighbourhood</button>`;
+  }
+
+  nodeLink(id, prefix = "") {
+    const node = this.graph.nodes.get(id);
+    const name = node ? escapeHtml(nodeTitle(node)) : `#${id}`;
+    const value = node ? ` = ${dataText(node)}` : "";
+    const what = node?.op ? ` <span class="op">${escapeHtml(opText(node))}</span>` : "";
+    return `<li><button class="link" data-goto="${id}">${prefix ? `<span class="muted">${prefix}</span> ` : ""}${name}${value}${what}</button></li>`;
+  }
+
+  renderGroup(panel) {
+    const group = this.graph.bands().groups.get(this.selected);
+    if (!group) return;
+    const reached = group.bwDone;
+    const firstIds = [];
+    for (const member of group.members) {
+      firstIds.push(...member.ids.slice(0, 30 - firstIds.length));
+      if (firstIds.length >= 30) break;
+    }
+    const members = firstIds.map((id) => this.nodeLink(id)).join("");
+    panel.innerHTML = `
+      <h2>${escapeHtml(group.op)} · ${group.ranks}</h2>
+      <dl class="facts">
+        <dt>nodes</dt><dd data-field="count">${group.count}</dd>
+        <dt>plugin</dt><dd>${escapeHtml(this.ops[group.op] ?? "–")}</dd>
+        <dt>backward</dt><dd>${reached} of ${group.count} reached in the last pass</dd>
+      </dl>
+      <h3>Members</h3><ul class="links">${members}${group.count > 30 ? `<li>… ${group.count - 30} more</li>` : ""}</ul>
+      <p class="hint">Click a member to focus on its neighbourhood.</p>`;
+  }
+
+  tickRate() {
+    this.eventsPerSecond = this.eventsThisSecond;
+    this.eventsThisSecond = 0;
+    this.requestDraw(false);
+  }
+}
+
+const UNNUMBERED = new Set(["hello", "snapshot_begin", "snapshot_end"]);
+
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+function setData(element, key, value) {
+  if (element.dataset[key] === value) return;
+  if (value === undefined) delete element.dataset[key];
+  else element.dataset[key] = value;
+}
+
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+const viewer = new Viewer();
+window.opgraphViewer = viewer; // for the console and the tests
+if (params.get("live") !== "0") viewer.startLive();
+else viewer.setConnection("offline", "live stream off: open a recording");

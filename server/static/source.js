@@ -1,0 +1,90 @@
+// Where events come from: the server's websocket (reconnecting on its own) or a recording
+// file. Both hand raw msgpack bytes to `onFrame`; decoding happens in the viewer's pump.
+
+export const SUBPROTOCOL = "opgraph.v1";
+
+/** The stream URL: `?ws=` of the page's URL, else `/ws` on the page's own host and port. */
+export function streamUrl(location) {
+  const params = new URLSearchParams(location.search);
+  if (params.get("ws")) return params.get("ws");
+  if (!location.host) return null; // opened from a file: recordings only
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const token = params.get("token");
+  return `${scheme}//${location.host}/ws` + (token ? `?token=${encodeURIComponent(token)}` : "");
+}
+
+export class LiveSource {
+  /**
+   * @param {string} url
+   * @param {{onFrame(bytes: Uint8Array): void, onState(state: string, detail?: string): void}} sink
+   */
+  constructor(url, sink) {
+    this.url = url;
+    this.sink = sink;
+    this.socket = null;
+    this.retryDelay = 250;
+    this.timer = null;
+    this.stopped = false;
+  }
+
+  start() {
+    this.stopped = false;
+    this.connect();
+  }
+
+  connect() {
+    clearTimeout(this.timer);
+    this.sink.onState("connecting", this.url);
+    let socket;
+    try {
+      socket = new WebSocket(this.url, SUBPROTOCOL);
+    } catch (err) {
+      this.sink.onState("error", String(err.message || err));
+      return;
+    }
+    socket.binaryType = "arraybuffer";
+    this.socket = socket;
+    socket.onopen = () => {
+      this.retryDelay = 250;
+      this.sink.onState("open", this.url);
+    };
+    socket.onmessage = (message) => {
+      if (message.data instanceof ArrayBuffer) this.sink.onFrame(new Uint8Array(message.data));
+    };
+    socket.onclose = (event) => {
+      if (this.socket !== socket) return;
+      this.socket = null;
+      if (this.stopped) return;
+      // The server went away (restarted, script ended): try again, a little slower each time.
+      const delay = this.retryDelay;
+      this.retryDelay = Math.min(2000, this.retryDelay * 2);
+      const why = event.code === 1000 || event.code === 1001 ? "" : ` (code ${event.code})`;
+      this.sink.onState("retrying", `lost ${this.url}${why}; retrying in ${delay / 1000} s`);
+      this.timer = setTimeout(() => this.connect(), delay);
+    };
+  }
+
+  /** Ask the server for a fresh snapshot (a control message of the protocol). */
+  requestSnapshot() {
+    // msgpack of {type: "snapshot"}: fixmap(1), fixstr "type", fixstr "snapshot"
+    const bytes = new Uint8Array([0x81, 0xa4, ...new TextEncoder().encode("type"),
+      0xa8, ...new TextEncoder().encode("snapshot")]);
+    if (this.socket?.readyState === WebSocket.OPEN) this.socket.send(bytes);
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.socket) {
+      const socket = this.socket;
+      this.socket = null;
+      socket.close(1000);
+    }
+    this.sink.onState("closed", "");
+  }
+}
+
+/** Read a recording (`.ogtrace`: the wire format in a file) into bytes. */
+export async function readRecording(file) {
+  return new Uint8Array(await file.arrayBuffer());
+}
