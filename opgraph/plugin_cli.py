@@ -11,8 +11,9 @@ import json
 import sys
 import warnings
 
-from .engine import PluginInfo, default_engine
+from .engine import default_engine
 from .errors import PluginError
+from .loading import PluginInfo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from opgraph import Engine, PluginLoadError
-from opgraph.engine import PluginManager, add_plugin, builtin_plugins, load_entry_points
+from opgraph.loading import PluginManager, add_plugin, builtin_plugins, load_entry_points
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIG = ROOT / "examples" / "opgraph-trig"
