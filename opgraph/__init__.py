@@ -1,10 +1,11 @@
 """opgraph: a scalar autograd engine whose ops come from plugins.
 
-    from opgraph import Value
-    x = Value(2.0, label="x")
-    y = (x * x + x.exp()).tanh()
-    y.backward()
-    print(x.grad)
+>>> from opgraph import Value
+>>> x = Value(2.0, label="x")
+>>> y = x * x + 3 * x  # dy/dx = 2x + 3
+>>> y.backward()
+>>> x.grad
+7.0
 """
 
 from .backward import backward, topological_order, zero_grad

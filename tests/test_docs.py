@@ -148,3 +148,10 @@ def test_every_public_name_is_documented():
     docs = "\n".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
     undocumented = [name for name in opgraph.__all__ if f"`{name}" not in docs]
     assert not undocumented, f"opgraph.__all__ names missing from docs/*.md: {undocumented}"
+
+
+def test_the_package_docstring_example_runs():
+    import doctest
+
+    result = doctest.testmod(opgraph)
+    assert result.attempted > 0 and result.failed == 0
