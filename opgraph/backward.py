@@ -4,6 +4,11 @@ Ids are handed out in creation order and a node is always created after its pare
 sorting the reachable nodes by id gives a topological order. Walking it in reverse, each node
 asks its op for the local derivatives and adds `local * node.grad` to each parent's grad
 (the chain rule); `+=` makes a node used twice collect both contributions.
+
+The derivatives of add and mul, `add_derivative` and `mul_derivative` below, are the ones the
+built-in plugin registers. Nearly every node of a network is an add or a mul, so the pass
+knows these two rules by heart and applies them inline, without a call and a tuple per node.
+Any other derivative, a third-party `add` included, is called as usual.
 """
 
 from __future__ import annotations
@@ -19,6 +24,17 @@ if TYPE_CHECKING:
     from .value import Value
 
 _by_id = attrgetter("_id")
+_grad_of = attrgetter("grad")
+
+
+def add_derivative(out: float, a: float, b: float) -> tuple[float, float]:
+    """d(a + b)/da = 1, d(a + b)/db = 1."""
+    return (1.0, 1.0)
+
+
+def mul_derivative(out: float, a: float, b: float) -> tuple[float, float]:
+    """d(a * b)/da = b, d(a * b)/db = a."""
+    return (b, a)
 
 
 def topological_order(root: Value) -> list[Value]:
@@ -40,10 +56,11 @@ def topological_order(root: Value) -> list[Value]:
         if b not in seen:
             visit(b)
             push(b)
-        for parent in node._more or ():
-            if parent not in seen:
-                visit(parent)
-                push(parent)
+        if node._more is not None:
+            for parent in node._more:
+                if parent not in seen:
+                    visit(parent)
+                    push(parent)
     return sorted(seen, key=_by_id)
 
 
@@ -55,7 +72,8 @@ def backward(root: Value, gradient: float = 1.0) -> None:
     """
     nodes = topological_order(root)
     # Propagate this pass alone from zero grads, then add back what was there before.
-    carried = [(node, node.grad) for node in nodes if node.grad]
+    # (filter with attrgetter runs in C: in a fresh graph almost no node carries a grad)
+    carried = [(node, node.grad) for node in filter(_grad_of, nodes)]
     for node, _ in carried:
         node.grad = 0.0
     root.grad = float(gradient)
@@ -81,8 +99,9 @@ def backward(root: Value, gradient: float = 1.0) -> None:
 
 def _propagate(nodes: list[Value], tracer) -> None:
     # The chain rule, node by node from the root down: each parent gets the op's local
-    # derivative times the node's grad. Unary and binary ops, nearly all nodes, skip the
-    # general loop.
+    # derivative times the node's grad. add and mul are written out (a partial of 1 needs no
+    # product: `1.0 * grad` is `grad` to the bit); other unary and binary ops, nearly all the
+    # rest, skip the general loop.
     for node in reversed(nodes):
         op = node._opdef
         if tracer is not None:
@@ -90,17 +109,24 @@ def _propagate(nodes: list[Value], tracer) -> None:
         if op is None:  # a leaf
             continue
         a, b, grad = node._a, node._b, node.grad
+        derivative = op.derivative
         try:
-            if b is None:
-                (da,) = op.derivative(node.data, a.data)
+            if derivative is add_derivative:
+                a.grad += grad
+                b.grad += grad
+            elif derivative is mul_derivative:
+                a.grad += b.data * grad
+                b.grad += a.data * grad
+            elif b is None:
+                (da,) = derivative(node.data, a.data)
                 a.grad += da * grad
             elif node._more is None:
-                da, db = op.derivative(node.data, a.data, b.data)
+                da, db = derivative(node.data, a.data, b.data)
                 a.grad += da * grad
                 b.grad += db * grad
             else:
                 parents = node._prev
-                partials = op.derivative(node.data, *[p.data for p in parents])
+                partials = derivative(node.data, *[p.data for p in parents])
                 for parent, partial in zip(parents, partials, strict=True):
                     parent.grad += partial * grad
         except Exception as exc:

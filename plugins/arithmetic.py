@@ -7,6 +7,7 @@ its local derivatives d out / d input, one per input.
 import operator
 
 from opgraph import Composite, Op, hookimpl
+from opgraph.backward import add_derivative, mul_derivative
 
 from .numerics import log, power
 
@@ -21,8 +22,9 @@ def pow_derivative(out: float, a: float, b: float) -> tuple[float, float]:
 
 @hookimpl
 def register_ops(register):
-    register(Op("add", operator.add, lambda out, a, b: (1.0, 1.0)))
-    register(Op("mul", operator.mul, lambda out, a, b: (b, a)))
+    # add_derivative is (1, 1) and mul_derivative (b, a): backward applies these two inline.
+    register(Op("add", operator.add, add_derivative))
+    register(Op("mul", operator.mul, mul_derivative))
     # static=(1,): a plain-number exponent is part of the op, so `x ** 2` has one parent.
     register(Op("pow", power, pow_derivative, static=(1,)))
     register(Composite("neg", lambda a: a * -1))
