@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from .value import Value
 
 _by_id = attrgetter("_id")
-_grad_of = attrgetter("grad")
 
 
 def add_derivative(out: float, a: float, b: float) -> tuple[float, float]:
@@ -72,8 +71,7 @@ def backward(root: Value, gradient: float = 1.0) -> None:
     """
     nodes = topological_order(root)
     # Propagate this pass alone from zero grads, then add back what was there before.
-    # (filter with attrgetter runs in C: in a fresh graph almost no node carries a grad)
-    carried = [(node, node.grad) for node in filter(_grad_of, nodes)]
+    carried = [(node, node.grad) for node in nodes if node.grad]
     for node, _ in carried:
         node.grad = 0.0
     root.grad = float(gradient)
