@@ -4,7 +4,9 @@ A training loop rebuilds the same graph every step. `compile(fn, *example_args)`
 once, takes the graph it built, and writes it out as two straight-line Python functions:
 a forward pass, one line per node, and a backward pass, the chain rule line by line in reverse.
 Both call the same plugin `forward` and `derivative` functions as eager mode, so any op
-compiles, third-party ones included. A replay builds no Value and no graph.
+compiles, third-party ones included; add and mul, nearly every node, are written out as `+`,
+`*` and their chain rule, exactly as eager mode computes them (a call saved per node and
+pass). A replay builds no Value and no graph.
 
 What a replay can follow: everything inside ops (relu's branch, a plugin's piecewise op),
 new argument values, and new `.data` on the leaf Values the graph reads (parameters after an
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import operator
 import sys
 import threading
 import time
@@ -25,7 +28,7 @@ from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import Any
 
-from .backward import topological_order
+from .backward import add_derivative, mul_derivative, topological_order
 from .engine import default_engine
 from .errors import AnomalyError, OpError, OpgraphError, describe
 from .modes import ANOMALY, enable_grad, mode
@@ -362,8 +365,10 @@ class _Program:
                     emit(f"v{i} = {_literal(node.data)}")
                 continue
             call_op, args, _ = self._arguments(op, [index[id(p)] for p in node._prev])
-            f = self._name(call_op.forward, call_op.name)
-            emit(f"v{i} = {f}({', '.join(args)})", i)
+            expression = _inline_forward(call_op, args)
+            if expression is None:
+                expression = f"{self._name(call_op.forward, call_op.name)}({', '.join(args)})"
+            emit(f"v{i} = {expression}", i)
             if checked:
                 emit(f"if not isfinite(v{i}): forward_anomaly({i}, v{i})")
         emit(f"seed = yield ({''.join(f'v{i}, ' for i in self.outputs)})")
@@ -380,15 +385,19 @@ class _Program:
                 continue  # a leaf, or a node the first output does not depend on
             parents = [index[id(p)] for p in node._prev]
             call_op, args, keep = self._arguments(op, parents)
-            d = self._name(call_op.derivative, f"d_{call_op.name}")
-            # The partials unpack into d0, d1, ...; a wrong count fails on this line.
-            partials = [f"d{k}" for k in range(len(args))]
-            emit(f"    {', '.join(partials)}, = {d}(v{i}, {', '.join(args)})", i)
+            partials = _inline_partials(call_op, args)
+            if partials is None:
+                d = self._name(call_op.derivative, f"d_{call_op.name}")
+                # The partials unpack into d0, d1, ...; a wrong count fails on this line.
+                partials = [f"d{k}" for k in range(len(args))]
+                emit(f"    {', '.join(partials)}, = {d}(v{i}, {', '.join(args)})", i)
             for k, parent in zip(keep, parents, strict=True):
                 assign = "+=" if parent in has_grad else "="
-                emit(f"    g{parent} {assign} d{k} * g{i}", i)
+                product = f"g{i}" if partials[k] == "1.0" else f"{partials[k]} * g{i}"
+                emit(f"    g{parent} {assign} {product}", i)
                 if checked:
-                    emit(f"    if not isfinite(g{parent}): backward_anomaly({i}, d{k}, g{parent})")
+                    check = f"backward_anomaly({i}, {partials[k]}, g{parent})"
+                    emit(f"    if not isfinite(g{parent}): {check}")
                 has_grad.add(parent)
         for k, p in enumerate(compiled.parameters):
             if index[id(p)] in has_grad:
@@ -477,6 +486,26 @@ class _Program:
             f"{node.label or node._id!r} gave a non-finite gradient in compiled backward of "
             f"{self.compiled.name}: partial {partial}, grad {grad}"
         )
+
+
+def _inline_forward(op: Op, args: list[str]) -> str | None:
+    """`a + b` for a forward that is operator.add, `a * b` for operator.mul (the built-in add
+    and mul): the same result without a call; None for any other forward."""
+    if op.forward is operator.add:
+        return f"{args[0]} + {args[1]}"
+    if op.forward is operator.mul:
+        return f"{args[0]} * {args[1]}"
+    return None
+
+
+def _inline_partials(op: Op, args: list[str]) -> list[str] | None:
+    """add's and mul's partials as expressions, written into the source as eager backward
+    applies them (see backward.py); None for an op whose derivative must be called."""
+    if op.derivative is add_derivative:
+        return ["1.0", "1.0"]
+    if op.derivative is mul_derivative:
+        return [args[1], args[0]]  # d(a * b)/da = b, d(a * b)/db = a
+    return None
 
 
 def _literal(x: float) -> str:

@@ -7,11 +7,13 @@ import math
 import operator
 import types
 
-from dags import programs, run
+import pytest
+from dags import OPS, programs, run
 from fdcheck import assert_gradients_close, numeric_gradient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import opgraph
 from opgraph import Engine, Op, Value, hookimpl
 from opgraph.backward import add_derivative, mul_derivative
 
@@ -106,3 +108,32 @@ def test_inline_rules_on_a_shared_node():
     y = x * x + x
     y.backward()
     assert x.grad == 2 * 3.0 + 1
+
+
+# --- compiled replay writes the same rules into its source -------------------------------------
+
+NO_RELU = {name: op for name, op in OPS.items() if name != "relu"}  # relu's input is read
+
+
+@settings(max_examples=40, deadline=None)
+@given(program=programs(ops=NO_RELU, max_steps=8), scale=st.sampled_from([1.0, 1e200, 0.0]))
+def test_compiled_gradients_are_eager_gradients_bit_for_bit(program, scale):
+    leaves = [x * scale for x in program.leaves]
+    eager = run(program, Value, ops=NO_RELU, leaves=leaves)
+    eager.output.backward()
+    compiled = opgraph.compile(
+        lambda *xs: run(program, lambda x: x, ops=NO_RELU, leaves=xs).output, *leaves
+    )
+    assert same_bits(compiled(*leaves), eager.output.data)
+    compiled.backward()
+    for leaf, grad in zip(eager.nodes, compiled.input_grads, strict=False):
+        assert same_bits(leaf.grad, grad), (program, leaf, grad)
+
+
+def test_compiled_inline_mul_reports_a_non_finite_gradient():
+    a = Value(1e300, label="a")
+    compiled = opgraph.compile(lambda x: x * a + x, 1.5)
+    with opgraph.detect_anomaly():
+        assert compiled(1.5) == 1.5e300
+        with pytest.raises(opgraph.AnomalyError, match=r"op 'mul'.*partial 1e\+300, grad inf"):
+            compiled.backward(1e10)

@@ -167,8 +167,14 @@ def test_source_is_straight_line_python_calling_the_plugin_functions():
     w = Value(2.0)
     compiled = opgraph.compile(lambda x: (x * w).relu(), 1.0)
     assert "def replay(x):" in compiled.source
-    assert "mul_" in compiled.source and "d_relu_" in compiled.source
+    assert "relu_" in compiled.source and "d_relu_" in compiled.source
     assert "Value" not in compiled.source  # no node is built per replay
+    # The built-in mul (forward operator.mul, derivative mul_derivative) is written out as
+    # arithmetic, as eager backward applies it; its functions are not called.
+    assert "mul_" not in compiled.source
+    assert compiled(3.0) == 6.0
+    compiled.backward()
+    assert w.grad == 3.0 and compiled.input_grads == [2.0]
 
 
 # --- third-party ops ---------------------------------------------------------------------------
