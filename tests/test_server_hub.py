@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -294,3 +295,18 @@ def test_a_publisher_reconnects_when_its_hub_restarts():
     assert graph["w"]["op"] is None and graph["w"]["data"] == 0.5
     ids = {label: i for i, n in enumerate(graph.values()) for label in [n["label"]]}
     assert len(ids) == len(graph)
+
+
+def test_watch_says_when_it_cannot_connect():
+    # a port nobody listens on: bound, then freed
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    watcher = subprocess.run(
+        [sys.executable, "-m", "opgraph", "watch", f"http://127.0.0.1:{port}/", "--no-reconnect"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert watcher.returncode == 1
+    assert f"opgraph watch: cannot connect to ws://127.0.0.1:{port}/ws" in watcher.stderr
