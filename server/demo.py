@@ -84,7 +84,8 @@ def run_served(args: argparse.Namespace) -> int:
     try:
         server = model.engine.serve(port=args.port, record=args.record)
     except ServerError as exc:
-        print(f"opgraph demo: {exc} (choose another port with --port)", file=sys.stderr)
+        hint = " (choose another port with --port)" if "cannot serve" in str(exc) else ""
+        print(f"opgraph demo: {exc}{hint}", file=sys.stderr)
         return 1
     with server:
         print(headline(model, X, args.steps, args.seed))

@@ -112,7 +112,12 @@ class TraceServer:
         self.accept_publishers = accept_publishers
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.close_timeout = close_timeout
-        self.recorder = Recorder(record) if record else None
+        try:
+            self.recorder = Recorder(record) if record else None
+        except OSError as exc:  # a missing directory, no permission: say which file
+            raise ServerError(
+                f"cannot record to {os.fspath(record)}: {exc.strerror or exc}"
+            ) from exc
         self.hub = Hub(
             engine_name,
             ops,
