@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from opgraph.server.client import Graph, events, stream_url, watch
 
 from opgraph import Engine
@@ -310,3 +311,12 @@ def test_watch_says_when_it_cannot_connect():
     )
     assert watcher.returncode == 1
     assert f"opgraph watch: cannot connect to ws://127.0.0.1:{port}/ws" in watcher.stderr
+
+
+def test_serve_refuses_a_queue_limit_below_one(capsys):
+    from opgraph.cli import build_parser
+
+    for bad in ("0", "-5"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--queue-limit", bad])
+        assert f"--queue-limit: must be at least 1, got {bad}" in capsys.readouterr().err
