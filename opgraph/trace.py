@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from .value import Value
 
 # Event kinds as they travel through the buffer (tuples, first item the kind).
-FORWARD, BACKWARD, BACKWARD_BEGIN, BACKWARD_END, DATA, LABEL = range(6)
+# BACKWARD_STEPS is one buffered item for a chunk of backward steps: (kind, t, ids, grads).
+FORWARD, BACKWARD, BACKWARD_BEGIN, BACKWARD_END, DATA, LABEL, BACKWARD_STEPS = range(7)
 
 _MISSING = object()
 
@@ -52,6 +53,11 @@ class Tracer:
         self.max_buffer = max_buffer
         self.max_known = max_known
         self.lost = 0  # events not stored because the buffer was full
+        # A BACKWARD_STEPS item holds several events. The events waiting are
+        # len(buffer) + _extra_in - _extra_out: each counter is written by one thread only
+        # (the engine's, the consumer's), so no lock is needed.
+        self._extra_in = 0
+        self._extra_out = 0
         self.passes = 0
         self.t0 = perf_counter_ns()
         # Which nodes the viewers know. Recording every node in a dict would cost more than
@@ -94,26 +100,45 @@ class Tracer:
         if self._starting:
             self._since, self._starting = id_, False
         self._last_id = id_
-        parents = node._prev
-        if parents:
+        a = node._a  # the parents: slots _a, _b, _more (see value.py)
+        if a is not None:
+            # Usually a parent is a leaf announced with this very float object (a parameter
+            # or input unchanged since), or a node made while traced: nothing to say.
             known, since = self._known, self._since
-            for parent in parents:
-                if parent._opdef is None:  # a leaf: new to the viewers, or changed data?
-                    data = known.get(parent._id, _MISSING)
-                    if data is not parent.data:  # the same float object: unchanged (usual)
-                        self._check(parent, data)
-                elif parent._id < since and not self._is_known(parent):
-                    self._announce(parent)  # made before tracing started
+            if a._opdef is None:
+                if known.get(a._id, _MISSING) is not a.data:
+                    self._check_parent(a)
+            elif a._id < since:
+                self._check_parent(a)
+            b = node._b
+            if b is not None:
+                if b._opdef is None:
+                    if known.get(b._id, _MISSING) is not b.data:
+                        self._check_parent(b)
+                elif b._id < since:
+                    self._check_parent(b)
+                for parent in node._more or ():
+                    self._check_parent(parent)
         else:  # a leaf: remember its data (even if the event is lost: it would be again)
             self._known[id_] = node.data
             if len(self._known) > self.max_known:
                 self._forget()
-        if len(self.buffer) >= self.max_buffer:
+        buffer = self.buffer
+        if len(buffer) + self._extra_in - self._extra_out >= self.max_buffer:
             self.lost += 1
             return
         # The node itself: its id, op and parents never change, so they are read when the
         # event is drained; data and label are taken now.
-        self.buffer.append((FORWARD, perf_counter_ns(), node, node.data, node._label))
+        buffer.append((FORWARD, perf_counter_ns(), node, node.data, node._label))
+
+    def _check_parent(self, parent: Value) -> None:
+        """Announce a parent the viewers do not know, or its data if that changed."""
+        if parent._opdef is None:  # a leaf: new to the viewers, or changed data?
+            data = self._known.get(parent._id, _MISSING)
+            if data is not parent.data:  # the same float object: unchanged (usual)
+                self._check(parent, data)
+        elif parent._id < self._since and not self._is_known(parent):
+            self._announce(parent)  # made before tracing started
 
     def relabel(self, node: Value) -> None:
         if not self._is_known(node):
@@ -130,10 +155,28 @@ class Tracer:
         # and adds it back after backward_end (see docs/protocol.md).
         if (node._opdef is None or node._id < self._since) and not self._is_known(node):
             self._announce(node)
-        if len(self.buffer) >= self.max_buffer:
+        if self.pending() >= self.max_buffer:
             self.lost += 1
             return
         self.buffer.append((BACKWARD, perf_counter_ns(), node._id, node.grad))
+
+    def backward_steps(self, nodes: list[Value]) -> None:
+        """The backward steps of `nodes` have run, in this order (a chunk of a pass).
+
+        One buffered item for the whole chunk: the nodes' ids and grads, read now.
+        """
+        since = self._since
+        for node in [n for n in nodes if n._opdef is None or n._id < since]:
+            if not self._is_known(node):
+                self._announce(node)
+        count = len(nodes)
+        if self.pending() + count > self.max_buffer:
+            self.lost += count
+            return
+        ids = [node._id for node in nodes]
+        grads = [node.grad for node in nodes]
+        self._extra_in += count - 1
+        self.buffer.append((BACKWARD_STEPS, perf_counter_ns(), ids, grads))
 
     def backward_end(self, root: Value) -> None:
         self._emit((BACKWARD_END, perf_counter_ns(), root._id, self.passes))
@@ -201,8 +244,12 @@ class Tracer:
         for key in list(itertools.islice(known, len(known) // 4)):
             del known[key]
 
+    def pending(self) -> int:
+        """How many events wait in the buffer."""
+        return len(self.buffer) + self._extra_in - self._extra_out
+
     def _emit(self, event: tuple) -> None:
-        if len(self.buffer) >= self.max_buffer:
+        if self.pending() >= self.max_buffer:
             self.lost += 1
         else:
             self.buffer.append(event)
@@ -210,14 +257,23 @@ class Tracer:
     # --- the consumer's side --------------------------------------------------------------
 
     def drain(self, limit: int = 1 << 62) -> list[tuple]:
-        """Take up to `limit` buffered events, oldest first (thread-safe against the engine)."""
+        """Take buffered items, oldest first, until they hold `limit` events or none is left
+        (thread-safe against the engine). See `event_count` and `event_maps`."""
         buffer, taken = self.buffer, []
         append, popleft = taken.append, buffer.popleft
-        try:
-            for _ in range(min(limit, len(buffer))):
-                append(popleft())
-        except IndexError:
-            pass
+        count = extra = 0
+        while count < limit:
+            try:
+                item = popleft()
+            except IndexError:
+                break
+            append(item)
+            if item[0] == BACKWARD_STEPS:
+                extra += len(item[2]) - 1
+                count += len(item[2])
+            else:
+                count += 1
+        self._extra_out += extra
         return taken
 
     def take_lost(self) -> int:
@@ -230,8 +286,29 @@ class Tracer:
         return {"engine": self.engine.name, "ops": {n: op.plugin for n, op in ops.items()}}
 
 
+def event_count(item: tuple) -> int:
+    """How many events a buffered item holds."""
+    return len(item[2]) if item[0] == BACKWARD_STEPS else 1
+
+
+def event_maps(items: Iterable[tuple], first_seq: int, t0: int) -> list[dict[str, Any]]:
+    """The protocol maps of buffered items, numbered from `first_seq`."""
+    maps, seq = [], first_seq
+    for item in items:
+        if item[0] == BACKWARD_STEPS:
+            t = (item[1] - t0) // 1000
+            for id_, grad in zip(item[2], item[3], strict=True):
+                maps.append({"type": "backward", "seq": seq, "id": id_, "grad": grad, "t": t})
+                seq += 1
+        else:
+            maps.append(event_map(item, seq, t0))
+            seq += 1
+    return maps
+
+
 def event_map(event: tuple, seq: int, t0: int) -> dict[str, Any]:
-    """The protocol map of one buffered event, numbered `seq`; `t` counts from `t0` (ns)."""
+    """The protocol map of one buffered event (not a BACKWARD_STEPS chunk: see
+    `event_maps`), numbered `seq`; `t` counts from `t0` (ns)."""
     kind, t = event[0], (event[1] - t0) // 1000
     if kind == FORWARD:
         _, _, node, data, label = event

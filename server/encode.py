@@ -145,3 +145,33 @@ def _forward_general(seq, id_, op, parents, data, label, t, const) -> bytes:
         parts.append(_CONST_KEY)
         parts.append(_pack(const))
     return b"".join(parts)
+
+
+# A chunk of backward steps at once: every map has the layout of `backward_bytes` and the same
+# `t`, so the chunk is that map repeated, with the numbers written in column by column: each
+# column (seq, id, grad) packed with one struct call, then each of its bytes copied into every
+# record by one strided slice assignment (a loop in C, not in Python).
+_B_OFFSETS = {
+    "seq": len(_B_PARTS[0]),
+    "id": len(_B_PARTS[0]) + 4 + len(_B_PARTS[1]),
+    "grad": len(_B_PARTS[0]) + 4 + len(_B_PARTS[1]) + 4 + len(_B_PARTS[2]),
+}
+
+
+def backward_steps_bytes(
+    first_seq: int, ids: Sequence[int], grads: Sequence[float], t: int
+) -> bytearray:
+    """The `backward` maps of consecutive steps numbered from `first_seq`, all with time `t`,
+    back to back: the same bytes as `backward_bytes` called for each."""
+    count, size = len(ids), _BACKWARD.size
+    out = bytearray(backward_bytes(0, 0, 0.0, t) * count)
+    columns = (
+        ("seq", struct.pack(f">{count}I", *range(first_seq, first_seq + count)), 4),
+        ("id", struct.pack(f">{count}I", *ids), 4),
+        ("grad", struct.pack(f">{count}d", *grads), 8),
+    )
+    for name, column, width in columns:
+        offset = _B_OFFSETS[name]
+        for byte in range(width):
+            out[offset + byte :: size] = column[byte::width]
+    return out

@@ -20,16 +20,20 @@ from typing import Any
 
 import msgpack
 
-from opgraph.trace import BACKWARD, FORWARD, event_map
+from opgraph.trace import BACKWARD_STEPS, FORWARD, event_map
 
-from .encode import backward_bytes, forward_bytes
+from .encode import backward_steps_bytes, forward_bytes
 
 FRAME_EVENTS = 2000  # events per websocket frame (about 60-100 KB)
 SNAPSHOT_FRAME_NODES = 2000
 
-# A node of the hub's graph is a tuple (op, parents, data, label, const) and its grad is kept
-# apart in a dict of floats: tuples of atomic values and dicts of floats are untracked by
-# the garbage collector, which otherwise walks every node on each full collection.
+# A node of the hub's graph is either the packed `forward` map it was announced with (bytes,
+# as the fast path stores it) or a tuple (op, parents, data, label, const) once something
+# changed it; its grad is kept apart in a dict of floats. Bytes are not tracked by the garbage
+# collector at all, and tuples of atomic values and dicts of floats are untracked by it after
+# a while: a graph of objects the collector follows would make it walk every node on each
+# full collection, and each new tuple counts towards the next collection (measured: storing
+# two tuples per node doubled the collections of a traced moons step).
 
 
 class Hub:
@@ -57,6 +61,11 @@ class Hub:
         self.seq = 0
         self.nodes: dict[int, tuple] = {}
         self.grads: dict[int, float] = {}
+        # The backward pass in progress (0: none) and its root, and for each node the last
+        # pass whose backward step reached it: what a snapshot says about backward.
+        self.pass_in_progress = 0
+        self.pass_root: int | None = None
+        self.reached: dict[int, int] = {}
         self.viewers: set[Viewer] = set()
         self.next_id = 0  # for renumbering published runs (hub mode)
         self.runs = 0
@@ -100,62 +109,84 @@ class Hub:
         return len(packed)
 
     def publish_traced(self, events: list[tuple], t0: int) -> int:
-        """`publish` for the tuples of a local `Tracer`: the fast path, with no dict per event
-        and the two commonest kinds packed by templates (see encode.py)."""
+        """`publish` for the items of a local `Tracer`: the fast path, with no dict per event,
+        `forward` packed by templates and chunks of `backward` steps packed column by column
+        (see encode.py)."""
         pack, nodes, grads = self._pack, self.nodes, self.grads
-        packed: list[bytes] = []
-        append = packed.append
+        frames = _Frames(self)
+        parts = frames.parts
+        add = parts.append
         seq = self.seq
         for event in events:
-            seq += 1
+            if seq - frames.first >= FRAME_EVENTS:
+                frames.flush(seq)
             kind = event[0]
             t = (event[1] - t0) // 1000
-            if kind == BACKWARD:
-                id_, grad = event[2], event[3]
-                grads[id_] = grad
-                try:
-                    append(backward_bytes(seq, id_, grad, t))
-                except struct.error:  # a number past 32 bits
-                    append(pack({"type": "backward", "seq": seq, "id": id_, "grad": grad, "t": t}))
-            elif kind == FORWARD:
+            if kind == FORWARD:
+                seq += 1
                 _, _, node, data, label = event
-                id_, op, parents = node._id, node._opdef, node._prev
-                if len(parents) == 2:
-                    parents = (parents[0]._id, parents[1]._id)
+                id_, op, a = node._id, node._opdef, node._a
+                if a is None:
+                    parents: tuple = ()
+                elif node._b is None:
+                    parents = (a._id,)
+                elif node._more is None:
+                    parents = (a._id, node._b._id)
                 else:
-                    parents = tuple([p._id for p in parents])
+                    parents = tuple([p._id for p in node._prev])
                 if op is None:
                     name = const = None
                 else:
                     name = op.name
-                    const = tuple([v for _, v in op.constants]) if op.constants else None
-                nodes[id_] = (name, parents, data, label, const)
+                    const = [v for _, v in op.constants] if op.constants else None
                 try:
-                    append(forward_bytes(seq, id_, name, parents, data, label, t, const))
+                    packed = forward_bytes(seq, id_, name, parents, data, label, t, const)
                 except struct.error:
-                    append(pack(event_map(event, seq, t0)))
+                    packed = pack(event_map(event, seq, t0))
+                nodes[id_] = packed
+                add(packed)
+            elif kind == BACKWARD_STEPS:
+                ids, values = event[2], event[3]
+                grads.update(zip(ids, values, strict=True))
+                self.reached.update(dict.fromkeys(ids, self.pass_in_progress))
+                try:
+                    add(backward_steps_bytes(seq + 1, ids, values, t))
+                    seq += len(ids)
+                except struct.error:  # a number past 32 bits
+                    for id_, grad in zip(ids, values, strict=True):
+                        seq += 1
+                        backward = {"type": "backward", "seq": seq, "id": id_, "grad": grad}
+                        add(pack({**backward, "t": t}))
             else:
+                seq += 1
                 out = event_map(event, seq, t0)
                 self.apply(out)
-                append(pack(out))
+                add(pack(out))
         self.seq = seq
         if len(nodes) > self.max_nodes:
             self._forget()
-        self._fan_out(packed)
-        return len(packed)
+        return frames.flush(seq)
 
     def _fan_out(self, packed: list[bytes]) -> None:
         for start in range(0, len(packed), FRAME_EVENTS):
             chunk = packed[start : start + FRAME_EVENTS]
-            frame = b"".join(chunk)
-            if self.recorder is not None:
-                self.recorder.write(frame)
-            for viewer in self.viewers:
-                viewer.offer(frame, len(chunk))
+            self._send_frame(b"".join(chunk), len(chunk))
+
+    def _send_frame(self, frame: bytes, count: int) -> None:
+        if self.recorder is not None:
+            self.recorder.write(frame)
+        for viewer in self.viewers:
+            viewer.offer(frame, count)
 
     def apply(self, event: dict[str, Any]) -> None:
         """Update the graph with one event (unknown kinds change nothing)."""
         kind, nodes = event["type"], self.nodes
+        if kind == "backward_begin":
+            self.pass_in_progress, self.pass_root = event.get("pass", 0), event.get("root")
+            return
+        if kind == "backward_end":
+            self.pass_in_progress, self.pass_root = 0, None
+            return
         if kind == "forward":
             const = event.get("const")
             nodes[event["id"]] = (
@@ -172,9 +203,10 @@ class Hub:
         node = nodes.get(id_)
         if node is None:
             return
-        op, parents, data, label, const = node
+        op, parents, data, label, const = _as_tuple(node)
         if kind == "backward":
             self.grads[id_] = event["grad"]
+            self.reached[id_] = self.pass_in_progress
         elif kind == "data":
             del nodes[id_]  # renewed: re-inserted last, so it is forgotten last
             nodes[id_] = (op, parents, event["data"], label, const)
@@ -189,6 +221,7 @@ class Hub:
         for id_ in list(itertools.islice(nodes, excess)):
             del nodes[id_]
             self.grads.pop(id_, None)
+            self.reached.pop(id_, None)
 
     def upstream_lost(self, count: int) -> None:
         """The source lost `count` events before they were numbered: resync every viewer."""
@@ -200,16 +233,22 @@ class Hub:
     def snapshot_frames(self) -> list[bytes]:
         """The current graph as protocol frames: snapshot_begin, node maps, snapshot_end."""
         pack, seq, nodes, grads = self._pack, self.seq, self.nodes, self.grads
-        frames = [pack({"type": "snapshot_begin", "seq": seq, "nodes": len(nodes)})]
+        reached = self.reached
+        begin = {"type": "snapshot_begin", "seq": seq, "nodes": len(nodes)}
+        if self.pass_in_progress:
+            begin["backward"] = {"pass": self.pass_in_progress, "root": self.pass_root}
+        frames = [pack(begin)]
         ids = sorted(nodes)
         for start in range(0, len(ids), SNAPSHOT_FRAME_NODES):
             parts = []
             for id_ in ids[start : start + SNAPSHOT_FRAME_NODES]:
-                op, parents, data, label, const = nodes[id_]
+                op, parents, data, label, const = _as_tuple(nodes[id_])
                 node = {"type": "node", "id": id_, "op": op, "parents": list(parents)}
                 node.update(data=data, grad=grads.get(id_, 0.0), label=label)
                 if const:
                     node["const"] = list(const)
+                if id_ in reached:
+                    node["pass"] = reached[id_]
                 parts.append(pack(node))
             frames.append(b"".join(parts))
         frames.append(pack({"type": "snapshot_end", "seq": seq}))
@@ -236,6 +275,39 @@ class Hub:
             "viewers": [viewer.stats() for viewer in self.viewers],
             "runs": self.runs,
         }
+
+
+def _as_tuple(node: bytes | tuple) -> tuple:
+    """A node of the hub's graph as (op, parents, data, label, const)."""
+    if type(node) is not tuple:  # the packed forward map
+        event = msgpack.unpackb(node, raw=False)
+        const = event.get("const")
+        node = (
+            event.get("op"),
+            tuple(event.get("parents", ())),
+            event.get("data", 0.0),
+            event.get("label", ""),
+            tuple(const) if const else None,
+        )
+    return node
+
+
+class _Frames:
+    """Packed events (`parts`, appended to by the caller) gathered into frames of about
+    FRAME_EVENTS events: `flush(seq)` sends the events after `first` up to `seq` as one."""
+
+    def __init__(self, hub: Hub):
+        self.hub = hub
+        self.parts: list[bytes | bytearray] = []
+        self.first = self.start = hub.seq  # the seq before the frame's first event
+
+    def flush(self, seq: int) -> int:
+        """Send what is gathered (the events up to `seq`); returns the events sent so far."""
+        if self.parts:
+            self.hub._send_frame(b"".join(self.parts), seq - self.first)
+            self.parts.clear()
+            self.first = seq
+        return seq - self.start
 
 
 class Viewer:

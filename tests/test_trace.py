@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opgraph import Engine, no_grad
-from opgraph.trace import Tracer, event_map
+from opgraph.trace import Tracer, event_maps
 
 try:
     from . import _tracing_helpers as th
@@ -25,7 +25,7 @@ def traced_engine(**options) -> tuple[Engine, Tracer]:
 
 
 def events_of(tracer: Tracer) -> list[dict]:
-    return [event_map(e, seq, tracer.t0) for seq, e in enumerate(tracer.drain(), start=1)]
+    return event_maps(tracer.drain(), 1, tracer.t0)
 
 
 def test_known_expression_forward_and_backward_events():
