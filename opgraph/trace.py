@@ -19,7 +19,7 @@ import math
 import os
 import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +27,11 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .value import Value
 
-# Event kinds as they travel through the buffer (tuples, first item the kind).
-# BACKWARD_STEPS is one buffered item for a chunk of backward steps: (kind, t, ids, grads).
+# Event kinds as they travel through the buffer. The buffer is a flat deque of fields: each
+# record is RECORD fields, the kind first, then the time, then three more (None when unused).
+# BACKWARD_STEPS is one record for a chunk of backward steps: (kind, t, ids, grads, None).
 FORWARD, BACKWARD, BACKWARD_BEGIN, BACKWARD_END, DATA, LABEL, BACKWARD_STEPS = range(7)
+RECORD = 5
 
 _MISSING = object()
 
@@ -49,13 +51,16 @@ class Tracer:
 
     def __init__(self, engine: Engine, *, max_buffer: int = 2_000_000, max_known: int = 500_000):
         self.engine = engine
-        self.buffer: deque[tuple] = deque()
+        # Flat, so that buffering an event makes no object the garbage collector tracks (a
+        # tuple per event, kept until drained, made a traced step collect twice as often).
+        # Records are added whole by one deque.extend (atomic under the GIL).
+        self.buffer: deque[Any] = deque()
         self.max_buffer = max_buffer
         self.max_known = max_known
         self.lost = 0  # events not stored because the buffer was full
-        # A BACKWARD_STEPS item holds several events. The events waiting are
-        # len(buffer) + _extra_in - _extra_out: each counter is written by one thread only
-        # (the engine's, the consumer's), so no lock is needed.
+        # A BACKWARD_STEPS record holds several events. The events waiting are
+        # len(buffer) // RECORD + _extra_in - _extra_out: each counter is written by one
+        # thread only (the engine's, the consumer's), so no lock is needed.
         self._extra_in = 0
         self._extra_out = 0
         self.passes = 0
@@ -124,12 +129,12 @@ class Tracer:
             if len(self._known) > self.max_known:
                 self._forget()
         buffer = self.buffer
-        if len(buffer) + self._extra_in - self._extra_out >= self.max_buffer:
+        if len(buffer) // RECORD + self._extra_in - self._extra_out >= self.max_buffer:
             self.lost += 1
             return
         # The node itself: its id, op and parents never change, so they are read when the
         # event is drained; data and label are taken now.
-        buffer.append((FORWARD, perf_counter_ns(), node, node.data, node._label))
+        buffer.extend((FORWARD, perf_counter_ns(), node, node.data, node._label))
 
     def _check_parent(self, parent: Value) -> None:
         """Announce a parent the viewers do not know, or its data if that changed."""
@@ -144,11 +149,11 @@ class Tracer:
         if not self._is_known(node):
             self._announce(node)  # the forward carries the label
         else:
-            self._emit((LABEL, perf_counter_ns(), node._id, node._label))
+            self._emit((LABEL, perf_counter_ns(), node._id, node._label, None))
 
     def backward_begin(self, root: Value) -> None:
         self.passes += 1
-        self._emit((BACKWARD_BEGIN, perf_counter_ns(), root._id, self.passes))
+        self._emit((BACKWARD_BEGIN, perf_counter_ns(), root._id, self.passes, None))
 
     def backward(self, node: Value) -> None:
         # node.grad is this pass's gradient: backward() sets aside what earlier passes left
@@ -158,7 +163,7 @@ class Tracer:
         if self.pending() >= self.max_buffer:
             self.lost += 1
             return
-        self.buffer.append((BACKWARD, perf_counter_ns(), node._id, node.grad))
+        self.buffer.extend((BACKWARD, perf_counter_ns(), node._id, node.grad, None))
 
     def backward_steps(self, nodes: list[Value]) -> None:
         """The backward steps of `nodes` have run, in this order (a chunk of a pass).
@@ -176,10 +181,10 @@ class Tracer:
         ids = [node._id for node in nodes]
         grads = [node.grad for node in nodes]
         self._extra_in += count - 1
-        self.buffer.append((BACKWARD_STEPS, perf_counter_ns(), ids, grads))
+        self.buffer.extend((BACKWARD_STEPS, perf_counter_ns(), ids, grads, None))
 
     def backward_end(self, root: Value) -> None:
-        self._emit((BACKWARD_END, perf_counter_ns(), root._id, self.passes))
+        self._emit((BACKWARD_END, perf_counter_ns(), root._id, self.passes, None))
 
     # --- data changes and late announcements ----------------------------------------------
 
@@ -201,7 +206,7 @@ class Tracer:
             if announced is _MISSING and self._is_known(value):
                 # made while traced but not remembered (not a leaf): send its data anyway
                 self._known[value._id] = value.data
-                self._emit((DATA, perf_counter_ns(), value._id, value.data))
+                self._emit((DATA, perf_counter_ns(), value._id, value.data, None))
             else:
                 self._check(value, announced)
 
@@ -210,7 +215,7 @@ class Tracer:
             self._announce(node)
         elif not _same(announced, node.data):
             self._known[node._id] = node.data
-            self._emit((DATA, perf_counter_ns(), node._id, node.data))
+            self._emit((DATA, perf_counter_ns(), node._id, node.data, None))
         else:
             self._known[node._id] = node.data  # equal value, new object: remember this one
 
@@ -246,35 +251,31 @@ class Tracer:
 
     def pending(self) -> int:
         """How many events wait in the buffer."""
-        return len(self.buffer) + self._extra_in - self._extra_out
+        return len(self.buffer) // RECORD + self._extra_in - self._extra_out
 
     def _emit(self, event: tuple) -> None:
         if self.pending() >= self.max_buffer:
             self.lost += 1
         else:
-            self.buffer.append(event)
+            self.buffer.extend(event)
 
     # --- the consumer's side --------------------------------------------------------------
 
-    def drain(self, limit: int = 1 << 62) -> list[tuple]:
-        """Take buffered items, oldest first, until they hold `limit` events or none is left
-        (thread-safe against the engine). See `event_count` and `event_maps`."""
-        buffer, taken = self.buffer, []
-        append, popleft = taken.append, buffer.popleft
-        count = extra = 0
-        while count < limit:
-            try:
-                item = popleft()
-            except IndexError:
-                break
-            append(item)
-            if item[0] == BACKWARD_STEPS:
-                extra += len(item[2]) - 1
-                count += len(item[2])
-            else:
-                count += 1
-        self._extra_out += extra
-        return taken
+    def drain(self, limit: int = 1 << 62) -> list[Any]:
+        """Take up to `limit` buffered records, oldest first, as a flat list of fields (see
+        `records`); thread-safe against the engine, which adds whole records only."""
+        buffer = self.buffer
+        popleft = buffer.popleft
+        fields = [popleft() for _ in range(min(len(buffer) // RECORD, limit) * RECORD)]
+        kinds = fields[::RECORD]
+        if BACKWARD_STEPS in kinds:
+            chunks = fields[2::RECORD]
+            self._extra_out += sum(
+                len(ids) - 1
+                for kind, ids in zip(kinds, chunks, strict=True)
+                if kind == BACKWARD_STEPS
+            )
+        return fields
 
     def take_lost(self) -> int:
         lost, self.lost = self.lost, 0
@@ -284,6 +285,11 @@ class Tracer:
         """The fields of `hello` that describe this tracer's engine."""
         ops = self.engine.ops.definitions
         return {"engine": self.engine.name, "ops": {n: op.plugin for n, op in ops.items()}}
+
+
+def records(fields: list[Any]) -> Iterator[tuple]:
+    """The records of a flat list of fields from `Tracer.drain`, as tuples."""
+    return zip(*[iter(fields)] * RECORD, strict=True)
 
 
 def event_count(item: tuple) -> int:

@@ -10,7 +10,8 @@ not fit the template (ids past 2**32) raise `struct.error`; callers fall back to
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgpack
 
@@ -175,3 +176,37 @@ def backward_steps_bytes(
         for byte in range(width):
             out[offset + byte :: size] = column[byte::width]
     return out
+
+
+def forward_encoder(op: str | None, arity: int) -> Callable[[int, Any, float, int], bytes]:
+    """A function `(seq, node, data, t) -> bytes` packing the `forward` of a node made by op
+    `op` (nil for a leaf) with `arity` parents, no label and no constants: `forward_bytes`
+    with the parents' ids read from the node's slots, and no checks left for each event."""
+    pack, parts = _template(op, arity)
+    if arity == 2:
+        a, b, c, d, e, f = parts
+
+        def binary(seq: int, node: Any, data: float, t: int) -> bytes:
+            return pack(a, seq, b, node._id, c, node._a._id, d, node._b._id, e, data, f, t)
+
+        return binary
+    if arity == 1:
+        a, b, c, e, f = parts
+
+        def unary(seq: int, node: Any, data: float, t: int) -> bytes:
+            return pack(a, seq, b, node._id, c, node._a._id, e, data, f, t)
+
+        return unary
+    if arity == 0:
+        a, b, c, f = parts
+
+        def leaf(seq: int, node: Any, data: float, t: int) -> bytes:
+            return pack(a, seq, b, node._id, c, data, f, t)
+
+        return leaf
+
+    def general(seq: int, node: Any, data: float, t: int) -> bytes:
+        parents = [parent._id for parent in node._prev]
+        return forward_bytes(seq, node._id, op, parents, data, "", t)
+
+    return general

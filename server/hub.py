@@ -20,9 +20,9 @@ from typing import Any
 
 import msgpack
 
-from opgraph.trace import BACKWARD_STEPS, FORWARD, event_map
+from opgraph.trace import BACKWARD_STEPS, FORWARD, event_map, records
 
-from .encode import backward_steps_bytes, forward_bytes
+from .encode import backward_steps_bytes, forward_bytes, forward_encoder
 
 FRAME_EVENTS = 2000  # events per websocket frame (about 60-100 KB)
 SNAPSHOT_FRAME_NODES = 2000
@@ -66,6 +66,8 @@ class Hub:
         self.pass_in_progress = 0
         self.pass_root: int | None = None
         self.reached: dict[int, int] = {}
+        # op name -> (the Op, a function packing its forward maps), filled as ops appear
+        self._encoders: dict[str | None, tuple[Any, Any]] = {}
         self.viewers: set[Viewer] = set()
         self.next_id = 0  # for renumbering published runs (hub mode)
         self.runs = 0
@@ -108,45 +110,35 @@ class Hub:
         self._fan_out(packed)
         return len(packed)
 
-    def publish_traced(self, events: list[tuple], t0: int) -> int:
+    def publish_traced(self, fields: list[Any], t0: int) -> int:
         """`publish` for the items of a local `Tracer`: the fast path, with no dict per event,
         `forward` packed by templates and chunks of `backward` steps packed column by column
         (see encode.py)."""
-        pack, nodes, grads = self._pack, self.nodes, self.grads
+        pack, nodes, grads, encoders = self._pack, self.nodes, self.grads, self._encoders
         frames = _Frames(self)
         parts = frames.parts
         add = parts.append
         seq = self.seq
-        for event in events:
+        # (Unpacked in the for statement: zip then reuses its tuple, no object per event.)
+        for kind, t_ns, x, y, z in records(fields):
             if seq - frames.first >= FRAME_EVENTS:
                 frames.flush(seq)
-            kind = event[0]
-            t = (event[1] - t0) // 1000
+            t = (t_ns - t0) // 1000
             if kind == FORWARD:
                 seq += 1
-                _, _, node, data, label = event
-                id_, op, a = node._id, node._opdef, node._a
-                if a is None:
-                    parents: tuple = ()
-                elif node._b is None:
-                    parents = (a._id,)
-                elif node._more is None:
-                    parents = (a._id, node._b._id)
-                else:
-                    parents = tuple([p._id for p in node._prev])
-                if op is None:
-                    name = const = None
-                else:
-                    name = op.name
-                    const = [v for _, v in op.constants] if op.constants else None
+                op = x._opdef
+                encoder = encoders.get(op.name if op is not None else None)
                 try:
-                    packed = forward_bytes(seq, id_, name, parents, data, label, t, const)
-                except struct.error:
-                    packed = pack(event_map(event, seq, t0))
-                nodes[id_] = packed
+                    if z or encoder is None or encoder[0] is not op:  # a label, or a new op
+                        packed = self._encode_forward(seq, x, y, z, t)
+                    else:
+                        packed = encoder[1](seq, x, y, t)
+                except struct.error:  # a number past 32 bits
+                    packed = pack(event_map((kind, t_ns, x, y, z), seq, t0))
+                nodes[x._id] = packed
                 add(packed)
             elif kind == BACKWARD_STEPS:
-                ids, values = event[2], event[3]
+                ids, values = x, y
                 grads.update(zip(ids, values, strict=True))
                 self.reached.update(dict.fromkeys(ids, self.pass_in_progress))
                 try:
@@ -159,13 +151,26 @@ class Hub:
                         add(pack({**backward, "t": t}))
             else:
                 seq += 1
-                out = event_map(event, seq, t0)
+                out = event_map((kind, t_ns, x, y, z), seq, t0)
                 self.apply(out)
                 add(pack(out))
         self.seq = seq
         if len(nodes) > self.max_nodes:
             self._forget()
         return frames.flush(seq)
+
+    def _encode_forward(self, seq: int, node: Any, data: float, label: str, t: int) -> bytes:
+        """The packed `forward` of `node`; remembers a fast encoder for its op (see encode.py)."""
+        op = node._opdef
+        parents = [parent._id for parent in node._prev]
+        if op is None:
+            name = const = None
+        else:
+            name = op.name
+            const = [value for _, value in op.constants] if op.constants else None
+        if not const:  # ops with constants (x ** 2) are rare enough for the general path
+            self._encoders[name] = (op, forward_encoder(name, len(parents)))
+        return forward_bytes(seq, node._id, name, parents, data, label, t, const)
 
     def _fan_out(self, packed: list[bytes]) -> None:
         for start in range(0, len(packed), FRAME_EVENTS):
