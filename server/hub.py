@@ -20,12 +20,18 @@ from typing import Any
 
 import msgpack
 
-from opgraph.trace import BACKWARD_STEPS, FORWARD, event_map, records
+from opgraph.trace import BACKWARD_BEGIN, BACKWARD_STEPS, FORWARD, event_map, records
 
 from .encode import backward_steps_bytes, forward_bytes, forward_encoder
 
 FRAME_EVENTS = 2000  # events per websocket frame (about 60-100 KB)
 SNAPSHOT_FRAME_NODES = 2000
+# Resyncing a viewer that cannot keep up (see Viewer): after a snapshot, the next resync
+# waits at least RESYNC_INTERVAL seconds (or twice what sending that snapshot took, if more),
+# then happens when the next backward pass begins, or RESYNC_PASS_WAIT seconds later at
+# the latest. (Defaults; `serve(resync_interval=..., resync_pass_wait=...)` sets them.)
+RESYNC_INTERVAL = 0.5
+RESYNC_PASS_WAIT = 1.0
 
 # A node of the hub's graph is either the packed `forward` map it was announced with (bytes,
 # as the fast path stores it) or a tuple (op, parents, data, label, const) once something
@@ -51,6 +57,8 @@ class Hub:
         queue_limit: int = 100_000,
         max_nodes: int = 500_000,
         recorder: Any = None,
+        resync_interval: float = RESYNC_INTERVAL,
+        resync_pass_wait: float = RESYNC_PASS_WAIT,
     ):
         self.session = secrets.token_hex(8)
         self.engine = engine
@@ -58,6 +66,8 @@ class Hub:
         self.queue_limit = queue_limit
         self.max_nodes = max_nodes
         self.recorder = recorder
+        self.resync_interval = resync_interval
+        self.resync_pass_wait = resync_pass_wait
         self.seq = 0
         self.nodes: dict[int, tuple] = {}
         self.grads: dict[int, float] = {}
@@ -99,16 +109,32 @@ class Hub:
         Maps that already have a `seq` (from a recording or a publisher) are renumbered.
         """
         pack, apply = self._pack, self.apply
-        packed: list[bytes] = []
+        frames = _Frames(self)
+        add = frames.parts.append
         seq = self.seq
         for event in events:
+            if seq - frames.first >= FRAME_EVENTS:
+                frames.flush(seq)
             seq += 1
             event["seq"] = seq
             apply(event)
-            packed.append(pack(event))
+            add(pack(event))
+            if event["type"] == "backward_begin":
+                self._pass_begins(frames, seq)
         self.seq = seq
-        self._fan_out(packed)
-        return len(packed)
+        return frames.flush(seq)
+
+    def _pass_begins(self, frames: _Frames, seq: int) -> None:
+        """A backward pass began with event `seq`: resync the viewers that wait for one, so
+        that they see the pass from its start."""
+        now = asyncio.get_running_loop().time() if self.viewers else 0.0
+        waiting = [v for v in self.viewers if v.resync and now >= v.resync_earliest()]
+        if waiting:
+            frames.flush(seq)  # the events up to the pass's start; the snapshot covers them
+            self.seq = seq
+            snapshot = self.snapshot_frames()
+            for viewer in waiting:
+                viewer.resync_with(snapshot)
 
     def publish_traced(self, fields: list[Any], t0: int) -> int:
         """`publish` for the items of a local `Tracer`: the fast path, with no dict per event,
@@ -154,6 +180,8 @@ class Hub:
                 out = event_map((kind, t_ns, x, y, z), seq, t0)
                 self.apply(out)
                 add(pack(out))
+                if kind == BACKWARD_BEGIN:
+                    self._pass_begins(frames, seq)
         self.seq = seq
         if len(nodes) > self.max_nodes:
             self._forget()
@@ -171,11 +199,6 @@ class Hub:
         if not const:  # ops with constants (x ** 2) are rare enough for the general path
             self._encoders[name] = (op, forward_encoder(name, len(parents)))
         return forward_bytes(seq, node._id, name, parents, data, label, t, const)
-
-    def _fan_out(self, packed: list[bytes]) -> None:
-        for start in range(0, len(packed), FRAME_EVENTS):
-            chunk = packed[start : start + FRAME_EVENTS]
-            self._send_frame(b"".join(chunk), len(chunk))
 
     def _send_frame(self, frame: bytes, count: int) -> None:
         if self.recorder is not None:
@@ -331,8 +354,11 @@ class Viewer:
         self.resyncs = 0
         self.resync = False  # send dropped + snapshot before anything else
         self.want_snapshot = False  # the viewer asked for a snapshot
+        self.ready: list[bytes] | None = None  # dropped + a snapshot the hub took for it
         self.wake = asyncio.Event()
         self.sending = False  # a frame of the queue is being written
+        self.snapshot_done: float | None = None  # loop time the last snapshot was sent
+        self.snapshot_took = 0.0  # seconds that sending it took
 
     def offer(self, frame: bytes, count: int) -> None:
         """Queue a frame of `count` events, or count them lost if the queue is full."""
@@ -355,39 +381,88 @@ class Viewer:
         self.resync = True
         self.wake.set()
 
+    # A viewer that cannot keep up would otherwise get snapshot after snapshot (each one
+    # large, and followed at once by the next overflow) and never see a backward pass: so
+    # after a snapshot, the next resync waits a while, then comes when a pass begins.
+
+    def resync_earliest(self) -> float:
+        """The loop time from which this viewer may be resynced when a pass begins."""
+        if self.snapshot_done is None:
+            return 0.0
+        return self.snapshot_done + max(self.hub.resync_interval, 2 * self.snapshot_took)
+
+    def resync_deadline(self) -> float:
+        """The loop time at which this viewer is resynced even if no pass begins."""
+        if self.snapshot_done is None:
+            return 0.0
+        return self.resync_earliest() + self.hub.resync_pass_wait
+
+    def resync_with(self, snapshot: list[bytes]) -> None:
+        """Resync now with `snapshot` (frames of the hub's graph at hub.seq)."""
+        self.ready = [self._dropped_frame(), *snapshot]
+        self.want_snapshot = False
+        self.wake.set()
+
+    def _dropped_frame(self) -> bytes:
+        frame = self.hub._pack({"type": "dropped", "count": self.lost})
+        self.dropped_total += self.lost
+        self.resyncs += 1
+        self.lost = 0
+        self.resync = False
+        self.queue.clear()
+        self.queued = 0
+        return frame
+
     async def run(self, first_frames: list[bytes]) -> None:
         """Send the first frames, then queued frames as they come, resyncing when needed."""
-        for frame in first_frames:
-            await self.send(frame)
+        loop = asyncio.get_running_loop()
+        await self._send_snapshot_frames(first_frames)
         while True:
-            await self.wake.wait()
+            if self.resync and not self.want_snapshot and self.ready is None:
+                try:  # wait for a pass to begin (the hub resyncs) or for the deadline
+                    timeout = max(self.resync_deadline() - loop.time(), 0)
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+            else:
+                await self.wake.wait()
             self.wake.clear()
-            while self.queue or self.resync or self.want_snapshot:
-                if self.resync or self.want_snapshot:
+            while self.ready or self.queue or self.resync or self.want_snapshot:
+                if self.ready is not None:
+                    frames, self.ready = self.ready, None
+                    await self._send_snapshot_frames(frames)
+                elif self.want_snapshot or (self.resync and loop.time() >= self.resync_deadline()):
                     await self._send_snapshot()
-                    continue
-                frame, count = self.queue.popleft()
-                self.queued -= count
-                self.sending = True
-                try:
-                    await self.send(frame)
-                finally:
-                    self.sending = False
+                elif self.resync:
+                    break  # not yet: wait above
+                else:
+                    frame, count = self.queue.popleft()
+                    self.queued -= count
+                    self.sending = True
+                    try:
+                        await self.send(frame)
+                    finally:
+                        self.sending = False
 
     async def _send_snapshot(self) -> None:
         # Built synchronously: it reflects exactly the events up to hub.seq; the queue holds
         # only events up to hub.seq too, so it is dropped and the stream goes on at seq + 1.
         frames = self.hub.snapshot_frames()
         if self.resync:
-            frames.insert(0, self.hub._pack({"type": "dropped", "count": self.lost}))
-            self.dropped_total += self.lost
-            self.resyncs += 1
+            frames.insert(0, self._dropped_frame())
         self.lost = 0
         self.resync = self.want_snapshot = False
         self.queue.clear()
         self.queued = 0
+        await self._send_snapshot_frames(frames)
+
+    async def _send_snapshot_frames(self, frames: list[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         for frame in frames:
             await self.send(frame)
+        self.snapshot_done = loop.time()
+        self.snapshot_took = self.snapshot_done - start
 
     def stats(self) -> dict[str, Any]:
         return {
