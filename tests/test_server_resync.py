@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import msgpack
+from opgraph.server.client import Graph
 
 from opgraph import Engine, topological_order
 
@@ -76,6 +77,10 @@ def test_a_viewer_that_falls_behind_is_resynced_when_a_backward_pass_begins():
     assert during[0]["backward"] == {"pass": 1, "root": y.id}
     assert all("pass" not in node and node["grad"] == 0.0 for node in during[1:-1])
     assert during[0]["seq"] < last
+    graph = Graph()  # the Python client follows: the pass is in progress after the snapshot
+    for event in during:
+        graph.apply(event)
+    assert graph.current_pass == 1
     # the second came after the pass: every node shows the pass that reached it and its grad
     assert "backward" not in after[0] and after[0]["seq"] == last
     real = {node.id: node for node in topological_order(y)}
