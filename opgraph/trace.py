@@ -122,8 +122,9 @@ class Tracer:
                         self._check_parent(b)
                 elif b._id < since:
                     self._check_parent(b)
-                for parent in node._more or ():
-                    self._check_parent(parent)
+                if node._more is not None:  # (no iterator made for the usual case)
+                    for parent in node._more:
+                        self._check_parent(parent)
         else:  # a leaf: remember its data (even if the event is lost: it would be again)
             self._known[id_] = node.data
             if len(self._known) > self.max_known:
