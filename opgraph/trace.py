@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 # BACKWARD_STEPS is one record for a chunk of backward steps: (kind, t, ids, grads, None).
 FORWARD, BACKWARD, BACKWARD_BEGIN, BACKWARD_END, DATA, LABEL, BACKWARD_STEPS = range(7)
 RECORD = 5
+BIGGEST_RECORD = 256  # events in a BACKWARD_STEPS record, usually (see backward.py)
 
 _MISSING = object()
 
@@ -263,19 +264,32 @@ class Tracer:
     # --- the consumer's side --------------------------------------------------------------
 
     def drain(self, limit: int = 1 << 62) -> list[Any]:
-        """Take up to `limit` buffered records, oldest first, as a flat list of fields (see
-        `records`); thread-safe against the engine, which adds whole records only."""
+        """Take buffered records, oldest first, until they hold about `limit` events (at most
+        one record more) or none is left, as a flat list of fields (see `records`).
+
+        Thread-safe against the engine, which adds whole records only. Records are taken in
+        blocks small enough that a block of chunks of backward steps cannot pass `limit`.
+        """
         buffer = self.buffer
         popleft = buffer.popleft
-        fields = [popleft() for _ in range(min(len(buffer) // RECORD, limit) * RECORD)]
-        kinds = fields[::RECORD]
-        if BACKWARD_STEPS in kinds:
-            chunks = fields[2::RECORD]
-            self._extra_out += sum(
-                len(ids) - 1
-                for kind, ids in zip(kinds, chunks, strict=True)
-                if kind == BACKWARD_STEPS
-            )
+        fields: list[Any] = []
+        count = 0
+        while count < limit and buffer:
+            block = min(len(buffer) // RECORD, max(1, (limit - count) // BIGGEST_RECORD))
+            if block == 0:
+                break
+            taken = [popleft() for _ in range(block * RECORD)]
+            fields += taken
+            count += block
+            kinds = taken[::RECORD]
+            if BACKWARD_STEPS in kinds:
+                extra = sum(
+                    len(ids) - 1
+                    for kind, ids in zip(kinds, taken[2::RECORD], strict=True)
+                    if kind == BACKWARD_STEPS
+                )
+                count += extra
+                self._extra_out += extra
         return fields
 
     def take_lost(self) -> int:

@@ -17,7 +17,7 @@ from opgraph.server.hub import Hub
 
 from opgraph import Engine, Op, hookimpl, topological_order
 from opgraph.backward import TRACE_CHUNK
-from opgraph.trace import Tracer, event_maps, records
+from opgraph.trace import Tracer, event_count, event_maps, records
 
 u32 = st.integers(min_value=0, max_value=2**32 - 1)
 floats = st.floats(allow_nan=True, allow_infinity=True)
@@ -142,3 +142,18 @@ def _snapshot(hub: Hub) -> list[dict]:
     for frame in hub.snapshot_frames():
         unpacker.feed(frame)
     return list(unpacker)
+
+
+def test_drain_takes_about_limit_events_even_from_chunks_of_backward_steps():
+    engine, tracer = traced_engine()
+    y = engine.value(0.5)
+    for _ in range(2000):
+        y = y.tanh()
+    tracer.drain()
+    y.backward()  # begin, 2001 steps in 8 chunks, end
+    sizes = []
+    while tracer.pending():
+        sizes.append(sum(event_count(r) for r in records(tracer.drain(300))))
+    assert sum(sizes) == 1 + 2001 + 1
+    assert all(size <= 300 + TRACE_CHUNK for size in sizes)  # at most one record past it
+    assert max(sizes) > 1  # and more than one event at a time
