@@ -7,6 +7,7 @@ recording (`opgraph replay`). See docs/tracing.md and docs/protocol.md.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import atexit
 import ipaddress
@@ -114,7 +115,12 @@ class TraceServer:
         self.accept_publishers = accept_publishers
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.close_timeout = close_timeout
-        self.recorder = Recorder(record) if record else None
+        try:
+            self.recorder = Recorder(record) if record else None
+        except OSError as exc:  # a missing directory, no permission: say which file
+            raise ServerError(
+                f"cannot record to {os.fspath(record)}: {exc.strerror or exc}"
+            ) from exc
         self.hub = Hub(
             engine_name,
             ops,
@@ -567,10 +573,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--static-dir", help="serve the viewer page from this directory")
     parser.add_argument(
         "--queue-limit",
-        type=int,
+        type=positive_int,
         default=100_000,
         help="events queued per viewer before it is resynced",
     )
+
+
+def positive_int(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def hub_server(args) -> TraceServer:
