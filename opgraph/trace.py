@@ -400,7 +400,12 @@ def from_environment(engine: Engine) -> Any:
             return publish(engine, setting, at_exit=True)
         if setting not in ("1", "true", "yes", "on"):
             raise ValueError(f"expected 1 or a hub URL like ws://127.0.0.1:8765, got {setting!r}")
-        port = int(os.environ.get("OPGRAPH_TRACE_PORT", "8765"))
+        port_setting = os.environ.get("OPGRAPH_TRACE_PORT", "8765").strip()
+        if not port_setting.isdigit() or int(port_setting) > 65535:
+            raise ValueError(
+                f"OPGRAPH_TRACE_PORT must be a port number 0-65535, got {port_setting!r}"
+            )
+        port = int(port_setting)
         record = os.environ.get("OPGRAPH_TRACE_RECORD") or None
         from opgraph.server.server import serve_engine
 
