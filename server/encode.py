@@ -210,3 +210,25 @@ def forward_encoder(op: str | None, arity: int) -> Callable[[int, Any, float, in
         return forward_bytes(seq, node._id, op, parents, data, "", t)
 
     return general
+
+
+# The snapshot's `node` map of a node, rewritten from the `forward` bytes above without
+# decoding them: a forward map without constants is the header, then `type` and `seq`
+# (_F_PREFIX bytes), then id, op, parents, data and label, then `t` (the last _T.size bytes).
+# The node map keeps the middle and adds `grad` (and `pass`).
+_F_PREFIX = len(_F_START[False]) + 4
+_NODE_HEAD = {n: bytes([0x80 | n]) + _key("type") + _pack("node") for n in (7, 8)}
+_GRAD = struct.Struct(f">{len(_key('grad')) + 1}sd")
+_GRAD_KEY = _key("grad") + b"\xcb"
+_PASS_KEY = _key("pass")
+
+
+def node_bytes(forward: bytes, grad: float, pass_: int | None) -> bytes | None:
+    """The `node` map for a snapshot, from the bytes `forward_bytes` or `forward_encoder`
+    made for the node; None for a forward with constants (decode it instead)."""
+    if forward[0] != 0x88:  # nine fields: it has `const`, after `t`
+        return None
+    middle = forward[_F_PREFIX : -_T.size]
+    if pass_ is None:
+        return b"".join((_NODE_HEAD[7], middle, _GRAD.pack(_GRAD_KEY, grad)))
+    return b"".join((_NODE_HEAD[8], middle, _GRAD.pack(_GRAD_KEY, grad), _PASS_KEY, _pack(pass_)))

@@ -22,7 +22,7 @@ import msgpack
 
 from opgraph.trace import BACKWARD_BEGIN, BACKWARD_STEPS, FORWARD, event_map, records
 
-from .encode import backward_steps_bytes, forward_bytes, forward_encoder
+from .encode import backward_steps_bytes, forward_bytes, forward_encoder, node_bytes
 
 FRAME_EVENTS = 2000  # events per websocket frame (about 60-100 KB)
 SNAPSHOT_FRAME_NODES = 2000
@@ -33,12 +33,13 @@ SNAPSHOT_FRAME_NODES = 2000
 RESYNC_INTERVAL = 0.5
 RESYNC_PASS_WAIT = 1.0
 
-# A node of the hub's graph is either the packed `forward` map it was announced with (bytes,
-# as the fast path stores it) or a tuple (op, parents, data, label, const) once something
-# changed it; its grad is kept apart in a dict of floats. Bytes are not tracked by the garbage
-# collector at all, and tuples of atomic values and dicts of floats are untracked by it after
-# a while: a graph of objects the collector follows would make it walk every node on each
-# full collection, and each new tuple counts towards the next collection (measured: storing
+# A node of the hub's graph is either the packed `forward` map it was announced with (bytes
+# from encode.py, as the fast path stores it; snapshots rewrite them, see node_bytes) or a
+# tuple (op, parents, data, label, const) once something changed it; its grad is kept apart
+# in a dict of floats. Bytes are not tracked by the garbage collector at all, and tuples of
+# atomic values and dicts of floats are untracked by it after a while: a graph of objects
+# the collector follows would make it walk every node on each full collection, and each new
+# tuple counts towards the next collection (measured: storing
 # two tuples per node doubled the collections of a traced moons step).
 
 
@@ -159,9 +160,11 @@ class Hub:
                         packed = self._encode_forward(seq, x, y, z, t)
                     else:
                         packed = encoder[1](seq, x, y, t)
-                except struct.error:  # a number past 32 bits
-                    packed = pack(event_map((kind, t_ns, x, y, z), seq, t0))
-                nodes[x._id] = packed
+                    nodes[x._id] = packed
+                except struct.error:  # a number past 32 bits: kept as a tuple
+                    out = event_map((kind, t_ns, x, y, z), seq, t0)
+                    packed = pack(out)
+                    self.apply(out)
                 add(packed)
             elif kind == BACKWARD_STEPS:
                 ids, values = x, y
@@ -270,7 +273,13 @@ class Hub:
         for start in range(0, len(ids), SNAPSHOT_FRAME_NODES):
             parts = []
             for id_ in ids[start : start + SNAPSHOT_FRAME_NODES]:
-                op, parents, data, label, const = _as_tuple(nodes[id_])
+                kept = nodes[id_]
+                if type(kept) is not tuple:  # the forward bytes: rewritten, not decoded
+                    packed = node_bytes(kept, grads.get(id_, 0.0), reached.get(id_))
+                    if packed is not None:
+                        parts.append(packed)
+                        continue
+                op, parents, data, label, const = _as_tuple(kept)
                 node = {"type": "node", "id": id_, "op": op, "parents": list(parents)}
                 node.update(data=data, grad=grads.get(id_, 0.0), label=label)
                 if const:

@@ -12,7 +12,13 @@ import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from opgraph.server.encode import backward_bytes, backward_steps_bytes, forward_encoder
+from opgraph.server.encode import (
+    backward_bytes,
+    backward_steps_bytes,
+    forward_bytes,
+    forward_encoder,
+    node_bytes,
+)
 from opgraph.server.hub import Hub
 
 from opgraph import Engine, Op, hookimpl, topological_order
@@ -157,3 +163,29 @@ def test_drain_takes_about_limit_events_even_from_chunks_of_backward_steps():
     assert sum(sizes) == 1 + 2001 + 1
     assert all(size <= 300 + TRACE_CHUNK for size in sizes)  # at most one record past it
     assert max(sizes) > 1  # and more than one event at a time
+
+
+@given(
+    u32,
+    u32,
+    st.sampled_from(["mul", None]),
+    st.lists(u32, max_size=3),
+    floats,
+    st.text(max_size=5),
+    floats,
+    st.none() | u32,
+    st.none() | st.lists(floats, min_size=1, max_size=2),
+)
+def test_a_snapshot_node_rewritten_from_forward_bytes_is_the_node_map(
+    seq, id_, op, parents, data, label, grad, pass_, const
+):
+    forward = forward_bytes(seq, id_, op, parents, data, label, 7, const)
+    rewritten = node_bytes(forward, grad, pass_)
+    if const:  # not rewritten: the hub decodes those
+        assert rewritten is None
+        return
+    node = msgpack.unpackb(rewritten, raw=False)
+    expected = {"type": "node", "id": id_, "op": op, "parents": parents, "label": label}
+    assert {k: v for k, v in node.items() if k not in ("data", "grad", "pass")} == expected
+    assert same(node["data"], data) and same(node["grad"], grad)
+    assert node.get("pass") == pass_
