@@ -145,6 +145,7 @@ class Graph:
         if kind == "snapshot_begin":
             self.nodes.clear()
             self._in_snapshot = True
+            self.current_pass = (event.get("backward") or {}).get("pass")  # in progress
             return
         if kind == "node":
             self.nodes[event["id"]] = _node(event, event.get("grad", 0.0))

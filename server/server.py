@@ -33,7 +33,7 @@ from websockets.http11 import Request, Response
 
 from opgraph.trace import Tracer
 
-from .hub import Hub, Viewer
+from .hub import RESYNC_INTERVAL, RESYNC_PASS_WAIT, Hub, Viewer
 from .recording import Recorder
 
 if TYPE_CHECKING:
@@ -101,6 +101,8 @@ class TraceServer:
         ping_interval: float = 20,
         ping_timeout: float = 20,
         close_timeout: float = 5,
+        resync_interval: float = RESYNC_INTERVAL,
+        resync_pass_wait: float = RESYNC_PASS_WAIT,
     ):
         if token is None:
             token = None if is_loopback(host) else secrets.token_urlsafe(16)
@@ -125,6 +127,8 @@ class TraceServer:
             queue_limit=queue_limit,
             max_nodes=max_nodes,
             recorder=self.recorder,
+            resync_interval=resync_interval,
+            resync_pass_wait=resync_pass_wait,
         )
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -246,7 +250,7 @@ class TraceServer:
 
     def _pending(self) -> bool:
         # A viewer waiting for its resync is settled: it will get a snapshot, not events.
-        return any((v.queue or v.sending) and not v.resync for v in self.hub.viewers)
+        return any((v.queue or v.sending or v.ready) and not v.resync for v in self.hub.viewers)
 
     def _drain_now(self) -> None:
         """Overridden by sources that buffer outside the hub (the local tracer)."""

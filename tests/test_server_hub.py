@@ -322,12 +322,6 @@ def test_serve_refuses_a_queue_limit_below_one(capsys):
         assert f"--queue-limit: must be at least 1, got {bad}" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap, in opgraph/trace.py (another helper's file for now): a bad "
-    "OPGRAPH_TRACE_PORT is reported as \"invalid literal for int() with base 10: 'abc'\", "
-    "without naming the variable",
-)
 def test_a_bad_opgraph_trace_port_is_named_and_the_script_runs_untraced():
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, "badport"],
