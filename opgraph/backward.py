@@ -95,15 +95,25 @@ def backward(root: Value, gradient: float = 1.0) -> None:
         tracer.backward_end(root)
 
 
+# A traced pass reports its steps to the tracer in chunks of this many nodes (one call and one
+# buffered item per chunk rather than per node; a viewer still sees the pass advance).
+TRACE_CHUNK = 256
+
+
 def _propagate(nodes: list[Value], tracer) -> None:
+    if tracer is not None:
+        _propagate_traced(nodes, tracer)
+        return
+    _chain_rule(nodes[::-1])
+
+
+def _chain_rule(order: list[Value]) -> None:
     # The chain rule, node by node from the root down: each parent gets the op's local
     # derivative times the node's grad. add and mul are written out (a partial of 1 needs no
     # product: `1.0 * grad` is `grad` to the bit); other unary and binary ops, nearly all the
     # rest, skip the general loop.
-    for node in reversed(nodes):
+    for node in order:
         op = node._opdef
-        if tracer is not None:
-            tracer.backward(node)
         if op is None:  # a leaf
             continue
         a, b, grad = node._a, node._b, node.grad
@@ -129,6 +139,20 @@ def _propagate(nodes: list[Value], tracer) -> None:
                     parent.grad += partial * grad
         except Exception as exc:
             raise derivative_error(node, exc) from exc
+
+
+def _propagate_traced(nodes: list[Value], tracer) -> None:
+    """The same pass, telling the tracer about each chunk of steps once it has run.
+
+    A node's grad is final for this pass once its own step has run: only the nodes that use
+    it add to it, and they all come before it in this order. So a chunk's grads can be read
+    after the chunk. If a step fails, the steps of its chunk before it are not reported.
+    """
+    order = nodes[::-1]
+    for start in range(0, len(order), TRACE_CHUNK):
+        chunk = order[start : start + TRACE_CHUNK]
+        _chain_rule(chunk)
+        tracer.backward_steps(chunk)
 
 
 def _propagate_checked(nodes: list[Value], tracer) -> None:

@@ -63,6 +63,8 @@ def compile(
     it is recorded raises CompileError: the replay could not follow what it did with it.
     `strict=False` warns instead. `engine` makes the input Values (default: the default engine).
     """
+    if not callable(fn):
+        raise TypeError(f"compile(fn, *example_args): fn must be callable, got {type(fn).__name__}")
     return Compiled(fn, example_args, strict=strict, engine=engine)
 
 

@@ -245,6 +245,33 @@ def _positive(text: str) -> int:
     return number
 
 
+def make_out_dir(out: Path) -> bool:
+    """Create --out now, not after a minute of training; False (and says why) if it cannot."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"opgraph demo: --out {out}: cannot create the directory: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def headline(model: MLP, X: Sequence[Sequence[float]], steps: int, seed: int) -> str:
+    return (
+        f"training MLP(2, [16, 16, 1]) ({len(model.parameters())} parameters) on {len(X)} "
+        f"two-moons points for {steps} steps (seed {seed})"
+    )
+
+
+def report_drawing(model: MLP, X: Sequence[Sequence[float]], out: Path) -> None:
+    """Draw the first neuron's graph to out/neuron.svg and say where (or why not)."""
+    try:
+        path = draw_neuron(model, X, out / "neuron.svg")
+    except GraphvizNotFoundError as exc:
+        print(f"no drawing of a neuron's graph: {exc}")
+    else:
+        print(f"drew the graph of neuron L0.N0: {path.resolve()}")
+
+
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "serve", False):
         if getattr(args, "compile", False):
@@ -257,19 +284,11 @@ def run(args: argparse.Namespace) -> int:
         from opgraph.server.demo import run_served
 
         return run_served(args)
-    try:  # find out now, not after a minute of training, that the drawing cannot be written
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(
-            f"opgraph demo: --out {args.out}: cannot create the directory: {exc}", file=sys.stderr
-        )
+    if not make_out_dir(args.out):
         return 2
     X, y = make_moons(100, noise=0.1, seed=args.seed)
     model = MLP(2, [16, 16, 1], rng=random.Random(args.seed))
-    print(
-        f"training MLP(2, [16, 16, 1]) ({len(model.parameters())} parameters) on {len(X)} "
-        f"two-moons points for {args.steps} steps (seed {args.seed})"
-    )
+    print(headline(model, X, args.steps, args.seed))
     started = time.perf_counter()
     loss_fn = loss
     if args.compile:
@@ -280,10 +299,5 @@ def run(args: argparse.Namespace) -> int:
     final_loss, accuracy = evaluate(model, X, y)
     print(f"trained in {time.perf_counter() - started:.1f}s")
     print(f"final loss {final_loss:.4f}, accuracy {accuracy:.0%}")
-    try:
-        path = draw_neuron(model, X, args.out / "neuron.svg")
-    except GraphvizNotFoundError as exc:
-        print(f"no drawing of a neuron's graph: {exc}")
-    else:
-        print(f"drew the graph of neuron L0.N0: {path.resolve()}")
+    report_drawing(model, X, args.out)
     return 0

@@ -152,6 +152,11 @@ class MLP(Module):
         engine: Engine | None = None,
         rng: random.Random | None = None,
     ):
+        if not isinstance(nouts, Iterable):
+            raise TypeError(
+                f"MLP({nin!r}, nouts): nouts is the list of layer sizes, as in "
+                f"MLP(2, [16, 16, 1]); got {type(nouts).__name__}: {nouts!r}"
+            )
         sizes = [nin, *nouts]
         self.engine = engine if engine is not None else default_engine()
         self.layers = [

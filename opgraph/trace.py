@@ -19,7 +19,7 @@ import math
 import os
 import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +27,12 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .value import Value
 
-# Event kinds as they travel through the buffer (tuples, first item the kind).
-FORWARD, BACKWARD, BACKWARD_BEGIN, BACKWARD_END, DATA, LABEL = range(6)
+# Event kinds as they travel through the buffer. The buffer is a flat deque of fields: each
+# record is RECORD fields, the kind first, then the time, then three more (None when unused).
+# BACKWARD_STEPS is one record for a chunk of backward steps: (kind, t, ids, grads, None).
+FORWARD, BACKWARD, BACKWARD_BEGIN, BACKWARD_END, DATA, LABEL, BACKWARD_STEPS = range(7)
+RECORD = 5
+BIGGEST_RECORD = 256  # events in a BACKWARD_STEPS record, usually (see backward.py)
 
 _MISSING = object()
 
@@ -48,10 +52,18 @@ class Tracer:
 
     def __init__(self, engine: Engine, *, max_buffer: int = 2_000_000, max_known: int = 500_000):
         self.engine = engine
-        self.buffer: deque[tuple] = deque()
+        # Flat, so that buffering an event makes no object the garbage collector tracks (a
+        # tuple per event, kept until drained, made a traced step collect twice as often).
+        # Records are added whole by one deque.extend (atomic under the GIL).
+        self.buffer: deque[Any] = deque()
         self.max_buffer = max_buffer
         self.max_known = max_known
         self.lost = 0  # events not stored because the buffer was full
+        # A BACKWARD_STEPS record holds several events. The events waiting are
+        # len(buffer) // RECORD + _extra_in - _extra_out: each counter is written by one
+        # thread only (the engine's, the consumer's), so no lock is needed.
+        self._extra_in = 0
+        self._extra_out = 0
         self.passes = 0
         self.t0 = perf_counter_ns()
         # Which nodes the viewers know. Recording every node in a dict would cost more than
@@ -94,49 +106,87 @@ class Tracer:
         if self._starting:
             self._since, self._starting = id_, False
         self._last_id = id_
-        parents = node._prev
-        if parents:
+        a = node._a  # the parents: slots _a, _b, _more (see value.py)
+        if a is not None:
+            # Usually a parent is a leaf announced with this very float object (a parameter
+            # or input unchanged since), or a node made while traced: nothing to say.
             known, since = self._known, self._since
-            for parent in parents:
-                if parent._opdef is None:  # a leaf: new to the viewers, or changed data?
-                    data = known.get(parent._id, _MISSING)
-                    if data is not parent.data:  # the same float object: unchanged (usual)
-                        self._check(parent, data)
-                elif parent._id < since and not self._is_known(parent):
-                    self._announce(parent)  # made before tracing started
+            if a._opdef is None:
+                if known.get(a._id, _MISSING) is not a.data:
+                    self._check_parent(a)
+            elif a._id < since:
+                self._check_parent(a)
+            b = node._b
+            if b is not None:
+                if b._opdef is None:
+                    if known.get(b._id, _MISSING) is not b.data:
+                        self._check_parent(b)
+                elif b._id < since:
+                    self._check_parent(b)
+                if node._more is not None:  # (no iterator made for the usual case)
+                    for parent in node._more:
+                        self._check_parent(parent)
         else:  # a leaf: remember its data (even if the event is lost: it would be again)
             self._known[id_] = node.data
             if len(self._known) > self.max_known:
                 self._forget()
-        if len(self.buffer) >= self.max_buffer:
+        buffer = self.buffer
+        if len(buffer) // RECORD + self._extra_in - self._extra_out >= self.max_buffer:
             self.lost += 1
             return
         # The node itself: its id, op and parents never change, so they are read when the
         # event is drained; data and label are taken now.
-        self.buffer.append((FORWARD, perf_counter_ns(), node, node.data, node._label))
+        buffer.extend((FORWARD, perf_counter_ns(), node, node.data, node._label))
+
+    def _check_parent(self, parent: Value) -> None:
+        """Announce a parent the viewers do not know, or its data if that changed."""
+        if parent._opdef is None:  # a leaf: new to the viewers, or changed data?
+            data = self._known.get(parent._id, _MISSING)
+            if data is not parent.data:  # the same float object: unchanged (usual)
+                self._check(parent, data)
+        elif parent._id < self._since and not self._is_known(parent):
+            self._announce(parent)  # made before tracing started
 
     def relabel(self, node: Value) -> None:
         if not self._is_known(node):
             self._announce(node)  # the forward carries the label
         else:
-            self._emit((LABEL, perf_counter_ns(), node._id, node._label))
+            self._emit((LABEL, perf_counter_ns(), node._id, node._label, None))
 
     def backward_begin(self, root: Value) -> None:
         self.passes += 1
-        self._emit((BACKWARD_BEGIN, perf_counter_ns(), root._id, self.passes))
+        self._emit((BACKWARD_BEGIN, perf_counter_ns(), root._id, self.passes, None))
 
     def backward(self, node: Value) -> None:
         # node.grad is this pass's gradient: backward() sets aside what earlier passes left
         # and adds it back after backward_end (see docs/protocol.md).
         if (node._opdef is None or node._id < self._since) and not self._is_known(node):
             self._announce(node)
-        if len(self.buffer) >= self.max_buffer:
+        if self.pending() >= self.max_buffer:
             self.lost += 1
             return
-        self.buffer.append((BACKWARD, perf_counter_ns(), node._id, node.grad))
+        self.buffer.extend((BACKWARD, perf_counter_ns(), node._id, node.grad, None))
+
+    def backward_steps(self, nodes: list[Value]) -> None:
+        """The backward steps of `nodes` have run, in this order (a chunk of a pass).
+
+        One buffered item for the whole chunk: the nodes' ids and grads, read now.
+        """
+        since = self._since
+        for node in [n for n in nodes if n._opdef is None or n._id < since]:
+            if not self._is_known(node):
+                self._announce(node)
+        count = len(nodes)
+        if self.pending() + count > self.max_buffer:
+            self.lost += count
+            return
+        ids = [node._id for node in nodes]
+        grads = [node.grad for node in nodes]
+        self._extra_in += count - 1
+        self.buffer.extend((BACKWARD_STEPS, perf_counter_ns(), ids, grads, None))
 
     def backward_end(self, root: Value) -> None:
-        self._emit((BACKWARD_END, perf_counter_ns(), root._id, self.passes))
+        self._emit((BACKWARD_END, perf_counter_ns(), root._id, self.passes, None))
 
     # --- data changes and late announcements ----------------------------------------------
 
@@ -158,7 +208,7 @@ class Tracer:
             if announced is _MISSING and self._is_known(value):
                 # made while traced but not remembered (not a leaf): send its data anyway
                 self._known[value._id] = value.data
-                self._emit((DATA, perf_counter_ns(), value._id, value.data))
+                self._emit((DATA, perf_counter_ns(), value._id, value.data, None))
             else:
                 self._check(value, announced)
 
@@ -167,7 +217,7 @@ class Tracer:
             self._announce(node)
         elif not _same(announced, node.data):
             self._known[node._id] = node.data
-            self._emit((DATA, perf_counter_ns(), node._id, node.data))
+            self._emit((DATA, perf_counter_ns(), node._id, node.data, None))
         else:
             self._known[node._id] = node.data  # equal value, new object: remember this one
 
@@ -201,24 +251,46 @@ class Tracer:
         for key in list(itertools.islice(known, len(known) // 4)):
             del known[key]
 
+    def pending(self) -> int:
+        """How many events wait in the buffer."""
+        return len(self.buffer) // RECORD + self._extra_in - self._extra_out
+
     def _emit(self, event: tuple) -> None:
-        if len(self.buffer) >= self.max_buffer:
+        if self.pending() >= self.max_buffer:
             self.lost += 1
         else:
-            self.buffer.append(event)
+            self.buffer.extend(event)
 
     # --- the consumer's side --------------------------------------------------------------
 
-    def drain(self, limit: int = 1 << 62) -> list[tuple]:
-        """Take up to `limit` buffered events, oldest first (thread-safe against the engine)."""
-        buffer, taken = self.buffer, []
-        append, popleft = taken.append, buffer.popleft
-        try:
-            for _ in range(min(limit, len(buffer))):
-                append(popleft())
-        except IndexError:
-            pass
-        return taken
+    def drain(self, limit: int = 1 << 62) -> list[Any]:
+        """Take buffered records, oldest first, until they hold about `limit` events (at most
+        one record more) or none is left, as a flat list of fields (see `records`).
+
+        Thread-safe against the engine, which adds whole records only. Records are taken in
+        blocks small enough that a block of chunks of backward steps cannot pass `limit`.
+        """
+        buffer = self.buffer
+        popleft = buffer.popleft
+        fields: list[Any] = []
+        count = 0
+        while count < limit and buffer:
+            block = min(len(buffer) // RECORD, max(1, (limit - count) // BIGGEST_RECORD))
+            if block == 0:
+                break
+            taken = [popleft() for _ in range(block * RECORD)]
+            fields += taken
+            count += block
+            kinds = taken[::RECORD]
+            if BACKWARD_STEPS in kinds:
+                extra = sum(
+                    len(ids) - 1
+                    for kind, ids in zip(kinds, taken[2::RECORD], strict=True)
+                    if kind == BACKWARD_STEPS
+                )
+                count += extra
+                self._extra_out += extra
+        return fields
 
     def take_lost(self) -> int:
         lost, self.lost = self.lost, 0
@@ -230,8 +302,34 @@ class Tracer:
         return {"engine": self.engine.name, "ops": {n: op.plugin for n, op in ops.items()}}
 
 
+def records(fields: list[Any]) -> Iterator[tuple]:
+    """The records of a flat list of fields from `Tracer.drain`, as tuples."""
+    return zip(*[iter(fields)] * RECORD, strict=True)
+
+
+def event_count(item: tuple) -> int:
+    """How many events a buffered item holds."""
+    return len(item[2]) if item[0] == BACKWARD_STEPS else 1
+
+
+def event_maps(items: Iterable[tuple], first_seq: int, t0: int) -> list[dict[str, Any]]:
+    """The protocol maps of buffered items, numbered from `first_seq`."""
+    maps, seq = [], first_seq
+    for item in items:
+        if item[0] == BACKWARD_STEPS:
+            t = (item[1] - t0) // 1000
+            for id_, grad in zip(item[2], item[3], strict=True):
+                maps.append({"type": "backward", "seq": seq, "id": id_, "grad": grad, "t": t})
+                seq += 1
+        else:
+            maps.append(event_map(item, seq, t0))
+            seq += 1
+    return maps
+
+
 def event_map(event: tuple, seq: int, t0: int) -> dict[str, Any]:
-    """The protocol map of one buffered event, numbered `seq`; `t` counts from `t0` (ns)."""
+    """The protocol map of one buffered event (not a BACKWARD_STEPS chunk: see
+    `event_maps`), numbered `seq`; `t` counts from `t0` (ns)."""
     kind, t = event[0], (event[1] - t0) // 1000
     if kind == FORWARD:
         _, _, node, data, label = event
@@ -302,7 +400,12 @@ def from_environment(engine: Engine) -> Any:
             return publish(engine, setting, at_exit=True)
         if setting not in ("1", "true", "yes", "on"):
             raise ValueError(f"expected 1 or a hub URL like ws://127.0.0.1:8765, got {setting!r}")
-        port = int(os.environ.get("OPGRAPH_TRACE_PORT", "8765"))
+        port_setting = os.environ.get("OPGRAPH_TRACE_PORT", "8765").strip()
+        if not port_setting.isdigit() or int(port_setting) > 65535:
+            raise ValueError(
+                f"OPGRAPH_TRACE_PORT must be a port number 0-65535, got {port_setting!r}"
+            )
+        port = int(port_setting)
         record = os.environ.get("OPGRAPH_TRACE_RECORD") or None
         from opgraph.server.server import serve_engine
 

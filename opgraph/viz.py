@@ -64,6 +64,8 @@ def draw_dot(
 
     Raises ValueError when the graph has more than `max_nodes` values (None: no limit).
     """
+    if not isinstance(root, Value):
+        raise TypeError(f"draw_dot draws the graph of a Value, got {type(root).__name__}: {root!r}")
     if rankdir not in ("LR", "TB", "RL", "BT"):
         raise ValueError(f"rankdir must be one of LR, TB, RL, BT; got {rankdir!r}")
     nodes = topological_order(root)

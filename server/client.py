@@ -145,6 +145,7 @@ class Graph:
         if kind == "snapshot_begin":
             self.nodes.clear()
             self._in_snapshot = True
+            self.current_pass = (event.get("backward") or {}).get("pass")  # in progress
             return
         if kind == "node":
             self.nodes[event["id"]] = _node(event, event.get("grad", 0.0))
@@ -221,7 +222,8 @@ async def watch(
         session = graph.hello.get("session", "?") if graph.hello else "-"
         current = f"pass {graph.current_pass}" if graph.current_pass else "no pass"
         return (
-            f"{rate:10.0f} events/s  {len(graph.nodes):8d} nodes  seq {graph.seq}  "
+            f"{rate:10.0f} events/s  {len(graph.nodes):8d} nodes  "
+            f"seq {'-' if graph.seq is None else graph.seq}  "
             f"{current}  {graph.passes} passes  dropped {graph.dropped}  session {session}"
         )
 
@@ -233,6 +235,8 @@ async def watch(
     try:
         while not task.done():
             await asyncio.wait([task], timeout=interval)
+            if task.done() and task.exception() is not None:
+                break  # could not connect (without reconnect): raised below
             now = time.monotonic()
             print(line(now), file=out, flush=True)
             last, counted = now, graph.events
@@ -241,8 +245,8 @@ async def watch(
     finally:
         task.cancel()
         try:
-            await task
-        except (asyncio.CancelledError, Exception):
+            await task  # re-raises a connection error, so that `opgraph watch` reports it
+        except asyncio.CancelledError:
             pass
     return graph
 

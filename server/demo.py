@@ -14,7 +14,17 @@ import random
 import sys
 import time
 
-from opgraph.demo import MLP, ProgressBar, Step, evaluate, make_moons, train
+from opgraph.demo import (
+    MLP,
+    ProgressBar,
+    Step,
+    evaluate,
+    headline,
+    make_moons,
+    make_out_dir,
+    report_drawing,
+    train,
+)
 
 from .server import ServerError, stop_on_sigterm
 
@@ -67,15 +77,18 @@ def run_served(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"opgraph demo: {exc}", file=sys.stderr)
         return 2
+    if not make_out_dir(args.out):
+        return 2
     X, y = make_moons(100, noise=0.1, seed=args.seed)
     model = MLP(2, [16, 16, 1], rng=random.Random(args.seed))
     try:
         server = model.engine.serve(port=args.port, record=args.record)
     except ServerError as exc:
-        print(f"opgraph demo: {exc} (choose another port with --port)", file=sys.stderr)
+        hint = " (choose another port with --port)" if "cannot serve" in str(exc) else ""
+        print(f"opgraph demo: {exc}{hint}", file=sys.stderr)
         return 1
     with server:
-        print(f"{model}\n{len(model.parameters())} parameters, {len(X)} points, {args.steps} steps")
+        print(headline(model, X, args.steps, args.seed))
         print(f"viewer: {server.url}", flush=True)
         print(
             f"tracing {describe(chosen, args.steps)} (one step is about 65,000 nodes; "
@@ -99,11 +112,13 @@ def run_served(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("\ntraining interrupted", file=sys.stderr)
             return 130
-        server.resume()
-        server.touch(model.parameters())  # the viewer sees the trained weights
         final_loss, accuracy = evaluate(model, X, y)
         print(f"trained in {time.perf_counter() - started:.1f}s")
         print(f"final loss {final_loss:.4f}, accuracy {accuracy:.0%}", flush=True)
+        server.pause()  # the drawing's small graph is not part of the traced steps
+        report_drawing(model, X, args.out)
+        server.resume()
+        server.touch(model.parameters())  # the viewer sees the trained weights
         server.flush(timeout=30)
         if args.no_wait:
             return 0

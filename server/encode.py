@@ -10,7 +10,8 @@ not fit the template (ids past 2**32) raise `struct.error`; callers fall back to
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgpack
 
@@ -145,3 +146,89 @@ def _forward_general(seq, id_, op, parents, data, label, t, const) -> bytes:
         parts.append(_CONST_KEY)
         parts.append(_pack(const))
     return b"".join(parts)
+
+
+# A chunk of backward steps at once: every map has the layout of `backward_bytes` and the same
+# `t`, so the chunk is that map repeated, with the numbers written in column by column: each
+# column (seq, id, grad) packed with one struct call, then each of its bytes copied into every
+# record by one strided slice assignment (a loop in C, not in Python).
+_B_OFFSETS = {
+    "seq": len(_B_PARTS[0]),
+    "id": len(_B_PARTS[0]) + 4 + len(_B_PARTS[1]),
+    "grad": len(_B_PARTS[0]) + 4 + len(_B_PARTS[1]) + 4 + len(_B_PARTS[2]),
+}
+
+
+def backward_steps_bytes(
+    first_seq: int, ids: Sequence[int], grads: Sequence[float], t: int
+) -> bytearray:
+    """The `backward` maps of consecutive steps numbered from `first_seq`, all with time `t`,
+    back to back: the same bytes as `backward_bytes` called for each."""
+    count, size = len(ids), _BACKWARD.size
+    out = bytearray(backward_bytes(0, 0, 0.0, t) * count)
+    columns = (
+        ("seq", struct.pack(f">{count}I", *range(first_seq, first_seq + count)), 4),
+        ("id", struct.pack(f">{count}I", *ids), 4),
+        ("grad", struct.pack(f">{count}d", *grads), 8),
+    )
+    for name, column, width in columns:
+        offset = _B_OFFSETS[name]
+        for byte in range(width):
+            out[offset + byte :: size] = column[byte::width]
+    return out
+
+
+def forward_encoder(op: str | None, arity: int) -> Callable[[int, Any, float, int], bytes]:
+    """A function `(seq, node, data, t) -> bytes` packing the `forward` of a node made by op
+    `op` (nil for a leaf) with `arity` parents, no label and no constants: `forward_bytes`
+    with the parents' ids read from the node's slots, and no checks left for each event."""
+    pack, parts = _template(op, arity)
+    if arity == 2:
+        a, b, c, d, e, f = parts
+
+        def binary(seq: int, node: Any, data: float, t: int) -> bytes:
+            return pack(a, seq, b, node._id, c, node._a._id, d, node._b._id, e, data, f, t)
+
+        return binary
+    if arity == 1:
+        a, b, c, e, f = parts
+
+        def unary(seq: int, node: Any, data: float, t: int) -> bytes:
+            return pack(a, seq, b, node._id, c, node._a._id, e, data, f, t)
+
+        return unary
+    if arity == 0:
+        a, b, c, f = parts
+
+        def leaf(seq: int, node: Any, data: float, t: int) -> bytes:
+            return pack(a, seq, b, node._id, c, data, f, t)
+
+        return leaf
+
+    def general(seq: int, node: Any, data: float, t: int) -> bytes:
+        parents = [parent._id for parent in node._prev]
+        return forward_bytes(seq, node._id, op, parents, data, "", t)
+
+    return general
+
+
+# The snapshot's `node` map of a node, rewritten from the `forward` bytes above without
+# decoding them: a forward map without constants is the header, then `type` and `seq`
+# (_F_PREFIX bytes), then id, op, parents, data and label, then `t` (the last _T.size bytes).
+# The node map keeps the middle and adds `grad` (and `pass`).
+_F_PREFIX = len(_F_START[False]) + 4
+_NODE_HEAD = {n: bytes([0x80 | n]) + _key("type") + _pack("node") for n in (7, 8)}
+_GRAD = struct.Struct(f">{len(_key('grad')) + 1}sd")
+_GRAD_KEY = _key("grad") + b"\xcb"
+_PASS_KEY = _key("pass")
+
+
+def node_bytes(forward: bytes, grad: float, pass_: int | None) -> bytes | None:
+    """The `node` map for a snapshot, from the bytes `forward_bytes` or `forward_encoder`
+    made for the node; None for a forward with constants (decode it instead)."""
+    if forward[0] != 0x88:  # nine fields: it has `const`, after `t`
+        return None
+    middle = forward[_F_PREFIX : -_T.size]
+    if pass_ is None:
+        return b"".join((_NODE_HEAD[7], middle, _GRAD.pack(_GRAD_KEY, grad)))
+    return b"".join((_NODE_HEAD[8], middle, _GRAD.pack(_GRAD_KEY, grad), _PASS_KEY, _pack(pass_)))

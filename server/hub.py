@@ -20,16 +20,27 @@ from typing import Any
 
 import msgpack
 
-from opgraph.trace import BACKWARD, FORWARD, event_map
+from opgraph.trace import BACKWARD_BEGIN, BACKWARD_STEPS, FORWARD, event_map, records
 
-from .encode import backward_bytes, forward_bytes
+from .encode import backward_steps_bytes, forward_bytes, forward_encoder, node_bytes
 
 FRAME_EVENTS = 2000  # events per websocket frame (about 60-100 KB)
 SNAPSHOT_FRAME_NODES = 2000
+# Resyncing a viewer that cannot keep up (see Viewer): after a snapshot, the next resync
+# waits at least RESYNC_INTERVAL seconds (or twice what sending that snapshot took, if more),
+# then happens when the next backward pass begins, or RESYNC_PASS_WAIT seconds later at
+# the latest. (Defaults; `serve(resync_interval=..., resync_pass_wait=...)` sets them.)
+RESYNC_INTERVAL = 0.5
+RESYNC_PASS_WAIT = 1.0
 
-# A node of the hub's graph is a tuple (op, parents, data, label, const) and its grad is kept
-# apart in a dict of floats: tuples of atomic values and dicts of floats are untracked by
-# the garbage collector, which otherwise walks every node on each full collection.
+# A node of the hub's graph is either the packed `forward` map it was announced with (bytes
+# from encode.py, as the fast path stores it; snapshots rewrite them, see node_bytes) or a
+# tuple (op, parents, data, label, const) once something changed it; its grad is kept apart
+# in a dict of floats. Bytes are not tracked by the garbage collector at all, and tuples of
+# atomic values and dicts of floats are untracked by it after a while: a graph of objects
+# the collector follows would make it walk every node on each full collection, and each new
+# tuple counts towards the next collection (measured: storing
+# two tuples per node doubled the collections of a traced moons step).
 
 
 class Hub:
@@ -47,6 +58,8 @@ class Hub:
         queue_limit: int = 100_000,
         max_nodes: int = 500_000,
         recorder: Any = None,
+        resync_interval: float = RESYNC_INTERVAL,
+        resync_pass_wait: float = RESYNC_PASS_WAIT,
     ):
         self.session = secrets.token_hex(8)
         self.engine = engine
@@ -54,9 +67,18 @@ class Hub:
         self.queue_limit = queue_limit
         self.max_nodes = max_nodes
         self.recorder = recorder
+        self.resync_interval = resync_interval
+        self.resync_pass_wait = resync_pass_wait
         self.seq = 0
         self.nodes: dict[int, tuple] = {}
         self.grads: dict[int, float] = {}
+        # The backward pass in progress (0: none) and its root, and for each node the last
+        # pass whose backward step reached it: what a snapshot says about backward.
+        self.pass_in_progress = 0
+        self.pass_root: int | None = None
+        self.reached: dict[int, int] = {}
+        # op name -> (the Op, a function packing its forward maps), filled as ops appear
+        self._encoders: dict[str | None, tuple[Any, Any]] = {}
         self.viewers: set[Viewer] = set()
         self.next_id = 0  # for renumbering published runs (hub mode)
         self.runs = 0
@@ -88,74 +110,114 @@ class Hub:
         Maps that already have a `seq` (from a recording or a publisher) are renumbered.
         """
         pack, apply = self._pack, self.apply
-        packed: list[bytes] = []
+        frames = _Frames(self)
+        add = frames.parts.append
         seq = self.seq
         for event in events:
+            if seq - frames.first >= FRAME_EVENTS:
+                frames.flush(seq)
             seq += 1
             event["seq"] = seq
             apply(event)
-            packed.append(pack(event))
+            add(pack(event))
+            if event["type"] == "backward_begin":
+                self._pass_begins(frames, seq)
         self.seq = seq
-        self._fan_out(packed)
-        return len(packed)
+        return frames.flush(seq)
 
-    def publish_traced(self, events: list[tuple], t0: int) -> int:
-        """`publish` for the tuples of a local `Tracer`: the fast path, with no dict per event
-        and the two commonest kinds packed by templates (see encode.py)."""
-        pack, nodes, grads = self._pack, self.nodes, self.grads
-        packed: list[bytes] = []
-        append = packed.append
+    def _pass_begins(self, frames: _Frames, seq: int) -> None:
+        """A backward pass began with event `seq`: resync the viewers that wait for one, so
+        that they see the pass from its start."""
+        now = asyncio.get_running_loop().time() if self.viewers else 0.0
+        waiting = [v for v in self.viewers if v.resync and now >= v.resync_earliest()]
+        if waiting:
+            frames.flush(seq)  # the events up to the pass's start; the snapshot covers them
+            self.seq = seq
+            snapshot = self.snapshot_frames()
+            for viewer in waiting:
+                viewer.resync_with(snapshot)
+
+    def publish_traced(self, fields: list[Any], t0: int) -> int:
+        """`publish` for the items of a local `Tracer`: the fast path, with no dict per event,
+        `forward` packed by templates and chunks of `backward` steps packed column by column
+        (see encode.py)."""
+        pack, nodes, grads, encoders = self._pack, self.nodes, self.grads, self._encoders
+        frames = _Frames(self)
+        parts = frames.parts
+        add = parts.append
         seq = self.seq
-        for event in events:
-            seq += 1
-            kind = event[0]
-            t = (event[1] - t0) // 1000
-            if kind == BACKWARD:
-                id_, grad = event[2], event[3]
-                grads[id_] = grad
+        # (Unpacked in the for statement: zip then reuses its tuple, no object per event.)
+        for kind, t_ns, x, y, z in records(fields):
+            if seq - frames.first >= FRAME_EVENTS:
+                frames.flush(seq)
+            t = (t_ns - t0) // 1000
+            if kind == FORWARD:
+                seq += 1
+                op = x._opdef
+                encoder = encoders.get(op.name if op is not None else None)
                 try:
-                    append(backward_bytes(seq, id_, grad, t))
+                    if z or encoder is None or encoder[0] is not op:  # a label, or a new op
+                        packed = self._encode_forward(seq, x, y, z, t)
+                    else:
+                        packed = encoder[1](seq, x, y, t)
+                    nodes[x._id] = packed
+                except struct.error:  # a number past 32 bits: kept as a tuple
+                    out = event_map((kind, t_ns, x, y, z), seq, t0)
+                    packed = pack(out)
+                    self.apply(out)
+                add(packed)
+            elif kind == BACKWARD_STEPS:
+                ids, values = x, y
+                grads.update(zip(ids, values, strict=True))
+                self.reached.update(dict.fromkeys(ids, self.pass_in_progress))
+                try:
+                    add(backward_steps_bytes(seq + 1, ids, values, t))
+                    seq += len(ids)
                 except struct.error:  # a number past 32 bits
-                    append(pack({"type": "backward", "seq": seq, "id": id_, "grad": grad, "t": t}))
-            elif kind == FORWARD:
-                _, _, node, data, label = event
-                id_, op, parents = node._id, node._opdef, node._prev
-                if len(parents) == 2:
-                    parents = (parents[0]._id, parents[1]._id)
-                else:
-                    parents = tuple([p._id for p in parents])
-                if op is None:
-                    name = const = None
-                else:
-                    name = op.name
-                    const = tuple([v for _, v in op.constants]) if op.constants else None
-                nodes[id_] = (name, parents, data, label, const)
-                try:
-                    append(forward_bytes(seq, id_, name, parents, data, label, t, const))
-                except struct.error:
-                    append(pack(event_map(event, seq, t0)))
+                    for id_, grad in zip(ids, values, strict=True):
+                        seq += 1
+                        backward = {"type": "backward", "seq": seq, "id": id_, "grad": grad}
+                        add(pack({**backward, "t": t}))
             else:
-                out = event_map(event, seq, t0)
+                seq += 1
+                out = event_map((kind, t_ns, x, y, z), seq, t0)
                 self.apply(out)
-                append(pack(out))
+                add(pack(out))
+                if kind == BACKWARD_BEGIN:
+                    self._pass_begins(frames, seq)
         self.seq = seq
         if len(nodes) > self.max_nodes:
             self._forget()
-        self._fan_out(packed)
-        return len(packed)
+        return frames.flush(seq)
 
-    def _fan_out(self, packed: list[bytes]) -> None:
-        for start in range(0, len(packed), FRAME_EVENTS):
-            chunk = packed[start : start + FRAME_EVENTS]
-            frame = b"".join(chunk)
-            if self.recorder is not None:
-                self.recorder.write(frame)
-            for viewer in self.viewers:
-                viewer.offer(frame, len(chunk))
+    def _encode_forward(self, seq: int, node: Any, data: float, label: str, t: int) -> bytes:
+        """The packed `forward` of `node`; remembers a fast encoder for its op (see encode.py)."""
+        op = node._opdef
+        parents = [parent._id for parent in node._prev]
+        if op is None:
+            name = const = None
+        else:
+            name = op.name
+            const = [value for _, value in op.constants] if op.constants else None
+        if not const:  # ops with constants (x ** 2) are rare enough for the general path
+            self._encoders[name] = (op, forward_encoder(name, len(parents)))
+        return forward_bytes(seq, node._id, name, parents, data, label, t, const)
+
+    def _send_frame(self, frame: bytes, count: int) -> None:
+        if self.recorder is not None:
+            self.recorder.write(frame)
+        for viewer in self.viewers:
+            viewer.offer(frame, count)
 
     def apply(self, event: dict[str, Any]) -> None:
         """Update the graph with one event (unknown kinds change nothing)."""
         kind, nodes = event["type"], self.nodes
+        if kind == "backward_begin":
+            self.pass_in_progress, self.pass_root = event.get("pass", 0), event.get("root")
+            return
+        if kind == "backward_end":
+            self.pass_in_progress, self.pass_root = 0, None
+            return
         if kind == "forward":
             const = event.get("const")
             nodes[event["id"]] = (
@@ -172,9 +234,10 @@ class Hub:
         node = nodes.get(id_)
         if node is None:
             return
-        op, parents, data, label, const = node
+        op, parents, data, label, const = _as_tuple(node)
         if kind == "backward":
             self.grads[id_] = event["grad"]
+            self.reached[id_] = self.pass_in_progress
         elif kind == "data":
             del nodes[id_]  # renewed: re-inserted last, so it is forgotten last
             nodes[id_] = (op, parents, event["data"], label, const)
@@ -189,6 +252,7 @@ class Hub:
         for id_ in list(itertools.islice(nodes, excess)):
             del nodes[id_]
             self.grads.pop(id_, None)
+            self.reached.pop(id_, None)
 
     def upstream_lost(self, count: int) -> None:
         """The source lost `count` events before they were numbered: resync every viewer."""
@@ -200,16 +264,28 @@ class Hub:
     def snapshot_frames(self) -> list[bytes]:
         """The current graph as protocol frames: snapshot_begin, node maps, snapshot_end."""
         pack, seq, nodes, grads = self._pack, self.seq, self.nodes, self.grads
-        frames = [pack({"type": "snapshot_begin", "seq": seq, "nodes": len(nodes)})]
+        reached = self.reached
+        begin = {"type": "snapshot_begin", "seq": seq, "nodes": len(nodes)}
+        if self.pass_in_progress:
+            begin["backward"] = {"pass": self.pass_in_progress, "root": self.pass_root}
+        frames = [pack(begin)]
         ids = sorted(nodes)
         for start in range(0, len(ids), SNAPSHOT_FRAME_NODES):
             parts = []
             for id_ in ids[start : start + SNAPSHOT_FRAME_NODES]:
-                op, parents, data, label, const = nodes[id_]
+                kept = nodes[id_]
+                if type(kept) is not tuple:  # the forward bytes: rewritten, not decoded
+                    packed = node_bytes(kept, grads.get(id_, 0.0), reached.get(id_))
+                    if packed is not None:
+                        parts.append(packed)
+                        continue
+                op, parents, data, label, const = _as_tuple(kept)
                 node = {"type": "node", "id": id_, "op": op, "parents": list(parents)}
                 node.update(data=data, grad=grads.get(id_, 0.0), label=label)
                 if const:
                     node["const"] = list(const)
+                if id_ in reached:
+                    node["pass"] = reached[id_]
                 parts.append(pack(node))
             frames.append(b"".join(parts))
         frames.append(pack({"type": "snapshot_end", "seq": seq}))
@@ -238,6 +314,39 @@ class Hub:
         }
 
 
+def _as_tuple(node: bytes | tuple) -> tuple:
+    """A node of the hub's graph as (op, parents, data, label, const)."""
+    if type(node) is not tuple:  # the packed forward map
+        event = msgpack.unpackb(node, raw=False)
+        const = event.get("const")
+        node = (
+            event.get("op"),
+            tuple(event.get("parents", ())),
+            event.get("data", 0.0),
+            event.get("label", ""),
+            tuple(const) if const else None,
+        )
+    return node
+
+
+class _Frames:
+    """Packed events (`parts`, appended to by the caller) gathered into frames of about
+    FRAME_EVENTS events: `flush(seq)` sends the events after `first` up to `seq` as one."""
+
+    def __init__(self, hub: Hub):
+        self.hub = hub
+        self.parts: list[bytes | bytearray] = []
+        self.first = self.start = hub.seq  # the seq before the frame's first event
+
+    def flush(self, seq: int) -> int:
+        """Send what is gathered (the events up to `seq`); returns the events sent so far."""
+        if self.parts:
+            self.hub._send_frame(b"".join(self.parts), seq - self.first)
+            self.parts.clear()
+            self.first = seq
+        return seq - self.start
+
+
 class Viewer:
     """One connected viewer: its bounded queue of frames, and the task that sends them."""
 
@@ -254,8 +363,11 @@ class Viewer:
         self.resyncs = 0
         self.resync = False  # send dropped + snapshot before anything else
         self.want_snapshot = False  # the viewer asked for a snapshot
+        self.ready: list[bytes] | None = None  # dropped + a snapshot the hub took for it
         self.wake = asyncio.Event()
         self.sending = False  # a frame of the queue is being written
+        self.snapshot_done: float | None = None  # loop time the last snapshot was sent
+        self.snapshot_took = 0.0  # seconds that sending it took
 
     def offer(self, frame: bytes, count: int) -> None:
         """Queue a frame of `count` events, or count them lost if the queue is full."""
@@ -278,39 +390,88 @@ class Viewer:
         self.resync = True
         self.wake.set()
 
+    # A viewer that cannot keep up would otherwise get snapshot after snapshot (each one
+    # large, and followed at once by the next overflow) and never see a backward pass: so
+    # after a snapshot, the next resync waits a while, then comes when a pass begins.
+
+    def resync_earliest(self) -> float:
+        """The loop time from which this viewer may be resynced when a pass begins."""
+        if self.snapshot_done is None:
+            return 0.0
+        return self.snapshot_done + max(self.hub.resync_interval, 2 * self.snapshot_took)
+
+    def resync_deadline(self) -> float:
+        """The loop time at which this viewer is resynced even if no pass begins."""
+        if self.snapshot_done is None:
+            return 0.0
+        return self.resync_earliest() + self.hub.resync_pass_wait
+
+    def resync_with(self, snapshot: list[bytes]) -> None:
+        """Resync now with `snapshot` (frames of the hub's graph at hub.seq)."""
+        self.ready = [self._dropped_frame(), *snapshot]
+        self.want_snapshot = False
+        self.wake.set()
+
+    def _dropped_frame(self) -> bytes:
+        frame = self.hub._pack({"type": "dropped", "count": self.lost})
+        self.dropped_total += self.lost
+        self.resyncs += 1
+        self.lost = 0
+        self.resync = False
+        self.queue.clear()
+        self.queued = 0
+        return frame
+
     async def run(self, first_frames: list[bytes]) -> None:
         """Send the first frames, then queued frames as they come, resyncing when needed."""
-        for frame in first_frames:
-            await self.send(frame)
+        loop = asyncio.get_running_loop()
+        await self._send_snapshot_frames(first_frames)
         while True:
-            await self.wake.wait()
+            if self.resync and not self.want_snapshot and self.ready is None:
+                try:  # wait for a pass to begin (the hub resyncs) or for the deadline
+                    timeout = max(self.resync_deadline() - loop.time(), 0)
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+            else:
+                await self.wake.wait()
             self.wake.clear()
-            while self.queue or self.resync or self.want_snapshot:
-                if self.resync or self.want_snapshot:
+            while self.ready or self.queue or self.resync or self.want_snapshot:
+                if self.ready is not None:
+                    frames, self.ready = self.ready, None
+                    await self._send_snapshot_frames(frames)
+                elif self.want_snapshot or (self.resync and loop.time() >= self.resync_deadline()):
                     await self._send_snapshot()
-                    continue
-                frame, count = self.queue.popleft()
-                self.queued -= count
-                self.sending = True
-                try:
-                    await self.send(frame)
-                finally:
-                    self.sending = False
+                elif self.resync:
+                    break  # not yet: wait above
+                else:
+                    frame, count = self.queue.popleft()
+                    self.queued -= count
+                    self.sending = True
+                    try:
+                        await self.send(frame)
+                    finally:
+                        self.sending = False
 
     async def _send_snapshot(self) -> None:
         # Built synchronously: it reflects exactly the events up to hub.seq; the queue holds
         # only events up to hub.seq too, so it is dropped and the stream goes on at seq + 1.
         frames = self.hub.snapshot_frames()
         if self.resync:
-            frames.insert(0, self.hub._pack({"type": "dropped", "count": self.lost}))
-            self.dropped_total += self.lost
-            self.resyncs += 1
+            frames.insert(0, self._dropped_frame())
         self.lost = 0
         self.resync = self.want_snapshot = False
         self.queue.clear()
         self.queued = 0
+        await self._send_snapshot_frames(frames)
+
+    async def _send_snapshot_frames(self, frames: list[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         for frame in frames:
             await self.send(frame)
+        self.snapshot_done = loop.time()
+        self.snapshot_took = self.snapshot_done - start
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -23,7 +23,7 @@ import msgpack
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from opgraph.trace import Tracer, event_map
+from opgraph.trace import Tracer, event_count, event_maps, records
 
 from .hub import Hub
 
@@ -143,7 +143,7 @@ class Publisher:
         """
         delay = 0.2
         while not self._closing:
-            self.dropped += len(self.tracer.drain())
+            self.dropped += sum(map(event_count, records(self.tracer.drain())))
             try:
                 ws = await self._connect()
             except (OSError, TimeoutError, websockets.InvalidHandshake):
@@ -151,7 +151,7 @@ class Publisher:
                 delay = min(delay * 2, 2.0)
                 continue
             self.tracer.forget_all()
-            self.dropped += len(self.tracer.drain())
+            self.dropped += sum(map(event_count, records(self.tracer.drain())))
             self.connections += 1
             print(f"opgraph: publishing to {self.url} again", file=sys.stderr)
             return ws
@@ -166,12 +166,10 @@ class Publisher:
                 closing = self._closing  # read before draining: a final drain follows it
                 events = self.tracer.drain(BATCH)
                 if events:
-                    frame = []
-                    for event in events:
-                        self._seq += 1
-                        frame.append(pack(event_map(event, self._seq, t0)))
-                    await ws.send(b"".join(frame))
-                    self.sent += len(events)
+                    maps = event_maps(records(events), self._seq + 1, t0)
+                    self._seq += len(maps)
+                    await ws.send(b"".join([pack(event) for event in maps]))
+                    self.sent += len(maps)
                 elif closing:
                     return True
                 else:  # idle: notice a hub that went away even with nothing to send

@@ -7,6 +7,7 @@ recording (`opgraph replay`). See docs/tracing.md and docs/protocol.md.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import atexit
 import ipaddress
@@ -32,7 +33,7 @@ from websockets.http11 import Request, Response
 
 from opgraph.trace import Tracer
 
-from .hub import Hub, Viewer
+from .hub import RESYNC_INTERVAL, RESYNC_PASS_WAIT, Hub, Viewer
 from .recording import Recorder
 
 if TYPE_CHECKING:
@@ -100,6 +101,8 @@ class TraceServer:
         ping_interval: float = 20,
         ping_timeout: float = 20,
         close_timeout: float = 5,
+        resync_interval: float = RESYNC_INTERVAL,
+        resync_pass_wait: float = RESYNC_PASS_WAIT,
     ):
         if token is None:
             token = None if is_loopback(host) else secrets.token_urlsafe(16)
@@ -112,13 +115,20 @@ class TraceServer:
         self.accept_publishers = accept_publishers
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.close_timeout = close_timeout
-        self.recorder = Recorder(record) if record else None
+        try:
+            self.recorder = Recorder(record) if record else None
+        except OSError as exc:  # a missing directory, no permission: say which file
+            raise ServerError(
+                f"cannot record to {os.fspath(record)}: {exc.strerror or exc}"
+            ) from exc
         self.hub = Hub(
             engine_name,
             ops,
             queue_limit=queue_limit,
             max_nodes=max_nodes,
             recorder=self.recorder,
+            resync_interval=resync_interval,
+            resync_pass_wait=resync_pass_wait,
         )
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -240,7 +250,7 @@ class TraceServer:
 
     def _pending(self) -> bool:
         # A viewer waiting for its resync is settled: it will get a snapshot, not events.
-        return any((v.queue or v.sending) and not v.resync for v in self.hub.viewers)
+        return any((v.queue or v.sending or v.ready) and not v.resync for v in self.hub.viewers)
 
     def _drain_now(self) -> None:
         """Overridden by sources that buffer outside the hub (the local tracer)."""
@@ -563,10 +573,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--static-dir", help="serve the viewer page from this directory")
     parser.add_argument(
         "--queue-limit",
-        type=int,
+        type=positive_int,
         default=100_000,
         help="events queued per viewer before it is resynced",
     )
+
+
+def positive_int(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def hub_server(args) -> TraceServer:

@@ -294,6 +294,8 @@ def test_backward_before_a_call_and_bad_outputs_are_errors():
         compiled.backward()
     with pytest.raises(CompileError, match="must return a Value"):
         opgraph.compile(lambda x: 3.0, 1.0)
+    with pytest.raises(TypeError, match="fn must be callable, got float"):
+        opgraph.compile(1.0, 2.0)  # the function forgotten
 
 
 # --- random expression graphs ------------------------------------------------------------------

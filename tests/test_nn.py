@@ -233,6 +233,11 @@ def test_wrong_number_of_inputs_names_the_neuron():
         model([1.0, 2.0, 3.0])
 
 
+def test_layer_sizes_must_be_a_list():
+    with pytest.raises(TypeError, match=r"nouts is the list of layer sizes.*got int: 3"):
+        MLP(2, 3)
+
+
 def test_same_rng_seed_gives_same_weights():
     def weights(seed):
         return [p.data for p in MLP(2, [4, 1], rng=random.Random(seed)).parameters()]

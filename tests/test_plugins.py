@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import operator
+import subprocess
+import sys
 import types
 import unicodedata
 
@@ -423,3 +425,13 @@ def test_any_op_name_works_as_a_method_or_is_refused_naming_it(name):
     assert name.isidentifier() and unicodedata.normalize("NFKC", name) == name
     assert getattr(e.Value(0.5), name)().data == math.sin(0.5)
     assert e.ops[name](0.5).data == math.sin(0.5)
+
+
+def test_plugins_command_into_a_closed_pipe_ends_without_a_traceback():
+    # `opgraph plugins --json | head -1`: the reader is gone before opgraph writes
+    command = [sys.executable, "-m", "opgraph", "plugins", "--json"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr

@@ -29,10 +29,10 @@ def test_trace_steps_are_chosen_by_number_or_name():
             traced_steps(bad, 100)
 
 
-def test_demo_serves_the_traced_step_to_a_viewer():
+def test_demo_serves_the_traced_step_to_a_viewer(tmp_path):
     demo = subprocess.Popen(
         [sys.executable, "-m", "opgraph", "demo", "--serve", "--port", "0", "--steps", "2",
-         "--trace-steps", "2", "--no-wait"],
+         "--trace-steps", "2", "--no-wait", "--out", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -60,7 +60,12 @@ def test_demo_serves_the_traced_step_to_a_viewer():
         demo.kill()
     assert demo.returncode == 0
     assert "tracing step 2 of 2" in what and "--trace-steps" in what
+    assert lines[0].startswith("training MLP(2, [16, 16, 1]) (337 parameters)")
     assert re.search(r"final loss \d+\.\d+, accuracy \d+%", rest)
+    # like the demo without --serve, it draws a neuron's graph and says where
+    svg = tmp_path / "neuron.svg"
+    assert f"drew the graph of neuron L0.N0: {svg.resolve()}" in rest
+    assert svg.read_text().lstrip().startswith(("<?xml", "<svg"))
     kinds = [e["type"] for e in events]
     assert kinds.count("backward_begin") == 1 and kinds.count("backward_end") == 1
     nodes = th.graph_of(events)

@@ -7,10 +7,12 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
 
+import pytest
 from opgraph.server.client import Graph, events, stream_url, watch
 
 from opgraph import Engine
@@ -294,3 +296,40 @@ def test_a_publisher_reconnects_when_its_hub_restarts():
     assert graph["w"]["op"] is None and graph["w"]["data"] == 0.5
     ids = {label: i for i, n in enumerate(graph.values()) for label in [n["label"]]}
     assert len(ids) == len(graph)
+
+
+def test_watch_says_when_it_cannot_connect():
+    # a port nobody listens on: bound, then freed
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    watcher = subprocess.run(
+        [sys.executable, "-m", "opgraph", "watch", f"http://127.0.0.1:{port}/", "--no-reconnect"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert watcher.returncode == 1
+    assert f"opgraph watch: cannot connect to ws://127.0.0.1:{port}/ws" in watcher.stderr
+
+
+def test_serve_refuses_a_queue_limit_below_one(capsys):
+    from opgraph.cli import build_parser
+
+    for bad in ("0", "-5"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--queue-limit", bad])
+        assert f"--queue-limit: must be at least 1, got {bad}" in capsys.readouterr().err
+
+
+def test_a_bad_opgraph_trace_port_is_named_and_the_script_runs_untraced():
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "badport"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=script_env(OPGRAPH_TRACE="1", OPGRAPH_TRACE_PORT="abc"),
+    )
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["badport.x"]["grad"] != 0  # ran untraced
+    assert "tracing is off" in result.stderr and "OPGRAPH_TRACE_PORT" in result.stderr

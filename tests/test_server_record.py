@@ -13,6 +13,7 @@ import pytest
 from opgraph.server.chrome import chrome_trace, export_chrome
 from opgraph.server.recording import Recording
 from opgraph.server.replay import ReplayServer
+from opgraph.server.server import ServerError
 
 from opgraph import Engine
 
@@ -199,3 +200,22 @@ def test_export_writes_chrome_trace_events_with_passes_and_ops_as_slices(tmp_pat
     assert reader.damage is not None and "truncated" in reader.damage.reason
     result = run_cli("export", "--chrome", str(damaged), str(tmp_path / "cut2.json"))
     assert result.returncode == 2 and "stopped early" in result.stderr
+
+
+def test_a_recording_that_cannot_be_written_is_a_clear_error(tmp_path):
+    missing = tmp_path / "no such directory" / "run.ogtrace"
+    engine = Engine(name="unrecorded", entry_points=False)
+    with pytest.raises(ServerError, match=f"cannot record to {missing}: No such file"):
+        engine.serve(port=0, record=missing)
+    assert engine.tracer is None  # nothing half-started
+    for command in (["serve"], ["demo", "--serve", "--no-wait", "--steps", "1"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "opgraph", *command, "--port", "0", "--record", str(missing)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 1, result.stderr
+        assert f"cannot record to {missing}" in result.stderr
+        assert "Traceback" not in result.stderr and "--port" not in result.stderr

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opgraph import Engine, no_grad
-from opgraph.trace import Tracer, event_map
+from opgraph.trace import Tracer, event_maps, records
 
 try:
     from . import _tracing_helpers as th
@@ -25,7 +25,7 @@ def traced_engine(**options) -> tuple[Engine, Tracer]:
 
 
 def events_of(tracer: Tracer) -> list[dict]:
-    return [event_map(e, seq, tracer.t0) for seq, e in enumerate(tracer.drain(), start=1)]
+    return event_maps(records(tracer.drain()), 1, tracer.t0)
 
 
 def test_known_expression_forward_and_backward_events():
@@ -158,7 +158,7 @@ def test_full_buffer_counts_lost_events_instead_of_growing():
     x = engine.value(1.0)
     for _ in range(300):
         x = x + 1.0
-    assert len(tracer.buffer) == 100
+    assert tracer.pending() == 100
     assert tracer.take_lost() == 2 * 300 + 1 - 100  # each step: a constant leaf and the add
     assert tracer.take_lost() == 0
 

@@ -90,6 +90,11 @@ def test_format_and_rankdir_are_passed_to_graphviz():
         draw_dot(Value(1.0), rankdir="XY")
 
 
+def test_draw_dot_of_something_else_than_a_value_says_so():
+    with pytest.raises(TypeError, match="draw_dot draws the graph of a Value, got float: 2.5"):
+        draw_dot(2.5)
+
+
 def test_draw_dot_refuses_a_graph_dot_would_take_minutes_on_unless_told():
     x = Value(1.0, label="x")
     y = x

@@ -158,6 +158,7 @@ class Viewer {
       case "snapshot_begin":
         this.staging = new Graph();
         this.snapshotTotal = event.nodes ?? 0;
+        this.snapshotPass = event.backward ?? null; // a pass in progress at the snapshot
         break;
       case "node": target.addNode(event); break;
       case "snapshot_end": this.finishSnapshot(event); break;
@@ -217,6 +218,13 @@ class Viewer {
         const node = fresh.nodes.get(step.id);
         if (node) { node.bwPass = pass.pass; node.bwStep = index; }
       });
+    }
+    // The snapshot was taken during a pass this viewer has not seen begin: the backward
+    // maps that follow continue it (docs/protocol.md, "Snapshot").
+    const inProgress = this.snapshotPass;
+    this.snapshotPass = null;
+    if (inProgress && typeof inProgress.pass === "number" && pass?.pass !== inProgress.pass) {
+      fresh.beginPass(inProgress.root ?? null, inProgress.pass);
     }
     this.graph = fresh;
     this.lastSeq = event.seq ?? this.lastSeq;
