@@ -14,18 +14,17 @@ ops.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import importlib.util
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from opgraph import Value
 
 from .moons import MLP, loss, make_moons, step
+from .run import best_time
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,18 +46,6 @@ def load_backward(rev: str):
     return module
 
 
-def timed(fn, collector: bool) -> float:
-    gc.collect()
-    if not collector:
-        gc.disable()
-    try:
-        start = time.process_time()
-        fn()
-        return time.process_time() - start
-    finally:
-        gc.enable()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.paired", description=__doc__)
     parser.add_argument("rev", nargs="?", default="HEAD", help="git revision (HEAD)")
@@ -75,7 +62,7 @@ def main(argv=None) -> int:
     def backward_ns(name, collector):
         root = loss(models[name], Value, X, y)
         nodes = len(current.topological_order(root))
-        return timed(lambda: versions[name].backward(root), collector) / nodes * 1e9
+        return best_time(lambda: versions[name].backward(root), 1, collector) / nodes * 1e9
 
     def step_ms(name, collector, steps=4):
         def training_loop():
@@ -86,7 +73,7 @@ def main(argv=None) -> int:
         current.backward = versions[name].backward
         try:
             step(models[name], Value, X, y)  # warm-up, leaving its garbage as a loop does
-            return timed(training_loop, collector) / steps * 1e3
+            return best_time(training_loop, 1, collector) / steps * 1e3
         finally:
             current.backward = original
 

@@ -5,30 +5,17 @@ from __future__ import annotations
 
 import math
 import operator
-import types
 
 import pytest
 from dags import OPS, programs, run
 from fdcheck import assert_gradients_close, numeric_gradient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_plugins import plugin
 
 import opgraph
-from opgraph import Engine, Op, Value, hookimpl
+from opgraph import Engine, Op, Value
 from opgraph.backward import add_derivative, mul_derivative
-
-
-def plugin(name: str, *ops: Op, replace: bool = False) -> types.ModuleType:
-    module = types.ModuleType(name)
-
-    @hookimpl
-    def register_ops(register):
-        for op in ops:
-            register(op, replace=replace)
-
-    module.register_ops = register_ops
-    return module
-
 
 # The same add and mul, with derivatives the backward pass does not know: it calls them.
 CALLED = Engine(
