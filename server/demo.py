@@ -26,7 +26,7 @@ from opgraph.demo import (
     train,
 )
 
-from .server import ServerError, stop_on_sigterm
+from .server import ServerError, stop_on_sigterm, wait_until_interrupted
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,8 +123,5 @@ def run_served(args: argparse.Namespace) -> int:
         if args.no_wait:
             return 0
         print(f"serving the trace at {server.url} until interrupted (Ctrl-C)", flush=True)
-        try:
-            server.wait()
-        except KeyboardInterrupt:
-            print("stopped", file=sys.stderr)
+        wait_until_interrupted(server)
     return 0

@@ -586,6 +586,14 @@ def positive_int(text: str) -> int:
     return number
 
 
+def wait_until_interrupted(server: Any) -> None:
+    """Keep serving until Ctrl-C, which ends a serving command normally (exit status 0)."""
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+
+
 def hub_server(args) -> TraceServer:
     token: str | bool | None = args.token
     if args.no_token:
@@ -624,8 +632,5 @@ def run(args) -> int:
         print(f"publish from scripts with: OPGRAPH_TRACE={server.publish_url}", flush=True)
         if args.record:
             print(f"recording to {args.record}", flush=True)
-        try:
-            server.wait()
-        except KeyboardInterrupt:
-            print("stopped", file=sys.stderr)
+        wait_until_interrupted(server)
     return 0
