@@ -244,8 +244,8 @@ def _check_class_style(plugin: Any, name: str, attr: str, spec: inspect.Signatur
         raw = inspect.getattr_static(plugin, attr, None)
         if inspect.isfunction(raw) and _first_parameter(raw) == "self":
             raise PluginError(
-                f"plugin {name!r} is the class {plugin.__qualname__}, whose {attr} takes self: "
-                f"register an instance, {plugin.__qualname__}(), not the class",
+                f"plugin {name!r} is the class {plugin.__name__}, whose {attr} takes self: "
+                f"register an instance, {plugin.__name__}(), not the class",
                 plugin=name,
             )
         return
