@@ -19,6 +19,7 @@ import pytest
 
 from opgraph import Engine, PluginLoadError, PluginLoadWarning
 from opgraph.loading import PluginManager, add_plugin, builtin_plugins, load_entry_points
+from opgraph.testing import GradcheckError, check_op
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIG = ROOT / "examples" / "opgraph-trig"
@@ -206,7 +207,7 @@ class TestExamplePlugin:
         assert "6 passed" in result.stdout
 
 
-@pytest.mark.usefixtures("broken_installed")
+@pytest.mark.usefixtures("trig_installed", "broken_installed")
 class TestBrokenPlugin:
     """One installed distribution, opgraph-broken, with an entry point per failure.
 
@@ -330,6 +331,9 @@ class TestBrokenPlugin:
         with pytest.raises(AttributeError) as as_op:
             engine.ops.cube  # noqa: B018
         assert note in str(as_op.value)
+        with pytest.raises(GradcheckError) as checked:
+            check_op(engine, "cube")
+        assert note in str(checked.value)
         # The op table still says nothing about failures when there are none.
         with pytest.raises(AttributeError) as clean:
             Engine(entry_points=False).ops.cube  # noqa: B018
