@@ -19,6 +19,7 @@ from .errors import (
     OpgraphError,
     PluginError,
     PluginLoadError,
+    PluginLoadWarning,
 )
 from .hookspecs import hookimpl, hookspec
 from .modes import detect_anomaly, enable_grad, grad_enabled, no_grad
@@ -42,6 +43,7 @@ __all__ = [
     "OpgraphError",
     "PluginError",
     "PluginLoadError",
+    "PluginLoadWarning",
     "Value",
     "backward",
     "compile",

@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import PluginError, PluginLoadError
 from .loading import (
+    PluginFailure,
     PluginInfo,
     PluginManager,
     PluginSource,
@@ -23,8 +24,10 @@ from .loading import (
     how_to_disable,
     load_entry_points,
     opgraph_distribution,
+    record_failure,
     source_of,
 )
+from .loading import strict_plugins as strict_plugins_from_env
 from .modes import ANOMALY
 from .registry import AnyOp, OpTable, collect
 from .value import Value, install_operators
@@ -36,6 +39,10 @@ class Engine:
     `plugins` are registered after the built-in ops (unless `builtins=False`) and the
     installed plugins; `entry_points=True` loads installed plugins of the `opgraph`
     entry-point group, filtered by the `OPGRAPH_PLUGINS` environment variable.
+
+    An installed plugin that fails to load is left out with a PluginLoadWarning (see
+    `failed_plugins()`), unless `strict_plugins` (default: `OPGRAPH_STRICT_PLUGINS=1`) makes
+    it a PluginLoadError. Plugins given in code are always checked strictly.
     """
 
     _names = itertools.count(1)
@@ -48,10 +55,14 @@ class Engine:
         builtins: bool = True,
         name: str | None = None,
         detect_anomaly: bool = False,
+        strict_plugins: bool | None = None,
         _value_class: type[Value] | None = None,
     ):
         self.name = name or f"engine-{next(self._names)}"
         self._detect_anomaly = detect_anomaly
+        if strict_plugins is None:
+            strict_plugins = strict_plugins_from_env()
+        self.strict_plugins = strict_plugins
         self.Value: type[Value] = _value_class or type("Value", (Value,), {"__slots__": ()})
         self.Value._engine = self
         if _value_class is None:
@@ -65,10 +76,10 @@ class Engine:
         for plugin in builtin_plugins() if builtins else ():
             add_plugin(self.pm, plugin, source=PluginSource(builtin=True, **opgraph_distribution()))
         if entry_points:
-            load_entry_points(self.pm)
+            load_entry_points(self.pm, strict=self.strict_plugins)
         for plugin in plugins:
             add_plugin(self.pm, plugin)
-        self.rebuild()
+        self._first_build()
 
     def __repr__(self) -> str:
         return f"<Engine {self.name!r}: {len(self.ops)} ops>"
@@ -134,6 +145,25 @@ class Engine:
             self._bind(definitions)
             self._registered = registrations
 
+    def _first_build(self) -> None:
+        """Build the op table, leaving out (with a warning) each installed plugin whose ops
+        are rejected or whose register_ops fails, unless plugins are strict."""
+        while True:
+            try:
+                self.rebuild()
+                return
+            except PluginLoadError as exc:  # blamed on an installed plugin: drop it
+                source = self.pm.sources.get(exc.plugin or "")
+                if self.strict_plugins or source is None or source.entry_point is None:
+                    raise
+                self.pm.unregister(name=exc.plugin)
+                del self.pm.sources[exc.plugin]
+                record_failure(self.pm, exc.plugin, source, _first_line(exc), exc)
+
+    def failed_plugins(self) -> list[PluginInfo]:
+        """The installed plugins left out because they failed to load, with the reason."""
+        return [failure.info() for failure in self.pm.failures.values()]
+
     def _bind(self, definitions: dict[str, AnyOp]) -> None:
         """Bind the ops to this engine's Value class, with the current tracer and flags.
 
@@ -141,7 +171,8 @@ class Engine:
         bound again whenever either changes: with tracing off, a node pays for no tracer.
         """
         flags = ANOMALY if self._detect_anomaly else 0
-        self.ops = OpTable(definitions, self.Value, flags, self._tracer)
+        self.ops = _EngineOpTable(definitions, self.Value, flags, self._tracer)
+        self.ops._failures = tuple(self.pm.failures.values())
         self.Value._ops = self.ops
         install_operators(self.Value, self.ops)
 
@@ -278,6 +309,36 @@ class Engine:
         from opgraph.server.server import serve_engine
 
         return serve_engine(self, port=port, host=host, **options)
+
+
+def _first_line(error: PluginLoadError) -> str:
+    """A rebuild error without the "-- plugin ... is the entry point ..." it appends."""
+    return str(error).split(" -- plugin ")[0]
+
+
+class _EngineOpTable(OpTable):
+    """The op table, whose "no op named ..." error names the installed plugins that failed
+    to load: one of them may have provided the op."""
+
+    _failures: tuple[PluginFailure, ...] = ()
+
+    def _missing(self, name: str):
+        try:
+            super()._missing(name)
+        except AttributeError as exc:
+            exc.plugin_note = failed_plugins_note(self._failures)  # type: ignore[attr-defined]
+            if exc.plugin_note:
+                exc.args = (f"{exc}{exc.plugin_note}",)
+            raise
+
+
+def failed_plugins_note(failures: Iterable[PluginFailure]) -> str:
+    """ "; plugin 'x' (...) failed to load: ...; it may have provided this op", or ""."""
+    described = [failure.describe() for failure in failures]
+    if not described:
+        return ""
+    they = "it" if len(described) == 1 else "one of them"
+    return f"; {'; '.join(described)}; {they} may have provided this op"
 
 
 _default: Engine | None = None

@@ -46,6 +46,14 @@ class PluginLoadError(PluginError):
         self.version = version
 
 
+class PluginLoadWarning(UserWarning):
+    """An installed plugin failed to load; the engine carries on without it.
+
+    The message is the PluginLoadError's: the entry point, its distribution and version, the
+    cause, and how to run without it. Set OPGRAPH_STRICT_PLUGINS=1 to make it an error.
+    """
+
+
 class OpError(OpgraphError):
     """A plugin's forward or derivative function failed; the original error is the cause."""
 

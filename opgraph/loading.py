@@ -23,9 +23,10 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, PluginLoadError
+from .errors import PluginError, PluginLoadError, PluginLoadWarning
 
 ENTRY_POINT_GROUP = "opgraph"
+STRICT_VARIABLE = "OPGRAPH_STRICT_PLUGINS"
 
 
 def builtin_plugins() -> list[Any]:
@@ -56,18 +57,50 @@ class PluginInfo:
     hooks: list[str]
     ops: list[str]  # the ops it registered, in order
     replaces: dict[str, str] = field(default_factory=dict)  # op -> plugin it replaced
+    error: str | None = None  # why an installed plugin failed to load (then it has no ops)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class PluginFailure:
+    """An installed plugin that failed to load or to register its ops, and why."""
+
+    name: str
+    source: PluginSource
+    reason: str  # the cause, in one line: "ModuleNotFoundError: No module named 'scipy'"
+    error: PluginLoadError  # the full message, with how to run without it
+
+    def describe(self) -> str:
+        """The plugin and its cause, as the "no op named ..." error mentions it."""
+        where = f"entry point {self.source.entry_point}"
+        if self.source.distribution:
+            where += f", distribution {self.source.distribution} {self.source.version}"
+        return f"plugin {self.name!r} ({where}) failed to load: {self.reason}"
+
+    def info(self) -> PluginInfo:
+        return PluginInfo(
+            name=self.name,
+            distribution=self.source.distribution,
+            version=self.source.version,
+            entry_point=self.source.entry_point,
+            builtin=False,
+            hooks=[],
+            ops=[],
+            error=str(self.error),
+        )
+
+
 class PluginManager(pluggy.PluginManager):
-    """pluggy's manager for the `opgraph` hooks, remembering where each plugin came from."""
+    """pluggy's manager for the `opgraph` hooks, remembering where each plugin came from
+    and which installed plugins failed to load."""
 
     def __init__(self) -> None:
         super().__init__("opgraph")
         self.add_hookspecs(hookspecs)
         self.sources: dict[str, PluginSource] = {}
+        self.failures: dict[str, PluginFailure] = {}
 
     def get_canonical_name(self, plugin: Any) -> str:
         # pluggy names an object without `__name__` (a class instance) by its id(), which
@@ -140,6 +173,12 @@ def hook_specs(pm: pluggy.PluginManager) -> dict[str, inspect.Signature]:
 def check_hooks(pm: pluggy.PluginManager, plugin: Any, name: str) -> list[str]:
     """The hooks a plugin implements, or a PluginError that says what is wrong with them."""
     specs = hook_specs(pm)
+    if _is_hook_function(pm, plugin):
+        raise PluginError(
+            f"plugin {name!r} is the function {plugin.__name__} itself; register the module "
+            f"(or object) that holds it, such as {plugin.__module__}",
+            plugin=name,
+        )
     implemented = []
     for attr in dir(plugin):
         opts = pm.parse_hookimpl_opts(plugin, attr)
@@ -158,6 +197,7 @@ def check_hooks(pm: pluggy.PluginManager, plugin: Any, name: str) -> list[str]:
             )
         spec = specs[hook]
         function = getattr(plugin, attr)
+        _check_class_style(plugin, name, attr, spec)
         required = _required_arguments(function)
         unknown = [arg for arg in required if arg not in spec.parameters]
         if unknown:
@@ -182,6 +222,48 @@ def check_hooks(pm: pluggy.PluginManager, plugin: Any, name: str) -> list[str]:
         )
         raise PluginError(f"plugin {name!r} implements no opgraph hook{hint}", plugin=name)
     return implemented
+
+
+def _is_hook_function(pm: pluggy.PluginManager, plugin: Any) -> bool:
+    """Whether `plugin` is a hook function (`register_ops`) rather than what holds it."""
+    marked = getattr(plugin, f"{pm.project_name}_impl", None) is not None
+    return inspect.isfunction(plugin) and (marked or plugin.__name__ in hook_specs(pm))
+
+
+def _check_class_style(plugin: Any, name: str, attr: str, spec: inspect.Signature) -> None:
+    """Catch the two ways of mixing up `self` in a class plugin, which Python reports only
+    later and obscurely ("'MyOps' object is not callable", or a missing argument).
+
+    A class plugin is an instance whose hook methods take `self`:
+    `engine.register(MyOps())` with `def register_ops(self, register)`.
+    """
+    if isinstance(plugin, types.ModuleType):
+        return
+    definition = f"def {attr}(self, {', '.join(spec.parameters)})"
+    if inspect.isclass(plugin):
+        raw = inspect.getattr_static(plugin, attr, None)
+        if inspect.isfunction(raw) and _first_parameter(raw) == "self":
+            raise PluginError(
+                f"plugin {name!r} is the class {plugin.__name__}, whose {attr} takes self: "
+                f"register an instance, {plugin.__name__}(), not the class",
+                plugin=name,
+            )
+        return
+    function = getattr(plugin, attr)
+    if inspect.ismethod(function) and _first_parameter(function.__func__) in spec.parameters:
+        raise PluginError(
+            f"plugin {name!r}: its method {attr}{_signature(function.__func__)} has no self, "
+            f"so Python would pass the instance as {_first_parameter(function.__func__)!r}; "
+            f"write {definition}",
+            plugin=name,
+        )
+
+
+def _first_parameter(function: Any) -> str | None:
+    try:
+        return next(iter(inspect.signature(function).parameters), None)
+    except (TypeError, ValueError):
+        return None
 
 
 def _required_arguments(function: Any) -> list[str]:
@@ -219,6 +301,11 @@ def selected_plugins() -> list[str] | None:
     return [n.strip() for n in os.environ["OPGRAPH_PLUGINS"].split(",") if n.strip()]
 
 
+def strict_plugins() -> bool:
+    """Whether OPGRAPH_STRICT_PLUGINS asks for an error, not a warning, when a plugin fails."""
+    return os.environ.get(STRICT_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def how_to_disable(plugin: str, distribution: str | None) -> str:
     """A hint the user can paste: OPGRAPH_PLUGINS listing every plugin but the failing one."""
     selected = selected_plugins()
@@ -237,14 +324,23 @@ def installed_entry_points() -> list[metadata.EntryPoint]:
     return sorted(found, key=lambda ep: (_normalize(ep.dist.name) if ep.dist else "", ep.name))
 
 
-def load_entry_points(pm: pluggy.PluginManager, only: Sequence[str] | None = None) -> list[str]:
+def load_entry_points(
+    pm: pluggy.PluginManager,
+    only: Sequence[str] | None = None,
+    *,
+    strict: bool | None = None,
+) -> list[str]:
     """Register the installed plugins of the `opgraph` entry-point group; returns their names.
 
     `only` (default: the comma list in OPGRAPH_PLUGINS, when set) names the entry points or
-    distributions to load; an empty list loads none. Each entry point loads in its own try:
-    a plugin that fails to import or to register raises PluginLoadError naming the entry
-    point, its distribution and version, with the original exception as its cause.
+    distributions to load; an empty list loads none. Each entry point loads on its own: a
+    plugin that fails to import or to register makes a PluginLoadError naming the entry
+    point, its distribution and version, with the original exception as its cause. With
+    `strict` (default: OPGRAPH_STRICT_PLUGINS) it is raised; otherwise it is issued as a
+    PluginLoadWarning, recorded in `pm.failures`, and the other plugins load.
     """
+    if strict is None:
+        strict = strict_plugins()
     if only is None:
         only = selected_plugins()
     wanted = None if only is None else {_normalize(n) for n in only}
@@ -268,7 +364,7 @@ def load_entry_points(pm: pluggy.PluginManager, only: Sequence[str] | None = Non
             if earlier == source:  # loaded by an earlier call
                 continue
             where = f"distribution {earlier.distribution}" if earlier else "another plugin"
-            raise PluginLoadError(
+            error = PluginLoadError(
                 f"two plugins are named {ep.name!r}: the entry point {ep.name} = {ep.value} of "
                 f"distribution {dist} {version}, and {where}; uninstall one of them, or "
                 f"choose one with OPGRAPH_PLUGINS",
@@ -277,19 +373,31 @@ def load_entry_points(pm: pluggy.PluginManager, only: Sequence[str] | None = Non
                 distribution=dist,
                 version=version,
             )
+            if strict:
+                raise error
+            # The first one stays; this one is the failure (keyed apart, not to hide it).
+            record_failure(pm, f"{ep.name} ({dist})", source, str(error), error)
+            continue
         try:
             plugin = ep.load()
+            _check_target(pm, ep, plugin)
             add_plugin(pm, plugin, name=ep.name, source=source)
         except Exception as exc:
-            raise PluginLoadError(
+            reason = f"{type(exc).__name__}: {exc}"
+            error = PluginLoadError(
                 f"plugin {ep.name!r} (entry point {ep.name} = {ep.value}, distribution "
-                f"{dist} {version}) failed to load: {type(exc).__name__}: {exc}. "
+                f"{dist} {version}) failed to load: {reason}. "
                 f"{how_to_disable(ep.name, dist)}",
                 plugin=ep.name,
                 entry_point=f"{ep.name} = {ep.value}",
                 distribution=dist,
                 version=version,
-            ) from exc
+            )
+            if strict:
+                raise error from exc
+            error.__cause__ = exc
+            record_failure(pm, ep.name, source, reason, error)
+            continue
         loaded.append(ep.name)
     if wanted is not None and wanted - matched:
         installed = ", ".join(ep.name for ep in installed_entry_points()) or "none"
@@ -299,6 +407,30 @@ def load_entry_points(pm: pluggy.PluginManager, only: Sequence[str] | None = Non
             stacklevel=2,
         )
     return loaded
+
+
+def _check_target(pm: pluggy.PluginManager, ep: metadata.EntryPoint, plugin: Any) -> None:
+    """An entry point names the module of the hooks, not the hook function itself."""
+    if _is_hook_function(pm, plugin):
+        raise PluginError(
+            f"the entry point points at the function {plugin.__name__}, not at a plugin; "
+            f"point it at the module that holds the function: {ep.name} = {ep.module} "
+            f"(not {ep.value})",
+            plugin=ep.name,
+        )
+
+
+def record_failure(
+    pm: pluggy.PluginManager, name: str, source: PluginSource, reason: str, error: PluginLoadError
+) -> None:
+    """Remember an installed plugin that failed, and warn once, naming it and the cause."""
+    if hasattr(pm, "failures"):
+        pm.failures[name] = PluginFailure(name, source, reason, error)
+    warnings.warn(
+        f"{error} (the other plugins are loaded; set {STRICT_VARIABLE}=1 to make this an error)",
+        PluginLoadWarning,
+        stacklevel=3,
+    )
 
 
 def opgraph_distribution() -> dict[str, str]:

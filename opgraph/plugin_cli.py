@@ -1,7 +1,9 @@
 """`opgraph plugins`: list the plugins of the default engine, as `datasette plugins` does.
 
 It shows what `opgraph.Value` would use: the built-in ops and the installed plugins that
-OPGRAPH_PLUGINS lets load, each with its distribution, version and the ops it registered.
+OPGRAPH_PLUGINS lets load, each with its distribution, version and the ops it registered,
+and every installed plugin that failed to load, with the reason. It exits 0 even then (it is
+the tool to diagnose a broken plugin with), unless OPGRAPH_STRICT_PLUGINS=1.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 import warnings
 
 from .engine import default_engine
-from .errors import PluginError
+from .errors import PluginLoadWarning
 from .loading import PluginInfo
 
 
@@ -24,29 +26,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            infos = default_engine().plugins()
-        for warning in caught:  # OPGRAPH_PLUGINS naming no installed plugin, for one
+    # A PluginLoadError (strict mode) goes up to the command line's one-line error report.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine = default_engine()
+        infos = engine.plugins() + engine.failed_plugins()
+    for warning in caught:  # OPGRAPH_PLUGINS naming no installed plugin, for one
+        if not issubclass(warning.category, PluginLoadWarning):  # listed below instead
             print(f"opgraph plugins: warning: {warning.message}", file=sys.stderr)
-    except PluginError as exc:
-        print(f"opgraph plugins: {exc}", file=sys.stderr)
-        if exc.__cause__ is not None:
-            cause = exc.__cause__
-            print(f"caused by {type(cause).__name__}: {cause}", file=sys.stderr)
-        return 1
     if args.installed:
         infos = [info for info in infos if not info.builtin]
     if args.json:
         print(json.dumps([info.to_dict() for info in infos], indent=2))
     else:
         print(format_plugins(infos))
+    failed = [info for info in infos if info.error]
+    if failed:
+        print(
+            f"opgraph plugins: {len(failed)} plugin(s) failed to load: "
+            f"{', '.join(info.name for info in failed)}",
+            file=sys.stderr,
+        )
     return 0
 
 
 def format_plugins(infos: list[PluginInfo]) -> str:
-    """The plugins as lines for people: name, origin, then the ops."""
+    """The plugins as lines for people: name, origin, then the ops (or why it failed)."""
     if not infos:
         return "no plugins loaded"
     lines = []
@@ -56,7 +61,11 @@ def format_plugins(infos: list[PluginInfo]) -> str:
             origin.insert(0, "built-in")
         if info.entry_point:
             origin.append(f"entry point {info.entry_point}")
-        lines.append(f"{info.name}  ({', '.join(origin)})")
+        flag = "  FAILED TO LOAD" if info.error else ""
+        lines.append(f"{info.name}  ({', '.join(origin)}){flag}")
+        if info.error:
+            lines.append(f"    error: {info.error}")
+            continue
         lines.append(f"    ops: {', '.join(info.ops) or 'none'}")
         for op, previous in info.replaces.items():
             lines.append(f"    replaces {op} of {previous}")

@@ -179,10 +179,10 @@ class Value:
         ops = self._ops
         try:
             op = getattr(ops, name)
-        except AttributeError:
+        except AttributeError as exc:
             raise AttributeError(
                 f"'Value' object has no attribute {name!r}, and no plugin registers an op "
-                f"of that name"
+                f"of that name{getattr(exc, 'plugin_note', '')}"  # a plugin that failed to load
             ) from None
         return functools.partial(op, self)
 

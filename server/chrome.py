@@ -141,8 +141,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--chrome",
         action="store_true",
-        required=True,
-        help="Chrome trace-event JSON (the only format so far)",
+        help="Chrome trace-event JSON: the only format so far, and the default",
     )
     parser.add_argument("recording", help="a recording made with --record (.ogtrace)")
     parser.add_argument("out", help="the JSON file to write")

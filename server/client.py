@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -83,21 +83,29 @@ async def connect(url: str, *, open_timeout: float = 10, **options: Any) -> Conn
 
 
 async def events(
-    url: str, *, reconnect: bool = True, retry_delay: float = 0.5, max_delay: float = 5.0
+    url: str,
+    *,
+    reconnect: bool = True,
+    retry_delay: float = 0.5,
+    max_delay: float = 5.0,
+    on_retry: Callable[[Exception], None] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Every event from the server at `url`; with `reconnect`, across reconnections.
 
     After a reconnection the stream starts again with `hello` and a snapshot, so a `Graph`
     fed with these events stays correct. While the server is away it retries with
-    exponential backoff, up to `max_delay` seconds between tries.
+    exponential backoff, up to `max_delay` seconds between tries, calling `on_retry` with
+    the connection error before each wait.
     """
     delay = retry_delay
     while True:
         try:
             conn = await connect(url)
-        except (OSError, TimeoutError, websockets.InvalidHandshake):
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
             if not reconnect:
                 raise
+            if on_retry is not None:
+                on_retry(exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
             continue
@@ -205,30 +213,72 @@ def add_arguments(parser) -> None:
         help="the server (viewer page URL or ws://.../ws)",
     )
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between summary lines")
-    parser.add_argument("--duration", type=float, help="stop after this many seconds")
-    parser.add_argument("--no-reconnect", action="store_true", help="exit when the connection ends")
+    parser.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default: never)"
+    )
+    parser.add_argument(
+        "--no-reconnect",
+        action="store_true",
+        help="exit when the connection ends or cannot be made (default: keep retrying)",
+    )
+
+
+RETRY_MAX_DELAY = 5.0  # seconds between two tries to connect, at most
+
+
+def connection_problem(exc: BaseException) -> str:
+    """Why a connection failed, in a few words: "connection refused"."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 async def watch(
-    url: str, interval: float, duration: float | None, reconnect: bool, out=sys.stdout
+    url: str,
+    interval: float,
+    duration: float | None,
+    reconnect: bool,
+    out=sys.stdout,
+    err=sys.stderr,
 ) -> Graph:
-    """Print a summary line every `interval` seconds: events/s, nodes, pass, drops."""
+    """Print a summary line every `interval` seconds: events/s, nodes, pass, drops.
+
+    While nothing serves at `url` it says so, once per outage on `err` and on every
+    summary line, and keeps retrying (with `reconnect`).
+    """
     graph = Graph()
     start = last = time.monotonic()
     counted = 0
+    problem: list[str] = []  # why the last try to connect failed; empty while connected
+
+    def retrying(exc: Exception) -> None:
+        if not problem:
+            print(
+                f"opgraph watch: nothing is serving at {url}: {connection_problem(exc)}; "
+                f"retrying every {RETRY_MAX_DELAY:g}s at most (Ctrl-C to stop)",
+                file=err,
+                flush=True,
+            )
+        problem[:] = [connection_problem(exc)]
 
     def line(now: float) -> str:
         rate = (graph.events - counted) / max(now - last, 1e-9)
         session = graph.hello.get("session", "?") if graph.hello else "-"
         current = f"pass {graph.current_pass}" if graph.current_pass else "no pass"
+        away = f"  not connected: {problem[0]}, retrying" if problem else ""
         return (
             f"{rate:10.0f} events/s  {len(graph.nodes):8d} nodes  "
             f"seq {'-' if graph.seq is None else graph.seq}  "
             f"{current}  {graph.passes} passes  dropped {graph.dropped}  session {session}"
+            f"{away}"
         )
 
     async def consume() -> None:
-        async for event in events(url, reconnect=reconnect):
+        stream = events(url, reconnect=reconnect, max_delay=RETRY_MAX_DELAY, on_retry=retrying)
+        async for event in stream:
+            problem.clear()
             graph.apply(event)
 
     task = asyncio.ensure_future(consume())
@@ -257,6 +307,9 @@ def run(args) -> int:
     try:
         asyncio.run(watch(url, args.interval, args.duration, not args.no_reconnect))
     except (OSError, websockets.InvalidHandshake) as exc:
-        print(f"opgraph watch: cannot connect to {url}: {exc}", file=sys.stderr)
+        print(
+            f"opgraph watch: cannot connect to {url}: {connection_problem(exc)}",
+            file=sys.stderr,
+        )
         return 1
     return 0

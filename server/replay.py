@@ -79,7 +79,7 @@ def add_arguments(parser) -> None:
         "--speed", type=float, default=1.0, help="times real speed; 0: as fast as possible"
     )
     parser.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--static-dir", help="serve the viewer page from this directory")
     parser.add_argument(
         "--exit",

@@ -558,7 +558,7 @@ def serve_engine(
 
 def add_arguments(parser) -> None:
     parser.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument(
         "--record", metavar="FILE", help="also record the stream to FILE (.ogtrace)"
     )

@@ -337,6 +337,47 @@ def test_plugin_objects_are_named_by_their_class():
     assert e.Value(3.0).square().data == 9.0
 
 
+def test_a_class_registered_instead_of_its_instance_is_told_to_register_an_instance():
+    # The documented class plugin is an instance whose hook methods take self.
+    class Squares:
+        @hookimpl
+        def register_ops(self, register):
+            register(SQUARE)
+
+    with pytest.raises(PluginError) as caught:
+        engine(Squares)
+    assert str(caught.value) == (
+        "plugin 'Squares' is the class Squares, whose register_ops takes self: "
+        "register an instance, Squares(), not the class"
+    )
+    assert engine(Squares()).Value(3.0).square().data == 9.0
+
+
+def test_a_hook_method_without_self_is_told_to_take_self():
+    # Without the check, Python passes the instance as `register`, and the plugin fails
+    # with "'NoSelf' object is not callable".
+    class NoSelf:
+        @hookimpl
+        def register_ops(register):  # noqa: N805 -- the mistake under test
+            register(SQUARE)
+
+    with pytest.raises(PluginError) as caught:
+        engine(NoSelf())
+    message = str(caught.value)
+    assert "its method register_ops(register) has no self" in message
+    assert message.endswith("write def register_ops(self, register)")
+    assert "not callable" not in message
+
+
+def test_the_hook_function_registered_instead_of_its_module():
+    module = plugin("squares", SQUARE)
+    with pytest.raises(PluginError) as caught:
+        engine(module.register_ops)
+    message = str(caught.value)
+    assert "is the function register_ops itself; register the module" in message
+    assert "implements no opgraph hook" not in message
+
+
 # --- registering and unregistering at run time -----------------------------------------------
 
 

@@ -17,12 +17,22 @@ from pathlib import Path
 
 import pytest
 
-from opgraph import Engine, PluginLoadError
+from opgraph import Engine, PluginLoadError, PluginLoadWarning
 from opgraph.loading import PluginManager, add_plugin, builtin_plugins, load_entry_points
+from opgraph.testing import GradcheckError, check_op
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIG = ROOT / "examples" / "opgraph-trig"
 BROKEN = ROOT / "tests" / "plugins" / "broken"
+BROKEN_ENTRY_POINTS = [
+    "broken_args",
+    "broken_conflict",
+    "broken_hookname",
+    "broken_import",
+    "broken_noself",
+    "broken_raises",
+    "broken_target",
+]
 
 
 def pip(*args: str) -> subprocess.CompletedProcess:
@@ -69,11 +79,17 @@ def broken_installed(tmp_path_factory):
     yield from install(BROKEN, copy, "opgraph-broken")
 
 
-def python(code: str, plugins: str | None = None, *args: str) -> subprocess.CompletedProcess:
-    """Run Python in a fresh process, with OPGRAPH_PLUGINS set to `plugins` (None: unset)."""
-    env = {k: v for k, v in os.environ.items() if k != "OPGRAPH_PLUGINS"}
+def python(
+    code: str, plugins: str | None = None, *args: str, strict: bool = False
+) -> subprocess.CompletedProcess:
+    """Run Python in a fresh process, with OPGRAPH_PLUGINS set to `plugins` (None: unset),
+    and OPGRAPH_STRICT_PLUGINS=1 if `strict`."""
+    unset = ("OPGRAPH_PLUGINS", "OPGRAPH_STRICT_PLUGINS", "OPGRAPH_DEBUG")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     if plugins is not None:
         env["OPGRAPH_PLUGINS"] = plugins
+    if strict:
+        env["OPGRAPH_STRICT_PLUGINS"] = "1"
     return subprocess.run(
         [sys.executable, *(["-c", code] if code else []), *args],
         capture_output=True,
@@ -83,8 +99,8 @@ def python(code: str, plugins: str | None = None, *args: str) -> subprocess.Comp
     )
 
 
-def cli(*args: str, plugins: str | None = None) -> subprocess.CompletedProcess:
-    return python("", plugins, "-m", "opgraph", *args)
+def cli(*args: str, plugins: str | None = None, strict: bool = False):
+    return python("", plugins, "-m", "opgraph", *args, strict=strict)
 
 
 USE_SIN = """
@@ -140,7 +156,10 @@ class TestExamplePlugin:
         impostor = PluginManager()
         add_plugin(impostor, builtin_plugins()[0], name="trig")
         with pytest.raises(PluginLoadError, match="two plugins are named 'trig'"):
-            load_entry_points(impostor)
+            load_entry_points(impostor, strict=True)
+        with pytest.warns(PluginLoadWarning, match="two plugins are named 'trig'"):
+            assert load_entry_points(impostor) == []
+        assert list(impostor.failures) == ["trig (opgraph-trig)"]
 
     def test_plugins_command_lists_it(self):
         result = cli("plugins")
@@ -162,6 +181,7 @@ class TestExamplePlugin:
                 "hooks": ["register_ops"],
                 "ops": ["sin", "cos", "atan2", "softplus"],
                 "replaces": {},
+                "error": None,
             }
         ]
         excluded = cli("plugins", "--json", "--installed", plugins="")
@@ -187,12 +207,16 @@ class TestExamplePlugin:
         assert "6 passed" in result.stdout
 
 
-@pytest.mark.usefixtures("broken_installed")
+@pytest.mark.usefixtures("trig_installed", "broken_installed")
 class TestBrokenPlugin:
-    """One installed distribution, opgraph-broken, with an entry point per failure."""
+    """One installed distribution, opgraph-broken, with an entry point per failure.
+
+    By default a broken plugin is left out with a PluginLoadWarning and the rest of opgraph
+    works; OPGRAPH_STRICT_PLUGINS=1 makes it the PluginLoadError it used to be."""
 
     def test_import_error_names_entry_point_distribution_and_version(self, monkeypatch):
         monkeypatch.setenv("OPGRAPH_PLUGINS", "broken_import")
+        monkeypatch.setenv("OPGRAPH_STRICT_PLUGINS", "1")
         with pytest.raises(PluginLoadError) as caught:
             Engine()
         error = caught.value
@@ -206,21 +230,47 @@ class TestBrokenPlugin:
         assert "set OPGRAPH_PLUGINS= (the other installed plugins to load;" in message
         assert "or uninstall opgraph-broken" in message
 
-    def test_default_engine_shows_the_load_error(self):
-        # No OPGRAPH_PLUGINS: every installed plugin loads, so the first op fails, by name.
-        result = python("from opgraph import Value\nValue(1.0) + 1")
-        assert result.returncode == 1
-        assert "opgraph.errors.PluginLoadError: plugin 'broken_args'" in result.stderr
+    def test_default_engine_works_without_the_broken_plugins(self):
+        # No OPGRAPH_PLUGINS: every installed plugin loads; the broken ones are left out
+        # with one warning each, and a program that never uses their ops runs.
+        result = python("from opgraph import Value\nprint((Value(1.0) + 1).data)")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "2.0\n"
+        for name in BROKEN_ENTRY_POINTS:
+            assert (
+                result.stderr.count(f"PluginLoadWarning: plugin '{name}'")
+                + result.stderr.count(
+                    f"PluginLoadWarning: op 'add' is registered by both plugin "
+                    f"'opgraph.plugins.arithmetic' and plugin '{name}'"
+                )
+                == 1
+            ), name
         assert "opgraph-broken 0.0.1" in result.stderr
         # The hint lists every other installed plugin, ready to paste.
-        others = "broken_conflict,broken_hookname,broken_import,broken_raises,trig"
+        others = ",".join(sorted(set(BROKEN_ENTRY_POINTS) - {"broken_args"}) + ["trig"])
         assert f"set OPGRAPH_PLUGINS={others} (the other" in result.stderr
+        assert "set OPGRAPH_STRICT_PLUGINS=1 to make this an error" in result.stderr
+
+    def test_warning_is_issued_once_per_plugin(self, monkeypatch):
+        monkeypatch.setenv("OPGRAPH_PLUGINS", "broken_import,trig")
+        code = (
+            "import warnings\nwarnings.simplefilter('default')\n"
+            "from opgraph import Engine\nfor _ in range(3): Engine()"
+        )
+        result = python(code, "broken_import,trig")
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.count("PluginLoadWarning") == 1
+
+    def test_strict_mode_makes_it_an_error(self):
+        result = python("from opgraph import Value\nValue(1.0) + 1", strict=True)
+        assert result.returncode == 1
+        assert "opgraph.errors.PluginLoadError: plugin 'broken_args'" in result.stderr
 
     def test_opgraph_plugins_leaves_it_out(self):
-        assert (
-            python("from opgraph import Value\nassert (Value(1.0) + 1).data == 2", "").returncode
-            == 0
-        )
+        code = "from opgraph import Value\nassert (Value(1.0) + 1).data == 2"
+        result = python(code, "", strict=True)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
 
     @pytest.mark.parametrize(
         "entry_point, problem",
@@ -230,23 +280,113 @@ class TestBrokenPlugin:
             ("broken_args", "its hook function register_ops(reg) takes 'reg'"),
             ("broken_conflict", "both plugin 'opgraph.plugins.arithmetic' and plugin"),
             ("broken_raises", "failed in register_ops: RuntimeError: the ops table"),
+            (
+                "broken_target",
+                "the entry point points at the function register_ops, not at a plugin; point "
+                "it at the module that holds the function: broken_target = opgraph_broken.target "
+                "(not opgraph_broken.target:register_ops)",
+            ),
+            (
+                "broken_noself",
+                "its method register_ops(register) has no self, so Python would pass the "
+                "instance as 'register'; write def register_ops(self, register)",
+            ),
         ],
     )
     def test_each_failure_names_the_plugin(self, monkeypatch, entry_point, problem):
-        monkeypatch.setenv("OPGRAPH_PLUGINS", entry_point)
+        monkeypatch.setenv("OPGRAPH_PLUGINS", f"{entry_point},trig")
+        monkeypatch.setenv("OPGRAPH_STRICT_PLUGINS", "1")
         with pytest.raises(PluginLoadError) as caught:
             Engine()
         message = str(caught.value)
         assert problem in message
         assert f"'{entry_point}'" in message
-        assert "opgraph-broken 0.0.1" in message and "OPGRAPH_PLUGINS" in message
+        assert "opgraph-broken 0.0.1" in message and "OPGRAPH_PLUGINS=trig" in message
         assert caught.value.plugin == entry_point
         assert caught.value.__cause__ is not None
+        # Not strict: the same message as a warning, and the engine has the other plugins.
+        monkeypatch.delenv("OPGRAPH_STRICT_PLUGINS")
+        with pytest.warns(PluginLoadWarning) as warned:
+            engine = Engine()
+        assert [problem in str(w.message) for w in warned] == [True]
+        assert "sin" in engine.ops and (engine.value(1.0) + 1).data == 2
+        assert [info.name for info in engine.failed_plugins()] == [entry_point]
+        assert problem in engine.failed_plugins()[0].error
+        assert entry_point not in engine.plugin_names()
 
-    def test_plugins_command_reports_the_error(self):
+    def test_an_op_it_would_have_provided_names_it(self, monkeypatch):
+        # broken_target's module does register `cube`; the entry point aims at the function.
+        monkeypatch.setenv("OPGRAPH_PLUGINS", "broken_target")
+        with pytest.warns(PluginLoadWarning):
+            engine = Engine()
+        note = (
+            "plugin 'broken_target' (entry point broken_target = "
+            "opgraph_broken.target:register_ops, distribution opgraph-broken 0.0.1) failed to "
+            "load: PluginError: the entry point points at the function register_ops"
+        )
+        with pytest.raises(AttributeError) as as_method:
+            engine.value(2.0).cube()
+        assert "no plugin registers an op of that name; " + note in str(as_method.value)
+        assert str(as_method.value).endswith("; it may have provided this op")
+        with pytest.raises(AttributeError) as as_op:
+            engine.ops.cube  # noqa: B018
+        assert note in str(as_op.value)
+        with pytest.raises(GradcheckError) as checked:
+            check_op(engine, "cube")
+        assert note in str(checked.value)
+        # The op table still says nothing about failures when there are none.
+        with pytest.raises(AttributeError) as clean:
+            Engine(entry_points=False).ops.cube  # noqa: B018
+        assert "failed to load" not in str(clean.value)
+
+    def test_default_ops_name_it_too(self):
+        code = "import opgraph\nopgraph.default_engine().ops.cube"
+        result = python(code, "broken_target,trig")
+        assert result.returncode == 1
+        assert "AttributeError: no op named 'cube' is registered" in result.stderr
+        assert "plugin 'broken_target' (entry point broken_target = " in result.stderr
+
+    def test_plugins_command_lists_the_broken_one(self):
         result = cli("plugins", plugins="trig,broken_args")
+        assert result.returncode == 0, result.stderr
+        assert "trig  (opgraph-trig 0.1.0, entry point trig = opgraph_trig)" in result.stdout
+        assert (
+            "broken_args  (opgraph-broken 0.0.1, entry point broken_args = "
+            "opgraph_broken.wrong_args)  FAILED TO LOAD\n    error: plugin 'broken_args'"
+        ) in result.stdout
+        assert "set OPGRAPH_PLUGINS=trig (the other" in result.stdout
+        assert result.stderr == "opgraph plugins: 1 plugin(s) failed to load: broken_args\n"
+
+    def test_plugins_command_json_has_the_error(self):
+        result = cli("plugins", "--json", "--installed", plugins="trig,broken_import")
+        assert result.returncode == 0, result.stderr
+        listed = {info["name"]: info for info in json.loads(result.stdout)}
+        assert listed["trig"]["error"] is None
+        broken = listed["broken_import"]
+        assert broken["ops"] == [] and broken["distribution"] == "opgraph-broken"
+        assert "No module named 'opgraph_missing_dependency'" in broken["error"]
+
+    def test_plugins_command_in_strict_mode_fails_in_one_line(self):
+        result = cli("plugins", plugins="trig,broken_args", strict=True)
         assert result.returncode == 1
         assert result.stdout == ""
-        assert "opgraph plugins: plugin 'broken_args'" in result.stderr
-        assert "set OPGRAPH_PLUGINS=trig (the other" in result.stderr
+        assert result.stderr.startswith("opgraph: error: plugin 'broken_args'")
+        assert len(result.stderr.splitlines()) == 1
         assert "Traceback" not in result.stderr
+
+    def test_demo_runs_beside_a_broken_plugin(self, tmp_path):
+        result = cli("demo", "--steps", "1", "--out", str(tmp_path), plugins="broken_import")
+        assert result.returncode == 0, result.stderr
+        assert "trained in" in result.stdout
+        assert result.stderr.startswith("opgraph: warning: plugin 'broken_import'")
+        assert "Traceback" not in result.stderr
+
+    def test_demo_in_strict_mode_fails_in_one_line(self, tmp_path):
+        args = ("demo", "--steps", "1", "--out", str(tmp_path))
+        result = cli(*args, plugins="broken_import", strict=True)
+        assert result.returncode == 1
+        assert result.stderr.startswith("opgraph: error: plugin 'broken_import' (entry point")
+        assert "Traceback" not in result.stderr
+        debug = cli("--debug", *args, plugins="broken_import", strict=True)
+        assert debug.returncode == 1
+        assert "Traceback" in debug.stderr and "PluginLoadError" in debug.stderr

@@ -236,3 +236,23 @@ def test_pytest_plugin_reports_a_plugin_it_cannot_import():
         caught.value
     )
     assert load_plugin("opgraph.plugins.arithmetic:register_ops").__name__ == "register_ops"
+
+
+def test_a_failing_check_shows_the_test_line_and_the_reason_not_opgraph(tmp_path):
+    # opgraph's frames (__tracebackhide__) are hidden: the report is the test's own line
+    # and the one-line reason, as with a failing assert.
+    (tmp_path / "author_plugin.py").write_text(AUTHOR_PLUGIN)
+    (tmp_path / "test_bad.py").write_text(
+        'def test_badcos(check_op):\n    check_op("badcos", points=[0.25, 1.0])\n'
+    )
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.pytest.ini_options]\nopgraph_plugins = ["author_plugin"]\npythonpath = ["."]\n'
+    )
+    result = run_pytest(tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    failure = output.split(" FAILURES ")[1].split(" short test summary ")[0]
+    assert '>       check_op("badcos", points=[0.25, 1.0])' in failure
+    assert "E       opgraph.testing.gradcheck.GradcheckError: op 'badcos'" in failure
+    assert "opgraph/testing" not in failure and "def check_op" not in failure
+    assert len(output.splitlines()) < 20, output  # was 69 lines, most of them opgraph's

@@ -83,6 +83,7 @@ def check_op(
     GradcheckError naming the op, its plugin and the worst mismatch with its inputs;
     returns a GradcheckReport when every partial derivative agrees.
     """
+    __tracebackhide__ = True  # under pytest, a failure shows the test's frames, not these
     definition = _definition(engine, name)
     arity = definition.arity or 1
     if eps <= 0 or rtol < 0 or atol < 0 or (rtol == 0 and atol == 0):
@@ -118,17 +119,22 @@ def random_points(
 
 
 def _definition(engine: Engine, name: str) -> Any:
+    __tracebackhide__ = True
     definitions = engine.ops.definitions
     if name not in definitions:
         known = ", ".join(sorted(definitions)) or "none"
+        from ..engine import failed_plugins_note
+
+        failures = getattr(getattr(engine, "pm", None), "failures", {})
         raise GradcheckError(
             f"engine {engine.name!r} has no op named {name!r} (registered ops: {known}); "
-            f"is the plugin that provides it registered?"
+            f"is the plugin that provides it registered?{failed_plugins_note(failures.values())}"
         )
     return definitions[name]
 
 
 def _bounds(domain: Domain, arity: int) -> list[tuple[float, float]]:
+    __tracebackhide__ = True
     if len(domain) == 2 and all(isinstance(b, Real) for b in domain):
         bounds = [tuple(domain)] * arity  # one (low, high) for every input
     else:
@@ -142,6 +148,7 @@ def _bounds(domain: Domain, arity: int) -> list[tuple[float, float]]:
 
 
 def _as_point(point: Sequence[float] | float, arity: int, where: str) -> tuple[float, ...]:
+    __tracebackhide__ = True
     xs = (point,) if isinstance(point, Real) else tuple(point)
     if len(xs) != arity or not all(isinstance(x, Real) for x in xs):
         raise ValueError(f"{where} takes {arity} input(s); the point {point!r} does not fit")
@@ -150,6 +157,7 @@ def _as_point(point: Sequence[float] | float, arity: int, where: str) -> tuple[f
 
 def _compare(engine: Engine, name: str, xs: tuple[float, ...], eps: float, where: str):
     """Yield a Mismatch per input: backward's partial derivative beside the numeric one."""
+    __tracebackhide__ = True
     op = engine.ops[name]
     leaves = [engine.Value(x) for x in xs]
     out = op(*leaves)
@@ -160,6 +168,8 @@ def _compare(engine: Engine, name: str, xs: tuple[float, ...], eps: float, where
 
 
 def _central_difference(engine: Engine, op: Any, xs: tuple, i: int, eps: float, where: str):
+    __tracebackhide__ = True
+
     def f(shift: float) -> float:
         moved = [x + shift if j == i else x for j, x in enumerate(xs)]
         with no_grad():
@@ -172,6 +182,7 @@ def _central_difference(engine: Engine, op: Any, xs: tuple, i: int, eps: float, 
 
 
 def _finite(value: float, where: str, xs: tuple, what: str) -> None:
+    __tracebackhide__ = True
     if not math.isfinite(value):
         raise GradcheckError(
             f"{where}: {what} is {value} at inputs {xs}; finite differences need finite "

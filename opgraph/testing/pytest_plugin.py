@@ -64,10 +64,11 @@ def opgraph_engine(opgraph_plugins: list[Any]) -> Any:
     """A fresh engine with the built-in ops and your plugins, and no installed plugins.
 
     Every test gets its own, so nothing a test registers or traces leaks into another.
+    Plugins are strict: a plugin that fails to load is an error, not a warning.
     """
     from opgraph import Engine
 
-    return Engine(plugins=opgraph_plugins, entry_points=False, name="pytest")
+    return Engine(plugins=opgraph_plugins, entry_points=False, name="pytest", strict_plugins=True)
 
 
 @pytest.fixture
@@ -80,6 +81,7 @@ def check_op(opgraph_engine: Any) -> Callable[..., Any]:
     from opgraph.testing import check_op as check
 
     def check_on_engine(name: str, points: Any = None, **options: Any) -> Any:
+        __tracebackhide__ = True  # a failure points at the test's line, not at opgraph
         return check(opgraph_engine, name, points, **options)
 
     return check_on_engine

@@ -24,7 +24,7 @@ def test_softplus(check_op):
 
 
 def test_values(opgraph_engine):
-    x = opgraph_engine.Value(0.5)
+    x = opgraph_engine.value(0.5)
     assert x.sin().data == math.sin(0.5)
     assert x.cos().data == math.cos(0.5)
     assert x.atan2(-1.0).data == math.atan2(0.5, -1.0)
@@ -32,6 +32,6 @@ def test_values(opgraph_engine):
 
 
 def test_atan2_origin_has_no_derivative(opgraph_engine):
-    y, x = opgraph_engine.Value(0.0), opgraph_engine.Value(0.0)
+    y, x = opgraph_engine.value(0.0), opgraph_engine.value(0.0)
     y.atan2(x).backward()
     assert math.isnan(y.grad) and math.isnan(x.grad)

@@ -1,0 +1,150 @@
+"""The `opgraph` command line as a user meets it: --help of every command shows the
+defaults, errors are one line (a traceback only with --debug), `export` needs no --chrome,
+and `watch` says when nothing is serving at its URL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import types
+
+import pytest
+
+from opgraph import Engine, OpgraphError
+from opgraph.cli import COMMANDS, build_parser, main
+
+
+def help_of(command: str, capsys) -> str:
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args([command, "--help"])
+    assert done.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_help_shows_its_defaults(command, capsys):
+    text = help_of(command, capsys)
+    for action in subparsers()[command]._actions:
+        default = action.default
+        if default is None or isinstance(default, bool) or default == argparse.SUPPRESS:
+            continue
+        assert str(default) in text, f"opgraph {command} --help: {action.dest} = {default!r}"
+    assert "--debug" in text
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        ("serve", ["--port PORT port (0: any free port) (default: 8765)", "(default: 100000)"]),
+        ("replay", ["(default: 1.0)", "(default: 8765)", "address to bind (default: 127.0.0.1)"]),
+        ("watch", ["(default: ws://127.0.0.1:8765/ws)", "summary lines (default: 1.0)"]),
+        ("demo", ["training steps (100)", "(1337)"]),
+    ],
+)
+def test_help_names_port_speed_and_interval_defaults(command, expected, capsys):
+    text = help_of(command, capsys)
+    for words in expected:
+        assert words in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def record(path) -> None:
+    engine = Engine(name="recorded", entry_points=False)
+    with engine.serve(port=0, record=path):
+        x = engine.value(2.0, label="x")
+        (x * x + 1).backward()
+
+
+def test_export_defaults_to_chrome_and_still_accepts_the_flag(tmp_path, capsys):
+    path = tmp_path / "run.ogtrace"
+    record(path)
+    assert main(["export", str(path), str(tmp_path / "plain.json")]) == 0
+    assert main(["export", "--chrome", str(path), str(tmp_path / "flag.json")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    assert plain == json.loads((tmp_path / "flag.json").read_text())
+    assert plain["traceEvents"]
+
+
+@pytest.fixture
+def failing_command(monkeypatch):
+    """An `opgraph fail` command whose run raises the error the test puts in `raised`."""
+    raised: list[BaseException] = []
+    module = types.ModuleType("opgraph_test_failing_command")
+    module.add_arguments = lambda parser: None
+
+    def run(args):
+        raise raised[0]
+
+    module.run = run
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(COMMANDS, "fail", (module.__name__, "fail on purpose"))
+    monkeypatch.delenv("OPGRAPH_DEBUG", raising=False)
+    return raised
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (OpgraphError("plugin 'x' failed\n  badly"), "opgraph: error: plugin 'x' failed badly\n"),
+        (
+            FileNotFoundError(2, "No such file or directory", "run.ogtrace"),
+            "opgraph: error: [Errno 2] No such file or directory: 'run.ogtrace'\n",
+        ),
+    ],
+)
+def test_errors_are_one_line_without_a_traceback(failing_command, capsys, error, line):
+    failing_command.append(error)
+    assert main(["fail"]) == 1
+    assert capsys.readouterr().err == line
+
+
+def test_debug_shows_the_traceback(failing_command, monkeypatch):
+    failing_command.append(OpgraphError("broken"))
+    with pytest.raises(OpgraphError):
+        main(["--debug", "fail"])
+    with pytest.raises(OpgraphError):
+        main(["fail", "--debug"])
+    monkeypatch.setenv("OPGRAPH_DEBUG", "1")
+    with pytest.raises(OpgraphError):
+        main(["fail"])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:  # bound, then freed: nobody listens there
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_watch_says_nothing_is_serving_and_keeps_retrying():
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "OPGRAPH_DEBUG"}
+    watcher = subprocess.run(
+        [sys.executable, "-m", "opgraph", "watch", f"127.0.0.1:{port}"]
+        + ["--interval", "0.3", "--duration", "1.4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert watcher.returncode == 0, watcher.stderr
+    url = f"ws://127.0.0.1:{port}/ws"
+    assert watcher.stderr == (
+        f"opgraph watch: nothing is serving at {url}: connection refused; "
+        f"retrying every 5s at most (Ctrl-C to stop)\n"
+    )  # once, not at every retry
+    lines = watcher.stdout.splitlines()
+    assert lines[0] == f"watching {url}"
+    summaries = lines[1:]
+    assert len(summaries) >= 3
+    assert all(line.endswith("not connected: connection refused, retrying") for line in summaries)
