@@ -82,7 +82,8 @@ class Hub:
         self._encoders: dict[str | None, tuple[Any, Any]] = {}
         self.viewers: set[Viewer] = set()
         self.next_id = 0  # for renumbering published runs (hub mode)
-        self.runs = 0
+        self.runs = 0  # publishing scripts seen (hub mode)
+        self.publishers: set[Any] = set()  # the runs publishing now (publish.py's _Run)
         self._pack = msgpack.Packer().pack
         self.t0 = perf_counter_ns()
         if recorder is not None:
@@ -236,6 +237,8 @@ class Hub:
                 event["label"],
                 tuple(const) if const else None,
             )
+            self.grads.pop(event["id"], None)  # a forward replaces the node, grad included
+            self.reached.pop(event["id"], None)
             if len(nodes) > self.max_nodes:
                 self._forget()
             return
@@ -330,6 +333,7 @@ class Hub:
             "nodes": len(self.nodes),
             "viewers": [viewer.stats() for viewer in self.viewers],
             "runs": self.runs,
+            "publishers": len(self.publishers),
         }
 
 

@@ -212,8 +212,8 @@ class _Run:
         self.source = _start_run(hub, hello)
         self.offset = hub.now_us() - hello.get("t", 0)  # the run's t + offset = the hub's t
         self.ids: dict[int, int] = {}  # the run's id -> the hub's id
-        self.trim_at = _trim_threshold(hub)
         self.open_pass: tuple[int, int] | None = None  # (hub root, pass) begun, not ended
+        hub.publishers.add(self)
 
     def hub_id(self, run_id: int) -> int:
         mapped = self.ids.get(run_id)
@@ -228,10 +228,13 @@ class _Run:
         for event in out:
             if event["type"] == "backward_begin":
                 self.open_pass = (event["root"], event["pass"])
-            elif event["type"] == "backward_end":
-                self.open_pass = None
+            elif event["type"] == "backward_end" and self.open_pass == (
+                event["root"],
+                event["pass"],
+            ):
+                self.open_pass = None  # (the hub too ends only the pass that matches)
         self.hub.publish(out)
-        if len(self.ids) > self.trim_at:
+        if len(self.ids) > _trim_threshold(self.hub):
             self.trim()
 
     def trim(self) -> None:
@@ -240,11 +243,11 @@ class _Run:
         viewers treat as a node they never saw."""
         nodes = self.hub.nodes
         self.ids = {run: hub for run, hub in self.ids.items() if hub in nodes}
-        self.trim_at = len(self.ids) + _trim_threshold(self.hub)
 
     def end(self) -> None:
         """The script is gone: end its open pass (viewers would wait for it forever), then
         say the run ended."""
+        self.hub.publishers.discard(self)
         now = self.hub.now_us()
         ending = []
         if self.open_pass is not None:
@@ -255,9 +258,10 @@ class _Run:
 
 
 def _trim_threshold(hub: Hub) -> int:
-    # Trimming walks the whole map: do it after max_nodes / 4 new ids at the earliest, so
-    # that its cost per event stays small.
-    return hub.max_nodes + hub.max_nodes // 4 + 1000
+    # After a trim the map holds at most max_nodes ids (those of the hub's nodes); trimming
+    # walks the whole map, so the next one waits for max_nodes / 4 new ids (1000 at least):
+    # its cost per event stays small and the map below max_nodes * 1.25 (+ one frame).
+    return hub.max_nodes + max(hub.max_nodes // 4, 1000)
 
 
 async def receive_run(hub: Hub, ws: Any) -> None:
