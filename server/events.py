@@ -163,6 +163,51 @@ def _fields(event: dict, kind: str, index: int, required: dict, optional: dict) 
     return clean
 
 
+# The maps publishers send most, exactly as the engine's tracer makes them, checked in one
+# expression each (about three times faster than field by field); anything else, or a
+# map that fails here, goes through the field checks, which name the problem.
+_BACKWARD_KEYS = {"type", "seq", "id", "grad", "t"}
+_FORWARD_KEYS = {"type", "seq", "id", "op", "parents", "data", "label", "t"}
+
+
+def _fast_backward(event: dict) -> bool:
+    id_, seq, t = event.get("id"), event.get("seq"), event.get("t")
+    return (
+        event.keys() == _BACKWARD_KEYS
+        and type(id_) is int
+        and type(seq) is int
+        and type(t) is int
+        and type(event["grad"]) is float
+        and 0 <= id_ <= MAX_INT
+        and 0 <= seq <= MAX_INT
+        and 0 <= t <= MAX_INT
+    )
+
+
+def _fast_forward(event: dict) -> bool:
+    id_, seq, t = event.get("id"), event.get("seq"), event.get("t")
+    op, parents, label = event.get("op"), event.get("parents"), event.get("label")
+    return (
+        event.keys() == _FORWARD_KEYS
+        and type(id_) is int
+        and type(seq) is int
+        and type(t) is int
+        and type(event["data"]) is float
+        and (op is None or (type(op) is str and len(op) <= MAX_NAME))
+        and type(label) is str
+        and len(label) <= MAX_LABEL
+        and type(parents) is list
+        and len(parents) <= MAX_PARENTS
+        and 0 <= id_ <= MAX_INT
+        and 0 <= seq <= MAX_INT
+        and 0 <= t <= MAX_INT
+        and all(type(p) is int and 0 <= p < id_ for p in parents)
+    )
+
+
+_FAST = {"backward": _fast_backward, "forward": _fast_forward}
+
+
 def check_event(event: Any, index: int, kinds: tuple[str, ...] = PUBLISHED_KINDS) -> dict:
     """The clean copy of live map `event` (the `index`-th of its frame or file), whose
     kind must be one of `kinds`; raises InvalidEvent."""
@@ -173,6 +218,12 @@ def check_event(event: Any, index: int, kinds: tuple[str, ...] = PUBLISHED_KINDS
         raise InvalidEvent(index, "", "'type'", f"must be a string, got {_shown(kind)}")
     if kind not in kinds:
         raise InvalidEvent(index, "", "'type'", f"{_shown(kind)} is not one of {', '.join(kinds)}")
+    if kind in _FAST and _FAST[kind](event):
+        return dict(event)
+    return _check_fields(event, kind, index)
+
+
+def _check_fields(event: dict, kind: str, index: int) -> dict:
     clean = _fields(event, kind, index, *_KINDS[kind])
     if kind == "forward":
         # Parents are made before their children, so they have smaller ids (a node made

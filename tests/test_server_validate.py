@@ -321,3 +321,20 @@ def test_fuzzed_publisher_frames_never_break_the_hub(frames):
     events = tape.events()
     assert repr(th.graph_of(events)) == repr(snapshot_graph(hub))  # live == snapshot
     assert hub.pass_in_progress == 0  # the run's end closed any pass it left open
+
+
+@settings(max_examples=300, deadline=None)
+@given(event=event_maps(), seq=st.integers(0, 2**54), t=st.integers(-1, 2**54))
+def test_the_fast_checks_agree_with_the_field_checks(event, seq, t):
+    from opgraph.server import events
+
+    event = {"seq": seq, "t": t, **event}  # as publishers send them
+    try:
+        general = repr(sorted(events._check_fields(event, event["type"], 0).items()))
+    except (InvalidEvent, KeyError, TypeError):  # (KeyError, TypeError: a bad "type")
+        general = "refused"
+    try:
+        checked = repr(sorted(check_event(event, 0).items()))
+    except InvalidEvent:
+        checked = "refused"
+    assert checked == general
