@@ -320,9 +320,9 @@ def test_the_cli_never_hangs_nor_raises_on_randomly_damaged_recordings(tmp_path)
             ["export", "--chrome", str(path), str(tmp_path / "out.json")],
         ):
             result = run_cli(*command)  # (a 60 s timeout: a hang fails the test)
-            assert result.returncode in (0, 2), result.stderr
+            assert result.returncode in (0, 1, 2), result.stderr  # 1: the hello is damaged
             assert "Traceback" not in result.stderr
-            if result.returncode == 2:
+            if result.returncode:
                 assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
