@@ -24,7 +24,8 @@ FORWARD_TID, BACKWARD_TID, UPDATES_TID = 1, 2, 3
 
 
 def chrome_trace(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """The Chrome trace-event document for a stream of protocol maps."""
+    """The Chrome trace-event document for a stream of protocol maps (checked ones, as a
+    `Recording` yields: a missing field becomes null rather than an error)."""
     out: list[dict[str, Any]] = []
     engine = "opgraph"
     ops: dict[int, str] = {}  # node id -> op name (for naming backward steps)
@@ -46,8 +47,8 @@ def chrome_trace(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
             engine = str(event.get("engine", engine))
             continue
         if kind == "forward":
-            op = event.get("op")
-            ops[event["id"]] = op or "leaf"
+            op, id_ = event.get("op"), event.get("id")
+            ops[id_] = op or "leaf"
             start = max(previous_t, t - MAX_OP_US)
             out.append(
                 _slice(
@@ -56,7 +57,7 @@ def chrome_trace(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
                     start,
                     t - start,
                     FORWARD_TID,
-                    id=event["id"],
+                    id=id_,
                     label=event.get("label", ""),
                     data=event.get("data"),
                     parents=event.get("parents", []),

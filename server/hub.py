@@ -23,6 +23,7 @@ import msgpack
 from opgraph.trace import BACKWARD_BEGIN, BACKWARD_STEPS, FORWARD, event_map, records
 
 from .encode import backward_steps_bytes, forward_bytes, forward_encoder, node_bytes
+from .events import MAX_OPS
 
 FRAME_EVENTS = 2000  # events per websocket frame (about 60-100 KB)
 SNAPSHOT_FRAME_NODES = 2000
@@ -81,7 +82,8 @@ class Hub:
         self._encoders: dict[str | None, tuple[Any, Any]] = {}
         self.viewers: set[Viewer] = set()
         self.next_id = 0  # for renumbering published runs (hub mode)
-        self.runs = 0
+        self.runs = 0  # publishing scripts seen (hub mode)
+        self.publishers: set[Any] = set()  # the runs publishing now (publish.py's _Run)
         self._pack = msgpack.Packer().pack
         self.t0 = perf_counter_ns()
         if recorder is not None:
@@ -108,22 +110,27 @@ class Hub:
         """Number, apply, record and fan out `events` (maps without `seq`); returns the count.
 
         Maps that already have a `seq` (from a recording or a publisher) are renumbered.
+        The maps must be valid (events from outside are checked by events.py first).
         """
         pack, apply = self._pack, self.apply
         frames = _Frames(self)
         add = frames.parts.append
         seq = self.seq
-        for event in events:
-            if seq - frames.first >= FRAME_EVENTS:
-                frames.flush(seq)
-            seq += 1
-            event["seq"] = seq
-            apply(event)
-            add(pack(event))
-            if event["type"] == "backward_begin":
-                self._pass_begins(frames, seq)
-        self.seq = seq
-        return frames.flush(seq)
+        try:
+            for event in events:
+                if seq - frames.first >= FRAME_EVENTS:
+                    frames.flush(seq)
+                event["seq"] = seq + 1
+                packed = pack(event)  # before apply: an event that fails changes nothing
+                apply(event)
+                seq += 1
+                add(packed)
+                if event["type"] == "backward_begin":
+                    self._pass_begins(frames, seq)
+        finally:  # even if a map was bad: what was applied is sent, and seq stays gap-free
+            self.seq = seq
+            sent = frames.flush(seq)
+        return sent
 
     def _pass_begins(self, frames: _Frames, seq: int) -> None:
         """A backward pass began with event `seq`: resync the viewers that wait for one, so
@@ -210,39 +217,54 @@ class Hub:
             viewer.offer(frame, count)
 
     def apply(self, event: dict[str, Any]) -> None:
-        """Update the graph with one event (unknown kinds change nothing)."""
+        """Update the graph with one event (unknown kinds change nothing). Every field is
+        read before anything changes, so a map that raises leaves the graph as it was."""
         kind, nodes = event["type"], self.nodes
         if kind == "backward_begin":
-            self.pass_in_progress, self.pass_root = event.get("pass", 0), event.get("root")
+            self.pass_in_progress, self.pass_root = event["pass"], event["root"]
             return
         if kind == "backward_end":
-            self.pass_in_progress, self.pass_root = 0, None
+            # Only the pass it ends: with several scripts on a hub, passes may overlap.
+            if (event["pass"], event["root"]) == (self.pass_in_progress, self.pass_root):
+                self.pass_in_progress, self.pass_root = 0, None
             return
         if kind == "forward":
             const = event.get("const")
             nodes[event["id"]] = (
-                event.get("op"),
-                tuple(event.get("parents", ())),
-                event.get("data", 0.0),
-                event.get("label", ""),
+                event["op"],
+                tuple(event["parents"]),
+                event["data"],
+                event["label"],
                 tuple(const) if const else None,
             )
+            self.grads.pop(event["id"], None)  # a forward replaces the node, grad included
+            self.reached.pop(event["id"], None)
             if len(nodes) > self.max_nodes:
                 self._forget()
             return
-        id_ = event.get("id")
+        if kind not in ("backward", "data", "label"):
+            return
+        id_ = event["id"]
+        value = event["grad" if kind == "backward" else kind]
         node = nodes.get(id_)
         if node is None:
             return
         op, parents, data, label, const = _as_tuple(node)
         if kind == "backward":
-            self.grads[id_] = event["grad"]
+            self.grads[id_] = value
             self.reached[id_] = self.pass_in_progress
         elif kind == "data":
             del nodes[id_]  # renewed: re-inserted last, so it is forgotten last
-            nodes[id_] = (op, parents, event["data"], label, const)
-        elif kind == "label":
-            nodes[id_] = (op, parents, data, event["label"], const)
+            nodes[id_] = (op, parents, value, label, const)
+        else:
+            nodes[id_] = (op, parents, data, value, const)
+
+    def add_ops(self, ops: dict[str, str]) -> None:
+        """Merge a run's ops into those of `hello`, keeping at most MAX_OPS (the newest):
+        a hub that lives for months must not grow with every run's op names."""
+        self.ops.update(ops)
+        for name in list(itertools.islice(self.ops, max(len(self.ops) - MAX_OPS, 0))):
+            del self.ops[name]
 
     def _forget(self) -> None:
         """Forget the oldest nodes (by creation or last `data` change) down to 90% of the
@@ -311,6 +333,7 @@ class Hub:
             "nodes": len(self.nodes),
             "viewers": [viewer.stats() for viewer in self.viewers],
             "runs": self.runs,
+            "publishers": len(self.publishers),
         }
 
 

@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from opgraph.trace import Tracer, event_count, event_maps, records
 
+from .events import MAX_INT, InvalidEvent, check_event, check_hello, close_reason
 from .hub import Hub
 
 if TYPE_CHECKING:
@@ -203,19 +204,73 @@ def publish(engine: Engine, url: str, *, at_exit: bool = False) -> Publisher:
 _runs = itertools.count(1)
 
 
-async def receive_run(hub: Hub, ws: Any) -> None:
-    """Receive one publishing script's events and feed them, renumbered, to `hub`."""
-    ids: dict[int, int] = {}  # the run's id -> the hub's id
+class _Run:
+    """One publishing script as the hub sees it: its name, clock offset, id map, open pass."""
 
-    def hub_id(run_id: int) -> int:
-        mapped = ids.get(run_id)
+    def __init__(self, hub: Hub, hello: dict):
+        self.hub = hub
+        self.source = _start_run(hub, hello)
+        self.offset = hub.now_us() - hello.get("t", 0)  # the run's t + offset = the hub's t
+        self.ids: dict[int, int] = {}  # the run's id -> the hub's id
+        self.open_pass: tuple[int, int] | None = None  # (hub root, pass) begun, not ended
+        hub.publishers.add(self)
+
+    def hub_id(self, run_id: int) -> int:
+        mapped = self.ids.get(run_id)
         if mapped is None:
-            mapped = ids[run_id] = hub.next_id
-            hub.next_id += 1
+            mapped = self.ids[run_id] = self.hub.next_id
+            self.hub.next_id += 1
         return mapped
 
-    source = None
-    offset = 0  # the run's t + offset = the hub's t
+    def publish(self, events: list[dict]) -> None:
+        """Renumber and publish a frame of checked events."""
+        out = [_renumber(event, self) for event in events]
+        for event in out:
+            if event["type"] == "backward_begin":
+                self.open_pass = (event["root"], event["pass"])
+            elif event["type"] == "backward_end" and self.open_pass == (
+                event["root"],
+                event["pass"],
+            ):
+                self.open_pass = None  # (the hub too ends only the pass that matches)
+        self.hub.publish(out)
+        if len(self.ids) > _trim_threshold(self.hub):
+            self.trim()
+
+    def trim(self) -> None:
+        """Forget the ids of nodes the hub has forgotten (its `max_nodes`), so that the map
+        stays bounded over a long run; such an id used again gets a new hub id, which
+        viewers treat as a node they never saw."""
+        nodes = self.hub.nodes
+        self.ids = {run: hub for run, hub in self.ids.items() if hub in nodes}
+
+    def end(self) -> None:
+        """The script is gone: end its open pass (viewers would wait for it forever), then
+        say the run ended."""
+        self.hub.publishers.discard(self)
+        now = self.hub.now_us()
+        ending = []
+        if self.open_pass is not None:
+            root, pass_ = self.open_pass
+            ending.append({"type": "backward_end", "root": root, "pass": pass_, "t": now})
+        ending.append({"type": "run", "state": "end", "source": self.source, "t": now})
+        self.hub.publish(ending)
+
+
+def _trim_threshold(hub: Hub) -> int:
+    # After a trim the map holds at most max_nodes ids (those of the hub's nodes); trimming
+    # walks the whole map, so the next one waits for max_nodes / 4 new ids (1000 at least):
+    # its cost per event stays small and the map below max_nodes * 1.25 (+ one frame).
+    return hub.max_nodes + max(hub.max_nodes // 4, 1000)
+
+
+async def receive_run(hub: Hub, ws: Any) -> None:
+    """Receive one publishing script's events and feed them, renumbered, to `hub`.
+
+    Each frame is checked whole (events.py) before anything of it is applied: a frame with
+    one bad map changes nothing and closes the connection with 1007, naming the map.
+    """
+    run = None
     try:
         async for message in ws:
             if isinstance(message, str):
@@ -223,65 +278,61 @@ async def receive_run(hub: Hub, ws: Any) -> None:
                 return
             events = _unpack_all(message)
             if events is None:
-                await ws.close(1007, "a publish frame must hold msgpack maps with a 'type'")
+                await ws.close(1007, "a publish frame must hold msgpack maps back to back")
                 return
-            if source is None:
-                first = events.pop(0) if events else {}
-                if first.get("type") != "hello" or first.get("protocol") != "opgraph":
-                    await ws.close(1008, "a publisher must send an opgraph hello first")
-                    return
-                source = _start_run(hub, first)
-                run_t = first.get("t")
-                offset = hub.now_us() - (run_t if isinstance(run_t, int) else 0)
             try:
-                out = [_renumber(event, hub_id, offset) for event in events]
-            except (TypeError, ValueError) as exc:
-                await ws.close(1007, f"malformed event: {exc}"[:120])
+                hello = None
+                if run is None:
+                    first = events[0] if events else {}
+                    if not isinstance(first, dict) or first.get("type") != "hello":
+                        await ws.close(1008, "a publisher must send an opgraph hello first")
+                        return
+                    hello = check_hello(first)
+                checked = [
+                    check_event(event, index)
+                    for index, event in enumerate(events)
+                    if index or hello is None
+                ]
+            except InvalidEvent as exc:
+                await ws.close(1007, close_reason(exc))
                 return
-            hub.publish([event for event in out if event is not None])
+            if run is None:
+                run = _Run(hub, hello)
+            run.publish(checked)
     finally:
-        if source is not None:
-            hub.publish([{"type": "run", "state": "end", "source": source, "t": hub.now_us()}])
+        if run is not None:
+            run.end()
 
 
-def _unpack_all(message: bytes) -> list[dict] | None:
+def _unpack_all(message: bytes) -> list | None:
+    """The maps of a frame, or None if it is not msgpack objects back to back."""
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
     try:
         unpacker.feed(message)
-        events = list(unpacker)
+        return list(unpacker)
     except Exception:
         return None
-    if not all(isinstance(e, dict) and isinstance(e.get("type"), str) for e in events):
-        return None
-    return events
 
 
 def _start_run(hub: Hub, hello: dict) -> str:
     hub.runs += 1
-    engine = str(hello.get("engine", "?"))
+    engine = hello.get("engine", "?")
     source = f"{engine}@{hello['pid']}" if "pid" in hello else f"run-{next(_runs)}"
-    ops = hello.get("ops") if isinstance(hello.get("ops"), dict) else {}
-    hub.ops.update(ops)
+    ops = hello.get("ops", {})
+    hub.add_ops(ops)
     start = {"type": "run", "state": "start", "source": source, "engine": engine, "ops": ops}
     hub.publish([{**start, "t": hub.now_us()}])
     return source
 
 
-def _renumber(event: dict, hub_id, offset: int) -> dict | None:
-    """The event with the run's ids and times made the hub's (None to skip it)."""
-    kind = event["type"]
-    if kind in ("hello", "dropped") or kind.startswith("snapshot") or kind == "node":
-        return None
+def _renumber(event: dict, run: _Run) -> dict:
+    """The checked event with the run's ids and times made the hub's."""
     event.pop("seq", None)
-    if isinstance(event.get("t"), int):
-        event["t"] += offset
+    if "t" in event:
+        event["t"] = min(max(event["t"] + run.offset, 0), MAX_INT)
+    if event["type"] == "forward":  # parents first: an unknown parent gets a smaller id
+        event["parents"] = [run.hub_id(p) for p in event["parents"]]
     for key in ("id", "root"):
-        if key in event and type(event[key]) is not int:
-            raise TypeError(f"{kind} {key} must be an integer")
-    if "id" in event:
-        event["id"] = hub_id(event["id"])
-    if "root" in event:
-        event["root"] = hub_id(event["root"])
-    if kind == "forward":
-        event["parents"] = [hub_id(p) for p in event.get("parents", ())]
+        if key in event:
+            event[key] = run.hub_id(event[key])
     return event

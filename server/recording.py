@@ -1,7 +1,9 @@
 """Recordings: the wire format in a file (hello, then every live event, back to back).
 
-`Recorder` appends what the hub sends; `read_recording` reads a file back one event at a
-time and, when the file is truncated or damaged, stops at the damage and says where.
+`Recorder` appends what the hub sends; `Recording` reads a file back one event at a time,
+checking each map with the rules of events.py (what a publisher may send, plus the hub's
+`run` markers, with seq numbers one apart), and when the file is truncated or damaged it
+stops at the damage and says where.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgpack
+
+from .events import RECORDED_KINDS, InvalidEvent, check_event, check_hello
 
 SUFFIX = ".ogtrace"
 
@@ -92,24 +96,38 @@ class Recording:
             except (msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:
                 self.damage = stop(f"not msgpack ({type(exc).__name__}: {exc})")
                 break
-            problem = _invalid(event, first=count == 0)
-            if problem:
-                self.damage = stop(problem)
+            try:
+                event = _checked(event, count, last_seq)
+            except InvalidEvent as exc:
+                self.damage = stop(str(exc))
                 break
             if count == 0:
                 self.hello = event
+                last_seq = event.get("seq", 0)
+            else:
+                last_seq = event["seq"]
             offset = unpacker.tell()
             count += 1
-            if isinstance(event.get("seq"), int) and event["type"] != "hello":
-                last_seq = event["seq"]
             yield event
+        if count == 0 and self.damage is None:
+            self.damage = stop("empty: not an opgraph recording")
 
 
-def _invalid(event: Any, first: bool) -> str | None:
-    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-        return f"expected a map with a 'type', found {type(event).__name__}"
-    if first and (event["type"] != "hello" or event.get("protocol") != "opgraph"):
-        return "not an opgraph recording: it must begin with an opgraph hello"
-    if first and event.get("version") != 1:
-        return f"recorded with protocol version {event.get('version')!r}; this reads version 1"
-    return None
+def _checked(event: Any, index: int, last_seq: int | None) -> dict[str, Any]:
+    """The clean copy of the `index`-th map of a recording (events.py's rules, and each live
+    event numbered one more than the one before); raises InvalidEvent."""
+    if index == 0:
+        if type(event) is not dict or event.get("type") != "hello":
+            problem = "not an opgraph recording: it must begin with an opgraph hello"
+            raise InvalidEvent(0, "", "", problem)
+        try:
+            return check_hello(event)
+        except InvalidEvent as exc:
+            if exc.field == "'protocol'":
+                raise InvalidEvent(0, "", "", "not an opgraph recording: " + str(exc)) from None
+            raise
+    event = check_event(event, index, RECORDED_KINDS)
+    if event.get("seq") != last_seq + 1:
+        got = event.get("seq", "none")
+        raise InvalidEvent(index, event["type"], "'seq'", f"must be {last_seq + 1}, got {got}")
+    return event

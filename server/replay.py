@@ -28,24 +28,32 @@ class ReplayServer(TraceServer):
         if hello is None:
             raise ValueError(f"{path}: {self.recording.damage or 'empty recording'}")
         super().__init__(
-            engine_name=str(hello.get("engine", "replay")),
-            ops=dict(hello.get("ops") or {}),
+            engine_name=hello.get("engine", "replay"),
+            ops=hello.get("ops", {}),
             **options,
         )
         self.speed = speed
         self.replayed = 0
+        self.error: str | None = None  # set if replaying failed for another reason
         self.done = asyncio.Event()
         self._events = events
         self.add_source(self._play)
 
     async def _play(self) -> None:
         self.done = asyncio.Event()
+        try:
+            await self._play_events()
+        except Exception as exc:  # a bug, not the file: the recording reader checked it
+            self.error = f"replay failed after {self.replayed} events: {exc!r}"
+        finally:
+            self.done.set()  # never leave wait_done() (and `replay --exit`) waiting
+
+    async def _play_events(self) -> None:
         start = time.monotonic()
         batch: list[dict] = []
         for event in self._events:
-            event.pop("seq", None)
             t = event.get("t")
-            if self.speed > 0 and isinstance(t, int | float):
+            if self.speed > 0 and t is not None:
                 delay = t / 1e6 / self.speed - (time.monotonic() - start)
                 if delay > 0.002:
                     self._send(batch)
@@ -55,7 +63,6 @@ class ReplayServer(TraceServer):
                 self._send(batch)
                 await asyncio.sleep(0)
         self._send(batch)
-        self.done.set()
 
     def _send(self, batch: list[dict]) -> None:
         if batch:
@@ -109,11 +116,12 @@ def run(args) -> int:
             server.flush()
             damage = server.recording.damage
             print(f"replayed {server.replayed} events", flush=True)
-            if damage:
-                print(f"opgraph replay: stopped early: {damage}", file=sys.stderr, flush=True)
+            if damage or server.error:
+                problem = damage or server.error
+                print(f"opgraph replay: stopped early: {problem}", file=sys.stderr, flush=True)
             if not args.exit:
                 print("serving the replayed graph until interrupted (Ctrl-C)", flush=True)
                 server.wait()
         except KeyboardInterrupt:
             print("stopped", file=sys.stderr)
-    return 2 if server.recording.damage else 0
+    return 2 if server.recording.damage or server.error else 0

@@ -10,6 +10,8 @@ import time
 
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opgraph.server.chrome import chrome_trace, export_chrome
 from opgraph.server.recording import Recording
 from opgraph.server.replay import ReplayServer
@@ -219,3 +221,139 @@ def test_a_recording_that_cannot_be_written_is_a_clear_error(tmp_path):
         assert result.returncode == 1, result.stderr
         assert f"cannot record to {missing}" in result.stderr
         assert "Traceback" not in result.stderr and "--port" not in result.stderr
+
+
+# --- damaged recordings: every map is checked, replay and export stop at the damage ---------
+
+_RECORDED: dict[str, bytes] = {}
+
+
+def recorded_bytes() -> bytes:
+    """A real recording (made once per test session): two training steps."""
+    if "run" not in _RECORDED:
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / "run.ogtrace"
+            record_training(path, steps=2)
+            _RECORDED["run"] = path.read_bytes()
+    return _RECORDED["run"]
+
+
+def recorded_events() -> tuple[list[dict], set[int]]:
+    """The maps of the real recording, and the byte offsets where each one ends."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(recorded_bytes())
+    events, ends = [], set()
+    for event in unpacker:
+        events.append(event)
+        ends.add(unpacker.tell())
+    return events, ends
+
+
+def repacked(edit) -> bytes:
+    """The real recording with its maps changed by `edit(events)`, packed again."""
+    events = recorded_events()[0]
+    edit(events)
+    return b"".join(msgpack.packb(e) for e in events)
+
+
+def _drop(kind: str, field: str):
+    def edit(events):
+        index = next(i for i, e in enumerate(events) if e["type"] == kind and i > 20)
+        del events[index][field]
+
+    return edit
+
+
+def _set(kind: str, field: str, value):
+    def edit(events):
+        index = next(i for i, e in enumerate(events) if e["type"] == kind and i > 20)
+        events[index][field] = value
+
+    return edit
+
+
+# Maps that parse as msgpack but break the protocol: `backward` without `grad` made
+# `replay --exit` hang (the replaying task died), `forward` without `id` made export raise.
+BROKEN = {
+    "backward without grad": (_drop("backward", "grad"), "(backward): 'grad' is missing"),
+    "forward without id": (_drop("forward", "id"), "(forward): 'id' is missing"),
+    "t near 2**64": (_set("data", "t", 2**64 - 1), "(data): 't' must be an integer"),
+    "a seq skipped": (_set("label", "seq", 10**6), "(label): 'seq' must be"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_replay_and_export_stop_at_a_broken_map_with_one_line(tmp_path, case):
+    edit, said = BROKEN[case]
+    path = tmp_path / "broken.ogtrace"
+    path.write_bytes(repacked(edit))
+    reader = Recording(path)
+    good = list(reader)
+    assert said in reader.damage.reason and reader.damage.events == len(good)
+    replay = run_cli("replay", str(path), "--port", "0", "--speed", "0", "--exit")
+    export = run_cli("export", "--chrome", str(path), str(tmp_path / "out.json"))
+    for result in (replay, export):
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        [line] = [line for line in result.stderr.splitlines() if "stopped early" in line]
+        assert said in line and f"({len(good) - 1} events read)" not in line
+    assert f"replayed {len(good) - 1} events" in replay.stdout  # all but the hello
+    assert len(json.loads((tmp_path / "out.json").read_text())["traceEvents"]) > 4
+
+
+def test_the_cli_never_hangs_nor_raises_on_randomly_damaged_recordings(tmp_path):
+    import random
+
+    whole = recorded_bytes()
+    rng = random.Random(9)
+    for k in range(4):
+        data = bytearray(whole[: rng.randrange(len(whole))] if k % 2 else whole)
+        for _ in range(3):
+            data[rng.randrange(100, len(data))] = rng.randrange(256)
+        path = tmp_path / f"damaged{k}.ogtrace"
+        path.write_bytes(bytes(data))
+        for command in (
+            ["replay", str(path), "--port", "0", "--speed", "0", "--exit"],
+            ["export", "--chrome", str(path), str(tmp_path / "out.json")],
+        ):
+            result = run_cli(*command)  # (a 60 s timeout: a hang fails the test)
+            assert result.returncode in (0, 1, 2), result.stderr  # 1: the hello is damaged
+            assert "Traceback" not in result.stderr
+            if result.returncode:
+                assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cut=st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=4),
+)
+def test_fuzzed_recordings_read_up_to_the_damage_and_replay_into_a_hub(cut, flips):
+    from opgraph.server.hub import Hub
+
+    whole = recorded_bytes()
+    data = bytearray(whole[: int(len(whole) * cut)])
+    for where, byte in flips:
+        if data:
+            data[int(where * (len(data) - 1))] = byte
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "fuzzed.ogtrace"
+        path.write_bytes(bytes(data))
+        reader = Recording(path)
+        events = list(reader)  # never raises
+        if events:
+            assert events[0]["type"] == "hello"
+        if not flips:  # only cut: a prefix, damaged unless cut between two maps
+            original, ends = recorded_events()
+            assert events == original[: len(events)]
+            assert (reader.damage is None) == (len(data) in ends)
+        chrome_trace(events)  # never raises
+        hub = Hub("replay", events[0].get("ops", {}) if events else {})
+        hub.publish(events[1:])  # what replay does: never raises
+        assert hub.seq == max(len(events) - 1, 0)

@@ -1,0 +1,254 @@
+"""What a valid event is: the one place that checks maps coming from outside the server.
+
+Publishing scripts (`/publish`) and recordings (`.ogtrace` files) hand the server protocol
+maps it did not make. Each map is checked here, by type and range, before anything is
+applied: `check_hello` and `check_event` return a clean copy (only the fields this version
+knows, numbers as the protocol says) or raise `InvalidEvent`, naming the map's index and
+the field. The local tracer's events (`Hub.publish_traced`) are trusted and skip this.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Integers (ids, seq, pass, t, pid) stay exact in a JavaScript number, which is how the
+# browser viewer reads them; 2**53 microseconds are 285 years.
+MAX_INT = 2**53 - 1
+MAX_NAME = 200  # characters of an op, plugin, engine, session or run name
+MAX_LABEL = 10_000  # characters of a node's label
+MAX_OPS = 4096  # entries of a hello's (or a run's) `ops` map
+MAX_PARENTS = 65_536  # operands of one node
+MAX_CONST = 1024  # constants of one node
+
+# The live kinds a publisher may send; a recording also holds the hub's `run` markers.
+PUBLISHED_KINDS = ("forward", "data", "label", "backward_begin", "backward", "backward_end")
+RECORDED_KINDS = (*PUBLISHED_KINDS, "run")
+
+
+class InvalidEvent(ValueError):
+    """A map that breaks the protocol: `index` is its position, `field` the culprit."""
+
+    def __init__(self, index: int, kind: str, field: str, problem: str):
+        self.index, self.kind, self.field, self.problem = index, kind, field, problem
+        where = f"event {index}" + (f" ({kind})" if kind else "")
+        super().__init__(f"{where}: {field} {problem}" if field else f"{where}: {problem}")
+
+
+class _Bad(Exception):
+    """Raised by a field check; check_event adds the index, kind and field."""
+
+
+def _shown(value: Any) -> str:
+    """A short description of a bad value (it may be huge or hostile)."""
+    if isinstance(value, bool | int | float):
+        text = repr(value)
+        return text if len(text) <= 24 else f"an integer of {len(text)} digits"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 24 else f"a string of {len(value)} characters"
+    return f"a {type(value).__name__}"
+
+
+# --- field checks: each returns the clean value or raises _Bad ------------------------------
+
+
+def _int(value: Any, low: int = 0) -> int:
+    if type(value) is not int:  # bool is an int subclass: refused too
+        raise _Bad(f"must be an integer, got {_shown(value)}")
+    if not low <= value <= MAX_INT:
+        raise _Bad(f"must be an integer from {low} to 2**53-1, got {_shown(value)}")
+    return value
+
+
+def _real(value: Any) -> float:
+    """A float64 (nan and inf included); an integer is taken as the float it rounds to."""
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)  # msgpack integers fit in 64 bits, always a finite float
+    raise _Bad(f"must be a number, got {_shown(value)}")
+
+
+def _text(value: Any, limit: int) -> str:
+    if type(value) is not str:
+        raise _Bad(f"must be a string, got {_shown(value)}")
+    if len(value) > limit:
+        raise _Bad(f"must be at most {limit} characters, got {len(value)}")
+    return value
+
+
+def _name(value: Any) -> str:
+    return _text(value, MAX_NAME)
+
+
+def _label(value: Any) -> str:
+    return _text(value, MAX_LABEL)
+
+
+def _source(value: Any) -> str:
+    return _text(value, 2 * MAX_NAME)  # "<engine>@<pid>"
+
+
+def _op(value: Any) -> str | None:
+    return None if value is None else _name(value)
+
+
+def _pass(value: Any) -> int:
+    return _int(value, low=1)
+
+
+def _list(value: Any, limit: int) -> list:
+    if type(value) is not list:
+        raise _Bad(f"must be a list, got {_shown(value)}")
+    if len(value) > limit:
+        raise _Bad(f"must have at most {limit} entries, got {len(value)}")
+    return value
+
+
+def _parents(value: Any) -> list[int]:
+    return [_int(p) for p in _list(value, MAX_PARENTS)]
+
+
+def _consts(value: Any) -> list[float]:
+    return [_real(c) for c in _list(value, MAX_CONST)]
+
+
+def _ops(value: Any) -> dict[str, str]:
+    if type(value) is not dict:
+        raise _Bad(f"must be a map of op name to plugin name, got {_shown(value)}")
+    if len(value) > MAX_OPS:
+        raise _Bad(f"must have at most {MAX_OPS} ops, got {len(value)}")
+    return {_name(name): _name(plugin) for name, plugin in value.items()}
+
+
+def _state(value: Any) -> str:
+    if value not in ("start", "end"):
+        raise _Bad(f"must be 'start' or 'end', got {_shown(value)}")
+    return value
+
+
+# kind -> (required fields, optional fields), each field -> its check
+_KINDS: dict[str, tuple[dict, dict]] = {
+    "forward": (
+        {"id": _int, "op": _op, "parents": _parents, "data": _real, "label": _label},
+        {"const": _consts},
+    ),
+    "data": ({"id": _int, "data": _real}, {}),
+    "label": ({"id": _int, "label": _label}, {}),
+    "backward": ({"id": _int, "grad": _real}, {}),
+    "backward_begin": ({"root": _int, "pass": _pass}, {}),
+    "backward_end": ({"root": _int, "pass": _pass}, {}),
+    "run": ({"state": _state, "source": _source}, {"engine": _name, "ops": _ops}),
+}
+_EVERY_KIND = {"seq": _int, "t": _int}  # optional in every live map
+_HELLO = (
+    {"protocol": _name, "version": _int},
+    {"seq": _int, "session": _name, "engine": _name, "ops": _ops, "pid": _int, "t": _int},
+)
+
+
+def _fields(event: dict, kind: str, index: int, required: dict, optional: dict) -> dict:
+    clean: dict[str, Any] = {"type": kind}
+    field = ""
+    try:
+        for field, check in required.items():
+            if field not in event:
+                raise _Bad("is missing")
+            clean[field] = check(event[field])
+        for checks in (optional, _EVERY_KIND):
+            for field, check in checks.items():
+                if field in event:
+                    clean[field] = check(event[field])
+    except _Bad as bad:
+        raise InvalidEvent(index, kind, repr(field), str(bad)) from None
+    return clean
+
+
+# The maps publishers send most, exactly as the engine's tracer makes them, checked in one
+# expression each (about three times faster than field by field); anything else, or a
+# map that fails here, goes through the field checks, which name the problem.
+_BACKWARD_KEYS = {"type", "seq", "id", "grad", "t"}
+_FORWARD_KEYS = {"type", "seq", "id", "op", "parents", "data", "label", "t"}
+
+
+def _fast_backward(event: dict) -> bool:
+    id_, seq, t = event.get("id"), event.get("seq"), event.get("t")
+    return (
+        event.keys() == _BACKWARD_KEYS
+        and type(id_) is int
+        and type(seq) is int
+        and type(t) is int
+        and type(event["grad"]) is float
+        and 0 <= id_ <= MAX_INT
+        and 0 <= seq <= MAX_INT
+        and 0 <= t <= MAX_INT
+    )
+
+
+def _fast_forward(event: dict) -> bool:
+    id_, seq, t = event.get("id"), event.get("seq"), event.get("t")
+    op, parents, label = event.get("op"), event.get("parents"), event.get("label")
+    return (
+        event.keys() == _FORWARD_KEYS
+        and type(id_) is int
+        and type(seq) is int
+        and type(t) is int
+        and type(event["data"]) is float
+        and (op is None or (type(op) is str and len(op) <= MAX_NAME))
+        and type(label) is str
+        and len(label) <= MAX_LABEL
+        and type(parents) is list
+        and len(parents) <= MAX_PARENTS
+        and 0 <= id_ <= MAX_INT
+        and 0 <= seq <= MAX_INT
+        and 0 <= t <= MAX_INT
+        and all(type(p) is int and 0 <= p < id_ for p in parents)
+    )
+
+
+_FAST = {"backward": _fast_backward, "forward": _fast_forward}
+
+
+def check_event(event: Any, index: int, kinds: tuple[str, ...] = PUBLISHED_KINDS) -> dict:
+    """The clean copy of live map `event` (the `index`-th of its frame or file), whose
+    kind must be one of `kinds`; raises InvalidEvent."""
+    if type(event) is not dict:
+        raise InvalidEvent(index, "", "", f"must be a map, got {_shown(event)}")
+    kind = event.get("type")
+    if type(kind) is not str:
+        raise InvalidEvent(index, "", "'type'", f"must be a string, got {_shown(kind)}")
+    if kind not in kinds:
+        raise InvalidEvent(index, "", "'type'", f"{_shown(kind)} is not one of {', '.join(kinds)}")
+    if kind in _FAST and _FAST[kind](event):
+        return dict(event)
+    return _check_fields(event, kind, index)
+
+
+def _check_fields(event: dict, kind: str, index: int) -> dict:
+    clean = _fields(event, kind, index, *_KINDS[kind])
+    if kind == "forward":
+        # Parents are made before their children, so they have smaller ids (a node made
+        # before tracing started is announced late, but its id is still smaller).
+        for parent in clean["parents"]:
+            if parent >= clean["id"]:
+                problem = f"must be ids smaller than the node's id {clean['id']}, got {parent}"
+                raise InvalidEvent(index, kind, "'parents'", problem)
+    return clean
+
+
+def check_hello(event: Any, index: int = 0) -> dict:
+    """The clean copy of a `hello` map (protocol "opgraph", version 1); raises InvalidEvent."""
+    if type(event) is not dict or event.get("type") != "hello":
+        raise InvalidEvent(index, "", "", "must be an opgraph hello")
+    if event.get("protocol") != "opgraph":
+        problem = f"must be 'opgraph', got {_shown(event.get('protocol'))}"
+        raise InvalidEvent(index, "hello", "'protocol'", problem)
+    clean = _fields(event, "hello", index, *_HELLO)
+    if clean["version"] != 1:
+        problem = f"{clean['version']} is not supported (this reads version 1)"
+        raise InvalidEvent(index, "hello", "'version'", problem)
+    return clean
+
+
+def close_reason(error: Exception) -> str:
+    """`error` as a websocket close reason (at most 123 bytes of UTF-8)."""
+    return str(error).encode()[:123].decode(errors="ignore")
