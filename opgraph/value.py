@@ -197,8 +197,11 @@ class Value:
                 f"'Value' object has no attribute {name!r}, and no plugin registers an op "
                 f"of that name"
             ) from None
-        method = op.__dict__.get("as_method")
-        if method is None:  # once per bound op: a function with its name, doc and signature
+        try:
+            method = op.as_method
+        except AttributeError:  # once per bound op: a function with its name, doc, signature
+            if name not in self._ops:  # an attribute of the op table itself, not an op
+                raise AttributeError(f"'Value' object has no attribute {name!r}") from None
             method = op.as_method = _op_method(op)
         return MethodType(method, self)
 
@@ -294,15 +297,29 @@ def _op_method(op: Any) -> Any:
     describe the op), and counts arguments as the user wrote them, the Value not included.
     """
     name = op.__name__
-    parameters = list(inspect.signature(op).parameters.values())
-    others = len(parameters) - 1
-    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
-        others = None
+    others = len(inspect.signature(op).parameters) - 1  # bind() signs it with its operands
 
-    def method(self, *args):
-        if others is not None and len(args) != others:
-            raise _arguments_error(name, others, len(args))
-        return op(self, *args)
+    # Unary and binary ops, nearly all of them, pass their arguments on without unpacking.
+    if others == 0:
+
+        def method(self, *args):
+            if args:
+                raise _arguments_error(name, 0, len(args))
+            return op(self)
+
+    elif others == 1:
+
+        def method(self, *args):
+            if len(args) != 1:
+                raise _arguments_error(name, 1, len(args))
+            return op(self, args[0])
+
+    else:
+
+        def method(self, *args):
+            if len(args) != others:
+                raise _arguments_error(name, others, len(args))
+            return op(self, *args)
 
     method.__name__ = name
     method.__qualname__ = f"Value.{name}"

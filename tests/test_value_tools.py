@@ -238,6 +238,8 @@ def test_unknown_and_private_attributes_raise_attribute_error():
         getattr(x, "sine")  # noqa: B009
     with pytest.raises(AttributeError, match="'Value' object has no attribute '_forward'"):
         getattr(x, "_forward")  # noqa: B009
+    with pytest.raises(AttributeError, match="'Value' object has no attribute 'definitions'"):
+        getattr(x, "definitions")  # noqa: B009 (the op table's own attribute is no op)
     assert not hasattr(x, "__deepcopy__")
 
 
