@@ -423,7 +423,7 @@ def draw_dot(root):
 
 def test_micrograd_draw_dot_renders_opgraph_values():
     x = Value(2.0)
-    y = (x**2 + x * 3).relu() / 4  # `pow 2` has a space, which graphviz must quote
+    y = (x**2 + x * 3).relu() / 4  # ids like '12**2' and '12+' need graphviz's quoting
     y.backward()
     dot = draw_dot(y)
     op_nodes = sum(1 for n in topological_order(y) if n._op)
