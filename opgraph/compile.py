@@ -233,7 +233,7 @@ class Compiled:
         if not unsafe:
             return
         shown = "; ".join(
-            f"{describe(v)}{' (op ' + v._op + ')' if v._op else ''} at {f}:{line}"
+            f"{describe(v)}{f' (op {v._opdef.name!r})' if v._opdef else ''} at {f}:{line}"
             for v, f, line in unsafe[:3]
         )
         more = f" and {len(unsafe) - 3} more" if len(unsafe) > 3 else ""
