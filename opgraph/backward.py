@@ -174,7 +174,7 @@ def _propagate_checked(nodes: list[Value], tracer) -> None:
             if not (math.isfinite(partial) and math.isfinite(parent.grad)):
                 inputs = ", ".join(describe(p) for p in parents)
                 raise AnomalyError(
-                    f"op {op.title!r} (plugin {op.plugin!r}) at node "
+                    f"{op.described} at node "
                     f"{node.label or node._id!r} gave a non-finite gradient in backward: "
                     f"partial {partial}, grad {parent.grad}, inputs ({inputs})"
                 )
@@ -189,10 +189,7 @@ def derivative_error(node: Value, exc: Exception) -> OpError:
     else:
         problem = f"{type(exc).__name__}: {exc}"
     where = f"node {node.label!r}" if node.label else f"node #{node._id}"
-    return OpError(
-        f"op {op.title!r} (plugin {op.plugin!r}) failed in backward at {where}, "
-        f"inputs ({inputs}): {problem}"
-    )
+    return OpError(f"{op.described} failed in backward at {where}, inputs ({inputs}): {problem}")
 
 
 def zero_grad(root: Value) -> None:

@@ -233,7 +233,7 @@ class Compiled:
         if not unsafe:
             return
         shown = "; ".join(
-            f"{describe(v)}{' (op ' + v._op + ')' if v._op else ''} at {f}:{line}"
+            f"{describe(v)}{f' (op {v._opdef.name!r})' if v._opdef else ''} at {f}:{line}"
             for v, f, line in unsafe[:3]
         )
         more = f" and {len(unsafe) - 3} more" if len(unsafe) > 3 else ""
@@ -469,7 +469,7 @@ class _Program:
         node = self.compiled.nodes[lines[line]]
         label = f"node {node.label!r}" if node.label else f"node #{node._id}"
         return OpError(
-            f"op {node._opdef.title!r} (plugin {node._opdef.plugin!r}) failed in compiled "
+            f"{node._opdef.described} failed in compiled "
             f"{where} of {self.compiled.name} at {label} (as recorded: inputs "
             f"{', '.join(describe(p) for p in node._prev)}): {type(exc).__name__}: {exc}"
         )
@@ -477,14 +477,14 @@ class _Program:
     def _forward_anomaly(self, i: int, out: float) -> None:
         node = self.compiled.nodes[i]
         raise AnomalyError(
-            f"op {node._opdef.title!r} (plugin {node._opdef.plugin!r}) produced {out} in "
+            f"{node._opdef.described} produced {out} in "
             f"compiled forward of {self.compiled.name} at node {node.label or node._id!r}"
         )
 
     def _backward_anomaly(self, i: int, partial: float, grad: float) -> None:
         node = self.compiled.nodes[i]
         raise AnomalyError(
-            f"op {node._opdef.title!r} (plugin {node._opdef.plugin!r}) at node "
+            f"{node._opdef.described} at node "
             f"{node.label or node._id!r} gave a non-finite gradient in compiled backward of "
             f"{self.compiled.name}: partial {partial}, grad {grad}"
         )

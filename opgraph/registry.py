@@ -35,6 +35,11 @@ class Op:
     `arity` defaults to the number of positional parameters of `forward`.
     `static` lists argument positions that, given a plain number, are baked into the op
     instead of becoming a constant leaf: `x ** 2` has one parent, as in micrograd.
+
+    An op has three printed forms. `name` (`pow`) is its identifier: the registry key, the
+    method `v.pow(...)`, and the word every error message uses. `symbol` (`**`) is how it is
+    written, micrograd-style; it defaults to the name. `title` is micrograd's `_op` string,
+    the symbol followed by any fixed argument (`**2` for `x ** 2`), which draw_dot shows.
     """
 
     name: str
@@ -43,28 +48,71 @@ class Op:
     arity: int | None = None
     static: tuple[int, ...] = ()
     doc: str = ""
+    symbol: str = ""  # micrograd's way of writing the op (`*`, `**`); "" means the name
     plugin: str = ""  # set by the registry: the name of the plugin that registered the op
     constants: tuple[tuple[int, float], ...] = field(default=(), repr=False)  # (position, value)
     base: Op | None = field(default=None, repr=False, compare=False)  # the op before fixing
 
     @property
     def title(self) -> str:
-        """The op as drawings and traces show it: `pow 2` for `x ** 2`."""
-        return " ".join([self.name, *(f"{value:g}" for _, value in self.constants)])
+        """micrograd's `_op` string for the op: `*`, `**2` for `x ** 2`, `ReLU`."""
+        symbol = self.symbol or self.name
+        if not self.constants:
+            return symbol
+        constants = " ".join(_number_text(value) for _, value in self.constants)
+        # `**2` as micrograd writes it, but `clip 0 1` for a symbol that is a word
+        return f"{symbol} {constants}" if symbol[-1].isalnum() else symbol + constants
+
+    @property
+    def described(self) -> str:
+        """The op as error messages name it: `op 'pow' with b=-1 (plugin '...')`."""
+        fixed = ""
+        if self.constants:
+            names = _parameter_names(self.base.forward if self.base else None)
+            fixed = " with " + ", ".join(
+                f"{names[i] if i < len(names) else f'argument {i + 1}'}={_number_text(value)}"
+                for i, value in self.constants
+            )
+        return f"op {self.name!r}{fixed} (plugin {self.plugin!r})"
 
 
 @dataclass(frozen=True)
 class Composite:
     """An op defined as a function of Values built from other ops (`div` is `a * b**-1`).
 
-    It needs no derivative: backward goes through the ops it is built from.
+    It needs no derivative: backward goes through the ops it is built from, so its nodes
+    never carry it and its `symbol` (`/` for div) is for documentation only.
     """
 
     name: str
     fn: Callable[..., Value] | None = None  # None only to report it by name in check()
     arity: int | None = None
     doc: str = ""
+    symbol: str = ""
     plugin: str = ""
+
+    @property
+    def described(self) -> str:
+        return f"op {self.name!r} (plugin {self.plugin!r})"
+
+
+def _number_text(value: float) -> str:
+    """A fixed argument as micrograd prints it: `2` for 2.0, `-1`, `0.5`."""
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
+
+
+def _parameter_names(fn: Callable | None) -> list[str]:
+    """The names of `fn`'s positional parameters, for messages (empty when unknown)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in _POSITIONAL]
+
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
 AnyOp = Op | Composite
@@ -130,6 +178,15 @@ def check(op: Any, plugin: str) -> AnyOp:
             "this name would shadow an attribute of Value or of the op table "
             "(data, grad, label, backward ...); choose another"
         )
+    symbol = op.symbol or op.name
+    if (
+        not isinstance(symbol, str)
+        or not symbol.strip()
+        or not symbol.isprintable()
+        or len(symbol) > 20
+    ):
+        raise fail(f"symbol must be a short printable string such as '*' or '**', got {symbol!r}")
+    op = replace(op, symbol=symbol)
     body = op.forward if isinstance(op, Op) else op.fn
     what = "forward" if isinstance(op, Op) else "fn"
     if body is None:
@@ -257,7 +314,7 @@ def _as_float(op: AnyOp, out: Any) -> float:
     if isinstance(out, Real):
         return float(out)
     raise OpError(
-        f"op {op.name!r} (plugin {op.plugin!r}): forward returned {out!r} of type "
+        f"{op.described}: forward returned {out!r} of type "
         f"{type(out).__name__}; it must return a real number"
     )
 
@@ -265,8 +322,7 @@ def _as_float(op: AnyOp, out: Any) -> float:
 def forward_error(op: AnyOp, operands: Sequence[Value], exc: Exception) -> OpError:
     inputs = ", ".join(describe(v) for v in operands)
     return OpError(
-        f"op {op.name!r} (plugin {op.plugin!r}) failed in forward on inputs ({inputs}): "
-        f"{type(exc).__name__}: {exc}"
+        f"{op.described} failed in forward on inputs ({inputs}): {type(exc).__name__}: {exc}"
     )
 
 
@@ -274,10 +330,7 @@ def _checked(op: Op, cls: type[Value], out: float, parents: tuple, flags: int) -
     """The slow path of an op under no_grad() or detect_anomaly()."""
     if flags & ANOMALY and not math.isfinite(out):
         inputs = ", ".join(describe(v) for v in parents)
-        raise AnomalyError(
-            f"op {op.title!r} (plugin {op.plugin!r}) produced {out} in forward "
-            f"from inputs ({inputs})"
-        )
+        raise AnomalyError(f"{op.described} produced {out} in forward from inputs ({inputs})")
     if flags & NO_GRAD:
         return cls(out)
     return cls(out, "", parents, op)
@@ -497,9 +550,21 @@ def bind(
         fn = _bind_static(op, cls, engine_flags, tracer)
     else:
         fn = _bind_primitive(op, cls, engine_flags, tracer)
+    # Named, documented and signed as the op, so `help(ops.sin)` and `help(v.sin)` show it.
     fn.__name__ = fn.__qualname__ = op.name
     fn.__doc__ = op.doc or None
+    fn.__signature__ = _signature(op)  # type: ignore[attr-defined]
     return fn
+
+
+def _signature(op: AnyOp) -> inspect.Signature:
+    """The operands of `op`, positional, named as its function names them (else x1, x2 ...)."""
+    names = _parameter_names(op.forward if isinstance(op, Op) else op.fn)[: op.arity]
+    if len(names) != op.arity:
+        names = [f"x{i + 1}" for i in range(op.arity)]  # type: ignore[arg-type]
+    return inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_ONLY) for n in names]
+    )
 
 
 class OpTable:

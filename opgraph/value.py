@@ -15,10 +15,11 @@ name) and `parents` give the parents as an ordered tuple.
 
 from __future__ import annotations
 
-import functools
+import inspect
 import itertools
 import math
 from numbers import Real
+from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,6 +38,18 @@ class _DefaultOps:
         from .engine import default_engine
 
         return getattr(default_engine().ops, name)
+
+    # Python looks these up on the type, never through __getattr__: `dir(Value(1.0))` before
+    # the first op (tab completion on a learner's first line) iterates this object.
+    def __iter__(self):
+        from .engine import default_engine
+
+        return iter(default_engine().ops)
+
+    def __contains__(self, name: object) -> bool:
+        from .engine import default_engine
+
+        return name in default_engine().ops
 
 
 class Value:
@@ -106,7 +119,8 @@ class Value:
 
     @property
     def _op(self) -> str:
-        # micrograd's draw_dot reads `_op` as a string, empty for leaves.
+        # micrograd's string for the op, empty for leaves, as its draw_dot prints it:
+        # `+`, `*`, `**2`, `tanh`, `ReLU` (the op's symbol and fixed argument, Op.title).
         return self._opdef.title if self._opdef is not None else ""
 
     @property
@@ -175,21 +189,48 @@ class Value:
         # Only reached when normal lookup fails: any op a plugin registers is a method too,
         # so `v.sin()` works once a plugin registers `sin`, and `v.atan2(w)` for binary ops.
         if name.startswith("_"):
-            raise AttributeError(name)
-        ops = self._ops
+            raise AttributeError(f"'Value' object has no attribute {name!r}")
         try:
-            op = getattr(ops, name)
+            op = getattr(self._ops, name)
         except AttributeError as exc:
             raise AttributeError(
                 f"'Value' object has no attribute {name!r}, and no plugin registers an op "
                 f"of that name{getattr(exc, 'plugin_note', '')}"  # a plugin that failed to load
             ) from None
-        return functools.partial(op, self)
+        try:
+            method = op.as_method
+        except AttributeError:  # once per bound op: a function with its name, doc, signature
+            if name not in self._ops:  # an attribute of the op table itself, not an op
+                raise AttributeError(f"'Value' object has no attribute {name!r}") from None
+            method = op.as_method = _op_method(op)
+        return MethodType(method, self)
 
     def __dir__(self):
         return sorted(set(super().__dir__()) | set(self._ops))
 
     # --- gradients ------------------------------------------------------------------------
+
+    def _backward(self) -> None:
+        """This node's own step of the chain rule, as micrograd's `_backward` closure does.
+
+        Adds (d self / d parent) * self.grad to each parent's grad; a leaf has no step.
+        For working through backpropagation by hand: set the root's grad to 1.0, then call
+        `_backward()` on each node from the root down (children before parents).
+        `backward()` does all of it at once and is not built on this method.
+        """
+        op = self._opdef
+        if op is None:
+            return
+        parents = self._prev
+        try:
+            partials = op.derivative(self.data, *[parent.data for parent in parents])
+            steps = list(zip(parents, partials, strict=True))
+        except Exception as exc:
+            from .backward import derivative_error
+
+            raise derivative_error(self, exc) from exc
+        for parent, partial in steps:
+            parent.grad += partial * self.grad
 
     def backward(self, gradient: float = 1.0) -> None:
         """Add d self / d node (times `gradient`) to the grad of every node in the graph."""
@@ -247,6 +288,50 @@ def _reflected(op):
 
     reflected.__name__ = reflected.__qualname__ = f"r{op.__name__}"
     return reflected
+
+
+def _op_method(op: Any) -> Any:
+    """The bound op `op` as a method of Value: `v.sin()` is `sin(v)`, `v.atan2(w)`.
+
+    It carries the op's name, doc and signature (so `help(v.sin)` and `inspect.signature`
+    describe the op), and counts arguments as the user wrote them, the Value not included.
+    """
+    name = op.__name__
+    others = len(inspect.signature(op).parameters) - 1  # bind() signs it with its operands
+
+    # Unary and binary ops, nearly all of them, pass their arguments on without unpacking.
+    if others == 0:
+
+        def method(self, *args):
+            if args:
+                raise _arguments_error(name, 0, len(args))
+            return op(self)
+
+    elif others == 1:
+
+        def method(self, *args):
+            if len(args) != 1:
+                raise _arguments_error(name, 1, len(args))
+            return op(self, args[0])
+
+    else:
+
+        def method(self, *args):
+            if len(args) != others:
+                raise _arguments_error(name, others, len(args))
+            return op(self, *args)
+
+    method.__name__ = name
+    method.__qualname__ = f"Value.{name}"
+    method.__doc__ = op.__doc__
+    method.__module__ = op.__module__
+    method.__signature__ = inspect.signature(op)  # type: ignore[attr-defined]
+    return method
+
+
+def _arguments_error(name: str, others: int, given: int) -> TypeError:
+    wanted = "no arguments" if others == 0 else f"{others} argument{'s' * (others > 1)}"
+    return TypeError(f"{name}() takes {wanted} besides the value, got {given}")
 
 
 def _split(parents: tuple) -> tuple[Any, Any, tuple | None]:

@@ -18,5 +18,8 @@ def sigmoid(a: float) -> float:
 @hookimpl
 def register_ops(register):
     register(Op("tanh", math.tanh, lambda out, a: (1.0 - out * out,)))
-    register(Op("relu", lambda a: 0.0 if a <= 0 else a, lambda out, a: (float(a > 0),)))
+    # symbol: micrograd's `_op` for relu is "ReLU"; tanh, exp and sigmoid are their names
+    register(
+        Op("relu", lambda a: 0.0 if a <= 0 else a, lambda out, a: (float(a > 0),), symbol="ReLU")
+    )
     register(Op("sigmoid", sigmoid, lambda out, a: (out * (1.0 - out),)))

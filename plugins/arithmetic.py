@@ -1,7 +1,7 @@
 """add, mul and pow as primitives; neg, sub and div composed from them.
 
-Each register() call is one row of a table of derivatives: the op's name, its forward, and
-its local derivatives d out / d input, one per input.
+Each register() call is one row of a table of derivatives: the op's name, its forward, its
+local derivatives d out / d input (one per input), and micrograd's symbol for it (`_op`).
 """
 
 import operator
@@ -23,10 +23,10 @@ def pow_derivative(out: float, a: float, b: float) -> tuple[float, float]:
 @hookimpl
 def register_ops(register):
     # add_derivative is (1, 1) and mul_derivative (b, a): backward applies these two inline.
-    register(Op("add", operator.add, add_derivative))
-    register(Op("mul", operator.mul, mul_derivative))
+    register(Op("add", operator.add, add_derivative, symbol="+"))
+    register(Op("mul", operator.mul, mul_derivative, symbol="*"))
     # static=(1,): a plain-number exponent is part of the op, so `x ** 2` has one parent.
-    register(Op("pow", power, pow_derivative, static=(1,)))
-    register(Composite("neg", lambda a: a * -1))
-    register(Composite("sub", lambda a, b: a + (-b)))
-    register(Composite("div", lambda a, b: a * b**-1))
+    register(Op("pow", power, pow_derivative, static=(1,), symbol="**"))
+    register(Composite("neg", lambda a: a * -1, symbol="-"))
+    register(Composite("sub", lambda a, b: a + (-b), symbol="-"))
+    register(Composite("div", lambda a, b: a * b**-1, symbol="/"))

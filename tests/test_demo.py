@@ -176,7 +176,7 @@ def test_full_demo_reaches_100_percent_and_draws_a_neuron(tmp_path):
     svg = tmp_path / "out" / "neuron.svg"
     assert f"drew the graph of neuron L0.N0: {svg}" in result.stdout
     text = svg.read_text()
-    for label in ["L0.N0.w0", "L0.N0.w1", "L0.N0.b", "x0", "x1", "relu", "L0.N0"]:
+    for label in ["L0.N0.w0", "L0.N0.w1", "L0.N0.b", "x0", "x1", "ReLU", "L0.N0"]:
         assert f">{label}<" in text
 
 

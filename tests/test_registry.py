@@ -70,7 +70,7 @@ def test_composite_op_is_built_from_other_ops():
     a, b = engine.value(3.0), engine.value(1.0)
     out = a.square_plus(b)
     assert out.data == 10.0
-    assert out._op == "add"  # the graph records the ops it is built from
+    assert out._op == "+"  # the graph records the ops it is built from
     out.backward()
     assert (a.grad, b.grad) == (6.0, 1.0)
 
