@@ -395,6 +395,23 @@ def test_a_foreign_stream_refused_by_the_content_security_policy_is_said_so(page
         assert foreign.connections == 0
 
 
+def test_a_foreign_opgraph_server_refuses_the_page_and_the_page_says_so(page):
+    # An opgraph server only lets its own page read its trace (it checks the Origin), so a
+    # link cannot make one page read another server's trace either.
+    engine = Engine(name="elsewhere")
+    with engine.serve(port=0) as elsewhere, StreamServer(own_graph()) as own:
+        engine.value(1.0, label="secret")
+        elsewhere.flush()
+        page.goto(own.url + "?ws=" + quote(elsewhere.ws_url, safe=""))
+        wait_for_label(page, "own-b")
+        page.locator("#ws-connect").click()
+        conn = page.locator("#st-conn")
+        expect(conn).to_have_attribute("data-state", "unreachable")
+        expect(conn).to_contain_text(f"could not connect to {elsewhere.ws_url}")
+        expect(page.locator("#st-url")).to_contain_text(elsewhere.ws_url)
+        expect(page.locator("#st-nodes")).to_have_attribute("data-count", "0")
+
+
 # --- a strict Content-Security-Policy ------------------------------------------------------
 
 
@@ -456,6 +473,7 @@ CHECKS = [
     ({"type": "forward", "id": 0, "parents": [0.5], "data": 1.0}, "'parents' must be"),
     ({"type": "forward", "id": 0, "parents": [], "data": 1.0, "op": "x" * 201}, "'op' must be"),
     ({"type": "node", "id": 0, "parents": [], "data": 1.0, "grad": "1"}, "'grad' must be"),
+    ({"type": "forward", "id": 3, "parents": [1, 3], "data": 1.0}, "cannot be its own parent"),
     ({"type": "backward_begin", "root": "0", "pass": 1}, "'root' must be"),
     ({"type": "snapshot_begin", "nodes": 1, "backward": {"pass": "1"}}, "'backward' must be"),
     ({"type": "dropped", "count": -3}, "'count' must be"),

@@ -383,6 +383,7 @@ class Viewer {
       error: "error",
       offline: "offline",
       refused: `refused: ${detail}`,
+      unreachable: detail,
       recording: `recording: ${detail}`,
     }[state] ?? state;
     element.dataset.state = state;

@@ -61,7 +61,7 @@ export class LiveSource {
 
   connect() {
     clearTimeout(this.timer);
-    this.sink.onState("connecting", this.url);
+    this.sink.onState("connecting", shownUrl(this.url));
     let socket;
     try {
       socket = new WebSocket(this.url, SUBPROTOCOL);
@@ -72,8 +72,9 @@ export class LiveSource {
     socket.binaryType = "arraybuffer";
     this.socket = socket;
     socket.onopen = () => {
+      this.opened = true;
       this.retryDelay = 250;
-      this.sink.onState("open", this.url);
+      this.sink.onState("open", shownUrl(this.url));
     };
     socket.onmessage = (message) => {
       if (message.data instanceof ArrayBuffer) this.sink.onFrame(new Uint8Array(message.data));
@@ -86,7 +87,11 @@ export class LiveSource {
       const delay = this.retryDelay;
       this.retryDelay = Math.min(2000, this.retryDelay * 2);
       const why = event.code === 1000 || event.code === 1001 ? "" : ` (code ${event.code})`;
-      this.sink.onState("retrying", `lost ${this.url}${why}; retrying in ${delay / 1000} s`);
+      const what = this.opened ? `lost ${shownUrl(this.url)}${why}`
+        // never connected: nothing listens there, or the server refused this page (an
+        // opgraph server only lets its own page read its trace)
+        : `could not connect to ${shownUrl(this.url)}: refused or unreachable${why}`;
+      this.sink.onState(this.opened ? "retrying" : "unreachable", `${what}; retrying in ${delay / 1000} s`);
       this.timer = setTimeout(() => this.connect(), delay);
     };
   }

@@ -47,10 +47,14 @@ const KINDS = {
 };
 
 // The same rules as flat lists (this runs for every event): [field, check, what, required].
-const RULES = new Map(Object.entries(KINDS).map(([kind, { required, optional }]) => [kind, [
-  ...Object.entries(required).map(([field, [check, what]]) => [field, check, what, true]),
-  ...Object.entries(optional).map(([field, [check, what]]) => [field, check, what, false]),
-]]));
+const RULES = new Map(Object.entries(KINDS).map(([kind, { required, optional }]) => {
+  const rules = [
+    ...Object.entries(required).map(([field, [check, what]]) => [field, check, what, true]),
+    ...Object.entries(optional).map(([field, [check, what]]) => [field, check, what, false]),
+  ];
+  rules.hasParents = "parents" in required;
+  return [kind, rules];
+}));
 
 function isOps(value) {
   if (!value || typeof value !== "object" || Array.isArray(value) || value instanceof Uint8Array) return false;
@@ -83,6 +87,7 @@ export function problemWith(event) {
       return `${name}${at(event)}: '${field}' must be ${what}`;
     }
   }
+  if (rules.hasParents && event.parents.includes(event.id)) return `${name}${at(event)}: a node cannot be its own parent`;
   return null;
 }
 
