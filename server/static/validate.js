@@ -12,49 +12,40 @@ export const MAX_OPS = 10_000; // entries of an ops map
 
 const isId = (v) => Number.isSafeInteger(v) && v >= 0;
 const isNumber = (v) => typeof v === "number"; // nan and inf are valid values of a node
-const isText = (limit) => (v) => typeof v === "string" && v.length <= limit;
-const isName = isText(MAX_NAME);
-const isLabel = isText(MAX_LABEL);
+const isName = (v) => typeof v === "string" && v.length <= MAX_NAME;
+const isLabel = (v) => typeof v === "string" && v.length <= MAX_LABEL;
 
-// field -> [check, what it must be]
-const ID = [isId, "a non-negative integer id"];
-const COUNT = [isId, "a non-negative integer"];
-const NUMBER = [isNumber, "a number"];
-const LABEL = [isLabel, `a string of at most ${MAX_LABEL} characters`];
-const NAME = [isName, `a string of at most ${MAX_NAME} characters`];
-const OP = [(v) => v === null || isName(v), `nil or a string of at most ${MAX_NAME} characters`];
-const PARENTS = [(v) => Array.isArray(v) && v.length <= MAX_PARENTS && v.every(isId),
-  "a list of non-negative integer ids"];
-const CONST = [(v) => Array.isArray(v) && v.length <= MAX_CONST && v.every(isNumber),
-  "a list of numbers"];
-const OPS = [isOps, `a map of at most ${MAX_OPS} op names to plugin names (strings)`];
-const ROOT = [(v) => v === null || isId(v), "nil or a non-negative integer id"];
+const ID = "a non-negative integer id";
+const COUNT = "a non-negative integer";
+const NUMBER = "a number";
+const LABEL = `a string of at most ${MAX_LABEL} characters`;
+const NAME = `a string of at most ${MAX_NAME} characters`;
 
-// kind -> {required fields, optional fields}; `seq` and `t` are checked for every kind.
-const KINDS = {
-  hello: { required: { protocol: NAME, version: NUMBER }, optional: { session: LABEL, engine: NAME, ops: OPS, pid: COUNT } },
-  forward: { required: { id: ID, parents: PARENTS, data: NUMBER }, optional: { op: OP, label: LABEL, const: CONST } },
-  node: { required: { id: ID, parents: PARENTS, data: NUMBER }, optional: { op: OP, label: LABEL, const: CONST, grad: NUMBER, pass: COUNT } },
-  backward_begin: { required: { pass: COUNT }, optional: { root: ROOT } },
-  backward: { required: { id: ID, grad: NUMBER }, optional: {} },
-  backward_end: { required: {}, optional: { root: ROOT, pass: COUNT } },
-  data: { required: { id: ID, data: NUMBER }, optional: {} },
-  label: { required: { id: ID, label: LABEL }, optional: {} },
-  dropped: { required: { count: COUNT }, optional: {} },
-  snapshot_begin: { required: {}, optional: { nodes: COUNT, backward: [isPassInProgress, "a map {pass, root}"] } },
-  snapshot_end: { required: {}, optional: {} },
-  run: { required: { state: NAME }, optional: { source: LABEL, engine: NAME, ops: OPS } },
-};
+// Each check returns what is wrong with one field ("'id' must be ..."), or null. Written
+// out kind by kind, with plain property reads: this runs for every event of a stream.
+function need(value, check, field, what) {
+  if (value === undefined) return `'${field}' is missing`;
+  return check(value) ? null : `'${field}' must be ${what}`;
+}
 
-// The same rules as flat lists (this runs for every event): [field, check, what, required].
-const RULES = new Map(Object.entries(KINDS).map(([kind, { required, optional }]) => {
-  const rules = [
-    ...Object.entries(required).map(([field, [check, what]]) => [field, check, what, true]),
-    ...Object.entries(optional).map(([field, [check, what]]) => [field, check, what, false]),
-  ];
-  rules.hasParents = "parents" in required;
-  return [kind, rules];
-}));
+function may(value, check, field, what) {
+  return value === undefined || check(value) ? null : `'${field}' must be ${what}`;
+}
+
+function isParents(v) {
+  if (!Array.isArray(v) || v.length > MAX_PARENTS) return false;
+  for (let i = 0; i < v.length; i++) if (!isId(v[i])) return false;
+  return true;
+}
+
+function isConst(v) {
+  if (!Array.isArray(v) || v.length > MAX_CONST) return false;
+  for (let i = 0; i < v.length; i++) if (!isNumber(v[i])) return false;
+  return true;
+}
+
+const isOp = (v) => v === null || isName(v);
+const isRoot = (v) => v === null || isId(v);
 
 function isOps(value) {
   if (!value || typeof value !== "object" || Array.isArray(value) || value instanceof Uint8Array) return false;
@@ -67,6 +58,38 @@ function isPassInProgress(value) {
     && (value.root === undefined || value.root === null || isId(value.root));
 }
 
+// A `forward` or a snapshot's `node`.
+function nodeProblem(e) {
+  return need(e.id, isId, "id", ID)
+    ?? need(e.parents, isParents, "parents", "a list of non-negative integer ids")
+    ?? need(e.data, isNumber, "data", NUMBER)
+    ?? may(e.op, isOp, "op", `nil or ${NAME}`)
+    ?? may(e.label, isLabel, "label", LABEL)
+    ?? may(e.const, isConst, "const", "a list of numbers")
+    ?? (e.parents.includes(e.id) ? "a node cannot be its own parent" : null);
+}
+
+const OPS = `a map of at most ${MAX_OPS} op names to plugin names (strings)`;
+
+const KINDS = {
+  hello: (e) => need(e.protocol, isName, "protocol", NAME) ?? need(e.version, isNumber, "version", NUMBER)
+    ?? may(e.session, isLabel, "session", LABEL) ?? may(e.engine, isName, "engine", NAME)
+    ?? may(e.ops, isOps, "ops", OPS) ?? may(e.pid, isId, "pid", COUNT),
+  forward: nodeProblem,
+  node: (e) => nodeProblem(e) ?? may(e.grad, isNumber, "grad", NUMBER) ?? may(e.pass, isId, "pass", COUNT),
+  backward_begin: (e) => need(e.pass, isId, "pass", COUNT) ?? may(e.root, isRoot, "root", `nil or ${ID}`),
+  backward: (e) => need(e.id, isId, "id", ID) ?? need(e.grad, isNumber, "grad", NUMBER),
+  backward_end: (e) => may(e.pass, isId, "pass", COUNT) ?? may(e.root, isRoot, "root", `nil or ${ID}`),
+  data: (e) => need(e.id, isId, "id", ID) ?? need(e.data, isNumber, "data", NUMBER),
+  label: (e) => need(e.id, isId, "id", ID) ?? need(e.label, isLabel, "label", LABEL),
+  dropped: (e) => need(e.count, isId, "count", COUNT),
+  snapshot_begin: (e) => may(e.nodes, isId, "nodes", COUNT)
+    ?? may(e.backward, isPassInProgress, "backward", "a map {pass, root}"),
+  snapshot_end: () => null,
+  run: (e) => need(e.state, isName, "state", NAME) ?? may(e.source, isLabel, "source", LABEL)
+    ?? may(e.engine, isName, "engine", NAME) ?? may(e.ops, isOps, "ops", OPS),
+};
+
 /** Why `event` may not be applied (a sentence), or null when it is valid. */
 export function problemWith(event) {
   if (!event || typeof event !== "object" || Array.isArray(event) || event instanceof Uint8Array) {
@@ -74,24 +97,9 @@ export function problemWith(event) {
   }
   const kind = event.type;
   if (typeof kind !== "string" || kind.length > MAX_NAME) return "an event needs a string 'type'";
-  const name = `'${kind.slice(0, 40)}' event`;
-  if (event.seq !== undefined && !isId(event.seq)) return `${name}: 'seq' must be a non-negative integer`;
-  if (event.t !== undefined && !isNumber(event.t)) return `${name}: 't' must be a number`;
-  const rules = RULES.get(kind);
-  if (!rules) return null; // unknown kinds are ignored, not refused
-  for (const [field, check, what, required] of rules) {
-    const value = event[field];
-    if (value === undefined) {
-      if (required) return `${name}${at(event)}: '${field}' is missing`;
-    } else if (!check(value)) {
-      return `${name}${at(event)}: '${field}' must be ${what}`;
-    }
-  }
-  if (rules.hasParents && event.parents.includes(event.id)) return `${name}${at(event)}: a node cannot be its own parent`;
-  return null;
-}
-
-// "(id 12)" when the event has a valid id, so the message says which node it concerns.
-function at(event) {
-  return isId(event.id) ? ` (id ${event.id})` : "";
+  const problem = may(event.seq, isId, "seq", COUNT) ?? may(event.t, isNumber, "t", NUMBER)
+    ?? (Object.hasOwn(KINDS, kind) ? KINDS[kind](event) : null); // unknown kinds: ignored
+  if (problem === null) return null;
+  const at = isId(event.id) ? ` (id ${event.id})` : ""; // which node it concerns
+  return `'${kind.slice(0, 40)}' event${at}: ${problem}`;
 }
