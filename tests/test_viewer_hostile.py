@@ -280,6 +280,24 @@ def test_a_live_server_fed_hostile_labels_and_events(page):
         assert page.locator("#node-list tbody tr").count() == 4
 
 
+def test_a_server_whose_hello_and_events_are_hostile(page):
+    # the server's own hello (engine name, ops and their plugins) and events put straight
+    # into its hub, as a server fed by a hostile tracer would send them
+    server = TraceServer(engine_name=SVG, ops={IMG: FRAME}, port=0).start()
+    with server:
+        page.goto(server.url)
+        expect(page.locator("#st-conn")).to_have_attribute("data-state", "open")
+        events = hostile_events()[1:]
+        for event in events:
+            event.pop("seq", None)
+        server.call(lambda: server.hub.publish(events))
+        server.flush()
+        wait_for_label(page, END)
+        check_shown_as_text(page)
+        # the string seq was replaced by the hub's, so one event fewer is ill-typed
+        expect(page.locator("#st-rejected")).to_contain_text(f"{len(INVALID) - 1} invalid")
+
+
 def test_a_hostile_publisher_on_a_hub(page):
     hub = TraceServer(engine_name="hub", ops={}, port=0, accept_publishers=True).start()
     with hub:
