@@ -3,9 +3,11 @@ and loading the viewer's JavaScript modules into a page."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,69 @@ window.toPlain = function toPlain(v) {
   return v;
 };
 """
+
+
+class StreamServer:
+    """A small stand-in server on loopback: the viewer page from server/static, with an
+    optional Content-Security-Policy header, and on `/ws` a fixed byte stream (one frame)
+    that every viewer gets on connecting. Serves a page or plays a foreign stream in tests
+    that must not depend on what the real server sends."""
+
+    def __init__(self, stream: bytes = b"", csp: str | None = None):
+        self.stream = stream
+        self.csp = csp
+        self.connections = 0
+        self.port = 0
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def __enter__(self) -> StreamServer:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the test stream server did not start")
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    async def _main(self) -> None:
+        from opgraph.server.server import static_response
+        from websockets.asyncio.server import serve
+
+        def process_request(connection: Any, request: Any) -> Any:
+            if request.path.split("?")[0] == "/ws":
+                return None
+            response = static_response(STATIC, request.path.split("?")[0])
+            if self.csp:
+                response.headers["Content-Security-Policy"] = self.csp
+            return response
+
+        async def handler(ws: Any) -> None:
+            self.connections += 1
+            await ws.send(self.stream)
+            await ws.wait_closed()
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with serve(
+            handler,
+            "127.0.0.1",
+            0,
+            process_request=process_request,
+            subprotocols=["opgraph.v1"],
+        ) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop.wait()

@@ -7,7 +7,8 @@ import {
   Camera, NODE_H, NODE_W, dataText, drawGroups, drawScene, gradText, layoutGroups, nodeTitle,
   opText, sceneBox,
 } from "./render.js";
-import { LiveSource, readRecording, streamUrl } from "./source.js";
+import { LiveSource, ownStreamUrl, readRecording, requestedStreamUrl, shownUrl } from "./source.js";
+import { problemWith } from "./validate.js";
 
 const params = new URLSearchParams(location.search);
 // Above this many nodes the whole-graph view shows op groups per rank instead of nodes.
@@ -33,6 +34,7 @@ class Viewer {
     this.rate = 0; // playback speed of a recording in events/s; 0: as fast as possible
     this.allowance = 0;
     this.source = null;
+    this.streamUrl = ownStreamUrl(location); // the page's own server; another only by choice
     this.recording = null; // {name, bytes} while playing a recording
     this.scheduled = false;
     this.drawRequested = false;
@@ -52,12 +54,13 @@ class Viewer {
     this.graph = new Graph();
     this.staging = null; // a snapshot being received
     this.session = null;
-    this.ops = {};
+    this.ops = new Map(); // op name -> plugin name
     this.engineName = "";
     this.protocolVersion = null;
     this.lastSeq = 0;
     this.gaps = 0;
     this.dropped = 0;
+    this.rejected = 0; // invalid events, not applied
     this.selected = null; // a node id, or a group key in the overview
     this.focus = null; // {center, sub}: the neighbourhood view of a big graph
     this.stepIndex = null; // stepping through the last backward pass
@@ -142,9 +145,10 @@ class Viewer {
     return `${events} and ${(bytes / 1e6).toFixed(1)} MB`;
   }
 
-  /** Apply one protocol event (docs/protocol.md) to the model. */
+  /** Apply one protocol event (docs/protocol.md) to the model, once it proved valid. */
   apply(event) {
-    if (!event || typeof event !== "object") return;
+    const problem = problemWith(event);
+    if (problem) return this.reject(problem, event);
     const type = event.type;
     if (this.refused && type !== "hello") return; // a stream this viewer cannot read
     if (!this.checkSeq(event)) return;
@@ -174,10 +178,27 @@ class Viewer {
     this.lastKind = type;
   }
 
+  // An invalid event changes nothing: it is counted and its reason shown in the status bar.
+  // A stream whose hello is invalid is refused as a whole, as a stream of another protocol.
+  reject(problem, event) {
+    this.rejected++;
+    this.lastRejection = problem;
+    console.warn(`opgraph viewer: rejected an invalid event: ${problem}`);
+    if (event?.type === "hello") this.refuse(`The stream's hello is invalid (${problem}); it was not read.`);
+    this.requestDraw();
+  }
+
+  refuse(text) {
+    this.refused = true;
+    this.source?.stop();
+    this.frames = [];
+    this.notice(text);
+  }
+
   // Live events, of every kind known or not, count up by one; anything at or below the
   // last seq was already applied. hello and the snapshot markers repeat a seq instead.
   checkSeq(event) {
-    if (UNNUMBERED.has(event.type) || typeof event.seq !== "number") return true;
+    if (UNNUMBERED.has(event.type) || event.seq === undefined) return true;
     if (event.seq <= this.lastSeq) return false;
     if (event.seq > this.lastSeq + 1) this.gaps += event.seq - this.lastSeq - 1;
     this.lastSeq = event.seq;
@@ -187,9 +208,7 @@ class Viewer {
   hello(event) {
     this.refused = event.protocol !== "opgraph" || event.version !== 1;
     if (this.refused) {
-      this.source?.stop();
-      this.frames = [];
-      this.notice(`This viewer speaks opgraph protocol 1; the server sent ` +
+      this.refuse(`This viewer speaks opgraph protocol 1; the server sent ` +
         `${event.protocol} version ${event.version}. Upgrade the page or the server.`);
       return;
     }
@@ -199,7 +218,7 @@ class Viewer {
       this.notice(`New ${source} session: the view was cleared.`);
     }
     this.session = event.session;
-    this.ops = { ...(event.ops ?? {}) };
+    this.ops = new Map(Object.entries(event.ops ?? {}));
     this.engineName = event.engine ?? "";
     this.protocolVersion = event.version;
     this.lastSeq = event.seq ?? 0;
@@ -249,7 +268,7 @@ class Viewer {
 
   run(event) {
     if (event.state === "start") {
-      Object.assign(this.ops, event.ops ?? {});
+      for (const [op, plugin] of Object.entries(event.ops ?? {})) this.ops.set(op, plugin);
       this.notice(`Run ${event.source ?? ""} started`);
     } else if (event.state === "end") {
       this.notice(`Run ${event.source ?? ""} ended`);
@@ -259,19 +278,73 @@ class Viewer {
   // --- sources --------------------------------------------------------------------------
 
   startLive() {
-    const url = streamUrl(location);
+    const url = this.streamUrl;
     this.recording = null;
     this.showRecordingControls(false);
+    this.source?.stop();
+    this.source = null;
+    this.showStreamUrl(url);
     if (!url) {
       this.setConnection("offline", "no server: open a recording");
       return;
     }
-    this.source?.stop();
     this.source = new LiveSource(url, {
       onFrame: (bytes) => this.receive(bytes),
       onState: (state, detail) => this.setConnection(state, detail),
     });
     this.source.start();
+  }
+
+  /** Leave what is shown and connect to `url` (the user chose it). */
+  switchStream(url) {
+    this.streamUrl = url;
+    this.frames = [];
+    this.pending = [];
+    this.pendingHead = 0;
+    this.refused = false;
+    this.resetSession();
+    this.startLive();
+  }
+
+  // The status bar names a stream that is not the page's own server, for as long as it is
+  // shown: what the page draws then comes from elsewhere.
+  showStreamUrl(url) {
+    const element = $("st-url");
+    const foreign = url !== null && url !== ownStreamUrl(location);
+    element.hidden = !foreign;
+    element.textContent = foreign ? `stream: ${shownUrl(url)} (not this page's server)` : "";
+  }
+
+  /**
+   * A link with `?ws=URL` asks the page to show another stream than its own server's. It
+   * never connects by itself: the page names the URL and waits for the user to choose.
+   */
+  offerRequestedStream() {
+    const requested = requestedStreamUrl(location);
+    if (!requested) return;
+    if (requested.error) {
+      this.notice(`Ignored the link's ws= parameter: ${requested.error}`);
+      return;
+    }
+    if (requested.url === this.streamUrl) return; // the page's own stream anyway
+    $("ws-prompt-url").textContent = shownUrl(requested.url);
+    $("ws-prompt").hidden = false;
+    $("ws-connect").onclick = () => {
+      $("ws-prompt").hidden = true;
+      this.switchStream(requested.url);
+    };
+    $("ws-dismiss").onclick = () => { $("ws-prompt").hidden = true; };
+  }
+
+  // A Content-Security-Policy that forbids the connection (connect-src): say so, and stop
+  // retrying, rather than "disconnected" forever.
+  connectionRefusedByPolicy(event) {
+    if (event.effectiveDirective !== "connect-src" || !this.source) return;
+    const url = this.source.url;
+    this.source.stop();
+    this.source = null;
+    this.setConnection("refused", `this page's Content-Security-Policy does not allow ` +
+      `connecting to ${shownUrl(url)}`);
   }
 
   async openRecording(file) {
@@ -290,13 +363,14 @@ class Viewer {
     this.setPaused(false);
     this.showRecordingControls(true);
     this.setConnection("recording", name);
+    this.showStreamUrl(null);
     this.receive(bytes);
   }
 
   showRecordingControls(shown) {
     $("speed").hidden = !shown;
     $("restart").hidden = !shown;
-    $("live").hidden = !shown || !streamUrl(location);
+    $("live").hidden = !shown || !this.streamUrl;
   }
 
   setConnection(state, detail = "") {
@@ -308,6 +382,8 @@ class Viewer {
       closed: "disconnected",
       error: "error",
       offline: "offline",
+      refused: `refused: ${detail}`,
+      unreachable: detail,
       recording: `recording: ${detail}`,
     }[state] ?? state;
     element.dataset.state = state;
@@ -468,7 +544,7 @@ class Viewer {
     };
     $("speed").onchange = () => { this.rate = Number($("speed").value); this.wake(); };
     $("restart").onclick = () => this.recording && this.playRecording(this.recording.name, this.recording.bytes);
-    $("live").onclick = () => { this.frames = []; this.pending = []; this.pendingHead = 0; this.resetSession(); this.startLive(); };
+    $("live").onclick = () => this.switchStream(this.streamUrl);
     $("help-button").onclick = () => this.toggleHelp(true);
     $("help-close").onclick = () => this.toggleHelp(false);
     const search = $("search");
@@ -493,6 +569,7 @@ class Viewer {
     };
     $("details").onclick = (event) => this.detailsClick(event);
     document.addEventListener("keydown", (event) => this.keydown(event));
+    document.addEventListener("securitypolicyviolation", (event) => this.connectionRefusedByPolicy(event));
     document.addEventListener("dragover", (event) => event.preventDefault());
     document.addEventListener("drop", (event) => {
       event.preventDefault();
@@ -812,6 +889,10 @@ class Viewer {
     const missing = this.gaps ? `, ${this.gaps.toLocaleString("en-US")} missing` : "";
     $("st-dropped").textContent = `${this.dropped.toLocaleString("en-US")} dropped${missing}`;
     $("st-dropped").classList.toggle("warn", this.dropped > 0 || this.gaps > 0);
+    const rejected = $("st-rejected");
+    rejected.hidden = this.rejected === 0;
+    setText(rejected, this.rejected
+      ? `${this.rejected.toLocaleString("en-US")} invalid events rejected, the last: ${this.lastRejection}` : "");
     $("st-paused").textContent = this.paused ? `paused · ${this.waitingText()} waiting` : "";
     const stepInfo = this.stepIndex !== null && pass ? `step ${this.stepIndex + 1}/${pass.steps.length}` : "";
     $("step-info").textContent = stepInfo;
@@ -938,10 +1019,12 @@ class Viewer {
     this[slot] = row;
   }
 
+  // The panel is built from DOM nodes whose text is set as text: a label, an op or a
+  // plugin name is never read as HTML, whatever a trace puts in it.
   renderDetails() {
     const panel = $("details");
     if (this.selected === null) {
-      panel.innerHTML = `<p class="hint">Click a node, or search, to see its details.</p>`;
+      panel.replaceChildren(el("p", { className: "hint" }, "Click a node, or search, to see its details."));
       return;
     }
     if (typeof this.selected === "string") return this.renderGroup(panel);
@@ -949,56 +1032,62 @@ class Viewer {
     if (!node) return;
     const look = this.look(node);
     const pass = this.graph.lastPass;
-    const plugin = node.op ? this.ops[node.op] ?? "unknown plugin" : "";
-    const inputs = node.parents.map((id, k) => this.nodeLink(id, `input ${k + 1}`)).join("");
-    const users = node.children.slice(0, 12).map((id) => this.nodeLink(id)).join("");
-    const more = node.children.length > 12 ? `<li>… ${node.children.length - 12} more</li>` : "";
     const step = node.bwPass === pass?.pass && node.bwStep >= 0
       ? `step ${node.bwStep + 1} of ${pass.steps.length} in pass ${pass.pass}` : "not in the last pass";
-    panel.innerHTML = `
-      <h2 class="node-title">${escapeHtml(nodeTitle(node))}</h2>
-      <dl class="facts">
-        <dt>id</dt><dd data-field="id">${node.id}</dd>
-        <dt>op</dt><dd data-field="op">${node.op ? escapeHtml(node.op) : node.placeholder ? "not seen by this viewer" : "leaf (input or parameter)"}</dd>
-        ${node.op ? `<dt>plugin</dt><dd data-field="plugin">${escapeHtml(plugin)}</dd>` : ""}
-        ${node.const ? `<dt>constants</dt><dd data-field="const">${node.const.map(String).join(", ")}</dd>` : ""}
-        <dt>data</dt><dd data-field="data">${node.placeholder ? "?" : String(node.data)}</dd>
-        <dt>grad</dt><dd data-field="grad">${node.placeholder ? "?" : look.gradShown ? String(node.grad) : "not reached yet"}</dd>
-        <dt>rank</dt><dd data-field="rank">${node.rank}</dd>
-        <dt>backward</dt><dd data-field="step">${step}</dd>
-      </dl>
-      ${inputs ? `<h3>Inputs</h3><ul class="links">${inputs}</ul>` : ""}
-      ${users ? `<h3>Used by</h3><ul class="links">${users}${more}</ul>` : ""}
-      <button data-focus="${node.id}" title="Show this node's neighbourhood on its own (G)">Focus on neighbourhood</button>`;
+    const facts = [
+      ["id", "id", String(node.id)],
+      ["op", "op", node.op ?? (node.placeholder ? "not seen by this viewer" : "leaf (input or parameter)")],
+      node.op && ["plugin", "plugin", this.ops.get(node.op) ?? "unknown plugin"],
+      node.const && ["constants", "const", node.const.map(String).join(", ")],
+      ["data", "data", node.placeholder ? "?" : String(node.data)],
+      ["grad", "grad", node.placeholder ? "?" : look.gradShown ? String(node.grad) : "not reached yet"],
+      ["rank", "rank", String(node.rank)],
+      ["backward", "step", step],
+    ];
+    const inputs = node.parents.map((id, k) => this.nodeLink(id, `input ${k + 1}`));
+    const users = node.children.slice(0, 12).map((id) => this.nodeLink(id));
+    if (node.children.length > 12) users.push(el("li", {}, `… ${node.children.length - 12} more`));
+    panel.replaceChildren(
+      el("h2", { className: "node-title" }, nodeTitle(node)),
+      factList(facts),
+      ...linkList("Inputs", inputs),
+      ...linkList("Used by", users),
+      el("button", { dataset: { focus: String(node.id) }, title: "Show this node's neighbourhood on its own (G)" },
+        "Focus on neighbourhood"),
+    );
   }
 
   nodeLink(id, prefix = "") {
     const node = this.graph.nodes.get(id);
-    const name = node ? escapeHtml(nodeTitle(node)) : `#${id}`;
-    const value = node ? ` = ${dataText(node)}` : "";
-    const what = node?.op ? ` <span class="op">${escapeHtml(opText(node))}</span>` : "";
-    return `<li><button class="link" data-goto="${id}">${prefix ? `<span class="muted">${prefix}</span> ` : ""}${name}${value}${what}</button></li>`;
+    const button = el("button", { className: "link", dataset: { goto: String(id) } });
+    if (prefix) button.append(el("span", { className: "muted" }, prefix), " ");
+    button.append(node ? nodeTitle(node) : `#${id}`);
+    if (node) button.append(` = ${dataText(node)}`);
+    if (node?.op) button.append(" ", el("span", { className: "op" }, opText(node)));
+    return el("li", {}, button);
   }
 
   renderGroup(panel) {
     const group = this.graph.bands().groups.get(this.selected);
     if (!group) return;
-    const reached = group.bwDone;
     const firstIds = [];
     for (const member of group.members) {
       firstIds.push(...member.ids.slice(0, 30 - firstIds.length));
       if (firstIds.length >= 30) break;
     }
-    const members = firstIds.map((id) => this.nodeLink(id)).join("");
-    panel.innerHTML = `
-      <h2>${escapeHtml(group.op)} · ${group.ranks}</h2>
-      <dl class="facts">
-        <dt>nodes</dt><dd data-field="count">${group.count}</dd>
-        <dt>plugin</dt><dd>${escapeHtml(this.ops[group.op] ?? "–")}</dd>
-        <dt>backward</dt><dd>${reached} of ${group.count} reached in the last pass</dd>
-      </dl>
-      <h3>Members</h3><ul class="links">${members}${group.count > 30 ? `<li>… ${group.count - 30} more</li>` : ""}</ul>
-      <p class="hint">Click a member to focus on its neighbourhood.</p>`;
+    const members = firstIds.map((id) => this.nodeLink(id));
+    if (group.count > 30) members.push(el("li", {}, `… ${group.count - 30} more`));
+    panel.replaceChildren(
+      el("h2", {}, `${group.op} · ${group.ranks}`),
+      factList([
+        ["nodes", "count", String(group.count)],
+        ["plugin", "plugin", this.ops.get(group.op) ?? "–"],
+        ["backward", "step", `${group.bwDone} of ${group.count} reached in the last pass`],
+      ]),
+      el("h3", {}, "Members"),
+      el("ul", { className: "links" }, ...members),
+      el("p", { className: "hint" }, "Click a member to focus on its neighbourhood."),
+    );
   }
 
   tickRate() {
@@ -1020,11 +1109,33 @@ function setData(element, key, value) {
   else element.dataset[key] = value;
 }
 
-function escapeHtml(text) {
-  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+/** An element with properties (`dataset` merged) and children (strings become text). */
+function el(tag, props = {}, ...children) {
+  const element = document.createElement(tag);
+  const { dataset, ...rest } = props;
+  Object.assign(element, rest);
+  if (dataset) Object.assign(element.dataset, dataset);
+  element.append(...children);
+  return element;
+}
+
+// The details' facts: [name, data-field, text] rows, skipping the false ones.
+function factList(facts) {
+  const list = el("dl", { className: "facts" });
+  for (const fact of facts) {
+    if (!fact) continue;
+    const [name, field, text] = fact;
+    list.append(el("dt", {}, name), el("dd", { dataset: { field } }, text));
+  }
+  return list;
+}
+
+function linkList(title, items) {
+  return items.length ? [el("h3", {}, title), el("ul", { className: "links" }, ...items)] : [];
 }
 
 const viewer = new Viewer();
 window.opgraphViewer = viewer; // for the console and the tests
 if (params.get("live") !== "0") viewer.startLive();
 else viewer.setConnection("offline", "live stream off: open a recording");
+viewer.offerRequestedStream();

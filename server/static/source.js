@@ -3,14 +3,41 @@
 
 export const SUBPROTOCOL = "opgraph.v1";
 
-/** The stream URL: `?ws=` of the page's URL, else `/ws` on the page's own host and port. */
-export function streamUrl(location) {
+/** The page's own stream: `/ws` on the page's host and port (null for a page opened from a file). */
+export function ownStreamUrl(location) {
   const params = new URLSearchParams(location.search);
-  if (params.get("ws")) return params.get("ws");
   if (!location.host) return null; // opened from a file: recordings only
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const token = params.get("token");
   return `${scheme}//${location.host}/ws` + (token ? `?token=${encodeURIComponent(token)}` : "");
+}
+
+/**
+ * The stream a link asks for with `?ws=URL`: {url}, {error} when it is no websocket URL, or
+ * null without one. The page only offers to connect to it (see docs/viewer.md).
+ */
+export function requestedStreamUrl(location) {
+  const asked = new URLSearchParams(location.search).get("ws");
+  if (!asked) return null;
+  let url;
+  try {
+    url = new URL(asked);
+  } catch {
+    return { error: "it is not a URL" };
+  }
+  if (url.protocol !== "ws:" && url.protocol !== "wss:") return { error: "only ws:// and wss:// URLs are streams" };
+  return { url: url.href };
+}
+
+/** A stream URL as shown to the user: its token, a secret, left out. */
+export function shownUrl(url) {
+  try {
+    const parsed = new URL(url);
+    if (parsed.searchParams.has("token")) parsed.searchParams.set("token", "…");
+    return parsed.href;
+  } catch {
+    return String(url);
+  }
 }
 
 export class LiveSource {
@@ -34,7 +61,7 @@ export class LiveSource {
 
   connect() {
     clearTimeout(this.timer);
-    this.sink.onState("connecting", this.url);
+    this.sink.onState("connecting", shownUrl(this.url));
     let socket;
     try {
       socket = new WebSocket(this.url, SUBPROTOCOL);
@@ -45,8 +72,9 @@ export class LiveSource {
     socket.binaryType = "arraybuffer";
     this.socket = socket;
     socket.onopen = () => {
+      this.opened = true;
       this.retryDelay = 250;
-      this.sink.onState("open", this.url);
+      this.sink.onState("open", shownUrl(this.url));
     };
     socket.onmessage = (message) => {
       if (message.data instanceof ArrayBuffer) this.sink.onFrame(new Uint8Array(message.data));
@@ -59,7 +87,11 @@ export class LiveSource {
       const delay = this.retryDelay;
       this.retryDelay = Math.min(2000, this.retryDelay * 2);
       const why = event.code === 1000 || event.code === 1001 ? "" : ` (code ${event.code})`;
-      this.sink.onState("retrying", `lost ${this.url}${why}; retrying in ${delay / 1000} s`);
+      const what = this.opened ? `lost ${shownUrl(this.url)}${why}`
+        // never connected: nothing listens there, or the server refused this page (an
+        // opgraph server only lets its own page read its trace)
+        : `could not connect to ${shownUrl(this.url)}: refused or unreachable${why}`;
+      this.sink.onState(this.opened ? "retrying" : "unreachable", `${what}; retrying in ${delay / 1000} s`);
       this.timer = setTimeout(() => this.connect(), delay);
     };
   }

@@ -1,0 +1,105 @@
+// Every event is checked here before it touches the graph: a trace may come from anywhere
+// (a recording someone sent, a script publishing to a hub), so the page trusts no field's
+// type. `problemWith(event)` returns why an event is invalid, or null when the page may
+// apply it. The rules are those of docs/protocol.md; fields the page does not know are
+// ignored, as the protocol asks.
+
+export const MAX_LABEL = 10_000; // characters of a label, a source or a session
+export const MAX_NAME = 200; // characters of an op, plugin or engine name
+export const MAX_PARENTS = 100_000;
+export const MAX_CONST = 1_000;
+export const MAX_OPS = 10_000; // entries of an ops map
+
+const isId = (v) => Number.isSafeInteger(v) && v >= 0;
+const isNumber = (v) => typeof v === "number"; // nan and inf are valid values of a node
+const isName = (v) => typeof v === "string" && v.length <= MAX_NAME;
+const isLabel = (v) => typeof v === "string" && v.length <= MAX_LABEL;
+
+const ID = "a non-negative integer id";
+const COUNT = "a non-negative integer";
+const NUMBER = "a number";
+const LABEL = `a string of at most ${MAX_LABEL} characters`;
+const NAME = `a string of at most ${MAX_NAME} characters`;
+
+// Each check returns what is wrong with one field ("'id' must be ..."), or null. Written
+// out kind by kind, with plain property reads: this runs for every event of a stream.
+function need(value, check, field, what) {
+  if (value === undefined) return `'${field}' is missing`;
+  return check(value) ? null : `'${field}' must be ${what}`;
+}
+
+function may(value, check, field, what) {
+  return value === undefined || check(value) ? null : `'${field}' must be ${what}`;
+}
+
+function isParents(v) {
+  if (!Array.isArray(v) || v.length > MAX_PARENTS) return false;
+  for (let i = 0; i < v.length; i++) if (!isId(v[i])) return false;
+  return true;
+}
+
+function isConst(v) {
+  if (!Array.isArray(v) || v.length > MAX_CONST) return false;
+  for (let i = 0; i < v.length; i++) if (!isNumber(v[i])) return false;
+  return true;
+}
+
+const isOp = (v) => v === null || isName(v);
+const isRoot = (v) => v === null || isId(v);
+
+function isOps(value) {
+  if (!value || typeof value !== "object" || Array.isArray(value) || value instanceof Uint8Array) return false;
+  const entries = Object.entries(value);
+  return entries.length <= MAX_OPS && entries.every(([op, plugin]) => isName(op) && isName(plugin));
+}
+
+function isPassInProgress(value) {
+  return value !== null && typeof value === "object" && isId(value.pass)
+    && (value.root === undefined || value.root === null || isId(value.root));
+}
+
+// A `forward` or a snapshot's `node`.
+function nodeProblem(e) {
+  return need(e.id, isId, "id", ID)
+    ?? need(e.parents, isParents, "parents", "a list of non-negative integer ids")
+    ?? need(e.data, isNumber, "data", NUMBER)
+    ?? may(e.op, isOp, "op", `nil or ${NAME}`)
+    ?? may(e.label, isLabel, "label", LABEL)
+    ?? may(e.const, isConst, "const", "a list of numbers")
+    ?? (e.parents.includes(e.id) ? "a node cannot be its own parent" : null);
+}
+
+const OPS = `a map of at most ${MAX_OPS} op names to plugin names (strings)`;
+
+const KINDS = {
+  hello: (e) => need(e.protocol, isName, "protocol", NAME) ?? need(e.version, isNumber, "version", NUMBER)
+    ?? may(e.session, isLabel, "session", LABEL) ?? may(e.engine, isName, "engine", NAME)
+    ?? may(e.ops, isOps, "ops", OPS) ?? may(e.pid, isId, "pid", COUNT),
+  forward: nodeProblem,
+  node: (e) => nodeProblem(e) ?? may(e.grad, isNumber, "grad", NUMBER) ?? may(e.pass, isId, "pass", COUNT),
+  backward_begin: (e) => need(e.pass, isId, "pass", COUNT) ?? may(e.root, isRoot, "root", `nil or ${ID}`),
+  backward: (e) => need(e.id, isId, "id", ID) ?? need(e.grad, isNumber, "grad", NUMBER),
+  backward_end: (e) => may(e.pass, isId, "pass", COUNT) ?? may(e.root, isRoot, "root", `nil or ${ID}`),
+  data: (e) => need(e.id, isId, "id", ID) ?? need(e.data, isNumber, "data", NUMBER),
+  label: (e) => need(e.id, isId, "id", ID) ?? need(e.label, isLabel, "label", LABEL),
+  dropped: (e) => need(e.count, isId, "count", COUNT),
+  snapshot_begin: (e) => may(e.nodes, isId, "nodes", COUNT)
+    ?? may(e.backward, isPassInProgress, "backward", "a map {pass, root}"),
+  snapshot_end: () => null,
+  run: (e) => need(e.state, isName, "state", NAME) ?? may(e.source, isLabel, "source", LABEL)
+    ?? may(e.engine, isName, "engine", NAME) ?? may(e.ops, isOps, "ops", OPS),
+};
+
+/** Why `event` may not be applied (a sentence), or null when it is valid. */
+export function problemWith(event) {
+  if (!event || typeof event !== "object" || Array.isArray(event) || event instanceof Uint8Array) {
+    return "an event must be a map";
+  }
+  const kind = event.type;
+  if (typeof kind !== "string" || kind.length > MAX_NAME) return "an event needs a string 'type'";
+  const problem = may(event.seq, isId, "seq", COUNT) ?? may(event.t, isNumber, "t", NUMBER)
+    ?? (Object.hasOwn(KINDS, kind) ? KINDS[kind](event) : null); // unknown kinds: ignored
+  if (problem === null) return null;
+  const at = isId(event.id) ? ` (id ${event.id})` : ""; // which node it concerns
+  return `'${kind.slice(0, 40)}' event${at}: ${problem}`;
+}
