@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import Any
 
-from .backward import add_derivative, mul_derivative, topological_order
+from .backward import _one_pass, add_derivative, mul_derivative, seed_gradient, topological_order
 from .engine import default_engine
 from .errors import AnomalyError, OpError, OpgraphError, describe
 from .modes import ANOMALY, enable_grad, mode
@@ -124,7 +124,7 @@ def _fill(shape: Any, obj: Any, out: list[float], where: str) -> None:
 # Detecting reads of `.data` while recording
 
 
-_DATA_SLOT = Value.__dict__["data"]  # the slot descriptor that stores `data`
+_DATA_PROPERTY = Value.__dict__["data"]  # the property over the slot `_data`
 _recording_lock = threading.Lock()
 
 # Modules that read `.data` to run the graph itself, not to decide what graph to build.
@@ -148,16 +148,16 @@ class _DataReads:
         caller = sys._getframe(1)
         if not _is_engine_module(caller.f_globals.get("__name__", "")):
             self.reads.append((value, caller.f_code.co_filename, caller.f_lineno))
-        return _DATA_SLOT.__get__(value, type(value))
+        return value._data
 
     def __enter__(self) -> _DataReads:
         if not _recording_lock.acquire(blocking=False):
             raise CompileError("compile() is already recording a function: it cannot be nested")
-        Value.data = property(self._get, _DATA_SLOT.__set__)  # type: ignore[assignment]
+        Value.data = property(self._get, _DATA_PROPERTY.fset)  # type: ignore[assignment]
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        Value.data = _DATA_SLOT  # type: ignore[assignment]
+        Value.data = _DATA_PROPERTY  # type: ignore[assignment]
         _recording_lock.release()
 
 
@@ -268,7 +268,8 @@ class Compiled:
         The output is the first one `fn` returned. Gradients accumulate, as in eager mode;
         zero them (for example with `model.zero_grad()`) between steps.
         """
-        grads = self._program.backward(float(gradient))
+        with _one_pass:  # not alongside an eager pass that may share these parameters
+            grads = self._program.backward(seed_gradient(gradient))
         for i, g in enumerate(grads):
             self.input_grads[i] += g
 
@@ -362,9 +363,9 @@ class _Program:
                 if id(node) in inputs:
                     emit(f"v{i} = x[{inputs[id(node)]}]")
                 elif id(node) in parameters:
-                    emit(f"v{i} = P{parameters[id(node)]}.data")
+                    emit(f"v{i} = P{parameters[id(node)]}._data")
                 else:  # a constant made while recording
-                    emit(f"v{i} = {_literal(node.data)}")
+                    emit(f"v{i} = {_literal(node._data)}")
                 continue
             call_op, args, _ = self._arguments(op, [index[id(p)] for p in node._prev])
             expression = _inline_forward(call_op, args)

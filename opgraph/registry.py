@@ -222,8 +222,8 @@ def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]
         if type(x) is float or type(x) is int:
             # A constant leaf (the 2 of `2 * x`), built in place as the op functions do.
             node = new(cls)
-            node.data = x if type(x) is float else _float_of_int(x)
-            node.grad, node._label = 0.0, ""
+            node._data = x if type(x) is float else _float_of_int(x)
+            node._grad, node._label = 0.0, ""
             node._a = node._b = node._more = node._opdef = None
             node._id = next_id()
             if tracer is not None:
@@ -301,7 +301,7 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
             if type(a) is not cls:
                 a = to_value(a)
             try:
-                out = forward(a.data)
+                out = forward(a._data)
             except Exception as exc:
                 raise forward_error(op, (a,), exc) from exc
             if type(out) is not float:
@@ -309,7 +309,7 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
             if get_mode() or engine_flags:
                 return _checked(op, cls, out, (a,), get_mode() | engine_flags)
             node = new(cls)
-            node.data, node.grad, node._label = out, 0.0, ""
+            node._data, node._grad, node._label = out, 0.0, ""
             node._a, node._b, node._more = a, None, None
             node._opdef, node._id = op, next_id()
             if tracer is not None:
@@ -326,7 +326,7 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
             if type(b) is not cls:
                 b = to_value(b)
             try:
-                out = forward(a.data, b.data)
+                out = forward(a._data, b._data)
             except Exception as exc:
                 raise forward_error(op, (a, b), exc) from exc
             if type(out) is not float:
@@ -334,7 +334,7 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
             if get_mode() or engine_flags:
                 return _checked(op, cls, out, (a, b), get_mode() | engine_flags)
             node = new(cls)
-            node.data, node.grad, node._label = out, 0.0, ""
+            node._data, node._grad, node._label = out, 0.0, ""
             node._a, node._b, node._more = a, b, None
             node._opdef, node._id = op, next_id()
             if tracer is not None:
@@ -348,7 +348,7 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
             raise TypeError(f"op {op.name!r} takes {op.arity} operands, got {len(operands)}")
         parents = tuple(x if type(x) is cls else to_value(x) for x in operands)
         try:
-            out = forward(*[p.data for p in parents])
+            out = forward(*[p._data for p in parents])
         except Exception as exc:
             raise forward_error(op, parents, exc) from exc
         if type(out) is not float:
