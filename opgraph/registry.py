@@ -52,6 +52,18 @@ class Op:
         """The op as drawings and traces show it: `pow 2` for `x ** 2`."""
         return " ".join([self.name, *(f"{value:g}" for _, value in self.constants)])
 
+    # An op is pickled by name: a pickled graph is loaded with the ops of the default engine
+    # of the loading process (plugin functions are often lambdas, which pickle cannot store).
+    # Copies share the op: it is immutable.
+    def __reduce__(self):
+        return (_registered_op, (self.name, self.plugin, self.constants))
+
+    def __copy__(self) -> Op:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Op:
+        return self
+
 
 @dataclass(frozen=True)
 class Composite:
@@ -68,6 +80,23 @@ class Composite:
 
 
 AnyOp = Op | Composite
+
+
+def _registered_op(name: str, plugin: str, constants: tuple[tuple[int, float], ...]) -> Op:
+    """The op `name` of `plugin` in the default engine: how a pickled node finds its op."""
+    from .engine import default_engine
+
+    op = default_engine().ops.definitions.get(name)
+    if not isinstance(op, Op) or op.plugin != plugin:
+        now = f"plugin {op.plugin!r} registers it" if op is not None else "no plugin registers it"
+        raise PluginError(
+            f"cannot load a pickled Value made by op {name!r} of plugin {plugin!r}: in the "
+            f"default engine of this process {now}",
+            plugin=plugin,
+            op=name,
+        )
+    return with_constants(op, constants) if constants else op
+
 
 # Names an op may not take: they would shadow an attribute of Value. The unary built-ins that
 # Value has as methods (v.exp(), v.tanh() ...) dispatch to the op table, so they are allowed.
