@@ -284,7 +284,7 @@ def _float_of_int(x: int) -> float:
 
 def _as_float(op: AnyOp, out: Any) -> float:
     if isinstance(out, Real):
-        return float(out)
+        return _number(out)  # a float even for an int beyond the largest float
     raise OpError(
         f"op {op.name!r} (plugin {op.plugin!r}): forward returned {out!r} of type "
         f"{type(out).__name__}; it must return a real number"

@@ -117,6 +117,26 @@ def test_an_sgd_step_with_a_numpy_like_rate_keeps_floats():
     assert type(y.data) is float
 
 
+def test_a_traced_training_step_with_a_numpy_like_rate_sends_only_floats():
+    # What the tracing server's drain task packs: every data and grad of every event.
+    from opgraph.trace import Tracer, event_maps, records
+
+    engine = Engine(name="traced-floats", entry_points=False)
+    tracer = Tracer(engine)
+    engine.tracer = tracer
+    w = engine.value(0.5, label="w")
+    for _ in range(2):
+        w.grad = 0
+        loss = (w * 3.0 - 1.0) ** 2
+        loss.backward()
+        w.data -= Float32(0.1) * w.grad
+        opgraph.touch([w])
+    events = event_maps(records(tracer.drain()), 1, tracer.t0)
+    numbers = [e[key] for e in events for key in ("data", "grad") if key in e]
+    assert numbers and all(type(x) is float for x in numbers)
+    assert any(e["type"] == "data" for e in events)  # the update was sent
+
+
 @pytest.mark.parametrize("bad", ["1.5", 1j, None, [1.0], (1.0,), Value(1.0)])
 @pytest.mark.parametrize("attribute", ["data", "grad"])
 def test_non_numbers_are_refused_with_the_node_named(bad, attribute):
