@@ -33,7 +33,7 @@ from .engine import default_engine
 from .errors import AnomalyError, OpError, OpgraphError, describe
 from .modes import ANOMALY, enable_grad, mode
 from .registry import Op
-from .value import Value
+from .value import Value, _real
 
 __all__ = ["Compiled", "CompileError", "CompileWarning", "compile"]
 
@@ -274,6 +274,11 @@ class Compiled:
             self.input_grads[i] += g
 
 
+def _real_grad(parameter: Value, grad: Any) -> float:
+    """A replayed grad that is not a float, as a float, or the TypeError `.grad = ` raises."""
+    return _real(grad, parameter, "grad")
+
+
 def _outputs(result: Any, name: str) -> tuple[list[Value], bool]:
     if isinstance(result, Value):
         return [result], True
@@ -404,7 +409,10 @@ class _Program:
                 has_grad.add(parent)
         for k, p in enumerate(compiled.parameters):
             if index[id(p)] in has_grad:
-                emit(f"    P{k}.grad += g{index[id(p)]}")
+                # `_grad` directly, with `.grad`'s check: a grad that is not a float (a
+                # plugin's complex partial) is converted or refused, naming the parameter.
+                g = f"g{index[id(p)]}"
+                emit(f"    P{k}._grad += {g} if type({g}) is float else real_grad(P{k}, {g})")
         grads = [
             f"g{index[id(v)]}" if index.get(id(v)) in has_grad else "0.0"  # unused: no grad
             for v in compiled.inputs
@@ -417,6 +425,7 @@ class _Program:
         namespace = dict(self.namespace)
         namespace.update(
             isfinite=math.isfinite,
+            real_grad=_real_grad,
             forward_anomaly=self._forward_anomaly,
             backward_anomaly=self._backward_anomaly,
         )

@@ -311,6 +311,16 @@ def test_a_real_partial_of_another_type_is_converted():
     assert type(x.grad) is float and x.grad == 3.0
 
 
+def test_a_non_real_partial_in_a_compiled_backward_is_refused_naming_the_parameter():
+    engine = engine_with(*bad_derivative_ops(1j))
+    w = engine.value(1.0, label="w")
+    compiled = opgraph.compile(lambda x: engine.ops.bad1(w * x), 2.0, engine=engine)
+    compiled(2.0)
+    with pytest.raises(TypeError, match=r"the grad of Value 'w' must be a real number.*complex"):
+        compiled.backward()
+    assert w.grad == 0.0
+
+
 # ---------------------------------------------------------------------------------------------
 # B. backward(gradient=...)
 
