@@ -157,6 +157,29 @@ class Value:
         self._data, self._grad, self._label, self._a, self._b, self._more, self._opdef = state
         self._id = next(self._ids)
 
+    def __deepcopy__(self, memo: dict) -> Value:
+        # Without recursion (copy.deepcopy would recurse once per level of the graph and fail
+        # on a training loss): copy every ancestor not copied yet, in the order of the
+        # originals' ids, so the copies' fresh ids keep that order (and a backward pass over
+        # the copy adds up the grads in the same order, to the bit); `memo` keeps shared nodes
+        # shared.
+        todo: dict[int, Value] = {}
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            if id(node) not in memo and id(node) not in todo:
+                todo[id(node)] = node
+                stack.extend(node._prev)
+        for node in sorted(todo.values(), key=lambda v: v._id):
+            twin = object.__new__(type(node))
+            twin._data, twin._grad, twin._label = node._data, node._grad, node._label
+            twin._a, twin._b, twin._more = _split(tuple(memo[id(p)] for p in node._prev))
+            twin._opdef, twin._id = node._opdef, next(node._ids)
+            memo[id(node)] = twin
+        # As copy.deepcopy does: the memo keeps the originals alive, so their ids stay unique.
+        memo.setdefault(id(memo), []).extend(todo.values())
+        return memo[id(self)]
+
     # --- operators: each dispatches to the engine's op table ------------------------------
 
     def __add__(self, other):

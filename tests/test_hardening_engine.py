@@ -249,6 +249,20 @@ def test_unpickled_nodes_take_fresh_ids_parents_first():
     assert leaf.grad == 4 * 2.0**3 + 2 * 2.0  # d(x^4 + x^2)/dx
 
 
+def test_deepcopy_of_a_deep_graph_does_not_recurse_and_gives_the_same_gradients_to_the_bit():
+    w = Value(0.5, label="w")
+    chain = w
+    for k in range(3000):  # deeper than the recursion limit allows copy.deepcopy to go
+        chain = (chain * 0.999 + w * 1e-3).tanh() if k % 2 else chain * w + 0.1
+    memo: dict = {}
+    twin = copy.deepcopy(chain, memo)
+    chain.backward()
+    twin.backward()
+    w_twin = memo[id(w)]
+    assert w_twin is not w and w_twin.id > chain.id
+    assert w_twin.grad == w.grad and w.grad != 0.0
+
+
 def test_a_pickled_op_missing_from_the_loading_engine_is_a_clear_error():
     op = Op("cube", lambda a: a**3, lambda out, a: (3 * a * a,), plugin="gone")
     node = Value(2.0)  # a node as another process's plugin made it
