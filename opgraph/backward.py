@@ -14,11 +14,14 @@ Any other derivative, a third-party `add` included, is called as usual.
 from __future__ import annotations
 
 import math
+import threading
+from numbers import Real
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from .errors import AnomalyError, OpError, describe
 from .modes import ANOMALY, mode
+from .value import _number
 
 if TYPE_CHECKING:
     from .value import Value
@@ -63,18 +66,42 @@ def topological_order(root: Value) -> list[Value]:
     return sorted(seen, key=_by_id)
 
 
+# One backward pass at a time in the process. A pass first sets aside the grads its graph
+# holds and adds them back at the end (see backward()), so two passes that overlap on any node
+# (one graph from two threads, or two losses sharing parameters) would each read the other's
+# half-done grads. Uncontended, the lock costs well under a microsecond per pass.
+_one_pass = threading.RLock()
+
+
 def backward(root: Value, gradient: float = 1.0) -> None:
     """Add d root / d node, times `gradient`, to the grad of every node `root` depends on.
 
     Gradients accumulate across calls, as in micrograd. Each call propagates only its own
     contribution, so calling it twice on one graph gives exactly twice the gradients.
+    Passes from several threads run one after the other.
     """
+    if type(gradient) is not float:
+        gradient = seed_gradient(gradient)
+    with _one_pass:
+        _backward(root, gradient)
+
+
+def seed_gradient(gradient: object) -> float:
+    """backward's `gradient` as a float: any real number, and nothing else."""
+    if isinstance(gradient, Real):
+        return _number(gradient)
+    raise TypeError(
+        f"backward(gradient=...) must be a real number, got {type(gradient).__name__}: {gradient!r}"
+    )
+
+
+def _backward(root: Value, gradient: float) -> None:
     nodes = topological_order(root)
     # Propagate this pass alone from zero grads, then add back what was there before.
-    carried = [(node, node.grad) for node in nodes if node.grad]
+    carried = [(node, node._grad) for node in nodes if node._grad]
     for node, _ in carried:
-        node.grad = 0.0
-    root.grad = float(gradient)
+        node._grad = 0.0
+    root._grad = gradient
     tracer = root._tracer
     if tracer is not None:
         tracer.backward_begin(root)
@@ -85,12 +112,12 @@ def backward(root: Value, gradient: float = 1.0) -> None:
             _propagate(nodes, tracer)
     except BaseException:  # a failed pass adds nothing: put every grad back as it was
         for node in nodes:
-            node.grad = 0.0
+            node._grad = 0.0
         for node, grad in carried:
-            node.grad = grad
+            node._grad = grad
         raise
     for node, grad in carried:
-        node.grad += grad
+        node._grad += grad
     if tracer is not None:
         tracer.backward_end(root)
 
@@ -111,34 +138,57 @@ def _chain_rule(order: list[Value]) -> None:
     # The chain rule, node by node from the root down: each parent gets the op's local
     # derivative times the node's grad. add and mul are written out (a partial of 1 needs no
     # product: `1.0 * grad` is `grad` to the bit); other unary and binary ops, nearly all the
-    # rest, skip the general loop.
+    # rest, skip the general loop. A partial that is not a float goes through `real_partial`,
+    # which converts a real number and refuses anything else (a complex, None, a string).
     for node in order:
         op = node._opdef
         if op is None:  # a leaf
             continue
-        a, b, grad = node._a, node._b, node.grad
+        a, b, grad = node._a, node._b, node._grad
         derivative = op.derivative
         try:
             if derivative is add_derivative:
-                a.grad += grad
-                b.grad += grad
+                a._grad += grad
+                b._grad += grad
             elif derivative is mul_derivative:
-                a.grad += b.data * grad
-                b.grad += a.data * grad
+                a._grad += b._data * grad
+                b._grad += a._data * grad
             elif b is None:
-                (da,) = derivative(node.data, a.data)
-                a.grad += da * grad
+                (da,) = derivative(node._data, a._data)
+                if type(da) is not float:
+                    da = real_partial(da)
+                a._grad += da * grad
             elif node._more is None:
-                da, db = derivative(node.data, a.data, b.data)
-                a.grad += da * grad
-                b.grad += db * grad
+                da, db = derivative(node._data, a._data, b._data)
+                if type(da) is not float:
+                    da = real_partial(da)
+                if type(db) is not float:
+                    db = real_partial(db)
+                a._grad += da * grad
+                b._grad += db * grad
             else:
                 parents = node._prev
-                partials = derivative(node.data, *[p.data for p in parents])
+                partials = derivative(node._data, *[p._data for p in parents])
                 for parent, partial in zip(parents, partials, strict=True):
-                    parent.grad += partial * grad
+                    if type(partial) is not float:
+                        partial = real_partial(partial)
+                    parent._grad += partial * grad
         except Exception as exc:
             raise derivative_error(node, exc) from exc
+
+
+class NotRealError(TypeError):
+    """A derivative returned something other than a real number (turned into an OpError)."""
+
+
+def real_partial(partial: object) -> float:
+    """A partial derivative as a float, or NotRealError: a complex grad is never right."""
+    if isinstance(partial, Real):
+        return _number(partial)
+    raise NotRealError(
+        f"derivative returned a partial derivative {partial!r} of type "
+        f"{type(partial).__name__}; each one must be a real number"
+    )
 
 
 def _propagate_traced(nodes: list[Value], tracer) -> None:
@@ -165,18 +215,21 @@ def _propagate_checked(nodes: list[Value], tracer) -> None:
             continue
         parents = node._prev
         try:
-            partials = op.derivative(node.data, *[p.data for p in parents])
-            pairs = list(zip(parents, partials, strict=True))
+            partials = op.derivative(node._data, *[p._data for p in parents])
+            pairs = [
+                (parent, real_partial(partial) if type(partial) is not float else partial)
+                for parent, partial in zip(parents, partials, strict=True)
+            ]
         except Exception as exc:
             raise derivative_error(node, exc) from exc
         for parent, partial in pairs:
-            parent.grad += partial * node.grad
-            if not (math.isfinite(partial) and math.isfinite(parent.grad)):
+            parent._grad += partial * node._grad
+            if not (math.isfinite(partial) and math.isfinite(parent._grad)):
                 inputs = ", ".join(describe(p) for p in parents)
                 raise AnomalyError(
                     f"{op.described} at node "
                     f"{node.label or node._id!r} gave a non-finite gradient in backward: "
-                    f"partial {partial}, grad {parent.grad}, inputs ({inputs})"
+                    f"partial {partial}, grad {parent._grad}, inputs ({inputs})"
                 )
 
 
@@ -184,7 +237,9 @@ def derivative_error(node: Value, exc: Exception) -> OpError:
     op = node._opdef
     inputs = ", ".join(describe(p) for p in node._prev)
     message = str(exc)
-    if isinstance(exc, ValueError | TypeError) and ("zip()" in message or "unpack" in message):
+    if isinstance(exc, NotRealError):
+        problem = message
+    elif isinstance(exc, ValueError | TypeError) and ("zip()" in message or "unpack" in message):
         problem = f"derivative must return {len(node._prev)} partial derivative(s), one per input"
     else:
         problem = f"{type(exc).__name__}: {exc}"
@@ -195,4 +250,4 @@ def derivative_error(node: Value, exc: Exception) -> OpError:
 def zero_grad(root: Value) -> None:
     """Set the grad of every node `root` depends on to 0."""
     for node in topological_order(root):
-        node.grad = 0.0
+        node._grad = 0.0

@@ -28,12 +28,12 @@ from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import Any
 
-from .backward import add_derivative, mul_derivative, topological_order
+from .backward import _one_pass, add_derivative, mul_derivative, seed_gradient, topological_order
 from .engine import default_engine
 from .errors import AnomalyError, OpError, OpgraphError, describe
 from .modes import ANOMALY, enable_grad, mode
 from .registry import Op
-from .value import Value
+from .value import Value, _real
 
 __all__ = ["Compiled", "CompileError", "CompileWarning", "compile"]
 
@@ -124,7 +124,7 @@ def _fill(shape: Any, obj: Any, out: list[float], where: str) -> None:
 # Detecting reads of `.data` while recording
 
 
-_DATA_SLOT = Value.__dict__["data"]  # the slot descriptor that stores `data`
+_DATA_PROPERTY = Value.__dict__["data"]  # the property over the slot `_data`
 _recording_lock = threading.Lock()
 
 # Modules that read `.data` to run the graph itself, not to decide what graph to build.
@@ -148,16 +148,16 @@ class _DataReads:
         caller = sys._getframe(1)
         if not _is_engine_module(caller.f_globals.get("__name__", "")):
             self.reads.append((value, caller.f_code.co_filename, caller.f_lineno))
-        return _DATA_SLOT.__get__(value, type(value))
+        return value._data
 
     def __enter__(self) -> _DataReads:
         if not _recording_lock.acquire(blocking=False):
             raise CompileError("compile() is already recording a function: it cannot be nested")
-        Value.data = property(self._get, _DATA_SLOT.__set__)  # type: ignore[assignment]
+        Value.data = property(self._get, _DATA_PROPERTY.fset)  # type: ignore[assignment]
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        Value.data = _DATA_SLOT  # type: ignore[assignment]
+        Value.data = _DATA_PROPERTY  # type: ignore[assignment]
         _recording_lock.release()
 
 
@@ -268,9 +268,15 @@ class Compiled:
         The output is the first one `fn` returned. Gradients accumulate, as in eager mode;
         zero them (for example with `model.zero_grad()`) between steps.
         """
-        grads = self._program.backward(float(gradient))
+        with _one_pass:  # not alongside an eager pass that may share these parameters
+            grads = self._program.backward(seed_gradient(gradient))
         for i, g in enumerate(grads):
             self.input_grads[i] += g
+
+
+def _real_grad(parameter: Value, grad: Any) -> float:
+    """A replayed grad that is not a float, as a float, or the TypeError `.grad = ` raises."""
+    return _real(grad, parameter, "grad")
 
 
 def _outputs(result: Any, name: str) -> tuple[list[Value], bool]:
@@ -362,9 +368,9 @@ class _Program:
                 if id(node) in inputs:
                     emit(f"v{i} = x[{inputs[id(node)]}]")
                 elif id(node) in parameters:
-                    emit(f"v{i} = P{parameters[id(node)]}.data")
+                    emit(f"v{i} = P{parameters[id(node)]}._data")
                 else:  # a constant made while recording
-                    emit(f"v{i} = {_literal(node.data)}")
+                    emit(f"v{i} = {_literal(node._data)}")
                 continue
             call_op, args, _ = self._arguments(op, [index[id(p)] for p in node._prev])
             expression = _inline_forward(call_op, args)
@@ -403,7 +409,10 @@ class _Program:
                 has_grad.add(parent)
         for k, p in enumerate(compiled.parameters):
             if index[id(p)] in has_grad:
-                emit(f"    P{k}.grad += g{index[id(p)]}")
+                # `_grad` directly, with `.grad`'s check: a grad that is not a float (a
+                # plugin's complex partial) is converted or refused, naming the parameter.
+                g = f"g{index[id(p)]}"
+                emit(f"    P{k}._grad += {g} if type({g}) is float else real_grad(P{k}, {g})")
         grads = [
             f"g{index[id(v)]}" if index.get(id(v)) in has_grad else "0.0"  # unused: no grad
             for v in compiled.inputs
@@ -416,6 +425,7 @@ class _Program:
         namespace = dict(self.namespace)
         namespace.update(
             isfinite=math.isfinite,
+            real_grad=_real_grad,
             forward_anomaly=self._forward_anomaly,
             backward_anomaly=self._backward_anomaly,
         )

@@ -75,6 +75,18 @@ class Op:
             )
         return f"op {self.name!r}{fixed} (plugin {self.plugin!r})"
 
+    # An op is pickled by name: a pickled graph is loaded with the ops of the default engine
+    # of the loading process (plugin functions are often lambdas, which pickle cannot store).
+    # Copies share the op: it is immutable.
+    def __reduce__(self):
+        return (_registered_op, (self.name, self.plugin, self.constants))
+
+    def __copy__(self) -> Op:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Op:
+        return self
+
 
 @dataclass(frozen=True)
 class Composite:
@@ -116,6 +128,23 @@ _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_O
 
 
 AnyOp = Op | Composite
+
+
+def _registered_op(name: str, plugin: str, constants: tuple[tuple[int, float], ...]) -> Op:
+    """The op `name` of `plugin` in the default engine: how a pickled node finds its op."""
+    from .engine import default_engine
+
+    op = default_engine().ops.definitions.get(name)
+    if not isinstance(op, Op) or op.plugin != plugin:
+        now = f"plugin {op.plugin!r} registers it" if op is not None else "no plugin registers it"
+        raise PluginError(
+            f"cannot load a pickled Value made by op {name!r} of plugin {plugin!r}: in the "
+            f"default engine of this process {now}",
+            plugin=plugin,
+            op=name,
+        )
+    return with_constants(op, constants) if constants else op
+
 
 # Names an op may not take: they would shadow an attribute of Value. The unary built-ins that
 # Value has as methods (v.exp(), v.tanh() ...) dispatch to the op table, so they are allowed.
@@ -279,8 +308,8 @@ def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]
         if type(x) is float or type(x) is int:
             # A constant leaf (the 2 of `2 * x`), built in place as the op functions do.
             node = new(cls)
-            node.data = x if type(x) is float else _float_of_int(x)
-            node.grad, node._label = 0.0, ""
+            node._data = x if type(x) is float else _float_of_int(x)
+            node._grad, node._label = 0.0, ""
             node._a = node._b = node._more = node._opdef = None
             node._id = next_id()
             if tracer is not None:
@@ -312,7 +341,7 @@ def _float_of_int(x: int) -> float:
 
 def _as_float(op: AnyOp, out: Any) -> float:
     if isinstance(out, Real):
-        return float(out)
+        return _number(out)  # a float even for an int beyond the largest float
     raise OpError(
         f"{op.described}: forward returned {out!r} of type "
         f"{type(out).__name__}; it must return a real number"
@@ -354,7 +383,7 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
             if type(a) is not cls:
                 a = to_value(a)
             try:
-                out = forward(a.data)
+                out = forward(a._data)
             except Exception as exc:
                 raise forward_error(op, (a,), exc) from exc
             if type(out) is not float:
@@ -362,7 +391,7 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
             if get_mode() or engine_flags:
                 return _checked(op, cls, out, (a,), get_mode() | engine_flags)
             node = new(cls)
-            node.data, node.grad, node._label = out, 0.0, ""
+            node._data, node._grad, node._label = out, 0.0, ""
             node._a, node._b, node._more = a, None, None
             node._opdef, node._id = op, next_id()
             if tracer is not None:
@@ -379,7 +408,7 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
             if type(b) is not cls:
                 b = to_value(b)
             try:
-                out = forward(a.data, b.data)
+                out = forward(a._data, b._data)
             except Exception as exc:
                 raise forward_error(op, (a, b), exc) from exc
             if type(out) is not float:
@@ -387,7 +416,7 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
             if get_mode() or engine_flags:
                 return _checked(op, cls, out, (a, b), get_mode() | engine_flags)
             node = new(cls)
-            node.data, node.grad, node._label = out, 0.0, ""
+            node._data, node._grad, node._label = out, 0.0, ""
             node._a, node._b, node._more = a, b, None
             node._opdef, node._id = op, next_id()
             if tracer is not None:
@@ -401,7 +430,7 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
             raise TypeError(f"op {op.name!r} takes {op.arity} operands, got {len(operands)}")
         parents = tuple(x if type(x) is cls else to_value(x) for x in operands)
         try:
-            out = forward(*[p.data for p in parents])
+            out = forward(*[p._data for p in parents])
         except Exception as exc:
             raise forward_error(op, parents, exc) from exc
         if type(out) is not float:

@@ -112,14 +112,14 @@ class Tracer:
             # or input unchanged since), or a node made while traced: nothing to say.
             known, since = self._known, self._since
             if a._opdef is None:
-                if known.get(a._id, _MISSING) is not a.data:
+                if known.get(a._id, _MISSING) is not a._data:
                     self._check_parent(a)
             elif a._id < since:
                 self._check_parent(a)
             b = node._b
             if b is not None:
                 if b._opdef is None:
-                    if known.get(b._id, _MISSING) is not b.data:
+                    if known.get(b._id, _MISSING) is not b._data:
                         self._check_parent(b)
                 elif b._id < since:
                     self._check_parent(b)
@@ -127,7 +127,7 @@ class Tracer:
                     for parent in node._more:
                         self._check_parent(parent)
         else:  # a leaf: remember its data (even if the event is lost: it would be again)
-            self._known[id_] = node.data
+            self._known[id_] = node._data
             if len(self._known) > self.max_known:
                 self._forget()
         buffer = self.buffer
@@ -136,13 +136,13 @@ class Tracer:
             return
         # The node itself: its id, op and parents never change, so they are read when the
         # event is drained; data and label are taken now.
-        buffer.extend((FORWARD, perf_counter_ns(), node, node.data, node._label))
+        buffer.extend((FORWARD, perf_counter_ns(), node, node._data, node._label))
 
     def _check_parent(self, parent: Value) -> None:
         """Announce a parent the viewers do not know, or its data if that changed."""
         if parent._opdef is None:  # a leaf: new to the viewers, or changed data?
             data = self._known.get(parent._id, _MISSING)
-            if data is not parent.data:  # the same float object: unchanged (usual)
+            if data is not parent._data:  # the same float object: unchanged (usual)
                 self._check(parent, data)
         elif parent._id < self._since and not self._is_known(parent):
             self._announce(parent)  # made before tracing started
@@ -165,7 +165,7 @@ class Tracer:
         if self.pending() >= self.max_buffer:
             self.lost += 1
             return
-        self.buffer.extend((BACKWARD, perf_counter_ns(), node._id, node.grad, None))
+        self.buffer.extend((BACKWARD, perf_counter_ns(), node._id, node._grad, None))
 
     def backward_steps(self, nodes: list[Value]) -> None:
         """The backward steps of `nodes` have run, in this order (a chunk of a pass).
@@ -181,7 +181,7 @@ class Tracer:
             self.lost += count
             return
         ids = [node._id for node in nodes]
-        grads = [node.grad for node in nodes]
+        grads = [node._grad for node in nodes]
         self._extra_in += count - 1
         self.buffer.extend((BACKWARD_STEPS, perf_counter_ns(), ids, grads, None))
 
@@ -207,19 +207,19 @@ class Tracer:
             announced = self._known.get(value._id, _MISSING)
             if announced is _MISSING and self._is_known(value):
                 # made while traced but not remembered (not a leaf): send its data anyway
-                self._known[value._id] = value.data
-                self._emit((DATA, perf_counter_ns(), value._id, value.data, None))
+                self._known[value._id] = value._data
+                self._emit((DATA, perf_counter_ns(), value._id, value._data, None))
             else:
                 self._check(value, announced)
 
     def _check(self, node: Value, announced: Any) -> None:
         if announced is _MISSING:
             self._announce(node)
-        elif not _same(announced, node.data):
-            self._known[node._id] = node.data
-            self._emit((DATA, perf_counter_ns(), node._id, node.data, None))
+        elif not _same(announced, node._data):
+            self._known[node._id] = node._data
+            self._emit((DATA, perf_counter_ns(), node._id, node._data, None))
         else:
-            self._known[node._id] = node.data  # equal value, new object: remember this one
+            self._known[node._id] = node._data  # equal value, new object: remember this one
 
     def _announce(self, node: Value) -> None:
         """Send `forward` for a node the viewers never saw, and for its unseen ancestors.
@@ -238,8 +238,8 @@ class Tracer:
             self._forward_one(each)
 
     def _forward_one(self, node: Value) -> None:
-        self._known[node._id] = node.data
-        self._emit((FORWARD, perf_counter_ns(), node, node.data, node._label))
+        self._known[node._id] = node._data
+        self._emit((FORWARD, perf_counter_ns(), node, node._data, node._label))
 
     def _forget(self) -> None:
         """Forget the oldest quarter of announced nodes, to keep memory bounded.

@@ -11,6 +11,12 @@ and second operand (None when there is none), and `_more`, a tuple of any furthe
 (None for the unary and binary ops that make almost every node). A tuple per node would be a
 second object for the garbage collector to walk and 56 more bytes; `_prev` (micrograd's
 name) and `parents` give the parents as an ordered tuple.
+
+`data` and `grad` are always Python floats. They live in the slots `_data` and `_grad`, which
+the engine itself reads and writes (ops, backward, compile, the tracer); the public `data` and
+`grad` are properties whose setters turn any real number (an int, a bool, a Fraction, a numpy
+scalar) into a float and refuse anything else, so that `p.data -= np.float32(lr) * p.grad`
+cannot leave a numpy scalar in the graph.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ class _DefaultOps:
 class Value:
     """A scalar in the computation graph, a drop-in for micrograd's `Value`."""
 
-    __slots__ = ("data", "grad", "_label", "_a", "_b", "_more", "_opdef", "_id", "__weakref__")
+    __slots__ = ("_data", "_grad", "_label", "_a", "_b", "_more", "_opdef", "_id", "__weakref__")
 
     # Set per engine on its own Value class (the default engine uses this class itself).
     _ops: OpTable = _DefaultOps()  # type: ignore[assignment]
@@ -66,8 +72,8 @@ class Value:
     def __init__(self, data: float, label: str = "", _prev: tuple = (), _op: Op | None = None):
         if type(data) is not float:
             data = _number(data)
-        self.data = data
-        self.grad = 0.0
+        self._data = data
+        self._grad = 0.0
         if type(label) is not str:
             raise _label_error(label)
         self._label = label
@@ -78,6 +84,24 @@ class Value:
             self._tracer.forward(self)
 
     # --- what the node is -----------------------------------------------------------------
+
+    @property
+    def data(self) -> float:
+        """The node's number, always a float."""
+        return self._data
+
+    @data.setter
+    def data(self, data: float) -> None:
+        self._data = data if type(data) is float else _real(data, self, "data")
+
+    @property
+    def grad(self) -> float:
+        """d (the output backward started from) / d self, always a float."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, grad: float) -> None:
+        self._grad = grad if type(grad) is float else _real(grad, self, "grad")
 
     @property
     def label(self) -> str:
@@ -133,7 +157,42 @@ class Value:
 
     def __repr__(self) -> str:
         label = f", label={self._label!r}" if self._label else ""
-        return f"Value(data={self.data}, grad={self.grad}{label})"
+        return f"Value(data={self._data}, grad={self._grad}{label})"
+
+    # --- pickling and copying -------------------------------------------------------------
+
+    def __getstate__(self) -> tuple:
+        return (self._data, self._grad, self._label, self._a, self._b, self._more, self._opdef)
+
+    def __setstate__(self, state: tuple) -> None:
+        # An unpickled or copied node takes a fresh id: backward orders nodes by id, and the
+        # ids of another process (or of the original) would clash with this one's. Pickle and
+        # copy restore the parents before their children, so the fresh ids keep that order.
+        self._data, self._grad, self._label, self._a, self._b, self._more, self._opdef = state
+        self._id = next(self._ids)
+
+    def __deepcopy__(self, memo: dict) -> Value:
+        # Without recursion (copy.deepcopy would recurse once per level of the graph and fail
+        # on a training loss): copy every ancestor not copied yet, in the order of the
+        # originals' ids, so the copies' fresh ids keep that order (and a backward pass over
+        # the copy adds up the grads in the same order, to the bit); `memo` keeps shared nodes
+        # shared.
+        todo: dict[int, Value] = {}
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            if id(node) not in memo and id(node) not in todo:
+                todo[id(node)] = node
+                stack.extend(node._prev)
+        for node in sorted(todo.values(), key=lambda v: v._id):
+            twin = object.__new__(type(node))
+            twin._data, twin._grad, twin._label = node._data, node._grad, node._label
+            twin._a, twin._b, twin._more = _split(tuple(memo[id(p)] for p in node._prev))
+            twin._opdef, twin._id = node._opdef, next(node._ids)
+            memo[id(node)] = twin
+        # As copy.deepcopy does: the memo keeps the originals alive, so their ids stay unique.
+        memo.setdefault(id(memo), []).extend(todo.values())
+        return memo[id(self)]
 
     # --- operators: each dispatches to the engine's op table ------------------------------
 
@@ -354,6 +413,17 @@ def _number(data: Any) -> float:
             f"(got Value with data {data.data!r})"
         )
     raise TypeError(f"a Value's data must be a real number, got {type(data).__name__}: {data!r}")
+
+
+def _real(x: Any, node: Value, attribute: str) -> float:
+    """`x` as a float for `node.data` or `node.grad`, or a TypeError naming the node."""
+    if isinstance(x, Real):
+        return _number(x)
+    name = f"{node._label!r}" if node._label else f"#{node._id}"
+    raise TypeError(
+        f"the {attribute} of Value {name} must be a real number (a float, an int, a numpy "
+        f"scalar ...), got {type(x).__name__}: {x!r}"
+    )
 
 
 def _label_error(label: Any) -> TypeError:
