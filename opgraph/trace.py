@@ -411,8 +411,9 @@ def from_environment(engine: Engine) -> Any:
 
     `OPGRAPH_TRACE=1` serves the trace on port 8765 (OPGRAPH_TRACE_PORT chooses another; 0 a
     free one) and prints the viewer's URL; `OPGRAPH_TRACE=ws://host:port` publishes to a hub
-    started with `opgraph serve`. OPGRAPH_TRACE_RECORD=path also records the served trace.
-    Errors are reported on stderr and leave the program running untraced.
+    started with `opgraph serve` (connecting in the background: see `Publisher`).
+    OPGRAPH_TRACE_RECORD=path also records the served trace. Errors are reported on stderr,
+    tokens hidden, and leave the program running untraced.
     """
     setting = os.environ.get("OPGRAPH_TRACE", "").strip()
     if setting in ("", "0", "false", "no", "off"):

@@ -44,7 +44,7 @@ SEND_TIMEOUT = 4.0  # for the hub to take a frame (its buffers full: it stopped 
 PING_INTERVAL = 1.0  # a ping this often, even when idle...
 PING_TIMEOUT = 4.0  # ...that the hub must answer within this
 CLOSE_TIMEOUT = 0.5  # for the hub to answer a close
-EXIT_TIMEOUT = 1.0  # the longest the program's exit waits for the last events
+EXIT_TIMEOUT = 0.75  # the longest the program's exit waits for the last events
 RETRY_MAX = 2.0  # the longest pause between attempts to reconnect
 MAX_PENDING = 200_000  # events waiting to be sent; past it they are dropped and counted
 
@@ -112,13 +112,12 @@ class Publisher:
         return self
 
     def wait_connected(self, timeout: float) -> bool:
-        """Wait until the publisher is connected (True) or gave up or `timeout` passed."""
+        """Wait until the publisher is connected (True), gave up, or `timeout` passed."""
         end = perf_counter_ns() + int(timeout * 1e9)
-        while not self._connected.is_set() and not self._done.is_set():
-            if perf_counter_ns() > end:
+        while not self._connected.wait(0.01):
+            if self._done.is_set() or perf_counter_ns() > end:
                 return False
-            self._connected.wait(0.01)
-        return self._connected.is_set()
+        return True
 
     def close(self, timeout: float = EXIT_TIMEOUT) -> None:
         """Stop tracing, send what is buffered, and close the connection; waits at most
@@ -128,7 +127,8 @@ class Publisher:
         self._poke()
         if self._done.wait(timeout):
             if self.dropped and self.error is None:
-                self._say(f"{self.sent} events sent, {self.dropped} dropped")
+                away = "" if self._connected.is_set() else f" (at exit: {self.waiting_on})"
+                self._say(f"{self.sent} events sent, {self.dropped} dropped{away}")
             return
         self._quiet = True
         unsent = sum(map(event_count, records(self.tracer.drain())))

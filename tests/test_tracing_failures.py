@@ -317,11 +317,12 @@ def test_a_frozen_hub_is_noticed_soon_with_bounded_memory_and_a_prompt_exit(hub_
         report, exit_delay = script.stop()
     finally:
         script.kill()
-    assert exit_delay < EXIT_TIMEOUT + 0.5, f"exit took {exit_delay:.2f} s"
+    assert exit_delay < 1.5, f"exit took {exit_delay:.2f} s"
     assert report["cap"] == MAX_PENDING and report["most_pending"] <= report["cap"]
     # what it had not sent at exit was either taken by the kernel's buffers, or is counted
     last = script.lines["err"][-1][1]
-    assert re.search(r"(gave up waiting at exit after 1 s, while .*: )?\d+ events sent", last)
+    gave_up = f"gave up waiting at exit after {EXIT_TIMEOUT:g} s, while .*: "
+    assert re.search(rf"({gave_up})?\d+ events sent", last), last
 
 
 def test_a_hub_that_never_answers_blocks_nothing_and_is_named():
@@ -339,7 +340,7 @@ def test_a_hub_that_never_answers_blocks_nothing_and_is_named():
         assert report["first_op"] < 0.5  # not blocked on connecting
         assert f"{url}/publish" in message and "no answer within 3 s" in message
         assert message.endswith("tracing is off")
-        assert exit_delay < 0.5  # nothing left to send
+        assert exit_delay < 1.0  # nothing left to send
 
         # a script shorter than it: its exit waits about a second, and says what it was doing
         script = Script(TRAINER, script_env(OPGRAPH_TRACE=url))
@@ -348,10 +349,10 @@ def test_a_hub_that_never_answers_blocks_nothing_and_is_named():
             report, exit_delay = script.stop()
         finally:
             script.kill()
-        assert exit_delay < EXIT_TIMEOUT + 0.5, f"exit took {exit_delay:.2f} s"
+        assert exit_delay < 1.5, f"exit took {exit_delay:.2f} s"
         assert re.search(
-            r"gave up waiting at exit after 1 s, while connecting to the hub \(no answer yet\): "
-            r"0 events sent, \d+ not",
+            rf"gave up waiting at exit after {EXIT_TIMEOUT:g} s, while connecting to the hub "
+            r"\(no answer yet\): 0 events sent, \d+ not",
             script.err(),
         )
     finally:
