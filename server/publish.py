@@ -95,6 +95,7 @@ class Publisher:
         self._seq = 0
         self._closing = False
         self._quiet = False  # close() gave up waiting: the thread says nothing more
+        self._said_slow = False  # the first overflow of the buffer is reported
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = threading.Event()
@@ -178,10 +179,12 @@ class Publisher:
             return
         while ws is not None:
             problem = await self._publish_on(ws)
-            if problem is None or self._closing:
+            if problem is None:
                 return
             self._pause()
             self.waiting_on = f"reconnecting (the hub was lost: {problem})"
+            if self._closing:  # close() counts what was lost and says why
+                return
             if not self._quiet:
                 self._say(f"lost the hub: {problem}; tracing paused, reconnecting")
             ws = await self._reconnect()
@@ -278,14 +281,15 @@ class Publisher:
         parts = []
         lost = self.tracer.take_lost()
         if lost:  # the buffer was full: tell the hub, and announce nodes again when used
-            if not self.dropped:
+            if not self._said_slow:
+                self._said_slow = True
                 self._say(
                     f"the program makes events faster than they reach the hub: more than "
                     f"{self.tracer.max_buffer} waiting, {lost} dropped so far (the total "
                     f"follows at exit); nodes are announced again when used"
                 )
-            self.dropped += lost
             self.tracer.forget_all()
+            self.dropped += lost
             parts.append(pack({"type": "dropped", "count": lost}))
         events = self.tracer.drain(BATCH)
         if not events:
@@ -294,13 +298,14 @@ class Publisher:
             maps = event_maps(records(events), self._seq + 1, t0)
             parts += [pack(event) for event in maps]
         except Exception as exc:  # never stop publishing: drop this batch, start over
-            self._failed(exc, events)
-            return b"".join(parts[:1])
+            parts.append(pack({"type": "dropped", "count": self._failed(exc, events)}))
+            return b"".join(parts)
         self._seq += len(maps)
         self.sent += len(maps)
         return b"".join(parts)
 
-    def _failed(self, exc: Exception, events: list) -> None:
+    def _failed(self, exc: Exception, events: list) -> int:
+        """Count a batch lost to an error (said once); returns how many events it held."""
         count = sum(map(event_count, records(events)))
         self.dropped += count
         self.failures += 1
@@ -310,6 +315,7 @@ class Publisher:
                 f"packing events failed ({describe(exc)}); {count} events dropped, nodes "
                 f"are announced again when used (later failures are only counted)"
             )
+        return count
 
     def _pause(self) -> None:
         """The hub is away: trace nothing until it is back (what was buffered is dropped)."""
@@ -339,6 +345,8 @@ class Publisher:
             self.tracer.forget_all()
             self.dropped += sum(map(event_count, records(self.tracer.drain())))
             self.tracer.attach()
+            if self._closing:  # closed meanwhile: stay detached
+                self.tracer.detach()
             self._say("publishing again")
             return ws
         return None

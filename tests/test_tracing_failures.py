@@ -182,6 +182,40 @@ def test_a_failing_publisher_batch_is_reported_once_and_the_run_goes_on(monkeypa
     assert out["op"] == "tanh" and w["label"] == "w" and w["data"] == 0.5
 
 
+def test_a_publisher_that_falls_behind_drops_counts_and_keeps_the_graph_whole(capfd):
+    engine = Engine(name="burst", entry_points=False)
+    with TraceServer(engine_name="hub", ops={}, port=0, accept_publishers=True).start() as hub:
+
+        async def main():
+            reader = await th.connect_reader(hub.ws_url)
+            got = await reader.until(lambda e: e["type"] == "snapshot_end")
+            publisher = Publisher(engine, hub.publish_url, max_pending=50).start()
+            try:
+                w = engine.value(0.5, label="w")
+                await asyncio.to_thread(publisher.wait_connected, th.TIMEOUT)
+                burst = [w * float(i) for i in range(5000)]  # far more than 50 at once
+                while not publisher.dropped or publisher.tracer.pending():
+                    await asyncio.sleep(0.01)
+                last = burst[-1] + 1.0  # burst[-1] was dropped: announced again
+                last.label = "last"
+                got += await reader.until(lambda e: e.get("label") == "last")
+            finally:
+                await asyncio.to_thread(publisher.close)
+            await reader.ws.close()
+            return got, publisher
+
+        got, publisher = asyncio.run(asyncio.wait_for(main(), th.TIMEOUT))
+    err = capfd.readouterr().err
+    assert err.count("the program makes events faster than they reach the hub") == 1, err
+    assert publisher.tracer.pending() == 0 and 0 < publisher.dropped < 10_000
+    assert f"events sent, {publisher.dropped} dropped" in err  # the total, at close
+    graph = th.graph_of(got)
+    (last,) = [n for n in graph.values() if n["label"] == "last"]
+    made_by = graph[last["parents"][0]]
+    assert made_by["op"] == "mul" and made_by["data"] == 0.5 * 4999
+    assert graph[made_by["parents"][0]]["label"] == "w"
+
+
 # --- a frozen or silent hub -------------------------------------------------------------------
 
 # A script that trains until told to stop on stdin, reporting the tracer's waiting events.
