@@ -435,3 +435,20 @@ def test_a_bad_opgraph_trace_setting_is_named_without_its_token():
     assert result.returncode == 0 and "6.0" in result.stdout
     assert "tracing is off" in result.stderr and "token=***" in result.stderr
     assert "t0p-s3cret" not in result.stderr
+
+
+def test_opgraph_watch_names_the_server_without_its_token():
+    with socket.socket() as probe:  # a port nobody listens on: bound, then freed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/?token=w4tch-s3cret"
+    watcher = subprocess.run(
+        [sys.executable, "-m", "opgraph", "watch", url, "--no-reconnect"],
+        capture_output=True,
+        text=True,
+        timeout=th.TIMEOUT,
+    )
+    assert watcher.returncode == 1
+    assert f"watching ws://127.0.0.1:{port}/ws?token=***" in watcher.stdout
+    assert "cannot connect to" in watcher.stderr and "token=***" in watcher.stderr
+    assert "w4tch-s3cret" not in watcher.stdout + watcher.stderr
