@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -312,6 +313,17 @@ def event_count(item: tuple) -> int:
     return len(item[2]) if item[0] == BACKWARD_STEPS else 1
 
 
+def plain_number(x: Any) -> float | int:
+    """`x` as a number msgpack can pack: a float or an int stays, anything else (a numpy
+    float32 or int64 a program assigned to `.data`) becomes a float, and nan if it cannot."""
+    if type(x) is float or type(x) is int:
+        return x
+    try:
+        return float(x)
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+
+
 def event_maps(items: Iterable[tuple], first_seq: int, t0: int) -> list[dict[str, Any]]:
     """The protocol maps of buffered items, numbered from `first_seq`."""
     maps, seq = [], first_seq
@@ -319,6 +331,8 @@ def event_maps(items: Iterable[tuple], first_seq: int, t0: int) -> list[dict[str
         if item[0] == BACKWARD_STEPS:
             t = (item[1] - t0) // 1000
             for id_, grad in zip(item[2], item[3], strict=True):
+                if type(grad) is not float:
+                    grad = plain_number(grad)
                 maps.append({"type": "backward", "seq": seq, "id": id_, "grad": grad, "t": t})
                 seq += 1
         else:
@@ -336,18 +350,19 @@ def event_map(event: tuple, seq: int, t0: int) -> dict[str, Any]:
         op = node._opdef
         parents = [p._id for p in node._prev]
         out = {"type": "forward", "seq": seq, "id": node._id, "op": op and op.name}
-        out.update(parents=parents, data=data, label=label, t=t)
+        out.update(parents=parents, data=plain_number(data), label=label, t=t)
         if op is not None and op.constants:
             out["const"] = [value for _, value in op.constants]
         return out
     if kind == BACKWARD:
-        return {"type": "backward", "seq": seq, "id": event[2], "grad": event[3], "t": t}
+        grad = plain_number(event[3])
+        return {"type": "backward", "seq": seq, "id": event[2], "grad": grad, "t": t}
     if kind == BACKWARD_BEGIN:
         return {"type": "backward_begin", "seq": seq, "root": event[2], "pass": event[3], "t": t}
     if kind == BACKWARD_END:
         return {"type": "backward_end", "seq": seq, "root": event[2], "pass": event[3], "t": t}
     if kind == DATA:
-        return {"type": "data", "seq": seq, "id": event[2], "data": event[3], "t": t}
+        return {"type": "data", "seq": seq, "id": event[2], "data": plain_number(event[3]), "t": t}
     return {"type": "label", "seq": seq, "id": event[2], "label": event[3], "t": t}
 
 
@@ -362,6 +377,15 @@ def touch(values: Iterable[Value]) -> None:
         tracer = value._tracer
         if tracer is not None:
             tracer.touch([value])
+
+
+_TOKEN = re.compile(r"(token=)[^&#\s'\":;,)\]]+")
+
+
+def redact(text: str) -> str:
+    """`text` with the value of every `token=` in it replaced by `***`: what opgraph prints
+    about a hub URL (messages, errors) must not hand its token to whoever reads the logs."""
+    return _TOKEN.sub(r"\1***", text)
 
 
 # --- starting a trace -----------------------------------------------------------------------
@@ -387,8 +411,9 @@ def from_environment(engine: Engine) -> Any:
 
     `OPGRAPH_TRACE=1` serves the trace on port 8765 (OPGRAPH_TRACE_PORT chooses another; 0 a
     free one) and prints the viewer's URL; `OPGRAPH_TRACE=ws://host:port` publishes to a hub
-    started with `opgraph serve`. OPGRAPH_TRACE_RECORD=path also records the served trace.
-    Errors are reported on stderr and leave the program running untraced.
+    started with `opgraph serve` (connecting in the background: see `Publisher`).
+    OPGRAPH_TRACE_RECORD=path also records the served trace. Errors are reported on stderr,
+    tokens hidden, and leave the program running untraced.
     """
     setting = os.environ.get("OPGRAPH_TRACE", "").strip()
     if setting in ("", "0", "false", "no", "off"):
@@ -411,5 +436,5 @@ def from_environment(engine: Engine) -> Any:
 
         return serve_engine(engine, port=port, record=record, at_exit=True, announce=True)
     except Exception as exc:  # tracing must never stop the program
-        print(f"opgraph: OPGRAPH_TRACE: tracing is off: {exc}", file=sys.stderr)
+        print(redact(f"opgraph: OPGRAPH_TRACE: tracing is off: {exc}"), file=sys.stderr)
         return None

@@ -302,13 +302,15 @@ async def watch(
 
 
 def run(args) -> int:
+    from opgraph.trace import redact  # (the URL's token stays out of logs)
+
     url = stream_url(args.url)
-    print(f"watching {url}", flush=True)
+    print(f"watching {redact(url)}", flush=True)
     try:
         asyncio.run(watch(url, args.interval, args.duration, not args.no_reconnect))
     except (OSError, websockets.InvalidHandshake) as exc:
         print(
-            f"opgraph watch: cannot connect to {url}: {connection_problem(exc)}",
+            redact(f"opgraph watch: cannot connect to {url}: {connection_problem(exc)}"),
             file=sys.stderr,
         )
         return 1

@@ -20,9 +20,11 @@ MAX_OPS = 4096  # entries of a hello's (or a run's) `ops` map
 MAX_PARENTS = 65_536  # operands of one node
 MAX_CONST = 1024  # constants of one node
 
-# The live kinds a publisher may send; a recording also holds the hub's `run` markers.
-PUBLISHED_KINDS = ("forward", "data", "label", "backward_begin", "backward", "backward_end")
-RECORDED_KINDS = (*PUBLISHED_KINDS, "run")
+# The live kinds a publisher may send (`dropped`: events it made but could not send); a
+# recording holds the live kinds and the hub's `run` markers.
+LIVE_KINDS = ("forward", "data", "label", "backward_begin", "backward", "backward_end")
+PUBLISHED_KINDS = (*LIVE_KINDS, "dropped")
+RECORDED_KINDS = (*LIVE_KINDS, "run")
 
 
 class InvalidEvent(ValueError):
@@ -137,6 +139,7 @@ _KINDS: dict[str, tuple[dict, dict]] = {
     "backward": ({"id": _int, "grad": _real}, {}),
     "backward_begin": ({"root": _int, "pass": _pass}, {}),
     "backward_end": ({"root": _int, "pass": _pass}, {}),
+    "dropped": ({"count": _int}, {}),
     "run": ({"state": _state, "source": _source}, {"engine": _name, "ops": _ops}),
 }
 _EVERY_KIND = {"seq": _int, "t": _int}  # optional in every live map

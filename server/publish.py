@@ -4,6 +4,11 @@ A script run with `OPGRAPH_TRACE=ws://127.0.0.1:8765` sends its events to the hu
 `/publish` path (`Publisher`, on a background thread, never blocking the engine); the hub
 renumbers each run's ids and seqs into its own stream (`receive_run`), so viewers stay
 connected across many short runs and see their nodes side by side.
+
+A publisher never stops silently and never holds the program up: it connects in the
+background, notices a hub that stops answering within a few seconds (deadlines below),
+keeps at most `max_pending` events waiting, and waits at most EXIT_TIMEOUT at exit. Every
+message it prints names the hub (with its token redacted) and why.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgpack
 import websockets
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from opgraph.trace import Tracer, event_count, event_maps, records
+from opgraph.trace import Tracer, event_count, event_maps, plain_number, records, redact
 
 from .events import MAX_INT, InvalidEvent, check_event, check_hello, close_reason
 from .hub import Hub
@@ -32,96 +37,181 @@ if TYPE_CHECKING:
     from opgraph.engine import Engine
 
 SUBPROTOCOL = "opgraph.v1"
-SEND_INTERVAL = 0.01
-BATCH = 20_000
+SEND_INTERVAL = 0.01  # seconds between looks at an empty buffer
+BATCH = 20_000  # events per frame
+# Deadlines (seconds). A hub that answers none of them is frozen, cut off, or not a hub.
+CONNECT_TIMEOUT = 3.0  # TCP connection and websocket handshake
+SEND_TIMEOUT = 4.0  # for the hub to take a frame (its buffers full: it stopped reading)
+PING_INTERVAL = 1.0  # a ping this often, even when idle...
+PING_TIMEOUT = 4.0  # ...that the hub must answer within this
+CLOSE_TIMEOUT = 0.5  # for the hub to answer a close
+EXIT_TIMEOUT = 0.75  # the longest the program's exit waits for the last events
+RETRY_MAX = 2.0  # the longest pause between attempts to reconnect
+MAX_PENDING = 200_000  # events waiting to be sent; past it they are dropped and counted
 
 
 def publish_url(url: str) -> str:
     """The hub's `/publish` URL for a hub address such as `ws://127.0.0.1:8765`."""
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.netloc:
-        raise ValueError(f"a hub URL looks like ws://127.0.0.1:8765, got {url!r}")
+        raise ValueError(f"a hub URL looks like ws://127.0.0.1:8765, got {redact(repr(url))}")
     path = parts.path if parts.path not in ("", "/") else "/publish"
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+class HubProblem(Exception):
+    """Why the hub cannot be published to (a sentence, never empty)."""
 
 
 class Publisher:
     """Sends one engine's trace to a hub from a background thread.
 
-    If the hub cannot be reached at the start, the publisher says so on stderr and stops
-    tracing. If the connection breaks later, it reconnects (events made meanwhile are
-    dropped) and continues as a new run. The engine never waits.
+    `start()` returns at once; the connection is made in the background and events made
+    meanwhile wait in the tracer's buffer (at most `max_pending`; beyond, they are dropped
+    and counted). If the first connection fails, the publisher says why on stderr and tracing
+    is off. If the hub goes away or stops answering later, it says why, pauses tracing (events
+    are dropped) and reconnects in the background; it then continues as a new run, whose
+    nodes are announced again when the program uses them. The engine never waits.
     """
 
-    def __init__(self, engine: Engine, url: str, *, connect_timeout: float = 5.0):
+    def __init__(
+        self,
+        engine: Engine,
+        url: str,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        max_pending: int = MAX_PENDING,
+    ):
         self.engine = engine
         self.url = publish_url(url)
-        self.tracer = Tracer(engine)
+        self.shown_url = redact(self.url)  # the URL as messages print it
+        self.tracer = Tracer(engine, max_buffer=max_pending)
         self.connect_timeout = connect_timeout
         self.sent = 0
-        self.dropped = 0  # events made while the hub was away
+        self.dropped = 0  # events made but never sent (hub away, too slow, or an error)
         self.connections = 0  # how many times it connected (reconnections included)
-        self.error: str | None = None
+        self.failures = 0  # batches lost to an error while packing (reported once)
+        self.error: str | None = None  # why publishing stopped for good
+        self.waiting_on = "connecting to the hub"  # what it waits for now (for messages)
         self._seq = 0
         self._closing = False
-        self._ready = threading.Event()
+        self._quiet = False  # close() gave up waiting: the thread says nothing more
+        self._said_slow = False  # the first overflow of the buffer is reported
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = threading.Event()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="opgraph-publisher", daemon=True)
 
+    # --- the program's side ---------------------------------------------------------------
+
     def start(self) -> Publisher:
+        """Start tracing and connecting (in the background); returns at once."""
         if self.engine.tracer is not None:
             raise RuntimeError(f"engine {self.engine.name!r} is already traced")
         self.tracer.attach()
         self._thread.start()
-        self._ready.wait(self.connect_timeout + 1)
-        if self.error:
-            raise ConnectionError(self.error)
         return self
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait until the publisher is connected (True), gave up, or `timeout` passed."""
+        end = perf_counter_ns() + int(timeout * 1e9)
+        while not self._connected.wait(0.01):
+            if self._done.is_set() or perf_counter_ns() > end:
+                return False
+        return True
+
+    def close(self, timeout: float = EXIT_TIMEOUT) -> None:
+        """Stop tracing, send what is buffered, and close the connection; waits at most
+        `timeout` seconds, then says what was left unsent."""
+        self.tracer.detach()
+        self._closing = True
+        self._poke()
+        if self._done.wait(timeout):
+            if self.dropped and self.error is None:
+                away = "" if self._connected.is_set() else f" (at exit: {self.waiting_on})"
+                self._say(f"{self.sent} events sent, {self.dropped} dropped{away}")
+            return
+        self._quiet = True
+        unsent = sum(map(event_count, records(self.tracer.drain())))
+        self._say(
+            f"gave up waiting at exit after {timeout:g} s, while {self.waiting_on}: "
+            f"{self.sent} events sent, {unsent + self.dropped} not"
+        )
+
+    def _poke(self) -> None:
+        """Wake the publisher's loop (to see `_closing` at once)."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # the loop already ended
+                pass
+
+    def _say(self, message: str) -> None:
+        print(redact(f"opgraph: hub {self.shown_url}: {message}"), file=sys.stderr, flush=True)
+
+    # --- the background thread ------------------------------------------------------------
 
     def _run(self) -> None:
         try:
             asyncio.run(self._main())
         except Exception as exc:  # report, never raise into the program
-            self._fail(f"{type(exc).__name__}: {exc}")
+            self._stop(f"publishing stopped ({describe(exc)})")
         finally:
-            self._ready.set()
             self._done.set()
 
-    def _fail(self, message: str) -> None:
+    def _stop(self, message: str) -> None:
+        """Stop for good: tracing off, and say why (once)."""
         self.tracer.detach()
+        self.dropped += sum(map(event_count, records(self.tracer.drain())))
         if self.error is None:
             self.error = message
-            if self._ready.is_set():  # after start(): nobody else will report it
-                print(f"opgraph: publishing to {self.url} stopped: {message}", file=sys.stderr)
+            if not self._quiet:
+                self._say(f"{message}; tracing is off")
 
     async def _main(self) -> None:
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        self.waiting_on = "connecting to the hub (no answer yet)"
         try:
             ws = await self._connect()
-        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
-            self._fail(f"cannot reach the hub at {self.url}: {exc}")
+        except HubProblem as exc:
+            self._stop(f"cannot publish: {exc}")
             return
-        self.connections += 1
-        self._ready.set()
         while ws is not None:
-            try:
-                async with ws:
-                    finished = await self._pump(ws)
-                problem = "it closed the connection"
-            except ConnectionClosed as exc:
-                finished, problem = False, str(exc)
-            if finished or self._closing:
+            problem = await self._publish_on(ws)
+            if problem is None:
                 return
-            print(f"opgraph: lost the hub at {self.url} ({problem}); reconnecting", file=sys.stderr)
+            self._pause()
+            self.waiting_on = f"reconnecting (the hub was lost: {problem})"
+            if self._closing:  # close() counts what was lost and says why
+                return
+            if not self._quiet:
+                self._say(f"lost the hub: {problem}; tracing paused, reconnecting")
             ws = await self._reconnect()
 
     async def _connect(self) -> Any:
-        """Open a connection to the hub and send this run's hello."""
-        ws = await asyncio.wait_for(
-            websockets.connect(
-                self.url, subprotocols=[SUBPROTOCOL], max_size=None, compression=None
-            ),
-            self.connect_timeout,
-        )
+        """Open a connection to the hub and send this run's hello (HubProblem if not)."""
+        try:
+            ws = await websockets.connect(
+                self.url,
+                subprotocols=[SUBPROTOCOL],
+                max_size=None,
+                compression=None,
+                open_timeout=self.connect_timeout,
+                ping_interval=PING_INTERVAL,
+                ping_timeout=PING_TIMEOUT,
+                close_timeout=CLOSE_TIMEOUT,
+            )
+        except TimeoutError as exc:
+            raise HubProblem(
+                f"no answer within {self.connect_timeout:g} s (connecting or the websocket "
+                f"handshake hangs: is it frozen, or not an opgraph hub?)"
+            ) from exc
+        except InvalidStatus as exc:
+            raise HubProblem(f"the hub refused the connection: {refusal(exc)}") from exc
+        except (OSError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+            raise HubProblem(describe(exc)) from exc
         hello = {
             "type": "hello",
             "seq": 0,
@@ -132,66 +222,184 @@ class Publisher:
             "t": (perf_counter_ns() - self.tracer.t0) // 1000,
             **self.tracer.hello(),
         }
-        await ws.send(msgpack.packb(hello))
+        try:
+            await self._send(ws, msgpack.packb(hello))
+        except (ConnectionClosed, HubProblem) as exc:
+            ws.transport.abort()
+            raise HubProblem(closed_reason(exc)) from exc
+        self.connections += 1
+        self._connected.set()
         return ws
 
-    async def _reconnect(self) -> Any:
-        """Try again until the hub is back (or the program ends); None if it ends first.
+    async def _publish_on(self, ws: Any) -> str | None:
+        """Send events until the program ends (None) or the connection fails (why)."""
+        try:
+            await self._pump(ws)
+            self.waiting_on = "closing the connection"
+            try:  # (bounded by CLOSE_TIMEOUT, but a full write buffer could hold it up)
+                await asyncio.wait_for(ws.close(), 2 * CLOSE_TIMEOUT)
+            except TimeoutError:
+                ws.transport.abort()
+            return None
+        except HubProblem as exc:
+            ws.transport.abort()
+            return str(exc)
+        except ConnectionClosed as exc:
+            return closed_reason(exc)
 
-        Events made meanwhile are dropped. The hub sees the new connection as a new run that
-        knows no node, so the tracer forgets what it announced: nodes are announced again,
-        with their ancestors, when the program next uses them.
-        """
-        delay = 0.2
-        while not self._closing:
-            self.dropped += sum(map(event_count, records(self.tracer.drain())))
-            try:
-                ws = await self._connect()
-            except (OSError, TimeoutError, websockets.InvalidHandshake):
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            self.tracer.forget_all()
-            self.dropped += sum(map(event_count, records(self.tracer.drain())))
-            self.connections += 1
-            print(f"opgraph: publishing to {self.url} again", file=sys.stderr)
-            return ws
-        return None
+    async def _send(self, ws: Any, frame: bytes) -> None:
+        """Send one frame, or raise HubProblem if the hub does not take it in time."""
+        try:
+            await asyncio.wait_for(ws.send(frame), SEND_TIMEOUT)
+        except TimeoutError:
+            raise HubProblem(
+                f"it took no data for {SEND_TIMEOUT:g} s (frozen, or too slow?)"
+            ) from None
 
-    async def _pump(self, ws: Any) -> bool:
-        """Send events until the program ends (True) or the hub goes away (False)."""
-        pack, t0 = msgpack.Packer().pack, self.tracer.t0
+    async def _pump(self, ws: Any) -> None:
+        """Send events until the program ends; raises when the connection fails."""
+        pack, t0 = msgpack.Packer(default=plain_number).pack, self.tracer.t0
         closed = asyncio.ensure_future(ws.wait_closed())
         try:
             while True:
                 closing = self._closing  # read before draining: a final drain follows it
-                events = self.tracer.drain(BATCH)
-                if events:
-                    maps = event_maps(records(events), self._seq + 1, t0)
-                    self._seq += len(maps)
-                    await ws.send(b"".join([pack(event) for event in maps]))
-                    self.sent += len(maps)
+                self.waiting_on = "sending events"
+                frame = self._next_frame(pack, t0)
+                if frame:
+                    await self._send(ws, frame)
                 elif closing:
-                    return True
+                    return
                 else:  # idle: notice a hub that went away even with nothing to send
-                    done, _ = await asyncio.wait([closed], timeout=SEND_INTERVAL)
-                    if done:
-                        return False
+                    self.waiting_on = "waiting for events"
+                    await asyncio.wait([closed], timeout=SEND_INTERVAL)
+                    if closed.done():
+                        await ws.send(b"")  # raises ConnectionClosed, with the reason
         finally:
             closed.cancel()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop tracing, send what is buffered, and close the connection."""
+    def _next_frame(self, pack: Any, t0: int) -> bytes:
+        """The next frame to send: the buffered events (at most BATCH), packed."""
+        parts = []
+        lost = self.tracer.take_lost()
+        if lost:  # the buffer was full: tell the hub, and announce nodes again when used
+            if not self._said_slow:
+                self._said_slow = True
+                self._say(
+                    f"the program makes events faster than they reach the hub: more than "
+                    f"{self.tracer.max_buffer} waiting, {lost} dropped so far (the total "
+                    f"follows at exit); nodes are announced again when used"
+                )
+            self.tracer.forget_all()
+            self.dropped += lost
+            parts.append(pack({"type": "dropped", "count": lost}))
+        events = self.tracer.drain(BATCH)
+        if not events:
+            return b"".join(parts)
+        try:
+            maps = event_maps(records(events), self._seq + 1, t0)
+            parts += [pack(event) for event in maps]
+        except Exception as exc:  # never stop publishing: drop this batch, start over
+            parts.append(pack({"type": "dropped", "count": self._failed(exc, events)}))
+            return b"".join(parts)
+        self._seq += len(maps)
+        self.sent += len(maps)
+        return b"".join(parts)
+
+    def _failed(self, exc: Exception, events: list) -> int:
+        """Count a batch lost to an error (said once); returns how many events it held."""
+        count = sum(map(event_count, records(events)))
+        self.dropped += count
+        self.failures += 1
+        self.tracer.forget_all()
+        if self.failures == 1:
+            self._say(
+                f"packing events failed ({describe(exc)}); {count} events dropped, nodes "
+                f"are announced again when used (later failures are only counted)"
+            )
+        return count
+
+    def _pause(self) -> None:
+        """The hub is away: trace nothing until it is back (what was buffered is dropped)."""
+        self._connected.clear()
         self.tracer.detach()
-        self._closing = True
-        self._done.wait(timeout)
+        self.dropped += self.tracer.take_lost()
+        self.dropped += sum(map(event_count, records(self.tracer.drain())))
+
+    async def _reconnect(self) -> Any:
+        """Try again until the hub is back (or the program ends); None if it ends first.
+
+        The hub sees the new connection as a new run that knows no node, so the tracer
+        forgets what it announced: nodes are announced again, with their ancestors, when the
+        program next uses them.
+        """
+        delay = 0.2
+        while not self._closing:
+            try:
+                ws = await self._connect()
+            except HubProblem:
+                await self._sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            if self._closing:
+                await ws.close()
+                return None
+            self.tracer.forget_all()
+            self.dropped += sum(map(event_count, records(self.tracer.drain())))
+            self.tracer.attach()
+            if self._closing:  # closed meanwhile: stay detached
+                self.tracer.detach()
+            self._say("publishing again")
+            return ws
+        return None
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake up when the program closes the publisher."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason from an exception, never empty."""
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+def refusal(exc: InvalidStatus) -> str:
+    """What the hub said when it refused the upgrade: `HTTP 403: the reason`."""
+    response = exc.response
+    body = response.body.decode("utf-8", "replace").strip().splitlines() if response.body else []
+    reason = f": {body[0][:200]}" if body else ""
+    return f"HTTP {response.status_code}{reason}"
+
+
+def closed_reason(exc: BaseException) -> str:
+    """Why a connection ended, in words."""
+    if isinstance(exc, HubProblem):
+        return str(exc)
+    if isinstance(exc, ConnectionClosed):
+        sent, rcvd = exc.sent, exc.rcvd
+        if sent is not None and sent.reason == "keepalive ping timeout":
+            return f"no answer to a ping within {PING_TIMEOUT:g} s (frozen, or cut off?)"
+        if rcvd is not None:
+            why = f" ({rcvd.reason})" if rcvd.reason else ""
+            return f"the hub closed the connection with code {rcvd.code}{why}"
+        cause = exc.__cause__
+        if cause is not None:
+            return f"the connection broke ({describe(cause)})"
+        return "the connection broke without a close frame"
+    return describe(exc)
 
 
 def publish(engine: Engine, url: str, *, at_exit: bool = False) -> Publisher:
-    """Publish `engine`'s trace to the hub at `url` (`OPGRAPH_TRACE=ws://...`)."""
+    """Publish `engine`'s trace to the hub at `url` (`OPGRAPH_TRACE=ws://...`).
+
+    Returns at once; connecting happens in the background (see `Publisher`)."""
     publisher = Publisher(engine, url).start()
     print(
-        f"opgraph: publishing the trace of engine {engine.name!r} to {publisher.url}",
+        f"opgraph: publishing the trace of engine {engine.name!r} to {publisher.shown_url}",
         file=sys.stderr,
     )
     if at_exit:
@@ -223,8 +431,14 @@ class _Run:
         return mapped
 
     def publish(self, events: list[dict]) -> None:
-        """Renumber and publish a frame of checked events."""
-        out = [_renumber(event, self) for event in events]
+        """Renumber and publish a frame of checked events.
+
+        A `dropped` map (the script lost events on the way) is not an event of the stream:
+        every viewer is resynced instead, as when the hub itself loses events."""
+        lost = sum(event["count"] for event in events if event["type"] == "dropped")
+        out = [_renumber(event, self) for event in events if event["type"] != "dropped"]
+        if lost:
+            self.hub.upstream_lost(lost)
         for event in out:
             if event["type"] == "backward_begin":
                 self.open_pass = (event["root"], event["pass"])

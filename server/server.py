@@ -18,6 +18,7 @@ import secrets
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from pathlib import Path
@@ -31,7 +32,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
 
-from opgraph.trace import Tracer
+from opgraph.trace import Tracer, event_count, records
 
 from .hub import RESYNC_INTERVAL, RESYNC_PASS_WAIT, Hub, Viewer
 from .recording import Recorder
@@ -473,6 +474,7 @@ class EngineServer(TraceServer):
         super().__init__(engine_name=engine.name, ops=ops, **options)
         self.engine = engine
         self.tracer = Tracer(engine, max_buffer=buffer_limit)
+        self.drain_failures = 0  # batches of events lost to an error (reported once)
         self.add_source(self._drain_forever)
 
     def start(self) -> EngineServer:
@@ -494,12 +496,36 @@ class EngineServer(TraceServer):
                 await asyncio.sleep(DRAIN_INTERVAL)
 
     def _drain_now(self) -> None:
-        lost = self.tracer.take_lost()
-        if lost:
-            self.hub.upstream_lost(lost)
-        events = self.tracer.drain(DRAIN_BATCH)
-        if events:
-            self.hub.publish_traced(events, self.tracer.t0)
+        """Hand the tracer's buffered events to the hub. Never raises: a failure drops the
+        batch, is reported once on stderr, and viewers are resynced (`dropped`, snapshot)."""
+        seq, events = self.hub.seq, None
+        try:
+            lost = self.tracer.take_lost()
+            if lost:
+                self.hub.upstream_lost(lost)
+            events = self.tracer.drain(DRAIN_BATCH)
+            if events:
+                self.hub.publish_traced(events, self.tracer.t0)
+        except Exception as exc:
+            self._drain_failed(exc, events or [], seq)
+
+    def _drain_failed(self, exc: Exception, events: list, seq: int) -> None:
+        count = sum(map(event_count, records(events)))
+        # Viewers may have got the batch's first frames: its numbers are spent, and the
+        # next event follows them, so that seqs never go back; `dropped` covers the gap.
+        self.hub.seq = max(self.hub.seq, seq + count)
+        self.hub.upstream_lost(count)
+        self.drain_failures += 1
+        if self.drain_failures == 1:
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            where = f"{Path(frame.filename).name}:{frame.lineno}"
+            print(
+                f"opgraph: serving the trace of engine {self.engine.name!r}: sending events "
+                f"to viewers failed ({type(exc).__name__}: {exc}, in {where}); {count} "
+                f"events dropped, viewers get a fresh snapshot (later failures are only "
+                f"counted, in drain_failures)",
+                file=sys.stderr,
+            )
 
     def _refresh_ops(self) -> None:
         # A plugin registered after serve() started: new viewers' hello lists its ops too.

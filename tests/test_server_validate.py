@@ -255,6 +255,33 @@ def test_a_bad_frame_over_a_real_socket_closes_1007_and_the_graph_stays_whole():
     assert th.graph_of(live) == th.graph_of(snapshot)
 
 
+def test_a_publishers_dropped_resyncs_the_viewers_and_keeps_the_publisher():
+    # A script that could not send some events says so with `dropped`: viewers must not keep
+    # a graph with a silent hole, and the script must not be cut off for saying it.
+    async def main(server):
+        viewer = await th.connect_reader(server.ws_url)
+        await viewer.until(lambda e: e["type"] == "snapshot_end")
+        publisher = await th.open_ws(publish_url(server.publish_url))
+        await publisher.send(pack(HELLO, leaf(0, label="a")))
+        await publisher.send(pack({"type": "dropped", "count": 7}, leaf(9, label="b")))
+        lost = await viewer.until(lambda e: e["type"] == "dropped")
+        resynced = await viewer.until(lambda e: e["type"] == "snapshot_end")
+        await publisher.send(pack(leaf(10, label="c")))
+        after = await viewer.until(lambda e: e["type"] == "forward" and e["label"] == "c")
+        still_open = publisher.close_code is None
+        await publisher.close()
+        await viewer.ws.close()
+        return lost[-1], resynced, after, still_open
+
+    server = TraceServer(engine_name="hub", ops={}, port=0, accept_publishers=True).start()
+    with server:
+        lost, resynced, after, still_open = asyncio.run(asyncio.wait_for(main(server), th.TIMEOUT))
+    assert lost["count"] >= 7 and still_open
+    labels = {n["label"] for n in th.graph_of(resynced).values()}  # the snapshot after it
+    assert {"a", "b"} <= labels
+    assert "c" in {n["label"] for n in th.graph_of(after).values()}
+
+
 # --- fuzzing the publisher input ------------------------------------------------------------
 
 NASTY = st.one_of(
