@@ -60,7 +60,7 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 # Sent with every response (the page, its files, errors, the upgrade): the page runs only
 # its own files, connects only to its own server (ws: and wss: to the same host and port
 # count as 'self'), and may be framed only by pages of local origins (a notebook on
-# localhost). See docs/security.md.
+# localhost; CSP cannot name an IPv6 address such as [::1]). See docs/security.md.
 CONTENT_SECURITY_POLICY = "; ".join(
     [
         "default-src 'none'",
@@ -70,7 +70,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "connect-src 'self'",
         "base-uri 'none'",
         "form-action 'none'",
-        "frame-ancestors 'self' http://localhost:* http://127.0.0.1:* http://[::1]:*",
+        "frame-ancestors 'self' http://localhost:* http://127.0.0.1:*",
     ]
 )
 SECURITY_HEADERS = (
