@@ -446,7 +446,7 @@ class TraceServer:
     async def _close_too_slow(self, ws: ServerConnection, viewer: Viewer) -> None:
         """Close a viewer that stopped reading: the close frame waits behind the data it has
         not read, so if it still does not read, the connection is dropped."""
-        print(f"opgraph: closing {viewer.too_slow}", file=sys.stderr)
+        print(f"opgraph: closing a viewer that stopped reading: {viewer.too_slow}", file=sys.stderr)
         reason = f"too slow: a frame was not taken within {self.send_timeout:g} s"
         try:
             async with asyncio.timeout(self.close_timeout):
