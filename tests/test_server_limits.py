@@ -21,7 +21,7 @@ try:
 except ImportError:
     import _tracing_helpers as th
 
-NODES = 120_000  # a snapshot of several MB: more than the kernel's socket buffers take
+NODES = 80_000  # a snapshot of about 5 MB: much more than the sockets' buffers take
 
 
 def big_server(**options) -> TraceServer:
@@ -92,7 +92,10 @@ def test_viewers_that_stop_reading_are_closed_and_their_memory_released():
     server = big_server(send_timeout=0.5, close_timeout=3)
     try:
         snapshot_bytes = server.call(lambda: sum(map(len, server.hub.snapshot_frames())))
-        assert snapshot_bytes > 5_000_000
+        assert snapshot_bytes > 4_000_000
+        hub, builds = server.hub, []
+        build = hub._build_snapshot
+        hub._build_snapshot = lambda: builds.append(1) or build()  # counts, and builds
         tracemalloc.start()
         try:
             baseline = traced_now()
@@ -103,7 +106,8 @@ def test_viewers_that_stop_reading_are_closed_and_their_memory_released():
                 time.sleep(0.05)
             took = time.monotonic() - started
             assert server.stats()["viewers"] == [], "a viewer that stopped reading stays"
-            assert took < 5, f"closed after {took:.1f} s, with a send deadline of 0.5 s"
+            # (0.5 s of deadline; the rest is building the snapshot, traced, on a busy machine)
+            assert took < 10, f"closed after {took:.1f} s, with a send deadline of 0.5 s"
             # each one, reading at last, finds the close code after what it was sent
             assert [read_close_code(sock) for sock in socks] == [CLOSE_TOO_SLOW] * 3
             for sock in socks:
@@ -115,6 +119,7 @@ def test_viewers_that_stop_reading_are_closed_and_their_memory_released():
             held = traced_now() - baseline
         finally:
             tracemalloc.stop()
+        assert builds == [1], "the viewers that joined together did not share a snapshot"
         assert peak < 1.5 * snapshot_bytes, f"{peak:,} bytes: a snapshot per viewer?"
         assert held < 1_000_000, f"{held:,} bytes still held after the viewers were closed"
         # the server goes on serving readers
