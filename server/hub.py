@@ -270,7 +270,8 @@ class Hub:
 
     # --- snapshots ------------------------------------------------------------------------
 
-    # The last snapshot made, while some viewer still holds it (see snapshot_frames).
+    # The last snapshot made, while some viewer still holds it (see snapshot_frames). It is
+    # reused while hub.seq is unchanged: whatever changes the graph numbers an event.
     _snapshot: weakref.ref[Snapshot] | None = None
 
     def snapshot_frames(self) -> Snapshot:

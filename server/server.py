@@ -714,6 +714,13 @@ def run(args) -> int:
         return 1
     with server:
         print(f"viewer: {server.url}", flush=True)
+        if server.token is None and not is_loopback(server.host):
+            print(
+                f"opgraph serve: WARNING: no token on {server.host}: anyone who can reach port "
+                f"{server.port} can read this trace and publish into it",
+                file=sys.stderr,
+                flush=True,
+            )
         print(f"publish from scripts with: OPGRAPH_TRACE={server.publish_url}", flush=True)
         if args.record:
             print(f"recording to {args.record}", flush=True)

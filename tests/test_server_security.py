@@ -470,6 +470,19 @@ def test_an_empty_token_is_refused_off_loopback(capsys):
     finally:
         signal.signal(signal.SIGTERM, sigterm)
     assert "empty token" in capsys.readouterr().err
-    # on loopback an empty token is no token, as before; off it, --no-token says so plainly
+    # --no-token off loopback serves, and says what it means
+    import threading
+
+    args = parser.parse_args(["--host", "0.0.0.0", "--port", "0", "--no-token"])
+    timer = threading.Timer(1.0, lambda: signal.raise_signal(signal.SIGTERM))
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        timer.start()
+        assert run(args) == 0
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, sigterm)
+    assert "WARNING: no token on 0.0.0.0" in capsys.readouterr().err
+    # on loopback an empty token is no token, as before
     assert TraceServer(engine_name="x", ops={}, token="").token is None
     assert TraceServer(engine_name="x", ops={}, host="0.0.0.0", token=False).token is None
