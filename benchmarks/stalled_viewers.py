@@ -6,18 +6,23 @@ Starts a hub holding `--nodes` nodes, connects `--viewers` raw websocket clients
 complete the handshake and then read nothing (a 4 KB receive buffer), and reports the
 Python memory (tracemalloc) the server holds for them 3 s after they joined and again
 `--wait` seconds later (past the default send deadline of 10 s), per viewer, and whether
-the server still counts them. A script, not a test: it takes a while on a large graph.
+the server still counts them. Then one client asks for a snapshot every 10 ms for `--flood`
+seconds while reading all it gets: the MB it received say how well such requests are
+rate-limited. A script, not a test: it takes a while on a large graph.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import os
 import socket
 import time
 import tracemalloc
 
+import msgpack
+import websockets
 from opgraph.server.server import TraceServer
 
 
@@ -39,11 +44,36 @@ def stalled_viewer(port: int) -> socket.socket:
     return sock
 
 
+async def flood(url: str, seconds: float) -> int:
+    """Ask for snapshots every 10 ms for `seconds`, reading everything; returns bytes read."""
+    ws = await websockets.connect(url, max_size=None, compression=None)
+    request = msgpack.packb({"type": "snapshot"})
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+
+    async def ask() -> None:
+        while loop.time() < end:
+            await ws.send(request)
+            await asyncio.sleep(0.01)
+
+    asking = asyncio.ensure_future(ask())
+    received = 0
+    while loop.time() < end:
+        try:
+            received += len(await asyncio.wait_for(ws.recv(), 0.5))
+        except TimeoutError:
+            pass
+    asking.cancel()
+    await ws.close()
+    return received
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=490_000)
     parser.add_argument("--viewers", type=int, default=4)
     parser.add_argument("--wait", type=float, default=15)
+    parser.add_argument("--flood", type=float, default=10)
     args = parser.parse_args()
     server = TraceServer(engine_name="big", ops={}, port=0).start()
     try:
@@ -68,6 +98,9 @@ def main() -> None:
         tracemalloc.stop()
         for sock in socks:
             sock.close()
+        if args.flood:
+            got = asyncio.run(flood(server.ws_url, args.flood))
+            print(f"snapshot requests every 10 ms for {args.flood:g} s: {got / 1e6:.0f} MB sent")
     finally:
         server.close()
 

@@ -36,10 +36,11 @@ RESYNC_PASS_WAIT = 1.0
 # A viewer that takes more than SEND_TIMEOUT seconds to accept one frame (its TCP window
 # stays shut) is closed with CLOSE_TOO_SLOW: otherwise what is being sent to it (a snapshot
 # of a large graph: tens of MB) stays in memory for as long as it does not read. The
-# snapshots a viewer asks for are sent at most every SNAPSHOT_INTERVAL seconds (or twice as
-# long as sending the last one took, if longer); requests meanwhile make one snapshot.
+# snapshots a viewer asks for are sent at most every SNAPSHOT_INTERVAL seconds (or four times
+# as long as sending the last one took, if longer: then the viewer spends at most a fifth of
+# its time on them); requests meanwhile make one snapshot.
 SEND_TIMEOUT = 10.0
-SNAPSHOT_INTERVAL = 1.0
+SNAPSHOT_INTERVAL = 2.0
 CLOSE_TOO_SLOW = 4000
 
 # A node of the hub's graph is either the packed `forward` map it was announced with (bytes
@@ -469,7 +470,7 @@ class Viewer:
         """The loop time from which a snapshot the viewer asked for may be sent."""
         if self.snapshot_done is None:
             return 0.0
-        return self.snapshot_done + max(self.snapshot_interval, 2 * self.snapshot_took)
+        return self.snapshot_done + max(self.snapshot_interval, 4 * self.snapshot_took)
 
     def resync_with(self, snapshot: Snapshot) -> None:
         """Resync now with `snapshot` (frames of the hub's graph at hub.seq)."""
