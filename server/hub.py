@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import secrets
 import struct
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from time import perf_counter_ns
@@ -33,6 +34,15 @@ SNAPSHOT_FRAME_NODES = 2000
 # the latest. (Defaults; `serve(resync_interval=..., resync_pass_wait=...)` sets them.)
 RESYNC_INTERVAL = 0.5
 RESYNC_PASS_WAIT = 1.0
+# A viewer that takes more than SEND_TIMEOUT seconds to accept one frame (its TCP window
+# stays shut) is closed with CLOSE_TOO_SLOW: otherwise what is being sent to it (a snapshot
+# of a large graph: tens of MB) stays in memory for as long as it does not read. The
+# snapshots a viewer asks for are sent at most every SNAPSHOT_INTERVAL seconds (or four times
+# as long as sending the last one took, if longer: then the viewer spends at most a fifth of
+# its time on them); requests meanwhile make one snapshot.
+SEND_TIMEOUT = 10.0
+SNAPSHOT_INTERVAL = 2.0
+CLOSE_TOO_SLOW = 4000
 
 # A node of the hub's graph is either the packed `forward` map it was announced with (bytes
 # from encode.py, as the fast path stores it; snapshots rewrite them, see node_bytes) or a
@@ -283,8 +293,25 @@ class Hub:
 
     # --- snapshots ------------------------------------------------------------------------
 
-    def snapshot_frames(self) -> list[bytes]:
-        """The current graph as protocol frames: snapshot_begin, node maps, snapshot_end."""
+    # The last snapshot made, while some viewer still holds it (see snapshot_frames). It is
+    # reused while hub.seq is unchanged: whatever changes the graph numbers an event.
+    _snapshot: weakref.ref[Snapshot] | None = None
+
+    def snapshot_frames(self) -> Snapshot:
+        """The current graph as protocol frames: snapshot_begin, node maps, snapshot_end.
+
+        Viewers that join (or resync) at the same seq share one snapshot: it is built once,
+        and kept only as long as a viewer is still sending it.
+        """
+        cached = self._snapshot() if self._snapshot is not None else None
+        if cached is not None and cached.seq == self.seq:
+            return cached
+        snapshot = Snapshot(self._build_snapshot())
+        snapshot.seq = self.seq
+        self._snapshot = weakref.ref(snapshot)
+        return snapshot
+
+    def _build_snapshot(self) -> list[bytes]:
         pack, seq, nodes, grads = self._pack, self.seq, self.nodes, self.grads
         reached = self.reached
         begin = {"type": "snapshot_begin", "seq": seq, "nodes": len(nodes)}
@@ -313,16 +340,16 @@ class Hub:
         frames.append(pack({"type": "snapshot_end", "seq": seq}))
         return frames
 
-    def join(self, viewer: Viewer) -> list[bytes]:
-        """Register a viewer; returns its first frames (hello and snapshot).
+    def join(self, viewer: Viewer) -> None:
+        """Register a viewer; its first frames (hello and a snapshot) are made ready for it.
 
         Called synchronously on the loop: the snapshot reflects every event up to
         `self.seq`, and every later event goes to the viewer's queue, so it misses none and
         gets none twice.
         """
-        frames = [self._pack(self.hello_map(self.seq)), *self.snapshot_frames()]
+        viewer.ready = ([self._pack(self.hello_map(self.seq))], self.snapshot_frames())
+        viewer.wake.set()
         self.viewers.add(viewer)
-        return frames
 
     def leave(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
@@ -335,6 +362,12 @@ class Hub:
             "runs": self.runs,
             "publishers": len(self.publishers),
         }
+
+
+class Snapshot(list):
+    """The frames of one snapshot at `seq` (a list that the hub can hold weakly)."""
+
+    seq = 0
 
 
 def _as_tuple(node: bytes | tuple) -> tuple:
@@ -370,13 +403,31 @@ class _Frames:
         return seq - self.start
 
 
-class Viewer:
-    """One connected viewer: its bounded queue of frames, and the task that sends them."""
+class TooSlow(Exception):
+    """A viewer did not accept a frame within its send deadline."""
 
-    def __init__(self, hub: Hub, send: Any, name: str = "viewer"):
+
+class Viewer:
+    """One connected viewer: its bounded queue of frames, and the task that sends them.
+
+    Every send has a deadline (`send_timeout`): a viewer that does not take a frame in time
+    is given up (`run` returns, `too_slow` says why) so that nothing stays held for it.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        send: Any,
+        name: str = "viewer",
+        *,
+        send_timeout: float = SEND_TIMEOUT,
+        snapshot_interval: float = SNAPSHOT_INTERVAL,
+    ):
         self.hub = hub
         self.send = send  # the websocket's send coroutine function
         self.name = name
+        self.send_timeout = send_timeout
+        self.snapshot_interval = snapshot_interval
         self.limit = hub.queue_limit
         self.queue: deque[tuple[bytes, int]] = deque()
         self.queued = 0  # events in the queue
@@ -386,11 +437,14 @@ class Viewer:
         self.resyncs = 0
         self.resync = False  # send dropped + snapshot before anything else
         self.want_snapshot = False  # the viewer asked for a snapshot
-        self.ready: list[bytes] | None = None  # dropped + a snapshot the hub took for it
+        self.snapshot_requests = 0  # how many times it asked
+        # frames to send before anything else: (hello or dropped, a snapshot the hub took)
+        self.ready: tuple[list[bytes], Snapshot] | None = None
         self.wake = asyncio.Event()
         self.sending = False  # a frame of the queue is being written
         self.snapshot_done: float | None = None  # loop time the last snapshot was sent
         self.snapshot_took = 0.0  # seconds that sending it took
+        self.too_slow: str | None = None  # why the viewer was given up
 
     def offer(self, frame: bytes, count: int) -> None:
         """Queue a frame of `count` events, or count them lost if the queue is full."""
@@ -413,6 +467,12 @@ class Viewer:
         self.resync = True
         self.wake.set()
 
+    def ask_snapshot(self) -> None:
+        """The viewer asked for a snapshot: one is sent when its rate limit allows."""
+        self.want_snapshot = True
+        self.snapshot_requests += 1
+        self.wake.set()
+
     # A viewer that cannot keep up would otherwise get snapshot after snapshot (each one
     # large, and followed at once by the next overflow) and never see a backward pass: so
     # after a snapshot, the next resync waits a while, then comes when a pass begins.
@@ -429,9 +489,15 @@ class Viewer:
             return 0.0
         return self.resync_earliest() + self.hub.resync_pass_wait
 
-    def resync_with(self, snapshot: list[bytes]) -> None:
+    def request_earliest(self) -> float:
+        """The loop time from which a snapshot the viewer asked for may be sent."""
+        if self.snapshot_done is None:
+            return 0.0
+        return self.snapshot_done + max(self.snapshot_interval, 4 * self.snapshot_took)
+
+    def resync_with(self, snapshot: Snapshot) -> None:
         """Resync now with `snapshot` (frames of the hub's graph at hub.seq)."""
-        self.ready = [self._dropped_frame(), *snapshot]
+        self.ready = ([self._dropped_frame()], snapshot)
         self.want_snapshot = False
         self.wake.set()
 
@@ -445,54 +511,89 @@ class Viewer:
         self.queued = 0
         return frame
 
-    async def run(self, first_frames: list[bytes]) -> None:
-        """Send the first frames, then queued frames as they come, resyncing when needed."""
+    async def run(self) -> None:
+        """Send the ready frames (hello and snapshot, from `Hub.join`), then queued frames as
+        they come, resyncing when needed; return when done or when the viewer is too slow."""
         loop = asyncio.get_running_loop()
-        await self._send_snapshot_frames(first_frames)
-        while True:
-            if self.resync and not self.want_snapshot and self.ready is None:
-                try:  # wait for a pass to begin (the hub resyncs) or for the deadline
-                    timeout = max(self.resync_deadline() - loop.time(), 0)
-                    await asyncio.wait_for(self.wake.wait(), timeout)
+        try:
+            while True:
+                await self._send_due(loop)
+                wait = self._next_due(loop.time())
+                try:
+                    await asyncio.wait_for(self.wake.wait(), wait)
                 except TimeoutError:
                     pass
+                self.wake.clear()
+        except TooSlow as exc:
+            # Let go of everything meant for this viewer; the caller closes the connection.
+            self.too_slow = str(exc)
+            self.ready = None
+            self.queue.clear()
+            self.queued = 0
+
+    def _next_due(self, now: float) -> float | None:
+        """Seconds until a snapshot falls due (None: nothing is waiting for a time)."""
+        times = []
+        if self.resync:
+            times.append(self.resync_deadline())
+        if self.want_snapshot:
+            times.append(self.request_earliest())
+        return max(min(times) - now, 0.0) if times else None
+
+    async def _send_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send what is due now: ready frames, a snapshot, or the queue."""
+        while True:
+            now = loop.time()
+            if self.ready is not None:
+                await self._send_snapshot_frames(*self._take_ready())
+            elif (self.want_snapshot and now >= self.request_earliest()) or (
+                self.resync and now >= self.resync_deadline()
+            ):
+                await self._send_snapshot()
+            elif self.queue and not self.resync:
+                frame, count = self.queue.popleft()
+                self.queued -= count
+                self.sending = True
+                try:
+                    await self._send(frame)
+                finally:
+                    self.sending = False
             else:
-                await self.wake.wait()
-            self.wake.clear()
-            while self.ready or self.queue or self.resync or self.want_snapshot:
-                if self.ready is not None:
-                    frames, self.ready = self.ready, None
-                    await self._send_snapshot_frames(frames)
-                elif self.want_snapshot or (self.resync and loop.time() >= self.resync_deadline()):
-                    await self._send_snapshot()
-                elif self.resync:
-                    break  # not yet: wait above
-                else:
-                    frame, count = self.queue.popleft()
-                    self.queued -= count
-                    self.sending = True
-                    try:
-                        await self.send(frame)
-                    finally:
-                        self.sending = False
+                return
+
+    def _take_ready(self) -> tuple[list[bytes], Snapshot]:
+        ready, self.ready = self.ready, None
+        return ready
+
+    async def _send(self, frame: bytes) -> None:
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await self.send(frame)
+        except TimeoutError:
+            raise TooSlow(
+                f"viewer {self.name} took more than {self.send_timeout:g} s to accept "
+                f"{len(frame):,} bytes"
+            ) from None
 
     async def _send_snapshot(self) -> None:
         # Built synchronously: it reflects exactly the events up to hub.seq; the queue holds
         # only events up to hub.seq too, so it is dropped and the stream goes on at seq + 1.
-        frames = self.hub.snapshot_frames()
-        if self.resync:
-            frames.insert(0, self._dropped_frame())
+        snapshot = self.hub.snapshot_frames()
+        head = [self._dropped_frame()] if self.resync else []
         self.lost = 0
         self.resync = self.want_snapshot = False
         self.queue.clear()
         self.queued = 0
-        await self._send_snapshot_frames(frames)
+        await self._send_snapshot_frames(head, snapshot)
 
-    async def _send_snapshot_frames(self, frames: list[bytes]) -> None:
+    async def _send_snapshot_frames(self, head: list[bytes], snapshot: Snapshot) -> None:
+        # (The snapshot may be shared with other viewers: it is read, never changed.)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        for frame in frames:
-            await self.send(frame)
+        for frame in head:
+            await self._send(frame)
+        for frame in snapshot:
+            await self._send(frame)
         self.snapshot_done = loop.time()
         self.snapshot_took = self.snapshot_done - start
 
@@ -504,4 +605,5 @@ class Viewer:
             "limit": self.limit,
             "dropped": self.dropped_total + self.lost,
             "resyncs": self.resyncs,
+            "snapshot_requests": self.snapshot_requests,
         }

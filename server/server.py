@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import dataclasses
 import ipaddress
 import mimetypes
 import os
@@ -34,7 +35,15 @@ from websockets.http11 import Request, Response
 
 from opgraph.trace import Tracer, event_count, records
 
-from .hub import RESYNC_INTERVAL, RESYNC_PASS_WAIT, Hub, Viewer
+from .hub import (
+    CLOSE_TOO_SLOW,
+    RESYNC_INTERVAL,
+    RESYNC_PASS_WAIT,
+    SEND_TIMEOUT,
+    SNAPSHOT_INTERVAL,
+    Hub,
+    Viewer,
+)
 from .recording import Recorder
 
 if TYPE_CHECKING:
@@ -48,6 +57,28 @@ DRAIN_INTERVAL = 0.01  # seconds between drains of the local tracer's buffer
 DRAIN_BATCH = 20_000  # events per drain step, so viewers get sent between steps
 RECORD_FLUSH_INTERVAL = 0.5  # seconds between flushes of a recording to disk
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+# Sent with every response (the page, its files, errors, the upgrade): the page runs only
+# its own files, connects only to its own server (ws: and wss: to the same host and port
+# count as 'self'), and may be framed only by pages of local origins (a notebook on
+# localhost; CSP cannot name an IPv6 address such as [::1]). See docs/security.md.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'self' http://localhost:* http://127.0.0.1:*",
+    ]
+)
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),  # the page's URL may hold the token
+)
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -83,7 +114,10 @@ class TraceServer:
 
     Made by `opgraph.serve()`, `engine.serve()`, `opgraph serve` and `opgraph replay`.
     `token`: None makes one when `host` is not a loopback address (required there, unless
-    `token=False`); a string sets it. `static_dir` is where the viewer page comes from.
+    `token=False`); a string sets it (an empty one only on loopback). `static_dir` is where
+    the viewer page comes from. A viewer that takes more than `send_timeout` seconds to
+    accept a frame is closed (code 4000); the snapshots a viewer asks for are sent at most
+    every `snapshot_interval` seconds. See docs/security.md.
     """
 
     def __init__(
@@ -104,7 +138,15 @@ class TraceServer:
         close_timeout: float = 5,
         resync_interval: float = RESYNC_INTERVAL,
         resync_pass_wait: float = RESYNC_PASS_WAIT,
+        send_timeout: float = SEND_TIMEOUT,
+        snapshot_interval: float = SNAPSHOT_INTERVAL,
     ):
+        if token == "" and not is_loopback(host):
+            raise ServerError(
+                f"an empty token on {host} would let anyone who can reach it read the trace: "
+                f"give a token, or none to have one made (token=False, or --no-token, to "
+                f"serve without one anyway)"
+            )
         if token is None:
             token = None if is_loopback(host) else secrets.token_urlsafe(16)
         elif token is True:
@@ -116,6 +158,7 @@ class TraceServer:
         self.accept_publishers = accept_publishers
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.close_timeout = close_timeout
+        self.send_timeout, self.snapshot_interval = send_timeout, snapshot_interval
         try:
             self.recorder = Recorder(record) if record else None
         except OSError as exc:  # a missing directory, no permission: say which file
@@ -174,6 +217,7 @@ class TraceServer:
                 self.host,
                 self.requested_port,
                 process_request=self._process_request,
+                process_response=_finish_response,
                 select_subprotocol=_select_subprotocol,
                 max_size=PUBLISH_MAX_SIZE,
                 compression=None,
@@ -322,7 +366,16 @@ class TraceServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
-        if parts.path in ("/ws", "/publish"):
+        upgrade = parts.path in ("/ws", "/publish")
+        allowed = ("GET",) if upgrade else ("GET", "HEAD")
+        if request.method not in allowed:
+            response = _text(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not served here")
+            response.headers["Allow"] = ", ".join(allowed)
+            return response
+        for name in ("Host", "Origin"):
+            if len(request.headers.get_all(name)) > 1:  # which one would the browser mean?
+                return _text(HTTPStatus.BAD_REQUEST, f"more than one {name} header")
+        if upgrade:
             if parts.path == "/publish" and not self.accept_publishers:
                 return _text(
                     HTTPStatus.NOT_FOUND, "this server is not a hub; start one with `opgraph serve`"
@@ -369,8 +422,15 @@ class TraceServer:
     async def _viewer(self, ws: ServerConnection) -> None:
         ws.protocol.max_message_size = CONTROL_MAX_SIZE
         self._refresh_ops()
-        viewer = Viewer(self.hub, ws.send, name=_peer(ws))
-        sender = self._spawn(viewer.run(self.hub.join(viewer)))
+        viewer = Viewer(
+            self.hub,
+            ws.send,
+            name=_peer(ws),
+            send_timeout=self.send_timeout,
+            snapshot_interval=self.snapshot_interval,
+        )
+        self.hub.join(viewer)
+        sender = self._spawn(viewer.run())
         receiver = asyncio.ensure_future(self._control(ws, viewer))
         try:
             await asyncio.wait([sender, receiver], return_when=asyncio.FIRST_COMPLETED)
@@ -378,9 +438,22 @@ class TraceServer:
             self.hub.leave(viewer)
             sender.cancel()
             receiver.cancel()
-        if sender.done() and not sender.cancelled() and sender.exception() is not None:
+        if viewer.too_slow is not None:
+            await self._close_too_slow(ws, viewer)
+        elif sender.done() and not sender.cancelled() and sender.exception() is not None:
             if not isinstance(sender.exception(), ConnectionClosed):
                 await ws.close(1011, "internal error")
+
+    async def _close_too_slow(self, ws: ServerConnection, viewer: Viewer) -> None:
+        """Close a viewer that stopped reading: the close frame waits behind the data it has
+        not read, so if it still does not read, the connection is dropped."""
+        print(f"opgraph: closing a viewer that stopped reading: {viewer.too_slow}", file=sys.stderr)
+        reason = f"too slow: a frame was not taken within {self.send_timeout:g} s"
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                await ws.close(CLOSE_TOO_SLOW, reason)
+        except TimeoutError:
+            ws.transport.abort()
 
     async def _control(self, ws: ServerConnection, viewer: Viewer) -> None:
         """Read control messages until the viewer leaves or breaks the protocol."""
@@ -397,8 +470,7 @@ class TraceServer:
                 await ws.close(1007, "a control message must be a msgpack map with a 'type'")
                 return
             if control["type"] == "snapshot":
-                viewer.want_snapshot = True
-                viewer.wake.set()
+                viewer.ask_snapshot()  # rate-limited: see Viewer.request_earliest
             # unknown control types are ignored, so that the protocol can grow
 
     async def _publisher(self, ws: ServerConnection) -> None:
@@ -432,6 +504,18 @@ def _peer(ws: ServerConnection) -> str:
         return "viewer"
 
 
+def _finish_response(
+    connection: ServerConnection, request: Request, response: Response
+) -> Response:
+    """Every response gets the security headers; a HEAD request gets no body."""
+    for name, value in SECURITY_HEADERS:
+        if name not in response.headers:
+            response.headers[name] = value
+    if request.method == "HEAD":
+        return dataclasses.replace(response, body=b"")
+    return response
+
+
 def _text(status: HTTPStatus, text: str) -> Response:
     body = (text + "\n").encode()
     headers = Headers(
@@ -447,8 +531,10 @@ def static_response(static_dir: Path, path: str) -> Response:
         return _text(HTTPStatus.NOT_FOUND, f"no file {path!r} here (only files of the viewer page)")
     file = static_dir / name
     try:
+        if not file.resolve().is_relative_to(static_dir.resolve()):  # a symlink out of it
+            return _text(HTTPStatus.NOT_FOUND, f"no file {path!r} here")
         body = file.read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+    except (OSError, RuntimeError):  # missing, a directory, no permission, a symlink loop
         return _text(HTTPStatus.NOT_FOUND, f"no file {path!r} here")
     suffix = file.suffix.lower()
     content_type = CONTENT_TYPES.get(suffix) or mimetypes.guess_type(name)[0]
@@ -457,7 +543,6 @@ def static_response(static_dir: Path, path: str) -> Response:
             ("Content-Type", content_type or "application/octet-stream"),
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-cache"),
-            ("X-Content-Type-Options", "nosniff"),
         ]
     )
     return Response(200, "OK", headers, body)
@@ -655,6 +740,13 @@ def run(args) -> int:
         return 1
     with server:
         print(f"viewer: {server.url}", flush=True)
+        if server.token is None and not is_loopback(server.host):
+            print(
+                f"opgraph serve: WARNING: no token on {server.host}: anyone who can reach port "
+                f"{server.port} can read this trace and publish into it",
+                file=sys.stderr,
+                flush=True,
+            )
         print(f"publish from scripts with: OPGRAPH_TRACE={server.publish_url}", flush=True)
         if args.record:
             print(f"recording to {args.record}", flush=True)

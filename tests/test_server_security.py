@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import http.client
 import os
+import re
+import signal
 import socket
 import time
 
@@ -312,3 +315,174 @@ def test_publishing_needs_a_hub_its_token_and_no_foreign_origin():
     engine = Engine(name="not-a-hub", entry_points=False)
     with engine.serve(port=0) as server:  # a script's own server takes no publishers
         assert asyncio.run(attempt(f"ws://127.0.0.1:{server.port}/publish")) == 404
+
+
+# --- response headers, methods, odd requests --------------------------------------------------
+
+
+def raw_http(port: int, request: str) -> tuple[int, dict[str, list[str]], bytes]:
+    """Send `request` as is; returns the status, the headers (lowercase names) and the body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=th.TIMEOUT) as sock:
+        sock.sendall(request.encode())
+        response = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            response += chunk
+            head, _, body = response.partition(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            if b"\r\n\r\n" in response and (
+                b" 101 " in head.split(b"\r\n")[0] or (length and len(body) >= int(length[1]))
+            ):
+                break
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+def upgrade_request(port: int, path: str = "/ws", extra: str = "", method: str = "GET") -> str:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"{extra}\r\n"
+    )
+
+
+def test_every_response_carries_the_security_headers(served):
+    engine, server = served
+    port = server.port
+    requests = {
+        "the page": f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n",
+        "a file": f"GET /app.js HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n",
+        "a 404": f"GET /nothing.js HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n",
+        "a 405": f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n",
+        "a 400": f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: evil.example\r\n\r\n",
+        "a refused origin": upgrade_request(port, extra="Origin: http://evil.example\r\n"),
+        "a refused subprotocol": upgrade_request(port, extra="Sec-WebSocket-Protocol: x\r\n"),
+        "a refused upgrade": f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n",
+        "the upgrade": upgrade_request(port),
+    }
+    statuses = {}
+    for what, request in requests.items():
+        status, headers, _ = raw_http(port, request)
+        statuses[what] = status
+        assert headers.get("x-content-type-options") == ["nosniff"], what
+        assert headers.get("referrer-policy") == ["no-referrer"], what
+        (policy,) = headers["content-security-policy"]
+        directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+        assert directives["default-src"] == "'none'", what
+        assert directives["script-src"] == "'self'", what  # no inline, no foreign script
+        assert directives["connect-src"] == "'self'", what
+        ancestors = directives["frame-ancestors"].split()
+        assert set(ancestors) == {"'self'", "http://localhost:*", "http://127.0.0.1:*"}
+    assert statuses == {
+        "the page": 200,
+        "a file": 200,
+        "a 404": 404,
+        "a 405": 405,
+        "a 400": 400,
+        "a refused origin": 403,
+        "a refused subprotocol": 400,
+        "a refused upgrade": 426,
+        "the upgrade": 101,
+    }
+    still_serves(server, engine)
+
+
+def test_only_get_and_head_are_answered(served):
+    engine, server = served
+    port = server.port
+    for method in ["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"]:
+        request = f"{method} / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+        status, headers, _ = raw_http(port, request)
+        assert (status, headers.get("allow")) == (405, ["GET, HEAD"]), method
+    status, headers, _ = raw_http(port, upgrade_request(port, method="POST"))
+    assert (status, headers.get("allow")) == (405, ["GET"])
+    page = raw_http(port, f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n")
+    head = raw_http(port, f"HEAD / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n")
+    assert head[0] == 200 and head[2] == b""  # the headers of the page, without the page
+    assert head[1]["content-length"] == page[1]["content-length"] == [str(len(page[2]))]
+    assert raw_http(port, f"HEAD /none.js HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n")[0] == 404
+    still_serves(server, engine)
+
+
+def test_symlinks_out_of_the_page_directory_are_not_followed(tmp_path):
+    static = tmp_path / "static"
+    static.mkdir()
+    (static / "index.html").write_text("<!doctype html><title>viewer</title>")
+    (tmp_path / "secret.txt").write_text("TOPSECRET")
+    (static / "secret.txt").symlink_to(tmp_path / "secret.txt")
+    (static / "passwd.txt").symlink_to("/etc/passwd")
+    (static / "loop.txt").symlink_to(static / "loop.txt")
+    (static / "home.html").symlink_to(static / "index.html")  # inside: fine
+    engine = Engine(name="links", entry_points=False)
+    with engine.serve(port=0, static_dir=static) as server:
+        for path in ["/secret.txt", "/passwd.txt", "/loop.txt"]:
+            status, _, body = get(server.port, path)
+            assert status == 404 and b"TOPSECRET" not in body and b"root:" not in body, path
+        assert get(server.port, "/home.html")[2] == b"<!doctype html><title>viewer</title>"
+
+
+@pytest.mark.parametrize("header", ["Host", "Origin"])
+@pytest.mark.parametrize("path", ["/ws", "/"])
+def test_two_host_or_origin_headers_are_refused_quietly(served, header, path, caplog, capfd):
+    engine, server = served
+    port = server.port
+    twice = {
+        "Host": f"Host: 127.0.0.1:{port}\r\nHost: evil.example\r\n",
+        "Origin": f"Origin: http://127.0.0.1:{port}\r\nOrigin: http://evil.example\r\n",
+    }[header]
+    request = (
+        f"GET {path} HTTP/1.1\r\n{twice}Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with caplog.at_level("DEBUG"):
+        status, _, body = raw_http(port, request)
+    assert status == 400 and f"more than one {header} header".encode() in body
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= 40]
+    assert "Traceback" not in capfd.readouterr().err
+    still_serves(server, engine)
+
+
+def test_an_empty_token_is_refused_off_loopback(capsys):
+    from opgraph.server.server import ServerError, add_arguments, run
+
+    with pytest.raises(ServerError, match="empty token"):
+        TraceServer(engine_name="x", ops={}, host="0.0.0.0", token="")
+    engine = Engine(name="open", entry_points=False)
+    with pytest.raises(ServerError, match="empty token"):
+        engine.serve(port=0, host="0.0.0.0", token="")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    sigterm = signal.getsignal(signal.SIGTERM)  # run() makes SIGTERM stop it
+    try:
+        assert run(parser.parse_args(["--host", "0.0.0.0", "--port", "0", "--token", ""])) == 1
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    assert "empty token" in capsys.readouterr().err
+    # --no-token off loopback serves, and says what it means
+    import threading
+
+    args = parser.parse_args(["--host", "0.0.0.0", "--port", "0", "--no-token"])
+    timer = threading.Timer(1.0, lambda: signal.raise_signal(signal.SIGTERM))
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        timer.start()
+        assert run(args) == 0
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, sigterm)
+    assert "WARNING: no token on 0.0.0.0" in capsys.readouterr().err
+    # on loopback an empty token is no token, as before
+    assert TraceServer(engine_name="x", ops={}, token="").token is None
+    assert TraceServer(engine_name="x", ops={}, host="0.0.0.0", token=False).token is None

@@ -38,7 +38,10 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
+    # (bypass_csp: these tests wait with string predicates, which Playwright runs with eval,
+    # forbidden by the page's Content-Security-Policy; test_viewer_csp.py runs the page
+    # under that policy.)
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1, bypass_csp=True)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))

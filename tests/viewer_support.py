@@ -25,14 +25,14 @@ CHROMIUM_ARGS = [
 ]
 
 
-def launch(playwright: Any) -> Any:
+def launch(playwright: Any, args: list[str] = CHROMIUM_ARGS) -> Any:
     """Debian's chromium, headless (never a browser downloaded by `playwright install`)."""
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
         pytest.fail("chromium is not installed: scripts/test installs it with apt-get")
     return playwright.chromium.launch(
         executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
         headless=True,
-        args=CHROMIUM_ARGS,
+        args=args,
     )
 
 
