@@ -140,7 +140,10 @@ async def first_snapshot(url: str) -> int:
 @pytest.mark.parametrize("interval", [0.4])
 def test_a_flood_of_snapshot_requests_gets_a_few_snapshots(interval):
     server = TraceServer(engine_name="x", ops={}, port=0, snapshot_interval=interval).start()
-    events = [{"type": "forward", "id": i, "op": None, "parents": []} for i in range(10)]
+    events = [
+        {"type": "forward", "id": i, "op": None, "parents": [], "data": 0.0, "label": ""}
+        for i in range(10)
+    ]
     server.call(lambda: server.hub.publish(events))
 
     async def flood() -> tuple[int, int]:
