@@ -1,30 +1,16 @@
 """micrograd's moons demo, written once for any micrograd-style `Value` class.
 
-Both engines run this same code, so they build the same graph node for node: a two-moons
-data set of 100 points, `MLP(2, [16, 16, 1])` with relu, the max-margin loss plus an L2 term,
+Both engines run this same code, so they build the same graph node for node: the demo's two-moons
+data set (100 points), `MLP(2, [16, 16, 1])` with relu, the max-margin loss plus an L2 term,
 then backward and an SGD update (micrograd's demo.ipynb, one training step).
 """
 
 from __future__ import annotations
 
-import math
 import random
 
-
-def make_moons(n: int = 100, noise: float = 0.1, seed: int = 1) -> tuple[list, list]:
-    """Two interleaving half circles: points `X` and labels `y` in {-1, 1} (no scikit-learn)."""
-    rng = random.Random(seed)
-    X, y = [], []
-    for i in range(n):
-        upper = i < n // 2
-        t = math.pi * rng.random()
-        if upper:
-            point = [math.cos(t), math.sin(t)]
-        else:
-            point = [1.0 - math.cos(t), 0.5 - math.sin(t)]
-        X.append([point[0] + rng.gauss(0, noise), point[1] + rng.gauss(0, noise)])
-        y.append(1.0 if upper else -1.0)
-    return X, y
+# The demo's own data set, so that the figures are measured on the points `opgraph demo` trains on.
+from opgraph.demo import SEED, make_moons  # noqa: F401 (used by run.py and paired.py)
 
 
 class Neuron:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from opgraph import Value
 
-from .moons import MLP, loss, make_moons, step
+from .moons import MLP, SEED, loss, make_moons, step
 from .run import best_time
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
 
     current = importlib.import_module("opgraph.backward")
     versions = {config.rev: load_backward(config.rev), "now": current}
-    X, y = make_moons(config.points)
+    X, y = make_moons(config.points, noise=0.1, seed=SEED)
     models = {name: MLP(Value, 2, [16, 16, 1]) for name in versions}
     original = current.backward
 

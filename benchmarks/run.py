@@ -36,7 +36,7 @@ import opgraph
 from opgraph import Value as OpValue
 from opgraph.backward import topological_order
 
-from .moons import MLP, loss, make_moons, step
+from .moons import MLP, SEED, loss, make_moons, step
 
 ENGINES = {"micrograd": MicroValue, "opgraph": OpValue}
 RESULTS = Path(__file__).parent / "results"
@@ -393,7 +393,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     config = parse_args(argv)
-    X, y = make_moons(config.points)
+    X, y = make_moons(config.points, noise=0.1, seed=SEED)
     results: dict = {
         "meta": {
             "time": datetime.now(UTC).isoformat(timespec="seconds"),

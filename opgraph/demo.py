@@ -29,6 +29,7 @@ from .value import Value
 from .viz import draw_dot, render
 
 Points = list[list[float]]
+SEED = 1337  # the default seed of the data and the weights
 
 
 def make_moons(
@@ -224,7 +225,7 @@ class ProgressBar:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=_positive, default=100, help="training steps (100)")
-    parser.add_argument("--seed", type=int, default=1337, help="seed of data and weights (1337)")
+    parser.add_argument("--seed", type=int, default=SEED, help=f"seed of data and weights ({SEED})")
     parser.add_argument(
         "--out", type=Path, default=Path("."), help="directory for the neuron's SVG (.)"
     )

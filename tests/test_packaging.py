@@ -1,7 +1,8 @@
 """The distribution as pip builds it: one top-level package, `opgraph`, with everything in it.
 
-pyproject.toml maps plugins/ to opgraph.plugins and server/ to opgraph.server; a wheel that
-also installed a top-level `plugins` or `server` module would clash with other packages.
+plugins/ and server/ are reached as opgraph.plugins and opgraph.server through the links
+opgraph/plugins and opgraph/server; a wheel that also installed a top-level `plugins` or `server`
+module would clash with other packages.
 """
 
 from __future__ import annotations
@@ -45,3 +46,29 @@ def test_the_wheel_installs_only_the_opgraph_package_with_its_viewer_and_entry_p
     entry_points.read_string(zipfile.ZipFile(wheel).read(ep_file).decode())
     assert entry_points["console_scripts"]["opgraph"] == "opgraph.cli:main"
     assert entry_points["pytest11"]["opgraph"] == "opgraph.testing.pytest_plugin"
+
+
+def test_the_subpackages_import_from_a_plain_checkout_without_the_editable_install(tmp_path):
+    # `python -S` skips site-packages and so the editable install's import hook: only the
+    # checkout on PYTHONPATH (and the dependencies' own folders) can provide the modules.
+    import msgpack
+    import pluggy
+    import websockets
+
+    deps = {str(Path(m.__file__).parent.parent) for m in (msgpack, pluggy, websockets)}
+    code = (
+        "import opgraph.server.hub, opgraph.plugins.arithmetic, opgraph.testing\n"
+        "print(opgraph.server.hub.__file__); print(opgraph.plugins.arithmetic.__file__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": ":".join([str(ROOT), *sorted(deps)])},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    hub, arithmetic = result.stdout.split()
+    assert hub == str(ROOT / "opgraph" / "server" / "hub.py")
+    assert arithmetic == str(ROOT / "opgraph" / "plugins" / "arithmetic.py")

@@ -1,5 +1,6 @@
-"""The viewer's graph model (server/static/graph.js), run in chromium: the rank layout of
-DESIGN.md on random graphs, the overview's groups, search and neighbourhoods."""
+"""The viewer's graph model (server/static/graph.js), run in chromium: the rank layout (the
+longest path from the leaves) on random graphs, the overview's groups, search and
+neighbourhoods."""
 
 from __future__ import annotations
 
