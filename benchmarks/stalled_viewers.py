@@ -23,6 +23,7 @@ import tracemalloc
 
 import msgpack
 import websockets
+
 from opgraph.server.server import TraceServer
 
 

@@ -22,13 +22,16 @@ def test_the_wheel_installs_only_the_opgraph_package_with_its_viewer_and_entry_p
     source = tmp_path / "opgraph"
     shutil.copytree(ROOT, source, ignore=SKIP)  # a copy: the build leaves nothing here
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation",
          "--no-index", "-w", str(tmp_path / "dist"), str(source)],
         capture_output=True,
         text=True,
         timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+    # setuptools says what it dislikes (a license table, undeclared data files) as warnings
+    assert "SetuptoolsDeprecationWarning" not in result.stdout + result.stderr
+    assert "SetuptoolsWarning" not in result.stdout + result.stderr
     (wheel,) = (tmp_path / "dist").glob("opgraph-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
 

@@ -9,9 +9,9 @@ import threading
 import time
 
 import pytest
-from opgraph.server.server import ServerError
 
 from opgraph import Engine
+from opgraph.server.server import ServerError
 
 try:
     from . import _tracing_helpers as th

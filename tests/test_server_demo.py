@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import websockets
+
 from opgraph.server.client import stream_url
 from opgraph.server.demo import describe, traced_steps
 

@@ -13,9 +13,9 @@ import sys
 import textwrap
 
 import pytest
-from opgraph.server.client import Graph, events, stream_url, watch
 
 from opgraph import Engine
+from opgraph.server.client import Graph, events, stream_url, watch
 
 try:
     from . import _tracing_helpers as th

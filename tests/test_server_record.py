@@ -12,12 +12,12 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from opgraph import Engine
 from opgraph.server.chrome import chrome_trace, export_chrome
 from opgraph.server.recording import Recording
 from opgraph.server.replay import ReplayServer
 from opgraph.server.server import ServerError
-
-from opgraph import Engine
 
 try:
     from . import _tracing_helpers as th

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 
 import msgpack
-from opgraph.server.client import Graph
 
 from opgraph import Engine, topological_order
+from opgraph.server.client import Graph
 
 try:
     from . import _tracing_helpers as th

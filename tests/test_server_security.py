@@ -15,9 +15,9 @@ import time
 import msgpack
 import pytest
 import websockets
-from opgraph.server.server import TraceServer
 
 from opgraph import Engine
+from opgraph.server.server import TraceServer
 
 try:
     from . import _tracing_helpers as th

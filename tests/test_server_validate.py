@@ -13,6 +13,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from opgraph.server.events import MAX_OPS, InvalidEvent, check_event, check_hello
 from opgraph.server.hub import Hub
 from opgraph.server.publish import publish_url, receive_run

@@ -12,6 +12,9 @@ import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+from opgraph import Engine, Op, hookimpl, topological_order
+from opgraph.backward import TRACE_CHUNK
 from opgraph.server.encode import (
     backward_bytes,
     backward_steps_bytes,
@@ -20,9 +23,6 @@ from opgraph.server.encode import (
     node_bytes,
 )
 from opgraph.server.hub import Hub
-
-from opgraph import Engine, Op, hookimpl, topological_order
-from opgraph.backward import TRACE_CHUNK
 from opgraph.trace import Tracer, event_count, event_maps, records
 
 u32 = st.integers(min_value=0, max_value=2**32 - 1)

@@ -18,13 +18,13 @@ import time
 
 import numpy as np
 import pytest
+
+from opgraph import Engine
 from opgraph.server import hub as hub_module
 from opgraph.server import publish as publish_module
 from opgraph.server.client import stream_url
 from opgraph.server.publish import EXIT_TIMEOUT, MAX_PENDING, Publisher
 from opgraph.server.server import TraceServer
-
-from opgraph import Engine
 
 try:
     from . import _tracing_helpers as th

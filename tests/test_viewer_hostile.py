@@ -18,14 +18,14 @@ from urllib.parse import quote
 
 import msgpack
 import pytest
-from opgraph.server.replay import ReplayServer
-from opgraph.server.server import TraceServer
 from playwright.sync_api import expect, sync_playwright
 from viewer_support import STATIC, StreamServer, launch, load_module
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from opgraph import Engine
+from opgraph.server.replay import ReplayServer
+from opgraph.server.server import TraceServer
 
 expect.set_options(timeout=15_000)
 

@@ -129,8 +129,9 @@ class StreamServer:
         self._thread.join(10)
 
     async def _main(self) -> None:
-        from opgraph.server.server import static_response
         from websockets.asyncio.server import serve
+
+        from opgraph.server.server import static_response
 
         def process_request(connection: Any, request: Any) -> Any:
             if request.path.split("?")[0] == "/ws":
