@@ -78,7 +78,10 @@ def batch_inputs(compiled: Compiled, args: Sequence[Any]) -> np.ndarray:
         n = len(block)
         blocks.append(block)
     if n is None:
-        raise CompileError(f"{name}.map(): no argument holds samples (the inputs are numbers)")
+        raise CompileError(
+            f"{name}.map(): no argument holds samples: the function has no inputs (numbers "
+            f"in its arguments), so there is nothing to batch; call it instead"
+        )
     return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
 
 
@@ -314,7 +317,7 @@ class BatchedProgram:
         kind = self._kind(args[0])
         if kind == "C":
             values = [a if isinstance(a, float) else self.constant_of[id(a)] for a in args]
-            return _Operand("C", self._constant(name, values))
+            return _Operand("C", self._constant(f"K{name}", values))
         if kind == "P":
             rows = np.array([self.parameter_row[id(a)] for a in args], dtype=np.intp)
             return self._parameter_operand(name, rows)
@@ -525,6 +528,10 @@ class BatchedProgram:
                 raise self._error(exc, lines, "forward") from exc
         self._running, self._lines, self.n = running, lines, n
         return [self._output(V, PV, v, n) for v in self.compiled.outputs]
+
+    @staticmethod
+    def zeros(shape: tuple[int, ...]) -> np.ndarray:
+        return np.zeros(shape)
 
     def _output(self, V: np.ndarray, PV: np.ndarray, value: Value, n: int) -> np.ndarray:
         if id(value) in self.row:

@@ -315,7 +315,7 @@ class Compiled:
         self._mapped = False
         outputs = self._batched.run(inputs, checked)
         self._mapped = True
-        self.batch_input_grads = inputs * 0.0  # zeros of shape (n, inputs)
+        self.batch_input_grads = self._batched.zeros(inputs.shape)
         return outputs[0] if self._single else tuple(outputs)
 
     def zero_grad(self) -> None:
@@ -324,7 +324,7 @@ class Compiled:
             p.grad = 0.0
         self.input_grads = [0.0] * len(self.inputs)
         if self.batch_input_grads is not None:
-            self.batch_input_grads = self.batch_input_grads * 0.0
+            self.batch_input_grads = self._batched.zeros(self.batch_input_grads.shape)
 
     def backward(self, gradient: float = 1.0, *, weights: Any = None) -> None:
         """Add d output / d leaf (times `gradient`) to each parameter's `.grad`.
