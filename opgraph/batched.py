@@ -516,7 +516,7 @@ class BatchedProgram:
         n = len(inputs)
         self._running = None
         V = np.empty((self.rows, n))
-        V[: len(inputs[0]) if n else 0] = inputs.T
+        V[: inputs.shape[1]] = inputs.T
         PV = np.array([p.data for p in self.parameters], dtype=np.float64).reshape(-1, 1)
         running = replay(V, PV)
         with np.errstate(all="ignore"):

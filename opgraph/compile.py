@@ -252,6 +252,11 @@ class Compiled:
         """The generated Python source of the forward and backward passes."""
         return self._program.source
 
+    @property
+    def batch_source(self) -> str | None:
+        """The generated numpy code of the batched replay (None before the first `map`)."""
+        return self._batched.source if self._batched is not None else None
+
     def _classify(self, first_id: int) -> None:
         """Sort the graph's leaves into inputs, constants made by `fn`, and parameters."""
         input_ids = {id(v) for v in self.inputs}

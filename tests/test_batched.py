@@ -316,6 +316,35 @@ def test_an_op_without_array_kernels_warns_once_and_is_still_right():
         f.map([4.0])
 
 
+def test_an_op_of_three_operands_without_kernels_batches():
+    fma = Op("fma", lambda a, b, c: a * b + c, lambda out, a, b, c: (b, a, 1.0))
+    engine = Engine(plugins=[plugin("fmas", fma)], entry_points=False)
+    w = engine.value(-1.5)
+    f = opgraph.compile(lambda x, c: engine.ops.fma(x, w, c * x), 2.0, 0.5, engine=engine)
+    with pytest.warns(BatchWarning, match="'fma'"):
+        out = f.map([3.0, 1.0], [2.0, 4.0])
+    assert out.tolist() == [3.0 * -1.5 + 6.0, -1.5 + 4.0]
+    f.backward()
+    assert w.grad == 3.0 + 1.0
+    assert f.batch_input_grads.tolist() == [[-1.5 + 2.0, 3.0], [-1.5 + 4.0, 1.0]]
+
+
+def test_a_kernel_that_is_not_callable_is_an_error_naming_the_op():
+    op = Op("ident", lambda a: a, lambda out, a: (1.0,), array_forward="np.abs")
+    engine = Engine(plugins=[plugin("idents", op)], entry_points=False)
+    f = opgraph.compile(lambda x: x.ident(), 1.0, engine=engine)
+    with pytest.raises(CompileError, match=r"op 'ident' \(plugin 'idents'\): array_forward"):
+        f.map([1.0])
+
+
+def test_an_empty_batch_gives_empty_arrays():
+    w = Value(2.0)
+    f = opgraph.compile(lambda x: (w * x).relu(), 1.0)
+    assert f.map([]).shape == (0,) and f.map(np.zeros((0,))).shape == (0,)
+    f.backward(weights=[])
+    assert w.grad == 0.0 and f.batch_input_grads.shape == (0, 1)
+
+
 def test_an_error_in_an_op_names_the_op_plugin_node_and_sample():
     def strict_sqrt(a):
         return math.sqrt(a)
