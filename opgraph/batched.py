@@ -229,6 +229,7 @@ class BatchedProgram:
         self.replay = self._build(self.source)
         self._checked: tuple[Callable, dict[int, int]] | None = None
         self._running: Any = None
+        self._buffer_size = -1
 
     # --- layout ---------------------------------------------------------------------------
 
@@ -415,7 +416,7 @@ class BatchedProgram:
     def _generate(self, checked: bool) -> tuple[str, dict[int, int]]:
         """The source of the replay generator, and which group each line computes."""
         nodes = self.compiled.nodes
-        code = ["def replay(V, PV):"]
+        code = ["def replay(V, G, PV):"]
         lines: dict[int, int] = {}
 
         def emit(line: str, group: int | None = None) -> None:
@@ -448,7 +449,7 @@ class BatchedProgram:
         emit("seed = yield")
 
         emit("while True:")
-        emit("    G = np.zeros(V.shape)")
+        emit("    G.fill(0.0)")
         emit("    PG = np.zeros(len(PV))")
         root = self.compiled.outputs[0]
         if id(root) in self.row:
@@ -515,10 +516,10 @@ class BatchedProgram:
         replay, lines = self._function(checked)
         n = len(inputs)
         self._running = None
-        V = np.empty((self.rows, n))
+        V, G = self._buffers(n)
         V[: inputs.shape[1]] = inputs.T
         PV = np.array([p.data for p in self.parameters], dtype=np.float64).reshape(-1, 1)
-        running = replay(V, PV)
+        running = replay(V, G, PV)
         with np.errstate(all="ignore"):
             try:
                 next(running)
@@ -528,6 +529,14 @@ class BatchedProgram:
                 raise self._error(exc, lines, "forward") from exc
         self._running, self._lines, self.n = running, lines, n
         return [self._output(V, PV, v, n) for v in self.compiled.outputs]
+
+    def _buffers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The data and gradient arrays for n samples, kept for the next batch of that size:
+        fresh arrays of tens of megabytes cost a page fault per 4 kB at every step."""
+        if self._buffer_size != n:
+            self._V, self._G = np.empty((self.rows, n)), np.empty((self.rows, n))
+            self._buffer_size = n
+        return self._V, self._G
 
     @staticmethod
     def zeros(shape: tuple[int, ...]) -> np.ndarray:
