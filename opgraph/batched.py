@@ -153,10 +153,10 @@ def _samples(shape: Any, batch: Any, where: str) -> np.ndarray:
 class _Operand:
     """One argument position of a group: how the forward reads it, how backward scatters."""
 
-    def __init__(self, kind: str, read: str, scatter: Callable[[str], str] | None = None):
+    def __init__(self, kind: str, read: str, scatter: Callable[[str], list[str]] | None = None):
         self.kind = kind  # "V": rows of V (per sample); "P": parameters; "C": constants
         self.read = read  # a Python expression
-        self.scatter = scatter  # contribution expression -> statement adding it, or None
+        self.scatter = scatter  # contribution expression -> statements adding it, or None
 
 
 def _progression(rows: np.ndarray) -> tuple[int, int] | None:
@@ -218,8 +218,6 @@ class BatchedProgram:
 
     def __init__(self, compiled: Compiled):
         self.compiled = compiled
-        nodes = compiled.nodes
-        self.index = {id(node): i for i, node in enumerate(nodes)}
         self.namespace: dict[str, Any] = {"np": np, "add": np.add, "multiply": np.multiply}
         self.warned: set[str] = set()
         self._leaves()
