@@ -397,7 +397,9 @@ class BatchedProgram:
                     f"op {op.name!r} (plugin {op.plugin!r}): {field} must be callable, "
                     f"got {kernel!r}"
                 )
-            return kernel
+            if getattr(kernel, "__module__", "").startswith("opgraph.plugins."):
+                return kernel  # the built-ins' kernels, tested element by element
+            return _shape_checked(kernel, field)
         if op.name not in self.warned:
             self.warned.add(op.name)
             missing = [f for f in ("array_forward", "array_derivative") if not getattr(op, f)]
@@ -637,6 +639,37 @@ def _name(node: Value) -> str:
 def _first_nonfinite(array: np.ndarray) -> tuple[int, int]:
     bad = np.argwhere(~np.isfinite(np.atleast_2d(array)))[0]
     return int(bad[0]), int(bad[1])
+
+
+def _shape_checked(kernel: Callable, field: str) -> Callable:
+    """A plugin's kernel, checked to compute element by element: each result has the shape
+    of its inputs broadcast together (or is a number), not fewer rows that numpy would
+    silently broadcast into the group."""
+
+    def check(result: Any, args: tuple) -> None:
+        shape = np.shape(result)
+        if shape and shape != np.broadcast_shapes(*[np.shape(a) for a in args]):
+            raise ValueError(
+                f"{field} returned an array of shape {shape} for inputs of shapes "
+                f"{[np.shape(a) for a in args]}; it must compute element by element"
+            )
+
+    if field == "array_forward":
+
+        def forward(*args: Any) -> Any:
+            out = kernel(*args)
+            check(out, args)
+            return out
+
+        return forward
+
+    def derivative(out: Any, *args: Any) -> Any:
+        partials = kernel(out, *args)
+        for partial in partials:
+            check(partial, (out, *args))
+        return partials
+
+    return derivative
 
 
 # ---------------------------------------------------------------------------------------------

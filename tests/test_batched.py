@@ -379,6 +379,31 @@ def test_a_failing_array_kernel_names_the_op_and_plugin():
             f.map([1.0])
 
 
+def test_kernels_of_the_wrong_shape_or_count_are_errors_naming_the_op():
+    def first_only(a):
+        return a[:1]  # one row for a group of two nodes
+
+    def no_partials(out, a):
+        return ()
+
+    op = Op(
+        "ident",
+        lambda a: a,
+        lambda out, a: (1.0,),
+        array_forward=first_only,
+        array_derivative=no_partials,
+    )
+    engine = Engine(plugins=[plugin("idents", op)], entry_points=False)
+    w = engine.value(1.0)
+    f = opgraph.compile(lambda x: (x * w).ident() + (x * 2.0).ident(), 1.0, engine=engine)
+    with pytest.raises(OpError, match=r"'ident' \(plugin 'idents'\) failed in batched forward"):
+        f.map([1.0, 2.0])
+    g = opgraph.compile(lambda x: (x * w).ident(), 1.0, engine=engine)
+    g.map([1.0, 2.0])
+    with pytest.raises(OpError, match=r"'ident'.*backward.*must return 1 partial derivative"):
+        g.backward()
+
+
 # --- bad batches ---------------------------------------------------------------------------------
 
 
@@ -495,3 +520,20 @@ def test_opgraph_demo_batch_command_reaches_full_accuracy(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "compiled the per-sample loss in" in out
     assert "accuracy 100%" in out
+
+
+def test_opgraph_demo_batch_refuses_other_modes_and_a_missing_numpy(tmp_path, capsys):
+    from opgraph.cli import main
+
+    assert main(["demo", "--batch", "--compile", "--out", str(tmp_path)]) == 2
+    assert "use it alone" in capsys.readouterr().err
+    result = run_python(
+        f"""
+        import sys
+        sys.modules["numpy"] = None
+        from opgraph.cli import main
+        sys.exit(main(["demo", "--batch", "--steps", "1", "--out", {str(tmp_path)!r}]))
+        """
+    )
+    assert result.returncode == 2
+    assert "pip install 'opgraph[numpy]'" in result.stderr
