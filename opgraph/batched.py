@@ -157,6 +157,7 @@ class _Operand:
         self.kind = kind  # "V": rows of V (per sample); "P": parameters; "C": constants
         self.read = read  # a Python expression
         self.scatter = scatter  # contribution expression -> statements adding it, or None
+        self.rows: np.ndarray | None = None  # the rows of V it reads (kind V)
 
 
 def _progression(rows: np.ndarray) -> tuple[int, int] | None:
@@ -321,7 +322,9 @@ class BatchedProgram:
             rows = np.array([self.parameter_row[id(a)] for a in args], dtype=np.intp)
             return self._parameter_operand(name, rows)
         rows = np.array([self.row[id(a)] for a in args], dtype=np.intp)
-        return self._row_operand(name, rows)
+        operand = self._row_operand(name, rows)
+        operand.rows = rows
+        return operand
 
     def _row_operand(self, name: str, rows: np.ndarray) -> _Operand:
         k = len(rows)
@@ -448,12 +451,18 @@ class BatchedProgram:
                 emit(f"if not isfinite({out}).all(): forward_anomaly({gi}, {out})")
         emit("seed = yield")
 
+        # G is not zeroed: the first contribution to a row is assigned (`=`), later ones
+        # added (`+=`); every row backward reads has been written by then. Only the inputs'
+        # rows, returned whole, start at zero.
         emit("while True:")
-        emit("    G.fill(0.0)")
+        written = set(range(len(self.compiled.inputs)))
+        if written:
+            emit(f"    G[:{len(written)}] = 0.0")
         emit("    PG = np.zeros(len(PV))")
         root = self.compiled.outputs[0]
         if id(root) in self.row:
             emit(f"    G[{self.row[id(root)]}] = seed")
+            written.add(self.row[id(root)])
         elif id(root) in self.parameter_row:
             emit(f"    PG[{self.parameter_row[id(root)]}] += seed.sum()")
         for gi in range(len(self.groups) - 1, -1, -1):
@@ -485,7 +494,17 @@ class BatchedProgram:
                     emit(f"    c = {c}", gi)
                     emit(f"    if not isfinite(c).all(): backward_anomaly({gi}, {j}, c)")
                     c = "c"
-                for statement in operand.scatter(c):
+                statements = operand.scatter(c)
+                if operand.rows is not None:
+                    rows = set(operand.rows.tolist())
+                    fresh = sorted(rows - written)
+                    if len(fresh) == len(rows):  # the first contribution to all its rows
+                        statements = [statements[0].replace(" += ", " = ", 1)]
+                    elif fresh:
+                        self.namespace[f"Z{gi}_{j}"] = np.array(fresh, dtype=np.intp)
+                        emit(f"    G[Z{gi}_{j}] = 0.0", gi)
+                    written.update(rows)
+                for statement in statements:
                     emit(f"    {statement}", gi)
         emit("    seed = yield PG, G")
         return "\n".join(code) + "\n", lines
