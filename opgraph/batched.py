@@ -229,6 +229,7 @@ class BatchedProgram:
         self._checked: tuple[Callable, dict[int, int]] | None = None
         self._running: Any = None
         self._buffer_size = -1
+        self.n = 0  # samples of the last batch
 
     # --- layout ---------------------------------------------------------------------------
 

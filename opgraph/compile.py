@@ -121,7 +121,6 @@ def _template(obj: Any, make_input: Callable[[float, int], Value], count: list[i
 
 def _fill(shape: Any, obj: Any, out: list[float], where: str) -> None:
     """Append the input numbers of `obj` to `out`, checking it has the recorded structure."""
-    obj = _as_list(obj)
     if shape is _Input:
         if isinstance(obj, Value):
             out.append(obj.data)
@@ -131,6 +130,8 @@ def _fill(shape: Any, obj: Any, out: list[float], where: str) -> None:
             raise CompileError(f"{where}: expected a number, got {type(obj).__name__}: {obj!r}")
     elif isinstance(shape, tuple) and len(shape) == 2 and shape[0] in (list, tuple):
         kind, items = shape
+        if not isinstance(obj, list | tuple):
+            obj = _as_list(obj)  # a numpy array where a list was recorded
         if not isinstance(obj, list | tuple) or len(obj) != len(items):
             size = len(obj) if isinstance(obj, list | tuple) else None
             raise CompileError(
@@ -317,9 +318,8 @@ class Compiled:
         if self._batched is None:
             self._batched = BatchedProgram(self)
         checked = bool(mode.get() & ANOMALY or self.engine.detect_anomaly)
-        self._mapped = False
+        self._mapped = True  # backward() is now the batched one (an error if this run fails)
         outputs = self._batched.run(inputs, checked)
-        self._mapped = True
         self.batch_input_grads = self._batched.zeros(inputs.shape)
         return outputs[0] if self._single else tuple(outputs)
 
@@ -356,6 +356,8 @@ class Compiled:
     def _batched_backward(self, gradient: float, weights: Any) -> None:
         import numpy as np
 
+        if self._batched._running is None:  # the last map() failed
+            raise CompileError(f"compiled {self.name}: call map() before backward()")
         n = self._batched.n
         if weights is None:
             seed = np.full(n, float(gradient))

@@ -439,6 +439,24 @@ class Net:
         return forward(self.layers, x)
 
 
+def test_a_numpy_row_is_an_example_argument_and_a_call_argument():
+    w = Value(2.0)
+    X = np.array([[1.0, 2.0], [3.0, 4.0]])
+    f = opgraph.compile(lambda x: w * x[0] + x[1], X[0])  # a row of X: two inputs
+    assert len(f.inputs) == 2
+    assert f(X[1]) == 10.0 and f.map(X).tolist() == [4.0, 10.0]
+
+
+def test_backward_after_a_failed_map_is_an_error_not_an_older_call():
+    w = Value(1.0)
+    f = opgraph.compile(lambda x: (x * w).log(), 1.0)
+    f(2.0)
+    with opgraph.detect_anomaly(), pytest.raises(AnomalyError):
+        f.map([-1.0])
+    with pytest.raises(CompileError, match="call map.. before backward"):
+        f.backward()
+
+
 def test_fixed_arguments_are_passed_as_themselves():
     net = Net((2, 3, 1))
     f = opgraph.compile(lambda m, x: m(x), net, [0.5, -0.5])
