@@ -254,6 +254,15 @@ def test_detect_anomaly_names_the_node_and_the_sample():
         per_sample.map([1.0, 2.0, -1.0])
 
 
+def test_detect_anomaly_checks_the_batched_backward():
+    w = Value(1.0)
+    per_sample = opgraph.compile(lambda x: (x * w) ** 0.5, 1.0)
+    with opgraph.detect_anomaly():
+        assert per_sample.map([4.0, 0.0]).tolist() == [2.0, 0.0]  # finite forward
+        with pytest.raises(AnomalyError, match=r"'pow 0.5'.*sample 1.*non-finite gradient"):
+            per_sample.backward()  # d sqrt(u)/du at u = 0 is inf
+
+
 # --- array kernels ------------------------------------------------------------------------------
 
 
