@@ -5,7 +5,8 @@
 Measures, for both engines, with the garbage collector on (as users run) and off:
 graph construction per op, backward per node, one training step of micrograd's moons demo,
 memory per node, and the deepest chain each can backpropagate; for opgraph also the
-compiled moons step (and its compile time) and what tracing costs. Prints a table and writes
+compiled moons step (and its compile time), the batched moons step (`Compiled.map`, with
+numpy) and how it grows with the number of points, and what tracing costs. Prints a table and writes
 JSON to benchmarks/results/ (`latest.json` and a timestamped copy).
 
 Times are CPU time of this process (`time.process_time`), the best of `--repeat` runs: on a
@@ -37,6 +38,16 @@ from opgraph import Value as OpValue
 from opgraph.backward import topological_order
 
 from .moons import MLP, SEED, loss, make_moons, step
+
+try:
+    import numpy  # noqa: F401
+
+    from .batched import batched_step
+except ImportError:  # numpy is optional: the batched figures need it
+    batched_step = None
+
+# Steps per timed call of the batched runner: a step takes about a millisecond.
+BATCHED_INNER = 25
 
 ENGINES = {"micrograd": MicroValue, "opgraph": OpValue}
 RESULTS = Path(__file__).parent / "results"
@@ -178,6 +189,9 @@ def bench_moons(config, X, y) -> dict:
 
     runners = {name: functools.partial(step, models[name], V, X, y) for name, V in ENGINES.items()}
     runners["compiled"] = compiled_step
+    if batched_step is not None:
+        one_batched_step = batched_step(X, y)
+        runners["batched"] = lambda: [one_batched_step() for _ in range(BATCHED_INNER)]
     results: dict = {
         "nodes": len(compiled.nodes),
         "compile_cpu_s": compile_cpu,
@@ -187,7 +201,27 @@ def bench_moons(config, X, y) -> dict:
         row = sustained(runners, config, collector)
         row["ratio"] = row["micrograd"] / row["opgraph"]
         row["compiled_ratio"] = row["micrograd"] / row["compiled"]
+        if "batched" in row:
+            row["batched"] /= BATCHED_INNER
+            row["batched_ratio"] = row["micrograd"] / row["batched"]
         results[f"gc {'on' if collector else 'off'}"] = row
+    return results
+
+
+def bench_batched(config) -> dict:
+    """The batched moons step (collector on) at 100, 1,000 and 10,000 points: ms per step."""
+    if batched_step is None:
+        return {"note": "not measured: numpy is not installed (pip install -e '.[bench]')"}
+    results = {}
+    for points in config.batch_points:
+        X, y = make_moons(points)
+        run = batched_step(X, y)
+        inner = max(1, BATCHED_INNER * 100 // points)
+        row = sustained(
+            {"batched": lambda run=run, k=inner: [run() for _ in range(k)]}, config, True
+        )
+        ms = row["batched"] / inner
+        results[str(points)] = {"ms": ms, "us_per_point": ms * 1e3 / points}
     return results
 
 
@@ -332,6 +366,19 @@ def table(results: dict) -> str:
         "",
         "s",
     )
+    for key in ("gc on", "gc off"):
+        r = moons[key]
+        if "batched" in r:
+            row(
+                f"batched moons step, {key}",
+                fmt(r["micrograd"], 1),
+                fmt(r["batched"], 3),
+                f"{r['batched_ratio']:,.0f}x",
+                "ms",
+            )
+    for points, r in results.get("batched", {}).items():
+        if isinstance(r, dict):
+            row(f"batched step, {int(points):,} points", "", fmt(r["ms"], 3), "", "ms, gc on")
     m = results["memory"]
     row("memory per node", fmt(m["micrograd"]), fmt(m["opgraph"]), f"{m['ratio']:.2f}x", "bytes")
     d = results["depth"]
@@ -362,6 +409,8 @@ def compare(new: dict, old: dict) -> str:
                 lines.append(f"  {section} {key}: {r['opgraph'] / then['opgraph']:.2f}")
                 if "compiled" in r:
                     lines.append(f"  compiled {key}: {r['compiled'] / then['compiled']:.2f}")
+                if "batched" in r and "batched" in then:
+                    lines.append(f"  batched {key}: {r['batched'] / then['batched']:.2f}")
     return "\n".join(lines)
 
 
@@ -383,11 +432,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         config.points, config.op_number, config.depths = 6, 2_000, [100, 10_000]
         config.repeat = config.repeat or 1
         config.rounds, config.steps = 1, 1
+        config.batch_points = [6, 60]
     else:
         config.points, config.op_number = 100, 20_000
         config.depths = [1_000, 10_000, 100_000, 1_000_000]
         config.repeat = config.repeat or 3
         config.rounds, config.steps = config.repeat, 4
+        config.batch_points = [100, 1_000, 10_000]
     return config
 
 
@@ -411,6 +462,7 @@ def main(argv=None) -> int:
         ("ops", lambda: bench_ops(config)),
         ("backward", lambda: bench_backward(config, X, y)),
         ("moons", lambda: bench_moons(config, X, y)),
+        ("batched", lambda: bench_batched(config)),
         ("memory", lambda: bench_memory(X, y)),
         ("depth", lambda: bench_depth(config)),
         ("tracing", lambda: bench_tracing(config, X, y, results["moons"]["gc on"]["opgraph"])),

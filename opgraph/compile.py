@@ -13,6 +13,9 @@ new argument values, and new `.data` on the leaf Values the graph reads (paramet
 optimizer step). What it cannot: Python control flow on `.data` in `fn` itself; the graph is
 the one recorded. Such a read is detected while recording and raises `CompileError`
 (or warns, with `strict=False`).
+
+`Compiled.map(*batches)` replays the graph recorded for one sample on a whole batch at once,
+with numpy (see batched.py); `backward(weights=...)` then sums the samples' gradients.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from numbers import Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backward import _one_pass, add_derivative, mul_derivative, seed_gradient, topological_order
 from .engine import default_engine
@@ -35,7 +38,10 @@ from .modes import ANOMALY, enable_grad, mode
 from .registry import Op
 from .value import Value, _real
 
-__all__ = ["Compiled", "CompileError", "CompileWarning", "compile"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["BatchWarning", "Compiled", "CompileError", "CompileWarning", "compile"]
 
 
 class CompileError(OpgraphError):
@@ -44,6 +50,16 @@ class CompileError(OpgraphError):
 
 class CompileWarning(UserWarning):
     """A compiled function may not replay what eager mode would compute (`strict=False`)."""
+
+
+class BatchWarning(UserWarning):
+    """An op has no array kernels: `Compiled.map` applies its scalar functions one by one."""
+
+
+NUMPY_MISSING = (
+    "Compiled.map() runs the batch with numpy, which is not installed: "
+    "pip install 'opgraph[numpy]' (or pip install numpy)"
+)
 
 
 def compile(
@@ -76,8 +92,19 @@ class _Input:
     """Where an input number sits in the arguments' structure."""
 
 
+def _as_list(obj: Any) -> Any:
+    """A numpy array as nested lists of floats (its structure); anything else as it is.
+
+    Recognised by its type's module, so that the scalar engine never imports numpy.
+    """
+    if type(obj).__module__ == "numpy" and type(obj).__name__ == "ndarray":
+        return obj.tolist()
+    return obj
+
+
 def _template(obj: Any, make_input: Callable[[float, int], Value], count: list[int]) -> Any:
     """The arguments with each number replaced by an input Value, and their structure."""
+    obj = _as_list(obj)
     if isinstance(obj, list | tuple):
         parts = [_template(x, make_input, count) for x in obj]
         values = [value for value, _ in parts]
@@ -103,6 +130,8 @@ def _fill(shape: Any, obj: Any, out: list[float], where: str) -> None:
             raise CompileError(f"{where}: expected a number, got {type(obj).__name__}: {obj!r}")
     elif isinstance(shape, tuple) and len(shape) == 2 and shape[0] in (list, tuple):
         kind, items = shape
+        if not isinstance(obj, list | tuple):
+            obj = _as_list(obj)  # a numpy array where a list was recorded
         if not isinstance(obj, list | tuple) or len(obj) != len(items):
             size = len(obj) if isinstance(obj, list | tuple) else None
             raise CompileError(
@@ -173,6 +202,11 @@ class Compiled:
     d leaf to the `.grad` of every leaf Value the graph reads, as eager `.backward()` would;
     the gradients of the inputs are in `input_grads`. One Compiled object is not meant to be
     called from two threads at once.
+
+    `compiled.map(*batches)` runs the same graph on n samples at once (numpy needed) and
+    returns arrays; `compiled.backward(weights=...)` after it adds the weighted sum of the
+    samples' gradients into each parameter's `.grad`, and puts the per-sample gradients of
+    the inputs in `batch_input_grads`.
     """
 
     def __init__(self, fn: Callable[..., Any], args: Sequence[Any], *, strict: bool, engine):
@@ -203,6 +237,9 @@ class Compiled:
         self._check_reads(reads.reads, strict)
         self._program = _Program(self)
         self.input_grads: list[float] = [0.0] * len(inputs)
+        self._batched: Any = None  # the batched program, made at the first map()
+        self._mapped = False  # was the last run map() (not a call)?
+        self.batch_input_grads: Any = None  # (n, inputs) array after map() and backward()
         self.compile_seconds = time.perf_counter() - started
 
     def __repr__(self) -> str:
@@ -215,6 +252,11 @@ class Compiled:
     def source(self) -> str:
         """The generated Python source of the forward and backward passes."""
         return self._program.source
+
+    @property
+    def batch_source(self) -> str | None:
+        """The generated numpy code of the batched replay (None before the first `map`)."""
+        return self._batched.source if self._batched is not None else None
 
     def _classify(self, first_id: int) -> None:
         """Sort the graph's leaves into inputs, constants made by `fn`, and parameters."""
@@ -253,25 +295,83 @@ class Compiled:
         numbers: list[float] = []
         _fill(self._shape, tuple(args), numbers, "arguments")
         checked = bool(mode.get() & ANOMALY or self.engine.detect_anomaly)
+        self._mapped = False
         outputs = self._program.run(numbers, checked)
         return outputs[0] if self._single else outputs
+
+    def map(self, *batches: Any) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Run the graph on n samples at once: the first output as a float64 array of
+        shape (n,), or a tuple of arrays when `fn` returned several Values.
+
+        Each argument holds n samples with the structure of its example argument: a list or
+        tuple of n samples, or a numpy array whose first axis is the batch (fixed arguments,
+        such as a model, are passed as themselves). Parameters are shared by all samples.
+        Each sample's results are those of a call on it. Needs numpy (`opgraph[numpy]`).
+        """
+        try:
+            from .batched import BatchedProgram, batch_inputs
+        except ImportError as exc:
+            if "numpy" not in str(exc):
+                raise
+            raise ImportError(NUMPY_MISSING, name="numpy") from exc
+        inputs = batch_inputs(self, batches)
+        if self._batched is None:
+            self._batched = BatchedProgram(self)
+        checked = bool(mode.get() & ANOMALY or self.engine.detect_anomaly)
+        self._mapped = True  # backward() is now the batched one (an error if this run fails)
+        outputs = self._batched.run(inputs, checked)
+        self.batch_input_grads = self._batched.zeros(inputs.shape)
+        return outputs[0] if self._single else tuple(outputs)
 
     def zero_grad(self) -> None:
         """Set the `.grad` of every parameter, and every input gradient, to 0."""
         for p in self.parameters:
             p.grad = 0.0
         self.input_grads = [0.0] * len(self.inputs)
+        if self.batch_input_grads is not None:
+            self.batch_input_grads = self._batched.zeros(self.batch_input_grads.shape)
 
-    def backward(self, gradient: float = 1.0) -> None:
+    def backward(self, gradient: float = 1.0, *, weights: Any = None) -> None:
         """Add d output / d leaf (times `gradient`) to each parameter's `.grad`.
 
         The output is the first one `fn` returned. Gradients accumulate, as in eager mode;
         zero them (for example with `model.zero_grad()`) between steps.
+
+        After `map()`, it adds the sum over the batch of each sample's gradient times its
+        weight (`weights`: n numbers, default all 1), and adds each sample's input gradients
+        to the rows of `batch_input_grads`.
         """
         with _one_pass:  # not alongside an eager pass that may share these parameters
+            if self._mapped:
+                self._batched_backward(seed_gradient(gradient), weights)
+                return
+            if weights is not None:
+                raise CompileError(
+                    f"compiled {self.name}: weights= is for backward() after map(); the last "
+                    f"run was a call on one sample"
+                )
             grads = self._program.backward(seed_gradient(gradient))
         for i, g in enumerate(grads):
             self.input_grads[i] += g
+
+    def _batched_backward(self, gradient: float, weights: Any) -> None:
+        import numpy as np
+
+        if self._batched._running is None:  # the last map() failed
+            raise CompileError(f"compiled {self.name}: call map() before backward()")
+        n = self._batched.n
+        if weights is None:
+            seed = np.full(n, float(gradient))
+        else:
+            seed = np.asarray(weights)
+            if seed.dtype.kind not in "fiu" or seed.shape != (n,):
+                raise CompileError(
+                    f"compiled {self.name}: weights must be {n} numbers, one per sample of the "
+                    f"last map(); got {type(weights).__name__} of dtype {seed.dtype} and shape "
+                    f"{seed.shape}"
+                )
+            seed = seed.astype(np.float64) * float(gradient)
+        self.batch_input_grads += self._batched.backward(seed)
 
 
 def _real_grad(parameter: Value, grad: Any) -> float:

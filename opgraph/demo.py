@@ -7,7 +7,8 @@ Graphviz.
 
 The pieces are functions so that other features can reuse them: `make_moons`, `loss`,
 `train` (with an `on_step` callback) and `draw_neuron`. `opgraph demo --compile` trains
-with `compiled_loss`, the same loss through `opgraph.compile`.
+with `compiled_loss`, the same loss through `opgraph.compile`; `opgraph demo --batch` with
+`batched_loss`, the per-sample loss compiled once and run over the whole batch with numpy.
 """
 
 from __future__ import annotations
@@ -113,6 +114,46 @@ def compiled_loss(
         return CompiledLoss(total, compiled.backward), accuracy / len(y)
 
     loss_fn.compiled = compiled  # type: ignore[attr-defined]
+    return loss_fn
+
+
+def batched_loss(
+    model: Module, X: Sequence[Sequence[float]], y: Sequence[int], alpha: float = 1e-4
+) -> Callable[[Module, Sequence[Sequence[float]], Sequence[int]], tuple[CompiledLoss, float]]:
+    """`loss` as a batch, as a `loss_fn` for `train`: needs numpy (`opgraph[numpy]`).
+
+    The hinge loss of one point is compiled once, with the point's score as a second output,
+    and `Compiled.map` runs it on all points at once; backward weighs each point by 1/n, as
+    the mean does. The L2 term, the same for every point, is compiled on its own.
+    """
+    import numpy as np
+
+    from .compile import compile
+
+    def hinge_and_score(point, label):
+        score = model(point)
+        return (1 + -label * score).relu(), score
+
+    per_sample = compile(hinge_and_score, X[0], y[0], engine=model.engine)
+    parameters = model.parameters()
+    l2 = compile(lambda: alpha * sum(p * p for p in parameters), engine=model.engine)
+
+    def loss_fn(model_: Module, X: Sequence[Sequence[float]], y: Sequence[int]):
+        losses, scores = per_sample.map(X, y)
+        n = len(losses)
+        data_loss = 0.0
+        for point_loss in losses.tolist():  # added up in order, as eager `sum` does
+            data_loss += point_loss
+        total = data_loss * (1.0 / n) + l2()
+
+        def backward() -> None:
+            per_sample.backward(weights=np.full(n, 1.0 / n))
+            l2.backward()
+
+        right = sum((yi > 0) == (s > 0) for yi, s in zip(y, scores.tolist(), strict=True))
+        return CompiledLoss(total, backward), right / len(y)
+
+    loss_fn.compiled = per_sample  # type: ignore[attr-defined]
     return loss_fn
 
 
@@ -234,6 +275,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="record the step's graph once and replay it compiled (opgraph.compile)",
     )
+    parser.add_argument(
+        "--batch",
+        action="store_true",
+        help="compile one point's loss and run it over all points at once with numpy "
+        "(Compiled.map; needs opgraph[numpy])",
+    )
     from opgraph.server.demo import add_arguments as add_serve_arguments
 
     add_serve_arguments(parser)  # --serve and its options
@@ -244,6 +291,14 @@ def _positive(text: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
     return number
+
+
+def _have_numpy() -> bool:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def make_out_dir(out: Path) -> bool:
@@ -274,6 +329,21 @@ def report_drawing(model: MLP, X: Sequence[Sequence[float]], out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    batch = getattr(args, "batch", False)
+    if batch and (getattr(args, "compile", False) or getattr(args, "serve", False)):
+        print(
+            "opgraph demo: --batch replays the step compiled, over the whole batch: use it "
+            "alone, not with --compile or --serve",
+            file=sys.stderr,
+        )
+        return 2
+    if batch and not _have_numpy():
+        print(
+            "opgraph demo: --batch runs the batch with numpy, which is not installed: "
+            "pip install 'opgraph[numpy]'",
+            file=sys.stderr,
+        )
+        return 2
     if getattr(args, "serve", False):
         if getattr(args, "compile", False):
             print(
@@ -296,6 +366,10 @@ def run(args: argparse.Namespace) -> int:
         loss_fn = compiled_loss(model, X, y)
         seconds = time.perf_counter() - started
         print(f"compiled the training step in {seconds:.1f}s: {loss_fn.compiled}")
+    if batch:
+        loss_fn = batched_loss(model, X, y)
+        seconds = time.perf_counter() - started
+        print(f"compiled the per-sample loss in {seconds:.1f}s: {loss_fn.compiled}")
     train(model, X, y, args.steps, on_step=ProgressBar(args.steps), loss_fn=loss_fn)
     final_loss, accuracy = evaluate(model, X, y)
     print(f"trained in {time.perf_counter() - started:.1f}s")

@@ -35,6 +35,9 @@ class Op:
     `arity` defaults to the number of positional parameters of `forward`.
     `static` lists argument positions that, given a plain number, are baked into the op
     instead of becoming a constant leaf: `x ** 2` has one parent, as in micrograd.
+    `array_forward` and `array_derivative`, optional, are the same two functions on numpy
+    arrays (element by element), for batched replay (`Compiled.map`); without them it
+    applies `forward` and `derivative` to each element.
 
     An op has three printed forms. `name` (`pow`) is its identifier: the registry key, the
     method `v.pow(...)`, and the word every error message uses. `symbol` (`**`) is how it is
@@ -52,6 +55,10 @@ class Op:
     plugin: str = ""  # set by the registry: the name of the plugin that registered the op
     constants: tuple[tuple[int, float], ...] = field(default=(), repr=False)  # (position, value)
     base: Op | None = field(default=None, repr=False, compare=False)  # the op before fixing
+    # Optional: the op on numpy arrays, element by element, for `Compiled.map` (batched
+    # replay): array_forward(*xs) -> array, array_derivative(out, *xs) -> tuple of arrays.
+    array_forward: Callable[..., Any] | None = field(default=None, repr=False)
+    array_derivative: Callable[..., Sequence[Any]] | None = field(default=None, repr=False)
 
     @property
     def title(self) -> str:

@@ -1,4 +1,8 @@
-"""The activation functions: tanh, relu, sigmoid."""
+"""The activation functions: tanh, relu, sigmoid.
+
+The array kernels are the same on numpy arrays, for batched replay; the derivatives of tanh
+and sigmoid, written with the output, work on arrays as they are.
+"""
 
 import math
 
@@ -15,11 +19,57 @@ def sigmoid(a: float) -> float:
     return e / (1.0 + e)
 
 
+def tanh_array(a):
+    import numpy as np
+
+    return np.tanh(a)
+
+
+def relu_array(a):
+    import numpy as np
+
+    return np.where(a <= 0, 0.0, a)  # as `relu`: nan stays nan, -0.0 becomes 0.0
+
+
+def relu_array_derivative(out, a):
+    return ((a > 0) * 1.0,)
+
+
+def sigmoid_array(a):
+    import numpy as np
+
+    # `sigmoid` element by element: e = e^-|a| is e^-a for a >= 0 and e^a below.
+    e = np.exp(-np.abs(a))
+    return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
 @hookimpl
 def register_ops(register):
-    register(Op("tanh", math.tanh, lambda out, a: (1.0 - out * out,)))
-    # symbol: micrograd's `_op` for relu is "ReLU"; tanh, exp and sigmoid are their names
     register(
-        Op("relu", lambda a: 0.0 if a <= 0 else a, lambda out, a: (float(a > 0),), symbol="ReLU")
+        Op(
+            "tanh",
+            math.tanh,
+            lambda out, a: (1.0 - out * out,),
+            array_forward=tanh_array,
+            array_derivative=lambda out, a: (1.0 - out * out,),
+        )
     )
-    register(Op("sigmoid", sigmoid, lambda out, a: (out * (1.0 - out),)))
+    register(
+        Op(
+            "relu",
+            lambda a: 0.0 if a <= 0 else a,
+            lambda out, a: (float(a > 0),),
+            symbol="ReLU",  # micrograd's `_op`; tanh, exp and sigmoid are their names
+            array_forward=relu_array,
+            array_derivative=relu_array_derivative,
+        )
+    )
+    register(
+        Op(
+            "sigmoid",
+            sigmoid,
+            lambda out, a: (out * (1.0 - out),),
+            array_forward=sigmoid_array,
+            array_derivative=lambda out, a: (out * (1.0 - out),),
+        )
+    )

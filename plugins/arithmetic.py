@@ -1,7 +1,9 @@
 """add, mul and pow as primitives; neg, sub and div composed from them.
 
 Each register() call is one row of a table of derivatives: the op's name, its forward, its
-local derivatives d out / d input (one per input), and micrograd's symbol for it (`_op`).
+local derivatives d out / d input (one per input), and micrograd's symbol for it (`_op`). The
+array kernels (array_forward, array_derivative) are the same on numpy arrays, for batched
+replay; numpy is imported only when they run.
 """
 
 import operator
@@ -20,13 +22,57 @@ def pow_derivative(out: float, a: float, b: float) -> tuple[float, float]:
     return d_base, d_exponent
 
 
+def pow_array(a, b):
+    import numpy as np
+
+    return np.power(a, b)  # IEEE-754 pow, as `power`
+
+
+def pow_array_derivative(out, a, b):
+    import numpy as np
+
+    # pow_derivative element by element; np.log is IEEE-754 log (-inf at 0, nan below).
+    d_base = np.where(b == 0, 0.0, b * np.power(a, b - 1.0))
+    d_exponent = np.where((a == 0) & (b >= 0), 0.0, out * np.log(a))
+    return d_base, d_exponent
+
+
 @hookimpl
 def register_ops(register):
     # add_derivative is (1, 1) and mul_derivative (b, a): backward applies these two inline.
-    register(Op("add", operator.add, add_derivative, symbol="+"))
-    register(Op("mul", operator.mul, mul_derivative, symbol="*"))
+    # operator.add and operator.mul, and these two derivatives, work on arrays as they are.
+    register(
+        Op(
+            "add",
+            operator.add,
+            add_derivative,
+            symbol="+",
+            array_forward=operator.add,
+            array_derivative=add_derivative,
+        )
+    )
+    register(
+        Op(
+            "mul",
+            operator.mul,
+            mul_derivative,
+            symbol="*",
+            array_forward=operator.mul,
+            array_derivative=mul_derivative,
+        )
+    )
     # static=(1,): a plain-number exponent is part of the op, so `x ** 2` has one parent.
-    register(Op("pow", power, pow_derivative, static=(1,), symbol="**"))
+    register(
+        Op(
+            "pow",
+            power,
+            pow_derivative,
+            static=(1,),
+            symbol="**",
+            array_forward=pow_array,
+            array_derivative=pow_array_derivative,
+        )
+    )
     register(Composite("neg", lambda a: a * -1, symbol="-"))
     register(Composite("sub", lambda a, b: a + (-b), symbol="-"))
     register(Composite("div", lambda a, b: a * b**-1, symbol="/"))

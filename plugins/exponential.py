@@ -1,11 +1,43 @@
-"""exp and log."""
+"""exp and log. The array kernels are the same on numpy arrays, for batched replay."""
 
 from opgraph import Op, hookimpl
 
 from .numerics import exp, log, reciprocal
 
 
+def exp_array(a):
+    import numpy as np
+
+    return np.exp(a)  # inf on overflow, as `exp`
+
+
+def log_array(a):
+    import numpy as np
+
+    return np.log(a)  # -inf at 0, nan below 0, as `log`
+
+
+def log_array_derivative(out, a):
+    return (1.0 / a,)  # +-inf at +-0, as `reciprocal` (numpy's errors are silenced)
+
+
 @hookimpl
 def register_ops(register):
-    register(Op("exp", exp, lambda out, a: (out,)))  # d e^a / da = e^a, the output itself
-    register(Op("log", log, lambda out, a: (reciprocal(a),)))
+    register(
+        Op(
+            "exp",
+            exp,
+            lambda out, a: (out,),  # d e^a / da = e^a, the output itself
+            array_forward=exp_array,
+            array_derivative=lambda out, a: (out,),
+        )
+    )
+    register(
+        Op(
+            "log",
+            log,
+            lambda out, a: (reciprocal(a),),
+            array_forward=log_array,
+            array_derivative=log_array_derivative,
+        )
+    )

@@ -1,0 +1,741 @@
+"""Batched replay: one recorded per-sample graph, run over a whole batch with numpy.
+
+`Compiled.map(*batches)` replays the graph `compile` recorded for one sample on n samples at
+once. Every node of the graph becomes a row of n numbers (one per sample) in one 2-D array
+`V`; parameters and constants, the same for every sample, are a column of their own.
+
+Nodes are not run one by one: nodes of the same op that do not depend on each other, those at
+the same depth of the graph, form a group that is one numpy operation on a (group x batch)
+block of rows. The 16 neurons of a layer each multiply a weight by an input, then add up the
+products: one `multiply` for all 16 x 16 products, then one `add` per position of the sums.
+Operands are views of `V` wherever the rows they read are evenly spaced (a slice, a stride, a
+row repeated), and gathers by index elsewhere. The generated code is straight-line Python,
+one numpy call per group and operand, in a generator that keeps the forward operands alive
+for the backward pass, as the scalar replay does.
+
+Each op computes with its plugin's array kernels (`Op.array_forward`, `Op.array_derivative`),
+add and mul with numpy's `add` and `multiply` (the same IEEE-754 arithmetic, element by
+element). An op without kernels still works: its scalar functions are applied element by
+element, with a warning. Floating-point errors give inf and nan as in eager mode, silently
+(`np.errstate`). The backward pass is seeded with each sample's weight; the parameters'
+gradients are summed over the batch.
+
+This module imports numpy: only `Compiled.map` imports it, so the scalar engine never does.
+"""
+
+from __future__ import annotations
+
+import builtins
+import warnings
+from collections.abc import Callable, Sequence
+from numbers import Real
+from operator import add as operator_add
+from operator import mul as operator_mul
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .backward import add_derivative, mul_derivative
+from .compile import BatchWarning, CompileError, _fill, _Input, _literal, _reachable
+from .errors import AnomalyError, OpError, describe
+from .registry import Op
+
+if TYPE_CHECKING:
+    from .compile import Compiled
+    from .value import Value
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch of inputs
+
+
+def batch_inputs(compiled: Compiled, args: Sequence[Any]) -> np.ndarray:
+    """The input numbers of n samples as an (n, number of inputs) array.
+
+    Each argument holds n samples of the example argument's structure: a list or tuple of n
+    samples, or a numpy array whose first axis is the batch. Fixed arguments (a model) are
+    passed as themselves, once.
+    """
+    _, items = compiled._shape
+    name = compiled.name
+    if len(args) != len(items):
+        raise CompileError(
+            f"{name}.map(): compiled with {len(items)} argument(s), got {len(args)}; pass each "
+            f"argument as a batch of samples"
+        )
+    blocks, n = [], None
+    for j, (shape, arg) in enumerate(zip(items, args, strict=True)):
+        where = f"{name}.map() argument {j}"
+        if _count(shape) == 0:  # a fixed argument: the very object, not a batch
+            _fill(shape, arg, [], where)
+            continue
+        block = _samples(shape, arg, where)
+        if n is not None and len(block) != n:
+            raise CompileError(
+                f"{where}: {len(block)} samples, but the arguments before it have {n}; every "
+                f"batched argument needs the same number of samples"
+            )
+        n = len(block)
+        blocks.append(block)
+    if n is None:
+        raise CompileError(
+            f"{name}.map(): no argument holds samples: the function has no inputs (numbers "
+            f"in its arguments), so there is nothing to batch; call it instead"
+        )
+    return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+
+
+def _count(shape: Any) -> int:
+    """How many input numbers one sample of this structure holds."""
+    if shape is _Input:
+        return 1
+    if _is_structure(shape):
+        return sum(_count(item) for item in shape[1])
+    return 0
+
+
+def _is_structure(shape: Any) -> bool:
+    return isinstance(shape, tuple) and len(shape) == 2 and shape[0] in (list, tuple)
+
+
+def _dims(shape: Any) -> tuple[int, ...] | None:
+    """The array shape of one sample (() for a number), or None if it is not rectangular."""
+    if shape is _Input:
+        return ()
+    if not _is_structure(shape):
+        return None
+    inner = [_dims(item) for item in shape[1]]
+    if not inner or any(d is None or d != inner[0] for d in inner):
+        return None
+    return (len(inner), *inner[0])
+
+
+def _samples(shape: Any, batch: Any, where: str) -> np.ndarray:
+    """One argument's batch as an (n, inputs per sample) float array, checked."""
+    count, dims = _count(shape), _dims(shape)
+    if not isinstance(batch, list | tuple | np.ndarray):
+        raise CompileError(
+            f"{where}: expected a batch of samples (a list, tuple or numpy array whose first "
+            f"axis is the batch), got {type(batch).__name__}: {batch!r}"
+        )
+    if dims is not None:  # the fast path: a numeric array of the right shape
+        try:
+            array = np.asarray(batch)
+        except (ValueError, TypeError):  # ragged, or objects numpy cannot take
+            array = None
+        if array is not None and array.dtype.kind in "fiu" and array.ndim >= 1:
+            if array.shape[1:] != dims:
+                expected = "(n" + "".join(f", {d}" for d in dims) + ")"
+                raise CompileError(
+                    f"{where}: expected an array of shape {expected}, n samples of the example "
+                    f"argument's shape, got shape {array.shape}"
+                )
+            return array.reshape(len(array), count).astype(np.float64)
+    if isinstance(batch, np.ndarray) and batch.ndim == 0:
+        raise CompileError(f"{where}: expected a batch of samples, got a 0-d array")
+    rows = []
+    for i, sample in enumerate(batch):  # anything else: sample by sample, as a call checks it
+        numbers: list[float] = []
+        _fill(
+            shape,
+            sample.tolist() if isinstance(sample, np.ndarray) else sample,
+            numbers,
+            f"{where}, sample {i}",
+        )
+        rows.append(numbers)
+    return np.array(rows, dtype=np.float64).reshape(len(rows), count)
+
+
+# ---------------------------------------------------------------------------------------------
+# Operands: where a group's argument reads its rows from
+
+
+class _Operand:
+    """One argument position of a group: how the forward reads it, how backward scatters."""
+
+    def __init__(self, kind: str, read: str, scatter: Callable[[str], list[str]] | None = None):
+        self.kind = kind  # "V": rows of V (per sample); "P": parameters; "C": constants
+        self.read = read  # a Python expression
+        self.scatter = scatter  # contribution expression -> statements adding it, or None
+        self.rows: np.ndarray | None = None  # the rows of V it reads (kind V)
+
+
+def _progression(rows: np.ndarray) -> tuple[int, int] | None:
+    """(start, step) if rows are start, start + step, ... with step >= 1, else None."""
+    if len(rows) == 1:
+        return int(rows[0]), 1
+    step = int(rows[1] - rows[0])
+    if step >= 1 and np.array_equal(rows, rows[0] + step * np.arange(len(rows))):
+        return int(rows[0]), step
+    return None
+
+
+def _slice(start: int, step: int, count: int) -> str:
+    stop = start + step * (count - 1) + 1
+    return f"{start}:{stop}" if step == 1 else f"{start}:{stop}:{step}"
+
+
+def _blocks(rows: np.ndarray) -> tuple[str, int, int, str] | None:
+    """A repeated block of evenly spaced rows: rows == tile(block, a) or repeat(block, a).
+
+    The inputs of a layer's neurons: each neuron reads the same rows. Returns
+    (how, copies, block length, slice of the block), or None.
+    """
+    k = len(rows)
+    for copies in range(2, k + 1):
+        if k % copies:
+            continue
+        b = k // copies
+        tiled = rows[:b]
+        if np.array_equal(rows, np.tile(tiled, copies)):
+            found = _progression(tiled)
+            if found:
+                return "tile", copies, b, _slice(*found, b)
+        repeated = rows[::copies]
+        if np.array_equal(rows, np.repeat(repeated, copies)):
+            found = _progression(repeated)
+            if found:
+                return "repeat", copies, b, _slice(*found, b)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The program
+
+
+class _Group:
+    """Nodes of one op at one depth, computed by one array operation."""
+
+    def __init__(self, op: Op, depth: int, backward: bool):
+        self.op = op  # the op called: the full op for `x ** 2` (its constant is an argument)
+        self.depth = depth
+        self.backward = backward  # do the nodes lead to the first output?
+        self.nodes: list[int] = []  # indices into compiled.nodes
+        self.start = 0  # first row in V
+
+
+class BatchedProgram:
+    """The generated batched replay of one Compiled function."""
+
+    def __init__(self, compiled: Compiled):
+        self.compiled = compiled
+        self.namespace: dict[str, Any] = {"np": np, "add": np.add, "multiply": np.multiply}
+        self.warned: set[str] = set()
+        self._leaves()
+        self.reaches_root = {id(v) for v in _reachable(compiled.outputs[:1])}
+        self._group()
+        self.source, self.lines = self._generate(checked=False)
+        self.replay = self._build(self.source)
+        self._checked: tuple[Callable, dict[int, int]] | None = None
+        self._running: Any = None
+        self._buffer_size = -1
+        self.n = 0  # samples of the last batch
+
+    # --- layout ---------------------------------------------------------------------------
+
+    def _leaves(self) -> None:
+        """Inputs are the first rows of V; parameters and constants are columns of their own."""
+        compiled = self.compiled
+        self.input_row = {id(v): k for k, v in enumerate(compiled.inputs)}
+        parameter_ids = {id(p) for p in compiled.parameters}
+        self.constant_of: dict[int, float] = {}  # id -> value, constants made while recording
+        for node in compiled.nodes:
+            if node._opdef is None and id(node) not in self.input_row:
+                if id(node) not in parameter_ids:
+                    self.constant_of[id(node)] = node.data
+        self.parameter_ids = parameter_ids
+
+    def _call(self, node: Value) -> tuple[Op, list[Value | float]]:
+        """The op to call on a node, and its arguments (parents, or the op's constants)."""
+        op = node._opdef
+        if op.base is None:
+            return op, list(node._prev)
+        fixed = dict(op.constants)
+        parents = iter(node._prev)
+        return op.base, [fixed[i] if i in fixed else next(parents) for i in range(op.base.arity)]
+
+    def _kind(self, arg: Value | float) -> str:
+        """C: a constant (the same for every sample and never differentiated); P: a
+        parameter (the same for every sample, its gradient summed over the batch); V: a row
+        of V (an input or an op node, one number per sample)."""
+        if isinstance(arg, float) or id(arg) in self.constant_of:
+            return "C"
+        return "P" if id(arg) in self.parameter_ids else "V"
+
+    def _group(self) -> None:
+        """Sort the op nodes into groups: same depth, same op, same kinds of arguments."""
+        nodes = self.compiled.nodes
+        depth: dict[int, int] = {}
+        groups: dict[tuple, _Group] = {}
+        for i, node in enumerate(nodes):
+            if node._opdef is None:
+                depth[id(node)] = 0
+                continue
+            depth[id(node)] = 1 + max(depth[id(p)] for p in node._prev)
+            op, args = self._call(node)
+            backward = id(node) in self.reaches_root
+            key = (depth[id(node)], id(op), tuple(self._kind(a) for a in args), backward)
+            if key not in groups:
+                groups[key] = _Group(op, depth[id(node)], backward)
+            groups[key].nodes.append(i)
+        # Depth by depth; within a depth, in the order the nodes were made.
+        self.groups = sorted(groups.values(), key=lambda g: (g.depth, g.nodes[0]))
+        row = len(self.compiled.inputs)  # V: the inputs, then each group's nodes
+        self.row = dict(self.input_row)
+        for group in self.groups:
+            group.start = row
+            for i in group.nodes:
+                self.row[id(nodes[i])] = row
+                row += 1
+        self.rows = row
+        # Parameters in the order the groups first read them: a group's weights are then a
+        # slice of the parameter column rather than a gather.
+        order: dict[int, Value] = {}
+        for group in self.groups:
+            for i in group.nodes:
+                for a in self._call(nodes[i])[1]:
+                    if not isinstance(a, float) and id(a) in self.parameter_ids:
+                        order.setdefault(id(a), a)
+        for p in self.compiled.parameters:  # one no op reads (an output that is a parameter)
+            order.setdefault(id(p), p)
+        self.parameters = list(order.values())
+        self.parameter_row = {id(p): k for k, p in enumerate(self.parameters)}
+        self.reaching_parameters = [
+            (k, p) for k, p in enumerate(self.parameters) if id(p) in self.reaches_root
+        ]
+
+    # --- operands -------------------------------------------------------------------------
+
+    def _constant(self, name: str, values: list[float]) -> str:
+        """A constant operand: one number for the whole group, or a (group x 1) column."""
+        if all(v == values[0] and repr(v) == repr(values[0]) for v in values):
+            return _literal(values[0])
+        self.namespace[name] = np.array(values, dtype=np.float64).reshape(-1, 1)
+        return name
+
+    def _operand(self, name: str, args: list[Value | float]) -> _Operand:
+        """How one argument position of a group reads its rows, and scatters gradients."""
+        kind = self._kind(args[0])
+        if kind == "C":
+            values = [a if isinstance(a, float) else self.constant_of[id(a)] for a in args]
+            return _Operand("C", self._constant(f"K{name}", values))
+        if kind == "P":
+            rows = np.array([self.parameter_row[id(a)] for a in args], dtype=np.intp)
+            return self._parameter_operand(name, rows)
+        rows = np.array([self.row[id(a)] for a in args], dtype=np.intp)
+        operand = self._row_operand(name, rows)
+        operand.rows = rows
+        return operand
+
+    def _row_operand(self, name: str, rows: np.ndarray) -> _Operand:
+        k = len(rows)
+        found = _progression(rows)
+        if found:
+            where = f"[{_slice(*found, k)}]"
+            return _Operand("V", f"V{where}", lambda c: [f"G{where} += {c}"])
+        if np.all(rows == rows[0]):  # one row read by every node: broadcast it
+            r = int(rows[0])
+            return _Operand(
+                "V", f"V[{r}:{r + 1}]", lambda c: [f"G[{r}:{r + 1}] += ({c}).sum(axis=0)"]
+            )
+        blocks = _blocks(rows)
+        if blocks:
+            how, copies, b, where = blocks
+            if how == "tile":
+                read = f"np.tile(V[{where}], ({copies}, 1))"
+                fold = f".reshape({copies}, {b}, -1).sum(axis=0)"
+            else:
+                read = f"np.repeat(V[{where}], {copies}, axis=0)"
+                fold = f".reshape({b}, {copies}, -1).sum(axis=1)"
+            return _Operand("V", read, lambda c: [f"G[{where}] += ({c}){fold}"])
+        self.namespace[f"I{name}"] = rows
+        if len(np.unique(rows)) == k:
+            return _Operand("V", f"V.take(I{name}, 0)", lambda c: [f"G[I{name}] += {c}"])
+        # Rows read more than once: sum each row's contributions first (add.reduceat over
+        # the contributions sorted by row), then add them in; `G[rows] +=` would keep one.
+        order = np.argsort(rows, kind="stable")
+        unique, starts = np.unique(rows[order], return_index=True)
+        self.namespace.update({f"O{name}": order, f"U{name}": unique, f"S{name}": starts})
+        return _Operand(
+            "V",
+            f"V.take(I{name}, 0)",
+            lambda c: [f"G[U{name}] += np.add.reduceat(({c})[O{name}], S{name}, axis=0)"],
+        )
+
+    def _parameter_operand(self, name: str, rows: np.ndarray) -> _Operand:
+        # A parameter's gradient is the sum over the batch of its per-sample gradients.
+        k = len(rows)
+        found = _progression(rows)
+        if found:
+            where = _slice(*found, k)
+            return _Operand("P", f"PV[{where}]", lambda c: [f"PG[{where}] += ({c}).sum(axis=1)"])
+        if np.all(rows == rows[0]):
+            r = int(rows[0])
+            return _Operand("P", f"PV[{r}:{r + 1}]", lambda c: [f"PG[{r}] += ({c}).sum()"])
+        self.namespace[f"I{name}"] = rows
+        if len(np.unique(rows)) == k:
+            scatter = f"PG[I{name}] += ({{}}).sum(axis=1)"
+        else:
+            scatter = f"np.add.at(PG, I{name}, ({{}}).sum(axis=1))"
+        return _Operand("P", f"PV.take(I{name}, 0)", lambda c: [scatter.format(c)])
+
+    # --- the source -----------------------------------------------------------------------
+
+    def _kernels(self, group: _Group, gi: int) -> tuple[str | None, str | None]:
+        """The names of the group's forward and derivative array functions (None: inline)."""
+        op = group.op
+        forward = derivative = None
+        if op.forward not in (operator_add, operator_mul):
+            forward = f"F{gi}"
+            self.namespace[forward] = self._array_function(op, "array_forward", gi)
+        if group.backward and op.derivative not in (add_derivative, mul_derivative):
+            derivative = f"D{gi}"
+            self.namespace[derivative] = self._array_function(op, "array_derivative", gi)
+        return forward, derivative
+
+    def _array_function(self, op: Op, field: str, gi: int) -> Callable:
+        kernel = getattr(op, field, None)
+        if kernel is not None:
+            if not callable(kernel):
+                raise CompileError(
+                    f"op {op.name!r} (plugin {op.plugin!r}): {field} must be callable, "
+                    f"got {kernel!r}"
+                )
+            if getattr(kernel, "__module__", "").startswith("opgraph.plugins."):
+                return kernel  # the built-ins' kernels, tested element by element
+            return _shape_checked(kernel, field)
+        if op.name not in self.warned:
+            self.warned.add(op.name)
+            missing = [f for f in ("array_forward", "array_derivative") if not getattr(op, f)]
+            warnings.warn(
+                f"op {op.name!r} (plugin {op.plugin!r}) has no array kernel "
+                f"({' and '.join(missing)}): batched replay of {self.compiled.name} applies "
+                f"its scalar functions element by element, correct but slow",
+                BatchWarning,
+                stacklevel=4,
+            )
+        scalar = op.forward if field == "array_forward" else op.derivative
+        return _elementwise(scalar, field == "array_derivative", op.arity, gi)
+
+    def _generate(self, checked: bool) -> tuple[str, dict[int, int]]:
+        """The source of the replay generator, and which group each line computes."""
+        nodes = self.compiled.nodes
+        code = ["def replay(V, G, PV):"]
+        lines: dict[int, int] = {}
+
+        def emit(line: str, group: int | None = None) -> None:
+            code.append("    " + line)
+            if group is not None:
+                lines[len(code)] = group
+
+        operands: list[list[_Operand]] = []
+        for gi, group in enumerate(self.groups):
+            calls = [self._call(nodes[i])[1] for i in group.nodes]
+            ops = [self._operand(f"{gi}_{j}", [c[j] for c in calls]) for j in range(len(calls[0]))]
+            operands.append(ops)
+            forward, _ = self._kernels(group, gi)
+            out = f"V[{group.start}:{group.start + len(group.nodes)}]"
+            emit(f"# {len(group.nodes)} x {group.op.name}, depth {group.depth}")
+            names = []
+            for j, operand in enumerate(ops):
+                if operand.kind == "C":
+                    names.append(operand.read)
+                else:
+                    names.append(f"a{gi}_{j}")
+                    emit(f"a{gi}_{j} = {operand.read}", gi)
+            if forward is None:
+                ufunc = "add" if group.op.forward is operator_add else "multiply"
+                emit(f"{ufunc}({names[0]}, {names[1]}, out={out})", gi)
+            else:
+                emit(f"{out} = {forward}({', '.join(names)})", gi)
+            if checked:
+                emit(f"if not isfinite({out}).all(): forward_anomaly({gi}, {out})")
+        emit("seed = yield")
+
+        # G is not zeroed: the first contribution to a row is assigned (`=`), later ones
+        # added (`+=`); every row backward reads has been written by then. Only the inputs'
+        # rows, returned whole, start at zero.
+        emit("while True:")
+        written = set(range(len(self.compiled.inputs)))
+        if written:
+            emit(f"    G[:{len(written)}] = 0.0")
+        emit("    PG = np.zeros(len(PV))")
+        root = self.compiled.outputs[0]
+        if id(root) in self.row:
+            emit(f"    G[{self.row[id(root)]}] = seed")
+            written.add(self.row[id(root)])
+        elif id(root) in self.parameter_row:
+            emit(f"    PG[{self.parameter_row[id(root)]}] += seed.sum()")
+        for gi in range(len(self.groups) - 1, -1, -1):
+            group = self.groups[gi]
+            if not group.backward:
+                continue
+            ops = operands[gi]
+            names = [op.read if op.kind == "C" else f"a{gi}_{j}" for j, op in enumerate(ops)]
+            _, derivative = self._kernels(group, gi)
+            end = group.start + len(group.nodes)
+            emit(f"    g = G[{group.start}:{end}]  # {group.op.name}, depth {group.depth}", gi)
+            if group.op.derivative is add_derivative:
+                contributions = ["g", "g"]  # d(a + b)/da = d(a + b)/db = 1
+            elif group.op.derivative is mul_derivative:
+                contributions = [f"{names[1]} * g", f"{names[0]} * g"]
+            else:
+                partials = [f"d{j}" for j in range(len(ops))]
+                emit(
+                    f"    {', '.join(partials)}, = {derivative}(V[{group.start}:{end}], "
+                    f"{', '.join(names)})",
+                    gi,
+                )
+                contributions = [f"{d} * g" for d in partials]
+            for j, operand in enumerate(ops):
+                if operand.scatter is None:
+                    continue
+                c = contributions[j]
+                if checked:
+                    emit(f"    c = {c}", gi)
+                    emit(f"    if not isfinite(c).all(): backward_anomaly({gi}, {j}, c)")
+                    c = "c"
+                statements = operand.scatter(c)
+                if operand.rows is not None:
+                    rows = set(operand.rows.tolist())
+                    fresh = sorted(rows - written)
+                    if len(fresh) == len(rows):  # the first contribution to all its rows
+                        statements = [statements[0].replace(" += ", " = ", 1)]
+                    elif fresh:
+                        self.namespace[f"Z{gi}_{j}"] = np.array(fresh, dtype=np.intp)
+                        emit(f"    G[Z{gi}_{j}] = 0.0", gi)
+                    written.update(rows)
+                for statement in statements:
+                    emit(f"    {statement}", gi)
+        emit("    seed = yield PG, G")
+        return "\n".join(code) + "\n", lines
+
+    def _build(self, source: str) -> Callable:
+        self.filename = f"<opgraph.compile batched {self.compiled.name}>"
+        namespace = dict(self.namespace)
+        namespace.update(
+            isfinite=np.isfinite,
+            forward_anomaly=self._forward_anomaly,
+            backward_anomaly=self._backward_anomaly,
+        )
+        exec(builtins.compile(source, self.filename, "exec"), namespace)
+        return namespace["replay"]
+
+    # --- running --------------------------------------------------------------------------
+
+    def _function(self, checked: bool) -> tuple[Callable, dict[int, int]]:
+        if not checked:
+            return self.replay, self.lines
+        if self._checked is None:
+            source, lines = self._generate(checked=True)
+            self._checked = (self._build(source), lines)
+        return self._checked
+
+    def run(self, inputs: np.ndarray, checked: bool) -> list[np.ndarray]:
+        """The outputs for a batch: inputs is (n, number of inputs); one array per output."""
+        replay, lines = self._function(checked)
+        n = len(inputs)
+        self._running = None
+        V, G = self._buffers(n)
+        V[: inputs.shape[1]] = inputs.T
+        PV = np.array([p.data for p in self.parameters], dtype=np.float64).reshape(-1, 1)
+        running = replay(V, G, PV)
+        with np.errstate(all="ignore"):
+            try:
+                next(running)
+            except AnomalyError:
+                raise
+            except Exception as exc:
+                raise self._error(exc, lines, "forward") from exc
+        self._running, self._lines, self.n = running, lines, n
+        return [self._output(V, PV, v, n) for v in self.compiled.outputs]
+
+    def _buffers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The data and gradient arrays for n samples, kept for the next batch of that size:
+        fresh arrays of tens of megabytes cost a page fault per 4 kB at every step."""
+        if self._buffer_size != n:
+            self._V, self._G = np.empty((self.rows, n)), np.empty((self.rows, n))
+            self._buffer_size = n
+        return self._V, self._G
+
+    @staticmethod
+    def zeros(shape: tuple[int, ...]) -> np.ndarray:
+        return np.zeros(shape)
+
+    def _output(self, V: np.ndarray, PV: np.ndarray, value: Value, n: int) -> np.ndarray:
+        if id(value) in self.row:
+            return V[self.row[id(value)]].copy()
+        if id(value) in self.parameter_row:
+            return np.full(n, PV[self.parameter_row[id(value)], 0])
+        return np.full(n, self.constant_of[id(value)])
+
+    def backward(self, seed: np.ndarray) -> np.ndarray:
+        """Add each parameter's gradient, summed over the batch, to its `.grad`; return the
+        (n, number of inputs) gradients of the inputs. `seed` weighs each sample."""
+        if self._running is None:
+            raise CompileError(f"compiled {self.compiled.name}: call map() before backward()")
+        with np.errstate(all="ignore"):
+            try:
+                PG, G = self._running.send(seed)
+            except AnomalyError:
+                self._running = None
+                raise
+            except Exception as exc:
+                self._running = None
+                raise self._error(exc, self._lines, "backward") from exc
+        sums = PG.tolist()
+        for k, p in self.reaching_parameters:
+            p.grad += sums[k]
+        return G[: len(self.compiled.inputs)].T.copy()
+
+    # --- errors that name the node --------------------------------------------------------
+
+    def _nodes_of(self, gi: int, element: tuple[int, int] | None) -> str:
+        group = self.groups[gi]
+        if element is not None:
+            node = self.compiled.nodes[group.nodes[element[0]]]
+            return f"{_name(node)} (sample {element[1]})"
+        first = self.compiled.nodes[group.nodes[0]]
+        more = (
+            f" and {len(group.nodes) - 1} other node(s) of the group"
+            if len(group.nodes) > 1
+            else ""
+        )
+        return f"{_name(first)}{more}"
+
+    def _error(self, exc: Exception, lines: dict[int, int], where: str) -> Exception:
+        tb, line = exc.__traceback__, None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == self.filename:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        if line not in lines:
+            return exc
+        gi = lines[line]
+        group = self.groups[gi]
+        element = None
+        if isinstance(exc, _ElementError):
+            element = np.unravel_index(exc.position, exc.shape)
+            element = (int(element[0]) if len(element) > 1 else 0, int(element[-1]))
+            exc = exc.cause
+        first = self.compiled.nodes[group.nodes[0]]
+        node = first if element is None else self.compiled.nodes[group.nodes[element[0]]]
+        message = str(exc)
+        if isinstance(exc, ValueError | TypeError) and "unpack" in message:
+            message = (
+                f"derivative must return {group.op.arity} partial derivative(s), one per input"
+            )
+        else:
+            message = f"{type(exc).__name__}: {message}"
+        return OpError(
+            f"{first._opdef.described} failed in batched "
+            f"{where} of {self.compiled.name} at {self._nodes_of(gi, element)} (as recorded: "
+            f"inputs {', '.join(describe(p) for p in node._prev)}): {message}"
+        )
+
+    def _forward_anomaly(self, gi: int, out: np.ndarray) -> None:
+        element = _first_nonfinite(out)
+        node = self.compiled.nodes[self.groups[gi].nodes[element[0]]]
+        raise AnomalyError(
+            f"{node._opdef.described} produced "
+            f"{out[element]} in batched forward of {self.compiled.name} at "
+            f"{self._nodes_of(gi, element)}"
+        )
+
+    def _backward_anomaly(self, gi: int, position: int, contribution: np.ndarray) -> None:
+        element = _first_nonfinite(contribution)
+        node = self.compiled.nodes[self.groups[gi].nodes[element[0]]]
+        raise AnomalyError(
+            f"{node._opdef.described} at "
+            f"{self._nodes_of(gi, element)} gave a non-finite gradient in batched backward "
+            f"of {self.compiled.name}: {contribution[element]} for input {position}"
+        )
+
+
+def _name(node: Value) -> str:
+    return f"node {node.label!r}" if node.label else f"node #{node._id}"
+
+
+def _first_nonfinite(array: np.ndarray) -> tuple[int, int]:
+    bad = np.argwhere(~np.isfinite(np.atleast_2d(array)))[0]
+    return int(bad[0]), int(bad[1])
+
+
+def _shape_checked(kernel: Callable, field: str) -> Callable:
+    """A plugin's kernel, checked to compute element by element: each result has the shape
+    of its inputs broadcast together (or is a number), not fewer rows that numpy would
+    silently broadcast into the group."""
+
+    def check(result: Any, args: tuple) -> None:
+        shape = np.shape(result)
+        if shape and shape != np.broadcast_shapes(*[np.shape(a) for a in args]):
+            raise ValueError(
+                f"{field} returned an array of shape {shape} for inputs of shapes "
+                f"{[np.shape(a) for a in args]}; it must compute element by element"
+            )
+
+    if field == "array_forward":
+
+        def forward(*args: Any) -> Any:
+            out = kernel(*args)
+            check(out, args)
+            return out
+
+        return forward
+
+    def derivative(out: Any, *args: Any) -> Any:
+        partials = kernel(out, *args)
+        for partial in partials:
+            check(partial, (out, *args))
+        return partials
+
+    return derivative
+
+
+# ---------------------------------------------------------------------------------------------
+# Ops without array kernels
+
+
+class _ElementError(Exception):
+    """A scalar function failed on one element of a group's block."""
+
+    def __init__(self, cause: Exception, position: int, shape: tuple[int, ...]):
+        super().__init__(str(cause))
+        self.cause, self.position, self.shape = cause, position, shape
+
+
+def _elementwise(scalar: Callable, is_derivative: bool, arity: int, gi: int) -> Callable:
+    """An array function that applies a scalar forward (or derivative) element by element."""
+
+    def forward(*args: Any) -> np.ndarray:
+        arrays = np.broadcast_arrays(*[np.asarray(a, dtype=np.float64) for a in args])
+        shape = arrays[0].shape
+        columns = [a.ravel().tolist() for a in arrays]
+        out = []
+        for position, xs in enumerate(zip(*columns, strict=True)):
+            try:
+                y = scalar(*xs)
+                if not isinstance(y, Real):
+                    raise TypeError(f"forward returned {y!r}; it must return a real number")
+            except Exception as exc:
+                raise _ElementError(exc, position, shape) from exc
+            out.append(y)
+        return np.array(out, dtype=np.float64).reshape(shape)
+
+    def derivative(out: np.ndarray, *args: Any) -> tuple[np.ndarray, ...]:
+        arrays = np.broadcast_arrays(*[np.asarray(a, dtype=np.float64) for a in (out, *args)])
+        shape = arrays[0].shape
+        columns = [a.ravel().tolist() for a in arrays]
+        partials = []
+        for position, xs in enumerate(zip(*columns, strict=True)):
+            try:
+                ds = scalar(*xs)
+                if len(ds) != arity:
+                    raise ValueError(f"not enough values to unpack (expected {arity})")
+            except Exception as exc:
+                raise _ElementError(exc, position, shape) from exc
+            partials.append(ds)
+        table = np.array(partials, dtype=np.float64).reshape(*shape, arity)
+        return tuple(table[..., j] for j in range(arity))
+
+    return derivative if is_derivative else forward
