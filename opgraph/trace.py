@@ -391,6 +391,16 @@ def redact(text: str) -> str:
 # --- starting a trace -----------------------------------------------------------------------
 
 
+def _server() -> Any:
+    """The tracing server (`opgraph.server`, with its `server` and `publish` modules), imported
+    on first use: it loads websockets and msgpack. The one place where the engine reaches the
+    server: `serve`, `Engine.serve` and `from_environment` all go through here."""
+    import opgraph.server.publish
+    import opgraph.server.server
+
+    return opgraph.server
+
+
 def serve(
     port: int = 8765,
     host: str = "127.0.0.1",
@@ -399,11 +409,10 @@ def serve(
     **options: Any,
 ):
     """Serve the trace of `engine` (default: the default engine); see `Engine.serve`."""
-    from opgraph.server.server import serve_engine
-
     from .engine import default_engine
 
-    return serve_engine(engine or default_engine(), port=port, host=host, **options)
+    engine = engine or default_engine()
+    return _server().server.serve_engine(engine, port=port, host=host, **options)
 
 
 def from_environment(engine: Engine) -> Any:
@@ -420,9 +429,7 @@ def from_environment(engine: Engine) -> Any:
         return None
     try:
         if setting.startswith(("ws://", "wss://")):
-            from opgraph.server.publish import publish
-
-            return publish(engine, setting, at_exit=True)
+            return _server().publish.publish(engine, setting, at_exit=True)
         if setting not in ("1", "true", "yes", "on"):
             raise ValueError(f"expected 1 or a hub URL like ws://127.0.0.1:8765, got {setting!r}")
         port_setting = os.environ.get("OPGRAPH_TRACE_PORT", "8765").strip()
@@ -432,8 +439,7 @@ def from_environment(engine: Engine) -> Any:
             )
         port = int(port_setting)
         record = os.environ.get("OPGRAPH_TRACE_RECORD") or None
-        from opgraph.server.server import serve_engine
-
+        serve_engine = _server().server.serve_engine
         return serve_engine(engine, port=port, record=record, at_exit=True, announce=True)
     except Exception as exc:  # tracing must never stop the program
         print(redact(f"opgraph: OPGRAPH_TRACE: tracing is off: {exc}"), file=sys.stderr)

@@ -181,33 +181,35 @@ def backward_steps_bytes(
 def forward_encoder(op: str | None, arity: int) -> Callable[[int, Any, float, int], bytes]:
     """A function `(seq, node, data, t) -> bytes` packing the `forward` of a node made by op
     `op` (nil for a leaf) with `arity` parents, no label and no constants: `forward_bytes`
-    with the parents' ids read from the node's slots, and no checks left for each event."""
+    with the node read through its read API (`id`, `parent_ids`: docs/api.md), and no checks
+    left for each event."""
     pack, parts = _template(op, arity)
     if arity == 2:
         a, b, c, d, e, f = parts
 
         def binary(seq: int, node: Any, data: float, t: int) -> bytes:
-            return pack(a, seq, b, node._id, c, node._a._id, d, node._b._id, e, data, f, t)
+            first, second = node.parent_ids
+            return pack(a, seq, b, node.id, c, first, d, second, e, data, f, t)
 
         return binary
     if arity == 1:
         a, b, c, e, f = parts
 
         def unary(seq: int, node: Any, data: float, t: int) -> bytes:
-            return pack(a, seq, b, node._id, c, node._a._id, e, data, f, t)
+            (parent,) = node.parent_ids
+            return pack(a, seq, b, node.id, c, parent, e, data, f, t)
 
         return unary
     if arity == 0:
         a, b, c, f = parts
 
         def leaf(seq: int, node: Any, data: float, t: int) -> bytes:
-            return pack(a, seq, b, node._id, c, data, f, t)
+            return pack(a, seq, b, node.id, c, data, f, t)
 
         return leaf
 
     def general(seq: int, node: Any, data: float, t: int) -> bytes:
-        parents = [parent._id for parent in node._prev]
-        return forward_bytes(seq, node._id, op, parents, data, "", t)
+        return forward_bytes(seq, node.id, op, node.parent_ids, data, "", t)
 
     return general
 

@@ -1,10 +1,13 @@
-"""`opgraph demo --serve`: train the moons demo while serving its live trace.
+"""`opgraph demo`: train micrograd's moons MLP (opgraph/demo.py) and draw a neuron's graph;
+with `--serve`, while serving the training's live trace.
 
 One training step of the demo builds about 65,000 nodes (forward and backward are about
-130,000 events), so by default only the first and the last step are traced; `--trace-steps`
-chooses others. Between traced steps tracing is paused, and the parameters' new values are
-announced (`data` events) when the next traced step uses them. After training the server
-keeps serving the traced steps' graphs until interrupted.
+130,000 events), so by default `--serve` traces only the first and the last step;
+`--trace-steps` chooses others. Between traced steps tracing is paused, and the parameters'
+new values are announced (`data` events) when the next traced step uses them. After
+training the server keeps serving the traced steps' graphs until interrupted.
+
+The trace is served through `engine.serve()`: this module does not import opgraph.server.
 """
 
 from __future__ import annotations
@@ -13,24 +16,101 @@ import argparse
 import random
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 from opgraph.demo import (
     MLP,
+    SEED,
     ProgressBar,
     Step,
+    compiled_loss,
+    draw_neuron,
     evaluate,
-    headline,
+    loss,
     make_moons,
-    make_out_dir,
-    report_drawing,
     train,
 )
+from opgraph.errors import GraphvizNotFoundError, ServerError
 
-from .server import ServerError, stop_on_sigterm, wait_until_interrupted
+from . import positive_int, stop_on_sigterm, wait_until_interrupted
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options `opgraph demo` gets for serving (called from opgraph/demo.py)."""
+    parser.add_argument("--steps", type=positive_int, default=100, help="training steps (100)")
+    parser.add_argument("--seed", type=int, default=SEED, help=f"seed of data and weights ({SEED})")
+    parser.add_argument(
+        "--out", type=Path, default=Path("."), help="directory for the neuron's SVG (.)"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="record the step's graph once and replay it compiled (opgraph.compile)",
+    )
+    add_serve_arguments(parser)
+
+
+def make_out_dir(out: Path) -> bool:
+    """Create --out now, not after a minute of training; False (and says why) if it cannot."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"opgraph demo: --out {out}: cannot create the directory: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def headline(model: MLP, X: Sequence[Sequence[float]], steps: int, seed: int) -> str:
+    return (
+        f"training MLP(2, [16, 16, 1]) ({len(model.parameters())} parameters) on {len(X)} "
+        f"two-moons points for {steps} steps (seed {seed})"
+    )
+
+
+def report_drawing(model: MLP, X: Sequence[Sequence[float]], out: Path) -> None:
+    """Draw the first neuron's graph to out/neuron.svg and say where (or why not)."""
+    try:
+        path = draw_neuron(model, X, out / "neuron.svg")
+    except GraphvizNotFoundError as exc:
+        print(f"no drawing of a neuron's graph: {exc}")
+    else:
+        print(f"drew the graph of neuron L0.N0: {path.resolve()}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "serve", False):
+        if getattr(args, "compile", False):
+            print(
+                "opgraph demo: --compile replays the step without building Values, so there "
+                "would be nothing to trace; use --serve or --compile, not both",
+                file=sys.stderr,
+            )
+            return 2
+        return run_served(args)
+    if not make_out_dir(args.out):
+        return 2
+    X, y = make_moons(100, noise=0.1, seed=args.seed)
+    model = MLP(2, [16, 16, 1], rng=random.Random(args.seed))
+    print(headline(model, X, args.steps, args.seed))
+    started = time.perf_counter()
+    loss_fn = loss
+    if args.compile:
+        loss_fn = compiled_loss(model, X, y)
+        seconds = time.perf_counter() - started
+        print(f"compiled the training step in {seconds:.1f}s: {loss_fn.compiled}")
+    train(model, X, y, args.steps, on_step=ProgressBar(args.steps), loss_fn=loss_fn)
+    final_loss, accuracy = evaluate(model, X, y)
+    print(f"trained in {time.perf_counter() - started:.1f}s")
+    print(f"final loss {final_loss:.4f}, accuracy {accuracy:.0%}")
+    report_drawing(model, X, args.out)
+    return 0
+
+
+# --- `opgraph demo --serve` -------------------------------------------------------------
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `opgraph demo --serve`."""
     group = parser.add_argument_group("live trace")
     group.add_argument("--serve", action="store_true", help="serve the training's live trace")
     group.add_argument(
