@@ -168,8 +168,7 @@ class Hub:
                     if z or encoder is None or encoder[0] is not op:  # a label, or a new op
                         packed = self._encode_forward(seq, x, y, z, t)
                     else:
-                        packed = encoder[1](seq, x, y, t)
-                    nodes[x.id] = packed
+                        packed = encoder[1](seq, x, y, t)  # (kept in nodes, by node id)
                 except struct.error:  # a number past 32 bits: kept as a tuple
                     out = event_map((kind, t_ns, x, y, z), seq, t0)
                     packed = pack(out)
@@ -209,8 +208,10 @@ class Hub:
             name = op.name
             const = [value for _, value in op.constants] if op.constants else None
         if not const:  # ops with constants (x ** 2) are rare enough for the general path
-            self._encoders[name] = (op, forward_encoder(name, len(parents)))
-        return forward_bytes(seq, node.id, name, parents, data, label, t, const)
+            self._encoders[name] = (op, forward_encoder(name, len(parents), self.nodes))
+        packed = forward_bytes(seq, node.id, name, parents, data, label, t, const)
+        self.nodes[node.id] = packed
+        return packed
 
     def _send_frame(self, frame: bytes, count: int) -> None:
         if self.recorder is not None:

@@ -305,3 +305,18 @@ def test_the_server_reads_nodes_only_through_the_read_api():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr in slots:
                 raise AssertionError(f"{path.name}:{node.lineno} reads .{node.attr}")
+
+
+def test_forward_packer_packs_what_the_read_api_says():
+    from opgraph.trace import forward_packer
+
+    engine = Engine(entry_points=False, name="ids")
+    x, y = engine.value(1.0), engine.value(2.0)
+    for node in [x, -x, x * y]:
+        arity = len(node.parents)
+        parts = [f"<{i}>" for i in range(arity + 4)]
+        kept: dict = {}
+        fields = forward_packer(arity, lambda *args: args, parts, kept)(7, node, 0.5, 9)
+        numbers = (7, node.id, *node.parent_ids, 0.5, 9)
+        assert fields == tuple(v for pair in zip(parts, numbers, strict=True) for v in pair)
+        assert kept == {node.id: fields}
