@@ -78,8 +78,8 @@ def report_drawing(model: MLP, X: Sequence[Sequence[float]], out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "serve", False):
-        if getattr(args, "compile", False):
+    if args.serve:
+        if args.compile:
             print(
                 "opgraph demo: --compile replays the step without building Values, so there "
                 "would be nothing to trace; use --serve or --compile, not both",
