@@ -9,17 +9,22 @@
 """
 
 from .backward import backward, topological_order, zero_grad
-from .compile import Compiled, CompileError, CompileWarning, compile
+from .compile import Compiled, CompileWarning, compile
 from .engine import Engine, default_engine
 from .errors import (
     AnomalyError,
+    CompileError,
     EngineMismatchError,
+    GradcheckError,
     GraphvizNotFoundError,
+    InvalidEvent,
     OpError,
     OpgraphError,
     PluginError,
     PluginLoadError,
     PluginLoadWarning,
+    PublishError,
+    ServerError,
 )
 from .hookspecs import hookimpl, hookspec
 from .modes import detect_anomaly, enable_grad, grad_enabled, no_grad
@@ -37,13 +42,17 @@ __all__ = [
     "Composite",
     "Engine",
     "EngineMismatchError",
+    "GradcheckError",
     "GraphvizNotFoundError",
+    "InvalidEvent",
     "Op",
     "OpError",
     "OpgraphError",
     "PluginError",
     "PluginLoadError",
     "PluginLoadWarning",
+    "PublishError",
+    "ServerError",
     "Value",
     "backward",
     "compile",

@@ -1,7 +1,10 @@
 """The `opgraph` command line: `opgraph demo`, and one subcommand per feature.
 
-Each subcommand is a pair of functions in the module of its feature: `add_arguments(parser)`
-and `run(args) -> int`. This file only lists them, so adding a command is one line here.
+Each subcommand is a module of opgraph/commands with two functions, `add_arguments(parser)`
+and `run(args) -> int`. This file only lists them, so adding a command is one line here. A
+command's module is imported only when that command runs or shows its --help: `opgraph
+--help` lists the commands from the table below, and `opgraph plugins` does not load the
+server (websockets, msgpack) or graphviz.
 
 Errors are reported in one line, `opgraph: error: ...`, without a traceback; `--debug` (or
 OPGRAPH_DEBUG=1) shows it.
@@ -14,18 +17,22 @@ import importlib
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
+from . import __version__
 from .errors import OpgraphError
 
 # name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("opgraph.demo", "train micrograd's moons MLP and draw a neuron's graph"),
-    "plugins": ("opgraph.plugin_cli", "list the op plugins, their distributions and their ops"),
-    "serve": ("opgraph.server.server", "run a standalone trace hub that scripts publish to"),
-    "replay": ("opgraph.server.replay", "serve a recorded trace (.ogtrace) to viewers"),
-    "export": ("opgraph.server.chrome", "export a recorded trace as Chrome trace-event JSON"),
-    "watch": ("opgraph.server.client", "print a live summary of a trace server's stream"),
+    "demo": ("opgraph.commands.demo", "train micrograd's moons MLP and draw a neuron's graph"),
+    "plugins": (
+        "opgraph.commands.plugins",
+        "list the op plugins, their distributions and their ops",
+    ),
+    "serve": ("opgraph.commands.serve", "run a standalone trace hub that scripts publish to"),
+    "replay": ("opgraph.commands.replay", "serve a recorded trace (.ogtrace) to viewers"),
+    "export": ("opgraph.commands.export", "export a recorded trace as Chrome trace-event JSON"),
+    "watch": ("opgraph.commands.watch", "print a live summary of a trace server's stream"),
 }
 
 DEBUG_HELP = "show the traceback of an error (also OPGRAPH_DEBUG=1)"
@@ -45,7 +52,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) or text
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of `opgraph`, with the arguments of the commands in `load` (default: all).
+
+    Every command is listed; a command not in `load` has no arguments of its own and its
+    module is not imported (`main` loads only the command it is given).
+    """
     parser = argparse.ArgumentParser(
         prog="opgraph",
         description="A scalar autograd engine with plugins and a live trace.",
@@ -57,18 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=debug_from_environment(),
         help=DEBUG_HELP,
     )
+    parser.add_argument("--version", action="version", version=f"opgraph {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
         sub = commands.add_parser(
             name, help=help_text, description=help_text, formatter_class=HelpFormatter
         )
-        module.add_arguments(sub)
+        if load is None or name in load:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
         sub.add_argument(  # also after the command: `opgraph demo --debug`
             "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
         )
-        sub.set_defaults(run=module.run)
     return parser
+
+
+def command_in(argv: Sequence[str]) -> str | None:
+    """The command named in `argv` (its first word that is not an option), if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def debug_from_environment() -> bool:
@@ -81,7 +100,8 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(load=[command_in(argv)]).parse_args(argv)
     with warnings.catch_warnings():
         if not args.debug:
             warnings.showwarning = show_warning

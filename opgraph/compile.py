@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backward import _one_pass, add_derivative, mul_derivative, seed_gradient, topological_order
 from .engine import default_engine
-from .errors import AnomalyError, OpError, OpgraphError, describe
+from .errors import AnomalyError, CompileError, OpError, describe
 from .modes import ANOMALY, enable_grad, mode
 from .registry import Op
 from .value import Value, _real
@@ -42,10 +42,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["BatchWarning", "Compiled", "CompileError", "CompileWarning", "compile"]
-
-
-class CompileError(OpgraphError):
-    """A function cannot be compiled faithfully, or a compiled function got other arguments."""
 
 
 class CompileWarning(UserWarning):

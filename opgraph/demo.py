@@ -13,7 +13,6 @@ with `compiled_loss`, the same loss through `opgraph.compile`; `opgraph demo --b
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import sys
@@ -23,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .errors import GraphvizNotFoundError
 from .modes import no_grad
 from .nn import MLP, Module, Neuron
 from .value import Value
@@ -259,120 +257,3 @@ class ProgressBar:
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
-
-
-# --- the `opgraph demo` command ---------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=_positive, default=100, help="training steps (100)")
-    parser.add_argument("--seed", type=int, default=SEED, help=f"seed of data and weights ({SEED})")
-    parser.add_argument(
-        "--out", type=Path, default=Path("."), help="directory for the neuron's SVG (.)"
-    )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="record the step's graph once and replay it compiled (opgraph.compile)",
-    )
-    parser.add_argument(
-        "--batch",
-        action="store_true",
-        help="compile one point's loss and run it over all points at once with numpy "
-        "(Compiled.map; needs opgraph[numpy])",
-    )
-    from opgraph.server.demo import add_arguments as add_serve_arguments
-
-    add_serve_arguments(parser)  # --serve and its options
-
-
-def _positive(text: str) -> int:
-    number = int(text)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
-def _have_numpy() -> bool:
-    try:
-        import numpy  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def make_out_dir(out: Path) -> bool:
-    """Create --out now, not after a minute of training; False (and says why) if it cannot."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"opgraph demo: --out {out}: cannot create the directory: {exc}", file=sys.stderr)
-        return False
-    return True
-
-
-def headline(model: MLP, X: Sequence[Sequence[float]], steps: int, seed: int) -> str:
-    return (
-        f"training MLP(2, [16, 16, 1]) ({len(model.parameters())} parameters) on {len(X)} "
-        f"two-moons points for {steps} steps (seed {seed})"
-    )
-
-
-def report_drawing(model: MLP, X: Sequence[Sequence[float]], out: Path) -> None:
-    """Draw the first neuron's graph to out/neuron.svg and say where (or why not)."""
-    try:
-        path = draw_neuron(model, X, out / "neuron.svg")
-    except GraphvizNotFoundError as exc:
-        print(f"no drawing of a neuron's graph: {exc}")
-    else:
-        print(f"drew the graph of neuron L0.N0: {path.resolve()}")
-
-
-def run(args: argparse.Namespace) -> int:
-    batch = getattr(args, "batch", False)
-    if batch and (getattr(args, "compile", False) or getattr(args, "serve", False)):
-        print(
-            "opgraph demo: --batch replays the step compiled, over the whole batch: use it "
-            "alone, not with --compile or --serve",
-            file=sys.stderr,
-        )
-        return 2
-    if batch and not _have_numpy():
-        print(
-            "opgraph demo: --batch runs the batch with numpy, which is not installed: "
-            "pip install 'opgraph[numpy]'",
-            file=sys.stderr,
-        )
-        return 2
-    if getattr(args, "serve", False):
-        if getattr(args, "compile", False):
-            print(
-                "opgraph demo: --compile replays the step without building Values, so there "
-                "would be nothing to trace; use --serve or --compile, not both",
-                file=sys.stderr,
-            )
-            return 2
-        from opgraph.server.demo import run_served
-
-        return run_served(args)
-    if not make_out_dir(args.out):
-        return 2
-    X, y = make_moons(100, noise=0.1, seed=args.seed)
-    model = MLP(2, [16, 16, 1], rng=random.Random(args.seed))
-    print(headline(model, X, args.steps, args.seed))
-    started = time.perf_counter()
-    loss_fn = loss
-    if args.compile:
-        loss_fn = compiled_loss(model, X, y)
-        seconds = time.perf_counter() - started
-        print(f"compiled the training step in {seconds:.1f}s: {loss_fn.compiled}")
-    if batch:
-        loss_fn = batched_loss(model, X, y)
-        seconds = time.perf_counter() - started
-        print(f"compiled the per-sample loss in {seconds:.1f}s: {loss_fn.compiled}")
-    train(model, X, y, args.steps, on_step=ProgressBar(args.steps), loss_fn=loss_fn)
-    final_loss, accuracy = evaluate(model, X, y)
-    print(f"trained in {time.perf_counter() - started:.1f}s")
-    print(f"final loss {final_loss:.4f}, accuracy {accuracy:.0%}")
-    report_drawing(model, X, args.out)
-    return 0

@@ -306,9 +306,9 @@ class Engine:
         `.port` and `.close()`. `port=0` picks a free port. Options: `record=path`,
         `token=`, `static_dir=`, `queue_limit=`, `max_nodes=` (see docs/tracing.md).
         """
-        from opgraph.server.server import serve_engine
+        from .trace import serve
 
-        return serve_engine(self, port=port, host=host, **options)
+        return serve(port, host, engine=self, **options)
 
 
 def _first_line(error: PluginLoadError) -> str:

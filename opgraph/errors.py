@@ -75,3 +75,34 @@ def describe(value) -> str:
     label = getattr(value, "_label", "")
     data = getattr(value, "data", value)
     return f"{data!r} (label {label!r})" if label else repr(data)
+
+
+# --- errors of the tracing server, the publisher, compile and gradcheck ---------------------
+# (Defined here so that `except opgraph.OpgraphError` catches them all; each is also
+# importable from the module that raises it.)
+
+
+class ServerError(OpgraphError):
+    """A trace server could not start (address in use, bad option, engine already traced)."""
+
+
+class PublishError(OpgraphError):
+    """A hub cannot be published to (a sentence, never empty); the publisher reports it on
+    stderr and reconnects or stops tracing, so it rarely reaches the program."""
+
+
+class CompileError(OpgraphError):
+    """A function cannot be compiled faithfully, or a compiled function got other arguments."""
+
+
+class GradcheckError(OpgraphError, AssertionError):
+    """An op's derivative disagrees with finite differences (or cannot be checked)."""
+
+
+class InvalidEvent(OpgraphError, ValueError):
+    """A map that breaks the protocol: `index` is its position, `field` the culprit."""
+
+    def __init__(self, index: int, kind: str, field: str, problem: str):
+        self.index, self.kind, self.field, self.problem = index, kind, field, problem
+        where = f"event {index}" + (f" ({kind})" if kind else "")
+        super().__init__(f"{where}: {field} {problem}" if field else f"{where}: {problem}")

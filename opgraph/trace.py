@@ -20,7 +20,7 @@ import os
 import re
 import sys
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
@@ -308,6 +308,47 @@ def records(fields: list[Any]) -> Iterator[tuple]:
     return zip(*[iter(fields)] * RECORD, strict=True)
 
 
+def forward_packer(
+    arity: int, pack: Callable[..., bytes], parts: Sequence[bytes], keep: dict[int, bytes]
+) -> Any:
+    """A function `(seq, node, data, t) -> bytes` that packs a FORWARD record of a node with
+    `arity` (0 to 2) parents as `pack(parts[0], seq, parts[1], id, parts[2], first parent's
+    id, ..., data, parts[-1], t)` (a struct template whose constant parts precede each
+    number: see server/encode.py), and keeps the result in `keep[id]`.
+
+    A consumer reads a buffered node through Value's read API (`id`, `op`, `parent_ids`:
+    docs/api.md). This one reader is here, on the engine's side, because it reads the slots:
+    it runs for most events the server sends, where a property per read would cost a tenth
+    of the server's time per event.
+    """
+    if arity == 2:
+        a, b, c, d, e, f = parts
+
+        def binary(seq: int, node: Value, data: float, t: int) -> bytes:
+            id_ = node._id
+            keep[id_] = packed = pack(a, seq, b, id_, c, node._a._id, d, node._b._id, e, data, f, t)
+            return packed
+
+        return binary
+    if arity == 1:
+        a, b, c, e, f = parts
+
+        def unary(seq: int, node: Value, data: float, t: int) -> bytes:
+            id_ = node._id
+            keep[id_] = packed = pack(a, seq, b, id_, c, node._a._id, e, data, f, t)
+            return packed
+
+        return unary
+    a, b, c, f = parts
+
+    def leaf(seq: int, node: Value, data: float, t: int) -> bytes:
+        id_ = node._id
+        keep[id_] = packed = pack(a, seq, b, id_, c, data, f, t)
+        return packed
+
+    return leaf
+
+
 def event_count(item: tuple) -> int:
     """How many events a buffered item holds."""
     return len(item[2]) if item[0] == BACKWARD_STEPS else 1
@@ -391,6 +432,16 @@ def redact(text: str) -> str:
 # --- starting a trace -----------------------------------------------------------------------
 
 
+def _server() -> Any:
+    """The tracing server (`opgraph.server`, with its `server` and `publish` modules), imported
+    on first use: it loads websockets and msgpack. The one place where the engine reaches the
+    server: `serve`, `Engine.serve` and `from_environment` all go through here."""
+    import opgraph.server.publish
+    import opgraph.server.server
+
+    return opgraph.server
+
+
 def serve(
     port: int = 8765,
     host: str = "127.0.0.1",
@@ -399,11 +450,10 @@ def serve(
     **options: Any,
 ):
     """Serve the trace of `engine` (default: the default engine); see `Engine.serve`."""
-    from opgraph.server.server import serve_engine
-
     from .engine import default_engine
 
-    return serve_engine(engine or default_engine(), port=port, host=host, **options)
+    engine = engine or default_engine()
+    return _server().server.serve_engine(engine, port=port, host=host, **options)
 
 
 def from_environment(engine: Engine) -> Any:
@@ -420,9 +470,7 @@ def from_environment(engine: Engine) -> Any:
         return None
     try:
         if setting.startswith(("ws://", "wss://")):
-            from opgraph.server.publish import publish
-
-            return publish(engine, setting, at_exit=True)
+            return _server().publish.publish(engine, setting, at_exit=True)
         if setting not in ("1", "true", "yes", "on"):
             raise ValueError(f"expected 1 or a hub URL like ws://127.0.0.1:8765, got {setting!r}")
         port_setting = os.environ.get("OPGRAPH_TRACE_PORT", "8765").strip()
@@ -432,8 +480,7 @@ def from_environment(engine: Engine) -> Any:
             )
         port = int(port_setting)
         record = os.environ.get("OPGRAPH_TRACE_RECORD") or None
-        from opgraph.server.server import serve_engine
-
+        serve_engine = _server().server.serve_engine
         return serve_engine(engine, port=port, record=record, at_exit=True, announce=True)
     except Exception as exc:  # tracing must never stop the program
         print(redact(f"opgraph: OPGRAPH_TRACE: tracing is off: {exc}"), file=sys.stderr)

@@ -25,6 +25,7 @@ import inspect
 import itertools
 import math
 from numbers import Real
+from operator import attrgetter
 from types import MethodType
 from typing import TYPE_CHECKING, Any
 
@@ -115,10 +116,32 @@ class Value:
         if self._tracer is not None:
             self._tracer.relabel(self)
 
+    # --- the read API for tools (the server, draw_dot: docs/api.md) ----------------------
+    # `id` and `op` are read for every traced event: their getters are C functions
+    # (operator.attrgetter), cheaper than a Python function.
+    id = property(
+        attrgetter("_id"),
+        doc="The node's number in its engine, in creation order (so parents come first).",
+    )
+    op = property(attrgetter("_opdef"), doc="The op that made this node, or None for a leaf.")
+
     @property
-    def id(self) -> int:
-        """The node's number in its engine, in creation order (so parents come first)."""
-        return self._id
+    def op_name(self) -> str | None:
+        """The name of the op that made this node (`"add"`), or None for a leaf."""
+        return self._opdef.name if self._opdef is not None else None
+
+    @property
+    def parent_ids(self) -> tuple[int, ...]:
+        """The ids of `parents`, in order."""
+        a = self._a
+        if a is None:
+            return ()
+        b = self._b
+        if b is None:
+            return (a._id,)
+        if self._more is None:
+            return (a._id, b._id)
+        return (a._id, b._id, *[p._id for p in self._more])
 
     @property
     def _prev(self) -> tuple[Value, ...]:
@@ -135,11 +158,6 @@ class Value:
     def parents(self) -> tuple[Value, ...]:
         """The operands of the op that made this node, in order, duplicates kept."""
         return self._prev
-
-    @property
-    def op(self) -> Op | None:
-        """The op that made this node, or None for a leaf."""
-        return self._opdef
 
     @property
     def _op(self) -> str:

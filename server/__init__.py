@@ -1,11 +1,20 @@
 """opgraph's tracing server (see docs/tracing.md; the wire format is docs/protocol.md).
 
-- `server`: `TraceServer` (one port: the viewer page and the `/ws` stream), `EngineServer`
-  (fed by an engine's tracer), `opgraph serve` (a standalone hub)
+- `protocol`: the wire constants (subprotocol, protocol name and version, size limits,
+  close codes) and `hello`
+- `server`: the life cycle: `TraceServer` (one port: the viewer page and the `/ws` stream),
+  `EngineServer` (fed by an engine's tracer), `serve_engine`
+- `http`: the viewer page's files and the security headers of every response
+- `security`: the checks before an upgrade (loopback Host, Origin, token)
 - `hub`: numbering, the graph kept for snapshots, per-viewer bounded queues
 - `encode`: fast msgpack templates for `forward` and `backward`
+- `events`: the checks of maps from outside (publishers, recordings)
 - `publish`: scripts publishing to a hub (`OPGRAPH_TRACE=ws://...`), and the hub's side
-- `recording`, `replay`, `chrome`: recordings, `opgraph replay`, `opgraph export --chrome`
-- `client`: a Python client, `Graph`, and `opgraph watch`
-- `demo`: `opgraph demo --serve`
+- `recording`, `replay`, `chrome`: recordings, `ReplayServer`, Chrome trace-event export
+- `client`: a Python client and `Graph`
+
+The engine reaches this package only through `opgraph.trace._server()`; the commands that
+use it (`opgraph serve`, `replay`, `export`, `watch`) are in opgraph/commands. Nodes are read
+through Value's read API (docs/api.md), and the fast path's one slot reader is
+`opgraph.trace.forward_packer`.
 """

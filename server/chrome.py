@@ -1,4 +1,4 @@
-"""`opgraph export --chrome run.ogtrace out.json`: a recording as Chrome trace-event JSON.
+"""A recording as Chrome trace-event JSON (`opgraph export --chrome`, opgraph/commands).
 
 Perfetto (ui.perfetto.dev) and chrome://tracing open the result. Three tracks:
 "forward" has one slice per node, from the previous event to the node's creation (the time
@@ -11,7 +11,6 @@ events for `data` and `label` changes. Times are the events' `t` (microseconds).
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -136,29 +135,3 @@ def export_chrome(recording: str | Path, out: str | Path) -> Recording:
     with open(out, "w") as file:
         json.dump(document, file, separators=(",", ":"))
     return reader
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--chrome",
-        action="store_true",
-        help="Chrome trace-event JSON: the only format so far, and the default",
-    )
-    parser.add_argument("recording", help="a recording made with --record (.ogtrace)")
-    parser.add_argument("out", help="the JSON file to write")
-
-
-def run(args) -> int:
-    try:
-        reader = export_chrome(args.recording, args.out)
-    except OSError as exc:
-        print(f"opgraph export: {exc}", file=sys.stderr)
-        return 1
-    if reader.hello is None:
-        print(f"opgraph export: {args.recording}: {reader.damage}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}: open it in https://ui.perfetto.dev or chrome://tracing")
-    if reader.damage:
-        print(f"opgraph export: stopped early: {reader.damage}", file=sys.stderr)
-        return 2
-    return 0

@@ -15,6 +15,8 @@ from typing import Any
 
 import msgpack
 
+from opgraph.trace import forward_packer
+
 _pack = msgpack.Packer().pack
 
 
@@ -178,36 +180,22 @@ def backward_steps_bytes(
     return out
 
 
-def forward_encoder(op: str | None, arity: int) -> Callable[[int, Any, float, int], bytes]:
+def forward_encoder(
+    op: str | None, arity: int, keep: dict[int, bytes] | None = None
+) -> Callable[[int, Any, float, int], bytes]:
     """A function `(seq, node, data, t) -> bytes` packing the `forward` of a node made by op
     `op` (nil for a leaf) with `arity` parents, no label and no constants: `forward_bytes`
-    with the parents' ids read from the node's slots, and no checks left for each event."""
-    pack, parts = _template(op, arity)
-    if arity == 2:
-        a, b, c, d, e, f = parts
-
-        def binary(seq: int, node: Any, data: float, t: int) -> bytes:
-            return pack(a, seq, b, node._id, c, node._a._id, d, node._b._id, e, data, f, t)
-
-        return binary
-    if arity == 1:
-        a, b, c, e, f = parts
-
-        def unary(seq: int, node: Any, data: float, t: int) -> bytes:
-            return pack(a, seq, b, node._id, c, node._a._id, e, data, f, t)
-
-        return unary
-    if arity == 0:
-        a, b, c, f = parts
-
-        def leaf(seq: int, node: Any, data: float, t: int) -> bytes:
-            return pack(a, seq, b, node._id, c, data, f, t)
-
-        return leaf
+    with no checks left for each event; the bytes are also kept in `keep[node.id]`. The node
+    is read by `opgraph.trace.forward_packer` (with the template of `_template`) for up to
+    two parents, and by its read API beyond."""
+    keep = {} if keep is None else keep
+    if arity <= 2:
+        return forward_packer(arity, *_template(op, arity), keep)
 
     def general(seq: int, node: Any, data: float, t: int) -> bytes:
-        parents = [parent._id for parent in node._prev]
-        return forward_bytes(seq, node._id, op, parents, data, "", t)
+        id_ = node.id
+        keep[id_] = packed = forward_bytes(seq, id_, op, node.parent_ids, data, "", t)
+        return packed
 
     return general
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from opgraph.errors import InvalidEvent
+
+from .protocol import PROTOCOL, VERSION
+
 # Integers (ids, seq, pass, t, pid) stay exact in a JavaScript number, which is how the
 # browser viewer reads them; 2**53 microseconds are 285 years.
 MAX_INT = 2**53 - 1
@@ -25,15 +29,6 @@ MAX_CONST = 1024  # constants of one node
 LIVE_KINDS = ("forward", "data", "label", "backward_begin", "backward", "backward_end")
 PUBLISHED_KINDS = (*LIVE_KINDS, "dropped")
 RECORDED_KINDS = (*LIVE_KINDS, "run")
-
-
-class InvalidEvent(ValueError):
-    """A map that breaks the protocol: `index` is its position, `field` the culprit."""
-
-    def __init__(self, index: int, kind: str, field: str, problem: str):
-        self.index, self.kind, self.field, self.problem = index, kind, field, problem
-        where = f"event {index}" + (f" ({kind})" if kind else "")
-        super().__init__(f"{where}: {field} {problem}" if field else f"{where}: {problem}")
 
 
 class _Bad(Exception):
@@ -239,15 +234,16 @@ def _check_fields(event: dict, kind: str, index: int) -> dict:
 
 
 def check_hello(event: Any, index: int = 0) -> dict:
-    """The clean copy of a `hello` map (protocol "opgraph", version 1); raises InvalidEvent."""
+    """The clean copy of a `hello` map (protocol PROTOCOL, version VERSION); raises
+    InvalidEvent."""
     if type(event) is not dict or event.get("type") != "hello":
         raise InvalidEvent(index, "", "", "must be an opgraph hello")
-    if event.get("protocol") != "opgraph":
-        problem = f"must be 'opgraph', got {_shown(event.get('protocol'))}"
+    if event.get("protocol") != PROTOCOL:
+        problem = f"must be {PROTOCOL!r}, got {_shown(event.get('protocol'))}"
         raise InvalidEvent(index, "hello", "'protocol'", problem)
     clean = _fields(event, "hello", index, *_HELLO)
-    if clean["version"] != 1:
-        problem = f"{clean['version']} is not supported (this reads version 1)"
+    if clean["version"] != VERSION:
+        problem = f"{clean['version']} is not supported (this reads version {VERSION})"
         raise InvalidEvent(index, "hello", "'version'", problem)
     return clean
 

@@ -25,6 +25,7 @@ from opgraph.trace import BACKWARD_BEGIN, BACKWARD_STEPS, FORWARD, event_map, re
 
 from .encode import backward_steps_bytes, forward_bytes, forward_encoder, node_bytes
 from .events import MAX_OPS
+from .protocol import hello
 
 FRAME_EVENTS = 2000  # events per websocket frame (about 60-100 KB)
 SNAPSHOT_FRAME_NODES = 2000
@@ -42,7 +43,6 @@ RESYNC_PASS_WAIT = 1.0
 # its time on them); requests meanwhile make one snapshot.
 SEND_TIMEOUT = 10.0
 SNAPSHOT_INTERVAL = 2.0
-CLOSE_TOO_SLOW = 4000
 
 # A node of the hub's graph is either the packed `forward` map it was announced with (bytes
 # from encode.py, as the fast path stores it; snapshots rewrite them, see node_bytes) or a
@@ -100,15 +100,7 @@ class Hub:
             recorder.write(self._pack(self.hello_map(0)))
 
     def hello_map(self, seq: int) -> dict[str, Any]:
-        return {
-            "type": "hello",
-            "seq": seq,
-            "protocol": "opgraph",
-            "version": 1,
-            "session": self.session,
-            "engine": self.engine,
-            "ops": self.ops,
-        }
+        return hello(seq, session=self.session, engine=self.engine, ops=self.ops)
 
     def now_us(self) -> int:
         """Microseconds since this hub started (the `t` of events the hub makes)."""
@@ -170,14 +162,13 @@ class Hub:
             t = (t_ns - t0) // 1000
             if kind == FORWARD:
                 seq += 1
-                op = x._opdef
+                op = x.op
                 encoder = encoders.get(op.name if op is not None else None)
                 try:
                     if z or encoder is None or encoder[0] is not op:  # a label, or a new op
                         packed = self._encode_forward(seq, x, y, z, t)
                     else:
-                        packed = encoder[1](seq, x, y, t)
-                    nodes[x._id] = packed
+                        packed = encoder[1](seq, x, y, t)  # (kept in nodes, by node id)
                 except struct.error:  # a number past 32 bits: kept as a tuple
                     out = event_map((kind, t_ns, x, y, z), seq, t0)
                     packed = pack(out)
@@ -209,16 +200,18 @@ class Hub:
 
     def _encode_forward(self, seq: int, node: Any, data: float, label: str, t: int) -> bytes:
         """The packed `forward` of `node`; remembers a fast encoder for its op (see encode.py)."""
-        op = node._opdef
-        parents = [parent._id for parent in node._prev]
+        op = node.op
+        parents = node.parent_ids
         if op is None:
             name = const = None
         else:
             name = op.name
             const = [value for _, value in op.constants] if op.constants else None
         if not const:  # ops with constants (x ** 2) are rare enough for the general path
-            self._encoders[name] = (op, forward_encoder(name, len(parents)))
-        return forward_bytes(seq, node._id, name, parents, data, label, t, const)
+            self._encoders[name] = (op, forward_encoder(name, len(parents), self.nodes))
+        packed = forward_bytes(seq, node.id, name, parents, data, label, t, const)
+        self.nodes[node.id] = packed
+        return packed
 
     def _send_frame(self, frame: bytes, count: int) -> None:
         if self.recorder is not None:

@@ -28,15 +28,22 @@ import msgpack
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from opgraph.errors import PublishError
 from opgraph.trace import Tracer, event_count, event_maps, plain_number, records, redact
 
 from .events import MAX_INT, InvalidEvent, check_event, check_hello, close_reason
 from .hub import Hub
+from .protocol import (
+    CLOSE_INVALID,
+    CLOSE_POLICY,
+    CLOSE_TEXT_FRAME,
+    SUBPROTOCOL,
+    hello,
+)
 
 if TYPE_CHECKING:
     from opgraph.engine import Engine
 
-SUBPROTOCOL = "opgraph.v1"
 SEND_INTERVAL = 0.01  # seconds between looks at an empty buffer
 BATCH = 20_000  # events per frame
 # Deadlines (seconds). A hub that answers none of them is frozen, cut off, or not a hub.
@@ -59,8 +66,7 @@ def publish_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
-class HubProblem(Exception):
-    """Why the hub cannot be published to (a sentence, never empty)."""
+HubProblem = PublishError  # (its former name)
 
 
 class Publisher:
@@ -175,7 +181,7 @@ class Publisher:
         self.waiting_on = "connecting to the hub (no answer yet)"
         try:
             ws = await self._connect()
-        except HubProblem as exc:
+        except PublishError as exc:
             self._stop(f"cannot publish: {exc}")
             return
         while ws is not None:
@@ -191,7 +197,7 @@ class Publisher:
             ws = await self._reconnect()
 
     async def _connect(self) -> Any:
-        """Open a connection to the hub and send this run's hello (HubProblem if not)."""
+        """Open a connection to the hub and send this run's hello (PublishError if not)."""
         try:
             ws = await websockets.connect(
                 self.url,
@@ -204,29 +210,26 @@ class Publisher:
                 close_timeout=CLOSE_TIMEOUT,
             )
         except TimeoutError as exc:
-            raise HubProblem(
+            raise PublishError(
                 f"no answer within {self.connect_timeout:g} s (connecting or the websocket "
                 f"handshake hangs: is it frozen, or not an opgraph hub?)"
             ) from exc
         except InvalidStatus as exc:
-            raise HubProblem(f"the hub refused the connection: {refusal(exc)}") from exc
+            raise PublishError(f"the hub refused the connection: {refusal(exc)}") from exc
         except (OSError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
-            raise HubProblem(describe(exc)) from exc
-        hello = {
-            "type": "hello",
-            "seq": 0,
-            "protocol": "opgraph",
-            "version": 1,
-            "session": secrets.token_hex(8),
-            "pid": os.getpid(),
-            "t": (perf_counter_ns() - self.tracer.t0) // 1000,
+            raise PublishError(describe(exc)) from exc
+        first = hello(
+            0,
+            session=secrets.token_hex(8),
+            pid=os.getpid(),
+            t=(perf_counter_ns() - self.tracer.t0) // 1000,
             **self.tracer.hello(),
-        }
+        )
         try:
-            await self._send(ws, msgpack.packb(hello))
-        except (ConnectionClosed, HubProblem) as exc:
+            await self._send(ws, msgpack.packb(first))
+        except (ConnectionClosed, PublishError) as exc:
             ws.transport.abort()
-            raise HubProblem(closed_reason(exc)) from exc
+            raise PublishError(closed_reason(exc)) from exc
         self.connections += 1
         self._connected.set()
         return ws
@@ -241,18 +244,18 @@ class Publisher:
             except TimeoutError:
                 ws.transport.abort()
             return None
-        except HubProblem as exc:
+        except PublishError as exc:
             ws.transport.abort()
             return str(exc)
         except ConnectionClosed as exc:
             return closed_reason(exc)
 
     async def _send(self, ws: Any, frame: bytes) -> None:
-        """Send one frame, or raise HubProblem if the hub does not take it in time."""
+        """Send one frame, or raise PublishError if the hub does not take it in time."""
         try:
             await asyncio.wait_for(ws.send(frame), SEND_TIMEOUT)
         except TimeoutError:
-            raise HubProblem(
+            raise PublishError(
                 f"it took no data for {SEND_TIMEOUT:g} s (frozen, or too slow?)"
             ) from None
 
@@ -336,7 +339,7 @@ class Publisher:
         while not self._closing:
             try:
                 ws = await self._connect()
-            except HubProblem:
+            except PublishError:
                 await self._sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
@@ -377,7 +380,7 @@ def refusal(exc: InvalidStatus) -> str:
 
 def closed_reason(exc: BaseException) -> str:
     """Why a connection ended, in words."""
-    if isinstance(exc, HubProblem):
+    if isinstance(exc, PublishError):
         return str(exc)
     if isinstance(exc, ConnectionClosed):
         sent, rcvd = exc.sent, exc.rcvd
@@ -488,18 +491,18 @@ async def receive_run(hub: Hub, ws: Any) -> None:
     try:
         async for message in ws:
             if isinstance(message, str):
-                await ws.close(1003, "publish binary msgpack frames")
+                await ws.close(CLOSE_TEXT_FRAME, "publish binary msgpack frames")
                 return
             events = _unpack_all(message)
             if events is None:
-                await ws.close(1007, "a publish frame must hold msgpack maps back to back")
+                await ws.close(CLOSE_INVALID, "a publish frame must hold msgpack maps back to back")
                 return
             try:
                 hello = None
                 if run is None:
                     first = events[0] if events else {}
                     if not isinstance(first, dict) or first.get("type") != "hello":
-                        await ws.close(1008, "a publisher must send an opgraph hello first")
+                        await ws.close(CLOSE_POLICY, "a publisher must send an opgraph hello first")
                         return
                     hello = check_hello(first)
                 checked = [
@@ -508,7 +511,7 @@ async def receive_run(hub: Hub, ws: Any) -> None:
                     if index or hello is None
                 ]
             except InvalidEvent as exc:
-                await ws.close(1007, close_reason(exc))
+                await ws.close(CLOSE_INVALID, close_reason(exc))
                 return
             if run is None:
                 run = _Run(hub, hello)

@@ -7,16 +7,10 @@ recording (`opgraph replay`). See docs/tracing.md and docs/protocol.md.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import atexit
-import dataclasses
-import ipaddress
-import mimetypes
 import os
-import re
 import secrets
-import signal
 import sys
 import threading
 import traceback
@@ -24,19 +18,19 @@ from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit
 
 import msgpack
 import websockets
 from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
 
+from opgraph.errors import ServerError
 from opgraph.trace import Tracer, event_count, records
 
+from .http import STATIC_DIR, finish_response, static_response, text_response
 from .hub import (
-    CLOSE_TOO_SLOW,
     RESYNC_INTERVAL,
     RESYNC_PASS_WAIT,
     SEND_TIMEOUT,
@@ -44,69 +38,26 @@ from .hub import (
     Hub,
     Viewer,
 )
+from .protocol import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_INVALID,
+    CLOSE_TEXT_FRAME,
+    CLOSE_TOO_SLOW,
+    CONTROL_MAX_SIZE,
+    PUBLISH_MAX_SIZE,
+    SUBPROTOCOL,
+)
 from .recording import Recorder
+from .security import check_upgrade, is_loopback
 
 if TYPE_CHECKING:
     from opgraph.engine import Engine
 
-SUBPROTOCOL = "opgraph.v1"
-STATIC_DIR = Path(__file__).parent / "static"
-CONTROL_MAX_SIZE = 4096  # bytes of one control message from a viewer
-PUBLISH_MAX_SIZE = 16 << 20  # bytes of one frame from a publishing script
 DRAIN_INTERVAL = 0.01  # seconds between drains of the local tracer's buffer
 DRAIN_BATCH = 20_000  # events per drain step, so viewers get sent between steps
 RECORD_FLUSH_INTERVAL = 0.5  # seconds between flushes of a recording to disk
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
-# Sent with every response (the page, its files, errors, the upgrade): the page runs only
-# its own files, connects only to its own server (ws: and wss: to the same host and port
-# count as 'self'), and may be framed only by pages of local origins (a notebook on
-# localhost; CSP cannot name an IPv6 address such as [::1]). See docs/security.md.
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'none'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data: blob:",
-        "connect-src 'self'",
-        "base-uri 'none'",
-        "form-action 'none'",
-        "frame-ancestors 'self' http://localhost:* http://127.0.0.1:*",
-    ]
-)
-SECURITY_HEADERS = (
-    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),  # the page's URL may hold the token
-)
-
-CONTENT_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".json": "application/json",
-    ".map": "application/json",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".ico": "image/x-icon",
-    ".wasm": "application/wasm",
-    ".txt": "text/plain; charset=utf-8",
-}
-SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-
-class ServerError(Exception):
-    """The server could not start (address in use, bad option)."""
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+__all__ = ["EngineServer", "ServerError", "TraceServer", "serve_engine"]
 
 
 class TraceServer:
@@ -217,7 +168,7 @@ class TraceServer:
                 self.host,
                 self.requested_port,
                 process_request=self._process_request,
-                process_response=_finish_response,
+                process_response=finish_response,
                 select_subprotocol=_select_subprotocol,
                 max_size=PUBLISH_MAX_SIZE,
                 compression=None,
@@ -369,40 +320,21 @@ class TraceServer:
         upgrade = parts.path in ("/ws", "/publish")
         allowed = ("GET",) if upgrade else ("GET", "HEAD")
         if request.method not in allowed:
-            response = _text(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not served here")
+            response = text_response(
+                HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not served here"
+            )
             response.headers["Allow"] = ", ".join(allowed)
             return response
         for name in ("Host", "Origin"):
             if len(request.headers.get_all(name)) > 1:  # which one would the browser mean?
-                return _text(HTTPStatus.BAD_REQUEST, f"more than one {name} header")
+                return text_response(HTTPStatus.BAD_REQUEST, f"more than one {name} header")
         if upgrade:
             if parts.path == "/publish" and not self.accept_publishers:
-                return _text(
+                return text_response(
                     HTTPStatus.NOT_FOUND, "this server is not a hub; start one with `opgraph serve`"
                 )
-            return self._check_upgrade(request, parts.query)
+            return check_upgrade(request, parts.query, host=self.host, token=self.token)
         return static_response(self.static_dir, parts.path)
-
-    def _check_upgrade(self, request: Request, query: str) -> Response | None:
-        host = request.headers.get("Host", "")
-        if is_loopback(self.host) and not _host_is_loopback(host):
-            # A web page that rebinds its own domain name to 127.0.0.1 still sends its
-            # name in Host: refuse it (DNS rebinding).
-            return _text(HTTPStatus.FORBIDDEN, f"Host {host!r} is not this loopback server")
-        origin = request.headers.get("Origin")
-        if origin is not None and origin.rstrip("/") not in _same_origins(host):
-            return _text(
-                HTTPStatus.FORBIDDEN,
-                f"Origin {origin!r} may not read this trace: only the server's own page "
-                f"(and clients that send no Origin) may connect",
-            )
-        if self.token is not None:
-            given = parse_qs(query).get("token", [""])[0]
-            if not secrets.compare_digest(given.encode(), self.token.encode()):
-                return _text(
-                    HTTPStatus.FORBIDDEN, "this server needs ?token=... (printed when it started)"
-                )
-        return None
 
     # --- websocket connections ------------------------------------------------------------
 
@@ -442,7 +374,7 @@ class TraceServer:
             await self._close_too_slow(ws, viewer)
         elif sender.done() and not sender.cancelled() and sender.exception() is not None:
             if not isinstance(sender.exception(), ConnectionClosed):
-                await ws.close(1011, "internal error")
+                await ws.close(CLOSE_INTERNAL_ERROR, "internal error")
 
     async def _close_too_slow(self, ws: ServerConnection, viewer: Viewer) -> None:
         """Close a viewer that stopped reading: the close frame waits behind the data it has
@@ -459,15 +391,17 @@ class TraceServer:
         """Read control messages until the viewer leaves or breaks the protocol."""
         async for message in ws:
             if isinstance(message, str):
-                await ws.close(1003, "text frames are not opgraph control messages")
+                await ws.close(CLOSE_TEXT_FRAME, "text frames are not opgraph control messages")
                 return
             try:
                 control = msgpack.unpackb(message, raw=False)
             except Exception:
-                await ws.close(1007, "a control message must be one msgpack map")
+                await ws.close(CLOSE_INVALID, "a control message must be one msgpack map")
                 return
             if not isinstance(control, dict) or not isinstance(control.get("type"), str):
-                await ws.close(1007, "a control message must be a msgpack map with a 'type'")
+                await ws.close(
+                    CLOSE_INVALID, "a control message must be a msgpack map with a 'type'"
+                )
                 return
             if control["type"] == "snapshot":
                 viewer.ask_snapshot()  # rate-limited: see Viewer.request_earliest
@@ -487,65 +421,12 @@ def _select_subprotocol(connection: ServerConnection, offered: list[str]) -> str
     raise NegotiationError(f"this server speaks {SUBPROTOCOL}; offered: {', '.join(offered)}")
 
 
-def _host_is_loopback(host_header: str) -> bool:
-    host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
-    return is_loopback(host)
-
-
-def _same_origins(host_header: str) -> set[str]:
-    return {f"http://{host_header}", f"https://{host_header}"}
-
-
 def _peer(ws: ServerConnection) -> str:
     try:
         host, port = ws.remote_address[:2]
         return f"{host}:{port}"
     except Exception:
         return "viewer"
-
-
-def _finish_response(
-    connection: ServerConnection, request: Request, response: Response
-) -> Response:
-    """Every response gets the security headers; a HEAD request gets no body."""
-    for name, value in SECURITY_HEADERS:
-        if name not in response.headers:
-            response.headers[name] = value
-    if request.method == "HEAD":
-        return dataclasses.replace(response, body=b"")
-    return response
-
-
-def _text(status: HTTPStatus, text: str) -> Response:
-    body = (text + "\n").encode()
-    headers = Headers(
-        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
-    )
-    return Response(status.value, status.phrase, headers, body)
-
-
-def static_response(static_dir: Path, path: str) -> Response:
-    """A file of `static_dir` by name: `/` is index.html; no subdirectories, no dot files."""
-    name = unquote(path).lstrip("/") or "index.html"
-    if not SAFE_NAME.fullmatch(name) or ".." in name:
-        return _text(HTTPStatus.NOT_FOUND, f"no file {path!r} here (only files of the viewer page)")
-    file = static_dir / name
-    try:
-        if not file.resolve().is_relative_to(static_dir.resolve()):  # a symlink out of it
-            return _text(HTTPStatus.NOT_FOUND, f"no file {path!r} here")
-        body = file.read_bytes()
-    except (OSError, RuntimeError):  # missing, a directory, no permission, a symlink loop
-        return _text(HTTPStatus.NOT_FOUND, f"no file {path!r} here")
-    suffix = file.suffix.lower()
-    content_type = CONTENT_TYPES.get(suffix) or mimetypes.guess_type(name)[0]
-    headers = Headers(
-        [
-            ("Content-Type", content_type or "application/octet-stream"),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-cache"),
-        ]
-    )
-    return Response(200, "OK", headers, body)
 
 
 # --- serving an engine's trace ----------------------------------------------------------------
@@ -662,93 +543,3 @@ def serve_engine(
     if at_exit:
         atexit.register(server.close)
     return server
-
-
-# --- `opgraph serve`: a standalone hub ------------------------------------------------------
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
-    parser.add_argument(
-        "--record", metavar="FILE", help="also record the stream to FILE (.ogtrace)"
-    )
-    parser.add_argument(
-        "--token", help="the token viewers must pass (default: generated when not on loopback)"
-    )
-    parser.add_argument(
-        "--no-token",
-        action="store_true",
-        help="allow a non-loopback address without a token (unsafe)",
-    )
-    parser.add_argument("--static-dir", help="serve the viewer page from this directory")
-    parser.add_argument(
-        "--queue-limit",
-        type=positive_int,
-        default=100_000,
-        help="events queued per viewer before it is resynced",
-    )
-
-
-def positive_int(text: str) -> int:
-    number = int(text)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
-def wait_until_interrupted(server: Any) -> None:
-    """Keep serving until Ctrl-C, which ends a serving command normally (exit status 0)."""
-    try:
-        server.wait()
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-
-
-def hub_server(args) -> TraceServer:
-    token: str | bool | None = args.token
-    if args.no_token:
-        token = False
-    return TraceServer(
-        engine_name="hub",
-        ops={},
-        host=args.host,
-        port=args.port,
-        token=token,
-        record=args.record,
-        static_dir=args.static_dir,
-        queue_limit=args.queue_limit,
-        accept_publishers=True,
-    )
-
-
-def stop_on_sigterm() -> None:
-    """Make SIGTERM end a command like Ctrl-C does, so recordings are closed properly."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
-def run(args) -> int:
-    stop_on_sigterm()
-    try:
-        server = hub_server(args).start()
-    except ServerError as exc:
-        print(f"opgraph serve: {exc}", file=sys.stderr)
-        return 1
-    with server:
-        print(f"viewer: {server.url}", flush=True)
-        if server.token is None and not is_loopback(server.host):
-            print(
-                f"opgraph serve: WARNING: no token on {server.host}: anyone who can reach port "
-                f"{server.port} can read this trace and publish into it",
-                file=sys.stderr,
-                flush=True,
-            )
-        print(f"publish from scripts with: OPGRAPH_TRACE={server.publish_url}", flush=True)
-        if args.record:
-            print(f"recording to {args.record}", flush=True)
-        wait_until_interrupted(server)
-    return 0

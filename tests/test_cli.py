@@ -148,3 +148,83 @@ def test_watch_says_nothing_is_serving_and_keeps_retrying():
     summaries = lines[1:]
     assert len(summaries) >= 3
     assert all(line.endswith("not connected: connection refused, retrying") for line in summaries)
+
+
+def modules_loaded_by(code: str) -> dict:
+    """What a fresh interpreter has imported after running `code` (json of sys.modules)."""
+    probe = subprocess.run(
+        [sys.executable, "-c", code + "\nimport json, sys; print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "OPGRAPH_DEBUG"},
+    )
+    assert probe.returncode == 0, probe.stderr
+    return {"stdout": probe.stdout, "modules": json.loads(probe.stdout.splitlines()[-1])}
+
+
+HEAVY = ("websockets", "msgpack", "graphviz", "opgraph.server")
+
+
+def heavy(modules: list[str]) -> list[str]:
+    return [m for m in modules if m.startswith(HEAVY)]
+
+
+def test_plugins_loads_neither_the_server_nor_graphviz():
+    run = modules_loaded_by("from opgraph.cli import main; main(['plugins'])")
+    assert "opgraph.plugins.arithmetic" in run["stdout"]  # it did list the plugins
+    assert heavy(run["modules"]) == []
+
+
+def test_help_lists_every_command_without_importing_any():
+    run = modules_loaded_by(
+        "from opgraph.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass"
+    )
+    for name in COMMANDS:
+        assert f"    {name} " in run["stdout"]
+    assert [m for m in run["modules"] if m.startswith("opgraph.commands.")] == []
+    assert heavy(run["modules"]) == []
+
+
+def test_a_commands_help_imports_only_that_command():
+    run = modules_loaded_by(
+        "from opgraph.cli import main\ntry:\n    main(['export', '--help'])\n"
+        "except SystemExit:\n    pass"
+    )
+    assert "the JSON file to write" in run["stdout"]
+    commands = [m for m in run["modules"] if m.startswith("opgraph.commands.")]
+    assert commands == ["opgraph.commands.export"]
+
+
+def test_version(capsys):
+    from opgraph import __version__
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"opgraph {__version__}\n"
+
+
+def test_the_engine_reaches_the_server_only_through_trace():
+    """opgraph's library modules import opgraph.server in one place: trace._server()."""
+    import ast
+    from pathlib import Path
+
+    import opgraph
+
+    def imports_the_server(path: Path) -> bool:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = ["." * node.level + (node.module or "")]
+            if any(n.startswith(("opgraph.server", ".server")) for n in names):
+                return True
+        return False
+
+    package = Path(opgraph.__file__).parent
+    importers = sorted(p.name for p in package.glob("*.py") if imports_the_server(p))
+    assert importers == ["trace.py"]
+    demo = modules_loaded_by("import opgraph.demo")["modules"]
+    assert [m for m in demo if m.startswith(("websockets", "msgpack", "opgraph.server"))] == []

@@ -253,6 +253,6 @@ def test_a_failing_check_shows_the_test_line_and_the_reason_not_opgraph(tmp_path
     assert result.returncode == 1, output
     failure = output.split(" FAILURES ")[1].split(" short test summary ")[0]
     assert '>       check_op("badcos", points=[0.25, 1.0])' in failure
-    assert "E       opgraph.testing.gradcheck.GradcheckError: op 'badcos'" in failure
+    assert "E       opgraph.errors.GradcheckError: op 'badcos'" in failure
     assert "opgraph/testing" not in failure and "def check_op" not in failure
     assert len(output.splitlines()) < 20, output  # was 69 lines, most of them opgraph's

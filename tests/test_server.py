@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from opgraph import Engine
+import opgraph
+from opgraph import Engine, OpgraphError
 from opgraph.server.server import ServerError
 
 try:
@@ -226,6 +227,8 @@ def test_an_engine_is_served_once_and_a_busy_port_is_a_clear_error():
         other = new_engine("other")
         with pytest.raises(ServerError, match=f"127.0.0.1:{server.port}"):
             other.serve(port=server.port)
+        with pytest.raises(OpgraphError, match=f"127.0.0.1:{server.port}"):  # one taxonomy
+            opgraph.serve(port=server.port, engine=other)
         assert other.tracer is None
     assert engine.tracer is None  # closing detaches the tracer
     with engine.serve(port=0):  # and the engine can be served again

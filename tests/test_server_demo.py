@@ -10,8 +10,8 @@ import sys
 import pytest
 import websockets
 
+from opgraph.commands.demo import describe, traced_steps
 from opgraph.server.client import stream_url
-from opgraph.server.demo import describe, traced_steps
 
 try:
     from . import _tracing_helpers as th

@@ -15,7 +15,8 @@ import textwrap
 import pytest
 
 from opgraph import Engine
-from opgraph.server.client import Graph, events, stream_url, watch
+from opgraph.commands.watch import watch
+from opgraph.server.client import Graph, events, stream_url
 
 try:
     from . import _tracing_helpers as th

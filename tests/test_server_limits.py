@@ -14,7 +14,7 @@ import tracemalloc
 import msgpack
 import pytest
 
-from opgraph.server.hub import CLOSE_TOO_SLOW
+from opgraph.server.protocol import CLOSE_TOO_SLOW
 from opgraph.server.server import TraceServer
 
 try:

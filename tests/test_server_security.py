@@ -281,7 +281,7 @@ def test_the_page_and_its_files_are_served_with_content_types(tmp_path):
 
 
 def test_the_default_page_is_the_viewers_directory():
-    from opgraph.server.server import STATIC_DIR
+    from opgraph.server.http import STATIC_DIR
 
     assert STATIC_DIR.name == "static" and STATIC_DIR.parent.name == "server"
 
@@ -455,7 +455,8 @@ def test_two_host_or_origin_headers_are_refused_quietly(served, header, path, ca
 
 
 def test_an_empty_token_is_refused_off_loopback(capsys):
-    from opgraph.server.server import ServerError, add_arguments, run
+    from opgraph.commands.serve import add_arguments, run
+    from opgraph.server.server import ServerError
 
     with pytest.raises(ServerError, match="empty token"):
         TraceServer(engine_name="x", ops={}, host="0.0.0.0", token="")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opgraph import Engine, no_grad
+from opgraph import Engine, Value, no_grad
 from opgraph.trace import Tracer, event_maps, records
 
 try:
@@ -280,3 +281,42 @@ def test_events_reach_a_viewer_through_the_server_unchanged():
     nodes = th.graph_of([hello, *got])
     assert th.strip_grads(nodes) == th.engine_graph([out])
     assert nodes[a.id]["grad"] == a.grad and nodes[b.id]["grad"] == b.grad
+
+
+def test_the_read_api_gives_what_the_server_reads():
+    engine = Engine(entry_points=False, name="read")
+    x = engine.value(2.0, label="x")
+    y = x * x + x
+    product = y.parents[0]
+    assert (y.id, y.op_name, y.parent_ids) == (y.id, "add", (product.id, x.id))
+    assert product.parent_ids == (x.id, x.id)  # duplicates kept, in order
+    assert (x.op, x.op_name, x.parent_ids) == (None, None, ())
+    assert y.op is engine.ops.definitions["add"]
+
+
+def test_the_server_reads_nodes_only_through_the_read_api():
+    """No module of the server reads a slot of Value (docs/api.md: the read API for tools)."""
+    import ast
+
+    import opgraph.server
+
+    slots = set(Value.__slots__) | {"_prev", "_op", "_tracer"}
+    for path in Path(opgraph.server.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in slots:
+                raise AssertionError(f"{path.name}:{node.lineno} reads .{node.attr}")
+
+
+def test_forward_packer_packs_what_the_read_api_says():
+    from opgraph.trace import forward_packer
+
+    engine = Engine(entry_points=False, name="ids")
+    x, y = engine.value(1.0), engine.value(2.0)
+    for node in [x, -x, x * y]:
+        arity = len(node.parents)
+        parts = [f"<{i}>" for i in range(arity + 4)]
+        kept: dict = {}
+        fields = forward_packer(arity, lambda *args: args, parts, kept)(7, node, 0.5, 9)
+        numbers = (7, node.id, *node.parent_ids, 0.5, 9)
+        assert fields == tuple(v for pair in zip(parts, numbers, strict=True) for v in pair)
+        assert kept == {node.id: fields}

@@ -131,7 +131,7 @@ class StreamServer:
     async def _main(self) -> None:
         from websockets.asyncio.server import serve
 
-        from opgraph.server.server import static_response
+        from opgraph.server.http import static_response
 
         def process_request(connection: Any, request: Any) -> Any:
             if request.path.split("?")[0] == "/ws":

@@ -20,16 +20,13 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
+from ..errors import GradcheckError
 from ..modes import no_grad
 
 if TYPE_CHECKING:
     from ..engine import Engine
 
 Domain = tuple[float, float] | Sequence[tuple[float, float]]
-
-
-class GradcheckError(AssertionError):
-    """An op's derivative disagrees with finite differences (or cannot be checked)."""
 
 
 @dataclass(frozen=True)

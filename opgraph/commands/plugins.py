@@ -13,9 +13,9 @@ import json
 import sys
 import warnings
 
-from .engine import default_engine
-from .errors import PluginLoadWarning
-from .loading import PluginInfo
+from opgraph.engine import default_engine
+from opgraph.errors import PluginLoadWarning
+from opgraph.loading import PluginInfo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
