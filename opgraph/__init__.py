@@ -15,6 +15,7 @@ from .errors import (
     AnomalyError,
     EngineMismatchError,
     GraphvizNotFoundError,
+    OperandError,
     OpError,
     OpgraphError,
     PluginError,
@@ -23,7 +24,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl, hookspec
 from .modes import detect_anomaly, enable_grad, grad_enabled, no_grad
-from .registry import Composite, Op
+from .ops import Composite, Op
 from .trace import serve, touch
 from .value import Value
 
@@ -40,6 +41,7 @@ __all__ = [
     "GraphvizNotFoundError",
     "Op",
     "OpError",
+    "OperandError",
     "OpgraphError",
     "PluginError",
     "PluginLoadError",

@@ -169,7 +169,7 @@ def test_source_is_straight_line_python_calling_the_plugin_functions():
     assert "def replay(x):" in compiled.source
     assert "relu_" in compiled.source and "d_relu_" in compiled.source
     assert "Value" not in compiled.source  # no node is built per replay
-    # The built-in mul (forward operator.mul, derivative mul_derivative) is written out as
+    # The built-in mul (forward operator.mul, rule="product") is written out as
     # arithmetic, as eager backward applies it; its functions are not called.
     assert "mul_" not in compiled.source
     assert compiled(3.0) == 6.0

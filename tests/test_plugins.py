@@ -188,7 +188,7 @@ def unary(name: str) -> Op:
         (unary("_hidden"), "would shadow an attribute"),
         (Op("sin", math.sin, lambda out, a: (1.0,), arity=2), "arity is 2 but the function"),
         (Op("sin", math.sin, lambda a: (1.0,)), "derivative must take (out, *inputs)"),
-        (Op("sin", math.sin, lambda out, a: (1.0, 2.0)), "tuple of 1 partial derivative"),
+        (Op("sin", math.sin, lambda out, a: (1.0, 2.0)), "return 1 partial derivative"),
         (Op("sin", math.sin), "derivative must be callable; none was given"),
         (Op("sin", derivative=lambda out, a: (1.0,)), "forward must be callable; none was given"),
         (Op("sin", 3.0, lambda out, a: (1.0,)), "forward must be callable"),

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from opgraph import Composite, Engine, Op, OpError, PluginError, hookimpl
+from opgraph import Composite, Engine, Op, OperandError, OpError, PluginError, hookimpl
 
 
 def plugin(*ops, replace=False, name="myplugin"):
@@ -60,7 +60,7 @@ def test_binary_and_nary_plugin_ops():
     assert out.data == 13.0 and out._prev == (a, b, c)
     out.backward()
     assert (a.grad, b.grad, c.grad) == (4.0, 3.0, 1.0)
-    with pytest.raises(TypeError, match="'fma' takes 3 operands, got 2"):
+    with pytest.raises(OperandError, match=r"op 'fma' \(plugin 'myplugin'\) takes 3"):
         engine.ops.fma(a, b)
 
 
@@ -194,10 +194,10 @@ def test_derivative_with_the_wrong_signature():
 
 def test_derivative_returning_the_wrong_number_of_partials():
     op = Op("twice", lambda a: 2 * a, lambda out, a: (2.0, 0.0))
-    message = rejected(op, "must return a tuple of 1 partial")
+    message = rejected(op, "must return 1 partial")
     assert "'twice'" in message
     op = Op("both", lambda a, b: a + b, lambda out, a, b: 1.0)
-    assert "'both'" in rejected(op, "must return a tuple of 2 partial")
+    assert "'both'" in rejected(op, "must return 2 partial")
 
 
 def test_varargs_forward_needs_an_explicit_arity():
@@ -300,5 +300,5 @@ def test_exception_in_a_composite_names_it():
 
 def test_composite_returning_a_non_value():
     engine = engine_with(plugin(Composite("numeric", lambda a: a.data * 2)))
-    with pytest.raises(OpError, match="composite op 'numeric'.*'myplugin'.*must return a Value"):
+    with pytest.raises(OpError, match="'numeric'.*'myplugin'.*composite op must return a Value"):
         engine.value(1.0).numeric()
