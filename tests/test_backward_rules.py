@@ -8,11 +8,11 @@ import math
 import operator
 
 import pytest
+from conftest import plugin
 from dags import OPS, programs, run
 from fdcheck import assert_gradients_close, numeric_gradient
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_plugins import plugin
 
 import opgraph
 from opgraph import Engine, Op, Value

@@ -18,10 +18,10 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import plugin
 from dags import OPS, programs, run
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from test_plugins import plugin
 
 import opgraph
 from opgraph import AnomalyError, CompileError, Engine, Op, OpError, Value

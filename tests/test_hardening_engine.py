@@ -19,6 +19,7 @@ from fractions import Fraction
 from numbers import Real
 
 import pytest
+from conftest import engine, plugin
 from dags import programs, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,7 +32,6 @@ from opgraph import (
     Value,
     detect_anomaly,
     grad_enabled,
-    hookimpl,
     no_grad,
     topological_order,
 )
@@ -61,16 +61,8 @@ class Float32:
 Real.register(Float32)
 
 
-def plugin(*ops, name="hardening"):
-    def register_ops(register):
-        for op in ops:
-            register(op)
-
-    return type(name, (), {"register_ops": staticmethod(hookimpl(register_ops))})
-
-
 def engine_with(*ops, **options) -> Engine:
-    return Engine(plugins=[plugin(*ops)], entry_points=False, **options)
+    return engine(plugin("hardening", *ops), **options)
 
 
 # ---------------------------------------------------------------------------------------------
