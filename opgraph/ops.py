@@ -42,7 +42,7 @@ class Op:
     backward passes (eager, compiled, batched) then apply the rule inline, without calling
     `derivative`: about a third of backward's time on a network.
 
-    An op has three printed forms. `name` (`pow`) is its identifier: the registry key, the
+    An op has three printed forms. `name` (`pow`) is its identifier: the op table's key, the
     method `v.pow(...)`, and the word every error message uses. `symbol` (`**`) is how it is
     written, micrograd-style; it defaults to the name. `title` is micrograd's `_op` string,
     the symbol followed by any fixed argument (`**2` for `x ** 2`), which draw_dot shows.
@@ -55,7 +55,7 @@ class Op:
     static: tuple[int, ...] = ()
     doc: str = ""
     symbol: str = ""  # micrograd's way of writing the op (`*`, `**`); "" means the name
-    plugin: str = ""  # set by the registry: the name of the plugin that registered the op
+    plugin: str = ""  # set at registration: the name of the plugin that registered the op
     constants: tuple[tuple[int, float], ...] = field(default=(), repr=False)  # (position, value)
     base: Op | None = field(default=None, repr=False, compare=False)  # the op before fixing
     # Optional: the op on numpy arrays, element by element, for `Compiled.map` (batched
@@ -230,7 +230,7 @@ _RULE_POINTS = ((0.5, -2.0), (3.0, 0.25), (-1.5, 7.0))
 
 def _check_rule(op: Op, arity: int, fail: Callable[[str], PluginError]) -> None:
     """A declared `rule` must be one of RULES, on a binary op, and be what `derivative` gives."""
-    if op.rule not in RULES:
+    if not isinstance(op.rule, str) or op.rule not in RULES:
         raise fail(f"rule must be one of {', '.join(map(repr, RULES))} or empty, got {op.rule!r}")
     if arity != 2 or op.static:
         raise fail(f"rule={op.rule!r} is for a binary op without static positions")

@@ -3,8 +3,14 @@
 A Value holds a number (`data`), the derivative of the final output with respect to it
 (`grad`), a `label` for people, its parents in order, and the op that made it. Unlike
 micrograd it keeps no `_backward` closure: backward asks the op for its local derivatives.
-Every operator dispatches through the op table of the Value's engine, so every op, `+`
-included, comes from a plugin.
+Every operator is an op of the Value's engine, so every op, `+` included, comes from a plugin:
+each engine installs its bound op functions as the operators of its Value class, and nearly
+every node is built by them (binding.py, `_bind_primitive`), not by `Value.__init__`.
+
+The node layout is `Value.__slots__`, written once below. The builders that make nodes
+(`Value.__init__`, `__setstate__`, `__deepcopy__` here; the op functions and the constant
+leaf in binding.py) each store every slot themselves, for speed; tests/test_value.py makes a
+node each way and checks that every slot is set.
 
 The parents live in three slots rather than in a tuple of their own: `_a` and `_b`, the first
 and second operand (None when there is none), and `_more`, a tuple of any further operands

@@ -77,6 +77,7 @@ def test_a_rule_the_derivative_does_not_follow_is_refused_naming_op_and_plugin(r
         (Op("twice", lambda a: 2 * a, lambda out, a: (2.0,), rule="sum"), "binary op"),
         (Op("p", pow, lambda out, a, b: (b, a), rule="product", static=(1,)), "static"),
         (Op("m", operator.mul, lambda out, a, b: (b, a), rule="products"), "one of"),
+        (Op("m", operator.mul, lambda out, a, b: (b, a), rule=["product"]), "one of"),
     ],
 )
 def test_a_rule_on_the_wrong_kind_of_op_is_refused(op, problem):
