@@ -169,14 +169,18 @@ class Value:
 
     # --- pickling and copying -------------------------------------------------------------
 
+    # What a pickle or a copy stores: every slot but the id, in the order of __slots__.
+    _STATE = tuple(name for name in __slots__ if name not in ("_id", "__weakref__"))
+
     def __getstate__(self) -> tuple:
-        return (self._data, self._grad, self._label, self._a, self._b, self._more, self._opdef)
+        return tuple([getattr(self, name) for name in self._STATE])
 
     def __setstate__(self, state: tuple) -> None:
         # An unpickled or copied node takes a fresh id: backward orders nodes by id, and the
         # ids of another process (or of the original) would clash with this one's. Pickle and
         # copy restore the parents before their children, so the fresh ids keep that order.
-        self._data, self._grad, self._label, self._a, self._b, self._more, self._opdef = state
+        for name, value in zip(self._STATE, state, strict=True):
+            setattr(self, name, value)
         self._id = next(self._ids)
 
     def __deepcopy__(self, memo: dict) -> Value:
