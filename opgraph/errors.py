@@ -119,6 +119,12 @@ def op_error(op, event: str, *, error: type[OpgraphError] = OpError, **where) ->
     return error(op_message(op, event, **where))
 
 
+def registration_error(plugin: str, op: str, problem: str) -> PluginError:
+    """`plugin 'p', op 'x': problem`: an op a plugin registers is malformed (before it has a
+    plugin of its own, so before `described` can name it)."""
+    return PluginError(f"plugin {plugin!r}, op {op!r}: {problem}", plugin=plugin, op=op)
+
+
 def wrong_partials(expected: int, partials) -> str:
     """The problem of a derivative that returned the wrong number of partial derivatives."""
     return (

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import PluginError, wrong_partials
+from .errors import PluginError, registration_error, wrong_partials
 from .value import OPERATORS
 
 if TYPE_CHECKING:
@@ -278,9 +278,7 @@ def check(op: Any, plugin: str) -> AnyOp:
         )
 
     def fail(problem: str) -> PluginError:
-        return PluginError(
-            f"plugin {plugin!r}, op {op.name!r}: {problem}", plugin=plugin, op=op.name
-        )
+        return registration_error(plugin, op.name, problem)
 
     if not isinstance(op.name, str) or not op.name.isidentifier() or keyword.iskeyword(op.name):
         raise fail("an op name must be a Python identifier and not a keyword")
