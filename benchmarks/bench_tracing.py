@@ -97,7 +97,7 @@ def timed_step(model, X, y, cpu: list | None = None) -> float:
 
 # --- the engine without its tracer hooks (what "tracing off" is compared with) -------------
 
-registry_module = importlib.import_module("opgraph.registry")
+binding_module = importlib.import_module("opgraph.binding")
 
 
 def _indent(line: str) -> int:
@@ -128,8 +128,8 @@ def without_tracer_tests(func):
 @contextmanager
 def without_tracer_hooks(engine):
     patches = [
-        (registry_module, "_bind_primitive"),
-        (registry_module, "_coercer"),
+        (binding_module, "_bind_primitive"),
+        (binding_module, "_coercer"),
         (backward_module, "_propagate"),
         (value_module.Value, "__init__"),
     ]

@@ -18,6 +18,7 @@ from .errors import (
     GradcheckError,
     GraphvizNotFoundError,
     InvalidEvent,
+    OperandError,
     OpError,
     OpgraphError,
     PluginError,
@@ -28,7 +29,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl, hookspec
 from .modes import detect_anomaly, enable_grad, grad_enabled, no_grad
-from .registry import Composite, Op
+from .ops import Composite, Op
 from .trace import serve, touch
 from .value import Value
 
@@ -47,6 +48,7 @@ __all__ = [
     "InvalidEvent",
     "Op",
     "OpError",
+    "OperandError",
     "OpgraphError",
     "PluginError",
     "PluginLoadError",

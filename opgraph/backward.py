@@ -5,10 +5,12 @@ sorting the reachable nodes by id gives a topological order. Walking it in rever
 asks its op for the local derivatives and adds `local * node.grad` to each parent's grad
 (the chain rule); `+=` makes a node used twice collect both contributions.
 
-The derivatives of add and mul, `add_derivative` and `mul_derivative` below, are the ones the
-built-in plugin registers. Nearly every node of a network is an add or a mul, so the pass
-knows these two rules by heart and applies them inline, without a call and a tuple per node.
-Any other derivative, a third-party `add` included, is called as usual.
+Nearly every node of a network is an add or a mul, so the pass knows their two rules by heart
+and applies them inline, without a call and a tuple per node: an op that declares
+`rule="sum"` (partials 1, 1) or `rule="product"` (partials b, a), as the built-in add and
+mul do, has that declaration checked against its derivative when it is registered (ops.py),
+and backward applies the rule instead of calling the derivative. Any other op's derivative is
+called.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from numbers import Real
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
-from .errors import AnomalyError, OpError, describe
+from .errors import (
+    AnomalyError,
+    NotRealError,
+    OpError,
+    PartialsCountError,
+    op_error,
+    wrong_partials,
+)
 from .modes import ANOMALY, mode
 from .value import _number
 
@@ -27,16 +36,6 @@ if TYPE_CHECKING:
     from .value import Value
 
 _by_id = attrgetter("_id")
-
-
-def add_derivative(out: float, a: float, b: float) -> tuple[float, float]:
-    """d(a + b)/da = 1, d(a + b)/db = 1."""
-    return (1.0, 1.0)
-
-
-def mul_derivative(out: float, a: float, b: float) -> tuple[float, float]:
-    """d(a * b)/da = b, d(a * b)/db = a."""
-    return (b, a)
 
 
 def topological_order(root: Value) -> list[Value]:
@@ -136,30 +135,31 @@ def _propagate(nodes: list[Value], tracer) -> None:
 
 def _chain_rule(order: list[Value]) -> None:
     # The chain rule, node by node from the root down: each parent gets the op's local
-    # derivative times the node's grad. add and mul are written out (a partial of 1 needs no
-    # product: `1.0 * grad` is `grad` to the bit); other unary and binary ops, nearly all the
-    # rest, skip the general loop. A partial that is not a float goes through `real_partial`,
-    # which converts a real number and refuses anything else (a complex, None, a string).
+    # derivative times the node's grad. The sum and product rules (add and mul) are written
+    # out (a partial of 1 needs no product: `1.0 * grad` is `grad` to the bit); other unary
+    # and binary ops, nearly all the rest, skip the general loop. A partial that is not a
+    # float goes through `real_partial`, which converts a real number and refuses anything
+    # else (a complex, None, a string).
     for node in order:
         op = node._opdef
         if op is None:  # a leaf
             continue
         a, b, grad = node._a, node._b, node._grad
-        derivative = op.derivative
+        rule = op.rule
         try:
-            if derivative is add_derivative:
+            if rule == "sum":  # d(a + b) = (1, 1), as registration checked
                 a._grad += grad
                 b._grad += grad
-            elif derivative is mul_derivative:
+            elif rule == "product":  # d(a * b) = (b, a)
                 a._grad += b._data * grad
                 b._grad += a._data * grad
             elif b is None:
-                (da,) = derivative(node._data, a._data)
+                (da,) = op.derivative(node._data, a._data)
                 if type(da) is not float:
                     da = real_partial(da)
                 a._grad += da * grad
             elif node._more is None:
-                da, db = derivative(node._data, a._data, b._data)
+                da, db = op.derivative(node._data, a._data, b._data)
                 if type(da) is not float:
                     da = real_partial(da)
                 if type(db) is not float:
@@ -168,17 +168,13 @@ def _chain_rule(order: list[Value]) -> None:
                 b._grad += db * grad
             else:
                 parents = node._prev
-                partials = derivative(node._data, *[p._data for p in parents])
-                for parent, partial in zip(parents, partials, strict=True):
+                partials = op.derivative(node._data, *[p._data for p in parents])
+                for parent, partial in zip(parents, counted_partials(partials, node), strict=True):
                     if type(partial) is not float:
                         partial = real_partial(partial)
                     parent._grad += partial * grad
         except Exception as exc:
             raise derivative_error(node, exc) from exc
-
-
-class NotRealError(TypeError):
-    """A derivative returned something other than a real number (turned into an OpError)."""
 
 
 def real_partial(partial: object) -> float:
@@ -218,33 +214,57 @@ def _propagate_checked(nodes: list[Value], tracer) -> None:
             partials = op.derivative(node._data, *[p._data for p in parents])
             pairs = [
                 (parent, real_partial(partial) if type(partial) is not float else partial)
-                for parent, partial in zip(parents, partials, strict=True)
+                for parent, partial in zip(parents, counted_partials(partials, node), strict=True)
             ]
         except Exception as exc:
             raise derivative_error(node, exc) from exc
         for parent, partial in pairs:
             parent._grad += partial * node._grad
             if not (math.isfinite(partial) and math.isfinite(parent._grad)):
-                inputs = ", ".join(describe(p) for p in parents)
-                raise AnomalyError(
-                    f"{op.described} at node "
-                    f"{node.label or node._id!r} gave a non-finite gradient in backward: "
-                    f"partial {partial}, grad {parent._grad}, inputs ({inputs})"
+                raise op_error(
+                    op,
+                    "gave a non-finite gradient in backward",
+                    node=node,
+                    inputs=parents,
+                    detail=f"partial {partial}, grad {parent._grad}",
+                    error=AnomalyError,
                 )
 
 
+def counted_partials(partials, node: Value):
+    """`partials`, once counted: one per parent of `node`, or PartialsCountError."""
+    if type(partials) is not tuple:
+        partials = tuple(partials)  # a list, or a generator, which has no length
+    if len(partials) != len(node._prev):
+        raise PartialsCountError(wrong_partials(len(node._prev), partials))
+    return partials
+
+
 def derivative_error(node: Value, exc: Exception) -> OpError:
-    op = node._opdef
-    inputs = ", ".join(describe(p) for p in node._prev)
-    message = str(exc)
-    if isinstance(exc, NotRealError):
-        problem = message
-    elif isinstance(exc, ValueError | TypeError) and ("zip()" in message or "unpack" in message):
-        problem = f"derivative must return {len(node._prev)} partial derivative(s), one per input"
+    """The OpError for a derivative that failed at `node`, naming the op and the node.
+
+    The inline unary and binary paths unpack the partials without counting them (a count per
+    node would cost time on every pass); when one fails, the derivative is called again here
+    and its partials counted, to tell a wrong count from any other failure.
+    """
+    if isinstance(exc, NotRealError | PartialsCountError):
+        problem = str(exc)
     else:
-        problem = f"{type(exc).__name__}: {exc}"
-    where = f"node {node.label!r}" if node.label else f"node #{node._id}"
-    return OpError(f"{op.described} failed in backward at {where}, inputs ({inputs}): {problem}")
+        problem = _recount(node) or f"{type(exc).__name__}: {exc}"
+    return op_error(node._opdef, "failed in backward", node=node, inputs=node._prev, detail=problem)
+
+
+def _recount(node: Value) -> str | None:
+    """The wrong-count problem of `node`'s derivative, or None if the count is right (or the
+    derivative fails, or its result has no length)."""
+    try:
+        partials = node._opdef.derivative(node._data, *[p._data for p in node._prev])
+        counted_partials(partials, node)
+    except PartialsCountError as exc:
+        return str(exc)
+    except Exception:
+        return None
+    return None
 
 
 def zero_grad(root: Value) -> None:

@@ -15,10 +15,10 @@ for the backward pass, as the scalar replay does.
 
 Each op computes with its plugin's array kernels (`Op.array_forward`, `Op.array_derivative`),
 add and mul with numpy's `add` and `multiply` (the same IEEE-754 arithmetic, element by
-element). An op without kernels still works: its scalar functions are applied element by
-element, with a warning. Floating-point errors give inf and nan as in eager mode, silently
-(`np.errstate`). The backward pass is seeded with each sample's weight; the parameters'
-gradients are summed over the batch.
+element) and the partials of their declared `rule` inline. An op without kernels still
+works: its scalar functions are applied element by element, with a warning. Floating-point
+errors give inf and nan as in eager mode, silently (`np.errstate`). The backward pass is
+seeded with each sample's weight; the parameters' gradients are summed over the batch.
 
 This module imports numpy: only `Compiled.map` imports it, so the scalar engine never does.
 """
@@ -35,10 +35,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .backward import add_derivative, mul_derivative
 from .compile import BatchWarning, CompileError, _fill, _Input, _literal, _reachable
-from .errors import AnomalyError, OpError, describe
-from .registry import Op
+from .errors import (
+    AnomalyError,
+    PartialsCountError,
+    node_name,
+    op_error,
+    op_message,
+    wrong_partials,
+)
+from .ops import Op
 
 if TYPE_CHECKING:
     from .compile import Compiled
@@ -388,7 +394,7 @@ class BatchedProgram:
         if op.forward not in (operator_add, operator_mul):
             forward = f"F{gi}"
             self.namespace[forward] = self._array_function(op, "array_forward", gi)
-        if group.backward and op.derivative not in (add_derivative, mul_derivative):
+        if group.backward and not op.rule:
             derivative = f"D{gi}"
             self.namespace[derivative] = self._array_function(op, "array_derivative", gi)
         return forward, derivative
@@ -397,20 +403,20 @@ class BatchedProgram:
         kernel = getattr(op, field, None)
         if kernel is not None:
             if not callable(kernel):
-                raise CompileError(
-                    f"op {op.name!r} (plugin {op.plugin!r}): {field} must be callable, "
-                    f"got {kernel!r}"
-                )
+                raise op_error(op, f"{field} must be callable, got {kernel!r}", error=CompileError)
             if getattr(kernel, "__module__", "").startswith("opgraph.plugins."):
                 return kernel  # the built-ins' kernels, tested element by element
-            return _shape_checked(kernel, field)
+            return _shape_checked(kernel, field, op.arity)
         if op.name not in self.warned:
             self.warned.add(op.name)
             missing = [f for f in ("array_forward", "array_derivative") if not getattr(op, f)]
             warnings.warn(
-                f"op {op.name!r} (plugin {op.plugin!r}) has no array kernel "
-                f"({' and '.join(missing)}): batched replay of {self.compiled.name} applies "
-                f"its scalar functions element by element, correct but slow",
+                op_message(
+                    op,
+                    f"has no array kernel ({' and '.join(missing)})",
+                    detail=f"batched replay of {self.compiled.name} applies its scalar "
+                    f"functions element by element, correct but slow",
+                ),
                 BatchWarning,
                 stacklevel=4,
             )
@@ -475,9 +481,9 @@ class BatchedProgram:
             _, derivative = self._kernels(group, gi)
             end = group.start + len(group.nodes)
             emit(f"    g = G[{group.start}:{end}]  # {group.op.name}, depth {group.depth}", gi)
-            if group.op.derivative is add_derivative:
+            if group.op.rule == "sum":
                 contributions = ["g", "g"]  # d(a + b)/da = d(a + b)/db = 1
-            elif group.op.derivative is mul_derivative:
+            elif group.op.rule == "product":
                 contributions = [f"{names[1]} * g", f"{names[0]} * g"]
             else:
                 partials = [f"d{j}" for j in range(len(ops))]
@@ -594,14 +600,14 @@ class BatchedProgram:
         group = self.groups[gi]
         if element is not None:
             node = self.compiled.nodes[group.nodes[element[0]]]
-            return f"{_name(node)} (sample {element[1]})"
+            return f"{node_name(node)} (sample {element[1]})"
         first = self.compiled.nodes[group.nodes[0]]
         more = (
             f" and {len(group.nodes) - 1} other node(s) of the group"
             if len(group.nodes) > 1
             else ""
         )
-        return f"{_name(first)}{more}"
+        return f"{node_name(first)}{more}"
 
     def _error(self, exc: Exception, lines: dict[int, int], where: str) -> Exception:
         tb, line = exc.__traceback__, None
@@ -620,40 +626,36 @@ class BatchedProgram:
             exc = exc.cause
         first = self.compiled.nodes[group.nodes[0]]
         node = first if element is None else self.compiled.nodes[group.nodes[element[0]]]
-        message = str(exc)
-        if isinstance(exc, ValueError | TypeError) and "unpack" in message:
-            message = (
-                f"derivative must return {group.op.arity} partial derivative(s), one per input"
-            )
-        else:
-            message = f"{type(exc).__name__}: {message}"
-        return OpError(
-            f"{first._opdef.described} failed in batched "
-            f"{where} of {self.compiled.name} at {self._nodes_of(gi, element)} (as recorded: "
-            f"inputs {', '.join(describe(p) for p in node._prev)}): {message}"
+        detail = str(exc) if isinstance(exc, PartialsCountError) else f"{type(exc).__name__}: {exc}"
+        return op_error(
+            first._opdef,
+            f"failed in batched {where} of {self.compiled.name}",
+            node=self._nodes_of(gi, element),
+            inputs=node._prev,
+            recorded=True,
+            detail=detail,
         )
 
     def _forward_anomaly(self, gi: int, out: np.ndarray) -> None:
         element = _first_nonfinite(out)
         node = self.compiled.nodes[self.groups[gi].nodes[element[0]]]
-        raise AnomalyError(
-            f"{node._opdef.described} produced "
-            f"{out[element]} in batched forward of {self.compiled.name} at "
-            f"{self._nodes_of(gi, element)}"
+        raise op_error(
+            node._opdef,
+            f"produced {out[element]} in batched forward of {self.compiled.name}",
+            node=self._nodes_of(gi, element),
+            error=AnomalyError,
         )
 
     def _backward_anomaly(self, gi: int, position: int, contribution: np.ndarray) -> None:
         element = _first_nonfinite(contribution)
         node = self.compiled.nodes[self.groups[gi].nodes[element[0]]]
-        raise AnomalyError(
-            f"{node._opdef.described} at "
-            f"{self._nodes_of(gi, element)} gave a non-finite gradient in batched backward "
-            f"of {self.compiled.name}: {contribution[element]} for input {position}"
+        raise op_error(
+            node._opdef,
+            f"gave a non-finite gradient in batched backward of {self.compiled.name}",
+            node=self._nodes_of(gi, element),
+            detail=f"{contribution[element]} for input {position}",
+            error=AnomalyError,
         )
-
-
-def _name(node: Value) -> str:
-    return f"node {node.label!r}" if node.label else f"node #{node._id}"
 
 
 def _first_nonfinite(array: np.ndarray) -> tuple[int, int]:
@@ -661,10 +663,10 @@ def _first_nonfinite(array: np.ndarray) -> tuple[int, int]:
     return int(bad[0]), int(bad[1])
 
 
-def _shape_checked(kernel: Callable, field: str) -> Callable:
+def _shape_checked(kernel: Callable, field: str, arity: int) -> Callable:
     """A plugin's kernel, checked to compute element by element: each result has the shape
     of its inputs broadcast together (or is a number), not fewer rows that numpy would
-    silently broadcast into the group."""
+    silently broadcast into the group; a derivative returns one partial per input."""
 
     def check(result: Any, args: tuple) -> None:
         shape = np.shape(result)
@@ -684,7 +686,9 @@ def _shape_checked(kernel: Callable, field: str) -> Callable:
         return forward
 
     def derivative(out: Any, *args: Any) -> Any:
-        partials = kernel(out, *args)
+        partials = tuple(kernel(out, *args))
+        if len(partials) != arity:
+            raise PartialsCountError(wrong_partials(arity, partials))
         for partial in partials:
             check(partial, (out, *args))
         return partials
@@ -729,9 +733,9 @@ def _elementwise(scalar: Callable, is_derivative: bool, arity: int, gi: int) -> 
         partials = []
         for position, xs in enumerate(zip(*columns, strict=True)):
             try:
-                ds = scalar(*xs)
+                ds = tuple(scalar(*xs))
                 if len(ds) != arity:
-                    raise ValueError(f"not enough values to unpack (expected {arity})")
+                    raise PartialsCountError(wrong_partials(arity, ds))
             except Exception as exc:
                 raise _ElementError(exc, position, shape) from exc
             partials.append(ds)

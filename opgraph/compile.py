@@ -5,8 +5,8 @@ once, takes the graph it built, and writes it out as two straight-line Python fu
 a forward pass, one line per node, and a backward pass, the chain rule line by line in reverse.
 Both call the same plugin `forward` and `derivative` functions as eager mode, so any op
 compiles, third-party ones included; add and mul, nearly every node, are written out as `+`,
-`*` and their chain rule, exactly as eager mode computes them (a call saved per node and
-pass). A replay builds no Value and no graph.
+`*` and their chain rule (the op's declared `rule`), exactly as eager mode computes them (a
+call saved per node and pass). A replay builds no Value and no graph.
 
 What a replay can follow: everything inside ops (relu's branch, a plugin's piecewise op),
 new argument values, and new `.data` on the leaf Values the graph reads (parameters after an
@@ -31,11 +31,17 @@ from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
-from .backward import _one_pass, add_derivative, mul_derivative, seed_gradient, topological_order
+from .backward import _one_pass, seed_gradient, topological_order
 from .engine import default_engine
-from .errors import AnomalyError, CompileError, OpError, describe
+from .errors import (
+    AnomalyError,
+    CompileError,
+    describe,
+    op_error,
+    wrong_partials,
+)
 from .modes import ANOMALY, enable_grad, mode
-from .registry import Op
+from .ops import Op
 from .value import Value, _real
 
 if TYPE_CHECKING:
@@ -155,7 +161,14 @@ _recording_lock = threading.Lock()
 # Modules that read `.data` to run the graph itself, not to decide what graph to build.
 # Plugins are not among them: a composite op that branches on `.data` cannot be replayed.
 _ENGINE_MODULES = frozenset(
-    {"opgraph.value", "opgraph.registry", "opgraph.backward", "opgraph.errors", __name__}
+    {
+        "opgraph.value",
+        "opgraph.ops",
+        "opgraph.binding",
+        "opgraph.backward",
+        "opgraph.errors",
+        __name__,
+    }
 )
 
 
@@ -573,26 +586,32 @@ class _Program:
         if line not in lines:
             return exc
         node = self.compiled.nodes[lines[line]]
-        label = f"node {node.label!r}" if node.label else f"node #{node._id}"
-        return OpError(
-            f"{node._opdef.described} failed in compiled "
-            f"{where} of {self.compiled.name} at {label} (as recorded: inputs "
-            f"{', '.join(describe(p) for p in node._prev)}): {type(exc).__name__}: {exc}"
+        return op_error(
+            node._opdef,
+            f"failed in compiled {where} of {self.compiled.name}",
+            node=node,
+            inputs=node._prev,
+            recorded=True,
+            detail=_recount(node, where) or f"{type(exc).__name__}: {exc}",
         )
 
     def _forward_anomaly(self, i: int, out: float) -> None:
         node = self.compiled.nodes[i]
-        raise AnomalyError(
-            f"{node._opdef.described} produced {out} in "
-            f"compiled forward of {self.compiled.name} at node {node.label or node._id!r}"
+        raise op_error(
+            node._opdef,
+            f"produced {out} in compiled forward of {self.compiled.name}",
+            node=node,
+            error=AnomalyError,
         )
 
     def _backward_anomaly(self, i: int, partial: float, grad: float) -> None:
         node = self.compiled.nodes[i]
-        raise AnomalyError(
-            f"{node._opdef.described} at node "
-            f"{node.label or node._id!r} gave a non-finite gradient in compiled backward of "
-            f"{self.compiled.name}: partial {partial}, grad {grad}"
+        raise op_error(
+            node._opdef,
+            f"gave a non-finite gradient in compiled backward of {self.compiled.name}",
+            node=node,
+            detail=f"partial {partial}, grad {grad}",
+            error=AnomalyError,
         )
 
 
@@ -607,13 +626,31 @@ def _inline_forward(op: Op, args: list[str]) -> str | None:
 
 
 def _inline_partials(op: Op, args: list[str]) -> list[str] | None:
-    """add's and mul's partials as expressions, written into the source as eager backward
-    applies them (see backward.py); None for an op whose derivative must be called."""
-    if op.derivative is add_derivative:
+    """The partials of an op that declares a rule (add's and mul's), as expressions written
+    into the source as eager backward applies them (see backward.py); None for an op whose
+    derivative must be called."""
+    if op.rule == "sum":
         return ["1.0", "1.0"]
-    if op.derivative is mul_derivative:
+    if op.rule == "product":
         return [args[1], args[0]]  # d(a * b)/da = b, d(a * b)/db = a
     return None
+
+
+def _recount(node: Value, where: str) -> str | None:
+    """After a failed backward line: the problem if `node`'s derivative returns the wrong
+    number of partials (called again on the recorded inputs, and counted), else None."""
+    if where != "backward":
+        return None
+    op = node._opdef.base or node._opdef  # the full op: the generated line calls it
+    args = [p._data for p in node._prev]
+    if op is not node._opdef:
+        fixed, rest = dict(node._opdef.constants), iter(args)
+        args = [fixed[i] if i in fixed else next(rest) for i in range(op.arity)]
+    try:
+        partials = tuple(op.derivative(node._data, *args))
+    except Exception:
+        return None
+    return wrong_partials(op.arity, partials) if len(partials) != op.arity else None
 
 
 def _literal(x: float) -> str:

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from .binding import OpTable, install_operators
 from .errors import PluginError, PluginLoadError
 from .loading import (
     PluginFailure,
@@ -29,8 +30,8 @@ from .loading import (
 )
 from .loading import strict_plugins as strict_plugins_from_env
 from .modes import ANOMALY
-from .registry import AnyOp, OpTable, collect
-from .value import Value, install_operators
+from .ops import AnyOp, collect
+from .value import Value
 
 
 class Engine:

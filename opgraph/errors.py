@@ -66,8 +66,71 @@ class EngineMismatchError(OpgraphError, TypeError):
     """Values of two different engines were combined."""
 
 
+class OperandError(OpgraphError, TypeError):
+    """An op got an operand that is neither a Value nor a real number, or too many or too few
+    operands (a TypeError, as Python's own operators raise)."""
+
+
+class NotRealError(OpgraphError, TypeError):
+    """A derivative returned a partial that is not a real number (backward reports it as an
+    OpError naming the op and the node)."""
+
+
+class PartialsCountError(OpgraphError, ValueError):
+    """A derivative returned too many or too few partials (backward reports it as an OpError
+    naming the op and the node)."""
+
+
 class GraphvizNotFoundError(OpgraphError, RuntimeError):
     """Rendering a drawing needs Graphviz's `dot` program, which is not installed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages about an op: every error that concerns an op at run time is worded here, so that
+# each names the op (`Op.described`: its name, fixed arguments and plugin), the node and the
+# inputs in the same words.
+
+
+def node_name(node) -> str:
+    """`node 'h'` for a labelled node, `node #12` (its id) for the others."""
+    label = getattr(node, "_label", "")
+    return f"node {label!r}" if label else f"node #{node._id}"
+
+
+def op_message(
+    op, event: str, *, node=None, inputs=None, recorded: bool = False, detail: str = ""
+) -> str:
+    """`op 'pow' with b=-1 (plugin 'p') failed in backward at node 'h', inputs (0.0): ...`.
+
+    `node` is a Value or already a description (`node 'h' (sample 3)`); `inputs` the values
+    the op was applied to, `recorded` when they are those of a compiled graph's recording.
+    """
+    message = f"{op.described} {event}"
+    if node is not None:
+        message += f" at {node if isinstance(node, str) else node_name(node)}"
+    if inputs is not None:
+        shown = ", ".join(describe(v) for v in inputs)
+        message += f", inputs{' as recorded' if recorded else ''} ({shown})"
+    return f"{message}: {detail}" if detail else message
+
+
+def op_error(op, event: str, *, error: type[OpgraphError] = OpError, **where) -> OpgraphError:
+    """The error `error` (OpError by default) with `op_message(op, event, **where)`."""
+    return error(op_message(op, event, **where))
+
+
+def registration_error(plugin: str, op: str, problem: str) -> PluginError:
+    """`plugin 'p', op 'x': problem`: an op a plugin registers is malformed (before it has a
+    plugin of its own, so before `described` can name it)."""
+    return PluginError(f"plugin {plugin!r}, op {op!r}: {problem}", plugin=plugin, op=op)
+
+
+def wrong_partials(expected: int, partials) -> str:
+    """The problem of a derivative that returned the wrong number of partial derivatives."""
+    return (
+        f"derivative must return {expected} partial derivative(s), one per input, as a tuple; "
+        f"it returned {partials!r}"
+    )
 
 
 def describe(value) -> str:

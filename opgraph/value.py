@@ -3,8 +3,14 @@
 A Value holds a number (`data`), the derivative of the final output with respect to it
 (`grad`), a `label` for people, its parents in order, and the op that made it. Unlike
 micrograd it keeps no `_backward` closure: backward asks the op for its local derivatives.
-Every operator dispatches through the op table of the Value's engine, so every op, `+`
-included, comes from a plugin.
+Every operator is an op of the Value's engine, so every op, `+` included, comes from a plugin:
+each engine installs its bound op functions as the operators of its Value class, and nearly
+every node is built by them (binding.py, `_bind_primitive`), not by `Value.__init__`.
+
+The node layout is `Value.__slots__`, written once below. The builders that make nodes
+(`Value.__init__`, `__setstate__`, `__deepcopy__` here; the op functions and the constant
+leaf in binding.py) each store every slot themselves, for speed; tests/test_value.py makes a
+node each way and checks that every slot is set.
 
 The parents live in three slots rather than in a tuple of their own: `_a` and `_b`, the first
 and second operand (None when there is none), and `_more`, a tuple of any further operands
@@ -21,6 +27,7 @@ cannot leave a numpy scalar in the graph.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import math
@@ -30,8 +37,9 @@ from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .binding import OpTable
     from .engine import Engine
-    from .registry import Op, OpTable
+    from .ops import Op
 
 
 class _DefaultOps:
@@ -179,14 +187,18 @@ class Value:
 
     # --- pickling and copying -------------------------------------------------------------
 
+    # What a pickle or a copy stores: every slot but the id, in the order of __slots__.
+    _STATE = tuple(name for name in __slots__ if name not in ("_id", "__weakref__"))
+
     def __getstate__(self) -> tuple:
-        return (self._data, self._grad, self._label, self._a, self._b, self._more, self._opdef)
+        return tuple([getattr(self, name) for name in self._STATE])
 
     def __setstate__(self, state: tuple) -> None:
         # An unpickled or copied node takes a fresh id: backward orders nodes by id, and the
         # ids of another process (or of the original) would clash with this one's. Pickle and
         # copy restore the parents before their children, so the fresh ids keep that order.
-        self._data, self._grad, self._label, self._a, self._b, self._more, self._opdef = state
+        for name, value in zip(self._STATE, state, strict=True):
+            setattr(self, name, value)
         self._id = next(self._ids)
 
     def __deepcopy__(self, memo: dict) -> Value:
@@ -212,55 +224,12 @@ class Value:
         memo.setdefault(id(memo), []).extend(todo.values())
         return memo[id(self)]
 
-    # --- operators: each dispatches to the engine's op table ------------------------------
-
-    def __add__(self, other):
-        return self._ops.add(self, other)
-
-    def __radd__(self, other):
-        return self._ops.add(other, self)
-
-    def __mul__(self, other):
-        return self._ops.mul(self, other)
-
-    def __rmul__(self, other):
-        return self._ops.mul(other, self)
-
-    def __pow__(self, other):
-        return self._ops.pow(self, other)
-
-    def __rpow__(self, other):
-        return self._ops.pow(other, self)
-
-    def __neg__(self):
-        return self._ops.neg(self)
-
-    def __sub__(self, other):
-        return self._ops.sub(self, other)
-
-    def __rsub__(self, other):
-        return self._ops.sub(other, self)
-
-    def __truediv__(self, other):
-        return self._ops.div(self, other)
-
-    def __rtruediv__(self, other):
-        return self._ops.div(other, self)
-
-    def exp(self) -> Value:
-        return self._ops.exp(self)
-
-    def log(self) -> Value:
-        return self._ops.log(self)
-
-    def tanh(self) -> Value:
-        return self._ops.tanh(self)
-
-    def relu(self) -> Value:
-        return self._ops.relu(self)
-
-    def sigmoid(self) -> Value:
-        return self._ops.sigmoid(self)
+    # --- operators: `+ * ** - /` and the methods exp() log() tanh() relu() sigmoid() ------
+    # They are not written here: OPERATORS, after the class, lists each one and the op it
+    # applies, once. Each engine installs its bound op functions as these methods of its
+    # Value class (binding.py: `install_operators`), so `a * b` runs the node builder of
+    # binding.py (`_bind_primitive`) directly; until then, and for an op the engine lacks,
+    # the method is `dispatching_method`'s, which looks the op up in the engine's op table.
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: any op a plugin registers is a method too,
@@ -299,12 +268,12 @@ class Value:
         if op is None:
             return
         parents = self._prev
+        from .backward import counted_partials, derivative_error
+
         try:
-            partials = op.derivative(self.data, *[parent.data for parent in parents])
+            partials = counted_partials(op.derivative(self.data, *[p.data for p in parents]), self)
             steps = list(zip(parents, partials, strict=True))
         except Exception as exc:
-            from .backward import derivative_error
-
             raise derivative_error(self, exc) from exc
         for parent, partial in steps:
             parent.grad += partial * self.grad
@@ -323,7 +292,9 @@ class Value:
 
 
 # Each operator and op method of Value, and the op it applies; True marks a reflected operator
-# (`2 * v` calls `v.__rmul__(2)`, which is `mul(2, v)`).
+# (`2 * v` calls `v.__rmul__(2)`, which is `mul(2, v)`). This table is the one list of them:
+# Value gets its methods from it below, and each engine replaces them by its bound ops
+# (binding.py: `install_operators`).
 OPERATORS: dict[str, tuple[str, bool]] = {
     "__add__": ("add", False),
     "__radd__": ("add", True),
@@ -339,32 +310,41 @@ OPERATORS: dict[str, tuple[str, bool]] = {
     **{name: (name, False) for name in ("exp", "log", "tanh", "relu", "sigmoid")},
 }
 
-# The methods as written above: each looks its op up in the op table on every call.
-_DISPATCHING = {method: Value.__dict__[method] for method in OPERATORS}
+
+@functools.cache
+def dispatching_method(method: str) -> Any:
+    """Value's method `method` (`__mul__`) before an engine installs its bound op there: it
+    looks the op up in the engine's op table on every call (which, for an op no plugin
+    registers, raises the error that lists the registered ops)."""
+    name, reflected = OPERATORS[method]
+    if method == "__neg__" or not method.startswith("__"):
+
+        def unary(self):
+            return getattr(self._ops, name)(self)
+
+        function = unary
+    elif reflected:
+
+        def reflected_binary(self, other):
+            return getattr(self._ops, name)(other, self)
+
+        function = reflected_binary
+    else:
+
+        def binary(self, other):
+            return getattr(self._ops, name)(self, other)
+
+        function = binary
+    function.__name__, function.__qualname__ = method, f"Value.{method}"
+    function.__doc__ = (
+        f"The engine's op {name!r}. Each engine installs its bound op here "
+        f"(opgraph/binding.py, install_operators); this is the fallback that looks it up."
+    )
+    return function
 
 
-def install_operators(cls: type[Value], ops: OpTable) -> None:
-    """Make the operators of an engine's Value class call its bound ops directly.
-
-    `a * b` then runs the engine's `mul` without a dispatch step in between (a Python call
-    saved per node). An op the engine lacks keeps the dispatching method, whose op table
-    raises the error that lists the registered ops.
-    """
-    for method, (name, reflected) in OPERATORS.items():
-        if name not in ops:
-            setattr(cls, method, _DISPATCHING[method])
-        elif reflected:
-            setattr(cls, method, _reflected(ops[name]))
-        else:
-            setattr(cls, method, ops[name])
-
-
-def _reflected(op):
-    def reflected(self, other):
-        return op(other, self)
-
-    reflected.__name__ = reflected.__qualname__ = f"r{op.__name__}"
-    return reflected
+for _method in OPERATORS:
+    setattr(Value, _method, dispatching_method(_method))
 
 
 def _op_method(op: Any) -> Any:

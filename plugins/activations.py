@@ -43,33 +43,26 @@ def sigmoid_array(a):
     return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
+def d_tanh(out, a):
+    return (1.0 - out * out,)  # 1 - tanh(a)^2, on floats and arrays alike
+
+
+def d_sigmoid(out, a):
+    return (out * (1.0 - out),)  # s(a) (1 - s(a)), on floats and arrays alike
+
+
+# relu's symbol is micrograd's `_op`; tanh and sigmoid are written as their names.
+# fmt: off
+OPS = [
+    Op("tanh", math.tanh, d_tanh, array_forward=tanh_array, array_derivative=d_tanh),
+    Op("relu", lambda a: 0.0 if a <= 0 else a, lambda out, a: (float(a > 0),), symbol="ReLU",
+       array_forward=relu_array, array_derivative=relu_array_derivative),
+    Op("sigmoid", sigmoid, d_sigmoid, array_forward=sigmoid_array, array_derivative=d_sigmoid),
+]
+# fmt: on
+
+
 @hookimpl
 def register_ops(register):
-    register(
-        Op(
-            "tanh",
-            math.tanh,
-            lambda out, a: (1.0 - out * out,),
-            array_forward=tanh_array,
-            array_derivative=lambda out, a: (1.0 - out * out,),
-        )
-    )
-    register(
-        Op(
-            "relu",
-            lambda a: 0.0 if a <= 0 else a,
-            lambda out, a: (float(a > 0),),
-            symbol="ReLU",  # micrograd's `_op`; tanh, exp and sigmoid are their names
-            array_forward=relu_array,
-            array_derivative=relu_array_derivative,
-        )
-    )
-    register(
-        Op(
-            "sigmoid",
-            sigmoid,
-            lambda out, a: (out * (1.0 - out),),
-            array_forward=sigmoid_array,
-            array_derivative=lambda out, a: (out * (1.0 - out),),
-        )
-    )
+    for op in OPS:
+        register(op)

@@ -1,15 +1,15 @@
 """add, mul and pow as primitives; neg, sub and div composed from them.
 
-Each register() call is one row of a table of derivatives: the op's name, its forward, its
-local derivatives d out / d input (one per input), and micrograd's symbol for it (`_op`). The
-array kernels (array_forward, array_derivative) are the same on numpy arrays, for batched
-replay; numpy is imported only when they run.
+Each row of OPS is one row of a table of derivatives: the op's name, its forward, its local
+derivatives d out / d input (one per input), and micrograd's symbol for it (`_op`). add and
+mul declare their derivative's rule (`sum`: 1, 1; `product`: b, a), which registration checks
+and backward then applies inline. pow's array kernels are the same on numpy arrays, for
+batched replay; numpy is imported only when they run.
 """
 
 import operator
 
 from opgraph import Composite, Op, hookimpl
-from opgraph.backward import add_derivative, mul_derivative
 
 from .numerics import log, power
 
@@ -37,42 +37,21 @@ def pow_array_derivative(out, a, b):
     return d_base, d_exponent
 
 
+# static=(1,): a plain-number exponent is part of the op, so `x ** 2` has one parent.
+# fmt: off
+OPS = [
+    Op("add", operator.add, lambda out, a, b: (1.0, 1.0), symbol="+", rule="sum"),
+    Op("mul", operator.mul, lambda out, a, b: (b, a), symbol="*", rule="product"),
+    Op("pow", power, pow_derivative, symbol="**", static=(1,),
+       array_forward=pow_array, array_derivative=pow_array_derivative),
+    Composite("neg", lambda a: a * -1, symbol="-"),
+    Composite("sub", lambda a, b: a + (-b), symbol="-"),
+    Composite("div", lambda a, b: a * b**-1, symbol="/"),
+]
+# fmt: on
+
+
 @hookimpl
 def register_ops(register):
-    # add_derivative is (1, 1) and mul_derivative (b, a): backward applies these two inline.
-    # operator.add and operator.mul, and these two derivatives, work on arrays as they are.
-    register(
-        Op(
-            "add",
-            operator.add,
-            add_derivative,
-            symbol="+",
-            array_forward=operator.add,
-            array_derivative=add_derivative,
-        )
-    )
-    register(
-        Op(
-            "mul",
-            operator.mul,
-            mul_derivative,
-            symbol="*",
-            array_forward=operator.mul,
-            array_derivative=mul_derivative,
-        )
-    )
-    # static=(1,): a plain-number exponent is part of the op, so `x ** 2` has one parent.
-    register(
-        Op(
-            "pow",
-            power,
-            pow_derivative,
-            static=(1,),
-            symbol="**",
-            array_forward=pow_array,
-            array_derivative=pow_array_derivative,
-        )
-    )
-    register(Composite("neg", lambda a: a * -1, symbol="-"))
-    register(Composite("sub", lambda a, b: a + (-b), symbol="-"))
-    register(Composite("div", lambda a, b: a * b**-1, symbol="/"))
+    for op in OPS:
+        register(op)

@@ -21,23 +21,18 @@ def log_array_derivative(out, a):
     return (1.0 / a,)  # +-inf at +-0, as `reciprocal` (numpy's errors are silenced)
 
 
+# d e^a / da = e^a, the output itself; d ln a / da = 1 / a.
+# fmt: off
+OPS = [
+    Op("exp", exp, lambda out, a: (out,),
+       array_forward=exp_array, array_derivative=lambda out, a: (out,)),
+    Op("log", log, lambda out, a: (reciprocal(a),),
+       array_forward=log_array, array_derivative=log_array_derivative),
+]
+# fmt: on
+
+
 @hookimpl
 def register_ops(register):
-    register(
-        Op(
-            "exp",
-            exp,
-            lambda out, a: (out,),  # d e^a / da = e^a, the output itself
-            array_forward=exp_array,
-            array_derivative=lambda out, a: (out,),
-        )
-    )
-    register(
-        Op(
-            "log",
-            log,
-            lambda out, a: (reciprocal(a),),
-            array_forward=log_array,
-            array_derivative=log_array_derivative,
-        )
-    )
+    for op in OPS:
+        register(op)

@@ -1,5 +1,6 @@
-"""The backward pass applies add's and mul's chain rule inline (a speed-up): it must give
-exactly, bit for bit, what calling their derivatives gives."""
+"""The backward pass applies the chain rule of an op that declares `rule="sum"` or
+`rule="product"` (the built-in add and mul) inline, a speed-up: it must give exactly, bit for
+bit, what calling their derivatives gives, and registration refuses a false declaration."""
 
 from __future__ import annotations
 
@@ -7,17 +8,16 @@ import math
 import operator
 
 import pytest
+from conftest import plugin
 from dags import OPS, programs, run
 from fdcheck import assert_gradients_close, numeric_gradient
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_plugins import plugin
 
 import opgraph
 from opgraph import Engine, Op, Value
-from opgraph.backward import add_derivative, mul_derivative
 
-# The same add and mul, with derivatives the backward pass does not know: it calls them.
+# The same add and mul, declaring no rule: the backward pass calls their derivatives.
 CALLED = Engine(
     plugins=[
         plugin(
@@ -39,10 +39,50 @@ def same_bits(x: float, y: float) -> bool:
 
 def test_the_builtin_ops_use_the_inline_rules_and_the_other_engine_does_not():
     builtin = Value._ops.definitions
-    assert builtin["add"].derivative is add_derivative
-    assert builtin["mul"].derivative is mul_derivative
-    assert CALLED.ops.definitions["add"].derivative is not add_derivative
-    assert CALLED.ops.definitions["mul"].derivative is not mul_derivative
+    assert (builtin["add"].rule, builtin["mul"].rule) == ("sum", "product")
+    assert {op.rule for op in CALLED.ops.definitions.values() if hasattr(op, "rule")} == {""}
+
+
+def test_the_builtin_plugins_import_only_the_public_api():
+    """They are written as a third-party plugin would be: `opgraph` and their own package."""
+    import ast
+    from pathlib import Path
+
+    import opgraph.plugins
+
+    for path in Path(opgraph.plugins.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                assert not node.module.startswith("opgraph."), (path.name, node.module)
+
+
+@pytest.mark.parametrize(
+    "rule, derivative",
+    [
+        ("product", lambda out, a, b: (a, b)),  # swapped: d(a * b)/da is b, not a
+        ("sum", lambda out, a, b: (1.0, -1.0)),  # subtraction's partials
+        ("product", lambda out, a, b: (b, 1.0)),  # right at a = 1 only
+        ("product", lambda out, a, b: 1 / 0),  # a derivative that fails
+    ],
+)
+def test_a_rule_the_derivative_does_not_follow_is_refused_naming_op_and_plugin(rule, derivative):
+    liar = plugin("liars", Op("times", operator.mul, derivative, rule=rule))
+    with pytest.raises(opgraph.PluginError, match=rf"plugin 'liars', op 'times'.*rule='{rule}'"):
+        Engine(plugins=[liar], entry_points=False)
+
+
+@pytest.mark.parametrize(
+    "op, problem",
+    [
+        (Op("twice", lambda a: 2 * a, lambda out, a: (2.0,), rule="sum"), "binary op"),
+        (Op("p", pow, lambda out, a, b: (b, a), rule="product", static=(1,)), "static"),
+        (Op("m", operator.mul, lambda out, a, b: (b, a), rule="products"), "one of"),
+        (Op("m", operator.mul, lambda out, a, b: (b, a), rule=["product"]), "one of"),
+    ],
+)
+def test_a_rule_on_the_wrong_kind_of_op_is_refused(op, problem):
+    with pytest.raises(opgraph.PluginError, match=problem):
+        Engine(plugins=[plugin("rules", op)], entry_points=False)
 
 
 @settings(max_examples=150, deadline=None)
@@ -66,14 +106,14 @@ def test_inline_rules_give_the_called_rules_bit_for_bit(program, scale, gradient
 
 
 def test_a_plugin_op_may_reuse_the_inline_rules():
-    """A third-party op registered with add_derivative or mul_derivative gets the inline
-    chain rule too, and the right gradients."""
+    """A third-party op that declares rule="sum" or rule="product" gets the inline chain rule
+    too, and the right gradients."""
     e = Engine(
         plugins=[
             plugin(
                 "reuse",
-                Op("plus", lambda a, b: a + b, add_derivative),
-                Op("times", lambda a, b: a * b, mul_derivative),
+                Op("plus", lambda a, b: a + b, lambda out, a, b: (1.0, 1.0), rule="sum"),
+                Op("times", lambda a, b: a * b, lambda out, a, b: (b, a), rule="product"),
             )
         ],
         entry_points=False,

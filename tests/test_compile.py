@@ -12,6 +12,7 @@ import random
 import warnings
 
 import pytest
+from conftest import engine, plugin
 from dags import OPS, programs
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -169,7 +170,7 @@ def test_source_is_straight_line_python_calling_the_plugin_functions():
     assert "def replay(x):" in compiled.source
     assert "relu_" in compiled.source and "d_relu_" in compiled.source
     assert "Value" not in compiled.source  # no node is built per replay
-    # The built-in mul (forward operator.mul, derivative mul_derivative) is written out as
+    # The built-in mul (forward operator.mul, rule="product") is written out as
     # arithmetic, as eager backward applies it; its functions are not called.
     assert "mul_" not in compiled.source
     assert compiled(3.0) == 6.0
@@ -357,3 +358,21 @@ def test_opgraph_demo_compile_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "compiled the training step in" in out and "<Compiled" in out
     assert "final loss" in out
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_a_derivative_with_the_wrong_count_in_a_compiled_backward_is_counted(count):
+    """The generated line unpacks the partials; when it fails, the error counts them (not
+    Python's unpacking message) and names the op, its plugin and the node."""
+
+    def derivative(out, a):
+        if a == 0.5:  # the point registration probes: the right count there
+            return (1.0,)
+        return (1.0,) * count
+
+    e = engine(plugin("odds", Op("odd", lambda a: a, derivative)))
+    compiled = opgraph.compile(lambda x: x.odd(), 2.0, engine=e)
+    compiled(2.0)
+    pattern = r"op 'odd' \(plugin 'odds'\) failed in compiled backward .*must return 1 partial"
+    with pytest.raises(OpError, match=pattern):
+        compiled.backward()

@@ -5,35 +5,19 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 import subprocess
 import sys
 import types
 import unicodedata
 
 import pytest
+from conftest import engine, plugin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opgraph import Composite, Engine, Op, PluginError, Value, hookimpl
+from opgraph import Composite, Op, OperandError, OpError, PluginError, Value, hookimpl
 from opgraph.testing import check_op
-
-
-def plugin(name: str, *ops: Op | Composite, replace: bool = False) -> types.ModuleType:
-    """A plugin module registering `ops`."""
-    module = types.ModuleType(name)
-
-    @hookimpl
-    def register_ops(register):
-        for op in ops:
-            register(op, replace=replace)
-
-    module.register_ops = register_ops
-    return module
-
-
-def engine(*plugins, **options) -> Engine:
-    return Engine(plugins=plugins, entry_points=False, **options)
-
 
 SIN = Op("sin", math.sin, lambda out, a: (math.cos(a),))
 SQUARE = Op("square", lambda a: a * a, lambda out, a: (2 * a,))
@@ -106,6 +90,7 @@ def test_conflict_between_two_plugins_blames_the_later():
     with pytest.raises(PluginError, match="both plugin 'one' and plugin 'two'") as caught:
         engine(plugin("one", SIN), plugin("two", SIN))
     assert caught.value.plugin == "two"
+    assert "replace=True" in str(caught.value)
 
 
 def test_a_plugin_registering_a_name_twice():
@@ -188,7 +173,7 @@ def unary(name: str) -> Op:
         (unary("_hidden"), "would shadow an attribute"),
         (Op("sin", math.sin, lambda out, a: (1.0,), arity=2), "arity is 2 but the function"),
         (Op("sin", math.sin, lambda a: (1.0,)), "derivative must take (out, *inputs)"),
-        (Op("sin", math.sin, lambda out, a: (1.0, 2.0)), "tuple of 1 partial derivative"),
+        (Op("sin", math.sin, lambda out, a: (1.0, 2.0)), "return 1 partial derivative"),
         (Op("sin", math.sin), "derivative must be callable; none was given"),
         (Op("sin", derivative=lambda out, a: (1.0,)), "forward must be callable; none was given"),
         (Op("sin", 3.0, lambda out, a: (1.0,)), "forward must be callable"),
@@ -336,6 +321,15 @@ def test_plugin_objects_are_named_by_their_class():
     assert e.plugin_names()[-1] == f"{__name__}.{Squares.__qualname__}"
     assert e.Value(3.0).square().data == 9.0
 
+    class MoreSquares(Squares):  # two instances of related classes: both named in a clash
+        pass
+
+    with pytest.raises(PluginError) as info:
+        engine(Squares(), MoreSquares())
+    message = str(info.value)
+    assert "Squares'" in message and "MoreSquares'" in message
+    assert not re.search(r"'\d{6,}'", message), "a plugin named by its id()"
+
 
 def test_a_class_registered_instead_of_its_instance_is_told_to_register_an_instance():
     # The documented class plugin is an instance whose hook methods take self.
@@ -476,3 +470,152 @@ def test_plugins_command_into_a_closed_pipe_ends_without_a_traceback():
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 1
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
+# --- using a plugin's ops (merged from the former test_registry.py) --------------------------
+
+
+def test_a_plugin_op_is_callable_as_a_method_and_from_the_op_table():
+    e = engine(plugin("trig", SIN))
+    x = e.value(0.5, label="x")
+    y = x.sin()
+    assert y.data == math.sin(0.5)
+    assert e.ops.sin(x).data == math.sin(0.5)
+    assert e.ops["sin"](x).data == math.sin(0.5)
+    assert "sin" in e.ops
+    y.backward()
+    assert x.grad == math.cos(0.5)
+    assert y._op == "sin"
+    assert e.ops.definitions["sin"].plugin == "trig"
+
+
+def test_a_varargs_forward_with_arity_and_an_nary_op_counting_its_operands():
+    # math.hypot takes *coordinates, so the arity is given
+    hypot = Op("hypot", math.hypot, lambda out, a, b: (a / out, b / out), arity=2)
+    fma = Op("fma", lambda a, b, c: a * b + c, lambda out, a, b, c: (b, a, 1.0))
+    e = engine(plugin("myplugin", hypot, fma))
+    a, b, c = e.value(3.0), e.value(4.0), e.value(1.0)
+    assert a.hypot(b).data == 5.0
+    assert a.hypot(4).data == 5.0  # a plain number becomes a constant leaf
+    out = e.ops.fma(a, b, c)
+    assert out.data == 13.0 and out._prev == (a, b, c)
+    out.backward()
+    assert (a.grad, b.grad, c.grad) == (4.0, 3.0, 1.0)
+    with pytest.raises(OperandError, match=r"op 'fma' \(plugin 'myplugin'\) takes 3"):
+        e.ops.fma(a, b)
+    total = Op("total", lambda *xs: sum(xs), lambda out, *xs: (1.0,) * len(xs), arity=3)
+    assert engine(plugin("sums", total)).ops.total(1, 2, 3).data == 6.0
+
+
+def test_composite_op_is_built_from_other_ops():
+    square_plus = Composite("square_plus", lambda a, b: a * a + b)
+    e = engine(plugin("squares", square_plus))
+    a, b = e.value(3.0), e.value(1.0)
+    out = a.square_plus(b)
+    assert out.data == 10.0
+    assert out._op == "+"  # the graph records the ops it is built from
+    out.backward()
+    assert (a.grad, b.grad) == (6.0, 1.0)
+
+
+def test_engine_without_builtins_has_no_operators():
+    e = engine(plugin("trig", SIN), builtins=False)
+    with pytest.raises(AttributeError, match="no op named 'add' is registered"):
+        e.value(1.0) + 1
+
+
+def test_a_replaced_op_is_differentiated_by_its_replacement():
+    # A plugin may replace a built-in: here relu becomes leaky.
+    leaky = Op("relu", lambda a: a if a > 0 else 0.01 * a, lambda out, a: (1.0 if a > 0 else 0.01,))
+    e = engine(plugin("leaky", leaky, replace=True))
+    x = e.value(-2.0)
+    y = x.relu()
+    assert y.data == -0.02
+    y.backward()
+    assert x.grad == 0.01
+
+
+def test_malformed_ops_named_by_a_class_plugin_too():
+    """A plugin object (a class, as pluggy accepts) is blamed by its name, as a module is."""
+
+    def class_plugin(*ops):
+        def register_ops(register):
+            for op in ops:
+                register(op)
+
+        return type("Sloppy", (), {"register_ops": staticmethod(hookimpl(register_ops))})
+
+    not_callable = Op("sin", math.sin, (1.0,))
+    with pytest.raises(PluginError, match="plugin 'Sloppy', op 'sin': derivative must be callable"):
+        engine(class_plugin(not_callable))
+    # a derivative returning a bare number, not one partial per input
+    both = Op("both", lambda a, b: a + b, lambda out, a, b: 1.0)
+    with pytest.raises(PluginError, match="'both'.*must return 2 partial"):
+        engine(class_plugin(both))
+
+
+# --- errors inside a plugin's functions carry the op's and the plugin's name -----------------
+
+
+def test_exception_in_forward_names_op_plugin_and_inputs():
+    def forward(a):
+        raise ValueError("bad input")
+
+    e = engine(plugin("myplugin", Op("flaky", forward, lambda out, a: (1.0,))))
+    with pytest.raises(OpError) as info:
+        e.value(1.5, label="w").flaky()
+    message = str(info.value)
+    for part in ["'flaky'", "'myplugin'", "forward", "1.5", "'w'", "ValueError: bad input"]:
+        assert part in message, (part, message)
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_exception_in_derivative_names_op_plugin_and_node():
+    def derivative(out, a):
+        if a > 1:
+            raise ArithmeticError("no slope here")
+        return (1.0,)
+
+    e = engine(plugin("myplugin", Op("flaky", lambda a: a, derivative)))
+    y = e.value(2.0, label="w").flaky()
+    y.label = "y"
+    with pytest.raises(OpError) as info:
+        y.backward()
+    message = str(info.value)
+    for part in ["'flaky'", "'myplugin'", "backward", "'y'", "2.0", "'w'", "no slope here"]:
+        assert part in message, (part, message)
+    assert isinstance(info.value.__cause__, ArithmeticError)
+
+
+@pytest.mark.parametrize("arity", [1, 2, 3])
+def test_derivative_returning_wrong_count_at_backward_time(arity):
+    """The registration probe cannot call this derivative (it fails at 0.5), so backward
+    counts the partials itself, on the inline unary and binary paths as on the general one."""
+
+    def derivative(out, *xs):
+        if xs[0] == 0.5:
+            raise ValueError("probe point")
+        return (1.0,) * (arity + 1)
+
+    odd = Op("odd", lambda *xs: xs[0], derivative, arity=arity)
+    e = engine(plugin("myplugin", odd))
+    with pytest.raises(OpError, match=f"'odd'.*'myplugin'.*must return {arity} partial"):
+        e.ops.odd(*[e.value(2.0)] * arity).backward()
+
+
+def test_forward_returning_a_non_number():
+    e = engine(plugin("myplugin", Op("text", lambda a: "one", lambda out, a: (1.0,))))
+    with pytest.raises(OpError, match="'text'.*'myplugin'.*must return a real number"):
+        e.value(1.0).text()
+
+
+def test_exception_in_a_composite_names_it():
+    e = engine(plugin("myplugin", Composite("bad", lambda a: a.nonexistent_op())))
+    with pytest.raises(OpError, match="'bad'.*'myplugin'.*nonexistent_op"):
+        e.value(1.0).bad()
+
+
+def test_composite_returning_a_non_value():
+    e = engine(plugin("myplugin", Composite("numeric", lambda a: a.data * 2)))
+    with pytest.raises(OpError, match="'numeric'.*'myplugin'.*composite op must return a Value"):
+        e.value(1.0).numeric()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import micrograd.engine
 import pytest
+from conftest import engine, plugin
 from dags import MICROGRAD_OPS, programs, run
 from hypothesis import given, settings
 
@@ -487,3 +488,60 @@ def test_opgraph_exports_the_micrograd_names():
     v = Value(1.0)
     for name in ["data", "grad", "_prev", "_op", "backward", "relu"]:
         assert hasattr(v, name), name
+
+
+# ---------------------------------------------------------------------------------------------
+# The node layout: every way of making a node sets every slot
+
+
+def _nodes_made_every_way() -> dict[str, Value]:
+    """One node from each builder: Value.__init__, the bound unary and binary ops and the
+    constant leaf (binding.py), an n-ary op, no_grad and detect_anomaly (their slow path),
+    an op with a baked-in constant, a traced engine, unpickling, copy and deepcopy."""
+    import copy
+    import pickle
+
+    fma = opgraph.Op("fma", lambda a, b, c: a * b + c, lambda out, a, b, c: (b, a, 1.0))
+    fused = engine(plugin("layout", fma))
+
+    class Tracer:  # what the engine tells a tracer; nothing is recorded
+        def __getattr__(self, name):
+            return lambda *args: None
+
+    traced = engine(name="layout-traced")
+    traced.tracer = Tracer()
+    x, y = Value(2.0, "x"), Value(3.0)
+    product = x * y
+    nodes = {
+        "leaf": x,
+        "binary": product,
+        "unary": x.tanh(),
+        "constant leaf": (2 * x)._a,
+        "pow with a constant": x**2,
+        "n-ary": fused.ops.fma(fused.value(1.0), fused.value(2.0), 3.0),
+        "traced binary": traced.value(1.0) * traced.value(2.0),
+        "unpickled": pickle.loads(pickle.dumps(product)),
+        "copied": copy.copy(product),
+        "deep-copied": copy.deepcopy(product),
+        "engine.value": fused.value(1.0),
+    }
+    with no_grad():
+        nodes["under no_grad"] = x * y
+    with opgraph.detect_anomaly():
+        nodes["under detect_anomaly"] = x * y
+    return nodes
+
+
+def test_every_way_of_making_a_node_sets_every_slot():
+    """The node layout is `Value.__slots__`, written once; each builder stores every slot
+    itself (for speed), so this catches a builder that misses one."""
+    slots = [name for name in Value.__slots__ if name != "__weakref__"]
+    types = {"_data": float, "_grad": float, "_label": str, "_id": int}
+    for how, node in _nodes_made_every_way().items():
+        for slot in slots:
+            try:
+                value = object.__getattribute__(node, slot)
+            except AttributeError:
+                pytest.fail(f"a node made by {how} has no {slot}")
+            if slot in types:
+                assert type(value) is types[slot], (how, slot, value)

@@ -11,18 +11,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import plugin
 
-from opgraph import Composite, Engine, Op, OpError, PluginError, Value, hookimpl
-
-
-def plugin(*ops, name="tools"):
-    """A plugin object (a class, as pluggy accepts) that registers `ops`."""
-
-    def register_ops(register):
-        for op in ops:
-            register(op)
-
-    return type(name, (), {"register_ops": staticmethod(hookimpl(register_ops))})
+from opgraph import Composite, Engine, Op, OpError, PluginError, Value
 
 
 def gelu(a: float) -> float:
@@ -56,7 +47,7 @@ TOOLS = [
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    return Engine(plugins=[plugin(*TOOLS)], entry_points=False)
+    return Engine(plugins=[plugin("tools", *TOOLS)], entry_points=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,6 +104,7 @@ def test_backward_step_errors_as_backward_reports_them_and_change_nothing():
     engine = Engine(
         plugins=[
             plugin(
+                "tools",
                 Op("ratio", lambda a, b: a / b, broken),
                 # one partial short, past the point (0.5, 0.5) where registering probes it
                 Op("short", lambda a, b: a - b, lambda out, a, b: (1.0,) if a > 0.9 else (1, -1)),
@@ -224,10 +216,12 @@ def test_plugin_op_methods_compute_and_are_made_once_per_bound_op(engine):
 
 
 def test_methods_follow_the_op_table_when_plugins_change():
-    engine = Engine(plugins=[plugin(Op("gelu", gelu, gelu_derivative))], entry_points=False)
+    engine = Engine(
+        plugins=[plugin("tools", Op("gelu", gelu, gelu_derivative))], entry_points=False
+    )
     x = engine.value(1.0)
     first = x.gelu
-    engine.register(plugin(Op("twice", lambda a: 2 * a, lambda out, a: (2.0,)), name="more"))
+    engine.register(plugin("more", Op("twice", lambda a: 2 * a, lambda out, a: (2.0,))))
     assert x.twice().data == 2.0 and x.gelu().data == pytest.approx(gelu(1.0))
     assert x.gelu.__func__ is not first.__func__  # the new table's gelu
 
@@ -282,7 +276,7 @@ def test_builtin_names_symbols_and_op_strings():
 @pytest.mark.parametrize("symbol", [" ", "\n", "a\tb", 5, "x" * 21])
 def test_a_bad_symbol_is_rejected_naming_plugin_and_op(symbol):
     with pytest.raises(PluginError, match=r"plugin 'tools', op 'gelu': symbol must be"):
-        Engine(plugins=[plugin(Op("gelu", gelu, gelu_derivative, symbol=symbol))])
+        Engine(plugins=[plugin("tools", Op("gelu", gelu, gelu_derivative, symbol=symbol))])
 
 
 def test_errors_name_the_op_and_its_fixed_arguments_apart(engine):

@@ -89,7 +89,7 @@ def check_op(
         )
     if points is None:
         points = random_points(arity, domain, samples, seed)
-    where = f"op {name!r} (plugin {definition.plugin!r})"
+    where = definition.described
     checked, worst, failures = 0, None, 0
     for point in points:
         xs = _as_point(point, arity, where)
