@@ -30,7 +30,7 @@ from .errors import (
 )
 from .modes import ANOMALY, NO_GRAD, mode
 from .ops import AnyOp, Composite, Op, _parameter_names, with_constants
-from .value import OPERATORS, Value, _number, dispatching_method
+from .value import DISPATCHING, OPERATORS, Value, _number
 
 
 def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]:
@@ -344,7 +344,7 @@ def install_operators(cls: type[Value], ops: OpTable) -> None:
     """
     for method, (name, reflected) in OPERATORS.items():
         if name not in ops:
-            setattr(cls, method, dispatching_method(method))
+            setattr(cls, method, DISPATCHING[method])
         elif reflected:
             setattr(cls, method, _reflected(ops[name]))
         else:

@@ -27,7 +27,6 @@ cannot leave a numpy scalar in the graph.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import itertools
 import math
@@ -65,6 +64,16 @@ class _DefaultOps:
         from .engine import default_engine
 
         return name in default_engine().ops
+
+
+def applies(op: str, reflected: bool = False) -> Any:
+    """Mark a method of Value as the operator that applies `op` (reflected: `2 * v`)."""
+
+    def mark(method: Any) -> Any:
+        method.applies = (op, reflected)
+        return method
+
+    return mark
 
 
 class Value:
@@ -224,12 +233,76 @@ class Value:
         memo.setdefault(id(memo), []).extend(todo.values())
         return memo[id(self)]
 
-    # --- operators: `+ * ** - /` and the methods exp() log() tanh() relu() sigmoid() ------
-    # They are not written here: OPERATORS, after the class, lists each one and the op it
-    # applies, once. Each engine installs its bound op functions as these methods of its
-    # Value class (binding.py: `install_operators`), so `a * b` runs the node builder of
-    # binding.py (`_bind_primitive`) directly; until then, and for an op the engine lacks,
-    # the method is `dispatching_method`'s, which looks the op up in the engine's op table.
+    # --- operators: each applies one op of the engine's op table ---------------------------
+    # These are the methods as written. Each engine installs its bound op functions in their
+    # place on its own Value class (binding.py: `install_operators`), so that `a * b` runs
+    # the engine's node builder (binding.py: `_bind_primitive`) with no lookup in between;
+    # these run only until then, and for an op the engine lacks. `@applies` marks the op each
+    # one applies: OPERATORS, after the class, is read from these marks.
+
+    @applies("add")
+    def __add__(self, other: Value | float) -> Value:
+        return self._ops.add(self, other)
+
+    @applies("add", reflected=True)
+    def __radd__(self, other: float) -> Value:  # 2 + v
+        return self._ops.add(other, self)
+
+    @applies("mul")
+    def __mul__(self, other: Value | float) -> Value:
+        return self._ops.mul(self, other)
+
+    @applies("mul", reflected=True)
+    def __rmul__(self, other: float) -> Value:
+        return self._ops.mul(other, self)
+
+    @applies("pow")
+    def __pow__(self, other: Value | float) -> Value:
+        return self._ops.pow(self, other)
+
+    @applies("pow", reflected=True)
+    def __rpow__(self, other: float) -> Value:
+        return self._ops.pow(other, self)
+
+    @applies("neg")
+    def __neg__(self) -> Value:
+        return self._ops.neg(self)
+
+    @applies("sub")
+    def __sub__(self, other: Value | float) -> Value:
+        return self._ops.sub(self, other)
+
+    @applies("sub", reflected=True)
+    def __rsub__(self, other: float) -> Value:
+        return self._ops.sub(other, self)
+
+    @applies("div")
+    def __truediv__(self, other: Value | float) -> Value:
+        return self._ops.div(self, other)
+
+    @applies("div", reflected=True)
+    def __rtruediv__(self, other: float) -> Value:
+        return self._ops.div(other, self)
+
+    @applies("exp")
+    def exp(self) -> Value:
+        return self._ops.exp(self)
+
+    @applies("log")
+    def log(self) -> Value:
+        return self._ops.log(self)
+
+    @applies("tanh")
+    def tanh(self) -> Value:
+        return self._ops.tanh(self)
+
+    @applies("relu")
+    def relu(self) -> Value:
+        return self._ops.relu(self)
+
+    @applies("sigmoid")
+    def sigmoid(self) -> Value:
+        return self._ops.sigmoid(self)
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: any op a plugin registers is a method too,
@@ -292,59 +365,17 @@ class Value:
 
 
 # Each operator and op method of Value, and the op it applies; True marks a reflected operator
-# (`2 * v` calls `v.__rmul__(2)`, which is `mul(2, v)`). This table is the one list of them:
-# Value gets its methods from it below, and each engine replaces them by its bound ops
+# (`2 * v` calls `v.__rmul__(2)`, which is `mul(2, v)`). Read from the `@applies` marks of the
+# methods as written above, which are also what an engine keeps for an op it lacks
 # (binding.py: `install_operators`).
-OPERATORS: dict[str, tuple[str, bool]] = {
-    "__add__": ("add", False),
-    "__radd__": ("add", True),
-    "__mul__": ("mul", False),
-    "__rmul__": ("mul", True),
-    "__pow__": ("pow", False),
-    "__rpow__": ("pow", True),
-    "__neg__": ("neg", False),
-    "__sub__": ("sub", False),
-    "__rsub__": ("sub", True),
-    "__truediv__": ("div", False),
-    "__rtruediv__": ("div", True),
-    **{name: (name, False) for name in ("exp", "log", "tanh", "relu", "sigmoid")},
+DISPATCHING: dict[str, Any] = {
+    name: method
+    for name, method in vars(Value).items()
+    if inspect.isfunction(method) and hasattr(method, "applies")
 }
-
-
-@functools.cache
-def dispatching_method(method: str) -> Any:
-    """Value's method `method` (`__mul__`) before an engine installs its bound op there: it
-    looks the op up in the engine's op table on every call (which, for an op no plugin
-    registers, raises the error that lists the registered ops)."""
-    name, reflected = OPERATORS[method]
-    if method == "__neg__" or not method.startswith("__"):
-
-        def unary(self):
-            return getattr(self._ops, name)(self)
-
-        function = unary
-    elif reflected:
-
-        def reflected_binary(self, other):
-            return getattr(self._ops, name)(other, self)
-
-        function = reflected_binary
-    else:
-
-        def binary(self, other):
-            return getattr(self._ops, name)(self, other)
-
-        function = binary
-    function.__name__, function.__qualname__ = method, f"Value.{method}"
-    function.__doc__ = (
-        f"The engine's op {name!r}. Each engine installs its bound op here "
-        f"(opgraph/binding.py, install_operators); this is the fallback that looks it up."
-    )
-    return function
-
-
-for _method in OPERATORS:
-    setattr(Value, _method, dispatching_method(_method))
+OPERATORS: dict[str, tuple[str, bool]] = {
+    name: method.applies for name, method in DISPATCHING.items()
+}
 
 
 def _op_method(op: Any) -> Any:
