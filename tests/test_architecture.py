@@ -1,0 +1,59 @@
+"""docs/architecture.md stays true: every module it names exists, and every module of the
+package, the viewer page, the benchmarks and the scripts is named there."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MAP = (ROOT / "docs" / "architecture.md").read_text()
+
+# The folders whose every file is a module the map must name (links and caches aside).
+MAPPED = {
+    "opgraph": "*.py",
+    "opgraph/commands": "*.py",
+    "opgraph/testing": "*.py",
+    "plugins": "*.py",
+    "server": "*.py",
+    "server/static": "*",
+    "benchmarks": "*.py",
+    "scripts": "*",
+}
+
+
+def named_paths() -> set[str]:
+    """Every path-like name in backticks: `opgraph/value.py`, `server/static/app.js` ..."""
+    return {
+        name.rstrip("/")
+        for name in re.findall(r"`([\w./-]+)`", MAP)
+        if "/" in name and not name.startswith(("http", "."))
+    }
+
+
+def test_every_module_the_map_names_exists():
+    missing = sorted(path for path in named_paths() if not (ROOT / path).exists())
+    assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"
+
+
+def test_every_module_is_named_in_the_map():
+    named = named_paths()
+    unnamed = sorted(
+        str(path.relative_to(ROOT))
+        for folder, pattern in MAPPED.items()
+        for path in (ROOT / folder).glob(pattern)
+        if path.is_file() and not path.is_symlink() and path.suffix != ".pyc"
+        and str(path.relative_to(ROOT)) not in named
+    )  # fmt: skip
+    assert not unnamed, f"docs/architecture.md does not name these modules: {unnamed}"
+
+
+def test_the_map_names_every_top_level_folder():
+    folders = {
+        p.name
+        for p in ROOT.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name not in {"build", "dist"}
+        and not p.name.endswith(".egg-info")
+    }  # fmt: skip
+    unnamed = sorted(f for f in folders if f"`{f}/`" not in MAP)
+    assert not unnamed, f"docs/architecture.md does not name these folders: {unnamed}"
