@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 from opgraph import Engine
+from opgraph.server.server import DRAIN_INTERVAL
 from opgraph.trace import FORWARD, Tracer, event_count, records
 
 try:
@@ -59,9 +61,11 @@ def test_a_viewer_gets_events_while_the_engine_never_pauses():
             await reader.until(lambda e: e["type"] == "snapshot_end")
             stop = threading.Event()
 
-            def busy():
-                while not stop.is_set():
+            def busy():  # never idle for a whole DRAIN_INTERVAL, for 3 s at most
+                deadline = time.monotonic() + 3
+                while not stop.is_set() and time.monotonic() < deadline:
                     (engine.value(0.5) * 0.5).tanh()
+                    time.sleep(DRAIN_INTERVAL / 50)
 
             producer = threading.Thread(target=busy)
             producer.start()
