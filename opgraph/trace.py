@@ -19,7 +19,6 @@ import math
 import os
 import re
 import sys
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
@@ -28,12 +27,11 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .value import Value
 
-# Event kinds as they travel through the buffer. The buffer is a flat deque of fields: each
+# Event kinds as they travel through the buffer. The buffer is a flat list of fields: each
 # record is RECORD fields, the kind first, then the time, then three more (None when unused).
 # BACKWARD_STEPS is one record for a chunk of backward steps: (kind, t, ids, grads, None).
 FORWARD, BACKWARD, BACKWARD_BEGIN, BACKWARD_END, DATA, LABEL, BACKWARD_STEPS = range(7)
 RECORD = 5
-BIGGEST_RECORD = 256  # events in a BACKWARD_STEPS record, usually (see backward.py)
 
 _MISSING = object()
 
@@ -55,8 +53,10 @@ class Tracer:
         self.engine = engine
         # Flat, so that buffering an event makes no object the garbage collector tracks (a
         # tuple per event, kept until drained, made a traced step collect twice as often).
-        # Records are added whole by one deque.extend (atomic under the GIL).
-        self.buffer: deque[Any] = deque()
+        # Records are added whole by one list.extend (atomic under the GIL); the consumer
+        # takes a slice from the front and deletes it (two atomic steps: the engine only
+        # ever adds at the end), which costs nothing per field, where a deque's popleft did.
+        self.buffer: list[Any] = []
         self.max_buffer = max_buffer
         self.max_known = max_known
         self.lost = 0  # events not stored because the buffer was full
@@ -265,32 +265,25 @@ class Tracer:
     # --- the consumer's side --------------------------------------------------------------
 
     def drain(self, limit: int = 1 << 62) -> list[Any]:
-        """Take buffered records, oldest first, until they hold about `limit` events (at most
-        one record more) or none is left, as a flat list of fields (see `records`).
+        """Take buffered records, oldest first, until they hold `limit` events (the last
+        record, a chunk of backward steps, may pass it) or none is left, as a flat list of
+        fields (see `records`).
 
-        Thread-safe against the engine, which adds whole records only. Records are taken in
-        blocks small enough that a block of chunks of backward steps cannot pass `limit`.
+        Thread-safe against the engine, which adds whole records at the end only: the
+        records are copied from the front, then deleted from it.
         """
         buffer = self.buffer
-        popleft = buffer.popleft
-        fields: list[Any] = []
-        count = 0
-        while count < limit and buffer:
-            block = min(len(buffer) // RECORD, max(1, (limit - count) // BIGGEST_RECORD))
-            if block == 0:
-                break
-            taken = [popleft() for _ in range(block * RECORD)]
-            fields += taken
-            count += block
-            kinds = taken[::RECORD]
-            if BACKWARD_STEPS in kinds:
-                extra = sum(
-                    len(ids) - 1
-                    for kind, ids in zip(kinds, taken[2::RECORD], strict=True)
-                    if kind == BACKWARD_STEPS
-                )
-                count += extra
-                self._extra_out += extra
+        fields = buffer[: min(len(buffer) // RECORD, limit) * RECORD]
+        kinds = fields[::RECORD]
+        if BACKWARD_STEPS in kinds:  # records of several events: stop where `limit` is met
+            count = 0
+            for taken, (kind, ids) in enumerate(zip(kinds, fields[2::RECORD], strict=True), 1):
+                count += len(ids) if kind == BACKWARD_STEPS else 1
+                if count >= limit:
+                    del fields[taken * RECORD :]
+                    break
+            self._extra_out += count - len(fields) // RECORD
+        del buffer[: len(fields)]
         return fields
 
     def take_lost(self) -> int:

@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from pathlib import Path
+from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -55,6 +56,10 @@ if TYPE_CHECKING:
 
 DRAIN_INTERVAL = 0.01  # seconds between drains of the local tracer's buffer
 DRAIN_BATCH = 20_000  # events per drain step, so viewers get sent between steps
+# While the engine is making events, the drain waits (up to DRAIN_DEFER seconds of lag, or
+# a quarter of the tracer's buffer): packing them at the same time would take the GIL from
+# the engine's thread in turns, and each turn waits for the OS to run the other thread.
+DRAIN_DEFER = 0.25
 RECORD_FLUSH_INTERVAL = 0.5  # seconds between flushes of a recording to disk
 
 __all__ = ["EngineServer", "ServerError", "TraceServer", "serve_engine"]
@@ -454,12 +459,26 @@ class EngineServer(TraceServer):
         return self
 
     async def _drain_forever(self) -> None:
+        seen = 0  # the buffer's length when last looked at
         while True:
+            size = len(self.tracer.buffer)
+            if size > seen and not self._overdue():
+                seen = size  # the engine is busy making events: let it run
+                await asyncio.sleep(DRAIN_INTERVAL)
+                continue
             self._drain_now()
-            if len(self.tracer.buffer) > 0:
+            seen = len(self.tracer.buffer)
+            if seen > 0:
                 await asyncio.sleep(0)  # more to do: let viewers be sent to first
             else:
                 await asyncio.sleep(DRAIN_INTERVAL)
+
+    def _overdue(self) -> bool:
+        """Whether the buffered events waited long enough for the engine to pause."""
+        tracer, buffer = self.tracer, self.tracer.buffer
+        if not buffer or tracer.pending() >= tracer.max_buffer // 4:
+            return True
+        return perf_counter_ns() - buffer[1] >= DRAIN_DEFER * 1e9  # the oldest record's time
 
     def _drain_now(self) -> None:
         """Hand the tracer's buffered events to the hub. Never raises: a failure drops the

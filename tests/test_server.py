@@ -60,18 +60,24 @@ def test_late_joiner_gets_a_snapshot_then_the_stream_without_gap_or_duplicate():
             first = await early.until(lambda e: e["type"] == "snapshot_end")
             assert [e["type"] for e in first] == ["hello", "snapshot_begin", "snapshot_end"]
 
-            done = threading.Event()
+            done, joined = threading.Event(), threading.Event()
 
             def train():
-                for _ in range(40):
+                steps = 0
+                while steps < 40 or not joined.is_set():
                     mlp_step(engine, params)
                     time.sleep(0.002)
+                    steps += 1
                 done.set()
 
             producer = threading.Thread(target=train)
             producer.start()
-            await asyncio.sleep(0.05)  # join while the program is running
+            # Join while the program is running, once the server has numbered some events
+            # (while the engine is busy, the drain may wait up to DRAIN_DEFER).
+            while server.stats()["seq"] == 0:
+                await asyncio.sleep(0.01)
             late = await th.connect_reader(server.ws_url)
+            joined.set()
             while not done.is_set():
                 await asyncio.sleep(0.01)
             producer.join()
