@@ -979,6 +979,7 @@ class Viewer {
         drawHierarchy(ctx, this.camera, width, height, this.hview, (unit) => this.lookUnit(unit),
           (node) => this.look(node));
         this.canvas.dataset.groups = String(this.hview.order.length);
+        this.firstGroupsAt ??= performance.now(); // for the figures of docs/viewer.md
       }
     } else if (mode === "aggregate") {
       const layout = layoutGroups(this.graph);

@@ -17,6 +17,10 @@ export class GroupTree {
     this.key = null; // what the tree shows was made from
     this.focusKey = null; // the item reachable with Tab (roving tabindex)
     element.addEventListener("keydown", (event) => this.keydown(event));
+    element.addEventListener("focusin", (event) => {
+      const item = event.target.closest("[role=treeitem]");
+      if (item) this.focusKey = item.dataset.key;
+    });
     element.addEventListener("click", (event) => {
       const item = event.target.closest("[role=treeitem]");
       if (!item) return;
@@ -192,6 +196,7 @@ export class GroupTree {
     event.preventDefault();
     event.stopPropagation(); // the page's own keys (stepping, pause) do not apply here
     action();
+    this.update(); // at once: the next key moves among the items as they are now
   }
 }
 
