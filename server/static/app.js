@@ -4,7 +4,7 @@
 import { Graph } from "./graph.js";
 import { Reader } from "./msgpack.js";
 import { GroupTree } from "./tree.js";
-import { LayoutClient, componentLayout, describeView, looseBands } from "./groups.js";
+import { FRAME_HEADER, LayoutClient, componentLayout, describeView, looseBands } from "./groups.js";
 import {
   Camera, NODE_H, NODE_W, dataText, drawGroups, drawHierarchy, drawScene, gradText, layoutGroups,
   nodeTitle, opText, sceneBox,
@@ -802,7 +802,7 @@ class Viewer {
       for (let i = order.length - 1; i >= 0; i--) { // the innermost first
         const box = order[i];
         if (x < box.x || x > box.x + box.w || y < box.y || y > box.y + box.h) continue;
-        if (box.open && y > box.y + 30) continue; // inside a frame: its content, or nothing
+        if (box.open && y > box.y + FRAME_HEADER) continue; // inside a frame: its content, or nothing
         return box.unit.kind === "node" ? { node: box.unit.ref } : { unit: box.unit };
       }
       return null;
@@ -849,8 +849,8 @@ class Viewer {
   click(sx, sy) {
     const hit = this.hit(sx, sy);
     if (hit?.unit) {
-      this.selectGroup(hit.unit.ref);
       if (hit.unit.kind === "group") this.toggleGroup(hit.unit.key);
+      this.selectGroup(hit.unit.ref);
     } else if (hit?.group) this.selectGroup(hit.group);
     else this.select(hit?.node ?? null);
   }

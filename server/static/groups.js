@@ -7,6 +7,8 @@ import { MAX_BANDS, layoutSubgraph } from "./graph.js";
 
 export const UNIT_W = 172; // a closed group or a node, in world units
 export const UNIT_H = 56;
+export const FRAME_HEADER = 44; // an open group's title bar, in world units
+export const FRAME_PAD = 14; // around an open group's content
 const COMPONENT_GAP = 120; // world units between separate computations
 
 /**

@@ -4,10 +4,8 @@
 // the edges, separate components packed side by side and stacked) and sends back every
 // unit's box in world units. A group whose content did not change keeps its layout.
 
-import { UNIT_H, UNIT_W, pack } from "./groups.js";
+import { FRAME_HEADER as HEADER, FRAME_PAD as PAD, UNIT_H, UNIT_W, pack } from "./groups.js";
 
-const PAD = 14; // around an open group's content
-const HEADER = 30; // an open group's title bar
 const COLUMN_GAP = 64;
 const ROW_GAP = 16;
 const cache = new Map(); // group key -> {signature, layout}

@@ -512,13 +512,13 @@ function drawBoxLabels(ctx, camera, labels, readable) {
   ctx.textAlign = "left";
   ctx.fillStyle = COLORS.text;
   for (const { box, lines } of labels) {
-    const sw = box.w * camera.scale, sh = (box.open ? 24 : box.h) * camera.scale;
+    const sw = box.w * camera.scale, sh = box.h * camera.scale;
     if (sw < 34 || (!box.open && sh < 11)) continue;
     const sx = box.x * camera.scale + camera.x, sy = box.y * camera.scale + camera.y;
     const room = box.open ? 1 : Math.max(1, Math.floor((sh - 2) / 12));
     lines.slice(0, room).forEach((line, i) => {
       ctx.font = i ? "11px system-ui, sans-serif" : `600 ${box.open && readable ? 13 : 11}px system-ui, sans-serif`;
-      ctx.fillText(line, sx + 6, sy + (box.open ? Math.min(12, 12 * camera.scale + 4) : 8) + i * 12, sw - 10);
+      ctx.fillText(line, sx + 6, sy + (box.open ? Math.min(16, 22 * camera.scale) : 8) + i * 12, sw - 10);
     });
   }
   ctx.restore();

@@ -141,9 +141,9 @@ export class GroupTree {
     if (key.startsWith("s:")) {
       const group = viewer.graph.scopes.byPath.get(key.slice(2));
       if (!group) return;
-      viewer.selectGroup(group);
       if (toggle) viewer.toggleGroup(key);
       this.showInOverview(group);
+      viewer.selectGroup(group);
       return;
     }
     if (key.startsWith("r:")) {
