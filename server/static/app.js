@@ -541,8 +541,10 @@ class Viewer {
     const graph = this.graph;
     const cache = this.componentCache;
     const now = performance.now();
+    // A costly layout (a big graph forced into the detail view) is redone at most every
+    // twenty times its cost; a cheap one whenever the graph changed.
     if (cache && cache.graph === graph
-      && (cache.version === graph.version || now - cache.at < Math.max(100, cache.cost * 20))) {
+      && (cache.version === graph.version || (cache.cost > 4 && now - cache.at < cache.cost * 20))) {
       return cache.positions;
     }
     const positions = componentLayout(graph);

@@ -171,21 +171,39 @@ class Edges {
 export class LayoutClient {
   constructor(onLayout) {
     this.onLayout = onLayout;
+    this.worker = null; // started with the first request (most graphs never need it)
     this.busy = false;
     this.next = null;
     this.seq = 0;
+  }
+
+  start() {
     this.worker = new Worker(new URL("./layout-worker.js", import.meta.url), { type: "module" });
     this.worker.onmessage = (message) => {
       this.busy = false;
       this.onLayout(message.data, this.context);
-      if (this.next) { const [request, context] = this.next; this.next = null; this.post(request, context); }
+      this.postNext();
     };
-    this.worker.onerror = (event) => console.error(`opgraph viewer: layout worker: ${event.message}`);
+    // A worker that failed (or could not load) is started again for the next request.
+    this.worker.onerror = (event) => {
+      console.error(`opgraph viewer: the overview's layout worker failed: ${event.message ?? "it did not load"}`);
+      this.worker.terminate();
+      this.worker = null;
+      this.busy = false;
+    };
   }
 
   /** Lay out `request`; `context` comes back with the layout (what it was made from). */
   post(request, context) {
-    if (this.busy) { this.next = [request, context]; return; }
+    this.next = [request, context];
+    if (!this.busy) this.postNext();
+  }
+
+  postNext() {
+    if (!this.next) return;
+    const [request, context] = this.next;
+    this.next = null;
+    if (!this.worker) this.start();
     this.busy = true;
     this.context = context;
     this.worker.postMessage({ ...request, seq: ++this.seq });
