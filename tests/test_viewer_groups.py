@@ -276,6 +276,24 @@ def test_separate_graphs_are_laid_out_as_separate_components(page):
         assert len(groups) == 20
         assert not any(boxes_overlap(a, b) for i, a in enumerate(groups) for b in groups[:i])
         assert len({g[0] for g in groups}) > 2 and len({g[1] for g in groups}) > 2
+    del trace.events[1 + 20 * 5 :]  # the 20 computations without scopes: bands per component
+    trace.next_id = 100
+    with show(page, trace, "?threshold=10"):
+        expect(page.locator("#canvas")).to_have_attribute("data-view", "hierarchy")
+        page.wait_for_function("opgraphViewer.hview?.order.length === 20 * 3")  # leaf, mul, add
+        parts = page.evaluate(
+            """() => { const out = {};
+                for (const b of opgraphViewer.hview.order) {
+                    const part = b.unit.key.split(":")[1];  // "r:<component>:<band> <op>"
+                    const box = out[part] ??= [Infinity, Infinity, -Infinity, -Infinity];
+                    box[0] = Math.min(box[0], b.x); box[1] = Math.min(box[1], b.y);
+                    box[2] = Math.max(box[2], b.x + b.w); box[3] = Math.max(box[3], b.y + b.h);
+                }
+                return Object.values(out); }"""
+        )
+        assert len(parts) == 20
+        assert not any(boxes_overlap(a, b) for i, a in enumerate(parts) for b in parts[:i])
+        assert len({p[0] for p in parts}) > 2 and len({p[1] for p in parts}) > 2
 
 
 def test_135k_nodes_first_groups_and_frame_times(page):

@@ -450,8 +450,10 @@ class Viewer {
     const view = $("view-mode").value;
     const overview = view === "aggregate" || (view === "auto" && this.graph.size > THRESHOLD);
     if (!overview) return "detail";
-    // Scopes shown as a tree of groups; a graph without scopes as op groups per rank.
-    return this.graph.scopes.scoped > 0 ? "hierarchy" : "aggregate";
+    // Scopes (or separate computations) shown as a tree of groups; one computation without
+    // scopes as op groups per rank.
+    const graph = this.graph;
+    return graph.scopes.scoped > 0 || graph.componentCount > 1 ? "hierarchy" : "aggregate";
   }
 
   select(node, { center = false } = {}) {

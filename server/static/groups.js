@@ -12,18 +12,23 @@ export const FRAME_PAD = 14; // around an open group's content
 const COMPONENT_GAP = 120; // world units between separate computations
 
 /**
- * The unscoped nodes of `tree` in bands of ranks (as the plain overview merges ranks so that
- * at most MAX_BANDS columns remain), one group per op in each band.
+ * The unscoped nodes in bands of ranks (as the plain overview merges ranks so that at most
+ * MAX_BANDS columns remain), one group per op in each band, and per weakly connected
+ * component when the graph has several (separate computations stay apart). `bandOf(node)`
+ * is the key of an unscoped node's band.
  */
 export function looseBands(graph) {
+  const cached = graph.looseBandCache;
+  if (cached?.version === graph.version) return cached;
   let shift = 0;
   while (graph.maxRank >> shift >= MAX_BANDS) shift++;
   const pass = graph.lastPass?.pass;
+  const split = graph.componentCount > 1;
   const bands = new Map();
-  const of = new Map(); // loose rank group -> its band
-  for (const loose of graph.scopes.loose.values()) {
+  const of = new Map(); // loose rank group (or, split, node id) -> its band
+  const bandFor = (loose, component) => {
     const band = loose.rank >> shift;
-    const key = `r:${band} ${loose.op}`;
+    const key = split ? `r:${component}:${band} ${loose.op}` : `r:${band} ${loose.op}`;
     let merged = bands.get(key);
     if (!merged) {
       const first = band << shift;
@@ -32,13 +37,32 @@ export function looseBands(graph) {
         members: [], firstId: Infinity };
       bands.set(key, merged);
     }
-    merged.count += loose.count;
-    if (loose.bwPass === pass) merged.bwDone += loose.bwDone;
-    merged.firstId = Math.min(merged.firstId, loose.ids[0]);
-    merged.members.push(loose);
-    of.set(loose, merged);
+    return merged;
+  };
+  for (const loose of graph.scopes.loose.values()) {
+    if (!split) {
+      const merged = bandFor(loose, 0);
+      merged.count += loose.count;
+      if (loose.bwPass === pass) merged.bwDone += loose.bwDone;
+      merged.firstId = Math.min(merged.firstId, loose.ids[0]);
+      merged.members.push(loose);
+      of.set(loose, merged);
+      continue;
+    }
+    for (const id of loose.ids) { // one by one: the nodes of a rank may be in several components
+      const node = graph.nodes.get(id);
+      const merged = bandFor(loose, graph.componentOf(node).id);
+      merged.count++;
+      if (pass !== undefined && node.bwPass === pass) merged.bwDone++;
+      merged.firstId = Math.min(merged.firstId, id);
+      if (merged.members.at(-1)?.loose !== loose) merged.members.push({ loose, ids: [] });
+      merged.members.at(-1).ids.push(id);
+      of.set(id, merged);
+    }
   }
-  return { bands, of };
+  const bandOf = split ? (node) => of.get(node.id) : (node) => of.get(node.unit);
+  graph.looseBandCache = { version: graph.version, bands, bandOf, split };
+  return graph.looseBandCache;
 }
 
 /** The groups of `group`'s path from the top down (the root excluded). */
@@ -55,7 +79,7 @@ function chain(group) {
  */
 export function describeView(graph, open) {
   const tree = graph.scopes;
-  const { bands, of } = looseBands(graph);
+  const { bands, bandOf, split } = looseBands(graph);
   const units = new Map(); // key -> {key, kind, ref, container (a group), first}
   const containers = [tree.root]; // the root and the open groups shown, parents first
   const addUnit = (key, kind, ref, container, first) => units.set(key, { key, kind, ref, container, first });
@@ -77,7 +101,7 @@ export function describeView(graph, open) {
   };
   const shownOf = (node) => {
     const unit = node.unit;
-    if (unit.kind === "loose") return of.get(unit).key;
+    if (unit.kind === "loose") return bandOf(node).key;
     return shownScope(unit) ?? `n:${node.id}`;
   };
   const edges = new Edges();
@@ -86,10 +110,31 @@ export function describeView(graph, open) {
   };
   // Edges between groups come from the tree's counts; those with an end in an open group
   // (whose nodes are shown) from the nodes of the open groups, each edge counted once.
+  // Split by component, a rank group of unscoped nodes has no single band: edges that
+  // touch unscoped nodes are then counted from those nodes.
   for (const link of tree.links.values()) {
-    const from = link.from.kind === "loose" ? of.get(link.from).key : shownScope(link.from);
-    const to = link.to.kind === "loose" ? of.get(link.to).key : shownScope(link.to);
+    if (split && (link.from.kind === "loose" || link.to.kind === "loose")) continue;
+    const from = link.from.kind === "loose" ? bandOf(graph.nodes.get(link.from.ids[0])).key : shownScope(link.from);
+    const to = link.to.kind === "loose" ? bandOf(graph.nodes.get(link.to.ids[0])).key : shownScope(link.to);
     if (from !== null && to !== null) addEdge(from, to, link.count);
+  }
+  if (split) {
+    for (const loose of tree.loose.values()) {
+      for (const id of loose.ids) {
+        const node = graph.nodes.get(id);
+        const key = bandOf(node).key;
+        for (const parent of node.parents) {
+          const other = graph.nodes.get(parent);
+          if (other) addEdge(shownOf(other), key, 1);
+        }
+        for (const child of node.children) { // into scoped nodes shown as a group
+          const other = graph.nodes.get(child);
+          if (!other || other.unit.kind === "loose") continue;
+          const to = shownOf(other);
+          if (!to.startsWith("n:")) addEdge(key, to, 1);
+        }
+      }
+    }
   }
   for (const group of containers) {
     if (group === tree.root) continue;
@@ -103,6 +148,7 @@ export function describeView(graph, open) {
       for (const child of node.children) {
         const other = graph.nodes.get(child);
         if (!other) continue;
+        if (split && other.unit.kind === "loose") continue; // counted from the unscoped node
         const to = shownOf(other);
         if (!to.startsWith("n:")) addEdge(key, to, 1); // node to node: counted by the child
       }

@@ -38,7 +38,7 @@ export class GroupTree {
     const viewer = this.viewer;
     const graph = viewer.graph;
     const section = this.element.closest("section");
-    const scoped = graph.scopes.scoped > 0;
+    const scoped = graph.scopes.scoped > 0 || viewer.mode === "hierarchy";
     if (section.hidden === scoped) section.hidden = !scoped;
     if (!scoped) return;
     const now = performance.now();
