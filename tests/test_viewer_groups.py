@@ -142,8 +142,14 @@ def item(page, key: str):
 
 
 def box_center(page, key: str) -> list[float]:
-    """Where the page draws a unit of the overview, in page pixels."""
-    page.wait_for_function("(key) => opgraphViewer.hview?.boxes.has(key)", arg=key)
+    """Where the page draws a unit of the overview, in page pixels (once the layout of the
+    graph as it is now has been drawn)."""
+    page.wait_for_function(
+        """(key) => { const v = opgraphViewer;
+            return v.hview?.boxes.has(key) && v.hview.drawn && !v.layout.busy
+              && v.hasked.version === v.graph.version && v.hasked.open === v.openVersion; }""",
+        arg=key,
+    )
     return page.evaluate(
         """(key) => { const v = opgraphViewer, b = v.hview.boxes.get(key), c = v.camera;
             const r = v.canvas.getBoundingClientRect();
@@ -193,12 +199,17 @@ def test_layers_are_groups_opened_by_click_and_keyboard(page):
         page.wait_for_function(f"opgraphViewer.hview.boxes.has('{ops[0]['key']}')")
         page.keyboard.press("ArrowLeft")
         expect(item(page, "s:L0/N0")).to_have_attribute("aria-expanded", "false")
-        page.keyboard.press("ArrowLeft")
+        page.keyboard.press("ArrowLeft")  # to the parent, which stays open
         expect(item(page, "s:L0")).to_be_focused()
         page.keyboard.press("Enter")
         expect(page.locator("#details h2")).to_have_text("L0")
         expect(page.locator("#details [data-field=count]")).to_have_text(str(16 * (3 + 4 * 5)))
         assert page.evaluate("opgraphViewer.stepIndex") is None  # arrows did not step
+        page.evaluate("document.activeElement.blur()")
+        page.keyboard.press("Enter")  # outside the tree, Enter closes the selected group
+        expect(item(page, "s:L0")).to_have_attribute("aria-expanded", "false")
+        page.keyboard.press("Enter")  # and opens it
+        expect(item(page, "s:L0")).to_have_attribute("aria-expanded", "true")
 
         # search finds groups by path
         page.fill("#search", "N7")

@@ -983,6 +983,7 @@ class Viewer {
         drawHierarchy(ctx, this.camera, width, height, this.hview, (unit) => this.lookUnit(unit),
           (node) => this.look(node));
         this.canvas.dataset.groups = String(this.hview.order.length);
+        this.hview.drawn = true;
         this.firstGroupsAt ??= performance.now(); // for the figures of docs/viewer.md
       }
     } else if (mode === "aggregate") {
