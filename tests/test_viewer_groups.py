@@ -219,6 +219,11 @@ def test_layers_are_groups_opened_by_click_and_keyboard(page):
         expect(page.locator("#details h2")).to_have_text("L1/N7")
         page.fill("#search", "")
         expect(item(page, "s:L1")).to_have_attribute("aria-expanded", "true")
+        # a node picked in the node list is shown in its neighbourhood; Esc goes back
+        page.locator("#node-list tbody tr").first.click()
+        expect(page.locator("#canvas")).to_have_attribute("data-view", "focus")
+        page.keyboard.press("Escape")
+        expect(page.locator("#canvas")).to_have_attribute("data-view", "hierarchy")
 
 
 def test_backward_pass_lights_groups(page):

@@ -459,7 +459,7 @@ class Viewer {
   select(node, { center = false } = {}) {
     this.selected = node ? node.id : null;
     if (node && center) {
-      if (this.mode === "aggregate") this.setFocus(node);
+      if (this.mode === "aggregate" || this.mode === "hierarchy") this.setFocus(node);
       this.centerOn(node, true);
     }
     this.renderDetails();
