@@ -141,15 +141,19 @@ def item(page, key: str):
     return page.locator(f'#group-tree [role=treeitem][data-key="{quoted}"]')
 
 
-def box_center(page, key: str) -> list[float]:
-    """Where the page draws a unit of the overview, in page pixels (once the layout of the
-    graph as it is now has been drawn)."""
+def wait_layout(page, key: str) -> None:
+    """Until the layout of the graph as it is now, showing `key`, has been drawn."""
     page.wait_for_function(
         """(key) => { const v = opgraphViewer;
             return v.hview?.boxes.has(key) && v.hview.drawn && !v.layout.busy
               && v.hasked.version === v.graph.version && v.hasked.open === v.openVersion; }""",
         arg=key,
     )
+
+
+def box_center(page, key: str) -> list[float]:
+    """Where the page draws a unit of the overview, in page pixels."""
+    wait_layout(page, key)
     return page.evaluate(
         """(key) => { const v = opgraphViewer, b = v.hview.boxes.get(key), c = v.camera;
             const r = v.canvas.getBoundingClientRect();
@@ -169,7 +173,11 @@ def test_layers_are_groups_opened_by_click_and_keyboard(page):
         assert [i["key"] for i in top[:3]] == ["s:L0", "s:L1", "s:L2"]
         assert all(i["expanded"] == "false" for i in top[:3])
         assert any(i["key"].startswith("r:") for i in top)  # the unscoped loss: rank bands
-        page.wait_for_function("opgraphViewer.hview?.boxes.has('s:L2')")
+        wait_layout(page, "s:L2")
+        edges = page.evaluate("opgraphViewer.hview.edges.map(e => [e.from, e.to, e.count])")
+        # each of L1's 16 neurons uses L0's 16 outputs, in each of 4 samples
+        assert ["s:L0", "s:L1", 16 * 16 * 4] in edges
+        assert ["s:L1", "s:L2", 16 * 4] in edges
         screenshot(page, "viewer-groups.png")
 
         # a click on the layer opens it: its neurons are shown, in the tree and drawn

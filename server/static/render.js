@@ -435,13 +435,17 @@ export function drawHierarchy(ctx, camera, width, height, view, lookUnit, lookNo
     const x1 = a.x + a.w, y1 = a.y + a.h / 2, x2 = b.x, y2 = b.y + b.h / 2;
     if (Math.max(x1, x2) < left || Math.min(x1, x2) > right) continue;
     if (Math.max(y1, y2) < top || Math.min(y1, y2) > bottom) continue;
-    (buckets[Math.round(Math.log2(edge.count + 1))] ??= []).push([x1, y1, x2, y2]);
+    (buckets[Math.round(Math.log2(edge.count + 1))] ??= []).push([x1, y1, x2, y2, edge.count]);
   }
   ctx.strokeStyle = "rgba(120, 130, 150, 0.45)";
+  const counts = []; // how many edges each drawn edge stands for, written at its middle
   buckets.forEach((edges, size) => {
     ctx.lineWidth = (0.8 + size * 0.6) * unit;
     ctx.beginPath();
-    for (const [x1, y1, x2, y2] of edges) edgePath(ctx, x1, y1, x2, y2);
+    for (const [x1, y1, x2, y2, count] of edges) {
+      edgePath(ctx, x1, y1, x2, y2);
+      if (count > 1 && counts.length < 300) counts.push([(x1 + x2) / 2, (y1 + y2) / 2, count]);
+    }
     ctx.stroke();
   });
 
@@ -495,6 +499,26 @@ export function drawHierarchy(ctx, camera, width, height, view, lookUnit, lookNo
   }
   ctx.restore();
   drawBoxLabels(ctx, camera, labels, readable);
+  if (camera.scale >= 0.3) drawEdgeCounts(ctx, camera, counts);
+}
+
+// Edge counts at a fixed 10 px on the screen, on a light patch so they read over lines.
+function drawEdgeCounts(ctx, camera, counts) {
+  ctx.save();
+  ctx.setTransform(devicePixelRatio, 0, 0, devicePixelRatio, 0, 0);
+  ctx.font = "10px system-ui, sans-serif";
+  ctx.textAlign = "center";
+  ctx.textBaseline = "middle";
+  for (const [x, y, count] of counts) {
+    const sx = x * camera.scale + camera.x, sy = y * camera.scale + camera.y;
+    const text = count.toLocaleString("en-US");
+    const w = ctx.measureText(text).width + 6;
+    ctx.fillStyle = "rgba(246, 248, 251, 0.9)";
+    ctx.fillRect(sx - w / 2, sy - 6, w, 12);
+    ctx.fillStyle = COLORS.muted;
+    ctx.fillText(text, sx, sy);
+  }
+  ctx.restore();
 }
 
 /** A shown unit's name: a group's last path segment, a band's op. */
