@@ -453,7 +453,7 @@ class Viewer {
     // Scopes (or separate computations) shown as a tree of groups; one computation without
     // scopes as op groups per rank.
     const graph = this.graph;
-    return graph.scopes.scoped > 0 || graph.componentCount > 1 ? "hierarchy" : "aggregate";
+    return graph.scopes.scoped > 0 || graph.separateGraphs > 1 ? "hierarchy" : "aggregate";
   }
 
   select(node, { center = false } = {}) {

@@ -26,6 +26,7 @@ export class Graph {
     this.version = 0; // bumped on every change, so the page redraws only when needed
     this.scopes = new ScopeTree(); // the nodes grouped by scope, for the hierarchical overview
     this.componentCount = 0; // weakly connected components: separate computations
+    this.singletons = 0; // components of one node (a leaf not used yet)
   }
 
   get size() {
@@ -115,7 +116,17 @@ export class Graph {
     node.component = node; // a component of its own until an edge joins it to another
     node.componentSize = 1;
     this.componentCount++;
+    this.singletons++;
     this.addToGroup(node);
+  }
+
+  /**
+   * How many separate computations the graph holds: components of two nodes or more (a
+   * leaf made but not used yet is not one, so the picture does not jump while a graph is
+   * being built).
+   */
+  get separateGraphs() {
+    return this.componentCount - this.singletons;
   }
 
   /** The node standing for `node`'s weakly connected component (union-find, halving). */
@@ -131,6 +142,7 @@ export class Graph {
     if (!b) return;
     let x = this.componentOf(a), y = this.componentOf(b);
     if (x === y) return;
+    this.singletons -= (x.componentSize === 1) + (y.componentSize === 1);
     if (x.componentSize < y.componentSize) [x, y] = [y, x];
     y.component = x;
     x.componentSize += y.componentSize;

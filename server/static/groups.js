@@ -23,7 +23,7 @@ export function looseBands(graph) {
   let shift = 0;
   while (graph.maxRank >> shift >= MAX_BANDS) shift++;
   const pass = graph.lastPass?.pass;
-  const split = graph.componentCount > 1;
+  const split = graph.separateGraphs > 1;
   const bands = new Map();
   const of = new Map(); // loose rank group (or, split, node id) -> its band
   const bandFor = (loose, component) => {
@@ -262,7 +262,7 @@ export class LayoutClient {
  * never merged into one column. null when there is one component (the graph's own layout).
  */
 export function componentLayout(graph) {
-  if (graph.componentCount <= 1) return null;
+  if (graph.separateGraphs <= 1) return null;
   const members = new Map(); // component root -> its nodes in arrival order
   for (const node of graph.order) {
     const root = graph.componentOf(node);
