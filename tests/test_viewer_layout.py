@@ -170,3 +170,49 @@ def test_search_and_neighbourhood(page):
     assert found["around"] == ["w", "x", "w*x", "out w"]
     width = page.evaluate("model.COLUMN_WIDTH")
     assert found["aroundX"] == [0, 0, width, 2 * width]  # laid out by rank on their own
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(events=dags())
+def test_components_and_scope_groups_count_every_node(page, events):
+    """The union-find components are the weakly connected components; the scope tree
+    counts each node once in its group and every enclosing one."""
+    scopes = ["", "A", "A/B", "C", "A/B/"]  # "A/B/" is "A/B"
+    for event in events:
+        event["scope"] = scopes[event["id"] % len(scopes)]
+    result = page.evaluate(
+        """(events) => {
+            const g = new model.Graph();
+            for (const e of events) g.addNode(e);
+            const component = Object.fromEntries(g.order.map((n) => [n.id, g.componentOf(n).id]));
+            const counts = Object.fromEntries(
+                [...g.scopes.byPath.values()].map((s) => [s.path, s.count]));
+            return {component, counts, count: g.componentCount, singletons: g.singletons,
+                scoped: g.scopes.scoped};
+        }""",
+        events,
+    )
+    parent = {e["id"]: e["id"] for e in events}
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for e in events:
+        for p in e["parents"]:
+            parent[find(p)] = find(e["id"])
+    same = {(a, b) for a in parent for b in parent if find(a) == find(b)}
+    component = {int(k): v for k, v in result["component"].items()}
+    assert {(a, b) for a in component for b in component if component[a] == component[b]} == same
+    roots = {find(i) for i in parent}
+    assert result["count"] == len(roots)
+    sizes = [sum(1 for i in parent if find(i) == r) for r in roots]
+    assert result["singletons"] == sizes.count(1)
+    paths = [scopes[e["id"] % len(scopes)].strip("/") for e in events]
+    for path, count in result["counts"].items():
+        inside = [p for p in paths if p and (p == path or p.startswith(path + "/") or not path)]
+        assert count == len(inside), path
+    assert result["scoped"] == sum(1 for p in paths if p)

@@ -3,9 +3,11 @@
 
 import { Graph } from "./graph.js";
 import { Reader } from "./msgpack.js";
+import { GroupTree } from "./tree.js";
+import { FRAME_HEADER, LayoutClient, componentLayout, describeView, looseBands } from "./groups.js";
 import {
-  Camera, NODE_H, NODE_W, dataText, drawGroups, drawScene, gradText, layoutGroups, nodeTitle,
-  opText, sceneBox,
+  Camera, NODE_H, NODE_W, dataText, drawGroups, drawHierarchy, drawScene, gradText, layoutGroups,
+  nodeTitle, opText, sceneBox,
 } from "./render.js";
 import { LiveSource, ownStreamUrl, readRecording, requestedStreamUrl, shownUrl } from "./source.js";
 import { problemWith } from "./validate.js";
@@ -19,6 +21,7 @@ const LIST_LIMIT = 400; // rows in the node list; search narrows it down
 const SLICE_MS = 12; // work per slice before the page gets to draw and handle input
 const DECODE_AHEAD = 20_000; // events decoded ahead of those applied; the rest stay bytes
 const DRAW_INTERVAL_MS = 100; // while a stream is being applied, draw ~10 times a second
+const RELAYOUT_MS = 400; // while the graph grows, the overview is laid out again this often
 const $ = (id) => document.getElementById(id);
 
 class Viewer {
@@ -40,6 +43,8 @@ class Viewer {
     this.drawRequested = false;
     this.eventsThisSecond = 0;
     this.eventsPerSecond = 0;
+    this.layout = new LayoutClient((result, view) => this.layoutArrived(result, view));
+    this.tree = new GroupTree($("group-tree"), this);
     this.resetSession();
     this.bindControls();
     new ResizeObserver(() => this.resize()).observe($("stage"));
@@ -73,6 +78,11 @@ class Viewer {
     this.listKey = null;
     this.shownVersion = -1;
     this.follow = true;
+    this.open = new Set(); // keys of the scope groups opened in the overview
+    this.openVersion = 0;
+    this.hview = null; // the hierarchical overview as last laid out
+    this.hasked = null; // what the last layout request was made from
+    this.componentCache = null;
     if (this.canvas) this.requestDraw();
   }
 
@@ -438,14 +448,18 @@ class Viewer {
   get mode() {
     if (this.focus) return "focus";
     const view = $("view-mode").value;
-    if (view === "auto") return this.graph.size > THRESHOLD ? "aggregate" : "detail";
-    return view;
+    const overview = view === "aggregate" || (view === "auto" && this.graph.size > THRESHOLD);
+    if (!overview) return "detail";
+    // Scopes (or separate computations) shown as a tree of groups; one computation without
+    // scopes as op groups per rank.
+    const graph = this.graph;
+    return graph.scopes.scoped > 0 || graph.separateGraphs > 1 ? "hierarchy" : "aggregate";
   }
 
   select(node, { center = false } = {}) {
     this.selected = node ? node.id : null;
     if (node && center) {
-      if (this.mode === "aggregate") this.setFocus(node);
+      if (this.mode === "aggregate" || this.mode === "hierarchy") this.setFocus(node);
       this.centerOn(node, true);
     }
     this.renderDetails();
@@ -456,7 +470,88 @@ class Viewer {
   selectGroup(group) {
     this.selected = group ? group.key : null;
     this.renderDetails();
+    this.tree.changed();
     this.requestDraw();
+  }
+
+  /** Open a scope group of the overview (show what it holds) or close it. */
+  toggleGroup(key, open = !this.open.has(key)) {
+    if (open === this.open.has(key)) return;
+    if (open) this.open.add(key);
+    else this.open.delete(key);
+    this.openVersion++;
+    this.tree.changed();
+    this.requestDraw();
+  }
+
+  /** The overview: lay it out again (in the worker) when the groups opened or the graph changed. */
+  updateHierarchy() {
+    const graph = this.graph;
+    const asked = this.hasked;
+    if (asked && asked.graph === graph && asked.open === this.openVersion && asked.version === graph.version) return;
+    const now = performance.now();
+    if (asked && asked.graph === graph && asked.open === this.openVersion && now - asked.at < RELAYOUT_MS) {
+      if (!this.relayoutTimer) {
+        this.relayoutTimer = setTimeout(() => { this.relayoutTimer = null; this.requestDraw(false); }, RELAYOUT_MS);
+      }
+      return;
+    }
+    const view = describeView(graph, this.open);
+    this.hasked = { graph, open: this.openVersion, version: graph.version, at: now };
+    this.layout.post({ requests: view.requests }, { view, graph });
+  }
+
+  layoutArrived(result, { view, graph }) {
+    if (graph !== this.graph) return;
+    const boxes = new Map();
+    const order = [];
+    result.keys.forEach((key, i) => {
+      const unit = view.units.get(key);
+      if (!unit) return;
+      const [x, y, w, h] = result.boxes.slice(4 * i, 4 * i + 4);
+      const box = { x, y, w, h, unit, open: unit.kind === "group" && this.open.has(key) };
+      boxes.set(key, box);
+      order.push(box);
+    });
+    this.hview = { boxes, order, edges: view.edges, bands: view.bands,
+      box: { left: 0, top: 0, right: Math.max(result.w, NODE_W), bottom: Math.max(result.h, NODE_H) } };
+    this.layoutMs = result.ms;
+    this.requestDraw();
+  }
+
+  /** How a shown group looks: its backward state, and whether it is selected. */
+  lookUnit(unit) {
+    const ref = unit.ref;
+    const pass = this.graph.lastPass;
+    const reached = unit.kind === "band" ? ref.bwDone : pass && ref.bwPass === pass.pass ? ref.bwDone : 0;
+    const progress = ref.count ? reached / ref.count : 0;
+    let state = reached >= ref.count ? "done" : reached > 0 ? "partial" : "plain";
+    if (this.currentUnits?.has(unit.key)) state = "current";
+    return { state, progress, reached, selected: this.selected === unit.key, match: false };
+  }
+
+  // The keys of the groups holding the node of the current backward step.
+  findCurrentUnits() {
+    const node = this.currentStepNode();
+    const keys = new Set();
+    if (node) for (let unit = node.unit; unit && unit.parent; unit = unit.parent) keys.add(unit.key);
+    return keys;
+  }
+
+  /** The detail view's positions when the graph has separate components (else null). */
+  detailPositions() {
+    const graph = this.graph;
+    const cache = this.componentCache;
+    const now = performance.now();
+    // A costly layout (a big graph forced into the detail view) is redone at most every
+    // twenty times its cost; a cheap one whenever the graph changed.
+    if (cache && cache.graph === graph
+      && (cache.version === graph.version || (cache.cost > 4 && now - cache.at < cache.cost * 20))) {
+      return cache.positions;
+    }
+    const positions = componentLayout(graph);
+    this.componentCache = { graph, version: graph.version, positions, at: now, cost: performance.now() - now };
+    return positions;
   }
 
   /** Show the neighbourhood of a node on its own (for graphs too big to draw whole). */
@@ -490,6 +585,7 @@ class Viewer {
   search(query) {
     this.query = query;
     this.matchIndex = -1;
+    this.tree.changed();
     this.updateMatches(true);
     this.listKey = null;
     this.requestDraw();
@@ -580,8 +676,13 @@ class Viewer {
   }
 
   detailsClick(event) {
-    const target = event.target.closest("[data-goto],[data-focus]");
+    const target = event.target.closest("[data-goto],[data-focus],[data-toggle]");
     if (!target) return;
+    if (target.dataset.toggle !== undefined) {
+      this.toggleGroup(target.dataset.toggle);
+      this.renderDetails();
+      return;
+    }
     if (target.dataset.focus !== undefined) {
       const node = this.graph.nodes.get(Number(target.dataset.focus));
       if (node) { this.setFocus(node); this.select(node); }
@@ -593,6 +694,12 @@ class Viewer {
   keydown(event) {
     const typing = event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement;
     if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.key === "Enter" && event.target === document.body && typeof this.selected === "string"
+      && this.selected.startsWith("s:")) { // open or close the selected group
+      event.preventDefault();
+      this.toggleGroup(this.selected);
+      return;
+    }
     const actions = {
       " ": () => this.togglePause(),
       k: () => this.togglePause(),
@@ -694,6 +801,16 @@ class Viewer {
 
   hit(sx, sy) {
     const [x, y] = this.camera.toWorld(sx, sy);
+    if (this.mode === "hierarchy") {
+      const order = this.hview?.order ?? [];
+      for (let i = order.length - 1; i >= 0; i--) { // the innermost first
+        const box = order[i];
+        if (x < box.x || x > box.x + box.w || y < box.y || y > box.y + box.h) continue;
+        if (box.open && y > box.y + FRAME_HEADER) continue; // inside a frame: its content, or nothing
+        return box.unit.kind === "node" ? { node: box.unit.ref } : { unit: box.unit };
+      }
+      return null;
+    }
     if (this.mode === "aggregate") {
       for (const box of layoutGroups(this.graph).boxes.values()) {
         if (x >= box.x && x <= box.x + box.w && y >= box.y && y <= box.y + box.h) return { group: box.group };
@@ -719,6 +836,11 @@ class Viewer {
       const op = node.op ? ` · ${opText(node)}` : node.placeholder ? " · unseen" : " · leaf";
       tip.textContent = `${nodeTitle(node)}${op}\ndata ${dataText(node)}\n` +
         `grad ${gradText(node, look, "not reached yet")}`;
+    } else if (hit.unit) {
+      const ref = hit.unit.ref;
+      const look = this.lookUnit(hit.unit);
+      tip.textContent = `${ref.path ?? `${ref.op} · ${ref.ranks}`}\n${ref.count.toLocaleString("en-US")} nodes` +
+        (look.reached ? `\n${look.reached.toLocaleString("en-US")} reached by the backward pass` : "");
     } else {
       const group = hit.group;
       tip.textContent = `${group.op} · ${group.ranks}\n${group.count.toLocaleString("en-US")} nodes`;
@@ -730,7 +852,10 @@ class Viewer {
 
   click(sx, sy) {
     const hit = this.hit(sx, sy);
-    if (hit?.group) this.selectGroup(hit.group);
+    if (hit?.unit) {
+      if (hit.unit.kind === "group") this.toggleGroup(hit.unit.key);
+      this.selectGroup(hit.unit.ref);
+    } else if (hit?.group) this.selectGroup(hit.group);
     else this.select(hit?.node ?? null);
   }
 
@@ -784,12 +909,17 @@ class Viewer {
       };
     }
     const nodes = this.graph.nodes;
-    return { nodes: this.graph.order, pos: (node) => node, inside: (id) => nodes.get(id) };
+    const positions = this.detailPositions(); // separate components side by side
+    const pos = positions ? (node) => positions.get(node.id) ?? node : (node) => node;
+    return { nodes: this.graph.order, pos, inside: (id) => nodes.get(id) };
   }
 
   fitCamera() {
     if (!this.width) return;
-    const box = this.mode === "aggregate" ? layoutGroups(this.graph).box : sceneBox(this.scene());
+    const mode = this.mode;
+    const box = mode === "aggregate" ? layoutGroups(this.graph).box
+      : mode === "hierarchy" ? this.hview?.box ?? { left: 0, top: 0, right: NODE_W, bottom: NODE_H }
+        : sceneBox(this.scene());
     this.camera.fit(box, this.width, this.height);
   }
 
@@ -846,7 +976,17 @@ class Viewer {
     if (this.follow) this.fitCamera();
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
-    if (mode === "aggregate") {
+    if (mode === "hierarchy") {
+      this.updateHierarchy();
+      this.currentUnits = this.findCurrentUnits();
+      if (this.hview) {
+        drawHierarchy(ctx, this.camera, width, height, this.hview, (unit) => this.lookUnit(unit),
+          (node) => this.look(node));
+        this.canvas.dataset.groups = String(this.hview.order.length);
+        this.hview.drawn = true;
+        this.firstGroupsAt ??= performance.now(); // for the figures of docs/viewer.md
+      }
+    } else if (mode === "aggregate") {
       const layout = layoutGroups(this.graph);
       drawGroups(ctx, this.camera, width, height, layout, this.selected);
     } else {
@@ -857,6 +997,7 @@ class Viewer {
     $("empty").hidden = this.graph.size > 0 || this.staging !== null;
     this.updateStatus(mode);
     this.updateList();
+    this.tree.update();
     if (this.shownVersion !== this.graph.version) {
       this.shownVersion = this.graph.version;
       if (this.selected !== null) this.renderDetails();
@@ -897,7 +1038,8 @@ class Viewer {
     const stepInfo = this.stepIndex !== null && pass ? `step ${this.stepIndex + 1}/${pass.steps.length}` : "";
     $("step-info").textContent = stepInfo;
     const current = this.currentStepNode();
-    const view = { detail: "every node", aggregate: "op groups by rank", focus: "a node's neighbourhood" }[mode];
+    const view = { detail: "every node", aggregate: "op groups by rank", focus: "a node's neighbourhood",
+      hierarchy: "groups by scope" }[mode];
     this.canvas.setAttribute("aria-label",
       `Computation graph of ${nodes} nodes, showing ${view}.` +
       (current ? ` Backward step at ${nodeTitle(current)}.` : ""));
@@ -1027,7 +1169,9 @@ class Viewer {
       panel.replaceChildren(el("p", { className: "hint" }, "Click a node, or search, to see its details."));
       return;
     }
-    if (typeof this.selected === "string") return this.renderGroup(panel);
+    if (typeof this.selected === "string") {
+      return this.selected.startsWith("s:") ? this.renderScope(panel) : this.renderGroup(panel);
+    }
     const node = this.graph.nodes.get(this.selected);
     if (!node) return;
     const look = this.look(node);
@@ -1067,7 +1211,28 @@ class Viewer {
     return el("li", {}, button);
   }
 
+  // A scope group's details; its path is a trace's text, shown as text.
+  renderScope(panel) {
+    const group = this.graph.scopes.byPath.get(this.selected.slice(2));
+    if (!group) return;
+    const look = this.lookUnit({ kind: "group", key: group.key, ref: group });
+    const members = group.ids.slice(0, 30).map((id) => this.nodeLink(id));
+    if (group.ids.length > 30) members.push(el("li", {}, `… ${group.ids.length - 30} more`));
+    const open = this.open.has(group.key);
+    panel.replaceChildren(
+      el("h2", { className: "group-title" }, group.path),
+      factList([
+        ["nodes", "count", group.count.toLocaleString("en-US")],
+        ["groups", "groups", String(group.children.size)],
+        ["backward", "step", `${look.reached} of ${group.count} reached in the last pass`],
+      ]),
+      ...(members.length ? [el("h3", {}, "Nodes"), el("ul", { className: "links" }, ...members)] : []),
+      el("button", { dataset: { toggle: group.key } }, open ? "Close the group" : "Open the group"),
+    );
+  }
+
   renderGroup(panel) {
+    if (this.selected.startsWith("r:")) return this.renderBand(panel);
     const group = this.graph.bands().groups.get(this.selected);
     if (!group) return;
     const firstIds = [];
@@ -1087,6 +1252,29 @@ class Viewer {
       el("h3", {}, "Members"),
       el("ul", { className: "links" }, ...members),
       el("p", { className: "hint" }, "Click a member to focus on its neighbourhood."),
+    );
+  }
+
+  // A band of unscoped nodes in the hierarchical overview.
+  renderBand(panel) {
+    const band = looseBands(this.graph).bands.get(this.selected);
+    if (!band) return;
+    const ids = [];
+    for (const member of band.members) {
+      ids.push(...member.ids.slice(0, 30 - ids.length));
+      if (ids.length >= 30) break;
+    }
+    const members = ids.map((id) => this.nodeLink(id));
+    if (band.count > 30) members.push(el("li", {}, `… ${band.count - 30} more`));
+    panel.replaceChildren(
+      el("h2", {}, `${band.op} · ${band.ranks} · no scope`),
+      factList([
+        ["nodes", "count", String(band.count)],
+        ["plugin", "plugin", this.ops.get(band.op) ?? "–"],
+        ["backward", "step", `${band.bwDone} of ${band.count} reached in the last pass`],
+      ]),
+      el("h3", {}, "Members"),
+      el("ul", { className: "links" }, ...members),
     );
   }
 

@@ -24,6 +24,9 @@ export class Graph {
     this.latest = null; // the node of the last forward event
     this.changed = new Set(); // ids whose row in the node list needs redrawing
     this.version = 0; // bumped on every change, so the page redraws only when needed
+    this.scopes = new ScopeTree(); // the nodes grouped by scope, for the hierarchical overview
+    this.componentCount = 0; // weakly connected components: separate computations
+    this.singletons = 0; // components of one node (a leaf not used yet)
   }
 
   get size() {
@@ -55,6 +58,7 @@ export class Graph {
     node.grad = event.grad ?? 0;
     node.label = event.label ?? "";
     node.const = Array.isArray(event.const) ? event.const : null;
+    node.scope = typeof event.scope === "string" ? event.scope : "";
     if (known) { // a placeholder for a parent we had not seen becomes the real node
       node.placeholder = false;
       this.touch(node);
@@ -67,6 +71,8 @@ export class Graph {
     this.place(node);
     this.nodes.set(node.id, node);
     this.order.push(node);
+    this.scopes.add(node, this.nodes);
+    for (const id of parents) this.join(node, this.nodes.get(id));
     this.edgeCount += parents.length;
     this.latest = node;
     this.touch(node);
@@ -77,11 +83,12 @@ export class Graph {
   placeholder(id) {
     const node = {
       id, op: null, parents: [], children: [], data: NaN, grad: NaN, label: "",
-      const: null, bwPass: 0, bwStep: -1, placeholder: true,
+      const: null, bwPass: 0, bwStep: -1, placeholder: true, scope: "",
     };
     this.place(node);
     this.nodes.set(id, node);
     this.order.push(node);
+    this.scopes.add(node, this.nodes);
     return node;
   }
 
@@ -106,7 +113,40 @@ export class Graph {
     node.y = row * ROW_HEIGHT;
     this.nextRow[rank] = row + 1;
     this.maxRank = Math.max(this.maxRank, rank);
+    node.component = node; // a component of its own until an edge joins it to another
+    node.componentSize = 1;
+    this.componentCount++;
+    this.singletons++;
     this.addToGroup(node);
+  }
+
+  /**
+   * How many separate computations the graph holds: components of two nodes or more (a
+   * leaf made but not used yet is not one, so the picture does not jump while a graph is
+   * being built).
+   */
+  get separateGraphs() {
+    return this.componentCount - this.singletons;
+  }
+
+  /** The node standing for `node`'s weakly connected component (union-find, halving). */
+  componentOf(node) {
+    while (node.component !== node) {
+      node.component = node.component.component;
+      node = node.component;
+    }
+    return node;
+  }
+
+  join(a, b) {
+    if (!b) return;
+    let x = this.componentOf(a), y = this.componentOf(b);
+    if (x === y) return;
+    this.singletons -= (x.componentSize === 1) + (y.componentSize === 1);
+    if (x.componentSize < y.componentSize) [x, y] = [y, x];
+    y.component = x;
+    x.componentSize += y.componentSize;
+    this.componentCount--;
   }
 
   // The overview counts nodes by op in each rank as they arrive (constant work per node);
@@ -215,13 +255,15 @@ export class Graph {
     node.grad = grad;
     node.bwPass = current.pass;
     node.bwStep = current.steps.length - 1;
-    const group = node.group;
-    if (group.bwPass !== current.pass) {
-      group.bwPass = current.pass;
-      group.bwDone = 0;
-    }
-    group.bwDone++;
+    this.countReached(node, current.pass);
     this.touch(node);
+  }
+
+  // A node's grad arrived: its overview group, and its scope and every enclosing scope,
+  // count one more node reached by pass `pass` (how a group lights up as a pass goes).
+  countReached(node, pass) {
+    reached(node.group, pass);
+    for (let unit = node.unit; unit && unit !== this.scopes.root; unit = unit.parent) reached(unit, pass);
   }
 
   endPass() {
@@ -253,8 +295,7 @@ export class Graph {
     const pass = fresh.lastPass?.pass; // count the backward steps of the copies too
     for (const node of fresh.order) {
       if (node.bwPass !== pass || pass === undefined) continue;
-      if (node.group.bwPass !== pass) { node.group.bwPass = pass; node.group.bwDone = 0; }
-      node.group.bwDone++;
+      fresh.countReached(node, pass);
     }
     return fresh;
   }
@@ -315,6 +356,105 @@ export class Graph {
     walk(up, (node) => node.parents, limit);
     const nodes = [...picked].sort((a, b) => a - b).map((id) => this.nodes.get(id));
     return layoutSubgraph(nodes);
+  }
+}
+
+function reached(group, pass) {
+  if (group.bwPass !== pass) {
+    group.bwPass = pass;
+    group.bwDone = 0;
+  }
+  group.bwDone++;
+}
+
+/**
+ * The nodes grouped by their scope path ("L0/N3": layer 0, neuron 3), a tree whose groups
+ * hold sub-groups and nodes, kept as nodes arrive (constant work per node). Nodes without a
+ * scope are counted by rank and op instead (`loose`), as the plain overview does. `links`
+ * counts the edges between two different groups, which is all the overview needs to draw
+ * them aggregated at any depth.
+ */
+export class ScopeTree {
+  constructor() {
+    this.nextIndex = 0;
+    this.root = this.makeGroup(null, "");
+    this.byPath = new Map([["", this.root]]); // path -> group
+    this.byScope = new Map(); // a scope string as sent -> its group (the same path may be spelled twice)
+    this.loose = new Map(); // "rank op" -> the unscoped nodes of one op in one rank
+    this.links = new Map(); // "i>j" unit indices -> {from, to, count}
+    this.scoped = 0; // nodes with a scope
+  }
+
+  makeGroup(parent, name) {
+    const path = parent && parent.path ? `${parent.path}/${name}` : name;
+    return {
+      kind: "scope", index: this.nextIndex++, key: `s:${path}`, name, path, parent,
+      depth: parent ? parent.depth + 1 : 0, children: new Map(), ids: [], count: 0,
+      firstId: Infinity, bwPass: 0, bwDone: 0,
+    };
+  }
+
+  /** The group of a scope path, made (with its missing ancestors) on first use. */
+  groupOf(scope) {
+    let group = this.byScope.get(scope);
+    if (group) return group;
+    group = this.root;
+    for (const name of scope.split("/")) {
+      if (!name) continue; // "a//b" and "/a/" are "a/b" and "a"
+      let child = group.children.get(name);
+      if (!child) {
+        child = this.makeGroup(group, name);
+        group.children.set(name, child);
+        this.byPath.set(child.path, child);
+      }
+      group = child;
+    }
+    if (this.byScope.size < 100_000) this.byScope.set(scope, group);
+    return group;
+  }
+
+  add(node, nodes) {
+    let unit = node.scope ? this.groupOf(node.scope) : this.root;
+    if (unit !== this.root) {
+      unit.ids.push(node.id);
+      for (let group = unit; group; group = group.parent) {
+        group.count++;
+        if (node.id < group.firstId) group.firstId = node.id;
+      }
+      this.scoped++;
+    } else {
+      const op = node.placeholder ? "(unseen)" : node.op ?? "leaf";
+      const key = `${node.rank} ${op}`;
+      unit = this.loose.get(key);
+      if (!unit) {
+        unit = { kind: "loose", index: this.nextIndex++, rank: node.rank, op, count: 0, ids: [],
+          parent: null, bwPass: 0, bwDone: 0 };
+        this.loose.set(key, unit);
+      }
+      unit.count++;
+      unit.ids.push(node.id);
+    }
+    node.unit = unit;
+    for (const id of node.parents) {
+      const from = nodes.get(id)?.unit;
+      if (!from || from === unit) continue;
+      const key = `${from.index}>${unit.index}`;
+      const link = this.links.get(key);
+      if (link) link.count++;
+      else this.links.set(key, { from, to: unit, count: 1 });
+    }
+  }
+
+  /** Groups whose path contains `query` (case-insensitive), shallow ones first. */
+  search(query, limit = 200) {
+    const q = query.trim().toLowerCase();
+    const out = [];
+    if (!q) return out;
+    for (const group of this.byPath.values()) {
+      if (group !== this.root && group.path.toLowerCase().includes(q)) out.push(group);
+    }
+    out.sort((a, b) => a.depth - b.depth || a.firstId - b.firstId);
+    return out.slice(0, limit);
   }
 }
 

@@ -395,3 +395,155 @@ function drawScreenLabels(ctx, camera, labels) {
   ctx.restore();
 }
 
+
+const FRAME_FILLS = ["#f6f8fb", "#edf1f7", "#e4eaf3"];
+
+/**
+ * Draw the hierarchical overview: open groups as frames holding what they hold, closed
+ * groups (and bands of unscoped nodes) as boxes that fill with colour as a backward pass
+ * reaches their nodes, the nodes of open groups, and the edges between what is shown,
+ * thicker for more edges. `view.order`: boxes in drawing order (a frame before its content).
+ */
+export function drawHierarchy(ctx, camera, width, height, view, lookUnit, lookNode) {
+  ctx.save();
+  const ratio = devicePixelRatio;
+  ctx.setTransform(camera.scale * ratio, 0, 0, camera.scale * ratio, camera.x * ratio, camera.y * ratio);
+  const [left, top] = camera.toWorld(0, 0);
+  const [right, bottom] = camera.toWorld(width, height);
+  const shown = (b) => b.x <= right && b.x + b.w >= left && b.y <= bottom && b.y + b.h >= top;
+  const unit = 1 / Math.min(1, camera.scale);
+  const labels = [];
+  const readable = camera.scale >= 0.85;
+
+  for (const box of view.order) { // the frames of open groups, outermost first
+    if (!box.open || !shown(box)) continue;
+    const look = lookUnit(box.unit);
+    roundRect(ctx, box.x, box.y, box.w, box.h, 10);
+    ctx.fillStyle = FRAME_FILLS[box.unit.ref.depth % FRAME_FILLS.length];
+    ctx.fill();
+    ctx.lineWidth = (look.selected ? 3 : 1.2) * unit;
+    ctx.strokeStyle = look.selected ? COLORS.selected : look.state === "plain" ? COLORS.nodeStroke : COLORS.doneStroke;
+    ctx.stroke();
+    labels.push({ box, lines: [`▾ ${unitName(box.unit)} · ${box.unit.ref.count.toLocaleString("en-US")} nodes`] });
+  }
+
+  // Edges between shown units, in buckets of similar counts (one stroke per bucket).
+  const buckets = [];
+  for (const edge of view.edges) {
+    const a = view.boxes.get(edge.from), b = view.boxes.get(edge.to);
+    if (!a || !b) continue;
+    const x1 = a.x + a.w, y1 = a.y + a.h / 2, x2 = b.x, y2 = b.y + b.h / 2;
+    if (Math.max(x1, x2) < left || Math.min(x1, x2) > right) continue;
+    if (Math.max(y1, y2) < top || Math.min(y1, y2) > bottom) continue;
+    (buckets[Math.round(Math.log2(edge.count + 1))] ??= []).push([x1, y1, x2, y2, edge.count]);
+  }
+  ctx.strokeStyle = "rgba(120, 130, 150, 0.45)";
+  const counts = []; // how many edges each drawn edge stands for, written at its middle
+  buckets.forEach((edges, size) => {
+    ctx.lineWidth = (0.8 + size * 0.6) * unit;
+    ctx.beginPath();
+    for (const [x1, y1, x2, y2, count] of edges) {
+      edgePath(ctx, x1, y1, x2, y2);
+      if (count > 1 && counts.length < 300) counts.push([(x1 + x2) / 2, (y1 + y2) / 2, count]);
+    }
+    ctx.stroke();
+  });
+
+  const tiny = camera.scale * NODE_W < 12; // a few pixels wide: plain boxes will do
+  for (const box of view.order) {
+    if (box.open || !shown(box)) continue;
+    const { x, y, w, h } = box;
+    if (box.unit.kind === "node") {
+      const node = box.unit.ref;
+      if (tiny || !readable) {
+        const look = lookNode(node);
+        ctx.fillStyle = look.state === "current" ? COLORS.currentStroke : look.state === "done"
+          ? COLORS.doneStroke : node.op ? COLORS.nodeStroke : COLORS.leafStroke;
+        ctx.fillRect(x, y, w, h);
+      } else {
+        drawNode(ctx, node, x, y, lookNode(node), camera.scale);
+      }
+      continue;
+    }
+    const look = lookUnit(box.unit);
+    const ref = box.unit.ref;
+    const lit = look.state !== "plain"; // a group lights up as its gradients arrive
+    if (tiny && !look.selected) {
+      ctx.fillStyle = lit ? COLORS.doneStroke : ref.op === "leaf" ? COLORS.leafStroke : COLORS.nodeStroke;
+      ctx.fillRect(x, y, w, h);
+      continue;
+    }
+    roundRect(ctx, x, y, w, h, 6);
+    ctx.fillStyle = look.state === "current" ? COLORS.current : look.state === "done" ? COLORS.current
+      : lit ? COLORS.done : box.unit.kind === "band" && ref.op === "leaf" ? COLORS.leaf : COLORS.group;
+    ctx.fill();
+    ctx.lineWidth = (look.selected ? 3 : look.state === "current" ? 2.5 : 1.2) * unit;
+    ctx.strokeStyle = look.selected ? COLORS.selected : look.state === "current" ? COLORS.currentStroke
+      : look.match ? COLORS.match : look.state === "plain" ? COLORS.nodeStroke : COLORS.doneStroke;
+    ctx.stroke();
+    if (look.progress > 0) { // how much of the group the backward pass has reached
+      ctx.fillStyle = COLORS.doneStroke;
+      ctx.fillRect(x + 6, y + h - 5, (w - 12) * Math.min(1, look.progress), 4);
+    }
+    const lines = [`${box.unit.kind === "group" ? "▸ " : ""}${unitName(box.unit)}`,
+      `${ref.count.toLocaleString("en-US")} nodes${ref.ranks ? ` · ${ref.ranks}` : ""}`];
+    if (!readable) { labels.push({ box, lines }); continue; }
+    ctx.textBaseline = "middle";
+    ctx.textAlign = "left";
+    ctx.font = "600 13px system-ui, sans-serif";
+    ctx.fillStyle = COLORS.text;
+    ctx.fillText(lines[0], x + 8, y + 17, w - 16);
+    ctx.font = "12px system-ui, sans-serif";
+    ctx.fillStyle = COLORS.muted;
+    ctx.fillText(lines[1], x + 8, y + 35, w - 16);
+  }
+  ctx.restore();
+  drawBoxLabels(ctx, camera, labels, readable);
+  if (camera.scale >= 0.3) drawEdgeCounts(ctx, camera, counts);
+}
+
+// Edge counts at a fixed 10 px on the screen, on a light patch so they read over lines.
+function drawEdgeCounts(ctx, camera, counts) {
+  ctx.save();
+  ctx.setTransform(devicePixelRatio, 0, 0, devicePixelRatio, 0, 0);
+  ctx.font = "10px system-ui, sans-serif";
+  ctx.textAlign = "center";
+  ctx.textBaseline = "middle";
+  for (const [x, y, count] of counts) {
+    const sx = x * camera.scale + camera.x, sy = y * camera.scale + camera.y;
+    const text = count.toLocaleString("en-US");
+    const w = ctx.measureText(text).width + 6;
+    ctx.fillStyle = "rgba(246, 248, 251, 0.9)";
+    ctx.fillRect(sx - w / 2, sy - 6, w, 12);
+    ctx.fillStyle = COLORS.muted;
+    ctx.fillText(text, sx, sy);
+  }
+  ctx.restore();
+}
+
+/** A shown unit's name: a group's last path segment, a band's op. */
+export function unitName(unit) {
+  if (unit.kind === "band") return unit.ref.op;
+  if (unit.kind === "node") return nodeTitle(unit.ref);
+  return unit.ref.name;
+}
+
+// Labels at a fixed 11 px on the screen (frames' titles always; boxes when zoomed out).
+function drawBoxLabels(ctx, camera, labels, readable) {
+  ctx.save();
+  ctx.setTransform(devicePixelRatio, 0, 0, devicePixelRatio, 0, 0);
+  ctx.textBaseline = "middle";
+  ctx.textAlign = "left";
+  ctx.fillStyle = COLORS.text;
+  for (const { box, lines } of labels) {
+    const sw = box.w * camera.scale, sh = box.h * camera.scale;
+    if (sw < 34 || (!box.open && sh < 11)) continue;
+    const sx = box.x * camera.scale + camera.x, sy = box.y * camera.scale + camera.y;
+    const room = box.open ? 1 : Math.max(1, Math.floor((sh - 2) / 12));
+    lines.slice(0, room).forEach((line, i) => {
+      ctx.font = i ? "11px system-ui, sans-serif" : `600 ${box.open && readable ? 13 : 11}px system-ui, sans-serif`;
+      ctx.fillText(line, sx + 6, sy + (box.open ? Math.min(16, 22 * camera.scale) : 8) + i * 12, sw - 10);
+    });
+  }
+  ctx.restore();
+}

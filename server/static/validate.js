@@ -9,11 +9,13 @@ export const MAX_NAME = 200; // characters of an op, plugin or engine name
 export const MAX_PARENTS = 100_000;
 export const MAX_CONST = 1_000;
 export const MAX_OPS = 10_000; // entries of an ops map
+export const MAX_SCOPE = 1_000; // characters of a scope path ("L0/N3")
 
 const isId = (v) => Number.isSafeInteger(v) && v >= 0;
 const isNumber = (v) => typeof v === "number"; // nan and inf are valid values of a node
 const isName = (v) => typeof v === "string" && v.length <= MAX_NAME;
 const isLabel = (v) => typeof v === "string" && v.length <= MAX_LABEL;
+const isScope = (v) => typeof v === "string" && v.length <= MAX_SCOPE;
 
 const ID = "a non-negative integer id";
 const COUNT = "a non-negative integer";
@@ -66,6 +68,7 @@ function nodeProblem(e) {
     ?? may(e.op, isOp, "op", `nil or ${NAME}`)
     ?? may(e.label, isLabel, "label", LABEL)
     ?? may(e.const, isConst, "const", "a list of numbers")
+    ?? may(e.scope, isScope, "scope", `a string of at most ${MAX_SCOPE} characters`)
     ?? (e.parents.includes(e.id) ? "a node cannot be its own parent" : null);
 }
 
