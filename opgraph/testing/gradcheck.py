@@ -195,9 +195,7 @@ def _forward_matches_reverse(engine, name, xs, rtol, atol, where) -> None:
     for i in range(len(xs)):
         direction = [1.0 if j == i else 0.0 for j in range(len(xs))]
         _, forward = jvp(lambda *vs: op(*vs), xs, direction, engine=engine)
-        if forward != reverse[i] and not abs(forward - reverse[i]) <= atol + rtol * abs(
-            reverse[i]
-        ):
+        if forward != reverse[i] and not abs(forward - reverse[i]) <= atol + rtol * abs(reverse[i]):
             raise GradcheckError(
                 f"{where}: forward mode disagrees with reverse mode at inputs {xs}, with "
                 f"respect to input {i + 1} of {len(xs)}: jvp gave {forward!r}, backward "
