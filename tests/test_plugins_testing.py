@@ -158,6 +158,47 @@ def test_random_points_are_in_the_domain_and_repeatable(arity, low, width, seed)
     assert points == random_points(arity, (low, low + width), 7, seed)
 
 
+# --- second derivatives and forward mode ------------------------------------------------------
+
+# A sine with a right first derivative and a wrong one on Values: +sin instead of -sin below.
+WRONG_TWICE = Op(
+    "sin", math.sin, lambda out, a: (math.cos(a),), value_derivative=lambda out, a: (a.cos(),)
+)
+WRONG_TWICE_VALUES = Op(
+    "sin", math.sin, lambda out, a: (math.cos(a),), value_derivative=lambda out, a: (out * 0 + 1,)
+)
+
+
+def test_order_2_finds_a_wrong_second_derivative_that_order_1_misses():
+    for op in (WRONG_TWICE, WRONG_TWICE_VALUES):
+        engine = engine_with(op, Op("cos", math.cos, lambda out, a: (math.sin(a),)))
+        check_op(engine, "sin", domain=(-3, 3))
+        with pytest.raises(GradcheckError, match=r"'sin'.*the second derivative disagrees"):
+            check_op(engine, "sin", domain=(-3, 3), order=2)
+
+
+def test_order_2_on_an_op_differentiable_once_names_it():
+    from opgraph import NotDifferentiableError
+
+    engine = engine_with(Op("sin", math.sin, lambda out, a: (math.cos(a),)))
+    with pytest.raises(NotDifferentiableError, match="'sin'.*plugin"):
+        check_op(engine, "sin", order=2)
+    with pytest.raises(ValueError, match="order must be 1 or 2"):
+        check_op(engine, "sin", order=3)
+
+
+def test_forward_mode_is_checked_against_reverse_mode():
+    calls = iter(range(10**6))
+
+    def drifting(out, a):  # right for the first two calls (the checks against finite
+        n = next(calls)  # differences at two points), then not a function of its inputs
+        return (math.cos(a) + (n if n >= 2 else 0),)
+
+    engine = engine_with(Op("sin", math.sin, drifting))
+    with pytest.raises(GradcheckError, match="forward mode disagrees with reverse mode"):
+        check_op(engine, "sin", points=[0.5, 1.0])
+
+
 # --- the pytest plugin, in a real pytest run of a plugin author's project ----------------------
 
 AUTHOR_PLUGIN = """
