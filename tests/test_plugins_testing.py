@@ -190,9 +190,9 @@ def test_order_2_on_an_op_differentiable_once_names_it():
 def test_forward_mode_is_checked_against_reverse_mode():
     calls = iter(range(10**6))
 
-    def drifting(out, a):  # right for the first two calls (the checks against finite
-        n = next(calls)  # differences at two points), then not a function of its inputs
-        return (math.cos(a) + (n if n >= 2 else 0),)
+    def drifting(out, a):  # right for the first three calls (registration, then the
+        n = next(calls)  # checks at two points), then not a function of its inputs
+        return (math.cos(a) + (n if n >= 3 else 0),)
 
     engine = engine_with(Op("sin", math.sin, drifting))
     with pytest.raises(GradcheckError, match="forward mode disagrees with reverse mode"):
