@@ -119,20 +119,39 @@ def float_partials(node: Value) -> tuple:
 
 
 def _float_pass(order: list[Value], needed: set[Value], output: Value) -> dict[Value, float]:
-    """The chain rule on floats, from `output` down to the inputs, into a dict."""
+    """The chain rule on floats, from `output` down to the inputs, into a dict.
+
+    As backward's `_chain_rule`, the sum and product rules are written out.
+    """
     grads = {output: 1.0}
+    get = grads.get
     hooks = HOOKS if HOOKS else None
     for node in reversed(order):
         if node not in needed:
             continue
-        g = grads.get(node, 0.0)
+        g = get(node, 0.0)
         if hooks is not None and node in hooks:
             g = grads[node] = run_hooks(node, g, hooks[node], on_values=False)
-        if node._opdef is None:
+        op = node._opdef
+        if op is None:
             continue
-        for parent, partial in zip(node._prev, float_partials(node), strict=True):
-            if parent in needed:
-                grads[parent] = grads.get(parent, 0.0) + partial * g
+        rule = op.rule
+        if rule == "sum":  # d(a + b) = (1, 1)
+            a, b = node._a, node._b
+            if a in needed:
+                grads[a] = get(a, 0.0) + g
+            if b in needed:
+                grads[b] = get(b, 0.0) + g
+        elif rule == "product":  # d(a * b) = (b, a)
+            a, b = node._a, node._b
+            if a in needed:
+                grads[a] = get(a, 0.0) + b._data * g
+            if b in needed:
+                grads[b] = get(b, 0.0) + a._data * g
+        else:
+            for parent, partial in zip(node._prev, float_partials(node), strict=True):
+                if parent in needed:
+                    grads[parent] = get(parent, 0.0) + partial * g
     return grads
 
 
@@ -259,13 +278,25 @@ def jvp(
     if type(out) is not engine.Value:
         raise TypeError(f"jvp(): fn must return a Value of engine {engine.name!r}, got {out!r}")
     tangent = {leaf: _number(t) for leaf, t in zip(leaves, tangents, strict=True)}
+    get = tangent.get
     for node in topological_order(out):  # parents first
-        if node._opdef is None:
+        op = node._opdef
+        if op is None:
+            continue
+        if op.rule:  # add and mul, written out: d(a + b) = da + db, d(a * b) = b da + a db
+            a, b = node._a, node._b
+            ta, tb = get(a), get(b)
+            if ta is None and tb is None:  # depends on no primal
+                continue
+            if op.rule == "sum":
+                tangent[node] = (ta or 0.0) + (tb or 0.0)
+            else:
+                tangent[node] = b._data * (ta or 0.0) + a._data * (tb or 0.0)
             continue
         total = None
         partials = None
         for i, parent in enumerate(node._prev):
-            t = tangent.get(parent)
+            t = get(parent)
             if t is None:  # a parent that depends on no primal
                 continue
             if partials is None:
