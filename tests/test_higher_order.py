@@ -362,3 +362,35 @@ def test_grad_refuses_what_is_not_a_value_and_values_of_two_engines():
         grad(x * 2, [1.0])
     with pytest.raises(opgraph.EngineMismatchError):
         grad(x * 2, [other.value(1.0)])
+
+
+def test_hooks_run_in_traced_and_anomaly_checking_passes():
+    from opgraph import detect_anomaly
+    from opgraph.trace import Tracer
+
+    engine = Engine(name="hooked", entry_points=False)
+    tracer = Tracer(engine)
+    tracer.attach()
+    x = engine.value(2.0)
+    h = x * x
+    h.register_hook(lambda g: g * 3)
+    (h + 1).backward()
+    assert h.grad == 3.0 and x.grad == 12.0
+    tracer.detach()
+    x.grad = h.grad = 0.0
+    with detect_anomaly():
+        (h + 1).backward()
+    assert h.grad == 3.0 and x.grad == 12.0
+
+
+def test_without_hooks_backward_takes_the_plain_chain_rule(monkeypatch):
+    import importlib
+    import weakref
+
+    backward_module = importlib.import_module("opgraph.backward")
+    monkeypatch.setattr(backward_module, "HOOKS", weakref.WeakKeyDictionary())  # none anywhere
+    calls = []
+    monkeypatch.setattr(backward_module, "_chain_rule_hooked", lambda order: calls.append(1))
+    x = Value(2.0)
+    (x * x).backward()
+    assert x.grad == 4.0 and calls == []
