@@ -164,8 +164,12 @@ def test_random_points_are_in_the_domain_and_repeatable(arity, low, width, seed)
 WRONG_TWICE = Op(
     "sin", math.sin, lambda out, a: (math.cos(a),), value_derivative=lambda out, a: (a.cos(),)
 )
+# The right number on Values, cos a, but with a slope of -sin a + 1/2: (a - a.data) is 0.
 WRONG_TWICE_VALUES = Op(
-    "sin", math.sin, lambda out, a: (math.cos(a),), value_derivative=lambda out, a: (out * 0 + 1,)
+    "sin",
+    math.sin,
+    lambda out, a: (math.cos(a),),
+    value_derivative=lambda out, a: (a.cos() + (a - a.data) * 0.5,),
 )
 
 
@@ -297,3 +301,17 @@ def test_a_failing_check_shows_the_test_line_and_the_reason_not_opgraph(tmp_path
     assert "E       opgraph.errors.GradcheckError: op 'badcos'" in failure
     assert "opgraph/testing" not in failure and "def check_op" not in failure
     assert len(output.splitlines()) < 20, output  # was 69 lines, most of them opgraph's
+
+
+def test_order_2_finds_a_value_derivative_that_disagrees_with_the_derivative():
+    # right on floats, and on Values the derivative of cos instead of sin's
+    engine = engine_with(
+        Op(
+            "sin",
+            math.sin,
+            lambda out, a: (math.cos(a),),
+            value_derivative=lambda o, a: (-a.sin(),),
+        )
+    )
+    with pytest.raises(GradcheckError, match="value_derivative disagrees with derivative"):
+        check_op(engine, "sin", order=2)

@@ -214,6 +214,16 @@ def _compare_second(engine: Engine, name: str, xs: tuple[float, ...], eps: float
     op = engine.ops[name]
     leaves = [engine.Value(x) for x in xs]
     firsts = grad(op(*leaves), leaves, create_graph=True)
+    reverse = _first_derivatives(engine, op, xs)
+    for i, (first, expected) in enumerate(zip(firsts, reverse, strict=True)):
+        # value_derivative and derivative must give the same first derivative
+        if not (first.data == expected or abs(first.data - expected) <= 1e-9 * abs(expected)):
+            if not (math.isnan(first.data) and math.isnan(expected)):
+                raise GradcheckError(
+                    f"{where}: value_derivative disagrees with derivative at inputs {xs}, "
+                    f"with respect to input {i + 1} of {len(xs)}: {first.data!r} on Values, "
+                    f"{expected!r} on floats"
+                )
     mismatches = []
     for i, first in enumerate(firsts):
         seconds = grad(first, leaves)
