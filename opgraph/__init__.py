@@ -17,7 +17,9 @@ from .errors import (
     EngineMismatchError,
     GradcheckError,
     GraphvizNotFoundError,
+    HookError,
     InvalidEvent,
+    NotDifferentiableError,
     OperandError,
     OpError,
     OpgraphError,
@@ -27,6 +29,7 @@ from .errors import (
     PublishError,
     ServerError,
 )
+from .higher import grad, jvp
 from .hookspecs import hookimpl, hookspec
 from .modes import detect_anomaly, enable_grad, grad_enabled, no_grad
 from .ops import Composite, Op
@@ -45,7 +48,9 @@ __all__ = [
     "EngineMismatchError",
     "GradcheckError",
     "GraphvizNotFoundError",
+    "HookError",
     "InvalidEvent",
+    "NotDifferentiableError",
     "Op",
     "OpError",
     "OperandError",
@@ -62,9 +67,11 @@ __all__ = [
     "detect_anomaly",
     "draw_dot",
     "enable_grad",
+    "grad",
     "grad_enabled",
     "hookimpl",
     "hookspec",
+    "jvp",
     "no_grad",
     "serve",
     "topological_order",

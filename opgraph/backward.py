@@ -11,6 +11,10 @@ and applies them inline, without a call and a tuple per node: an op that declare
 mul do, has that declaration checked against its derivative when it is registered (ops.py),
 and backward applies the rule instead of calling the derivative. Any other op's derivative is
 called.
+
+Gradient hooks (`Value.register_hook`, higher.py) live in a side table: a pass checks once
+whether it is empty, and only when it is not does it take the slower path that looks up each
+node, so that backward costs the same when no node has a hook.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .errors import (
     op_error,
     wrong_partials,
 )
+from .hooks import HOOKS, run_hooks
 from .modes import ANOMALY, mode
 from .value import _number
 
@@ -127,10 +132,25 @@ TRACE_CHUNK = 256
 
 
 def _propagate(nodes: list[Value], tracer) -> None:
+    chain_rule = _chain_rule_hooked if HOOKS else _chain_rule
     if tracer is not None:
-        _propagate_traced(nodes, tracer)
+        _propagate_traced(nodes, tracer, chain_rule)
         return
-    _chain_rule(nodes[::-1])
+    chain_rule(nodes[::-1])
+
+
+def _chain_rule_hooked(order: list[Value]) -> None:
+    # The chain rule with hooks: a node's grad is complete when its turn comes (every node
+    # that uses it came before), so its hooks run then, before it flows to its parents. The
+    # stretches of nodes between hooked ones go through the plain `_chain_rule`.
+    start = 0
+    for i, node in enumerate(order):
+        hooks = HOOKS.get(node)
+        if hooks:
+            _chain_rule(order[start:i])
+            node._grad = run_hooks(node, node._grad, hooks, on_values=False)
+            start = i
+    _chain_rule(order[start:])
 
 
 def _chain_rule(order: list[Value]) -> None:
@@ -187,7 +207,7 @@ def real_partial(partial: object) -> float:
     )
 
 
-def _propagate_traced(nodes: list[Value], tracer) -> None:
+def _propagate_traced(nodes: list[Value], tracer, chain_rule=None) -> None:
     """The same pass, telling the tracer about each chunk of steps once it has run.
 
     A node's grad is final for this pass once its own step has run: only the nodes that use
@@ -197,14 +217,17 @@ def _propagate_traced(nodes: list[Value], tracer) -> None:
     order = nodes[::-1]
     for start in range(0, len(order), TRACE_CHUNK):
         chunk = order[start : start + TRACE_CHUNK]
-        _chain_rule(chunk)
+        (chain_rule or _chain_rule)(chunk)
         tracer.backward_steps(chunk)
 
 
 def _propagate_checked(nodes: list[Value], tracer) -> None:
     """The same pass, raising AnomalyError at the first non-finite partial or grad."""
+    hooked = HOOKS if HOOKS else None
     for node in reversed(nodes):
         op = node._opdef
+        if hooked is not None and node in hooked:
+            node._grad = run_hooks(node, node._grad, hooked[node], on_values=False)
         if tracer is not None:
             tracer.backward(node)
         if op is None:

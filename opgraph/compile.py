@@ -157,6 +157,7 @@ def _fill(shape: Any, obj: Any, out: list[float], where: str) -> None:
 
 _DATA_PROPERTY = Value.__dict__["data"]  # the property over the slot `_data`
 _recording_lock = threading.Lock()
+recording = threading.local()  # `active` while this thread records (grad() refuses to run)
 
 # Modules that read `.data` to run the graph itself, not to decide what graph to build.
 # Plugins are not among them: a composite op that branches on `.data` cannot be replayed.
@@ -192,10 +193,12 @@ class _DataReads:
         if not _recording_lock.acquire(blocking=False):
             raise CompileError("compile() is already recording a function: it cannot be nested")
         Value.data = property(self._get, _DATA_PROPERTY.fset)  # type: ignore[assignment]
+        recording.active = True
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         Value.data = _DATA_PROPERTY  # type: ignore[assignment]
+        recording.active = False
         _recording_lock.release()
 
 

@@ -58,6 +58,16 @@ class OpError(OpgraphError):
     """A plugin's forward or derivative function failed; the original error is the cause."""
 
 
+class NotDifferentiableError(OpError):
+    """An op's derivative cannot itself be differentiated (it has no `value_derivative`), and
+    `grad(..., create_graph=True)` was asked to go through it. First-order `backward()` and
+    `grad()` work; the message names the op and its plugin."""
+
+
+class HookError(OpgraphError, TypeError):
+    """A gradient hook (`Value.register_hook`) returned something that is not a gradient."""
+
+
 class AnomalyError(OpgraphError, FloatingPointError):
     """`detect_anomaly()` found a non-finite forward or backward result."""
 

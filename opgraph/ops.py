@@ -41,6 +41,13 @@ class Op:
     d(a * b) = (b, a). Registration checks the declaration against `derivative`, and the
     backward passes (eager, compiled, batched) then apply the rule inline, without calling
     `derivative`: about a third of backward's time on a network.
+    `value_derivative`, optional, is the derivative again, on Values: given the output node
+    and the input nodes it returns the partials as Values built with opgraph's ops (or plain
+    numbers for partials that are constants). `grad(..., create_graph=True)` calls it, so the
+    derivatives it returns are nodes of the graph and can be differentiated again, to any
+    order. Pass the same function as `derivative` when it works on both (`1 - out * out` for
+    tanh). An op without one is differentiable once: differentiating through it a second
+    time raises NotDifferentiableError. See docs/plugins.md and docs/higher-order.md.
 
     An op has three printed forms. `name` (`pow`) is its identifier: the op table's key, the
     method `v.pow(...)`, and the word every error message uses. `symbol` (`**`) is how it is
@@ -63,6 +70,8 @@ class Op:
     array_forward: Callable[..., Any] | None = field(default=None, repr=False)
     array_derivative: Callable[..., Sequence[Any]] | None = field(default=None, repr=False)
     rule: str = ""  # "sum" or "product": the derivative's shape, applied inline by backward
+    # Optional: the derivative on Values, for derivatives of derivatives (grad, create_graph).
+    value_derivative: Callable[..., Sequence[Any]] | None = field(default=None, repr=False)
 
     @property
     def title(self) -> str:
@@ -181,6 +190,7 @@ def with_constants(op: Op, constants: tuple[tuple[int, float], ...]) -> Op:
     fixed = dict(constants)
     keep = [i for i in range(op.arity) if i not in fixed]
     forward, derivative = op.forward, op.derivative
+    value_derivative_fixed = None
 
     if op.arity == 2 and keep == [0]:  # the common case, `x ** 2`: no argument shuffling
         (c,) = fixed.values()
@@ -190,6 +200,12 @@ def with_constants(op: Op, constants: tuple[tuple[int, float], ...]) -> Op:
 
         def derivative_fixed(out, a):
             return (derivative(out, a, c)[0],)
+
+        if op.value_derivative is not None:
+            value_derivative = op.value_derivative
+
+            def value_derivative_fixed(out, a):  # the fixed argument stays a plain number
+                return (value_derivative(out, a, c)[0],)
 
     else:
 
@@ -206,10 +222,18 @@ def with_constants(op: Op, constants: tuple[tuple[int, float], ...]) -> Op:
             partials = derivative(out, *full(xs))
             return tuple(partials[i] for i in keep)
 
+        if op.value_derivative is not None:
+            value_derivative = op.value_derivative
+
+            def value_derivative_fixed(out, *xs):
+                partials = value_derivative(out, *full(xs))
+                return tuple(partials[i] for i in keep)
+
     return replace(
         op,
         forward=forward_fixed,
         derivative=derivative_fixed,
+        value_derivative=value_derivative_fixed,
         arity=len(keep),
         static=(),
         constants=constants,
@@ -330,6 +354,14 @@ def check(op: Any, plugin: str) -> AnyOp:
     takes = _positional_arity(op.derivative)
     if takes is not None and takes != arity + 1:
         raise fail(f"derivative must take (out, *inputs): {arity + 1} arguments, not {takes}")
+    if op.value_derivative is not None:
+        if not callable(op.value_derivative):
+            raise fail(f"value_derivative must be callable, got {op.value_derivative!r}")
+        takes = _positional_arity(op.value_derivative)
+        if takes is not None and takes != arity + 1:
+            raise fail(
+                f"value_derivative must take (out, *inputs): {arity + 1} arguments, not {takes}"
+            )
     if any(not 0 <= i < arity for i in op.static):
         raise fail(f"static positions {op.static} are out of range for arity {arity}")
     _probe(op, arity, fail)

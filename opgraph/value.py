@@ -357,6 +357,16 @@ class Value:
 
         backward(self, gradient)
 
+    def register_hook(self, fn: Any) -> Any:
+        """Call `fn(grad)` in each backward pass (and `grad` call) once this node's gradient
+        is complete, before it flows to the parents; a number returned replaces it.
+
+        Returns a handle whose `remove()` unregisters the hook (docs/higher-order.md).
+        """
+        from .hooks import register_hook
+
+        return register_hook(self, fn)
+
     def zero_grad(self) -> None:
         """Reset the grad of every node in this graph to 0."""
         from .backward import zero_grad

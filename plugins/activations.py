@@ -1,7 +1,7 @@
 """The activation functions: tanh, relu, sigmoid.
 
 The array kernels are the same on numpy arrays, for batched replay; the derivatives of tanh
-and sigmoid, written with the output, work on arrays as they are.
+and sigmoid, written with the output, work on arrays and on Values as they are.
 """
 
 import math
@@ -51,13 +51,23 @@ def d_sigmoid(out, a):
     return (out * (1.0 - out),)  # s(a) (1 - s(a)), on floats and arrays alike
 
 
-# relu's symbol is micrograd's `_op`; tanh and sigmoid are written as their names.
+def d_relu_value(out, a):
+    # relu's derivative on Values: a step, a constant wherever it is defined, so relu's second
+    # derivative is 0 (as PyTorch's).
+    return (float(a.data > 0),)
+
+
+# relu's symbol is micrograd's `_op`; tanh and sigmoid are written as their names. d_tanh and
+# d_sigmoid work on Values too, so they are their own value_derivative.
 # fmt: off
 OPS = [
-    Op("tanh", math.tanh, d_tanh, array_forward=tanh_array, array_derivative=d_tanh),
+    Op("tanh", math.tanh, d_tanh, array_forward=tanh_array, array_derivative=d_tanh,
+       value_derivative=d_tanh),
     Op("relu", lambda a: 0.0 if a <= 0 else a, lambda out, a: (float(a > 0),), symbol="ReLU",
-       array_forward=relu_array, array_derivative=relu_array_derivative),
-    Op("sigmoid", sigmoid, d_sigmoid, array_forward=sigmoid_array, array_derivative=d_sigmoid),
+       array_forward=relu_array, array_derivative=relu_array_derivative,
+       value_derivative=d_relu_value),
+    Op("sigmoid", sigmoid, d_sigmoid, array_forward=sigmoid_array, array_derivative=d_sigmoid,
+       value_derivative=d_sigmoid),
 ]
 # fmt: on
 

@@ -3,13 +3,15 @@
 Each row of OPS is one row of a table of derivatives: the op's name, its forward, its local
 derivatives d out / d input (one per input), and micrograd's symbol for it (`_op`). add and
 mul declare their derivative's rule (`sum`: 1, 1; `product`: b, a), which registration checks
-and backward then applies inline. pow's array kernels are the same on numpy arrays, for
-batched replay; numpy is imported only when they run.
+and backward then applies inline. Each primitive also has a `value_derivative`, its
+derivative on Values (the same function when it works on both), which makes it
+differentiable to any order (docs/higher-order.md). pow's array kernels are the same on
+numpy arrays, for batched replay; numpy is imported only when they run.
 """
 
 import operator
 
-from opgraph import Composite, Op, hookimpl
+from opgraph import Composite, Op, Value, hookimpl
 
 from .numerics import log, power
 
@@ -19,6 +21,19 @@ def pow_derivative(out: float, a: float, b: float) -> tuple[float, float]:
     # has zero slope in a, and a zero base with a non-negative exponent zero slope in b.
     d_base = 0.0 if b == 0 else b * power(a, b - 1)
     d_exponent = 0.0 if a == 0 and b >= 0 else out * log(a)
+    return d_base, d_exponent
+
+
+def pow_value_derivative(out, a, b):
+    # pow_derivative on Values (b stays a plain number when the exponent is fixed, `x ** 2`),
+    # so that its partials are nodes that can be differentiated again. The edge cases branch
+    # on the numbers, as PyTorch's `where` does: a partial set to 0 there has derivative 0.
+    exponent = b.data if isinstance(b, Value) else b
+    d_base = 0.0 if exponent == 0 else b * a ** (b - 1)
+    if not isinstance(b, Value) or (a.data == 0 and exponent >= 0):
+        d_exponent = 0.0  # a fixed exponent has no partial (with_constants drops it)
+    else:
+        d_exponent = out * a.log()
     return d_base, d_exponent
 
 
@@ -37,13 +52,22 @@ def pow_array_derivative(out, a, b):
     return d_base, d_exponent
 
 
+def d_add(out, a, b):
+    return 1.0, 1.0
+
+
+def d_mul(out, a, b):
+    return b, a  # on floats and on Values alike
+
+
 # static=(1,): a plain-number exponent is part of the op, so `x ** 2` has one parent.
 # fmt: off
 OPS = [
-    Op("add", operator.add, lambda out, a, b: (1.0, 1.0), symbol="+", rule="sum"),
-    Op("mul", operator.mul, lambda out, a, b: (b, a), symbol="*", rule="product"),
+    Op("add", operator.add, d_add, symbol="+", rule="sum", value_derivative=d_add),
+    Op("mul", operator.mul, d_mul, symbol="*", rule="product", value_derivative=d_mul),
     Op("pow", power, pow_derivative, symbol="**", static=(1,),
-       array_forward=pow_array, array_derivative=pow_array_derivative),
+       array_forward=pow_array, array_derivative=pow_array_derivative,
+       value_derivative=pow_value_derivative),
     Composite("neg", lambda a: a * -1, symbol="-"),
     Composite("sub", lambda a, b: a + (-b), symbol="-"),
     Composite("div", lambda a, b: a * b**-1, symbol="/"),

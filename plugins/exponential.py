@@ -21,13 +21,19 @@ def log_array_derivative(out, a):
     return (1.0 / a,)  # +-inf at +-0, as `reciprocal` (numpy's errors are silenced)
 
 
-# d e^a / da = e^a, the output itself; d ln a / da = 1 / a.
+def d_exp(out, a):
+    return (out,)  # d e^a / da = e^a, the output itself, on floats, arrays and Values
+
+
+# d ln a / da = 1 / a; on Values (value_derivative) a ** -1, a node that can be differentiated
+# again.
 # fmt: off
 OPS = [
-    Op("exp", exp, lambda out, a: (out,),
-       array_forward=exp_array, array_derivative=lambda out, a: (out,)),
+    Op("exp", exp, d_exp, array_forward=exp_array, array_derivative=d_exp,
+       value_derivative=d_exp),
     Op("log", log, lambda out, a: (reciprocal(a),),
-       array_forward=log_array, array_derivative=log_array_derivative),
+       array_forward=log_array, array_derivative=log_array_derivative,
+       value_derivative=lambda out, a: (a**-1,)),
 ]
 # fmt: on
 

@@ -123,7 +123,7 @@ def test_the_tutorial_runs_as_written(tmp_path):
         for line in install[1:]:
             result = run(shell_line(line), project)
             assert result.returncode == 0, f"{line}\n{result.stdout}{result.stderr}"
-        assert "6 passed" in result.stdout
+        assert "8 passed" in result.stdout
         # Installed, every program of the environment has the ops, and opgraph lists it.
         anywhere = run([sys.executable, "-c", USE_TRIG], tmp_path)
         assert anywhere.returncode == 0, anywhere.stderr

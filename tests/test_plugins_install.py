@@ -114,12 +114,28 @@ print(default_engine().ops.definitions["sin"].plugin)
 """
 
 
+SIN_TWICE = """
+import math
+from opgraph import Value, grad
+x = Value(0.5)
+(d,) = grad(x.sin() * x, [x], create_graph=True)  # sin x + x cos x
+(dd,) = grad(d, [x])  # 2 cos x - x sin x
+assert abs(dd.data - (2 * math.cos(0.5) - 0.5 * math.sin(0.5))) < 1e-12, dd.data
+print("ok")
+"""
+
+
 @pytest.mark.usefixtures("trig_installed")
 class TestExamplePlugin:
     def test_default_engine_discovers_it(self):
         result = python(USE_SIN)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "trig"
+
+    def test_its_sin_is_differentiated_twice(self):
+        result = python(SIN_TWICE)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "ok"
 
     def test_opgraph_plugins_excludes_it_from_the_default_engine(self):
         result = python("from opgraph import Value\nValue(0.5).sin()", "")
@@ -204,7 +220,7 @@ class TestExamplePlugin:
             timeout=300,
         )
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "6 passed" in result.stdout
+        assert "8 passed" in result.stdout
 
 
 @pytest.mark.usefixtures("trig_installed", "broken_installed")

@@ -158,6 +158,51 @@ def test_random_points_are_in_the_domain_and_repeatable(arity, low, width, seed)
     assert points == random_points(arity, (low, low + width), 7, seed)
 
 
+# --- second derivatives and forward mode ------------------------------------------------------
+
+# A sine with a right first derivative and a wrong one on Values: +sin instead of -sin below.
+WRONG_TWICE = Op(
+    "sin", math.sin, lambda out, a: (math.cos(a),), value_derivative=lambda out, a: (a.cos(),)
+)
+# The right number on Values, cos a, but with a slope of -sin a + 1/2: (a - a.data) is 0.
+WRONG_TWICE_VALUES = Op(
+    "sin",
+    math.sin,
+    lambda out, a: (math.cos(a),),
+    value_derivative=lambda out, a: (a.cos() + (a - a.data) * 0.5,),
+)
+
+
+def test_order_2_finds_a_wrong_second_derivative_that_order_1_misses():
+    for op in (WRONG_TWICE, WRONG_TWICE_VALUES):
+        engine = engine_with(op, Op("cos", math.cos, lambda out, a: (math.sin(a),)))
+        check_op(engine, "sin", domain=(-3, 3))
+        with pytest.raises(GradcheckError, match=r"'sin'.*the second derivative disagrees"):
+            check_op(engine, "sin", domain=(-3, 3), order=2)
+
+
+def test_order_2_on_an_op_differentiable_once_names_it():
+    from opgraph import NotDifferentiableError
+
+    engine = engine_with(Op("sin", math.sin, lambda out, a: (math.cos(a),)))
+    with pytest.raises(NotDifferentiableError, match="'sin'.*plugin"):
+        check_op(engine, "sin", order=2)
+    with pytest.raises(ValueError, match="order must be 1 or 2"):
+        check_op(engine, "sin", order=3)
+
+
+def test_forward_mode_is_checked_against_reverse_mode():
+    calls = iter(range(10**6))
+
+    def drifting(out, a):  # right for the first three calls (registration, then the
+        n = next(calls)  # checks at two points), then not a function of its inputs
+        return (math.cos(a) + (n if n >= 3 else 0),)
+
+    engine = engine_with(Op("sin", math.sin, drifting))
+    with pytest.raises(GradcheckError, match="forward mode disagrees with reverse mode"):
+        check_op(engine, "sin", points=[0.5, 1.0])
+
+
 # --- the pytest plugin, in a real pytest run of a plugin author's project ----------------------
 
 AUTHOR_PLUGIN = """
@@ -256,3 +301,17 @@ def test_a_failing_check_shows_the_test_line_and_the_reason_not_opgraph(tmp_path
     assert "E       opgraph.errors.GradcheckError: op 'badcos'" in failure
     assert "opgraph/testing" not in failure and "def check_op" not in failure
     assert len(output.splitlines()) < 20, output  # was 69 lines, most of them opgraph's
+
+
+def test_order_2_finds_a_value_derivative_that_disagrees_with_the_derivative():
+    # right on floats, and on Values the derivative of cos instead of sin's
+    engine = engine_with(
+        Op(
+            "sin",
+            math.sin,
+            lambda out, a: (math.cos(a),),
+            value_derivative=lambda o, a: (-a.sin(),),
+        )
+    )
+    with pytest.raises(GradcheckError, match="value_derivative disagrees with derivative"):
+        check_op(engine, "sin", order=2)

@@ -9,6 +9,11 @@ whose error shrinks like eps**2. They agree when |analytic - numeric| <= atol + 
 |numeric| (numpy's `isclose`). The report names the worst point, so a wrong derivative is
 found with the inputs that expose it, as autograd's `check_grads` and PyTorch's `gradcheck`
 do.
+
+It also checks forward mode against reverse mode (`jvp` along each input against backward's
+partial), and with `order=2` the second derivatives: d2 f / dx_i dx_j from
+`grad(grad(f, create_graph=True)[i])`, against central differences of the first derivative
+d f / d x_i (itself from backward), the same comparison one order up.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ class Mismatch:
     position: int  # which input the partial derivative is taken with respect to
     analytic: float
     numeric: float
+    # For a second derivative, d2 f / d x_first d x_position: `first` (None for a first one).
+    first: int | None = None
 
     @property
     def error(self) -> float:
@@ -71,6 +78,7 @@ def check_op(
     domain: Domain = (-2.0, 2.0),
     samples: int = 20,
     seed: int = 0,
+    order: int = 1,
 ) -> GradcheckReport:
     """Check op `name` of `engine` against central finite differences.
 
@@ -87,13 +95,19 @@ def check_op(
         raise ValueError(
             f"need eps > 0 and rtol, atol >= 0, not both 0 (eps={eps}, rtol={rtol}, atol={atol})"
         )
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
     if points is None:
         points = random_points(arity, domain, samples, seed)
+    points = list(points)  # walked twice: derivatives, then forward mode
     where = definition.described
     checked, worst, failures = 0, None, 0
     for point in points:
         xs = _as_point(point, arity, where)
-        for mismatch in _compare(engine, name, xs, eps, where):
+        compared = list(_compare(engine, name, xs, eps, where))
+        if order == 2:
+            compared += _compare_second(engine, name, xs, eps, where)
+        for mismatch in compared:
             excess = mismatch.excess(rtol, atol)
             failures += excess > 1
             if worst is None or excess > worst.excess(rtol, atol):
@@ -103,6 +117,8 @@ def check_op(
         raise GradcheckError(f"{where}: no points to check")
     if failures:
         raise GradcheckError(_explain(where, worst, failures, checked, arity, rtol, atol, eps))
+    for point in points:  # the derivatives are right: does forward mode give them too?
+        _forward_matches_reverse(engine, name, _as_point(point, arity, where), rtol, atol, where)
     return GradcheckReport(name, definition.plugin, checked, worst)
 
 
@@ -164,6 +180,64 @@ def _compare(engine: Engine, name: str, xs: tuple[float, ...], eps: float, where
         yield Mismatch(xs, i, leaf.grad, _central_difference(engine, op, xs, i, eps, where))
 
 
+def _first_derivatives(engine: Engine, op: Any, xs: tuple) -> list[float]:
+    """backward's d f / d x_i at `xs`, for each input."""
+    leaves = [engine.Value(x) for x in xs]
+    op(*leaves).backward()
+    return [leaf.grad for leaf in leaves]
+
+
+def _forward_matches_reverse(engine, name, xs, rtol, atol, where) -> None:
+    """jvp along each input must give backward's partial derivative."""
+    __tracebackhide__ = True
+    from ..higher import jvp
+
+    op = engine.ops[name]
+    reverse = _first_derivatives(engine, op, xs)
+    for i in range(len(xs)):
+        direction = [1.0 if j == i else 0.0 for j in range(len(xs))]
+        _, forward = jvp(lambda *vs: op(*vs), xs, direction, engine=engine)
+        if forward != reverse[i] and not abs(forward - reverse[i]) <= atol + rtol * abs(reverse[i]):
+            raise GradcheckError(
+                f"{where}: forward mode disagrees with reverse mode at inputs {xs}, with "
+                f"respect to input {i + 1} of {len(xs)}: jvp gave {forward!r}, backward "
+                f"{reverse[i]!r}"
+            )
+
+
+def _compare_second(engine: Engine, name: str, xs: tuple[float, ...], eps: float, where: str):
+    """A Mismatch per pair (i, j): d2 f / dx_i dx_j by grad twice, beside the difference of
+    backward's d f / dx_i at x +- eps e_j."""
+    __tracebackhide__ = True
+    from ..higher import grad
+
+    op = engine.ops[name]
+    leaves = [engine.Value(x) for x in xs]
+    firsts = grad(op(*leaves), leaves, create_graph=True)
+    reverse = _first_derivatives(engine, op, xs)
+    for i, (first, expected) in enumerate(zip(firsts, reverse, strict=True)):
+        # value_derivative and derivative must give the same first derivative
+        if not (first.data == expected or abs(first.data - expected) <= 1e-9 * abs(expected)):
+            if not (math.isnan(first.data) and math.isnan(expected)):
+                raise GradcheckError(
+                    f"{where}: value_derivative disagrees with derivative at inputs {xs}, "
+                    f"with respect to input {i + 1} of {len(xs)}: {first.data!r} on Values, "
+                    f"{expected!r} on floats"
+                )
+    mismatches = []
+    for i, first in enumerate(firsts):
+        seconds = grad(first, leaves)
+        for j, second in enumerate(seconds):
+            moved_up = [x + eps if k == j else x for k, x in enumerate(xs)]
+            moved_down = [x - eps if k == j else x for k, x in enumerate(xs)]
+            above = _first_derivatives(engine, op, tuple(moved_up))[i]
+            below = _first_derivatives(engine, op, tuple(moved_down))[i]
+            _finite(above, where, xs, f"its derivative in input {i + 1} at input {j + 1} + eps")
+            _finite(below, where, xs, f"its derivative in input {i + 1} at input {j + 1} - eps")
+            mismatches.append(Mismatch(xs, j, second.data, (above - below) / (2 * eps), first=i))
+    return mismatches
+
+
 def _central_difference(engine: Engine, op: Any, xs: tuple, i: int, eps: float, where: str):
     __tracebackhide__ = True
 
@@ -189,8 +263,12 @@ def _finite(value: float, where: str, xs: tuple, what: str) -> None:
 
 def _explain(where, worst, failures, checked, arity, rtol, atol, eps) -> str:
     wrt = f"input {worst.position + 1} of {arity}"
+    which = "derivative"
+    if worst.first is not None:
+        which = "second derivative"
+        wrt = f"inputs {worst.first + 1} then {worst.position + 1} of {arity}"
     return (
-        f"{where}: the derivative disagrees with central finite differences "
+        f"{where}: the {which} disagrees with central finite differences "
         f"({failures} partial derivative(s) over tolerance, at {checked} point(s) checked). "
         f"Worst at inputs {worst.inputs}, with respect to {wrt}: "
         f"analytic {worst.analytic!r}, numeric {worst.numeric!r}, "

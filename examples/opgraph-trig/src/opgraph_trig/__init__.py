@@ -22,8 +22,26 @@ def softplus(a):
 
 @hookimpl
 def register_ops(register):
-    # One row per op: name, forward, local derivatives d out / d input (one per input).
-    register(Op("sin", math.sin, lambda out, a: (math.cos(a),)))
-    register(Op("cos", math.cos, lambda out, a: (-math.sin(a),)))
+    # One row per op: name, forward, local derivatives d out / d input (one per input), and,
+    # for sin and cos, the same derivatives on Values (value_derivative): written with the
+    # ops themselves, they are nodes that can be differentiated again, to any order.
+    register(
+        Op(
+            "sin",
+            math.sin,
+            lambda out, a: (math.cos(a),),
+            value_derivative=lambda out, a: (a.cos(),),
+        )
+    )
+    register(
+        Op(
+            "cos",
+            math.cos,
+            lambda out, a: (-math.sin(a),),
+            value_derivative=lambda out, a: (-a.sin(),),
+        )
+    )
+    # No value_derivative: atan2 is differentiable once; grad(..., create_graph=True)
+    # through it raises NotDifferentiableError naming it.
     register(Op("atan2", math.atan2, atan2_derivative))
     register(Composite("softplus", softplus))

@@ -1,0 +1,308 @@
+"""Derivatives of derivatives, forward mode and gradient hooks (docs/higher-order.md).
+
+`grad(output, inputs)` is a reverse pass like `backward()`, but it returns the derivatives
+instead of adding them to `.grad`, and it walks only the nodes between `output` and `inputs`.
+With `create_graph=True` it runs the chain rule on Values rather than floats: each op's
+`value_derivative` (ops.py) gives its partials as nodes, and every product and sum of the
+chain rule is a node too, so the derivatives it returns are part of the graph and can be
+differentiated again, to any order.
+
+`jvp(fn, primals, tangents)` is forward mode: one sweep from the inputs to the output,
+parents before children, carrying each node's tangent (d node along `tangents`) with the
+same local derivatives backward uses.
+
+Both passes run the gradient hooks of hooks.py, as backward does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from numbers import Real
+from typing import Any
+
+from .backward import counted_partials, derivative_error, real_partial, topological_order
+from .errors import (
+    AnomalyError,
+    CompileError,
+    EngineMismatchError,
+    NotDifferentiableError,
+    OpError,
+    describe,
+    op_error,
+)
+from .hooks import HOOKS, run_hooks
+from .modes import enable_grad
+from .value import Value, _number
+
+# ---------------------------------------------------------------------------------------------
+# grad
+
+
+def grad(
+    output: Value, inputs: Sequence[Value] | Value, *, create_graph: bool = False
+) -> list[Value]:
+    """d output / d input for each of `inputs`, as Values, without touching any `.grad`.
+
+    With `create_graph=True` the results are nodes of the graph, built from the ops'
+    `value_derivative`s: they can be backpropagated, or passed to `grad` again, to any
+    order. An input `output` does not depend on gets 0. Gradient hooks run, once each, on
+    the nodes between `output` and `inputs`.
+    """
+    if isinstance(inputs, Value):
+        inputs = [inputs]
+    inputs = list(inputs)
+    cls = _engine_class(output, inputs)
+    _refuse_while_compiling()
+    order = topological_order(output)
+    needed = _leading_to(order, inputs)
+    if output not in needed:
+        grads: dict[Value, Any] = {}
+    elif create_graph:
+        with enable_grad():  # the derivatives must be nodes, even inside no_grad()
+            grads = _value_pass(order, needed, output)
+    else:
+        grads = _float_pass(order, needed, output)
+    return [_as_value(cls, grads.get(x, 0.0)) for x in inputs]
+
+
+def _engine_class(output: Any, inputs: list[Any]) -> type[Value]:
+    if not isinstance(output, Value):
+        raise TypeError(f"grad() differentiates a Value, got {type(output).__name__}: {output!r}")
+    cls = type(output)
+    for x in inputs:
+        if not isinstance(x, Value):
+            raise TypeError(f"grad() inputs must be Values, got {type(x).__name__}: {x!r}")
+        if type(x) is not cls:
+            raise EngineMismatchError(
+                f"grad(): input {describe(x)} is of engine {x.engine.name!r}, the output of "
+                f"engine {output.engine.name!r}"
+            )
+    return cls
+
+
+def _refuse_while_compiling() -> None:
+    from .compile import recording
+
+    if getattr(recording, "active", False):
+        raise CompileError(
+            "compile() cannot record a function that calls opgraph.grad(): compiled replays "
+            "are first-order; call grad() outside the compiled function"
+        )
+
+
+def _leading_to(order: list[Value], inputs: list[Value]) -> set[Value]:
+    """The nodes of `order` (parents first) that are inputs or depend on one."""
+    needed = set(inputs)
+    for node in order:
+        if node._opdef is not None and node not in needed:
+            if node._a in needed or node._b in needed:
+                needed.add(node)
+            elif node._more is not None and any(p in needed for p in node._more):
+                needed.add(node)
+    return needed
+
+
+def float_partials(node: Value) -> tuple:
+    """`node`'s local derivatives as floats, as backward computes them."""
+    op = node._opdef
+    rule = op.rule
+    if rule == "sum":
+        return (1.0, 1.0)
+    if rule == "product":
+        return (node._b._data, node._a._data)
+    parents = node._prev
+    try:
+        partials = counted_partials(op.derivative(node._data, *[p._data for p in parents]), node)
+        return tuple(p if type(p) is float else real_partial(p) for p in partials)
+    except Exception as exc:
+        raise derivative_error(node, exc) from exc
+
+
+def _float_pass(order: list[Value], needed: set[Value], output: Value) -> dict[Value, float]:
+    """The chain rule on floats, from `output` down to the inputs, into a dict.
+
+    As backward's `_chain_rule`, the sum and product rules are written out.
+    """
+    grads = {output: 1.0}
+    get = grads.get
+    hooks = HOOKS if HOOKS else None
+    for node in reversed(order):
+        if node not in needed:
+            continue
+        g = get(node, 0.0)
+        if hooks is not None and node in hooks:
+            g = grads[node] = run_hooks(node, g, hooks[node], on_values=False)
+        op = node._opdef
+        if op is None:
+            continue
+        rule = op.rule
+        if rule == "sum":  # d(a + b) = (1, 1)
+            a, b = node._a, node._b
+            if a in needed:
+                grads[a] = get(a, 0.0) + g
+            if b in needed:
+                grads[b] = get(b, 0.0) + g
+        elif rule == "product":  # d(a * b) = (b, a)
+            a, b = node._a, node._b
+            if a in needed:
+                grads[a] = get(a, 0.0) + b._data * g
+            if b in needed:
+                grads[b] = get(b, 0.0) + a._data * g
+        else:
+            for parent, partial in zip(node._prev, float_partials(node), strict=True):
+                if parent in needed:
+                    grads[parent] = get(parent, 0.0) + partial * g
+    return grads
+
+
+def _value_pass(order: list[Value], needed: set[Value], output: Value) -> dict[Value, Any]:
+    """The chain rule on Values: every partial, product and sum is a node of the graph.
+
+    A gradient is kept as a plain float while it is a constant (the 1 the pass starts from,
+    add's partials), so that `1 * g` and the like build no node.
+    """
+    cls = type(output)
+    grads: dict[Value, Any] = {output: 1.0}
+    hooks = HOOKS if HOOKS else None
+    for node in reversed(order):
+        if node not in needed:
+            continue
+        g = grads.get(node, 0.0)
+        if hooks is not None and node in hooks:
+            g = grads[node] = run_hooks(node, _as_value(cls, g), hooks[node], on_values=True)
+        if node._opdef is None:
+            continue
+        for parent, partial in zip(node._prev, _value_partials(node), strict=True):
+            if parent in needed:
+                term = _times(partial, g)
+                grads[parent] = term if parent not in grads else grads[parent] + term
+    return grads
+
+
+def _times(partial: Any, g: Any) -> Any:
+    # 1 * x is x to the bit: no node for it.
+    if type(partial) is float and partial == 1.0:
+        return g
+    if type(g) is float and g == 1.0:
+        return partial
+    return partial * g
+
+
+def _value_partials(node: Value) -> tuple:
+    """`node`'s local derivatives as Values (or float constants), from `value_derivative`."""
+    op = node._opdef
+    parents = node._prev
+    derivative = op.value_derivative
+    if derivative is None:
+        raise op_error(
+            op,
+            "cannot be differentiated twice",
+            node=node,
+            inputs=parents,
+            detail="it has no value_derivative (its derivative works on floats only), so "
+            "grad(..., create_graph=True) cannot go through it; backward() and grad() "
+            "work to first order (docs/plugins.md shows how to make an op twice "
+            "differentiable)",
+            error=NotDifferentiableError,
+        )
+    try:
+        partials = counted_partials(derivative(node, *parents), node)
+    except (OpError, AnomalyError, EngineMismatchError):
+        raise
+    except Exception as exc:
+        raise op_error(
+            op,
+            "failed in value_derivative",
+            node=node,
+            inputs=parents,
+            detail=f"{type(exc).__name__}: {exc} (value_derivative is given Values and must "
+            "return Values built with opgraph's ops, or numbers for constant partials)",
+            error=NotDifferentiableError,
+        ) from exc
+    checked = []
+    for partial in partials:
+        if type(partial) is type(node):
+            checked.append(partial)
+        elif isinstance(partial, Real) and not isinstance(partial, Value):
+            checked.append(_number(partial))
+        else:
+            raise op_error(
+                op,
+                "failed in value_derivative",
+                node=node,
+                inputs=parents,
+                detail=f"it returned a partial {partial!r} of type {type(partial).__name__}; "
+                "each one must be a Value of the node's engine or a real number",
+                error=NotDifferentiableError,
+            )
+    return tuple(checked)
+
+
+def _as_value(cls: type[Value], g: Any) -> Value:
+    return g if type(g) is cls else cls(g)
+
+
+# ---------------------------------------------------------------------------------------------
+# jvp: forward mode
+
+
+def jvp(
+    fn: Callable[..., Value],
+    primals: Sequence[float],
+    tangents: Sequence[float],
+    *,
+    engine: Any = None,
+) -> tuple[Value, float]:
+    """`(fn(*primals), d fn along tangents)`, the tangent by one forward sweep.
+
+    `fn` takes one Value per primal and returns a Value. The tangent is the directional
+    derivative sum_i d fn / d x_i * tangents[i], carried node by node from the inputs to the
+    output with each op's local derivatives (the ones backward uses), not by a reverse pass.
+    """
+    primals, tangents = list(primals), list(tangents)
+    if len(primals) != len(tangents):
+        raise ValueError(
+            f"jvp() needs one tangent per primal: {len(primals)} primals, {len(tangents)} tangents"
+        )
+    for what, numbers in (("primals", primals), ("tangents", tangents)):
+        for x in numbers:
+            if not isinstance(x, Real) or isinstance(x, Value):
+                raise TypeError(f"jvp() {what} must be real numbers, got {x!r}")
+    if engine is None:
+        from .engine import default_engine
+
+        engine = default_engine()
+    leaves = [engine.Value(x) for x in primals]
+    with enable_grad():
+        out = fn(*leaves)
+    if type(out) is not engine.Value:
+        raise TypeError(f"jvp(): fn must return a Value of engine {engine.name!r}, got {out!r}")
+    tangent = {leaf: _number(t) for leaf, t in zip(leaves, tangents, strict=True)}
+    get = tangent.get
+    for node in topological_order(out):  # parents first
+        op = node._opdef
+        if op is None:
+            continue
+        if op.rule:  # add and mul, written out: d(a + b) = da + db, d(a * b) = b da + a db
+            a, b = node._a, node._b
+            ta, tb = get(a), get(b)
+            if ta is None and tb is None:  # depends on no primal
+                continue
+            if op.rule == "sum":
+                tangent[node] = (ta or 0.0) + (tb or 0.0)
+            else:
+                tangent[node] = b._data * (ta or 0.0) + a._data * (tb or 0.0)
+            continue
+        total = None
+        partials = None
+        for i, parent in enumerate(node._prev):
+            t = get(parent)
+            if t is None:  # a parent that depends on no primal
+                continue
+            if partials is None:
+                partials = float_partials(node)
+            term = partials[i] * t
+            total = term if total is None else total + term
+        if total is not None:
+            tangent[node] = total
+    return out, tangent.get(out, 0.0)
