@@ -22,7 +22,7 @@ from test_viewer import screenshot
 from viewer_support import StreamServer, launch
 
 from opgraph.server.events import InvalidEvent, check_event
-from opgraph.server.server import CONTENT_SECURITY_POLICY
+from opgraph.server.http import CONTENT_SECURITY_POLICY
 
 expect.set_options(timeout=20_000)
 VIEWPORT = {"width": 1280, "height": 760}
