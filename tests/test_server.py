@@ -8,16 +8,12 @@ import struct
 import threading
 import time
 
+import _tracing_helpers as th
 import pytest
 
 import opgraph
 from opgraph import Engine, OpgraphError
 from opgraph.server.server import ServerError
-
-try:
-    from . import _tracing_helpers as th
-except ImportError:
-    import _tracing_helpers as th
 
 
 def new_engine(name: str = "test") -> Engine:

@@ -7,16 +7,12 @@ import re
 import subprocess
 import sys
 
+import _tracing_helpers as th
 import pytest
 import websockets
 
 from opgraph.commands.demo import describe, traced_steps
 from opgraph.server.client import stream_url
-
-try:
-    from . import _tracing_helpers as th
-except ImportError:
-    import _tracing_helpers as th
 
 
 def test_trace_steps_are_chosen_by_number_or_name():

@@ -12,16 +12,12 @@ import subprocess
 import sys
 import textwrap
 
+import _tracing_helpers as th
 import pytest
 
 from opgraph import Engine
 from opgraph.commands.watch import watch
 from opgraph.server.client import Graph, events, stream_url
-
-try:
-    from . import _tracing_helpers as th
-except ImportError:
-    import _tracing_helpers as th
 
 # A script that knows nothing of tracing: it labels its nodes and prints its graph as JSON.
 SCRIPT = textwrap.dedent(

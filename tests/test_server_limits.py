@@ -11,16 +11,12 @@ import struct
 import time
 import tracemalloc
 
+import _tracing_helpers as th
 import msgpack
 import pytest
 
 from opgraph.server.protocol import CLOSE_TOO_SLOW
 from opgraph.server.server import TraceServer
-
-try:
-    from . import _tracing_helpers as th
-except ImportError:
-    import _tracing_helpers as th
 
 NODES = 80_000  # a snapshot of about 5 MB: much more than the sockets' buffers take
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import _tracing_helpers as th
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,11 +19,6 @@ from opgraph.server.chrome import chrome_trace, export_chrome
 from opgraph.server.recording import Recording
 from opgraph.server.replay import ReplayServer
 from opgraph.server.server import ServerError
-
-try:
-    from . import _tracing_helpers as th
-except ImportError:
-    import _tracing_helpers as th
 
 
 def record_training(path, steps: int = 3):

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+import _tracing_helpers as th
 import msgpack
 
 from opgraph import Engine, topological_order
 from opgraph.server.client import Graph
-
-try:
-    from . import _tracing_helpers as th
-except ImportError:
-    import _tracing_helpers as th
 
 
 def chain(engine: Engine, x, length: int):

@@ -12,17 +12,13 @@ import signal
 import socket
 import time
 
+import _tracing_helpers as th
 import msgpack
 import pytest
 import websockets
 
 from opgraph import Engine
 from opgraph.server.server import TraceServer
-
-try:
-    from . import _tracing_helpers as th
-except ImportError:
-    import _tracing_helpers as th
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 
+import _tracing_helpers as th
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,11 +19,6 @@ from opgraph.server.events import MAX_OPS, InvalidEvent, check_event, check_hell
 from opgraph.server.hub import Hub
 from opgraph.server.publish import publish_url, receive_run
 from opgraph.server.server import TraceServer
-
-try:
-    from . import _tracing_helpers as th
-except ImportError:
-    import _tracing_helpers as th
 
 HELLO = {"type": "hello", "seq": 0, "protocol": "opgraph", "version": 1, "session": "s"}
 HELLO |= {"engine": "script", "ops": {"mul": "core", "tanh": "core"}, "pid": 7, "t": 0}

@@ -6,16 +6,12 @@ import asyncio
 import math
 from pathlib import Path
 
+import _tracing_helpers as th
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opgraph import Engine, Value, no_grad
 from opgraph.trace import Tracer, event_maps, records
-
-try:
-    from . import _tracing_helpers as th
-except ImportError:
-    import _tracing_helpers as th
 
 
 def traced_engine(**options) -> tuple[Engine, Tracer]:

@@ -8,14 +8,11 @@ import asyncio
 import threading
 import time
 
+import _tracing_helpers as th
+
 from opgraph import Engine
 from opgraph.server.server import DRAIN_INTERVAL
 from opgraph.trace import FORWARD, Tracer, event_count, records
-
-try:
-    from . import _tracing_helpers as th
-except ImportError:
-    import _tracing_helpers as th
 
 
 def test_draining_while_the_engine_adds_loses_and_repeats_nothing():

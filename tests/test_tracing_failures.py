@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 
+import _tracing_helpers as th
 import numpy as np
 import pytest
 
@@ -25,12 +26,6 @@ from opgraph.server import publish as publish_module
 from opgraph.server.client import stream_url
 from opgraph.server.publish import EXIT_TIMEOUT, MAX_PENDING, Publisher
 from opgraph.server.server import TraceServer
-
-try:
-    from . import _tracing_helpers as th
-except ImportError:
-    import _tracing_helpers as th
-
 
 # --- a failure in the drain or the publish loop -----------------------------------------------
 

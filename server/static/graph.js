@@ -1,7 +1,7 @@
 // The viewer's model of the traced graph: nodes, their rank layout, op groups for the
 // aggregate view, and the backward passes. It knows nothing about the page.
 //
-// Layout by rank (DESIGN.md): a node's rank is the longest path from the leaves to it, so
+// Layout by rank: a node's rank is the longest path from the leaves to it, so
 // leaves sit in column 0 and every node sits right of all of its inputs. A node's row is
 // placed once, when it arrives, and never moves: the drawing stays still as the graph grows.
 
