@@ -31,7 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from opgraph.errors import PublishError
 from opgraph.trace import Tracer, event_count, event_maps, plain_number, records, redact
 
-from .events import MAX_INT, InvalidEvent, check_event, check_hello, close_reason
+from .events import MAX_INT, MAX_LABEL, InvalidEvent, check_event, check_hello, close_reason
 from .hub import Hub
 from .protocol import (
     CLOSE_INVALID,
@@ -300,7 +300,7 @@ class Publisher:
             return b"".join(parts)
         try:
             maps = event_maps(records(events), self._seq + 1, t0)
-            parts += [pack(event) for event in maps]
+            parts += [pack(_within_limits(event)) for event in maps]
         except Exception as exc:  # never stop publishing: drop this batch, start over
             parts.append(pack({"type": "dropped", "count": self._failed(exc, events)}))
             return b"".join(parts)
@@ -394,6 +394,16 @@ def closed_reason(exc: BaseException) -> str:
             return f"the connection broke ({describe(cause)})"
         return "the connection broke without a close frame"
     return describe(exc)
+
+
+def _within_limits(event: dict) -> dict:
+    """The event as the hub accepts it: a label longer than the hub's limit is cut (with an
+    ellipsis), or the hub would refuse the whole frame, and the script would reconnect and
+    send it again, forever."""
+    label = event.get("label")
+    if label is not None and len(label) > MAX_LABEL:
+        event["label"] = label[: MAX_LABEL - 1] + "\u2026"
+    return event
 
 
 def publish(engine: Engine, url: str, *, at_exit: bool = False) -> Publisher:

@@ -330,3 +330,37 @@ def test_a_bad_opgraph_trace_port_is_named_and_the_script_runs_untraced():
     assert result.returncode == 0
     assert json.loads(result.stdout)["badport.x"]["grad"] != 0  # ran untraced
     assert "tracing is off" in result.stderr and "OPGRAPH_TRACE_PORT" in result.stderr
+
+
+def test_a_label_past_the_hubs_limit_is_cut_not_refused_forever():
+    # The hub refuses a frame with a label over MAX_LABEL characters; a publisher that sent it
+    # as it is would be cut off, reconnect, send it again, and never trace anything more.
+    from opgraph.server.events import MAX_LABEL
+    from opgraph.server.publish import Publisher
+    from opgraph.server.server import TraceServer
+
+    hub = TraceServer(engine_name="hub", ops={}, port=0, accept_publishers=True).start()
+    engine = Engine(name="long-labels", entry_points=False)
+    publisher = Publisher(engine, hub.publish_url).start()
+    try:
+        long = engine.value(1.0, label="x" * (MAX_LABEL + 5))
+        after = long * 2.0
+        after.label = "after"
+
+        async def read():
+            for _ in range(400):
+                reader = await th.connect_reader(hub.ws_url)
+                got = th.graph_of(await reader.until(lambda e: e["type"] == "snapshot_end"))
+                await reader.ws.close()
+                if any(n["label"] == "after" for n in got.values()):
+                    return got
+                await asyncio.sleep(0.025)
+            raise AssertionError("'after' never reached the hub")
+
+        graph = asyncio.run(read())
+    finally:
+        publisher.close()
+        hub.close()
+    labels = sorted((n["label"] for n in graph.values()), key=len)
+    assert labels[-1] == "x" * (MAX_LABEL - 1) + "\u2026"
+    assert publisher.connections == 1 and publisher.error is None
