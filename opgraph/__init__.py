@@ -28,7 +28,7 @@ from .errors import (
     ServerError,
 )
 from .hookspecs import hookimpl, hookspec
-from .modes import detect_anomaly, enable_grad, grad_enabled, no_grad
+from .modes import current_scope, detect_anomaly, enable_grad, grad_enabled, no_grad, scope
 from .ops import Composite, Op
 from .trace import serve, touch
 from .value import Value
@@ -58,6 +58,7 @@ __all__ = [
     "Value",
     "backward",
     "compile",
+    "current_scope",
     "default_engine",
     "detect_anomaly",
     "draw_dot",
@@ -66,6 +67,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "no_grad",
+    "scope",
     "serve",
     "topological_order",
     "touch",

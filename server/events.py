@@ -23,6 +23,7 @@ MAX_LABEL = 10_000  # characters of a node's label
 MAX_OPS = 4096  # entries of a hello's (or a run's) `ops` map
 MAX_PARENTS = 65_536  # operands of one node
 MAX_CONST = 1024  # constants of one node
+MAX_SCOPE = 1000  # characters of a node's scope path ("L0/N3")
 
 # The live kinds a publisher may send (`dropped`: events it made but could not send); a
 # recording holds the live kinds and the hub's `run` markers.
@@ -81,6 +82,10 @@ def _label(value: Any) -> str:
     return _text(value, MAX_LABEL)
 
 
+def _scope(value: Any) -> str:
+    return _text(value, MAX_SCOPE)
+
+
 def _source(value: Any) -> str:
     return _text(value, 2 * MAX_NAME)  # "<engine>@<pid>"
 
@@ -127,7 +132,7 @@ def _state(value: Any) -> str:
 _KINDS: dict[str, tuple[dict, dict]] = {
     "forward": (
         {"id": _int, "op": _op, "parents": _parents, "data": _real, "label": _label},
-        {"const": _consts},
+        {"const": _consts, "scope": _scope},
     ),
     "data": ({"id": _int, "data": _real}, {}),
     "label": ({"id": _int, "label": _label}, {}),
@@ -166,6 +171,7 @@ def _fields(event: dict, kind: str, index: int, required: dict, optional: dict) 
 # map that fails here, goes through the field checks, which name the problem.
 _BACKWARD_KEYS = {"type", "seq", "id", "grad", "t"}
 _FORWARD_KEYS = {"type", "seq", "id", "op", "parents", "data", "label", "t"}
+_SCOPED_FORWARD_KEYS = _FORWARD_KEYS | {"scope"}
 
 
 def _fast_backward(event: dict) -> bool:
@@ -185,8 +191,11 @@ def _fast_backward(event: dict) -> bool:
 def _fast_forward(event: dict) -> bool:
     id_, seq, t = event.get("id"), event.get("seq"), event.get("t")
     op, parents, label = event.get("op"), event.get("parents"), event.get("label")
+    keys, scope = event.keys(), event.get("scope", "")
     return (
-        event.keys() == _FORWARD_KEYS
+        (keys == _FORWARD_KEYS or keys == _SCOPED_FORWARD_KEYS)
+        and type(scope) is str
+        and len(scope) <= MAX_SCOPE
         and type(id_) is int
         and type(seq) is int
         and type(t) is int
