@@ -119,7 +119,7 @@ async def events(
 class Graph:
     """The graph a viewer would show, rebuilt from events; counts what happened.
 
-    `nodes[id]` is a dict with op, parents, data, grad, label. `gaps` lists (expected, got)
+    `nodes[id]` is a dict with op, parents, data, grad, label (and const, scope if any). `gaps` lists (expected, got)
     pairs where a seq was missing without a `dropped` to explain it (should stay empty).
     """
 
@@ -197,4 +197,6 @@ def _node(event: dict[str, Any], grad: float) -> dict[str, Any]:
     }
     if event.get("const"):
         node["const"] = list(event["const"])
+    if event.get("scope"):
+        node["scope"] = event["scope"]
     return node

@@ -89,6 +89,8 @@ def engine_graph(values) -> dict[int, dict]:
                 "data": node.data,
                 "label": node.label,
             }
+            if node.scope:
+                nodes[node.id]["scope"] = node.scope
     return nodes
 
 
