@@ -120,7 +120,8 @@ class Graph:
     """The graph a viewer would show, rebuilt from events; counts what happened.
 
     `nodes[id]` is a dict with op, parents, data, grad, label (and const, scope if any).
-    `gaps` lists (expected, got) pairs where a seq was missing without a `dropped` to explain it (should stay empty).
+    `gaps` lists (expected, got) pairs where a seq was missing without a `dropped` to
+    explain it (should stay empty).
     """
 
     def __init__(self) -> None:
