@@ -72,9 +72,12 @@ def run_script(script: Path, argv: list[str]) -> int:
         print(f"opgraph run: {script.name} interrupted", file=sys.stderr)
         return 130
     except BaseException:
-        # As Python reports an uncaught error, without this command's own frames.
+        # As Python reports an uncaught error: from the script's first frame (not this
+        # command's and runpy's; none for a SyntaxError, which shows the line itself).
         kind, error, tb = sys.exc_info()
-        traceback.print_exception(kind, error, tb.tb_next if tb else None)
+        while tb is not None and tb.tb_frame.f_code.co_filename != str(script):
+            tb = tb.tb_next
+        traceback.print_exception(kind, error, tb)
         return 1
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
