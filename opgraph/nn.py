@@ -45,9 +45,15 @@ def _scope_name(name: str, kind: str) -> str:
     return name.rsplit(".", 1)[-1].replace("/", "_") or kind
 
 
-def _enter(scope_name: str):
-    # opgraph.scope, without a context manager object: a neuron opens one per call.
-    return scope_path.set(child_path(scope_path.get(), scope_name))
+def _enter(module: Neuron | Layer):
+    """Open the module's scope (opgraph.scope without a context manager object: a neuron
+    opens one per call); returns the token that closes it. The module remembers its path
+    for the scope it was last called in (as one tuple, which threads swap whole)."""
+    parent = scope_path.get()
+    cached = module._scope_cache
+    if cached[0] is not parent:
+        cached = module._scope_cache = (parent, child_path(parent, module.scope_name))
+    return scope_path.set(cached[1])
 
 
 def _check_activation(act: Activation, engine: Engine) -> None:
@@ -106,6 +112,7 @@ class Neuron(Module):
         self.act = act
         self.name = name
         self.scope_name = _scope_name(name, "Neuron")
+        self._scope_cache: tuple[str | None, str] = (None, "")
 
     def __call__(self, x: Iterable[Value | float] | Value) -> Value:
         x = _as_inputs(x)
@@ -113,7 +120,7 @@ class Neuron(Module):
             raise ValueError(
                 f"neuron {self.name or repr(self)} takes {len(self.w)} inputs, got {len(x)}"
             )
-        token = _enter(self.scope_name)
+        token = _enter(self)
         try:
             out = sum((wi * xi for wi, xi in zip(self.w, x, strict=True)), self.b)
             if self.nonlin:
@@ -141,6 +148,7 @@ class Layer(Module):
     ):
         self.engine = engine if engine is not None else default_engine()
         self.scope_name = _scope_name(name, "Layer")
+        self._scope_cache: tuple[str | None, str] = (None, "")
         self.neurons = [
             Neuron(nin, name=_join(name, f"N{i}"), engine=self.engine, **kwargs)
             for i in range(nout)
@@ -148,7 +156,7 @@ class Layer(Module):
 
     def __call__(self, x: Iterable[Value | float] | Value) -> Value | list[Value]:
         x = _as_inputs(x)  # once, so that an iterator reaches every neuron
-        token = _enter(self.scope_name)
+        token = _enter(self)
         try:
             out = [n(x) for n in self.neurons]
         finally:
