@@ -236,3 +236,31 @@ def test_draw_dot_draws_each_scope_as_a_nested_cluster():
         r"subgraph \"?cluster_step\"? \{.*subgraph \"?cluster_step/L0\"? \{", source, re.S
     )
     assert "label=N1" in source or 'label="N1"' in source
+
+
+def test_a_published_scope_reaches_the_hub_and_its_late_viewers():
+    from opgraph.server.publish import Publisher
+    from opgraph.server.server import TraceServer
+
+    engine = Engine(name="publisher", entry_points=False)
+    with TraceServer(engine_name="hub", ops={}, port=0, accept_publishers=True).start() as hub:
+        publisher = Publisher(engine, hub.publish_url).start()
+        try:
+            with scope("remote"):
+                h = (engine.value(0.5, label="w") * 3.0).tanh()
+            h.label = "h"
+
+            async def snapshot():
+                reader = await th.connect_reader(hub.ws_url)
+                got = await reader.until(lambda e: e["type"] == "snapshot_end")
+                await reader.ws.close()
+                return {n["label"]: n for n in th.graph_of(got).values()}
+
+            for _ in range(400):  # until the publisher's events reached the hub
+                graph = asyncio.run(snapshot())
+                if "h" in graph:
+                    break
+                asyncio.run(asyncio.sleep(0.025))
+        finally:
+            publisher.close()
+    assert graph["h"]["scope"] == "remote" and "scope" not in graph["w"]
