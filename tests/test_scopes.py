@@ -246,8 +246,9 @@ def test_a_published_scope_reaches_the_hub_and_its_late_viewers():
     with TraceServer(engine_name="hub", ops={}, port=0, accept_publishers=True).start() as hub:
         publisher = Publisher(engine, hub.publish_url).start()
         try:
+            w = engine.value(0.5, label="w")
             with scope("remote"):
-                h = (engine.value(0.5, label="w") * 3.0).tanh()
+                h = (w * 3.0).tanh()
             h.label = "h"
 
             async def snapshot():
