@@ -184,7 +184,8 @@ def test_forward_events_and_late_snapshot_nodes_carry_the_scope():
             model = MLP(2, [2, 1], engine=engine)
             with scope("train"):
                 out = model([1.0, 2.0])
-                out.label = "score"
+                out.label = "score"  # the hub keeps a relabelled node apart: scope kept
+                squared = out**2  # an op with a constant: packed the general way
             z = out * 2  # outside any scope: no field
             await asyncio.to_thread(server.flush)
             last = server.stats()["seq"]
@@ -193,13 +194,16 @@ def test_forward_events_and_late_snapshot_nodes_carry_the_scope():
             joined = await late.until(lambda e: e["type"] == "snapshot_end")
             await early.ws.close()
             await late.ws.close()
-            return out, z, live, joined
+            return out, squared, z, live, joined
 
-    out, z, live, joined = asyncio.run(main())
+    out, squared, z, live, joined = asyncio.run(main())
     forwards = {e["id"]: e for e in live if e["type"] == "forward"}
     assert forwards[out.id]["scope"] == "train/L1/N0"
     assert "scope" not in forwards[z.id]
-    neuron_ops = [e for e in forwards.values() if e["op"] is not None and e["id"] != z.id]
+    assert forwards[squared.id]["scope"] == "train" and forwards[squared.id]["const"] == [2.0]
+    neuron_ops = [
+        e for e in forwards.values() if e["op"] is not None and e["id"] not in (z.id, squared.id)
+    ]
     assert {e["scope"] for e in neuron_ops} == {"train/L0/N0", "train/L0/N1", "train/L1/N0"}
     snapshot = {e["id"]: e for e in joined if e["type"] == "node"}
     assert snapshot[out.id]["scope"] == "train/L1/N0" and snapshot[out.id]["label"] == "score"
