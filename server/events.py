@@ -191,9 +191,9 @@ def _fast_backward(event: dict) -> bool:
 def _fast_forward(event: dict) -> bool:
     id_, seq, t = event.get("id"), event.get("seq"), event.get("t")
     op, parents, label = event.get("op"), event.get("parents"), event.get("label")
-    keys, scope = event.keys(), event.get("scope", "")
+    scope = event.get("scope", "")
     return (
-        (keys == _FORWARD_KEYS or keys == _SCOPED_FORWARD_KEYS)
+        (event.keys() == _FORWARD_KEYS or event.keys() == _SCOPED_FORWARD_KEYS)
         and type(scope) is str
         and len(scope) <= MAX_SCOPE
         and type(id_) is int
