@@ -45,15 +45,14 @@ def _scope_name(name: str, kind: str) -> str:
     return name.rsplit(".", 1)[-1].replace("/", "_") or kind
 
 
-def _enter(module: Neuron | Layer):
-    """Open the module's scope (opgraph.scope without a context manager object: a neuron
-    opens one per call); returns the token that closes it. The module remembers its path
-    for the scope it was last called in (as one tuple, which threads swap whole)."""
-    parent = scope_path.get()
+def _scope_in(module: Neuron | Layer, parent: str) -> str:
+    """The path of the module's scope inside scope `parent`. The module remembers it for the
+    scope it was last called in (as one tuple, which threads swap whole): opening a scope
+    per neuron call must cost little next to the neuron's own ops."""
     cached = module._scope_cache
     if cached[0] is not parent:
         cached = module._scope_cache = (parent, child_path(parent, module.scope_name))
-    return scope_path.set(cached[1])
+    return cached[1]
 
 
 def _check_activation(act: Activation, engine: Engine) -> None:
@@ -120,14 +119,18 @@ class Neuron(Module):
             raise ValueError(
                 f"neuron {self.name or repr(self)} takes {len(self.w)} inputs, got {len(x)}"
             )
-        token = _enter(self)
+        token = scope_path.set(_scope_in(self, scope_path.get()))
         try:
-            out = sum((wi * xi for wi, xi in zip(self.w, x, strict=True)), self.b)
-            if self.nonlin:
-                act = self.act
-                out = self.engine.ops[act](out) if isinstance(act, str) else act(out)
+            return self._forward(x)
         finally:
             scope_path.reset(token)
+
+    def _forward(self, x: Sequence[Value | float]) -> Value:
+        """The neuron's ops, in whatever scope is current."""
+        out = sum((wi * xi for wi, xi in zip(self.w, x, strict=True)), self.b)
+        if self.nonlin:
+            act = self.act
+            out = self.engine.ops[act](out) if isinstance(act, str) else act(out)
         if self.name and out is not self.b:
             out.label = self.name
         return out
@@ -156,9 +159,19 @@ class Layer(Module):
 
     def __call__(self, x: Iterable[Value | float] | Value) -> Value | list[Value]:
         x = _as_inputs(x)  # once, so that an iterator reaches every neuron
-        token = _enter(self)
+        path = _scope_in(self, scope_path.get())
+        token = scope_path.set(path)
         try:
-            out = [n(x) for n in self.neurons]
+            out = []
+            for n in self.neurons:
+                if type(n) is Neuron and len(x) == len(n.w):
+                    # The neuron's scope, switched to directly: no scope is closed between
+                    # two neurons (the `finally` closes the last), half the work per neuron.
+                    scope_path.set(_scope_in(n, path))
+                    out.append(n._forward(x))
+                else:  # a module of the user's own, or an error for Neuron.__call__ to raise
+                    scope_path.set(path)
+                    out.append(n(x))
         finally:
             scope_path.reset(token)
         return out[0] if len(out) == 1 else out
