@@ -17,7 +17,7 @@ import pytest
 import opgraph
 from opgraph import Engine, Value, no_grad, scope
 from opgraph.errors import InvalidEvent
-from opgraph.nn import MLP, Neuron
+from opgraph.nn import MLP, Layer, Neuron
 from opgraph.server.events import check_event
 
 
@@ -115,6 +115,21 @@ def test_nn_modules_open_scopes_named_as_their_parameter_labels():
     with scope("model"):
         assert model([1.0, -2.0]).scope == "model/L1/N0"
     assert Neuron(2)([1.0, 2.0]).scope == "Neuron"  # unnamed: named after its kind
+
+
+def test_a_layer_of_neurons_of_the_users_own_still_scopes_each_one():
+    class Doubled(Neuron):
+        def __call__(self, x):
+            return super().__call__(x) * 2
+
+    layer = Layer(2, 2, name="L0")
+    layer.neurons[0] = Doubled(2, name="L0.N0")
+    first, second = layer([1.0, 2.0])
+    assert first.scope == "L0" and first.parents[0].scope == "L0/N0"  # its own op, then N0's
+    assert second.scope == "L0/N1"
+    with pytest.raises(ValueError, match="takes 2 inputs, got 3"):
+        layer([1.0, 2.0, 3.0])
+    assert opgraph.current_scope() == ""  # closed, even on the error
 
 
 def test_a_composite_op_is_one_scope_named_after_it():
