@@ -87,7 +87,9 @@ def child_path(parent: str, name: str) -> str:
 class scope:
     """`with opgraph.scope("encoder"):` every node made in the block records the scope path
     (`Value.scope`), nested scopes joined by `/` ("encoder/layer1"). Names may not contain
-    `/`. Local to the thread and asyncio task that enters it, like `no_grad()`."""
+    `/`. Local to the thread and asyncio task that enters it, like `no_grad()`. One scope
+    object may be entered again, nested, but by one thread or task at a time: `with
+    opgraph.scope(name):` makes a new one each time."""
 
     __slots__ = ("name", "_tokens")
 
