@@ -31,7 +31,7 @@ from .errors import (
 )
 from .higher import grad, jvp
 from .hookspecs import hookimpl, hookspec
-from .modes import detect_anomaly, enable_grad, grad_enabled, no_grad
+from .modes import current_scope, detect_anomaly, enable_grad, grad_enabled, no_grad, scope
 from .ops import Composite, Op
 from .trace import serve, touch
 from .value import Value
@@ -63,6 +63,7 @@ __all__ = [
     "Value",
     "backward",
     "compile",
+    "current_scope",
     "default_engine",
     "detect_anomaly",
     "draw_dot",
@@ -73,6 +74,7 @@ __all__ = [
     "hookspec",
     "jvp",
     "no_grad",
+    "scope",
     "serve",
     "topological_order",
     "touch",

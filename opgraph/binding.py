@@ -28,14 +28,14 @@ from .errors import (
     describe,
     op_error,
 )
-from .modes import ANOMALY, NO_GRAD, mode
+from .modes import ANOMALY, NO_GRAD, child_path, mode, scope_path
 from .ops import AnyOp, Composite, Op, _parameter_names, with_constants
 from .value import DISPATCHING, OPERATORS, Value, _number
 
 
 def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]:
     """A function that turns an operand into a Value of `cls`, or explains why it cannot."""
-    new, next_id = object.__new__, cls._ids.__next__
+    new, next_id, get_scope = object.__new__, cls._ids.__next__, scope_path.get
 
     def to_value(x: Any) -> Value:
         if type(x) is float or type(x) is int:
@@ -44,8 +44,8 @@ def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]
             node._data = x if type(x) is float else _float_of_int(x)
             node._grad, node._label = 0.0, ""
             node._a = node._b = node._more = node._opdef = None
-            node._id = next_id()
-            if tracer is not None:
+            node._id, node._scope = next_id(), get_scope()
+            if tracer is not None and not mode.get() & NO_GRAD:  # no_grad work is untraced
                 tracer.forward(node)
             return node
         if isinstance(x, Value):
@@ -93,7 +93,7 @@ def _checked(op: Op, cls: type[Value], out: float, parents: tuple, flags: int) -
     if flags & ANOMALY and not math.isfinite(out):
         raise op_error(op, f"produced {out} in forward", inputs=parents, error=AnomalyError)
     if flags & NO_GRAD:
-        return cls(out)
+        return cls(out)  # a leaf, untraced (Value.__init__ reads the mode)
     return cls(out, "", parents, op)
 
 
@@ -106,6 +106,7 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
     """
     forward, to_value = op.forward, _coercer(cls, op, tracer)
     new, next_id, get_mode = object.__new__, cls._ids.__next__, mode.get
+    get_scope = scope_path.get
 
     # Unary and binary ops get their own functions: they are almost every op in a graph, and
     # unpacking *args costs more than the rest of the work.
@@ -125,7 +126,7 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
             node = new(cls)
             node._data, node._grad, node._label = out, 0.0, ""
             node._a, node._b, node._more = a, None, None
-            node._opdef, node._id = op, next_id()
+            node._opdef, node._id, node._scope = op, next_id(), get_scope()
             if tracer is not None:
                 tracer.forward(node)
             return node
@@ -150,7 +151,7 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
             node = new(cls)
             node._data, node._grad, node._label = out, 0.0, ""
             node._a, node._b, node._more = a, b, None
-            node._opdef, node._id = op, next_id()
+            node._opdef, node._id, node._scope = op, next_id(), get_scope()
             if tracer is not None:
                 tracer.forward(node)
             return node
@@ -217,14 +218,19 @@ def _bind_static(op: Op, cls: type[Value], engine_flags: int, tracer: Any) -> Ca
 
 def _bind_composite(op: Composite, cls: type[Value], tracer: Any) -> Callable[..., Value]:
     fn, to_value = op.fn, _coercer(cls, op, tracer)
+    get_scope, set_scope, reset_scope = scope_path.get, scope_path.set, scope_path.reset
 
     def run(values: Sequence[Value]) -> Value:
+        # The parts run in a scope named after the op: a viewer shows them as one group.
+        token = set_scope(child_path(get_scope(), op.name))
         try:
             out = fn(*values)
         except (OpError, EngineMismatchError, AnomalyError):
             raise
         except Exception as exc:
             raise forward_error(op, values, exc) from exc
+        finally:
+            reset_scope(token)
         if type(out) is not cls:
             raise op_error(
                 op, f"returned {out!r}; a composite op must return a Value built from other ops"

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("opgraph.commands.replay", "serve a recorded trace (.ogtrace) to viewers"),
     "export": ("opgraph.commands.export", "export a recorded trace as Chrome trace-event JSON"),
     "watch": ("opgraph.commands.watch", "print a live summary of a trace server's stream"),
+    "run": ("opgraph.commands.run", "run a Python script with its trace served to the viewer"),
 }
 
 DEBUG_HELP = "show the traceback of an error (also OPGRAPH_DEBUG=1)"

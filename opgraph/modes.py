@@ -46,3 +46,67 @@ def detect_anomaly(enabled: bool = True) -> AbstractContextManager[None]:
 def grad_enabled() -> bool:
     """True unless inside `no_grad()`."""
     return not mode.get() & NO_GRAD
+
+
+# --- scopes ------------------------------------------------------------------------------------
+# The scope a node is made in: a path of names ("L0/N3"), "" outside any scope. Like the mode,
+# a context variable, so per thread and per asyncio task. Paths are interned (`_paths`), so
+# that every node made in one scope holds the same string object: the slot costs 8 bytes and
+# no allocation per node.
+
+MAX_SCOPE_PATH = 1000  # characters: the protocol's limit for the `scope` field
+
+scope_path: ContextVar[str] = ContextVar("opgraph_scope", default="")
+
+_paths: dict[tuple[str, str], str] = {}
+
+
+def child_path(parent: str, name: str) -> str:
+    """The interned path of scope `name` inside the scope `parent` (a path itself)."""
+    path = _paths.get((parent, name))
+    if path is None:
+        if not isinstance(name, str):
+            raise TypeError(f"a scope's name must be a str, got {type(name).__name__}: {name!r}")
+        if not name or "/" in name:
+            raise ValueError(
+                f"a scope's name must be non-empty and contain no '/' (nest scopes to make a "
+                f"path), got {name!r}"
+            )
+        path = f"{parent}/{name}" if parent else name
+        if len(path) > MAX_SCOPE_PATH:
+            raise ValueError(
+                f"scope path {path[:60]!r}... is {len(path):,} characters long, more than "
+                f"{MAX_SCOPE_PATH:,}: nest fewer scopes or use shorter names"
+            )
+        if len(_paths) >= 100_000:  # names made on the fly (f"step{i}") must not grow it forever
+            _paths.clear()
+        path = _paths[parent, name] = path
+    return path
+
+
+class scope:
+    """`with opgraph.scope("encoder"):` every node made in the block records the scope path
+    (`Value.scope`), nested scopes joined by `/` ("encoder/layer1"). Names may not contain
+    `/`. Local to the thread and asyncio task that enters it, like `no_grad()`. One scope
+    object may be entered again, nested, but by one thread or task at a time: `with
+    opgraph.scope(name):` makes a new one each time."""
+
+    __slots__ = ("name", "_tokens")
+
+    def __init__(self, name: str):
+        child_path("", name)  # check the name now, not on entering
+        self.name = name
+        self._tokens: list = []
+
+    def __enter__(self) -> str:
+        path = child_path(scope_path.get(), self.name)
+        self._tokens.append(scope_path.set(path))
+        return path
+
+    def __exit__(self, *exc_info: object) -> None:
+        scope_path.reset(self._tokens.pop())
+
+
+def current_scope() -> str:
+    """The scope path new nodes get here: "" outside any scope."""
+    return scope_path.get()

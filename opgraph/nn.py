@@ -7,7 +7,9 @@ returns a Value, not a list). On top of that:
 - `engine=` builds the parameters in that Engine (default: the default engine);
 - `rng=` is the `random.Random` to draw initial weights from (default: the `random` module);
 - parameters are labelled by where they sit ("L0.N3.w1", "L0.N3.b") and so is each neuron's
-  output ("L0.N3"), so drawings and the live viewer show which module a node belongs to.
+  output ("L0.N3"), so drawings and the live viewer show which module a node belongs to;
+- calling a Layer or a Neuron opens a scope named after it (`opgraph.scope`): the ops of
+  neuron 3 of layer 0 carry the scope path "L0/N3" (an MLP opens none of its own).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .engine import Engine, default_engine
+from .modes import child_path, scope_path
 from .value import Value
 
 Activation = str | Callable[[Value], Value]
@@ -35,6 +38,21 @@ class Module:
 
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
+
+
+def _scope_name(name: str, kind: str) -> str:
+    """The scope a module opens: the last part of its name ("N3" for "L0.N3"), else its kind."""
+    return name.rsplit(".", 1)[-1].replace("/", "_") or kind
+
+
+def _scope_in(module: Neuron | Layer, parent: str) -> str:
+    """The path of the module's scope inside scope `parent`. The module remembers it for the
+    scope it was last called in (as one tuple, which threads swap whole): opening a scope
+    per neuron call must cost little next to the neuron's own ops."""
+    cached = module._scope_cache
+    if cached[0] is not parent:
+        cached = module._scope_cache = (parent, child_path(parent, module.scope_name))
+    return cached[1]
 
 
 def _check_activation(act: Activation, engine: Engine) -> None:
@@ -92,6 +110,8 @@ class Neuron(Module):
         self.nonlin = nonlin
         self.act = act
         self.name = name
+        self.scope_name = _scope_name(name, "Neuron")
+        self._scope_cache: tuple[str | None, str] = (None, "")
 
     def __call__(self, x: Iterable[Value | float] | Value) -> Value:
         x = _as_inputs(x)
@@ -99,6 +119,14 @@ class Neuron(Module):
             raise ValueError(
                 f"neuron {self.name or repr(self)} takes {len(self.w)} inputs, got {len(x)}"
             )
+        token = scope_path.set(_scope_in(self, scope_path.get()))
+        try:
+            return self._forward(x)
+        finally:
+            scope_path.reset(token)
+
+    def _forward(self, x: Sequence[Value | float]) -> Value:
+        """The neuron's ops, in whatever scope is current."""
         out = sum((wi * xi for wi, xi in zip(self.w, x, strict=True)), self.b)
         if self.nonlin:
             act = self.act
@@ -122,6 +150,8 @@ class Layer(Module):
         self, nin: int, nout: int, *, name: str = "", engine: Engine | None = None, **kwargs: Any
     ):
         self.engine = engine if engine is not None else default_engine()
+        self.scope_name = _scope_name(name, "Layer")
+        self._scope_cache: tuple[str | None, str] = (None, "")
         self.neurons = [
             Neuron(nin, name=_join(name, f"N{i}"), engine=self.engine, **kwargs)
             for i in range(nout)
@@ -129,7 +159,21 @@ class Layer(Module):
 
     def __call__(self, x: Iterable[Value | float] | Value) -> Value | list[Value]:
         x = _as_inputs(x)  # once, so that an iterator reaches every neuron
-        out = [n(x) for n in self.neurons]
+        path = _scope_in(self, scope_path.get())
+        token = scope_path.set(path)
+        try:
+            out = []
+            for n in self.neurons:
+                if type(n) is Neuron and len(x) == len(n.w):
+                    # The neuron's scope, switched to directly: no scope is closed between
+                    # two neurons (the `finally` closes the last), half the work per neuron.
+                    scope_path.set(_scope_in(n, path))
+                    out.append(n._forward(x))
+                else:  # a module of the user's own, or an error for Neuron.__call__ to raise
+                    scope_path.set(path)
+                    out.append(n(x))
+        finally:
+            scope_path.reset(token)
         return out[0] if len(out) == 1 else out
 
     def parameters(self) -> list[Value]:

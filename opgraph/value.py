@@ -35,6 +35,8 @@ from operator import attrgetter
 from types import MethodType
 from typing import TYPE_CHECKING, Any
 
+from .modes import NO_GRAD, mode, scope_path
+
 if TYPE_CHECKING:
     from .binding import OpTable
     from .engine import Engine
@@ -79,7 +81,18 @@ def applies(op: str, reflected: bool = False) -> Any:
 class Value:
     """A scalar in the computation graph, a drop-in for micrograd's `Value`."""
 
-    __slots__ = ("_data", "_grad", "_label", "_a", "_b", "_more", "_opdef", "_id", "__weakref__")
+    __slots__ = (
+        "_data",
+        "_grad",
+        "_label",
+        "_a",
+        "_b",
+        "_more",
+        "_opdef",
+        "_id",
+        "_scope",  # the scope path it was made in (modes.py: interned, "" outside any scope)
+        "__weakref__",
+    )
 
     # Set per engine on its own Value class (the default engine uses this class itself).
     _ops: OpTable = _DefaultOps()  # type: ignore[assignment]
@@ -98,7 +111,8 @@ class Value:
         self._a, self._b, self._more = _split(_prev)
         self._opdef = _op
         self._id = next(self._ids)
-        if self._tracer is not None:
+        self._scope = scope_path.get()
+        if self._tracer is not None and not mode.get() & NO_GRAD:  # no_grad work is untraced
             self._tracer.forward(self)
 
     # --- what the node is -----------------------------------------------------------------
@@ -141,6 +155,10 @@ class Value:
         doc="The node's number in its engine, in creation order (so parents come first).",
     )
     op = property(attrgetter("_opdef"), doc="The op that made this node, or None for a leaf.")
+    scope = property(
+        attrgetter("_scope"),
+        doc='The path of the scopes the node was made in ("L0/N3"), "" outside any scope.',
+    )
 
     @property
     def op_name(self) -> str | None:
@@ -206,6 +224,8 @@ class Value:
         # An unpickled or copied node takes a fresh id: backward orders nodes by id, and the
         # ids of another process (or of the original) would clash with this one's. Pickle and
         # copy restore the parents before their children, so the fresh ids keep that order.
+        if len(state) == len(self._STATE) - 1:  # pickled before nodes had a scope (last)
+            state = (*state, "")
         for name, value in zip(self._STATE, state, strict=True):
             setattr(self, name, value)
         self._id = next(self._ids)
@@ -228,6 +248,7 @@ class Value:
             twin._data, twin._grad, twin._label = node._data, node._grad, node._label
             twin._a, twin._b, twin._more = _split(tuple(memo[id(p)] for p in node._prev))
             twin._opdef, twin._id = node._opdef, next(node._ids)
+            twin._scope = node._scope
             memo[id(node)] = twin
         # As copy.deepcopy does: the memo keeps the originals alive, so their ids stay unique.
         memo.setdefault(id(memo), []).extend(todo.values())

@@ -2,7 +2,9 @@
 
 `draw_dot(root)` returns a `graphviz.Digraph`: a record node per Value showing its label,
 data and grad, an oval node per operation showing micrograd's `_op` string (`+`, `*`, `**2`,
-`tanh`), and one edge per parent slot (so `x + x` draws two edges from x). It renders in
+`tanh`), and one edge per parent slot (so `x + x` draws two edges from x). Nodes made in a
+scope (`opgraph.scope`, the nn modules) are drawn inside a box per scope, nested as the
+scopes are (Graphviz clusters). It renders in
 Jupyter; `render(dot, "graph.svg")` writes a file. Both need Graphviz's `dot` program; without
 it they raise `GraphvizNotFoundError`, which says how to install it.
 
@@ -77,17 +79,46 @@ def draw_dot(
             f"watch it in the live viewer."
         )
     dot = Drawing(format=format, graph_attr={"rankdir": rankdir})
+    by_scope: dict[str, list[Value]] = {}
+    for node in nodes:
+        by_scope.setdefault(node.scope, []).append(node)
+    _draw_scope(dot, "", by_scope, _scope_tree(by_scope))
     for node in nodes:
         name = str(node.id)
-        label = f"{{ {_escape(node.label)} | data {node.data:.4f} | grad {node.grad:.4f} }}"
-        dot.node(name, label=label, shape="record")
         if node.op is not None:
             # an op node feeds the record of its result; one edge per parent slot feeds it
-            dot.node(name + "op", label=node._op)
             dot.edge(name + "op", name)
             for parent in node.parents:
                 dot.edge(str(parent.id), name + "op")
     return dot
+
+
+def _scope_tree(by_scope: dict[str, list[Value]]) -> dict[str, list[str]]:
+    """Each scope path drawn (those of the nodes and their enclosing ones) -> its children."""
+    children: dict[str, list[str]] = {"": []}
+    for path in by_scope:
+        names = path.split("/") if path else []
+        for depth in range(1, len(names) + 1):  # "L0", then "L0/N3"
+            scope = "/".join(names[:depth])
+            if scope not in children:
+                children[scope] = []
+                children["/".join(names[: depth - 1])].append(scope)
+    return children
+
+
+def _draw_scope(graph: graphviz.Digraph, path: str, by_scope: dict, children: dict) -> None:
+    """The nodes made in scope `path`, and each scope inside it as a nested cluster (a box
+    labelled with the scope's name: Graphviz draws subgraphs named cluster_* that way)."""
+    for node in by_scope.get(path, ()):
+        name = str(node.id)
+        label = f"{{ {_escape(node.label)} | data {node.data:.4f} | grad {node.grad:.4f} }}"
+        graph.node(name, label=label, shape="record")
+        if node.op is not None:
+            graph.node(name + "op", label=node._op)
+    for child in sorted(children.get(path, ())):
+        with graph.subgraph(name=f"cluster_{child}") as cluster:
+            cluster.attr(label=child.rpartition("/")[2], style="rounded", color="gray60")
+            _draw_scope(cluster, child, by_scope, children)
 
 
 def render(dot: graphviz.Digraph, path: str | Path, format: str | None = None) -> Path:

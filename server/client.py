@@ -119,8 +119,9 @@ async def events(
 class Graph:
     """The graph a viewer would show, rebuilt from events; counts what happened.
 
-    `nodes[id]` is a dict with op, parents, data, grad, label. `gaps` lists (expected, got)
-    pairs where a seq was missing without a `dropped` to explain it (should stay empty).
+    `nodes[id]` is a dict with op, parents, data, grad, label (and const, scope if any).
+    `gaps` lists (expected, got) pairs where a seq was missing without a `dropped` to
+    explain it (should stay empty).
     """
 
     def __init__(self) -> None:
@@ -197,4 +198,6 @@ def _node(event: dict[str, Any], grad: float) -> dict[str, Any]:
     }
     if event.get("const"):
         node["const"] = list(event["const"])
+    if event.get("scope"):
+        node["scope"] = event["scope"]
     return node

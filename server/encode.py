@@ -41,15 +41,17 @@ def backward_bytes(seq: int, id_: int, grad: float, t: int) -> bytes:
     return _BACKWARD.pack(a, seq, b, id_, c, grad, d, t)
 
 
-# forward: {"type": "forward", "seq", "id", "op", "parents", "data", "label", "t"[, "const"]}
+# forward: {"type": "forward", "seq"[, "scope"], "id", "op", "parents", "data", "label", "t"
+# [, "const"]}: 8 fields, one more for each optional one (scope11: `scope`, right after `seq`,
+# where node_bytes finds it).
 _F_START = {
-    False: b"\x88" + _key("type") + _pack("forward") + _key("seq") + b"\xce",
-    True: b"\x89" + _key("type") + _pack("forward") + _key("seq") + b"\xce",
+    n: bytes([0x80 | n]) + _key("type") + _pack("forward") + _key("seq") + b"\xce"
+    for n in (8, 9, 10)
 }
 _F_ID = _key("id") + b"\xce"
-_F_HEAD = {
-    const: struct.Struct(f">{len(start)}sI{len(_F_ID)}sI") for const, start in _F_START.items()
-}
+_F_HEAD = struct.Struct(f">{len(_F_START[8])}sI")
+_ID = struct.Struct(">I")
+_SCOPE_KEY = _key("scope")
 _OP_KEY = _key("op")
 _PARENTS_KEY = _key("parents")
 _DATA = struct.Struct(f">{len(_key('data')) + 1}sd")
@@ -89,11 +91,14 @@ def forward_bytes(
     label: str,
     t: int,
     const: list[float] | None = None,
+    scope: str = "",
 ) -> bytes:
     if not label and not const and len(parents) <= 2:
-        template = _templates.get((op, len(parents)))
+        template = _templates.get((op, len(parents), scope))
         if template is None:
-            template = _templates[op, len(parents)] = _template(op, len(parents))
+            if len(_templates) > 10_000:  # one per op, arity and scope path: keep it bounded
+                _templates.clear()
+            template = _templates[op, len(parents), scope] = _template(op, len(parents), scope)
         pack, parts = template
         if len(parents) == 2:
             a, b, c, d, e, f = parts
@@ -103,38 +108,47 @@ def forward_bytes(
             return pack(a, seq, b, id_, c, parents[0], e, data, f, t)
         a, b, c, f = parts
         return pack(a, seq, b, id_, c, data, f, t)
-    return _forward_general(seq, id_, op, parents, data, label, t, const)
+    return _forward_general(seq, id_, op, parents, data, label, t, const, scope)
 
 
-# The common forward (no label, no constants, at most two parents) as one struct per op and
-# arity: constant byte strings between the numbers.
-_templates: dict[tuple[str | None, int], tuple] = {}
+def _scope_part(scope: str) -> bytes:
+    """The `scope` field (key and value), or nothing for a node outside any scope."""
+    return _SCOPE_KEY + _pack(scope) if scope else b""
 
 
-def _template(op: str | None, arity: int) -> tuple:
-    head = _F_START[False]
+# The common forward (no label, no constants, at most two parents) as one struct per op,
+# arity and scope: constant byte strings between the numbers.
+_templates: dict[tuple[str | None, int, str], tuple] = {}
+
+
+def _template(op: str | None, arity: int, scope: str = "") -> tuple:
+    head = _F_START[8 + bool(scope)]
+    id_part = _scope_part(scope) + _F_ID
     op_part = _OP_KEY + _pack(op) + _PARENTS_KEY
     tail = _LABEL_KEY + b"\xa0" + _T_KEY
     if arity == 2:
-        parts = (head, _F_ID, op_part + b"\x92\xce", b"\xce", _DATA_KEY, tail)
+        parts = (head, id_part, op_part + b"\x92\xce", b"\xce", _DATA_KEY, tail)
         formats = "IIIIdI"
     elif arity == 1:
-        parts = (head, _F_ID, op_part + b"\x91\xce", _DATA_KEY, tail)
+        parts = (head, id_part, op_part + b"\x91\xce", _DATA_KEY, tail)
         formats = "IIIdI"
     else:
-        parts = (head, _F_ID, op_part + b"\x90" + _DATA_KEY, tail)
+        parts = (head, id_part, op_part + b"\x90" + _DATA_KEY, tail)
         formats = "IIdI"
     layout = "".join(f"{len(p)}s{f}" for p, f in zip(parts, formats, strict=True))
     return struct.Struct(">" + layout).pack, parts
 
 
-def _forward_general(seq, id_, op, parents, data, label, t, const) -> bytes:
+def _forward_general(seq, id_, op, parents, data, label, t, const, scope="") -> bytes:
     op_bytes = _ops.get(op)
     if op_bytes is None:
         op_bytes = _ops[op] = _pack(op)
     has_const = bool(const)
     parts = [
-        _F_HEAD[has_const].pack(_F_START[has_const], seq, _F_ID, id_),
+        _F_HEAD.pack(_F_START[8 + has_const + bool(scope)], seq),
+        _scope_part(scope),
+        _F_ID,
+        _ID.pack(id_),
         _OP_KEY,
         op_bytes,
         _PARENTS_KEY,
@@ -181,20 +195,22 @@ def backward_steps_bytes(
 
 
 def forward_encoder(
-    op: str | None, arity: int, keep: dict[int, bytes] | None = None
+    op: str | None, arity: int, keep: dict[int, bytes] | None = None, scope: str = ""
 ) -> Callable[[int, Any, float, int], bytes]:
     """A function `(seq, node, data, t) -> bytes` packing the `forward` of a node made by op
-    `op` (nil for a leaf) with `arity` parents, no label and no constants: `forward_bytes`
+    `op` (nil for a leaf) with `arity` parents, no label and no constants, made in `scope`:
+    `forward_bytes`
     with no checks left for each event; the bytes are also kept in `keep[node.id]`. The node
     is read by `opgraph.trace.forward_packer` (with the template of `_template`) for up to
     two parents, and by its read API beyond."""
     keep = {} if keep is None else keep
     if arity <= 2:
-        return forward_packer(arity, *_template(op, arity), keep)
+        return forward_packer(arity, *_template(op, arity, scope), keep)
 
     def general(seq: int, node: Any, data: float, t: int) -> bytes:
         id_ = node.id
-        keep[id_] = packed = forward_bytes(seq, id_, op, node.parent_ids, data, "", t)
+        parents = node.parent_ids
+        keep[id_] = packed = forward_bytes(seq, id_, op, parents, data, "", t, None, scope)
         return packed
 
     return general
@@ -202,10 +218,10 @@ def forward_encoder(
 
 # The snapshot's `node` map of a node, rewritten from the `forward` bytes above without
 # decoding them: a forward map without constants is the header, then `type` and `seq`
-# (_F_PREFIX bytes), then id, op, parents, data and label, then `t` (the last _T.size bytes).
-# The node map keeps the middle and adds `grad` (and `pass`).
-_F_PREFIX = len(_F_START[False]) + 4
-_NODE_HEAD = {n: bytes([0x80 | n]) + _key("type") + _pack("node") for n in (7, 8)}
+# (_F_PREFIX bytes), then scope (if any), id, op, parents, data and label, then `t` (the last
+# _T.size bytes). The node map keeps the middle and adds `grad` (and `pass`).
+_F_PREFIX = len(_F_START[8]) + 4
+_NODE_HEAD = {n: bytes([0x80 | n]) + _key("type") + _pack("node") for n in (7, 8, 9)}
 _GRAD = struct.Struct(f">{len(_key('grad')) + 1}sd")
 _GRAD_KEY = _key("grad") + b"\xcb"
 _PASS_KEY = _key("pass")
@@ -214,9 +230,11 @@ _PASS_KEY = _key("pass")
 def node_bytes(forward: bytes, grad: float, pass_: int | None) -> bytes | None:
     """The `node` map for a snapshot, from the bytes `forward_bytes` or `forward_encoder`
     made for the node; None for a forward with constants (decode it instead)."""
-    if forward[0] != 0x88:  # nine fields: it has `const`, after `t`
+    scoped = forward.startswith(_SCOPE_KEY, _F_PREFIX)
+    if forward[0] != 0x88 + scoped:  # one more field: it has `const`, after `t`
         return None
     middle = forward[_F_PREFIX : -_T.size]
     if pass_ is None:
-        return b"".join((_NODE_HEAD[7], middle, _GRAD.pack(_GRAD_KEY, grad)))
-    return b"".join((_NODE_HEAD[8], middle, _GRAD.pack(_GRAD_KEY, grad), _PASS_KEY, _pack(pass_)))
+        return b"".join((_NODE_HEAD[7 + scoped], middle, _GRAD.pack(_GRAD_KEY, grad)))
+    head = _NODE_HEAD[8 + scoped]
+    return b"".join((head, middle, _GRAD.pack(_GRAD_KEY, grad), _PASS_KEY, _pack(pass_)))

@@ -46,7 +46,7 @@ SNAPSHOT_INTERVAL = 2.0
 
 # A node of the hub's graph is either the packed `forward` map it was announced with (bytes
 # from encode.py, as the fast path stores it; snapshots rewrite them, see node_bytes) or a
-# tuple (op, parents, data, label, const) once something changed it; its grad is kept apart
+# tuple (op, parents, data, label, const, scope) once something changed it; its grad is kept apart
 # in a dict of floats. Bytes are not tracked by the garbage collector at all, and tuples of
 # atomic values and dicts of floats are untracked by it after a while: a graph of objects
 # the collector follows would make it walk every node on each full collection, and each new
@@ -88,8 +88,9 @@ class Hub:
         self.pass_in_progress = 0
         self.pass_root: int | None = None
         self.reached: dict[int, int] = {}
-        # op name -> (the Op, a function packing its forward maps), filled as ops appear
-        self._encoders: dict[str | None, tuple[Any, Any]] = {}
+        # op name -> (the Op, {scope path: a function packing its forward maps}), filled as
+        # ops appear in scopes
+        self._encoders: dict[str | None, tuple[Any, dict[str, Any]]] = {}
         self.viewers: set[Viewer] = set()
         self.next_id = 0  # for renumbering published runs (hub mode)
         self.runs = 0  # publishing scripts seen (hub mode)
@@ -165,10 +166,15 @@ class Hub:
                 op = x.op
                 encoder = encoders.get(op.name if op is not None else None)
                 try:
-                    if z or encoder is None or encoder[0] is not op:  # a label, or a new op
+                    if (
+                        z  # a label
+                        or encoder is None  # a new op
+                        or encoder[0] is not op
+                        or (pack_forward := encoder[1].get(x.scope)) is None  # a new scope
+                    ):
                         packed = self._encode_forward(seq, x, y, z, t)
                     else:
-                        packed = encoder[1](seq, x, y, t)  # (kept in nodes, by node id)
+                        packed = pack_forward(seq, x, y, t)  # (kept in nodes, by node id)
                 except struct.error:  # a number past 32 bits: kept as a tuple
                     out = event_map((kind, t_ns, x, y, z), seq, t0)
                     packed = pack(out)
@@ -200,7 +206,7 @@ class Hub:
 
     def _encode_forward(self, seq: int, node: Any, data: float, label: str, t: int) -> bytes:
         """The packed `forward` of `node`; remembers a fast encoder for its op (see encode.py)."""
-        op = node.op
+        op, scope = node.op, node.scope
         parents = node.parent_ids
         if op is None:
             name = const = None
@@ -208,8 +214,11 @@ class Hub:
             name = op.name
             const = [value for _, value in op.constants] if op.constants else None
         if not const:  # ops with constants (x ** 2) are rare enough for the general path
-            self._encoders[name] = (op, forward_encoder(name, len(parents), self.nodes))
-        packed = forward_bytes(seq, node.id, name, parents, data, label, t, const)
+            known = self._encoders.get(name)
+            if known is None or known[0] is not op or len(known[1]) > 1000:
+                known = self._encoders[name] = (op, {})
+            known[1][scope] = forward_encoder(name, len(parents), self.nodes, scope)
+        packed = forward_bytes(seq, node.id, name, parents, data, label, t, const, scope)
         self.nodes[node.id] = packed
         return packed
 
@@ -239,6 +248,7 @@ class Hub:
                 event["data"],
                 event["label"],
                 tuple(const) if const else None,
+                event.get("scope", ""),
             )
             self.grads.pop(event["id"], None)  # a forward replaces the node, grad included
             self.reached.pop(event["id"], None)
@@ -252,15 +262,15 @@ class Hub:
         node = nodes.get(id_)
         if node is None:
             return
-        op, parents, data, label, const = _as_tuple(node)
+        op, parents, data, label, const, scope = _as_tuple(node)
         if kind == "backward":
             self.grads[id_] = value
             self.reached[id_] = self.pass_in_progress
         elif kind == "data":
             del nodes[id_]  # renewed: re-inserted last, so it is forgotten last
-            nodes[id_] = (op, parents, value, label, const)
+            nodes[id_] = (op, parents, value, label, const, scope)
         else:
-            nodes[id_] = (op, parents, data, value, const)
+            nodes[id_] = (op, parents, data, value, const, scope)
 
     def add_ops(self, ops: dict[str, str]) -> None:
         """Merge a run's ops into those of `hello`, keeping at most MAX_OPS (the newest):
@@ -321,11 +331,13 @@ class Hub:
                     if packed is not None:
                         parts.append(packed)
                         continue
-                op, parents, data, label, const = _as_tuple(kept)
+                op, parents, data, label, const, scope = _as_tuple(kept)
                 node = {"type": "node", "id": id_, "op": op, "parents": list(parents)}
                 node.update(data=data, grad=grads.get(id_, 0.0), label=label)
                 if const:
                     node["const"] = list(const)
+                if scope:
+                    node["scope"] = scope
                 if id_ in reached:
                     node["pass"] = reached[id_]
                 parts.append(pack(node))
@@ -364,7 +376,7 @@ class Snapshot(list):
 
 
 def _as_tuple(node: bytes | tuple) -> tuple:
-    """A node of the hub's graph as (op, parents, data, label, const)."""
+    """A node of the hub's graph as (op, parents, data, label, const, scope)."""
     if type(node) is not tuple:  # the packed forward map
         event = msgpack.unpackb(node, raw=False)
         const = event.get("const")
@@ -374,6 +386,7 @@ def _as_tuple(node: bytes | tuple) -> tuple:
             event.get("data", 0.0),
             event.get("label", ""),
             tuple(const) if const else None,
+            event.get("scope", ""),
         )
     return node
 

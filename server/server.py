@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import html
 import os
 import secrets
 import sys
@@ -318,6 +319,21 @@ class TraceServer:
         state = "closed" if self._closed else self.url
         return f"<TraceServer {self.hub.engine!r} {state}>"
 
+    # The viewer's size in a notebook cell: the width of the cell, and tall enough for the
+    # graph and the side panel.
+    NOTEBOOK_HEIGHT = 600
+
+    def _repr_html_(self) -> str:
+        """How Jupyter shows the server: the live viewer in an iframe (docs/notebook.md).
+        The page allows being framed by local pages only (docs/security.md)."""
+        if self._closed:
+            return f"<p>opgraph viewer of engine {html.escape(self.hub.engine)}: closed</p>"
+        return (
+            f'<iframe src="{html.escape(self.url, quote=True)}" width="100%" '
+            f'height="{self.NOTEBOOK_HEIGHT}" style="border: 1px solid #ccc" '
+            f'title="opgraph viewer"></iframe>'
+        )
+
     # --- HTTP: the page, and the checks before an upgrade ---------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -560,5 +576,15 @@ def serve_engine(
         if server.token:
             print(f"opgraph: token {server.token}", file=sys.stderr)
     if at_exit:
-        atexit.register(server.close)
+        atexit.register(_close_at_exit, server, announce)
     return server
+
+
+def _close_at_exit(server: EngineServer, announce: bool) -> None:
+    if announce and not server._closed:  # OPGRAPH_TRACE=1: say where the viewer went
+        print(
+            f"opgraph: the program ended, so its viewer at {server.url} is gone; "
+            f"`opgraph run script.py` keeps serving the final graph until Ctrl-C",
+            file=sys.stderr,
+        )
+    server.close()

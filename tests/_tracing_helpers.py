@@ -89,8 +89,11 @@ def engine_graph(values) -> dict[int, dict]:
                 "data": node.data,
                 "label": node.label,
             }
+            if node.scope:
+                nodes[node.id]["scope"] = node.scope
     return nodes
 
 
 def strip_grads(nodes: dict[int, dict]) -> dict[int, dict]:
-    return {i: {k: n[k] for k in ("op", "parents", "data", "label")} for i, n in nodes.items()}
+    keys = ("op", "parents", "data", "label", "scope")
+    return {i: {k: n[k] for k in keys if k in n} for i, n in nodes.items()}

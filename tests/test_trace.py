@@ -140,14 +140,17 @@ def test_nodes_made_before_tracing_are_announced_when_used():
     assert next(f for f in forwards if f["id"] == w.id)["label"] == "w"
 
 
-def test_no_grad_results_are_traced_as_leaves():
+def test_work_under_no_grad_is_not_traced_until_its_result_is_used():
     engine, tracer = traced_engine()
     x = engine.value(2.0)
+    events_of(tracer)
     with no_grad():
-        y = x * 3
+        y = x * 3 + 1.0  # the constant leaves 3 and 1.0, the intermediate, the result
+    assert events_of(tracer) == []
+    z = y * x  # y is used: announced then, as the leaf it is
     forwards = [e for e in events_of(tracer) if e["type"] == "forward"]
-    last = forwards[-1]
-    assert last["id"] == y.id and last["op"] is None and last["parents"] == []
+    assert [f["id"] for f in forwards] == [y.id, z.id]
+    assert forwards[0]["op"] is None and forwards[0]["parents"] == []
 
 
 def test_full_buffer_counts_lost_events_instead_of_growing():

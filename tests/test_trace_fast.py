@@ -76,13 +76,18 @@ ENGINE = Engine(name="packers", plugins=[Total], entry_points=False)
 OPS = {"leaf": 0, "tanh": 1, "mul": 2, "add": 2, "total": 3}
 
 
-@given(st.sampled_from(sorted(OPS)), u32, floats, u32)
-def test_the_forward_packer_of_an_op_gives_the_protocol_map(name, seq, data, t):
+scopes = st.sampled_from(["", "L0/N3", "é/" + "x" * 300])  # short, long (str 16) paths
+
+
+@given(st.sampled_from(sorted(OPS)), u32, floats, u32, scopes)
+def test_the_forward_packer_of_an_op_gives_the_protocol_map(name, seq, data, t, scope):
     arity = OPS[name]
     parents = [ENGINE.value(float(i)) for i in range(arity)]
     node = ENGINE.value(data) if name == "leaf" else getattr(ENGINE.ops, name)(*parents)
     op = None if name == "leaf" else name
-    event = msgpack.unpackb(forward_encoder(op, arity)(seq, node, data, t), raw=False)
+    packed = forward_encoder(op, arity, None, scope)(seq, node, data, t)
+    event = msgpack.unpackb(packed, raw=False)
+    assert event.pop("scope", "") == scope  # only when there is one
     assert event == {
         "type": "forward",
         "seq": seq,
@@ -175,17 +180,21 @@ def test_drain_takes_about_limit_events_even_from_chunks_of_backward_steps():
     floats,
     st.none() | u32,
     st.none() | st.lists(floats, min_size=1, max_size=2),
+    scopes,
 )
 def test_a_snapshot_node_rewritten_from_forward_bytes_is_the_node_map(
-    seq, id_, op, parents, data, label, grad, pass_, const
+    seq, id_, op, parents, data, label, grad, pass_, const, scope
 ):
-    forward = forward_bytes(seq, id_, op, parents, data, label, 7, const)
+    forward = forward_bytes(seq, id_, op, parents, data, label, 7, const, scope)
+    assert msgpack.unpackb(forward, raw=False).get("scope", "") == scope
     rewritten = node_bytes(forward, grad, pass_)
     if const:  # not rewritten: the hub decodes those
         assert rewritten is None
         return
     node = msgpack.unpackb(rewritten, raw=False)
     expected = {"type": "node", "id": id_, "op": op, "parents": parents, "label": label}
+    if scope:
+        expected["scope"] = scope
     assert {k: v for k, v in node.items() if k not in ("data", "grad", "pass")} == expected
     assert same(node["data"], data) and same(node["grad"], grad)
     assert node.get("pass") == pass_

@@ -10,6 +10,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 from viewer_support import CHROMIUM_ARGS, launch
 
+import opgraph
 from opgraph import Engine
 
 expect.set_options(timeout=15_000)
@@ -80,9 +81,10 @@ class NotebookPage(http.server.BaseHTTPRequestHandler):
     """A page that frames the viewer (`target`), like a notebook's output cell."""
 
     target = ""
+    body = ""  # the page's body, when not a bare iframe of `target`
 
     def do_GET(self) -> None:
-        body = f'<!doctype html><iframe src="{self.target}"></iframe>'.encode()
+        body = (self.body or f'<!doctype html><iframe src="{self.target}"></iframe>').encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
         self.send_header("Content-Length", str(len(body)))
@@ -93,9 +95,10 @@ class NotebookPage(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def framing_page(page, host: str, target: str) -> None:
-    """Open a page from http://host:port (a real server on loopback) that frames `target`."""
-    handler = type("Page", (NotebookPage,), {"target": target})
+def framing_page(page, host: str, target: str, body: str = "") -> None:
+    """Open a page from http://host:port (a real server on loopback) that frames `target`
+    (or whose body is `body`)."""
+    handler = type("Page", (NotebookPage,), {"target": target, "body": body})
     notebook = http.server.HTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=notebook.serve_forever, daemon=True)
     thread.start()
@@ -124,3 +127,20 @@ def test_a_foreign_page_may_not_frame_the_viewer(served, page):
     assert page.frame_locator("iframe").locator("#st-conn").count() == 0
     assert server.stats()["viewers"] == []
     assert any("frame-ancestors" in text for text in csp_errors(page)), page.console_errors
+
+
+def test_the_iframe_a_notebook_shows_loads_the_live_viewer(served, page):
+    # What Jupyter puts in an output cell for `server` (its _repr_html_), on a page of
+    # another local origin (another port), as a notebook server on localhost would serve it.
+    engine, server = served
+    with opgraph.scope("cell"):
+        engine.value(1.0, label="framed") * 2
+    server.flush()
+    cell = f"<!doctype html><div class='output'>{server._repr_html_()}</div>"
+    framing_page(page, "127.0.0.1", "", body=cell)
+    frame = page.frame_locator("iframe[title='opgraph viewer']")
+    expect(frame.locator("#st-conn")).to_have_attribute("data-state", "open")
+    expect(frame.locator("#st-nodes")).to_have_attribute("data-count", "3")
+    box = page.locator("iframe").bounding_box()  # its border included
+    assert box["height"] == server.NOTEBOOK_HEIGHT + 2 and box["width"] > 600
+    assert csp_errors(page) == []
