@@ -9,13 +9,15 @@ returns a Value, not a list). On top of that:
 - parameters are labelled by where they sit ("L0.N3.w1", "L0.N3.b") and so is each neuron's
   output ("L0.N3"), so drawings and the live viewer show which module a node belongs to;
 - calling a Layer or a Neuron opens a scope named after it (`opgraph.scope`): the ops of
-  neuron 3 of layer 0 carry the scope path "L0/N3" (an MLP opens none of its own).
+  neuron 3 of layer 0 carry the scope path "L0/N3" (an MLP opens none of its own). Building
+  one opens the same scopes, so the neuron's parameters carry "L0/N3" too.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from .engine import Engine, default_engine
@@ -53,6 +55,17 @@ def _scope_in(module: Neuron | Layer, parent: str) -> str:
     if cached[0] is not parent:
         cached = module._scope_cache = (parent, child_path(parent, module.scope_name))
     return cached[1]
+
+
+@contextmanager
+def _building(scope_name: str) -> Iterator[None]:
+    """The module's scope, inside the current one, while its parameters are made: they carry
+    the path its ops will carry when it is called in the same scope ("L0/N3")."""
+    token = scope_path.set(child_path(scope_path.get(), scope_name))
+    try:
+        yield
+    finally:
+        scope_path.reset(token)
 
 
 def _check_activation(act: Activation, engine: Engine) -> None:
@@ -105,12 +118,13 @@ class Neuron(Module):
         _check_activation(act, self.engine)
         uniform = (rng or random).uniform  # micrograd draws from the `random` module
         value = self.engine.value
-        self.w = [value(uniform(-1, 1), _join(name, f"w{i}")) for i in range(nin)]
-        self.b = value(0.0, _join(name, "b"))
+        self.scope_name = _scope_name(name, "Neuron")
+        with _building(self.scope_name):
+            self.w = [value(uniform(-1, 1), _join(name, f"w{i}")) for i in range(nin)]
+            self.b = value(0.0, _join(name, "b"))
         self.nonlin = nonlin
         self.act = act
         self.name = name
-        self.scope_name = _scope_name(name, "Neuron")
         self._scope_cache: tuple[str | None, str] = (None, "")
 
     def __call__(self, x: Iterable[Value | float] | Value) -> Value:
@@ -152,10 +166,11 @@ class Layer(Module):
         self.engine = engine if engine is not None else default_engine()
         self.scope_name = _scope_name(name, "Layer")
         self._scope_cache: tuple[str | None, str] = (None, "")
-        self.neurons = [
-            Neuron(nin, name=_join(name, f"N{i}"), engine=self.engine, **kwargs)
-            for i in range(nout)
-        ]
+        with _building(self.scope_name):
+            self.neurons = [
+                Neuron(nin, name=_join(name, f"N{i}"), engine=self.engine, **kwargs)
+                for i in range(nout)
+            ]
 
     def __call__(self, x: Iterable[Value | float] | Value) -> Value | list[Value]:
         x = _as_inputs(x)  # once, so that an iterator reaches every neuron

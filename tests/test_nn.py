@@ -257,3 +257,15 @@ def test_parameters_and_neuron_outputs_are_labelled_by_module():
     hidden = {v.label for v in opgraph.topological_order(outputs[0]) if v.label.count(".") == 1}
     assert {"L0.N0", "L0.N1", "L0.N2"} <= hidden
     assert Neuron(2).w[0].label == "w0" and Neuron(2)([1.0, 1.0]).label == ""
+
+
+def test_a_neurons_parameters_sit_in_the_scope_of_its_ops():
+    model = MLP(2, [3, 2])
+    out = model([1.0, 2.0])[1]
+    # the viewer groups by scope: L1/N1's weights and bias in its group, with its ops
+    ops = [v for v in opgraph.topological_order(out) if v.op is not None and v.scope == "L1/N1"]
+    assert ops and set(model.layers[1].neurons[1].parameters()) <= {
+        p for v in ops for p in v.parents if p.op is None
+    }
+    assert {p.scope for p in model.layers[1].neurons[1].parameters()} == {"L1/N1"}
+    assert {p.scope for p in model.layers[0].parameters()} == {"L0/N0", "L0/N1", "L0/N2"}

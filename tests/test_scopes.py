@@ -106,8 +106,9 @@ def test_nn_modules_open_scopes_named_as_their_parameter_labels():
     made = {n.scope for n in nodes if n.op is not None}
     assert made == {"L0/N0", "L0/N1", "L0/N2", "L1/N0"}
     assert out.scope == "L1/N0" and out.label == "L1.N0"
-    for p in model.parameters():  # made at construction, outside any scope
-        assert p.scope == ""
+    for p in model.parameters():  # made at construction, in their neuron's scope
+        layer, neuron, _ = p.label.split(".")
+        assert p.scope == f"{layer}/{neuron}"
     w = model.layers[0].neurons[2].w[0]
     assert w.label == "L0.N2.w0"
     uses = [n for n in nodes if w in n.parents]
@@ -115,6 +116,21 @@ def test_nn_modules_open_scopes_named_as_their_parameter_labels():
     with scope("model"):
         assert model([1.0, -2.0]).scope == "model/L1/N0"
     assert Neuron(2)([1.0, 2.0]).scope == "Neuron"  # unnamed: named after its kind
+    assert opgraph.current_scope() == ""  # building and calling closed every scope
+
+
+def test_a_module_built_in_a_scope_makes_its_parameters_there():
+    with scope("model"):
+        model = MLP(2, [2, 1])
+        out = model([1.0, -2.0])
+    assert model.layers[1].neurons[0].b.scope == "model/L1/N0" == out.scope
+    assert Layer(2, 1).neurons[0].w[0].scope == "Layer/N0"  # an unnamed layer: its kind
+    assert Neuron(2, name="gate").b.scope == "gate"
+    w0, w1, b = model.layers[0].neurons[1].parameters()
+    assert w0.scope is w1.scope is b.scope  # one interned string, as for the ops
+    with pytest.raises(ValueError, match="act='nope'"):
+        Layer(2, 2, name="L0", act="nope")  # fails inside the layer's scope
+    assert opgraph.current_scope() == ""  # which is closed
 
 
 def test_a_layer_of_neurons_of_the_users_own_still_scopes_each_one():
@@ -250,8 +266,8 @@ def test_events_from_outside_may_carry_a_scope_of_at_most_1000_characters():
 
 
 def test_draw_dot_draws_each_scope_as_a_nested_cluster():
-    model = MLP(2, [2, 1])
-    with scope("step"):
+    with scope("step"):  # built in the scope too: its parameters are drawn in their neurons
+        model = MLP(2, [2, 1])
         out = model([1.0, 2.0])
     svg = opgraph.draw_dot(out).pipe(format="svg").decode()  # the real `dot`
     clusters = re.findall(r"<title>cluster_([^<]*)</title>", svg)

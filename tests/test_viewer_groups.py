@@ -5,7 +5,7 @@ click or the keyboard, the group tree as text, groups lit by the backward pass, 
 computations side by side, a 135,000-node trace's first groups and frame times, and
 scope names shown as text, never as HTML.
 
-The tests also capture docs/img/viewer-groups*.png (see test_viewer.screenshot).
+docs/img/viewer-groups*.png come from the real moons step (test_viewer_moons.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from contextlib import contextmanager
 import msgpack
 import pytest
 from playwright.sync_api import expect, sync_playwright
-from test_viewer import screenshot
 from viewer_support import StreamServer, launch
 
 from opgraph.server.events import InvalidEvent, check_event
@@ -38,7 +37,7 @@ class Trace:
              "engine": "synthetic", "ops": {op: "core" for op in ("add", "mul", "tanh", "relu")}},
         ]  # fmt: skip
         self.next_id = 0
-        self.random = random.Random(0)  # the same numbers every run: the same screenshots
+        self.random = random.Random(0)  # the same numbers every run
 
     def node(self, op=None, parents=(), scope="", label=""):
         data = self.random.uniform(-1, 1)
@@ -178,7 +177,6 @@ def test_layers_are_groups_opened_by_click_and_keyboard(page):
         # each of L1's 16 neurons uses L0's 16 outputs, in each of 4 samples
         assert ["s:L0", "s:L1", 16 * 16 * 4] in edges
         assert ["s:L1", "s:L2", 16 * 4] in edges
-        screenshot(page, "viewer-groups.png")
 
         # a click on the layer opens it: its neurons are shown, in the tree and drawn
         page.mouse.click(*box_center(page, "s:L1"))
@@ -189,8 +187,6 @@ def test_layers_are_groups_opened_by_click_and_keyboard(page):
         page.wait_for_function("opgraphViewer.hview.boxes.has('s:L1/N7')")
         expect(page.locator("#details h2")).to_have_text("L1")
         expect(page.locator("#details [data-toggle]")).to_have_text("Close the group")
-        page.mouse.move(1, 1)  # no tooltip in the picture
-        screenshot(page, "viewer-groups-layer.png")
         page.mouse.click(*box_center(page, "s:L1"))  # a click on its title bar closes it
         expect(item(page, "s:L1")).to_have_attribute("aria-expanded", "false")
 

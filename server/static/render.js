@@ -448,6 +448,9 @@ export function drawHierarchy(ctx, camera, width, height, view, lookUnit, lookNo
     }
     ctx.stroke();
   });
+  // Under the boxes: an edge's middle may fall on a box (a layer's grid of neurons), whose
+  // name must stay readable.
+  if (camera.scale >= 0.3) drawEdgeCounts(ctx, camera, counts);
 
   const tiny = camera.scale * NODE_W < 12; // a few pixels wide: plain boxes will do
   for (const box of view.order) {
@@ -499,7 +502,6 @@ export function drawHierarchy(ctx, camera, width, height, view, lookUnit, lookNo
   }
   ctx.restore();
   drawBoxLabels(ctx, camera, labels, readable);
-  if (camera.scale >= 0.3) drawEdgeCounts(ctx, camera, counts);
 }
 
 // Edge counts at a fixed 10 px on the screen, on a light patch so they read over lines.
