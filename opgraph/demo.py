@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .modes import no_grad
+from .modes import no_grad, scope
 from .nn import MLP, Module, Neuron
 from .value import Value
 from .viz import draw_dot, render
@@ -71,10 +71,15 @@ def loss(
     value = model.engine.value
     inputs = [[value(x) for x in row] for row in X]
     scores = [model(row) for row in inputs]
-    losses = [(1 + -yi * score).relu() for yi, score in zip(y, scores, strict=True)]
-    data_loss = sum(losses) * (1.0 / len(losses))
-    reg_loss = alpha * sum(p * p for p in model.parameters())
-    total_loss = data_loss + reg_loss
+    # The loss's own ops in a scope of their own: a viewer shows them as one group ("loss",
+    # with "hinge" and "l2" in it) beside the model's layers.
+    with scope("loss"):
+        with scope("hinge"):
+            losses = [(1 + -yi * score).relu() for yi, score in zip(y, scores, strict=True)]
+            data_loss = sum(losses) * (1.0 / len(losses))
+        with scope("l2"):
+            reg_loss = alpha * sum(p * p for p in model.parameters())
+        total_loss = data_loss + reg_loss
     accuracy = sum((yi > 0) == (score.data > 0) for yi, score in zip(y, scores, strict=True))
     return total_loss, accuracy / len(y)
 

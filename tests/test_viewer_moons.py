@@ -115,7 +115,9 @@ def test_a_moons_training_step_in_the_hierarchical_viewer(page):
         assert [i["key"] for i in top[:3]] == list(layers)
         assert all(i["expanded"] == "false" and i["state"] == "plain" for i in top[:3])
         assert [i["text"].split(" · ")[0] for i in top[:3]] == ["L0", "L1", "L2"]
-        assert all(i["key"].startswith("r:") for i in top[3:])  # the loss: in no scope
+        # the loss is a group of its own; only the inputs (leaves made in no scope) are not
+        assert [i["key"] for i in top[3:] if i["key"].startswith("s:")] == ["s:loss"]
+        assert all(i["key"].startswith("r:") for i in top[3:] if i["key"] != "s:loss")
         wait_layout(page, "s:L2")
         edges = page.evaluate("opgraphViewer.hview.edges.map(e => [e.from, e.to, e.count])")
         assert ["s:L0", "s:L1", 16 * 16 * POINTS] in edges  # each L1 neuron reads L0's 16
