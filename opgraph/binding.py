@@ -219,10 +219,17 @@ def _bind_static(op: Op, cls: type[Value], engine_flags: int, tracer: Any) -> Ca
 def _bind_composite(op: Composite, cls: type[Value], tracer: Any) -> Callable[..., Value]:
     fn, to_value = op.fn, _coercer(cls, op, tracer)
     get_scope, set_scope, reset_scope = scope_path.get, scope_path.set, scope_path.reset
+    inside: dict[str, str] = {}  # the scope the parts run in, by the scope the op runs in
 
     def run(values: Sequence[Value]) -> Value:
         # The parts run in a scope named after the op: a viewer shows them as one group.
-        token = set_scope(child_path(get_scope(), op.name))
+        parent = get_scope()
+        path = inside.get(parent)
+        if path is None:
+            if len(inside) > 1024:  # (scopes made on the fly must not grow it without end)
+                inside.clear()
+            path = inside[parent] = child_path(parent, op.name)
+        token = set_scope(path)
         try:
             out = fn(*values)
         except (OpError, EngineMismatchError, AnomalyError):
