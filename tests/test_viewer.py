@@ -16,8 +16,8 @@ from pathlib import Path
 import msgpack
 import pytest
 from PIL import Image, ImageChops
-from playwright.sync_api import expect, sync_playwright
-from viewer_support import STATIC, launch
+from playwright.sync_api import expect
+from viewer_support import STATIC
 
 from opgraph import Engine, topological_order
 from opgraph.trace import touch
@@ -25,35 +25,6 @@ from opgraph.trace import touch
 DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
 # Waits for what the page shows; generous, for a CI machine busy with other work.
 expect.set_options(timeout=15_000)
-VIEWPORT = {"width": 1280, "height": 760}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    # (bypass_csp: these tests wait with string predicates, which Playwright runs with eval,
-    # forbidden by the page's Content-Security-Policy; test_viewer_csp.py runs the page
-    # under that policy.)
-    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1, bypass_csp=True)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda m: errors.append(m.text) if page_error(m) else None)
-    yield page
-    context.close()
-    assert errors == [], f"the page reported errors: {errors}"
-
-
-def page_error(message) -> bool:
-    # A refused websocket connection while the server is away is expected (reconnecting).
-    return message.type == "error" and "WebSocket connection" not in message.text
 
 
 @pytest.fixture

@@ -17,14 +17,13 @@ from contextlib import contextmanager
 
 import msgpack
 import pytest
-from playwright.sync_api import expect, sync_playwright
-from viewer_support import StreamServer, launch
+from playwright.sync_api import expect
+from viewer_support import VIEWPORT, StreamServer, page_error
 
 from opgraph.server.events import InvalidEvent, check_event
 from opgraph.server.http import CONTENT_SECURITY_POLICY
 
 expect.set_options(timeout=20_000)
-VIEWPORT = {"width": 1280, "height": 760}
 SIZES = [2, 16, 16, 1]  # MLP(2, [16, 16, 1])
 
 
@@ -87,33 +86,6 @@ def moons(steps=1, batch=4, trace=None):
             total = margin if total is None else trace.node("add", [total, margin])
         losses.append(trace.node("mul", [total], label="loss"))
     return trace, params, losses
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    # bypass_csp: the waits below run string predicates (eval); test_worker_runs_under_the_
-    # served_policy runs the page under its policy.
-    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1, bypass_csp=True)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda m: errors.append(m.text) if page_error(m) else None)
-    yield page
-    context.close()
-    assert errors == [], f"the page reported errors: {errors}"
-
-
-def page_error(message) -> bool:
-    # A refused websocket connection once the stand-in server is gone is expected.
-    return message.type == "error" and "WebSocket connection" not in message.text
 
 
 @contextmanager

@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 import msgpack
 import pytest
-from playwright.sync_api import expect, sync_playwright
-from viewer_support import STATIC, StreamServer, launch, load_module
+from playwright.sync_api import expect
+from viewer_support import STATIC, StreamServer, load_module
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -43,14 +43,6 @@ STRICT_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

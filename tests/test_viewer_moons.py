@@ -16,10 +16,9 @@ import math
 import random
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 from test_viewer import screenshot
-from test_viewer_groups import VIEWPORT, box_center, item, page_error, tree_items, wait_layout
-from viewer_support import launch
+from test_viewer_groups import box_center, item, tree_items, wait_layout
 
 from opgraph import Engine
 from opgraph.demo import SEED, loss, make_moons
@@ -33,28 +32,6 @@ POINTS = 100  # the demo's data set: one step is about 65,000 nodes
 L0_NEURON = 3 + POINTS * (2 * 2 + 1)
 L1_NEURON = 17 + POINTS * (16 * 2 + 1)
 L2_NEURON = 17 + POINTS * (16 * 2)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    # bypass_csp: the waits run string predicates (eval); test_viewer_groups runs the page
-    # under the served policy.
-    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1, bypass_csp=True)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda m: errors.append(m.text) if page_error(m) else None)
-    yield page
-    context.close()
-    assert errors == [], f"the page reported errors: {errors}"
 
 
 def shows_every_node(page, server) -> None:

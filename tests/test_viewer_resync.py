@@ -4,15 +4,13 @@ pass is in progress (docs/protocol.md, "Snapshot"), and the steps that follow co
 from __future__ import annotations
 
 from playwright.sync_api import expect
-from test_viewer import (  # noqa: F401  (browser, engine, page, server: pytest fixtures)
-    browser,
+from test_viewer import (  # noqa: F401  (engine, server: pytest fixtures; browser, page: conftest)
     engine,
     forward,
     frames,
     hello,
     open_bytes,
     open_viewer,
-    page,
     rows,
     server,
 )

@@ -15,6 +15,7 @@ import pytest
 
 STATIC = Path(__file__).resolve().parent.parent / "server" / "static"
 CHROMIUM = "/usr/bin/chromium"
+VIEWPORT = {"width": 1280, "height": 760}  # the size of the docs' screenshots
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -158,3 +159,9 @@ class StreamServer:
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
             await self._stop.wait()
+
+
+def page_error(message: Any) -> bool:
+    """A console message that is an error of the page's own (a refused websocket connection
+    while a server is away is expected: the page reconnects)."""
+    return message.type == "error" and "WebSocket connection" not in message.text
