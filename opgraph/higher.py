@@ -31,7 +31,7 @@ from .errors import (
     op_error,
 )
 from .hooks import HOOKS, run_hooks
-from .modes import enable_grad
+from .modes import enable_grad, scope
 from .value import Value, _number
 
 # ---------------------------------------------------------------------------------------------
@@ -58,7 +58,9 @@ def grad(
     if output not in needed:
         grads: dict[Value, Any] = {}
     elif create_graph:
-        with enable_grad():  # the derivatives must be nodes, even inside no_grad()
+        # The derivatives must be nodes, even inside no_grad(); a viewer shows the nodes of
+        # this pass as one group, `grad`, in the scope grad() was called in.
+        with enable_grad(), scope("grad"):
             grads = _value_pass(order, needed, output)
     else:
         grads = _float_pass(order, needed, output)

@@ -340,6 +340,12 @@ def test_grad_builds_traced_nodes():
     events = event_maps(records(tracer.drain()), 1, tracer.t0)
     ids = {e["id"] for e in events if e["type"] == "forward"}
     assert d.id in ids
+    # the pass's nodes are one group for a viewer: the scope `grad`, inside the caller's
+    scopes = {e.get("scope") for e in events if e["type"] == "forward" and e["op"]}
+    assert "grad" in scopes and all(s.split("/")[0] == "grad" for s in scopes)  # (grad/sub ...)
+    with opgraph.scope("newton"):
+        (d2,) = grad(y, [x], create_graph=True)
+    assert d2.scope.startswith("newton/grad") and y.scope == ""
 
 
 def test_compile_refuses_a_function_that_calls_grad_and_still_compiles_first_order():
