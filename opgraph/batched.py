@@ -25,7 +25,6 @@ This module imports numpy: only `Compiled.map` imports it, so the scalar engine 
 
 from __future__ import annotations
 
-import builtins
 import warnings
 from collections.abc import Callable, Sequence
 from numbers import Real
@@ -35,7 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .compile import BatchWarning, CompileError, _fill, _Input, _literal, _reachable
+from .compile import (
+    BatchWarning,
+    CompileError,
+    _fill,
+    _Generated,
+    _Input,
+    _literal,
+    _reachable,
+)
 from .errors import (
     AnomalyError,
     PartialsCountError,
@@ -220,7 +227,7 @@ class _Group:
         self.start = 0  # first row in V
 
 
-class BatchedProgram:
+class BatchedProgram(_Generated):
     """The generated batched replay of one Compiled function."""
 
     def __init__(self, compiled: Compiled):
@@ -518,24 +525,14 @@ class BatchedProgram:
 
     def _build(self, source: str) -> Callable:
         self.filename = f"<opgraph.compile batched {self.compiled.name}>"
-        namespace = dict(self.namespace)
-        namespace.update(
+        return self._exec(
+            source,
             isfinite=np.isfinite,
             forward_anomaly=self._forward_anomaly,
             backward_anomaly=self._backward_anomaly,
         )
-        exec(builtins.compile(source, self.filename, "exec"), namespace)
-        return namespace["replay"]
 
     # --- running --------------------------------------------------------------------------
-
-    def _function(self, checked: bool) -> tuple[Callable, dict[int, int]]:
-        if not checked:
-            return self.replay, self.lines
-        if self._checked is None:
-            source, lines = self._generate(checked=True)
-            self._checked = (self._build(source), lines)
-        return self._checked
 
     def run(self, inputs: np.ndarray, checked: bool) -> list[np.ndarray]:
         """The outputs for a batch: inputs is (n, number of inputs); one array per output."""
@@ -610,11 +607,7 @@ class BatchedProgram:
         return f"{node_name(first)}{more}"
 
     def _error(self, exc: Exception, lines: dict[int, int], where: str) -> Exception:
-        tb, line = exc.__traceback__, None
-        while tb is not None:
-            if tb.tb_frame.f_code.co_filename == self.filename:
-                line = tb.tb_lineno
-            tb = tb.tb_next
+        line = self._failing_line(exc)
         if line not in lines:
             return exc
         gi = lines[line]

@@ -417,7 +417,45 @@ def _reachable(outputs: list[Value]) -> list[Value]:
 # Code generation
 
 
-class _Program:
+class _Generated:
+    """What compiled and batched replay share: generated source run with exec, a checking
+    version of it made on first use (under detect_anomaly), and the line an error came from.
+
+    A subclass sets `filename`, `namespace`, `replay`, `lines` and `_checked`, and writes
+    `_generate(checked)` and `_build(source)`.
+    """
+
+    filename: str
+    namespace: dict[str, Any]
+    replay: Callable
+    lines: dict[int, int]
+    _checked: tuple[Callable, dict[int, int]] | None
+
+    def _exec(self, source: str, **names: Any) -> Callable:
+        """The `replay` function that `source` defines, with `names` in its globals."""
+        namespace = {**self.namespace, **names}
+        exec(builtins.compile(source, self.filename, "exec"), namespace)
+        return namespace["replay"]
+
+    def _function(self, checked: bool) -> tuple[Callable, dict[int, int]]:
+        if not checked:
+            return self.replay, self.lines
+        if self._checked is None:  # detect_anomaly(): a second program, checking every line
+            source, lines = self._generate(checked=True)  # type: ignore[attr-defined]
+            self._checked = (self._build(source), lines)  # type: ignore[attr-defined]
+        return self._checked
+
+    def _failing_line(self, exc: Exception) -> int | None:
+        """The line of the generated source where `exc` was raised, if it was raised there."""
+        tb, line = exc.__traceback__, None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == self.filename:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        return line
+
+
+class _Program(_Generated):
     """The generated replay function of one recorded graph.
 
     Node i of the graph is the local variable `v{i}` (its data) and `g{i}` (its grad). The
@@ -534,25 +572,15 @@ class _Program:
 
     def _build(self, source: str) -> Callable:
         self.filename = f"<opgraph.compile {self.compiled.name}>"
-        namespace = dict(self.namespace)
-        namespace.update(
+        return self._exec(
+            source,
             isfinite=math.isfinite,
             real_grad=_real_grad,
             forward_anomaly=self._forward_anomaly,
             backward_anomaly=self._backward_anomaly,
         )
-        exec(builtins.compile(source, self.filename, "exec"), namespace)
-        return namespace["replay"]
 
     # --- running, and errors that name the node -------------------------------------------
-
-    def _function(self, checked: bool) -> tuple[Callable, dict[int, int]]:
-        if not checked:
-            return self.replay, self.lines
-        if self._checked is None:  # detect_anomaly(): a second program, checking every line
-            source, lines = self._generate(checked=True)
-            self._checked = (self._build(source), lines)
-        return self._checked
 
     def run(self, numbers: list[float], checked: bool) -> tuple:
         replay, lines = self._function(checked)
@@ -580,12 +608,7 @@ class _Program:
             raise self._error(exc, self._lines, "backward") from exc
 
     def _error(self, exc: Exception, lines: dict[int, int], where: str) -> Exception:
-        tb = exc.__traceback__
-        line = None
-        while tb is not None:
-            if tb.tb_frame.f_code.co_filename == self.filename:
-                line = tb.tb_lineno
-            tb = tb.tb_next
+        line = self._failing_line(exc)
         if line not in lines:
             return exc
         node = self.compiled.nodes[lines[line]]
