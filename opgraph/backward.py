@@ -207,7 +207,7 @@ def real_partial(partial: object) -> float:
     )
 
 
-def _propagate_traced(nodes: list[Value], tracer, chain_rule=None) -> None:
+def _propagate_traced(nodes: list[Value], tracer, chain_rule) -> None:
     """The same pass, telling the tracer about each chunk of steps once it has run.
 
     A node's grad is final for this pass once its own step has run: only the nodes that use
@@ -217,7 +217,7 @@ def _propagate_traced(nodes: list[Value], tracer, chain_rule=None) -> None:
     order = nodes[::-1]
     for start in range(0, len(order), TRACE_CHUNK):
         chunk = order[start : start + TRACE_CHUNK]
-        (chain_rule or _chain_rule)(chunk)
+        chain_rule(chunk)
         tracer.backward_steps(chunk)
 
 

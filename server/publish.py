@@ -66,9 +66,6 @@ def publish_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
-HubProblem = PublishError  # (its former name)
-
-
 class Publisher:
     """Sends one engine's trace to a hub from a background thread.
 
