@@ -256,6 +256,11 @@ class Tracer:
         """How many events wait in the buffer."""
         return len(self.buffer) // RECORD + self._extra_in - self._extra_out
 
+    def oldest_ns(self) -> int | None:
+        """When the oldest waiting event was made (perf_counter_ns), or None if none waits."""
+        buffer = self.buffer
+        return buffer[1] if buffer else None  # a record's time follows its kind
+
     def _emit(self, event: tuple) -> None:
         if self.pending() >= self.max_buffer:
             self.lost += 1

@@ -475,15 +475,15 @@ class EngineServer(TraceServer):
         return self
 
     async def _drain_forever(self) -> None:
-        seen = 0  # the buffer's length when last looked at
+        seen = 0  # the events waiting when last looked at
         while True:
-            size = len(self.tracer.buffer)
-            if size > seen and not self._overdue():
-                seen = size  # the engine is busy making events: let it run
+            waiting = self.tracer.pending()
+            if waiting > seen and not self._overdue():
+                seen = waiting  # the engine is busy making events: let it run
                 await asyncio.sleep(DRAIN_INTERVAL)
                 continue
             self._drain_now()
-            seen = len(self.tracer.buffer)
+            seen = self.tracer.pending()
             if seen > 0:
                 await asyncio.sleep(0)  # more to do: let viewers be sent to first
             else:
@@ -491,10 +491,11 @@ class EngineServer(TraceServer):
 
     def _overdue(self) -> bool:
         """Whether the buffered events waited long enough for the engine to pause."""
-        tracer, buffer = self.tracer, self.tracer.buffer
-        if not buffer or tracer.pending() >= tracer.max_buffer // 4:
+        tracer = self.tracer
+        oldest = tracer.oldest_ns()
+        if oldest is None or tracer.pending() >= tracer.max_buffer // 4:
             return True
-        return perf_counter_ns() - buffer[1] >= DRAIN_DEFER * 1e9  # the oldest record's time
+        return perf_counter_ns() - oldest >= DRAIN_DEFER * 1e9
 
     def _drain_now(self) -> None:
         """Hand the tracer's buffered events to the hub. Never raises: a failure drops the
