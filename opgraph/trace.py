@@ -392,7 +392,7 @@ def event_map(event: tuple, seq: int, t0: int) -> dict[str, Any]:
         out.update(parents=parents, data=plain_number(data), label=label, t=t)
         if op is not None and op.constants:
             out["const"] = [value for _, value in op.constants]
-        if node._scope:  # scope11: the optional `scope` field (docs/protocol.md)
+        if node._scope:  # the optional `scope` field (docs/protocol.md)
             out["scope"] = node._scope
         return out
     if kind == BACKWARD:

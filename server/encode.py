@@ -42,7 +42,7 @@ def backward_bytes(seq: int, id_: int, grad: float, t: int) -> bytes:
 
 
 # forward: {"type": "forward", "seq"[, "scope"], "id", "op", "parents", "data", "label", "t"
-# [, "const"]}: 8 fields, one more for each optional one (scope11: `scope`, right after `seq`,
+# [, "const"]}: 8 fields, one more for each optional one (`scope` comes right after `seq`,
 # where node_bytes finds it).
 _F_START = {
     n: bytes([0x80 | n]) + _key("type") + _pack("forward") + _key("seq") + b"\xce"
