@@ -224,8 +224,6 @@ class Value:
         # An unpickled or copied node takes a fresh id: backward orders nodes by id, and the
         # ids of another process (or of the original) would clash with this one's. Pickle and
         # copy restore the parents before their children, so the fresh ids keep that order.
-        if len(state) == len(self._STATE) - 1:  # pickled before nodes had a scope (last)
-            state = (*state, "")
         for name, value in zip(self._STATE, state, strict=True):
             setattr(self, name, value)
         self._id = next(self._ids)

@@ -57,3 +57,17 @@ def test_the_map_names_every_top_level_folder():
     }  # fmt: skip
     unnamed = sorted(f for f in folders if f"`{f}/`" not in MAP)
     assert not unnamed, f"docs/architecture.md does not name these folders: {unnamed}"
+
+
+def test_the_layering_contracts_cover_every_engine_module():
+    # A new engine module left out of the contracts' lists would escape them silently.
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    engine_contract = contracts["contracts"][0]["source_modules"]
+    outside = {"__init__", "__main__", "cli"}  # the package's face and the command line
+    engine = {
+        f"opgraph.{p.stem}" for p in (ROOT / "opgraph").glob("*.py") if p.stem not in outside
+    } | {"opgraph.testing"}
+    assert sorted(engine - set(engine_contract)) == []
+    assert sorted(set(engine_contract) - engine) == []

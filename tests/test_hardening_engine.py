@@ -255,16 +255,6 @@ def test_deepcopy_of_a_deep_graph_does_not_recurse_and_gives_the_same_gradients_
     assert w_twin.grad == w.grad and w.grad != 0.0
 
 
-def test_a_graph_pickled_before_the_registry_split_still_loads():
-    """Pickles made before ops.py and binding.py name `opgraph.registry._registered_op`."""
-    x = Value(3.0, "x")
-    old = pickle.dumps(x * x + 1, protocol=0).replace(b"opgraph.ops\n", b"opgraph.registry\n")
-    assert b"opgraph.registry\n_registered_op" in old
-    loaded = pickle.loads(old)
-    loaded.backward()
-    assert loaded.data == 10.0 and loaded._a._a.grad == 6.0
-
-
 def test_a_pickled_op_missing_from_the_loading_engine_is_a_clear_error():
     op = Op("cube", lambda a: a**3, lambda out, a: (3 * a * a,), plugin="gone")
     node = Value(2.0)  # a node as another process's plugin made it

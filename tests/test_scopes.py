@@ -168,15 +168,6 @@ def test_pickle_and_deepcopy_keep_the_scope():
     assert copy.copy(y).scope == "kept"
 
 
-def test_a_node_pickled_before_scopes_existed_loads_outside_any_scope():
-    y = Value(2.0) * 3
-    assert Value._STATE[-1] == "_scope"
-    old_state = y.__getstate__()[:-1]  # what a pickle made before the slot existed held
-    twin = object.__new__(Value)
-    twin.__setstate__(old_state)
-    assert twin.scope == "" and twin.data == 6.0 and twin.op is y.op
-
-
 def bytes_per_node(make_graph) -> float:
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
