@@ -416,11 +416,12 @@ def _reentrant_message(new: RunningPass, running: RunningPass) -> str:
 
 def _deadlock_message(new: RunningPass, running: RunningPass) -> str:
     shared = _shared(new, running) if not new[1].isdisjoint(running[1]) else "a tracer"
+    mine = [_pass_name(p) for p in _running.values() if p[0] == new[0]]  # (it called the hook)
     return (
         f"{_pass_name(new)} would wait for {_pass_name(running)}, running in another thread "
-        f"that is itself waiting for a pass of this thread (passes started from gradient "
-        f"hooks in two threads, over each other's nodes): the two would wait forever. They "
-        f"share {shared}"
+        f"that waits for this thread's {' and '.join(mine) or 'pass'} (passes started from "
+        f"gradient hooks in two threads, over each other's nodes): the two would wait "
+        f"forever. The passes share {shared}"
     )
 
 
