@@ -27,6 +27,7 @@ from .errors import (
     PluginLoadError,
     PluginLoadWarning,
     PublishError,
+    ReentrantBackwardError,
     ServerError,
 )
 from .higher import grad, jvp
@@ -59,6 +60,7 @@ __all__ = [
     "PluginLoadError",
     "PluginLoadWarning",
     "PublishError",
+    "ReentrantBackwardError",
     "ServerError",
     "Value",
     "backward",

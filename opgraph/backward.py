@@ -15,21 +15,30 @@ called.
 Gradient hooks (`Value.register_hook`, higher.py) live in a side table: a pass checks once
 whether it is empty, and only when it is not does it take the slower path that looks up each
 node, so that backward costs the same when no node has a hook.
+
+Threads: a pass guards the nodes it touches, not the process (`begin_pass`). Passes whose
+graphs share a node run one after the other; passes over separate graphs run at once, from
+any thread; a pass started from a hook over the nodes of the pass that ran the hook is refused
+(ReentrantBackwardError), since it would read and write that pass's half-done grads.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Set
 from numbers import Real
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from threading import get_ident
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     AnomalyError,
     NotRealError,
     OpError,
     PartialsCountError,
+    ReentrantBackwardError,
+    node_name,
     op_error,
     wrong_partials,
 )
@@ -45,6 +54,11 @@ _by_id = attrgetter("_id")
 
 def topological_order(root: Value) -> list[Value]:
     """Every node that `root` depends on, `root` included, parents before children."""
+    return sorted(reachable(root), key=_by_id)
+
+
+def reachable(root: Value) -> set[Value]:
+    """Every node that `root` depends on, `root` included, as a set."""
     seen = {root}
     stack = [root]
     visit, pop, push = seen.add, stack.pop, stack.append
@@ -67,14 +81,7 @@ def topological_order(root: Value) -> list[Value]:
                 if parent not in seen:
                     visit(parent)
                     push(parent)
-    return sorted(seen, key=_by_id)
-
-
-# One backward pass at a time in the process. A pass first sets aside the grads its graph
-# holds and adds them back at the end (see backward()), so two passes that overlap on any node
-# (one graph from two threads, or two losses sharing parameters) would each read the other's
-# half-done grads. Uncontended, the lock costs well under a microsecond per pass.
-_one_pass = threading.RLock()
+    return seen
 
 
 def backward(root: Value, gradient: float = 1.0) -> None:
@@ -82,12 +89,17 @@ def backward(root: Value, gradient: float = 1.0) -> None:
 
     Gradients accumulate across calls, as in micrograd. Each call propagates only its own
     contribution, so calling it twice on one graph gives exactly twice the gradients.
-    Passes from several threads run one after the other.
+    Passes from several threads whose graphs share nodes run one after the other.
     """
     if type(gradient) is not float:
         gradient = seed_gradient(gradient)
-    with _one_pass:
-        _backward(root, gradient)
+    nodes = reachable(root)
+    tracer = root._tracer
+    running = begin_pass(nodes, root, "backward()", tracer)
+    try:
+        _backward(root, gradient, sorted(nodes, key=_by_id), tracer)
+    finally:
+        end_pass(running)
 
 
 def seed_gradient(gradient: object) -> float:
@@ -99,14 +111,12 @@ def seed_gradient(gradient: object) -> float:
     )
 
 
-def _backward(root: Value, gradient: float) -> None:
-    nodes = topological_order(root)
+def _backward(root: Value, gradient: float, nodes: list[Value], tracer) -> None:
     # Propagate this pass alone from zero grads, then add back what was there before.
     carried = [(node, node._grad) for node in nodes if node._grad]
     for node, _ in carried:
         node._grad = 0.0
     root._grad = gradient
-    tracer = root._tracer
     if tracer is not None:
         tracer.backward_begin(root)
     try:
@@ -291,6 +301,143 @@ def _recount(node: Value) -> str | None:
 
 
 def zero_grad(root: Value) -> None:
-    """Set the grad of every node `root` depends on to 0."""
-    for node in topological_order(root):
-        node._grad = 0.0
+    """Set the grad of every node `root` depends on to 0 (after any pass over them ends)."""
+    nodes = reachable(root)
+    running = begin_pass(nodes, root, "zero_grad()")
+    try:
+        for node in nodes:
+            node._grad = 0.0
+    finally:
+        end_pass(running)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which nodes the running passes touch
+#
+# A pass sets aside the grads its graph holds and adds them back at the end (see _backward),
+# so two passes that share a node must not overlap in time: each would read the other's
+# half-done grads. Each running pass is registered with the set of nodes it touches; a pass
+# that shares a node with another thread's running pass waits for it to end, and one that
+# shares a node with a pass of its own thread (started from a gradient hook of that pass,
+# which cannot end before the hook returns) is refused. Passes over separate graphs run at
+# once. Uncontended, a pass costs one short critical section at its start and one at its end.
+
+
+# A running pass: (thread, nodes, root, kind, tracer). The thread running it, the nodes whose
+# grads it reads and writes, what to call it in errors (`root` and `kind`, see begin_pass),
+# and the tracer it reports to: two threads' traced passes of one tracer take turns, so a
+# viewer sees one pass at a time. A tuple: made on every pass, it costs less than an object.
+RunningPass = tuple[int, Set["Value"], "Value | None", str, Any]
+
+_registry = threading.Lock()
+_pass_ended = threading.Condition(_registry)
+_running: dict[int, RunningPass] = {}  # id(pass) -> pass
+_waiting: dict[int, int] = {}  # a waiting thread -> the thread whose pass it waits for
+
+
+def begin_pass(nodes: Set[Value], root: Value | None, kind: str, tracer=None) -> RunningPass:
+    """Register a pass over `nodes`, once no other thread's running pass shares one of them.
+
+    `root` and `kind` (`backward()`, `zero_grad()`, `compiled f.backward()`) name the pass in
+    errors. Raises ReentrantBackwardError for a pass that shares nodes with a running pass
+    of this thread, or whose wait would close a cycle of threads waiting for each other.
+    Every `begin_pass` must be followed by `end_pass` (try/finally).
+    """
+    running = (get_ident(), nodes, root, kind, tracer)
+    with _registry:
+        if _running:
+            _wait_for_overlapping(running)
+        _running[id(running)] = running
+    return running
+
+
+def end_pass(running: RunningPass) -> None:
+    """Unregister a pass, waking the threads waiting for one to end."""
+    with _registry:
+        del _running[id(running)]
+        if _waiting:
+            _pass_ended.notify_all()
+
+
+def _wait_for_overlapping(new: RunningPass) -> None:
+    # Called with _registry held; Condition.wait releases it while waiting.
+    me = new[0]
+    while True:
+        blocking = _blocking(new)
+        if blocking is None:
+            return
+        if blocking[0] == me:
+            raise ReentrantBackwardError(_reentrant_message(new, blocking))
+        if _waits_for(blocking[0], me):
+            raise ReentrantBackwardError(_deadlock_message(new, blocking))
+        _waiting[me] = blocking[0]
+        try:
+            _pass_ended.wait()
+        finally:
+            del _waiting[me]
+
+
+def _blocking(new: RunningPass) -> RunningPass | None:
+    """A running pass `new` must not overlap: one of this thread sharing a node (checked
+    first: it never ends while `new` waits), else one of another thread sharing a node or
+    the tracer; None if there is none."""
+    me, nodes, _, _, tracer = new
+    other_thread = None
+    for running in _running.values():
+        if not nodes.isdisjoint(running[1]):
+            if running[0] == me:
+                return running
+            other_thread = running
+        elif tracer is not None and running[4] is tracer and running[0] != me:
+            other_thread = running
+    return other_thread
+
+
+def _waits_for(thread: int, me: int) -> bool:
+    """Whether `thread` waits, directly or through other threads, for a pass of `me`."""
+    seen = set()
+    while thread in _waiting and thread not in seen:
+        seen.add(thread)
+        thread = _waiting[thread]
+        if thread == me:
+            return True
+    return False
+
+
+def _reentrant_message(new: RunningPass, running: RunningPass) -> str:
+    return (
+        f"{_pass_name(new)} was called while {_pass_name(running)} runs in the same thread "
+        f"(from one of its gradient hooks), and the two graphs share "
+        f"{_shared(new, running)}. The running pass holds half-done gradients of those nodes, "
+        f"so the new one would give wrong numbers; call it after the running pass returns, or "
+        f"use opgraph.grad(), which reads and writes no .grad"
+    )
+
+
+def _deadlock_message(new: RunningPass, running: RunningPass) -> str:
+    shared = _shared(new, running) if not new[1].isdisjoint(running[1]) else "a tracer"
+    mine = [_pass_name(p) for p in _running.values() if p[0] == new[0]]  # (it called the hook)
+    return (
+        f"{_pass_name(new)} would wait for {_pass_name(running)}, running in another thread "
+        f"that waits for this thread's {' and '.join(mine) or 'pass'} (passes started from "
+        f"gradient hooks in two threads, over each other's nodes): the two would wait "
+        f"forever. The passes share {shared}"
+    )
+
+
+def _pass_name(running: RunningPass) -> str:
+    _, _, root, kind, _ = running
+    return kind if root is None else f"{kind} of {_node_described(root)}"
+
+
+def _shared(a: RunningPass, b: RunningPass) -> str:
+    """The nodes two passes share, the latest made first: `2 nodes: node 'h' (op 'mul'), ...`."""
+    shared = sorted(a[1] & b[1], key=_by_id, reverse=True)
+    shown = ", ".join(_node_described(node) for node in shared[:4])
+    more = f" and {len(shared) - 4} more" if len(shared) > 4 else ""
+    return f"{len(shared)} node{'s' if len(shared) != 1 else ''}: {shown}{more}"
+
+
+def _node_described(node: Value) -> str:
+    op = node._opdef
+    return node_name(node) if op is None else f"{node_name(node)} (op {op.name!r})"

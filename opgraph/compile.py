@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
-from .backward import _one_pass, seed_gradient, topological_order
+from .backward import begin_pass, end_pass, seed_gradient, topological_order
 from .engine import default_engine
 from .errors import (
     AnomalyError,
@@ -246,6 +246,7 @@ class Compiled:
             )
         self.nodes = _reachable(self.outputs)
         self._classify(marker._id)
+        self._parameter_set = frozenset(self.parameters)  # the grads backward() writes
         self._check_reads(reads.reads, strict)
         self._program = _Program(self)
         self.input_grads: list[float] = [0.0] * len(inputs)
@@ -353,7 +354,9 @@ class Compiled:
         weight (`weights`: n numbers, default all 1), and adds each sample's input gradients
         to the rows of `batch_input_grads`.
         """
-        with _one_pass:  # not alongside an eager pass that may share these parameters
+        # Not alongside an eager pass (or another replay) that shares these parameters.
+        running = begin_pass(self._parameter_set, None, f"compiled {self.name}.backward()")
+        try:
             if self._mapped:
                 self._batched_backward(seed_gradient(gradient), weights)
                 return
@@ -363,6 +366,8 @@ class Compiled:
                     f"run was a call on one sample"
                 )
             grads = self._program.backward(seed_gradient(gradient))
+        finally:
+            end_pass(running)
         for i, g in enumerate(grads):
             self.input_grads[i] += g
 

@@ -91,6 +91,13 @@ class PartialsCountError(OpgraphError, ValueError):
     naming the op and the node)."""
 
 
+class ReentrantBackwardError(OpgraphError, RuntimeError):
+    """A backward pass (or zero_grad) was started inside another pass over the same nodes,
+    from a gradient hook, where it would read and write that pass's half-done gradients; or
+    two threads' passes, started from hooks, would wait for each other forever. Names the
+    nodes of both passes."""
+
+
 class GraphvizNotFoundError(OpgraphError, RuntimeError):
     """Rendering a drawing needs Graphviz's `dot` program, which is not installed."""
 

@@ -11,7 +11,12 @@ differentiated again, to any order.
 parents before children, carrying each node's tangent (d node along `tangents`) with the
 same local derivatives backward uses.
 
-Both passes run the gradient hooks of hooks.py, as backward does.
+grad() runs the gradient hooks of hooks.py, as backward does; jvp() runs none.
+
+Neither reads nor writes any `.grad`: each keeps its derivatives in a dict of its own and
+reads only the nodes' data, which no pass changes. So they need no part in backward's guard
+of the nodes a pass touches (backward.py), run alongside any pass, and work inside a
+backward hook over that pass's own nodes, where a nested backward() is refused.
 """
 
 from __future__ import annotations
