@@ -310,3 +310,29 @@ def test_a_label_set_on_a_node_made_under_no_grad_announces_nothing():
     assert {e["label"] for e in snapshot if e["type"] == "node"} == {"v", "end"}
     forward = [e for e in more if e.get("id") == q.id]
     assert [(e["type"], e["label"]) for e in forward] == [("forward", "x again, outside no_grad")]
+
+
+def test_a_node_unpickled_with_such_a_label_is_still_sent_with_everything_around_it():
+    # Pickles keep a str as it is: a node pickled before labels were made UTF-8-safe comes
+    # back with its lone surrogates; the encoder replaces them rather than fail the batch.
+    engine = Engine(name="unpickled", entry_points=False)
+    state = list(engine.value(4.0, label="plain").__getstate__())
+    state[engine.Value._STATE.index("_label")] = BAD
+    old = engine.Value.__new__(engine.Value)
+    old.__setstate__(tuple(state))
+    assert old.label == BAD
+
+    async def main():
+        with engine.serve(port=0) as server:
+            live = await th.connect_reader(server.ws_url)
+            await live.until(lambda e: e["type"] == "snapshot_end")
+            before = [engine.value(float(k), label=f"b{k}") for k in range(100)]
+            used = old * 2.0
+            after = [engine.value(float(k), label=f"a{k}") for k in range(100)]
+            await asyncio.to_thread(server.flush)
+            return before + [used] + after, await live.until_seq(server.stats()["seq"])
+
+    made, events = asyncio.run(main())
+    nodes = th.graph_of(events)
+    assert nodes[old.id]["label"] == SHOWN
+    assert all(node.id in nodes for node in made)
