@@ -142,7 +142,9 @@ class Value:
 
     @label.setter
     def label(self, label: str) -> None:
-        self._label = _checked_label(label)
+        if type(label) is not str or not label.isascii() or len(label) > MAX_LABEL:
+            label = _checked_label(label)  # (the usual short ASCII label needs nothing)
+        self._label = label
         if self._tracer is not None:
             self._tracer.relabel(self)
 
