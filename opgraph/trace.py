@@ -37,7 +37,7 @@ _MISSING = object()
 
 # --- text for viewers -----------------------------------------------------------------------
 # Labels and scope paths travel as msgpack strings (UTF-8) to the hub and the page, which check
-# them against these limits. One rule, on every side (docs/tracing.md, "Labels and scopes"):
+# them against these limits. One rule, on every side (docs/protocol.md, "Strings"):
 # a length counts Unicode code points (Python's `len`; the page counts the same way, not in
 # UTF-16 units), and the engine makes every label and scope path fit where it is made (the
 # label of a Value, `scope()`), so what a viewer shows is what the program has. The server
@@ -61,6 +61,17 @@ def viewer_text(text: str, limit: int | None = None) -> str:
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + ELLIPSIS
     return text
+
+
+def _why(error: BaseException) -> str:
+    """`error` as a failed pass's `error` field: "TypeName: message". Never raises: it runs
+    while the pass's own error propagates, which it must not replace."""
+    name = type(error).__name__
+    try:
+        message = str(error)
+    except Exception:
+        message = ""
+    return viewer_text(f"{name}: {message}" if message else name, MAX_LABEL)
 
 
 def _same(a: float, b: float) -> bool:
@@ -238,8 +249,7 @@ class Tracer:
         if reported:
             # Steps run from the root (the last node) down: the first `reported` of them.
             self._steps(nodes[: -reported - 1 : -1])
-        why = viewer_text(f"{type(error).__name__}: {error}", MAX_LABEL)
-        self._emit((BACKWARD_END, perf_counter_ns(), root._id, pass_, why))
+        self._emit((BACKWARD_END, perf_counter_ns(), root._id, pass_, _why(error)))
 
     # --- data changes and late announcements ----------------------------------------------
 

@@ -336,3 +336,29 @@ def test_a_node_unpickled_with_such_a_label_is_still_sent_with_everything_around
     nodes = th.graph_of(events)
     assert nodes[old.id]["label"] == SHOWN
     assert all(node.id in nodes for node in made)
+
+
+def test_a_pass_failing_with_an_error_that_cannot_be_shown_still_ends_and_raises_it():
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no text")
+
+    engine = Engine(name="unprintable", entry_points=False)
+
+    async def main():
+        with engine.serve(port=0) as server:
+            live = await th.connect_reader(server.ws_url)
+            await live.until(lambda e: e["type"] == "snapshot_end")
+            y = engine.value(2.0, label="x").tanh()
+
+            def hook(grad):
+                raise Unprintable
+
+            y.register_hook(hook)
+            with pytest.raises(Unprintable):  # the program's own error, not another
+                y.backward()
+            await asyncio.to_thread(server.flush)
+            return await live.until_seq(server.stats()["seq"])
+
+    events = asyncio.run(main())
+    assert events[-1]["type"] == "backward_end" and events[-1]["error"] == "Unprintable"
