@@ -124,11 +124,13 @@ def _backward(root: Value, gradient: float, nodes: list[Value], tracer) -> None:
             _propagate_checked(nodes, tracer)
         else:
             _propagate(nodes, tracer)
-    except BaseException:  # a failed pass adds nothing: put every grad back as it was
+    except BaseException as exc:  # a failed pass adds nothing: put every grad back as it was
         for node in nodes:
             node._grad = 0.0
         for node, grad in carried:
             node._grad = grad
+        if tracer is not None:  # and viewers see the pass end, failed, with those grads
+            tracer.backward_failed(root, nodes, exc)
         raise
     for node, grad in carried:
         node._grad += grad

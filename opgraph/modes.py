@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 
+from .trace import MAX_SCOPE, viewer_text
+
 NO_GRAD = 1  # ops record no graph: their results are leaves
 ANOMALY = 2  # a non-finite forward or backward result raises AnomalyError
 
@@ -54,7 +56,7 @@ def grad_enabled() -> bool:
 # that every node made in one scope holds the same string object: the slot costs 8 bytes and
 # no allocation per node.
 
-MAX_SCOPE_PATH = 1000  # characters: the protocol's limit for the `scope` field
+MAX_SCOPE_PATH = MAX_SCOPE  # code points: the protocol's limit for the `scope` field
 
 scope_path: ContextVar[str] = ContextVar("opgraph_scope", default="")
 
@@ -72,7 +74,7 @@ def child_path(parent: str, name: str) -> str:
                 f"a scope's name must be non-empty and contain no '/' (nest scopes to make a "
                 f"path), got {name!r}"
             )
-        path = f"{parent}/{name}" if parent else name
+        path = viewer_text(f"{parent}/{name}" if parent else name)  # lone surrogates replaced
         if len(path) > MAX_SCOPE_PATH:
             raise ValueError(
                 f"scope path {path[:60]!r}... is {len(path):,} characters long, more than "

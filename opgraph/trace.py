@@ -35,6 +35,44 @@ RECORD = 5
 
 _MISSING = object()
 
+# --- text for viewers -----------------------------------------------------------------------
+# Labels and scope paths travel as msgpack strings (UTF-8) to the hub and the page, which check
+# them against these limits. One rule, on every side (docs/protocol.md, "Strings"):
+# a length counts Unicode code points (Python's `len`; the page counts the same way, not in
+# UTF-16 units), and the engine makes every label and scope path fit where it is made (the
+# label of a Value, `scope()`), so what a viewer shows is what the program has. The server
+# takes these limits from here (server/events.py).
+MAX_LABEL = 10_000  # code points of a node's label
+MAX_SCOPE = 1000  # code points of a scope path ("L0/N3")
+ELLIPSIS = "\u2026"  # ends a label cut to MAX_LABEL
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def viewer_text(text: str, limit: int | None = None) -> str:
+    """`text` as every viewer can take it: each lone surrogate (from a file name decoded with
+    `surrogateescape`, say), which UTF-8 cannot encode, replaced by U+FFFD; and when `limit`
+    is given and `text` has more code points, its first `limit - 1` followed by `…`.
+    Free for the usual short ASCII text."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = _SURROGATE.sub("\ufffd", text)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + ELLIPSIS
+    return text
+
+
+def _why(error: BaseException) -> str:
+    """`error` as a failed pass's `error` field: "TypeName: message". Never raises: it runs
+    while the pass's own error propagates, which it must not replace."""
+    name = type(error).__name__
+    try:
+        message = str(error)
+    except Exception:
+        message = ""
+    return viewer_text(f"{name}: {message}" if message else name, MAX_LABEL)
+
 
 def _same(a: float, b: float) -> bool:
     # nan == nan is false; two nans are the same value for a viewer.
@@ -66,6 +104,9 @@ class Tracer:
         self._extra_in = 0
         self._extra_out = 0
         self.passes = 0
+        # The passes begun and not ended, innermost last (a hook may run a pass inside a
+        # pass): [pass number, backward steps reported so far]
+        self._open: list[list[int]] = []
         self.t0 = perf_counter_ns()
         # Which nodes the viewers know. Recording every node in a dict would cost more than
         # the rest of the tracer, so: a node made while the tracer was attached is known by
@@ -149,13 +190,16 @@ class Tracer:
             self._announce(parent)  # made before tracing started
 
     def relabel(self, node: Value) -> None:
-        if not self._is_known(node):
-            self._announce(node)  # the forward carries the label
-        else:
+        """A label set after the node was made: a `label` event if the viewers know the node.
+        A node they do not know (made under `no_grad()`, before tracing started, or
+        forgotten) is not announced for its label: it is announced, label and all, when a
+        traced node uses it (docs/protocol.md)."""
+        if self._is_known(node):
             self._emit((LABEL, perf_counter_ns(), node._id, node._label, None))
 
     def backward_begin(self, root: Value) -> None:
         self.passes += 1
+        self._open.append([self.passes, 0])
         self._emit((BACKWARD_BEGIN, perf_counter_ns(), root._id, self.passes, None))
 
     def backward(self, node: Value) -> None:
@@ -163,6 +207,7 @@ class Tracer:
         # and adds it back after backward_end (see docs/protocol.md).
         if (node._opdef is None or node._id < self._since) and not self._is_known(node):
             self._announce(node)
+        self._open[-1][1] += 1
         if self.pending() >= self.max_buffer:
             self.lost += 1
             return
@@ -177,6 +222,10 @@ class Tracer:
         for node in [n for n in nodes if n._opdef is None or n._id < since]:
             if not self._is_known(node):
                 self._announce(node)
+        self._open[-1][1] += len(nodes)
+        self._steps(nodes)
+
+    def _steps(self, nodes: list[Value]) -> None:
         count = len(nodes)
         if self.pending() + count > self.max_buffer:
             self.lost += count
@@ -187,7 +236,20 @@ class Tracer:
         self.buffer.extend((BACKWARD_STEPS, perf_counter_ns(), ids, grads, None))
 
     def backward_end(self, root: Value) -> None:
-        self._emit((BACKWARD_END, perf_counter_ns(), root._id, self.passes, None))
+        pass_, _ = self._open.pop()
+        self._emit((BACKWARD_END, perf_counter_ns(), root._id, pass_, None))
+
+    def backward_failed(self, root: Value, nodes: list[Value], error: BaseException) -> None:
+        """The pass over `nodes` (backward's topological order) raised `error`, and the
+        engine put every grad back as it was before the pass. Viewers hold the grads the pass
+        reported: report those nodes again with the grads they have now, then end the pass
+        with its `error` (docs/protocol.md), so that viewers, snapshots and recordings hold
+        what the engine holds."""
+        pass_, reported = self._open.pop()
+        if reported:
+            # Steps run from the root (the last node) down: the first `reported` of them.
+            self._steps(nodes[: -reported - 1 : -1])
+        self._emit((BACKWARD_END, perf_counter_ns(), root._id, pass_, _why(error)))
 
     # --- data changes and late announcements ----------------------------------------------
 
@@ -401,7 +463,10 @@ def event_map(event: tuple, seq: int, t0: int) -> dict[str, Any]:
     if kind == BACKWARD_BEGIN:
         return {"type": "backward_begin", "seq": seq, "root": event[2], "pass": event[3], "t": t}
     if kind == BACKWARD_END:
-        return {"type": "backward_end", "seq": seq, "root": event[2], "pass": event[3], "t": t}
+        end = {"type": "backward_end", "seq": seq, "root": event[2], "pass": event[3], "t": t}
+        if event[4] is not None:  # the pass failed, and says why
+            end["error"] = event[4]
+        return end
     if kind == DATA:
         return {"type": "data", "seq": seq, "id": event[2], "data": plain_number(event[3]), "t": t}
     return {"type": "label", "seq": seq, "id": event[2], "label": event[3], "t": t}

@@ -36,6 +36,7 @@ from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 from .modes import NO_GRAD, mode, scope_path
+from .trace import MAX_LABEL, viewer_text
 
 if TYPE_CHECKING:
     from .binding import OpTable
@@ -105,8 +106,8 @@ class Value:
             data = _number(data)
         self._data = data
         self._grad = 0.0
-        if type(label) is not str:
-            raise _label_error(label)
+        if type(label) is not str or label:
+            label = _checked_label(label)
         self._label = label
         self._a, self._b, self._more = _split(_prev)
         self._opdef = _op
@@ -141,8 +142,8 @@ class Value:
 
     @label.setter
     def label(self, label: str) -> None:
-        if not isinstance(label, str):
-            raise _label_error(label)
+        if type(label) is not str or not label.isascii() or len(label) > MAX_LABEL:
+            label = _checked_label(label)  # (the usual short ASCII label needs nothing)
         self._label = label
         if self._tracer is not None:
             self._tracer.relabel(self)
@@ -482,6 +483,14 @@ def _real(x: Any, node: Value, attribute: str) -> float:
         f"the {attribute} of Value {name} must be a real number (a float, an int, a numpy "
         f"scalar ...), got {type(x).__name__}: {x!r}"
     )
+
+
+def _checked_label(label: Any) -> str:
+    """`label` as a node keeps it: a str that every viewer can show as it is (trace.py's
+    `viewer_text`: lone surrogates replaced, cut to MAX_LABEL code points with `…`)."""
+    if not isinstance(label, str):
+        raise _label_error(label)
+    return viewer_text(label, MAX_LABEL)
 
 
 def _label_error(label: Any) -> TypeError:

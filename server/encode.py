@@ -15,9 +15,20 @@ from typing import Any
 
 import msgpack
 
-from opgraph.trace import forward_packer
+from opgraph.trace import forward_packer, viewer_text
 
 _pack = msgpack.Packer().pack
+
+
+def _text(text: str | None) -> bytes:
+    """A string field, packed. The engine makes labels and scope paths UTF-8-safe where it
+    makes them (opgraph.trace.viewer_text); a string that is not (a label restored from an
+    old pickle, an op's name) is packed with its lone surrogates replaced, rather than failing
+    the whole batch it is in."""
+    try:
+        return _pack(text)
+    except UnicodeEncodeError:
+        return _pack(viewer_text(text))
 
 
 def _key(name: str) -> bytes:
@@ -113,7 +124,7 @@ def forward_bytes(
 
 def _scope_part(scope: str) -> bytes:
     """The `scope` field (key and value), or nothing for a node outside any scope."""
-    return _SCOPE_KEY + _pack(scope) if scope else b""
+    return _SCOPE_KEY + _text(scope) if scope else b""
 
 
 # The common forward (no label, no constants, at most two parents) as one struct per op,
@@ -124,7 +135,7 @@ _templates: dict[tuple[str | None, int, str], tuple] = {}
 def _template(op: str | None, arity: int, scope: str = "") -> tuple:
     head = _F_START[8 + bool(scope)]
     id_part = _scope_part(scope) + _F_ID
-    op_part = _OP_KEY + _pack(op) + _PARENTS_KEY
+    op_part = _OP_KEY + _text(op) + _PARENTS_KEY
     tail = _LABEL_KEY + b"\xa0" + _T_KEY
     if arity == 2:
         parts = (head, id_part, op_part + b"\x92\xce", b"\xce", _DATA_KEY, tail)
@@ -142,7 +153,7 @@ def _template(op: str | None, arity: int, scope: str = "") -> tuple:
 def _forward_general(seq, id_, op, parents, data, label, t, const, scope="") -> bytes:
     op_bytes = _ops.get(op)
     if op_bytes is None:
-        op_bytes = _ops[op] = _pack(op)
+        op_bytes = _ops[op] = _text(op)
     has_const = bool(const)
     parts = [
         _F_HEAD.pack(_F_START[8 + has_const + bool(scope)], seq),
@@ -155,7 +166,7 @@ def _forward_general(seq, id_, op, parents, data, label, t, const, scope="") -> 
         _parents_bytes(parents),
         _DATA.pack(_DATA_KEY, data),
         _LABEL_KEY,
-        _pack(label) if label else b"\xa0",
+        _text(label) if label else b"\xa0",
         _T.pack(_T_KEY, t),
     ]
     if has_const:

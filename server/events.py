@@ -12,18 +12,20 @@ from __future__ import annotations
 from typing import Any
 
 from opgraph.errors import InvalidEvent
+from opgraph.trace import MAX_LABEL, MAX_SCOPE
 
 from .protocol import PROTOCOL, VERSION
 
 # Integers (ids, seq, pass, t, pid) stay exact in a JavaScript number, which is how the
 # browser viewer reads them; 2**53 microseconds are 285 years.
 MAX_INT = 2**53 - 1
+# Lengths of strings count Unicode code points (Python's len), as the page does (validate.js);
+# the limits of labels and scope paths are the engine's (opgraph/trace.py), which makes every
+# label and scope path fit where it is made: MAX_LABEL, MAX_SCOPE.
 MAX_NAME = 200  # characters of an op, plugin, engine, session or run name
-MAX_LABEL = 10_000  # characters of a node's label
 MAX_OPS = 4096  # entries of a hello's (or a run's) `ops` map
 MAX_PARENTS = 65_536  # operands of one node
 MAX_CONST = 1024  # constants of one node
-MAX_SCOPE = 1000  # characters of a node's scope path ("L0/N3")
 
 # The live kinds a publisher may send (`dropped`: events it made but could not send); a
 # recording holds the live kinds and the hub's `run` markers.
@@ -138,7 +140,7 @@ _KINDS: dict[str, tuple[dict, dict]] = {
     "label": ({"id": _int, "label": _label}, {}),
     "backward": ({"id": _int, "grad": _real}, {}),
     "backward_begin": ({"root": _int, "pass": _pass}, {}),
-    "backward_end": ({"root": _int, "pass": _pass}, {}),
+    "backward_end": ({"root": _int, "pass": _pass}, {"error": _label}),  # error: it failed
     "dropped": ({"count": _int}, {}),
     "run": ({"state": _state, "source": _source}, {"engine": _name, "ops": _ops}),
 }

@@ -178,7 +178,10 @@ class Viewer {
       case "snapshot_end": this.finishSnapshot(event); break;
       case "backward_begin": this.graph.beginPass(event.root, event.pass); break;
       case "backward": this.graph.backwardStep(event.id, event.grad); break;
-      case "backward_end": this.graph.endPass(); break;
+      case "backward_end":
+        this.graph.endPass(event.error);
+        if (event.error !== undefined) this.notice(`Backward pass ${event.pass ?? ""} failed: ${event.error}`);
+        break;
       case "data": this.graph.setData(event.id, event.data); break;
       case "label": this.graph.setLabel(event.id, event.label); break;
       case "dropped": this.dropped += event.count ?? 0; break;
@@ -1021,6 +1024,7 @@ class Viewer {
     let passText = "no backward pass seen";
     if (pass) {
       const where = this.stepIndex !== null ? `step ${this.stepIndex + 1} of ${pass.steps.length}`
+        : pass.error !== undefined ? `failed, grads rolled back`
         : pass.done ? `done, ${pass.steps.length} steps` : `running, ${pass.steps.length} steps`;
       passText = `backward pass ${pass.pass}: ${where}`;
     }

@@ -20,7 +20,7 @@ export class Graph {
     this.groupsByRank = []; // per rank: its groups in arrival order
     this.groupEdges = new Map(); // "from>to" group keys -> {from, to, count}
     this.bandCache = null; // the overview's bands, for one version of the graph
-    this.passes = []; // backward passes: {root, pass, steps: [{id, grad}], done}
+    this.passes = []; // backward passes: {root, pass, steps: [{id, grad}], done, error?}
     this.latest = null; // the node of the last forward event
     this.changed = new Set(); // ids whose row in the node list needs redrawing
     this.version = 0; // bumped on every change, so the page redraws only when needed
@@ -266,9 +266,13 @@ export class Graph {
     for (let unit = node.unit; unit && unit !== this.scopes.root; unit = unit.parent) reached(unit, pass);
   }
 
-  endPass() {
+  /** The pass ended; `error` says why it failed (its grads were rolled back just before). */
+  endPass(error) {
     const current = this.lastPass;
-    if (current) current.done = true;
+    if (current) {
+      current.done = true;
+      if (error !== undefined) current.error = error;
+    }
     this.version++;
   }
 

@@ -4,7 +4,9 @@
 // apply it. The rules are those of docs/protocol.md; fields the page does not know are
 // ignored, as the protocol asks.
 
-export const MAX_LABEL = 10_000; // characters of a label, a source or a session
+// String lengths count Unicode code points, as Python's len() does on the engine's and the
+// hub's side (docs/protocol.md), not UTF-16 units: a label of 6,000 emoji is 6,000 long.
+export const MAX_LABEL = 10_000; // characters of a label, a source, a session or an error
 export const MAX_NAME = 200; // characters of an op, plugin or engine name
 export const MAX_PARENTS = 100_000;
 export const MAX_CONST = 1_000;
@@ -13,9 +15,20 @@ export const MAX_SCOPE = 1_000; // characters of a scope path ("L0/N3")
 
 const isId = (v) => Number.isSafeInteger(v) && v >= 0;
 const isNumber = (v) => typeof v === "number"; // nan and inf are valid values of a node
-const isName = (v) => typeof v === "string" && v.length <= MAX_NAME;
-const isLabel = (v) => typeof v === "string" && v.length <= MAX_LABEL;
-const isScope = (v) => typeof v === "string" && v.length <= MAX_SCOPE;
+
+/** Whether string `v` has at most `limit` code points. */
+export function fits(v, limit) {
+  if (v.length <= limit) return true; // never fewer UTF-16 units than code points
+  if (v.length > 2 * limit) return false; // never more than two units per code point
+  let points = 0;
+  for (const _ of v) if (++points > limit) return false; // a string iterates by code point
+  return true;
+}
+
+const isText = (v, limit) => typeof v === "string" && fits(v, limit);
+const isName = (v) => isText(v, MAX_NAME);
+const isLabel = (v) => isText(v, MAX_LABEL);
+const isScope = (v) => isText(v, MAX_SCOPE);
 
 const ID = "a non-negative integer id";
 const COUNT = "a non-negative integer";
@@ -82,7 +95,8 @@ const KINDS = {
   node: (e) => nodeProblem(e) ?? may(e.grad, isNumber, "grad", NUMBER) ?? may(e.pass, isId, "pass", COUNT),
   backward_begin: (e) => need(e.pass, isId, "pass", COUNT) ?? may(e.root, isRoot, "root", `nil or ${ID}`),
   backward: (e) => need(e.id, isId, "id", ID) ?? need(e.grad, isNumber, "grad", NUMBER),
-  backward_end: (e) => may(e.pass, isId, "pass", COUNT) ?? may(e.root, isRoot, "root", `nil or ${ID}`),
+  backward_end: (e) => may(e.pass, isId, "pass", COUNT) ?? may(e.root, isRoot, "root", `nil or ${ID}`)
+    ?? may(e.error, isLabel, "error", LABEL),
   data: (e) => need(e.id, isId, "id", ID) ?? need(e.data, isNumber, "data", NUMBER),
   label: (e) => need(e.id, isId, "id", ID) ?? need(e.label, isLabel, "label", LABEL),
   dropped: (e) => need(e.count, isId, "count", COUNT),
