@@ -18,7 +18,13 @@ add and mul with numpy's `add` and `multiply` (the same IEEE-754 arithmetic, ele
 element) and the partials of their declared `rule` inline. An op without kernels still
 works: its scalar functions are applied element by element, with a warning. Floating-point
 errors give inf and nan as in eager mode, silently (`np.errstate`). The backward pass is
-seeded with each sample's weight; the parameters' gradients are summed over the batch.
+seeded with each sample's weight; the parameters' gradients are summed over the batch, in
+blocks of SUM_BLOCK samples added up in order.
+
+A large batch runs in chunks of `Compiled.chunk_size` samples, so that `V` and its gradients
+take a bounded amount of memory; backward then runs each chunk's forward pass again (only a
+batch of one chunk keeps its forward operands). Chunks are whole blocks, so the results are
+the same to the bit however the batch is cut.
 
 This module imports numpy: only `Compiled.map` imports it, so the scalar engine never does.
 """

@@ -538,7 +538,8 @@ class _Generated:
     The source is registered with `linecache` under a name of its own, such as
     `<opgraph.compile loss#3>`, so that a traceback through it shows the generated line; it
     is forgotten with the program. A subclass sets `kind` (the name's prefix), `namespace`,
-    `replay`, `lines` and `_checked`, and writes `_generate(checked)` and `_build(source)`.
+    `replay`, `lines`, `_checked` and `_filenames` (an empty set before the first `_exec`),
+    and writes `_generate(checked)` and `_build(source)`.
     """
 
     kind: str
