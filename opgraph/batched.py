@@ -18,7 +18,13 @@ add and mul with numpy's `add` and `multiply` (the same IEEE-754 arithmetic, ele
 element) and the partials of their declared `rule` inline. An op without kernels still
 works: its scalar functions are applied element by element, with a warning. Floating-point
 errors give inf and nan as in eager mode, silently (`np.errstate`). The backward pass is
-seeded with each sample's weight; the parameters' gradients are summed over the batch.
+seeded with each sample's weight; the parameters' gradients are summed over the batch, in
+blocks of SUM_BLOCK samples added up in order.
+
+A large batch runs in chunks of `Compiled.chunk_size` samples, so that `V` and its gradients
+take a bounded amount of memory; backward then runs each chunk's forward pass again (only a
+batch of one chunk keeps its forward operands). Chunks are whole blocks, so the results are
+the same to the bit however the batch is cut.
 
 This module imports numpy: only `Compiled.map` imports it, so the scalar engine never does.
 """
@@ -35,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .compile import (
+    SUM_BLOCK,
     BatchWarning,
     CompileError,
     _fill,
@@ -131,6 +138,8 @@ def _samples(shape: Any, batch: Any, where: str) -> np.ndarray:
             f"{where}: expected a batch of samples (a list, tuple or numpy array whose first "
             f"axis is the batch), got {type(batch).__name__}: {batch!r}"
         )
+    if isinstance(batch, list | tuple) and not batch:  # no samples, whatever their shape
+        return np.empty((0, count))
     if dims is not None:  # the fast path: a numeric array of the right shape
         try:
             array = np.asarray(batch)
@@ -157,6 +166,41 @@ def _samples(shape: Any, batch: Any, where: str) -> np.ndarray:
         )
         rows.append(numbers)
     return np.array(rows, dtype=np.float64).reshape(len(rows), count)
+
+
+# ---------------------------------------------------------------------------------------------
+# Summing over the batch
+
+# A parameter's gradient is summed over the samples in blocks of SUM_BLOCK (numpy's pairwise
+# sum within a block), and the blocks' sums are added up in order. Chunks are whole numbers
+# of blocks, so a batch gives the same bits however it is cut into chunks.
+
+
+def _blocks_of(m: int) -> int:
+    """How many blocks m samples make (the last one may be partial)."""
+    return -(-m // SUM_BLOCK)
+
+
+def block_sums(c: np.ndarray) -> np.ndarray:
+    """The sums of each row of the (rows, m) array c over each block of samples: an array
+    of shape (rows, blocks)."""
+    rows, m = c.shape
+    if m <= SUM_BLOCK:
+        return c.sum(axis=1, keepdims=True)
+    full = m - m % SUM_BLOCK
+    sums = c[:, :full].reshape(rows, full // SUM_BLOCK, SUM_BLOCK).sum(axis=2)
+    if full == m:
+        return sums
+    return np.concatenate([sums, c[:, full:].sum(axis=1, keepdims=True)], axis=1)
+
+
+class _Batch:
+    """The last map(), for backward(): its program, inputs and parameters, and the replay
+    waiting for backward when the batch was one chunk (None: run the chunks again)."""
+
+    def __init__(self, replay, lines, inputs, PV, chunk: int, running: Any):  # noqa: N803
+        self.replay, self.lines, self.inputs, self.PV = replay, lines, inputs, PV
+        self.chunk, self.running = chunk, running
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,11 +281,12 @@ class BatchedProgram(_Generated):
         self._leaves()
         self.reaches_root = {id(v) for v in _reachable(compiled.outputs[:1])}
         self._group()
+        self._filenames: set[str] = set()
         self.source, self.lines = self._generate(checked=False)
         self.replay = self._build(self.source)
         self._checked: tuple[Callable, dict[int, int]] | None = None
-        self._running: Any = None
-        self._buffer_size = -1
+        self._last: _Batch | None = None  # the last map(), for backward()
+        self._V = self._G = np.empty((self.rows, 0))
         self.n = 0  # samples of the last batch
 
     # --- layout ---------------------------------------------------------------------------
@@ -376,20 +421,23 @@ class BatchedProgram(_Generated):
         )
 
     def _parameter_operand(self, name: str, rows: np.ndarray) -> _Operand:
-        # A parameter's gradient is the sum over the batch of its per-sample gradients.
+        # A parameter's gradient is the sum over the batch of its per-sample gradients: here
+        # the sums over each block of SUM_BLOCK samples, added up in order by backward().
         k = len(rows)
         found = _progression(rows)
         if found:
             where = _slice(*found, k)
-            return _Operand("P", f"PV[{where}]", lambda c: [f"PG[{where}] += ({c}).sum(axis=1)"])
+            return _Operand("P", f"PV[{where}]", lambda c: [f"PG[{where}] += block_sums({c})"])
         if np.all(rows == rows[0]):
             r = int(rows[0])
-            return _Operand("P", f"PV[{r}:{r + 1}]", lambda c: [f"PG[{r}] += ({c}).sum()"])
+            return _Operand(
+                "P", f"PV[{r}:{r + 1}]", lambda c: [f"PG[{r}] += block_sums({c}).sum(axis=0)"]
+            )
         self.namespace[f"I{name}"] = rows
         if len(np.unique(rows)) == k:
-            scatter = f"PG[I{name}] += ({{}}).sum(axis=1)"
+            scatter = f"PG[I{name}] += block_sums({{}})"
         else:
-            scatter = f"np.add.at(PG, I{name}, ({{}}).sum(axis=1))"
+            scatter = f"np.add.at(PG, I{name}, block_sums({{}}))"
         return _Operand("P", f"PV.take(I{name}, 0)", lambda c: [scatter.format(c)])
 
     # --- the source -----------------------------------------------------------------------
@@ -472,13 +520,13 @@ class BatchedProgram(_Generated):
         written = set(range(len(self.compiled.inputs)))
         if written:
             emit(f"    G[:{len(written)}] = 0.0")
-        emit("    PG = np.zeros(len(PV))")
+        emit("    PG = np.zeros((len(PV), blocks(V.shape[1])))")
         root = self.compiled.outputs[0]
         if id(root) in self.row:
             emit(f"    G[{self.row[id(root)]}] = seed")
             written.add(self.row[id(root)])
         elif id(root) in self.parameter_row:
-            emit(f"    PG[{self.parameter_row[id(root)]}] += seed.sum()")
+            emit(f"    PG[{self.parameter_row[id(root)]}] += block_sums(seed[None])[0]")
         for gi in range(len(self.groups) - 1, -1, -1):
             group = self.groups[gi]
             if not group.backward:
@@ -523,25 +571,50 @@ class BatchedProgram(_Generated):
         emit("    seed = yield PG, G")
         return "\n".join(code) + "\n", lines
 
+    kind = "opgraph.compile batched"
+
     def _build(self, source: str) -> Callable:
-        self.filename = f"<opgraph.compile batched {self.compiled.name}>"
         return self._exec(
             source,
             isfinite=np.isfinite,
+            blocks=_blocks_of,
+            block_sums=block_sums,
             forward_anomaly=self._forward_anomaly,
             backward_anomaly=self._backward_anomaly,
         )
 
     # --- running --------------------------------------------------------------------------
 
-    def run(self, inputs: np.ndarray, checked: bool) -> list[np.ndarray]:
-        """The outputs for a batch: inputs is (n, number of inputs); one array per output."""
+    def run(self, inputs: np.ndarray, checked: bool, chunk: int) -> list[np.ndarray]:
+        """The outputs for a batch: inputs is (n, number of inputs); one array per output.
+
+        The batch runs `chunk` samples at a time. A batch of one chunk keeps its forward
+        pass for backward; a larger one keeps only its inputs, and backward runs the forward
+        pass again chunk by chunk.
+        """
         replay, lines = self._function(checked)
+        self._last = None
         n = len(inputs)
-        self._running = None
-        V, G = self._buffers(n)
-        V[: inputs.shape[1]] = inputs.T
         PV = np.array([p.data for p in self.parameters], dtype=np.float64).reshape(-1, 1)
+        outputs = [np.empty(n) for _ in self.compiled.outputs]
+        self._buffers(min(n, chunk))
+        running = None
+        for start in range(0, n, chunk):
+            running, V = self._forward(replay, lines, inputs[start : start + chunk], PV)
+            for out, value in zip(outputs, self.compiled.outputs, strict=True):
+                out[start : start + chunk] = self._output(V, PV, value)
+        self._last = _Batch(replay, lines, inputs, PV, chunk, running if n <= chunk else None)
+        self.n = n
+        return outputs
+
+    def _forward(
+        self, replay: Callable, lines: dict[int, int], inputs: np.ndarray, PV: np.ndarray
+    ) -> tuple[Any, np.ndarray]:
+        """The replay generator after its forward pass on one chunk, and the chunk's data."""
+        V, G = self._V, self._G
+        if len(inputs) < V.shape[1]:  # the last chunk: the first columns of the arrays
+            V, G = V[:, : len(inputs)], G[:, : len(inputs)]
+        V[: inputs.shape[1]] = inputs.T
         running = replay(V, G, PV)
         with np.errstate(all="ignore"):
             try:
@@ -550,46 +623,67 @@ class BatchedProgram(_Generated):
                 raise
             except Exception as exc:
                 raise self._error(exc, lines, "forward") from exc
-        self._running, self._lines, self.n = running, lines, n
-        return [self._output(V, PV, v, n) for v in self.compiled.outputs]
+        return running, V
 
-    def _buffers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The data and gradient arrays for n samples, kept for the next batch of that size:
-        fresh arrays of tens of megabytes cost a page fault per 4 kB at every step."""
-        if self._buffer_size != n:
-            self._V, self._G = np.empty((self.rows, n)), np.empty((self.rows, n))
-            self._buffer_size = n
-        return self._V, self._G
+    def _buffers(self, width: int) -> None:
+        """Make the data and gradient arrays `width` samples wide, unless they are: they are
+        kept for the next batch, as fresh arrays of tens of megabytes cost a page fault per
+        4 kB at every step."""
+        if self._V.shape[1] != width:
+            self._V, self._G = np.empty((self.rows, width)), np.empty((self.rows, width))
 
     @staticmethod
     def zeros(shape: tuple[int, ...]) -> np.ndarray:
         return np.zeros(shape)
 
-    def _output(self, V: np.ndarray, PV: np.ndarray, value: Value, n: int) -> np.ndarray:
+    def _output(self, V: np.ndarray, PV: np.ndarray, value: Value) -> np.ndarray | float:
         if id(value) in self.row:
-            return V[self.row[id(value)]].copy()
+            return V[self.row[id(value)]]
         if id(value) in self.parameter_row:
-            return np.full(n, PV[self.parameter_row[id(value)], 0])
-        return np.full(n, self.constant_of[id(value)])
+            return PV[self.parameter_row[id(value)], 0]
+        return self.constant_of[id(value)]
+
+    @property
+    def ready(self) -> bool:
+        """Did the last map() succeed (so that backward() has a batch to differentiate)?"""
+        return self._last is not None
 
     def backward(self, seed: np.ndarray) -> np.ndarray:
         """Add each parameter's gradient, summed over the batch, to its `.grad`; return the
         (n, number of inputs) gradients of the inputs. `seed` weighs each sample."""
-        if self._running is None:
+        last = self._last
+        if last is None:
             raise CompileError(f"compiled {self.compiled.name}: call map() before backward()")
-        with np.errstate(all="ignore"):
-            try:
-                PG, G = self._running.send(seed)
-            except AnomalyError:
-                self._running = None
-                raise
-            except Exception as exc:
-                self._running = None
-                raise self._error(exc, self._lines, "backward") from exc
-        sums = PG.tolist()
+        n, inputs = len(last.inputs), len(self.compiled.inputs)
+        total = np.zeros(len(self.parameters))
+        input_grads = np.empty((n, inputs))
+        for start in range(0, n, last.chunk):
+            stop = min(start + last.chunk, n)
+            running = last.running
+            if running is None:  # one chunk of several: its forward pass again
+                chunk = last.inputs[start:stop]
+                running, _ = self._forward(last.replay, last.lines, chunk, last.PV)
+            PG, G = self._send(running, seed[start:stop], last.lines)
+            for block in PG.T:  # the sums of the blocks of samples, in order
+                total += block
+            input_grads[start:stop] = G[:inputs].T
+        sums = total.tolist()
         for k, p in self.reaching_parameters:
             p.grad += sums[k]
-        return G[: len(self.compiled.inputs)].T.copy()
+        return input_grads
+
+    def _send(self, running: Any, seed: np.ndarray, lines: dict[int, int]) -> tuple:
+        """The backward pass of one chunk: the block sums of the parameters' gradients, and
+        the gradients of the chunk's rows."""
+        with np.errstate(all="ignore"):
+            try:
+                return running.send(seed)
+            except AnomalyError:
+                self._last = None
+                raise
+            except Exception as exc:
+                self._last = None
+                raise self._error(exc, lines, "backward") from exc
 
     # --- errors that name the node --------------------------------------------------------
 

@@ -21,12 +21,15 @@ with numpy (see batched.py); `backward(weights=...)` then sums the samples' grad
 from __future__ import annotations
 
 import builtins
+import itertools
+import linecache
 import math
 import operator
 import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import TYPE_CHECKING, Any
@@ -57,6 +60,12 @@ class CompileWarning(UserWarning):
 class BatchWarning(UserWarning):
     """An op has no array kernels: `Compiled.map` applies its scalar functions one by one."""
 
+
+# Compiled.map runs a large batch in chunks: by default, of as many samples as fit their data
+# and gradient arrays in MAP_MEMORY bytes. A parameter's gradient is summed over the batch
+# in blocks of SUM_BLOCK samples, so that chunks (whole blocks) do not change its bits.
+MAP_MEMORY = 128 * 2**20
+SUM_BLOCK = 128
 
 NUMPY_MISSING = (
     "Compiled.map() runs the batch with numpy, which is not installed: "
@@ -156,8 +165,15 @@ def _fill(shape: Any, obj: Any, out: list[float], where: str) -> None:
 
 
 _DATA_PROPERTY = Value.__dict__["data"]  # the property over the slot `_data`
-_recording_lock = threading.Lock()
 recording = threading.local()  # `active` while this thread records (grad() refuses to run)
+
+# The reads noted by each thread that is recording, by thread id. While it is not empty,
+# `Value.data` is `_NOTING`, which notes a read only in a thread that records: other threads
+# (a logger reading the parameters, another compile) are neither blamed nor slowed more
+# than by a dict lookup. When no thread records, `Value.data` is the plain property again, so
+# eager code pays nothing.
+_recorders: dict[int, list[tuple[Value, str, int]]] = {}
+_recorders_lock = threading.Lock()
 
 # Modules that read `.data` to run the graph itself, not to decide what graph to build.
 # Plugins are not among them: a composite op that branches on `.data` cannot be replayed.
@@ -177,29 +193,87 @@ def _is_engine_module(name: str) -> bool:
     return name in _ENGINE_MODULES or name.startswith(("opgraph.server", "opgraph.trac"))
 
 
+def _noting_get(value: Value) -> float:
+    """`Value.data` while some thread records: in a recording thread, note who reads it."""
+    reads = _recorders.get(threading.get_ident())
+    if reads is not None:
+        caller = sys._getframe(1)
+        if not _is_engine_module(caller.f_globals.get("__name__", "")):
+            reads.append((value, caller.f_code.co_filename, caller.f_lineno))
+    return value._data
+
+
+_NOTING = property(_noting_get, _DATA_PROPERTY.fset, doc=_DATA_PROPERTY.__doc__)
+
+
 class _DataReads:
-    """While active, `Value.data` is a property that notes who reads it outside the engine."""
+    """While active, the reads of `.data` made in this thread outside the engine."""
 
     def __init__(self) -> None:
         self.reads: list[tuple[Value, str, int]] = []
-
-    def _get(self, value: Value) -> float:
-        caller = sys._getframe(1)
-        if not _is_engine_module(caller.f_globals.get("__name__", "")):
-            self.reads.append((value, caller.f_code.co_filename, caller.f_lineno))
-        return value._data
+        self.thread = threading.get_ident()
 
     def __enter__(self) -> _DataReads:
-        if not _recording_lock.acquire(blocking=False):
-            raise CompileError("compile() is already recording a function: it cannot be nested")
-        Value.data = property(self._get, _DATA_PROPERTY.fset)  # type: ignore[assignment]
+        with _recorders_lock:
+            if self.thread in _recorders:
+                raise CompileError(
+                    "compile() is already recording a function in this thread: it cannot be "
+                    "nested (compile the inner function before, outside the outer one)"
+                )
+            _recorders[self.thread] = self.reads
+            if len(_recorders) == 1:  # the first thread to record: watch reads
+                Value.data = _NOTING  # type: ignore[assignment]
         recording.active = True
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        Value.data = _DATA_PROPERTY  # type: ignore[assignment]
         recording.active = False
-        _recording_lock.release()
+        with _recorders_lock:
+            del _recorders[self.thread]
+            if not _recorders:  # the last one: the plain property again
+                Value.data = _DATA_PROPERTY  # type: ignore[assignment]
+
+
+class _OneRun:
+    """The runs of one Compiled, one at a time, and the thread that made the last one.
+
+    A Compiled keeps the state of its last run (call or map) for `backward()`. Runs from
+    several threads wait for each other; a backward() whose thread did not make the last
+    run is refused (its own run is gone), and so is a run started from inside a run.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self._lock = threading.RLock()
+        self._running = False
+        self.last_thread: int | None = None  # the thread of the last call or map
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        if self._running:  # re-entered by the same thread (an op calling the function)
+            self._lock.release()
+            raise CompileError(
+                f"compiled {self.name} was called again from inside its own run (by an op "
+                f"of its graph?); a compiled function cannot call itself"
+            )
+        self._running = True
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._running = False
+        self._lock.release()
+
+    def started(self) -> None:
+        """A call or map begins in this thread: backward() is now this thread's."""
+        self.last_thread = threading.get_ident()
+
+    def check_backward(self) -> None:
+        if self.last_thread not in (None, threading.get_ident()):
+            raise CompileError(
+                f"compiled {self.name} is in use by another thread: it ran the function "
+                f"after this thread's last call, and a compiled function keeps only its last "
+                f"run for backward(); give each thread its own compiled function (compile() "
+                f"in each thread), or hold a lock around each call and its backward()"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,14 +286,17 @@ class Compiled:
     `compiled(*args)` runs the forward pass and returns the output as a float (a tuple of
     floats when `fn` returned several Values). `compiled.backward()` then adds d output /
     d leaf to the `.grad` of every leaf Value the graph reads, as eager `.backward()` would;
-    the gradients of the inputs are in `input_grads`. One Compiled object is not meant to be
-    called from two threads at once.
+    the gradients of the inputs are in `input_grads`. Calls from several threads run one
+    at a time, and `backward()` differentiates the last run, which must be the calling
+    thread's (else CompileError): give each thread its own compiled function.
 
     `compiled.map(*batches)` runs the same graph on n samples at once (numpy needed) and
     returns arrays; `compiled.backward(weights=...)` after it adds the weighted sum of the
     samples' gradients into each parameter's `.grad`, and puts the per-sample gradients of
-    the inputs in `batch_input_grads`.
+    the inputs in `batch_input_grads`. A batch runs `chunk_size` samples at a time.
     """
+
+    _chunk_size: int | None = None  # None: as many samples as MAP_MEMORY allows
 
     def __init__(self, fn: Callable[..., Any], args: Sequence[Any], *, strict: bool, engine):
         started = time.perf_counter()
@@ -253,6 +330,7 @@ class Compiled:
         self._batched: Any = None  # the batched program, made at the first map()
         self._mapped = False  # was the last run map() (not a call)?
         self.batch_input_grads: Any = None  # (n, inputs) array after map() and backward()
+        self._one_run = _OneRun(name)
         self.compile_seconds = time.perf_counter() - started
 
     def __repr__(self) -> str:
@@ -260,6 +338,31 @@ class Compiled:
             f"<Compiled {self.name}: {len(self.nodes)} nodes, {len(self.parameters)} "
             f"parameters, {len(self.inputs)} inputs, compiled in {self.compile_seconds:.3f} s>"
         )
+
+    @property
+    def chunk_size(self) -> int:
+        """How many samples `map` runs at once: a larger batch runs in chunks of this many,
+        so that its memory is bounded by the chunk, not by the batch. By default, as many
+        as fit the chunk's data and gradient arrays (a row of 8 bytes per sample for each
+        input and op node, twice) in MAP_MEMORY bytes; a multiple of SUM_BLOCK. Set it to a
+        multiple of SUM_BLOCK to change it, or to None for the default."""
+        if self._chunk_size is not None:
+            return self._chunk_size
+        rows = len(self.inputs) + sum(1 for node in self.nodes if node._opdef is not None)
+        return max(SUM_BLOCK, MAP_MEMORY // (16 * rows) // SUM_BLOCK * SUM_BLOCK)
+
+    @chunk_size.setter
+    def chunk_size(self, size: int | None) -> None:
+        if size is None:
+            self._chunk_size = None
+            return
+        if type(size) is not int or size <= 0 or size % SUM_BLOCK:
+            raise CompileError(
+                f"compiled {self.name}: chunk_size must be a positive multiple of {SUM_BLOCK} "
+                f"(gradients are summed over blocks of {SUM_BLOCK} samples, the same whatever "
+                f"the chunks), got {size!r}"
+            )
+        self._chunk_size = size
 
     @property
     def source(self) -> str:
@@ -308,8 +411,10 @@ class Compiled:
         numbers: list[float] = []
         _fill(self._shape, tuple(args), numbers, "arguments")
         checked = bool(mode.get() & ANOMALY or self.engine.detect_anomaly)
-        self._mapped = False
-        outputs = self._program.run(numbers, checked)
+        with self._one_run:
+            self._one_run.started()
+            self._mapped = False
+            outputs = self._program.run(numbers, checked)
         return outputs[0] if self._single else outputs
 
     def map(self, *batches: Any) -> np.ndarray | tuple[np.ndarray, ...]:
@@ -328,21 +433,24 @@ class Compiled:
                 raise
             raise ImportError(NUMPY_MISSING, name="numpy") from exc
         inputs = batch_inputs(self, batches)
-        if self._batched is None:
-            self._batched = BatchedProgram(self)
         checked = bool(mode.get() & ANOMALY or self.engine.detect_anomaly)
-        self._mapped = True  # backward() is now the batched one (an error if this run fails)
-        outputs = self._batched.run(inputs, checked)
-        self.batch_input_grads = self._batched.zeros(inputs.shape)
+        with self._one_run:
+            self._one_run.started()
+            if self._batched is None:
+                self._batched = BatchedProgram(self)
+            self._mapped = True  # backward() is now the batched one (an error if this fails)
+            outputs = self._batched.run(inputs, checked, self.chunk_size)
+            self.batch_input_grads = self._batched.zeros(inputs.shape)
         return outputs[0] if self._single else tuple(outputs)
 
     def zero_grad(self) -> None:
         """Set the `.grad` of every parameter, and every input gradient, to 0."""
-        for p in self.parameters:
-            p.grad = 0.0
-        self.input_grads = [0.0] * len(self.inputs)
-        if self.batch_input_grads is not None:
-            self.batch_input_grads = self._batched.zeros(self.batch_input_grads.shape)
+        with self._one_run:
+            for p in self.parameters:
+                p.grad = 0.0
+            self.input_grads = [0.0] * len(self.inputs)
+            if self.batch_input_grads is not None:
+                self.batch_input_grads = self._batched.zeros(self.batch_input_grads.shape)
 
     def backward(self, gradient: float = 1.0, *, weights: Any = None) -> None:
         """Add d output / d leaf (times `gradient`) to each parameter's `.grad`.
@@ -354,27 +462,34 @@ class Compiled:
         weight (`weights`: n numbers, default all 1), and adds each sample's input gradients
         to the rows of `batch_input_grads`.
         """
-        # Not alongside an eager pass (or another replay) that shares these parameters.
-        running = begin_pass(self._parameter_set, None, f"compiled {self.name}.backward()")
-        try:
-            if self._mapped:
-                self._batched_backward(seed_gradient(gradient), weights)
-                return
-            if weights is not None:
-                raise CompileError(
-                    f"compiled {self.name}: weights= is for backward() after map(); the last "
-                    f"run was a call on one sample"
-                )
-            grads = self._program.backward(seed_gradient(gradient))
-        finally:
-            end_pass(running)
+        seed = seed_gradient(gradient)
+        # Not alongside another run of this function, nor an eager pass (or another replay)
+        # that shares these parameters.
+        with self._one_run:
+            self._one_run.check_backward()
+            running = begin_pass(self._parameter_set, None, f"compiled {self.name}.backward()")
+            try:
+                self._backward(seed, weights)
+            finally:
+                end_pass(running)
+
+    def _backward(self, seed: float, weights: Any) -> None:
+        if self._mapped:
+            self._batched_backward(seed, weights)
+            return
+        if weights is not None:
+            raise CompileError(
+                f"compiled {self.name}: weights= is for backward() after map(); the last "
+                f"run was a call on one sample"
+            )
+        grads = self._program.backward(seed)
         for i, g in enumerate(grads):
             self.input_grads[i] += g
 
     def _batched_backward(self, gradient: float, weights: Any) -> None:
         import numpy as np
 
-        if self._batched._running is None:  # the last map() failed
+        if not self._batched.ready:  # the last map() failed
             raise CompileError(f"compiled {self.name}: call map() before backward()")
         n = self._batched.n
         if weights is None:
@@ -422,24 +537,36 @@ def _reachable(outputs: list[Value]) -> list[Value]:
 # Code generation
 
 
+_sources = itertools.count(1)  # numbers the generated sources' names
+
+
 class _Generated:
     """What compiled and batched replay share: generated source run with exec, a checking
     version of it made on first use (under detect_anomaly), and the line an error came from.
 
-    A subclass sets `filename`, `namespace`, `replay`, `lines` and `_checked`, and writes
-    `_generate(checked)` and `_build(source)`.
+    The source is registered with `linecache` under a name of its own, such as
+    `<opgraph.compile loss#3>`, so that a traceback through it shows the generated line; it
+    is forgotten with the program. A subclass sets `kind` (the name's prefix), `namespace`,
+    `replay`, `lines`, `_checked` and `_filenames` (an empty set before the first `_exec`),
+    and writes `_generate(checked)` and `_build(source)`.
     """
 
-    filename: str
+    kind: str
+    compiled: Compiled
     namespace: dict[str, Any]
     replay: Callable
     lines: dict[int, int]
     _checked: tuple[Callable, dict[int, int]] | None
+    _filenames: set[str]
 
     def _exec(self, source: str, **names: Any) -> Callable:
         """The `replay` function that `source` defines, with `names` in its globals."""
+        filename = f"<{self.kind} {self.compiled.name}#{next(_sources)}>"
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        weakref.finalize(self, linecache.cache.pop, filename, None)
+        self._filenames.add(filename)
         namespace = {**self.namespace, **names}
-        exec(builtins.compile(source, self.filename, "exec"), namespace)
+        exec(builtins.compile(source, filename, "exec"), namespace)
         return namespace["replay"]
 
     def _function(self, checked: bool) -> tuple[Callable, dict[int, int]]:
@@ -454,7 +581,7 @@ class _Generated:
         """The line of the generated source where `exc` was raised, if it was raised there."""
         tb, line = exc.__traceback__, None
         while tb is not None:
-            if tb.tb_frame.f_code.co_filename == self.filename:
+            if tb.tb_frame.f_code.co_filename in self._filenames:
                 line = tb.tb_lineno
             tb = tb.tb_next
         return line
@@ -478,6 +605,7 @@ class _Program(_Generated):
         self.namespace: dict[str, Any] = {"inf": math.inf, "nan": math.nan}
         self._names: dict[int, str] = {}
         self._checked: tuple[Callable, dict[int, int]] | None = None
+        self._filenames: set[str] = set()
         self.source, self.lines = self._generate(checked=False)
         self.replay = self._build(self.source)
         self._running: Any = None  # the generator of the last call, waiting for backward
@@ -575,8 +703,9 @@ class _Program(_Generated):
         emit(f"    seed = yield [{', '.join(grads)}]")
         return "\n".join(code) + "\n", lines
 
+    kind = "opgraph.compile"
+
     def _build(self, source: str) -> Callable:
-        self.filename = f"<opgraph.compile {self.compiled.name}>"
         return self._exec(
             source,
             isfinite=math.isfinite,
