@@ -486,7 +486,7 @@ def _real(x: Any, node: Value, attribute: str) -> float:
 
 
 def _checked_label(label: Any) -> str:
-    """`label` as a node keeps it: a str that every viewer can show as it is (trace.py's
+    """`label` as a node keeps it: a str that every viewer can show as it is (trace/text.py's
     `viewer_text`: lone surrogates replaced, cut to MAX_LABEL code points with `…`)."""
     if not isinstance(label, str):
         raise _label_error(label)

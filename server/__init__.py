@@ -13,7 +13,7 @@
 - `recording`, `replay`, `chrome`: recordings, `ReplayServer`, Chrome trace-event export
 - `client`: a Python client and `Graph`
 
-The engine reaches this package only through `opgraph.trace._server()`; the commands that
+The engine reaches this package only through `opgraph.trace.serving._server()`; the commands that
 use it (`opgraph serve`, `replay`, `export`, `watch`) are in opgraph/commands. Nodes are read
 through Value's read API (docs/api.md), and the fast path's one slot reader is
 `opgraph.trace.forward_packer`.

@@ -20,7 +20,7 @@ from .protocol import PROTOCOL, VERSION
 # browser viewer reads them; 2**53 microseconds are 285 years.
 MAX_INT = 2**53 - 1
 # Lengths of strings count Unicode code points (Python's len), as the page does (validate.js);
-# the limits of labels and scope paths are the engine's (opgraph/trace.py), which makes every
+# the limits of labels and scope paths are the engine's (opgraph/trace/text.py), which makes every
 # label and scope path fit where it is made: MAX_LABEL, MAX_SCOPE.
 MAX_NAME = 200  # characters of an op, plugin, engine, session or run name
 MAX_OPS = 4096  # entries of a hello's (or a run's) `ops` map

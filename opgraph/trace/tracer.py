@@ -1,10 +1,11 @@
-"""The tracer: what the engine tells a viewer about each node, as events of docs/protocol.md.
+"""The tracer: what the engine tells viewers about each node, buffered.
 
 The engine calls an attached tracer from its hot path (`Value.__init__`, the label setter,
-backward), so the tracer does as little as it can there: it appends one small tuple per event
-to a buffer. Whoever consumes the trace (the server's event loop, or a publisher sending to a
-hub) drains the buffer from another thread, numbers the events and turns them into the maps
-of the protocol with `event_map`.
+backward), so the tracer does as little as it can there: it appends one record (five fields)
+per event to a flat buffer. Whoever consumes the trace (the server's event loop, or a
+publisher sending to a hub) drains the buffer from another thread, numbers the events and
+turns them into the maps of the protocol with `event_map` (forms.py, which also says what a
+buffered record holds).
 
 Data changes: the engine does not watch `.data` assignments. The tracer remembers the data
 it last announced per node and, whenever a node is used as an operand, announces a `data`
@@ -16,51 +17,27 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import re
-import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from .engine import Engine
-    from .value import Value
+from .forms import (
+    BACKWARD,
+    BACKWARD_BEGIN,
+    BACKWARD_END,
+    BACKWARD_STEPS,
+    DATA,
+    FORWARD,
+    LABEL,
+    RECORD,
+)
+from .text import MAX_LABEL, viewer_text
 
-# Event kinds as they travel through the buffer. The buffer is a flat list of fields: each
-# record is RECORD fields, the kind first, then the time, then three more (None when unused).
-# BACKWARD_STEPS is one record for a chunk of backward steps: (kind, t, ids, grads, None).
-FORWARD, BACKWARD, BACKWARD_BEGIN, BACKWARD_END, DATA, LABEL, BACKWARD_STEPS = range(7)
-RECORD = 5
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..value import Value
 
 _MISSING = object()
-
-# --- text for viewers -----------------------------------------------------------------------
-# Labels and scope paths travel as msgpack strings (UTF-8) to the hub and the page, which check
-# them against these limits. One rule, on every side (docs/protocol.md, "Strings"):
-# a length counts Unicode code points (Python's `len`; the page counts the same way, not in
-# UTF-16 units), and the engine makes every label and scope path fit where it is made (the
-# label of a Value, `scope()`), so what a viewer shows is what the program has. The server
-# takes these limits from here (server/events.py).
-MAX_LABEL = 10_000  # code points of a node's label
-MAX_SCOPE = 1000  # code points of a scope path ("L0/N3")
-ELLIPSIS = "\u2026"  # ends a label cut to MAX_LABEL
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def viewer_text(text: str, limit: int | None = None) -> str:
-    """`text` as every viewer can take it: each lone surrogate (from a file name decoded with
-    `surrogateescape`, say), which UTF-8 cannot encode, replaced by U+FFFD; and when `limit`
-    is given and `text` has more code points, its first `limit - 1` followed by `…`.
-    Free for the usual short ASCII text."""
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            text = _SURROGATE.sub("\ufffd", text)
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 1] + ELLIPSIS
-    return text
 
 
 def _why(error: BaseException) -> str:
@@ -363,115 +340,6 @@ class Tracer:
         return {"engine": self.engine.name, "ops": {n: op.plugin for n, op in ops.items()}}
 
 
-def records(fields: list[Any]) -> Iterator[tuple]:
-    """The records of a flat list of fields from `Tracer.drain`, as tuples."""
-    return zip(*[iter(fields)] * RECORD, strict=True)
-
-
-def forward_packer(
-    arity: int, pack: Callable[..., bytes], parts: Sequence[bytes], keep: dict[int, bytes]
-) -> Any:
-    """A function `(seq, node, data, t) -> bytes` that packs a FORWARD record of a node with
-    `arity` (0 to 2) parents as `pack(parts[0], seq, parts[1], id, parts[2], first parent's
-    id, ..., data, parts[-1], t)` (a struct template whose constant parts precede each
-    number: see server/encode.py), and keeps the result in `keep[id]`.
-
-    A consumer reads a buffered node through Value's read API (`id`, `op`, `parent_ids`:
-    docs/api.md). This one reader is here, on the engine's side, because it reads the slots:
-    it runs for most events the server sends, where a property per read would cost a tenth
-    of the server's time per event.
-    """
-    if arity == 2:
-        a, b, c, d, e, f = parts
-
-        def binary(seq: int, node: Value, data: float, t: int) -> bytes:
-            id_ = node._id
-            keep[id_] = packed = pack(a, seq, b, id_, c, node._a._id, d, node._b._id, e, data, f, t)
-            return packed
-
-        return binary
-    if arity == 1:
-        a, b, c, e, f = parts
-
-        def unary(seq: int, node: Value, data: float, t: int) -> bytes:
-            id_ = node._id
-            keep[id_] = packed = pack(a, seq, b, id_, c, node._a._id, e, data, f, t)
-            return packed
-
-        return unary
-    a, b, c, f = parts
-
-    def leaf(seq: int, node: Value, data: float, t: int) -> bytes:
-        id_ = node._id
-        keep[id_] = packed = pack(a, seq, b, id_, c, data, f, t)
-        return packed
-
-    return leaf
-
-
-def event_count(item: tuple) -> int:
-    """How many events a buffered item holds."""
-    return len(item[2]) if item[0] == BACKWARD_STEPS else 1
-
-
-def plain_number(x: Any) -> float | int:
-    """`x` as a number msgpack can pack: a float or an int stays, anything else (a numpy
-    float32 or int64 a program assigned to `.data`) becomes a float, and nan if it cannot."""
-    if type(x) is float or type(x) is int:
-        return x
-    try:
-        return float(x)
-    except (TypeError, ValueError, OverflowError):
-        return math.nan
-
-
-def event_maps(items: Iterable[tuple], first_seq: int, t0: int) -> list[dict[str, Any]]:
-    """The protocol maps of buffered items, numbered from `first_seq`."""
-    maps, seq = [], first_seq
-    for item in items:
-        if item[0] == BACKWARD_STEPS:
-            t = (item[1] - t0) // 1000
-            for id_, grad in zip(item[2], item[3], strict=True):
-                if type(grad) is not float:
-                    grad = plain_number(grad)
-                maps.append({"type": "backward", "seq": seq, "id": id_, "grad": grad, "t": t})
-                seq += 1
-        else:
-            maps.append(event_map(item, seq, t0))
-            seq += 1
-    return maps
-
-
-def event_map(event: tuple, seq: int, t0: int) -> dict[str, Any]:
-    """The protocol map of one buffered event (not a BACKWARD_STEPS chunk: see
-    `event_maps`), numbered `seq`; `t` counts from `t0` (ns)."""
-    kind, t = event[0], (event[1] - t0) // 1000
-    if kind == FORWARD:
-        _, _, node, data, label = event
-        op = node._opdef
-        parents = [p._id for p in node._prev]
-        out = {"type": "forward", "seq": seq, "id": node._id, "op": op and op.name}
-        out.update(parents=parents, data=plain_number(data), label=label, t=t)
-        if op is not None and op.constants:
-            out["const"] = [value for _, value in op.constants]
-        if node._scope:  # the optional `scope` field (docs/protocol.md)
-            out["scope"] = node._scope
-        return out
-    if kind == BACKWARD:
-        grad = plain_number(event[3])
-        return {"type": "backward", "seq": seq, "id": event[2], "grad": grad, "t": t}
-    if kind == BACKWARD_BEGIN:
-        return {"type": "backward_begin", "seq": seq, "root": event[2], "pass": event[3], "t": t}
-    if kind == BACKWARD_END:
-        end = {"type": "backward_end", "seq": seq, "root": event[2], "pass": event[3], "t": t}
-        if event[4] is not None:  # the pass failed, and says why
-            end["error"] = event[4]
-        return end
-    if kind == DATA:
-        return {"type": "data", "seq": seq, "id": event[2], "data": plain_number(event[3]), "t": t}
-    return {"type": "label", "seq": seq, "id": event[2], "label": event[3], "t": t}
-
-
 def touch(values: Iterable[Value]) -> None:
     """Send a `data` event now for each of `values` whose data changed since last announced.
 
@@ -483,70 +351,3 @@ def touch(values: Iterable[Value]) -> None:
         tracer = value._tracer
         if tracer is not None:
             tracer.touch([value])
-
-
-_TOKEN = re.compile(r"(token=)[^&#\s'\":;,)\]]+")
-
-
-def redact(text: str) -> str:
-    """`text` with the value of every `token=` in it replaced by `***`: what opgraph prints
-    about a hub URL (messages, errors) must not hand its token to whoever reads the logs."""
-    return _TOKEN.sub(r"\1***", text)
-
-
-# --- starting a trace -----------------------------------------------------------------------
-
-
-def _server() -> Any:
-    """The tracing server (`opgraph.server`, with its `server` and `publish` modules), imported
-    on first use: it loads websockets and msgpack. The one place where the engine reaches the
-    server: `serve`, `Engine.serve` and `from_environment` all go through here."""
-    import opgraph.server.publish
-    import opgraph.server.server
-
-    return opgraph.server
-
-
-def serve(
-    port: int = 8765,
-    host: str = "127.0.0.1",
-    *,
-    engine: Engine | None = None,
-    **options: Any,
-):
-    """Serve the trace of `engine` (default: the default engine); see `Engine.serve`."""
-    from .engine import default_engine
-
-    engine = engine or default_engine()
-    return _server().server.serve_engine(engine, port=port, host=host, **options)
-
-
-def from_environment(engine: Engine) -> Any:
-    """Start tracing `engine` as the OPGRAPH_TRACE environment variable asks, if it does.
-
-    `OPGRAPH_TRACE=1` serves the trace on port 8765 (OPGRAPH_TRACE_PORT chooses another; 0 a
-    free one) and prints the viewer's URL; `OPGRAPH_TRACE=ws://host:port` publishes to a hub
-    started with `opgraph serve` (connecting in the background: see `Publisher`).
-    OPGRAPH_TRACE_RECORD=path also records the served trace. Errors are reported on stderr,
-    tokens hidden, and leave the program running untraced.
-    """
-    setting = os.environ.get("OPGRAPH_TRACE", "").strip()
-    if setting in ("", "0", "false", "no", "off"):
-        return None
-    try:
-        if setting.startswith(("ws://", "wss://")):
-            return _server().publish.publish(engine, setting, at_exit=True)
-        if setting not in ("1", "true", "yes", "on"):
-            raise ValueError(f"expected 1 or a hub URL like ws://127.0.0.1:8765, got {setting!r}")
-        port_setting = os.environ.get("OPGRAPH_TRACE_PORT", "8765").strip()
-        if not port_setting.isdigit() or int(port_setting) > 65535:
-            raise ValueError(
-                f"OPGRAPH_TRACE_PORT must be a port number 0-65535, got {port_setting!r}"
-            )
-        port = int(port_setting)
-        record = os.environ.get("OPGRAPH_TRACE_RECORD") or None
-        serve_engine = _server().server.serve_engine
-        return serve_engine(engine, port=port, record=record, at_exit=True, announce=True)
-    except Exception as exc:  # tracing must never stop the program
-        print(redact(f"opgraph: OPGRAPH_TRACE: tracing is off: {exc}"), file=sys.stderr)
-        return None

@@ -1,0 +1,70 @@
+"""Starting a trace from the engine's side: `serve`, `OPGRAPH_TRACE` (`from_environment`),
+and `_server()`, the one gateway through which the engine reaches the server (`opgraph.server`
+is imported nowhere else in the engine: pyproject.toml's import-linter contracts check it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from .text import redact
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+
+def _server() -> Any:
+    """The tracing server (`opgraph.server`, with its `server` and `publish` modules), imported
+    on first use: it loads websockets and msgpack. The one place where the engine reaches the
+    server: `serve`, `Engine.serve` and `from_environment` all go through here."""
+    import opgraph.server.publish
+    import opgraph.server.server
+
+    return opgraph.server
+
+
+def serve(
+    port: int = 8765,
+    host: str = "127.0.0.1",
+    *,
+    engine: Engine | None = None,
+    **options: Any,
+):
+    """Serve the trace of `engine` (default: the default engine); see `Engine.serve`."""
+    from ..engine import default_engine
+
+    engine = engine or default_engine()
+    return _server().server.serve_engine(engine, port=port, host=host, **options)
+
+
+def from_environment(engine: Engine) -> Any:
+    """Start tracing `engine` as the OPGRAPH_TRACE environment variable asks, if it does.
+
+    `OPGRAPH_TRACE=1` serves the trace on port 8765 (OPGRAPH_TRACE_PORT chooses another; 0 a
+    free one) and prints the viewer's URL; `OPGRAPH_TRACE=ws://host:port` publishes to a hub
+    started with `opgraph serve` (connecting in the background: see `Publisher`).
+    OPGRAPH_TRACE_RECORD=path also records the served trace. Errors are reported on stderr,
+    tokens hidden, and leave the program running untraced.
+    """
+    setting = os.environ.get("OPGRAPH_TRACE", "").strip()
+    if setting in ("", "0", "false", "no", "off"):
+        return None
+    try:
+        if setting.startswith(("ws://", "wss://")):
+            return _server().publish.publish(engine, setting, at_exit=True)
+        if setting not in ("1", "true", "yes", "on"):
+            raise ValueError(f"expected 1 or a hub URL like ws://127.0.0.1:8765, got {setting!r}")
+        port_setting = os.environ.get("OPGRAPH_TRACE_PORT", "8765").strip()
+        if not port_setting.isdigit() or int(port_setting) > 65535:
+            raise ValueError(
+                f"OPGRAPH_TRACE_PORT must be a port number 0-65535, got {port_setting!r}"
+            )
+        port = int(port_setting)
+        record = os.environ.get("OPGRAPH_TRACE_RECORD") or None
+        serve_engine = _server().server.serve_engine
+        return serve_engine(engine, port=port, record=record, at_exit=True, announce=True)
+    except Exception as exc:  # tracing must never stop the program
+        print(redact(f"opgraph: OPGRAPH_TRACE: tracing is off: {exc}"), file=sys.stderr)
+        return None
