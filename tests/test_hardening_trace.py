@@ -151,23 +151,28 @@ def test_a_published_failed_pass_reaches_the_hub_as_failed():
     engine = Engine(name="published", entry_points=False)
     publisher = Publisher(engine, hub.publish_url).start()
     assert publisher.wait_connected(th.TIMEOUT)
-    try:
+    kept = []
+
+    def failing_pass():
         x = engine.value(1.5, label="x")
         y = (x * x).tanh()
         y.register_hook(lambda grad: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             y.backward()
-        marker = engine.value(0.0, label="after")
+        kept.append(engine.value(0.0, label="after"))
 
-        async def read():
-            reader = await th.connect_reader(hub.ws_url)
-            return await reader.until(lambda e: e.get("label") == "after")
+    async def read():
+        # The reader joins before the pass, so it sees the pass's events live (a late
+        # joiner gets a snapshot, which carries no pass events).
+        reader = await th.connect_reader(hub.ws_url)
+        await asyncio.to_thread(failing_pass)
+        return await reader.until(lambda e: e.get("label") == "after")
 
+    try:
         events = asyncio.run(asyncio.wait_for(read(), th.TIMEOUT))
     finally:
         publisher.close()
         hub.close()
-    del marker
     ends = [e for e in events if e["type"] == "backward_end"]
     assert len(ends) == 1 and ends[0]["error"].startswith("ZeroDivisionError")
 
