@@ -104,10 +104,8 @@ class Engine:
                 raise
 
     def rebuild(self) -> None:
-        """Ask every plugin for its ops and freeze them into a new op table.
-
-        This is the only place that calls the `register_ops` hook (loading.py does).
-        """
+        """Ask every plugin for its ops (the only call of the `register_ops` hook) and freeze
+        them into a new op table."""
         with self._lock:
             registrations = loading.call_register_ops(self.pm)
             self._bind(collect(registrations))

@@ -97,18 +97,11 @@ def load(engine: Any, plugins: Any, *, builtins: bool, entry_points: bool) -> No
             source = pm.sources.get(error.plugin or "")
             if source is None or source.entry_point is None:  # not an installed plugin
                 raise
-            failure = load_error(
-                f"{error} -- plugin {error.plugin!r} is the entry point {source.entry_point!r} "
-                f"of distribution {source.distribution} {source.version}. "
-                f"{how_to_disable(error.plugin or '', source.distribution)}",
-                source,
-                op=error.op,
-            )
+            failure = refused(error, source)
             if strict:
                 raise failure from error
-            failure.__cause__ = error
-            pm.unregister(name=error.plugin)
-            record_failure(pm, error.plugin or "", failure)
+            pm.unregister(name=source.name)
+            record_failure(pm, source.name, failure)
 
 
 def builtin_plugins() -> list[Any]:
@@ -236,6 +229,20 @@ def load_error(message: str, source: PluginInfo, op: str | None = None) -> Plugi
         distribution=source.distribution,
         version=source.version,
     )
+
+
+def refused(error: PluginError, source: PluginInfo) -> PluginLoadError:
+    """An error in building the op table that blames an installed plugin, with where that
+    plugin comes from and how to run without it."""
+    failure = load_error(
+        f"{error} -- plugin {source.name!r} is the entry point {source.entry_point!r} of "
+        f"distribution {source.distribution} {source.version}. "
+        f"{how_to_disable(source.name, source.distribution)}",
+        source,
+        op=error.op,
+    )
+    failure.__cause__ = error
+    return failure
 
 
 def how_to_disable(plugin: str, distribution: str | None) -> str:
