@@ -99,7 +99,7 @@ class Engine:
             self.pm.unregister(obj)
             try:
                 self.rebuild()
-            except Exception:  # another plugin's ops needed this one's: keep the engine whole
+            except Exception:  # cannot happen with today's checks; keep the engine whole
                 self.pm.register(obj, name=name)
                 raise
 
