@@ -1,13 +1,16 @@
-"""Plugin discovery and registration: the pluggy side of opgraph.
+"""Plugin loading: where an engine's plugins come from, the checks each one passes, and the
+calls of the `register_ops` hook. `load()` is the whole story; the rest is its steps.
 
-Where plugins come from (the built-ins, the `opgraph` entry-point group filtered by
-OPGRAPH_PLUGINS, or code), the checks a plugin's hook functions pass before it is registered,
-and the record of where each registered plugin came from. The engine turns the registered
-plugins into its op table (engine.py); nothing here runs per op.
+An engine registers the built-in plugins, then the installed ones (the entry points of the
+`opgraph` group that OPGRAPH_PLUGINS selects), then the ones given in code, and builds its
+op table. An installed plugin that fails is left out with a PluginLoadWarning and kept in
+`pm.failures`, unless strict (OPGRAPH_STRICT_PLUGINS=1) makes it a PluginLoadError. A
+plugin given in code that fails is always an error. Nothing here runs per op.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import itertools
@@ -15,8 +18,6 @@ import os
 import re
 import types
 import warnings
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any
 
@@ -27,85 +28,45 @@ from .errors import PluginError, PluginLoadError, PluginLoadWarning
 
 ENTRY_POINT_GROUP = "opgraph"
 STRICT_VARIABLE = "OPGRAPH_STRICT_PLUGINS"
+HOOKS = {  # each hook's name and the signature of its spec
+    name: inspect.signature(function)
+    for name, function in vars(hookspecs).items()
+    if hasattr(function, "opgraph_spec")
+}
 
 
-def builtin_plugins() -> list[Any]:
-    from opgraph.plugins import BUILTIN_PLUGINS
+@dataclasses.dataclass(frozen=True)
+class PluginInfo:
+    """One plugin of an engine, as `engine.plugins()` and `opgraph plugins` list it. While
+    plugins load, the same record says where one came from (and has no ops yet)."""
 
-    return list(BUILTIN_PLUGINS)
-
-
-@dataclass(frozen=True)
-class PluginSource:
-    """Where a registered plugin came from: a built-in, an entry point, or given in code."""
-
-    builtin: bool = False
-    entry_point: str | None = None  # "name = module:attr"
+    name: str = ""
     distribution: str | None = None
     version: str | None = None
-
-
-@dataclass(frozen=True)
-class PluginInfo:
-    """One plugin of an engine, as `engine.plugins()` and `opgraph plugins` list it."""
-
-    name: str
-    distribution: str | None
-    version: str | None
-    entry_point: str | None
-    builtin: bool
-    hooks: list[str]
-    ops: list[str]  # the ops it registered, in order
-    replaces: dict[str, str] = field(default_factory=dict)  # op -> plugin it replaced
+    entry_point: str | None = None  # "name = module:attr"
+    builtin: bool = False
+    hooks: list[str] = dataclasses.field(default_factory=list)
+    ops: list[str] = dataclasses.field(default_factory=list)  # the ops it registered, in order
+    replaces: dict[str, str] = dataclasses.field(default_factory=dict)  # op -> plugin replaced
     error: str | None = None  # why an installed plugin failed to load (then it has no ops)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class PluginFailure:
-    """An installed plugin that failed to load or to register its ops, and why."""
-
-    name: str
-    source: PluginSource
-    reason: str  # the cause, in one line: "ModuleNotFoundError: No module named 'scipy'"
-    error: PluginLoadError  # the full message, with how to run without it
-
-    def describe(self) -> str:
-        """The plugin and its cause, as the "no op named ..." error mentions it."""
-        where = f"entry point {self.source.entry_point}"
-        if self.source.distribution:
-            where += f", distribution {self.source.distribution} {self.source.version}"
-        return f"plugin {self.name!r} ({where}) failed to load: {self.reason}"
-
-    def info(self) -> PluginInfo:
-        return PluginInfo(
-            name=self.name,
-            distribution=self.source.distribution,
-            version=self.source.version,
-            entry_point=self.source.entry_point,
-            builtin=False,
-            hooks=[],
-            ops=[],
-            error=str(self.error),
-        )
+        return dataclasses.asdict(self)
 
 
 class PluginManager(pluggy.PluginManager):
     """pluggy's manager for the `opgraph` hooks, remembering where each plugin came from
-    and which installed plugins failed to load."""
+    (None: given in code) and the installed plugins that failed to load."""
 
     def __init__(self) -> None:
         super().__init__("opgraph")
         self.add_hookspecs(hookspecs)
-        self.sources: dict[str, PluginSource] = {}
-        self.failures: dict[str, PluginFailure] = {}
+        self.sources: dict[str, PluginInfo | None] = {}
+        self.failures: dict[str, PluginLoadError] = {}
 
     def get_canonical_name(self, plugin: Any) -> str:
         # pluggy names an object without `__name__` (a class instance) by its id(), which
-        # would make error messages say "plugin '139794187515408'"; use its class instead,
-        # numbered from the second instance on.
+        # error messages would show; use its class, numbered from the second instance on.
         name = getattr(plugin, "__name__", None)
         if isinstance(name, str) and name:
             return name
@@ -116,182 +77,127 @@ class PluginManager(pluggy.PluginManager):
         return name
 
 
-def add_plugin(
-    pm: pluggy.PluginManager,
-    plugin: Any,
-    name: str | None = None,
-    source: PluginSource | None = None,
-) -> str:
-    """Check a plugin's hook functions, then register it; returns its name.
+def load(engine: Any, plugins: Any, *, builtins: bool, entry_points: bool) -> None:
+    """Register an engine's plugins, in order, and build its op table."""
+    pm, strict = engine.pm, engine.strict_plugins
+    if builtins:  # first: a conflicting op of a later plugin is the one the error blames
+        from . import __version__
 
-    Every mistake is reported here, naming the plugin: a hook function with a misspelled
-    name, one whose argument names the hook does not provide, a plugin with no hook at all,
-    a plugin registered twice.
-    """
-    if plugin is None:
-        raise PluginError("cannot register None as a plugin")
-    name = name or pm.get_canonical_name(plugin)
-    if pm.has_plugin(name):
-        raise PluginError(f"a plugin named {name!r} is already registered", plugin=name)
-    if pm.is_registered(plugin):
-        raise PluginError(
-            f"plugin {name!r} is already registered as {pm.get_name(plugin)!r}", plugin=name
+        builtin = PluginInfo(builtin=True, distribution="opgraph", version=__version__)
+        for plugin in builtin_plugins():
+            add_plugin(pm, plugin, source=builtin)
+    if entry_points:
+        load_entry_points(pm, strict=strict)
+    for plugin in plugins:
+        add_plugin(pm, plugin)
+    while True:  # an installed plugin whose ops are refused is left out, unless strict
+        try:
+            return engine.rebuild()
+        except PluginError as error:
+            source = pm.sources.get(error.plugin or "")
+            if source is None or source.entry_point is None:  # not an installed plugin
+                raise
+            failure = refused(error, source)
+            if strict:
+                raise failure from error
+            pm.unregister(name=source.name)
+            record_failure(pm, source.name, failure)
+
+
+def builtin_plugins() -> list[Any]:
+    from .plugins import BUILTIN_PLUGINS
+
+    return list(BUILTIN_PLUGINS)
+
+
+def strict_plugins() -> bool:
+    """Whether OPGRAPH_STRICT_PLUGINS asks for an error, not a warning, when a plugin fails."""
+    return os.environ.get(STRICT_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# --- installed plugins ------------------------------------------------------------------------
+
+
+def load_entry_points(pm: PluginManager, *, strict: bool | None = None) -> list[str]:
+    """Register the installed plugins that OPGRAPH_PLUGINS selects, each on its own; returns
+    the names registered now. One that fails is raised when `strict` (default:
+    OPGRAPH_STRICT_PLUGINS), or else left out with a warning while the others load."""
+    strict = strict_plugins() if strict is None else strict
+    loaded = []
+    for ep in selected_entry_points():
+        try:
+            if load_entry_point(pm, ep):
+                loaded.append(ep.name)
+        except PluginLoadError as error:
+            if strict:
+                raise
+            # A second plugin of a name is recorded apart from the first, which stays.
+            taken = pm.has_plugin(ep.name)
+            record_failure(pm, f"{ep.name} ({error.distribution})" if taken else ep.name, error)
+    return loaded
+
+
+def load_entry_point(pm: PluginManager, ep: metadata.EntryPoint) -> bool:
+    """Import and register one installed plugin (False: it is registered already), or raise a
+    PluginLoadError that says where it comes from and how to run without it."""
+    dist = ep.dist.name if ep.dist else None
+    source = PluginInfo(
+        name=ep.name,
+        entry_point=f"{ep.name} = {ep.value}",
+        distribution=dist,
+        version=ep.dist.version if ep.dist else None,
+    )
+    if pm.has_plugin(ep.name):
+        earlier = pm.sources.get(ep.name)
+        if earlier == source:
+            return False
+        where = f"distribution {earlier.distribution}" if earlier else "another plugin"
+        raise load_error(
+            f"two plugins are named {ep.name!r}: the entry point {source.entry_point} of "
+            f"distribution {dist} {source.version}, and {where}; uninstall one of them, or "
+            f"choose one with OPGRAPH_PLUGINS",
+            source,
         )
-    check_hooks(pm, plugin, name)
-    # check_hooks() reports every problem pluggy's own validation and check_pending() would,
-    # with clearer messages; theirs stay as a net.
     try:
-        pm.register(plugin, name=name)
-    except (ValueError, pluggy.PluginValidationError) as exc:
-        raise _unregistrable(name, exc) from exc
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:  # blame the plugin at fault, maybe another
-        culprit = (pm.get_name(exc.plugin) if exc.plugin is not None else None) or name
-        pm.unregister(plugin)
-        raise _unregistrable(culprit, exc) from exc
-    if source is not None and hasattr(pm, "sources"):
-        pm.sources[name] = source
-    return name
+        plugin = ep.load()
+        if _is_hook_function(plugin):
+            raise PluginError(
+                f"the entry point points at the function {plugin.__name__}, not at a plugin; "
+                f"point it at the module that holds the function: {ep.name} = {ep.module} "
+                f"(not {ep.value})",
+                plugin=ep.name,
+            )
+        add_plugin(pm, plugin, ep.name, source)
+    except Exception as exc:
+        raise load_error(
+            f"plugin {ep.name!r} ({_where(source)}) failed to load: {_reason(exc)}. "
+            f"{how_to_disable(ep.name, dist)}",
+            source,
+        ) from exc
+    return True
 
 
-def _unregistrable(name: str, exc: Exception) -> PluginError:
-    message = " ".join(str(exc).split())
-    return PluginError(f"plugin {name!r} cannot be registered: {message}", plugin=name)
-
-
-def hook_specs(pm: pluggy.PluginManager) -> dict[str, inspect.Signature]:
-    """Each opgraph hook and the signature of its spec."""
-    specs = {}
-    for hook_name in dir(pm.hook):
-        caller = getattr(pm.hook, hook_name)
-        if not hook_name.startswith("_") and getattr(caller, "spec", None) is not None:
-            specs[hook_name] = inspect.signature(caller.spec.function)
-    return specs
-
-
-def check_hooks(pm: pluggy.PluginManager, plugin: Any, name: str) -> list[str]:
-    """The hooks a plugin implements, or a PluginError that says what is wrong with them."""
-    specs = hook_specs(pm)
-    if _is_hook_function(pm, plugin):
-        raise PluginError(
-            f"plugin {name!r} is the function {plugin.__name__} itself; register the module "
-            f"(or object) that holds it, such as {plugin.__module__}",
-            plugin=name,
+def selected_entry_points() -> list[metadata.EntryPoint]:
+    """The installed entry points that OPGRAPH_PLUGINS names by entry point or distribution
+    (all of them when it is unset), with a warning for names that match none."""
+    installed, selected = installed_entry_points(), selected_plugins()
+    if selected is None:
+        return installed
+    wanted = {_normalize(name) for name in selected}
+    unmatched = wanted.difference(*map(_keys, installed))
+    if unmatched:
+        warnings.warn(
+            f"OPGRAPH_PLUGINS names {', '.join(sorted(unmatched))}, which no installed plugin "
+            f"matches (installed entry points: {', '.join(ep.name for ep in installed) or 'none'})",
+            stacklevel=4,
         )
-    implemented = []
-    for attr in dir(plugin):
-        opts = pm.parse_hookimpl_opts(plugin, attr)
-        if opts is None:
-            continue
-        hook = opts.get("specname") or attr
-        if hook not in specs:
-            if opts.get("optionalhook"):
-                continue
-            close = difflib.get_close_matches(hook, specs, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise PluginError(
-                f"plugin {name!r} implements {hook!r}, which is not an opgraph hook{hint} "
-                f"(hooks: {', '.join(f'{h}{sig}' for h, sig in specs.items())})",
-                plugin=name,
-            )
-        spec = specs[hook]
-        function = getattr(plugin, attr)
-        _check_class_style(plugin, name, attr, spec)
-        required = _required_arguments(function)
-        unknown = [arg for arg in required if arg not in spec.parameters]
-        if unknown:
-            raise PluginError(
-                f"plugin {name!r}: its hook function {attr}{_signature(function)} takes "
-                f"{', '.join(map(repr, unknown))}, which the hook does not pass; "
-                f"define it as {hook}{spec} (argument names matter: the hook passes them by name)",
-                plugin=name,
-            )
-        if opts.get("wrapper") or opts.get("hookwrapper"):
-            raise PluginError(
-                f"plugin {name!r}: {hook} cannot be a wrapper; drop wrapper=/hookwrapper=",
-                plugin=name,
-            )
-        implemented.append(hook)
-    if not implemented:
-        unmarked = [h for h in specs if callable(getattr(plugin, h, None))]
-        hint = (
-            f"; its function {unmarked[0]} is not marked with @opgraph.hookimpl"
-            if unmarked
-            else f"; give it a function marked @opgraph.hookimpl, such as {next(iter(specs))}"
-        )
-        raise PluginError(f"plugin {name!r} implements no opgraph hook{hint}", plugin=name)
-    return implemented
+    return [ep for ep in installed if _keys(ep) & wanted]
 
 
-def _is_hook_function(pm: pluggy.PluginManager, plugin: Any) -> bool:
-    """Whether `plugin` is a hook function (`register_ops`) rather than what holds it."""
-    marked = getattr(plugin, f"{pm.project_name}_impl", None) is not None
-    return inspect.isfunction(plugin) and (marked or plugin.__name__ in hook_specs(pm))
-
-
-def _check_class_style(plugin: Any, name: str, attr: str, spec: inspect.Signature) -> None:
-    """Catch the two ways of mixing up `self` in a class plugin, which Python reports only
-    later and obscurely ("'MyOps' object is not callable", or a missing argument).
-
-    A class plugin is an instance whose hook methods take `self`:
-    `engine.register(MyOps())` with `def register_ops(self, register)`.
-    """
-    if isinstance(plugin, types.ModuleType):
-        return
-    definition = f"def {attr}(self, {', '.join(spec.parameters)})"
-    if inspect.isclass(plugin):
-        raw = inspect.getattr_static(plugin, attr, None)
-        if inspect.isfunction(raw) and _first_parameter(raw) == "self":
-            raise PluginError(
-                f"plugin {name!r} is the class {plugin.__name__}, whose {attr} takes self: "
-                f"register an instance, {plugin.__name__}(), not the class",
-                plugin=name,
-            )
-        return
-    function = getattr(plugin, attr)
-    if inspect.ismethod(function) and _first_parameter(function.__func__) in spec.parameters:
-        raise PluginError(
-            f"plugin {name!r}: its method {attr}{_signature(function.__func__)} has no self, "
-            f"so Python would pass the instance as {_first_parameter(function.__func__)!r}; "
-            f"write {definition}",
-            plugin=name,
-        )
-
-
-def _first_parameter(function: Any) -> str | None:
-    try:
-        return next(iter(inspect.signature(function).parameters), None)
-    except (TypeError, ValueError):
-        return None
-
-
-def _required_arguments(function: Any) -> list[str]:
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return []
-    names = [
-        p.name
-        for p in parameters
-        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
-    # An unbound method of a class registered as a plugin: pluggy drops `self`, as we do.
-    if names and names[0] == "self" and "." in getattr(function, "__qualname__", ""):
-        names = names[1:]
-    return names
-
-
-def _signature(function: Any) -> str:
-    try:
-        return str(inspect.signature(function))
-    except (TypeError, ValueError):
-        return "(...)"
-
-
-def _normalize(name: str) -> str:
-    """A name as PEP 503 compares them: `opgraph_Trig` is `opgraph-trig`."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+def installed_entry_points() -> list[metadata.EntryPoint]:
+    """The installed entry points of the `opgraph` group, in a stable order."""
+    found = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return sorted(found, key=lambda ep: (_normalize(ep.dist.name) if ep.dist else "", ep.name))
 
 
 def selected_plugins() -> list[str] | None:
@@ -301,9 +207,42 @@ def selected_plugins() -> list[str] | None:
     return [n.strip() for n in os.environ["OPGRAPH_PLUGINS"].split(",") if n.strip()]
 
 
-def strict_plugins() -> bool:
-    """Whether OPGRAPH_STRICT_PLUGINS asks for an error, not a warning, when a plugin fails."""
-    return os.environ.get(STRICT_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
+def _keys(ep: metadata.EntryPoint) -> set[str]:
+    return {_normalize(ep.name), _normalize(ep.dist.name if ep.dist else "")}
+
+
+def _normalize(name: str) -> str:
+    """A name as PEP 503 compares them: `opgraph_Trig` is `opgraph-trig`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+# --- failures of installed plugins --------------------------------------------------------------
+
+
+def load_error(message: str, source: PluginInfo, op: str | None = None) -> PluginLoadError:
+    """A PluginLoadError about an installed plugin, with where it comes from as attributes."""
+    return PluginLoadError(
+        message,
+        plugin=source.name,
+        op=op,
+        entry_point=source.entry_point,
+        distribution=source.distribution,
+        version=source.version,
+    )
+
+
+def refused(error: PluginError, source: PluginInfo) -> PluginLoadError:
+    """An error in building the op table that blames an installed plugin, with where that
+    plugin comes from and how to run without it."""
+    failure = load_error(
+        f"{error} -- plugin {source.name!r} is the entry point {source.entry_point!r} of "
+        f"distribution {source.distribution} {source.version}. "
+        f"{how_to_disable(source.name, source.distribution)}",
+        source,
+        op=error.op,
+    )
+    failure.__cause__ = error
+    return failure
 
 
 def how_to_disable(plugin: str, distribution: str | None) -> str:
@@ -318,114 +257,9 @@ def how_to_disable(plugin: str, distribution: str | None) -> str:
     )
 
 
-def installed_entry_points() -> list[metadata.EntryPoint]:
-    """The installed entry points of the `opgraph` group, in a stable order."""
-    found = metadata.entry_points(group=ENTRY_POINT_GROUP)
-    return sorted(found, key=lambda ep: (_normalize(ep.dist.name) if ep.dist else "", ep.name))
-
-
-def load_entry_points(
-    pm: pluggy.PluginManager,
-    only: Sequence[str] | None = None,
-    *,
-    strict: bool | None = None,
-) -> list[str]:
-    """Register the installed plugins of the `opgraph` entry-point group; returns their names.
-
-    `only` (default: the comma list in OPGRAPH_PLUGINS, when set) names the entry points or
-    distributions to load; an empty list loads none. Each entry point loads on its own: a
-    plugin that fails to import or to register makes a PluginLoadError naming the entry
-    point, its distribution and version, with the original exception as its cause. With
-    `strict` (default: OPGRAPH_STRICT_PLUGINS) it is raised; otherwise it is issued as a
-    PluginLoadWarning, recorded in `pm.failures`, and the other plugins load.
-    """
-    if strict is None:
-        strict = strict_plugins()
-    if only is None:
-        only = selected_plugins()
-    wanted = None if only is None else {_normalize(n) for n in only}
-    matched: set[str] = set()
-    loaded = []
-    for ep in installed_entry_points():
-        dist = ep.dist.name if ep.dist else None
-        version = ep.dist.version if ep.dist else None
-        keys = {_normalize(ep.name), _normalize(dist or "")}
-        if wanted is not None:
-            if not keys & wanted:
-                continue
-            matched |= keys & wanted
-        source = PluginSource(
-            entry_point=f"{ep.name} = {ep.value}", distribution=dist, version=version
-        )
-        if pm.is_blocked(ep.name):
-            continue
-        if pm.has_plugin(ep.name):
-            earlier = getattr(pm, "sources", {}).get(ep.name)
-            if earlier == source:  # loaded by an earlier call
-                continue
-            where = f"distribution {earlier.distribution}" if earlier else "another plugin"
-            error = PluginLoadError(
-                f"two plugins are named {ep.name!r}: the entry point {ep.name} = {ep.value} of "
-                f"distribution {dist} {version}, and {where}; uninstall one of them, or "
-                f"choose one with OPGRAPH_PLUGINS",
-                plugin=ep.name,
-                entry_point=source.entry_point,
-                distribution=dist,
-                version=version,
-            )
-            if strict:
-                raise error
-            # The first one stays; this one is the failure (keyed apart, not to hide it).
-            record_failure(pm, f"{ep.name} ({dist})", source, str(error), error)
-            continue
-        try:
-            plugin = ep.load()
-            _check_target(pm, ep, plugin)
-            add_plugin(pm, plugin, name=ep.name, source=source)
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            error = PluginLoadError(
-                f"plugin {ep.name!r} (entry point {ep.name} = {ep.value}, distribution "
-                f"{dist} {version}) failed to load: {reason}. "
-                f"{how_to_disable(ep.name, dist)}",
-                plugin=ep.name,
-                entry_point=f"{ep.name} = {ep.value}",
-                distribution=dist,
-                version=version,
-            )
-            if strict:
-                raise error from exc
-            error.__cause__ = exc
-            record_failure(pm, ep.name, source, reason, error)
-            continue
-        loaded.append(ep.name)
-    if wanted is not None and wanted - matched:
-        installed = ", ".join(ep.name for ep in installed_entry_points()) or "none"
-        warnings.warn(
-            f"OPGRAPH_PLUGINS names {', '.join(sorted(wanted - matched))}, which no installed "
-            f"plugin matches (installed entry points: {installed})",
-            stacklevel=2,
-        )
-    return loaded
-
-
-def _check_target(pm: pluggy.PluginManager, ep: metadata.EntryPoint, plugin: Any) -> None:
-    """An entry point names the module of the hooks, not the hook function itself."""
-    if _is_hook_function(pm, plugin):
-        raise PluginError(
-            f"the entry point points at the function {plugin.__name__}, not at a plugin; "
-            f"point it at the module that holds the function: {ep.name} = {ep.module} "
-            f"(not {ep.value})",
-            plugin=ep.name,
-        )
-
-
-def record_failure(
-    pm: pluggy.PluginManager, name: str, source: PluginSource, reason: str, error: PluginLoadError
-) -> None:
-    """Remember an installed plugin that failed, and warn once, naming it and the cause."""
-    if hasattr(pm, "failures"):
-        pm.failures[name] = PluginFailure(name, source, reason, error)
+def record_failure(pm: PluginManager, name: str, error: PluginLoadError) -> None:
+    """Remember an installed plugin left out, and warn once, naming it and the cause."""
+    pm.failures[name] = error
     warnings.warn(
         f"{error} (the other plugins are loaded; set {STRICT_VARIABLE}=1 to make this an error)",
         PluginLoadWarning,
@@ -433,22 +267,212 @@ def record_failure(
     )
 
 
-def opgraph_distribution() -> dict[str, str]:
-    from . import __version__
+def failures_note(failures: dict[str, PluginLoadError]) -> str:
+    """What "no op named ..." adds when installed plugins failed to load: "; plugin 'x'
+    (...) failed to load: ...; it may have provided this op"; "" when none failed."""
+    described = [
+        f"plugin {name!r} ({_where(error)}) failed to load: {_reason(error.__cause__ or error)}"
+        for name, error in failures.items()
+    ]
+    if not described:
+        return ""
+    they = "it" if len(described) == 1 else "one of them"
+    return f"; {'; '.join(described)}; {they} may have provided this op"
 
-    return {"distribution": "opgraph", "version": __version__}
+
+def _where(source: PluginInfo | PluginLoadError) -> str:
+    return f"entry point {source.entry_point}, distribution {source.distribution} {source.version}"
 
 
-def source_of(plugin: Any) -> PluginSource:
-    """Find the distribution of a plugin registered in code, from its top-level package."""
-    module = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__module__
-    if not isinstance(plugin, types.ModuleType) and inspect.isclass(plugin):
-        module = plugin.__module__
-    top = (module or "").partition(".")[0]
-    dists = metadata.packages_distributions().get(top, [])
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# --- registering one plugin, and the checks of its hook functions ---------------------------
+
+
+def add_plugin(
+    pm: PluginManager, plugin: Any, name: str | None = None, source: PluginInfo | None = None
+) -> str:
+    """Check a plugin's hook functions, then register it; returns its name."""
+    name = name or pm.get_canonical_name(plugin)
+    if pm.has_plugin(name):
+        raise PluginError(f"a plugin named {name!r} is already registered", plugin=name)
+    if pm.is_registered(plugin):
+        raise PluginError(
+            f"plugin {name!r} is already registered as {pm.get_name(plugin)!r}", plugin=name
+        )
+    check_hooks(pm, plugin, name)
+    try:  # pluggy's own checks, a net under ours; check_pending may blame another plugin
+        pm.register(plugin, name=name)
+        pm.check_pending()
+    except (ValueError, pluggy.PluginValidationError) as exc:
+        culprit = getattr(exc, "plugin", None)
+        culprit = (pm.get_name(culprit) if culprit is not None else None) or name
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
+        message = " ".join(str(exc).split())
+        raise PluginError(
+            f"plugin {culprit!r} cannot be registered: {message}", plugin=culprit
+        ) from exc
+    pm.sources[name] = source
+    return name
+
+
+def check_hooks(pm: PluginManager, plugin: Any, name: str) -> None:
+    """Refuse, saying what to write instead, a plugin whose hook functions pluggy would
+    refuse, or would call in a way that fails later and obscurely."""
+    if _is_hook_function(plugin):
+        raise PluginError(
+            f"plugin {name!r} is the function {plugin.__name__} itself; register the module "
+            f"(or object) that holds it, such as {plugin.__module__}",
+            plugin=name,
+        )
+    marked = {attr: opts for attr in dir(plugin) if (opts := pm.parse_hookimpl_opts(plugin, attr))}
+    for attr, opts in marked.items():
+        check_hook(plugin, name, attr, opts)
+    if not marked:
+        unmarked = [hook for hook in HOOKS if callable(getattr(plugin, hook, None))]
+        hint = (
+            f"; its function {unmarked[0]} is not marked with @opgraph.hookimpl"
+            if unmarked
+            else f"; give it a function marked @opgraph.hookimpl, such as {next(iter(HOOKS))}"
+        )
+        raise PluginError(f"plugin {name!r} implements no opgraph hook{hint}", plugin=name)
+
+
+def check_hook(plugin: Any, name: str, attr: str, opts: dict[str, Any]) -> None:
+    """Check one function marked @hookimpl: a known hook, not a wrapper, `self` where a
+    method needs it, and only arguments the hook passes (it passes them by name)."""
+    hook = opts.get("specname") or attr
+    if hook not in HOOKS:
+        close = difflib.get_close_matches(hook, HOOKS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        listed = ", ".join(f"{h}{signature}" for h, signature in HOOKS.items())
+        raise PluginError(
+            f"plugin {name!r} implements {hook!r}, which is not an opgraph hook{hint} "
+            f"(hooks: {listed})",
+            plugin=name,
+        )
+    if opts.get("wrapper") or opts.get("hookwrapper"):
+        raise PluginError(
+            f"plugin {name!r}: {hook} cannot be a wrapper; drop wrapper=/hookwrapper=",
+            plugin=name,
+        )
+    spec, function = HOOKS[hook], getattr(plugin, attr)
+    own = list(inspect.signature(getattr(function, "__func__", function)).parameters)
+    # A class plugin is an instance whose hook methods take self: `engine.register(MyOps())`.
+    if inspect.isclass(plugin) and inspect.isfunction(function) and own[:1] == ["self"]:
+        raise PluginError(
+            f"plugin {name!r} is the class {plugin.__name__}, whose {attr} takes self: "
+            f"register an instance, {plugin.__name__}(), not the class",
+            plugin=name,
+        )
+    if inspect.ismethod(function) and own and own[0] in spec.parameters:
+        raise PluginError(
+            f"plugin {name!r}: its method {attr}{inspect.signature(function.__func__)} has no "
+            f"self, so Python would pass the instance as {own[0]!r}; "
+            f"write def {attr}(self, {', '.join(spec.parameters)})",
+            plugin=name,
+        )
+    parameters = inspect.signature(function).parameters.values()
+    required = [p.name for p in parameters if p.default is p.empty and p.kind not in _STARS]
+    unknown = [arg for arg in required if arg not in spec.parameters]
+    if unknown:
+        raise PluginError(
+            f"plugin {name!r}: its hook function {attr}{inspect.signature(function)} takes "
+            f"{', '.join(map(repr, unknown))}, which the hook does not pass; "
+            f"define it as {hook}{spec} (argument names matter: the hook passes them by name)",
+            plugin=name,
+        )
+
+
+_STARS = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def _is_hook_function(plugin: Any) -> bool:
+    """Whether `plugin` is a hook function (`register_ops`) rather than what holds it."""
+    marked = getattr(plugin, "opgraph_impl", None) is not None
+    return inspect.isfunction(plugin) and (marked or plugin.__name__ in HOOKS)
+
+
+# --- calling the hook, and what the plugins registered ----------------------------------------
+
+
+def call_register_ops(pm: PluginManager) -> list[tuple[str, Any, bool]]:
+    """Call each plugin's register_ops in registration order (built-ins first, whatever
+    pluggy's tryfirst/trylast say); returns each (plugin, op, replace) it registered."""
+    order = [name for name, _ in pm.list_name_plugin()]
+    impls = sorted(pm.hook.register_ops.get_hookimpls(), key=lambda i: order.index(i.plugin_name))
+    return [row for impl in impls for row in _call_register_ops(impl)]
+
+
+def _call_register_ops(impl: pluggy.HookImpl) -> list[tuple[str, Any, bool]]:
+    name, found, open_ = impl.plugin_name, [], True
+
+    def register(op: Any, *, replace: bool = False) -> None:
+        if not open_:
+            raise PluginError(
+                f"plugin {name!r} called register() after register_ops returned; "
+                f"register every op while the hook runs",
+                plugin=name,
+            )
+        found.append((name, op, bool(replace)))
+
+    try:  # the hook's one argument, if the function takes it
+        result = impl.function(*[register for _ in impl.argnames])
+    except Exception as exc:
+        raise PluginError(
+            f"plugin {name!r} failed in register_ops: {_reason(exc)}", plugin=name
+        ) from exc
+    finally:
+        open_ = False
+    if result is not None:
+        raise PluginError(
+            f"plugin {name!r}: register_ops returned {result!r}; it must call "
+            f"register(op) once per op and return nothing",
+            plugin=name,
+        )
+    return found
+
+
+def plugin_infos(pm: PluginManager, registered: list[tuple[str, Any, bool]]) -> list[PluginInfo]:
+    """Every registered plugin, with where it came from and the ops it registered."""
+    ops: dict[str, list[str]] = {}
+    replaces: dict[str, dict[str, str]] = {}
+    owner: dict[str, str] = {}
+    for plugin, op, replace in registered:
+        ops.setdefault(plugin, []).append(op.name)
+        if replace and op.name in owner:
+            replaces.setdefault(plugin, {})[op.name] = owner[op.name]
+        owner[op.name] = plugin
+    return [
+        dataclasses.replace(
+            pm.sources.get(name) or source_of(plugin),
+            name=name,
+            hooks=sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()),
+            ops=ops.get(name, []),
+            replaces=replaces.get(name, {}),
+        )
+        for name, plugin in pm.list_name_plugin()
+        if plugin is not None
+    ]
+
+
+def failed_infos(pm: PluginManager) -> list[PluginInfo]:
+    """The installed plugins left out, each with the error that says why."""
+    return [
+        PluginInfo(name, e.distribution, e.version, e.entry_point, error=str(e))
+        for name, e in pm.failures.items()  # e: the PluginLoadError
+    ]
+
+
+def source_of(plugin: Any) -> PluginInfo:
+    """The distribution of a plugin given in code, found from its top-level package."""
+    module = getattr(plugin, "__module__", None) or type(plugin).__module__
+    if isinstance(plugin, types.ModuleType):
+        module = plugin.__name__
+    dists = metadata.packages_distributions().get((module or "").partition(".")[0])
     if not dists:
-        return PluginSource()
-    try:
-        return PluginSource(distribution=dists[0], version=metadata.version(dists[0]))
-    except metadata.PackageNotFoundError:
-        return PluginSource(distribution=dists[0])
+        return PluginInfo()
+    return PluginInfo(distribution=dists[0], version=metadata.version(dists[0]))

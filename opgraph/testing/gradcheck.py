@@ -136,12 +136,12 @@ def _definition(engine: Engine, name: str) -> Any:
     definitions = engine.ops.definitions
     if name not in definitions:
         known = ", ".join(sorted(definitions)) or "none"
-        from ..engine import failed_plugins_note
+        from ..loading import failures_note
 
         failures = getattr(getattr(engine, "pm", None), "failures", {})
         raise GradcheckError(
             f"engine {engine.name!r} has no op named {name!r} (registered ops: {known}); "
-            f"is the plugin that provides it registered?{failed_plugins_note(failures.values())}"
+            f"is the plugin that provides it registered?{failures_note(failures)}"
         )
     return definitions[name]
 
