@@ -306,7 +306,7 @@ class OpTable:
 
     Attributes are the bound op functions; `ops.definitions[name]` is the checked `Row`
     (or `Composite`) with the plugin that provides it; `ops.chain_rule` is the eager backward
-    loop made from the rows (rules.chain_rule_for).
+    loop made from the rows (rules.chain_rule_for), `ops.float_pass` grad()'s.
     """
 
     def __init__(
@@ -319,9 +319,9 @@ class OpTable:
         self.definitions = dict(definitions)
         for name, op in definitions.items():
             setattr(self, name, bind(op, cls, engine_flags, tracer))
-        self.chain_rule = rules.chain_rule_for(
-            [op for op in definitions.values() if isinstance(op, Row)]
-        )
+        rows = [op for op in definitions.values() if isinstance(op, Row)]
+        self.chain_rule = rules.chain_rule_for(rows)  # backward's loop
+        self.float_pass = rules.float_pass_for(rows)  # grad()'s, into a dict
 
     def __getitem__(self, name: str) -> Callable[..., Value]:
         try:

@@ -99,25 +99,10 @@ def _leading_to(order: list[Value], inputs: list[Value]) -> set[Value]:
 
 
 def _float_pass(order: list[Value], needed: set[Value], output: Value) -> dict[Value, float]:
-    """The chain rule on floats, from `output` down to the inputs, into a dict.
-
-    Each node's partials come from rules.float_partials, as backward computes them.
-    """
-    grads = {output: 1.0}
-    get = grads.get
+    """The chain rule on floats, from `output` down to the inputs, into a dict: the op
+    table's float pass (rules.float_pass_for), whose steps are backward's."""
     hooks = HOOKS if HOOKS else None
-    for node in reversed(order):
-        if node not in needed:
-            continue
-        g = get(node, 0.0)
-        if hooks is not None and node in hooks:
-            g = grads[node] = run_hooks(node, g, hooks[node], on_values=False)
-        if node._opdef is None:
-            continue
-        for parent, partial in zip(node._prev, float_partials(node), strict=True):
-            if parent in needed:
-                grads[parent] = get(parent, 0.0) + partial * g
-    return grads
+    return output._ops.float_pass(order[::-1], needed, output, hooks, run_hooks)
 
 
 def _value_pass(order: list[Value], needed: set[Value], output: Value) -> dict[Value, Any]:

@@ -392,25 +392,12 @@ def chain_rule_for(rows: Sequence[Row]) -> Callable[[list[Value]], None]:
     the general branches, which call the row's derivative (an inline row's derivative is its
     rule on floats: the same numbers).
     """
-    names: dict[str, Any] = {}
-    branches: list[str] = []
-    for row in rows:
-        if row.partials is None:
-            continue
-        name = f"R{len(names)}"
-        names[name] = row
-        targets = ["a", "b"] + [f"node._more[{k}]" for k in range(row.arity - 2)]
-        args = [f"{t}._data" for t in targets[: row.arity]]
-        branches.append(f"elif op is {name}:  # {row.name}, partials {row.partials.texts}")
-        for k in range(row.arity):
-            term = term_source(row.partials, k, "node._data", args, "grad", ieee=True)
-            branches.append(f"    {targets[k]}._grad += {term}")
-    if branches:
-        branches[0] = branches[0].replace("elif", "if", 1)
-    source = _CHAIN_RULE.format(
-        branches="".join(" " * 12 + b + "\n" for b in branches),
-        general="elif" if branches else "if",
-    )
+
+    def add(target: str, term: str) -> list[str]:
+        return [f"{target}._grad += {term}"]
+
+    branches, names = _branches(rows, add, indent=12, first="if")
+    source = _CHAIN_RULE.format(branches=branches, general="elif" if names else "if")
     return generated(
         source,
         "chain rule",
@@ -420,6 +407,42 @@ def chain_rule_for(rows: Sequence[Row]) -> Callable[[list[Value]], None]:
         derivative_error=derivative_error,
         **names,
     )
+
+
+def float_pass_for(rows: Sequence[Row]) -> Callable[..., dict[Value, float]]:
+    """`grad()`'s chain rule on floats for an op table, into a dict rather than `.grad`:
+    `float_pass(order, needed, output, hooks, run_hooks)` walks `order` (children first),
+    keeps to the nodes in `needed` and returns {node: d output / d node}. The same branches as
+    `chain_rule_for`, so the same numbers."""
+
+    def add(target: str, term: str) -> list[str]:
+        return [f"if {target} in needed:", f"    grads[{target}] = get({target}, 0.0) + {term}"]
+
+    branches, names = _branches(rows, add, indent=8, first="elif")
+    source = _FLOAT_PASS.format(branches=branches)
+    return generated(source, "float pass", "float_pass", float_partials=float_partials, **names)
+
+
+def _branches(
+    rows: Sequence[Row], add: Callable[[str, str], list[str]], indent: int, first: str
+) -> tuple[str, dict]:
+    """The loop's branch for each inline row, `op is R<k>:` and its terms, each added to its
+    parent with `add(parent, term)`; and the rows by name, for the loop's globals."""
+    names: dict[str, Row] = {}
+    lines: list[str] = []
+    for row in rows:
+        if row.partials is None:
+            continue
+        name = f"R{len(names)}"
+        names[name] = row
+        targets = ["a", "b"] + [f"node._more[{k}]" for k in range(row.arity - 2)]
+        args = [f"{t}._data" for t in targets[: row.arity]]
+        keyword = "elif" if lines else first
+        lines.append(f"{keyword} op is {name}:  # {row.name}, partials {row.partials.texts}")
+        for k in range(row.arity):
+            term = term_source(row.partials, k, "node._data", args, "grad", ieee=True)
+            lines.extend("    " + line for line in add(targets[k], term))
+    return "".join(" " * indent + line + "\n" for line in lines), names
 
 
 # The loop: one branch per inline row (written in by chain_rule_for), then the general ones.
@@ -457,6 +480,28 @@ def chain_rule(order):
                     parent._grad += partial * grad
         except Exception as exc:
             raise derivative_error(node, exc) from exc
+"""
+
+
+_FLOAT_PASS = """\
+def float_pass(order, needed, output, hooks, run_hooks):
+    grads = {{output: 1.0}}
+    get = grads.get
+    for node in order:
+        if node not in needed:
+            continue
+        grad = get(node, 0.0)
+        if hooks is not None and node in hooks:
+            grad = grads[node] = run_hooks(node, grad, hooks[node], on_values=False)
+        op = node._opdef
+        a, b = node._a, node._b
+        if op is None:  # a leaf
+            continue
+{branches}        else:
+            for parent, partial in zip(node._prev, float_partials(node), strict=True):
+                if parent in needed:
+                    grads[parent] = get(parent, 0.0) + partial * grad
+    return grads
 """
 
 
