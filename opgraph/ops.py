@@ -373,8 +373,7 @@ def check(op: Any, plugin: str) -> AnyOp:
     )
     if op.partials is not None:
         return _inline(op, row, fail)
-    _check_derivative(op, arity, fail)
-    row = replace(row, derivative=op.derivative)
+    row = replace(row, derivative=_checked_derivative(op, arity, fail))
     _probe(row, fail)
     return row
 
@@ -412,7 +411,10 @@ def _inline(op: Op, row: Row, fail: Callable[[str], PluginError]) -> Row:
     )
 
 
-def _check_derivative(op: Op, arity: int, fail: Callable[[str], PluginError]) -> None:
+def _checked_derivative(
+    op: Op, arity: int, fail: Callable[[str], PluginError]
+) -> Callable[..., Sequence[float]]:
+    """The op's derivative function, checked with its value_derivative."""
     if op.derivative is None:
         raise fail(
             "derivative must be callable; none was given: a primitive Op needs its local "
@@ -432,6 +434,7 @@ def _check_derivative(op: Op, arity: int, fail: Callable[[str], PluginError]) ->
             raise fail(
                 f"value_derivative must take (out, *inputs): {arity + 1} arguments, not {takes}"
             )
+    return op.derivative
 
 
 def _first_line(doc: str | None) -> str:

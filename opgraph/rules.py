@@ -166,8 +166,9 @@ def _refused(node: ast.AST, names: set[str]) -> str | None:
         return None if node.id in names else f"names {node.id!r}, which is not {_list(names)}"
     if isinstance(node, ast.Constant):
         value = node.value
-        if type(value) in (int, float) and math.isfinite(_as_float(value)):
-            return None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if math.isfinite(_as_float(value)):
+                return None
         return f"has the constant {value!r}, which is not a finite real number"
     if isinstance(node, ast.operator | ast.unaryop | ast.expr_context):
         return None
@@ -202,7 +203,7 @@ class _Floats(ast.NodeTransformer):
     """Numbers as floats: `3 * a` computes `3.0 * a`, the same float, on every executor."""
 
     def visit_Constant(self, node: ast.Constant) -> ast.Constant:
-        return ast.Constant(float(node.value))
+        return ast.Constant(float(node.value))  # type: ignore[arg-type]  # checked: a number
 
 
 class _Substitute(ast.NodeTransformer):
@@ -511,11 +512,10 @@ def float_pass(order, needed, output, hooks, run_hooks):
 
 def float_partials(node: Value) -> tuple[float, ...]:
     """`node`'s local derivatives as floats, counted and checked, as backward computes them."""
-    parents = node._prev
+    parents, op = node._prev, node._opdef
+    assert op is not None, "a leaf has no partials"
     try:
-        partials = counted_partials(
-            node._opdef.derivative(node._data, *[p._data for p in parents]), node
-        )
+        partials = counted_partials(op.derivative(node._data, *[p._data for p in parents]), node)
         return tuple(p if type(p) is float else real_partial(p) for p in partials)
     except Exception as exc:
         raise derivative_error(node, exc) from exc
@@ -524,6 +524,7 @@ def float_partials(node: Value) -> tuple[float, ...]:
 def value_partials(node: Value) -> tuple:
     """`node`'s local derivatives as Values (or float constants), for create_graph=True."""
     op = node._opdef
+    assert op is not None, "a leaf has no partials"
     parents = node._prev
     derivative = op.value_derivative
     if derivative is None:
@@ -552,7 +553,7 @@ def value_partials(node: Value) -> tuple:
             "return Values built with opgraph's ops, or numbers for constant partials)",
             error=NotDifferentiableError,
         ) from exc
-    checked = []
+    checked: list[Any] = []
     for partial in partials:
         if type(partial) is type(node):
             checked.append(partial)
@@ -607,8 +608,9 @@ def derivative_error(node: Value, exc: Exception) -> OpError:
 def _recount(node: Value) -> str | None:
     """The wrong-count problem of `node`'s derivative, or None if the count is right (or the
     derivative fails, or its result has no length)."""
+    op = node._opdef
     try:
-        partials = node._opdef.derivative(node._data, *[p._data for p in node._prev])
+        partials = op.derivative(node._data, *[p._data for p in node._prev])  # type: ignore[union-attr]
         counted_partials(partials, node)
     except PartialsCountError as exc:
         return str(exc)

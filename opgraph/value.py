@@ -40,7 +40,7 @@ from .modes import NO_GRAD, mode, scope_path
 if TYPE_CHECKING:
     from .binding import OpTable
     from .engine import Engine
-    from .ops import Op
+    from .ops import Row
 
 
 class _DefaultOps:
@@ -100,7 +100,7 @@ class Value:
     _tracer: Any = None  # the engine's tracer; None when tracing is off
     _ids = itertools.count()
 
-    def __init__(self, data: float, label: str = "", _prev: tuple = (), _op: Op | None = None):
+    def __init__(self, data: float, label: str = "", _prev: tuple = (), _op: Row | None = None):
         if type(data) is not float:
             data = _number(data)
         self._data = data
