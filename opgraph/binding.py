@@ -306,7 +306,8 @@ class OpTable:
 
     Attributes are the bound op functions; `ops.definitions[name]` is the checked `Row`
     (or `Composite`) with the plugin that provides it; `ops.chain_rule` is the eager backward
-    loop made from the rows (rules.chain_rule_for), `ops.float_pass` grad()'s.
+    loop made from the rows (rules.chain_rule_for), `ops.float_pass` grad()'s and
+    `ops.tangent_pass` jvp()'s.
     """
 
     def __init__(
@@ -322,6 +323,7 @@ class OpTable:
         rows = [op for op in definitions.values() if isinstance(op, Row)]
         self.chain_rule = rules.chain_rule_for(rows)  # backward's loop
         self.float_pass = rules.float_pass_for(rows)  # grad()'s, into a dict
+        self.tangent_pass = rules.tangent_pass_for(rows)  # jvp()'s forward sweep
 
     def __getitem__(self, name: str) -> Callable[..., Value]:
         try:

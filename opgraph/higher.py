@@ -25,7 +25,7 @@ from .backward import topological_order
 from .errors import CompileError, EngineMismatchError, describe
 from .hooks import HOOKS, run_hooks
 from .modes import enable_grad, scope
-from .rules import float_partials, value_partials
+from .rules import value_partials
 from .value import Value, _number
 
 # ---------------------------------------------------------------------------------------------
@@ -178,21 +178,6 @@ def jvp(
     if type(out) is not engine.Value:
         raise TypeError(f"jvp(): fn must return a Value of engine {engine.name!r}, got {out!r}")
     tangent = {leaf: _number(t) for leaf, t in zip(leaves, tangents, strict=True)}
-    get = tangent.get
-    for node in topological_order(out):  # parents first
-        op = node._opdef
-        if op is None:
-            continue
-        total = None
-        partials = None
-        for i, parent in enumerate(node._prev):
-            t = get(parent)
-            if t is None:  # a parent that depends on no primal
-                continue
-            if partials is None:
-                partials = float_partials(node)
-            term = partials[i] * t
-            total = term if total is None else total + term
-        if total is not None:
-            tangent[node] = total
+    # The sweep, parents first, with the op table's local derivatives (rules.py).
+    engine.ops.tangent_pass(topological_order(out), tangent)
     return out, tangent.get(out, 0.0)

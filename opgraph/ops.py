@@ -212,7 +212,7 @@ def reserved_names() -> frozenset[str]:
 
     value_names = {n for n in dir(Value) if not n.startswith("_")} - METHOD_OPS
     table_names = {n for n in dir(OpTable) if not n.startswith("_")}
-    table_names |= {"definitions", "chain_rule", "float_pass"}
+    table_names |= {"definitions", "chain_rule", "float_pass", "tangent_pass"}
     return frozenset(value_names | table_names)
 
 

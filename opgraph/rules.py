@@ -424,11 +424,39 @@ def float_pass_for(rows: Sequence[Row]) -> Callable[..., dict[Value, float]]:
     return generated(source, "float pass", "float_pass", float_partials=float_partials, **names)
 
 
+def tangent_pass_for(rows: Sequence[Row]) -> Callable[..., None]:
+    """`jvp()`'s forward sweep for an op table: `tangent_pass(order, tangent)` walks `order`
+    (parents first) and sets tangent[node] = sum over its parents of partial * tangent[parent],
+    for the nodes whose parents have tangents (a parent with none depends on no primal)."""
+
+    def add(target: str, term: str) -> list[str]:
+        return [
+            f"t = get({target})",
+            "if t is not None:",
+            f"    term = {term}",
+            "    total = term if total is None else total + term",
+        ]
+
+    after = ["if total is not None:", "    tangent[node] = total"]
+    branches, names = _branches(
+        rows, add, indent=8, first="elif", grad="t", before=["total = None"], after=after
+    )
+    source = _TANGENT_PASS.format(branches=branches)
+    return generated(source, "tangent pass", "tangent_pass", float_partials=float_partials, **names)
+
+
 def _branches(
-    rows: Sequence[Row], add: Callable[[str, str], list[str]], indent: int, first: str
+    rows: Sequence[Row],
+    add: Callable[[str, str], list[str]],
+    indent: int,
+    first: str,
+    grad: str = "grad",
+    before: Sequence[str] = (),
+    after: Sequence[str] = (),
 ) -> tuple[str, dict]:
-    """The loop's branch for each inline row, `op is R<k>:` and its terms, each added to its
-    parent with `add(parent, term)`; and the rows by name, for the loop's globals."""
+    """The loop's branch for each inline row, `op is R<k>:` and its terms (partial k times
+    `grad`), each added to its parent with `add(parent, term)`, between the lines `before`
+    and `after`; and the rows by name, for the loop's globals."""
     names: dict[str, Row] = {}
     lines: list[str] = []
     for row in rows:
@@ -440,9 +468,11 @@ def _branches(
         args = [f"{t}._data" for t in targets[: row.arity]]
         keyword = "elif" if lines else first
         lines.append(f"{keyword} op is {name}:  # {row.name}, partials {row.partials.texts}")
+        lines.extend("    " + line for line in before)
         for k in range(row.arity):
-            term = term_source(row.partials, k, "node._data", args, "grad", ieee=True)
+            term = term_source(row.partials, k, "node._data", args, grad, ieee=True)
             lines.extend("    " + line for line in add(targets[k], term))
+        lines.extend("    " + line for line in after)
     return "".join(" " * indent + line + "\n" for line in lines), names
 
 
@@ -503,6 +533,30 @@ def float_pass(order, needed, output, hooks, run_hooks):
                 if parent in needed:
                     grads[parent] = get(parent, 0.0) + partial * grad
     return grads
+"""
+
+
+_TANGENT_PASS = """\
+def tangent_pass(order, tangent):
+    get = tangent.get
+    for node in order:
+        op = node._opdef
+        a, b = node._a, node._b
+        if op is None:  # a leaf
+            continue
+{branches}        else:
+            total = None
+            partials = None
+            for i, parent in enumerate(node._prev):
+                t = get(parent)
+                if t is None:  # a parent that depends on no primal
+                    continue
+                if partials is None:
+                    partials = float_partials(node)
+                term = partials[i] * t
+                total = term if total is None else total + term
+            if total is not None:
+                tangent[node] = total
 """
 
 
