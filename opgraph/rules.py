@@ -23,7 +23,7 @@ Every executor takes its step of the chain rule from here, and nowhere else writ
 - `partial_sources` and `term_source`: an inline row's partials as source code, which compiled
   replay (floats) and batched replay (numpy arrays) paste into the code they generate.
 
-An inline rule becomes Python source once (`_RowRule`), with two spellings of `/` and `**`:
+An inline rule becomes Python source once per row (`functions`), with two spellings of `/` and `**`:
 on floats they are IEEE-754 (`div`, `power` below: 1 / 0 is inf, not ZeroDivisionError), on
 Values and numpy arrays they are the operators themselves. A partial that is the constant 1
 contributes `grad` itself, not `1.0 * grad`: the same bits, one multiplication less.
@@ -342,11 +342,14 @@ class RowRule:
 
 def functions(rule: Partials, label: str) -> RowRule:
     """The derivative functions of an inline rule, generated once per row."""
-    params = ", ".join(("out", *rule.params))
-    ieee = [ast.unparse(_IEEE().visit(_copy(t))) for t in rule.trees]
-    plain = [ast.unparse(t) for t in rule.trees]
+    # The parameters are renamed x0, x1 ...: a forward's `div` or `power` must not hide the
+    # IEEE functions of the same names.
+    names = {p: f"x{i}" for i, p in enumerate(rule.params)}
+    params = ", ".join(("out", *names.values()))
+    ieee = [ast.unparse(_source(t, names, ieee=True)) for t in rule.trees]
+    plain = [ast.unparse(_source(t, names, ieee=False)) for t in rule.trees]
     source = (
-        f"def derivative({params}):  # {label}\n    return ({', '.join(ieee)},)\n\n"
+        f"def derivative({params}):  # {label!r}\n    return ({', '.join(ieee)},)\n\n"
         f"def on_values({params}):\n    return ({', '.join(plain)},)\n"
     )
     floats = generated(source, f"rule of {label}", "derivative")

@@ -185,3 +185,14 @@ def test_a_refused_rule_loses_nothing():
     x = engine.value(2.0)
     engine.ops.cube(x).backward()
     assert x.grad == 12.0
+
+
+def test_parameters_named_like_the_generated_codes_helpers_are_only_parameters():
+    """A forward's `div` or `power` parameter does not hide the IEEE `/` and `**` helpers."""
+    row = Op("quot", lambda div, power: div / power, partials=("1 / power", "-div / power**2"))
+    engine = Engine(plugins=[plugin("opgraph_named", row)], entry_points=False)
+    a, b = engine.value(3.0), engine.value(2.0)
+    out = engine.ops.quot(a, b)
+    out.grad = 1.0
+    out._backward()  # through the row's derivative function, not backward's loop
+    assert (a.grad, b.grad) == (0.5, -0.75)
