@@ -102,7 +102,7 @@ def _float_pass(order: list[Value], needed: set[Value], output: Value) -> dict[V
     """The chain rule on floats, from `output` down to the inputs, into a dict: the op
     table's float pass (rules.float_pass_for), whose steps are backward's."""
     hooks = HOOKS if HOOKS else None
-    return output._ops.float_pass(order[::-1], needed, output, hooks, run_hooks)
+    return output._ops.float_pass(reversed(order), needed, output, hooks, run_hooks)
 
 
 def _value_pass(order: list[Value], needed: set[Value], output: Value) -> dict[Value, Any]:
