@@ -36,8 +36,8 @@ from __future__ import annotations
 import ast
 import builtins
 import copy
+import hashlib
 import inspect
-import itertools
 import linecache
 import math
 import operator
@@ -318,13 +318,13 @@ def _odd_integer(x: float) -> bool:
 
 
 # Generated functions: compiled with a file name of their own and registered with linecache.
-_serial = itertools.count()
 NAMESPACE = {"div": div, "power": power, "inf": math.inf, "nan": math.nan}
 
 
 def generated(source: str, what: str, name: str, **names: Any) -> Callable:
     """The function `name` that `source` defines, its lines shown in tracebacks."""
-    filename = f"<opgraph {what} {next(_serial)}>"
+    # Named by their text, so that a table rebuilt with the same rows reuses its entry.
+    filename = f"<opgraph {what} {hashlib.sha1(source.encode()).hexdigest()[:12]}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = {**NAMESPACE, **names}
     exec(builtins.compile(source, filename, "exec"), namespace)
