@@ -2,8 +2,10 @@
 
 This is the module a plugin author reads. A plugin describes an op once, as one row of a table
 of derivatives: its name, its forward function, its local derivatives. The engine collects
-every plugin's rows (`collect`), checks each one (`check`), and hands them to binding.py, which
-turns each row into the plain function that builds nodes (the hot path).
+every plugin's rows (`collect`), checks each one (`check`, which makes the `Op` a plugin wrote
+into the `Row` the engine runs), and hands them to binding.py, which turns each row into the
+plain function that builds nodes (the hot path); rules.py turns their local derivatives into
+the chain rule of every executor.
 """
 
 from __future__ import annotations
