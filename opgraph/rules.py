@@ -41,6 +41,7 @@ import inspect
 import linecache
 import math
 import operator
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
@@ -231,10 +232,14 @@ class _IEEE(ast.NodeTransformer):
 
 
 def _raw(text: str) -> ast.Name:
-    """Source text as an expression node, in parentheses unless it is a plain name or a
-    chain of attributes (ast.unparse writes a name's text as it is)."""
-    plain = all(part.isidentifier() for part in text.split(".")) or _unsigned_number(text)
+    """Source text as an expression node, in parentheses unless it is a name, an attribute
+    or a slice of one (`a._data`, `V[3:5]`), or an unsigned number: ast.unparse writes a
+    name's text as it is."""
+    plain = _PLAIN.fullmatch(text) is not None or _unsigned_number(text)
     return ast.Name(text if plain else f"({text})", ast.Load())
+
+
+_PLAIN = re.compile(r"[A-Za-z_][\w.]*(\[[\w:]*\])?")
 
 
 def _unsigned_number(text: str) -> bool:
