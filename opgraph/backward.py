@@ -5,12 +5,10 @@ sorting the reachable nodes by id gives a topological order. Walking it in rever
 asks its op for the local derivatives and adds `local * node.grad` to each parent's grad
 (the chain rule); `+=` makes a node used twice collect both contributions.
 
-Nearly every node of a network is an add or a mul, so the pass knows their two rules by heart
-and applies them inline, without a call and a tuple per node: an op that declares
-`rule="sum"` (partials 1, 1) or `rule="product"` (partials b, a), as the built-in add and
-mul do, has that declaration checked against its derivative when it is registered (ops.py),
-and backward applies the rule instead of calling the derivative. Any other op's derivative is
-called.
+The loop itself is not written here: each op table has its own (`ops.chain_rule`), generated
+by rules.py from the table's rows when the table is built. The partials of a row that gives
+them inline (add's `1, 1`, mul's `b, a`, nearly every node of a network) are written into it,
+so those nodes cost no call and no tuple; any other row's derivative is called.
 
 Gradient hooks (`Value.register_hook`, higher.py) live in a side table: a pass checks once
 whether it is empty, and only when it is not does it take the slower path that looks up each
@@ -32,18 +30,10 @@ from operator import attrgetter
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
-    AnomalyError,
-    NotRealError,
-    OpError,
-    PartialsCountError,
-    ReentrantBackwardError,
-    node_name,
-    op_error,
-    wrong_partials,
-)
+from .errors import AnomalyError, ReentrantBackwardError, node_name, op_error
 from .hooks import HOOKS, run_hooks
 from .modes import ANOMALY, mode
+from .rules import float_partials
 from .value import _number
 
 if TYPE_CHECKING:
@@ -144,79 +134,31 @@ TRACE_CHUNK = 256
 
 
 def _propagate(nodes: list[Value], tracer) -> None:
-    chain_rule = _chain_rule_hooked if HOOKS else _chain_rule
+    # The chain rule of the graph's op table (rules.chain_rule_for), made when it was built.
+    plain = nodes[-1]._ops.chain_rule  # the root's: every node of a graph has one engine
+
+    def hooked(order: list[Value]) -> None:
+        _chain_rule_hooked(order, plain)
+
+    chain_rule = hooked if HOOKS else plain
     if tracer is not None:
         _propagate_traced(nodes, tracer, chain_rule)
         return
     chain_rule(nodes[::-1])
 
 
-def _chain_rule_hooked(order: list[Value]) -> None:
+def _chain_rule_hooked(order: list[Value], chain_rule) -> None:
     # The chain rule with hooks: a node's grad is complete when its turn comes (every node
     # that uses it came before), so its hooks run then, before it flows to its parents. The
-    # stretches of nodes between hooked ones go through the plain `_chain_rule`.
+    # stretches of nodes between hooked ones go through the plain `chain_rule`.
     start = 0
     for i, node in enumerate(order):
         hooks = HOOKS.get(node)
         if hooks:
-            _chain_rule(order[start:i])
+            chain_rule(order[start:i])
             node._grad = run_hooks(node, node._grad, hooks, on_values=False)
             start = i
-    _chain_rule(order[start:])
-
-
-def _chain_rule(order: list[Value]) -> None:
-    # The chain rule, node by node from the root down: each parent gets the op's local
-    # derivative times the node's grad. The sum and product rules (add and mul) are written
-    # out (a partial of 1 needs no product: `1.0 * grad` is `grad` to the bit); other unary
-    # and binary ops, nearly all the rest, skip the general loop. A partial that is not a
-    # float goes through `real_partial`, which converts a real number and refuses anything
-    # else (a complex, None, a string).
-    for node in order:
-        op = node._opdef
-        if op is None:  # a leaf
-            continue
-        a, b, grad = node._a, node._b, node._grad
-        rule = op.rule
-        try:
-            if rule == "sum":  # d(a + b) = (1, 1), as registration checked
-                a._grad += grad
-                b._grad += grad
-            elif rule == "product":  # d(a * b) = (b, a)
-                a._grad += b._data * grad
-                b._grad += a._data * grad
-            elif b is None:
-                (da,) = op.derivative(node._data, a._data)
-                if type(da) is not float:
-                    da = real_partial(da)
-                a._grad += da * grad
-            elif node._more is None:
-                da, db = op.derivative(node._data, a._data, b._data)
-                if type(da) is not float:
-                    da = real_partial(da)
-                if type(db) is not float:
-                    db = real_partial(db)
-                a._grad += da * grad
-                b._grad += db * grad
-            else:
-                parents = node._prev
-                partials = op.derivative(node._data, *[p._data for p in parents])
-                for parent, partial in zip(parents, counted_partials(partials, node), strict=True):
-                    if type(partial) is not float:
-                        partial = real_partial(partial)
-                    parent._grad += partial * grad
-        except Exception as exc:
-            raise derivative_error(node, exc) from exc
-
-
-def real_partial(partial: object) -> float:
-    """A partial derivative as a float, or NotRealError: a complex grad is never right."""
-    if isinstance(partial, Real):
-        return _number(partial)
-    raise NotRealError(
-        f"derivative returned a partial derivative {partial!r} of type "
-        f"{type(partial).__name__}; each one must be a real number"
-    )
+    chain_rule(order[start:])
 
 
 def _propagate_traced(nodes: list[Value], tracer, chain_rule) -> None:
@@ -245,14 +187,7 @@ def _propagate_checked(nodes: list[Value], tracer) -> None:
         if op is None:
             continue
         parents = node._prev
-        try:
-            partials = op.derivative(node._data, *[p._data for p in parents])
-            pairs = [
-                (parent, real_partial(partial) if type(partial) is not float else partial)
-                for parent, partial in zip(parents, counted_partials(partials, node), strict=True)
-            ]
-        except Exception as exc:
-            raise derivative_error(node, exc) from exc
+        pairs = zip(parents, float_partials(node), strict=True)
         for parent, partial in pairs:
             parent._grad += partial * node._grad
             if not (math.isfinite(partial) and math.isfinite(parent._grad)):
@@ -264,42 +199,6 @@ def _propagate_checked(nodes: list[Value], tracer) -> None:
                     detail=f"partial {partial}, grad {parent._grad}",
                     error=AnomalyError,
                 )
-
-
-def counted_partials(partials, node: Value):
-    """`partials`, once counted: one per parent of `node`, or PartialsCountError."""
-    if type(partials) is not tuple:
-        partials = tuple(partials)  # a list, or a generator, which has no length
-    if len(partials) != len(node._prev):
-        raise PartialsCountError(wrong_partials(len(node._prev), partials))
-    return partials
-
-
-def derivative_error(node: Value, exc: Exception) -> OpError:
-    """The OpError for a derivative that failed at `node`, naming the op and the node.
-
-    The inline unary and binary paths unpack the partials without counting them (a count per
-    node would cost time on every pass); when one fails, the derivative is called again here
-    and its partials counted, to tell a wrong count from any other failure.
-    """
-    if isinstance(exc, NotRealError | PartialsCountError):
-        problem = str(exc)
-    else:
-        problem = _recount(node) or f"{type(exc).__name__}: {exc}"
-    return op_error(node._opdef, "failed in backward", node=node, inputs=node._prev, detail=problem)
-
-
-def _recount(node: Value) -> str | None:
-    """The wrong-count problem of `node`'s derivative, or None if the count is right (or the
-    derivative fails, or its result has no length)."""
-    try:
-        partials = node._opdef.derivative(node._data, *[p._data for p in node._prev])
-        counted_partials(partials, node)
-    except PartialsCountError as exc:
-        return str(exc)
-    except Exception:
-        return None
-    return None
 
 
 def zero_grad(root: Value) -> None:

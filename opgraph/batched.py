@@ -13,13 +13,13 @@ row repeated), and gathers by index elsewhere. The generated code is straight-li
 one numpy call per group and operand, in a generator that keeps the forward operands alive
 for the backward pass, as the scalar replay does.
 
-Each op computes with its plugin's array kernels (`Op.array_forward`, `Op.array_derivative`),
-add and mul with numpy's `add` and `multiply` (the same IEEE-754 arithmetic, element by
-element) and the partials of their declared `rule` inline. An op without kernels still
-works: its scalar functions are applied element by element, with a warning. Floating-point
-errors give inf and nan as in eager mode, silently (`np.errstate`). The backward pass is
-seeded with each sample's weight; the parameters' gradients are summed over the batch, in
-blocks of SUM_BLOCK samples added up in order.
+Each op computes with its plugin's array kernels (`Op.array_forward`, `Op.array_derivative`);
+a forward that is an operator (`operator.add`, `operator.mul`) with numpy's ufunc of the same
+IEEE-754 arithmetic (`add`, `multiply`), and a row's inline partials written out (rules.py).
+An op without kernels still works: its scalar functions are applied element by element, with
+a warning. Floating-point errors give inf and nan as in eager mode, silently (`np.errstate`).
+The backward pass is seeded with each sample's weight; the parameters' gradients are summed
+over the batch, in blocks of SUM_BLOCK samples added up in order.
 
 A large batch runs in chunks of `Compiled.chunk_size` samples, so that `V` and its gradients
 take a bounded amount of memory; backward then runs each chunk's forward pass again (only a
@@ -34,12 +34,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from numbers import Real
-from operator import add as operator_add
-from operator import mul as operator_mul
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import rules
 from .compile import (
     SUM_BLOCK,
     BatchWarning,
@@ -58,7 +57,7 @@ from .errors import (
     op_message,
     wrong_partials,
 )
-from .ops import Op
+from .ops import Row
 
 if TYPE_CHECKING:
     from .compile import Compiled
@@ -263,7 +262,7 @@ def _blocks(rows: np.ndarray) -> tuple[str, int, int, str] | None:
 class _Group:
     """Nodes of one op at one depth, computed by one array operation."""
 
-    def __init__(self, op: Op, depth: int, backward: bool):
+    def __init__(self, op: Row, depth: int, backward: bool):
         self.op = op  # the op called: the full op for `x ** 2` (its constant is an argument)
         self.depth = depth
         self.backward = backward  # do the nodes lead to the first output?
@@ -276,7 +275,12 @@ class BatchedProgram(_Generated):
 
     def __init__(self, compiled: Compiled):
         self.compiled = compiled
-        self.namespace: dict[str, Any] = {"np": np, "add": np.add, "multiply": np.multiply}
+        self.namespace: dict[str, Any] = {
+            "np": np,
+            "add": np.add,
+            "subtract": np.subtract,
+            "multiply": np.multiply,
+        }
         self.warned: set[str] = set()
         self._leaves()
         self.reaches_root = {id(v) for v in _reachable(compiled.outputs[:1])}
@@ -303,7 +307,7 @@ class BatchedProgram(_Generated):
                     self.constant_of[id(node)] = node.data
         self.parameter_ids = parameter_ids
 
-    def _call(self, node: Value) -> tuple[Op, list[Value | float]]:
+    def _call(self, node: Value) -> tuple[Row, list[Value | float]]:
         """The op to call on a node, and its arguments (parents, or the op's constants)."""
         op = node._opdef
         if op.base is None:
@@ -446,15 +450,15 @@ class BatchedProgram(_Generated):
         """The names of the group's forward and derivative array functions (None: inline)."""
         op = group.op
         forward = derivative = None
-        if op.forward not in (operator_add, operator_mul):
+        if rules.forward_ufunc(op) is None:
             forward = f"F{gi}"
             self.namespace[forward] = self._array_function(op, "array_forward", gi)
-        if group.backward and not op.rule:
+        if group.backward and op.partials is None:
             derivative = f"D{gi}"
             self.namespace[derivative] = self._array_function(op, "array_derivative", gi)
         return forward, derivative
 
-    def _array_function(self, op: Op, field: str, gi: int) -> Callable:
+    def _array_function(self, op: Row, field: str, gi: int) -> Callable:
         kernel = getattr(op, field, None)
         if kernel is not None:
             if not callable(kernel):
@@ -505,7 +509,7 @@ class BatchedProgram(_Generated):
                     names.append(f"a{gi}_{j}")
                     emit(f"a{gi}_{j} = {operand.read}", gi)
             if forward is None:
-                ufunc = "add" if group.op.forward is operator_add else "multiply"
+                ufunc = rules.forward_ufunc(group.op)
                 emit(f"{ufunc}({names[0]}, {names[1]}, out={out})", gi)
             else:
                 emit(f"{out} = {forward}({', '.join(names)})", gi)
@@ -536,10 +540,12 @@ class BatchedProgram(_Generated):
             _, derivative = self._kernels(group, gi)
             end = group.start + len(group.nodes)
             emit(f"    g = G[{group.start}:{end}]  # {group.op.name}, depth {group.depth}", gi)
-            if group.op.rule == "sum":
-                contributions = ["g", "g"]  # d(a + b)/da = d(a + b)/db = 1
-            elif group.op.rule == "product":
-                contributions = [f"{names[1]} * g", f"{names[0]} * g"]
+            if group.op.partials is not None:  # inline: the rule's terms written out
+                out = f"V[{group.start}:{end}]"
+                contributions = [
+                    rules.term_source(group.op.partials, j, out, names, "g", ieee=False)
+                    for j in range(len(ops))
+                ]
             else:
                 partials = [f"d{j}" for j in range(len(ops))]
                 emit(

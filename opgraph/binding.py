@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import Any
 
+from . import rules
 from .errors import (
     AnomalyError,
     EngineMismatchError,
@@ -29,7 +30,7 @@ from .errors import (
     op_error,
 )
 from .modes import ANOMALY, NO_GRAD, child_path, mode, scope_path
-from .ops import AnyOp, Composite, Op, _parameter_names, with_constants
+from .ops import AnyOp, Composite, Row, _parameter_names, with_constants
 from .value import DISPATCHING, OPERATORS, Value, _number
 
 
@@ -88,7 +89,7 @@ def forward_error(op: AnyOp, operands: Sequence[Value], exc: Exception) -> OpErr
     return op_error(op, "failed in forward", inputs=operands, detail=f"{type(exc).__name__}: {exc}")
 
 
-def _checked(op: Op, cls: type[Value], out: float, parents: tuple, flags: int) -> Value:
+def _checked(op: Row, cls: type[Value], out: float, parents: tuple, flags: int) -> Value:
     """The slow path of an op under no_grad() or detect_anomaly()."""
     if flags & ANOMALY and not math.isfinite(out):
         raise op_error(op, f"produced {out} in forward", inputs=parents, error=AnomalyError)
@@ -97,7 +98,7 @@ def _checked(op: Op, cls: type[Value], out: float, parents: tuple, flags: int) -
     return cls(out, "", parents, op)
 
 
-def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) -> Callable:
+def _bind_primitive(op: Row, cls: type[Value], engine_flags: int, tracer: Any) -> Callable:
     """The function that runs `op` on operands: the hot path of every graph.
 
     It builds the output node in place (`new(cls)` and six slot stores) rather than calling
@@ -178,7 +179,7 @@ def _bind_primitive(op: Op, cls: type[Value], engine_flags: int, tracer: Any) ->
     return nary
 
 
-def _bind_static(op: Op, cls: type[Value], engine_flags: int, tracer: Any) -> Callable:
+def _bind_static(op: Row, cls: type[Value], engine_flags: int, tracer: Any) -> Callable:
     """Bind an op with static positions: plain numbers there are baked into the op."""
     full = _bind_primitive(op, cls, engine_flags, tracer)
 
@@ -292,7 +293,7 @@ def bind(
 
 def _signature(op: AnyOp) -> inspect.Signature:
     """The operands of `op`, positional, named as its function names them (else x1, x2 ...)."""
-    names = _parameter_names(op.forward if isinstance(op, Op) else op.fn)[: op.arity]
+    names = _parameter_names(op.forward if isinstance(op, Row) else op.fn)[: op.arity]
     if len(names) != op.arity:
         names = [f"x{i + 1}" for i in range(op.arity)]  # type: ignore[arg-type]
     return inspect.Signature(
@@ -303,8 +304,10 @@ def _signature(op: AnyOp) -> inspect.Signature:
 class OpTable:
     """One engine's frozen op table. `ops.add(a, b)`, `ops["add"]`, `"sin" in ops`.
 
-    Attributes are the bound op functions; `ops.definitions[name]` is the registered
-    `Op` or `Composite` with the plugin that provides it.
+    Attributes are the bound op functions; `ops.definitions[name]` is the checked `Row`
+    (or `Composite`) with the plugin that provides it; `ops.chain_rule` is the eager backward
+    loop made from the rows (rules.chain_rule_for), `ops.float_pass` grad()'s and
+    `ops.tangent_pass` jvp()'s.
     """
 
     def __init__(
@@ -317,6 +320,10 @@ class OpTable:
         self.definitions = dict(definitions)
         for name, op in definitions.items():
             setattr(self, name, bind(op, cls, engine_flags, tracer))
+        rows = [op for op in definitions.values() if isinstance(op, Row)]
+        self.chain_rule = rules.chain_rule_for(rows)  # backward's loop
+        self.float_pass = rules.float_pass_for(rows)  # grad()'s, into a dict
+        self.tangent_pass = rules.tangent_pass_for(rows)  # jvp()'s forward sweep
 
     def __getitem__(self, name: str) -> Callable[..., Value]:
         try:

@@ -4,9 +4,10 @@ A training loop rebuilds the same graph every step. `compile(fn, *example_args)`
 once, takes the graph it built, and writes it out as two straight-line Python functions:
 a forward pass, one line per node, and a backward pass, the chain rule line by line in reverse.
 Both call the same plugin `forward` and `derivative` functions as eager mode, so any op
-compiles, third-party ones included; add and mul, nearly every node, are written out as `+`,
-`*` and their chain rule (the op's declared `rule`), exactly as eager mode computes them (a
-call saved per node and pass). A replay builds no Value and no graph.
+compiles, third-party ones included; the partials of a row that gives them inline (add's,
+mul's, nearly every node) are written out, by rules.py, exactly as eager mode computes them,
+and a forward that is an operator (`operator.add`) as the operator (a call saved per node and
+pass). A replay builds no Value and no graph.
 
 What a replay can follow: everything inside ops (relu's branch, a plugin's piecewise op),
 new argument values, and new `.data` on the leaf Values the graph reads (parameters after an
@@ -24,7 +25,6 @@ import builtins
 import itertools
 import linecache
 import math
-import operator
 import sys
 import threading
 import time
@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
+from . import rules
 from .backward import begin_pass, end_pass, seed_gradient, topological_order
 from .engine import default_engine
 from .errors import (
@@ -44,7 +45,7 @@ from .errors import (
     wrong_partials,
 )
 from .modes import ANOMALY, enable_grad, mode
-from .ops import Op
+from .ops import Row
 from .value import Value, _real
 
 if TYPE_CHECKING:
@@ -602,7 +603,7 @@ class _Program(_Generated):
         nodes = compiled.nodes
         self.index = {id(node): i for i, node in enumerate(nodes)}
         self.outputs = [self.index[id(v)] for v in compiled.outputs]
-        self.namespace: dict[str, Any] = {"inf": math.inf, "nan": math.nan}
+        self.namespace: dict[str, Any] = dict(rules.NAMESPACE)  # inf, nan, IEEE div, power
         self._names: dict[int, str] = {}
         self._checked: tuple[Callable, dict[int, int]] | None = None
         self._filenames: set[str] = set()
@@ -620,7 +621,7 @@ class _Program(_Generated):
             self.namespace[name] = fn
         return self._names[id(fn)]
 
-    def _arguments(self, op: Op, parents: list[int]) -> tuple[Op, list[str], list[int]]:
+    def _arguments(self, op: Row, parents: list[int]) -> tuple[Row, list[str], list[int]]:
         """The op to call, its argument expressions, and which partials belong to parents."""
         if op.base is None:
             return op, [f"v{p}" for p in parents], list(range(len(parents)))
@@ -656,7 +657,7 @@ class _Program(_Generated):
                     emit(f"v{i} = {_literal(node._data)}")
                 continue
             call_op, args, _ = self._arguments(op, [index[id(p)] for p in node._prev])
-            expression = _inline_forward(call_op, args)
+            expression = rules.forward_source(call_op, args)
             if expression is None:
                 expression = f"{self._name(call_op.forward, call_op.name)}({', '.join(args)})"
             emit(f"v{i} = {expression}", i)
@@ -676,16 +677,21 @@ class _Program(_Generated):
                 continue  # a leaf, or a node the first output does not depend on
             parents = [index[id(p)] for p in node._prev]
             call_op, args, keep = self._arguments(op, parents)
-            partials = _inline_partials(call_op, args)
-            if partials is None:
+            if call_op.partials is not None:  # inline: the rule's terms written out
+                partials = rules.partial_sources(call_op.partials, f"v{i}", args, ieee=True)
+                terms = [
+                    rules.term_source(call_op.partials, k, f"v{i}", args, f"g{i}", ieee=True)
+                    for k in range(len(args))
+                ]
+            else:
                 d = self._name(call_op.derivative, f"d_{call_op.name}")
                 # The partials unpack into d0, d1, ...; a wrong count fails on this line.
                 partials = [f"d{k}" for k in range(len(args))]
                 emit(f"    {', '.join(partials)}, = {d}(v{i}, {', '.join(args)})", i)
+                terms = [f"{d} * g{i}" for d in partials]
             for k, parent in zip(keep, parents, strict=True):
                 assign = "+=" if parent in has_grad else "="
-                product = f"g{i}" if partials[k] == "1.0" else f"{partials[k]} * g{i}"
-                emit(f"    g{parent} {assign} {product}", i)
+                emit(f"    g{parent} {assign} {terms[k]}", i)
                 if checked:
                     check = f"backward_anomaly({i}, {partials[k]}, g{parent})"
                     emit(f"    if not isfinite(g{parent}): {check}")
@@ -773,27 +779,6 @@ class _Program(_Generated):
             detail=f"partial {partial}, grad {grad}",
             error=AnomalyError,
         )
-
-
-def _inline_forward(op: Op, args: list[str]) -> str | None:
-    """`a + b` for a forward that is operator.add, `a * b` for operator.mul (the built-in add
-    and mul): the same result without a call; None for any other forward."""
-    if op.forward is operator.add:
-        return f"{args[0]} + {args[1]}"
-    if op.forward is operator.mul:
-        return f"{args[0]} * {args[1]}"
-    return None
-
-
-def _inline_partials(op: Op, args: list[str]) -> list[str] | None:
-    """The partials of an op that declares a rule (add's and mul's), as expressions written
-    into the source as eager backward applies them (see backward.py); None for an op whose
-    derivative must be called."""
-    if op.rule == "sum":
-        return ["1.0", "1.0"]
-    if op.rule == "product":
-        return [args[1], args[0]]  # d(a * b)/da = b, d(a * b)/db = a
-    return None
 
 
 def _recount(node: Value, where: str) -> str | None:

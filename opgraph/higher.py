@@ -3,7 +3,8 @@
 `grad(output, inputs)` is a reverse pass like `backward()`, but it returns the derivatives
 instead of adding them to `.grad`, and it walks only the nodes between `output` and `inputs`.
 With `create_graph=True` it runs the chain rule on Values rather than floats: each op's
-`value_derivative` (ops.py) gives its partials as nodes, and every product and sum of the
+`value_derivative` (an inline rule's own expressions, or the plugin's function; rules.py)
+gives its partials as nodes, and every product and sum of the
 chain rule is a node too, so the derivatives it returns are part of the graph and can be
 differentiated again, to any order.
 
@@ -25,18 +26,11 @@ from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import Any
 
-from .backward import counted_partials, derivative_error, real_partial, topological_order
-from .errors import (
-    AnomalyError,
-    CompileError,
-    EngineMismatchError,
-    NotDifferentiableError,
-    OpError,
-    describe,
-    op_error,
-)
+from .backward import topological_order
+from .errors import CompileError, EngineMismatchError, describe
 from .hooks import HOOKS, run_hooks
 from .modes import enable_grad, scope
+from .rules import value_partials
 from .value import Value, _number
 
 # ---------------------------------------------------------------------------------------------
@@ -109,57 +103,11 @@ def _leading_to(order: list[Value], inputs: list[Value]) -> set[Value]:
     return needed
 
 
-def float_partials(node: Value) -> tuple:
-    """`node`'s local derivatives as floats, as backward computes them."""
-    op = node._opdef
-    rule = op.rule
-    if rule == "sum":
-        return (1.0, 1.0)
-    if rule == "product":
-        return (node._b._data, node._a._data)
-    parents = node._prev
-    try:
-        partials = counted_partials(op.derivative(node._data, *[p._data for p in parents]), node)
-        return tuple(p if type(p) is float else real_partial(p) for p in partials)
-    except Exception as exc:
-        raise derivative_error(node, exc) from exc
-
-
 def _float_pass(order: list[Value], needed: set[Value], output: Value) -> dict[Value, float]:
-    """The chain rule on floats, from `output` down to the inputs, into a dict.
-
-    As backward's `_chain_rule`, the sum and product rules are written out.
-    """
-    grads = {output: 1.0}
-    get = grads.get
+    """The chain rule on floats, from `output` down to the inputs, into a dict: the op
+    table's float pass (rules.float_pass_for), whose steps are backward's."""
     hooks = HOOKS if HOOKS else None
-    for node in reversed(order):
-        if node not in needed:
-            continue
-        g = get(node, 0.0)
-        if hooks is not None and node in hooks:
-            g = grads[node] = run_hooks(node, g, hooks[node], on_values=False)
-        op = node._opdef
-        if op is None:
-            continue
-        rule = op.rule
-        if rule == "sum":  # d(a + b) = (1, 1)
-            a, b = node._a, node._b
-            if a in needed:
-                grads[a] = get(a, 0.0) + g
-            if b in needed:
-                grads[b] = get(b, 0.0) + g
-        elif rule == "product":  # d(a * b) = (b, a)
-            a, b = node._a, node._b
-            if a in needed:
-                grads[a] = get(a, 0.0) + b._data * g
-            if b in needed:
-                grads[b] = get(b, 0.0) + a._data * g
-        else:
-            for parent, partial in zip(node._prev, float_partials(node), strict=True):
-                if parent in needed:
-                    grads[parent] = get(parent, 0.0) + partial * g
-    return grads
+    return output._ops.float_pass(reversed(order), needed, output, hooks, run_hooks)
 
 
 def _value_pass(order: list[Value], needed: set[Value], output: Value) -> dict[Value, Any]:
@@ -179,7 +127,7 @@ def _value_pass(order: list[Value], needed: set[Value], output: Value) -> dict[V
             g = grads[node] = run_hooks(node, _as_value(cls, g), hooks[node], on_values=True)
         if node._opdef is None:
             continue
-        for parent, partial in zip(node._prev, _value_partials(node), strict=True):
+        for parent, partial in zip(node._prev, value_partials(node), strict=True):
             if parent in needed:
                 term = _times(partial, g)
                 grads[parent] = term if parent not in grads else grads[parent] + term
@@ -193,56 +141,6 @@ def _times(partial: Any, g: Any) -> Any:
     if type(g) is float and g == 1.0:
         return partial
     return partial * g
-
-
-def _value_partials(node: Value) -> tuple:
-    """`node`'s local derivatives as Values (or float constants), from `value_derivative`."""
-    op = node._opdef
-    parents = node._prev
-    derivative = op.value_derivative
-    if derivative is None:
-        raise op_error(
-            op,
-            "cannot be differentiated twice",
-            node=node,
-            inputs=parents,
-            detail="it has no value_derivative (its derivative works on floats only), so "
-            "grad(..., create_graph=True) cannot go through it; backward() and grad() "
-            "work to first order (docs/plugins.md shows how to make an op twice "
-            "differentiable)",
-            error=NotDifferentiableError,
-        )
-    try:
-        partials = counted_partials(derivative(node, *parents), node)
-    except (OpError, AnomalyError, EngineMismatchError):
-        raise
-    except Exception as exc:
-        raise op_error(
-            op,
-            "failed in value_derivative",
-            node=node,
-            inputs=parents,
-            detail=f"{type(exc).__name__}: {exc} (value_derivative is given Values and must "
-            "return Values built with opgraph's ops, or numbers for constant partials)",
-            error=NotDifferentiableError,
-        ) from exc
-    checked = []
-    for partial in partials:
-        if type(partial) is type(node):
-            checked.append(partial)
-        elif isinstance(partial, Real) and not isinstance(partial, Value):
-            checked.append(_number(partial))
-        else:
-            raise op_error(
-                op,
-                "failed in value_derivative",
-                node=node,
-                inputs=parents,
-                detail=f"it returned a partial {partial!r} of type {type(partial).__name__}; "
-                "each one must be a Value of the node's engine or a real number",
-                error=NotDifferentiableError,
-            )
-    return tuple(checked)
 
 
 def _as_value(cls: type[Value], g: Any) -> Value:
@@ -285,31 +183,6 @@ def jvp(
     if type(out) is not engine.Value:
         raise TypeError(f"jvp(): fn must return a Value of engine {engine.name!r}, got {out!r}")
     tangent = {leaf: _number(t) for leaf, t in zip(leaves, tangents, strict=True)}
-    get = tangent.get
-    for node in topological_order(out):  # parents first
-        op = node._opdef
-        if op is None:
-            continue
-        if op.rule:  # add and mul, written out: d(a + b) = da + db, d(a * b) = b da + a db
-            a, b = node._a, node._b
-            ta, tb = get(a), get(b)
-            if ta is None and tb is None:  # depends on no primal
-                continue
-            if op.rule == "sum":
-                tangent[node] = (ta or 0.0) + (tb or 0.0)
-            else:
-                tangent[node] = b._data * (ta or 0.0) + a._data * (tb or 0.0)
-            continue
-        total = None
-        partials = None
-        for i, parent in enumerate(node._prev):
-            t = get(parent)
-            if t is None:  # a parent that depends on no primal
-                continue
-            if partials is None:
-                partials = float_partials(node)
-            term = partials[i] * t
-            total = term if total is None else total + term
-        if total is not None:
-            tangent[node] = total
+    # The sweep, parents first, with the op table's local derivatives (rules.py).
+    engine.ops.tangent_pass(topological_order(out), tangent)
     return out, tangent.get(out, 0.0)

@@ -2,8 +2,10 @@
 
 This is the module a plugin author reads. A plugin describes an op once, as one row of a table
 of derivatives: its name, its forward function, its local derivatives. The engine collects
-every plugin's rows (`collect`), checks each one (`check`), and hands them to binding.py, which
-turns each row into the plain function that builds nodes (the hot path).
+every plugin's rows (`collect`), checks each one (`check`, which makes the `Op` a plugin wrote
+into the `Row` the engine runs), and hands them to binding.py, which turns each row into the
+plain function that builds nodes (the hot path); rules.py turns their local derivatives into
+the chain rule of every executor.
 """
 
 from __future__ import annotations
@@ -19,59 +21,92 @@ from dataclasses import dataclass, field, replace
 from numbers import Real
 from typing import Any
 
+from . import rules
 from .errors import PluginError, registration_error, wrong_partials
+from .rules import Partials
 from .value import OPERATORS, Value, _number
 
 
 @dataclass(frozen=True)
 class Op:
-    """A primitive op: its forward function and its local derivatives.
+    """A primitive op as a plugin writes it: one row of a table of derivatives.
 
     `forward(*xs) -> float` computes the output from the inputs' data.
-    `derivative(out, *xs) -> tuple` returns d out / d x_i for each input, given the output
-    and the inputs; backward multiplies each by the output's grad (the chain rule).
+    Its local derivatives, d out / d x_i for each input, are given one of two ways:
+
+    - `partials`, inline: one expression per input over `out` and the forward's parameter
+      names, as a table of derivatives writes them: `("b", "a")` for `a * b`,
+      `("1 - out * out",)` for tanh. They may use those names, numbers, `+ - * / **`, unary
+      minus and parentheses (registration refuses anything else). From them opgraph derives
+      everything else: the derivative on floats, on Values (so the op is differentiable to
+      any order), on numpy arrays, and the lines compiled and batched replay write out.
+    - `derivative(out, *xs) -> tuple`, a function, for anything the expressions cannot say
+      (a branch, a call): it returns d out / d x_i for each input, given the output and the
+      inputs; backward multiplies each by the output's grad (the chain rule). Then
+      `value_derivative`, optional, is the same derivative on Values: given the output node
+      and the input nodes it returns the partials as Values built with opgraph's ops (or
+      plain numbers for constant partials), which `grad(..., create_graph=True)` can
+      differentiate again; without it the op is differentiable once.
+
     `arity` defaults to the number of positional parameters of `forward`.
     `static` lists argument positions that, given a plain number, are baked into the op
     instead of becoming a constant leaf: `x ** 2` has one parent, as in micrograd.
-    `array_forward` and `array_derivative`, optional, are the same two functions on numpy
-    arrays (element by element), for batched replay (`Compiled.map`); without them it
-    applies `forward` and `derivative` to each element.
-    `rule`, optional, declares that the derivative of a binary op is one of the two rules
-    nearly every node of a network uses: `"sum"`, d(a + b) = (1, 1), or `"product"`,
-    d(a * b) = (b, a). Registration checks the declaration against `derivative`, and the
-    backward passes (eager, compiled, batched) then apply the rule inline, without calling
-    `derivative`: about a third of backward's time on a network.
-    `value_derivative`, optional, is the derivative again, on Values: given the output node
-    and the input nodes it returns the partials as Values built with opgraph's ops (or plain
-    numbers for partials that are constants). `grad(..., create_graph=True)` calls it, so the
-    derivatives it returns are nodes of the graph and can be differentiated again, to any
-    order. Pass the same function as `derivative` when it works on both (`1 - out * out` for
-    tanh). An op without one is differentiable once: differentiating through it a second
-    time raises NotDifferentiableError. See docs/plugins.md and docs/higher-order.md.
+    `array_forward` and `array_derivative`, optional, are `forward` and `derivative` on numpy
+    arrays (element by element), for batched replay (`Compiled.map`); without them it applies
+    the scalar functions to each element (inline partials need no `array_derivative`).
+    `rule` is gone: registration says what to write instead (`partials=("1", "1")` for
+    `rule="sum"`, `partials=("b", "a")` for `rule="product"`).
 
     An op has three printed forms. `name` (`pow`) is its identifier: the op table's key, the
     method `v.pow(...)`, and the word every error message uses. `symbol` (`**`) is how it is
     written, micrograd-style; it defaults to the name. `title` is micrograd's `_op` string,
     the symbol followed by any fixed argument (`**2` for `x ** 2`), which draw_dot shows.
+
+    The fields are optional here only so that `check()` can name what is missing; the engine
+    never runs an `Op`, but the `Row` that `check()` makes of it.
     """
 
     name: str
-    forward: Callable[..., float] | None = None  # None only to report it by name in check()
+    forward: Callable[..., float] | None = None
     derivative: Callable[..., Sequence[float]] | None = None
     arity: int | None = None
     static: tuple[int, ...] = ()
     doc: str = ""
     symbol: str = ""  # micrograd's way of writing the op (`*`, `**`); "" means the name
-    plugin: str = ""  # set at registration: the name of the plugin that registered the op
-    constants: tuple[tuple[int, float], ...] = field(default=(), repr=False)  # (position, value)
-    base: Op | None = field(default=None, repr=False, compare=False)  # the op before fixing
     # Optional: the op on numpy arrays, element by element, for `Compiled.map` (batched
     # replay): array_forward(*xs) -> array, array_derivative(out, *xs) -> tuple of arrays.
     array_forward: Callable[..., Any] | None = field(default=None, repr=False)
     array_derivative: Callable[..., Sequence[Any]] | None = field(default=None, repr=False)
-    rule: str = ""  # "sum" or "product": the derivative's shape, applied inline by backward
+    rule: str = ""  # removed: registration refuses it, saying which partials to write
     # Optional: the derivative on Values, for derivatives of derivatives (grad, create_graph).
     value_derivative: Callable[..., Sequence[Any]] | None = field(default=None, repr=False)
+    partials: tuple[str, ...] | None = None  # the local derivatives inline, as expressions
+
+
+@dataclass(frozen=True, eq=False)
+class Row:
+    """A checked primitive op, as the engine runs it: made by `check()` from an `Op`.
+
+    Every field an executor calls is there: `derivative` is the plugin's function, or the
+    inline `partials` on floats (rules.py). `partials` is the parsed inline rule (None for a
+    row with a derivative function), `value_derivative` the derivative on Values (None: the
+    op is differentiable once). Nodes carry their Row (`Value.op`).
+    """
+
+    name: str
+    forward: Callable[..., float]
+    derivative: Callable[..., Sequence[float]]
+    arity: int
+    plugin: str  # the name of the plugin that registered the op
+    symbol: str
+    doc: str = ""
+    static: tuple[int, ...] = ()
+    partials: Partials | None = None
+    value_derivative: Callable[..., Sequence[Any]] | None = field(default=None, repr=False)
+    array_forward: Callable[..., Any] | None = field(default=None, repr=False)
+    array_derivative: Callable[..., Sequence[Any]] | None = field(default=None, repr=False)
+    constants: tuple[tuple[int, float], ...] = field(default=(), repr=False)  # (position, value)
+    base: Row | None = field(default=None, repr=False)  # the row before fixing constants
 
     @property
     def title(self) -> str:
@@ -101,10 +136,10 @@ class Op:
     def __reduce__(self):
         return (_registered_op, (self.name, self.plugin, self.constants))
 
-    def __copy__(self) -> Op:
+    def __copy__(self) -> Row:
         return self
 
-    def __deepcopy__(self, memo: dict) -> Op:
+    def __deepcopy__(self, memo: dict) -> Row:
         return self
 
 
@@ -147,15 +182,15 @@ def _parameter_names(fn: Callable | None) -> list[str]:
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
-AnyOp = Op | Composite
+AnyOp = Row | Composite  # a checked definition of the op table
 
 
-def _registered_op(name: str, plugin: str, constants: tuple[tuple[int, float], ...]) -> Op:
+def _registered_op(name: str, plugin: str, constants: tuple[tuple[int, float], ...]) -> Row:
     """The op `name` of `plugin` in the default engine: how a pickled node finds its op."""
     from .engine import default_engine
 
     op = default_engine().ops.definitions.get(name)
-    if not isinstance(op, Op) or op.plugin != plugin:
+    if not isinstance(op, Row) or op.plugin != plugin:
         now = f"plugin {op.plugin!r} registers it" if op is not None else "no plugin registers it"
         raise PluginError(
             f"cannot load a pickled Value made by op {name!r} of plugin {plugin!r}: in the "
@@ -178,14 +213,16 @@ def reserved_names() -> frozenset[str]:
     from .value import Value
 
     value_names = {n for n in dir(Value) if not n.startswith("_")} - METHOD_OPS
-    table_names = {n for n in dir(OpTable) if not n.startswith("_")} | {"definitions"}
+    table_names = {n for n in dir(OpTable) if not n.startswith("_")}
+    table_names |= {"definitions", "chain_rule", "float_pass", "tangent_pass"}
     return frozenset(value_names | table_names)
 
 
-def with_constants(op: Op, constants: tuple[tuple[int, float], ...]) -> Op:
+def with_constants(op: Row, constants: tuple[tuple[int, float], ...]) -> Row:
     """The op with some arguments fixed to numbers: `pow` with exponent 2 is unary.
 
-    The result keeps the full op as `base`, so that `compile` can call it directly.
+    The result keeps the full op as `base`, so that `compile` can call it directly. An inline
+    rule is fixed too: the numbers take the place of their names (rules.py).
     """
     fixed = dict(constants)
     keep = [i for i in range(op.arity) if i not in fixed]
@@ -229,48 +266,22 @@ def with_constants(op: Op, constants: tuple[tuple[int, float], ...]) -> Op:
                 partials = value_derivative(out, *full(xs))
                 return tuple(partials[i] for i in keep)
 
+    partials = None
+    if op.partials is not None:
+        partials = op.partials.fixed(fixed)
+        made = rules.functions(partials, f"{op.plugin}.{op.name}")
+        derivative_fixed, value_derivative_fixed = made.derivative, made.value_derivative
     return replace(
         op,
         forward=forward_fixed,
         derivative=derivative_fixed,
         value_derivative=value_derivative_fixed,
+        partials=partials,
         arity=len(keep),
         static=(),
         constants=constants,
         base=op,
-        rule="",  # a binary rule does not hold once an argument is fixed
     )
-
-
-# The derivative rules an Op may declare (`rule=`), as the partials they stand for, and the
-# points where registration checks that the op's own derivative gives them.
-RULES: dict[str, Callable[[float, float], tuple[float, float]]] = {
-    "sum": lambda a, b: (1.0, 1.0),  # d(a + b)/da = 1, d(a + b)/db = 1
-    "product": lambda a, b: (b, a),  # d(a * b)/da = b, d(a * b)/db = a
-}
-_RULE_TEXT = {"sum": "(1, 1)", "product": "(b, a)"}
-_RULE_POINTS = ((0.5, -2.0), (3.0, 0.25), (-1.5, 7.0))
-
-
-def _check_rule(op: Op, arity: int, fail: Callable[[str], PluginError]) -> None:
-    """A declared `rule` must be one of RULES, on a binary op, and be what `derivative` gives."""
-    if not isinstance(op.rule, str) or op.rule not in RULES:
-        raise fail(f"rule must be one of {', '.join(map(repr, RULES))} or empty, got {op.rule!r}")
-    if arity != 2 or op.static:
-        raise fail(f"rule={op.rule!r} is for a binary op without static positions")
-    declared = f"rule={op.rule!r}, partials {_RULE_TEXT[op.rule]}"
-    for a, b in _RULE_POINTS:
-        try:
-            partials = tuple(op.derivative(op.forward(a, b), a, b))
-        except Exception as exc:
-            raise fail(
-                f"declares {declared}, but its derivative failed at a={a}, b={b}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        if partials != RULES[op.rule](a, b):
-            raise fail(
-                f"declares {declared}, but its derivative returned {partials!r} at a={a}, b={b}"
-            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,10 +354,73 @@ def check(op: Any, plugin: str) -> AnyOp:
     doc = op.doc or _first_line(inspect.getdoc(body))
     if isinstance(op, Composite):
         return replace(op, arity=arity, plugin=plugin, doc=doc)
+    assert isinstance(op, Op) and body is not None
 
+    if any(not isinstance(i, int) or not 0 <= i < arity for i in op.static):
+        raise fail(f"static positions {op.static} are out of range for arity {arity}")
+    if op.rule:
+        raise fail(_RULE_GONE)
+    row = Row(
+        name=op.name,
+        forward=body,
+        derivative=_no_derivative,
+        arity=arity,
+        plugin=plugin,
+        symbol=symbol,
+        doc=doc,
+        static=tuple(op.static),
+        value_derivative=op.value_derivative,
+        array_forward=op.array_forward,
+        array_derivative=op.array_derivative,
+    )
+    if op.partials is not None:
+        return _inline(op, row, fail)
+    row = replace(row, derivative=_checked_derivative(op, arity, fail))
+    _probe(row, fail)
+    return row
+
+
+_RULE_GONE = (
+    "rule= is gone: give the local derivatives inline instead, partials=('1', '1') for "
+    "rule='sum' and partials=('b', 'a') (the forward's parameter names) for rule='product', "
+    "without derivative="
+)
+
+
+def _no_derivative(out: float, *xs: float) -> Sequence[float]:  # replaced before use
+    raise AssertionError("a row is made with its derivative")
+
+
+def _inline(op: Op, row: Row, fail: Callable[[str], PluginError]) -> Row:
+    """The row of an op that gives its partials inline, with the functions made from them."""
+    given = [f for f in ("derivative", "value_derivative", "array_derivative") if getattr(op, f)]
+    if given:
+        raise fail(
+            f"gives both inline partials and {', '.join(given)}: the partials are its "
+            f"derivative on floats, Values and arrays; give one or the other"
+        )
+    try:
+        partials = rules.parse_partials(op.partials, row.forward, row.arity)
+    except rules.RuleError as exc:
+        raise fail(str(exc)) from None
+    made = rules.functions(partials, f"{row.plugin}.{row.name}")
+    return replace(
+        row,
+        partials=partials,
+        derivative=made.derivative,
+        value_derivative=made.value_derivative,
+        array_derivative=made.value_derivative,  # the same expressions, on numpy arrays
+    )
+
+
+def _checked_derivative(
+    op: Op, arity: int, fail: Callable[[str], PluginError]
+) -> Callable[..., Sequence[float]]:
+    """The op's derivative function, checked with its value_derivative."""
     if op.derivative is None:
         raise fail(
-            "derivative must be callable; none was given: a primitive Op needs "
+            "derivative must be callable; none was given: a primitive Op needs its local "
+            "derivatives, inline (partials=('b', 'a')) or as a function "
             "derivative(out, *inputs) -> tuple; an op built from other ops is a Composite"
         )
     if not callable(op.derivative):
@@ -362,12 +436,7 @@ def check(op: Any, plugin: str) -> AnyOp:
             raise fail(
                 f"value_derivative must take (out, *inputs): {arity + 1} arguments, not {takes}"
             )
-    if any(not 0 <= i < arity for i in op.static):
-        raise fail(f"static positions {op.static} are out of range for arity {arity}")
-    _probe(op, arity, fail)
-    if op.rule:
-        _check_rule(op, arity, fail)
-    return replace(op, arity=arity, plugin=plugin, doc=doc)
+    return op.derivative
 
 
 def _first_line(doc: str | None) -> str:
@@ -375,19 +444,19 @@ def _first_line(doc: str | None) -> str:
     return doc.strip().splitlines()[0] if doc and doc.strip() else ""
 
 
-def _probe(op: Op, arity: int, fail: Callable[[str], PluginError]) -> None:
+def _probe(op: Row, fail: Callable[[str], PluginError]) -> None:
     """Call the op once at a harmless point to catch a derivative with the wrong shape.
 
     A forward or derivative that raises there (a domain error) is not judged here: backward
     checks the shape again on every call.
     """
-    xs = (0.5,) * arity
+    xs = (0.5,) * op.arity
     try:
         partials = op.derivative(op.forward(*xs), *xs)
     except Exception:
         return
-    if not isinstance(partials, tuple | list) or len(partials) != arity:
-        raise fail(wrong_partials(arity, partials))
+    if not isinstance(partials, tuple | list) or len(partials) != op.arity:
+        raise fail(wrong_partials(op.arity, partials))
 
 
 # Where registration compares an op's value_derivative with its derivative: input i of point
@@ -422,7 +491,12 @@ def _check_value_derivatives(table: dict[str, AnyOp]) -> None:
 
 def _check_table(items: Iterable[tuple[str, AnyOp]]) -> None:
     table = dict(items)
-    probed = [op for op in table.values() if isinstance(op, Op) and op.value_derivative]
+    # An inline row's value_derivative is made from its own partials: nothing to compare.
+    probed = [
+        op
+        for op in table.values()
+        if isinstance(op, Row) and op.value_derivative and op.partials is None
+    ]
     if not probed:
         return
     from .binding import OpTable, install_operators
@@ -442,7 +516,7 @@ def _check_table(items: Iterable[tuple[str, AnyOp]]) -> None:
 _checked_table = functools.lru_cache(maxsize=16)(_check_table)  # (raising is not cached)
 
 
-def _compare_partials(op: Op, cls: Any, xs: tuple[float, ...], fixed: tuple[int, ...]) -> None:
+def _compare_partials(op: Row, cls: Any, xs: tuple[float, ...], fixed: tuple[int, ...]) -> None:
     try:
         out = op.forward(*xs)
         expected = tuple(op.derivative(out, *xs))

@@ -41,7 +41,7 @@ from .trace import MAX_LABEL, viewer_text
 if TYPE_CHECKING:
     from .binding import OpTable
     from .engine import Engine
-    from .ops import Op
+    from .ops import Row
 
 
 class _DefaultOps:
@@ -101,7 +101,7 @@ class Value:
     _tracer: Any = None  # the engine's tracer; None when tracing is off
     _ids = itertools.count()
 
-    def __init__(self, data: float, label: str = "", _prev: tuple = (), _op: Op | None = None):
+    def __init__(self, data: float, label: str = "", _prev: tuple = (), _op: Row | None = None):
         if type(data) is not float:
             data = _number(data)
         self._data = data
@@ -357,18 +357,11 @@ class Value:
         `_backward()` on each node from the root down (children before parents).
         `backward()` does all of it at once and is not built on this method.
         """
-        op = self._opdef
-        if op is None:
+        if self._opdef is None:
             return
-        parents = self._prev
-        from .backward import counted_partials, derivative_error
+        from .rules import float_partials
 
-        try:
-            partials = counted_partials(op.derivative(self.data, *[p.data for p in parents]), self)
-            steps = list(zip(parents, partials, strict=True))
-        except Exception as exc:
-            raise derivative_error(self, exc) from exc
-        for parent, partial in steps:
+        for parent, partial in zip(self._prev, float_partials(self), strict=True):
             parent.grad += partial * self.grad
 
     def backward(self, gradient: float = 1.0) -> None:

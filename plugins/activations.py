@@ -1,7 +1,7 @@
 """The activation functions: tanh, relu, sigmoid.
 
 The array kernels are the same on numpy arrays, for batched replay; the derivatives of tanh
-and sigmoid, written with the output, work on arrays and on Values as they are.
+and sigmoid are written inline with the output, which works on floats, arrays and Values.
 """
 
 import math
@@ -43,31 +43,21 @@ def sigmoid_array(a):
     return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def d_tanh(out, a):
-    return (1.0 - out * out,)  # 1 - tanh(a)^2, on floats and arrays alike
-
-
-def d_sigmoid(out, a):
-    return (out * (1.0 - out),)  # s(a) (1 - s(a)), on floats and arrays alike
-
-
 def d_relu_value(out, a):
     # relu's derivative on Values: a step, a constant wherever it is defined, so relu's second
     # derivative is 0 (as PyTorch's).
     return (float(a.data > 0),)
 
 
-# relu's symbol is micrograd's `_op`; tanh and sigmoid are written as their names. d_tanh and
-# d_sigmoid work on Values too, so they are their own value_derivative.
+# tanh' = 1 - tanh^2 and sigmoid' = s (1 - s), written with the output, inline; relu's step
+# is a branch, so a function (its symbol is micrograd's `_op`).
 # fmt: off
 OPS = [
-    Op("tanh", math.tanh, d_tanh, array_forward=tanh_array, array_derivative=d_tanh,
-       value_derivative=d_tanh),
+    Op("tanh", math.tanh, partials=("1 - out * out",), array_forward=tanh_array),
     Op("relu", lambda a: 0.0 if a <= 0 else a, lambda out, a: (float(a > 0),), symbol="ReLU",
        array_forward=relu_array, array_derivative=relu_array_derivative,
        value_derivative=d_relu_value),
-    Op("sigmoid", sigmoid, d_sigmoid, array_forward=sigmoid_array, array_derivative=d_sigmoid,
-       value_derivative=d_sigmoid),
+    Op("sigmoid", sigmoid, partials=("out * (1 - out)",), array_forward=sigmoid_array),
 ]
 # fmt: on
 

@@ -1,12 +1,13 @@
 """add, mul and pow as primitives; neg, sub and div composed from them.
 
 Each row of OPS is one row of a table of derivatives: the op's name, its forward, its local
-derivatives d out / d input (one per input), and micrograd's symbol for it (`_op`). add and
-mul declare their derivative's rule (`sum`: 1, 1; `product`: b, a), which registration checks
-and backward then applies inline. Each primitive also has a `value_derivative`, its
-derivative on Values (the same function when it works on both), which makes it
-differentiable to any order (docs/higher-order.md). pow's array kernels are the same on
-numpy arrays, for batched replay; numpy is imported only when they run.
+derivatives d out / d input (one per input), and micrograd's symbol for it (`_op`). add's and
+mul's partials are written inline, over the forward's parameters `a` and `b` (operator.add
+takes `a, b`): from them opgraph derives their derivative on floats, Values and arrays, and
+the lines every backward pass writes out. pow's derivative branches at its edge cases, so it
+is a function, with `pow_value_derivative`, the same on Values, which makes it differentiable
+to any order (docs/higher-order.md), and array kernels for batched replay (numpy is imported
+only when they run).
 """
 
 import operator
@@ -52,19 +53,11 @@ def pow_array_derivative(out, a, b):
     return d_base, d_exponent
 
 
-def d_add(out, a, b):
-    return 1.0, 1.0
-
-
-def d_mul(out, a, b):
-    return b, a  # on floats and on Values alike
-
-
 # static=(1,): a plain-number exponent is part of the op, so `x ** 2` has one parent.
 # fmt: off
 OPS = [
-    Op("add", operator.add, d_add, symbol="+", rule="sum", value_derivative=d_add),
-    Op("mul", operator.mul, d_mul, symbol="*", rule="product", value_derivative=d_mul),
+    Op("add", operator.add, partials=("1", "1"), symbol="+"),
+    Op("mul", operator.mul, partials=("b", "a"), symbol="*"),
     Op("pow", power, pow_derivative, symbol="**", static=(1,),
        array_forward=pow_array, array_derivative=pow_array_derivative,
        value_derivative=pow_value_derivative),

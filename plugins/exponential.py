@@ -2,7 +2,7 @@
 
 from opgraph import Op, hookimpl
 
-from .numerics import exp, log, reciprocal
+from .numerics import exp, log
 
 
 def exp_array(a):
@@ -17,25 +17,12 @@ def log_array(a):
     return np.log(a)  # -inf at 0, nan below 0, as `log`
 
 
-def log_array_derivative(out, a):
-    return (1.0 / a,)  # +-inf at +-0, as `reciprocal` (numpy's errors are silenced)
-
-
-def d_exp(out, a):
-    return (out,)  # d e^a / da = e^a, the output itself, on floats, arrays and Values
-
-
-# d ln a / da = 1 / a; on Values (value_derivative) a ** -1, a node that can be differentiated
-# again.
-# fmt: off
+# d e^a / da = e^a, the output itself; d ln a / da = 1 / a (IEEE-754 on floats: +-inf at
+# +-0). Inline partials work on floats, Values and arrays alike.
 OPS = [
-    Op("exp", exp, d_exp, array_forward=exp_array, array_derivative=d_exp,
-       value_derivative=d_exp),
-    Op("log", log, lambda out, a: (reciprocal(a),),
-       array_forward=log_array, array_derivative=log_array_derivative,
-       value_derivative=lambda out, a: (a**-1,)),
+    Op("exp", exp, partials=("out",), array_forward=exp_array),
+    Op("log", log, partials=("1 / a",), array_forward=log_array),
 ]
-# fmt: on
 
 
 @hookimpl

@@ -1,6 +1,7 @@
-"""The backward pass applies the chain rule of an op that declares `rule="sum"` or
-`rule="product"` (the built-in add and mul) inline, a speed-up: it must give exactly, bit for
-bit, what calling their derivatives gives, and registration refuses a false declaration."""
+"""The backward pass writes out the partials of an op that gives them inline (the built-in
+add's `("1", "1")` and mul's `("b", "a")`), a speed-up: it must give exactly, bit for bit,
+what calling a derivative function with the same partials gives. `rule=`, which these rows
+used to declare, is refused with what to write instead."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 import opgraph
 from opgraph import Engine, Op, Value
 
-# The same add and mul, declaring no rule: the backward pass calls their derivatives.
+# The same add and mul with derivative functions: the backward pass calls them.
 CALLED = Engine(
     plugins=[
         plugin(
@@ -39,8 +40,10 @@ def same_bits(x: float, y: float) -> bool:
 
 def test_the_builtin_ops_use_the_inline_rules_and_the_other_engine_does_not():
     builtin = Value._ops.definitions
-    assert (builtin["add"].rule, builtin["mul"].rule) == ("sum", "product")
-    assert {op.rule for op in CALLED.ops.definitions.values() if hasattr(op, "rule")} == {""}
+    assert builtin["add"].partials.texts == ("1", "1")
+    assert builtin["mul"].partials.texts == ("b", "a")
+    called = CALLED.ops.definitions
+    assert called["add"].partials is None and called["mul"].partials is None
 
 
 def test_the_builtin_plugins_import_only_the_public_api():
@@ -56,33 +59,29 @@ def test_the_builtin_plugins_import_only_the_public_api():
                 assert not node.module.startswith("opgraph."), (path.name, node.module)
 
 
-@pytest.mark.parametrize(
-    "rule, derivative",
-    [
-        ("product", lambda out, a, b: (a, b)),  # swapped: d(a * b)/da is b, not a
-        ("sum", lambda out, a, b: (1.0, -1.0)),  # subtraction's partials
-        ("product", lambda out, a, b: (b, 1.0)),  # right at a = 1 only
-        ("product", lambda out, a, b: 1 / 0),  # a derivative that fails
-    ],
-)
-def test_a_rule_the_derivative_does_not_follow_is_refused_naming_op_and_plugin(rule, derivative):
-    liar = plugin("liars", Op("times", operator.mul, derivative, rule=rule))
-    with pytest.raises(opgraph.PluginError, match=rf"plugin 'liars', op 'times'.*rule='{rule}'"):
-        Engine(plugins=[liar], entry_points=False)
+@pytest.mark.parametrize("rule", ["sum", "product", "products", ["product"]])
+def test_rule_is_refused_saying_which_partials_to_write(rule):
+    old = plugin("old_rules", Op("times", operator.mul, lambda out, a, b: (b, a), rule=rule))
+    with pytest.raises(
+        opgraph.PluginError,
+        match=r"plugin 'old_rules', op 'times': rule= is gone.*partials=\('b', 'a'\)",
+    ):
+        Engine(plugins=[old], entry_points=False)
 
 
 @pytest.mark.parametrize(
     "op, problem",
     [
-        (Op("twice", lambda a: 2 * a, lambda out, a: (2.0,), rule="sum"), "binary op"),
-        (Op("p", pow, lambda out, a, b: (b, a), rule="product", static=(1,)), "static"),
-        (Op("m", operator.mul, lambda out, a, b: (b, a), rule="products"), "one of"),
-        (Op("m", operator.mul, lambda out, a, b: (b, a), rule=["product"]), "one of"),
+        (Op("m", operator.mul, lambda out, a, b: (b, a), partials=("b", "a")), "derivative"),
+        (Op("m", operator.mul, partials=("b", "a"), value_derivative=max), "value_derivative"),
+        (Op("m", operator.mul, partials=("b", "a"), array_derivative=max), "array_derivative"),
     ],
 )
-def test_a_rule_on_the_wrong_kind_of_op_is_refused(op, problem):
-    with pytest.raises(opgraph.PluginError, match=problem):
-        Engine(plugins=[plugin("rules", op)], entry_points=False)
+def test_inline_partials_and_a_derivative_function_are_one_or_the_other(op, problem):
+    with pytest.raises(
+        opgraph.PluginError, match=rf"op 'm': gives both inline partials and {problem}"
+    ):
+        Engine(plugins=[plugin("both", op)], entry_points=False)
 
 
 @settings(max_examples=150, deadline=None)
@@ -106,14 +105,14 @@ def test_inline_rules_give_the_called_rules_bit_for_bit(program, scale, gradient
 
 
 def test_a_plugin_op_may_reuse_the_inline_rules():
-    """A third-party op that declares rule="sum" or rule="product" gets the inline chain rule
-    too, and the right gradients."""
+    """A third-party op with add's or mul's inline partials gets the same written-out chain
+    rule, and the right gradients."""
     e = Engine(
         plugins=[
             plugin(
                 "reuse",
-                Op("plus", lambda a, b: a + b, lambda out, a, b: (1.0, 1.0), rule="sum"),
-                Op("times", lambda a, b: a * b, lambda out, a, b: (b, a), rule="product"),
+                Op("plus", lambda a, b: a + b, partials=("1", "1")),
+                Op("times", lambda x, y: x * y, partials=("y", "x")),
             )
         ],
         entry_points=False,
@@ -137,7 +136,7 @@ def test_inline_rules_on_a_shared_node():
     assert x.grad == 2 * 3.0 + 1
 
 
-# --- compiled replay writes the same rules into its source -------------------------------------
+# --- compiled replay writes the same partials into its source -----------------------------------
 
 NO_RELU = {name: op for name, op in OPS.items() if name != "relu"}  # relu's input is read
 

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 import opgraph
 from opgraph import AnomalyError, CompileError, Engine, Op, OpError, Value
 from opgraph.compile import BatchWarning
+from opgraph.ops import Row, check
 from opgraph.plugins import activations, arithmetic, exponential
 
 
@@ -271,19 +272,21 @@ SPECIAL = [0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -3.0, 1e-300, 710.0, -710.0, 1e
 SPECIAL += [math.inf, -math.inf, math.nan]
 
 
-def builtin_ops() -> list[Op]:
-    ops: list[Op] = []
+def builtin_ops() -> list[Row]:
+    """The built-in plugins' rows, checked (inline partials made into array derivatives)."""
+    ops: list[Row] = []
     for module in (arithmetic, exponential, activations):
         module.register_ops(lambda op, replace=False: ops.append(op))
-    return [op for op in ops if isinstance(op, Op)]
+    return [check(op, "opgraph.plugins") for op in ops if isinstance(op, Op)]
 
 
-def inlined(op: Op) -> bool:
-    """Batched replay writes add and mul out with numpy's add and multiply and their rule."""
-    return op.forward in (operator.add, operator.mul) and op.rule in ("sum", "product")
+def inlined(op: Row) -> bool:
+    """Batched replay writes add and mul out with numpy's add and multiply, and their inline
+    partials."""
+    return op.forward in (operator.add, operator.mul) and op.partials is not None
 
 
-def kernel_ops() -> list[Op]:
+def kernel_ops() -> list[Row]:
     return [op for op in builtin_ops() if not inlined(op)]
 
 

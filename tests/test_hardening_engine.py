@@ -35,6 +35,7 @@ from opgraph import (
     no_grad,
     topological_order,
 )
+from opgraph.ops import check
 
 
 class Float32:
@@ -256,7 +257,7 @@ def test_deepcopy_of_a_deep_graph_does_not_recurse_and_gives_the_same_gradients_
 
 
 def test_a_pickled_op_missing_from_the_loading_engine_is_a_clear_error():
-    op = Op("cube", lambda a: a**3, lambda out, a: (3 * a * a,), plugin="gone")
+    op = check(Op("cube", lambda a: a**3, lambda out, a: (3 * a * a,)), "gone")
     node = Value(2.0)  # a node as another process's plugin made it
     node._opdef = op
     node._a = Value(1.0)
