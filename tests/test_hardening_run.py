@@ -5,7 +5,9 @@ depth, and `no_grad()` in a generator. Each `opgraph run` test runs the real com
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import queue
 import signal
 import subprocess
@@ -14,6 +16,10 @@ import textwrap
 import threading
 
 import pytest
+
+import opgraph
+import opgraph.value as value_module
+from opgraph import Value, topological_order
 
 WAIT = 30  # seconds: a bound for hang detection, never a speed requirement
 
@@ -81,7 +87,8 @@ class Lines:
             try:
                 line = self.lines.get(timeout=WAIT)
             except queue.Empty:
-                raise AssertionError(f"no line with {text!r} in {WAIT} s; saw {self.seen}") from None
+                seen = self.seen
+                raise AssertionError(f"no line with {text!r} in {WAIT} s; saw {seen}") from None
             assert line, f"the stream ended before a line with {text!r}; saw {self.seen}"
             self.seen.append(line)
             if text in line:
@@ -266,3 +273,92 @@ def test_one_sigterm_stops_the_command_while_it_serves_the_final_graph(tmp_path)
     finally:
         process.kill()
         process.wait()
+
+
+# --- pickling a graph of any depth ------------------------------------------------------------
+
+
+def deep_chain(steps: int):
+    """A chain of 2 * steps nodes (`x * v + w` again and again), labelled and scoped in parts."""
+    w, v = Value(0.5, label="w"), Value(0.999999, label="v")
+    x = w
+    for step in range(steps):
+        if step % 1000 == 0:
+            with opgraph.scope(f"block{step // 1000}"):
+                x = x * v + w
+            x.label = f"step{step}"
+        else:
+            x = x * v + w
+    return x, w, v
+
+
+def test_a_million_node_chain_pickles_without_recursion_and_backpropagates_the_same():
+    # pickle saved each node's parents inside the node: RecursionError a few hundred levels
+    # down. A million nodes (and two leaves): as deep a graph as a long training run makes.
+    out, w, v = deep_chain(500_000)
+    out.grad = 0.25
+    limit = sys.getrecursionlimit()
+    loaded, lw, lv = pickle.loads(pickle.dumps((out, w, v)))
+    assert sys.getrecursionlimit() == limit  # not raised behind the test's back
+    assert lw is not w and lw.id > out.id and loaded.id > lw.id  # fresh ids, parents first
+    pairs = list(zip(topological_order(out), topological_order(loaded), strict=True))
+    assert len(pairs) == 1_000_002
+    for old, new in pairs:
+        assert new is not old
+        assert (new.data, new.grad, new.label, new.scope, new.op) == (
+            old.data,
+            old.grad,
+            old.label,
+            old.scope,
+            old.op,
+        )
+        assert [p.label for p in new.parents] == [p.label for p in old.parents]
+    index = {id(new): k for k, (_, new) in enumerate(pairs)}
+    old_index = {id(old): k for k, (old, _) in enumerate(pairs)}
+    for old, new in pairs:
+        assert [index[id(p)] for p in new.parents] == [old_index[id(p)] for p in old.parents]
+    out.backward()
+    loaded.backward()
+    assert (lw.grad, lv.grad) == (w.grad, v.grad) and w.grad > 1.0
+
+
+def test_nodes_of_one_graph_pickled_together_stay_one_graph():
+    out, w, v = deep_chain(3000)
+    middle = out._a._a._a  # an inner node, pickled after the output and before its parents
+    order = topological_order(out)
+    loaded = pickle.loads(pickle.dumps([out, middle, list(reversed(order)), w]))
+    lout, lmiddle, lreversed, lw = loaded
+    assert lout._a._a._a is lmiddle and lreversed[0] is lout and lreversed[-1] is lw
+    assert len({id(n) for n in topological_order(lout)} | {id(n) for n in lreversed}) == len(order)
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert pickle.loads(pickle.dumps(out, protocol=protocol)).data == out.data
+
+
+def test_a_graph_pickled_again_and_copied_after_pickling_is_whole_each_time():
+    out, w, _ = deep_chain(3000)
+    for _ in range(3):  # the same line pickles it again: each pickle holds the whole graph
+        loaded = pickle.loads(pickle.dumps(out))
+        assert len(topological_order(loaded)) == len(topological_order(out))
+    shallow = copy.copy(out)
+    assert shallow._a is out._a and shallow.id > out.id
+
+
+@pytest.mark.parametrize("cls", [dict, os.system], ids=["dict", "os.system"])
+def test_a_hostile_pickle_of_a_root_is_refused(cls):
+    class Hostile:  # a root of a class that is not a Value
+        def __reduce__(self):
+            return (value_module._unpickle_root, (cls, []))
+
+    with pytest.raises(TypeError, match="not a pickled Value"):
+        pickle.loads(pickle.dumps(Hostile()))
+
+
+def test_a_root_with_a_state_of_the_wrong_shape_is_refused():
+    x = Value(1.0) * Value(2.0)
+
+    class Hostile:
+        def __reduce__(self):
+            return (value_module._unpickle_root, (type(x), []), ("too", "short"))
+
+    with pytest.raises(ValueError):
+        pickle.loads(pickle.dumps(Hostile()))
