@@ -5,6 +5,7 @@ depth, and `no_grad()` in a generator. Each `opgraph run` test runs the real com
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 import pickle
@@ -19,7 +20,8 @@ import pytest
 
 import opgraph
 import opgraph.value as value_module
-from opgraph import Value, topological_order
+from opgraph import Value, enable_grad, grad_enabled, no_grad, topological_order
+from opgraph.errors import ModeLeakError
 
 WAIT = 30  # seconds: a bound for hang detection, never a speed requirement
 
@@ -362,3 +364,148 @@ def test_a_root_with_a_state_of_the_wrong_shape_is_refused():
 
     with pytest.raises(ValueError):
         pickle.loads(pickle.dumps(Hostile()))
+
+
+# --- a mode entered around a yield --------------------------------------------------------------
+
+
+def recorded() -> bool:
+    """Whether an op made here records its graph (what a leaked no_grad would switch off)."""
+    return (Value(1.0) * 2).parents != ()
+
+
+def test_no_grad_around_a_yield_is_refused_where_it_is_entered_and_the_caller_keeps_its_mode():
+    # The caller ran in no_grad while the generator was paused inside the block: its ops
+    # silently recorded no graph.
+    def leaky(xs):
+        for x in xs:
+            try:
+                with no_grad():
+                    yield Value(x) * 2  # inside a try inside the block: found all the same
+            except ValueError:
+                pass
+
+    gen = leaky([1.0, 2.0])
+    with pytest.raises(ModeLeakError) as info:
+        next(gen)
+    message = str(info.value)
+    assert "no_grad()" in message and "leaky()" in message and "@no_grad()" in message
+    assert f"line {leaky.__code__.co_firstlineno + 4}" in message  # the yield's line
+    assert grad_enabled() and recorded()
+
+
+@pytest.mark.parametrize(
+    "mode, name", [(enable_grad, "enable_grad"), (opgraph.detect_anomaly, "detect_anomaly")]
+)
+def test_every_mode_around_a_yield_is_refused(mode, name):
+    def leaky():
+        with no_grad():  # an outer mode around no yield is fine
+            pass
+        with mode():
+            yield from [1, 2]
+
+    with no_grad():
+        with pytest.raises(ModeLeakError, match=rf"{name}\(\) is entered around a yield"):
+            next(leaky())
+        assert not grad_enabled()  # the caller's own mode, untouched
+
+
+def test_a_mode_around_the_work_between_yields_is_allowed():
+    def fine(xs):
+        for x in xs:
+            with no_grad():
+                y = Value(x) * 2
+            yield y  # after the block
+        with no_grad():
+            pass
+        yield None
+
+    for y in fine([1.0, 2.0]):
+        assert grad_enabled() and recorded()
+        assert y is None or y.parents == ()
+
+
+def test_a_decorated_generator_runs_in_no_grad_and_its_caller_never_does():
+    @no_grad()
+    def frozen(xs):
+        """Doubles xs."""
+        total = 0.0
+        for x in xs:
+            assert not grad_enabled()
+            sent = yield Value(x) * 2
+            assert not grad_enabled()  # on again after each resume
+            total += sent or 0.0
+        return total
+
+    assert frozen.__doc__ == "Doubles xs." and frozen.__name__ == "frozen"
+    gen = frozen([1.0, 2.0, 3.0])
+    first = next(gen)
+    assert first.parents == () and grad_enabled() and recorded()
+    assert gen.send(10.0).data == 4.0 and grad_enabled() and recorded()
+    with pytest.raises(KeyError):
+        gen.throw(KeyError("thrown at the yield"))  # reaches the generator, which lets it out
+    assert grad_enabled()
+
+    def delegating():
+        return (yield from frozen([1.0, 2.0]))
+
+    outer = delegating()
+    next(outer)
+    outer.send(1.0)
+    with pytest.raises(StopIteration) as done:
+        outer.send(2.0)
+    assert done.value.value == 3.0 and grad_enabled()
+
+
+def test_a_decorated_generator_closed_early_runs_its_cleanup_in_the_mode():
+    seen = []
+
+    @no_grad()
+    def cleans_up():
+        try:
+            yield 1
+        finally:
+            seen.append(grad_enabled())
+
+    gen = cleans_up()
+    next(gen)
+    gen.close()
+    assert seen == [False] and grad_enabled()
+
+
+def test_a_decorated_function_and_refused_async_functions():
+    @no_grad()
+    def frozen(x):
+        return Value(x) * 2
+
+    assert frozen(1.0).parents == () and grad_enabled()
+
+    async def coroutine():
+        return None
+
+    async def agen():
+        yield None
+
+    for fn in (coroutine, agen):
+        with pytest.raises(TypeError, match="cannot decorate .* an async function"):
+            no_grad()(fn)
+
+
+def test_an_async_generator_may_await_in_a_mode_but_not_yield():
+    async def awaits():
+        with no_grad():
+            await asyncio.sleep(0)  # pauses the task, whose context is its own: no leak
+            x = Value(1.0) * 2
+        yield x
+        with no_grad():
+            yield None
+
+    async def consume():
+        gen = awaits()
+        assert (await gen.__anext__()).parents == ()
+        assert grad_enabled()
+        with pytest.raises(ModeLeakError, match="awaits"):
+            await gen.__anext__()
+        assert grad_enabled()
+
+    asyncio.run(consume())
