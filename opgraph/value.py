@@ -240,8 +240,8 @@ class Value:
         # are saved already, and it writes a reference. See _flat_pickle below.
         ancestors = _pickle_plan(self)
         if ancestors is None:  # a listed ancestor, or a node with no ancestor to list
-            return (copyreg.__newobj__, (type(self),), self.__getstate__())
-        return (_unpickle_root, (type(self), ancestors), self.__getstate__())
+            return (copyreg.__newobj__, (type(self),), _state(self))
+        return (_unpickle_root, (type(self), ancestors), _state(self))
 
     def __copy__(self) -> Value:
         # What copy.copy did before __reduce_ex__ above (which would walk the whole graph for
