@@ -223,6 +223,28 @@ def test_atexit_handlers_run_before_the_runner_keeps_serving(tmp_path):
         process.wait()
 
 
+STARTS_A_THREAD = """
+    import atexit, threading, time
+    from opgraph import Value
+
+    def work():
+        time.sleep(0.5)  # still running when the script's last line ends
+        print("thread done", (Value(2.0) * 3).data, flush=True)
+
+    atexit.register(print, "atexit")
+    threading.Thread(target=work).start()
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()  # not waited for
+    print("script's last line", flush=True)
+"""
+
+
+def test_the_scripts_threads_end_before_its_atexit_handlers_as_in_python(tmp_path):
+    script = write(tmp_path, STARTS_A_THREAD)
+    expected = python(tmp_path, script)
+    out, _ = finished(opgraph_run(tmp_path, script))
+    assert out == expected.stdout == "script's last line\nthread done 6.0\natexit\n"
+
+
 # --- SIGTERM -----------------------------------------------------------------------------
 
 SLEEPS = """

@@ -2,10 +2,10 @@
 
 The script runs as `python script.py args...` would run it (`sys.argv` with any `--` kept,
 `__name__ == "__main__"`, an absolute `__file__`, its directory first on `sys.path`, its
-atexit handlers run when it ends, its exit code; a process it forks ends with the script,
-never serves), with the default engine traced (docs/tracing.md). When it ends, the server keeps
-serving its final graph until Ctrl-C, so that the viewer stays open on it; `--exit` stops with
-the script instead, and so does one SIGTERM at any time.
+threads waited for and its atexit handlers run when it ends, its exit code; a process it
+forks ends with the script, never serves), with the default engine traced (docs/tracing.md).
+When it ends, the server keeps serving its final graph until Ctrl-C, so that the viewer stays
+open on it; `--exit` stops with the script instead, and so does one SIGTERM at any time.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import builtins
 import io
 import os
 import sys
+import threading
 import traceback
 import types
 from importlib.machinery import SourceFileLoader
@@ -84,8 +85,10 @@ def run_script(script: str, argv: list[str]) -> int:
     main = sys.modules["__main__"] = main_module(path)
     sys.argv = [script, *argv]  # not made absolute, unlike `runpy.run_path`
     sys.path.insert(0, str(Path(script).resolve().parent))  # python resolves symlinks here
+    running = set(threading.enumerate())
     try:
         code = run_main(path, main)
+        code = wait_for_threads(running, script, code)
         # What the script registered runs now, with its __main__, not when the server stops.
         # `serve` registers no handler here (only OPGRAPH_TRACE's server does), so the runner
         # loses none of its own.
@@ -126,6 +129,24 @@ def run_main(path: str, main: types.ModuleType) -> int:
             tb = tb.tb_next
         traceback.print_exception(kind, error, tb)
         return 1
+
+
+def wait_for_threads(running: set[threading.Thread], script: str, code: int) -> int:
+    """Wait, as python does before its atexit handlers, for the threads the script started and
+    did not make daemons (those it started start more: wait for them too); its exit code, or
+    130 if Ctrl-C stops the wait."""
+    try:
+        while threads := [
+            thread
+            for thread in threading.enumerate()
+            if thread not in running and not thread.daemon and thread.is_alive()
+        ]:
+            for thread in threads:
+                thread.join()
+    except KeyboardInterrupt:
+        print(f"opgraph run: {Path(script).name} interrupted", file=sys.stderr)
+        return 130
+    return code
 
 
 def end_forked_child(code: int) -> None:
