@@ -10,6 +10,7 @@ from __future__ import annotations
 import dis
 import functools
 import inspect
+import os
 import sys
 import types
 from collections.abc import Callable, Generator
@@ -115,11 +116,12 @@ def detect_anomaly(enabled: bool = True) -> _Mode:
 
 # --- a mode entered around a yield --------------------------------------------------------------
 # A generator runs in its caller's context, so a mode entered in it stays on in the caller while
-# it is paused at a yield inside the block. Python (3.11) calls nothing at a yield that would
-# let the mode step aside without a cost on every op or call, so entering a mode around a yield
-# is refused, when the `with` is entered, from the bytecode: a yield is inside the block when
-# the handler that catches its exceptions leads (through the handlers of any try inside the
-# block) to the `with`'s own cleanup. Checked once per `with` statement, then cached.
+# it is paused at a yield inside the block (what a `@contextmanager` wants, and nothing else).
+# Python (3.11) calls nothing at a yield that would let the mode step aside without a cost on
+# every op or call, so entering a mode around a yield is refused, when the `with` is entered,
+# from the bytecode: a yield is inside the block when the handler that catches its exceptions
+# leads (through the handlers of any try inside the block) to the `with`'s own cleanup.
+# Checked once per `with` statement, then cached.
 
 _GENERATORS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
 
@@ -131,7 +133,7 @@ def _refuse_a_yield_inside(frame: types.FrameType, entered: _Mode) -> None:
     line = _yield_inside.get(key, -1)
     if line == -1:
         line = _yield_inside[key] = _yield_line(frame.f_code, frame.f_lasti)
-    if line is not None:
+    if line is not None and not _driven_as_a_context_manager(frame):
         code = frame.f_code
         raise ModeLeakError(
             f"{entered.name}() is entered around a yield in generator {code.co_name}() "
@@ -139,6 +141,17 @@ def _refuse_a_yield_inside(frame: types.FrameType, entered: _Mode) -> None:
             f"caller would run in {entered.name}() too. Yield after the `with` block, or "
             f"decorate the generator function with @{entered.name}() for every resume"
         )
+
+
+# Generators whose yield hands the mode to their caller on purpose: a `@contextmanager` (its
+# `with` body runs in the mode) and a pytest fixture (the test runs in it), told apart by the
+# code that runs them.
+_CONTEXT_DRIVERS = (f"{os.sep}contextlib.py", f"{os.sep}_pytest{os.sep}fixtures.py")
+
+
+def _driven_as_a_context_manager(frame: types.FrameType) -> bool:
+    driver = frame.f_back
+    return driver is not None and driver.f_code.co_filename.endswith(_CONTEXT_DRIVERS)
 
 
 def _yield_line(code: types.CodeType, with_offset: int) -> int | None:

@@ -6,6 +6,7 @@ depth, and `no_grad()` in a generator. Each `opgraph run` test runs the real com
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import os
 import pickle
@@ -427,6 +428,27 @@ def test_every_mode_around_a_yield_is_refused(mode, name):
         with pytest.raises(ModeLeakError, match=rf"{name}\(\) is entered around a yield"):
             next(leaky())
         assert not grad_enabled()  # the caller's own mode, untouched
+
+
+@contextlib.contextmanager
+def frozen_in_scope(name):
+    with no_grad(), opgraph.scope(name):
+        yield name  # a context manager: its caller's block is meant to run in the mode
+
+
+@pytest.fixture
+def frozen():
+    with no_grad():
+        yield  # so is a fixture's test
+
+
+def test_a_mode_around_the_yield_of_a_context_manager_or_a_fixture_is_allowed(frozen):
+    assert not grad_enabled()
+    with enable_grad():
+        with frozen_in_scope("eval") as name:
+            assert name == "eval" and not grad_enabled() and not recorded()
+            assert Value(1.0).scope == "eval"
+        assert grad_enabled()
 
 
 def test_a_mode_around_the_work_between_yields_is_allowed():
