@@ -149,6 +149,28 @@ def test_a_forked_child_never_serves_while_the_parent_does(tmp_path):
         process.wait()
 
 
+POOL = """
+    import multiprocessing
+
+    def square(x):
+        return x * x
+
+    if __name__ == "__main__":
+        with multiprocessing.get_context("fork").Pool(2) as pool:  # ends them with SIGTERM
+            print(pool.map(square, [1, 2, 3]), flush=True)
+"""
+
+
+def test_a_fork_pool_ends_its_workers_quietly_as_under_python(tmp_path):
+    # The workers inherited the runner's SIGTERM handler: each printed a KeyboardInterrupt
+    # traceback when the pool terminated it.
+    script = write(tmp_path, POOL)
+    expected = python(tmp_path, script)
+    out, err = finished(opgraph_run(tmp_path, script))
+    assert out == expected.stdout == "[1, 4, 9]\n"
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
 # --- sys.argv, __file__, __main__ ----------------------------------------------------------
 
 SHOWS_ITSELF = """

@@ -28,12 +28,18 @@ _sigterm_received = False
 def stop_on_sigterm() -> None:
     """Make SIGTERM end a command like Ctrl-C does, so recordings are closed properly."""
 
-    def interrupt(signum: int, frame: Any) -> None:
-        global _sigterm_received
-        _sigterm_received = True  # a plain flag: a lock could be held by the frame we interrupt
-        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _interrupt)
 
-    signal.signal(signal.SIGTERM, interrupt)
+
+def _interrupt(signum: int, frame: Any) -> None:
+    global _sigterm_received
+    _sigterm_received = True  # a plain flag: a lock could be held by the frame we interrupt
+    raise KeyboardInterrupt
+
+
+def sigterm_is_ours() -> bool:
+    """Whether SIGTERM is handled by `stop_on_sigterm`'s handler (not one a script set)."""
+    return signal.getsignal(signal.SIGTERM) is _interrupt
 
 
 def sigterm_received() -> bool:
