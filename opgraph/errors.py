@@ -179,6 +179,11 @@ class GradcheckError(OpgraphError, AssertionError):
     """An op's derivative disagrees with finite differences (or cannot be checked)."""
 
 
+class ModeLeakError(OpgraphError, RuntimeError):
+    """`with no_grad():` (or another mode) around a yield in a generator: the mode would stay
+    on in the generator's caller while the generator is paused there."""
+
+
 class InvalidEvent(OpgraphError, ValueError):
     """A map that breaks the protocol: `index` is its position, `field` the culprit."""
 

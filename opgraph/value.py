@@ -27,9 +27,13 @@ cannot leave a numpy scalar in the graph.
 
 from __future__ import annotations
 
+import copyreg
 import inspect
 import itertools
 import math
+import sys
+import threading
+import weakref
 from numbers import Real
 from operator import attrgetter
 from types import MethodType
@@ -219,7 +223,7 @@ class Value:
     _STATE = tuple(name for name in __slots__ if name not in ("_id", "__weakref__"))
 
     def __getstate__(self) -> tuple:
-        return tuple([getattr(self, name) for name in self._STATE])
+        return _state(self)
 
     def __setstate__(self, state: tuple) -> None:
         # An unpickled or copied node takes a fresh id: backward orders nodes by id, and the
@@ -228,6 +232,24 @@ class Value:
         for name, value in zip(self._STATE, state, strict=True):
             setattr(self, name, value)
         self._id = next(self._ids)
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        # Without recursion: pickle saves a node's parents inside the node's own record, one
+        # level of C recursion per level of the graph, and fails on a long chain. So the first
+        # node pickle meets (a root) lists its ancestors that pickle has not saved yet, parents
+        # first (by id), before its own state: by the time pickle saves a node's parents they
+        # are saved already, and it writes a reference. See _flat_pickle below.
+        ancestors = _pickle_plan(self)
+        if ancestors is None:  # a listed ancestor, or a node with no ancestor to list
+            return (copyreg.__newobj__, (type(self),), _state(self))
+        return (_unpickle_root, (type(self), ancestors), _state(self))
+
+    def __copy__(self) -> Value:
+        # What copy.copy did before __reduce_ex__ above (which would walk the whole graph for
+        # one shallow copy): the same slots, parents shared, a fresh id.
+        twin = object.__new__(type(self))
+        twin.__setstate__(self.__getstate__())
+        return twin
 
     def __deepcopy__(self, memo: dict) -> Value:
         # Without recursion (copy.deepcopy would recurse once per level of the graph and fail
@@ -387,6 +409,9 @@ class Value:
         zero_grad(self)
 
 
+_state = attrgetter(*Value._STATE)  # a node's state, as a tuple, in one C call
+
+
 # Each operator and op method of Value, and the op it applies; True marks a reflected operator
 # (`2 * v` calls `v.__rmul__(2)`, which is `mul(2, v)`). Read from the `@applies` marks of the
 # methods as written above, which are also what an engine keeps for an op it lacks
@@ -443,6 +468,83 @@ def _op_method(op: Any) -> Any:
 def _arguments_error(name: str, others: int, given: int) -> TypeError:
     wanted = "no arguments" if others == 0 else f"{others} argument{'s' * (others > 1)}"
     return TypeError(f"{name}() takes {wanted} besides the value, got {given}")
+
+
+# --- pickling a graph of any depth (Value.__reduce_ex__) -------------------------------------
+# Pickle saves each object once per pickle, then writes a reference to it, and has no hook for
+# the start or end of a pickle. So each thread keeps (`_flat_pickle`):
+# - `listed`, `next`: the ancestors the last root listed, and which one pickle saves next (it
+#   saves them in order, and nothing else in between: their parents come earlier in the list);
+# - `saved`: the nodes saved in this pickle (id -> weak reference): a later root, pickled in
+#   the same pickle (`pickle.dumps(topological_order(loss))`), stops listing at them.
+# A pickle is told apart by the frame that called it (C code adds no frame of its own); a node
+# asked for once saved belongs to a new pickle too (`dumps` called again from the same line).
+# Weak references: a graph is not kept alive by having been pickled.
+
+_flat_pickle = threading.local()
+
+
+def _pickle_plan(node: Value) -> list[Value] | None:
+    """The ancestors of `node` to list before it, parents first; None: pickle it as is."""
+    flat = _flat_pickle
+    try:
+        listed, saved = flat.listed, flat.saved
+    except AttributeError:
+        listed, saved = flat.listed, flat.saved = [], {}
+        flat.next = flat.caller = 0
+    key = id(node)
+    if flat.next < len(listed) and listed[flat.next] is node:  # the next one of a list
+        flat.next += 1
+        saved[key] = weakref.ref(node)
+        return None
+    caller = _pickle_caller()
+    mark = saved.get(key)
+    if flat.caller != caller or (mark is not None and mark() is node):
+        saved.clear()  # another pickle
+        flat.caller = caller
+    listed = flat.listed = _unsaved_ancestors(node, saved)
+    flat.next = 0
+    saved[key] = weakref.ref(node)
+    return listed or None
+
+
+def _pickle_caller() -> tuple[int, int] | None:
+    """Where pickle was called: the frame below Value.__reduce_ex__ and _pickle_plan (pickle's
+    own code is C, no frame), as its id and the instruction it is at."""
+    try:
+        frame = sys._getframe(3)
+    except ValueError:  # called from C with no Python frame below
+        return None
+    return id(frame), frame.f_lasti
+
+
+def _unsaved_ancestors(node: Value, saved: dict) -> list[Value]:
+    """The ancestors of `node` not in `saved`, by id (so parents before their children)."""
+    found: dict[int, Value] = {}
+    stack = [node]
+    while stack:
+        child = stack.pop()
+        # The parents from the slots, not `_prev`: a property call per node is most of the time
+        for parent in (child._a, child._b, *(child._more or ())):
+            if parent is None:
+                break
+            key = id(parent)
+            if key in found:
+                continue
+            mark = saved.get(key)
+            if mark is not None and mark() is parent:
+                continue
+            found[key] = parent
+            stack.append(parent)
+    return sorted(found.values(), key=attrgetter("_id")) if found else []
+
+
+def _unpickle_root(cls: type, ancestors: list) -> Value:
+    """A root node, after its ancestors (`ancestors`, loaded already); pickle then restores
+    its state (`Value.__setstate__`)."""
+    if not (isinstance(cls, type) and issubclass(cls, Value)):
+        raise TypeError(f"not a pickled Value: {cls!r}")
+    return object.__new__(cls)
 
 
 def _split(parents: tuple) -> tuple[Any, Any, tuple | None]:

@@ -437,21 +437,20 @@ def test_separate_and_overlapping_graphs_from_several_threads_stay_right(tight_s
 # C. no_grad() around a yield
 
 
-def test_no_grad_around_a_yield_leaks_into_the_caller_until_the_generator_resumes():
-    # Documented in docs/api.md: a generator shares its caller's context, so a mode it enters
-    # stays on in the caller while the generator is paused inside the `with` block.
+def test_no_grad_around_a_yield_is_refused_rather_than_leaked_into_the_caller():
+    # A generator shares its caller's context: a mode it entered around a yield stayed on in
+    # the caller while the generator was paused there. It is refused where it is entered (more
+    # in tests/test_hardening_run.py).
     def batches():
         with no_grad():
             yield 1
             yield 2
 
     gen = batches()
-    next(gen)
-    assert not grad_enabled()  # the caller is in no_grad now
-    assert (Value(1.0) * 2).parents == ()
-    next(gen)
-    next(gen, None)  # the generator finishes: its `with` block exits
+    with pytest.raises(opgraph.errors.ModeLeakError, match=r"no_grad\(\).*yield.*batches"):
+        next(gen)
     assert grad_enabled()
+    assert (Value(1.0) * 2).parents != ()
 
 
 def test_no_grad_inside_the_generator_body_between_yields_does_not_leak():

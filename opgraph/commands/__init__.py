@@ -22,18 +22,41 @@ def positive_int(text: str) -> int:
     return number
 
 
+_sigterm_received = False
+
+
 def stop_on_sigterm() -> None:
     """Make SIGTERM end a command like Ctrl-C does, so recordings are closed properly."""
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
-def wait_until_interrupted(server: Any) -> None:
-    """Keep serving until Ctrl-C, which ends a serving command normally (exit status 0)."""
+def _interrupt(signum: int, frame: Any) -> None:
+    global _sigterm_received
+    _sigterm_received = True  # a plain flag: a lock could be held by the frame we interrupt
+    raise KeyboardInterrupt
+
+
+def sigterm_is_ours() -> bool:
+    """Whether SIGTERM is handled by `stop_on_sigterm`'s handler (not one a script set)."""
+    return signal.getsignal(signal.SIGTERM) is _interrupt
+
+
+def sigterm_received() -> bool:
+    """True once SIGTERM arrived: unlike Ctrl-C, which `opgraph run` turns into the end of
+    the script only, it asks the whole command to stop, even if the KeyboardInterrupt it
+    raised was caught (by a script that saves its work on Ctrl-C, say)."""
+    return _sigterm_received
+
+
+def wait_until_interrupted(server: Any, message: str = "") -> None:
+    """Keep serving until Ctrl-C, which ends a serving command normally (exit status 0).
+
+    `message` is printed on stderr first, inside the wait: a Ctrl-C sent as soon as it is
+    read must find the command waiting, not between the two."""
     try:
+        if message:
+            print(message, file=sys.stderr, flush=True)
         server.wait()
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)

@@ -1,39 +1,56 @@
 """`opgraph run script.py [args...]`: run a Python script with its trace served to the viewer.
 
-The script runs as `python script.py args...` would run it (`sys.argv`, `__name__ ==
-"__main__"`, its directory first on `sys.path`, its exit code), with the default engine traced
-(docs/tracing.md). When it ends, the server keeps serving its final graph until Ctrl-C, so
-that the viewer stays open on it; `--exit` stops with the script instead.
+The script runs as `python script.py args...` would run it (`sys.argv` with any `--` kept,
+`__name__ == "__main__"`, an absolute `__file__`, its directory first on `sys.path`, its
+threads waited for and its atexit handlers run when it ends, its exit code; a process it
+forks ends with the script, never serves), with the default engine traced (docs/tracing.md).
+When it ends, the server keeps serving its final graph until Ctrl-C, so that the viewer stays
+open on it; `--exit` stops with the script instead, and so does one SIGTERM at any time.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import builtins
+import io
 import os
-import runpy
+import signal
 import sys
+import threading
 import traceback
+import types
+from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
-from . import stop_on_sigterm, wait_until_interrupted
+from . import sigterm_is_ours, sigterm_received, stop_on_sigterm, wait_until_interrupted
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
     parser.add_argument("--record", metavar="FILE", help="also record the trace to FILE (.ogtrace)")
     parser.add_argument("--exit", action="store_true", help="stop serving when the script ends")
-    parser.add_argument("script", help="the Python script to run")
+    # One positional for the script and its arguments: a positional of its own for the script
+    # would take a `--` right after it as argparse's separator and drop it from the script's
+    # sys.argv (`opgraph run s.py -- --x` must give s.py ['s.py', '--', '--x'], as python does).
     parser.add_argument(
-        "args", nargs=argparse.REMAINDER, help="the script's arguments (its sys.argv[1:])"
+        "script",
+        nargs=argparse.REMAINDER,
+        help="the Python script to run, then its arguments (its sys.argv[1:])",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    script = Path(args.script)
-    if not script.is_file():
-        print(f"opgraph run: can't open file {str(script)!r}: no such file", file=sys.stderr)
+    command = args.script[1:] if args.script[:1] == ["--"] else args.script  # `run -- s.py`
+    if not command:
+        print("opgraph run: no script given: opgraph run script.py [args...]", file=sys.stderr)
+        return 2
+    script, script_args = command[0], command[1:]  # as given: python's sys.argv[0]
+    if not Path(script).is_file():
+        print(f"opgraph run: can't open file {script!r}: no such file", file=sys.stderr)
         return 2
     stop_on_sigterm()
+    os.register_at_fork(after_in_child=default_sigterm)
     # This command serves the trace itself: OPGRAPH_TRACE would start a second server (or
     # publish elsewhere) when the script first uses the default engine.
     os.environ.pop("OPGRAPH_TRACE", None)
@@ -44,43 +61,117 @@ def run(args: argparse.Namespace) -> int:
         print(f"viewer: {server.url}", flush=True)
         if args.record:
             print(f"recording to {args.record}", flush=True)
-        code = run_script(script, args.args)
+        runner = os.getpid()
+        code = run_script(script, script_args)
+        if os.getpid() != runner:  # a process the script forked, at the script's end
+            end_forked_child(code)
+        stop_on_sigterm()  # again: the script may have replaced the handler
         server.flush(timeout=5)
-        if args.exit:
+        if args.exit or sigterm_received():
             return code
-        print(
-            f"opgraph run: {script.name} ended (exit code {code}); still serving its final "
+        wait_until_interrupted(
+            server,
+            f"opgraph run: {Path(script).name} ended (exit code {code}); still serving its final "
             f"graph at {server.url} (Ctrl-C to stop)",
-            file=sys.stderr,
-            flush=True,
         )
-        wait_until_interrupted(server)
     return code
 
 
-def run_script(script: Path, argv: list[str]) -> int:
-    """Run `script` as `python script argv...` would, in this process; its exit code."""
-    saved_argv, saved_path = sys.argv, sys.path[:]
-    sys.argv = [str(script), *argv]
-    sys.path.insert(0, str(script.resolve().parent))
+def run_script(script: str, argv: list[str]) -> int:
+    """Run `script` as `python script argv...` would, in this process, up to and including its
+    atexit handlers; its exit code."""
+    saved = sys.argv, sys.path[:], sys.modules["__main__"]
+    # python's __file__: joined to the working directory, neither normalised ("/d/./s.py")
+    # nor its symlinks resolved
+    path = os.path.join(os.getcwd(), script)
+    main = sys.modules["__main__"] = main_module(path)
+    sys.argv = [script, *argv]  # not made absolute, unlike `runpy.run_path`
+    sys.path.insert(0, str(Path(script).resolve().parent))  # python resolves symlinks here
+    running = set(threading.enumerate())
     try:
-        runpy.run_path(str(script), run_name="__main__")
+        code = run_main(path, main)
+        code = wait_for_threads(running, script, code)
+        # What the script registered runs now, with its __main__, not when the server stops.
+        # `serve` registers no handler here (only OPGRAPH_TRACE's server does), so the runner
+        # loses none of its own.
+        atexit._run_exitfuncs()
+        return code
+    finally:
+        sys.argv, sys.path[:], sys.modules["__main__"] = saved
+
+
+def main_module(path: str) -> types.ModuleType:
+    """A fresh `__main__` for the script at `path`, with the attributes python gives it."""
+    main = types.ModuleType("__main__")
+    main.__file__ = path
+    main.__cached__ = None
+    main.__loader__ = SourceFileLoader("__main__", path)
+    main.__builtins__ = builtins  # the module, as in python's __main__ (exec would put a dict)
+    main.__annotations__ = {}
+    return main
+
+
+def run_main(path: str, main: types.ModuleType) -> int:
+    """Run the script at (absolute) `path` in the module `main`; its exit code."""
+    try:
+        with io.open_code(path) as file:  # as python reads it: bytes, its coding line obeyed
+            source = file.read()
+        exec(compile(source, path, "exec"), main.__dict__)
         return 0
     except SystemExit as exc:
         return exit_code(exc.code)
     except KeyboardInterrupt:
-        print(f"opgraph run: {script.name} interrupted", file=sys.stderr)
+        print(f"opgraph run: {Path(path).name} interrupted", file=sys.stderr)
         return 130
     except BaseException:
         # As Python reports an uncaught error: from the script's first frame (not this
-        # command's and runpy's; none for a SyntaxError, which shows the line itself).
+        # command's; none for a SyntaxError, which shows the line itself).
         kind, error, tb = sys.exc_info()
-        while tb is not None and tb.tb_frame.f_code.co_filename != str(script):
+        while tb is not None and tb.tb_frame.f_code.co_filename != path:
             tb = tb.tb_next
         traceback.print_exception(kind, error, tb)
         return 1
-    finally:
-        sys.argv, sys.path[:] = saved_argv, saved_path
+
+
+def wait_for_threads(running: set[threading.Thread], script: str, code: int) -> int:
+    """Wait, as python does before its atexit handlers, for the threads the script started and
+    did not make daemons (those it started start more: wait for them too); its exit code, or
+    130 if Ctrl-C stops the wait."""
+    try:
+        while threads := [
+            thread
+            for thread in threading.enumerate()
+            if thread not in running and not thread.daemon and thread.is_alive()
+        ]:
+            for thread in threads:
+                thread.join()
+    except KeyboardInterrupt:
+        print(f"opgraph run: {Path(script).name} interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+def default_sigterm() -> None:
+    """In a process the script forks: SIGTERM ends it as under python (a pool's `terminate()`
+    ends its workers that way), not with the runner's KeyboardInterrupt, unless the script set
+    a handler of its own."""
+    try:
+        if sigterm_is_ours():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:  # not the main thread: cannot happen right after a fork, but never raise
+        pass
+
+
+def end_forked_child(code: int) -> None:
+    """End a process the script forked (`os.fork()`) when it reaches the script's end, as
+    python would end it: it has no server thread to serve with, and leaving through the
+    server's `with` would wait on that thread."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed by the script, or a reader gone
+            pass
+    os._exit(code & 0xFF)
 
 
 def exit_code(code: object) -> int:
