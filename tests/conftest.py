@@ -102,7 +102,7 @@ def throwaway_environment(folder: Path) -> tuple[Path, Path]:
 # --- markers -------------------------------------------------------------------------------------
 
 TESTS = Path(__file__).resolve().parent
-# The names whose use marks a test: what starts a process, what starts Chromium.
+# The names whose use marks a test: what starts a process, Chromium or a trace server.
 USES = {
     "subprocess": {"subprocess", "create_subprocess_exec", "create_subprocess_shell"},
     "browser": {"sync_playwright", "async_playwright"},
