@@ -8,6 +8,19 @@
 7.0
 """
 
+import os as _os
+
+# An installed opgraph holds opgraph.plugins and opgraph.server in this folder; a source
+# checkout keeps them beside it, in plugins/ and server/ (setuptools' package-dir maps them,
+# docs/architecture.md). Imported from a checkout (`PYTHONPATH=.`, or the checkout's folder
+# first on sys.path as with `python -m` there), look for them there too.
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(__path__[0], "server")) and all(
+    _os.path.isfile(_os.path.join(_checkout, folder, "__init__.py"))
+    for folder in ("plugins", "server")
+):
+    __path__.append(_checkout)
+
 from .backward import backward, topological_order, zero_grad
 from .compile import Compiled, CompileWarning, compile
 from .engine import Engine, default_engine

@@ -8,11 +8,22 @@ fixtures.
 The viewer's: `browser` (Debian's chromium, one per test module) and `page` (a fresh page
 that fails the test if the page reports an error). A module that needs another page (the
 page's own policy in force, dialogs recorded) defines its own `page` fixture.
+
+The markers (registered in pyproject.toml; `scripts/test --fast` runs the tests with none of
+them): a test that starts Chromium, a process or a trace server (its code, its fixtures' or
+the code of tests/ it calls names Playwright, `subprocess` or a server) is marked `browser`,
+`subprocess` or `server` here, automatically; a file whose every test installs or is slow
+says so in its `pytestmark`.
 """
 
 from __future__ import annotations
 
+import inspect
+import subprocess
+import sys
+import sysconfig
 import types
+from pathlib import Path
 
 import pytest
 from viewer_support import VIEWPORT, launch, page_error
@@ -71,3 +82,82 @@ def page(browser):
     yield page
     context.close()
     assert errors == [], f"the page reported errors: {errors}"
+
+
+def throwaway_environment(folder: Path) -> tuple[Path, Path]:
+    """A virtual environment in `folder` that sees this one's packages (opgraph, pip,
+    setuptools, pytest) but installs into its own site-packages, so that what a test installs
+    there never reaches the environment running the tests, even when the run is cut short.
+    Returns its python and its site-packages."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    python = folder / "bin" / "python"
+    where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(subprocess.check_output([python, "-c", where], text=True).strip())
+    # Its own site-packages first, then this environment's (with its .pth files).
+    outer = sysconfig.get_paths()["purelib"]
+    (site / "_opgraph_tests_outer.pth").write_text(f"import site; site.addsitedir({outer!r})\n")
+    return python, site
+
+
+# --- markers -------------------------------------------------------------------------------------
+
+TESTS = Path(__file__).resolve().parent
+# The names whose use marks a test: what starts a process, Chromium or a trace server.
+USES = {
+    "subprocess": {"subprocess", "create_subprocess_exec", "create_subprocess_shell"},
+    "browser": {"sync_playwright", "async_playwright"},
+    # a trace server on loopback, or a websocket client or server of the tests' own
+    "server": {
+        "serve",
+        "serve_engine",
+        "TraceServer",
+        "ReplayServer",
+        "StreamServer",
+        "receive_run",
+        "Publisher",
+        "open_ws",
+        "connect_reader",
+        "websockets",
+    },
+}
+
+
+def code_names(code: types.CodeType) -> set[str]:
+    """The global and attribute names a function's code uses, its nested functions' too."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= code_names(const)
+    return names
+
+
+def uses(function, wanted: set[str], seen: set) -> bool:
+    """Whether `function`, or a function or class of tests/ it names, uses a `wanted` name."""
+    function = getattr(getattr(function, "hypothesis", None), "inner_test", function)
+    function = inspect.unwrap(function)
+    code = getattr(function, "__code__", None)
+    if code is None or code in seen or not code.co_filename.startswith(str(TESTS)):
+        return False
+    seen.add(code)
+    names = code_names(code)
+    if names & wanted:
+        return True
+    scope = getattr(function, "__globals__", {})
+    for name in names:
+        found = scope.get(name)
+        members = vars(found).values() if isinstance(found, type) else [found]
+        if any(callable(member) and uses(member, wanted, seen) for member in members):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        functions = [getattr(item, "function", None)]
+        fixtures = getattr(item, "_fixtureinfo", None)
+        if fixtures is not None:
+            functions += [d[-1].func for d in fixtures.name2fixturedefs.values() if d]
+        for marker, wanted in USES.items():
+            seen: set = set()
+            if any(f is not None and uses(f, wanted, seen) for f in functions):
+                item.add_marker(marker)

@@ -1,13 +1,15 @@
 """The distribution as pip builds it: one top-level package, `opgraph`, with everything in it.
 
-plugins/ and server/ are reached as opgraph.plugins and opgraph.server through the links
-opgraph/plugins and opgraph/server; a wheel that also installed a top-level `plugins` or `server`
-module would clash with other packages.
+plugins/ and server/ are installed as opgraph.plugins and opgraph.server (setuptools'
+package-dir); a wheel that also installed a top-level `plugins` or `server` module would clash
+with other packages. The checkout has no symbolic links, runs from `PYTHONPATH=.`, and pyright
+sees each of its modules once (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import configparser
+import json
 import shutil
 import subprocess
 import sys
@@ -15,7 +17,9 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SKIP = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__")
+PACKAGES = ("opgraph", "plugins", "server")  # the folders of the package, in the checkout
+# Caches and what other tests write while this one copies (they run in parallel) stay out.
+SKIP = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__", "*.ogtrace")
 
 
 def test_the_wheel_installs_only_the_opgraph_package_with_its_viewer_and_entry_points(tmp_path):
@@ -32,6 +36,7 @@ def test_the_wheel_installs_only_the_opgraph_package_with_its_viewer_and_entry_p
     # setuptools says what it dislikes (a license table, undeclared data files) as warnings
     assert "SetuptoolsDeprecationWarning" not in result.stdout + result.stderr
     assert "SetuptoolsWarning" not in result.stdout + result.stderr
+    assert "BuildBackendWarning" not in result.stdout + result.stderr  # e.g. a package left out
     (wheel,) = (tmp_path / "dist").glob("opgraph-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
 
@@ -44,6 +49,37 @@ def test_the_wheel_installs_only_the_opgraph_package_with_its_viewer_and_entry_p
     static = {Path(n).name for n in names if n.startswith("opgraph/server/static/")}
     assert {"index.html", "app.js", "msgpack.js", "viewer.css"} <= static
 
+    # Installed from the wheel (not editable), the package is whole: subpackages, viewer files.
+    target = tmp_path / "installed"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+         "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for module in ("plugins/__init__.py", "plugins/arithmetic.py", "server/hub.py"):
+        assert (target / "opgraph" / module).is_file()
+    assert {p.name for p in (target / "opgraph" / "server" / "static").iterdir()} >= static
+    code = (
+        "import opgraph, opgraph.plugins.arithmetic, opgraph.server.http as http\n"
+        "print(opgraph.__path__, http.__file__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": ":".join([str(target), *dependency_folders()])},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        repr([str(target / "opgraph")]),
+        str(target / "opgraph" / "server" / "http.py"),
+    ]
+
     entry_points = configparser.ConfigParser()
     (ep_file,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     entry_points.read_string(zipfile.ZipFile(wheel).read(ep_file).decode())
@@ -51,14 +87,19 @@ def test_the_wheel_installs_only_the_opgraph_package_with_its_viewer_and_entry_p
     assert entry_points["pytest11"]["opgraph"] == "opgraph.testing.pytest_plugin"
 
 
-def test_the_subpackages_import_from_a_plain_checkout_without_the_editable_install(tmp_path):
-    # `python -S` skips site-packages and so the editable install's import hook: only the
-    # checkout on PYTHONPATH (and the dependencies' own folders) can provide the modules.
+def dependency_folders() -> list[str]:
+    """The folders that hold opgraph's dependencies (for a `python -S` without site)."""
     import msgpack
     import pluggy
     import websockets
 
-    deps = {str(Path(m.__file__).parent.parent) for m in (msgpack, pluggy, websockets)}
+    return sorted({str(Path(m.__file__).parent.parent) for m in (msgpack, pluggy, websockets)})
+
+
+def test_the_subpackages_import_from_a_plain_checkout_without_the_editable_install(tmp_path):
+    # `python -S` skips site-packages and so the editable install: only the checkout on
+    # PYTHONPATH (and the dependencies' own folders) can provide the modules; opgraph/__init__.py
+    # finds plugins/ and server/ beside it.
     code = (
         "import opgraph.server.hub, opgraph.plugins.arithmetic, opgraph.testing\n"
         "print(opgraph.server.hub.__file__); print(opgraph.plugins.arithmetic.__file__)"
@@ -68,10 +109,54 @@ def test_the_subpackages_import_from_a_plain_checkout_without_the_editable_insta
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={"PYTHONPATH": ":".join([str(ROOT), *sorted(deps)])},
+        env={"PYTHONPATH": ":".join([str(ROOT), *dependency_folders()])},
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
     hub, arithmetic = result.stdout.split()
-    assert hub == str(ROOT / "opgraph" / "server" / "hub.py")
-    assert arithmetic == str(ROOT / "opgraph" / "plugins" / "arithmetic.py")
+    assert hub == str(ROOT / "server" / "hub.py")
+    assert arithmetic == str(ROOT / "plugins" / "arithmetic.py")
+
+
+def test_the_checkout_has_no_symbolic_links():
+    # A checkout made without symbolic links (Windows, core.symlinks=false) must work as well.
+    links = [
+        str(path.relative_to(ROOT))
+        for folder in PACKAGES
+        for path in [ROOT / folder, *(ROOT / folder).rglob("*")]
+        if path.is_symlink()
+    ]
+    assert links == []
+    if (ROOT / ".git").exists():
+        listed = subprocess.run(
+            ["git", "ls-files", "-s"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        assert [line for line in listed.stdout.splitlines() if line.startswith("120000")] == []
+
+
+def test_pyright_sees_every_module_once_and_resolves_the_subpackages():
+    # Static tools follow neither setuptools' import hook nor opgraph/__init__.py: pyright
+    # finds opgraph.plugins and opgraph.server in the strict editable install's link tree
+    # (scripts/test), and analyses each file of the checkout once, by its own path. Only
+    # what it sees is checked here; its type errors are another matter.
+    result = subprocess.run(
+        [sys.executable, "-m", "pyright", "--outputjson"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert result.stdout.startswith("{"), result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    modules = [p for folder in PACKAGES for p in (ROOT / folder).rglob("*.py")]
+    assert report["summary"]["filesAnalyzed"] == len(modules)
+    unresolved = [
+        f"{d['file']}:{d['range']['start']['line'] + 1}: {d['message']}"
+        for d in report["generalDiagnostics"]
+        if d.get("rule") in ("reportMissingImports", "reportAttributeAccessIssue")
+        and ("opgraph.server" in d["message"] or "opgraph.plugins" in d["message"]
+             or 'module "opgraph' in d["message"] or "could not be resolved" in d["message"])
+    ]  # fmt: skip
+    assert unresolved == [], "run scripts/test (it installs opgraph editable in strict mode)"
+    outside = {d["file"] for d in report["generalDiagnostics"]}
+    assert all(Path(f).is_relative_to(ROOT) and "build" not in Path(f).parts for f in outside)

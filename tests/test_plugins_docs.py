@@ -3,7 +3,8 @@ datasette checks its own), and the tutorial shows the example plugin's real file
 
 tests/test_docs.py runs the page's Python blocks together; here each runs on its own, and the
 tutorial runs step by step as a reader follows it: its files written to a temporary
-directory, its commands run, the package really installed with pip (then uninstalled)."""
+directory, its commands run, the package really installed with pip, into a throwaway
+environment that sees this one's packages (never into the one running the tests)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import throwaway_environment
 
 from opgraph import hookspecs
 
@@ -88,11 +90,11 @@ def run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProces
     )
 
 
-def shell_line(line: str) -> list[str]:
-    """A line of the tutorial's ```sh blocks, run with this environment's Python."""
+def shell_line(line: str, python: Path) -> list[str]:
+    """A line of the tutorial's ```sh blocks, run with the environment's `python`."""
     words = shlex.split(line)
     if words[0] in ("pip", "pytest", "opgraph"):
-        return [sys.executable, "-m", *words]
+        return [str(python), "-m", *words]
     return words
 
 
@@ -102,6 +104,7 @@ def test_every_python_block_runs_on_its_own(block, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.install
 def test_the_tutorial_runs_as_written(tmp_path):
     # Step 1 and 2: the files, from the page (README.md: any text).
     project = tmp_path / "opgraph-trig"
@@ -119,21 +122,22 @@ def test_the_tutorial_runs_as_written(tmp_path):
     # Step 6: the commands of the ```sh block, from the directory holding opgraph-trig/.
     install = fenced("sh", "### 6. Install it and run the tests").splitlines()
     assert install[0] == "cd opgraph-trig" and install[1].startswith("pip install ")
-    try:
-        for line in install[1:]:
-            result = run(shell_line(line), project)
-            assert result.returncode == 0, f"{line}\n{result.stdout}{result.stderr}"
-        assert "8 passed" in result.stdout
-        # Installed, every program of the environment has the ops, and opgraph lists it.
-        anywhere = run([sys.executable, "-c", USE_TRIG], tmp_path)
-        assert anywhere.returncode == 0, anywhere.stderr
-        shown = fenced("", "and `opgraph plugins` lists it:").splitlines()
-        assert shown[0] == "$ opgraph plugins --installed"
-        listed = run(shell_line(shown[0][2:]), tmp_path)
-        assert listed.returncode == 0, listed.stderr
-        assert listed.stdout.splitlines() == shown[1:]
-    finally:
-        run([sys.executable, "-m", "pip", "uninstall", "-y", "opgraph-trig"], tmp_path)
+    python, _ = throwaway_environment(tmp_path / "venv")
+    for line in install[1:]:
+        result = run(shell_line(line, python), project)
+        assert result.returncode == 0, f"{line}\n{result.stdout}{result.stderr}"
+    assert "8 passed" in result.stdout
+    # Installed, every program of the environment has the ops, and opgraph lists it.
+    anywhere = run([str(python), "-c", USE_TRIG], tmp_path)
+    assert anywhere.returncode == 0, anywhere.stderr
+    shown = fenced("", "and `opgraph plugins` lists it:").splitlines()
+    assert shown[0] == "$ opgraph plugins --installed"
+    listed = run(shell_line(shown[0][2:], python), tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == shown[1:]
+    # ... and the environment running the tests has not got it.
+    mine = run([sys.executable, "-c", USE_TRIG], tmp_path)
+    assert mine.returncode == 1 and "no plugin registers an op of that name" in mine.stderr
 
 
 USE_TRIG = """

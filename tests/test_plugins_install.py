@@ -1,8 +1,10 @@
 """Installed plugins, for real: `pip install` the example plugin and a broken one.
 
-Both are installed into the running interpreter's environment (as a user would) and
-uninstalled when the tests that need them end, so other tests see a clean environment.
-The default engine is only ever created in subprocesses, never in this test process.
+Both are installed, as a user would, into throwaway virtual environments that see the
+running one's packages (conftest.throwaway_environment), never into the environment running
+the tests: a run cut short leaves no plugin behind to break every later default engine. The
+checks run in a subprocess of that environment, or in this process with its site-packages on
+sys.path for the one test. The default engine is only ever created in subprocesses.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+from conftest import throwaway_environment
 
 from opgraph import Engine, PluginLoadError, PluginLoadWarning
 from opgraph.loading import PluginManager, add_plugin, builtin_plugins, load_entry_points
@@ -35,9 +39,17 @@ BROKEN_ENTRY_POINTS = [
 ]
 
 
-def pip(*args: str) -> subprocess.CompletedProcess:
+pytestmark = pytest.mark.install
+
+
+class Environment(NamedTuple):
+    python: Path
+    site: Path
+
+
+def pip(env: Environment, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
+        [env.python, "-m", "pip", "--disable-pip-version-check", "-q", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -54,53 +66,69 @@ def can_build_offline() -> bool:
     return (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") is not None
 
 
-def install(source: Path, copy_to: Path, distribution: str):
-    """pip install a package (from a copy, so the build leaves nothing in the repository)."""
-    shutil.copytree(source, copy_to, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    if can_build_offline():
-        result = pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(copy_to))
-    else:  # fetches setuptools for an isolated build
-        result = pip("install", "--no-deps", str(copy_to))
-    assert result.returncode == 0, result.stdout + result.stderr
-    yield
-    pip("uninstall", "-y", distribution)
+def environment_with(folder: Path, *sources: Path) -> Environment:
+    """A throwaway environment with the packages at `sources` pip-installed (each from a
+    copy, so the build leaves nothing in the repository)."""
+    env = Environment(*throwaway_environment(folder / "venv"))
+    for source in sources:
+        copy = folder / source.name
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+        if can_build_offline():
+            args = ("--no-deps", "--no-build-isolation", "--no-index", str(copy))
+        else:  # fetches setuptools for an isolated build
+            args = ("--no-deps", str(copy))
+        result = pip(env, "install", *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+    return env
 
 
 @pytest.fixture(scope="module")
-def trig_installed(tmp_path_factory):
-    yield from install(TRIG, tmp_path_factory.mktemp("trig") / "opgraph-trig", "opgraph-trig")
+def trig_env(tmp_path_factory) -> Environment:
+    return environment_with(tmp_path_factory.mktemp("trig"), TRIG)
 
 
 @pytest.fixture(scope="class")
-def broken_installed(tmp_path_factory):
-    # Class scope: while it is installed, a default engine anywhere fails to load, so it is
-    # installed only for the tests of TestBrokenPlugin.
-    copy = tmp_path_factory.mktemp("broken") / "opgraph-broken"
-    yield from install(BROKEN, copy, "opgraph-broken")
+def broken_env(tmp_path_factory) -> Environment:
+    # An environment of its own: where it is installed, a default engine fails to load.
+    return environment_with(tmp_path_factory.mktemp("broken"), TRIG, BROKEN)
+
+
+def running_environment_distributions() -> set[str]:
+    """The distributions the environment running the tests has, asked of a fresh process."""
+    code = (
+        "import importlib.metadata as m, json\n"
+        "print(json.dumps([d.metadata['Name'] for d in m.distributions()]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout))
 
 
 def python(
-    code: str, plugins: str | None = None, *args: str, strict: bool = False
+    env: Environment, code: str, plugins: str | None = None, *args: str, strict: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run Python in a fresh process, with OPGRAPH_PLUGINS set to `plugins` (None: unset),
-    and OPGRAPH_STRICT_PLUGINS=1 if `strict`."""
+    """Run Python in a fresh process of `env`, with OPGRAPH_PLUGINS set to `plugins` (None:
+    unset), and OPGRAPH_STRICT_PLUGINS=1 if `strict`."""
     unset = ("OPGRAPH_PLUGINS", "OPGRAPH_STRICT_PLUGINS", "OPGRAPH_DEBUG")
-    env = {k: v for k, v in os.environ.items() if k not in unset}
+    variables = {k: v for k, v in os.environ.items() if k not in unset}
     if plugins is not None:
-        env["OPGRAPH_PLUGINS"] = plugins
+        variables["OPGRAPH_PLUGINS"] = plugins
     if strict:
-        env["OPGRAPH_STRICT_PLUGINS"] = "1"
+        variables["OPGRAPH_STRICT_PLUGINS"] = "1"
     return subprocess.run(
-        [sys.executable, *(["-c", code] if code else []), *args],
+        [env.python, *(["-c", code] if code else []), *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=variables,
         timeout=120,
     )
 
 
-def cli(*args: str, plugins: str | None = None, strict: bool = False):
-    return python("", plugins, "-m", "opgraph", *args, strict=strict)
+def cli(env: Environment, *args: str, plugins: str | None = None, strict: bool = False):
+    return python(env, "", plugins, "-m", "opgraph", *args, strict=strict)
 
 
 USE_SIN = """
@@ -125,20 +153,24 @@ print("ok")
 """
 
 
-@pytest.mark.usefixtures("trig_installed")
 class TestExamplePlugin:
-    def test_default_engine_discovers_it(self):
-        result = python(USE_SIN)
+    @pytest.fixture(autouse=True)
+    def on_path(self, trig_env, monkeypatch):
+        # For the tests that make engines in this process: the plugin importable for one test.
+        monkeypatch.syspath_prepend(str(trig_env.site))
+
+    def test_default_engine_discovers_it(self, trig_env):
+        result = python(trig_env, USE_SIN)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "trig"
 
-    def test_its_sin_is_differentiated_twice(self):
-        result = python(SIN_TWICE)
+    def test_its_sin_is_differentiated_twice(self, trig_env):
+        result = python(trig_env, SIN_TWICE)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "ok"
 
-    def test_opgraph_plugins_excludes_it_from_the_default_engine(self):
-        result = python("from opgraph import Value\nValue(0.5).sin()", "")
+    def test_opgraph_plugins_excludes_it_from_the_default_engine(self, trig_env):
+        result = python(trig_env, "from opgraph import Value\nValue(0.5).sin()", "")
         assert result.returncode == 1
         assert "AttributeError" in result.stderr
         assert "no plugin registers an op of that name" in result.stderr
@@ -177,15 +209,15 @@ class TestExamplePlugin:
             assert load_entry_points(impostor) == []
         assert list(impostor.failures) == ["trig (opgraph-trig)"]
 
-    def test_plugins_command_lists_it(self):
-        result = cli("plugins")
+    def test_plugins_command_lists_it(self, trig_env):
+        result = cli(trig_env, "plugins")
         assert result.returncode == 0, result.stderr
         assert "trig  (opgraph-trig 0.1.0, entry point trig = opgraph_trig)" in result.stdout
         assert "ops: sin, cos, atan2, softplus" in result.stdout
         assert "opgraph.plugins.arithmetic  (built-in, opgraph" in result.stdout
 
-    def test_plugins_command_json(self):
-        result = cli("plugins", "--json", "--installed")
+    def test_plugins_command_json(self, trig_env):
+        result = cli(trig_env, "plugins", "--json", "--installed")
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout) == [
             {
@@ -200,20 +232,20 @@ class TestExamplePlugin:
                 "error": None,
             }
         ]
-        excluded = cli("plugins", "--json", "--installed", plugins="")
+        excluded = cli(trig_env, "plugins", "--json", "--installed", plugins="")
         assert json.loads(excluded.stdout) == []
-        misspelled = cli("plugins", "--installed", plugins="trigg")
+        misspelled = cli(trig_env, "plugins", "--installed", plugins="trigg")
         assert misspelled.stdout.strip() == "no plugins loaded"
         assert misspelled.stderr.startswith(
             "opgraph plugins: warning: OPGRAPH_PLUGINS names trigg, which no installed plugin"
         )
 
-    def test_its_own_test_suite_passes(self, tmp_path):
+    def test_its_own_test_suite_passes(self, trig_env, tmp_path):
         # The example's tests, run as its author would, against the installed package: the
         # src/ layout keeps the source tree off sys.path.
         shutil.copytree(TRIG, tmp_path / "trig", ignore=shutil.ignore_patterns("build"))
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+            [trig_env.python, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
             cwd=tmp_path / "trig",
             capture_output=True,
             text=True,
@@ -223,12 +255,21 @@ class TestExamplePlugin:
         assert "8 passed" in result.stdout
 
 
-@pytest.mark.usefixtures("trig_installed", "broken_installed")
 class TestBrokenPlugin:
     """One installed distribution, opgraph-broken, with an entry point per failure.
 
     By default a broken plugin is left out with a PluginLoadWarning and the rest of opgraph
     works; OPGRAPH_STRICT_PLUGINS=1 makes it the PluginLoadError it used to be."""
+
+    @pytest.fixture(autouse=True)
+    def on_path(self, broken_env, monkeypatch):
+        monkeypatch.syspath_prepend(str(broken_env.site))
+
+    def test_the_running_environment_never_has_it(self, broken_env):
+        # Installed where the tests run, an interrupted run would leave it there, and every
+        # later default engine would warn about it.
+        assert (broken_env.site / "opgraph_broken").is_dir()
+        assert not {"opgraph-broken", "opgraph-trig"} & running_environment_distributions()
 
     def test_import_error_names_entry_point_distribution_and_version(self, monkeypatch):
         monkeypatch.setenv("OPGRAPH_PLUGINS", "broken_import")
@@ -246,10 +287,10 @@ class TestBrokenPlugin:
         assert "set OPGRAPH_PLUGINS= (the other installed plugins to load;" in message
         assert "or uninstall opgraph-broken" in message
 
-    def test_default_engine_works_without_the_broken_plugins(self):
+    def test_default_engine_works_without_the_broken_plugins(self, broken_env):
         # No OPGRAPH_PLUGINS: every installed plugin loads; the broken ones are left out
         # with one warning each, and a program that never uses their ops runs.
-        result = python("from opgraph import Value\nprint((Value(1.0) + 1).data)")
+        result = python(broken_env, "from opgraph import Value\nprint((Value(1.0) + 1).data)")
         assert result.returncode == 0, result.stderr
         assert result.stdout == "2.0\n"
         for name in BROKEN_ENTRY_POINTS:
@@ -267,24 +308,24 @@ class TestBrokenPlugin:
         assert f"set OPGRAPH_PLUGINS={others} (the other" in result.stderr
         assert "set OPGRAPH_STRICT_PLUGINS=1 to make this an error" in result.stderr
 
-    def test_warning_is_issued_once_per_plugin(self, monkeypatch):
+    def test_warning_is_issued_once_per_plugin(self, broken_env, monkeypatch):
         monkeypatch.setenv("OPGRAPH_PLUGINS", "broken_import,trig")
         code = (
             "import warnings\nwarnings.simplefilter('default')\n"
             "from opgraph import Engine\nfor _ in range(3): Engine()"
         )
-        result = python(code, "broken_import,trig")
+        result = python(broken_env, code, "broken_import,trig")
         assert result.returncode == 0, result.stderr
         assert result.stderr.count("PluginLoadWarning") == 1
 
-    def test_strict_mode_makes_it_an_error(self):
-        result = python("from opgraph import Value\nValue(1.0) + 1", strict=True)
+    def test_strict_mode_makes_it_an_error(self, broken_env):
+        result = python(broken_env, "from opgraph import Value\nValue(1.0) + 1", strict=True)
         assert result.returncode == 1
         assert "opgraph.errors.PluginLoadError: plugin 'broken_args'" in result.stderr
 
-    def test_opgraph_plugins_leaves_it_out(self):
+    def test_opgraph_plugins_leaves_it_out(self, broken_env):
         code = "from opgraph import Value\nassert (Value(1.0) + 1).data == 2"
-        result = python(code, "", strict=True)
+        result = python(broken_env, code, "", strict=True)
         assert result.returncode == 0, result.stderr
         assert result.stderr == ""
 
@@ -355,15 +396,15 @@ class TestBrokenPlugin:
             Engine(entry_points=False).ops.cube  # noqa: B018
         assert "failed to load" not in str(clean.value)
 
-    def test_default_ops_name_it_too(self):
+    def test_default_ops_name_it_too(self, broken_env):
         code = "import opgraph\nopgraph.default_engine().ops.cube"
-        result = python(code, "broken_target,trig")
+        result = python(broken_env, code, "broken_target,trig")
         assert result.returncode == 1
         assert "AttributeError: no op named 'cube' is registered" in result.stderr
         assert "plugin 'broken_target' (entry point broken_target = " in result.stderr
 
-    def test_plugins_command_lists_the_broken_one(self):
-        result = cli("plugins", plugins="trig,broken_args")
+    def test_plugins_command_lists_the_broken_one(self, broken_env):
+        result = cli(broken_env, "plugins", plugins="trig,broken_args")
         assert result.returncode == 0, result.stderr
         assert "trig  (opgraph-trig 0.1.0, entry point trig = opgraph_trig)" in result.stdout
         assert (
@@ -373,8 +414,8 @@ class TestBrokenPlugin:
         assert "set OPGRAPH_PLUGINS=trig (the other" in result.stdout
         assert result.stderr == "opgraph plugins: 1 plugin(s) failed to load: broken_args\n"
 
-    def test_plugins_command_json_has_the_error(self):
-        result = cli("plugins", "--json", "--installed", plugins="trig,broken_import")
+    def test_plugins_command_json_has_the_error(self, broken_env):
+        result = cli(broken_env, "plugins", "--json", "--installed", plugins="trig,broken_import")
         assert result.returncode == 0, result.stderr
         listed = {info["name"]: info for info in json.loads(result.stdout)}
         assert listed["trig"]["error"] is None
@@ -382,27 +423,33 @@ class TestBrokenPlugin:
         assert broken["ops"] == [] and broken["distribution"] == "opgraph-broken"
         assert "No module named 'opgraph_missing_dependency'" in broken["error"]
 
-    def test_plugins_command_in_strict_mode_fails_in_one_line(self):
-        result = cli("plugins", plugins="trig,broken_args", strict=True)
+    def test_plugins_command_in_strict_mode_fails_in_one_line(self, broken_env):
+        result = cli(broken_env, "plugins", plugins="trig,broken_args", strict=True)
         assert result.returncode == 1
         assert result.stdout == ""
         assert result.stderr.startswith("opgraph: error: plugin 'broken_args'")
         assert len(result.stderr.splitlines()) == 1
         assert "Traceback" not in result.stderr
 
-    def test_demo_runs_beside_a_broken_plugin(self, tmp_path):
-        result = cli("demo", "--steps", "1", "--out", str(tmp_path), plugins="broken_import")
+    def test_demo_runs_beside_a_broken_plugin(self, broken_env, tmp_path):
+        result = cli(
+            broken_env, "demo", "--steps", "1", "--out", str(tmp_path), plugins="broken_import"
+        )
         assert result.returncode == 0, result.stderr
         assert "trained in" in result.stdout
         assert result.stderr.startswith("opgraph: warning: plugin 'broken_import'")
         assert "Traceback" not in result.stderr
 
-    def test_demo_in_strict_mode_fails_in_one_line(self, tmp_path):
+    def test_demo_in_strict_mode_fails_in_one_line(self, broken_env, tmp_path):
         args = ("demo", "--steps", "1", "--out", str(tmp_path))
-        result = cli(*args, plugins="broken_import", strict=True)
+        result = cli(broken_env, *args, plugins="broken_import", strict=True)
         assert result.returncode == 1
         assert result.stderr.startswith("opgraph: error: plugin 'broken_import' (entry point")
         assert "Traceback" not in result.stderr
-        debug = cli("--debug", *args, plugins="broken_import", strict=True)
+        debug = cli(broken_env, "--debug", *args, plugins="broken_import", strict=True)
         assert debug.returncode == 1
         assert "Traceback" in debug.stderr and "PluginLoadError" in debug.stderr
+
+
+def test_the_install_tests_leave_the_running_environment_as_it_was():
+    assert not {"opgraph-broken", "opgraph-trig"} & running_environment_distributions()
