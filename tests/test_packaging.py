@@ -47,7 +47,10 @@ def test_the_wheel_installs_only_the_opgraph_package_with_its_viewer_and_entry_p
     for module in ("plugins/arithmetic.py", "server/server.py", "testing/pytest_plugin.py"):
         assert f"opgraph/{module}" in names
     static = {Path(n).name for n in names if n.startswith("opgraph/server/static/")}
-    assert {"index.html", "app.js", "msgpack.js", "viewer.css"} <= static
+    # every file of the page: app.js imports the others, and one missing breaks the page
+    page = {p.name for p in (ROOT / "server" / "static").iterdir() if p.is_file()}
+    assert {"index.html", "app.js", "receive.js", "panel.js", "viewer.css"} <= page
+    assert sorted(page - static) == []
 
     # Installed from the wheel (not editable), the package is whole: subpackages, viewer files.
     target = tmp_path / "installed"

@@ -69,7 +69,7 @@ def zoom_to_fill(page, key: str) -> None:
     page.mouse.move(*middle, steps=8)
     page.mouse.up()
     factor = min(0.92 * width / (box_w * scale), 0.92 * height / (box_h * scale))
-    page.mouse.wheel(0, -math.log(factor) / 0.0015)  # app.js: a factor of exp(-deltaY * 0.0015)
+    page.mouse.wheel(0, -math.log(factor) / 0.0015)  # pointer.js: a factor of exp(-deltaY * 0.0015)
     page.wait_for_function(f"opgraphViewer.camera.scale > {scale * factor * 0.99}")
 
 

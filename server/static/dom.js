@@ -1,0 +1,39 @@
+// DOM helpers: elements found by id, and built or changed with text only (never HTML), so
+// nothing a trace sends is read as markup.
+
+export const $ = (id) => document.getElementById(id);
+
+export function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+export function setData(element, key, value) {
+  if (element.dataset[key] === value) return;
+  if (value === undefined) delete element.dataset[key];
+  else element.dataset[key] = value;
+}
+
+/** An element with properties (`dataset` merged) and children (strings become text). */
+export function el(tag, props = {}, ...children) {
+  const element = document.createElement(tag);
+  const { dataset, ...rest } = props;
+  Object.assign(element, rest);
+  if (dataset) Object.assign(element.dataset, dataset);
+  element.append(...children);
+  return element;
+}
+
+// The details' facts: [name, data-field, text] rows, skipping the false ones.
+export function factList(facts) {
+  const list = el("dl", { className: "facts" });
+  for (const fact of facts) {
+    if (!fact) continue;
+    const [name, field, text] = fact;
+    list.append(el("dt", {}, name), el("dd", { dataset: { field } }, text));
+  }
+  return list;
+}
+
+export function linkList(title, items) {
+  return items.length ? [el("h3", {}, title), el("ul", { className: "links" }, ...items)] : [];
+}

@@ -1,0 +1,126 @@
+// The details panel: the selected node, scope group, op group or band, built from DOM
+// nodes whose text is set as text (dom.js): a label, an op or a plugin name is never read
+// as HTML, whatever a trace puts in it.
+// Its methods become the viewer's (app.js mixes them in): `this` is the one Viewer, whose
+// state app.js lists.
+
+import { $, el, factList, linkList } from "./dom.js";
+import { looseBands } from "./groups.js";
+import { dataText, nodeTitle, opText } from "./render.js";
+
+export class Panel {
+  renderDetails() {
+    const panel = $("details");
+    if (this.selected === null) {
+      panel.replaceChildren(el("p", { className: "hint" }, "Click a node, or search, to see its details."));
+      return;
+    }
+    if (typeof this.selected === "string") {
+      return this.selected.startsWith("s:") ? this.renderScope(panel) : this.renderGroup(panel);
+    }
+    const node = this.graph.nodes.get(this.selected);
+    if (!node) return;
+    const look = this.look(node);
+    const pass = this.graph.lastPass;
+    const step = node.bwPass === pass?.pass && node.bwStep >= 0
+      ? `step ${node.bwStep + 1} of ${pass.steps.length} in pass ${pass.pass}` : "not in the last pass";
+    const facts = [
+      ["id", "id", String(node.id)],
+      ["op", "op", node.op ?? (node.placeholder ? "not seen by this viewer" : "leaf (input or parameter)")],
+      node.op && ["plugin", "plugin", this.ops.get(node.op) ?? "unknown plugin"],
+      node.const && ["constants", "const", node.const.map(String).join(", ")],
+      ["data", "data", node.placeholder ? "?" : String(node.data)],
+      ["grad", "grad", node.placeholder ? "?" : look.gradShown ? String(node.grad) : "not reached yet"],
+      ["rank", "rank", String(node.rank)],
+      ["backward", "step", step],
+    ];
+    const inputs = node.parents.map((id, k) => this.nodeLink(id, `input ${k + 1}`));
+    const users = node.children.slice(0, 12).map((id) => this.nodeLink(id));
+    if (node.children.length > 12) users.push(el("li", {}, `… ${node.children.length - 12} more`));
+    panel.replaceChildren(
+      el("h2", { className: "node-title" }, nodeTitle(node)),
+      factList(facts),
+      ...linkList("Inputs", inputs),
+      ...linkList("Used by", users),
+      el("button", { dataset: { focus: String(node.id) }, title: "Show this node's neighbourhood on its own (G)" },
+        "Focus on neighbourhood"),
+    );
+  }
+
+  nodeLink(id, prefix = "") {
+    const node = this.graph.nodes.get(id);
+    const button = el("button", { className: "link", dataset: { goto: String(id) } });
+    if (prefix) button.append(el("span", { className: "muted" }, prefix), " ");
+    button.append(node ? nodeTitle(node) : `#${id}`);
+    if (node) button.append(` = ${dataText(node)}`);
+    if (node?.op) button.append(" ", el("span", { className: "op" }, opText(node)));
+    return el("li", {}, button);
+  }
+
+  // A scope group's details; its path is a trace's text, shown as text.
+  renderScope(panel) {
+    const group = this.graph.scopes.byPath.get(this.selected.slice(2));
+    if (!group) return;
+    const look = this.lookUnit({ kind: "group", key: group.key, ref: group });
+    const members = group.ids.slice(0, 30).map((id) => this.nodeLink(id));
+    if (group.ids.length > 30) members.push(el("li", {}, `… ${group.ids.length - 30} more`));
+    const open = this.open.has(group.key);
+    panel.replaceChildren(
+      el("h2", { className: "group-title" }, group.path),
+      factList([
+        ["nodes", "count", group.count.toLocaleString("en-US")],
+        ["groups", "groups", String(group.children.size)],
+        ["backward", "step", `${look.reached} of ${group.count} reached in the last pass`],
+      ]),
+      ...(members.length ? [el("h3", {}, "Nodes"), el("ul", { className: "links" }, ...members)] : []),
+      el("button", { dataset: { toggle: group.key } }, open ? "Close the group" : "Open the group"),
+    );
+  }
+
+  renderGroup(panel) {
+    if (this.selected.startsWith("r:")) return this.renderBand(panel);
+    const group = this.graph.bands().groups.get(this.selected);
+    if (!group) return;
+    const firstIds = [];
+    for (const member of group.members) {
+      firstIds.push(...member.ids.slice(0, 30 - firstIds.length));
+      if (firstIds.length >= 30) break;
+    }
+    const members = firstIds.map((id) => this.nodeLink(id));
+    if (group.count > 30) members.push(el("li", {}, `… ${group.count - 30} more`));
+    panel.replaceChildren(
+      el("h2", {}, `${group.op} · ${group.ranks}`),
+      factList([
+        ["nodes", "count", String(group.count)],
+        ["plugin", "plugin", this.ops.get(group.op) ?? "–"],
+        ["backward", "step", `${group.bwDone} of ${group.count} reached in the last pass`],
+      ]),
+      el("h3", {}, "Members"),
+      el("ul", { className: "links" }, ...members),
+      el("p", { className: "hint" }, "Click a member to focus on its neighbourhood."),
+    );
+  }
+
+  // A band of unscoped nodes in the hierarchical overview.
+  renderBand(panel) {
+    const band = looseBands(this.graph).bands.get(this.selected);
+    if (!band) return;
+    const ids = [];
+    for (const member of band.members) {
+      ids.push(...member.ids.slice(0, 30 - ids.length));
+      if (ids.length >= 30) break;
+    }
+    const members = ids.map((id) => this.nodeLink(id));
+    if (band.count > 30) members.push(el("li", {}, `… ${band.count - 30} more`));
+    panel.replaceChildren(
+      el("h2", {}, `${band.op} · ${band.ranks} · no scope`),
+      factList([
+        ["nodes", "count", String(band.count)],
+        ["plugin", "plugin", this.ops.get(band.op) ?? "–"],
+        ["backward", "step", `${band.bwDone} of ${band.count} reached in the last pass`],
+      ]),
+      el("h3", {}, "Members"),
+      el("ul", { className: "links" }, ...members),
+    );
+  }
+}

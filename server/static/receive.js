@@ -1,0 +1,225 @@
+// Receiving: frames of bytes decoded and applied to the graph a slice of time at a time (so
+// the tab never freezes), each event checked first (validate.js) and an invalid one counted
+// and rejected; hello, seq gaps, snapshots, compaction and the playback speed of recordings.
+// Its methods become the viewer's (app.js mixes them in): `this` is the one Viewer, whose
+// state app.js lists.
+
+import { Graph } from "./graph.js";
+import { Reader } from "./msgpack.js";
+import { problemWith } from "./validate.js";
+
+const params = new URLSearchParams(location.search);
+// Past this many nodes the page keeps only the newest half (and the inputs they use).
+const MAX_NODES = Number(params.get("max_nodes")) || 400_000;
+const SLICE_MS = 12; // work per slice before the page gets to draw and handle input
+const DECODE_AHEAD = 20_000; // events decoded ahead of those applied; the rest stay bytes
+// hello and the snapshot markers repeat a seq instead of counting up.
+const UNNUMBERED = new Set(["hello", "snapshot_begin", "snapshot_end"]);
+
+export class Receiving {
+  receive(bytes) {
+    this.frames.push(new Reader(bytes));
+    this.wake();
+  }
+
+  wake() {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    this.wakePort.postMessage(0);
+  }
+
+  // Decode and apply events for one slice of time, then give the page back to the browser.
+  pump() {
+    this.scheduled = false;
+    const deadline = performance.now() + SLICE_MS;
+    let waitForAllowance = false;
+    this.refillAllowance();
+    while (performance.now() < deadline) {
+      if (!this.paused && this.pendingHead < this.pending.length) {
+        if (this.allowance < 1) { waitForAllowance = true; break; }
+        this.allowance--;
+        this.apply(this.pending[this.pendingHead++]);
+        continue;
+      }
+      const reader = this.frames[0];
+      if (!reader || this.waiting >= DECODE_AHEAD) break; // the rest waits as bytes
+      if (reader.done) { this.frames.shift(); continue; }
+      try {
+        this.pending.push(reader.next());
+        this.eventsThisSecond++;
+      } catch (err) {
+        this.notice(`Could not read the trace: ${err.message}`);
+        this.frames.shift();
+      }
+    }
+    if (this.pendingHead > 4096 && this.pendingHead * 2 > this.pending.length) {
+      this.pending = this.pending.slice(this.pendingHead);
+      this.pendingHead = 0;
+    }
+    this.requestDraw(false);
+    const work = (this.frames.length && this.waiting < DECODE_AHEAD)
+      || (!this.paused && this.waiting > 0);
+    if (waitForAllowance) setTimeout(() => this.wake(), Math.max(4, 1000 / this.rate));
+    else if (work) this.wake();
+  }
+
+  // Events a recording may apply now at its playback speed (live streams: no limit).
+  refillAllowance() {
+    const now = performance.now();
+    if (!this.rate || !this.recording) { this.allowance = Infinity; this.lastRefill = now; return; }
+    if (!Number.isFinite(this.allowance)) this.allowance = 0;
+    const elapsed = (now - (this.lastRefill ?? now)) / 1000;
+    this.allowance = Math.min(this.allowance + elapsed * this.rate, Math.max(1, this.rate / 4));
+    this.lastRefill = now;
+  }
+
+  get waiting() {
+    return this.pending.length - this.pendingHead;
+  }
+
+  waitingText() {
+    const events = `${this.waiting.toLocaleString("en-US")} events`;
+    const bytes = this.frames.reduce((sum, reader) => sum + reader.bytes.length - reader.offset, 0);
+    if (!bytes) return events;
+    return `${events} and ${(bytes / 1e6).toFixed(1)} MB`;
+  }
+
+  /** Apply one protocol event (docs/protocol.md) to the model, once it proved valid. */
+  apply(event) {
+    const problem = problemWith(event);
+    if (problem) return this.reject(problem, event);
+    const type = event.type;
+    if (this.refused && type !== "hello") return; // a stream this viewer cannot read
+    if (!this.checkSeq(event)) return;
+    const target = this.staging ?? this.graph;
+    switch (type) {
+      case "hello": return this.hello(event);
+      case "forward":
+        this.graph.addNode(event);
+        if (this.graph.size > MAX_NODES) this.compact();
+        break;
+      case "snapshot_begin":
+        this.staging = new Graph();
+        this.snapshotTotal = event.nodes ?? 0;
+        this.snapshotPass = event.backward ?? null; // a pass in progress at the snapshot
+        break;
+      case "node": target.addNode(event); break;
+      case "snapshot_end": this.finishSnapshot(event); break;
+      case "backward_begin": this.graph.beginPass(event.root, event.pass); break;
+      case "backward": this.graph.backwardStep(event.id, event.grad); break;
+      case "backward_end":
+        this.graph.endPass(event.error);
+        if (event.error !== undefined) this.notice(`Backward pass ${event.pass ?? ""} failed: ${event.error}`);
+        break;
+      case "data": this.graph.setData(event.id, event.data); break;
+      case "label": this.graph.setLabel(event.id, event.label); break;
+      case "dropped": this.dropped += event.count ?? 0; break;
+      case "run": this.run(event); break;
+      default: return; // unknown kinds are ignored: the protocol grows by adding them
+    }
+    this.lastKind = type;
+  }
+
+  // An invalid event changes nothing: it is counted and its reason shown in the status bar.
+  // A stream whose hello is invalid is refused as a whole, as a stream of another protocol.
+  reject(problem, event) {
+    this.rejected++;
+    this.lastRejection = problem;
+    console.warn(`opgraph viewer: rejected an invalid event: ${problem}`);
+    if (event?.type === "hello") this.refuse(`The stream's hello is invalid (${problem}); it was not read.`);
+    this.requestDraw();
+  }
+
+  refuse(text) {
+    this.refused = true;
+    this.source?.stop();
+    this.frames = [];
+    this.notice(text);
+  }
+
+  // Live events, of every kind known or not, count up by one; anything at or below the
+  // last seq was already applied. hello and the snapshot markers repeat a seq instead.
+  checkSeq(event) {
+    if (UNNUMBERED.has(event.type) || event.seq === undefined) return true;
+    if (event.seq <= this.lastSeq) return false;
+    if (event.seq > this.lastSeq + 1) this.gaps += event.seq - this.lastSeq - 1;
+    this.lastSeq = event.seq;
+    return true;
+  }
+
+  hello(event) {
+    this.refused = event.protocol !== "opgraph" || event.version !== 1;
+    if (this.refused) {
+      this.refuse(`This viewer speaks opgraph protocol 1; the server sent ` +
+        `${event.protocol} version ${event.version}. Upgrade the page or the server.`);
+      return;
+    }
+    if (this.session !== null && event.session !== this.session) {
+      const source = this.recording ? "recording" : "server";
+      this.resetSession();
+      this.notice(`New ${source} session: the view was cleared.`);
+    }
+    this.session = event.session;
+    this.ops = new Map(Object.entries(event.ops ?? {}));
+    this.engineName = event.engine ?? "";
+    this.protocolVersion = event.version;
+    this.lastSeq = event.seq ?? 0;
+    this.lastKind = "hello";
+  }
+
+  finishSnapshot(event) {
+    const old = this.graph;
+    const fresh = this.staging ?? new Graph();
+    this.staging = null;
+    // Keep the backward passes seen so far, so stepping still works after a resync.
+    fresh.passes = old.passes;
+    const pass = fresh.lastPass;
+    if (pass) {
+      pass.steps.forEach((step, index) => {
+        const node = fresh.nodes.get(step.id);
+        if (node) { node.bwPass = pass.pass; node.bwStep = index; }
+      });
+    }
+    // The snapshot was taken during a pass this viewer has not seen begin: the backward
+    // maps that follow continue it (docs/protocol.md, "Snapshot").
+    const inProgress = this.snapshotPass;
+    this.snapshotPass = null;
+    if (inProgress && typeof inProgress.pass === "number" && pass?.pass !== inProgress.pass) {
+      fresh.beginPass(inProgress.root ?? null, inProgress.pass);
+    }
+    this.graph = fresh;
+    this.lastSeq = event.seq ?? this.lastSeq;
+    if (this.selected !== null && typeof this.selected === "number" && !fresh.nodes.has(this.selected)) {
+      this.selected = null;
+    }
+    if (this.focus) this.setFocus(fresh.nodes.get(this.focus.center.id) ?? null);
+    this.listKey = null;
+    this.matchesVersion = -1;
+    if (fresh.size > MAX_NODES) this.compact();
+  }
+
+  compact() {
+    const keep = Math.floor(MAX_NODES / 2);
+    this.graph = this.graph.compacted(keep);
+    if (this.focus) this.setFocus(this.graph.nodes.get(this.focus.center.id) ?? null);
+    if (typeof this.selected === "number" && !this.graph.nodes.has(this.selected)) this.selected = null;
+    this.matchesVersion = -1;
+    this.notice(`Over ${MAX_NODES.toLocaleString("en-US")} nodes: kept the newest ` +
+      `${keep.toLocaleString("en-US")} and the inputs they use.`);
+  }
+
+  run(event) {
+    if (event.state === "start") {
+      for (const [op, plugin] of Object.entries(event.ops ?? {})) this.ops.set(op, plugin);
+      this.notice(`Run ${event.source ?? ""} started`);
+    } else if (event.state === "end") {
+      this.notice(`Run ${event.source ?? ""} ended`);
+    }
+  }
+
+  tickRate() {
+    this.eventsPerSecond = this.eventsThisSecond;
+    this.eventsThisSecond = 0;
+    this.requestDraw(false);
+  }
+}
