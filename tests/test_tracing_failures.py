@@ -24,7 +24,7 @@ from opgraph import Engine
 from opgraph.server import hub as hub_module
 from opgraph.server import publish as publish_module
 from opgraph.server.client import stream_url
-from opgraph.server.publish import EXIT_TIMEOUT, MAX_PENDING, Publisher
+from opgraph.server.publish import MAX_PENDING, Publisher
 from opgraph.server.server import TraceServer
 
 # --- a failure in the drain or the publish loop -----------------------------------------------
@@ -348,10 +348,10 @@ def test_a_frozen_hub_is_noticed_soon_with_bounded_memory_and_a_prompt_exit(hub_
         script.kill()
     assert exit_delay < 1.5, f"exit took {exit_delay:.2f} s"
     assert report["cap"] == MAX_PENDING and report["most_pending"] <= report["cap"]
-    # what it had not sent at exit was either taken by the kernel's buffers, or is counted
+    # what did not reach the hub at exit is counted: frozen, the hub acknowledges nothing
     last = script.lines["err"][-1][1]
-    gave_up = f"gave up waiting at exit after {EXIT_TIMEOUT:g} s, while .*: "
-    assert re.search(rf"({gave_up})?\d+ events sent", last), last
+    gave_up = r"gave up waiting at exit after [\d.]+ s, while .*: "
+    assert re.search(rf"{gave_up}\d+ events reached the hub, \d+ did not \(", last), last
 
 
 def test_a_hub_that_never_answers_blocks_nothing_and_is_named():
@@ -380,8 +380,9 @@ def test_a_hub_that_never_answers_blocks_nothing_and_is_named():
             script.kill()
         assert exit_delay < 1.5, f"exit took {exit_delay:.2f} s"
         assert re.search(
-            rf"gave up waiting at exit after {EXIT_TIMEOUT:g} s, while connecting to the hub "
-            r"\(no answer yet\): 0 events sent, \d+ not",
+            r"gave up waiting at exit after [\d.]+ s, while connecting to the hub "
+            r"\(no answer yet\): 0 events reached the hub, (\d+) did not \(0 sent and not "
+            r"acknowledged, \1 not sent\)",
             script.err(),
         )
     finally:
