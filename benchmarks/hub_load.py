@@ -155,8 +155,8 @@ def run(scripts: int, nodes: int, passes: int, timeout: float) -> dict:
         scripts_done = time.monotonic() - start
         # the hub may still be working through what it received: wait for every run's end
         while time.monotonic() - start < timeout:
-            time.sleep(0.5)
-            if hub_runs_ended(recording, scripts):
+            time.sleep(1.0)  # (the recording is flushed every half second)
+            if hub_runs_ended(recording):
                 break
         settled = time.monotonic() - start
         poller.stop.set()
@@ -209,14 +209,14 @@ def run(scripts: int, nodes: int, passes: int, timeout: float) -> dict:
     }
 
 
-def hub_runs_ended(recording: Path, scripts: int) -> bool:
-    """Whether the hub recorded the end of `scripts` runs (read from its recording, which
-    it flushes every half second)."""
+def hub_runs_ended(recording: Path) -> bool:
+    """Whether every run the hub started has ended, by its recording (flushed every half
+    second; the scripts have all exited)."""
     try:
         data = recording.read_bytes()
     except OSError:
         return False
-    return data.count(b"\xa5state\xa3end") >= scripts
+    return data.count(b"\xa5state\xa3end") == data.count(b"\xa5state\xa5start")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -325,6 +325,8 @@ class Hub:
                 label = value
             new = nodes[id_] = (op, parents, data, label, const, scope)
             self.graph_bytes += node_size(new) - node_size(node)
+            if self.graph_bytes > self.max_bytes:
+                self._forget()
 
     def add_ops(self, ops: dict[str, str]) -> None:
         """Merge a run's ops into those of `hello`, keeping at most MAX_OPS (the newest):
@@ -459,7 +461,7 @@ def _as_tuple(node: bytes | tuple) -> tuple:
             event.get("data", 0.0),
             event.get("label", ""),
             tuple(const) if const else None,
-            event.get("scope", ""),
+            sys.intern(event.get("scope", "")),
         )
     return node
 

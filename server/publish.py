@@ -51,7 +51,7 @@ SEND_INTERVAL = 0.01  # seconds between looks at an empty buffer
 BATCH = 2_000  # events per frame (at most; about 130 KB)
 WINDOW = 1 << 20  # bytes sent and not yet acknowledged by the hub, at most (one frame more)
 # Deadlines (seconds). A hub that answers none of them is frozen, cut off, or not a hub.
-CONNECT_TIMEOUT = 3.0  # TCP connection and websocket handshake
+CONNECT_TIMEOUT = 10.0  # TCP connection and websocket handshake (slow on a loaded machine)
 SEND_TIMEOUT = 4.0  # for the hub to take a frame (its buffers full: it stopped reading)
 PING_INTERVAL = 1.0  # a ping this often, even when idle...
 PING_TIMEOUT = 4.0  # ...that the hub must answer within this
@@ -59,7 +59,7 @@ CLOSE_TIMEOUT = 0.5  # for the hub to answer a close
 # At exit the program waits until the hub has acknowledged every event sent, as long as
 # the hub shows it is alive (it acknowledges a frame, answers a ping: one every EXIT_PING s):
 # it gives up after EXIT_TIMEOUT s without a sign, or EXIT_CAP s in all.
-EXIT_TIMEOUT = 0.75
+EXIT_TIMEOUT = 2.0
 EXIT_PING = 0.2
 EXIT_CAP = 30.0
 RETRY_MAX = 2.0  # the longest pause between attempts to reconnect
@@ -112,6 +112,7 @@ class Publisher:
         self._frames = 0  # frames sent on this connection (its hello included)
         self._ack_wake: asyncio.Event | None = None
         self._sign = perf_counter_ns()  # the last sign of life from the hub (or of progress)
+        self._connecting_until = 0  # while connecting: when the attempt's deadline passes
         self._closing = False
         self._quiet = False  # close() gave up waiting: the thread says nothing more
         self._said_slow = False  # the first overflow of the buffer is reported
@@ -150,7 +151,8 @@ class Publisher:
         self._poke()
         while not self._done.wait(0.02):
             now = perf_counter_ns()
-            if now - self._sign > timeout * 1e9 or now - start > cap * 1e9:
+            alive_until = max(self._sign + timeout * 1e9, self._connecting_until)
+            if now > alive_until or now - start > cap * 1e9:
                 self._quiet = True
                 self._say(self._exit_report((now - start) / 1e9))
                 return
@@ -215,6 +217,9 @@ class Publisher:
             problem = await self._publish_on(ws)
             if problem is None:
                 return
+            if f"code {CLOSE_POLICY} " in problem:  # refused: sending again would be too
+                self._stop(f"the hub refused this run: {problem}")
+                return
             self._pause()
             self.waiting_on = f"reconnecting (the hub was lost: {problem})"
             if self._closing:  # close() counts what was lost and says why
@@ -224,7 +229,15 @@ class Publisher:
             ws = await self._reconnect()
 
     async def _connect(self) -> Any:
-        """Open a connection to the hub and send this run's hello (PublishError if not)."""
+        """Open a connection to the hub and send this run's hello (PublishError if not).
+        Meanwhile the program's exit waits for it (up to `connect_timeout`)."""
+        self._connecting_until = perf_counter_ns() + int(self.connect_timeout * 1e9)
+        try:
+            return await self._open()
+        finally:
+            self._connecting_until = 0
+
+    async def _open(self) -> Any:
         try:
             ws = await websockets.connect(
                 self.url,
@@ -683,7 +696,7 @@ class _Connection:
             except InvalidEvent as exc:
                 return CLOSE_INVALID, close_reason(exc)
             except _TooBig as exc:
-                return CLOSE_POLICY, str(exc)
+                return CLOSE_POLICY, close_reason(exc)
             yield
         if first:
             if index == 0:  # an empty frame
@@ -699,17 +712,22 @@ class _Connection:
 
     def _checked(self, event: Any, index: int) -> dict:
         event = check_event(event, index)
-        if event["type"] == "forward":
+        kind = event["type"]
+        if kind == "forward":
             parents = event["parents"]
             size = 5 * len(parents) + len(event["label"]) + len(event.get("scope", ""))
-            limit = self.hub.max_node_bytes
-            if size > limit:
-                raise _TooBig(
-                    f"event {index} (forward): the node takes {size:,} bytes, more than the "
-                    f"hub keeps per node ({limit:,}: 5 a parent, and its label and scope)"
-                )
             if len(parents) > 2:  # compact until applied: 8 bytes a parent, no int objects
                 event["parents"] = array("q", parents)
+        elif kind == "label":  # (the node's other parts are checked with its forward)
+            size = len(event["label"])
+        else:
+            return event
+        limit = self.hub.max_node_bytes
+        if size > limit:
+            raise _TooBig(
+                f"event {index} ({kind}): the node takes {size:,} bytes, more than the hub "
+                f"keeps per node ({limit:,}: 5 a parent, and its label and scope)"
+            )
         return event
 
 
