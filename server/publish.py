@@ -20,6 +20,7 @@ import os
 import secrets
 import sys
 import threading
+import weakref
 from array import array
 from collections import deque
 from collections.abc import Generator
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 SEND_INTERVAL = 0.01  # seconds between looks at an empty buffer
 BATCH = 2_000  # events per frame (at most; about 130 KB)
-WINDOW = 1 << 20  # bytes sent and not yet acknowledged by the hub, at most (one frame more)
+WINDOW = 512 << 10  # bytes sent and not yet acknowledged by the hub, at most (one frame more)
 # Deadlines (seconds). A hub that answers none of them is frozen, cut off, or not a hub.
 CONNECT_TIMEOUT = 10.0  # TCP connection and websocket handshake (slow on a loaded machine)
 SEND_TIMEOUT = 4.0  # for the hub to take a frame (its buffers full: it stopped reading)
@@ -602,6 +603,10 @@ def _trim_threshold(hub: Hub) -> int:
 # how many of its frames were applied after each one (docs/protocol.md).
 CHUNK = 250
 SLICE = 0.01
+# Bytes received from publishers and not applied yet: per publisher, and over all of them
+# (opgraph's publisher keeps at most WINDOW unacknowledged, well below).
+RUN_INTAKE = 4 << 20
+TOTAL_INTAKE = 64 << 20
 
 
 class _Intake:
@@ -613,6 +618,14 @@ class _Intake:
         self.waiting: deque[tuple[Any, asyncio.Future]] = deque()
         self.wake = asyncio.Event()
         self.task = asyncio.ensure_future(self._work())
+        self.pending = 0  # frames received from all publishers, not applied yet
+        self.held = 0  # their bytes
+        self.connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+
+    def space(self) -> None:
+        """Some bytes were applied: publishers that wait for room may read on."""
+        for conn in self.connections:
+            conn.applied.set()
 
     async def apply(self, steps: Any) -> Any:
         """Run generator `steps` (a frame's work, yielding between chunks) in its turn;
@@ -656,13 +669,61 @@ def _intake(hub: Hub) -> _Intake:
 
 
 class _Connection:
-    """One publisher connection at the hub: its run (after its hello) and frames applied."""
+    """One publisher connection at the hub: its run (after its hello), and the frames it
+    received and has not applied yet."""
 
     def __init__(self, hub: Hub, ws: Any):
         self.hub, self.ws = hub, ws
         self.run: _Run | None = None
-        self.frames = 0  # frames applied
-        self.acks = False  # the publisher asked to be told
+        self.frames: deque[bytes] = deque()  # received, not applied yet
+        self.held = 0  # their bytes
+        self.received = 0  # frames received
+        self.acks: bool | None = None  # the publisher asked to be told (None: no hello yet)
+        self.arrived = asyncio.Event()  # a frame arrived, or the connection ended
+        self.applied = asyncio.Event()  # a frame was applied
+        self.ended = False
+
+    async def receive(self, message: bytes, intake: _Intake) -> None:
+        """Take a frame in, acknowledge it, then wait while too much is held."""
+        if self.acks is None:
+            self.acks = _asks_acks(message)
+        self.frames.append(message)
+        self.held += len(message)
+        intake.pending += 1
+        intake.held += len(message)
+        self.received += 1
+        self.arrived.set()
+        if self.acks:
+            _send_soon(self.ws, msgpack.packb({"type": "ack", "frames": self.received}))
+        while self.frames and (self.held > RUN_INTAKE or intake.held > TOTAL_INTAKE):
+            self.applied.clear()
+            await self.applied.wait()
+
+    async def apply_all(self, intake: _Intake) -> None:
+        """Apply the frames received, in order, each in its turn; stop at a refused one."""
+        while True:
+            while not self.frames:
+                if self.ended:
+                    return
+                self.arrived.clear()
+                await self.arrived.wait()
+            message = self.frames[0]
+            try:
+                refused = await intake.apply(self.steps(message))
+            finally:
+                self.frames.popleft()
+                self.held -= len(message)
+                intake.pending -= 1
+                intake.held -= len(message)
+                intake.space()
+            if refused is not None:
+                if not self.ended:
+                    await self.ws.close(*refused)
+                else:  # the script is gone: say it here, or nobody would
+                    print(f"opgraph: refused a frame of a publisher: {refused[1]}", file=sys.stderr)
+                intake.pending -= len(self.frames)
+                self.frames.clear()
+                return
 
     def steps(self, message: bytes) -> Generator[None, None, tuple[int, str] | None]:
         """Check a frame whole, then apply it, a chunk at a time; returns None, or the close
@@ -705,9 +766,6 @@ class _Connection:
         for start in range(0, len(checked), CHUNK):
             self.run.publish(checked[start : start + CHUNK])
             yield
-        self.frames += 1
-        if self.acks:
-            _send_soon(self.ws, msgpack.packb({"type": "ack", "frames": self.frames}))
         return None
 
     def _checked(self, event: Any, index: int) -> dict:
@@ -735,6 +793,17 @@ class _TooBig(Exception):
     """A node larger than the hub keeps (`max_node_bytes`)."""
 
 
+def _asks_acks(message: bytes) -> bool:
+    """Whether the first map of a publisher's first frame (its hello) asks for acks."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(message)
+    try:
+        head = next(unpacker)
+    except Exception:
+        return False
+    return isinstance(head, dict) and head.get("acks") is True
+
+
 def _send_soon(ws: Any, frame: bytes) -> None:
     """Send `frame` on `ws` in the background; a closed connection is no error here."""
 
@@ -755,26 +824,38 @@ _sending: set[asyncio.Task] = set()
 async def receive_run(hub: Hub, ws: Any) -> None:
     """Receive one publishing script's events and feed them, renumbered, to `hub`.
 
+    Frames are read as they come, acknowledged as received (if the publisher asked), and
+    applied in their turn (see _Intake): a script that has sent everything may exit while the
+    hub is still applying it. What a publisher has received and not applied is bounded
+    (RUN_INTAKE bytes, TOTAL_INTAKE over all): past it, the hub reads on once some is applied.
     Each frame is checked whole (events.py) before anything of it is applied: a frame with
-    one bad map changes nothing and closes the connection with 1007, naming the map. The next
-    frame is read once this one is applied (the websocket buffers a few meanwhile): the
-    hub's memory for a publisher stays bounded, and frames of every publisher take turns.
+    one bad map changes nothing and closes the connection with 1007, naming the map.
     """
     conn = _Connection(hub, ws)
     intake = _intake(hub)
+    intake.connections.add(conn)
+    applier = asyncio.ensure_future(conn.apply_all(intake))
     try:
         async for message in ws:
             if isinstance(message, str):
                 await ws.close(CLOSE_TEXT_FRAME, "publish binary msgpack frames")
-                return
-            refused = await intake.apply(conn.steps(message))
-            if refused is not None:
-                await ws.close(*refused)
-                return
+                break
+            if applier.done():  # refused: what follows is not read
+                break
+            await conn.receive(message, intake)
     finally:
-        if conn.run is not None:
-            conn.run.end()
-        hub.closes[getattr(ws, "close_code", None)] += 1
+        conn.ended = True
+        conn.arrived.set()
+        try:
+            await asyncio.shield(applier)  # everything received is applied
+        except asyncio.CancelledError:
+            applier.cancel()
+            raise
+        finally:
+            intake.pending -= len(conn.frames)
+            if conn.run is not None:
+                conn.run.end()
+            hub.closes[getattr(ws, "close_code", None)] += 1
 
 
 def _start_run(hub: Hub, hello: dict) -> str:
