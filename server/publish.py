@@ -59,10 +59,12 @@ PING_TIMEOUT = 4.0  # ...that the hub must answer within this
 CLOSE_TIMEOUT = 0.5  # for the hub to answer a close
 # At exit the program waits until the hub has acknowledged every event sent, as long as
 # the hub shows it is alive (it acknowledges a frame, answers a ping: one every EXIT_PING s):
-# it gives up after EXIT_TIMEOUT s without a sign, or EXIT_CAP s in all.
+# it gives up after EXIT_TIMEOUT s without a sign (in ticks of EXIT_TICK s of its own wait),
+# or EXIT_CAP s in all.
 EXIT_TIMEOUT = 2.0
 EXIT_PING = 0.2
 EXIT_CAP = 30.0
+EXIT_TICK = 0.02
 RETRY_MAX = 2.0  # the longest pause between attempts to reconnect
 MAX_PENDING = 200_000  # events waiting to be sent; past it they are dropped and counted
 
@@ -130,6 +132,7 @@ class Publisher:
         if self.engine.tracer is not None:
             raise RuntimeError(f"engine {self.engine.name!r} is already traced")
         self.tracer.attach()
+        self._connecting_until = perf_counter_ns() + int(self.connect_timeout * 1e9)
         self._thread.start()
         return self
 
@@ -147,13 +150,19 @@ class Publisher:
         without one, `cap` seconds in all; then says exactly what did not reach it."""
         self.tracer.detach()
         start = perf_counter_ns()
-        self._sign = max(self._sign, start)
         self._closing = True
         self._poke()
-        while not self._done.wait(0.02):
+        # The time without a sign of life is counted in this loop's own ticks, not on the
+        # clock: on a machine too loaded to run this process on time, the hub is not run on
+        # time either, and a live hub is not taken for a dead one.
+        sign, quiet = self._sign, 0.0
+        while not self._done.wait(EXIT_TICK):
             now = perf_counter_ns()
-            alive_until = max(self._sign + timeout * 1e9, self._connecting_until)
-            if now > alive_until or now - start > cap * 1e9:
+            if self._sign != sign or now < self._connecting_until:
+                sign, quiet = self._sign, 0.0
+            else:
+                quiet += EXIT_TICK
+            if quiet > timeout or now - start > cap * 1e9:
                 self._quiet = True
                 self._say(self._exit_report((now - start) / 1e9))
                 return
@@ -722,6 +731,7 @@ class _Connection:
                 else:  # the script is gone: say it here, or nobody would
                     print(f"opgraph: refused a frame of a publisher: {refused[1]}", file=sys.stderr)
                 intake.pending -= len(self.frames)
+                intake.held -= sum(map(len, self.frames))
                 self.frames.clear()
                 return
 
@@ -853,6 +863,7 @@ async def receive_run(hub: Hub, ws: Any) -> None:
             raise
         finally:
             intake.pending -= len(conn.frames)
+            intake.held -= sum(map(len, conn.frames))
             if conn.run is not None:
                 conn.run.end()
             hub.closes[getattr(ws, "close_code", None)] += 1
