@@ -11,7 +11,8 @@ run, `GET /` is asked every quarter second. Reports:
 - how the scripts' connections ended at the hub, by close code;
 - per script, the nodes and backward steps the hub recorded against those the script made,
   runs that never ended at the hub, and what the scripts printed (lost the hub, gave up);
-- the hub's peak RSS and CPU time;
+- the hub's peak RSS and CPU time, and its event loop's worst lateness (with the CPU its
+  thread used meanwhile: little CPU means the machine did not run the hub, not a blocked loop);
 - the load of the machine before and after (it may be shared).
 
 Bounded: everything is killed after `--timeout` seconds. A script, not a test.
@@ -52,15 +53,28 @@ for _ in range(passes):
 # The hub: a real TraceServer in its own process; prints its publish URL, serves until its
 # stdin closes, then prints its counters as JSON.
 HUB = """
-import json, resource, sys, time
+import asyncio, json, resource, sys, time
 from opgraph.server.server import TraceServer
 
 server = TraceServer(engine_name="hub", ops={}, port=0, accept_publishers=True,
                      record=sys.argv[1]).start()
+worst = [0.0, 0.0]  # the loop's worst lateness, and the CPU its thread used meanwhile
+
+async def lag():
+    loop = asyncio.get_running_loop()
+    while True:
+        start, cpu = loop.time(), time.thread_time()
+        await asyncio.sleep(0.05)
+        late = loop.time() - start - 0.05
+        if late > worst[0]:
+            worst[:] = [late, time.thread_time() - cpu]
+
+asyncio.run_coroutine_threadsafe(lag(), server.loop)
 print(server.publish_url, server.url, flush=True)
 sys.stdin.read()
 stats = server.stats()
 stats.pop("viewers", None)
+stats["loop_worst_lag_s"], stats["loop_cpu_during_it_s"] = worst
 stats["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 stats["cpu_s"] = time.process_time()
 server.close()
@@ -200,6 +214,8 @@ def run(scripts: int, nodes: int, passes: int, timeout: float) -> dict:
         "nodes_recorded": sum(counted["nodes"].values()),
         "nodes_made": scripts * nodes,
         "script_messages": dict(messages),
+        "hub_loop_worst_lag_s": round(stats["loop_worst_lag_s"], 3),
+        "hub_loop_cpu_during_it_s": round(stats["loop_cpu_during_it_s"], 3),
         "hub_peak_rss_mb": round(stats["peak_rss_mb"]),
         "hub_cpu_s": round(stats["cpu_s"], 1),
         "load_before": [round(x, 1) for x in load_before],

@@ -166,7 +166,7 @@ class Publisher:
                 self._quiet = True
                 self._say(self._exit_report((now - start) / 1e9))
                 return
-        if self.dropped and self.error is None:
+        if self.dropped:  # (also after an error: the count is said at exit)
             away = "" if self._connected.is_set() else f" (at exit: {self.waiting_on})"
             self._say(f"{self.delivered} events sent, {self.dropped} dropped{away}")
 
