@@ -103,7 +103,7 @@ class Publisher:
         self.tracer = Tracer(engine, max_buffer=max_pending)
         self.connect_timeout = connect_timeout
         self.sent = 0  # events handed to a connection
-        self.delivered = 0  # events the hub acknowledged (applied)
+        self.delivered = 0  # events the hub acknowledged (received: it applies them)
         self.dropped = 0  # events made that never reached the hub (away, too slow, an error)
         self.connections = 0  # how many times it connected (reconnections included)
         self.failures = 0  # batches lost to an error while packing (reported once)
@@ -112,7 +112,6 @@ class Publisher:
         self._seq = 0
         self._in_flight: deque[tuple[int, int]] = deque()  # (bytes, events) of each frame sent
         self._acked = 0  # frames of this connection the hub acknowledged
-        self._frames = 0  # frames sent on this connection (its hello included)
         self._ack_wake: asyncio.Event | None = None
         self._sign = perf_counter_ns()  # the last sign of life from the hub (or of progress)
         self._connecting_until = 0  # while connecting: when the attempt's deadline passes
@@ -273,7 +272,7 @@ class Publisher:
             session=secrets.token_hex(8),
             pid=os.getpid(),
             t=(perf_counter_ns() - self.tracer.t0) // 1000,
-            acks=True,  # the hub tells how many frames it applied
+            acks=True,  # the hub tells how many frames it received
             **self.tracer.hello(),
         )
         try:
@@ -283,7 +282,7 @@ class Publisher:
             raise PublishError(closed_reason(exc)) from exc
         self.connections += 1
         self._in_flight.clear()
-        self._acked, self._frames = 0, 1
+        self._acked = 0
         self._sign = perf_counter_ns()
         self._connected.set()
         return ws
@@ -609,7 +608,7 @@ def _trim_threshold(hub: Hub) -> int:
 # of each publisher waits at a time, so turns are fair), CHUNK maps at a time, giving the loop
 # back after each SLICE seconds of work: the page, pings, viewers and other publishers never
 # wait long behind a big frame. A publisher that asked for acks (`acks` in its hello) is told
-# how many of its frames were applied after each one (docs/protocol.md).
+# how many of its frames the hub received as each one arrives (docs/protocol.md).
 CHUNK = 250
 SLICE = 0.01
 # Bytes received from publishers and not applied yet: per publisher, and over all of them
@@ -816,6 +815,9 @@ def _asks_acks(message: bytes) -> bool:
 
 def _send_soon(ws: Any, frame: bytes) -> None:
     """Send `frame` on `ws` in the background; a closed connection is no error here."""
+    transport = getattr(ws, "transport", None)
+    if transport is not None and transport.is_closing():  # (asyncio would log each write)
+        return
 
     async def send() -> None:
         try:
