@@ -145,6 +145,7 @@ def test_the_exit_says_exactly_what_reached_a_hub_that_froze(capfd):
         publisher.close()
         # everything made is accounted for: reached the hub, or not
         made = publisher.sent + publisher.tracer.pending() + publisher.dropped
+        delivered, sent = publisher.delivered, publisher.sent  # (as the message said them)
         assert (first, more) and made >= arrived + 6000
     finally:
         os.kill(hub.pid, signal.SIGCONT)
@@ -158,9 +159,9 @@ def test_the_exit_says_exactly_what_reached_a_hub_that_froze(capfd):
     )
     assert match, line
     reached, lost, unacked, unsent = map(int, match.groups())
-    assert reached == arrived == publisher.delivered
+    assert reached == delivered >= arrived  # (a frame may slip in as it stops)
     assert reached + lost == made and unacked + unsent == lost
-    assert unacked == publisher.sent - publisher.delivered
+    assert unacked == sent - delivered
 
 
 def test_everything_acknowledged_means_no_exit_message(capfd):
