@@ -13,8 +13,9 @@ import asyncio
 import itertools
 import secrets
 import struct
+import sys
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from time import perf_counter_ns
 from typing import Any
@@ -43,6 +44,12 @@ RESYNC_PASS_WAIT = 1.0
 # its time on them); requests meanwhile make one snapshot.
 SEND_TIMEOUT = 10.0
 SNAPSHOT_INTERVAL = 2.0
+# The graph kept for snapshots is bounded in bytes too (`max_bytes`): a node costs the bytes
+# of its packed forward map plus NODE_OVERHEAD (its entry in the dict, the bytes object).
+# Past the bound, the oldest nodes are forgotten, as past `max_nodes`.
+MAX_BYTES = 256 << 20
+MAX_NODE_BYTES = 1 << 20  # one published node: 5 bytes a parent, its label and scope
+NODE_OVERHEAD = 120
 
 # A node of the hub's graph is either the packed `forward` map it was announced with (bytes
 # from encode.py, as the fast path stores it; snapshots rewrite them, see node_bytes) or a
@@ -57,8 +64,8 @@ SNAPSHOT_INTERVAL = 2.0
 class Hub:
     """The state shared by all viewers of one server: seq, graph, viewers, recording.
 
-    `max_nodes` bounds the graph kept for snapshots: past it, the oldest nodes (by creation,
-    or by their last `data` change) are forgotten.
+    `max_nodes` and `max_bytes` bound the graph kept for snapshots: past either, the oldest
+    nodes (by creation, or by their last `data` change) are forgotten.
     """
 
     def __init__(
@@ -68,6 +75,8 @@ class Hub:
         *,
         queue_limit: int = 100_000,
         max_nodes: int = 500_000,
+        max_bytes: int = MAX_BYTES,
+        max_node_bytes: int = MAX_NODE_BYTES,
         recorder: Any = None,
         resync_interval: float = RESYNC_INTERVAL,
         resync_pass_wait: float = RESYNC_PASS_WAIT,
@@ -77,6 +86,10 @@ class Hub:
         self.ops = dict(ops)
         self.queue_limit = queue_limit
         self.max_nodes = max_nodes
+        self.max_bytes = max_bytes
+        self.max_node_bytes = max_node_bytes  # one published node, at most (publish.py)
+        self.intake: Any = None  # the task applying publishers' frames (publish.py)
+        self.graph_bytes = 0  # what the nodes kept cost (see node_size), about
         self.recorder = recorder
         self.resync_interval = resync_interval
         self.resync_pass_wait = resync_pass_wait
@@ -95,6 +108,7 @@ class Hub:
         self.next_id = 0  # for renumbering published runs (hub mode)
         self.runs = 0  # publishing scripts seen (hub mode)
         self.publishers: set[Any] = set()  # the runs publishing now (publish.py's _Run)
+        self.closes: Counter[int | None] = Counter()  # publisher connections ended, by code
         self._pack = msgpack.Packer().pack
         self.t0 = perf_counter_ns()
         if recorder is not None:
@@ -115,7 +129,7 @@ class Hub:
         Maps that already have a `seq` (from a recording or a publisher) are renumbered.
         The maps must be valid (events from outside are checked by events.py first).
         """
-        pack, apply = self._pack, self.apply
+        pack, apply, store = self._pack, self.apply, self._store_forward
         frames = _Frames(self)
         add = frames.parts.append
         seq = self.seq
@@ -124,8 +138,12 @@ class Hub:
                 if seq - frames.first >= FRAME_EVENTS:
                     frames.flush(seq)
                 event["seq"] = seq + 1
-                packed = pack(event)  # before apply: an event that fails changes nothing
-                apply(event)
+                packed = None
+                if event["type"] == "forward":
+                    packed = store(event)  # kept as the bytes it is sent as
+                if packed is None:
+                    packed = pack(event)  # before apply: an event that fails changes nothing
+                    apply(event)
                 seq += 1
                 add(packed)
                 if event["type"] == "backward_begin":
@@ -134,6 +152,41 @@ class Hub:
             self.seq = seq
             sent = frames.flush(seq)
         return sent
+
+    def _store_forward(self, event: dict[str, Any]) -> bytes | None:
+        """Keep a checked `forward` map as its packed bytes (what viewers are sent, and the
+        most compact form: 5 bytes a parent); None if a number does not fit (then `apply`
+        keeps it as a tuple)."""
+        const = event.get("const")
+        try:
+            packed = forward_bytes(
+                event["seq"],
+                event["id"],
+                event["op"],
+                event["parents"],
+                event["data"],
+                event["label"],
+                event.get("t", 0),
+                list(const) if const else None,
+                sys.intern(event.get("scope", "")),
+            )
+        except struct.error:
+            return None
+        self._keep(event["id"], packed)
+        return packed
+
+    def _keep(self, id_: int, node: bytes | tuple) -> None:
+        """Store node `id_` (replacing the one it had: its grad and pass go), within bounds."""
+        nodes = self.nodes
+        old = nodes.pop(id_, None)
+        if old is not None:
+            self.graph_bytes -= node_size(old)
+        nodes[id_] = node
+        self.graph_bytes += node_size(node)
+        self.grads.pop(id_, None)  # a forward replaces the node, grad included
+        self.reached.pop(id_, None)
+        if len(nodes) > self.max_nodes or self.graph_bytes > self.max_bytes:
+            self._forget()
 
     def _pass_begins(self, frames: _Frames, seq: int) -> None:
         """A backward pass began with event `seq`: resync the viewers that wait for one, so
@@ -175,6 +228,7 @@ class Hub:
                         packed = self._encode_forward(seq, x, y, z, t)
                     else:
                         packed = pack_forward(seq, x, y, t)  # (kept in nodes, by node id)
+                    self.graph_bytes += len(packed) + NODE_OVERHEAD
                 except struct.error:  # a number past 32 bits: kept as a tuple
                     out = event_map((kind, t_ns, x, y, z), seq, t0)
                     packed = pack(out)
@@ -200,7 +254,7 @@ class Hub:
                 if kind == BACKWARD_BEGIN:
                     self._pass_begins(frames, seq)
         self.seq = seq
-        if len(nodes) > self.max_nodes:
+        if len(nodes) > self.max_nodes or self.graph_bytes > self.max_bytes:
             self._forget()
         return frames.flush(seq)
 
@@ -242,18 +296,15 @@ class Hub:
             return
         if kind == "forward":
             const = event.get("const")
-            nodes[event["id"]] = (
+            node = (
                 event["op"],
                 tuple(event["parents"]),
                 event["data"],
                 event["label"],
                 tuple(const) if const else None,
-                event.get("scope", ""),
+                sys.intern(event.get("scope", "")),
             )
-            self.grads.pop(event["id"], None)  # a forward replaces the node, grad included
-            self.reached.pop(event["id"], None)
-            if len(nodes) > self.max_nodes:
-                self._forget()
+            self._keep(event["id"], node)
             return
         if kind not in ("backward", "data", "label"):
             return
@@ -266,11 +317,16 @@ class Hub:
         if kind == "backward":
             self.grads[id_] = value
             self.reached[id_] = self.pass_in_progress
-        elif kind == "data":
-            del nodes[id_]  # renewed: re-inserted last, so it is forgotten last
-            nodes[id_] = (op, parents, value, label, const, scope)
         else:
-            nodes[id_] = (op, parents, data, value, const, scope)
+            if kind == "data":
+                data = value
+                del nodes[id_]  # renewed: re-inserted last, so it is forgotten last
+            else:
+                label = value
+            new = nodes[id_] = (op, parents, data, label, const, scope)
+            self.graph_bytes += node_size(new) - node_size(node)
+            if self.graph_bytes > self.max_bytes:
+                self._forget()
 
     def add_ops(self, ops: dict[str, str]) -> None:
         """Merge a run's ops into those of `hello`, keeping at most MAX_OPS (the newest):
@@ -282,12 +338,20 @@ class Hub:
     def _forget(self) -> None:
         """Forget the oldest nodes (by creation or last `data` change) down to 90% of the
         limit, in one go so that the cost per event stays small."""
-        nodes = self.nodes
+        nodes, grads, reached = self.nodes, self.grads, self.reached
         excess = len(nodes) - self.max_nodes * 9 // 10
-        for id_ in list(itertools.islice(nodes, excess)):
-            del nodes[id_]
-            self.grads.pop(id_, None)
-            self.reached.pop(id_, None)
+        goal = self.max_bytes * 9 // 10
+        forgotten = 0
+        for id_ in list(itertools.islice(nodes, max(excess, 0))):
+            forgotten += node_size(nodes.pop(id_))
+            grads.pop(id_, None)
+            reached.pop(id_, None)
+        self.graph_bytes -= forgotten
+        while nodes and self.graph_bytes > goal:
+            id_ = next(iter(nodes))
+            self.graph_bytes -= node_size(nodes.pop(id_))
+            grads.pop(id_, None)
+            reached.pop(id_, None)
 
     def upstream_lost(self, count: int) -> None:
         """The source lost `count` events before they were numbered: resync every viewer."""
@@ -363,10 +427,21 @@ class Hub:
         return {
             "seq": self.seq,
             "nodes": len(self.nodes),
+            "graph_bytes": self.graph_bytes,
             "viewers": [viewer.stats() for viewer in self.viewers],
             "runs": self.runs,
             "publishers": len(self.publishers),
+            "closes": dict(self.closes),
         }
+
+
+def node_size(node: bytes | tuple) -> int:
+    """About the bytes a node of the hub's graph holds (the packed map, or the tuple's parts;
+    strings counted once per character, an interned scope not at all)."""
+    if type(node) is not tuple:
+        return len(node) + NODE_OVERHEAD
+    parents, label, const = node[1], node[3], node[4]
+    return NODE_OVERHEAD + 64 + 8 * len(parents) + len(label) + (8 * len(const) if const else 0)
 
 
 class Snapshot(list):
@@ -386,7 +461,7 @@ def _as_tuple(node: bytes | tuple) -> tuple:
             event.get("data", 0.0),
             event.get("label", ""),
             tuple(const) if const else None,
-            event.get("scope", ""),
+            sys.intern(event.get("scope", "")),
         )
     return node
 

@@ -20,6 +20,10 @@ import os
 import secrets
 import sys
 import threading
+import weakref
+from array import array
+from collections import deque
+from collections.abc import Generator
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -45,14 +49,22 @@ if TYPE_CHECKING:
     from opgraph.engine import Engine
 
 SEND_INTERVAL = 0.01  # seconds between looks at an empty buffer
-BATCH = 20_000  # events per frame
+BATCH = 2_000  # events per frame (at most; about 130 KB)
+WINDOW = 512 << 10  # bytes sent and not yet acknowledged by the hub, at most (one frame more)
 # Deadlines (seconds). A hub that answers none of them is frozen, cut off, or not a hub.
-CONNECT_TIMEOUT = 3.0  # TCP connection and websocket handshake
+CONNECT_TIMEOUT = 10.0  # TCP connection and websocket handshake (slow on a loaded machine)
 SEND_TIMEOUT = 4.0  # for the hub to take a frame (its buffers full: it stopped reading)
 PING_INTERVAL = 1.0  # a ping this often, even when idle...
 PING_TIMEOUT = 4.0  # ...that the hub must answer within this
 CLOSE_TIMEOUT = 0.5  # for the hub to answer a close
-EXIT_TIMEOUT = 0.75  # the longest the program's exit waits for the last events
+# At exit the program waits until the hub has acknowledged every event sent, as long as
+# the hub shows it is alive (it acknowledges a frame, answers a ping: one every EXIT_PING s):
+# it gives up after EXIT_TIMEOUT s without a sign (in ticks of EXIT_TICK s of its own wait),
+# or EXIT_CAP s in all.
+EXIT_TIMEOUT = 2.0
+EXIT_PING = 0.2
+EXIT_CAP = 30.0
+EXIT_TICK = 0.02
 RETRY_MAX = 2.0  # the longest pause between attempts to reconnect
 MAX_PENDING = 200_000  # events waiting to be sent; past it they are dropped and counted
 
@@ -90,13 +102,19 @@ class Publisher:
         self.shown_url = redact(self.url)  # the URL as messages print it
         self.tracer = Tracer(engine, max_buffer=max_pending)
         self.connect_timeout = connect_timeout
-        self.sent = 0
-        self.dropped = 0  # events made but never sent (hub away, too slow, or an error)
+        self.sent = 0  # events handed to a connection
+        self.delivered = 0  # events the hub acknowledged (received: it applies them)
+        self.dropped = 0  # events made that never reached the hub (away, too slow, an error)
         self.connections = 0  # how many times it connected (reconnections included)
         self.failures = 0  # batches lost to an error while packing (reported once)
         self.error: str | None = None  # why publishing stopped for good
         self.waiting_on = "connecting to the hub"  # what it waits for now (for messages)
         self._seq = 0
+        self._in_flight: deque[tuple[int, int]] = deque()  # (bytes, events) of each frame sent
+        self._acked = 0  # frames of this connection the hub acknowledged
+        self._ack_wake: asyncio.Event | None = None
+        self._sign = perf_counter_ns()  # the last sign of life from the hub (or of progress)
+        self._connecting_until = 0  # while connecting: when the attempt's deadline passes
         self._closing = False
         self._quiet = False  # close() gave up waiting: the thread says nothing more
         self._said_slow = False  # the first overflow of the buffer is reported
@@ -113,6 +131,7 @@ class Publisher:
         if self.engine.tracer is not None:
             raise RuntimeError(f"engine {self.engine.name!r} is already traced")
         self.tracer.attach()
+        self._connecting_until = perf_counter_ns() + int(self.connect_timeout * 1e9)
         self._thread.start()
         return self
 
@@ -124,22 +143,43 @@ class Publisher:
                 return False
         return True
 
-    def close(self, timeout: float = EXIT_TIMEOUT) -> None:
-        """Stop tracing, send what is buffered, and close the connection; waits at most
-        `timeout` seconds, then says what was left unsent."""
+    def close(self, timeout: float = EXIT_TIMEOUT, cap: float = EXIT_CAP) -> None:
+        """Stop tracing, send what is buffered, wait for the hub to acknowledge it, and close
+        the connection. Waits while the hub shows signs of life: at most `timeout` seconds
+        without one, `cap` seconds in all; then says exactly what did not reach it."""
         self.tracer.detach()
+        start = perf_counter_ns()
         self._closing = True
         self._poke()
-        if self._done.wait(timeout):
-            if self.dropped and self.error is None:
-                away = "" if self._connected.is_set() else f" (at exit: {self.waiting_on})"
-                self._say(f"{self.sent} events sent, {self.dropped} dropped{away}")
-            return
-        self._quiet = True
-        unsent = sum(map(event_count, records(self.tracer.drain())))
-        self._say(
-            f"gave up waiting at exit after {timeout:g} s, while {self.waiting_on}: "
-            f"{self.sent} events sent, {unsent + self.dropped} not"
+        # The time without a sign of life is counted in this loop's own ticks, not on the
+        # clock: on a machine too loaded to run this process on time, the hub is not run on
+        # time either, and a live hub is not taken for a dead one.
+        sign, quiet = self._sign, 0.0
+        while not self._done.wait(EXIT_TICK):
+            now = perf_counter_ns()
+            if self._sign != sign or now < self._connecting_until:
+                sign, quiet = self._sign, 0.0
+            else:
+                quiet += EXIT_TICK
+            if quiet > timeout or now - start > cap * 1e9:
+                self._quiet = True
+                self._say(self._exit_report((now - start) / 1e9))
+                return
+        if self.dropped:  # (also after an error: the count is said at exit)
+            away = "" if self._connected.is_set() else f" (at exit: {self.waiting_on})"
+            self._say(f"{self.delivered} events sent, {self.dropped} dropped{away}")
+
+    def _exit_report(self, waited: float) -> str:
+        """What did not reach the hub when the exit stops waiting, counted exactly."""
+        unsent = self.tracer.pending() + self.tracer.lost
+        unacked = self.sent - self.delivered
+        lost = unacked + unsent + self.dropped
+        parts = [f"{unacked} sent and not acknowledged", f"{unsent} not sent"]
+        if self.dropped:
+            parts.append(f"{self.dropped} dropped before")
+        return (
+            f"gave up waiting at exit after {waited:.2f} s, while {self.waiting_on}: "
+            f"{self.delivered} events reached the hub, {lost} did not ({', '.join(parts)})"
         )
 
     def _poke(self) -> None:
@@ -175,6 +215,7 @@ class Publisher:
 
     async def _main(self) -> None:
         self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        self._ack_wake = asyncio.Event()
         self.waiting_on = "connecting to the hub (no answer yet)"
         try:
             ws = await self._connect()
@@ -185,6 +226,9 @@ class Publisher:
             problem = await self._publish_on(ws)
             if problem is None:
                 return
+            if f"code {CLOSE_POLICY} " in problem:  # refused: sending again would be too
+                self._stop(f"the hub refused this run: {problem}")
+                return
             self._pause()
             self.waiting_on = f"reconnecting (the hub was lost: {problem})"
             if self._closing:  # close() counts what was lost and says why
@@ -194,7 +238,15 @@ class Publisher:
             ws = await self._reconnect()
 
     async def _connect(self) -> Any:
-        """Open a connection to the hub and send this run's hello (PublishError if not)."""
+        """Open a connection to the hub and send this run's hello (PublishError if not).
+        Meanwhile the program's exit waits for it (up to `connect_timeout`)."""
+        self._connecting_until = perf_counter_ns() + int(self.connect_timeout * 1e9)
+        try:
+            return await self._open()
+        finally:
+            self._connecting_until = 0
+
+    async def _open(self) -> Any:
         try:
             ws = await websockets.connect(
                 self.url,
@@ -220,6 +272,7 @@ class Publisher:
             session=secrets.token_hex(8),
             pid=os.getpid(),
             t=(perf_counter_ns() - self.tracer.t0) // 1000,
+            acks=True,  # the hub tells how many frames it received
             **self.tracer.hello(),
         )
         try:
@@ -228,13 +281,19 @@ class Publisher:
             ws.transport.abort()
             raise PublishError(closed_reason(exc)) from exc
         self.connections += 1
+        self._in_flight.clear()
+        self._acked = 0
+        self._sign = perf_counter_ns()
         self._connected.set()
         return ws
 
     async def _publish_on(self, ws: Any) -> str | None:
         """Send events until the program ends (None) or the connection fails (why)."""
+        reader = asyncio.ensure_future(self._read_acks(ws))
         try:
             await self._pump(ws)
+            self.waiting_on = "waiting for the hub to acknowledge the last events"
+            await self._all_acked(ws)
             self.waiting_on = "closing the connection"
             try:  # (bounded by CLOSE_TIMEOUT, but a full write buffer could hold it up)
                 await asyncio.wait_for(ws.close(), 2 * CLOSE_TIMEOUT)
@@ -246,6 +305,56 @@ class Publisher:
             return str(exc)
         except ConnectionClosed as exc:
             return closed_reason(exc)
+        finally:
+            reader.cancel()
+            # frames the hub did not acknowledge: lost with the connection (or unknown)
+            self.dropped += sum(events for _, events in self._in_flight)
+            self.sent -= sum(events for _, events in self._in_flight)
+            self._in_flight.clear()
+
+    async def _read_acks(self, ws: Any) -> None:
+        """Count the hub's acks (`{type: "ack", frames: n}`) as they come."""
+        async for message in ws:
+            try:
+                ack = msgpack.unpackb(message)
+                frames = ack["frames"] if ack.get("type") == "ack" else None
+            except Exception:
+                continue
+            if type(frames) is not int:
+                continue
+            while self._acked < frames and self._in_flight:
+                self._acked += 1
+                if self._acked > 1:  # (the hello frame is not in _in_flight)
+                    self.delivered += self._in_flight.popleft()[1]
+            self._acked = max(self._acked, frames)
+            self._sign = perf_counter_ns()
+            self._ack_wake.set()
+
+    def _unacked_bytes(self) -> int:
+        return sum(size for size, _ in self._in_flight)
+
+    async def _wait_acks(self, ws: Any, until: Any) -> None:
+        """Wait until `until()` holds, pinging now and then while the program exits (each
+        pong is a sign of life that keeps close() waiting)."""
+        while not until():
+            self._ack_wake.clear()
+            waiter = asyncio.ensure_future(self._ack_wake.wait())
+            try:
+                await asyncio.wait([waiter], timeout=EXIT_PING if self._closing else 1.0)
+            finally:
+                waiter.cancel()
+            if self._closing and not until():
+                pong = await ws.ping()
+                pong.add_done_callback(self._pong)
+            if ws.close_code is not None:
+                await ws.send(b"")  # raises ConnectionClosed, with the reason
+
+    def _pong(self, pong: asyncio.Future) -> None:
+        if not pong.cancelled() and pong.exception() is None:
+            self._sign = perf_counter_ns()
+
+    async def _all_acked(self, ws: Any) -> None:
+        await self._wait_acks(ws, lambda: not self._in_flight)
 
     async def _send(self, ws: Any, frame: bytes) -> None:
         """Send one frame, or raise PublishError if the hub does not take it in time."""
@@ -264,9 +373,15 @@ class Publisher:
             while True:
                 closing = self._closing  # read before draining: a final drain follows it
                 self.waiting_on = "sending events"
-                frame = self._next_frame(pack, t0)
+                if self._in_flight and self._unacked_bytes() > WINDOW:
+                    self.waiting_on = "waiting for the hub to take more events"
+                    await self._wait_acks(ws, lambda: self._unacked_bytes() <= WINDOW)
+                    continue
+                frame, count = self._next_frame(pack, t0)
                 if frame:
+                    self._in_flight.append((len(frame), count))
                     await self._send(ws, frame)
+                    self._sign = perf_counter_ns()
                 elif closing:
                     return
                 else:  # idle: notice a hub that went away even with nothing to send
@@ -277,8 +392,9 @@ class Publisher:
         finally:
             closed.cancel()
 
-    def _next_frame(self, pack: Any, t0: int) -> bytes:
-        """The next frame to send: the buffered events (at most BATCH), packed."""
+    def _next_frame(self, pack: Any, t0: int) -> tuple[bytes, int]:
+        """The next frame to send: the buffered events (at most BATCH), packed; and how
+        many events it holds."""
         parts = []
         lost = self.tracer.take_lost()
         if lost:  # the buffer was full: tell the hub, and announce nodes again when used
@@ -294,16 +410,16 @@ class Publisher:
             parts.append(pack({"type": "dropped", "count": lost}))
         events = self.tracer.drain(BATCH)
         if not events:
-            return b"".join(parts)
+            return b"".join(parts), 0
         try:
             maps = event_maps(records(events), self._seq + 1, t0)
             parts += [pack(_within_limits(event)) for event in maps]
         except Exception as exc:  # never stop publishing: drop this batch, start over
             parts.append(pack({"type": "dropped", "count": self._failed(exc, events)}))
-            return b"".join(parts)
+            return b"".join(parts), 0
         self._seq += len(maps)
         self.sent += len(maps)
-        return b"".join(parts)
+        return b"".join(parts), len(maps)
 
     def _failed(self, exc: Exception, events: list) -> int:
         """Count a batch lost to an error (said once); returns how many events it held."""
@@ -488,54 +604,271 @@ def _trim_threshold(hub: Hub) -> int:
     return hub.max_nodes + max(hub.max_nodes // 4, 1000)
 
 
+# The hub's intake: frames from every publisher are applied by one task, in turns (one frame
+# of each publisher waits at a time, so turns are fair), CHUNK maps at a time, giving the loop
+# back after each SLICE seconds of work: the page, pings, viewers and other publishers never
+# wait long behind a big frame. A publisher that asked for acks (`acks` in its hello) is told
+# how many of its frames the hub received as each one arrives (docs/protocol.md).
+CHUNK = 250
+SLICE = 0.01
+# Bytes received from publishers and not applied yet: per publisher, and over all of them
+# (opgraph's publisher keeps at most WINDOW unacknowledged, well below).
+RUN_INTAKE = 4 << 20
+TOTAL_INTAKE = 64 << 20
+
+
+class _Intake:
+    """The frames waiting to be applied, in arrival order, and the task that applies them."""
+
+    def __init__(self, hub: Hub):
+        self.hub = hub
+        self.loop = asyncio.get_running_loop()
+        self.waiting: deque[tuple[Any, asyncio.Future]] = deque()
+        self.wake = asyncio.Event()
+        self.task = asyncio.ensure_future(self._work())
+        self.pending = 0  # frames received from all publishers, not applied yet
+        self.held = 0  # their bytes
+        self.connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+
+    def space(self) -> None:
+        """Some bytes were applied: publishers that wait for room may read on."""
+        for conn in self.connections:
+            conn.applied.set()
+
+    async def apply(self, steps: Any) -> Any:
+        """Run generator `steps` (a frame's work, yielding between chunks) in its turn;
+        returns what it returns."""
+        future = self.loop.create_future()
+        self.waiting.append((steps, future))
+        self.wake.set()
+        return await future
+
+    async def _work(self) -> None:
+        loop = self.loop
+        while True:
+            if not self.waiting:
+                self.wake.clear()
+                await self.wake.wait()
+            budget = loop.time() + SLICE
+            while self.waiting:
+                steps, future = self.waiting.popleft()
+                if future.cancelled():  # its connection went away before its turn
+                    steps.close()
+                    continue
+                try:
+                    while True:
+                        next(steps)
+                        if loop.time() >= budget:
+                            await asyncio.sleep(0)  # the loop's other work goes first
+                            budget = loop.time() + SLICE
+                except StopIteration as done:
+                    if not future.done():
+                        future.set_result(done.value)
+                except Exception as exc:  # given to the publisher's handler
+                    if not future.done():
+                        future.set_exception(exc)
+
+
+def _intake(hub: Hub) -> _Intake:
+    intake = getattr(hub, "intake", None)
+    if intake is None or intake.loop is not asyncio.get_running_loop() or intake.task.done():
+        intake = hub.intake = _Intake(hub)
+    return intake
+
+
+class _Connection:
+    """One publisher connection at the hub: its run (after its hello), and the frames it
+    received and has not applied yet."""
+
+    def __init__(self, hub: Hub, ws: Any):
+        self.hub, self.ws = hub, ws
+        self.run: _Run | None = None
+        self.frames: deque[bytes] = deque()  # received, not applied yet
+        self.held = 0  # their bytes
+        self.received = 0  # frames received
+        self.acks: bool | None = None  # the publisher asked to be told (None: no hello yet)
+        self.arrived = asyncio.Event()  # a frame arrived, or the connection ended
+        self.applied = asyncio.Event()  # a frame was applied
+        self.ended = False
+
+    async def receive(self, message: bytes, intake: _Intake) -> None:
+        """Take a frame in, acknowledge it, then wait while too much is held."""
+        if self.acks is None:
+            self.acks = _asks_acks(message)
+        self.frames.append(message)
+        self.held += len(message)
+        intake.pending += 1
+        intake.held += len(message)
+        self.received += 1
+        self.arrived.set()
+        if self.acks:
+            _send_soon(self.ws, msgpack.packb({"type": "ack", "frames": self.received}))
+        while self.frames and (self.held > RUN_INTAKE or intake.held > TOTAL_INTAKE):
+            self.applied.clear()
+            await self.applied.wait()
+
+    async def apply_all(self, intake: _Intake) -> None:
+        """Apply the frames received, in order, each in its turn; stop at a refused one."""
+        while True:
+            while not self.frames:
+                if self.ended:
+                    return
+                self.arrived.clear()
+                await self.arrived.wait()
+            message = self.frames[0]
+            try:
+                refused = await intake.apply(self.steps(message))
+            finally:
+                self.frames.popleft()
+                self.held -= len(message)
+                intake.pending -= 1
+                intake.held -= len(message)
+                intake.space()
+            if refused is not None:
+                if not self.ended:
+                    await self.ws.close(*refused)
+                else:  # the script is gone: say it here, or nobody would
+                    print(f"opgraph: refused a frame of a publisher: {refused[1]}", file=sys.stderr)
+                intake.pending -= len(self.frames)
+                intake.held -= sum(map(len, self.frames))
+                self.frames.clear()
+                return
+
+    def steps(self, message: bytes) -> Generator[None, None, tuple[int, str] | None]:
+        """Check a frame whole, then apply it, a chunk at a time; returns None, or the close
+        code and reason that refuse it (then nothing of it was applied)."""
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        unpacker.feed(message)
+        checked: list[dict] = []
+        first = self.run is None
+        index = 0
+        while True:
+            try:
+                chunk = list(itertools.islice(unpacker, CHUNK))
+            except Exception:
+                return CLOSE_INVALID, "a publish frame must hold msgpack maps back to back"
+            if not chunk:
+                break
+            if first and index == 0:
+                head = chunk[0]
+                if not isinstance(head, dict) or head.get("type") != "hello":
+                    return CLOSE_POLICY, "a publisher must send an opgraph hello first"
+                try:
+                    hello = check_hello(head)
+                except InvalidEvent as exc:
+                    return CLOSE_INVALID, close_reason(exc)
+                self.acks = head.get("acks") is True
+                chunk, index = chunk[1:], 1
+            try:
+                for event in chunk:
+                    checked.append(self._checked(event, index))
+                    index += 1
+            except InvalidEvent as exc:
+                return CLOSE_INVALID, close_reason(exc)
+            except _TooBig as exc:
+                return CLOSE_POLICY, close_reason(exc)
+            yield
+        if first:
+            if index == 0:  # an empty frame
+                return CLOSE_POLICY, "a publisher must send an opgraph hello first"
+            self.run = _Run(self.hub, hello)
+        for start in range(0, len(checked), CHUNK):
+            self.run.publish(checked[start : start + CHUNK])
+            yield
+        return None
+
+    def _checked(self, event: Any, index: int) -> dict:
+        event = check_event(event, index)
+        kind = event["type"]
+        if kind == "forward":
+            parents = event["parents"]
+            size = 5 * len(parents) + len(event["label"]) + len(event.get("scope", ""))
+            if len(parents) > 2:  # compact until applied: 8 bytes a parent, no int objects
+                event["parents"] = array("q", parents)
+        elif kind == "label":  # (the node's other parts are checked with its forward)
+            size = len(event["label"])
+        else:
+            return event
+        limit = self.hub.max_node_bytes
+        if size > limit:
+            raise _TooBig(
+                f"event {index} ({kind}): the node takes {size:,} bytes, more than the hub "
+                f"keeps per node ({limit:,}: 5 a parent, and its label and scope)"
+            )
+        return event
+
+
+class _TooBig(Exception):
+    """A node larger than the hub keeps (`max_node_bytes`)."""
+
+
+def _asks_acks(message: bytes) -> bool:
+    """Whether the first map of a publisher's first frame (its hello) asks for acks."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(message)
+    try:
+        head = next(unpacker)
+    except Exception:
+        return False
+    return isinstance(head, dict) and head.get("acks") is True
+
+
+def _send_soon(ws: Any, frame: bytes) -> None:
+    """Send `frame` on `ws` in the background; a closed connection is no error here."""
+    transport = getattr(ws, "transport", None)
+    if transport is not None and transport.is_closing():  # (asyncio would log each write)
+        return
+
+    async def send() -> None:
+        try:
+            await ws.send(frame)
+        except Exception:  # the connection is gone: its handler reports how it ended
+            pass
+
+    task = asyncio.ensure_future(send())
+    _sending.add(task)
+    task.add_done_callback(_sending.discard)
+
+
+_sending: set[asyncio.Task] = set()
+
+
 async def receive_run(hub: Hub, ws: Any) -> None:
     """Receive one publishing script's events and feed them, renumbered, to `hub`.
 
+    Frames are read as they come, acknowledged as received (if the publisher asked), and
+    applied in their turn (see _Intake): a script that has sent everything may exit while the
+    hub is still applying it. What a publisher has received and not applied is bounded
+    (RUN_INTAKE bytes, TOTAL_INTAKE over all): past it, the hub reads on once some is applied.
     Each frame is checked whole (events.py) before anything of it is applied: a frame with
     one bad map changes nothing and closes the connection with 1007, naming the map.
     """
-    run = None
+    conn = _Connection(hub, ws)
+    intake = _intake(hub)
+    intake.connections.add(conn)
+    applier = asyncio.ensure_future(conn.apply_all(intake))
     try:
         async for message in ws:
             if isinstance(message, str):
                 await ws.close(CLOSE_TEXT_FRAME, "publish binary msgpack frames")
-                return
-            events = _unpack_all(message)
-            if events is None:
-                await ws.close(CLOSE_INVALID, "a publish frame must hold msgpack maps back to back")
-                return
-            try:
-                hello = None
-                if run is None:
-                    first = events[0] if events else {}
-                    if not isinstance(first, dict) or first.get("type") != "hello":
-                        await ws.close(CLOSE_POLICY, "a publisher must send an opgraph hello first")
-                        return
-                    hello = check_hello(first)
-                checked = [
-                    check_event(event, index)
-                    for index, event in enumerate(events)
-                    if index or hello is None
-                ]
-            except InvalidEvent as exc:
-                await ws.close(CLOSE_INVALID, close_reason(exc))
-                return
-            if run is None:
-                run = _Run(hub, hello)
-            run.publish(checked)
+                break
+            if applier.done():  # refused: what follows is not read
+                break
+            await conn.receive(message, intake)
     finally:
-        if run is not None:
-            run.end()
-
-
-def _unpack_all(message: bytes) -> list | None:
-    """The maps of a frame, or None if it is not msgpack objects back to back."""
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-    try:
-        unpacker.feed(message)
-        return list(unpacker)
-    except Exception:
-        return None
+        conn.ended = True
+        conn.arrived.set()
+        try:
+            await asyncio.shield(applier)  # everything received is applied
+        except asyncio.CancelledError:
+            applier.cancel()
+            raise
+        finally:
+            intake.pending -= len(conn.frames)
+            intake.held -= sum(map(len, conn.frames))
+            if conn.run is not None:
+                conn.run.end()
+            hub.closes[getattr(ws, "close_code", None)] += 1
 
 
 def _start_run(hub: Hub, hello: dict) -> str:
@@ -555,7 +888,8 @@ def _renumber(event: dict, run: _Run) -> dict:
     if "t" in event:
         event["t"] = min(max(event["t"] + run.offset, 0), MAX_INT)
     if event["type"] == "forward":  # parents first: an unknown parent gets a smaller id
-        event["parents"] = [run.hub_id(p) for p in event["parents"]]
+        ids, hub_id = run.ids, run.hub_id
+        event["parents"] = [ids.get(p) or hub_id(p) for p in event["parents"]]
     for key in ("id", "root"):
         if key in event:
             event[key] = run.hub_id(event[key])

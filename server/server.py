@@ -33,6 +33,8 @@ from opgraph.trace import Tracer, event_count, records
 
 from .http import STATIC_DIR, finish_response, static_response, text_response
 from .hub import (
+    MAX_BYTES,
+    MAX_NODE_BYTES,
     RESYNC_INTERVAL,
     RESYNC_PASS_WAIT,
     SEND_TIMEOUT,
@@ -74,7 +76,9 @@ class TraceServer:
     `token=False`); a string sets it (an empty one only on loopback). `static_dir` is where
     the viewer page comes from. A viewer that takes more than `send_timeout` seconds to
     accept a frame is closed (code 4000); the snapshots a viewer asks for are sent at most
-    every `snapshot_interval` seconds. See docs/security.md.
+    every `snapshot_interval` seconds. The graph kept for snapshots holds at most `max_nodes`
+    nodes and about `max_bytes` bytes (the oldest are forgotten); a hub refuses a published node
+    of more than `max_node_bytes`. See docs/security.md.
     """
 
     def __init__(
@@ -89,6 +93,8 @@ class TraceServer:
         static_dir: str | os.PathLike | None = None,
         queue_limit: int = 100_000,
         max_nodes: int = 500_000,
+        max_bytes: int = MAX_BYTES,
+        max_node_bytes: int = MAX_NODE_BYTES,
         accept_publishers: bool = False,
         ping_interval: float = 20,
         ping_timeout: float = 20,
@@ -127,6 +133,8 @@ class TraceServer:
             ops,
             queue_limit=queue_limit,
             max_nodes=max_nodes,
+            max_bytes=max_bytes,
+            max_node_bytes=max_node_bytes,
             recorder=self.recorder,
             resync_interval=resync_interval,
             resync_pass_wait=resync_pass_wait,

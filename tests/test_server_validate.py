@@ -84,12 +84,20 @@ class Frames:
 
     async def __aiter__(self):
         for frame in self.frames:
+            await settled(self.hub)  # (the hub reads on before it applied the last frame)
             self.before.append(hub_state(self.hub))
             yield frame
+        await settled(self.hub)  # the connection stays open until the hub applied it all
 
     async def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
         self.state_at_close = hub_state(self.hub)
+
+
+async def settled(hub: Hub) -> None:
+    """Wait until the hub applied every frame it received."""
+    while hub.intake is not None and hub.intake.pending:
+        await asyncio.sleep(0)
 
 
 def hub_state(hub: Hub) -> tuple:
@@ -184,6 +192,7 @@ def test_a_long_run_keeps_the_hub_id_map_bounded_and_the_parameters_right():
         async def __aiter__(self):
             async for frame in super().__aiter__():
                 yield frame
+                await settled(hub)
                 run = next(iter(hub.publishers))
                 sizes.append(len(run.ids))
 

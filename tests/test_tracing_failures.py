@@ -24,7 +24,7 @@ from opgraph import Engine
 from opgraph.server import hub as hub_module
 from opgraph.server import publish as publish_module
 from opgraph.server.client import stream_url
-from opgraph.server.publish import EXIT_TIMEOUT, MAX_PENDING, Publisher
+from opgraph.server.publish import CONNECT_TIMEOUT, EXIT_TIMEOUT, MAX_PENDING, Publisher
 from opgraph.server.server import TraceServer
 
 # --- a failure in the drain or the publish loop -----------------------------------------------
@@ -346,12 +346,12 @@ def test_a_frozen_hub_is_noticed_soon_with_bounded_memory_and_a_prompt_exit(hub_
         report, exit_delay = script.stop()
     finally:
         script.kill()
-    assert exit_delay < 1.5, f"exit took {exit_delay:.2f} s"
+    assert exit_delay < EXIT_TIMEOUT + 1, f"exit took {exit_delay:.2f} s"
     assert report["cap"] == MAX_PENDING and report["most_pending"] <= report["cap"]
-    # what it had not sent at exit was either taken by the kernel's buffers, or is counted
+    # what did not reach the hub at exit is counted: frozen, the hub acknowledges nothing
     last = script.lines["err"][-1][1]
-    gave_up = f"gave up waiting at exit after {EXIT_TIMEOUT:g} s, while .*: "
-    assert re.search(rf"({gave_up})?\d+ events sent", last), last
+    gave_up = r"gave up waiting at exit after [\d.]+ s, while .*: "
+    assert re.search(rf"{gave_up}\d+ events reached the hub, \d+ did not \(", last), last
 
 
 def test_a_hub_that_never_answers_blocks_nothing_and_is_named():
@@ -362,28 +362,28 @@ def test_a_hub_that_never_answers_blocks_nothing_and_is_named():
         script = Script(TRAINER, script_env(OPGRAPH_TRACE=url))
         try:
             script.wait_for("out", "training")
-            _, message = script.wait_for("err", "cannot publish", timeout=10)
+            _, message = script.wait_for("err", "cannot publish", timeout=CONNECT_TIMEOUT + 10)
             report, exit_delay = script.stop()
         finally:
             script.kill()
         assert report["first_op"] < 0.5  # not blocked on connecting
-        assert f"{url}/publish" in message and "no answer within 3 s" in message
+        assert f"{url}/publish" in message and f"no answer within {CONNECT_TIMEOUT:g} s" in message
         assert message.endswith("tracing is off")
         assert exit_delay < 1.0  # nothing left to send
 
-        # a script shorter than it: its exit waits about a second, and says what it was doing
+        # a script shorter than it: its exit waits for the attempt, and says what it was doing
         script = Script(TRAINER, script_env(OPGRAPH_TRACE=url))
         try:
             script.wait_for("out", "training")
             report, exit_delay = script.stop()
         finally:
             script.kill()
-        assert exit_delay < 1.5, f"exit took {exit_delay:.2f} s"
+        assert exit_delay < CONNECT_TIMEOUT + 1.5, f"exit took {exit_delay:.2f} s"
+        assert "no answer within" in script.err()  # the attempt ran out: then the count
         assert re.search(
-            rf"gave up waiting at exit after {EXIT_TIMEOUT:g} s, while connecting to the hub "
-            r"\(no answer yet\): 0 events sent, \d+ not",
+            r"0 events sent, \d+ dropped \(at exit: connecting to the hub \(no answer yet\)\)$",
             script.err(),
-        )
+        ), script.err()
     finally:
         silent.close()
 

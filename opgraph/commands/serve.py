@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from opgraph.errors import ServerError
+from opgraph.server.hub import MAX_BYTES, MAX_NODE_BYTES
 from opgraph.server.security import is_loopback
 from opgraph.server.server import TraceServer
 
@@ -33,6 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=100_000,
         help="events queued per viewer before it is resynced",
     )
+    parser.add_argument(
+        "--max-bytes",
+        type=positive_int,
+        default=MAX_BYTES,
+        help="bytes of graph kept for snapshots (about; the oldest nodes are forgotten past it)",
+    )
+    parser.add_argument(
+        "--max-node-bytes",
+        type=positive_int,
+        default=MAX_NODE_BYTES,
+        help="bytes one published node may take (5 a parent, its label and scope)",
+    )
 
 
 def hub_server(args: argparse.Namespace) -> TraceServer:
@@ -48,6 +61,8 @@ def hub_server(args: argparse.Namespace) -> TraceServer:
         record=args.record,
         static_dir=args.static_dir,
         queue_limit=args.queue_limit,
+        max_bytes=args.max_bytes,
+        max_node_bytes=args.max_node_bytes,
         accept_publishers=True,
     )
 
