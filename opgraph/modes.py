@@ -18,10 +18,9 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from .errors import ModeLeakError
+from .trace.text import MAX_SCOPE, viewer_text
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-from .trace import MAX_SCOPE, viewer_text
 
 NO_GRAD = 1  # ops record no graph: their results are leaves
 ANOMALY = 2  # a non-finite forward or backward result raises AnomalyError

@@ -40,7 +40,7 @@ from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 from .modes import NO_GRAD, mode, scope_path
-from .trace import MAX_LABEL, viewer_text
+from .trace.text import MAX_LABEL, viewer_text
 
 if TYPE_CHECKING:
     from .binding import OpTable
