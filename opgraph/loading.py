@@ -105,7 +105,7 @@ def load(engine: Any, plugins: Any, *, builtins: bool, entry_points: bool) -> No
 
 
 def builtin_plugins() -> list[Any]:
-    from .plugins import BUILTIN_PLUGINS
+    from opgraph.plugins import BUILTIN_PLUGINS  # (absolute: plugins/ is mapped, not a folder here)
 
     return list(BUILTIN_PLUGINS)
 

@@ -29,8 +29,11 @@ def pow_value_derivative(out, a, b):
     # pow_derivative on Values (b stays a plain number when the exponent is fixed, `x ** 2`),
     # so that its partials are nodes that can be differentiated again. The edge cases branch
     # on the numbers, as PyTorch's `where` does: a partial set to 0 there has derivative 0.
+    # A zero exponent that is a node keeps b * a**(b-1) wherever it is finite (a != 0): its
+    # value is 0 there too, and its slope in b, 1/a, is the true one (PyTorch masks it to 0).
     exponent = b.data if isinstance(b, Value) else b
-    d_base = 0.0 if exponent == 0 else b * a ** (b - 1)
+    masked = exponent == 0 and (not isinstance(b, Value) or a.data == 0)
+    d_base = 0.0 if masked else b * a ** (b - 1)
     if not isinstance(b, Value) or (a.data == 0 and exponent >= 0):
         d_exponent = 0.0  # a fixed exponent has no partial (with_constants drops it)
     else:

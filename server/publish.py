@@ -686,13 +686,15 @@ class _Connection:
         self.frames: deque[bytes] = deque()  # received, not applied yet
         self.held = 0  # their bytes
         self.received = 0  # frames received
+        self.accepted = 0  # frames checked and accepted (acknowledged, when asked)
         self.acks: bool | None = None  # the publisher asked to be told (None: no hello yet)
         self.arrived = asyncio.Event()  # a frame arrived, or the connection ended
         self.applied = asyncio.Event()  # a frame was applied
         self.ended = False
 
     async def receive(self, message: bytes, intake: _Intake) -> None:
-        """Take a frame in, acknowledge it, then wait while too much is held."""
+        """Take a frame in, then wait while too much is held (it is acknowledged once checked,
+        in its turn: see `steps`)."""
         if self.acks is None:
             self.acks = _asks_acks(message)
         self.frames.append(message)
@@ -701,8 +703,6 @@ class _Connection:
         intake.held += len(message)
         self.received += 1
         self.arrived.set()
-        if self.acks:
-            _send_soon(self.ws, msgpack.packb({"type": "ack", "frames": self.received}))
         while self.frames and (self.held > RUN_INTAKE or intake.held > TOTAL_INTAKE):
             self.applied.clear()
             await self.applied.wait()
@@ -772,6 +772,11 @@ class _Connection:
             if index == 0:  # an empty frame
                 return CLOSE_POLICY, "a publisher must send an opgraph hello first"
             self.run = _Run(self.hub, hello)
+        # Acknowledged once checked, before it is applied: a frame the hub acknowledged is
+        # never refused later, so a script that saw every frame acknowledged lost nothing.
+        self.accepted += 1
+        if self.acks:
+            _send_soon(self.ws, msgpack.packb({"type": "ack", "frames": self.accepted}))
         for start in range(0, len(checked), CHUNK):
             self.run.publish(checked[start : start + CHUNK])
             yield

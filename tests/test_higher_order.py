@@ -400,3 +400,23 @@ def test_without_hooks_backward_takes_the_plain_chain_rule(monkeypatch):
     x = Value(2.0)
     (x * x).backward()
     assert x.grad == 4.0 and calls == []
+
+
+@pytest.mark.parametrize("base", [2.0, 0.25])  # (a**b has no real slope in b for a < 0)
+def test_a_zero_exponent_node_keeps_the_true_mixed_second_derivative(base):
+    # d/db (d a**b / da) = d/db (b a**(b-1)) = a**(b-1) (1 + b ln a) = 1/a at b = 0. Masking
+    # the base's slope to 0 at b = 0 (as PyTorch does) would give 0 here: a wrong number that
+    # hypothesis's random graphs found against finite differences.
+    a, b = Value(base), Value(0.0)
+    (d_base,) = opgraph.grad(a**b, [a], create_graph=True)
+    (mixed,) = opgraph.grad(d_base, [b])
+    assert d_base.data == 0.0
+    assert mixed.data == pytest.approx(1 / base, rel=1e-12)
+    numeric = central_difference(lambda e: e * base ** (e - 1), [0.0], 0)
+    assert mixed.data == pytest.approx(numeric, rel=1e-6)
+
+
+def test_a_zero_base_and_zero_exponent_keep_pytorchs_zero_slope():
+    a, b = Value(0.0), Value(0.0)
+    (d_base,) = opgraph.grad(a**b, [a], create_graph=True)
+    assert d_base.data == 0.0 and opgraph.grad(d_base, [b])[0].data == 0.0
