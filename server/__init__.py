@@ -6,10 +6,12 @@
   `EngineServer` (fed by an engine's tracer), `serve_engine`
 - `http`: the viewer page's files and the security headers of every response
 - `security`: the checks before an upgrade (loopback Host, Origin, token)
-- `hub`: numbering, the graph kept for snapshots, per-viewer bounded queues
+- `hub`: numbering, the graph kept for snapshots, fanning frames out to viewers
+- `viewers`: a viewer's connection: its bounded queue, send deadlines, resyncs, controls
 - `encode`: fast msgpack templates for `forward` and `backward`
 - `events`: the checks of maps from outside (publishers, recordings)
-- `publish`: scripts publishing to a hub (`OPGRAPH_TRACE=ws://...`), and the hub's side
+- `publisher`: a script publishing its trace to a hub (`OPGRAPH_TRACE=ws://...`)
+- `intake`: the hub's side of publishing: runs renumbered, frames acked and applied in turns
 - `recording`, `replay`, `chrome`: recordings, `ReplayServer`, Chrome trace-event export
 - `client`: a Python client and `Graph`
 

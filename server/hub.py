@@ -3,8 +3,9 @@
 Everything here runs on the server's event loop thread, so nothing needs a lock. Events
 come in as protocol maps (from the local tracer, a publishing script, or a recording); the
 hub gives each its `seq`, applies it to its copy of the graph (what a snapshot shows), packs
-it with msgpack, writes it to the recording, and offers the packed frame to each viewer's
-bounded queue. A viewer whose queue overflows is resynced: `dropped`, then a snapshot.
+it with msgpack, writes it to the recording, and offers the packed frame to each viewer
+(viewers.py: a bounded queue each; one that overflows is resynced: `dropped`, then a
+snapshot). The graph is bounded in nodes and in bytes: past either, the oldest are forgotten.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import secrets
 import struct
 import sys
 import weakref
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable
 from time import perf_counter_ns
 from typing import Any
@@ -27,23 +28,10 @@ from opgraph.trace import BACKWARD_BEGIN, BACKWARD_STEPS, FORWARD, event_map, re
 from .encode import backward_steps_bytes, forward_bytes, forward_encoder, node_bytes
 from .events import MAX_OPS
 from .protocol import hello
+from .viewers import RESYNC_INTERVAL, RESYNC_PASS_WAIT, Viewer
 
 FRAME_EVENTS = 2000  # events per websocket frame (about 60-100 KB)
 SNAPSHOT_FRAME_NODES = 2000
-# Resyncing a viewer that cannot keep up (see Viewer): after a snapshot, the next resync
-# waits at least RESYNC_INTERVAL seconds (or twice what sending that snapshot took, if more),
-# then happens when the next backward pass begins, or RESYNC_PASS_WAIT seconds later at
-# the latest. (Defaults; `serve(resync_interval=..., resync_pass_wait=...)` sets them.)
-RESYNC_INTERVAL = 0.5
-RESYNC_PASS_WAIT = 1.0
-# A viewer that takes more than SEND_TIMEOUT seconds to accept one frame (its TCP window
-# stays shut) is closed with CLOSE_TOO_SLOW: otherwise what is being sent to it (a snapshot
-# of a large graph: tens of MB) stays in memory for as long as it does not read. The
-# snapshots a viewer asks for are sent at most every SNAPSHOT_INTERVAL seconds (or four times
-# as long as sending the last one took, if longer: then the viewer spends at most a fifth of
-# its time on them); requests meanwhile make one snapshot.
-SEND_TIMEOUT = 10.0
-SNAPSHOT_INTERVAL = 2.0
 # The graph kept for snapshots is bounded in bytes too (`max_bytes`): a node costs the bytes
 # of its packed forward map plus NODE_OVERHEAD (its entry in the dict, the bytes object).
 # Past the bound, the oldest nodes are forgotten, as past `max_nodes`.
@@ -87,8 +75,8 @@ class Hub:
         self.queue_limit = queue_limit
         self.max_nodes = max_nodes
         self.max_bytes = max_bytes
-        self.max_node_bytes = max_node_bytes  # one published node, at most (publish.py)
-        self.intake: Any = None  # the task applying publishers' frames (publish.py)
+        self.max_node_bytes = max_node_bytes  # one published node, at most (intake.py)
+        self.intake: Any = None  # the task applying publishers' frames (intake.py)
         self.graph_bytes = 0  # what the nodes kept cost (see node_size), about
         self.recorder = recorder
         self.resync_interval = resync_interval
@@ -107,7 +95,7 @@ class Hub:
         self.viewers: set[Viewer] = set()
         self.next_id = 0  # for renumbering published runs (hub mode)
         self.runs = 0  # publishing scripts seen (hub mode)
-        self.publishers: set[Any] = set()  # the runs publishing now (publish.py's _Run)
+        self.publishers: set[Any] = set()  # the runs publishing now (intake.py's _Run)
         self.closes: Counter[int | None] = Counter()  # publisher connections ended, by code
         self._pack = msgpack.Packer().pack
         self.t0 = perf_counter_ns()
@@ -486,209 +474,3 @@ class _Frames:
             self.parts.clear()
             self.first = seq
         return seq - self.start
-
-
-class TooSlow(Exception):
-    """A viewer did not accept a frame within its send deadline."""
-
-
-class Viewer:
-    """One connected viewer: its bounded queue of frames, and the task that sends them.
-
-    Every send has a deadline (`send_timeout`): a viewer that does not take a frame in time
-    is given up (`run` returns, `too_slow` says why) so that nothing stays held for it.
-    """
-
-    def __init__(
-        self,
-        hub: Hub,
-        send: Any,
-        name: str = "viewer",
-        *,
-        send_timeout: float = SEND_TIMEOUT,
-        snapshot_interval: float = SNAPSHOT_INTERVAL,
-    ):
-        self.hub = hub
-        self.send = send  # the websocket's send coroutine function
-        self.name = name
-        self.send_timeout = send_timeout
-        self.snapshot_interval = snapshot_interval
-        self.limit = hub.queue_limit
-        self.queue: deque[tuple[bytes, int]] = deque()
-        self.queued = 0  # events in the queue
-        self.max_queued = 0
-        self.lost = 0  # events lost since the last resync
-        self.dropped_total = 0
-        self.resyncs = 0
-        self.resync = False  # send dropped + snapshot before anything else
-        self.want_snapshot = False  # the viewer asked for a snapshot
-        self.snapshot_requests = 0  # how many times it asked
-        # frames to send before anything else: (hello or dropped, a snapshot the hub took)
-        self.ready: tuple[list[bytes], Snapshot] | None = None
-        self.wake = asyncio.Event()
-        self.sending = False  # a frame of the queue is being written
-        self.snapshot_done: float | None = None  # loop time the last snapshot was sent
-        self.snapshot_took = 0.0  # seconds that sending it took
-        self.too_slow: str | None = None  # why the viewer was given up
-
-    def offer(self, frame: bytes, count: int) -> None:
-        """Queue a frame of `count` events, or count them lost if the queue is full."""
-        if self.resync:
-            self.lost += count
-        elif self.queued + count > self.limit:
-            self.lose(count)
-        else:
-            self.queue.append((frame, count))
-            self.queued += count
-            if self.queued > self.max_queued:
-                self.max_queued = self.queued
-        self.wake.set()
-
-    def lose(self, count: int) -> None:
-        """Discard the queue; the viewer will get `dropped` and a snapshot."""
-        self.lost += self.queued + count
-        self.queue.clear()
-        self.queued = 0
-        self.resync = True
-        self.wake.set()
-
-    def ask_snapshot(self) -> None:
-        """The viewer asked for a snapshot: one is sent when its rate limit allows."""
-        self.want_snapshot = True
-        self.snapshot_requests += 1
-        self.wake.set()
-
-    # A viewer that cannot keep up would otherwise get snapshot after snapshot (each one
-    # large, and followed at once by the next overflow) and never see a backward pass: so
-    # after a snapshot, the next resync waits a while, then comes when a pass begins.
-
-    def resync_earliest(self) -> float:
-        """The loop time from which this viewer may be resynced when a pass begins."""
-        if self.snapshot_done is None:
-            return 0.0
-        return self.snapshot_done + max(self.hub.resync_interval, 2 * self.snapshot_took)
-
-    def resync_deadline(self) -> float:
-        """The loop time at which this viewer is resynced even if no pass begins."""
-        if self.snapshot_done is None:
-            return 0.0
-        return self.resync_earliest() + self.hub.resync_pass_wait
-
-    def request_earliest(self) -> float:
-        """The loop time from which a snapshot the viewer asked for may be sent."""
-        if self.snapshot_done is None:
-            return 0.0
-        return self.snapshot_done + max(self.snapshot_interval, 4 * self.snapshot_took)
-
-    def resync_with(self, snapshot: Snapshot) -> None:
-        """Resync now with `snapshot` (frames of the hub's graph at hub.seq)."""
-        self.ready = ([self._dropped_frame()], snapshot)
-        self.want_snapshot = False
-        self.wake.set()
-
-    def _dropped_frame(self) -> bytes:
-        frame = self.hub._pack({"type": "dropped", "count": self.lost})
-        self.dropped_total += self.lost
-        self.resyncs += 1
-        self.lost = 0
-        self.resync = False
-        self.queue.clear()
-        self.queued = 0
-        return frame
-
-    async def run(self) -> None:
-        """Send the ready frames (hello and snapshot, from `Hub.join`), then queued frames as
-        they come, resyncing when needed; return when done or when the viewer is too slow."""
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                await self._send_due(loop)
-                wait = self._next_due(loop.time())
-                try:
-                    await asyncio.wait_for(self.wake.wait(), wait)
-                except TimeoutError:
-                    pass
-                self.wake.clear()
-        except TooSlow as exc:
-            # Let go of everything meant for this viewer; the caller closes the connection.
-            self.too_slow = str(exc)
-            self.ready = None
-            self.queue.clear()
-            self.queued = 0
-
-    def _next_due(self, now: float) -> float | None:
-        """Seconds until a snapshot falls due (None: nothing is waiting for a time)."""
-        times = []
-        if self.resync:
-            times.append(self.resync_deadline())
-        if self.want_snapshot:
-            times.append(self.request_earliest())
-        return max(min(times) - now, 0.0) if times else None
-
-    async def _send_due(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Send what is due now: ready frames, a snapshot, or the queue."""
-        while True:
-            now = loop.time()
-            if self.ready is not None:
-                await self._send_snapshot_frames(*self._take_ready())
-            elif (self.want_snapshot and now >= self.request_earliest()) or (
-                self.resync and now >= self.resync_deadline()
-            ):
-                await self._send_snapshot()
-            elif self.queue and not self.resync:
-                frame, count = self.queue.popleft()
-                self.queued -= count
-                self.sending = True
-                try:
-                    await self._send(frame)
-                finally:
-                    self.sending = False
-            else:
-                return
-
-    def _take_ready(self) -> tuple[list[bytes], Snapshot]:
-        ready, self.ready = self.ready, None
-        return ready
-
-    async def _send(self, frame: bytes) -> None:
-        try:
-            async with asyncio.timeout(self.send_timeout):
-                await self.send(frame)
-        except TimeoutError:
-            raise TooSlow(
-                f"viewer {self.name} took more than {self.send_timeout:g} s to accept "
-                f"{len(frame):,} bytes"
-            ) from None
-
-    async def _send_snapshot(self) -> None:
-        # Built synchronously: it reflects exactly the events up to hub.seq; the queue holds
-        # only events up to hub.seq too, so it is dropped and the stream goes on at seq + 1.
-        snapshot = self.hub.snapshot_frames()
-        head = [self._dropped_frame()] if self.resync else []
-        self.lost = 0
-        self.resync = self.want_snapshot = False
-        self.queue.clear()
-        self.queued = 0
-        await self._send_snapshot_frames(head, snapshot)
-
-    async def _send_snapshot_frames(self, head: list[bytes], snapshot: Snapshot) -> None:
-        # (The snapshot may be shared with other viewers: it is read, never changed.)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        for frame in head:
-            await self._send(frame)
-        for frame in snapshot:
-            await self._send(frame)
-        self.snapshot_done = loop.time()
-        self.snapshot_took = self.snapshot_done - start
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "queued": self.queued,
-            "max_queued": self.max_queued,
-            "limit": self.limit,
-            "dropped": self.dropped_total + self.lost,
-            "resyncs": self.resyncs,
-            "snapshot_requests": self.snapshot_requests,
-        }

@@ -2,7 +2,9 @@
 
 It runs an asyncio loop in a background thread. Sources of events feed its `Hub`: the local
 engine's tracer (drained on a timer), scripts publishing to `/publish` (hub mode), or a
-recording (`opgraph replay`). See docs/tracing.md and docs/protocol.md.
+recording (`opgraph replay`). Each websocket is handed on by its path: a viewer's (`/ws`) to
+viewers.py, a publishing script's (`/publish`) to intake.py. See docs/tracing.md and
+docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import msgpack
 import websockets
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, NegotiationError
@@ -32,27 +33,18 @@ from opgraph.errors import ServerError
 from opgraph.trace import Tracer, event_count, records
 
 from .http import STATIC_DIR, finish_response, static_response, text_response
-from .hub import (
-    MAX_BYTES,
-    MAX_NODE_BYTES,
+from .hub import MAX_BYTES, MAX_NODE_BYTES, Hub
+from .intake import receive_run
+from .protocol import PUBLISH_MAX_SIZE, SUBPROTOCOL
+from .recording import Recorder
+from .security import check_upgrade, is_loopback
+from .viewers import (
     RESYNC_INTERVAL,
     RESYNC_PASS_WAIT,
     SEND_TIMEOUT,
     SNAPSHOT_INTERVAL,
-    Hub,
-    Viewer,
+    serve_viewer,
 )
-from .protocol import (
-    CLOSE_INTERNAL_ERROR,
-    CLOSE_INVALID,
-    CLOSE_TEXT_FRAME,
-    CLOSE_TOO_SLOW,
-    CONTROL_MAX_SIZE,
-    PUBLISH_MAX_SIZE,
-    SUBPROTOCOL,
-)
-from .recording import Recorder
-from .security import check_upgrade, is_loopback
 
 if TYPE_CHECKING:
     from opgraph.engine import Engine
@@ -259,8 +251,7 @@ class TraceServer:
             return False
 
     def _pending(self) -> bool:
-        # A viewer waiting for its resync is settled: it will get a snapshot, not events.
-        return any((v.queue or v.sending or v.ready) and not v.resync for v in self.hub.viewers)
+        return any(viewer.behind() for viewer in self.hub.viewers)
 
     def _drain_now(self) -> None:
         """Overridden by sources that buffer outside the hub (the local tracer)."""
@@ -371,7 +362,7 @@ class TraceServer:
         path = urlsplit(ws.request.path).path
         try:
             if path == "/publish":
-                await self._publisher(ws)
+                await receive_run(self.hub, ws)
             else:
                 await self._viewer(ws)
         except ConnectionClosed:
@@ -381,65 +372,15 @@ class TraceServer:
         """Overridden by servers whose ops can change (an engine gaining a plugin)."""
 
     async def _viewer(self, ws: ServerConnection) -> None:
-        ws.protocol.max_message_size = CONTROL_MAX_SIZE
         self._refresh_ops()
-        viewer = Viewer(
+        await serve_viewer(
             self.hub,
-            ws.send,
-            name=_peer(ws),
+            ws,
+            self._spawn,
             send_timeout=self.send_timeout,
             snapshot_interval=self.snapshot_interval,
+            close_timeout=self.close_timeout,
         )
-        self.hub.join(viewer)
-        sender = self._spawn(viewer.run())
-        receiver = asyncio.ensure_future(self._control(ws, viewer))
-        try:
-            await asyncio.wait([sender, receiver], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self.hub.leave(viewer)
-            sender.cancel()
-            receiver.cancel()
-        if viewer.too_slow is not None:
-            await self._close_too_slow(ws, viewer)
-        elif sender.done() and not sender.cancelled() and sender.exception() is not None:
-            if not isinstance(sender.exception(), ConnectionClosed):
-                await ws.close(CLOSE_INTERNAL_ERROR, "internal error")
-
-    async def _close_too_slow(self, ws: ServerConnection, viewer: Viewer) -> None:
-        """Close a viewer that stopped reading: the close frame waits behind the data it has
-        not read, so if it still does not read, the connection is dropped."""
-        print(f"opgraph: closing a viewer that stopped reading: {viewer.too_slow}", file=sys.stderr)
-        reason = f"too slow: a frame was not taken within {self.send_timeout:g} s"
-        try:
-            async with asyncio.timeout(self.close_timeout):
-                await ws.close(CLOSE_TOO_SLOW, reason)
-        except TimeoutError:
-            ws.transport.abort()
-
-    async def _control(self, ws: ServerConnection, viewer: Viewer) -> None:
-        """Read control messages until the viewer leaves or breaks the protocol."""
-        async for message in ws:
-            if isinstance(message, str):
-                await ws.close(CLOSE_TEXT_FRAME, "text frames are not opgraph control messages")
-                return
-            try:
-                control = msgpack.unpackb(message, raw=False)
-            except Exception:
-                await ws.close(CLOSE_INVALID, "a control message must be one msgpack map")
-                return
-            if not isinstance(control, dict) or not isinstance(control.get("type"), str):
-                await ws.close(
-                    CLOSE_INVALID, "a control message must be a msgpack map with a 'type'"
-                )
-                return
-            if control["type"] == "snapshot":
-                viewer.ask_snapshot()  # rate-limited: see Viewer.request_earliest
-            # unknown control types are ignored, so that the protocol can grow
-
-    async def _publisher(self, ws: ServerConnection) -> None:
-        from .publish import receive_run
-
-        await receive_run(self.hub, ws)
 
 
 def _select_subprotocol(connection: ServerConnection, offered: list[str]) -> str | None:
@@ -448,14 +389,6 @@ def _select_subprotocol(connection: ServerConnection, offered: list[str]) -> str
     if not offered:
         return None  # accepted as v1
     raise NegotiationError(f"this server speaks {SUBPROTOCOL}; offered: {', '.join(offered)}")
-
-
-def _peer(ws: ServerConnection) -> str:
-    try:
-        host, port = ws.remote_address[:2]
-        return f"{host}:{port}"
-    except Exception:
-        return "viewer"
 
 
 # --- serving an engine's trace ----------------------------------------------------------------

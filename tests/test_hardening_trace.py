@@ -16,7 +16,7 @@ from conftest import plugin
 import opgraph
 from opgraph import Engine, Op, OpgraphError, topological_order
 from opgraph.server.events import MAX_LABEL
-from opgraph.server.publish import Publisher
+from opgraph.server.publisher import Publisher
 from opgraph.server.recording import Recording
 from opgraph.server.server import TraceServer
 

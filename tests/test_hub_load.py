@@ -21,7 +21,7 @@ from pathlib import Path
 import _tracing_helpers as th
 
 from opgraph import Engine
-from opgraph.server.publish import Publisher
+from opgraph.server.publisher import Publisher
 from opgraph.server.recording import Recording
 from opgraph.server.server import TraceServer
 

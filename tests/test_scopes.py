@@ -274,7 +274,7 @@ def test_draw_dot_draws_each_scope_as_a_nested_cluster():
 
 
 def test_a_published_scope_reaches_the_hub_and_its_late_viewers():
-    from opgraph.server.publish import Publisher
+    from opgraph.server.publisher import Publisher
     from opgraph.server.server import TraceServer
 
     engine = Engine(name="publisher", entry_points=False)

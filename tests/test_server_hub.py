@@ -241,7 +241,7 @@ def test_watch_prints_a_live_summary_and_the_client_reconnects():
 
 
 def test_a_publisher_reconnects_when_its_hub_restarts():
-    from opgraph.server.publish import Publisher
+    from opgraph.server.publisher import Publisher
     from opgraph.server.server import TraceServer
 
     def hub(port=0):
@@ -336,7 +336,7 @@ def test_a_label_past_the_hubs_limit_is_cut_not_refused_forever():
     # The hub refuses a frame with a label over MAX_LABEL characters; a publisher that sent it
     # as it is would be cut off, reconnect, send it again, and never trace anything more.
     from opgraph.server.events import MAX_LABEL
-    from opgraph.server.publish import Publisher
+    from opgraph.server.publisher import Publisher
     from opgraph.server.server import TraceServer
 
     hub = TraceServer(engine_name="hub", ops={}, port=0, accept_publishers=True).start()

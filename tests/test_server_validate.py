@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from opgraph.server.events import MAX_OPS, InvalidEvent, check_event, check_hello
 from opgraph.server.hub import Hub
-from opgraph.server.publish import publish_url, receive_run
+from opgraph.server.intake import receive_run
+from opgraph.server.publisher import publish_url
 from opgraph.server.server import TraceServer
 
 HELLO = {"type": "hello", "seq": 0, "protocol": "opgraph", "version": 1, "session": "s"}

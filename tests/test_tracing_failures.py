@@ -22,9 +22,9 @@ import pytest
 
 from opgraph import Engine
 from opgraph.server import hub as hub_module
-from opgraph.server import publish as publish_module
+from opgraph.server import publisher as publisher_module
 from opgraph.server.client import stream_url
-from opgraph.server.publish import CONNECT_TIMEOUT, EXIT_TIMEOUT, MAX_PENDING, Publisher
+from opgraph.server.publisher import CONNECT_TIMEOUT, EXIT_TIMEOUT, MAX_PENDING, Publisher
 from opgraph.server.server import TraceServer
 
 # --- a failure in the drain or the publish loop -----------------------------------------------
@@ -139,7 +139,7 @@ def test_a_failing_drain_is_reported_once_and_viewers_resync(monkeypatch, capfd)
 
 def test_a_failing_publisher_batch_is_reported_once_and_the_run_goes_on(monkeypatch, capfd):
     engine = Engine(name="failing-pub", entry_points=False)
-    real, failed = publish_module.event_maps, []
+    real, failed = publisher_module.event_maps, []
 
     def fails_once(*args):
         if not failed:
@@ -147,7 +147,7 @@ def test_a_failing_publisher_batch_is_reported_once_and_the_run_goes_on(monkeypa
             raise TypeError("cannot pack that")
         return real(*args)
 
-    monkeypatch.setattr(publish_module, "event_maps", fails_once)
+    monkeypatch.setattr(publisher_module, "event_maps", fails_once)
     with TraceServer(engine_name="hub", ops={}, port=0, accept_publishers=True).start() as hub:
 
         async def main():

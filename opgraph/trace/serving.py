@@ -16,10 +16,10 @@ if TYPE_CHECKING:
 
 
 def _server() -> Any:
-    """The tracing server (`opgraph.server`, with its `server` and `publish` modules), imported
+    """The tracing server (`opgraph.server`, with its `server` and `publisher` modules), imported
     on first use: it loads websockets and msgpack. The one place where the engine reaches the
     server: `serve`, `Engine.serve` and `from_environment` all go through here."""
-    import opgraph.server.publish
+    import opgraph.server.publisher
     import opgraph.server.server
 
     return opgraph.server
@@ -53,7 +53,7 @@ def from_environment(engine: Engine) -> Any:
         return None
     try:
         if setting.startswith(("ws://", "wss://")):
-            return _server().publish.publish(engine, setting, at_exit=True)
+            return _server().publisher.publish(engine, setting, at_exit=True)
         if setting not in ("1", "true", "yes", "on"):
             raise ValueError(f"expected 1 or a hub URL like ws://127.0.0.1:8765, got {setting!r}")
         port_setting = os.environ.get("OPGRAPH_TRACE_PORT", "8765").strip()
