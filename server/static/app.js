@@ -35,6 +35,7 @@ class Viewer {
     this.ctx = this.canvas.getContext("2d");
     this.camera = new Camera();
     this.follow = true; // fit the camera to the graph as it grows, until the user moves it
+    this.drawCounts = null; // what the last overview frame drew (render.js), for the tests
     this.frames = []; // Readers of received bytes not yet decoded
     this.pending = []; // decoded events waiting to be applied (while paused)
     this.pendingHead = 0;

@@ -397,26 +397,39 @@ function drawScreenLabels(ctx, camera, labels) {
 
 
 const FRAME_FILLS = ["#f6f8fb", "#edf1f7", "#e4eaf3"];
+const EDGE_COLOUR = "rgba(120, 130, 150, 0.45)";
+const BUNDLE_MIN = 24; // a unit with more edges than this on one side has them drawn as a bundle
+const BUS = 12; // world units between a bundle's bus and the boxes it reaches
+const COMB = 8; // world units between a bundle's comb and the boxes (the rows' gap is 16)
 
 /**
  * Draw the hierarchical overview: open groups as frames holding what they hold, closed
  * groups (and bands of unscoped nodes) as boxes that fill with colour as a backward pass
  * reaches their nodes, the nodes of open groups, and the edges between what is shown,
  * thicker for more edges. `view.order`: boxes in drawing order (a frame before its content).
+ *
+ * The work of a frame is bounded by what is in view, whatever the number of groups: the
+ * boxes are sorted by column and row once per layout (`prepareView`), so a frame visits only
+ * those in view; the many edges of one unit (an input shared by 20,000 groups, a loss summed
+ * over 2,000 samples) are drawn as one bundle; what is smaller than a pixel is merged or
+ * left out. Returns what was drawn (the tests' counters, `opgraphViewer.drawCounts`).
  */
 export function drawHierarchy(ctx, camera, width, height, view, lookUnit, lookNode) {
+  const prepared = (view.prepared ??= prepareView(view));
   ctx.save();
   const ratio = devicePixelRatio;
   ctx.setTransform(camera.scale * ratio, 0, 0, camera.scale * ratio, camera.x * ratio, camera.y * ratio);
   const [left, top] = camera.toWorld(0, 0);
   const [right, bottom] = camera.toWorld(width, height);
-  const shown = (b) => b.x <= right && b.x + b.w >= left && b.y <= bottom && b.y + b.h >= top;
+  const sight = { left, top, right, bottom, scale: camera.scale };
   const unit = 1 / Math.min(1, camera.scale);
+  const counts = { frames: 0, boxes: 0, runs: 0, lines: 0, trunks: 0, buses: 0, stubs: 0, labels: 0 };
   const labels = [];
   const readable = camera.scale >= 0.85;
 
-  for (const box of view.order) { // the frames of open groups, outermost first
-    if (!box.open || !shown(box)) continue;
+  for (const box of prepared.frames) { // the frames of open groups, outermost first
+    if (!overlaps(box, sight)) continue;
+    counts.frames++;
     const look = lookUnit(box.unit);
     roundRect(ctx, box.x, box.y, box.w, box.h, 10);
     ctx.fillStyle = FRAME_FILLS[box.unit.ref.depth % FRAME_FILLS.length];
@@ -424,84 +437,341 @@ export function drawHierarchy(ctx, camera, width, height, view, lookUnit, lookNo
     ctx.lineWidth = (look.selected ? 3 : 1.2) * unit;
     ctx.strokeStyle = look.selected ? COLORS.selected : look.state === "plain" ? COLORS.nodeStroke : COLORS.doneStroke;
     ctx.stroke();
-    labels.push({ box, lines: [`▾ ${unitName(box.unit)} · ${box.unit.ref.count.toLocaleString("en-US")} nodes`] });
+    if (box.w * camera.scale >= 34) labels.push({ box, lines: [`▾ ${unitName(box.unit)} · ${box.unit.ref.count.toLocaleString("en-US")} nodes`] });
   }
 
-  // Edges between shown units, in buckets of similar counts (one stroke per bucket).
-  const buckets = [];
+  const shown = [];
+  forEachShown(prepared, sight, (box) => shown.push(box));
+  const edgeCounts = drawEdges(ctx, prepared, sight, shown, counts);
+  // Under the boxes: an edge's middle may fall on a box (a layer's grid of neurons), whose
+  // name must stay readable.
+  drawEdgeCounts(ctx, camera, edgeCounts);
+
+  counts.boxes = shown.length;
+  if (camera.scale * prepared.unitW < 12) counts.runs = drawTinyBoxes(ctx, shown, sight, lookUnit, lookNode);
+  else if (!readable) drawSmallBoxes(ctx, shown, camera, lookUnit, lookNode, labels);
+  else for (const box of shown) drawBox(ctx, box, camera, lookUnit, lookNode);
+  ctx.restore();
+  counts.labels = drawBoxLabels(ctx, camera, labels, readable);
+  return counts;
+}
+
+function overlaps(box, sight) {
+  return box.x <= sight.right && box.x + box.w >= sight.left && box.y <= sight.bottom && box.y + box.h >= sight.top;
+}
+
+/**
+ * What drawing the overview needs, made once per layout: the closed boxes sorted by column
+ * (left side) and row, the frames of open groups, and the edges routed: a unit's edges on
+ * one side, when it has more than BUNDLE_MIN, make one bundle (a trunk from the unit to a
+ * comb, a bus down each column of the boxes it reaches, a stub into each box), the others
+ * are drawn one by one.
+ */
+export function prepareView(view) {
+  const frames = [], closed = [];
+  for (const box of view.order) (box.open ? frames : closed).push(box);
+  closed.sort((a, b) => a.x - b.x || a.y - b.y);
+  const columns = []; // runs of `closed` with one left side: {x, start, end}
+  let unitW = 0, unitH = 0;
+  closed.forEach((box, i) => {
+    if (columns.length && columns[columns.length - 1].x === box.x) columns[columns.length - 1].end = i + 1;
+    else columns.push({ x: box.x, start: i, end: i + 1 });
+    unitW = Math.max(unitW, box.w);
+    unitH = Math.max(unitH, box.h);
+  });
+  return { frames, closed, columns, unitW: unitW || NODE_W, unitH: unitH || NODE_H, ...routeEdges(view) };
+}
+
+// Calls `visit` for each closed box in view, column by column, top to bottom: binary searches
+// for the first column and row in view, so the cost is that of the boxes in view.
+function forEachShown(prepared, sight, visit) {
+  const { closed, columns, unitW, unitH } = prepared;
+  let c = lowerBound(columns.length, (i) => columns[i].x < sight.left - unitW);
+  for (; c < columns.length && columns[c].x <= sight.right; c++) {
+    const { start, end } = columns[c];
+    let i = start + lowerBound(end - start, (k) => closed[start + k].y < sight.top - unitH);
+    for (; i < end && closed[i].y <= sight.bottom; i++) {
+      if (overlaps(closed[i], sight)) visit(closed[i]);
+    }
+  }
+}
+
+/** The first index in [0, n) where `before(i)` is false (`before` true, then false). */
+function lowerBound(n, before) {
+  let lo = 0, hi = n;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (before(mid)) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function routeEdges(view) {
+  const usable = [];
+  const outs = new Map(), ins = new Map(); // unit key -> its edges on that side
   for (const edge of view.edges) {
     const a = view.boxes.get(edge.from), b = view.boxes.get(edge.to);
     if (!a || !b) continue;
-    const x1 = a.x + a.w, y1 = a.y + a.h / 2, x2 = b.x, y2 = b.y + b.h / 2;
-    if (Math.max(x1, x2) < left || Math.min(x1, x2) > right) continue;
-    if (Math.max(y1, y2) < top || Math.min(y1, y2) > bottom) continue;
-    (buckets[Math.round(Math.log2(edge.count + 1))] ??= []).push([x1, y1, x2, y2, edge.count]);
+    usable.push([edge, a, b]);
+    outs.set(edge.from, (outs.get(edge.from) ?? 0) + 1);
+    ins.set(edge.to, (ins.get(edge.to) ?? 0) + 1);
   }
-  ctx.strokeStyle = "rgba(120, 130, 150, 0.45)";
-  const counts = []; // how many edges each drawn edge stands for, written at its middle
+  const lines = []; // x1, y1, x2, y2, count for each edge drawn on its own
+  const fanOut = new Map(), fanIn = new Map(); // hub box -> {hub, count, members}
+  const join = (bundles, hub, member, count) => {
+    let bundle = bundles.get(hub);
+    if (!bundle) bundles.set(hub, (bundle = { hub, count: 0, members: [] }));
+    bundle.count += count;
+    bundle.members.push(member);
+  };
+  for (const [edge, a, b] of usable) {
+    const out = outs.get(edge.from), into = ins.get(edge.to);
+    if (out > BUNDLE_MIN && out >= into) join(fanOut, a, b, edge.count);
+    else if (into > BUNDLE_MIN) join(fanIn, b, a, edge.count);
+    else lines.push(a.x + a.w, a.y + a.h / 2, b.x, b.y + b.h / 2, edge.count);
+  }
+  const trunks = [], buses = [], seen = new Set();
+  const stubs = new Map(); // box -> 1: a stub on its left (a bundle reaches it), 2: on its right, 3: both
+  const bundles = []; // what each bundle stands for: {hub, side, count, members}
+  for (const [hubs, side] of [[fanOut, "out"], [fanIn, "in"]]) {
+    for (const bundle of hubs.values()) {
+      const shape = shapeBundle(bundle, side);
+      trunks.push(...shape.trunk, bundle.count);
+      for (const segment of shape.segments) { // buses and combs shared by bundles: drawn once
+        const key = segment.join(",");
+        if (!seen.has(key)) { seen.add(key); buses.push(...segment); }
+      }
+      for (const box of bundle.members) stubs.set(box, (stubs.get(box) ?? 0) | (side === "out" ? 1 : 2));
+      bundles.push({ hub: bundle.hub.unit.key, side, count: bundle.count, members: bundle.members.length });
+    }
+  }
+  return { lines, trunks, buses, stubs, bundles };
+}
+
+// A bundle's lines: its members grouped by the side of their box it reaches (a column, or a
+// sub-column of a wrapped one), a bus beside each, a comb joining the buses above the
+// members (below them for a bundle into the hub), and the trunk between the comb and the hub.
+function shapeBundle(bundle, side) {
+  const out = side === "out";
+  const byPort = new Map();
+  let top = Infinity, bottom = -Infinity;
+  for (const box of bundle.members) {
+    const x = out ? box.x - BUS : box.x + box.w + BUS;
+    const mid = box.y + box.h / 2;
+    let bus = byPort.get(x);
+    if (!bus) byPort.set(x, (bus = { x, first: mid, last: mid }));
+    bus.first = Math.min(bus.first, mid);
+    bus.last = Math.max(bus.last, mid);
+    top = Math.min(top, box.y);
+    bottom = Math.max(bottom, box.y + box.h);
+  }
+  const list = [...byPort.values()].sort((a, b) => a.x - b.x);
+  const comb = out ? top - COMB : bottom + COMB;
+  const segments = list.map((bus) => [bus.x, comb, bus.x, out ? bus.last : bus.first]);
+  if (list.length > 1) segments.push([list[0].x, comb, list[list.length - 1].x, comb]);
+  const hub = bundle.hub;
+  const trunk = out ? [hub.x + hub.w, hub.y + hub.h / 2, list[0].x, comb]
+    : [list[list.length - 1].x, comb, hub.x, hub.y + hub.h / 2];
+  return { trunk, segments };
+}
+
+// The edges in view: those drawn one by one and the bundles' trunks as curves, in buckets of
+// similar counts (one stroke per bucket), then the buses, combs and stubs as one thin path.
+// What would be under a pixel long on the screen is left out. Returns the counts to write.
+function drawEdges(ctx, prepared, sight, shown, counts) {
+  const unit = 1 / Math.min(1, sight.scale);
+  const buckets = [];
+  const labelled = []; // how many edges each drawn edge stands for, written at its middle
+  const collect = (flat, kind, labels) => {
+    for (let i = 0; i < flat.length; i += 5) {
+      const x1 = flat[i], y1 = flat[i + 1], x2 = flat[i + 2], y2 = flat[i + 3], count = flat[i + 4];
+      if (Math.max(x1, x2) < sight.left || Math.min(x1, x2) > sight.right) continue;
+      if (Math.max(y1, y2) < sight.top || Math.min(y1, y2) > sight.bottom) continue;
+      if ((Math.abs(x2 - x1) + Math.abs(y2 - y1)) * sight.scale < 1) continue;
+      counts[kind]++;
+      (buckets[Math.round(Math.log2(count + 1))] ??= []).push(i, flat);
+      if (labels && count > 1 && labelled.length < 300) labelled.push([(x1 + x2) / 2, (y1 + y2) / 2, count]);
+    }
+  };
+  // Counts are written once zoomed in enough to read them; a bundle's at any zoom (it is
+  // what a picture of thousands of groups is about).
+  collect(prepared.trunks, "trunks", true);
+  collect(prepared.lines, "lines", sight.scale >= 0.3);
+  ctx.strokeStyle = EDGE_COLOUR;
   buckets.forEach((edges, size) => {
     ctx.lineWidth = (0.8 + size * 0.6) * unit;
     ctx.beginPath();
-    for (const [x1, y1, x2, y2, count] of edges) {
-      edgePath(ctx, x1, y1, x2, y2);
-      if (count > 1 && counts.length < 300) counts.push([(x1 + x2) / 2, (y1 + y2) / 2, count]);
+    for (let k = 0; k < edges.length; k += 2) {
+      const i = edges[k], flat = edges[k + 1];
+      edgePath(ctx, flat[i], flat[i + 1], flat[i + 2], flat[i + 3]);
     }
     ctx.stroke();
   });
-  // Under the boxes: an edge's middle may fall on a box (a layer's grid of neurons), whose
-  // name must stay readable.
-  if (camera.scale >= 0.3) drawEdgeCounts(ctx, camera, counts);
+  ctx.lineWidth = 1.4 * unit;
+  ctx.beginPath();
+  const buses = prepared.buses;
+  for (let i = 0; i < buses.length; i += 4) {
+    const x1 = buses[i], y1 = buses[i + 1], x2 = buses[i + 2], y2 = buses[i + 3];
+    if (Math.max(x1, x2) < sight.left || Math.min(x1, x2) > sight.right) continue;
+    if (Math.max(y1, y2) < sight.top || Math.min(y1, y2) > sight.bottom) continue;
+    counts.buses++;
+    ctx.moveTo(x1, y1);
+    ctx.lineTo(x2, y2);
+  }
+  if (BUS * sight.scale >= 3) { // stubs of the boxes in view, once they are a few pixels long
+    for (const box of shown) {
+      const sides = prepared.stubs.get(box);
+      if (!sides) continue;
+      const mid = box.y + box.h / 2;
+      if (sides & 1) { ctx.moveTo(box.x - BUS, mid); ctx.lineTo(box.x, mid); counts.stubs++; }
+      if (sides & 2) { ctx.moveTo(box.x + box.w, mid); ctx.lineTo(box.x + box.w + BUS, mid); counts.stubs++; }
+    }
+  }
+  ctx.stroke();
+  // Where two overlap, the one of the thicker edge on top (bucket by bucket, as drawn).
+  const size = (count) => Math.round(Math.log2(count + 1));
+  return labelled.sort((a, b) => size(a[2]) - size(b[2]));
+}
 
-  const tiny = camera.scale * NODE_W < 12; // a few pixels wide: plain boxes will do
-  for (const box of view.order) {
-    if (box.open || !shown(box)) continue;
-    const { x, y, w, h } = box;
+// Boxes a few pixels wide: one colour each, and boxes of one colour that touch on the screen
+// (a column of sub-pixel gaps) merged into one rectangle; one fill per colour.
+function drawTinyBoxes(ctx, shown, sight, lookUnit, lookNode) {
+  const byColour = new Map();
+  let run = null, runs = 0;
+  const gap = 1 / sight.scale; // a pixel, in world units
+  for (const box of shown) {
+    const colour = tinyColour(box, lookUnit, lookNode);
+    if (run && run.colour === colour && run.x === box.x && run.w === box.w && box.y - run.bottom < gap) {
+      run.bottom = Math.max(run.bottom, box.y + box.h);
+      continue;
+    }
+    if (run) byColour.get(run.colour).push(run);
+    run = { colour, x: box.x, w: box.w, y: box.y, bottom: box.y + box.h };
+    if (!byColour.has(colour)) byColour.set(colour, []);
+    runs++;
+  }
+  if (run) byColour.get(run.colour).push(run);
+  for (const [colour, list] of byColour) {
+    ctx.fillStyle = colour;
+    ctx.beginPath();
+    for (const r of list) ctx.rect(r.x, r.y, r.w, r.bottom - r.y);
+    ctx.fill();
+  }
+  return runs;
+}
+
+function tinyColour(box, lookUnit, lookNode) {
+  if (box.unit.kind === "node") {
+    const look = lookNode(box.unit.ref);
+    return look.selected ? COLORS.selected : look.state === "current" ? COLORS.currentStroke
+      : look.state === "done" ? COLORS.doneStroke : box.unit.ref.op ? COLORS.nodeStroke : COLORS.leafStroke;
+  }
+  const look = lookUnit(box.unit);
+  return look.selected ? COLORS.selected : look.state !== "plain" ? COLORS.doneStroke
+    : box.unit.ref.op === "leaf" ? COLORS.leafStroke : COLORS.nodeStroke;
+}
+
+// Boxes too small for world-size text: rounded boxes batched by fill and outline (one fill
+// or stroke per style, whatever the number of boxes), names written at a fixed screen size.
+function drawSmallBoxes(ctx, shown, camera, lookUnit, lookNode, labels) {
+  const unit = 1 / Math.min(1, camera.scale);
+  const batches = new Map(); // "fill|rect|line colour width" -> boxes
+  const add = (style, box) => {
+    let list = batches.get(style);
+    if (!list) batches.set(style, (list = []));
+    list.push(box);
+  };
+  const bars = [];
+  for (const box of shown) {
     if (box.unit.kind === "node") {
-      const node = box.unit.ref;
-      if (tiny || !readable) {
-        const look = lookNode(node);
-        ctx.fillStyle = look.state === "current" ? COLORS.currentStroke : look.state === "done"
-          ? COLORS.doneStroke : node.op ? COLORS.nodeStroke : COLORS.leafStroke;
-        ctx.fillRect(x, y, w, h);
-      } else {
-        drawNode(ctx, node, x, y, lookNode(node), camera.scale);
-      }
+      const look = lookNode(box.unit.ref);
+      add(`rect ${look.state === "current" ? COLORS.currentStroke : look.state === "done" ? COLORS.doneStroke
+        : box.unit.ref.op ? COLORS.nodeStroke : COLORS.leafStroke}`, box);
+      if (look.selected || look.match) add(`line ${look.selected ? COLORS.selected : COLORS.match} 3`, box);
       continue;
     }
     const look = lookUnit(box.unit);
-    const ref = box.unit.ref;
-    const lit = look.state !== "plain"; // a group lights up as its gradients arrive
-    if (tiny && !look.selected) {
-      ctx.fillStyle = lit ? COLORS.doneStroke : ref.op === "leaf" ? COLORS.leafStroke : COLORS.nodeStroke;
-      ctx.fillRect(x, y, w, h);
-      continue;
-    }
-    roundRect(ctx, x, y, w, h, 6);
-    ctx.fillStyle = look.state === "current" ? COLORS.current : look.state === "done" ? COLORS.current
-      : lit ? COLORS.done : box.unit.kind === "band" && ref.op === "leaf" ? COLORS.leaf : COLORS.group;
-    ctx.fill();
-    ctx.lineWidth = (look.selected ? 3 : look.state === "current" ? 2.5 : 1.2) * unit;
-    ctx.strokeStyle = look.selected ? COLORS.selected : look.state === "current" ? COLORS.currentStroke
-      : look.match ? COLORS.match : look.state === "plain" ? COLORS.nodeStroke : COLORS.doneStroke;
-    ctx.stroke();
-    if (look.progress > 0) { // how much of the group the backward pass has reached
-      ctx.fillStyle = COLORS.doneStroke;
-      ctx.fillRect(x + 6, y + h - 5, (w - 12) * Math.min(1, look.progress), 4);
-    }
-    const lines = [`${box.unit.kind === "group" ? "▸ " : ""}${unitName(box.unit)}`,
-      `${ref.count.toLocaleString("en-US")} nodes${ref.ranks ? ` · ${ref.ranks}` : ""}`];
-    if (!readable) { labels.push({ box, lines }); continue; }
-    ctx.textBaseline = "middle";
-    ctx.textAlign = "left";
-    ctx.font = "600 13px system-ui, sans-serif";
-    ctx.fillStyle = COLORS.text;
-    ctx.fillText(lines[0], x + 8, y + 17, w - 16);
-    ctx.font = "12px system-ui, sans-serif";
-    ctx.fillStyle = COLORS.muted;
-    ctx.fillText(lines[1], x + 8, y + 35, w - 16);
+    add(`fill ${unitFill(box, look)}`, box);
+    add(`line ${unitStroke(look)} ${unitStrokeWidth(look)}`, box);
+    if (look.progress > 0) bars.push([box, look.progress]);
+    pushLabel(labels, box, camera);
   }
-  ctx.restore();
-  drawBoxLabels(ctx, camera, labels, readable);
+  const fillsFirst = [...batches].sort(([a], [b]) => a.startsWith("line") - b.startsWith("line"));
+  for (const [style, list] of fillsFirst) { // outlines over every fill, as box by box
+    const [kind, colour, lineWidth] = style.split(" ");
+    ctx.beginPath(); // (rounded corners only where they show: they cost more to fill)
+    for (const { x, y, w, h } of list) {
+      if (kind === "rect" || w * camera.scale < 60) ctx.rect(x, y, w, h);
+      else ctx.roundRect(x, y, w, h, 6);
+    }
+    if (kind !== "line") { ctx.fillStyle = colour; ctx.fill(); continue; }
+    ctx.lineWidth = Number(lineWidth) * unit;
+    ctx.strokeStyle = colour;
+    ctx.stroke();
+  }
+  ctx.fillStyle = COLORS.doneStroke; // how much of each group the backward pass has reached
+  for (const [{ x, y, w, h }, progress] of bars) ctx.fillRect(x + 6, y + h - 5, (w - 12) * Math.min(1, progress), 4);
+}
+
+function unitFill(box, look) {
+  if (look.state === "current" || look.state === "done") return COLORS.current;
+  if (look.state !== "plain") return COLORS.done; // a group lights up as its gradients arrive
+  return box.unit.kind === "band" && box.unit.ref.op === "leaf" ? COLORS.leaf : COLORS.group;
+}
+
+function unitStroke(look) {
+  return look.selected ? COLORS.selected : look.state === "current" ? COLORS.currentStroke
+    : look.match ? COLORS.match : look.state === "plain" ? COLORS.nodeStroke : COLORS.doneStroke;
+}
+
+function unitStrokeWidth(look) {
+  return look.selected ? 3 : look.state === "current" ? 2.5 : 1.2;
+}
+
+// A box's name and node count, made once per layout (toLocaleString is slow enough to
+// matter for a few hundred boxes a frame); a new layout comes at most 0.4 s after a change.
+function unitLines(box) {
+  if (box.lines) return box.lines;
+  const ref = box.unit.ref;
+  box.lines = [`${box.unit.kind === "group" ? "▸ " : ""}${unitName(box.unit)}`,
+    `${ref.count.toLocaleString("en-US")} nodes${ref.ranks ? ` · ${ref.ranks}` : ""}`];
+  return box.lines;
+}
+
+// A box's name, to be written at a fixed screen size, if it has room for one.
+function pushLabel(labels, box, camera) {
+  if (box.w * camera.scale >= 34 && box.h * camera.scale >= 11) labels.push({ box, lines: unitLines(box) });
+}
+
+// Zoomed in: one box, with its text at world size.
+function drawBox(ctx, box, camera, lookUnit, lookNode) {
+  const { x, y, w, h } = box;
+  if (box.unit.kind === "node") {
+    drawNode(ctx, box.unit.ref, x, y, lookNode(box.unit.ref), camera.scale);
+    return;
+  }
+  const unit = 1 / Math.min(1, camera.scale);
+  const look = lookUnit(box.unit);
+  roundRect(ctx, x, y, w, h, 6);
+  ctx.fillStyle = unitFill(box, look);
+  ctx.fill();
+  ctx.lineWidth = unitStrokeWidth(look) * unit;
+  ctx.strokeStyle = unitStroke(look);
+  ctx.stroke();
+  if (look.progress > 0) { // how much of the group the backward pass has reached
+    ctx.fillStyle = COLORS.doneStroke;
+    ctx.fillRect(x + 6, y + h - 5, (w - 12) * Math.min(1, look.progress), 4);
+  }
+  const lines = unitLines(box);
+  ctx.textBaseline = "middle";
+  ctx.textAlign = "left";
+  ctx.font = "600 13px system-ui, sans-serif";
+  ctx.fillStyle = COLORS.text;
+  ctx.fillText(lines[0], x + 8, y + 17, w - 16);
+  ctx.font = "12px system-ui, sans-serif";
+  ctx.fillStyle = COLORS.muted;
+  ctx.fillText(lines[1], x + 8, y + 35, w - 16);
 }
 
 // Edge counts at a fixed 10 px on the screen, on a light patch so they read over lines.
@@ -532,6 +802,7 @@ export function unitName(unit) {
 
 // Labels at a fixed 11 px on the screen (frames' titles always; boxes when zoomed out).
 function drawBoxLabels(ctx, camera, labels, readable) {
+  let written = 0;
   ctx.save();
   ctx.setTransform(devicePixelRatio, 0, 0, devicePixelRatio, 0, 0);
   ctx.textBaseline = "middle";
@@ -546,6 +817,8 @@ function drawBoxLabels(ctx, camera, labels, readable) {
       ctx.font = i ? "11px system-ui, sans-serif" : `600 ${box.open && readable ? 13 : 11}px system-ui, sans-serif`;
       ctx.fillText(line, sx + 6, sy + (box.open ? Math.min(16, 22 * camera.scale) : 8) + i * 12, sw - 10);
     });
+    written++;
   }
   ctx.restore();
+  return written;
 }

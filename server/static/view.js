@@ -245,8 +245,9 @@ export class View {
       this.updateHierarchy();
       this.currentUnits = this.findCurrentUnits();
       if (this.hview) {
-        drawHierarchy(ctx, this.camera, width, height, this.hview, (unit) => this.lookUnit(unit),
-          (node) => this.look(node));
+        // what was drawn: counters for the tests
+        this.drawCounts = drawHierarchy(ctx, this.camera, width, height, this.hview,
+          (unit) => this.lookUnit(unit), (node) => this.look(node));
         this.canvas.dataset.groups = String(this.hview.order.length);
         this.hview.drawn = true;
         this.firstGroupsAt ??= performance.now(); // for the figures of docs/viewer.md
