@@ -8,6 +8,8 @@
 7.0
 """
 
+from typing import TYPE_CHECKING
+
 from .backward import backward, topological_order, zero_grad
 from .compile import Compiled, CompileWarning, compile
 from .engine import Engine, default_engine
@@ -36,6 +38,9 @@ from .modes import current_scope, detect_anomaly, enable_grad, grad_enabled, no_
 from .ops import Composite, Op
 from .trace import serve, touch
 from .value import Value
+
+if TYPE_CHECKING:  # at run time, draw_dot is loaded on first use (see __getattr__)
+    from .viz import draw_dot
 
 __version__ = "0.1.0"
 
@@ -84,7 +89,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # draw_dot imports the graphviz package, so it loads on first use, not with `import opgraph`
     if name == "draw_dot":
         from .viz import draw_dot
