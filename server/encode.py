@@ -28,6 +28,8 @@ def _text(text: str | None) -> bytes:
     try:
         return _pack(text)
     except UnicodeEncodeError:
+        if text is None:  # nil always packs: this is a bug, not the text
+            raise
         return _pack(viewer_text(text))
 
 
@@ -132,7 +134,9 @@ def _scope_part(scope: str) -> bytes:
 _templates: dict[tuple[str | None, int, str], tuple] = {}
 
 
-def _template(op: str | None, arity: int, scope: str = "") -> tuple:
+def _template(
+    op: str | None, arity: int, scope: str = ""
+) -> tuple[Callable[..., bytes], tuple[bytes, ...]]:
     head = _F_START[8 + bool(scope)]
     id_part = _scope_part(scope) + _F_ID
     op_part = _OP_KEY + _text(op) + _PARENTS_KEY
