@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import msgpack
 
+from opgraph.contracts import Node
 from opgraph.trace import forward_packer, viewer_text
 
 _pack = msgpack.Packer().pack
@@ -211,7 +211,7 @@ def backward_steps_bytes(
 
 def forward_encoder(
     op: str | None, arity: int, keep: dict[int, bytes] | None = None, scope: str = ""
-) -> Callable[[int, Any, float, int], bytes]:
+) -> Callable[[int, Node, float, int], bytes]:
     """A function `(seq, node, data, t) -> bytes` packing the `forward` of a node made by op
     `op` (nil for a leaf) with `arity` parents, no label and no constants, made in `scope`:
     `forward_bytes`
@@ -222,7 +222,7 @@ def forward_encoder(
     if arity <= 2:
         return forward_packer(arity, *_template(op, arity, scope), keep)
 
-    def general(seq: int, node: Any, data: float, t: int) -> bytes:
+    def general(seq: int, node: Node, data: float, t: int) -> bytes:
         id_ = node.id
         parents = node.parent_ids
         keep[id_] = packed = forward_bytes(seq, id_, op, parents, data, "", t, None, scope)
