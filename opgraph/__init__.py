@@ -9,6 +9,7 @@
 """
 
 import os as _os
+from typing import TYPE_CHECKING
 
 # An installed opgraph holds opgraph.plugins and opgraph.server in this folder; a source
 # checkout keeps them beside it, in plugins/ and server/ (setuptools' package-dir maps them,
@@ -49,6 +50,9 @@ from .modes import current_scope, detect_anomaly, enable_grad, grad_enabled, no_
 from .ops import Composite, Op
 from .trace import serve, touch
 from .value import Value
+
+if TYPE_CHECKING:  # at run time, draw_dot is loaded on first use (see __getattr__)
+    from .viz import draw_dot
 
 __version__ = "0.1.0"
 
@@ -97,7 +101,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # draw_dot imports the graphviz package, so it loads on first use, not with `import opgraph`
     if name == "draw_dot":
         from .viz import draw_dot

@@ -18,6 +18,7 @@ import os
 import sys
 import warnings
 from collections.abc import Collection, Sequence
+from typing import TextIO
 
 from . import __version__
 from .errors import OpgraphError
@@ -95,14 +96,22 @@ def debug_from_environment() -> bool:
     return os.environ.get("OPGRAPH_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     """Warnings (a plugin that failed to load, for one) as one line, without source lines."""
     print(f"opgraph: warning: {message}", file=file or sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(load=[command_in(argv)]).parse_args(argv)
+    command = command_in(argv)
+    args = build_parser(load=[] if command is None else [command]).parse_args(argv)
     with warnings.catch_warnings():
         if not args.debug:
             warnings.showwarning = show_warning

@@ -20,15 +20,45 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
+from .engine import Engine
 from .modes import no_grad, scope
-from .nn import MLP, Module, Neuron
+from .nn import MLP, Neuron
 from .value import Value
 from .viz import draw_dot, render
 
+if TYPE_CHECKING:
+    from .compile import Compiled
+
 Points = list[list[float]]
 SEED = 1337  # the default seed of the data and the weights
+
+
+class Model(Protocol):
+    """What the demo needs of a model (an `MLP` is one): the engine its parameters live in,
+    a score for a point, and the parameters to train."""
+
+    engine: Engine
+
+    def __call__(self, x: Sequence[Value]) -> Value | list[Value]: ...
+
+    def parameters(self) -> list[Value]: ...
+
+    def zero_grad(self) -> None: ...
+
+
+class Loss(Protocol):
+    """What `train` needs of a loss: its value and a backward pass (a `Value` is one)."""
+
+    @property
+    def data(self) -> float: ...
+
+    def backward(self) -> None: ...
+
+
+# loss_fn(model, X, y) -> (loss, accuracy), what `train` calls each step
+LossFunction = Callable[[Model, Sequence[Sequence[float]], Sequence[int]], tuple[Loss, float]]
 
 
 def make_moons(
@@ -60,7 +90,7 @@ def _linspace(start: float, stop: float, n: int) -> list[float]:
 
 
 def loss(
-    model: Module, X: Sequence[Sequence[float]], y: Sequence[int], alpha: float = 1e-4
+    model: Model, X: Sequence[Sequence[float]], y: Sequence[int], alpha: float = 1e-4
 ) -> tuple[Value, float]:
     """micrograd's demo loss: (total loss, accuracy) of `model` on points X with labels y.
 
@@ -70,7 +100,7 @@ def loss(
     """
     value = model.engine.value
     inputs = [[value(x) for x in row] for row in X]
-    scores = [model(row) for row in inputs]
+    scores = [_score(model, row) for row in inputs]
     # The loss's own ops in a scope of their own: a viewer shows them as one group ("loss",
     # with "hinge" and "l2" in it) beside the model's layers.
     with scope("loss"):
@@ -80,8 +110,23 @@ def loss(
         with scope("l2"):
             reg_loss = alpha * sum(p * p for p in model.parameters())
         total_loss = data_loss + reg_loss
+    # sum() of Values is a Value (or 0 for no Values, which no point and no parameter give)
+    assert isinstance(total_loss, Value)
     accuracy = sum((yi > 0) == (score.data > 0) for yi, score in zip(y, scores, strict=True))
     return total_loss, accuracy / len(y)
+
+
+def _score(model: Model, point: Sequence[Value]) -> Value:
+    """The model's score of one point: the demo's model has one output."""
+    score = model(point)
+    if isinstance(score, list):
+        raise ValueError(f"the demo's model must have one output, this one has {len(score)}")
+    return score
+
+
+def _outputs(result: float | tuple[float, ...]) -> tuple[float, ...]:
+    """A compiled function's outputs as a tuple (it returns a single output bare)."""
+    return result if isinstance(result, tuple) else (result,)
 
 
 class CompiledLoss:
@@ -89,12 +134,32 @@ class CompiledLoss:
 
     def __init__(self, data: float, backward: Callable[[], None]):
         self.data = data
-        self.backward = backward
+        self._backward = backward
+
+    def backward(self) -> None:
+        self._backward()
+
+
+class CompiledLossFunction:
+    """A `loss_fn` for `train` that runs a compiled graph, `compiled` (shown by the command)."""
+
+    def __init__(
+        self,
+        compiled: Compiled,
+        run: Callable[[Sequence[Sequence[float]], Sequence[int]], tuple[CompiledLoss, float]],
+    ):
+        self.compiled = compiled
+        self._run = run
+
+    def __call__(
+        self, model: Model, X: Sequence[Sequence[float]], y: Sequence[int]
+    ) -> tuple[CompiledLoss, float]:
+        return self._run(X, y)
 
 
 def compiled_loss(
-    model: Module, X: Sequence[Sequence[float]], y: Sequence[int], alpha: float = 1e-4
-) -> Callable[[Module, Sequence[Sequence[float]], Sequence[int]], tuple[CompiledLoss, float]]:
+    model: Model, X: Sequence[Sequence[float]], y: Sequence[int], alpha: float = 1e-4
+) -> CompiledLossFunction:
     """`loss`, compiled once with `opgraph.compile`, as a `loss_fn` for `train`.
 
     The points and labels are the compiled function's inputs; the scores are extra outputs,
@@ -102,27 +167,28 @@ def compiled_loss(
     """
     from .compile import compile
 
-    def loss_and_scores(points, labels):
-        scores = [model(row) for row in points]
+    def loss_and_scores(points: list[list[Value]], labels: list[Value]) -> tuple[Value, ...]:
+        scores = [_score(model, row) for row in points]
         losses = [(1 + -yi * score).relu() for yi, score in zip(labels, scores, strict=True)]
         data_loss = sum(losses) * (1.0 / len(losses))
         reg_loss = alpha * sum(p * p for p in model.parameters())
-        return (data_loss + reg_loss, *scores)
+        total_loss = data_loss + reg_loss
+        assert isinstance(total_loss, Value)  # as in `loss`
+        return (total_loss, *scores)
 
     compiled = compile(loss_and_scores, X, y, engine=model.engine)
 
-    def loss_fn(model_: Module, X: Sequence[Sequence[float]], y: Sequence[int]):
-        total, *scores = compiled(X, y)
+    def run(X: Sequence[Sequence[float]], y: Sequence[int]) -> tuple[CompiledLoss, float]:
+        total, *scores = _outputs(compiled(X, y))
         accuracy = sum((yi > 0) == (score > 0) for yi, score in zip(y, scores, strict=True))
         return CompiledLoss(total, compiled.backward), accuracy / len(y)
 
-    loss_fn.compiled = compiled  # type: ignore[attr-defined]
-    return loss_fn
+    return CompiledLossFunction(compiled, run)
 
 
 def batched_loss(
-    model: Module, X: Sequence[Sequence[float]], y: Sequence[int], alpha: float = 1e-4
-) -> Callable[[Module, Sequence[Sequence[float]], Sequence[int]], tuple[CompiledLoss, float]]:
+    model: Model, X: Sequence[Sequence[float]], y: Sequence[int], alpha: float = 1e-4
+) -> CompiledLossFunction:
     """`loss` as a batch, as a `loss_fn` for `train`: needs numpy (`opgraph[numpy]`).
 
     The hinge loss of one point is compiled once, with the point's score as a second output,
@@ -133,21 +199,22 @@ def batched_loss(
 
     from .compile import compile
 
-    def hinge_and_score(point, label):
-        score = model(point)
+    def hinge_and_score(point: list[Value], label: Value) -> tuple[Value, Value]:
+        score = _score(model, point)
         return (1 + -label * score).relu(), score
 
     per_sample = compile(hinge_and_score, X[0], y[0], engine=model.engine)
     parameters = model.parameters()
     l2 = compile(lambda: alpha * sum(p * p for p in parameters), engine=model.engine)
 
-    def loss_fn(model_: Module, X: Sequence[Sequence[float]], y: Sequence[int]):
+    def run(X: Sequence[Sequence[float]], y: Sequence[int]) -> tuple[CompiledLoss, float]:
         losses, scores = per_sample.map(X, y)
         n = len(losses)
         data_loss = 0.0
         for point_loss in losses.tolist():  # added up in order, as eager `sum` does
             data_loss += point_loss
-        total = data_loss * (1.0 / n) + l2()
+        (reg_loss,) = _outputs(l2())
+        total = data_loss * (1.0 / n) + reg_loss
 
         def backward() -> None:
             per_sample.backward(weights=np.full(n, 1.0 / n))
@@ -156,8 +223,7 @@ def batched_loss(
         right = sum((yi > 0) == (s > 0) for yi, s in zip(y, scores.tolist(), strict=True))
         return CompiledLoss(total, backward), right / len(y)
 
-    loss_fn.compiled = per_sample  # type: ignore[attr-defined]
-    return loss_fn
+    return CompiledLossFunction(per_sample, run)
 
 
 @dataclass(frozen=True)
@@ -177,14 +243,12 @@ def learning_rate(step: int, steps: int) -> float:
 
 
 def train(
-    model: Module,
+    model: Model,
     X: Sequence[Sequence[float]],
     y: Sequence[int],
     steps: int = 100,
     on_step: Callable[[Step], None] | None = None,
-    loss_fn: Callable[
-        [Module, Sequence[Sequence[float]], Sequence[int]], tuple[Value, float]
-    ] = loss,
+    loss_fn: LossFunction = loss,
 ) -> list[Step]:
     """Full-batch gradient descent, as micrograd's demo: forward, zero_grad, backward, update.
 
@@ -206,7 +270,7 @@ def train(
     return history
 
 
-def evaluate(model: Module, X: Sequence[Sequence[float]], y: Sequence[int]) -> tuple[float, float]:
+def evaluate(model: Model, X: Sequence[Sequence[float]], y: Sequence[int]) -> tuple[float, float]:
     """(loss, accuracy) of the model as it is now, without recording a graph."""
     with no_grad():
         total_loss, accuracy = loss(model, X, y)
@@ -221,11 +285,14 @@ def draw_neuron(model: MLP, X: Sequence[Sequence[float]], path: Path) -> Path:
     """
     neuron: Neuron = model.layers[0].neurons[0]
     value = model.engine.value
+    out = None
     for row in X:
         inputs = [value(x, f"x{i}") for i, x in enumerate(row)]
         out = neuron(inputs)
         if out.data > 0:
             break
+    if out is None:
+        raise ValueError("draw_neuron needs at least one input point, X is empty")
     neuron.zero_grad()
     out.backward()
     return render(draw_dot(out), path)

@@ -31,7 +31,9 @@ class RemovableHandle:
     def remove(self) -> None:
         """Unregister the hook (again is harmless)."""
         node = self._node()
-        hooks = HOOKS.get(node) if node is not None else None
+        if node is None:  # the node is gone, and its hooks with it
+            return
+        hooks = HOOKS.get(node)
         if hooks is not None:
             hooks.pop(self._number, None)
             if not hooks:

@@ -216,6 +216,8 @@ class MLP(Module):
                 f"MLP({nin!r}, nouts): nouts is the list of layer sizes, as in "
                 f"MLP(2, [16, 16, 1]); got {type(nouts).__name__}: {nouts!r}"
             )
+        if not nouts:
+            raise ValueError(f"MLP({nin!r}, nouts): nouts is empty, an MLP needs a layer")
         sizes = [nin, *nouts]
         self.engine = engine if engine is not None else default_engine()
         self.layers = [
@@ -232,9 +234,10 @@ class MLP(Module):
         ]
 
     def __call__(self, x: Iterable[Value | float] | Value) -> Value | list[Value]:
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        out = self.layers[0](x)
+        for layer in self.layers[1:]:
+            out = layer(out)
+        return out
 
     def parameters(self) -> list[Value]:
         return [p for layer in self.layers for p in layer.parameters()]

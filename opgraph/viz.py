@@ -16,7 +16,9 @@ step use the live viewer instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 import graphviz
 
@@ -34,17 +36,22 @@ INSTALL_HINT = (
 class Drawing(graphviz.Digraph):
     """A `graphviz.Digraph` whose rendering explains how to install a missing Graphviz."""
 
-    def pipe(self, *args, **kwargs):
+    # graphviz's own signatures (pipe's are overloads on `encoding`) pass through unchanged
+    def pipe(self, *args: Any, **kwargs: Any) -> Any:
         return _explained(super().pipe, *args, **kwargs)
 
-    def render(self, *args, **kwargs):
+    def render(self, *args: Any, **kwargs: Any) -> Any:
         return _explained(super().render, *args, **kwargs)
 
-    def _repr_mimebundle_(self, *args, **kwargs):  # how Jupyter displays it
+    def _repr_mimebundle_(self, *args: Any, **kwargs: Any) -> Any:  # how Jupyter displays it
         return _explained(super()._repr_mimebundle_, *args, **kwargs)
 
 
-def _explained(method, *args, **kwargs):
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _explained(method: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     try:
         return method(*args, **kwargs)
     except graphviz.ExecutableNotFound as exc:
@@ -116,9 +123,10 @@ def _draw_scope(graph: graphviz.Digraph, path: str, by_scope: dict, children: di
         if node.op is not None:
             graph.node(name + "op", label=node._op)
     for child in sorted(children.get(path, ())):
-        with graph.subgraph(name=f"cluster_{child}") as cluster:
-            cluster.attr(label=child.rpartition("/")[2], style="rounded", color="gray60")
-            _draw_scope(cluster, child, by_scope, children)
+        cluster = graphviz.Digraph(name=f"cluster_{child}")
+        cluster.attr(label=child.rpartition("/")[2], style="rounded", color="gray60")
+        _draw_scope(cluster, child, by_scope, children)
+        graph.subgraph(cluster)
 
 
 def render(dot: graphviz.Digraph, path: str | Path, format: str | None = None) -> Path:

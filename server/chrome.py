@@ -27,12 +27,12 @@ def chrome_trace(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
     `Recording` yields: a missing field becomes null rather than an error)."""
     out: list[dict[str, Any]] = []
     engine = "opgraph"
-    ops: dict[int, str] = {}  # node id -> op name (for naming backward steps)
-    previous_t = 0
+    ops: dict[int | None, str] = {}  # node id (None if missing) -> op name, for backward steps
+    previous_t: float = 0
     open_step: dict[str, Any] | None = None  # the backward step slice waiting for its end
     open_pass: dict[str, Any] | None = None
 
-    def close_step(t: int) -> None:
+    def close_step(t: float) -> None:
         nonlocal open_step
         if open_step is not None:
             open_step["dur"] = max(t - open_step["ts"], 0)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgpack
 import websockets
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from .protocol import SUBPROTOCOL
 
@@ -71,7 +72,7 @@ async def connect(url: str, *, open_timeout: float = 10, **options: Any) -> Conn
     """Connect to a trace server (`ws://host:port/ws`, or its viewer page URL)."""
     ws = await websockets.connect(
         stream_url(url),
-        subprotocols=[SUBPROTOCOL],
+        subprotocols=[Subprotocol(SUBPROTOCOL)],
         max_size=None,
         open_timeout=open_timeout,
         compression=None,

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import msgpack
 
+from opgraph.contracts import Node
 from opgraph.trace import forward_packer, viewer_text
 
 _pack = msgpack.Packer().pack
@@ -28,6 +28,8 @@ def _text(text: str | None) -> bytes:
     try:
         return _pack(text)
     except UnicodeEncodeError:
+        if text is None:  # nil always packs: this is a bug, not the text
+            raise
         return _pack(viewer_text(text))
 
 
@@ -132,7 +134,9 @@ def _scope_part(scope: str) -> bytes:
 _templates: dict[tuple[str | None, int, str], tuple] = {}
 
 
-def _template(op: str | None, arity: int, scope: str = "") -> tuple:
+def _template(
+    op: str | None, arity: int, scope: str = ""
+) -> tuple[Callable[..., bytes], tuple[bytes, ...]]:
     head = _F_START[8 + bool(scope)]
     id_part = _scope_part(scope) + _F_ID
     op_part = _OP_KEY + _text(op) + _PARENTS_KEY
@@ -207,7 +211,7 @@ def backward_steps_bytes(
 
 def forward_encoder(
     op: str | None, arity: int, keep: dict[int, bytes] | None = None, scope: str = ""
-) -> Callable[[int, Any, float, int], bytes]:
+) -> Callable[[int, Node, float, int], bytes]:
     """A function `(seq, node, data, t) -> bytes` packing the `forward` of a node made by op
     `op` (nil for a leaf) with `arity` parents, no label and no constants, made in `scope`:
     `forward_bytes`
@@ -218,7 +222,7 @@ def forward_encoder(
     if arity <= 2:
         return forward_packer(arity, *_template(op, arity, scope), keep)
 
-    def general(seq: int, node: Any, data: float, t: int) -> bytes:
+    def general(seq: int, node: Node, data: float, t: int) -> bytes:
         id_ = node.id
         parents = node.parent_ids
         keep[id_] = packed = forward_bytes(seq, id_, op, parents, data, "", t, None, scope)

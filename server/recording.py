@@ -127,7 +127,8 @@ def _checked(event: Any, index: int, last_seq: int | None) -> dict[str, Any]:
                 raise InvalidEvent(0, "", "", "not an opgraph recording: " + str(exc)) from None
             raise
     event = check_event(event, index, RECORDED_KINDS)
-    if event.get("seq") != last_seq + 1:
+    expected = (0 if last_seq is None else last_seq) + 1  # a hello without seq is seq 0
+    if event.get("seq") != expected:
         got = event.get("seq", "none")
-        raise InvalidEvent(index, event["type"], "'seq'", f"must be {last_seq + 1}, got {got}")
+        raise InvalidEvent(index, event["type"], "'seq'", f"must be {expected}, got {got}")
     return event

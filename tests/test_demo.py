@@ -12,7 +12,16 @@ import micrograd.engine
 import micrograd.nn
 import pytest
 
-from opgraph.demo import ProgressBar, Step, evaluate, learning_rate, loss, make_moons, train
+from opgraph.demo import (
+    ProgressBar,
+    Step,
+    draw_neuron,
+    evaluate,
+    learning_rate,
+    loss,
+    make_moons,
+    train,
+)
 from opgraph.nn import MLP
 
 # --- the data --------------------------------------------------------------------------------
@@ -118,6 +127,17 @@ def test_evaluate_records_no_graph():
     assert with_graph.parents
     value, accuracy = evaluate(model, X, y)
     assert value == pytest.approx(with_graph.data) and 0 <= accuracy <= 1
+
+
+def test_a_model_with_several_outputs_is_refused_with_a_reason():
+    X, y = make_moons(4, seed=0)
+    with pytest.raises(ValueError, match="must have one output, this one has 2"):
+        loss(MLP(2, [3, 2]), X, y)
+
+
+def test_draw_neuron_without_points_says_so(tmp_path):
+    with pytest.raises(ValueError, match="needs at least one input point"):
+        draw_neuron(MLP(2, [3, 1]), [], tmp_path / "neuron.svg")
 
 
 # --- the progress bar ------------------------------------------------------------------------

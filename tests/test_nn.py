@@ -238,6 +238,12 @@ def test_layer_sizes_must_be_a_list():
         MLP(2, 3)
 
 
+def test_layer_sizes_must_not_be_empty():
+    # an MLP without layers would return its input unchanged, not a Value
+    with pytest.raises(ValueError, match=r"nouts is empty, an MLP needs a layer"):
+        MLP(2, [])
+
+
 def test_same_rng_seed_gives_same_weights():
     def weights(seed):
         return [p.data for p in MLP(2, [4, 1], rng=random.Random(seed)).parameters()]

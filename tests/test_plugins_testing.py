@@ -110,6 +110,7 @@ def test_unknown_op_lists_the_registered_ones():
         ({"points": [(1.0, 2.0)]}, "takes 1 input"),
         ({"domain": (3, 1)}, "low <= high"),
         ({"domain": [(0, 1), (0, 1)]}, "one (low, high) pair or 1 of them"),
+        ({"domain": [(0, "2")]}, "low <= high"),  # not a number: refused, not compared
         ({"eps": 0}, "need eps > 0"),
         ({"rtol": 0, "atol": 0}, "not both 0"),
     ],

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             static_dir=args.static_dir,
-        ).start()
+        )
+        server.start()
     except (OSError, ValueError) as exc:
         print(f"opgraph replay: {exc}", file=sys.stderr)
         return 1

@@ -148,21 +148,33 @@ def _definition(engine: Engine, name: str) -> Any:
 
 def _bounds(domain: Domain, arity: int) -> list[tuple[float, float]]:
     __tracebackhide__ = True
-    if len(domain) == 2 and all(isinstance(b, Real) for b in domain):
-        bounds = [tuple(domain)] * arity  # one (low, high) for every input
-    else:
-        bounds = [tuple(pair) for pair in domain]
-    if len(bounds) != arity or any(len(b) != 2 or not b[0] <= b[1] for b in bounds):
+    one = _pair(domain)
+    pairs = [one] * arity if one is not None else [_pair(pair) for pair in domain]
+    bounds = [pair for pair in pairs if pair is not None]
+    if len(bounds) != arity or len(pairs) != arity:
         raise ValueError(
             f"domain must be one (low, high) pair or {arity} of them, one per input, "
             f"with low <= high; got {domain!r}"
         )
-    return bounds  # type: ignore[return-value]
+    return bounds
+
+
+def _pair(pair: object) -> tuple[float, float] | None:
+    """(low, high) from two real numbers with low <= high; None from anything else."""
+    if not isinstance(pair, Iterable) or isinstance(pair, str):
+        return None
+    items = tuple(pair)
+    if len(items) != 2:
+        return None
+    low, high = items
+    if isinstance(low, Real) and isinstance(high, Real) and low <= high:
+        return float(low), float(high)
+    return None
 
 
 def _as_point(point: Sequence[float] | float, arity: int, where: str) -> tuple[float, ...]:
     __tracebackhide__ = True
-    xs = (point,) if isinstance(point, Real) else tuple(point)
+    xs = (point,) if isinstance(point, int | float | Real) else tuple(point)
     if len(xs) != arity or not all(isinstance(x, Real) for x in xs):
         raise ValueError(f"{where} takes {arity} input(s); the point {point!r} does not fit")
     return tuple(float(x) for x in xs)
