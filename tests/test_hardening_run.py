@@ -348,6 +348,7 @@ def shape(order: list[Value]) -> list[tuple[int, ...]]:
     return [tuple(position[id(parent)] for parent in node.parents) for node in order]
 
 
+@pytest.mark.slow  # a million nodes pickled and loaded: tens of seconds
 def test_a_million_node_chain_pickles_without_recursion_and_backpropagates_the_same():
     # pickle saved each node's parents inside the node: RecursionError a few hundred levels
     # down. A million nodes (and two leaves): as deep a graph as a long training run makes.

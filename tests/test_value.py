@@ -329,6 +329,7 @@ def test_a_task_started_inside_no_grad_inherits_it():
 # Deep graphs
 
 
+@pytest.mark.slow  # a million nodes: seconds, so not in `scripts/test --fast`
 def test_million_node_chain_at_the_default_recursion_limit():
     x = Value(0.5)
     y = x
