@@ -351,6 +351,7 @@ def test_demo_training_compiled_follows_eager_training():
         assert close(p.data, q.data, rel=1e-11)
 
 
+@pytest.mark.slow  # the whole demo command (compiling, training, drawing): seconds
 def test_opgraph_demo_compile_command(tmp_path, capsys):
     from opgraph.cli import main
 
