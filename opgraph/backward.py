@@ -54,7 +54,7 @@ def reachable(root: Value) -> set[Value]:
     visit, pop, push = seen.add, stack.pop, stack.append
     while stack:
         node = pop()
-        a = node._a  # the parents are the slots _a, _b, _more (see value.py)
+        a = node._a  # the parents are the slots _a and _b (see value.py)
         if a is None:
             continue
         if a not in seen:
@@ -63,11 +63,12 @@ def reachable(root: Value) -> set[Value]:
         b = node._b
         if b is None:
             continue
-        if b not in seen:
-            visit(b)
-            push(b)
-        if node._more is not None:
-            for parent in node._more:
+        if type(b) is not tuple:
+            if b not in seen:
+                visit(b)
+                push(b)
+        else:  # the operands after the first of an op of three or more
+            for parent in b:
                 if parent not in seen:
                     visit(parent)
                     push(parent)
