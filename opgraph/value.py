@@ -102,6 +102,11 @@ class Value:
         "_id",
     )
 
+    # Two slots hold either of two kinds, told apart by `type(...) is`, which type checkers do
+    # not narrow on for str and tuple: declared Any.
+    _tag: Any  # str | Tag
+    _b: Any  # Value | tuple[Value, ...] | None
+
     # Set per engine on its own Value class (the default engine uses this class itself).
     _ops: OpTable = _DefaultOps()  # type: ignore[assignment]
     _engine: Engine | None = None
