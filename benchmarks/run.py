@@ -244,8 +244,8 @@ def bench_memory(X, y) -> dict:
 
 
 def bench_memory_chain(config) -> dict:
-    """Bytes per node of `v = v * 1.0001 + 0.5` repeated (tracemalloc): each op makes a node
-    and the leaf of its constant, so this is what an op node and its constant cost, halved."""
+    """Bytes per op of `v = v * 1.0001 + 0.5` repeated (tracemalloc): each op makes a node
+    and the leaf of its constant, so this is what the two cost together."""
     results = {}
     for name, V in ENGINES.items():
         v = V(1.0)
@@ -408,7 +408,7 @@ def table(results: dict) -> str:
     if "memory_chain" in results:  # (not in runs made before it was measured)
         m = results["memory_chain"]
         ratio = f"{m['ratio']:.2f}x"
-        row("memory, v * 1.0001 + 0.5", fmt(m["micrograd"]), fmt(m["opgraph"]), ratio, "bytes/node")
+        row("memory, v * 1.0001 + 0.5", fmt(m["micrograd"]), fmt(m["opgraph"]), ratio, "bytes/op")
     d = results["depth"]
     row("deepest chain backward", fmt(d["micrograd"]), f">={d['opgraph']:,}", "", "nodes")
     t = results["tracing"]

@@ -10,9 +10,9 @@ by rules.py from the table's rows when the table is built. The partials of a row
 them inline (add's `1, 1`, mul's `b, a`, nearly every node of a network) are written into it,
 so those nodes cost no call and no tuple; any other row's derivative is called.
 
-Gradient hooks (`Value.register_hook`, higher.py) live in a side table: a pass checks once
-whether it is empty, and only when it is not does it take the slower path that looks up each
-node, so that backward costs the same when no node has a hook.
+Gradient hooks (`Value.register_hook`, hooks.py) live with their nodes: a pass checks once
+whether any living node has one (`HOOKS`), and only then takes the slower path that looks at
+each node, so that backward costs the same when no node has a hook.
 
 Threads: a pass guards the nodes it touches, not the process (`begin_pass`). Passes whose
 graphs share a node run one after the other; passes over separate graphs run at once, from

@@ -16,9 +16,9 @@ from opgraph import Value
 from opgraph.hooks import HOOKS
 
 
-def bytes_per_node(V, n: int = 20_000) -> float:
-    """What tracemalloc sees allocated per node while `v = v * 1.0001 + 0.5` runs: each op
-    makes a node and the leaf of its constant, so two nodes count as one here."""
+def bytes_per_op(V, n: int = 20_000) -> float:
+    """What tracemalloc sees allocated per op while `v = v * 1.0001 + 0.5` runs: each op
+    makes a node and the leaf of its constant."""
     v = V(1.0)
     v * 1.0001 + 0.5  # (the default engine made, its ops bound)
     gc.collect()
@@ -39,7 +39,7 @@ def test_an_op_node_and_its_constant_take_under_a_fourth_and_a_half_of_micrograd
     # Counted, not timed: the same objects are allocated on every run. 304 bytes against
     # micrograd's 1,168 when each node kept its scope, label, third parents and weak
     # references in slots of their own; 256 now (seven slots).
-    ours, theirs = bytes_per_node(Value), bytes_per_node(micrograd.engine.Value)
+    ours, theirs = bytes_per_op(Value), bytes_per_op(micrograd.engine.Value)
     assert theirs / ours >= 4.5, (ours, theirs)
 
 
