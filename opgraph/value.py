@@ -249,6 +249,8 @@ class Value:
         if type(state) is not tuple or len(state) != len(self._STATE):
             raise ValueError(f"a Value's state is a tuple of {len(self._STATE)} fields")
         self._data, self._grad, label, a, b, more, self._opdef, scope = state
+        if type(label) is not str or type(scope) is not str:
+            raise TypeError(f"a Value's label and scope are str, got {label!r} and {scope!r}")
         self._tag = Tag(label, scope) if label else scope
         self._a, self._b = a, b if more is None else (b, *more)
         self._id = next(self._ids)

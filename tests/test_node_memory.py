@@ -9,6 +9,7 @@ import pickle
 import tracemalloc
 
 import micrograd.engine
+import pytest
 from conftest import engine, plugin
 
 import opgraph
@@ -97,3 +98,14 @@ def test_an_op_of_three_operands_keeps_them_in_order_through_every_form():
     twin.backward()
     assert [p.grad for p in made.parents] == [6.0, 4.0, 2.0]  # (the copies' grads, doubled)
     assert [g.data for g in opgraph.grad(out, [a, b, c])] == [3.0, 2.0, 1.0]
+
+
+def test_a_state_whose_label_or_scope_is_not_a_str_is_refused():
+    # The label and scope go into one slot, read as a str or a Tag: anything else from a
+    # pickle would break every later read of the node, so it is refused where it enters.
+    state = list(Value(1.0, label="x").__getstate__())
+    for field, bad in (("_label", None), ("_scope", 3), ("_scope", None)):
+        broken = list(state)
+        broken[Value._STATE.index(field)] = bad
+        with pytest.raises(TypeError, match="label and scope are str"):
+            Value.__new__(Value).__setstate__(tuple(broken))
