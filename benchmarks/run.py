@@ -4,7 +4,8 @@
 
 Measures, for both engines, with the garbage collector on (as users run) and off:
 graph construction per op, backward per node, one training step of micrograd's moons demo,
-memory per node, and the deepest chain each can backpropagate; for opgraph also the
+memory per node (of the moons loss graph, and of a chain of ops with constants), and the
+deepest chain each can backpropagate; for opgraph also the
 compiled moons step (and its compile time), the batched moons step (`Compiled.map`, with
 numpy) and how it grows with the number of points, and what tracing costs. Prints a table and writes
 JSON to benchmarks/results/ (`latest.json` and a timestamped copy).
@@ -242,6 +243,29 @@ def bench_memory(X, y) -> dict:
     return results
 
 
+def bench_memory_chain(config) -> dict:
+    """Bytes per op of `v = v * 1.0001 + 0.5` repeated (tracemalloc): each op makes a node
+    and the leaf of its constant, so this is what the two cost together."""
+    results = {}
+    for name, V in ENGINES.items():
+        v = V(1.0)
+        v * 1.0001 + 0.5  # (opgraph's default engine made and its ops bound)
+        gc.collect()
+        gc.disable()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(config.chain_steps):
+                v = v * 1.0001 + 0.5
+            after = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+            gc.enable()
+        results[name] = (after - before) / config.chain_steps / 2
+    results["ratio"] = results["micrograd"] / results["opgraph"]
+    return results
+
+
 def _chain_backward(V, depth: int) -> bool:
     x = V(0.5)
     y = x
@@ -381,6 +405,10 @@ def table(results: dict) -> str:
             row(f"batched step, {int(points):,} points", "", fmt(r["ms"], 3), "", "ms, gc on")
     m = results["memory"]
     row("memory per node", fmt(m["micrograd"]), fmt(m["opgraph"]), f"{m['ratio']:.2f}x", "bytes")
+    if "memory_chain" in results:  # (not in runs made before it was measured)
+        m = results["memory_chain"]
+        ratio = f"{m['ratio']:.2f}x"
+        row("memory, v * 1.0001 + 0.5", fmt(m["micrograd"]), fmt(m["opgraph"]), ratio, "bytes/op")
     d = results["depth"]
     row("deepest chain backward", fmt(d["micrograd"]), f">={d['opgraph']:,}", "", "nodes")
     t = results["tracing"]
@@ -433,12 +461,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         config.repeat = config.repeat or 1
         config.rounds, config.steps = 1, 1
         config.batch_points = [6, 60]
+        config.chain_steps = 1_000
     else:
         config.points, config.op_number = 100, 20_000
         config.depths = [1_000, 10_000, 100_000, 1_000_000]
         config.repeat = config.repeat or 3
         config.rounds, config.steps = config.repeat, 4
         config.batch_points = [100, 1_000, 10_000]
+        config.chain_steps = 50_000
     return config
 
 
@@ -464,6 +494,7 @@ def main(argv=None) -> int:
         ("moons", lambda: bench_moons(config, X, y)),
         ("batched", lambda: bench_batched(config)),
         ("memory", lambda: bench_memory(X, y)),
+        ("memory_chain", lambda: bench_memory_chain(config)),
         ("depth", lambda: bench_depth(config)),
         ("tracing", lambda: bench_tracing(config, X, y, results["moons"]["gc on"]["opgraph"])),
     ]

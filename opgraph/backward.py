@@ -10,9 +10,9 @@ by rules.py from the table's rows when the table is built. The partials of a row
 them inline (add's `1, 1`, mul's `b, a`, nearly every node of a network) are written into it,
 so those nodes cost no call and no tuple; any other row's derivative is called.
 
-Gradient hooks (`Value.register_hook`, higher.py) live in a side table: a pass checks once
-whether it is empty, and only when it is not does it take the slower path that looks up each
-node, so that backward costs the same when no node has a hook.
+Gradient hooks (`Value.register_hook`, hooks.py) live with their nodes: a pass checks once
+whether any living node has one (`HOOKS`), and only then takes the slower path that looks at
+each node, so that backward costs the same when no node has a hook.
 
 Threads: a pass guards the nodes it touches, not the process (`begin_pass`). Passes whose
 graphs share a node run one after the other; passes over separate graphs run at once, from
@@ -54,7 +54,7 @@ def reachable(root: Value) -> set[Value]:
     visit, pop, push = seen.add, stack.pop, stack.append
     while stack:
         node = pop()
-        a = node._a  # the parents are the slots _a, _b, _more (see value.py)
+        a = node._a  # the parents are the slots _a and _b (see value.py)
         if a is None:
             continue
         if a not in seen:
@@ -63,11 +63,12 @@ def reachable(root: Value) -> set[Value]:
         b = node._b
         if b is None:
             continue
-        if b not in seen:
-            visit(b)
-            push(b)
-        if node._more is not None:
-            for parent in node._more:
+        if type(b) is not tuple:
+            if b not in seen:
+                visit(b)
+                push(b)
+        else:  # the operands after the first of an op of three or more
+            for parent in b:
                 if parent not in seen:
                     visit(parent)
                     push(parent)

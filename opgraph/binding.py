@@ -43,9 +43,9 @@ def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]
             # A constant leaf (the 2 of `2 * x`), built in place as the op functions do.
             node = new(cls)
             node._data = x if type(x) is float else _float_of_int(x)
-            node._grad, node._label = 0.0, ""
-            node._a = node._b = node._more = node._opdef = None
-            node._id, node._scope = next_id(), get_scope()
+            node._grad, node._tag = 0.0, get_scope()
+            node._a = node._b = node._opdef = None
+            node._id = next_id()
             if tracer is not None and not mode.get() & NO_GRAD:  # no_grad work is untraced
                 tracer.forward(node)
             return node
@@ -101,7 +101,7 @@ def _checked(op: Row, cls: type[Value], out: float, parents: tuple, flags: int) 
 def _bind_primitive(op: Row, cls: type[Value], engine_flags: int, tracer: Any) -> Callable:
     """The function that runs `op` on operands: the hot path of every graph.
 
-    It builds the output node in place (`new(cls)` and six slot stores) rather than calling
+    It builds the output node in place (`new(cls)` and seven slot stores) rather than calling
     `cls(...)`, which would run `Value.__init__` through a slower generic call; `tracer` and
     `engine_flags` are fixed here, so the engine binds its ops again when either changes.
     """
@@ -125,9 +125,9 @@ def _bind_primitive(op: Row, cls: type[Value], engine_flags: int, tracer: Any) -
             if get_mode() or engine_flags:
                 return _checked(op, cls, out, (a,), get_mode() | engine_flags)
             node = new(cls)
-            node._data, node._grad, node._label = out, 0.0, ""
-            node._a, node._b, node._more = a, None, None
-            node._opdef, node._id, node._scope = op, next_id(), get_scope()
+            node._data, node._grad, node._tag = out, 0.0, get_scope()
+            node._a, node._b = a, None
+            node._opdef, node._id = op, next_id()
             if tracer is not None:
                 tracer.forward(node)
             return node
@@ -150,9 +150,9 @@ def _bind_primitive(op: Row, cls: type[Value], engine_flags: int, tracer: Any) -
             if get_mode() or engine_flags:
                 return _checked(op, cls, out, (a, b), get_mode() | engine_flags)
             node = new(cls)
-            node._data, node._grad, node._label = out, 0.0, ""
-            node._a, node._b, node._more = a, b, None
-            node._opdef, node._id, node._scope = op, next_id(), get_scope()
+            node._data, node._grad, node._tag = out, 0.0, get_scope()
+            node._a, node._b = a, b
+            node._opdef, node._id = op, next_id()
             if tracer is not None:
                 tracer.forward(node)
             return node

@@ -110,7 +110,7 @@ class GraphvizNotFoundError(OpgraphError, RuntimeError):
 
 def node_name(node) -> str:
     """`node 'h'` for a labelled node, `node #12` (its id) for the others."""
-    label = getattr(node, "_label", "")
+    label = getattr(node, "label", "")
     return f"node {label!r}" if label else f"node #{node._id}"
 
 
@@ -152,7 +152,7 @@ def wrong_partials(expected: int, partials) -> str:
 
 def describe(value) -> str:
     """A value as an error message shows it: its data, and its label when it has one."""
-    label = getattr(value, "_label", "")
+    label = getattr(value, "label", "")
     data = getattr(value, "data", value)
     return f"{data!r} (label {label!r})" if label else repr(data)
 

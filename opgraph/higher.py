@@ -96,9 +96,8 @@ def _leading_to(order: list[Value], inputs: list[Value]) -> set[Value]:
     needed = set(inputs)
     for node in order:
         if node._opdef is not None and node not in needed:
-            if node._a in needed or node._b in needed:
-                needed.add(node)
-            elif node._more is not None and any(p in needed for p in node._more):
+            b = node._b
+            if node._a in needed or (b in needed if type(b) is not tuple else needed & set(b)):
                 needed.add(node)
     return needed
 

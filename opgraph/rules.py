@@ -472,7 +472,9 @@ def _branches(
             continue
         name = f"R{len(names)}"
         names[name] = row
-        targets = ["a", "b"] + [f"node._more[{k}]" for k in range(row.arity - 2)]
+        targets = ["a", "b"]  # an op of three or more keeps those after the first in `b`:
+        if row.arity > 2:
+            targets = ["a", *[f"b[{k}]" for k in range(row.arity - 1)]]
         args = [f"{t}._data" for t in targets[: row.arity]]
         keyword = "elif" if lines else first
         lines.append(f"{keyword} op is {name}:  # {row.name}, partials {row.partials.texts}")
@@ -500,7 +502,7 @@ def chain_rule(order):
                 if type(da) is not float:
                     da = real_partial(da)
                 a._grad += da * grad
-            elif node._more is None:
+            elif type(b) is not tuple:
                 da, db = op.derivative(node._data, a._data, b._data)
                 if type(da) is not float:
                     da = real_partial(da)

@@ -12,11 +12,18 @@ The node layout is `Value.__slots__`, written once below. The builders that make
 leaf in binding.py) each store every slot themselves, for speed; tests/test_value.py makes a
 node each way and checks that every slot is set.
 
-The parents live in three slots rather than in a tuple of their own: `_a` and `_b`, the first
-and second operand (None when there is none), and `_more`, a tuple of any further operands
-(None for the unary and binary ops that make almost every node). A tuple per node would be a
-second object for the garbage collector to walk and 56 more bytes; `_prev` (micrograd's
-name) and `parents` give the parents as an ordered tuple.
+The parents live in two slots rather than in a tuple of their own: `_a`, the first operand,
+and `_b`, the second (None when there is none); an op of three or more operands, rare, keeps
+its operands after the first as a tuple in `_b`. A tuple per node would be a second object
+for the garbage collector to walk and 56 more bytes; `_prev` (micrograd's name) and `parents`
+give the parents as an ordered tuple.
+
+The label and the scope share one slot, `_tag`: almost every node has no label, so it holds
+the scope path the node was made in (an interned str, "" outside any scope: modes.py). A node
+with a label or a gradient hook holds a `Tag` there instead, its label, scope and hooks
+(hooks.py), its own (a copy or a pickle makes its own). So a node is seven slots, 88 bytes
+with the collector's header, and has no `__weakref__` slot: nothing refers to nodes weakly
+(the hooks' handles refer to the hooks, pickling remembers ids).
 
 `data` and `grad` are always Python floats. They live in the slots `_data` and `_grad`, which
 the engine itself reads and writes (ops, backward, compile, the tracer); the public `data` and
@@ -33,7 +40,6 @@ import itertools
 import math
 import sys
 import threading
-import weakref
 from numbers import Real
 from operator import attrgetter
 from types import MethodType
@@ -89,15 +95,17 @@ class Value:
     __slots__ = (
         "_data",
         "_grad",
-        "_label",
+        "_tag",  # the scope path (str) if no label and no hook, else a Tag
         "_a",
-        "_b",
-        "_more",
+        "_b",  # the second operand; for 3 or more, a tuple of those after the first
         "_opdef",
         "_id",
-        "_scope",  # the scope path it was made in (modes.py: interned, "" outside any scope)
-        "__weakref__",
     )
+
+    # Two slots hold either of two kinds, told apart by `type(...) is`, which type checkers do
+    # not narrow on for str and tuple: declared Any.
+    _tag: Any  # str | Tag
+    _b: Any  # Value | tuple[Value, ...] | None
 
     # Set per engine on its own Value class (the default engine uses this class itself).
     _ops: OpTable = _DefaultOps()  # type: ignore[assignment]
@@ -111,12 +119,12 @@ class Value:
         self._data = data
         self._grad = 0.0
         if type(label) is not str or label:
-            label = _checked_label(label)
-        self._label = label
-        self._a, self._b, self._more = _split(_prev)
+            self._tag = Tag(_checked_label(label), scope_path.get())
+        else:
+            self._tag = scope_path.get()
+        self._a, self._b = _split(_prev)
         self._opdef = _op
         self._id = next(self._ids)
-        self._scope = scope_path.get()
         if self._tracer is not None and not mode.get() & NO_GRAD:  # no_grad work is untraced
             self._tracer.forward(self)
 
@@ -142,13 +150,18 @@ class Value:
 
     @property
     def label(self) -> str:
-        return self._label
+        tag = self._tag
+        return "" if type(tag) is str else tag.label
 
     @label.setter
     def label(self, label: str) -> None:
         if type(label) is not str or not label.isascii() or len(label) > MAX_LABEL:
             label = _checked_label(label)  # (the usual short ASCII label needs nothing)
-        self._label = label
+        tag = self._tag
+        if type(tag) is not str:
+            tag.label = label  # (a node's Tag is its own)
+        elif label:
+            self._tag = Tag(label, tag)
         if self._tracer is not None:
             self._tracer.relabel(self)
 
@@ -160,10 +173,12 @@ class Value:
         doc="The node's number in its engine, in creation order (so parents come first).",
     )
     op = property(attrgetter("_opdef"), doc="The op that made this node, or None for a leaf.")
-    scope = property(
-        attrgetter("_scope"),
-        doc='The path of the scopes the node was made in ("L0/N3"), "" outside any scope.',
-    )
+
+    @property
+    def scope(self) -> str:
+        """The path of the scopes the node was made in ("L0/N3"), "" outside any scope."""
+        tag = self._tag
+        return tag if type(tag) is str else tag.scope
 
     @property
     def op_name(self) -> str | None:
@@ -179,9 +194,9 @@ class Value:
         b = self._b
         if b is None:
             return (a._id,)
-        if self._more is None:
+        if type(b) is not tuple:
             return (a._id, b._id)
-        return (a._id, b._id, *[p._id for p in self._more])
+        return (a._id, *[p._id for p in b])
 
     @property
     def _prev(self) -> tuple[Value, ...]:
@@ -192,7 +207,7 @@ class Value:
         b = self._b
         if b is None:
             return (a,)
-        return (a, b) if self._more is None else (a, b, *self._more)
+        return (a, b) if type(b) is not tuple else (a, *b)
 
     @property
     def parents(self) -> tuple[Value, ...]:
@@ -214,13 +229,15 @@ class Value:
         return self._engine
 
     def __repr__(self) -> str:
-        label = f", label={self._label!r}" if self._label else ""
+        label = f", label={self.label!r}" if self.label else ""
         return f"Value(data={self._data}, grad={self._grad}{label})"
 
     # --- pickling and copying -------------------------------------------------------------
 
-    # What a pickle or a copy stores: every slot but the id, in the order of __slots__.
-    _STATE = tuple(name for name in __slots__ if name not in ("_id", "__weakref__"))
+    # What a pickle or a copy stores, in this order: the node's fields but the id (and not its
+    # hooks), each on its own, as they were stored before the label, scope and parents shared
+    # slots: pickles made then load as they are.
+    _STATE = ("_data", "_grad", "_label", "_a", "_b", "_more", "_opdef", "_scope")
 
     def __getstate__(self) -> tuple:
         return _state(self)
@@ -229,8 +246,13 @@ class Value:
         # An unpickled or copied node takes a fresh id: backward orders nodes by id, and the
         # ids of another process (or of the original) would clash with this one's. Pickle and
         # copy restore the parents before their children, so the fresh ids keep that order.
-        for name, value in zip(self._STATE, state, strict=True):
-            setattr(self, name, value)
+        if type(state) is not tuple or len(state) != len(self._STATE):
+            raise ValueError(f"a Value's state is a tuple of {len(self._STATE)} fields")
+        self._data, self._grad, label, a, b, more, self._opdef, scope = state
+        if type(label) is not str or type(scope) is not str:
+            raise TypeError(f"a Value's label and scope are str, got {label!r} and {scope!r}")
+        self._tag = Tag(label, scope) if label else scope
+        self._a, self._b = a, b if more is None else (b, *more)
         self._id = next(self._ids)
 
     def __reduce_ex__(self, protocol: int) -> tuple:
@@ -266,10 +288,11 @@ class Value:
                 stack.extend(node._prev)
         for node in sorted(todo.values(), key=lambda v: v._id):
             twin = object.__new__(type(node))
-            twin._data, twin._grad, twin._label = node._data, node._grad, node._label
-            twin._a, twin._b, twin._more = _split(tuple(memo[id(p)] for p in node._prev))
+            twin._data, twin._grad = node._data, node._grad
+            tag = node._tag  # (a Tag is the node's own: the twin gets one without the hooks)
+            twin._tag = tag if type(tag) is str else Tag(tag.label, tag.scope)
+            twin._a, twin._b = _split(tuple(memo[id(p)] for p in node._prev))
             twin._opdef, twin._id = node._opdef, next(node._ids)
-            twin._scope = node._scope
             memo[id(node)] = twin
         # As copy.deepcopy does: the memo keeps the originals alive, so their ids stay unique.
         memo.setdefault(id(memo), []).extend(todo.values())
@@ -409,7 +432,26 @@ class Value:
         zero_grad(self)
 
 
-_state = attrgetter(*Value._STATE)  # a node's state, as a tuple, in one C call
+class Tag:
+    """A node's label, scope path and gradient hooks, in its `_tag` slot when it has a label
+    or a hook (the other nodes keep just their scope path there). Each node has its own."""
+
+    __slots__ = ("label", "scope", "hooks")
+
+    def __init__(self, label: str, scope: str, hooks: Any = None):
+        self.label, self.scope, self.hooks = label, scope, hooks
+
+    def __repr__(self) -> str:
+        return f"Tag({self.label!r}, {self.scope!r})"
+
+
+def _state(node: Value) -> tuple:
+    """A node's state, the fields of Value._STATE."""
+    tag, b = node._tag, node._b
+    label, scope = ("", tag) if type(tag) is str else (tag.label, tag.scope)
+    if type(b) is tuple:
+        return (node._data, node._grad, label, node._a, b[0], b[1:], node._opdef, scope)
+    return (node._data, node._grad, label, node._a, b, None, node._opdef, scope)
 
 
 # Each operator and op method of Value, and the op it applies; True marks a reflected operator
@@ -475,11 +517,13 @@ def _arguments_error(name: str, others: int, given: int) -> TypeError:
 # the start or end of a pickle. So each thread keeps (`_flat_pickle`):
 # - `listed`, `next`: the ancestors the last root listed, and which one pickle saves next (it
 #   saves them in order, and nothing else in between: their parents come earlier in the list);
-# - `saved`: the nodes saved in this pickle (id -> weak reference): a later root, pickled in
-#   the same pickle (`pickle.dumps(topological_order(loss))`), stops listing at them.
+# - `saved`: the nodes saved in this pickle (id -> `_mark`, the node's class and number): a
+#   later root, pickled in the same pickle (`pickle.dumps(topological_order(loss))`), stops
+#   listing at them.
 # A pickle is told apart by the frame that called it (C code adds no frame of its own); a node
 # asked for once saved belongs to a new pickle too (`dumps` called again from the same line).
-# Weak references: a graph is not kept alive by having been pickled.
+# Marks, not the nodes: a graph is not kept alive by having been pickled, and a node whose
+# id() a dead one had is told apart by its number, which no other node of its class has.
 
 _flat_pickle = threading.local()
 
@@ -495,17 +539,21 @@ def _pickle_plan(node: Value) -> list[Value] | None:
     key = id(node)
     if flat.next < len(listed) and listed[flat.next] is node:  # the next one of a list
         flat.next += 1
-        saved[key] = weakref.ref(node)
+        saved[key] = _mark(node)
         return None
     caller = _pickle_caller()
-    mark = saved.get(key)
-    if flat.caller != caller or (mark is not None and mark() is node):
+    if flat.caller != caller or saved.get(key) == _mark(node):
         saved.clear()  # another pickle
         flat.caller = caller
     listed = flat.listed = _unsaved_ancestors(node, saved)
     flat.next = 0
-    saved[key] = weakref.ref(node)
+    saved[key] = _mark(node)
     return listed or None
+
+
+def _mark(node: Value) -> tuple[int, int]:
+    """What tells a node apart for as long as its class lives: the class and its number."""
+    return id(type(node)), node._id
 
 
 def _pickle_caller() -> tuple[int, int] | None:
@@ -525,14 +573,14 @@ def _unsaved_ancestors(node: Value, saved: dict) -> list[Value]:
     while stack:
         child = stack.pop()
         # The parents from the slots, not `_prev`: a property call per node is most of the time
-        for parent in (child._a, child._b, *(child._more or ())):
+        b = child._b
+        for parent in (child._a, *b) if type(b) is tuple else (child._a, b):
             if parent is None:
                 break
             key = id(parent)
             if key in found:
                 continue
-            mark = saved.get(key)
-            if mark is not None and mark() is parent:
+            if saved.get(key) == _mark(parent):
                 continue
             found[key] = parent
             stack.append(parent)
@@ -547,11 +595,11 @@ def _unpickle_root(cls: type, ancestors: list) -> Value:
     return object.__new__(cls)
 
 
-def _split(parents: tuple) -> tuple[Any, Any, tuple | None]:
-    """Parents as the slots `_a`, `_b`, `_more` hold them."""
+def _split(parents: tuple) -> tuple[Any, Any]:
+    """Parents as the slots `_a` and `_b` hold them."""
     if len(parents) <= 2:
-        return (*parents, None, None, None)[:3]  # type: ignore[return-value]
-    return parents[0], parents[1], tuple(parents[2:])
+        return (*parents, None, None)[:2]  # type: ignore[return-value]
+    return parents[0], tuple(parents[1:])
 
 
 def _number(data: Any) -> float:
@@ -573,7 +621,7 @@ def _real(x: Any, node: Value, attribute: str) -> float:
     """`x` as a float for `node.data` or `node.grad`, or a TypeError naming the node."""
     if isinstance(x, Real):
         return _number(x)
-    name = f"{node._label!r}" if node._label else f"#{node._id}"
+    name = f"{node.label!r}" if node.label else f"#{node._id}"
     raise TypeError(
         f"the {attribute} of Value {name} must be a real number (a float, an int, a numpy "
         f"scalar ...), got {type(x).__name__}: {x!r}"

@@ -22,11 +22,12 @@ def test_quick_run_prints_a_table_and_writes_json(tmp_path: Path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    for row in ("moons step, gc on", "compiled moons step", "memory per node", "deepest chain"):
+    rows = ("moons step, gc on", "compiled moons step", "memory per node", "memory, v * 1.0001")
+    for row in (*rows, "deepest chain"):
         assert row in result.stdout
     results = json.loads((tmp_path / "quick.json").read_text())
     assert results["meta"]["quick"] is True
-    for section in ("ops", "backward", "moons", "memory", "depth", "tracing"):
+    for section in ("ops", "backward", "moons", "memory", "memory_chain", "depth", "tracing"):
         assert section in results
     step = results["moons"]["gc on"]
     assert step["micrograd"] > 0 and step["opgraph"] > 0

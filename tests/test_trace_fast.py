@@ -65,7 +65,7 @@ def test_a_chunk_with_an_id_past_32_bits_refuses_rather_than_wraps():
 
 
 class Total:
-    """A plugin with an op of three operands (parents in the slots _a, _b and _more)."""
+    """A plugin with an op of three operands (parents in the slots _a and _b, a tuple there)."""
 
     @hookimpl
     def register_ops(register):

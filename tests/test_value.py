@@ -18,6 +18,7 @@ from hypothesis import given, settings
 
 import opgraph
 from opgraph import Value, enable_grad, grad_enabled, no_grad, topological_order
+from opgraph.value import Tag
 
 # ---------------------------------------------------------------------------------------------
 # The node itself
@@ -536,8 +537,8 @@ def _nodes_made_every_way() -> dict[str, Value]:
 def test_every_way_of_making_a_node_sets_every_slot():
     """The node layout is `Value.__slots__`, written once; each builder stores every slot
     itself (for speed), so this catches a builder that misses one."""
-    slots = [name for name in Value.__slots__ if name != "__weakref__"]
-    types = {"_data": float, "_grad": float, "_label": str, "_id": int}
+    slots = list(Value.__slots__)
+    types = {"_data": float, "_grad": float, "_id": int}
     for how, node in _nodes_made_every_way().items():
         for slot in slots:
             try:
@@ -546,3 +547,5 @@ def test_every_way_of_making_a_node_sets_every_slot():
                 pytest.fail(f"a node made by {how} has no {slot}")
             if slot in types:
                 assert type(value) is types[slot], (how, slot, value)
+        tag = node._tag  # the scope path, or a Tag when there is a label (or a hook)
+        assert type(tag) is str or type(tag) is Tag, (how, tag)

@@ -111,8 +111,9 @@ def event_map(event: tuple, seq: int, t0: int) -> dict[str, Any]:
         out.update(parents=parents, data=plain_number(data), label=label, t=t)
         if op is not None and op.constants:
             out["const"] = [value for _, value in op.constants]
-        if node._scope:  # the optional `scope` field (docs/protocol.md)
-            out["scope"] = node._scope
+        scope = node.scope
+        if scope:  # the optional `scope` field (docs/protocol.md)
+            out["scope"] = scope
         return out
     if kind == BACKWARD:
         grad = plain_number(event[3])

@@ -125,7 +125,7 @@ class Tracer:
         if self._starting:
             self._since, self._starting = id_, False
         self._last_id = id_
-        a = node._a  # the parents: slots _a, _b, _more (see value.py)
+        a = node._a  # the parents: slots _a and _b (see value.py)
         if a is not None:
             # Usually a parent is a leaf announced with this very float object (a parameter
             # or input unchanged since), or a node made while traced: nothing to say.
@@ -136,15 +136,16 @@ class Tracer:
             elif a._id < since:
                 self._check_parent(a)
             b = node._b
-            if b is not None:
-                if b._opdef is None:
-                    if known.get(b._id, _MISSING) is not b._data:
-                        self._check_parent(b)
-                elif b._id < since:
+            if b is None:
+                pass
+            elif type(b) is tuple:  # the operands after the first of an op of three or more
+                for parent in b:
+                    self._check_parent(parent)
+            elif b._opdef is None:
+                if known.get(b._id, _MISSING) is not b._data:
                     self._check_parent(b)
-                if node._more is not None:  # (no iterator made for the usual case)
-                    for parent in node._more:
-                        self._check_parent(parent)
+            elif b._id < since:
+                self._check_parent(b)
         else:  # a leaf: remember its data (even if the event is lost: it would be again)
             self._known[id_] = node._data
             if len(self._known) > self.max_known:
@@ -155,7 +156,9 @@ class Tracer:
             return
         # The node itself: its id, op and parents never change, so they are read when the
         # event is drained; data and label are taken now.
-        buffer.extend((FORWARD, perf_counter_ns(), node, node._data, node._label))
+        tag = node._tag  # the scope path, or a Tag when the node has a label (value.py)
+        label = "" if type(tag) is str else tag.label
+        buffer.extend((FORWARD, perf_counter_ns(), node, node._data, label))
 
     def _check_parent(self, parent: Value) -> None:
         """Announce a parent the viewers do not know, or its data if that changed."""
@@ -172,7 +175,7 @@ class Tracer:
         forgotten) is not announced for its label: it is announced, label and all, when a
         traced node uses it (docs/protocol.md)."""
         if self._is_known(node):
-            self._emit((LABEL, perf_counter_ns(), node._id, node._label, None))
+            self._emit((LABEL, perf_counter_ns(), node._id, node.label, None))
 
     def backward_begin(self, root: Value) -> None:
         self.passes += 1
@@ -279,7 +282,7 @@ class Tracer:
 
     def _forward_one(self, node: Value) -> None:
         self._known[node._id] = node._data
-        self._emit((FORWARD, perf_counter_ns(), node, node._data, node._label))
+        self._emit((FORWARD, perf_counter_ns(), node, node._data, node.label))
 
     def _forget(self) -> None:
         """Forget the oldest quarter of announced nodes, to keep memory bounded.
