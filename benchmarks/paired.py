@@ -3,11 +3,11 @@
     python -m benchmarks.paired [REV] [--rounds N]
 
 Two runs of `python -m benchmarks` are minutes apart, and on a shared machine the load changes
-in between by more than most changes to the engine gain. This loads `opgraph/backward.py` as
+in between by more than most changes to the engine gain. This loads `opgraph/reverse.py` as
 it is at REV (default HEAD) next to the current one, and times both on the same moons graphs,
 taking turns round by round: the backward pass per node, and the eager moons step (with the
 collector on, as users run, and off). It prints each one's best round and in how many rounds
-the current code was the faster. Only backward.py is swapped: both use the current Value and
+the current code was the faster. Only reverse.py is swapped: both use the current Value and
 ops.
 """
 
@@ -30,13 +30,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_backward(rev: str):
-    """opgraph/backward.py as it is at `rev`, as a module of the opgraph package."""
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:opgraph/backward.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    """opgraph/reverse.py as it is at `rev` (opgraph/backward.py before it was renamed), as a
+    module of the opgraph package."""
+    for name in ("reverse", "backward"):
+        shown = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{rev}:opgraph/{name}.py"],
+            capture_output=True,
+            text=True,
+        )
+        if shown.returncode == 0:
+            break
+    shown.check_returncode()
+    source = shown.stdout
     path = Path(tempfile.mkdtemp()) / "backward_then.py"
     path.write_text(source)
     # A name inside the package, so that its relative imports (`from .errors ...`) resolve.
@@ -53,7 +58,7 @@ def main(argv=None) -> int:
     parser.add_argument("--points", type=int, default=100, help="moons points (100)")
     config = parser.parse_args(argv)
 
-    current = importlib.import_module("opgraph.backward")
+    current = importlib.import_module("opgraph.reverse")
     versions = {config.rev: load_backward(config.rev), "now": current}
     X, y = make_moons(config.points, noise=0.1, seed=SEED)
     models = {name: MLP(Value, 2, [16, 16, 1]) for name in versions}

@@ -21,8 +21,8 @@ if not _os.path.isdir(_os.path.join(__path__[0], "server")) and all(
 ):
     __path__.append(_checkout)
 
-from .backward import backward, topological_order, zero_grad
-from .compile import Compiled, CompileWarning, compile
+from .reverse import backward, topological_order, zero_grad
+from .compiler import BatchWarning, Compiled, CompileWarning, compile
 from .engine import Engine, default_engine
 from .errors import (
     AnomalyError,
@@ -54,6 +54,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AnomalyError",
+    "BatchWarning",
     "CompileError",
     "CompileWarning",
     "Compiled",

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import rules
-from .compile import (
+from .compiler import (
     SUM_BLOCK,
     BatchWarning,
     CompileError,
@@ -60,7 +60,7 @@ from .errors import (
 from .ops import Row
 
 if TYPE_CHECKING:
-    from .compile import Compiled
+    from .compiler import Compiled
     from .value import Value
 
 

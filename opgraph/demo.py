@@ -100,7 +100,7 @@ def compiled_loss(
     The points and labels are the compiled function's inputs; the scores are extra outputs,
     so accuracy is computed from floats (reading `.data` while recording would be refused).
     """
-    from .compile import compile
+    from .compiler import compile
 
     def loss_and_scores(points, labels):
         scores = [model(row) for row in points]
@@ -131,7 +131,7 @@ def batched_loss(
     """
     import numpy as np
 
-    from .compile import compile
+    from .compiler import compile
 
     def hinge_and_score(point, label):
         score = model(point)

@@ -1,7 +1,7 @@
 """Gradient hooks: `Value.register_hook(fn)` (docs/higher-order.md).
 
 Hooks are kept in a side table keyed by node (weakly: a hook dies with its node), not in a
-slot of Value: a pass (backward.py, higher.py) looks at the table once, and only when it is
+slot of Value: a pass (reverse.py, higher.py) looks at the table once, and only when it is
 not empty does it look up each node, so hooks cost nothing when no node has one.
 """
 

@@ -388,7 +388,7 @@ class Value:
 
     def backward(self, gradient: float = 1.0) -> None:
         """Add d self / d node (times `gradient`) to the grad of every node in the graph."""
-        from .backward import backward
+        from .reverse import backward
 
         backward(self, gradient)
 
@@ -404,7 +404,7 @@ class Value:
 
     def zero_grad(self) -> None:
         """Reset the grad of every node in this graph to 0."""
-        from .backward import zero_grad
+        from .reverse import zero_grad
 
         zero_grad(self)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import graphviz
 
-from .backward import topological_order
+from .reverse import topological_order
 from .errors import GraphvizNotFoundError
 from .value import Value
 

@@ -35,7 +35,7 @@ from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 from . import rules
-from .backward import begin_pass, end_pass, seed_gradient, topological_order
+from .reverse import begin_pass, end_pass, seed_gradient, topological_order
 from .engine import default_engine
 from .errors import (
     AnomalyError,
@@ -183,7 +183,7 @@ _ENGINE_MODULES = frozenset(
         "opgraph.value",
         "opgraph.ops",
         "opgraph.binding",
-        "opgraph.backward",
+        "opgraph.reverse",
         "opgraph.errors",
         __name__,
     }
