@@ -21,7 +21,6 @@ if not _os.path.isdir(_os.path.join(__path__[0], "server")) and all(
 ):
     __path__.append(_checkout)
 
-from .reverse import backward, topological_order, zero_grad
 from .compiler import BatchWarning, Compiled, CompileWarning, compile
 from .engine import Engine, default_engine
 from .errors import (
@@ -47,6 +46,7 @@ from .higher import grad, jvp
 from .hookspecs import hookimpl, hookspec
 from .modes import current_scope, detect_anomaly, enable_grad, grad_enabled, no_grad, scope
 from .ops import Composite, Op
+from .reverse import backward, topological_order, zero_grad
 from .trace import serve, touch
 from .value import Value
 

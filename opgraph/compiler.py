@@ -35,7 +35,6 @@ from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 from . import rules
-from .reverse import begin_pass, end_pass, seed_gradient, topological_order
 from .engine import default_engine
 from .errors import (
     AnomalyError,
@@ -46,6 +45,7 @@ from .errors import (
 )
 from .modes import ANOMALY, enable_grad, mode
 from .ops import Row
+from .reverse import begin_pass, end_pass, seed_gradient, topological_order
 from .value import Value, _real
 
 if TYPE_CHECKING:

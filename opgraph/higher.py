@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import Any
 
-from .reverse import topological_order
 from .errors import CompileError, EngineMismatchError, describe
 from .hooks import HOOKS, run_hooks
 from .modes import enable_grad, scope
+from .reverse import topological_order
 from .rules import value_partials
 from .value import Value, _number
 

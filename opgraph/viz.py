@@ -20,8 +20,8 @@ from pathlib import Path
 
 import graphviz
 
-from .reverse import topological_order
 from .errors import GraphvizNotFoundError
+from .reverse import topological_order
 from .value import Value
 
 INSTALL_HINT = (

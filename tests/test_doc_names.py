@@ -73,9 +73,7 @@ NAMES = doc_names()
 
 def test_the_docs_name_opgraph_objects():
     # the scan finds what it must: a name in prose, one in a code block, one dotted deep
-    assert {"opgraph.compile", "opgraph.BatchWarning", "opgraph.compiler.MAP_MEMORY"} <= set(
-        NAMES
-    )
+    assert {"opgraph.compile", "opgraph.BatchWarning", "opgraph.compiler.MAP_MEMORY"} <= set(NAMES)
     assert not any(name.startswith("opgraph.compile.") for name in NAMES)
     from opgraph.server.protocol import SUBPROTOCOL as wire_name
 
