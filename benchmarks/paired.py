@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from opgraph import Value
+from opgraph.value import Above
 
 from .moons import MLP, SEED, loss, make_moons, step
 from .run import best_time
@@ -59,7 +60,9 @@ def main(argv=None) -> int:
     config = parser.parse_args(argv)
 
     current = importlib.import_module("opgraph.reverse")
+    lent = Above.backward, Above.zero_grad, Above.step
     versions = {config.rev: load_backward(config.rev), "now": current}
+    Above.backward, Above.zero_grad, Above.step = lent  # (a loaded reverse.py sets its own)
     X, y = make_moons(config.points, noise=0.1, seed=SEED)
     models = {name: MLP(Value, 2, [16, 16, 1]) for name in versions}
     original = current.backward
@@ -74,13 +77,13 @@ def main(argv=None) -> int:
             for _ in range(steps):
                 step(models[name], Value, X, y)
 
-        # Value.backward() looks up opgraph.backward.backward on each call: swap it there.
-        current.backward = versions[name].backward
+        # Value.backward() calls value.Above.backward (set by reverse.py): swap it there.
+        Above.backward = versions[name].backward
         try:
             step(models[name], Value, X, y)  # warm-up, leaving its garbage as a loop does
             return best_time(training_loop, 1, collector) / steps * 1e3
         finally:
-            current.backward = original
+            Above.backward = original
 
     figures = [
         ("backward, gc on", "ns/node", lambda n: backward_ns(n, True)),

@@ -22,7 +22,7 @@ if not _os.path.isdir(_os.path.join(__path__[0], "server")) and all(
     __path__.append(_checkout)
 
 from .compiler import BatchWarning, Compiled, CompileWarning, compile
-from .engine import Engine, default_engine
+from .engine import Engine, default_engine, serve
 from .errors import (
     AnomalyError,
     CompileError,
@@ -47,10 +47,9 @@ from .hookspecs import hookimpl, hookspec
 from .modes import current_scope, detect_anomaly, enable_grad, grad_enabled, no_grad, scope
 from .ops import Composite, Op
 from .reverse import backward, topological_order, zero_grad
-from .trace import serve, touch
+from .trace import touch
 from .value import Value
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 __all__ = [
     "AnomalyError",

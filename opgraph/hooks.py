@@ -13,7 +13,7 @@ from numbers import Real
 from typing import Any
 
 from .errors import HookError, node_name
-from .value import Value, _number
+from .value import Above, Value, _number
 
 # node -> {handle number: hook}, in registration order. Empty almost always: then no pass
 # looks any node up in it.
@@ -74,3 +74,6 @@ def run_hooks(node: Value, grad: Any, hooks: dict[int, Callable], on_values: boo
                 f"{wanted} to replace it"
             )
     return grad
+
+
+Above.register_hook = register_hook  # `Value.register_hook` (Value cannot import this module)
