@@ -37,8 +37,7 @@ from pathlib import Path
 
 from opgraph.demo import MLP, make_moons, train
 
-# (opgraph.backward is also the name of a function in the package: import the module itself)
-backward_module = importlib.import_module("opgraph.backward")
+backward_module = importlib.import_module("opgraph.reverse")
 value_module = importlib.import_module("opgraph.value")
 
 VIEWER = r"""

@@ -3,11 +3,11 @@
     python -m benchmarks.paired [REV] [--rounds N]
 
 Two runs of `python -m benchmarks` are minutes apart, and on a shared machine the load changes
-in between by more than most changes to the engine gain. This loads `opgraph/backward.py` as
+in between by more than most changes to the engine gain. This loads `opgraph/reverse.py` as
 it is at REV (default HEAD) next to the current one, and times both on the same moons graphs,
 taking turns round by round: the backward pass per node, and the eager moons step (with the
 collector on, as users run, and off). It prints each one's best round and in how many rounds
-the current code was the faster. Only backward.py is swapped: both use the current Value and
+the current code was the faster. Only reverse.py is swapped: both use the current Value and
 ops.
 """
 
@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from opgraph import Value
+from opgraph.value import Above
 
 from .moons import MLP, SEED, loss, make_moons, step
 from .run import best_time
@@ -30,13 +31,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_backward(rev: str):
-    """opgraph/backward.py as it is at `rev`, as a module of the opgraph package."""
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:opgraph/backward.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    """opgraph/reverse.py as it is at `rev` (opgraph/backward.py before it was renamed), as a
+    module of the opgraph package."""
+    for name in ("reverse", "backward"):
+        shown = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{rev}:opgraph/{name}.py"],
+            capture_output=True,
+            text=True,
+        )
+        if shown.returncode == 0:
+            break
+    shown.check_returncode()
+    source = shown.stdout
     path = Path(tempfile.mkdtemp()) / "backward_then.py"
     path.write_text(source)
     # A name inside the package, so that its relative imports (`from .errors ...`) resolve.
@@ -53,8 +59,10 @@ def main(argv=None) -> int:
     parser.add_argument("--points", type=int, default=100, help="moons points (100)")
     config = parser.parse_args(argv)
 
-    current = importlib.import_module("opgraph.backward")
+    current = importlib.import_module("opgraph.reverse")
+    lent = Above.backward, Above.zero_grad, Above.step
     versions = {config.rev: load_backward(config.rev), "now": current}
+    Above.backward, Above.zero_grad, Above.step = lent  # (a loaded reverse.py sets its own)
     X, y = make_moons(config.points, noise=0.1, seed=SEED)
     models = {name: MLP(Value, 2, [16, 16, 1]) for name in versions}
     original = current.backward
@@ -69,13 +77,13 @@ def main(argv=None) -> int:
             for _ in range(steps):
                 step(models[name], Value, X, y)
 
-        # Value.backward() looks up opgraph.backward.backward on each call: swap it there.
-        current.backward = versions[name].backward
+        # Value.backward() calls value.Above.backward (set by reverse.py): swap it there.
+        Above.backward = versions[name].backward
         try:
             step(models[name], Value, X, y)  # warm-up, leaving its garbage as a loop does
             return best_time(training_loop, 1, collector) / steps * 1e3
         finally:
-            current.backward = original
+            Above.backward = original
 
     figures = [
         ("backward, gc on", "ns/node", lambda n: backward_ns(n, True)),

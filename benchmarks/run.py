@@ -36,7 +36,7 @@ from micrograd.engine import Value as MicroValue
 
 import opgraph
 from opgraph import Value as OpValue
-from opgraph.backward import topological_order
+from opgraph.reverse import topological_order
 
 from .moons import MLP, SEED, loss, make_moons, step
 

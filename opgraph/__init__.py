@@ -22,9 +22,8 @@ if not _os.path.isdir(_os.path.join(__path__[0], "server")) and all(
 ):
     __path__.append(_checkout)
 
-from .backward import backward, topological_order, zero_grad
-from .compile import Compiled, CompileWarning, compile
-from .engine import Engine, default_engine
+from .compiler import BatchWarning, Compiled, CompileWarning, compile
+from .engine import Engine, default_engine, serve
 from .errors import (
     AnomalyError,
     CompileError,
@@ -48,16 +47,18 @@ from .higher import grad, jvp
 from .hookspecs import hookimpl, hookspec
 from .modes import current_scope, detect_anomaly, enable_grad, grad_enabled, no_grad, scope
 from .ops import Composite, Op
-from .trace import serve, touch
+from .reverse import backward, topological_order, zero_grad
+from .trace import touch
 from .value import Value
 
 if TYPE_CHECKING:  # at run time, draw_dot is loaded on first use (see __getattr__)
     from .viz import draw_dot
 
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 __all__ = [
     "AnomalyError",
+    "BatchWarning",
     "CompileError",
     "CompileWarning",
     "Compiled",

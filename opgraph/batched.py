@@ -39,18 +39,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import rules
-from .compile import (
-    SUM_BLOCK,
-    BatchWarning,
-    CompileError,
-    _fill,
-    _Generated,
-    _Input,
-    _literal,
-    _reachable,
-)
+from .codegen import SUM_BLOCK, BatchWarning, Generated, Input, fill, literal, reachable
 from .errors import (
     AnomalyError,
+    CompileError,
     PartialsCountError,
     node_name,
     op_error,
@@ -60,7 +52,7 @@ from .errors import (
 from .ops import Row
 
 if TYPE_CHECKING:
-    from .compile import Compiled
+    from .compiler import Compiled
     from .value import Value
 
 
@@ -86,7 +78,7 @@ def batch_inputs(compiled: Compiled, args: Sequence[Any]) -> np.ndarray:
     for j, (shape, arg) in enumerate(zip(items, args, strict=True)):
         where = f"{name}.map() argument {j}"
         if _count(shape) == 0:  # a fixed argument: the very object, not a batch
-            _fill(shape, arg, [], where)
+            fill(shape, arg, [], where)
             continue
         block = _samples(shape, arg, where)
         if n is not None and len(block) != n:
@@ -106,7 +98,7 @@ def batch_inputs(compiled: Compiled, args: Sequence[Any]) -> np.ndarray:
 
 def _count(shape: Any) -> int:
     """How many input numbers one sample of this structure holds."""
-    if shape is _Input:
+    if shape is Input:
         return 1
     if _is_structure(shape):
         return sum(_count(item) for item in shape[1])
@@ -119,7 +111,7 @@ def _is_structure(shape: Any) -> bool:
 
 def _dims(shape: Any) -> tuple[int, ...] | None:
     """The array shape of one sample (() for a number), or None if it is not rectangular."""
-    if shape is _Input:
+    if shape is Input:
         return ()
     if not _is_structure(shape):
         return None
@@ -157,7 +149,7 @@ def _samples(shape: Any, batch: Any, where: str) -> np.ndarray:
     rows = []
     for i, sample in enumerate(batch):  # anything else: sample by sample, as a call checks it
         numbers: list[float] = []
-        _fill(
+        fill(
             shape,
             sample.tolist() if isinstance(sample, np.ndarray) else sample,
             numbers,
@@ -270,7 +262,7 @@ class _Group:
         self.start = 0  # first row in V
 
 
-class BatchedProgram(_Generated):
+class BatchedProgram(Generated):
     """The generated batched replay of one Compiled function."""
 
     def __init__(self, compiled: Compiled):
@@ -283,7 +275,7 @@ class BatchedProgram(_Generated):
         }
         self.warned: set[str] = set()
         self._leaves()
-        self.reaches_root = {id(v) for v in _reachable(compiled.outputs[:1])}
+        self.reaches_root = {id(v) for v in reachable(compiled.outputs[:1])}
         self._group()
         self._filenames: set[str] = set()
         self.source, self.lines = self._generate(checked=False)
@@ -371,7 +363,7 @@ class BatchedProgram(_Generated):
     def _constant(self, name: str, values: list[float]) -> str:
         """A constant operand: one number for the whole group, or a (group x 1) column."""
         if all(v == values[0] and repr(v) == repr(values[0]) for v in values):
-            return _literal(values[0])
+            return literal(values[0])
         self.namespace[name] = np.array(values, dtype=np.float64).reshape(-1, 1)
         return name
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from numbers import Real
 from typing import Any
 
@@ -28,6 +29,7 @@ from .errors import (
     OpError,
     describe,
     op_error,
+    registration_error,
 )
 from .modes import ANOMALY, NO_GRAD, child_path, mode, scope_path
 from .ops import AnyOp, Composite, Row, _parameter_names, with_constants
@@ -377,3 +379,92 @@ def _reflected(op):
 
     reflected.__name__ = reflected.__qualname__ = f"r{op.__name__}"
     return reflected
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration's last check: value_derivative against derivative, on a probe table
+
+
+# Where registration compares an op's value_derivative with its derivative: input i of point
+# `start` is start + 0.375 i, each input a different number (so that a partial given for the
+# wrong input shows), positive (inside the domain of log and sqrt) and away from relu's kink.
+_VALUE_PROBE_STARTS = (0.5, 1.25, 0.75)
+
+
+class _ProbeEngine:
+    """What `.engine` of the Values of the probe answers (it has no engine of its own)."""
+
+    name = "(value_derivative check)"
+    detect_anomaly = False
+
+
+def check_value_derivatives(table: dict[str, AnyOp]) -> None:
+    """Refuse an op whose value_derivative disagrees with its derivative (the first order of
+    grad(..., create_graph=True) would be wrong, silently), raising PluginError.
+
+    value_derivative builds Values with the engine's ops, so it is called on Values of a
+    class of their own, bound to the new table without a tracer. A point where the forward,
+    the derivative or the value_derivative raises, or gives a non-finite number, proves
+    nothing and is skipped: a value_derivative that fails is reported where grad() calls it.
+    """
+    try:
+        key = frozenset(table.items())
+    except TypeError:  # an op holding an unhashable callable: check it every time
+        _check_table(tuple(table.items()))
+    else:
+        _checked_table(key)  # each engine rebuilds the same table: checked once
+
+
+def _check_table(items: Iterable[tuple[str, AnyOp]]) -> None:
+    table = dict(items)
+    # An inline row's value_derivative is made from its own partials: nothing to compare.
+    probed = [
+        op
+        for op in table.values()
+        if isinstance(op, Row) and op.value_derivative and op.partials is None
+    ]
+    if not probed:
+        return
+    cls: Any = type("Value", (Value,), {"__slots__": ()})
+    cls._ids, cls._tracer, cls._engine = itertools.count(), None, _ProbeEngine()
+    cls._ops = OpTable(table, cls)
+    install_operators(cls, cls._ops)
+    for op in probed:
+        for start in _VALUE_PROBE_STARTS:
+            xs = tuple(start + 0.375 * i for i in range(op.arity))
+            # As a plain number at the static positions too: how `x ** 3` calls it.
+            for fixed in dict.fromkeys(((), op.static)):
+                _compare_partials(op, cls, xs, fixed)
+
+
+_checked_table = functools.lru_cache(maxsize=16)(_check_table)  # (raising is not cached)
+
+
+def _compare_partials(op: Row, cls: Any, xs: tuple[float, ...], fixed: tuple[int, ...]) -> None:
+    try:
+        out = op.forward(*xs)
+        expected = tuple(op.derivative(out, *xs))
+        args = [x if i in fixed else cls(x) for i, x in enumerate(xs)]
+        got = tuple(op.value_derivative(cls(out), *args))  # type: ignore[misc]
+    except Exception:
+        return
+    if len(got) != len(xs) or len(expected) != len(xs):
+        return  # a wrong count: reported where it is used
+    for i, (value, number) in enumerate(zip(got, expected, strict=True)):
+        if i in fixed:
+            continue
+        value = value._data if isinstance(value, Value) else value
+        if not isinstance(value, Real) or not isinstance(number, Real):
+            continue
+        value, number = _number(value), _number(number)
+        if not (math.isfinite(value) and math.isfinite(number)):
+            continue
+        if not math.isclose(value, number, rel_tol=1e-9, abs_tol=1e-12):
+            raise registration_error(
+                op.plugin,
+                op.name,
+                f"its value_derivative disagrees with its derivative at inputs {xs}: the "
+                f"partial for input {i + 1} of {len(xs)} is {value!r} on Values and {number!r} "
+                f"on floats, so grad(..., create_graph=True) would give wrong derivatives; "
+                f"value_derivative must be the derivative again, on Values (docs/plugins.md)",
+            )

@@ -29,7 +29,7 @@ from .value import Value
 from .viz import draw_dot, render
 
 if TYPE_CHECKING:
-    from .compile import Compiled
+    from .compiler import Compiled
 
 Points = list[list[float]]
 SEED = 1337  # the default seed of the data and the weights
@@ -165,7 +165,7 @@ def compiled_loss(
     The points and labels are the compiled function's inputs; the scores are extra outputs,
     so accuracy is computed from floats (reading `.data` while recording would be refused).
     """
-    from .compile import compile
+    from .compiler import compile
 
     def loss_and_scores(points: list[list[Value]], labels: list[Value]) -> tuple[Value, ...]:
         scores = [_score(model, row) for row in points]
@@ -197,7 +197,7 @@ def batched_loss(
     """
     import numpy as np
 
-    from .compile import compile
+    from .compiler import compile
 
     def hinge_and_score(point: list[Value], label: Value) -> tuple[Value, Value]:
         score = _score(model, point)

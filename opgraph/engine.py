@@ -14,12 +14,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import loading
-from .binding import OpTable, install_operators
+from .binding import OpTable, check_value_derivatives, install_operators
 from .errors import PluginError
 from .loading import PluginInfo
 from .modes import ANOMALY
 from .ops import AnyOp, collect
-from .value import Value
+from .trace.serving import from_environment, serve_engine
+from .value import Above, Value
 
 
 class Engine:
@@ -108,7 +109,9 @@ class Engine:
         them into a new op table."""
         with self._lock:
             registrations = loading.call_register_ops(self.pm)
-            self._bind(collect(registrations))
+            definitions = collect(registrations)
+            check_value_derivatives(definitions)
+            self._bind(definitions)
             self._registered = registrations
 
     def _bind(self, definitions: dict[str, AnyOp]) -> None:
@@ -167,9 +170,7 @@ class Engine:
         `.port` and `.close()`. `port=0` picks a free port. Options: `record=path`,
         `token=`, `static_dir=`, `queue_limit=`, `max_nodes=` (see docs/tracing.md).
         """
-        from .trace import serve
-
-        return serve(port, host, engine=self, **options)
+        return serve_engine(self, port, host, **options)
 
 
 class _EngineOpTable(OpTable):
@@ -199,7 +200,19 @@ def default_engine() -> Engine:
             if _default is None:
                 _default = Engine(name="default", _value_class=Value)
                 if os.environ.get("OPGRAPH_TRACE"):
-                    from .trace import from_environment
-
                     from_environment(_default)
     return _default
+
+
+def serve(
+    port: int = 8765,
+    host: str = "127.0.0.1",
+    *,
+    engine: Engine | None = None,
+    **options: Any,
+) -> Any:
+    """Serve the trace of `engine` (default: the default engine); see `Engine.serve`."""
+    return (engine or default_engine()).serve(port, host, **options)
+
+
+Above.default_engine = default_engine  # for Value, which cannot import this module

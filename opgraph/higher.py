@@ -16,7 +16,7 @@ grad() runs the gradient hooks of hooks.py, as backward does; jvp() runs none.
 
 Neither reads nor writes any `.grad`: each keeps its derivatives in a dict of its own and
 reads only the nodes' data, which no pass changes. So they need no part in backward's guard
-of the nodes a pass touches (backward.py), run alongside any pass, and work inside a
+of the nodes a pass touches (reverse.py), run alongside any pass, and work inside a
 backward hook over that pass's own nodes, where a nested backward() is refused.
 """
 
@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import Any
 
-from .backward import topological_order
 from .errors import CompileError, EngineMismatchError, describe
 from .hooks import HOOKS, run_hooks
 from .modes import enable_grad, scope
+from .reverse import topological_order
 from .rules import value_partials
 from .value import Value, _number
 
@@ -82,7 +82,7 @@ def _engine_class(output: Any, inputs: list[Any]) -> type[Value]:
 
 
 def _refuse_while_compiling() -> None:
-    from .compile import recording
+    from .compiler import recording
 
     if getattr(recording, "active", False):
         raise CompileError(

@@ -1,7 +1,7 @@
 """Gradient hooks: `Value.register_hook(fn)` (docs/higher-order.md).
 
 A node's hooks are kept in its `Tag` (value.py), which a node takes only once it has a label
-or a hook, so a hook dies with its node and costs the other nodes nothing. A pass (backward.py,
+or a hook, so a hook dies with its node and costs the other nodes nothing. A pass (reverse.py,
 higher.py) looks at `HOOKS` once, and only when some living node has a hook does it look at
 each node's: `HOOKS` is read as a table keyed by node, and is true while a hook is registered
 on a node that lives (a weak set of the hooks dicts that hold one).
@@ -15,7 +15,7 @@ from numbers import Real
 from typing import Any
 
 from .errors import HookError, node_name
-from .value import Tag, Value, _number
+from .value import Above, Tag, Value, _number
 
 
 class Hooks(dict):
@@ -114,3 +114,6 @@ def run_hooks(node: Value, grad: Any, hooks: dict[int, Callable], on_values: boo
                 f"{wanted} to replace it"
             )
     return grad
+
+
+Above.register_hook = register_hook  # `Value.register_hook` (Value cannot import this module)

@@ -25,6 +25,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, PluginLoadError, PluginLoadWarning
+from .version import __version__
 
 ENTRY_POINT_GROUP = "opgraph"
 STRICT_VARIABLE = "OPGRAPH_STRICT_PLUGINS"
@@ -81,8 +82,6 @@ def load(engine: Any, plugins: Any, *, builtins: bool, entry_points: bool) -> No
     """Register an engine's plugins, in order, and build its op table."""
     pm, strict = engine.pm, engine.strict_plugins
     if builtins:  # first: a conflicting op of a later plugin is the one the error blames
-        from . import __version__
-
         builtin = PluginInfo(builtin=True, distribution="opgraph", version=__version__)
         for plugin in builtin_plugins():
             add_plugin(pm, plugin, source=builtin)

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import keyword
-import math
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from numbers import Real
 from typing import Any
 
 from . import rules
 from .errors import PluginError, registration_error, wrong_partials
 from .rules import Partials
-from .value import OPERATORS, Value, _number
+from .value import OPERATORS, Above, Value
 
 
 @dataclass(frozen=True)
@@ -187,9 +184,7 @@ AnyOp = Row | Composite  # a checked definition of the op table
 
 def _registered_op(name: str, plugin: str, constants: tuple[tuple[int, float], ...]) -> Row:
     """The op `name` of `plugin` in the default engine: how a pickled node finds its op."""
-    from .engine import default_engine
-
-    op = default_engine().ops.definitions.get(name)
+    op = Above.default_engine().ops.definitions.get(name)
     if not isinstance(op, Row) or op.plugin != plugin:
         now = f"plugin {op.plugin!r} registers it" if op is not None else "no plugin registers it"
         raise PluginError(
@@ -201,6 +196,9 @@ def _registered_op(name: str, plugin: str, constants: tuple[tuple[int, float], .
     return with_constants(op, constants) if constants else op
 
 
+# The op table's own attributes (binding.py's OpTable keeps its ops as attributes beside them).
+TABLE_NAMES = frozenset({"definitions", "chain_rule", "float_pass", "tangent_pass"})
+
 # Names an op may not take: they would shadow an attribute of Value. The unary built-ins that
 # Value has as methods (v.exp(), v.tanh() ...) dispatch to the op table, so they are allowed.
 METHOD_OPS = frozenset(method for method in OPERATORS if not method.startswith("__"))
@@ -209,13 +207,8 @@ METHOD_OPS = frozenset(method for method in OPERATORS if not method.startswith("
 @functools.cache
 def reserved_names() -> frozenset[str]:
     """Names no op may take: Value's attributes, and the op table's own (`ops.definitions`)."""
-    from .binding import OpTable
-    from .value import Value
-
     value_names = {n for n in dir(Value) if not n.startswith("_")} - METHOD_OPS
-    table_names = {n for n in dir(OpTable) if not n.startswith("_")}
-    table_names |= {"definitions", "chain_rule", "float_pass", "tangent_pass"}
-    return frozenset(value_names | table_names)
+    return frozenset(value_names | TABLE_NAMES)
 
 
 def with_constants(op: Row, constants: tuple[tuple[int, float], ...]) -> Row:
@@ -459,98 +452,11 @@ def _probe(op: Row, fail: Callable[[str], PluginError]) -> None:
         raise fail(wrong_partials(op.arity, partials))
 
 
-# Where registration compares an op's value_derivative with its derivative: input i of point
-# `start` is start + 0.375 i, each input a different number (so that a partial given for the
-# wrong input shows), positive (inside the domain of log and sqrt) and away from relu's kink.
-_VALUE_PROBE_STARTS = (0.5, 1.25, 0.75)
-
-
-class _ProbeEngine:
-    """What `.engine` of the Values of the probe answers (it has no engine of its own)."""
-
-    name = "(value_derivative check)"
-    detect_anomaly = False
-
-
-def _check_value_derivatives(table: dict[str, AnyOp]) -> None:
-    """Refuse an op whose value_derivative disagrees with its derivative (the first order of
-    grad(..., create_graph=True) would be wrong, silently), raising PluginError.
-
-    value_derivative builds Values with the engine's ops, so it is called on Values of a
-    class of their own, bound to the new table without a tracer. A point where the forward,
-    the derivative or the value_derivative raises, or gives a non-finite number, proves
-    nothing and is skipped: a value_derivative that fails is reported where grad() calls it.
-    """
-    try:
-        key = frozenset(table.items())
-    except TypeError:  # an op holding an unhashable callable: check it every time
-        _check_table(tuple(table.items()))
-    else:
-        _checked_table(key)  # each engine rebuilds the same table: checked once
-
-
-def _check_table(items: Iterable[tuple[str, AnyOp]]) -> None:
-    table = dict(items)
-    # An inline row's value_derivative is made from its own partials: nothing to compare.
-    probed = [
-        op
-        for op in table.values()
-        if isinstance(op, Row) and op.value_derivative and op.partials is None
-    ]
-    if not probed:
-        return
-    from .binding import OpTable, install_operators
-
-    cls: Any = type("Value", (Value,), {"__slots__": ()})
-    cls._ids, cls._tracer, cls._engine = itertools.count(), None, _ProbeEngine()
-    cls._ops = OpTable(table, cls)
-    install_operators(cls, cls._ops)
-    for op in probed:
-        for start in _VALUE_PROBE_STARTS:
-            xs = tuple(start + 0.375 * i for i in range(op.arity))
-            # As a plain number at the static positions too: how `x ** 3` calls it.
-            for fixed in dict.fromkeys(((), op.static)):
-                _compare_partials(op, cls, xs, fixed)
-
-
-_checked_table = functools.lru_cache(maxsize=16)(_check_table)  # (raising is not cached)
-
-
-def _compare_partials(op: Row, cls: Any, xs: tuple[float, ...], fixed: tuple[int, ...]) -> None:
-    try:
-        out = op.forward(*xs)
-        expected = tuple(op.derivative(out, *xs))
-        args = [x if i in fixed else cls(x) for i, x in enumerate(xs)]
-        got = tuple(op.value_derivative(cls(out), *args))  # type: ignore[misc]
-    except Exception:
-        return
-    if len(got) != len(xs) or len(expected) != len(xs):
-        return  # a wrong count: reported where it is used
-    for i, (value, number) in enumerate(zip(got, expected, strict=True)):
-        if i in fixed:
-            continue
-        value = value._data if isinstance(value, Value) else value
-        if not isinstance(value, Real) or not isinstance(number, Real):
-            continue
-        value, number = _number(value), _number(number)
-        if not (math.isfinite(value) and math.isfinite(number)):
-            continue
-        if not math.isclose(value, number, rel_tol=1e-9, abs_tol=1e-12):
-            raise registration_error(
-                op.plugin,
-                op.name,
-                f"its value_derivative disagrees with its derivative at inputs {xs}: the "
-                f"partial for input {i + 1} of {len(xs)} is {value!r} on Values and {number!r} "
-                f"on floats, so grad(..., create_graph=True) would give wrong derivatives; "
-                f"value_derivative must be the derivative again, on Values (docs/plugins.md)",
-            )
-
-
 def collect(registrations: Iterable[tuple[str, AnyOp, bool]]) -> dict[str, AnyOp]:
     """Merge (plugin, op, replace) registrations, in order, into one table by name.
 
-    Once the table is whole, each op's value_derivative is compared with its derivative
-    (it is built from the table's ops)."""
+    Once the table is whole, the engine compares each op's value_derivative with its
+    derivative (binding.py's `check_value_derivatives`: it is built from the table's ops)."""
     table: dict[str, AnyOp] = {}
     for plugin, op, replaces in registrations:
         op = check(op, plugin)
@@ -567,5 +473,4 @@ def collect(registrations: Iterable[tuple[str, AnyOp, bool]]) -> dict[str, AnyOp
                 op=op.name,
             )
         table[op.name] = op
-    _check_value_derivatives(table)
     return table

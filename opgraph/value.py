@@ -40,6 +40,7 @@ import itertools
 import math
 import sys
 import threading
+from collections.abc import Callable
 from numbers import Real
 from operator import attrgetter
 from types import MethodType
@@ -54,6 +55,23 @@ if TYPE_CHECKING:
     from .ops import Row
 
 
+class Above:
+    """What Value asks of the layers above it, which it cannot import (docs/architecture.md:
+    Value is the lowest layer of the engine, and the reverse pass, the hooks and the engines
+    are built on it). Each of those modules sets its own functions here once, when it is
+    imported, and `import opgraph` imports them all before a Value can be made.
+    """
+
+    # reverse.py: micrograd's `backward()`, `zero_grad()` and `_backward()`
+    backward: Callable[[Value, float], None]
+    zero_grad: Callable[[Value], None]
+    step: Callable[[Value], None]
+    # hooks.py: `register_hook()`
+    register_hook: Callable[[Value, Any], Any]
+    # engine.py: the engine of opgraph.Value, created on first use
+    default_engine: Callable[[], Engine]
+
+
 class _DefaultOps:
     """Stands in for the default engine's op table until the first op needs it.
 
@@ -62,21 +80,15 @@ class _DefaultOps:
     """
 
     def __getattr__(self, name: str) -> Any:
-        from .engine import default_engine
-
-        return getattr(default_engine().ops, name)
+        return getattr(Above.default_engine().ops, name)
 
     # Python looks these up on the type, never through __getattr__: `dir(Value(1.0))` before
     # the first op (tab completion on a learner's first line) iterates this object.
     def __iter__(self):
-        from .engine import default_engine
-
-        return iter(default_engine().ops)
+        return iter(Above.default_engine().ops)
 
     def __contains__(self, name: object) -> bool:
-        from .engine import default_engine
-
-        return name in default_engine().ops
+        return name in Above.default_engine().ops
 
 
 def applies(op: str, reflected: bool = False) -> Any:
@@ -223,9 +235,7 @@ class Value:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            from .engine import default_engine
-
-            return default_engine()
+            return Above.default_engine()
         return self._engine
 
     def __repr__(self) -> str:
@@ -402,18 +412,11 @@ class Value:
         `_backward()` on each node from the root down (children before parents).
         `backward()` does all of it at once and is not built on this method.
         """
-        if self._opdef is None:
-            return
-        from .rules import float_partials
-
-        for parent, partial in zip(self._prev, float_partials(self), strict=True):
-            parent.grad += partial * self.grad
+        Above.step(self)
 
     def backward(self, gradient: float = 1.0) -> None:
         """Add d self / d node (times `gradient`) to the grad of every node in the graph."""
-        from .backward import backward
-
-        backward(self, gradient)
+        Above.backward(self, gradient)
 
     def register_hook(self, fn: Any) -> Any:
         """Call `fn(grad)` in each backward pass (and `grad` call) once this node's gradient
@@ -421,15 +424,11 @@ class Value:
 
         Returns a handle whose `remove()` unregisters the hook (docs/higher-order.md).
         """
-        from .hooks import register_hook
-
-        return register_hook(self, fn)
+        return Above.register_hook(self, fn)
 
     def zero_grad(self) -> None:
         """Reset the grad of every node in this graph to 0."""
-        from .backward import zero_grad
-
-        zero_grad(self)
+        Above.zero_grad(self)
 
 
 class Tag:

@@ -22,8 +22,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import graphviz
 
-from .backward import topological_order
 from .errors import GraphvizNotFoundError
+from .reverse import topological_order
 from .value import Value
 
 INSTALL_HINT = (

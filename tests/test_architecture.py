@@ -60,15 +60,57 @@ def test_the_map_names_every_top_level_folder():
     assert not unnamed, f"docs/architecture.md does not name these folders: {unnamed}"
 
 
-def test_the_layering_contracts_cover_every_engine_module():
-    # A new engine module left out of the contracts' lists would escape them silently.
+def layers_contract() -> dict:
     import tomllib
 
-    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
-    engine_contract = contracts["contracts"][0]["source_modules"]
-    outside = {"__init__", "__main__", "cli"}  # the package's face and the command line
-    engine = {
-        f"opgraph.{p.stem}" for p in (ROOT / "opgraph").glob("*.py") if p.stem not in outside
-    } | {"opgraph.testing", "opgraph.trace"}  # the packages: a contract covers their modules
-    assert sorted(engine - set(engine_contract)) == []
-    assert sorted(set(engine_contract) - engine) == []
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (contract,) = config["contracts"]  # one contract: the layers
+    assert contract["type"] == "layers" and contract["containers"] == ["opgraph"]
+    return contract
+
+
+def layer_names(contract: dict) -> list[list[str]]:
+    return [[name.strip() for name in layer.split("|")] for layer in contract["layers"]]
+
+
+def test_the_layers_contract_has_every_module_of_the_package():
+    # A new module left out of the layers would escape them (`exhaustive` checks it too).
+    contract = layers_contract()
+    assert contract["exhaustive"] is True
+    listed = [name for layer in layer_names(contract) for name in layer]
+    modules = {p.stem for p in (ROOT / "opgraph").glob("*.py") if p.stem != "__init__"}
+    packages = {"commands", "testing", "trace", "plugins", "server"}
+    assert sorted(listed) == sorted(modules | packages)
+
+
+def test_the_map_gives_the_layers_in_the_contracts_order():
+    # docs/architecture.md's "Layers" paragraph: `a` > `b | c` > ... as in pyproject.toml
+    paragraph = re.search(r"Top to bottom: (.*?)\.\n", MAP, re.DOTALL)
+    assert paragraph, "docs/architecture.md has no 'Top to bottom: ...' list of the layers"
+    written = [
+        [name.strip(" `") for name in layer.split("|")]
+        for layer in re.sub(r"\s+", " ", paragraph.group(1)).split(">")
+    ]
+    assert written == layer_names(layers_contract())
+
+
+def test_the_server_imports_no_plugin():
+    # The server reads nodes through the read API and knows no op: no module of server/
+    # imports a plugin module, even inside a function. (The layers contract cannot say it: the
+    # plugins are its lowest layer, and a downward import is allowed.)
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "server").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                # relative: `..plugins` from opgraph.server; absolute: opgraph.plugins
+                base = ("opgraph." if node.level == 2 else "") + (node.module or "")
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            if any(name.split(".")[:2] == ["opgraph", "plugins"] for name in names):
+                found.append(f"{path.name}:{node.lineno}")
+    assert found == []

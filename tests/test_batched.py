@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import opgraph
 from opgraph import AnomalyError, CompileError, Engine, Op, OpError, Value
-from opgraph.compile import BatchWarning
+from opgraph.compiler import BatchWarning
 from opgraph.ops import Row, check
 from opgraph.plugins import activations, arithmetic, exponential
 

@@ -24,7 +24,7 @@ from conftest import plugin
 
 import opgraph
 from opgraph import CompileError, Engine, Op, OpError, Value
-from opgraph.compile import MAP_MEMORY, SUM_BLOCK
+from opgraph.compiler import MAP_MEMORY, SUM_BLOCK
 
 WAIT = 10  # seconds: a bounded wait that only a hang (or the bug) exceeds
 

@@ -35,7 +35,7 @@ from opgraph import (
     Value,
     grad,
 )
-from opgraph.backward import _waiting
+from opgraph.reverse import _waiting
 from opgraph.trace import BACKWARD_BEGIN, BACKWARD_END, Tracer, records
 
 BOUND = 30.0  # seconds: only ever reached when something hangs

@@ -15,7 +15,7 @@ from fdcheck import assert_gradients_close, numeric_gradient
 
 import opgraph
 from opgraph import Engine, Op, PluginError, topological_order
-from opgraph.compile import BatchWarning
+from opgraph.compiler import BatchWarning
 
 # A plugin of three ops given by their rows alone: no derivative function, no array kernel
 # for the derivative, no value_derivative.

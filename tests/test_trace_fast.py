@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from opgraph import Engine, Op, hookimpl, topological_order
-from opgraph.backward import TRACE_CHUNK
+from opgraph.reverse import TRACE_CHUNK
 from opgraph.server.encode import (
     backward_bytes,
     backward_steps_bytes,

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     # This command serves the trace itself: OPGRAPH_TRACE would start a second server (or
     # publish elsewhere) when the script first uses the default engine.
     os.environ.pop("OPGRAPH_TRACE", None)
-    from opgraph.trace import serve
+    from opgraph import serve
 
     server = serve(port=args.port, record=args.record)
     with server:

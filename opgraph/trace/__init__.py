@@ -8,7 +8,7 @@ Four modules, one job each:
   (`event_map`), packed `forward` frames (`forward_packer`);
 - `text`: the rules for text handed to others: `viewer_text` with `MAX_LABEL` and
   `MAX_SCOPE`, and `redact` for what opgraph prints;
-- `serving`: starting a trace: `serve`, `OPGRAPH_TRACE` (`from_environment`), and
+- `serving`: starting a trace: `serve_engine`, `OPGRAPH_TRACE` (`from_environment`), and
   `_server()`, the one gateway from the engine to `opgraph.server`.
 
 The names below are the package's face: import them from `opgraph.trace`.
@@ -30,7 +30,7 @@ from .forms import (
     plain_number,
     records,
 )
-from .serving import from_environment, serve
+from .serving import from_environment, serve_engine
 from .text import ELLIPSIS, MAX_LABEL, MAX_SCOPE, redact, viewer_text
 from .tracer import Tracer, touch
 
@@ -55,7 +55,7 @@ __all__ = [
     "plain_number",
     "records",
     "redact",
-    "serve",
+    "serve_engine",
     "touch",
     "viewer_text",
 ]

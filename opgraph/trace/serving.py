@@ -1,6 +1,7 @@
-"""Starting a trace from the engine's side: `serve`, `OPGRAPH_TRACE` (`from_environment`),
-and `_server()`, the one gateway through which the engine reaches the server (`opgraph.server`
-is imported nowhere else in the engine: pyproject.toml's import-linter contracts check it).
+"""Starting a trace from the engine's side: `serve_engine`, `OPGRAPH_TRACE`
+(`from_environment`), and `_server()`, the one gateway through which the engine reaches the
+server (`opgraph.server` is imported nowhere else in the engine: pyproject.toml's import-linter
+contract checks it).
 """
 
 from __future__ import annotations
@@ -18,24 +19,15 @@ if TYPE_CHECKING:
 def _server() -> Any:
     """The tracing server (`opgraph.server`, with its `server` and `publisher` modules), imported
     on first use: it loads websockets and msgpack. The one place where the engine reaches the
-    server: `serve`, `Engine.serve` and `from_environment` all go through here."""
+    server: `opgraph.serve`, `Engine.serve` and `from_environment` all go through here."""
     import opgraph.server.publisher
     import opgraph.server.server
 
     return opgraph.server
 
 
-def serve(
-    port: int = 8765,
-    host: str = "127.0.0.1",
-    *,
-    engine: Engine | None = None,
-    **options: Any,
-):
-    """Serve the trace of `engine` (default: the default engine); see `Engine.serve`."""
-    from ..engine import default_engine
-
-    engine = engine or default_engine()
+def serve_engine(engine: Engine, port: int, host: str, **options: Any) -> Any:
+    """Serve the trace of `engine`: `Engine.serve` (and so `opgraph.serve`)."""
     return _server().server.serve_engine(engine, port=port, host=host, **options)
 
 

@@ -34,7 +34,7 @@ from .errors import AnomalyError, ReentrantBackwardError, node_name, op_error
 from .hooks import HOOKS, run_hooks
 from .modes import ANOMALY, mode
 from .rules import float_partials
-from .value import _number
+from .value import Above, _number
 
 if TYPE_CHECKING:
     from .value import Value
@@ -202,6 +202,16 @@ def _propagate_checked(nodes: list[Value], tracer) -> None:
                 )
 
 
+def step(node: Value) -> None:
+    """`node._backward()`: the node's own step of the chain rule, as micrograd's `_backward`
+    closure does: adds (d node / d parent) * node.grad to each parent's grad (a leaf has no
+    step). `backward()` is not built on it."""
+    if node._opdef is None:
+        return
+    for parent, partial in zip(node._prev, float_partials(node), strict=True):
+        parent.grad += partial * node.grad
+
+
 def zero_grad(root: Value) -> None:
     """Set the grad of every node `root` depends on to 0 (after any pass over them ends)."""
     nodes = reachable(root)
@@ -343,3 +353,8 @@ def _shared(a: RunningPass, b: RunningPass) -> str:
 def _node_described(node: Value) -> str:
     op = node._opdef
     return node_name(node) if op is None else f"{node_name(node)} (op {op.name!r})"
+
+
+# micrograd's methods of Value (`v.backward()`, `v.zero_grad()`, `v._backward()`) are these;
+# Value is a layer below this module and cannot import it (value.py's `Above`).
+Above.backward, Above.zero_grad, Above.step = backward, zero_grad, step

@@ -21,21 +21,26 @@ with numpy (see batched.py); `backward(weights=...)` then sums the samples' grad
 
 from __future__ import annotations
 
-import builtins
-import itertools
-import linecache
 import math
 import sys
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 from . import rules
-from .backward import begin_pass, end_pass, seed_gradient, topological_order
+from .codegen import (
+    SUM_BLOCK,
+    BatchWarning,
+    Generated,
+    Input,
+    as_list,
+    fill,
+    literal,
+    reachable,
+)
 from .engine import default_engine
 from .errors import (
     AnomalyError,
@@ -46,6 +51,7 @@ from .errors import (
 )
 from .modes import ANOMALY, enable_grad, mode
 from .ops import Row
+from .reverse import begin_pass, end_pass, seed_gradient
 from .value import Value, _real
 
 if TYPE_CHECKING:
@@ -58,15 +64,9 @@ class CompileWarning(UserWarning):
     """A compiled function may not replay what eager mode would compute (`strict=False`)."""
 
 
-class BatchWarning(UserWarning):
-    """An op has no array kernels: `Compiled.map` applies its scalar functions one by one."""
-
-
 # Compiled.map runs a large batch in chunks: by default, of as many samples as fit their data
-# and gradient arrays in MAP_MEMORY bytes. A parameter's gradient is summed over the batch
-# in blocks of SUM_BLOCK samples, so that chunks (whole blocks) do not change its bits.
+# and gradient arrays in MAP_MEMORY bytes (in whole blocks of SUM_BLOCK samples: codegen.py).
 MAP_MEMORY = 128 * 2**20
-SUM_BLOCK = 128
 
 NUMPY_MISSING = (
     "Compiled.map() runs the batch with numpy, which is not installed: "
@@ -100,23 +100,9 @@ def compile(
 # Arguments: numbers become inputs, the rest is fixed
 
 
-class _Input:
-    """Where an input number sits in the arguments' structure."""
-
-
-def _as_list(obj: Any) -> Any:
-    """A numpy array as nested lists of floats (its structure); anything else as it is.
-
-    Recognised by its type's module, so that the scalar engine never imports numpy.
-    """
-    if type(obj).__module__ == "numpy" and type(obj).__name__ == "ndarray":
-        return obj.tolist()
-    return obj
-
-
 def _template(obj: Any, make_input: Callable[[float, int], Value], count: list[int]) -> Any:
     """The arguments with each number replaced by an input Value, and their structure."""
-    obj = _as_list(obj)
+    obj = as_list(obj)
     if isinstance(obj, list | tuple):
         parts = [_template(x, make_input, count) for x in obj]
         values = [value for value, _ in parts]
@@ -127,38 +113,8 @@ def _template(obj: Any, make_input: Callable[[float, int], Value], count: list[i
     if isinstance(obj, Value) or (isinstance(obj, Real) and not isinstance(obj, bool)):
         data = obj.data if isinstance(obj, Value) else float(obj)
         count[0] += 1
-        return make_input(data, count[0] - 1), _Input
+        return make_input(data, count[0] - 1), Input
     return obj, obj  # fixed: the object itself
-
-
-def _fill(shape: Any, obj: Any, out: list[float], where: str) -> None:
-    """Append the input numbers of `obj` to `out`, checking it has the recorded structure."""
-    if shape is _Input:
-        if isinstance(obj, Value):
-            out.append(obj.data)
-        elif isinstance(obj, Real) and not isinstance(obj, bool):
-            out.append(float(obj))
-        else:
-            raise CompileError(f"{where}: expected a number, got {type(obj).__name__}: {obj!r}")
-    elif isinstance(shape, tuple) and len(shape) == 2 and shape[0] in (list, tuple):
-        kind, items = shape
-        if not isinstance(obj, list | tuple):
-            obj = _as_list(obj)  # a numpy array where a list was recorded
-        if not isinstance(obj, list | tuple) or len(obj) != len(items):
-            size = len(obj) if isinstance(obj, list | tuple) else None
-            raise CompileError(
-                f"{where}: recorded as a {kind.__name__} of {len(items)} items, got "
-                f"{type(obj).__name__}"
-                + (f" of {size} items" if size is not None else "")
-                + "; compile again for other shapes"
-            )
-        for i, (item_shape, item) in enumerate(zip(items, obj, strict=True)):
-            _fill(item_shape, item, out, f"{where}[{i}]")
-    elif obj is not shape:
-        raise CompileError(
-            f"{where}: this argument is fixed in the compiled graph (it is not a number); "
-            f"it was {shape!r} when compiled, now {obj!r}; compile again to change it"
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +139,7 @@ _ENGINE_MODULES = frozenset(
         "opgraph.value",
         "opgraph.ops",
         "opgraph.binding",
-        "opgraph.backward",
+        "opgraph.reverse",
         "opgraph.errors",
         __name__,
     }
@@ -322,7 +278,7 @@ class Compiled:
                 f"compile({name}): the graph belongs to engine "
                 f"{self.outputs[0].engine.name!r}; pass engine= to compile()"
             )
-        self.nodes = _reachable(self.outputs)
+        self.nodes = reachable(self.outputs)
         self._classify(marker._id)
         self._parameter_set = frozenset(self.parameters)  # the grads backward() writes
         self._check_reads(reads.reads, strict)
@@ -410,7 +366,7 @@ class Compiled:
 
     def __call__(self, *args: Any) -> float | tuple[float, ...]:
         numbers: list[float] = []
-        _fill(self._shape, tuple(args), numbers, "arguments")
+        fill(self._shape, tuple(args), numbers, "arguments")
         checked = bool(mode.get() & ANOMALY or self.engine.detect_anomaly)
         with self._one_run:
             self._one_run.started()
@@ -523,72 +479,11 @@ def _outputs(result: Any, name: str) -> tuple[list[Value], bool]:
     )
 
 
-def _reachable(outputs: list[Value]) -> list[Value]:
-    """Every node the outputs depend on, in creation (topological) order."""
-    if len(outputs) == 1:
-        return topological_order(outputs[0])
-    seen: dict[int, Value] = {}
-    for output in outputs:
-        for node in topological_order(output):
-            seen[id(node)] = node
-    return sorted(seen.values(), key=lambda v: v._id)
-
-
 # ---------------------------------------------------------------------------------------------
 # Code generation
 
 
-_sources = itertools.count(1)  # numbers the generated sources' names
-
-
-class _Generated:
-    """What compiled and batched replay share: generated source run with exec, a checking
-    version of it made on first use (under detect_anomaly), and the line an error came from.
-
-    The source is registered with `linecache` under a name of its own, such as
-    `<opgraph.compile loss#3>`, so that a traceback through it shows the generated line; it
-    is forgotten with the program. A subclass sets `kind` (the name's prefix), `namespace`,
-    `replay`, `lines`, `_checked` and `_filenames` (an empty set before the first `_exec`),
-    and writes `_generate(checked)` and `_build(source)`.
-    """
-
-    kind: str
-    compiled: Compiled
-    namespace: dict[str, Any]
-    replay: Callable
-    lines: dict[int, int]
-    _checked: tuple[Callable, dict[int, int]] | None
-    _filenames: set[str]
-
-    def _exec(self, source: str, **names: Any) -> Callable:
-        """The `replay` function that `source` defines, with `names` in its globals."""
-        filename = f"<{self.kind} {self.compiled.name}#{next(_sources)}>"
-        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        weakref.finalize(self, linecache.cache.pop, filename, None)
-        self._filenames.add(filename)
-        namespace = {**self.namespace, **names}
-        exec(builtins.compile(source, filename, "exec"), namespace)
-        return namespace["replay"]
-
-    def _function(self, checked: bool) -> tuple[Callable, dict[int, int]]:
-        if not checked:
-            return self.replay, self.lines
-        if self._checked is None:  # detect_anomaly(): a second program, checking every line
-            source, lines = self._generate(checked=True)  # type: ignore[attr-defined]
-            self._checked = (self._build(source), lines)  # type: ignore[attr-defined]
-        return self._checked
-
-    def _failing_line(self, exc: Exception) -> int | None:
-        """The line of the generated source where `exc` was raised, if it was raised there."""
-        tb, line = exc.__traceback__, None
-        while tb is not None:
-            if tb.tb_frame.f_code.co_filename in self._filenames:
-                line = tb.tb_lineno
-            tb = tb.tb_next
-        return line
-
-
-class _Program(_Generated):
+class _Program(Generated):
     """The generated replay function of one recorded graph.
 
     Node i of the graph is the local variable `v{i}` (its data) and `g{i}` (its grad). The
@@ -627,7 +522,7 @@ class _Program(_Generated):
             return op, [f"v{p}" for p in parents], list(range(len(parents)))
         fixed = dict(op.constants)  # an op with constants baked in: call the full op
         names = iter(f"v{p}" for p in parents)
-        args = [_literal(fixed[i]) if i in fixed else next(names) for i in range(op.base.arity)]
+        args = [literal(fixed[i]) if i in fixed else next(names) for i in range(op.base.arity)]
         return op.base, args, [i for i in range(op.base.arity) if i not in fixed]
 
     def _generate(self, checked: bool) -> tuple[str, dict[int, int]]:
@@ -654,7 +549,7 @@ class _Program(_Generated):
                 elif id(node) in parameters:
                     emit(f"v{i} = P{parameters[id(node)]}._data")
                 else:  # a constant made while recording
-                    emit(f"v{i} = {_literal(node._data)}")
+                    emit(f"v{i} = {literal(node._data)}")
                 continue
             call_op, args, _ = self._arguments(op, [index[id(p)] for p in node._prev])
             expression = rules.forward_source(call_op, args)
@@ -796,10 +691,3 @@ def _recount(node: Value, where: str) -> str | None:
     except Exception:
         return None
     return wrong_partials(op.arity, partials) if len(partials) != op.arity else None
-
-
-def _literal(x: float) -> str:
-    """A float as Python source that evaluates to exactly it."""
-    if math.isfinite(x):
-        return repr(float(x))
-    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")

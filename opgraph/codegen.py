@@ -1,0 +1,145 @@
+"""What compiled replay (compiler.py) and batched replay (batched.py) share: the arguments'
+structure (`Input`, `fill`), the nodes a recording holds (`reachable`), generated source run
+with exec and registered with linecache (`Generated`), numbers written as source (`literal`),
+and the batch's rules (`SUM_BLOCK`, `BatchWarning`). Below both, so that batched.py, which
+imports numpy, imports nothing of compiler.py, and compiler.py loads batched.py only when
+`Compiled.map` runs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import linecache
+import math
+import weakref
+from collections.abc import Callable
+from numbers import Real
+from typing import TYPE_CHECKING, Any
+
+from .errors import CompileError
+from .reverse import topological_order
+from .value import Value
+
+if TYPE_CHECKING:
+    from .compiler import Compiled
+
+# A parameter's gradient is summed over a batch in blocks of SUM_BLOCK samples, so that the
+# chunks Compiled.map runs (whole blocks) do not change its bits.
+SUM_BLOCK = 128
+
+
+class BatchWarning(UserWarning):
+    """An op has no array kernels: `Compiled.map` applies its scalar functions one by one."""
+
+
+class Input:
+    """Where an input number sits in the arguments' structure."""
+
+
+def as_list(obj: Any) -> Any:
+    """A numpy array as nested lists of floats (its structure); anything else as it is.
+
+    Recognised by its type's module, so that the scalar engine never imports numpy.
+    """
+    if type(obj).__module__ == "numpy" and type(obj).__name__ == "ndarray":
+        return obj.tolist()
+    return obj
+
+
+def fill(shape: Any, obj: Any, out: list[float], where: str) -> None:
+    """Append the input numbers of `obj` to `out`, checking it has the recorded structure."""
+    if shape is Input:
+        if isinstance(obj, Value):
+            out.append(obj.data)
+        elif isinstance(obj, Real) and not isinstance(obj, bool):
+            out.append(float(obj))
+        else:
+            raise CompileError(f"{where}: expected a number, got {type(obj).__name__}: {obj!r}")
+    elif isinstance(shape, tuple) and len(shape) == 2 and shape[0] in (list, tuple):
+        kind, items = shape
+        if not isinstance(obj, list | tuple):
+            obj = as_list(obj)  # a numpy array where a list was recorded
+        if not isinstance(obj, list | tuple) or len(obj) != len(items):
+            size = len(obj) if isinstance(obj, list | tuple) else None
+            raise CompileError(
+                f"{where}: recorded as a {kind.__name__} of {len(items)} items, got "
+                f"{type(obj).__name__}"
+                + (f" of {size} items" if size is not None else "")
+                + "; compile again for other shapes"
+            )
+        for i, (item_shape, item) in enumerate(zip(items, obj, strict=True)):
+            fill(item_shape, item, out, f"{where}[{i}]")
+    elif obj is not shape:
+        raise CompileError(
+            f"{where}: this argument is fixed in the compiled graph (it is not a number); "
+            f"it was {shape!r} when compiled, now {obj!r}; compile again to change it"
+        )
+
+
+def reachable(outputs: list[Value]) -> list[Value]:
+    """Every node the outputs depend on, in creation (topological) order."""
+    if len(outputs) == 1:
+        return topological_order(outputs[0])
+    seen: dict[int, Value] = {}
+    for output in outputs:
+        for node in topological_order(output):
+            seen[id(node)] = node
+    return sorted(seen.values(), key=lambda v: v._id)
+
+
+_sources = itertools.count(1)  # numbers the generated sources' names
+
+
+class Generated:
+    """What compiled and batched replay share: generated source run with exec, a checking
+    version of it made on first use (under detect_anomaly), and the line an error came from.
+
+    The source is registered with `linecache` under a name of its own, such as
+    `<opgraph.compile loss#3>`, so that a traceback through it shows the generated line; it
+    is forgotten with the program. A subclass sets `kind` (the name's prefix), `namespace`,
+    `replay`, `lines`, `_checked` and `_filenames` (an empty set before the first `_exec`),
+    and writes `_generate(checked)` and `_build(source)`.
+    """
+
+    kind: str
+    compiled: Compiled
+    namespace: dict[str, Any]
+    replay: Callable
+    lines: dict[int, int]
+    _checked: tuple[Callable, dict[int, int]] | None
+    _filenames: set[str]
+
+    def _exec(self, source: str, **names: Any) -> Callable:
+        """The `replay` function that `source` defines, with `names` in its globals."""
+        filename = f"<{self.kind} {self.compiled.name}#{next(_sources)}>"
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        weakref.finalize(self, linecache.cache.pop, filename, None)
+        self._filenames.add(filename)
+        namespace = {**self.namespace, **names}
+        exec(builtins.compile(source, filename, "exec"), namespace)
+        return namespace["replay"]
+
+    def _function(self, checked: bool) -> tuple[Callable, dict[int, int]]:
+        if not checked:
+            return self.replay, self.lines
+        if self._checked is None:  # detect_anomaly(): a second program, checking every line
+            source, lines = self._generate(checked=True)  # type: ignore[attr-defined]
+            self._checked = (self._build(source), lines)  # type: ignore[attr-defined]
+        return self._checked
+
+    def _failing_line(self, exc: Exception) -> int | None:
+        """The line of the generated source where `exc` was raised, if it was raised there."""
+        tb, line = exc.__traceback__, None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename in self._filenames:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        return line
+
+
+def literal(x: float) -> str:
+    """A float as Python source that evaluates to exactly it."""
+    if math.isfinite(x):
+        return repr(float(x))
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
