@@ -227,6 +227,7 @@ def run(scripts: int, nodes: int, passes: int, timeout: float) -> dict:
         "page_gets": len(times),
         "page_median_s": round(statistics.median(times), 3) if times else None,
         "page_worst_s": round(max(times), 3) if times else None,
+        "page_over_1s": sum(t > 1.0 for t in times),
         "page_failures": poller.failures[:3],
         "exit_wait_median_s": round(statistics.median(exit_waits), 2) if exit_waits else None,
         "exit_wait_worst_s": round(max(exit_waits), 2) if exit_waits else None,
