@@ -8,11 +8,14 @@ makes `--nodes` nodes in a scope of its own and runs `--passes` backward passes.
 run, `GET /` is asked every quarter second. Reports:
 
 - how long `GET /` took during the load (median and worst);
+- how long the scripts' exits waited for the hub to acknowledge their last events;
 - how the scripts' connections ended at the hub, by close code;
 - per script, the nodes and backward steps the hub recorded against those the script made,
   runs that never ended at the hub, and what the scripts printed (lost the hub, gave up);
 - the hub's peak RSS and CPU time, and its event loop's worst lateness (with the CPU its
-  thread used meanwhile: little CPU means the machine did not run the hub, not a blocked loop);
+  thread used meanwhile, and how long it waited for a CPU: little CPU and a long wait mean
+  the machine did not run the hub, not a blocked loop), and the most CPU it used between two
+  turns of a 50 ms timer (the longest its own work held the page up);
 - the load of the machine before and after (it may be shared).
 
 Bounded: everything is killed after `--timeout` seconds. A script, not a test.
@@ -36,7 +39,9 @@ from pathlib import Path
 # One publishing script: a chain of `nodes` nodes in scope `tag`, then `passes` backward
 # passes. It knows nothing of the hub: OPGRAPH_TRACE does the publishing.
 SCRIPT = """
-import sys
+import atexit, sys, time
+done = []  # when the work ended: the exit's wait for the hub follows (atexit runs it first)
+atexit.register(lambda: done and print(f"exit wait {time.monotonic() - done[0]:.3f}"))
 import opgraph
 from opgraph import Value
 
@@ -48,6 +53,7 @@ with opgraph.scope(tag):
         y = y + leaves[i % len(leaves)]
 for _ in range(passes):
     y.backward()
+done.append(time.monotonic())
 """
 
 # The hub: a real TraceServer in its own process; prints its publish URL, serves until its
@@ -58,23 +64,35 @@ from opgraph.server.server import TraceServer
 
 server = TraceServer(engine_name="hub", ops={}, port=0, accept_publishers=True,
                      record=sys.argv[1]).start()
-worst = [0.0, 0.0]  # the loop's worst lateness, and the CPU its thread used meanwhile
+# The loop's worst lateness, the CPU its thread used meanwhile, and how long it waited for
+# a CPU meanwhile (Linux: the run_delay of /proc/thread-self/schedstat; -1 elsewhere).
+worst = [0.0, 0.0, 0.0]
+busiest = [0.0]  # the most CPU the loop used in one turn (lateness from its own work)
+
+def run_delay():
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except OSError:
+        return -1.0
 
 async def lag():
     loop = asyncio.get_running_loop()
     while True:
-        start, cpu = loop.time(), time.thread_time()
+        start, cpu, waited = loop.time(), time.thread_time(), run_delay()
         await asyncio.sleep(0.05)
         late = loop.time() - start - 0.05
+        busiest[0] = max(busiest[0], time.thread_time() - cpu)
         if late > worst[0]:
-            worst[:] = [late, time.thread_time() - cpu]
+            worst[:] = [late, time.thread_time() - cpu, run_delay() - waited]
 
 asyncio.run_coroutine_threadsafe(lag(), server.loop)
 print(server.publish_url, server.url, flush=True)
 sys.stdin.read()
 stats = server.stats()
 stats.pop("viewers", None)
-stats["loop_worst_lag_s"], stats["loop_cpu_during_it_s"] = worst
+stats["loop_worst_lag_s"], stats["loop_cpu_during_it_s"], stats["loop_cpu_wait_s"] = worst
+stats["loop_busiest_s"] = busiest[0]
 stats["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 stats["cpu_s"] = time.process_time()
 server.close()
@@ -154,15 +172,17 @@ def run(scripts: int, nodes: int, passes: int, timeout: float) -> dict:
         poller.start()
         start = time.monotonic()
         for k in range(scripts):
+            out = open(work / f"s{k}.out", "w")  # noqa: SIM115
             err = open(work / f"s{k}.err", "w")  # noqa: SIM115
             procs.append(
                 subprocess.Popen(
                     [sys.executable, "-c", SCRIPT, f"s{k}", str(nodes), str(passes)],
                     env=env_for(publish_url),
-                    stdout=subprocess.DEVNULL,
+                    stdout=out,
                     stderr=err,
                 )
             )
+            out.close()
             err.close()
         for proc in procs:
             proc.wait(timeout=max(timeout - (time.monotonic() - start), 1))
@@ -189,6 +209,12 @@ def run(scripts: int, nodes: int, passes: int, timeout: float) -> dict:
             for what in ("lost the hub", "gave up", "dropped", "not received", "refused"):
                 if what in line:
                     messages[what] += 1
+    exit_waits = [
+        float(line.split()[-1])
+        for k in range(scripts)
+        for line in (work / f"s{k}.out").read_text().splitlines()
+        if line.startswith("exit wait ")
+    ]
     expected_steps = passes * nodes
     short = {
         f"s{k}": (counted["nodes"][f"s{k}"], counted["steps"][f"s{k}"])
@@ -205,7 +231,10 @@ def run(scripts: int, nodes: int, passes: int, timeout: float) -> dict:
         "page_gets": len(times),
         "page_median_s": round(statistics.median(times), 3) if times else None,
         "page_worst_s": round(max(times), 3) if times else None,
+        "page_over_1s": sum(t > 1.0 for t in times),
         "page_failures": poller.failures[:3],
+        "exit_wait_median_s": round(statistics.median(exit_waits), 2) if exit_waits else None,
+        "exit_wait_worst_s": round(max(exit_waits), 2) if exit_waits else None,
         "closes": stats.get("closes"),
         "runs_started": counted["runs"]["start"],
         "runs_ended": counted["runs"]["end"],
@@ -216,6 +245,8 @@ def run(scripts: int, nodes: int, passes: int, timeout: float) -> dict:
         "script_messages": dict(messages),
         "hub_loop_worst_lag_s": round(stats["loop_worst_lag_s"], 3),
         "hub_loop_cpu_during_it_s": round(stats["loop_cpu_during_it_s"], 3),
+        "hub_loop_cpu_wait_during_it_s": round(stats["loop_cpu_wait_s"], 3),
+        "hub_loop_most_cpu_between_turns_s": round(stats["loop_busiest_s"], 3),
         "hub_peak_rss_mb": round(stats["peak_rss_mb"]),
         "hub_cpu_s": round(stats["cpu_s"], 1),
         "load_before": [round(x, 1) for x in load_before],

@@ -302,20 +302,20 @@ class Hub:
         node = nodes.get(id_)
         if node is None:
             return
-        op, parents, data, label, const, scope = _as_tuple(node)
-        if kind == "backward":
+        if kind == "backward":  # (the node itself is not read: not decoded either)
             self.grads[id_] = value
             self.reached[id_] = self.pass_in_progress
+            return
+        op, parents, data, label, const, scope = _as_tuple(node)
+        if kind == "data":
+            data = value
+            del nodes[id_]  # renewed: re-inserted last, so it is forgotten last
         else:
-            if kind == "data":
-                data = value
-                del nodes[id_]  # renewed: re-inserted last, so it is forgotten last
-            else:
-                label = value
-            new = nodes[id_] = (op, parents, data, label, const, scope)
-            self.graph_bytes += node_size(new) - node_size(node)
-            if self.graph_bytes > self.max_bytes:
-                self._forget()
+            label = value
+        new = nodes[id_] = (op, parents, data, label, const, scope)
+        self.graph_bytes += node_size(new) - node_size(node)
+        if self.graph_bytes > self.max_bytes:
+            self._forget()
 
     def add_ops(self, ops: dict[str, str]) -> None:
         """Merge a run's ops into those of `hello`, keeping at most MAX_OPS (the newest):
