@@ -18,7 +18,7 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 from numbers import Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import rules
 from .errors import (
@@ -28,13 +28,17 @@ from .errors import (
     OpError,
     describe,
     op_error,
+    op_message,
 )
 from .modes import ANOMALY, NO_GRAD, child_path, mode, scope_path
 from .ops import AnyOp, Composite, Row, _parameter_names, with_constants
 from .value import DISPATCHING, OPERATORS, Value, _number
 
+if TYPE_CHECKING:
+    from .contracts import TracerHooks
 
-def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]:
+
+def _coercer(cls: type[Value], op: AnyOp, tracer: TracerHooks | None) -> Callable[[Any], Value]:
     """A function that turns an operand into a Value of `cls`, or explains why it cannot."""
     new, next_id, get_scope = object.__new__, cls._ids.__next__, scope_path.get
 
@@ -42,7 +46,7 @@ def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]
         if type(x) is float or type(x) is int:
             # A constant leaf (the 2 of `2 * x`), built in place as the op functions do.
             node = new(cls)
-            node._data = x if type(x) is float else _float_of_int(x)
+            node._data = _float_of_int(x) if type(x) is int else x
             node._grad, node._label = 0.0, ""
             node._a = node._b = node._more = node._opdef = None
             node._id, node._scope = next_id(), get_scope()
@@ -52,6 +56,7 @@ def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]
         if isinstance(x, Value):
             if x._ops is cls._ops:
                 return x
+            assert cls._engine is not None  # (an engine sets it before it binds its ops)
             raise op_error(
                 op,
                 f"got {describe(x)} of engine {x.engine.name!r}, the other operands are of "
@@ -59,7 +64,7 @@ def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]
                 error=EngineMismatchError,
             )
         if isinstance(x, Real):
-            return cls(x)
+            return cls(_number(x))
         raise op_error(
             op,
             f"got an operand of type {type(x).__name__}: {x!r}; operands must be Values or "
@@ -86,7 +91,8 @@ def _as_float(op: AnyOp, out: Any) -> float:
 
 
 def forward_error(op: AnyOp, operands: Sequence[Value], exc: Exception) -> OpError:
-    return op_error(op, "failed in forward", inputs=operands, detail=f"{type(exc).__name__}: {exc}")
+    detail = f"{type(exc).__name__}: {exc}"
+    return OpError(op_message(op, "failed in forward", inputs=operands, detail=detail))
 
 
 def _checked(op: Row, cls: type[Value], out: float, parents: tuple, flags: int) -> Value:
@@ -98,7 +104,7 @@ def _checked(op: Row, cls: type[Value], out: float, parents: tuple, flags: int) 
     return cls(out, "", parents, op)
 
 
-def _bind_primitive(op: Row, cls: type[Value], engine_flags: int, tracer: Any) -> Callable:
+def _bind_primitive(op: Row, cls: type[Value], engine_flags: int, tracer: TracerHooks | None) -> Callable:
     """The function that runs `op` on operands: the hot path of every graph.
 
     It builds the output node in place (`new(cls)` and six slot stores) rather than calling
@@ -179,7 +185,7 @@ def _bind_primitive(op: Row, cls: type[Value], engine_flags: int, tracer: Any) -
     return nary
 
 
-def _bind_static(op: Row, cls: type[Value], engine_flags: int, tracer: Any) -> Callable:
+def _bind_static(op: Row, cls: type[Value], engine_flags: int, tracer: TracerHooks | None) -> Callable:
     """Bind an op with static positions: plain numbers there are baked into the op."""
     full = _bind_primitive(op, cls, engine_flags, tracer)
 
@@ -217,8 +223,9 @@ def _bind_static(op: Row, cls: type[Value], engine_flags: int, tracer: Any) -> C
     return apply
 
 
-def _bind_composite(op: Composite, cls: type[Value], tracer: Any) -> Callable[..., Value]:
+def _bind_composite(op: Composite, cls: type[Value], tracer: TracerHooks | None) -> Callable[..., Value]:
     fn, to_value = op.fn, _coercer(cls, op, tracer)
+    assert fn is not None  # (Composite.check() refused a composite without one)
     get_scope, set_scope, reset_scope = scope_path.get, scope_path.set, scope_path.reset
     inside: dict[str, str] = {}  # the scope the parts run in, by the scope the op runs in
 
@@ -271,7 +278,7 @@ def _bind_composite(op: Composite, cls: type[Value], tracer: Any) -> Callable[..
 
 
 def bind(
-    op: AnyOp, cls: type[Value], engine_flags: int = 0, tracer: Any = None
+    op: AnyOp, cls: type[Value], engine_flags: int = 0, tracer: TracerHooks | None = None
 ) -> Callable[..., Value]:
     """The function that applies `op` to operands and returns a new Value of `cls`.
 
@@ -315,7 +322,7 @@ class OpTable:
         definitions: dict[str, AnyOp],
         cls: type[Value],
         engine_flags: int = 0,
-        tracer: Any = None,
+        tracer: TracerHooks | None = None,
     ):
         self.definitions = dict(definitions)
         for name, op in definitions.items():

@@ -37,13 +37,14 @@ import weakref
 from numbers import Real
 from operator import attrgetter
 from types import MethodType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from .modes import NO_GRAD, mode, scope_path
 from .trace.text import MAX_LABEL, viewer_text
 
 if TYPE_CHECKING:
     from .binding import OpTable
+    from .contracts import TracerHooks
     from .engine import Engine
     from .ops import Row
 
@@ -102,7 +103,7 @@ class Value:
     # Set per engine on its own Value class (the default engine uses this class itself).
     _ops: OpTable = _DefaultOps()  # type: ignore[assignment]
     _engine: Engine | None = None
-    _tracer: Any = None  # the engine's tracer; None when tracing is off
+    _tracer: TracerHooks | None = None  # the engine's tracer; None when tracing is off
     _ids = itertools.count()
 
     def __init__(self, data: float, label: str = "", _prev: tuple = (), _op: Row | None = None):
@@ -164,6 +165,14 @@ class Value:
         attrgetter("_scope"),
         doc='The path of the scopes the node was made in ("L0/N3"), "" outside any scope.',
     )
+    if TYPE_CHECKING:  # what the attrgetter properties above return, for type checkers
+
+        @property
+        def id(self) -> int: ...
+        @property
+        def op(self) -> Row | None: ...
+        @property
+        def scope(self) -> str: ...
 
     @property
     def op_name(self) -> str | None:
@@ -233,7 +242,7 @@ class Value:
             setattr(self, name, value)
         self._id = next(self._ids)
 
-    def __reduce_ex__(self, protocol: int) -> tuple:
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple:
         # Without recursion: pickle saves a node's parents inside the node's own record, one
         # level of C recursion per level of the graph, and fails on a long chain. So the first
         # node pickle meets (a root) lists its ancestors that pickle has not saved yet, parents
@@ -241,7 +250,9 @@ class Value:
         # are saved already, and it writes a reference. See _flat_pickle below.
         ancestors = _pickle_plan(self)
         if ancestors is None:  # a listed ancestor, or a node with no ancestor to list
-            return (copyreg.__newobj__, (type(self),), _state(self))
+            # (typeshed's copyreg lacks __newobj__, which the copyreg module has had since 2.3)
+            newobj = copyreg.__newobj__  # pyright: ignore[reportAttributeAccessIssue]
+            return (newobj, (type(self),), _state(self))
         return (_unpickle_root, (type(self), ancestors), _state(self))
 
     def __copy__(self) -> Value:
@@ -258,7 +269,7 @@ class Value:
         # the copy adds up the grads in the same order, to the bit); `memo` keeps shared nodes
         # shared.
         todo: dict[int, Value] = {}
-        stack = [self]
+        stack: list[Value] = [self]
         while stack:
             node = stack.pop()
             if id(node) not in memo and id(node) not in todo:
@@ -560,7 +571,7 @@ def _number(data: Any) -> float:
         try:
             return float(data)
         except OverflowError:  # an int beyond the largest float rounds to inf, as IEEE-754
-            return math.inf if data > 0 else -math.inf
+            return -math.inf if data < 0 else math.inf
     if isinstance(data, Value):
         raise TypeError(
             "Value(...) takes a number; to reuse a Value, use it directly "
