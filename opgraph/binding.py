@@ -28,7 +28,6 @@ from .errors import (
     OpError,
     describe,
     op_error,
-    op_message,
 )
 from .modes import ANOMALY, NO_GRAD, child_path, mode, scope_path
 from .ops import AnyOp, Composite, Row, _parameter_names, with_constants
@@ -91,8 +90,7 @@ def _as_float(op: AnyOp, out: Any) -> float:
 
 
 def forward_error(op: AnyOp, operands: Sequence[Value], exc: Exception) -> OpError:
-    detail = f"{type(exc).__name__}: {exc}"
-    return OpError(op_message(op, "failed in forward", inputs=operands, detail=detail))
+    return op_error(op, "failed in forward", inputs=operands, detail=f"{type(exc).__name__}: {exc}")
 
 
 def _checked(op: Row, cls: type[Value], out: float, parents: tuple, flags: int) -> Value:
@@ -104,7 +102,9 @@ def _checked(op: Row, cls: type[Value], out: float, parents: tuple, flags: int) 
     return cls(out, "", parents, op)
 
 
-def _bind_primitive(op: Row, cls: type[Value], engine_flags: int, tracer: TracerHooks | None) -> Callable:
+def _bind_primitive(
+    op: Row, cls: type[Value], engine_flags: int, tracer: TracerHooks | None
+) -> Callable:
     """The function that runs `op` on operands: the hot path of every graph.
 
     It builds the output node in place (`new(cls)` and six slot stores) rather than calling
@@ -185,7 +185,9 @@ def _bind_primitive(op: Row, cls: type[Value], engine_flags: int, tracer: Tracer
     return nary
 
 
-def _bind_static(op: Row, cls: type[Value], engine_flags: int, tracer: TracerHooks | None) -> Callable:
+def _bind_static(
+    op: Row, cls: type[Value], engine_flags: int, tracer: TracerHooks | None
+) -> Callable:
     """Bind an op with static positions: plain numbers there are baked into the op."""
     full = _bind_primitive(op, cls, engine_flags, tracer)
 
@@ -223,7 +225,9 @@ def _bind_static(op: Row, cls: type[Value], engine_flags: int, tracer: TracerHoo
     return apply
 
 
-def _bind_composite(op: Composite, cls: type[Value], tracer: TracerHooks | None) -> Callable[..., Value]:
+def _bind_composite(
+    op: Composite, cls: type[Value], tracer: TracerHooks | None
+) -> Callable[..., Value]:
     fn, to_value = op.fn, _coercer(cls, op, tracer)
     assert fn is not None  # (Composite.check() refused a composite without one)
     get_scope, set_scope, reset_scope = scope_path.get, scope_path.set, scope_path.reset
