@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .text import redact
 
 if TYPE_CHECKING:
+    from ..contracts import TraceServing
     from ..engine import Engine
 
 
@@ -31,7 +32,7 @@ def serve(
     *,
     engine: Engine | None = None,
     **options: Any,
-):
+) -> TraceServing:
     """Serve the trace of `engine` (default: the default engine); see `Engine.serve`."""
     from ..engine import default_engine
 
