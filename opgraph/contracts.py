@@ -95,6 +95,11 @@ class TraceBuffer(Protocol):
 
     def drain(self, limit: int = ...) -> list[Any]: ...
 
+    @property
+    def lost(self) -> int:
+        """Events not stored because the buffer was full, since the last `take_lost()`."""
+        ...
+
     def take_lost(self) -> int: ...
 
     def hello(self) -> dict[str, Any]:
