@@ -298,7 +298,7 @@ def bind(
     # Named, documented and signed as the op, so `help(ops.sin)` and `help(v.sin)` show it.
     fn.__name__ = fn.__qualname__ = op.name
     fn.__doc__ = op.doc or None
-    fn.__signature__ = _signature(op)  # type: ignore[attr-defined]
+    fn.__signature__ = _signature(op)
     return fn
 
 
@@ -306,7 +306,7 @@ def _signature(op: AnyOp) -> inspect.Signature:
     """The operands of `op`, positional, named as its function names them (else x1, x2 ...)."""
     names = _parameter_names(op.forward if isinstance(op, Row) else op.fn)[: op.arity]
     if len(names) != op.arity:
-        names = [f"x{i + 1}" for i in range(op.arity)]  # type: ignore[arg-type]
+        names = [f"x{i + 1}" for i in range(op.arity)]  # pyright: ignore[reportArgumentType]
     return inspect.Signature(
         [inspect.Parameter(n, inspect.Parameter.POSITIONAL_ONLY) for n in names]
     )

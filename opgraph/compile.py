@@ -223,7 +223,7 @@ class _DataReads:
                 )
             _recorders[self.thread] = self.reads
             if len(_recorders) == 1:  # the first thread to record: watch reads
-                Value.data = _NOTING  # type: ignore[assignment]
+                Value.data = _NOTING  # pyright: ignore[reportAttributeAccessIssue]
         recording.active = True
         return self
 
@@ -232,7 +232,7 @@ class _DataReads:
         with _recorders_lock:
             del _recorders[self.thread]
             if not _recorders:  # the last one: the plain property again
-                Value.data = _DATA_PROPERTY  # type: ignore[assignment]
+                Value.data = _DATA_PROPERTY
 
 
 class _OneRun:
@@ -574,8 +574,8 @@ class _Generated:
         if not checked:
             return self.replay, self.lines
         if self._checked is None:  # detect_anomaly(): a second program, checking every line
-            source, lines = self._generate(checked=True)  # type: ignore[attr-defined]
-            self._checked = (self._build(source), lines)  # type: ignore[attr-defined]
+            source, lines = self._generate(checked=True)  # pyright: ignore[reportAttributeAccessIssue]
+            self._checked = (self._build(source), lines)  # pyright: ignore[reportAttributeAccessIssue]
         return self._checked
 
     def _failing_line(self, exc: Exception) -> int | None:

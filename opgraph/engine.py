@@ -185,8 +185,8 @@ class _EngineOpTable(OpTable):
         try:
             super()._missing(name)
         except AttributeError as exc:
-            exc.plugin_note = loading.failures_note(self.failures)  # type: ignore[attr-defined]
-            exc.args = (f"{exc}{exc.plugin_note}",)  # type: ignore[attr-defined]
+            exc.plugin_note = loading.failures_note(self.failures)  # pyright: ignore[reportAttributeAccessIssue]
+            exc.args = (f"{exc}{exc.plugin_note}",)  # pyright: ignore[reportAttributeAccessIssue]
             raise
 
 

@@ -62,14 +62,14 @@ class _Mode:
             def generator(*args: Any, **kwargs: Any) -> Any:
                 return (yield from _resumed_in_mode(fn(*args, **kwargs), flag, on))
 
-            return generator  # type: ignore[return-value]
+            return generator  # pyright: ignore[reportReturnType]
 
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
             with _Mode(flag, on):
                 return fn(*args, **kwargs)
 
-        return call  # type: ignore[return-value]
+        return call  # pyright: ignore[reportReturnType]
 
     @property
     def name(self) -> str:

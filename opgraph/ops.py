@@ -173,7 +173,7 @@ def _number_text(value: float) -> str:
 def _parameter_names(fn: Callable | None) -> list[str]:
     """The names of `fn`'s positional parameters, for messages (empty when unknown)."""
     try:
-        params = list(inspect.signature(fn).parameters.values())  # type: ignore[arg-type]
+        params = list(inspect.signature(fn).parameters.values())  # pyright: ignore[reportArgumentType]
     except (TypeError, ValueError):
         return []
     return [p.name for p in params if p.kind in _POSITIONAL]
@@ -529,7 +529,7 @@ def _compare_partials(op: Row, cls: Any, xs: tuple[float, ...], fixed: tuple[int
         out = op.forward(*xs)
         expected = tuple(op.derivative(out, *xs))
         args = [x if i in fixed else cls(x) for i, x in enumerate(xs)]
-        got = tuple(op.value_derivative(cls(out), *args))  # type: ignore[misc]
+        got = tuple(op.value_derivative(cls(out), *args))  # pyright: ignore[reportOptionalCall]
     except Exception:
         return
     if len(got) != len(xs) or len(expected) != len(xs):

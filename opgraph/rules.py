@@ -204,7 +204,7 @@ class _Floats(ast.NodeTransformer):
     """Numbers as floats: `3 * a` computes `3.0 * a`, the same float, on every executor."""
 
     def visit_Constant(self, node: ast.Constant) -> ast.Constant:
-        return ast.Constant(float(node.value))  # type: ignore[arg-type]  # checked: a number
+        return ast.Constant(float(node.value))  # pyright: ignore[reportArgumentType]  # checked: a number
 
 
 class _Substitute(ast.NodeTransformer):
@@ -672,7 +672,7 @@ def _recount(node: Value) -> str | None:
     derivative fails, or its result has no length)."""
     op = node._opdef
     try:
-        partials = op.derivative(node._data, *[p._data for p in node._prev])  # type: ignore[union-attr]
+        partials = op.derivative(node._data, *[p._data for p in node._prev])  # pyright: ignore[reportOptionalMemberAccess]
         counted_partials(partials, node)
     except PartialsCountError as exc:
         return str(exc)

@@ -101,7 +101,7 @@ class Value:
     )
 
     # Set per engine on its own Value class (the default engine uses this class itself).
-    _ops: OpTable = _DefaultOps()  # type: ignore[assignment]
+    _ops: OpTable = _DefaultOps()  # pyright: ignore[reportAssignmentType]
     _engine: Engine | None = None
     _tracer: TracerHooks | None = None  # the engine's tracer; None when tracing is off
     _ids = itertools.count()
@@ -472,7 +472,7 @@ def _op_method(op: Any) -> Any:
     method.__qualname__ = f"Value.{name}"
     method.__doc__ = op.__doc__
     method.__module__ = op.__module__
-    method.__signature__ = inspect.signature(op)  # type: ignore[attr-defined]
+    method.__signature__ = inspect.signature(op)
     return method
 
 
@@ -561,7 +561,7 @@ def _unpickle_root(cls: type, ancestors: list) -> Value:
 def _split(parents: tuple) -> tuple[Any, Any, tuple | None]:
     """Parents as the slots `_a`, `_b`, `_more` hold them."""
     if len(parents) <= 2:
-        return (*parents, None, None, None)[:3]  # type: ignore[return-value]
+        return (*parents, None, None, None)[:3]  # pyright: ignore[reportReturnType]
     return parents[0], parents[1], tuple(parents[2:])
 
 
