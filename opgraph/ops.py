@@ -172,8 +172,10 @@ def _number_text(value: float) -> str:
 
 def _parameter_names(fn: Callable | None) -> list[str]:
     """The names of `fn`'s positional parameters, for messages (empty when unknown)."""
+    if fn is None:
+        return []
     try:
-        params = list(inspect.signature(fn).parameters.values())  # pyright: ignore[reportArgumentType]
+        params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return []
     return [p.name for p in params if p.kind in _POSITIONAL]

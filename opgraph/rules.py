@@ -671,8 +671,10 @@ def _recount(node: Value) -> str | None:
     """The wrong-count problem of `node`'s derivative, or None if the count is right (or the
     derivative fails, or its result has no length)."""
     op = node._opdef
+    if op is None:  # a leaf: no derivative to count
+        return None
     try:
-        partials = op.derivative(node._data, *[p._data for p in node._prev])  # pyright: ignore[reportOptionalMemberAccess]
+        partials = op.derivative(node._data, *[p._data for p in node._prev])
         counted_partials(partials, node)
     except PartialsCountError as exc:
         return str(exc)
