@@ -116,9 +116,10 @@ def _dims(shape: Any) -> tuple[int, ...] | None:
     if not _is_structure(shape):
         return None
     inner = [_dims(item) for item in shape[1]]
-    if not inner or any(d is None or d != inner[0] for d in inner):
+    first = inner[0] if inner else None
+    if first is None or any(d != first for d in inner):
         return None
-    return (len(inner), *inner[0])
+    return (len(inner), *first)
 
 
 def _samples(shape: Any, batch: Any, where: str) -> np.ndarray:
@@ -302,6 +303,7 @@ class BatchedProgram(Generated):
     def _call(self, node: Value) -> tuple[Row, list[Value | float]]:
         """The op to call on a node, and its arguments (parents, or the op's constants)."""
         op = node._opdef
+        assert op is not None, "a compiled function's ops are its non-leaf nodes"
         if op.base is None:
             return op, list(node._prev)
         fixed = dict(op.constants)
@@ -348,7 +350,7 @@ class BatchedProgram(Generated):
         for group in self.groups:
             for i in group.nodes:
                 for a in self._call(nodes[i])[1]:
-                    if not isinstance(a, float) and id(a) in self.parameter_ids:
+                    if not isinstance(a, float | int) and id(a) in self.parameter_ids:
                         order.setdefault(id(a), a)
         for p in self.compiled.parameters:  # one no op reads (an output that is a parameter)
             order.setdefault(id(p), p)
@@ -704,10 +706,10 @@ class BatchedProgram(Generated):
             return exc
         gi = lines[line]
         group = self.groups[gi]
-        element = None
+        element: tuple[int, int] | None = None
         if isinstance(exc, _ElementError):
-            element = np.unravel_index(exc.position, exc.shape)
-            element = (int(element[0]) if len(element) > 1 else 0, int(element[-1]))
+            index = [int(i) for i in np.unravel_index(exc.position, exc.shape)]
+            element = (index[0] if len(index) > 1 else 0, index[-1])
             exc = exc.cause
         first = self.compiled.nodes[group.nodes[0]]
         node = first if element is None else self.compiled.nodes[group.nodes[element[0]]]

@@ -19,7 +19,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from numbers import Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import rules
 from .errors import (
@@ -35,8 +35,11 @@ from .modes import ANOMALY, NO_GRAD, child_path, mode, scope_path
 from .ops import AnyOp, Composite, Row, _parameter_names, with_constants
 from .value import DISPATCHING, OPERATORS, Value, _number
 
+if TYPE_CHECKING:
+    from .contracts import TracerHooks
 
-def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]:
+
+def _coercer(cls: type[Value], op: AnyOp, tracer: TracerHooks | None) -> Callable[[Any], Value]:
     """A function that turns an operand into a Value of `cls`, or explains why it cannot."""
     new, next_id, get_scope = object.__new__, cls._ids.__next__, scope_path.get
 
@@ -44,7 +47,7 @@ def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]
         if type(x) is float or type(x) is int:
             # A constant leaf (the 2 of `2 * x`), built in place as the op functions do.
             node = new(cls)
-            node._data = x if type(x) is float else _float_of_int(x)
+            node._data = _float_of_int(x) if type(x) is int else x
             node._grad, node._tag = 0.0, get_scope()
             node._a = node._b = node._opdef = None
             node._id = next_id()
@@ -54,6 +57,7 @@ def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]
         if isinstance(x, Value):
             if x._ops is cls._ops:
                 return x
+            assert cls._engine is not None  # (an engine sets it before it binds its ops)
             raise op_error(
                 op,
                 f"got {describe(x)} of engine {x.engine.name!r}, the other operands are of "
@@ -61,7 +65,7 @@ def _coercer(cls: type[Value], op: AnyOp, tracer: Any) -> Callable[[Any], Value]
                 error=EngineMismatchError,
             )
         if isinstance(x, Real):
-            return cls(x)
+            return cls(_number(x))
         raise op_error(
             op,
             f"got an operand of type {type(x).__name__}: {x!r}; operands must be Values or "
@@ -100,7 +104,9 @@ def _checked(op: Row, cls: type[Value], out: float, parents: tuple, flags: int) 
     return cls(out, "", parents, op)
 
 
-def _bind_primitive(op: Row, cls: type[Value], engine_flags: int, tracer: Any) -> Callable:
+def _bind_primitive(
+    op: Row, cls: type[Value], engine_flags: int, tracer: TracerHooks | None
+) -> Callable:
     """The function that runs `op` on operands: the hot path of every graph.
 
     It builds the output node in place (`new(cls)` and seven slot stores) rather than calling
@@ -181,7 +187,9 @@ def _bind_primitive(op: Row, cls: type[Value], engine_flags: int, tracer: Any) -
     return nary
 
 
-def _bind_static(op: Row, cls: type[Value], engine_flags: int, tracer: Any) -> Callable:
+def _bind_static(
+    op: Row, cls: type[Value], engine_flags: int, tracer: TracerHooks | None
+) -> Callable:
     """Bind an op with static positions: plain numbers there are baked into the op."""
     full = _bind_primitive(op, cls, engine_flags, tracer)
 
@@ -219,8 +227,11 @@ def _bind_static(op: Row, cls: type[Value], engine_flags: int, tracer: Any) -> C
     return apply
 
 
-def _bind_composite(op: Composite, cls: type[Value], tracer: Any) -> Callable[..., Value]:
+def _bind_composite(
+    op: Composite, cls: type[Value], tracer: TracerHooks | None
+) -> Callable[..., Value]:
     fn, to_value = op.fn, _coercer(cls, op, tracer)
+    assert fn is not None  # (Composite.check() refused a composite without one)
     get_scope, set_scope, reset_scope = scope_path.get, scope_path.set, scope_path.reset
     inside: dict[str, str] = {}  # the scope the parts run in, by the scope the op runs in
 
@@ -273,7 +284,7 @@ def _bind_composite(op: Composite, cls: type[Value], tracer: Any) -> Callable[..
 
 
 def bind(
-    op: AnyOp, cls: type[Value], engine_flags: int = 0, tracer: Any = None
+    op: AnyOp, cls: type[Value], engine_flags: int = 0, tracer: TracerHooks | None = None
 ) -> Callable[..., Value]:
     """The function that applies `op` to operands and returns a new Value of `cls`.
 
@@ -289,7 +300,7 @@ def bind(
     # Named, documented and signed as the op, so `help(ops.sin)` and `help(v.sin)` show it.
     fn.__name__ = fn.__qualname__ = op.name
     fn.__doc__ = op.doc or None
-    fn.__signature__ = _signature(op)  # type: ignore[attr-defined]
+    fn.__signature__ = _signature(op)
     return fn
 
 
@@ -297,7 +308,7 @@ def _signature(op: AnyOp) -> inspect.Signature:
     """The operands of `op`, positional, named as its function names them (else x1, x2 ...)."""
     names = _parameter_names(op.forward if isinstance(op, Row) else op.fn)[: op.arity]
     if len(names) != op.arity:
-        names = [f"x{i + 1}" for i in range(op.arity)]  # type: ignore[arg-type]
+        names = [f"x{i + 1}" for i in range(op.arity)]  # pyright: ignore[reportArgumentType]
     return inspect.Signature(
         [inspect.Parameter(n, inspect.Parameter.POSITIONAL_ONLY) for n in names]
     )
@@ -317,7 +328,7 @@ class OpTable:
         definitions: dict[str, AnyOp],
         cls: type[Value],
         engine_flags: int = 0,
-        tracer: Any = None,
+        tracer: TracerHooks | None = None,
     ):
         self.definitions = dict(definitions)
         for name, op in definitions.items():
@@ -445,7 +456,9 @@ def _compare_partials(op: Row, cls: Any, xs: tuple[float, ...], fixed: tuple[int
         out = op.forward(*xs)
         expected = tuple(op.derivative(out, *xs))
         args = [x if i in fixed else cls(x) for i, x in enumerate(xs)]
-        got = tuple(op.value_derivative(cls(out), *args))  # type: ignore[misc]
+        value_derivative = op.value_derivative
+        assert value_derivative is not None  # (only such rows are probed)
+        got = tuple(value_derivative(cls(out), *args))
     except Exception:
         return
     if len(got) != len(xs) or len(expected) != len(xs):

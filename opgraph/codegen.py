@@ -124,9 +124,17 @@ class Generated:
         if not checked:
             return self.replay, self.lines
         if self._checked is None:  # detect_anomaly(): a second program, checking every line
-            source, lines = self._generate(checked=True)  # type: ignore[attr-defined]
-            self._checked = (self._build(source), lines)  # type: ignore[attr-defined]
+            source, lines = self._generate(checked=True)
+            self._checked = (self._build(source), lines)
         return self._checked
+
+    def _generate(self, checked: bool) -> tuple[str, dict[int, int]]:
+        """The source of `replay` and, for each of its lines, the node it computes."""
+        raise NotImplementedError
+
+    def _build(self, source: str) -> Callable:
+        """The `replay` function of `source` (by `_exec`, with the names it needs)."""
+        raise NotImplementedError
 
     def _failing_line(self, exc: Exception) -> int | None:
         """The line of the generated source where `exc` was raised, if it was raised there."""

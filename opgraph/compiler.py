@@ -179,7 +179,7 @@ class _DataReads:
                 )
             _recorders[self.thread] = self.reads
             if len(_recorders) == 1:  # the first thread to record: watch reads
-                Value.data = _NOTING  # type: ignore[assignment]
+                Value.data = _NOTING  # pyright: ignore[reportAttributeAccessIssue]
         recording.active = True
         return self
 
@@ -188,7 +188,7 @@ class _DataReads:
         with _recorders_lock:
             del _recorders[self.thread]
             if not _recorders:  # the last one: the plain property again
-                Value.data = _DATA_PROPERTY  # type: ignore[assignment]
+                Value.data = _DATA_PROPERTY
 
 
 class _OneRun:
@@ -681,10 +681,12 @@ def _recount(node: Value, where: str) -> str | None:
     number of partials (called again on the recorded inputs, and counted), else None."""
     if where != "backward":
         return None
-    op = node._opdef.base or node._opdef  # the full op: the generated line calls it
+    made = node._opdef
+    assert made is not None  # (a line of the generated code computes a node an op made)
+    op = made.base or made  # the full op: the generated line calls it
     args = [p._data for p in node._prev]
-    if op is not node._opdef:
-        fixed, rest = dict(node._opdef.constants), iter(args)
+    if op is not made:
+        fixed, rest = dict(made.constants), iter(args)
         args = [fixed[i] if i in fixed else next(rest) for i in range(op.arity)]
     try:
         partials = tuple(op.derivative(node._data, *args))

@@ -1,6 +1,6 @@
 """The contracts between opgraph's parts, as Protocols: what each side may call on the other.
 
-- `Tracer`: what the engine calls on the tracer attached to it (`Engine.tracer`), from its
+- `TracerHooks`: what the engine calls on the tracer attached to it (`Engine.tracer`), from its
   hot path: once per node made, per label set, per backward pass and chunk of its steps.
 - `TraceBuffer`: what a consumer of the trace (the server's drain, a hub publisher) calls on
   the tracer it reads from.
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .value import Value
 
 
-class Tracer(Protocol):
+class TracerHooks(Protocol):
     """What the engine calls on its tracer. Each call is on the engine's thread, from the
     hot path, so an implementation must be quick and must not raise."""
 
@@ -95,6 +95,11 @@ class TraceBuffer(Protocol):
 
     def drain(self, limit: int = ...) -> list[Any]: ...
 
+    @property
+    def lost(self) -> int:
+        """Events not stored because the buffer was full, since the last `take_lost()`."""
+        ...
+
     def take_lost(self) -> int: ...
 
     def hello(self) -> dict[str, Any]:
@@ -145,12 +150,12 @@ class TracedEngine(Protocol):
     def ops(self) -> OpTableView: ...
 
     @property
-    def tracer(self) -> Tracer | None:
+    def tracer(self) -> TracerHooks | None:
         """The attached tracer, or None (tracing off)."""
         ...
 
     @tracer.setter
-    def tracer(self, tracer: Tracer | None) -> None: ...
+    def tracer(self, tracer: TracerHooks | None) -> None: ...
 
 
 class Node(Protocol):
@@ -224,11 +229,12 @@ class TraceServing(Protocol):
 
 if TYPE_CHECKING:
 
-    def _conformance(tracer: BufferedTracer, engine: Engine) -> None:
+    def _conformance(tracer: BufferedTracer, engine: Engine, value: Value) -> None:
         """opgraph's own classes keep the contracts (pyright checks these assignments).
-        (`Value` keeps `Node` once its `id`, `op` and `scope`, properties made from
-        attrgetter for speed, declare their types to checkers.)"""
-        hooks: Tracer = tracer
+        (`Value`'s `id`, `op` and `scope`, properties made from attrgetter for speed, declare
+        their types to checkers under `if TYPE_CHECKING:` in value.py.)"""
+        hooks: TracerHooks = tracer
         buffer: TraceBuffer = tracer
         traced: TracedEngine = engine
-        del hooks, buffer, traced
+        node: Node = value
+        del hooks, buffer, traced, node

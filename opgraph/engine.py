@@ -11,7 +11,7 @@ import itertools
 import os
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import loading
 from .binding import OpTable, check_value_derivatives, install_operators
@@ -21,6 +21,9 @@ from .modes import ANOMALY
 from .ops import AnyOp, collect
 from .trace.serving import from_environment, serve_engine
 from .value import Above, Value
+
+if TYPE_CHECKING:
+    from .contracts import TracerHooks, TraceServing
 
 
 class Engine:
@@ -55,7 +58,7 @@ class Engine:
         if _value_class is None:
             self.Value._ids = itertools.count()
         self._lock = threading.RLock()
-        self._tracer: Any = None
+        self._tracer: TracerHooks | None = None
         self._registered: list[tuple[str, AnyOp, bool]] = []  # (plugin, op, replace) in order
         self.pm = loading.PluginManager()
         self.ops: OpTable = OpTable({}, self.Value)
@@ -152,18 +155,18 @@ class Engine:
     # --- tracing --------------------------------------------------------------------------
 
     @property
-    def tracer(self) -> Any:
+    def tracer(self) -> TracerHooks | None:
         """The object told about every node's forward and backward, or None (off)."""
         return self._tracer
 
     @tracer.setter
-    def tracer(self, tracer: Any) -> None:
+    def tracer(self, tracer: TracerHooks | None) -> None:
         with self._lock:
             self._tracer = tracer
             self.Value._tracer = tracer
             self._bind(self.ops.definitions)
 
-    def serve(self, port: int = 8765, host: str = "127.0.0.1", **options: Any) -> Any:
+    def serve(self, port: int = 8765, host: str = "127.0.0.1", **options: Any) -> TraceServing:
         """Serve this engine's live trace to viewers; returns the running server.
 
         The server runs in a background thread; the result is a context manager with `.url`,
@@ -183,8 +186,8 @@ class _EngineOpTable(OpTable):
         try:
             super()._missing(name)
         except AttributeError as exc:
-            exc.plugin_note = loading.failures_note(self.failures)  # type: ignore[attr-defined]
-            exc.args = (f"{exc}{exc.plugin_note}",)  # type: ignore[attr-defined]
+            exc.plugin_note = loading.failures_note(self.failures)  # pyright: ignore[reportAttributeAccessIssue]
+            exc.args = (f"{exc}{exc.plugin_note}",)  # pyright: ignore[reportAttributeAccessIssue]
             raise
 
 

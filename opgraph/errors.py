@@ -6,6 +6,8 @@ values involved, so that a user can find the culprit without reading a traceback
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 
 class OpgraphError(Exception):
     """Base class of opgraph's own errors."""
@@ -131,7 +133,10 @@ def op_message(
     return f"{message}: {detail}" if detail else message
 
 
-def op_error(op, event: str, *, error: type[OpgraphError] = OpError, **where) -> OpgraphError:
+_E = TypeVar("_E", bound=OpgraphError)
+
+
+def op_error(op, event: str, *, error: type[_E] = OpError, **where) -> _E:
     """The error `error` (OpError by default) with `op_message(op, event, **where)`."""
     return error(op_message(op, event, **where))
 

@@ -24,7 +24,7 @@ class Hooks(dict):
 
     __slots__ = ("__weakref__",)
     __eq__ = object.__eq__
-    __hash__ = object.__hash__  # type: ignore[assignment]
+    __hash__ = object.__hash__  # pyright: ignore[reportAssignmentType] (dict's is None)
 
 
 class HookTable:

@@ -18,6 +18,7 @@ import os
 import re
 import types
 import warnings
+from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
@@ -340,7 +341,7 @@ def check_hooks(pm: PluginManager, plugin: Any, name: str) -> None:
         raise PluginError(f"plugin {name!r} implements no opgraph hook{hint}", plugin=name)
 
 
-def check_hook(plugin: Any, name: str, attr: str, opts: dict[str, Any]) -> None:
+def check_hook(plugin: Any, name: str, attr: str, opts: Mapping[str, Any]) -> None:
     """Check one function marked @hookimpl: a known hook, not a wrapper, `self` where a
     method needs it, and only arguments the hook passes (it passes them by name)."""
     hook = opts.get("specname") or attr

@@ -62,14 +62,14 @@ class _Mode:
             def generator(*args: Any, **kwargs: Any) -> Any:
                 return (yield from _resumed_in_mode(fn(*args, **kwargs), flag, on))
 
-            return generator  # type: ignore[return-value]
+            return generator  # pyright: ignore[reportReturnType]
 
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
             with _Mode(flag, on):
                 return fn(*args, **kwargs)
 
-        return call  # type: ignore[return-value]
+        return call  # pyright: ignore[reportReturnType]
 
     @property
     def name(self) -> str:
@@ -81,7 +81,8 @@ class _Mode:
 def _resumed_in_mode(generator: Generator, flag: int, on: bool) -> Generator:
     """Run `generator` with the mode on (or off) while it runs, and as it was while it is paused:
     a `with` around each resume, none around the yield."""
-    resume, sent = generator.send, None
+    resume: Callable[[Any], Any] = generator.send  # or .throw, with the exception thrown in
+    sent: Any = None
     while True:
         with _Mode(flag, on):
             try:
@@ -161,7 +162,8 @@ def _yield_line(code: types.CodeType, with_offset: int) -> int | None:
     at = {i.offset: k for k, i in enumerate(instructions)}
     if with_offset not in at or instructions[at[with_offset]].opname != "BEFORE_WITH":
         return None  # entered by hand, or bytecode this check does not know: nothing to say
-    handlers = dis.Bytecode(code).exception_entries
+    # (set by Bytecode since 3.11, undocumented, and not in typeshed's stub)
+    handlers = dis.Bytecode(code).exception_entries  # pyright: ignore[reportAttributeAccessIssue]
 
     def handler(offset: int) -> int | None:
         return next((e.target for e in handlers if e.start <= offset < e.end), None)

@@ -169,8 +169,10 @@ def _number_text(value: float) -> str:
 
 def _parameter_names(fn: Callable | None) -> list[str]:
     """The names of `fn`'s positional parameters, for messages (empty when unknown)."""
+    if fn is None:
+        return []
     try:
-        params = list(inspect.signature(fn).parameters.values())  # type: ignore[arg-type]
+        params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return []
     return [p.name for p in params if p.kind in _POSITIONAL]
@@ -220,22 +222,27 @@ def with_constants(op: Row, constants: tuple[tuple[int, float], ...]) -> Row:
     fixed = dict(constants)
     keep = [i for i in range(op.arity) if i not in fixed]
     forward, derivative = op.forward, op.derivative
-    value_derivative_fixed = None
+    forward_fixed: Callable[..., float]
+    derivative_fixed: Callable[..., Sequence[float]]
+    value_derivative_fixed: Callable[..., Sequence[Any]] | None = None
 
     if op.arity == 2 and keep == [0]:  # the common case, `x ** 2`: no argument shuffling
         (c,) = fixed.values()
 
-        def forward_fixed(a):
+        def forward_one(a):
             return forward(a, c)
 
-        def derivative_fixed(out, a):
+        def derivative_one(out, a):
             return (derivative(out, a, c)[0],)
 
+        forward_fixed, derivative_fixed = forward_one, derivative_one
         if op.value_derivative is not None:
             value_derivative = op.value_derivative
 
-            def value_derivative_fixed(out, a):  # the fixed argument stays a plain number
+            def value_derivative_one(out, a):  # the fixed argument stays a plain number
                 return (value_derivative(out, a, c)[0],)
+
+            value_derivative_fixed = value_derivative_one
 
     else:
 
@@ -245,19 +252,22 @@ def with_constants(op: Row, constants: tuple[tuple[int, float], ...]) -> Row:
                 args.append(fixed[i] if i in fixed else next(it))
             return args
 
-        def forward_fixed(*xs):
+        def forward_many(*xs):
             return forward(*full(xs))
 
-        def derivative_fixed(out, *xs):
+        def derivative_many(out, *xs):
             partials = derivative(out, *full(xs))
             return tuple(partials[i] for i in keep)
 
+        forward_fixed, derivative_fixed = forward_many, derivative_many
         if op.value_derivative is not None:
             value_derivative = op.value_derivative
 
-            def value_derivative_fixed(out, *xs):
+            def value_derivative_many(out, *xs):
                 partials = value_derivative(out, *full(xs))
                 return tuple(partials[i] for i in keep)
+
+            value_derivative_fixed = value_derivative_many
 
     partials = None
     if op.partials is not None:
@@ -347,7 +357,7 @@ def check(op: Any, plugin: str) -> AnyOp:
     doc = op.doc or _first_line(inspect.getdoc(body))
     if isinstance(op, Composite):
         return replace(op, arity=arity, plugin=plugin, doc=doc)
-    assert isinstance(op, Op) and body is not None
+    assert isinstance(op, Op) and op.forward is not None  # (body, checked above)
 
     if any(not isinstance(i, int) or not 0 <= i < arity for i in op.static):
         raise fail(f"static positions {op.static} are out of range for arity {arity}")
@@ -355,7 +365,7 @@ def check(op: Any, plugin: str) -> AnyOp:
         raise fail(_RULE_GONE)
     row = Row(
         name=op.name,
-        forward=body,
+        forward=op.forward,
         derivative=_no_derivative,
         arity=arity,
         plugin=plugin,

@@ -28,7 +28,7 @@ from collections.abc import Set
 from numbers import Real
 from operator import attrgetter
 from threading import get_ident
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import AnomalyError, ReentrantBackwardError, node_name, op_error
 from .hooks import HOOKS, run_hooks
@@ -37,6 +37,7 @@ from .rules import float_partials
 from .value import Above, _number
 
 if TYPE_CHECKING:
+    from .contracts import TracerHooks
     from .value import Value
 
 _by_id = attrgetter("_id")
@@ -102,7 +103,7 @@ def seed_gradient(gradient: object) -> float:
     )
 
 
-def _backward(root: Value, gradient: float, nodes: list[Value], tracer) -> None:
+def _backward(root: Value, gradient: float, nodes: list[Value], tracer: TracerHooks | None) -> None:
     # Propagate this pass alone from zero grads, then add back what was there before.
     carried = [(node, node._grad) for node in nodes if node._grad]
     for node, _ in carried:
@@ -134,7 +135,7 @@ def _backward(root: Value, gradient: float, nodes: list[Value], tracer) -> None:
 TRACE_CHUNK = 256
 
 
-def _propagate(nodes: list[Value], tracer) -> None:
+def _propagate(nodes: list[Value], tracer: TracerHooks | None) -> None:
     # The chain rule of the graph's op table (rules.chain_rule_for), made when it was built.
     plain = nodes[-1]._ops.chain_rule  # the root's: every node of a graph has one engine
 
@@ -162,7 +163,7 @@ def _chain_rule_hooked(order: list[Value], chain_rule) -> None:
     chain_rule(order[start:])
 
 
-def _propagate_traced(nodes: list[Value], tracer, chain_rule) -> None:
+def _propagate_traced(nodes: list[Value], tracer: TracerHooks, chain_rule) -> None:
     """The same pass, telling the tracer about each chunk of steps once it has run.
 
     A node's grad is final for this pass once its own step has run: only the nodes that use
@@ -176,7 +177,7 @@ def _propagate_traced(nodes: list[Value], tracer, chain_rule) -> None:
         tracer.backward_steps(chunk)
 
 
-def _propagate_checked(nodes: list[Value], tracer) -> None:
+def _propagate_checked(nodes: list[Value], tracer: TracerHooks | None) -> None:
     """The same pass, raising AnomalyError at the first non-finite partial or grad."""
     hooked = HOOKS if HOOKS else None
     for node in reversed(nodes):
@@ -239,7 +240,7 @@ def zero_grad(root: Value) -> None:
 # grads it reads and writes, what to call it in errors (`root` and `kind`, see begin_pass),
 # and the tracer it reports to: two threads' traced passes of one tracer take turns, so a
 # viewer sees one pass at a time. A tuple: made on every pass, it costs less than an object.
-RunningPass = tuple[int, Set["Value"], "Value | None", str, Any]
+RunningPass = tuple[int, Set["Value"], "Value | None", str, "TracerHooks | None"]
 
 _registry = threading.Lock()
 _pass_ended = threading.Condition(_registry)
@@ -247,7 +248,9 @@ _running: dict[int, RunningPass] = {}  # id(pass) -> pass
 _waiting: dict[int, int] = {}  # a waiting thread -> the thread whose pass it waits for
 
 
-def begin_pass(nodes: Set[Value], root: Value | None, kind: str, tracer=None) -> RunningPass:
+def begin_pass(
+    nodes: Set[Value], root: Value | None, kind: str, tracer: TracerHooks | None = None
+) -> RunningPass:
     """Register a pass over `nodes`, once no other thread's running pass shares one of them.
 
     `root` and `kind` (`backward()`, `zero_grad()`, `compiled f.backward()`) name the pass in

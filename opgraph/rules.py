@@ -204,7 +204,7 @@ class _Floats(ast.NodeTransformer):
     """Numbers as floats: `3 * a` computes `3.0 * a`, the same float, on every executor."""
 
     def visit_Constant(self, node: ast.Constant) -> ast.Constant:
-        return ast.Constant(float(node.value))  # type: ignore[arg-type]  # checked: a number
+        return ast.Constant(float(node.value))  # pyright: ignore[reportArgumentType]  # checked: a number
 
 
 class _Substitute(ast.NodeTransformer):
@@ -673,8 +673,10 @@ def _recount(node: Value) -> str | None:
     """The wrong-count problem of `node`'s derivative, or None if the count is right (or the
     derivative fails, or its result has no length)."""
     op = node._opdef
+    if op is None:  # a leaf: no derivative to count
+        return None
     try:
-        partials = op.derivative(node._data, *[p._data for p in node._prev])  # type: ignore[union-attr]
+        partials = op.derivative(node._data, *[p._data for p in node._prev])
         counted_partials(partials, node)
     except PartialsCountError as exc:
         return str(exc)

@@ -44,22 +44,24 @@ from collections.abc import Callable
 from numbers import Real
 from operator import attrgetter
 from types import MethodType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from .modes import NO_GRAD, mode, scope_path
 from .trace.text import MAX_LABEL, viewer_text
 
 if TYPE_CHECKING:
     from .binding import OpTable
+    from .contracts import TracerHooks
     from .engine import Engine
     from .ops import Row
 
 
-class Above:
+class _Above:
     """What Value asks of the layers above it, which it cannot import (docs/architecture.md:
     Value is the lowest layer of the engine, and the reverse pass, the hooks and the engines
-    are built on it). Each of those modules sets its own functions here once, when it is
-    imported, and `import opgraph` imports them all before a Value can be made.
+    are built on it). Each of those modules sets its own functions on `Above`, the one
+    instance, once when it is imported, and `import opgraph` imports them all before a Value
+    can be made. (Plain attributes of an instance: nothing is bound to it when called.)
     """
 
     # reverse.py: micrograd's `backward()`, `zero_grad()` and `_backward()`
@@ -70,6 +72,9 @@ class Above:
     register_hook: Callable[[Value, Any], Any]
     # engine.py: the engine of opgraph.Value, created on first use
     default_engine: Callable[[], Engine]
+
+
+Above = _Above()
 
 
 class _DefaultOps:
@@ -120,9 +125,9 @@ class Value:
     _b: Any  # Value | tuple[Value, ...] | None
 
     # Set per engine on its own Value class (the default engine uses this class itself).
-    _ops: OpTable = _DefaultOps()  # type: ignore[assignment]
+    _ops: OpTable = _DefaultOps()  # pyright: ignore[reportAssignmentType]
     _engine: Engine | None = None
-    _tracer: Any = None  # the engine's tracer; None when tracing is off
+    _tracer: TracerHooks | None = None  # the engine's tracer; None when tracing is off
     _ids = itertools.count()
 
     def __init__(self, data: float, label: str = "", _prev: tuple = (), _op: Row | None = None):
@@ -185,6 +190,13 @@ class Value:
         doc="The node's number in its engine, in creation order (so parents come first).",
     )
     op = property(attrgetter("_opdef"), doc="The op that made this node, or None for a leaf.")
+
+    if TYPE_CHECKING:  # what the attrgetter properties above return, for type checkers
+
+        @property
+        def id(self) -> int: ...
+        @property
+        def op(self) -> Row | None: ...
 
     @property
     def scope(self) -> str:
@@ -265,7 +277,7 @@ class Value:
         self._a, self._b = a, b if more is None else (b, *more)
         self._id = next(self._ids)
 
-    def __reduce_ex__(self, protocol: int) -> tuple:
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple:
         # Without recursion: pickle saves a node's parents inside the node's own record, one
         # level of C recursion per level of the graph, and fails on a long chain. So the first
         # node pickle meets (a root) lists its ancestors that pickle has not saved yet, parents
@@ -273,7 +285,9 @@ class Value:
         # are saved already, and it writes a reference. See _flat_pickle below.
         ancestors = _pickle_plan(self)
         if ancestors is None:  # a listed ancestor, or a node with no ancestor to list
-            return (copyreg.__newobj__, (type(self),), _state(self))
+            # (typeshed's copyreg lacks __newobj__, which the copyreg module has had since 2.3)
+            newobj = copyreg.__newobj__  # pyright: ignore[reportAttributeAccessIssue]
+            return (newobj, (type(self),), _state(self))
         return (_unpickle_root, (type(self), ancestors), _state(self))
 
     def __copy__(self) -> Value:
@@ -290,7 +304,7 @@ class Value:
         # the copy adds up the grads in the same order, to the bit); `memo` keeps shared nodes
         # shared.
         todo: dict[int, Value] = {}
-        stack = [self]
+        stack: list[Value] = [self]
         while stack:
             node = stack.pop()
             if id(node) not in memo and id(node) not in todo:
@@ -502,7 +516,7 @@ def _op_method(op: Any) -> Any:
     method.__qualname__ = f"Value.{name}"
     method.__doc__ = op.__doc__
     method.__module__ = op.__module__
-    method.__signature__ = inspect.signature(op)  # type: ignore[attr-defined]
+    method.__signature__ = inspect.signature(op)
     return method
 
 
@@ -596,8 +610,12 @@ def _unpickle_root(cls: type, ancestors: list) -> Value:
 
 def _split(parents: tuple) -> tuple[Any, Any]:
     """Parents as the slots `_a` and `_b` hold them."""
-    if len(parents) <= 2:
-        return (*parents, None, None)[:2]  # type: ignore[return-value]
+    if not parents:
+        return None, None
+    if len(parents) == 1:
+        return parents[0], None
+    if len(parents) == 2:
+        return parents[0], parents[1]
     return parents[0], tuple(parents[1:])
 
 
@@ -607,7 +625,7 @@ def _number(data: Any) -> float:
         try:
             return float(data)
         except OverflowError:  # an int beyond the largest float rounds to inf, as IEEE-754
-            return math.inf if data > 0 else -math.inf
+            return -math.inf if data < 0 else math.inf
     if isinstance(data, Value):
         raise TypeError(
             "Value(...) takes a number; to reuse a Value, use it directly "

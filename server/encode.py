@@ -210,7 +210,7 @@ def backward_steps_bytes(
 
 
 def forward_encoder(
-    op: str | None, arity: int, keep: dict[int, bytes] | None = None, scope: str = ""
+    op: str | None, arity: int, keep: dict[int, bytes | tuple] | None = None, scope: str = ""
 ) -> Callable[[int, Node, float, int], bytes]:
     """A function `(seq, node, data, t) -> bytes` packing the `forward` of a node made by op
     `op` (nil for a leaf) with `arity` parents, no label and no constants, made in `scope`:

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgpack
 
+from opgraph.contracts import Node
 from opgraph.trace import BACKWARD_BEGIN, BACKWARD_STEPS, FORWARD, event_map, records
 
 from .encode import backward_steps_bytes, forward_bytes, forward_encoder, node_bytes
@@ -82,7 +83,7 @@ class Hub:
         self.resync_interval = resync_interval
         self.resync_pass_wait = resync_pass_wait
         self.seq = 0
-        self.nodes: dict[int, tuple] = {}
+        self.nodes: dict[int, bytes | tuple] = {}  # a packed forward, or its parts
         self.grads: dict[int, float] = {}
         # The backward pass in progress (0: none) and its root, and for each node the last
         # pass whose backward step reached it: what a snapshot says about backward.
@@ -247,7 +248,7 @@ class Hub:
             self._forget()
         return frames.flush(seq)
 
-    def _encode_forward(self, seq: int, node: Any, data: float, label: str, t: int) -> bytes:
+    def _encode_forward(self, seq: int, node: Node, data: float, label: str, t: int) -> bytes:
         """The packed `forward` of `node`; remembers a fast encoder for its op (see encode.py)."""
         op, scope = node.op, node.scope
         parents = node.parent_ids
@@ -379,7 +380,7 @@ class Hub:
             parts = []
             for id_ in ids[start : start + SNAPSHOT_FRAME_NODES]:
                 kept = nodes[id_]
-                if type(kept) is not tuple:  # the forward bytes: rewritten, not decoded
+                if type(kept) is bytes:  # the forward bytes: rewritten, not decoded
                     packed = node_bytes(kept, grads.get(id_, 0.0), reached.get(id_))
                     if packed is not None:
                         parts.append(packed)

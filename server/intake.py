@@ -140,6 +140,7 @@ class _Connection:
         unpacker.feed(message)
         checked: list[dict] = []
         first = self.run is None
+        hello = None  # the first frame's hello, checked
         index = 0
         while True:
             try:
@@ -168,16 +169,21 @@ class _Connection:
                 return CLOSE_POLICY, close_reason(exc)
             yield
         if first:
-            if index == 0:  # an empty frame
+            if hello is None:  # an empty frame
                 return CLOSE_POLICY, "a publisher must send an opgraph hello first"
             self.run = _Run(self.hub, hello)
+        run = self.run
+        assert run is not None  # (made from the first frame's hello)
         # Acknowledged once checked, before it is applied: a frame the hub acknowledged is
         # never refused later, so a script that saw every frame acknowledged lost nothing.
         self.accepted += 1
         if self.acks:
-            _send_soon(self.ws, msgpack.packb({"type": "ack", "frames": self.accepted}))
+            # (msgpack is untyped: pyright reads packb's result off its pure-Python fallback,
+            # whose pack() returns None when autoreset=False; packb's is always bytes)
+            ack = msgpack.packb({"type": "ack", "frames": self.accepted})
+            _send_soon(self.ws, ack)  # pyright: ignore[reportArgumentType]
         for start in range(0, len(checked), CHUNK):
-            self.run.publish(checked[start : start + CHUNK])
+            run.publish(checked[start : start + CHUNK])
             yield
         return None
 

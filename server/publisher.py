@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgpack
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 from opgraph.errors import PublishError
 from opgraph.trace import Tracer, event_count, event_maps, plain_number, records, redact
@@ -36,7 +37,7 @@ from .events import MAX_LABEL
 from .protocol import CLOSE_POLICY, SUBPROTOCOL, hello
 
 if TYPE_CHECKING:
-    from opgraph.engine import Engine
+    from opgraph.contracts import TraceBuffer, TracedEngine
 
 SEND_INTERVAL = 0.01  # seconds between looks at an empty buffer
 BATCH = 2_000  # events per frame (at most; about 130 KB)
@@ -85,7 +86,7 @@ class Publisher:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: TracedEngine,
         url: str,
         *,
         connect_timeout: float = CONNECT_TIMEOUT,
@@ -94,7 +95,7 @@ class Publisher:
         self.engine = engine
         self.url = publish_url(url)
         self.shown_url = redact(self.url)  # the URL as messages print it
-        self.tracer = Tracer(engine, max_buffer=max_pending)
+        self.tracer: TraceBuffer = Tracer(engine, max_buffer=max_pending)
         self.connect_timeout = connect_timeout
         self.sent = 0  # events handed to a connection
         self.delivered = 0  # events the hub acknowledged (received: it applies them)
@@ -245,7 +246,7 @@ class Publisher:
         try:
             ws = await websockets.connect(
                 self.url,
-                subprotocols=[SUBPROTOCOL],
+                subprotocols=[Subprotocol(SUBPROTOCOL)],
                 max_size=None,
                 compression=None,
                 open_timeout=self.connect_timeout,
@@ -271,7 +272,9 @@ class Publisher:
             **self.tracer.hello(),
         )
         try:
-            await self._send(ws, msgpack.packb(first))
+            # (msgpack is untyped: pyright reads packb's result off its pure-Python fallback,
+            # whose pack() returns None when autoreset=False; packb's is always bytes)
+            await self._send(ws, msgpack.packb(first))  # pyright: ignore[reportArgumentType]
         except (ConnectionClosed, PublishError) as exc:
             ws.transport.abort()
             raise PublishError(closed_reason(exc)) from exc
@@ -313,6 +316,8 @@ class Publisher:
 
     async def _read_acks(self, ws: Any) -> None:
         """Count the hub's acks (`{type: "ack", frames: n}`) as they come."""
+        wake = self._ack_wake
+        assert wake is not None  # (made by _main before it connects)
         async for message in ws:
             try:
                 ack = msgpack.unpackb(message)
@@ -327,7 +332,7 @@ class Publisher:
                     self.delivered += self._in_flight.popleft()[1]
             self._acked = max(self._acked, frames)
             self._sign = perf_counter_ns()
-            self._ack_wake.set()
+            wake.set()
 
     def _unacked_bytes(self) -> int:
         return sum(size for size, _ in self._in_flight)
@@ -335,11 +340,13 @@ class Publisher:
     async def _wait_acks(self, ws: Any, until: Any) -> None:
         """Wait until `until()` holds, pinging now and then while the program exits (each
         pong is a sign of life that keeps close() waiting)."""
+        wake = self._ack_wake
+        assert wake is not None  # (made by _main before it connects)
         if self._closing:
             _stop_keepalive(ws)
         while not until():
-            self._ack_wake.clear()
-            waiter = asyncio.ensure_future(self._ack_wake.wait())
+            wake.clear()
+            waiter = asyncio.ensure_future(wake.wait())
             try:
                 await asyncio.wait([waiter], timeout=EXIT_PING if self._closing else 1.0)
             finally:
@@ -473,6 +480,7 @@ class Publisher:
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up when the program closes the publisher."""
+        assert self._wake is not None  # (made by _main, which runs the rest)
         try:
             await asyncio.wait_for(self._wake.wait(), seconds)
         except TimeoutError:
@@ -531,7 +539,7 @@ def _within_limits(event: dict) -> dict:
     return event
 
 
-def publish(engine: Engine, url: str, *, at_exit: bool = False) -> Publisher:
+def publish(engine: TracedEngine, url: str, *, at_exit: bool = False) -> Publisher:
     """Publish `engine`'s trace to the hub at `url` (`OPGRAPH_TRACE=ws://...`).
 
     Returns at once; connecting happens in the background (see `Publisher`)."""

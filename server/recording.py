@@ -9,6 +9,7 @@ stops at the damage and says where.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ SUFFIX = ".ogtrace"
 class Recorder:
     """Writes packed frames to a file, buffered; `close()` flushes."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.file: BinaryIO = open(self.path, "wb", buffering=1 << 20)  # noqa: SIM115
         self.bytes = 0

@@ -17,17 +17,18 @@ import secrets
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from time import perf_counter_ns
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from opgraph.errors import ServerError
 from opgraph.trace import Tracer, event_count, records
@@ -47,7 +48,7 @@ from .viewers import (
 )
 
 if TYPE_CHECKING:
-    from opgraph.engine import Engine
+    from opgraph.contracts import TraceBuffer, TracedEngine, TraceServing
 
 DRAIN_INTERVAL = 0.01  # seconds between drains of the local tracer's buffer
 DRAIN_BATCH = 20_000  # events per drain step, so viewers get sent between steps
@@ -117,6 +118,7 @@ class TraceServer:
         try:
             self.recorder = Recorder(record) if record else None
         except OSError as exc:  # a missing directory, no permission: say which file
+            assert record is not None  # (only a recorder opens a file)
             raise ServerError(
                 f"cannot record to {os.fspath(record)}: {exc.strerror or exc}"
             ) from exc
@@ -192,7 +194,7 @@ class TraceServer:
             for source in self._sources:
                 self._spawn(source())
             if self.recorder is not None:
-                self._spawn(self._flush_recording())
+                self._spawn(self._flush_recording(self.recorder))
             self._ready.set()
             await self._stop.wait()
             for task in list(self._tasks):
@@ -202,11 +204,11 @@ class TraceServer:
         if self.recorder is not None:
             self.recorder.close()
 
-    async def _flush_recording(self) -> None:
+    async def _flush_recording(self, recorder: Recorder) -> None:
         # A killed server loses at most this much of its recording.
         while True:
             await asyncio.sleep(RECORD_FLUSH_INTERVAL)
-            self.recorder.flush()
+            recorder.flush()
 
     def _spawn(self, coro: Coroutine) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -224,6 +226,7 @@ class TraceServer:
         async def run() -> Any:
             return fn()
 
+        assert self.loop is not None, "call() before start()"
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -270,7 +273,7 @@ class TraceServer:
                 pass
         self._finished.wait(timeout=10)
 
-    def __enter__(self) -> TraceServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -359,6 +362,7 @@ class TraceServer:
     # --- websocket connections ------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None  # (set by the handshake, before the handler runs)
         path = urlsplit(ws.request.path).path
         try:
             if path == "/publish":
@@ -383,9 +387,11 @@ class TraceServer:
         )
 
 
-def _select_subprotocol(connection: ServerConnection, offered: list[str]) -> str | None:
+def _select_subprotocol(
+    connection: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
     if SUBPROTOCOL in offered:
-        return SUBPROTOCOL
+        return Subprotocol(SUBPROTOCOL)
     if not offered:
         return None  # accepted as v1
     raise NegotiationError(f"this server speaks {SUBPROTOCOL}; offered: {', '.join(offered)}")
@@ -397,11 +403,11 @@ def _select_subprotocol(connection: ServerConnection, offered: list[str]) -> str
 class EngineServer(TraceServer):
     """A server fed by one engine's tracer (what `engine.serve()` returns)."""
 
-    def __init__(self, engine: Engine, *, buffer_limit: int = 2_000_000, **options: Any):
+    def __init__(self, engine: TracedEngine, *, buffer_limit: int = 2_000_000, **options: Any):
         ops = {name: op.plugin for name, op in engine.ops.definitions.items()}
         super().__init__(engine_name=engine.name, ops=ops, **options)
         self.engine = engine
-        self.tracer = Tracer(engine, max_buffer=buffer_limit)
+        self.tracer: TraceBuffer = Tracer(engine, max_buffer=buffer_limit)
         self.drain_failures = 0  # batches of events lost to an error (reported once)
         self.add_source(self._drain_forever)
 
@@ -501,7 +507,7 @@ class EngineServer(TraceServer):
 
 
 def serve_engine(
-    engine: Engine,
+    engine: TracedEngine,
     port: int = 8765,
     host: str = "127.0.0.1",
     *,
@@ -530,3 +536,11 @@ def _close_at_exit(server: EngineServer, announce: bool) -> None:
             file=sys.stderr,
         )
     server.close()
+
+
+if TYPE_CHECKING:
+
+    def _conformance(server: EngineServer) -> None:
+        """What `serve()` returns keeps the TraceServing contract (pyright checks it)."""
+        serving: TraceServing = server
+        del serving

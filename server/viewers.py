@@ -281,6 +281,7 @@ class Viewer:
 
     def _take_ready(self) -> tuple[list[bytes], Snapshot]:
         ready, self.ready = self.ready, None
+        assert ready is not None  # (called when frames are ready)
         return ready
 
     async def _send(self, frame: bytes) -> None:

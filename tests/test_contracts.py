@@ -1,7 +1,7 @@
 """opgraph/contracts.py: the Protocols are what the engine and the server really use.
 
 pyright checks the types (pyrightconfig.json); these tests check, at run time, that a tracer
-keeping only the `Tracer` contract gets every call the engine makes, and that opgraph's own
+keeping only the `TracerHooks` contract gets every call the engine makes, and that opgraph's own
 classes have every member of the contracts they keep, with the same parameters.
 """
 
@@ -11,7 +11,7 @@ import pytest
 
 import opgraph
 from opgraph import Engine, detect_anomaly
-from opgraph.contracts import TraceBuffer, TracedEngine, Tracer, TraceServing
+from opgraph.contracts import TraceBuffer, TracedEngine, TracerHooks, TraceServing
 from opgraph.trace import Tracer as BufferedTracer
 
 
@@ -28,7 +28,7 @@ def members(protocol: type) -> set[str]:
 
 
 class ContractOnly:
-    """A tracer with the methods of the `Tracer` Protocol and nothing else: it records
+    """A tracer with the methods of the `TracerHooks` Protocol and nothing else: it records
     which the engine called."""
 
     def __init__(self):
@@ -60,7 +60,7 @@ class ContractOnly:
 
 
 def test_a_tracer_keeping_only_the_contract_gets_every_call_the_engine_makes():
-    assert {n for n in vars(ContractOnly) if not n.startswith("_")} == members(Tracer)
+    assert {n for n in vars(ContractOnly) if not n.startswith("_")} == members(TracerHooks)
     engine = Engine(entry_points=False)
     tracer = ContractOnly()
     engine.tracer = tracer
@@ -75,13 +75,13 @@ def test_a_tracer_keeping_only_the_contract_gets_every_call_the_engine_makes():
     with pytest.raises(opgraph.HookError):
         z.backward()  # backward_failed
     opgraph.touch([x])
-    assert set(tracer.calls) == members(Tracer)
+    assert set(tracer.calls) == members(TracerHooks)
 
 
 @pytest.mark.parametrize(
     "protocol, make",
     [
-        (Tracer, lambda: BufferedTracer(Engine(entry_points=False))),
+        (TracerHooks, lambda: BufferedTracer(Engine(entry_points=False))),
         (TraceBuffer, lambda: BufferedTracer(Engine(entry_points=False))),
         (TracedEngine, lambda: Engine(entry_points=False)),
     ],

@@ -46,6 +46,7 @@ def test_the_wheel_installs_only_the_opgraph_package_with_its_viewer_and_entry_p
     }
     for module in ("plugins/arithmetic.py", "server/server.py", "testing/pytest_plugin.py"):
         assert f"opgraph/{module}" in names
+    assert "opgraph/py.typed" in names  # PEP 561: type checkers read opgraph's own hints
     static = {Path(n).name for n in names if n.startswith("opgraph/server/static/")}
     # every file of the page: app.js imports the others, and one missing breaks the page
     page = {p.name for p in (ROOT / "server" / "static").iterdir() if p.is_file()}
@@ -62,7 +63,7 @@ def test_the_wheel_installs_only_the_opgraph_package_with_its_viewer_and_entry_p
         timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    for module in ("plugins/__init__.py", "plugins/arithmetic.py", "server/hub.py"):
+    for module in ("plugins/__init__.py", "plugins/arithmetic.py", "server/hub.py", "py.typed"):
         assert (target / "opgraph" / module).is_file()
     assert {p.name for p in (target / "opgraph" / "server" / "static").iterdir()} >= static
     code = (
@@ -141,7 +142,7 @@ def test_pyright_sees_every_module_once_and_resolves_the_subpackages():
     # Static tools follow neither setuptools' import hook nor opgraph/__init__.py: pyright
     # finds opgraph.plugins and opgraph.server in the strict editable install's link tree
     # (scripts/test), and analyses each file of the checkout once, by its own path. Only
-    # what it sees is checked here; its type errors are another matter.
+    # what it sees is checked here; scripts/test fails on any type error it reports.
     result = subprocess.run(
         [sys.executable, "-m", "pyright", "--outputjson"],
         capture_output=True,

@@ -103,10 +103,11 @@ def run_script(script: str, argv: list[str]) -> int:
 def main_module(path: str) -> types.ModuleType:
     """A fresh `__main__` for the script at `path`, with the attributes python gives it."""
     main = types.ModuleType("__main__")
+    # (__cached__ and __builtins__ through __dict__: ModuleType does not declare them)
     main.__file__ = path
-    main.__cached__ = None
+    main.__dict__["__cached__"] = None
     main.__loader__ = SourceFileLoader("__main__", path)
-    main.__builtins__ = builtins  # the module, as in python's __main__ (exec would put a dict)
+    main.__dict__["__builtins__"] = builtins  # the module, as in python's __main__ (not a dict)
     main.__annotations__ = {}
     return main
 

@@ -26,7 +26,10 @@ def records(fields: list[Any]) -> Iterator[tuple]:
 
 
 def forward_packer(
-    arity: int, pack: Callable[..., bytes], parts: Sequence[bytes], keep: dict[int, bytes]
+    arity: int,
+    pack: Callable[..., bytes],
+    parts: Sequence[bytes],
+    keep: dict[int, bytes | tuple],  # (a hub's graph: its other nodes are tuples)
 ) -> Any:
     """A function `(seq, node, data, t) -> bytes` that packs a FORWARD record of a node with
     `arity` (0 to 2) parents as `pack(parts[0], seq, parts[1], id, parts[2], first parent's

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .text import redact
 
 if TYPE_CHECKING:
+    from ..contracts import TraceServing
     from ..engine import Engine
 
 
@@ -26,7 +27,7 @@ def _server() -> Any:
     return opgraph.server
 
 
-def serve_engine(engine: Engine, port: int, host: str, **options: Any) -> Any:
+def serve_engine(engine: Engine, port: int, host: str, **options: Any) -> TraceServing:
     """Serve the trace of `engine`: `Engine.serve` (and so `opgraph.serve`)."""
     return _server().server.serve_engine(engine, port=port, host=host, **options)
 

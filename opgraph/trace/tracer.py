@@ -34,7 +34,7 @@ from .forms import (
 from .text import MAX_LABEL, viewer_text
 
 if TYPE_CHECKING:
-    from ..engine import Engine
+    from ..contracts import TracedEngine
     from ..value import Value
 
 _MISSING = object()
@@ -64,7 +64,9 @@ class Tracer:
     `max_known` bounds the memory of which nodes were announced (see `_forget`).
     """
 
-    def __init__(self, engine: Engine, *, max_buffer: int = 2_000_000, max_known: int = 500_000):
+    def __init__(
+        self, engine: TracedEngine, *, max_buffer: int = 2_000_000, max_known: int = 500_000
+    ):
         self.engine = engine
         # Flat, so that buffering an event makes no object the garbage collector tracks (a
         # tuple per event, kept until drained, made a traced step collect twice as often).
