@@ -114,3 +114,17 @@ def test_the_server_imports_no_plugin():
             if any(name.split(".")[:2] == ["opgraph", "plugins"] for name in names):
                 found.append(f"{path.name}:{node.lineno}")
     assert found == []
+
+
+def test_the_walks_point_at_the_lines_they_quote():
+    # "Two walks through the code": `path:line` `quoted text` pairs, the line still saying it.
+    pairs = re.findall(r"`((?:opgraph|server|plugins)/[\w/]+\.py):(\d+)`\s+`([^`]+)`", MAP)
+    assert len(pairs) >= 12, "the walks of `a * b` and `backward()` name their lines"
+    wrong = []
+    for path, line, quoted in pairs:
+        lines = (ROOT / path).read_text().splitlines()
+        number = int(line)
+        said = lines[number - 1] if 0 < number <= len(lines) else ""
+        if re.sub(r"\s+", " ", quoted.strip()) not in re.sub(r"\s+", " ", said):
+            wrong.append(f"{path}:{line} does not say {quoted!r} (it says {said.strip()!r})")
+    assert not wrong, "\n".join(wrong)
