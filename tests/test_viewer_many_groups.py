@@ -152,7 +152,8 @@ def test_20000_groups_sharing_one_input(page):
 
 # The colour of a box's middle pixel, the camera centred on it at `scale` (the box's middle
 # on a pixel's: a box two or more pixels tall covers that pixel whole, no anti-aliasing).
-COLOUR_AT = """([key, scale]) => { const v = opgraphViewer, b = v.hview.boxes.get(key), c = v.camera;
+COLOUR_AT = """([key, scale]) => {
+    const v = opgraphViewer, b = v.hview.boxes.get(key), c = v.camera;
     v.follow = false; c.scale = scale;
     c.x = Math.round(v.width / 2) + 0.5 - (b.x + b.w / 2) * scale;
     c.y = Math.round(v.height / 2) + 0.5 - (b.y + b.h / 2) * scale;
