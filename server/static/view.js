@@ -53,8 +53,8 @@ export class View {
     result.keys.forEach((key, i) => {
       const unit = view.units.get(key);
       if (!unit) return;
-      const [x, y, w, h] = result.boxes.slice(4 * i, 4 * i + 4);
-      const box = { x, y, w, h, unit, open: unit.kind === "group" && this.open.has(key) };
+      const at = 4 * i, b = result.boxes; // x, y, w, h of each unit (no copy per unit)
+      const box = { x: b[at], y: b[at + 1], w: b[at + 2], h: b[at + 3], unit, open: unit.kind === "group" && this.open.has(key) };
       boxes.set(key, box);
       order.push(box);
     });
