@@ -228,6 +228,18 @@ def test_a_pan_works_out_no_colour_yet_a_selection_or_a_backward_pass_shows(page
         assert page.evaluate(COLOUR_AT, ["s:g11", tiny]) == DONE
         assert page.evaluate(COLOUR_AT, ["s:g9", tiny]) == PLAIN
 
+        # g9 opened: its node is drawn, and keeps its look while panning too
+        page.evaluate("opgraphViewer.toggleGroup('s:g9', true)")
+        page.wait_for_function(
+            "() => { const v = opgraphViewer;"
+            " return !v.layout.busy && v.hview.boxes.get('s:g9')?.open && v.hview.drawn; }",
+            timeout=60_000,
+        )
+        node = page.evaluate("[...opgraphViewer.hview.boxes.keys()].find((k) => k[0] === 'n')")
+        for scale in (tiny, 0.4, 1.0):
+            page.evaluate(COLOUR_AT, [node, scale])  # centred on it
+            assert page.evaluate(PAN_LOOKS, 3) == [0] * 3
+
 
 def backward(page, server, value) -> None:
     """Run a backward pass from `value` and wait until the page has applied all of it."""

@@ -90,6 +90,14 @@ export class View {
     return (unit.look = this.lookUnit(unit));
   }
 
+  /** A node's look in the overview (an open group's node), worked out once per stamp. */
+  cachedLook(node) {
+    if (node.lookStamp === this.lookStamp) return node.look;
+    this.looksWorked++;
+    node.lookStamp = this.lookStamp;
+    return (node.look = this.look(node));
+  }
+
   /** How a shown group looks: its backward state, and whether it is selected. */
   lookUnit(unit) {
     const ref = unit.ref;
@@ -274,7 +282,7 @@ export class View {
         this.looksWorked = 0;
         const looks = {
           unit: (unit) => this.cachedLookUnit(unit),
-          node: (node) => { this.looksWorked++; return this.look(node); },
+          node: (node) => this.cachedLook(node),
           stamp: this.refreshLooks(),
         };
         // what was drawn, and how many looks were worked out: counters for the tests
