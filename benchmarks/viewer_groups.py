@@ -12,8 +12,8 @@ viewer page in Debian's chromium (Playwright, /usr/bin/chromium) and reports:
 - `describe`: the page's time to describe the overview for the worker (`describeView`);
 - frames while panning, at the fitted zoom and zoomed in (`draw`: `performance.now()`
   around one draw; `frame`: `requestAnimationFrame` deltas), median and longest;
-- `strokes`: what the last draw issued (edge paths, bundles, boxes), from the counters
-  the page keeps for the tests.
+- `counts`: what the last draw issued (edge paths, bundles, boxes) and the looks it
+  worked out (`looks`: 0 while panning), from the counters the page keeps for the tests.
 
 Cases:
 - `shared`: `--groups` top-level scopes (default 20,000) sharing one input `x` (each scope

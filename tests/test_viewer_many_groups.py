@@ -7,8 +7,10 @@ Nothing here is timed (benchmarks/viewer_groups.py measures). What is checked is
 the page fast whatever the number of groups: a frame draws only what is in view (the page's
 counters of boxes and edge segments drawn, against the boxes in view counted here), the many
 edges of one unit are drawn as one bundle whose count is the sum of the edges it stands for,
-boxes smaller than a pixel are merged, the layout gives every group a box and no two boxes
-overlap, and the page answers while it is panned.
+boxes smaller than a pixel are merged, a box's colour is worked out once and kept while
+nothing it depends on changes (the page's count of looks worked out per draw) yet changes
+when a selection or a backward pass reaches its group, the layout gives every group a box
+and no two boxes overlap, and the page answers while it is panned.
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ def overview(page, server) -> None:
     """Until the page shows the overview of every node the server has."""
     page.goto(server.url)
     expect(page.locator("#st-conn")).to_contain_text("connected")
+    whole_overview(page, server)
+
+
+def whole_overview(page, server) -> None:
+    """Until the page's overview, laid out and drawn, holds every node the server sent."""
     assert server.flush(timeout=60)  # with a viewer connected: every event is sent to it
     nodes = server.stats()["nodes"]
     page.wait_for_function(
@@ -141,6 +148,110 @@ def test_20000_groups_sharing_one_input(page):
         page.wait_for_function("() => opgraphViewer.follow === false", timeout=30_000)
         moved = page.evaluate("opgraphViewer.drawCounts")
         assert segments(moved) <= 2 * moved["boxes"] + 2
+
+
+# The colour of a box's middle pixel, the camera centred on it at `scale` (the box's middle
+# on a pixel's: a box two or more pixels tall covers that pixel whole, no anti-aliasing).
+COLOUR_AT = """([key, scale]) => {
+    const v = opgraphViewer, b = v.hview.boxes.get(key), c = v.camera;
+    v.follow = false; c.scale = scale;
+    c.x = Math.round(v.width / 2) + 0.5 - (b.x + b.w / 2) * scale;
+    c.y = Math.round(v.height / 2) + 0.5 - (b.y + b.h / 2) * scale;
+    v.draw();
+    const [r, g, bl] = v.ctx.getImageData(Math.round(v.width / 2) * devicePixelRatio,
+        Math.round(v.height / 2) * devicePixelRatio, 1, 1).data;
+    return "#" + [r, g, bl].map((n) => n.toString(16).padStart(2, "0")).join(""); }"""
+
+# Draws while the camera moves, as a drag does: the looks each worked out.
+PAN_LOOKS = """(frames) => { const v = opgraphViewer, worked = [];
+    v.follow = false;
+    for (let i = 0; i < frames; i++) {
+        v.camera.x += 7; v.camera.y += i % 2 ? 3 : -3;
+        v.draw(); worked.push(v.drawCounts.looks);
+    }
+    return worked; }"""
+
+PLAIN, DONE, SELECTED = "#8792a2", "#e8892b", "#1c7ed6"  # tiny boxes' colours (render.js)
+
+
+def test_a_pan_works_out_no_colour_yet_a_selection_or_a_backward_pass_shows(page):
+    engine = Engine(name="looks", entry_points=False)
+    groups = 20_000
+    with engine.serve(port=0) as server:
+        x = engine.value(1.0, label="x")
+        outs = []
+        for i in range(groups):
+            with opgraph.scope(f"g{i}"):
+                outs.append(x * 2.0)
+        overview(page, server)
+        fitted = page.evaluate("opgraphViewer.drawCounts")
+        assert fitted["runs"] > 0  # boxes a few pixels wide: merged, colours kept on the boxes
+        # panning changes nothing a colour depends on: no look is worked out again
+        assert page.evaluate(PAN_LOOKS, 5) == [0] * 5
+        for scale in (0.1, 0.4, 1.0):  # plain boxes with names; boxes with their text
+            look_at(page, scale)
+            assert page.evaluate(PAN_LOOKS, 3) == [0] * 3
+
+        # boxes 10 pixels wide (merged when they touch): g7 and g9 plain
+        tiny = 0.06
+        assert page.evaluate(COLOUR_AT, ["s:g7", tiny]) == PLAIN
+        assert page.evaluate(COLOUR_AT, ["s:g9", tiny]) == PLAIN
+        assert page.evaluate("opgraphViewer.drawCounts.runs") > 0
+
+        # selecting g7 from the group tree (keyboard): its box turns the selection's colour
+        item = page.locator('#group-tree [data-key="s:g7"]')
+        item.focus()
+        item.press("Enter")
+        page.wait_for_function("opgraphViewer.selected === 's:g7'")
+        assert page.evaluate(COLOUR_AT, ["s:g7", tiny]) == SELECTED
+        assert page.evaluate(COLOUR_AT, ["s:g8", tiny]) == PLAIN
+        assert page.evaluate(PAN_LOOKS, 3) == [0] * 3
+
+        # A backward pass from g9's output while the next layout is still being made (the
+        # layout worker held busy): the page draws the layout it has, and g9 lights up in it.
+        page.evaluate("opgraphViewer.layout.busy = true")
+        page.evaluate("opgraphViewer.hview.held = true")  # marks the layout drawn now
+        backward(page, server, outs[9])
+        assert page.evaluate(COLOUR_AT, ["s:g9", tiny]) == DONE
+        assert page.evaluate(COLOUR_AT, ["s:g10", tiny]) == PLAIN
+        assert page.evaluate(COLOUR_AT, ["s:g7", tiny]) == SELECTED
+        assert page.evaluate(PAN_LOOKS, 3) == [0] * 3
+        # a second pass: the overview shows the last one
+        backward(page, server, outs[11])
+        assert page.evaluate(COLOUR_AT, ["s:g11", tiny]) == DONE
+        assert page.evaluate(COLOUR_AT, ["s:g9", tiny]) == PLAIN
+        assert page.evaluate("opgraphViewer.hview.held === true")  # the same layout all along
+
+        # the worker answers: the new layout shows the same
+        page.evaluate("() => { const l = opgraphViewer.layout; l.busy = false; l.postNext(); }")
+        whole_overview(page, server)
+        assert page.evaluate(COLOUR_AT, ["s:g11", tiny]) == DONE
+        assert page.evaluate(COLOUR_AT, ["s:g9", tiny]) == PLAIN
+
+        # g9 opened: its node is drawn, and keeps its look while panning too
+        page.evaluate("opgraphViewer.toggleGroup('s:g9', true)")
+        page.wait_for_function(
+            "() => { const v = opgraphViewer;"
+            " return !v.layout.busy && v.hview.boxes.get('s:g9')?.open && v.hview.drawn; }",
+            timeout=60_000,
+        )
+        node = page.evaluate("[...opgraphViewer.hview.boxes.keys()].find((k) => k[0] === 'n')")
+        for scale in (tiny, 0.4, 1.0):
+            page.evaluate(COLOUR_AT, [node, scale])  # centred on it
+            assert page.evaluate(PAN_LOOKS, 3) == [0] * 3
+
+
+def backward(page, server, value) -> None:
+    """Run a backward pass from `value` and wait until the page has applied all of it."""
+    passes = page.evaluate("opgraphViewer.graph.passes.length")
+    value.backward()
+    assert server.flush(timeout=60)
+    page.wait_for_function(
+        "(passes) => { const g = opgraphViewer.graph;"
+        " return g.passes.length > passes && g.lastPass.done === true; }",
+        arg=passes,
+        timeout=60_000,
+    )
 
 
 def test_one_scope_per_sample_around_an_mlp(page):

@@ -413,8 +413,13 @@ const COMB = 8; // world units between a bundle's comb and the boxes (the rows' 
  * those in view; the many edges of one unit (an input shared by 20,000 groups, a loss summed
  * over 2,000 samples) are drawn as one bundle; what is smaller than a pixel is merged or
  * left out. Returns what was drawn (the tests' counters, `opgraphViewer.drawCounts`).
+ *
+ * `looks`: {unit(unit), node(node), stamp}, how a unit and a node look; `stamp` changes
+ * whenever a look may have (view.js), so a box's colour is kept from one frame to the next
+ * until then: panning works out no colour at all.
  */
-export function drawHierarchy(ctx, camera, width, height, view, lookUnit, lookNode) {
+export function drawHierarchy(ctx, camera, width, height, view, looks) {
+  const { unit: lookUnit, node: lookNode } = looks;
   const prepared = (view.prepared ??= prepareView(view));
   ctx.save();
   const ratio = devicePixelRatio;
@@ -448,7 +453,7 @@ export function drawHierarchy(ctx, camera, width, height, view, lookUnit, lookNo
   drawEdgeCounts(ctx, camera, edgeCounts);
 
   counts.boxes = shown.length;
-  if (camera.scale * prepared.unitW < 12) counts.runs = drawTinyBoxes(ctx, shown, sight, lookUnit, lookNode);
+  if (camera.scale * prepared.unitW < 12) counts.runs = drawTinyBoxes(ctx, shown, sight, looks);
   else if (!readable) drawSmallBoxes(ctx, shown, camera, lookUnit, lookNode, labels);
   else for (const box of shown) drawBox(ctx, box, camera, lookUnit, lookNode);
   ctx.restore();
@@ -635,13 +640,20 @@ function drawEdges(ctx, prepared, sight, shown, counts) {
 }
 
 // Boxes a few pixels wide: one colour each, and boxes of one colour that touch on the screen
-// (a column of sub-pixel gaps) merged into one rectangle; one fill per colour.
-function drawTinyBoxes(ctx, shown, sight, lookUnit, lookNode) {
+// (a column of sub-pixel gaps) merged into one rectangle. A box keeps its colour until the
+// looks' stamp changes. Each rectangle is its own fillRect: one path of a few hundred tall
+// rectangles costs the browser's rasteriser 30 to 50 ms a frame, separate rectangles ~1 ms.
+function drawTinyBoxes(ctx, shown, sight, looks) {
   const byColour = new Map();
   let run = null, runs = 0;
   const gap = 1 / sight.scale; // a pixel, in world units
+  const stamp = looks.stamp;
   for (const box of shown) {
-    const colour = tinyColour(box, lookUnit, lookNode);
+    if (box.tintStamp !== stamp) {
+      box.tint = tinyColour(box, looks.unit, looks.node);
+      box.tintStamp = stamp;
+    }
+    const colour = box.tint;
     if (run && run.colour === colour && run.x === box.x && run.w === box.w && box.y - run.bottom < gap) {
       run.bottom = Math.max(run.bottom, box.y + box.h);
       continue;
@@ -654,9 +666,7 @@ function drawTinyBoxes(ctx, shown, sight, lookUnit, lookNode) {
   if (run) byColour.get(run.colour).push(run);
   for (const [colour, list] of byColour) {
     ctx.fillStyle = colour;
-    ctx.beginPath();
-    for (const r of list) ctx.rect(r.x, r.y, r.w, r.bottom - r.y);
-    ctx.fill();
+    for (const r of list) ctx.fillRect(r.x, r.y, r.w, r.bottom - r.y);
   }
   return runs;
 }

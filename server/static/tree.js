@@ -59,8 +59,7 @@ export class GroupTree {
     const graph = viewer.graph;
     const items = [];
     const walk = (group, level) => {
-      const children = [...group.children.values()].sort((a, b) => a.firstId - b.firstId);
-      for (const child of children) {
+      for (const child of sortedChildren(group)) {
         if (items.length >= ITEMS_LIMIT) return;
         items.push(this.groupItem(child, level));
         if (viewer.open.has(child.key)) walk(child, level + 1);
@@ -200,6 +199,25 @@ export class GroupTree {
   }
 }
 
+// One formatter for every count: toLocaleString makes one per call, ~10 µs each, which was
+// half of a refresh of 2,000 items.
+const NUMBER = new Intl.NumberFormat("en-US");
+
 function count(n) {
-  return `${n.toLocaleString("en-US")} node${n === 1 ? "" : "s"}`;
+  return `${NUMBER.format(n)} node${n === 1 ? "" : "s"}`;
+}
+
+// A group's children in arrival order (of their first node), sorted again only when a child
+// was added or the order no longer holds: a refresh of the tree of 100,000 top groups while
+// a stream arrives no longer copies and sorts them all (children are never removed).
+function sortedChildren(group) {
+  const cached = group.sortedChildren;
+  if (cached && cached.length === group.children.size && inOrder(cached)) return cached;
+  group.sortedChildren = [...group.children.values()].sort((a, b) => a.firstId - b.firstId);
+  return group.sortedChildren;
+}
+
+function inOrder(children) {
+  for (let i = 1; i < children.length; i++) if (children[i - 1].firstId > children[i].firstId) return false;
+  return true;
 }

@@ -53,8 +53,8 @@ export class View {
     result.keys.forEach((key, i) => {
       const unit = view.units.get(key);
       if (!unit) return;
-      const [x, y, w, h] = result.boxes.slice(4 * i, 4 * i + 4);
-      const box = { x, y, w, h, unit, open: unit.kind === "group" && this.open.has(key) };
+      const at = 4 * i, b = result.boxes; // x, y, w, h of each unit (no copy per unit)
+      const box = { x: b[at], y: b[at + 1], w: b[at + 2], h: b[at + 3], unit, open: unit.kind === "group" && this.open.has(key) };
       boxes.set(key, box);
       order.push(box);
     });
@@ -62,6 +62,40 @@ export class View {
       box: { left: 0, top: 0, right: Math.max(result.w, NODE_W), bottom: Math.max(result.h, NODE_H) } };
     this.layoutMs = result.ms;
     this.requestDraw();
+  }
+
+  /**
+   * The stamp of what looks depend on: the graph (a backward step, new nodes), the
+   * selection, the step shown and the search. It changes when one of them did, and a look
+   * worked out under one stamp is kept until the next (`cachedLookUnit`, the overview's box
+   * colours).
+   */
+  refreshLooks() {
+    const graph = this.graph;
+    const seen = this.lookInputs;
+    if (!seen || seen.graph !== graph || seen.version !== graph.version || seen.selected !== this.selected
+      || seen.step !== this.stepIndex || seen.matches !== this.matchSet || seen.kind !== this.lastKind) {
+      this.lookInputs = { graph, version: graph.version, selected: this.selected, step: this.stepIndex,
+        matches: this.matchSet, kind: this.lastKind };
+      this.lookStamp = (this.lookStamp ?? 0) + 1;
+    }
+    return this.lookStamp;
+  }
+
+  /** A shown unit's look, worked out once per stamp (kept on the unit). */
+  cachedLookUnit(unit) {
+    if (unit.lookStamp === this.lookStamp) return unit.look;
+    this.looksWorked++;
+    unit.lookStamp = this.lookStamp;
+    return (unit.look = this.lookUnit(unit));
+  }
+
+  /** A node's look in the overview (an open group's node), worked out once per stamp. */
+  cachedLook(node) {
+    if (node.lookStamp === this.lookStamp) return node.look;
+    this.looksWorked++;
+    node.lookStamp = this.lookStamp;
+    return (node.look = this.look(node));
   }
 
   /** How a shown group looks: its backward state, and whether it is selected. */
@@ -245,9 +279,15 @@ export class View {
       this.updateHierarchy();
       this.currentUnits = this.findCurrentUnits();
       if (this.hview) {
-        // what was drawn: counters for the tests
-        this.drawCounts = drawHierarchy(ctx, this.camera, width, height, this.hview,
-          (unit) => this.lookUnit(unit), (node) => this.look(node));
+        this.looksWorked = 0;
+        const looks = {
+          unit: (unit) => this.cachedLookUnit(unit),
+          node: (node) => this.cachedLook(node),
+          stamp: this.refreshLooks(),
+        };
+        // what was drawn, and how many looks were worked out: counters for the tests
+        this.drawCounts = drawHierarchy(ctx, this.camera, width, height, this.hview, looks);
+        this.drawCounts.looks = this.looksWorked;
         this.canvas.dataset.groups = String(this.hview.order.length);
         this.hview.drawn = true;
         this.firstGroupsAt ??= performance.now(); // for the figures of docs/viewer.md
