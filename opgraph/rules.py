@@ -36,6 +36,7 @@ from __future__ import annotations
 import ast
 import builtins
 import copy
+import functools
 import hashlib
 import inspect
 import linecache
@@ -276,8 +277,8 @@ def partial_sources(
     """Each partial as source code, with `out` and the parameters replaced by expressions
     (`args`, one per parameter: source text, or a number fixed into the op). `ieee`: floats
     (compiled replay), else numpy arrays (batched replay)."""
-    names = {"out": out, **dict(zip(rule.params, args, strict=True))}
-    return [ast.unparse(_source(tree, names, ieee)) for tree in rule.trees]
+    texts = [_text(out), *map(_text, args)]
+    return [_template(tree, rule.params, ieee, False).format(*texts) for tree in rule.trees]
 
 
 def term_source(
@@ -287,9 +288,46 @@ def term_source(
     gives `grad` itself (`1.0 * g` is `g` to the bit)."""
     if rule.is_one(k):
         return grad
-    names = {"out": out, **dict(zip(rule.params, args, strict=True))}
-    product = ast.BinOp(_source(rule.trees[k], names, ieee), ast.Mult(), _raw(grad))
-    return ast.unparse(product)
+    texts = [_text(out), *map(_text, args), _text(grad)]
+    return _template(rule.trees[k], rule.params, ieee, True).format(*texts)
+
+
+# Compiled and batched replay write a term for every node: each partial is turned into source
+# once, with `{0}` for `out`, `{1}` ... for the parameters (and the grad last), and each node
+# fills in its own names. The text is the one substituting into the tree would give: a name
+# is written as it is, so `_text` writes each replacement as `_Substitute` makes it.
+
+
+@functools.lru_cache(maxsize=4096)
+def _template(tree: ast.expr, params: tuple[str, ...], ieee: bool, times_grad: bool) -> str:
+    slots = {name: ast.Name(f"{{{i}}}", ast.Load()) for i, name in enumerate(("out", *params))}
+    body = _Placeholders(slots).visit(_copy(tree))
+    if ieee:
+        body = _IEEE().visit(body)
+    if times_grad:
+        body = ast.BinOp(body, ast.Mult(), ast.Name(f"{{{len(slots)}}}", ast.Load()))
+    return ast.unparse(body)
+
+
+def _text(value: str | float) -> str:
+    """How `_Substitute` writes a replacement: a number as its literal, text as `_raw` has it."""
+    if type(value) is str and value.isidentifier():  # nearly every one: `v12`, `g3`
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value) and value >= 0:
+            return ast.unparse(ast.Constant(value))
+        return _raw(_literal(value)).id
+    return _raw(value).id
+
+
+class _Placeholders(ast.NodeTransformer):
+    """Names replaced by the placeholders of a template."""
+
+    def __init__(self, slots: dict[str, ast.Name]):
+        self.slots = slots
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        return self.slots.get(node.id, node)
 
 
 # IEEE-754 forms of `/` and `**` on floats, which Python raises on (or goes complex).
