@@ -279,6 +279,8 @@ class Compiled:
                 f"{self.outputs[0].engine.name!r}; pass engine= to compile()"
             )
         self.nodes = reachable(self.outputs)
+        # a row of the batched arrays for each input and op node (chunk_size)
+        self._rows = len(inputs) + sum(1 for node in self.nodes if node._opdef is not None)
         self._classify(marker._id)
         self._parameter_set = frozenset(self.parameters)  # the grads backward() writes
         self._check_reads(reads.reads, strict)
@@ -305,7 +307,7 @@ class Compiled:
         multiple of SUM_BLOCK to change it, or to None for the default."""
         if self._chunk_size is not None:
             return self._chunk_size
-        rows = len(self.inputs) + sum(1 for node in self.nodes if node._opdef is not None)
+        rows = self._rows  # an input's or op node's row: counted once, the nodes never change
         return max(SUM_BLOCK, MAP_MEMORY // (16 * rows) // SUM_BLOCK * SUM_BLOCK)
 
     @chunk_size.setter
