@@ -317,6 +317,7 @@ def _text(value: str | float) -> str:
         if math.isfinite(value) and value >= 0:
             return ast.unparse(ast.Constant(value))
         return _raw(_literal(value)).id
+    assert isinstance(value, str)  # (source text: the args are text or floats)
     return _raw(value).id
 
 
