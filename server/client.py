@@ -20,6 +20,9 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
+from opgraph.errors import InvalidEvent
+
+from .events import MAX_INT, check_last_pass
 from .protocol import SUBPROTOCOL
 
 
@@ -132,6 +135,10 @@ class Graph:
         self.events = 0
         self.passes = 0
         self.current_pass: int | None = None
+        # The last pass that ended before the latest snapshot ({pass, root, steps}: its
+        # steps' node ids in order), from the snapshot's `last_pass`; None if it had none.
+        self.last_pass: dict[str, Any] | None = None
+        self.rejected: list[str] = []  # why a part of a snapshot was not read
         self.dropped = 0
         self.snapshots = 0
         self.gaps: list[tuple[int, int]] = []
@@ -154,6 +161,14 @@ class Graph:
             self.nodes.clear()
             self._in_snapshot = True
             self.current_pass = (event.get("backward") or {}).get("pass")  # in progress
+            self.last_pass = None
+            if "last_pass" in event:
+                try:
+                    nodes = event.get("nodes")
+                    limit = nodes if type(nodes) is int else MAX_INT
+                    self.last_pass = check_last_pass(event["last_pass"], limit)
+                except InvalidEvent as error:
+                    self.rejected.append(str(error))
             return
         if kind == "node":
             self.nodes[event["id"]] = _node(event, event.get("grad", 0.0))

@@ -259,6 +259,28 @@ def check_hello(event: Any, index: int = 0) -> dict:
     return clean
 
 
+def check_last_pass(value: Any, nodes: int) -> dict:
+    """The clean copy of a snapshot's `last_pass` map ({pass, root, steps}) for a snapshot
+    of `nodes` nodes: the pass reached each of its nodes once, so `steps` lists at most
+    `nodes` distinct ids. Raises InvalidEvent (index 0, kind snapshot_begin)."""
+    field = "'last_pass'"
+    try:
+        if type(value) is not dict:
+            raise _Bad(f"must be a map {{pass, root, steps}}, got {_shown(value)}")
+        field = "'last_pass.pass'"
+        number = _pass(value.get("pass"))
+        field = "'last_pass.root'"
+        root = value.get("root")
+        root = None if root is None else _int(root)
+        field = "'last_pass.steps'"
+        steps = [_int(id_) for id_ in _list(value.get("steps"), nodes)]
+        if len(set(steps)) != len(steps):
+            raise _Bad("must not list a node twice")
+    except _Bad as bad:
+        raise InvalidEvent(0, "snapshot_begin", field, str(bad)) from None
+    return {"pass": number, "root": root, "steps": steps}
+
+
 def close_reason(error: Exception) -> str:
     """`error` as a websocket close reason (at most 123 bytes of UTF-8)."""
     return str(error).encode()[:123].decode(errors="ignore")

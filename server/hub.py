@@ -90,6 +90,13 @@ class Hub:
         self.pass_in_progress = 0
         self.pass_root: int | None = None
         self.reached: dict[int, int] = {}
+        # The order of the steps of the pass in progress (node ids), and the last pass that
+        # ended without error: (pass, root, steps), which a snapshot carries as `last_pass`
+        # so that a viewer that joins later can step through it. Both are bounded by
+        # max_nodes (a pass reaches each node once); the last pass is dropped once one of
+        # its nodes is forgotten.
+        self.pass_steps: list[int] | None = []
+        self.last_pass: tuple[int, int | None, list[int]] | None = None
         # op name -> (the Op, {scope path: a function packing its forward maps}), filled as
         # ops appear in scopes
         self._encoders: dict[str | None, tuple[Any, dict[str, Any]]] = {}
@@ -228,6 +235,7 @@ class Hub:
                 ids, values = x, y
                 grads.update(zip(ids, values, strict=True))
                 self.reached.update(dict.fromkeys(ids, self.pass_in_progress))
+                self._record_steps(ids)
                 try:
                     add(backward_steps_bytes(seq + 1, ids, values, t))
                     seq += len(ids)
@@ -278,11 +286,12 @@ class Hub:
         kind, nodes = event["type"], self.nodes
         if kind == "backward_begin":
             self.pass_in_progress, self.pass_root = event["pass"], event["root"]
+            self.pass_steps = []
             return
         if kind == "backward_end":
             # Only the pass it ends: with several scripts on a hub, passes may overlap.
             if (event["pass"], event["root"]) == (self.pass_in_progress, self.pass_root):
-                self.pass_in_progress, self.pass_root = 0, None
+                self._pass_ends(event.get("error") is None)
             return
         if kind == "forward":
             const = event.get("const")
@@ -306,6 +315,7 @@ class Hub:
         if kind == "backward":  # (the node itself is not read: not decoded either)
             self.grads[id_] = value
             self.reached[id_] = self.pass_in_progress
+            self._record_steps((id_,))
             return
         op, parents, data, label, const, scope = _as_tuple(node)
         if kind == "data":
@@ -317,6 +327,38 @@ class Hub:
         self.graph_bytes += node_size(new) - node_size(node)
         if self.graph_bytes > self.max_bytes:
             self._forget()
+
+    def _record_steps(self, ids: Iterable[int]) -> None:
+        """Note the order of a pass's steps; a pass of more steps than max_nodes (events
+        of overlapping passes) is not remembered."""
+        steps = self.pass_steps
+        if steps is None or not self.pass_in_progress:
+            return
+        steps.extend(ids)
+        if len(steps) > self.max_nodes:
+            self.pass_steps = None
+
+    def _pass_ends(self, ok: bool) -> None:
+        """The pass in progress ended: remember it as the last pass if it did not fail (a
+        failed pass put every grad back; its steps are not a pass to step through)."""
+        steps = self.pass_steps
+        if ok and steps is not None:
+            self.last_pass = (self.pass_in_progress, self.pass_root, steps)
+        else:
+            self.last_pass = None
+        self.pass_in_progress, self.pass_root, self.pass_steps = 0, None, []
+
+    def _last_pass_map(self) -> dict[str, Any] | None:
+        """The snapshot's `last_pass`, or None (no pass ended, or one of its nodes was
+        forgotten or replaced since: then it is dropped for good)."""
+        if self.last_pass is None:
+            return None
+        number, root, steps = self.last_pass
+        reached, nodes = self.reached, self.nodes
+        if not all(id_ in nodes and reached.get(id_, 0) >= number for id_ in steps):
+            self.last_pass = None
+            return None
+        return {"pass": number, "root": root, "steps": steps}
 
     def add_ops(self, ops: dict[str, str]) -> None:
         """Merge a run's ops into those of `hello`, keeping at most MAX_OPS (the newest):
@@ -342,6 +384,8 @@ class Hub:
             self.graph_bytes -= node_size(nodes.pop(id_))
             grads.pop(id_, None)
             reached.pop(id_, None)
+        if self.last_pass is not None and not all(id_ in nodes for id_ in self.last_pass[2]):
+            self.last_pass = None  # its nodes are gone: nothing left to step through
 
     def upstream_lost(self, count: int) -> None:
         """The source lost `count` events before they were numbered: resync every viewer."""
@@ -374,6 +418,9 @@ class Hub:
         begin = {"type": "snapshot_begin", "seq": seq, "nodes": len(nodes)}
         if self.pass_in_progress:
             begin["backward"] = {"pass": self.pass_in_progress, "root": self.pass_root}
+        last_pass = self._last_pass_map()
+        if last_pass is not None:
+            begin["last_pass"] = last_pass
         frames = [pack(begin)]
         ids = sorted(nodes)
         for start in range(0, len(ids), SNAPSHOT_FRAME_NODES):

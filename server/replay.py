@@ -7,6 +7,7 @@ as possible with `speed=0`. A damaged recording replays up to the damage, which 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ BATCH = 2000
 class ReplayServer(TraceServer):
     """A server whose events come from a recording; `.done` is set when it has all been sent."""
 
-    def __init__(self, path: str | Path, *, speed: float = 1.0, **options: Any):
+    def __init__(self, path: str | Path, *, speed: float = 1.0, hold: bool = False, **options: Any):
         self.recording = Recording(path)
         events = iter(self.recording)
         hello = next(events, None)  # read now, so a bad file fails before serving
@@ -35,12 +36,23 @@ class ReplayServer(TraceServer):
         self.replayed = 0
         self.error: str | None = None  # set if replaying failed for another reason
         self.done = asyncio.Event()
+        # hold=True: the replay starts only once `release()` is called (`replay --wait`
+        # serves first, waits for a viewer, then releases it)
+        self._released = threading.Event()
+        if not hold:
+            self._released.set()
         self._events = events
         self.add_source(self._play)
+
+    def release(self) -> None:
+        """Start a replay made with hold=True."""
+        self._released.set()
 
     async def _play(self) -> None:
         self.done = asyncio.Event()
         try:
+            while not self._released.is_set():  # (polled: the loop stays free to serve)
+                await asyncio.sleep(0.02)
             await self._play_events()
         except Exception as exc:  # a bug, not the file: the recording reader checked it
             self.error = f"replay failed after {self.replayed} events: {exc!r}"

@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from http import HTTPStatus
 from pathlib import Path
-from time import perf_counter_ns
+from time import monotonic, perf_counter_ns
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
@@ -138,6 +138,7 @@ class TraceServer:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._finished = threading.Event()  # the loop thread has ended
+        self._viewer_came = threading.Event()  # a viewer has connected (wait_for_viewer)
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
         self._closed = False
@@ -284,6 +285,17 @@ class TraceServer:
         while self._thread is not None and not self._finished.wait(timeout=0.5):
             pass
 
+    def wait_for_viewer(self, timeout: float | None = None) -> bool:
+        """Block until a viewer has connected (at once if one already did); False if none
+        did within `timeout` seconds (None: no limit). Ctrl-C interrupts the wait."""
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            left = 0.25 if deadline is None else min(0.25, deadline - monotonic())
+            if self._viewer_came.wait(max(left, 0.0)):
+                return True
+            if deadline is not None and monotonic() >= deadline:
+                return False
+
     def stats(self) -> dict[str, Any]:
         """Counters of the hub and of each viewer (queued events, drops, resyncs)."""
         return self.call(self.hub.stats)
@@ -377,6 +389,9 @@ class TraceServer:
 
     async def _viewer(self, ws: ServerConnection) -> None:
         self._refresh_ops()
+        # (Set before serve_viewer joins the hub, with no await in between: whatever the
+        # waiting thread then makes reaches the hub after the join, so the viewer sees it.)
+        self._viewer_came.set()
         await serve_viewer(
             self.hub,
             ws,

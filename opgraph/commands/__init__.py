@@ -60,3 +60,40 @@ def wait_until_interrupted(server: Any, message: str = "") -> None:
         server.wait()
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
+
+
+def add_wait_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--wait` and `--wait-timeout SECONDS`: start `what` only once a viewer has connected."""
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help=f"wait for the first viewer to connect before {what}",
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=non_negative_float,
+        metavar="SECONDS",
+        help=f"wait at most SECONDS for it (implies --wait), then start {what} anyway",
+    )
+
+
+def non_negative_float(text: str) -> float:
+    number = float(text)
+    if not number >= 0:  # (nan too)
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, at least 0, got {text}")
+    return number
+
+
+def wait_for_viewer(server: Any, args: argparse.Namespace, command: str, what: str) -> None:
+    """With --wait or --wait-timeout: say that the command waits, and wait (a Ctrl-C in the
+    wait is a KeyboardInterrupt for the caller)."""
+    timeout = args.wait_timeout
+    if not args.wait and timeout is None:
+        return
+    limit = "" if timeout is None else f" (at most {timeout:g} s)"
+    print(f"waiting for a viewer to connect to {server.url}{limit} before {what}", flush=True)
+    if server.wait_for_viewer(timeout):
+        print(f"a viewer connected: {what}", flush=True)
+    else:
+        print(f"opgraph {command}: no viewer connected within {timeout:g} s: {what} anyway",
+              file=sys.stderr, flush=True)  # fmt: skip

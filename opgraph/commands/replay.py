@@ -1,4 +1,7 @@
-"""`opgraph replay run.ogtrace`: serve a recording to viewers as if it were live."""
+"""`opgraph replay run.ogtrace`: serve a recording to viewers as if it were live.
+
+`--wait` starts the replay only once a viewer has connected (`--wait-timeout`: at most so
+long), so that the viewer sees it from its first event."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import sys
 
 from opgraph.server.replay import ReplayServer
 
-from . import stop_on_sigterm
+from . import add_wait_arguments, stop_on_sigterm, wait_for_viewer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="exit when the recording has been sent instead of serving on",
     )
+    add_wait_arguments(parser, "replaying")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             static_dir=args.static_dir,
+            hold=True,  # released below, once a viewer came if --wait asks for one
         )
         server.start()
     except (OSError, ValueError) as exc:
@@ -43,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         pace = "as fast as possible" if args.speed <= 0 else f"at {args.speed:g}x real speed"
         print(f"replaying {args.recording} {pace}; viewer: {server.url}", flush=True)
         try:
+            wait_for_viewer(server, args, "replay", "replaying")
+            server.release()
             server.wait_done()
             server.flush()
             damage = server.recording.damage

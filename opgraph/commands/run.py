@@ -6,6 +6,8 @@ threads waited for and its atexit handlers run when it ends, its exit code; a pr
 forks ends with the script, never serves), with the default engine traced (docs/tracing.md).
 When it ends, the server keeps serving its final graph until Ctrl-C, so that the viewer stays
 open on it; `--exit` stops with the script instead, and so does one SIGTERM at any time.
+`--wait` starts the script only once a viewer has connected (`--wait-timeout`: at most so
+long), so that a short script is watched from its first event.
 """
 
 from __future__ import annotations
@@ -23,13 +25,21 @@ import types
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
-from . import sigterm_is_ours, sigterm_received, stop_on_sigterm, wait_until_interrupted
+from . import (
+    add_wait_arguments,
+    sigterm_is_ours,
+    sigterm_received,
+    stop_on_sigterm,
+    wait_for_viewer,
+    wait_until_interrupted,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
     parser.add_argument("--record", metavar="FILE", help="also record the trace to FILE (.ogtrace)")
     parser.add_argument("--exit", action="store_true", help="stop serving when the script ends")
+    add_wait_arguments(parser, "running the script")
     # One positional for the script and its arguments: a positional of its own for the script
     # would take a `--` right after it as argparse's separator and drop it from the script's
     # sys.argv (`opgraph run s.py -- --x` must give s.py ['s.py', '--', '--x'], as python does).
@@ -61,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"viewer: {server.url}", flush=True)
         if args.record:
             print(f"recording to {args.record}", flush=True)
+        try:
+            wait_for_viewer(server, args, "run", "running the script")
+        except KeyboardInterrupt:
+            print("opgraph run: stopped while waiting for a viewer", file=sys.stderr)
+            return 130
         runner = os.getpid()
         code = run_script(script, script_args)
         if os.getpid() != runner:  # a process the script forked, at the script's end

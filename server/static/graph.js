@@ -242,6 +242,15 @@ export class Graph {
     this.version++;
   }
 
+  /**
+   * A pass that ended before this viewer joined, from a snapshot's `last_pass`: its steps
+   * in order, each with the grad its node holds now (that pass's, as no pass came since).
+   */
+  passFromSnapshot({ pass, root, steps }) {
+    const withGrads = steps.map((id) => ({ id, grad: this.nodes.get(id)?.grad ?? 0 }));
+    return { root: root ?? null, pass, steps: withGrads, done: true };
+  }
+
   /** A node's backward step ran: it now holds its grad for this pass. */
   backwardStep(id, grad) {
     let current = this.lastPass;

@@ -6,7 +6,7 @@
 
 import { Graph } from "./graph.js";
 import { Reader } from "./msgpack.js";
-import { problemWith } from "./validate.js";
+import { lastPassProblem, problemWith } from "./validate.js";
 
 const params = new URLSearchParams(location.search);
 // Past this many nodes the page keeps only the newest half (and the inputs they use).
@@ -102,6 +102,7 @@ export class Receiving {
         this.staging = new Graph();
         this.snapshotTotal = event.nodes ?? 0;
         this.snapshotPass = event.backward ?? null; // a pass in progress at the snapshot
+        this.snapshotLastPass = this.lastPassOf(event); // the last pass that ended before it
         break;
       case "node": target.addNode(event); break;
       case "snapshot_end": this.finishSnapshot(event); break;
@@ -167,17 +168,33 @@ export class Receiving {
     this.lastKind = "hello";
   }
 
+  // A snapshot's `last_pass`, checked apart: a bad one is rejected and the snapshot kept.
+  lastPassOf(event) {
+    if (event.last_pass === undefined) return null; // an older server, or no pass ended yet
+    const problem = lastPassProblem(event.last_pass, event.nodes);
+    if (!problem) return event.last_pass;
+    this.reject(`'snapshot_begin' event: ${problem}`, event);
+    return null;
+  }
+
   finishSnapshot(event) {
     const old = this.graph;
     const fresh = this.staging ?? new Graph();
     this.staging = null;
-    // Keep the backward passes seen so far, so stepping still works after a resync.
+    // Keep the backward passes seen so far, so stepping still works after a resync; a
+    // viewer that joined after the last pass ended gets it from the snapshot.
     fresh.passes = old.passes;
+    const last = this.snapshotLastPass;
+    this.snapshotLastPass = null;
+    if (last) this.keepLastPass(fresh, last);
     const pass = fresh.lastPass;
     if (pass) {
       pass.steps.forEach((step, index) => {
         const node = fresh.nodes.get(step.id);
-        if (node) { node.bwPass = pass.pass; node.bwStep = index; }
+        if (!node) return;
+        node.bwPass = pass.pass;
+        node.bwStep = index;
+        fresh.countReached(node, pass.pass); // so groups say how many the pass reached
       });
     }
     // The snapshot was taken during a pass this viewer has not seen begin: the backward
@@ -196,6 +213,17 @@ export class Receiving {
     this.listKey = null;
     this.matchesVersion = -1;
     if (fresh.size > MAX_NODES) this.compact();
+  }
+
+  // The snapshot's last pass replaces this viewer's copy of it if the viewer saw only a
+  // part of it (it fell behind during the pass), and is added if the viewer never saw it.
+  keepLastPass(graph, last) {
+    const index = graph.passes.findIndex((seen) => seen.pass === last.pass);
+    if (index >= 0 && graph.passes[index].done) return;
+    const pass = graph.passFromSnapshot(last);
+    if (index >= 0) graph.passes[index] = pass;
+    else graph.passes.push(pass);
+    if (graph.passes.length > 20) graph.passes.shift(); // keep the recent ones only
   }
 
   compact() {

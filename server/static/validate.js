@@ -107,6 +107,26 @@ const KINDS = {
     ?? may(e.engine, isName, "engine", NAME) ?? may(e.ops, isOps, "ops", OPS),
 };
 
+/**
+ * What is wrong with a snapshot's `last_pass` ({pass, root, steps}, docs/protocol.md) in a
+ * snapshot of `nodes` nodes, or null. The pass reached each node once: `steps` lists at
+ * most `nodes` distinct ids. Checked apart from its `snapshot_begin`, so that a bad one
+ * loses only itself, not the snapshot.
+ */
+export function lastPassProblem(value, nodes) {
+  if (!value || typeof value !== "object" || Array.isArray(value) || value instanceof Uint8Array) {
+    return "'last_pass' must be a map {pass, root, steps}";
+  }
+  const steps = value.steps;
+  const limit = isId(nodes) ? nodes : Infinity;
+  const problem = need(value.pass, isId, "last_pass.pass", COUNT)
+    ?? may(value.root, isRoot, "last_pass.root", `nil or ${ID}`)
+    ?? need(steps, (v) => Array.isArray(v) && v.length <= limit && v.every(isId),
+      "last_pass.steps", "a list of at most as many node ids as the snapshot has nodes");
+  if (problem) return problem;
+  return new Set(steps).size === steps.length ? null : "'last_pass.steps' must not list a node twice";
+}
+
 /** Why `event` may not be applied (a sentence), or null when it is valid. */
 export function problemWith(event) {
   if (!event || typeof event !== "object" || Array.isArray(event) || event instanceof Uint8Array) {
