@@ -22,6 +22,7 @@ import inspect
 import subprocess
 import sys
 import sysconfig
+import threading
 import types
 from pathlib import Path
 
@@ -103,6 +104,43 @@ def throwaway_environment(folder: Path) -> tuple[Path, Path]:
 
 TESTS = Path(__file__).resolve().parent
 # The names whose use marks a test: what starts a process, Chromium or a trace server.
+
+# --- threads ------------------------------------------------------------------------------
+
+THREAD_WAIT = 10  # seconds: a bounded wait that only a hang (or a bug) exceeds
+
+
+@pytest.fixture
+def tight_switching():
+    """Switch threads every microsecond, so that threads certainly interleave."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(before)
+
+
+def in_threads(*jobs):
+    """Run the jobs in threads started together; return what each returned or raised. A
+    thread still running after a bounded wait fails the test (a hang)."""
+    barrier = threading.Barrier(len(jobs))
+    results: list = [None] * len(jobs)
+
+    def run_job(i, job):
+        barrier.wait(THREAD_WAIT)
+        try:
+            results[i] = job()
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            results[i] = exc
+
+    threads = [threading.Thread(target=run_job, args=(i, job)) for i, job in enumerate(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(4 * THREAD_WAIT)
+        assert not thread.is_alive(), "a thread hung"
+    return results
+
+
 USES = {
     "subprocess": {"subprocess", "create_subprocess_exec", "create_subprocess_shell"},
     "browser": {"sync_playwright", "async_playwright"},

@@ -13,50 +13,19 @@ import gc
 import linecache
 import math
 import re
-import sys
 import threading
 import traceback
 import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import plugin
+from conftest import in_threads, plugin
 
 import opgraph
 from opgraph import CompileError, Engine, Op, OpError, Value
 from opgraph.compiler import MAP_MEMORY, SUM_BLOCK
 
 WAIT = 10  # seconds: a bounded wait that only a hang (or the bug) exceeds
-
-
-@pytest.fixture
-def tight_switching():
-    """Switch threads every microsecond, so that the threads certainly interleave."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(before)
-
-
-def in_threads(*jobs):
-    """Run the jobs in threads started together; return what each returned or raised."""
-    barrier = threading.Barrier(len(jobs))
-    results: list = [None] * len(jobs)
-
-    def run_job(i, job):
-        barrier.wait(WAIT)
-        try:
-            results[i] = job()
-        except Exception as exc:  # noqa: BLE001 - returned to the test
-            results[i] = exc
-
-    threads = [threading.Thread(target=run_job, args=(i, job)) for i, job in enumerate(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(4 * WAIT)
-        assert not thread.is_alive(), "a thread hung"
-    return results
 
 
 # --- 1. one Compiled, two threads ----------------------------------------------------------------

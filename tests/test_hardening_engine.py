@@ -14,12 +14,11 @@ import math
 import pickle
 import subprocess
 import sys
-import threading
 from fractions import Fraction
 from numbers import Real
 
 import pytest
-from conftest import engine, plugin
+from conftest import engine, in_threads, plugin
 from dags import programs, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -368,34 +367,6 @@ def mlp_loss(seed: int):
     return total, params
 
 
-@pytest.fixture
-def tight_switching():
-    """Switch threads every microsecond, so that passes certainly overlap."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(before)
-
-
-def in_threads(*jobs):
-    barrier = threading.Barrier(len(jobs))
-    errors = []
-
-    def run_job(job):
-        barrier.wait()
-        try:
-            job()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run_job, args=(job,)) for job in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-
-
 def test_one_graph_backpropagated_from_several_threads_gets_the_sequential_gradients(
     tight_switching,
 ):
@@ -408,7 +379,7 @@ def test_one_graph_backpropagated_from_several_threads_gets_the_sequential_gradi
     sequential = [p.grad for p in params]
     assert sequential == pytest.approx([4 * g for g in once])
     loss.zero_grad()
-    in_threads(*[loss.backward] * 4)
+    assert in_threads(*[loss.backward] * 4) == [None] * 4
     assert [p.grad for p in params] == sequential
 
 
@@ -419,7 +390,7 @@ def test_separate_and_overlapping_graphs_from_several_threads_stay_right(tight_s
         loss.backward()
         expected.append([p.grad for p in params])
         loss.zero_grad()
-    in_threads(*[loss.backward for loss, _ in losses])
+    assert in_threads(*[loss.backward for loss, _ in losses]) == [None] * len(losses)
     assert [[p.grad for p in params] for _, params in losses] == expected
     # Two losses sharing their parameters: each parameter gets both contributions.
     loss, params = mlp_loss(5)
@@ -429,7 +400,7 @@ def test_separate_and_overlapping_graphs_from_several_threads_stay_right(tight_s
     both = [p.grad for p in params]
     loss.zero_grad()
     other.zero_grad()
-    in_threads(loss.backward, other.backward)
+    assert in_threads(loss.backward, other.backward) == [None, None]
     assert [p.grad for p in params] == pytest.approx(both, rel=1e-12)
 
 
