@@ -26,8 +26,9 @@ import threading
 import types
 from pathlib import Path
 
+import msgpack
 import pytest
-from viewer_support import VIEWPORT, launch, page_error
+from viewer_support import VIEWPORT, launch, load_module, page_error
 
 from opgraph import Composite, Engine, Op, hookimpl
 
@@ -83,6 +84,26 @@ def page(browser):
     yield page
     context.close()
     assert errors == [], f"the page reported errors: {errors}"
+
+
+@pytest.fixture(scope="module")
+def checks_page(browser):
+    """A blank page with the viewer's msgpack.js and validate.js loaded: `page_problem` asks
+    it what the page's validation says of an event."""
+    page = browser.new_page()
+    page.goto("about:blank")
+    load_module(page, "msgpack.js", ["decode"], "msgpack")
+    load_module(page, "validate.js", ["problemWith"], "validate")
+    yield page
+    page.close()
+
+
+def page_problem(checks_page, event: dict) -> str | None:
+    """What the page's validate.js says of `event`, sent as msgpack bytes: None if valid."""
+    return checks_page.evaluate(
+        "data => validate.problemWith(msgpack.decode(new Uint8Array(data)))",
+        list(msgpack.packb(event)),
+    )
 
 
 def throwaway_environment(folder: Path) -> tuple[Path, Path]:

@@ -18,8 +18,9 @@ from urllib.parse import quote
 
 import msgpack
 import pytest
+from conftest import page_problem
 from playwright.sync_api import expect
-from viewer_support import STATIC, StreamServer, load_module
+from viewer_support import STATIC, StreamServer
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -502,22 +503,9 @@ CHECKS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def checks_page(browser):
-    page = browser.new_page()
-    page.goto("about:blank")
-    load_module(page, "msgpack.js", ["decode"], "msgpack")
-    load_module(page, "validate.js", ["problemWith"], "validate")
-    yield page
-    page.close()
-
-
 @pytest.mark.parametrize("event, problem", CHECKS)
 def test_problem_with(checks_page, event, problem):
-    found = checks_page.evaluate(
-        "data => validate.problemWith(msgpack.decode(new Uint8Array(data)))",
-        list(msgpack.packb(event)),
-    )
+    found = page_problem(checks_page, event)
     if problem is None:
         assert found is None
     else:

@@ -6,10 +6,9 @@ Real parts: Debian's chromium, the real tracing server on loopback, the real eng
 
 from __future__ import annotations
 
-import msgpack
 import pytest
+from conftest import page_problem
 from playwright.sync_api import expect
-from viewer_support import load_module
 
 import opgraph
 from opgraph import Engine, topological_order
@@ -96,16 +95,6 @@ def test_a_failed_pass_ends_in_the_page_with_the_engines_grads(page):
         assert grads == want and set(want) == {0.0}
 
 
-@pytest.fixture(scope="module")
-def checks_page(browser):
-    page = browser.new_page()
-    page.goto("about:blank")
-    load_module(page, "msgpack.js", ["decode"], "msgpack")
-    load_module(page, "validate.js", ["problemWith"], "validate")
-    yield page
-    page.close()
-
-
 def forward(**fields) -> dict:
     return {"type": "forward", "seq": 1, "id": 1, "op": None, "parents": [], "data": 1.0,
             "label": "", **fields}  # fmt: skip
@@ -124,10 +113,7 @@ def forward(**fields) -> dict:
     ],
 )
 def test_the_page_counts_lengths_as_python_does(checks_page, event, problem):
-    found = checks_page.evaluate(
-        "data => validate.problemWith(msgpack.decode(new Uint8Array(data)))",
-        list(msgpack.packb(event)),
-    )
+    found = page_problem(checks_page, event)
     if problem is None:
         assert found is None
     else:
