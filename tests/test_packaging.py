@@ -70,14 +70,7 @@ def test_the_wheel_installs_only_the_opgraph_package_with_its_viewer_and_entry_p
         "import opgraph, opgraph.plugins.arithmetic, opgraph.server.http as http\n"
         "print(opgraph.__path__, http.__file__)"
     )
-    result = subprocess.run(
-        [sys.executable, "-S", "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={"PYTHONPATH": ":".join([str(target), *dependency_folders()])},
-        timeout=60,
-    )
+    result = run_without_site(code, target, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
         repr([str(target / "opgraph")]),
@@ -100,6 +93,19 @@ def dependency_folders() -> list[str]:
     return sorted({str(Path(m.__file__).parent.parent) for m in (msgpack, pluggy, websockets)})
 
 
+def run_without_site(code: str, folder: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -S -c code`: no site-packages (so no installed or editable opgraph), only
+    `folder` and the dependencies' own folders on the path."""
+    return subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={"PYTHONPATH": ":".join([str(folder), *dependency_folders()])},
+        timeout=60,
+    )
+
+
 def test_the_subpackages_import_from_a_plain_checkout_without_the_editable_install(tmp_path):
     # `python -S` skips site-packages and so the editable install: only the checkout on
     # PYTHONPATH (and the dependencies' own folders) can provide the modules; opgraph/__init__.py
@@ -108,14 +114,7 @@ def test_the_subpackages_import_from_a_plain_checkout_without_the_editable_insta
         "import opgraph.server.hub, opgraph.plugins.arithmetic, opgraph.testing\n"
         "print(opgraph.server.hub.__file__); print(opgraph.plugins.arithmetic.__file__)"
     )
-    result = subprocess.run(
-        [sys.executable, "-S", "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={"PYTHONPATH": ":".join([str(ROOT), *dependency_folders()])},
-        timeout=60,
-    )
+    result = run_without_site(code, ROOT, tmp_path)
     assert result.returncode == 0, result.stderr
     hub, arithmetic = result.stdout.split()
     assert hub == str(ROOT / "server" / "hub.py")
