@@ -123,17 +123,28 @@ def test_twenty_scripts_at_once_reach_the_hub_whole_while_the_page_answers(tmp_p
     assert steps == {f"s{k}": NODES for k in range(SCRIPTS)}
 
 
-def test_the_exit_says_exactly_what_reached_a_hub_that_froze(capfd):
-    hub = subprocess.Popen(
+def hub_process() -> subprocess.Popen:
+    """`opgraph serve` in a process of its own (so that a test can stop and resume it)."""
+    return subprocess.Popen(
         [sys.executable, "-m", "opgraph", "serve", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
+
+
+def publish_url_of(hub: subprocess.Popen) -> str:
+    """The OPGRAPH_TRACE address the hub prints on its second line."""
+    assert hub.stdout is not None
+    hub.stdout.readline()
+    return hub.stdout.readline().strip().split("OPGRAPH_TRACE=")[-1]
+
+
+def test_the_exit_says_exactly_what_reached_a_hub_that_froze(capfd):
+    hub = hub_process()
     engine = Engine(name="frozen", entry_points=False)
     try:
-        hub.stdout.readline()
-        url = hub.stdout.readline().strip().split("OPGRAPH_TRACE=")[-1]
+        url = publish_url_of(hub)
         publisher = Publisher(engine, url).start()
         assert publisher.wait_connected(th.TIMEOUT)
         x = engine.value(0.5, label="x")
@@ -170,17 +181,11 @@ def test_a_hub_not_run_for_seconds_at_the_exit_is_waited_for_and_nothing_is_lost
     # (PING_TIMEOUT), and than the exit used to wait without a sign (2 s), then run again.
     stall = PING_TIMEOUT + 2.0
     assert stall < EXIT_TIMEOUT
-    hub = subprocess.Popen(
-        [sys.executable, "-m", "opgraph", "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    hub = hub_process()
     engine = Engine(name="starved", entry_points=False)
     resume = threading.Timer(stall, os.kill, (hub.pid, signal.SIGCONT))
     try:
-        hub.stdout.readline()
-        url = hub.stdout.readline().strip().split("OPGRAPH_TRACE=")[-1]
+        url = publish_url_of(hub)
         publisher = Publisher(engine, url).start()
         assert publisher.wait_connected(th.TIMEOUT)
         x = engine.value(0.5, label="x")
