@@ -17,7 +17,10 @@ from urllib.parse import unquote
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-STATIC_DIR = Path(__file__).parent / "static"
+# Where this module's files really are: an editable install (scripts/test's is `strict`) is a
+# tree of symbolic links into the checkout, and the page's files are served only from inside
+# the real static/ (a link out of it is refused: static_response).
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 # Sent with every response (the page, its files, errors, the upgrade): the page runs only
 # its own files, connects only to its own server (ws: and wss: to the same host and port

@@ -163,3 +163,19 @@ def test_pyright_sees_every_module_once_and_resolves_the_subpackages():
     assert unresolved == [], "run scripts/test (it installs opgraph editable in strict mode)"
     outside = {d["file"] for d in report["generalDiagnostics"]}
     assert all(Path(f).is_relative_to(ROOT) and "build" not in Path(f).parts for f in outside)
+
+
+def test_the_installed_package_serves_the_viewer_page_from_any_folder(tmp_path):
+    # Run from another folder, Python imports opgraph as installed: scripts/test's strict
+    # editable install is a tree of symbolic links into the checkout, which the page's
+    # "no symlink out of static/" rule must not take for an escape.
+    code = (
+        "from opgraph.server.http import STATIC_DIR, static_response\n"
+        "for path in ('/', '/app.js', '/validate.js'):\n"
+        "    print(path, static_response(STATIC_DIR, path).status_code)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["/", "200", "/app.js", "200", "/validate.js", "200"]
