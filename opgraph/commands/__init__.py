@@ -10,6 +10,7 @@ share is below.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any
@@ -23,23 +24,27 @@ def positive_int(text: str) -> int:
 
 
 _sigterm_received = False
+_command_pid = os.getpid()  # the process whose SIGTERM stops the command (stop_on_sigterm)
 
 
 def stop_on_sigterm() -> None:
     """Make SIGTERM end a command like Ctrl-C does, so recordings are closed properly."""
-
+    global _command_pid
+    _command_pid = os.getpid()
     signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
     global _sigterm_received
+    if os.getpid() != _command_pid:
+        # A process a script forked (`opgraph run`) inherits this handler: SIGTERM ends it as
+        # it would under python (a pool's terminate() ends its workers so), at whatever
+        # moment it comes, even the first instant after the fork.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     _sigterm_received = True  # a plain flag: a lock could be held by the frame we interrupt
     raise KeyboardInterrupt
-
-
-def sigterm_is_ours() -> bool:
-    """Whether SIGTERM is handled by `stop_on_sigterm`'s handler (not one a script set)."""
-    return signal.getsignal(signal.SIGTERM) is _interrupt
 
 
 def sigterm_received() -> bool:

@@ -17,7 +17,6 @@ import atexit
 import builtins
 import io
 import os
-import signal
 import sys
 import threading
 import traceback
@@ -27,7 +26,6 @@ from pathlib import Path
 
 from . import (
     add_wait_arguments,
-    sigterm_is_ours,
     sigterm_received,
     stop_on_sigterm,
     wait_for_viewer,
@@ -60,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"opgraph run: can't open file {script!r}: no such file", file=sys.stderr)
         return 2
     stop_on_sigterm()
-    os.register_at_fork(after_in_child=default_sigterm)
     # This command serves the trace itself: OPGRAPH_TRACE would start a second server (or
     # publish elsewhere) when the script first uses the default engine.
     os.environ.pop("OPGRAPH_TRACE", None)
@@ -165,17 +162,6 @@ def wait_for_threads(running: set[threading.Thread], script: str, code: int) -> 
         print(f"opgraph run: {Path(script).name} interrupted", file=sys.stderr)
         return 130
     return code
-
-
-def default_sigterm() -> None:
-    """In a process the script forks: SIGTERM ends it as under python (a pool's `terminate()`
-    ends its workers that way), not with the runner's KeyboardInterrupt, unless the script set
-    a handler of its own."""
-    try:
-        if sigterm_is_ours():
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    except ValueError:  # not the main thread: cannot happen right after a fork, but never raise
-        pass
 
 
 def end_forked_child(code: int) -> None:
