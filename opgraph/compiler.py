@@ -68,10 +68,16 @@ class CompileWarning(UserWarning):
 # and gradient arrays in MAP_MEMORY bytes (in whole blocks of SUM_BLOCK samples: codegen.py).
 MAP_MEMORY = 128 * 2**20
 
-NUMPY_MISSING = (
-    "Compiled.map() runs the batch with numpy, which is not installed: "
-    "pip install 'opgraph[numpy]' (or pip install numpy)"
-)
+
+def numpy_missing(what: str) -> str:
+    """What to say when `what` needs numpy and it is missing: a command that installs it
+    into this very Python, whether opgraph came from an index or from a clone."""
+    python = sys.executable or "python"
+    return (
+        f"{what} with numpy, which is not installed in this Python ({python}): "
+        f"run {python} -m pip install numpy (or pip install 'opgraph[numpy]' where opgraph "
+        f"came from an index; in a clone, pip install -e '.[numpy]')"
+    )
 
 
 def compile(
@@ -390,7 +396,7 @@ class Compiled:
         except ImportError as exc:
             if "numpy" not in str(exc):
                 raise
-            raise ImportError(NUMPY_MISSING, name="numpy") from exc
+            raise ImportError(numpy_missing("Compiled.map() runs the batch"), name="numpy") from exc
         inputs = batch_inputs(self, batches)
         checked = bool(mode.get() & ANOMALY or self.engine.detect_anomaly)
         with self._one_run:
