@@ -22,6 +22,7 @@ with numpy (see batched.py); `backward(weights=...)` then sums the samples' grad
 from __future__ import annotations
 
 import math
+import random
 import sys
 import threading
 import time
@@ -197,6 +198,39 @@ class _DataReads:
                 Value.data = _DATA_PROPERTY
 
 
+class _RandomCalls:
+    """While active, the calls this thread makes to the random module (a profile hook, so
+    that nothing is patched for other threads; left off if a profiler is already on)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int]] = []  # (function, file, line of the call)
+        self._on = False
+
+    def _profile(self, frame: Any, event: str, arg: Any) -> None:
+        if event == "call":  # a Python function: random.uniform, random.gauss ...
+            if frame.f_globals.get("__name__") == "random" and frame.f_back is not None:
+                caller = frame.f_back
+                if caller.f_globals.get("__name__") != "random":  # not random's own calls
+                    self._note(f"random.{frame.f_code.co_name}", caller)
+        elif event == "c_call" and isinstance(getattr(arg, "__self__", None), random.Random):
+            if frame.f_globals.get("__name__") != "random":  # random.random, getrandbits
+                self._note(f"random.{arg.__name__}", frame)
+
+    def _note(self, name: str, frame: Any) -> None:
+        if len(self.calls) < 100:
+            self.calls.append((name, frame.f_code.co_filename, frame.f_lineno))
+
+    def __enter__(self) -> _RandomCalls:
+        self._on = sys.getprofile() is None
+        if self._on:
+            sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._on:
+            sys.setprofile(None)
+
+
 class _OneRun:
     """The runs of one Compiled, one at a time, and the thread that made the last one.
 
@@ -276,7 +310,7 @@ class Compiled:
         values, self._shape = _template(tuple(args), make_input, [0])
         self.inputs = inputs
         marker = self.engine.value(0.0)  # nodes with larger ids are made while recording
-        with _DataReads() as reads, enable_grad():
+        with _DataReads() as reads, _RandomCalls() as draws, enable_grad():
             result = fn(*values)
         self.outputs, self._single = _outputs(result, name)
         if type(self.outputs[0]) is not self.engine.Value:
@@ -290,6 +324,7 @@ class Compiled:
         self._classify(marker._id)
         self._parameter_set = frozenset(self.parameters)  # the grads backward() writes
         self._check_reads(reads.reads, strict)
+        self._warn_random(draws.calls)
         self._program = _Program(self)
         self.input_grads: list[float] = [0.0] * len(inputs)
         self._batched: Any = None  # the batched program, made at the first map()
@@ -369,6 +404,28 @@ class Compiled:
         if strict:
             raise CompileError(message)
         warnings.warn(message, CompileWarning, stacklevel=4)
+
+    def _warn_random(self, calls: list[tuple[str, str, int]]) -> None:
+        """Warn when the function drew random numbers while being recorded: a replay reuses
+        the numbers drawn then, at every call (a model built inside the function, dropout)."""
+        if not calls:
+            return
+        shown = "; ".join(f"{name} at {file}:{line}" for name, file, line in calls[:3])
+        more = f" and {len(calls) - 3} more" if len(calls) > 3 else ""
+        model = (
+            " The compiled function has 0 parameters: a model built inside the function is "
+            "built once, and its weights are constants of the replay; build it outside and call "
+            "it inside."
+            if not self.parameters
+            else ""
+        )
+        warnings.warn(
+            f"compile({self.name}): the function called the random module while being "
+            f"recorded: {shown}{more}. A replay reuses the numbers drawn then, at every call."
+            f"{model} Draw random numbers outside the function and pass them as arguments.",
+            CompileWarning,
+            stacklevel=4,
+        )
 
     # --- running --------------------------------------------------------------------------
 
