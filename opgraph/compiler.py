@@ -22,6 +22,7 @@ with numpy (see batched.py); `backward(weights=...)` then sums the samples' grad
 from __future__ import annotations
 
 import math
+import random
 import sys
 import threading
 import time
@@ -68,10 +69,16 @@ class CompileWarning(UserWarning):
 # and gradient arrays in MAP_MEMORY bytes (in whole blocks of SUM_BLOCK samples: codegen.py).
 MAP_MEMORY = 128 * 2**20
 
-NUMPY_MISSING = (
-    "Compiled.map() runs the batch with numpy, which is not installed: "
-    "pip install 'opgraph[numpy]' (or pip install numpy)"
-)
+
+def numpy_missing(what: str) -> str:
+    """What to say when `what` needs numpy and it is missing: a command that installs it
+    into this very Python, whether opgraph came from an index or from a clone."""
+    python = sys.executable or "python"
+    return (
+        f"{what} with numpy, which is not installed in this Python ({python}): "
+        f"run {python} -m pip install numpy (or pip install 'opgraph[numpy]' where opgraph "
+        f"came from an index; in a clone, pip install -e '.[numpy]')"
+    )
 
 
 def compile(
@@ -191,6 +198,39 @@ class _DataReads:
                 Value.data = _DATA_PROPERTY
 
 
+class _RandomCalls:
+    """While active, the calls this thread makes to the random module (a profile hook, so
+    that nothing is patched for other threads; left off if a profiler is already on)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int]] = []  # (function, file, line of the call)
+        self._on = False
+
+    def _profile(self, frame: Any, event: str, arg: Any) -> None:
+        if event == "call":  # a Python function: random.uniform, random.gauss ...
+            if frame.f_globals.get("__name__") == "random" and frame.f_back is not None:
+                caller = frame.f_back
+                if caller.f_globals.get("__name__") != "random":  # not random's own calls
+                    self._note(f"random.{frame.f_code.co_name}", caller)
+        elif event == "c_call" and isinstance(getattr(arg, "__self__", None), random.Random):
+            if frame.f_globals.get("__name__") != "random":  # random.random, getrandbits
+                self._note(f"random.{arg.__name__}", frame)
+
+    def _note(self, name: str, frame: Any) -> None:
+        if len(self.calls) < 100:
+            self.calls.append((name, frame.f_code.co_filename, frame.f_lineno))
+
+    def __enter__(self) -> _RandomCalls:
+        self._on = sys.getprofile() is None
+        if self._on:
+            sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._on:
+            sys.setprofile(None)
+
+
 class _OneRun:
     """The runs of one Compiled, one at a time, and the thread that made the last one.
 
@@ -270,7 +310,7 @@ class Compiled:
         values, self._shape = _template(tuple(args), make_input, [0])
         self.inputs = inputs
         marker = self.engine.value(0.0)  # nodes with larger ids are made while recording
-        with _DataReads() as reads, enable_grad():
+        with _DataReads() as reads, _RandomCalls() as draws, enable_grad():
             result = fn(*values)
         self.outputs, self._single = _outputs(result, name)
         if type(self.outputs[0]) is not self.engine.Value:
@@ -284,6 +324,7 @@ class Compiled:
         self._classify(marker._id)
         self._parameter_set = frozenset(self.parameters)  # the grads backward() writes
         self._check_reads(reads.reads, strict)
+        self._warn_random(draws.calls)
         self._program = _Program(self)
         self.input_grads: list[float] = [0.0] * len(inputs)
         self._batched: Any = None  # the batched program, made at the first map()
@@ -364,6 +405,28 @@ class Compiled:
             raise CompileError(message)
         warnings.warn(message, CompileWarning, stacklevel=4)
 
+    def _warn_random(self, calls: list[tuple[str, str, int]]) -> None:
+        """Warn when the function drew random numbers while being recorded: a replay reuses
+        the numbers drawn then, at every call (a model built inside the function, dropout)."""
+        if not calls:
+            return
+        shown = "; ".join(f"{name} at {file}:{line}" for name, file, line in calls[:3])
+        more = f" and {len(calls) - 3} more" if len(calls) > 3 else ""
+        model = (
+            " The compiled function has 0 parameters: a model built inside the function is "
+            "built once, and its weights are constants of the replay; build it outside and call "
+            "it inside."
+            if not self.parameters
+            else ""
+        )
+        warnings.warn(
+            f"compile({self.name}): the function called the random module while being "
+            f"recorded: {shown}{more}. A replay reuses the numbers drawn then, at every call."
+            f"{model} Draw random numbers outside the function and pass them as arguments.",
+            CompileWarning,
+            stacklevel=4,
+        )
+
     # --- running --------------------------------------------------------------------------
 
     def __call__(self, *args: Any) -> float | tuple[float, ...]:
@@ -390,7 +453,7 @@ class Compiled:
         except ImportError as exc:
             if "numpy" not in str(exc):
                 raise
-            raise ImportError(NUMPY_MISSING, name="numpy") from exc
+            raise ImportError(numpy_missing("Compiled.map() runs the batch"), name="numpy") from exc
         inputs = batch_inputs(self, batches)
         checked = bool(mode.get() & ANOMALY or self.engine.detect_anomaly)
         with self._one_run:

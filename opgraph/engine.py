@@ -112,10 +112,15 @@ class Engine:
         them into a new op table."""
         with self._lock:
             registrations = loading.call_register_ops(self.pm)
-            definitions = collect(registrations)
+            left_out = self.pm.left_out  # ops of installed plugins in conflict (loading.py)
+            definitions = collect(registrations, left_out)
             check_value_derivatives(definitions)
             self._bind(definitions)
-            self._registered = registrations
+            self._registered = [
+                (plugin, op, replace)
+                for plugin, op, replace in registrations
+                if (plugin, op.name) not in left_out
+            ]
 
     def _bind(self, definitions: dict[str, AnyOp]) -> None:
         """Bind the ops to this engine's Value class, with the current tracer and flags.

@@ -48,6 +48,13 @@ class PluginLoadError(PluginError):
         self.version = version
 
 
+class OpConflictError(PluginError):
+    """Two plugins registered an op of the same name, and the later did not ask to replace it.
+
+    For an installed plugin only that op is left out (the first registration wins) with a
+    `PluginLoadWarning`; for a plugin given in code it is raised."""
+
+
 class PluginLoadWarning(UserWarning):
     """An installed plugin failed to load; the engine carries on without it.
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import CompileError, EngineMismatchError, describe
 from .hooks import HOOKS, run_hooks
-from .modes import enable_grad, scope
+from .modes import enable_grad, no_grad, scope
 from .reverse import topological_order
 from .rules import value_partials
 from .value import Value, _number
@@ -63,6 +63,11 @@ def grad(
             grads = _value_pass(order, needed, output)
     else:
         grads = _float_pass(order, needed, output)
+        # Numbers the caller reads, not new graph: made under no_grad, a viewer is told of
+        # one only if a traced node later uses it (an app answering gradient requests
+        # would otherwise grow its trace by a leaf per result).
+        with no_grad():
+            return [_as_value(cls, grads.get(x, 0.0)) for x in inputs]
     return [_as_value(cls, grads.get(x, 0.0)) for x in inputs]
 
 

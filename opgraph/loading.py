@@ -25,7 +25,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, PluginLoadError, PluginLoadWarning
+from .errors import OpConflictError, PluginError, PluginLoadError, PluginLoadWarning
 from .version import __version__
 
 ENTRY_POINT_GROUP = "opgraph"
@@ -51,6 +51,7 @@ class PluginInfo:
     ops: list[str] = dataclasses.field(default_factory=list)  # the ops it registered, in order
     replaces: dict[str, str] = dataclasses.field(default_factory=dict)  # op -> plugin replaced
     error: str | None = None  # why an installed plugin failed to load (then it has no ops)
+    left_out: dict[str, str] = dataclasses.field(default_factory=dict)  # op -> why, not loaded
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,6 +66,8 @@ class PluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.sources: dict[str, PluginInfo | None] = {}
         self.failures: dict[str, PluginLoadError] = {}
+        # (plugin, op) -> why: ops of installed plugins left out, the plugin's others loaded
+        self.left_out: dict[tuple[str, str], PluginLoadError] = {}
 
     def get_canonical_name(self, plugin: Any) -> str:
         # pluggy names an object without `__name__` (a class instance) by its id(), which
@@ -100,6 +103,9 @@ def load(engine: Any, plugins: Any, *, builtins: bool, entry_points: bool) -> No
             failure = refused(error, source)
             if strict:
                 raise failure from error
+            if isinstance(error, OpConflictError) and error.op is not None:
+                leave_out_op(pm, source, error)  # that op only: the first registration wins
+                continue
             pm.unregister(name=source.name)
             record_failure(pm, source.name, failure)
 
@@ -243,6 +249,26 @@ def refused(error: PluginError, source: PluginInfo) -> PluginLoadError:
     )
     failure.__cause__ = error
     return failure
+
+
+def leave_out_op(pm: PluginManager, source: PluginInfo, conflict: OpConflictError) -> None:
+    """Leave out one op of an installed plugin, which an earlier plugin registered first,
+    and warn once; the plugin's other ops load."""
+    op = str(conflict.op)
+    failure = load_error(
+        f"{conflict} -- op {op!r} of plugin {source.name!r} (distribution "
+        f"{source.distribution} {source.version}) is left out: the first registration wins, "
+        f"and the plugin's other ops are loaded",
+        source,
+        op=op,
+    )
+    failure.__cause__ = conflict
+    pm.left_out[(source.name, op)] = failure
+    warnings.warn(
+        f"{failure} (set {STRICT_VARIABLE}=1 to make this an error)",
+        PluginLoadWarning,
+        stacklevel=4,
+    )
 
 
 def how_to_disable(plugin: str, distribution: str | None) -> str:
@@ -453,6 +479,7 @@ def plugin_infos(pm: PluginManager, registered: list[tuple[str, Any, bool]]) -> 
             hooks=sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()),
             ops=ops.get(name, []),
             replaces=replaces.get(name, {}),
+            left_out={op: str(e) for (owner, op), e in pm.left_out.items() if owner == name},
         )
         for name, plugin in pm.list_name_plugin()
         if plugin is not None

@@ -10,7 +10,9 @@ returns a Value, not a list). On top of that:
   output ("L0.N3"), so drawings and the live viewer show which module a node belongs to;
 - calling a Layer or a Neuron opens a scope named after it (`opgraph.scope`): the ops of
   neuron 3 of layer 0 carry the scope path "L0/N3" (an MLP opens none of its own). Building
-  one opens the same scopes, so the neuron's parameters carry "L0/N3" too.
+  one opens the same scopes, so the neuron's parameters carry "L0/N3" too. A neuron called
+  by itself, outside its layer, opens the whole path of its name ("L0/N3"), so its ops
+  still sit with its parameters.
 """
 
 from __future__ import annotations
@@ -47,14 +49,30 @@ def _scope_name(name: str, kind: str) -> str:
     return name.rsplit(".", 1)[-1].replace("/", "_") or kind
 
 
+def _outer_scope(name: str) -> str:
+    """The scope path of the modules a module's name says it sits in: "L0" for "L0.N3"."""
+    return "/".join(part.replace("/", "_") for part in name.split(".")[:-1])
+
+
 def _scope_in(module: Neuron | Layer, parent: str) -> str:
     """The path of the module's scope inside scope `parent`. The module remembers it for the
     scope it was last called in (as one tuple, which threads swap whole): opening a scope
     per neuron call must cost little next to the neuron's own ops."""
     cached = module._scope_cache
     if cached[0] is not parent:
-        cached = module._scope_cache = (parent, child_path(parent, module.scope_name))
+        cached = module._scope_cache = (parent, _own_scope(module, parent))
     return cached[1]
+
+
+def _own_scope(module: Neuron | Layer, parent: str) -> str:
+    """The module's scope inside `parent`: its own name ("N3") inside its layer's scope;
+    called anywhere else (a neuron called by itself, as a drawing does), the path its name
+    gives ("L0/N3"), so that its ops sit with its parameters, not in a stray group "N3"."""
+    outer = module.outer_scope
+    if outer and parent != outer and not parent.endswith("/" + outer):
+        for name in outer.split("/"):
+            parent = child_path(parent, name)
+    return child_path(parent, module.scope_name)
 
 
 @contextmanager
@@ -119,6 +137,7 @@ class Neuron(Module):
         uniform = (rng or random).uniform  # micrograd draws from the `random` module
         value = self.engine.value
         self.scope_name = _scope_name(name, "Neuron")
+        self.outer_scope = _outer_scope(name)
         with _building(self.scope_name):
             self.w = [value(uniform(-1, 1), _join(name, f"w{i}")) for i in range(nin)]
             self.b = value(0.0, _join(name, "b"))
@@ -165,6 +184,7 @@ class Layer(Module):
     ):
         self.engine = engine if engine is not None else default_engine()
         self.scope_name = _scope_name(name, "Layer")
+        self.outer_scope = _outer_scope(name)
         self._scope_cache: tuple[str | None, str] = (None, "")
         with _building(self.scope_name):
             self.neurons = [

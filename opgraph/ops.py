@@ -14,12 +14,12 @@ import functools
 import inspect
 import keyword
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import rules
-from .errors import PluginError, registration_error, wrong_partials
+from .errors import OpConflictError, PluginError, registration_error, wrong_partials
 from .rules import Partials
 from .value import OPERATORS, Above, Value
 
@@ -462,13 +462,18 @@ def _probe(op: Row, fail: Callable[[str], PluginError]) -> None:
         raise fail(wrong_partials(op.arity, partials))
 
 
-def collect(registrations: Iterable[tuple[str, AnyOp, bool]]) -> dict[str, AnyOp]:
-    """Merge (plugin, op, replace) registrations, in order, into one table by name.
+def collect(
+    registrations: Iterable[tuple[str, AnyOp, bool]], left_out: Container[tuple[str, Any]] = ()
+) -> dict[str, AnyOp]:
+    """Merge (plugin, op, replace) registrations, in order, into one table by name, but the
+    (plugin, op name) pairs `left_out` (an installed plugin's op that conflicted: loading.py).
 
     Once the table is whole, the engine compares each op's value_derivative with its
     derivative (binding.py's `check_value_derivatives`: it is built from the table's ops)."""
     table: dict[str, AnyOp] = {}
     for plugin, op, replaces in registrations:
+        if (plugin, getattr(op, "name", None)) in left_out:
+            continue
         op = check(op, plugin)
         earlier = table.get(op.name)
         if earlier is not None and earlier.plugin == plugin:
@@ -476,7 +481,7 @@ def collect(registrations: Iterable[tuple[str, AnyOp, bool]]) -> dict[str, AnyOp
                 f"plugin {plugin!r} registers op {op.name!r} twice", plugin=plugin, op=op.name
             )
         if earlier is not None and not replaces:
-            raise PluginError(
+            raise OpConflictError(
                 f"op {op.name!r} is registered by both plugin {earlier.plugin!r} and plugin "
                 f"{plugin!r}; pass register(op, replace=True) in {plugin!r} to replace it",
                 plugin=plugin,

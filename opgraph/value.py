@@ -393,6 +393,43 @@ class Value:
     def sigmoid(self) -> Value:
         return self._ops.sigmoid(self)
 
+    # --- Python's number protocols: refused, with what to write instead -----------------
+    # A Value is a node of a graph, not a number. A float, a truth value or an order taken from
+    # it would leave the graph: the gradient would silently stop there, and a compiled replay
+    # (opgraph.compile) would keep the branch it took once. So these say what to write.
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            f"the truth of {_described(self)} is not defined (`if v:` would always be true): "
+            f"test its number, `if v.data > 0:`; a branch on data is not part of the graph, and "
+            f"opgraph.compile refuses it"
+        )
+
+    def __float__(self) -> float:
+        raise TypeError(
+            f"float() of {_described(self)}: its number is `v.data`; for a math function keep "
+            f"the graph with the Value's method (`v.exp()`, `v.log()`, `v.tanh()`, not "
+            f"math.exp(v)), so that backward reaches v"
+        )
+
+    def __lt__(self, other: object) -> bool:
+        raise TypeError(_unordered(self, "<"))
+
+    def __le__(self, other: object) -> bool:
+        raise TypeError(_unordered(self, "<="))
+
+    def __gt__(self, other: object) -> bool:
+        raise TypeError(_unordered(self, ">"))
+
+    def __ge__(self, other: object) -> bool:
+        raise TypeError(_unordered(self, ">="))
+
+    def __abs__(self) -> Value:
+        raise TypeError(
+            f"abs() of {_described(self)}: opgraph's built-in ops have no abs; write "
+            f"`v.relu() + (-v).relu()`, or register an abs op (docs/plugins.md)"
+        )
+
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: any op a plugin registers is a method too,
         # so `v.sin()` works once a plugin registers `sin`, and `v.atan2(w)` for binary ops.
@@ -443,6 +480,20 @@ class Value:
     def zero_grad(self) -> None:
         """Reset the grad of every node in this graph to 0."""
         Above.zero_grad(self)
+
+
+def _described(node: Value) -> str:
+    label = node.label
+    return f"Value {label!r}" if label else "a Value"
+
+
+def _unordered(node: Value, symbol: str) -> str:
+    return (
+        f"'{symbol}' on {_described(node)}: Values have no order; compare numbers, "
+        f"`a.data {symbol} b.data` (a branch on data is not part of the graph, and "
+        f"opgraph.compile refuses it); for max(a, b) in the graph write `(a - b).relu() + b`, "
+        f"and `v.relu()` for max(v, 0)"
+    )
 
 
 class Tag:

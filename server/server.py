@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import errno
 import html
 import os
 import secrets
@@ -156,6 +157,7 @@ class TraceServer:
                 self.recorder.close()
             raise ServerError(
                 f"cannot serve the trace on {self.host}:{self.requested_port}: {self._error}"
+                f"{_port_hint(self._error)}"
             ) from self._error
         return self
 
@@ -559,3 +561,13 @@ if TYPE_CHECKING:
         """What `serve()` returns keeps the TraceServing contract (pyright checks it)."""
         serving: TraceServing = server
         del serving
+
+
+def _port_hint(error: BaseException) -> str:
+    """What to do when the port is taken: another server (an earlier run?) holds it."""
+    if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+        return (
+            "; another program (an earlier opgraph run?) is using that port: choose another "
+            "with --port PORT, or --port 0 (port=0 in serve()) for any free port"
+        )
+    return ""

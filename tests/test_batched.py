@@ -539,7 +539,8 @@ def test_map_without_numpy_says_what_to_install():
         """
     )
     assert result.returncode == 0, result.stderr
-    assert "pip install 'opgraph[numpy]'" in result.stdout
+    assert f"run {sys.executable} -m pip install numpy" in result.stdout
+    assert "in a clone, pip install -e '.[numpy]'" in result.stdout
 
 
 # --- the demo ------------------------------------------------------------------------------------
@@ -582,4 +583,5 @@ def test_opgraph_demo_batch_refuses_other_modes_and_a_missing_numpy(tmp_path, ca
         """
     )
     assert result.returncode == 2
-    assert "pip install 'opgraph[numpy]'" in result.stderr
+    # A command that works wherever opgraph came from: pip of this very Python.
+    assert f"run {sys.executable} -m pip install numpy" in result.stderr

@@ -231,3 +231,23 @@ def test_the_engine_reaches_the_server_only_through_trace():
     assert importers == ["trace/serving.py"]
     demo = modules_loaded_by("import opgraph.demo")["modules"]
     assert [m for m in demo if m.startswith(("websockets", "msgpack", "opgraph.server"))] == []
+
+
+def test_run_on_a_busy_port_says_how_to_get_a_free_one(tmp_path):
+    # A second `opgraph run` while the first still serves: the port is taken.
+    script = tmp_path / "train.py"
+    script.write_text("print('never runs')\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "opgraph", "run", "--port", str(port), str(script)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    assert f"cannot serve the trace on 127.0.0.1:{port}" in result.stderr
+    assert "choose another with --port PORT, or --port 0" in result.stderr
+    assert "never runs" not in result.stdout

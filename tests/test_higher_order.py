@@ -348,6 +348,28 @@ def test_grad_builds_traced_nodes():
     assert d2.scope.startswith("newton/grad") and y.scope == ""
 
 
+def test_first_order_grad_results_are_not_traced_until_used():
+    # An app that serves gradients: each result is a number the caller reads, not graph.
+    from opgraph.trace import Tracer, event_maps, records
+
+    engine = Engine(name="grad-service", entry_points=False)
+    tracer = Tracer(engine)
+    tracer.attach()
+    x = engine.value(0.5, label="x")
+    y = x.tanh()
+    tracer.drain()
+    results = [grad(y, [x])[0] for _ in range(100)]
+    assert tracer.drain() == []  # 100 answers, no event
+    assert results[0].data == pytest.approx(1 - math.tanh(0.5) ** 2)
+    z = results[0] * 2  # used in traced work: then it is announced, with its data
+    events = event_maps(records(tracer.drain()), 1, tracer.t0)
+    forwards = [e for e in events if e["type"] == "forward"]
+    announced = {e["id"]: e for e in forwards}
+    assert results[0].id in announced and z.id in announced
+    assert announced[results[0].id]["data"] == results[0].data
+    assert not {r.id for r in results[1:]} & set(announced)  # the other 99 never were
+
+
 def test_compile_refuses_a_function_that_calls_grad_and_still_compiles_first_order():
     def derivative(x):
         return grad(x * x, [x])[0]

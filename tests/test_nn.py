@@ -275,3 +275,19 @@ def test_a_neurons_parameters_sit_in_the_scope_of_its_ops():
     }
     assert {p.scope for p in model.layers[1].neurons[1].parameters()} == {"L1/N1"}
     assert {p.scope for p in model.layers[0].parameters()} == {"L0/N0", "L0/N1", "L0/N2"}
+
+
+def test_a_neuron_called_by_itself_sits_with_its_parameters():
+    # As a draw_dot cell does: the neuron, not the model. Its ops carry its whole path.
+    model = MLP(2, [3, 2])
+    neuron = model.layers[1].neurons[1]
+    alone = neuron([1.0, 2.0, 3.0])
+    assert alone.scope == "L1/N1"
+    ops = [v for v in opgraph.topological_order(alone) if v.op is not None]
+    assert {v.scope for v in ops} == {"L1/N1"}  # no stray top-level group "N1"
+    with opgraph.scope("probe"):
+        assert neuron([1.0, 2.0, 3.0]).scope == "probe/L1/N1"
+        assert model([1.0, 2.0])[1].scope == "probe/L1/N1"  # through its layer: the same
+        assert model.layers[1]([1.0, 2.0, 3.0])[1].scope == "probe/L1/N1"
+    assert model([1.0, 2.0])[1].scope == "L1/N1"  # and the model as before
+    assert Neuron(2)([1.0, 1.0]).scope == "Neuron"  # a neuron of no layer: its kind

@@ -227,8 +227,9 @@ def test_an_engine_is_served_once_and_a_busy_port_is_a_clear_error():
         with pytest.raises(ServerError, match="already traced"):
             engine.serve(port=0)
         other = new_engine("other")
-        with pytest.raises(ServerError, match=f"127.0.0.1:{server.port}"):
+        with pytest.raises(ServerError, match=f"127.0.0.1:{server.port}") as busy:
             other.serve(port=server.port)
+        assert "--port 0 (port=0 in serve()) for any free port" in str(busy.value)
         with pytest.raises(OpgraphError, match=f"127.0.0.1:{server.port}"):  # one taxonomy
             opgraph.serve(port=server.port, engine=other)
         assert other.tracer is None

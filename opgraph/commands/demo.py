@@ -101,11 +101,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     if args.batch and not _have_numpy():
-        print(
-            "opgraph demo: --batch runs the batch with numpy, which is not installed: "
-            "pip install 'opgraph[numpy]'",
-            file=sys.stderr,
-        )
+        from opgraph.compiler import numpy_missing
+
+        print(f"opgraph demo: {numpy_missing('--batch runs the batch')}", file=sys.stderr)
         return 2
     if args.serve:
         if args.compile:

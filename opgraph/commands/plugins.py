@@ -69,4 +69,6 @@ def format_plugins(infos: list[PluginInfo]) -> str:
         lines.append(f"    ops: {', '.join(info.ops) or 'none'}")
         for op, previous in info.replaces.items():
             lines.append(f"    replaces {op} of {previous}")
+        for op in info.left_out:
+            lines.append(f"    left out: {op} (another plugin registered it first)")
     return "\n".join(lines)
