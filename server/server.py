@@ -418,11 +418,19 @@ def _select_subprotocol(
 class EngineServer(TraceServer):
     """A server fed by one engine's tracer (what `engine.serve()` returns)."""
 
-    def __init__(self, engine: TracedEngine, *, buffer_limit: int = 2_000_000, **options: Any):
+    def __init__(
+        self,
+        engine: TracedEngine,
+        *,
+        buffer_limit: int = 2_000_000,
+        dtype: str = "f8",
+        **options: Any,
+    ):
+        tracer = Tracer(engine, max_buffer=buffer_limit, dtype=dtype)  # (checks dtype first)
         ops = {name: op.plugin for name, op in engine.ops.definitions.items()}
         super().__init__(engine_name=engine.name, ops=ops, **options)
         self.engine = engine
-        self.tracer: TraceBuffer = Tracer(engine, max_buffer=buffer_limit)
+        self.tracer: TraceBuffer = tracer
         self.drain_failures = 0  # batches of events lost to an error (reported once)
         self.add_source(self._drain_forever)
 
