@@ -459,6 +459,10 @@ class EngineServer(TraceServer):
             else:
                 await asyncio.sleep(DRAIN_INTERVAL)
 
+    def flush(self, timeout: float = 5.0) -> bool:
+        self.tracer.send_collected()  # a step's nodes waiting for its pass: "so far" too
+        return super().flush(timeout)
+
     def _overdue(self) -> bool:
         """Whether the buffered events waited long enough for the engine to pause."""
         tracer = self.tracer
