@@ -5,11 +5,13 @@ viewer would, and compares it with the engine's graph of that step, numbers incl
 
 from __future__ import annotations
 
+import asyncio
 import random
 import struct
 import sys
 from array import array
 
+import _tracing_helpers as th
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -309,6 +311,29 @@ def test_no_grad_work_between_steps_keeps_steps_compact_and_inside_a_step_stays_
         assert same_step(viewer.steps[-1], out)
 
 
+def test_a_step_whose_pass_differs_goes_out_as_events_once_its_pass_ends():
+    engine, tracer, w = traced_leaf()
+    viewer = Viewer()
+    for k in range(3):
+        inner = (w * float(k + 1)).tanh()
+        outer = inner * inner
+        root = outer if k < 2 else inner  # step 3: the same nodes, a pass from another root
+        w.grad = 0.0
+        root.backward()
+        maps = drained(tracer, viewer)
+        assert same_step(viewer.steps[-1], root)
+    assert [e["type"] for e in maps[:4]] == ["forward"] * 4  # late, in creation order
+    assert kinds(maps) == {
+        "forward": 4,
+        "backward_begin": 1,
+        "backward": 4,  # inner, w * k, w, k
+        "backward_end": 1,
+        "structure": 1,
+        "step": 1,
+    }
+    assert [s["pass"] for s in viewer.steps] == [1, 2, 3]
+
+
 def test_a_failed_pass_ends_no_step_and_the_next_pass_does():
     engine, tracer, w = traced_leaf()
     viewer = Viewer()
@@ -504,3 +529,43 @@ def test_a_random_graph_built_twice_is_one_step_event_with_the_engine_numbers(
     maps = drained(tracer, viewer)
     assert [e["type"] for e in maps] == ["step"]
     assert same_step(viewer.steps[-1], root)
+
+
+# --- through a real server -------------------------------------------------------------------
+
+
+def test_a_served_training_sends_float32_steps_and_a_notebook_cell_without_a_pass():
+    """engine.serve(dtype="f4") on loopback, a real websocket viewer: each later step is one
+    `step` map of float32 numbers; an expression built after training (no pass follows)
+    reaches the viewer once the engine is idle; flush() sends what waits too."""
+    engine = Engine(name="served", entry_points=False)
+    model = MLP(2, [3, 1], rng=random.Random(9), engine=engine)
+    X, y = make_moons(4, seed=5)
+
+    async def main():
+        with engine.serve(port=0, dtype="f4") as server:
+            reader = await th.connect_reader(server.ws_url)
+            await reader.until(lambda e: e["type"] == "snapshot_end")
+            steps = []
+            for _ in range(3):
+                total, _ = moons_loss(model, X, y)
+                model.zero_grad()
+                total.backward()
+                steps.append((await reader.until(lambda e: e["type"] == "step"))[-1])
+                for p in model.parameters():
+                    p.data -= 0.1 * p.grad
+            # a notebook cell: an expression, no backward; the engine's thread then waits
+            cell = (model.parameters()[0] * 3.0).exp()
+            got = await reader.until(lambda e: e.get("id") == cell.id)
+            server.tracer.idle_ns = 10**15  # (from now on, only flush() sends what waits)
+            later = model.parameters()[1] * 2.0
+            await asyncio.to_thread(server.flush)  # what waits for a pass is sent too
+            flushed = await reader.until(lambda e: e.get("id") == later.id)
+            await reader.ws.close()
+            return steps, got, cell, flushed
+
+    steps, got, cell, flushed = asyncio.run(main())
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert all(s["dtype"] == "f4" and len(s["data"]) % 4 == 0 for s in steps)
+    assert got[-1]["type"] == "forward" and got[-1]["data"] == cell.data
+    assert flushed[-1]["type"] == "forward"
