@@ -265,7 +265,7 @@ def test_labels_are_part_of_the_structure_and_a_label_set_after_a_step_is_an_eve
     engine, tracer, w = traced_leaf()
     viewer = Viewer()
     roots = []
-    for k in range(5):
+    for k in range(6):
         x = engine.value(float(k))
         out = (w * x).tanh()
         out.label = "out" if k != 3 else "renamed"  # set on a collected node, before backward
@@ -279,11 +279,16 @@ def test_labels_are_part_of_the_structure_and_a_label_set_after_a_step_is_an_eve
             assert [e["type"] for e in maps] == ["step"]
         assert same_step(viewer.steps[-1], out)
         w.data -= 0.1 * w.grad
-    assert [s["structure"] for s in viewer.steps] == [1, 1, 1, 2, 3]
+    assert [s["structure"] for s in viewer.steps] == [1, 1, 1, 2, 3, 3]
     roots[-1].label = "last"  # after its step: the viewer knows the node, by the step's ids
+    x = roots[-1]._a._b  # a leaf made in the step, which came as one `step`, too
+    x.label = "x"
     maps = drained(tracer, viewer)
-    assert [(e["type"], e["id"], e["label"]) for e in maps] == [("label", roots[-1].id, "last")]
-    assert viewer.nodes[roots[-1].id]["label"] == "last"
+    assert [(e["type"], e["id"], e["label"]) for e in maps] == [
+        ("label", roots[-1].id, "last"),
+        ("label", x.id, "x"),
+    ]
+    assert viewer.nodes[roots[-1].id]["label"] == "last" and viewer.nodes[x.id]["label"] == "x"
 
 
 def test_no_grad_work_between_steps_keeps_steps_compact_and_inside_a_step_stays_correct():

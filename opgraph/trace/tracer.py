@@ -25,6 +25,7 @@ notebook building an expression) the consumer's `drain` sends them as events aft
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import threading
@@ -285,6 +286,7 @@ class Tracer:
         self._spoiled = False
         self._closed: list[Value] = []
         self._pool: list[Any] = []  # the closed step's pool (see _Structure)
+        self._last_step: tuple[int, _Structure] | None = None  # first id, structure
         self._closed_ok = True  # the closed step kept all its nodes (not oversize)
         # opgraph.step(): once called, steps end there, not at passes (`_merged`: the passes
         # of the step so far, each (nodes, grads, root)).
@@ -324,7 +326,7 @@ class Tracer:
             self._ranges.clear()
             self._since = math.inf
             self._starting = True
-            self._structure = None
+            self._structure = self._last_step = None
             if self._sent or self._open:  # the step in progress sent some nodes before
                 self._troubles += 1
             self._send_unsent()
@@ -664,6 +666,7 @@ class Tracer:
         self.steps += 1
         head = (self.steps, structure.number, first, pass_)
         self.buffer.extend((STEP, perf_counter_ns(), head, data, grads))
+        self._last_step = (first, structure)
         known = self._known
         for x in inputs:  # the leaves' data was sent: a later `data` check compares with it
             if x._opdef is None:
@@ -789,11 +792,22 @@ class Tracer:
         id_ = node._id
         if id_ in self._known:
             return True
-        if node._opdef is None:
-            return False  # leaves are all in _known
+        if node._opdef is None:  # leaves are all in _known, but those of the last step
+            return self._last_step_leaf(id_)
         if id_ >= self._since:
             return id_ < self._unsent_from()
         return any(first <= id_ < end for first, end in self._ranges)
+
+    def _last_step_leaf(self, id_: int) -> bool:
+        """Whether `id_` is a leaf of the last step sent as one STEP record (its nodes are not
+        remembered one by one: the structure says which ids were its leaves)."""
+        if self._last_step is None:
+            return False
+        first, structure = self._last_step
+        offset = id_ - first
+        offsets = structure.offsets
+        i = offset if structure.contiguous else bisect.bisect_left(offsets, offset)
+        return 0 <= i < len(offsets) and offsets[i] == offset and structure.ops[i] is None
 
     def touch(self, values: Iterable[Value]) -> None:
         """Announce the current data of `values` now if it changed since it was last sent
