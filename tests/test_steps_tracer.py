@@ -6,6 +6,7 @@ viewer would, and compares it with the engine's graph of that step, numbers incl
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import struct
 import sys
@@ -444,6 +445,13 @@ def test_float32_steps_hold_the_engine_numbers_rounded_to_float32():
             assert step["graph"][id_][5:] == (f32(node[5]), f32(node[6]))
     with pytest.raises(ValueError, match="f8"):
         Tracer(engine, dtype="f2")
+    engine, tracer, w = traced_leaf(dtype="f4")
+    viewer = Viewer()
+    for _ in range(2):
+        w.data, w.grad = 1e39, 0.0  # beyond float32: inf, as a C cast makes it
+        (w * 2.0).backward()
+        drained(tracer, viewer)
+    assert viewer.steps[-1]["graph"][w.id][5:] == (math.inf, 2.0)
 
 
 def test_steps_of_two_engines_are_their_own():

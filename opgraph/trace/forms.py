@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 # The steps of docs/protocol.md ("Steps"), one event each:
 # STRUCTURE: (kind, t, number, (ids, offsets, inputs, order), root), the four arrays of
 #   typecodes "Q", "I", "Q", "I" (uint64 and uint32) and root an int;
-# STEP: (kind, t, (step, structure, first, pass), data, grad), two arrays of typecode "d"
-#   (float64) or "f" (float32, the tracer's dtype="f4").
+# STEP: (kind, t, (step, structure, first, pass, dtype), data, grad), data and grad the
+#   protocol's bins already (little-endian bytes), of float64 for dtype "f8", float32 "f4".
 FORWARD, BACKWARD, BACKWARD_BEGIN, BACKWARD_END, DATA, LABEL, BACKWARD_STEPS = range(7)
 STRUCTURE, STEP = 7, 8
 RECORD = 5
@@ -144,11 +144,10 @@ def event_map(event: tuple, seq: int, t0: int) -> dict[str, Any]:
         out.update(offsets=offsets, inputs=inputs, order=order, root=event[4], t=t)
         return out
     if kind == STEP:
-        step, structure, first, pass_ = event[2]
-        data, grad = event[3], event[4]
+        step, structure, first, pass_, dtype = event[2]
         out = {"type": "step", "seq": seq, "step": step, "structure": structure, "first": first}
-        out.update({"pass": pass_, "data": _le_bytes(data), "grad": _le_bytes(grad), "t": t})
-        if data.typecode == "f":
+        out.update({"pass": pass_, "data": event[3], "grad": event[4], "t": t})
+        if dtype == "f4":
             out["dtype"] = "f4"
         return out
     return {"type": "label", "seq": seq, "id": event[2], "label": event[3], "t": t}
