@@ -392,6 +392,57 @@ def test_opgraph_step_makes_several_passes_one_step_with_their_summed_grads():
     assert [s["pass"] for s in viewer.steps] == [1, 2, 3, 4]
 
 
+def test_a_failed_pass_is_left_out_of_an_explicit_step():
+    engine, tracer, w = traced_leaf()
+    viewer = Viewer()
+    opgraph.step(engine)
+    for k in range(3):
+        w.grad = 0.0
+        (w * 2.0).tanh().backward()
+        bad = w * 3.0
+        handle = bad.register_hook(lambda grad: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            bad.backward()  # fails: the engine puts w.grad back, the step leaves it out
+        handle.remove()
+        last = (w * 2.0).tanh()
+        last.backward()
+        opgraph.step(engine)
+        maps = drained(tracer, viewer)
+        assert k == 0 or [e["type"] for e in maps] == ["step"]
+        graph = viewer.steps[-1]["graph"]
+        assert graph[w.id][5:] == (w.data, w.grad)
+        assert graph[viewer.steps[-1]["root"]][5] == last.data
+        w.data -= 0.1 * w.grad
+    assert [s["pass"] for s in viewer.steps] == [1, 2, 3]
+
+
+def test_the_tracer_holds_at_most_max_step_nodes_of_a_step(monkeypatch):
+    import opgraph.trace.tracer as tracer_module
+
+    monkeypatch.setattr(tracer_module, "MAX_STEP", 50)
+    engine, tracer, w = traced_leaf(idle=3600)
+    viewer = Viewer()
+    x = w
+    for _ in range(60):  # 120 nodes, no structure known yet: sent as made
+        x = x * 1.01
+    assert len(tracer._pending) <= 51  # the step's sent nodes are let go past MAX_STEP
+    x.backward()
+    assert "structure" not in kinds(drained(tracer, viewer))  # too big for one
+    for _ in range(2):  # a small step: a structure, then collected nodes
+        w.grad = 0.0
+        (w * 2.0).backward()
+        drained(tracer, viewer)
+    assert viewer.structures and tracer._collecting
+    x = w
+    for _ in range(30):  # 60 collected nodes, the engine busy: sent anyway past MAX_STEP
+        x = x * 1.01
+    maps = drained(tracer, viewer)
+    assert kinds(maps)["forward"] == 60 and len(tracer._pending) <= 51
+    w.grad = 0.0
+    x.backward()
+    assert "structure" not in kinds(drained(tracer, viewer))
+
+
 def test_collected_nodes_go_out_when_the_engine_is_idle():
     engine, tracer, w = traced_leaf(idle=3600)
     viewer = Viewer()
