@@ -317,7 +317,7 @@ def test_no_grad_work_between_steps_keeps_steps_compact_and_inside_a_step_stays_
         assert same_step(viewer.steps[-1], out)
 
 
-def test_a_step_whose_pass_differs_goes_out_as_events_once_its_pass_ends():
+def test_a_step_whose_pass_has_another_root_goes_out_as_events():
     engine, tracer, w = traced_leaf()
     viewer = Viewer()
     for k in range(3):
@@ -338,6 +338,54 @@ def test_a_step_whose_pass_differs_goes_out_as_events_once_its_pass_ends():
         "step": 1,
     }
     assert [s["pass"] for s in viewer.steps] == [1, 2, 3]
+
+
+def test_a_step_that_matched_goes_out_as_events_when_its_pass_turns_out_otherwise():
+    """Hooks run during a pass the tracer was not sending (its step had the structure):
+    a label set, a touch(), a failure. Then the step goes out as events after all, the
+    steps the pass ran so far included, and the viewer still gets the engine's graph."""
+    engine, tracer, w = traced_leaf()
+    viewer = Viewer()
+    during = {2: "touch", 3: "fail", 4: "label"}
+    for k in range(7):
+        x = engine.value(float(k + 1))
+        mid = (w * x).tanh()
+        out = (mid * mid).exp()
+        for _ in range(150):  # 300 nodes above mid: its hook runs in the pass's second chunk
+            out = out * 1.001
+
+        def hook(grad, k=k, x=x):
+            if during.get(k) == "label":
+                x.label = "relabelled"
+            elif during.get(k) == "touch":
+                opgraph.touch([w])
+            elif during.get(k) == "fail":
+                raise ZeroDivisionError("in a hook")
+            return grad
+
+        mid.register_hook(hook)  # every step: its Tag is part of the structure
+        w.grad = 0.0
+        if during.get(k) == "fail":
+            with pytest.raises(ZeroDivisionError):
+                out.backward()
+            maps = drained(tracer, viewer)
+            assert kinds(maps)["backward_end"] == 1 and "step" not in kinds(maps)
+            assert kinds(maps)["forward"] == 305  # x, w * x, tanh, mid * mid, exp...: late
+            during.pop(k)
+            w.grad = 0.0
+            out.backward()  # the same step, a pass that succeeds
+        else:
+            out.backward()
+        maps = drained(tracer, viewer)
+        if k in (1, 6):
+            assert [e["type"] for e in maps] == ["step"]
+        elif k > 0:
+            assert kinds(maps)["structure"] == 1
+            steps = [(e["id"], e["grad"]) for e in maps if e["type"] == "backward"]
+            assert steps == [(n.id, n.grad) for n in reversed(topological_order(out))]
+        assert same_step(viewer.steps[-1], out)
+        w.data -= 0.1 * w.grad
+    assert [s["pass"] for s in viewer.steps] == [1, 2, 3, 5, 6, 7, 8]  # pass 4 failed
 
 
 def test_a_failed_pass_ends_no_step_and_the_next_pass_does():

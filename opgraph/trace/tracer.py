@@ -119,6 +119,7 @@ class _Structure:
         "order",
         "root",
         "scopes",
+        "steps",
         "tagged",
         "unreached",
     )
@@ -162,6 +163,7 @@ class _Structure:
             tags[i] = None
         self.scopes = tags
         self.order = _picker([where[n._id] for n in order]) if order else None
+        self.steps = len(order)
         self.root = where[root._id]
         reached = set(map(_get_id, order))
         self.unreached = [i for i, n in enumerate(nodes + inputs) if n._id not in reached]
@@ -208,6 +210,17 @@ class _Structure:
         if self.order is None:
             return not order
         return tuple(order) == self.order(pool)
+
+    def same_run(self, steps: int) -> bool:
+        """Whether a pass from this structure's root over a step with its nodes (same_nodes)
+        is this structure's pass, knowing only how many steps it ran: a pass's steps follow
+        from its root and the graph under it (backward sorts the nodes it reaches by id), and
+        the graph is the structure's, inputs included (the same nodes)."""
+        return steps == self.steps
+
+    def pass_order(self, pool: list[Any]) -> list[Value]:
+        """The nodes of this structure's pass, in the order it ran them, for a step's pool."""
+        return [] if self.order is None else list(self.order(pool))
 
 
 class Tracer:
@@ -288,6 +301,7 @@ class Tracer:
         self._spoiled = False
         self._closed: list[Value] = []
         self._pool: list[Any] = []  # the closed step's pool (see _Structure)
+        self._matched: _Structure | None = None  # the structure it matched
         self._last_step: tuple[int, _Structure] | None = None  # first id, structure
         self._closed_ok = True  # the closed step kept all its nodes (not oversize)
         # opgraph.step(): once called, steps end there, not at passes (`_merged`: the passes
@@ -434,7 +448,7 @@ class Tracer:
                     self._go_loud()
                 self._emit((BACKWARD_BEGIN, perf_counter_ns(), root._id, self.passes, None))
                 return
-            self._close_step()
+            self._close_step(root)
             if not self._silent:
                 self._emit((BACKWARD_BEGIN, perf_counter_ns(), root._id, self.passes, None))
 
@@ -443,8 +457,10 @@ class Tracer:
         # and adds it back after backward_end (see docs/protocol.md).
         entry = self._open[-1]
         entry[1] += 1
+        if self._silent:  # (its steps are the structure's: see _Structure.same_run)
+            return
         entry[2].append(node)
-        if self._silent or self._explicit:
+        if self._explicit:
             return
         if (node._opdef is None or node._id < self._since) and not self._is_known(node):
             self._announce(node)
@@ -460,8 +476,10 @@ class Tracer:
         """
         entry = self._open[-1]
         entry[1] += len(nodes)
+        if self._silent:  # (its steps are the structure's: see _Structure.same_run)
+            return
         entry[2] += nodes
-        if self._silent or self._explicit:
+        if self._explicit:
             return
         self._announce_unknown(nodes)
         self._steps(nodes)
@@ -506,11 +524,11 @@ class Tracer:
             pass_, _, order, _ = self._open[0]
             nodes = self._closed
             if self._silent:
-                structure = self._structure
+                structure = self._matched
                 if (
                     not self._spoiled
                     and structure is not None
-                    and structure.same_pass(order, root, self._pool)
+                    and structure.same_run(self._open[0][1])
                 ):
                     self._open.pop()
                     self._silent = False
@@ -585,7 +603,7 @@ class Tracer:
         self._flushed = self._oversize = False
         return nodes, sent, comparable and bool(nodes) and self._structure is not None
 
-    def _close_step(self) -> None:
+    def _close_step(self, root: Value) -> None:
         """The outermost pass begins: it ends the step of the nodes collected so far. If they
         have the known structure, the pass runs silent; else they go out as events."""
         nodes, sent, comparable = self._take_step()
@@ -593,8 +611,10 @@ class Tracer:
         structure = self._structure
         if comparable and structure is not None:
             pool = structure.pool(nodes)
-            if structure.same_nodes(nodes, pool):
+            # (The root too: the steps of a pass follow from its root and the graph.)
+            if structure.same_nodes(nodes, pool) and pool[structure.root] is root:
                 self._silent, self._spoiled, self._pool = True, False, pool
+                self._matched = structure
                 return
         self._send(nodes[sent:])
 
@@ -602,7 +622,9 @@ class Tracer:
         """The silent pass's step goes out as events after all: its nodes, the pass's begin
         and the steps it ran so far."""
         self._silent = False
-        pass_, _, order, root = self._open[0]
+        pass_, reported, order, root = self._open[0]
+        assert self._matched is not None  # (the structure the silent step matched)
+        order += self._matched.pass_order(self._pool)[:reported]  # the steps it ran so far
         self._send(self._closed)
         self._emit((BACKWARD_BEGIN, perf_counter_ns(), root._id, pass_, None))
         # (Each step's grad is final once it ran: later steps add only to nodes after it.)
