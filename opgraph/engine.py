@@ -171,7 +171,8 @@ class Engine:
 
         The server runs in a background thread; the result is a context manager with `.url`,
         `.port` and `.close()`. `port=0` picks a free port. Options: `record=path`,
-        `token=`, `static_dir=`, `queue_limit=`, `max_nodes=` (see docs/tracing.md).
+        `token=`, `static_dir=`, `queue_limit=`, `max_nodes=`, `dtype="f4"` (a training
+        step's numbers as float32) (see docs/tracing.md).
         """
         return serve_engine(self, port, host, **options)
 
