@@ -426,7 +426,10 @@ class EngineServer(TraceServer):
         dtype: str = "f8",
         **options: Any,
     ):
-        tracer = Tracer(engine, max_buffer=buffer_limit, dtype=dtype)  # (checks dtype first)
+        try:  # (before anything starts)
+            tracer = Tracer(engine, max_buffer=buffer_limit, dtype=dtype)
+        except ValueError as exc:
+            raise ServerError(f"cannot serve engine {engine.name!r}: {exc}") from exc
         ops = {name: op.plugin for name, op in engine.ops.definitions.items()}
         super().__init__(engine_name=engine.name, ops=ops, **options)
         self.engine = engine

@@ -544,6 +544,9 @@ def test_float32_steps_hold_the_engine_numbers_rounded_to_float32():
             assert step["graph"][id_][5:] == (f32(node[5]), f32(node[6]))
     with pytest.raises(ValueError, match="f8"):
         Tracer(engine, dtype="f2")
+    with pytest.raises(opgraph.ServerError, match="'f4' \\(float32\\), got 'f2'"):
+        engine.serve(port=0, dtype="f2")
+    assert engine.tracer is tracer  # (nothing started: the engine is traced as before)
     engine, tracer, w = traced_leaf(dtype="f4")
     viewer = Viewer()
     for _ in range(2):
