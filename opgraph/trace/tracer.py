@@ -110,6 +110,7 @@ class _Structure:
         "a",
         "b",
         "contiguous",
+        "gather",
         "inputs",
         "labels",
         "nary",
@@ -167,6 +168,15 @@ class _Structure:
         self.root = where[root._id]
         reached = set(map(_get_id, order))
         self.unreached = [i for i, n in enumerate(nodes + inputs) if n._id not in reached]
+        # Each node's and input's place in the pass's order, or after it for those the pass
+        # did not reach (in `unreached` order): numbers read during a pass, in its order,
+        # then those of the unreached, are put in the structure's order with it.
+        gather = [0] * (len(nodes) + len(inputs))
+        for j, n in enumerate(order):
+            gather[where[n._id]] = j
+        for k, i in enumerate(self.unreached):
+            gather[i] = len(order) + k
+        self.gather = _picker(gather)
 
     def pool(self, nodes: list[Value]) -> list[Any]:
         return [*nodes, *self.inputs, None]
@@ -302,6 +312,8 @@ class Tracer:
         self._closed: list[Value] = []
         self._pool: list[Any] = []  # the closed step's pool (see _Structure)
         self._matched: _Structure | None = None  # the structure it matched
+        self._silent_data: list[float] = []  # ... and its pass's numbers, in the pass's order
+        self._silent_grads: list[float] = []
         self._last_step: tuple[int, _Structure] | None = None  # first id, structure
         self._closed_ok = True  # the closed step kept all its nodes (not oversize)
         # opgraph.step(): once called, steps end there, not at passes (`_merged`: the passes
@@ -458,6 +470,8 @@ class Tracer:
         entry = self._open[-1]
         entry[1] += 1
         if self._silent:  # (its steps are the structure's: see _Structure.same_run)
+            self._silent_data.append(node._data)
+            self._silent_grads.append(node._grad)
             return
         entry[2].append(node)
         if self._explicit:
@@ -477,6 +491,10 @@ class Tracer:
         entry = self._open[-1]
         entry[1] += len(nodes)
         if self._silent:  # (its steps are the structure's: see _Structure.same_run)
+            # Their numbers, read now while the chain rule has the nodes in the CPU's cache
+            # (read at the pass's end, 65,000 nodes cost three times as much).
+            self._silent_data += [node._data for node in nodes]
+            self._silent_grads += [node._grad for node in nodes]
             return
         entry[2] += nodes
         if self._explicit:
@@ -532,7 +550,7 @@ class Tracer:
                 ):
                     self._open.pop()
                     self._silent = False
-                    self._compact_step(nodes, pass_)
+                    self._compact_step(nodes, pass_, read=True)
                     self._closed = self._pool = []
                     self._step_asked_in_pass()
                     return
@@ -615,6 +633,7 @@ class Tracer:
             if structure.same_nodes(nodes, pool) and pool[structure.root] is root:
                 self._silent, self._spoiled, self._pool = True, False, pool
                 self._matched = structure
+                self._silent_data, self._silent_grads = [], []
                 return
         self._send(nodes[sent:])
 
@@ -657,11 +676,13 @@ class Tracer:
         pass_: int,
         merged: tuple[list[Value], list[float]] | None = None,
         silent: bool = True,
+        read: bool = False,
     ) -> None:
         """A step of the known structure: one STEP record with its numbers (`silent`: and
         nothing else, its nodes and pass were not sent). The grads are the nodes' own (this
         pass's: backward_end comes before backward adds back what earlier passes left), or
-        `merged`'s, a merged pass's nodes and grads (opgraph.step())."""
+        `merged`'s, a merged pass's nodes and grads (opgraph.step()); `read`: the numbers
+        the silent pass read as it ran (`_silent_data`, `_silent_grads`)."""
         structure = self._structure
         assert structure is not None
         first = nodes[0]._id
@@ -669,18 +690,28 @@ class Tracer:
             self._since, self._starting = first, False
         self._last_id = nodes[-1]._id
         inputs = structure.inputs
-        data = [n._data for n in nodes]
-        data += [x._data for x in inputs]
-        if merged is None:
-            grads = [n._grad for n in nodes]
-            grads += [x._grad for x in inputs]
-            for i in structure.unreached:
-                grads[i] = 0.0
+        data: Any
+        grads: Any
+        if read:
+            pool, unreached = self._pool, structure.unreached
+            data, grads = self._silent_data, self._silent_grads
+            self._silent_data, self._silent_grads = [], []
+            data += [pool[i]._data for i in unreached]
+            grads += [0.0] * len(unreached)
+            data, grads = structure.gather(data), structure.gather(grads)
         else:
-            grads = [0.0] * len(data)
-            where = {id(node): i for i, node in enumerate([*nodes, *inputs])}
-            for node, grad in zip(*merged, strict=True):
-                grads[where[id(node)]] = grad
+            data = [n._data for n in nodes]
+            data += [x._data for x in inputs]
+            if merged is None:
+                grads = [n._grad for n in nodes]
+                grads += [x._grad for x in inputs]
+                for i in structure.unreached:
+                    grads[i] = 0.0
+            else:
+                grads = [0.0] * len(data)
+                where = {id(node): i for i, node in enumerate([*nodes, *inputs])}
+                for node, grad in zip(*merged, strict=True):
+                    grads[where[id(node)]] = grad
         if self.pending() >= self.max_buffer:  # lost: its numbers are not spent
             self._lose(1)
             if silent:  # (nothing else used its pass's number)
