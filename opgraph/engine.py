@@ -176,7 +176,8 @@ class Engine:
 
         The server runs in a background thread; the result is a context manager with `.url`,
         `.port` and `.close()`. `port=0` picks a free port. Options: `record=path`,
-        `token=`, `static_dir=`, `queue_limit=`, `max_nodes=` (see docs/tracing.md).
+        `token=`, `static_dir=`, `queue_limit=`, `max_nodes=`, `dtype="f4"` (a training
+        step's numbers as float32) (see docs/tracing.md).
         """
         return serve_engine(self, port, host, **options)
 
@@ -221,6 +222,20 @@ def serve(
 ) -> Any:
     """Serve the trace of `engine` (default: the default engine); see `Engine.serve`."""
     return (engine or default_engine()).serve(port, host, **options)
+
+
+def step(engine: Engine | None = None) -> None:
+    """Mark the end of a training step for the trace of `engine` (default: the default
+    engine). A no-op when the engine is not traced.
+
+    A step normally ends with each backward pass (docs/tracing.md, "Steps"). Once a program
+    calls `step()`, the engine's steps end only where it calls it: all the passes of a step
+    (gradient accumulation: one per micro-batch) are sent as one, whose grads are the sum of
+    theirs and whose root is the last pass's.
+    """
+    tracer = (engine or default_engine()).tracer
+    if tracer is not None:
+        tracer.end_step()
 
 
 Above.default_engine = default_engine  # for Value, which cannot import this module

@@ -58,6 +58,9 @@ class ContractOnly:
     def touch(self, values):
         self.calls.append("touch")
 
+    def end_step(self):
+        self.calls.append("end_step")
+
 
 def test_a_tracer_keeping_only_the_contract_gets_every_call_the_engine_makes():
     assert {n for n in vars(ContractOnly) if not n.startswith("_")} == members(TracerHooks)
@@ -75,6 +78,7 @@ def test_a_tracer_keeping_only_the_contract_gets_every_call_the_engine_makes():
     with pytest.raises(opgraph.HookError):
         z.backward()  # backward_failed
     opgraph.touch([x])
+    opgraph.step(engine)  # end_step
     assert set(tracer.calls) == members(TracerHooks)
 
 
