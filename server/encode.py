@@ -10,6 +10,7 @@ not fit the template (ids past 2**32) raise `struct.error`; callers fall back to
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable, Sequence
 
 import msgpack
@@ -18,6 +19,11 @@ from opgraph.contracts import Node
 from opgraph.trace import forward_packer, viewer_text
 
 _pack = msgpack.Packer().pack
+
+# A node of a hub's graph (hub.py) is the packed `forward` map it was announced with, or a
+# tuple (op, parents, data, label, const, scope) once something changed it. What it costs is
+# about its packed bytes (or its parts) plus NODE_OVERHEAD (its entry in the dict, the object).
+NODE_OVERHEAD = 120
 
 
 def _text(text: str | None) -> bytes:
@@ -253,3 +259,31 @@ def node_bytes(forward: bytes, grad: float, pass_: int | None) -> bytes | None:
         return b"".join((_NODE_HEAD[7 + scoped], middle, _GRAD.pack(_GRAD_KEY, grad)))
     head = _NODE_HEAD[8 + scoped]
     return b"".join((head, middle, _GRAD.pack(_GRAD_KEY, grad), _PASS_KEY, _pack(pass_)))
+
+
+def node_size(node: bytes | tuple) -> int:
+    """About the bytes a node of the hub's graph holds (the packed map, or the tuple's parts;
+    strings counted once per character, an interned scope not at all)."""
+    if type(node) is not tuple:
+        return len(node) + NODE_OVERHEAD
+    parents, label, const = node[1], node[3], node[4]
+    try:
+        return NODE_OVERHEAD + 64 + 8 * len(parents) + len(label) + (8 * len(const) if const else 0)
+    except TypeError:  # a map of the hub's own that events.py would refuse (tests of the page)
+        return NODE_OVERHEAD + 64
+
+
+def as_tuple(node: bytes | tuple) -> tuple:
+    """A node of the hub's graph as (op, parents, data, label, const, scope)."""
+    if type(node) is not tuple:  # the packed forward map
+        event = msgpack.unpackb(node, raw=False)
+        const = event.get("const")
+        node = (
+            event.get("op"),
+            tuple(event.get("parents", ())),
+            event.get("data", 0.0),
+            event.get("label", ""),
+            tuple(const) if const else None,
+            sys.intern(event.get("scope", "")),
+        )
+    return node

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 # record is RECORD fields, the kind first, then the time, then three more (None when unused).
 # BACKWARD_STEPS is one record for a chunk of backward steps: (kind, t, ids, grads, None).
 FORWARD, BACKWARD, BACKWARD_BEGIN, BACKWARD_END, DATA, LABEL, BACKWARD_STEPS = range(7)
+STRUCTURE, STEP = 7, 8
 RECORD = 5
 
 
@@ -128,6 +129,14 @@ def event_map(event: tuple, seq: int, t0: int) -> dict[str, Any]:
         if event[4] is not None:  # the pass failed, and says why
             end["error"] = event[4]
         return end
+    if kind in (STRUCTURE, STEP):
+        # PLACEHOLDER (helper B, server side): until the tracer's records land (helper A),
+        # a STRUCTURE or STEP record is (kind, t, fields, None, None), `fields` the
+        # protocol map's own fields (bins as bytes). Helper A's event_map replaces this.
+        out = {"type": "structure" if kind == STRUCTURE else "step", "seq": seq}
+        out.update(event[2])
+        out["t"] = t
+        return out
     if kind == DATA:
         return {"type": "data", "seq": seq, "id": event[2], "data": plain_number(event[3]), "t": t}
     return {"type": "label", "seq": seq, "id": event[2], "label": event[3], "t": t}
