@@ -31,7 +31,7 @@ MAX_CONST = 1024  # constants of one node
 
 # Steps (docs/protocol.md, "Steps"): a structure's nodes and inputs together, n + e, at most
 # MAX_STEP_NODES; a stream's checks remember the sizes of its last MAX_STRUCTURES structures
-# (a `step` of an older one is refused as unknown).
+# (the last defined or used; a `step` of an older one is refused as unknown).
 MAX_STEP_NODES = 500_000
 MAX_STRUCTURES = 1000
 
@@ -368,6 +368,7 @@ class Steps:
         self.structure = 0
         # structure -> (n, e, its last offset, its first id, whether it had its first step)
         self.sizes: dict[int, list] = {}
+        self.in_use = 0  # the structure of the last step
 
     def see(self, event: dict, index: int) -> None:
         kind = event["type"]
@@ -395,8 +396,7 @@ class Steps:
         self.structure = number
         last = u4s(event["offsets"])[-1]
         self.sizes[number] = [len(ids), len(inputs), last, ids[0], False]
-        if len(self.sizes) > MAX_STRUCTURES:
-            del self.sizes[next(iter(self.sizes))]
+        forget_oldest(self.sizes, MAX_STRUCTURES, self.in_use)
 
     def _step(self, event: dict, index: int) -> None:
         number, first, pass_ = event["step"], event["first"], event["pass"]
@@ -415,8 +415,11 @@ class Steps:
             if pass_ > self.passes:
                 _refuse(index, "step", "pass", f"must be a pass sent before, got {pass_}")
         else:  # a step that stands for its nodes and its pass: new ids, the next pass
-            if first <= self.max_id or first + last > MAX_INT:
+            if first <= self.max_id:
                 problem = f"must be above every id used before ({self.max_id}), got {first}"
+                _refuse(index, "step", "first", problem)
+            if first + last > MAX_INT:
+                problem = f"must leave its last id, first + {last}, at most 2**53-1"
                 _refuse(index, "step", "first", problem)
             if pass_ != self.passes + 1:
                 _refuse(index, "step", "pass", f"must be {self.passes + 1}, got {pass_}")
@@ -429,6 +432,20 @@ class Steps:
                 _refuse(index, "step", field, problem)
         size[4] = True
         self.step = number
+        self.in_use = event["structure"]
+        self.sizes[self.in_use] = self.sizes.pop(self.in_use)  # used: kept last
+
+
+def forget_oldest(kept: dict, limit: int, in_use: Any) -> None:
+    """Forget the oldest entries of `kept` past `limit`, but not `in_use` (the structure
+    of the last step: moved last instead), so that a training's own structure stays known
+    however many others came since."""
+    while len(kept) > max(limit, 1):
+        oldest = next(iter(kept))
+        if oldest == in_use:
+            kept[oldest] = kept.pop(oldest)
+            oldest = next(iter(kept))
+        del kept[oldest]
 
 
 def _refuse(index: int, kind: str, field: str, problem: str) -> NoReturn:

@@ -28,6 +28,7 @@ from .events import (
     check_event,
     check_hello,
     close_reason,
+    forget_oldest,
     packed,
     u4s,
     u8s,
@@ -336,6 +337,7 @@ class _Run:
         self.structures: dict[int, tuple[int, int]] = {}
         self.block: tuple[int, int, int] | None = None
         self.pinned: frozenset[int] = frozenset()
+        self.in_use = 0  # the run's structure of its last step
         hub.publishers.add(self)
 
     def hub_id(self, run_id: int) -> int:
@@ -373,8 +375,8 @@ class _Run:
         self.hub.next_structure += 1
         last = u4s(event["offsets"])[-1]
         self.structures[event["structure"]] = (self.hub.next_structure, last)
-        if len(self.structures) > MAX_STRUCTURES:  # (as many as events.Steps knows)
-            del self.structures[next(iter(self.structures))]
+        # as many as events.Steps knows, the same ones
+        forget_oldest(self.structures, MAX_STRUCTURES, self.in_use)
         event["structure"] = self.hub.next_structure
         return event
 
@@ -382,7 +384,8 @@ class _Run:
         """A `step` in the hub's numbers. The step that defined its structure names nodes
         the run announced; a later one's nodes get a fresh block of hub ids, as long as the
         structure's ids from the first (`offsets[-1] + 1`)."""
-        structure, last = self.structures[event["structure"]]
+        number = self.in_use = event["structure"]
+        structure, last = self.structures[number] = self.structures.pop(number)  # kept last
         first = event["first"]
         if first in self.ids:
             event["first"] = self.ids[first]

@@ -19,7 +19,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .encode import as_tuple, forward_bytes, node_size
-from .events import packed, reals, u4s, u8s
+from .events import MAX_STRUCTURES, packed, reals, u4s, u8s
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -95,7 +95,8 @@ class Steps:
 
     def __init__(self, hub: Hub, history_steps: int, history_bytes: int = HISTORY_BYTES):
         self.hub = hub
-        self.structures: dict[int, Structure] = {}  # the last ones, at most max_nodes in size
+        self.structures: dict[int, Structure] = {}  # the last ones (see `structure`)
+        self.size = 0  # their nodes and inputs, in all
         self.current: Structure | None = None  # the latest step's structure
         self.latest: dict[str, Any] | None = None  # the latest step's map
         self.pending = False  # the latest step is not written into the graph yet
@@ -107,20 +108,25 @@ class Steps:
 
     def structure(self, event: dict[str, Any]) -> None:
         structure = Structure(event)
-        self.structures.pop(structure.number, None)
+        old = self.structures.pop(structure.number, None)
+        self.size -= old.size if old is not None else 0
         self.structures[structure.number] = structure
-        # Bounded: the oldest structures go (never the current one) past max_nodes in size.
-        total = sum(kept.size for kept in self.structures.values())
-        for number in list(self.structures):
-            if total <= self.hub.max_nodes or len(self.structures) == 1:
-                break
-            if self.structures[number] is not self.current:
-                total -= self.structures.pop(number).size
+        self.size += structure.size
+        # Bounded: past MAX_STRUCTURES structures, or max_nodes nodes and inputs in all,
+        # the oldest go (never the current one, nor the new one).
+        kept = self.structures
+        while len(kept) > 2 and (len(kept) > MAX_STRUCTURES or self.size > self.hub.max_nodes):
+            oldest = next(iter(kept))
+            if kept[oldest] is self.current:  # (moved last: the next oldest goes)
+                kept[oldest] = kept.pop(oldest)
+                oldest = next(iter(kept))
+            self.size -= kept.pop(oldest).size
 
     def step(self, event: dict[str, Any]) -> None:
         structure = self.structures.get(event["structure"])
         if structure is None:  # forgotten (or never sent): passed on, not kept
             return
+        self.structures[structure.number] = self.structures.pop(structure.number)  # kept last
         if self.pending:
             self.settle()  # the previous step's numbers go into the graph first
         self.current, self.latest = structure, event

@@ -25,6 +25,17 @@ def floats(data: bytes, code: str = "d") -> list[float]:
     return list(struct.unpack(f"<{len(data) // struct.calcsize(code)}{code}", data))
 
 
+def forward(id_: int, op: str | None, parents: list[int], data: float, label: str) -> dict:
+    return {
+        "type": "forward",
+        "id": id_,
+        "op": op,
+        "parents": parents,
+        "data": data,
+        "label": label,
+    }
+
+
 def pack(*events: dict) -> bytes:
     return b"".join(msgpack.packb(e) for e in events)
 
@@ -65,10 +76,38 @@ class Training:
         if self.step == 1:
             a, loss = ids
             maps += [
-                {"type": "forward", "id": 0, "op": None, "parents": [], "data": data[2], "label": "w"},
-                {"type": "forward", "id": 1, "op": None, "parents": [], "data": data[3], "label": "x"},
-                {"type": "forward", "id": a, "op": "mul", "parents": [0, 1], "data": data[0], "label": ""},
-                {"type": "forward", "id": loss, "op": "mul", "parents": [a, a], "data": data[1], "label": "loss"},
+                {
+                    "type": "forward",
+                    "id": 0,
+                    "op": None,
+                    "parents": [],
+                    "data": data[2],
+                    "label": "w",
+                },
+                {
+                    "type": "forward",
+                    "id": 1,
+                    "op": None,
+                    "parents": [],
+                    "data": data[3],
+                    "label": "x",
+                },
+                {
+                    "type": "forward",
+                    "id": a,
+                    "op": "mul",
+                    "parents": [0, 1],
+                    "data": data[0],
+                    "label": "",
+                },
+                {
+                    "type": "forward",
+                    "id": loss,
+                    "op": "mul",
+                    "parents": [a, a],
+                    "data": data[1],
+                    "label": "loss",
+                },
                 {"type": "backward_begin", "root": loss, "pass": 1},
                 {"type": "backward", "id": loss, "grad": grad[1]},
                 {"type": "backward", "id": a, "grad": grad[0]},
