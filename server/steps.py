@@ -127,8 +127,9 @@ class Steps:
         if structure is None:  # forgotten (or never sent): passed on, not kept
             return
         self.structures[structure.number] = self.structures.pop(structure.number)  # kept last
-        if self.pending:
-            self.settle()  # the previous step's numbers go into the graph first
+        if self.pending and structure is not self.current:
+            self.settle()  # the other structure's latest numbers go into the graph first
+        self.settled_inputs.clear()  # this step's numbers are newer than any event before
         self.current, self.latest = structure, event
         if structure.stepped:  # its nodes and pass came as this map: written when needed
             self.pending, self.last_pass_is_step = True, True
