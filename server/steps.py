@@ -18,7 +18,7 @@ from array import array
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .encode import as_tuple, forward_bytes, node_size
+from .encode import as_tuple, forward_bytes, node_size, renamed_forward
 from .events import MAX_STRUCTURES, packed, reals, u4s, u8s
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class Structure:
     """A structure as the hub keeps it: its arrays, and where its nodes are in the graph."""
 
     __slots__ = ("number", "ids", "offsets", "inputs", "input_set", "order", "root", "map")
-    __slots__ += ("stepped",)
+    __slots__ += ("stepped", "reached_set")
 
     def __init__(self, event: dict[str, Any]):
         self.number: int = event["structure"]
@@ -44,6 +44,13 @@ class Structure:
         self.root: int = event["root"]
         self.map = {key: event[key] for key in ("offsets", "inputs", "order", "root")}
         self.stepped = False  # its first step (the one that defined it) came
+        self.reached_set: frozenset[int] | None = None
+
+    def reached(self) -> frozenset[int]:
+        """The indexes its pass reaches (made once, when first needed)."""
+        if self.reached_set is None:
+            self.reached_set = frozenset(self.order)
+        return self.reached_set
 
     @property
     def size(self) -> int:
@@ -188,8 +195,11 @@ class Steps:
     def _settle_input(self, structure: Structure, latest: dict[str, Any], id_: int) -> None:
         index = len(structure.ids) + structure.inputs.index(id_)
         data, grad = self._numbers(latest)
-        self._write(id_, id_, None, data[index], grad[index])
-        if index in set(structure.order):
+        node = self.hub.nodes.pop(id_, None)
+        self.hub.reached.pop(id_, None)
+        if node is not None:
+            self._write(node, id_, None, data[index], grad[index])
+        if index in structure.reached():
             self.hub.reached[id_] = latest["pass"]
         self.settled_inputs.add(id_)
 
@@ -209,11 +219,12 @@ class Steps:
         new_ids = array("Q", [first + offset for offset in structure.offsets])
         old_ids, structure.ids = structure.ids, new_ids
         rename = dict(zip(old_ids, new_ids, strict=True)) if old_ids != new_ids else None
-        for i in range(n):
-            self._write(old_ids[i], new_ids[i], rename, data[i], grad[i])
+        self._rename(old_ids, new_ids, rename, data, grad)
         for j, id_ in enumerate(structure.inputs):
-            if id_ not in self.settled_inputs:
-                self._write(id_, id_, None, data[n + j], grad[n + j])
+            node = hub.nodes.pop(id_, None) if id_ not in self.settled_inputs else None
+            if node is not None:
+                hub.reached.pop(id_, None)
+                self._write(node, id_, None, data[n + j], grad[n + j])
         reached, pass_ = hub.reached, latest["pass"]
         steps = []
         for index in structure.order:
@@ -225,16 +236,37 @@ class Steps:
         if self.last_pass_is_step:  # the step's pass is the last one: it can be stepped through
             hub.last_pass = (pass_, structure.node_id(structure.root), steps)
 
-    def _write(self, old: int, new: int, rename: dict | None, data: float, grad: float) -> None:
-        """Node `old` of the graph becomes node `new` with `data` and `grad` (its parents
-        renamed by `rename`); a node the graph forgot stays forgotten."""
+    def _rename(
+        self, old_ids: array, new_ids: array, rename: dict | None, data: array, grad: array
+    ) -> None:
+        """The structure's nodes `old_ids` become `new_ids`, with `data` and `grad`: the
+        loop of `_write`, with the packed nodes patched in place (encode.renamed_forward)."""
+        hub = self.hub
+        nodes, grads, reached = hub.nodes, hub.grads, hub.reached
+        # all taken out first: a new id may be the old id of another node (not in a valid
+        # stream, whose step ids are new, but the hub must not mix nodes up anyway)
+        taken = [nodes.pop(old, None) for old in old_ids]
+        for old in old_ids:
+            grads.pop(old, None)
+            reached.pop(old, None)
+        for i, node in enumerate(taken):
+            if node is None:  # forgotten: stays forgotten
+                continue
+            new = new_ids[i]
+            kept = renamed_forward(node, new, rename, data[i]) if type(node) is bytes else None
+            if kept is None:
+                self._write(node, new, rename, data[i], grad[i])
+                continue
+            nodes[new] = kept  # (as long as before: graph_bytes stays right)
+            grads[new] = grad[i]
+
+    def _write(
+        self, node: bytes | tuple, new: int, rename: dict | None, data: float, grad: float
+    ) -> None:
+        """`node`, taken out of the graph, goes back in as node `new` with `data` and `grad`
+        (its parents renamed by `rename`), last (it is forgotten last)."""
         hub = self.hub
         nodes = hub.nodes
-        node = nodes.pop(old, None)
-        if node is None:
-            return
-        hub.grads.pop(old, None)
-        hub.reached.pop(old, None)
         hub.graph_bytes -= node_size(node)
         op, parents, _, label, const, scope = as_tuple(node)
         if rename is not None:

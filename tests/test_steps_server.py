@@ -323,3 +323,58 @@ def test_the_local_servers_fast_path_keeps_steps_from_the_tracers_records():
         training.gap = loss.id - a.id - 1  # (the engine's offsets, for check_late_joiner)
         got = asyncio.run(asyncio.wait_for(join(), th.TIMEOUT))
     check_late_joiner(got, training)
+
+
+def test_events_after_a_step_see_the_graph_as_it_is_after_that_step():
+    """A `data` on a parameter, and a node and a pass over the latest loss, after a step
+    that came as one map: each finds the step's nodes and numbers, and changes them."""
+    hub = Hub("hub", {})
+    training = Training(gap=2)
+    hub.publish(training.steps(5))
+    a, loss = training.seen[-1]["ids"]
+    hub.publish([{"type": "data", "id": 0, "data": 9.0}])  # w, set after the step
+    after = loss + 10
+    hub.publish(
+        [
+            {"type": "forward", "id": after, "op": "tanh", "parents": [loss], "data": 0.1}
+            | {"label": "after"},
+            {"type": "backward_begin", "root": after, "pass": 6},
+            {"type": "backward", "id": after, "grad": 1.0},
+            {"type": "backward", "id": loss, "grad": 0.5},
+            {"type": "backward_end", "root": after, "pass": 6},
+        ]
+    )
+    got = joined(list(msgpack.Unpacker(_snapshot_bytes(hub), raw=False)))
+    nodes = got["nodes"]
+    w = nodes[0]
+    assert (w["data"], w["grad"]) == (9.0, training.seen[-1]["grad"][2])
+    assert (nodes[loss]["data"], nodes[loss]["grad"]) == (training.seen[-1]["data"][1], 0.5)
+    assert nodes[loss]["pass"] == 6 and nodes[a]["pass"] == 5
+    assert nodes[after]["parents"] == [loss]
+    assert got["snapshot_begin"]["last_pass"]["steps"] == [after, loss]
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        ("mul", [3, 4], 2.5, "", None, ""),
+        ("mul", [3, 7], 2.5, "", None, "L0/N3"),
+        ("tanh", [4], -1.0, "a label", None, "L1"),
+        (None, [], 0.5, "w", None, ""),
+        ("pow", [4], 4.0, "", [2.0], "L0"),
+        ("sum", [3, 4, 7], 1.0, "", None, ""),  # three parents: decoded, not patched
+    ],
+)
+def test_a_renamed_node_is_the_node_with_its_new_id_parents_and_data(node):
+    from opgraph.server.encode import as_tuple, forward_bytes, renamed_forward
+
+    op, parents, data, label, const, scope = node
+    packed = forward_bytes(5, 8, op, parents, data, label, 9, const, scope)
+    renamed = renamed_forward(packed, 108, {3: 103, 4: 104}, 7.5)
+    if len(parents) > 2:
+        assert renamed is None
+        return
+    assert renamed is not None
+    want = (op, tuple(104 if p == 4 else 103 if p == 3 else p for p in parents), 7.5, label)
+    assert as_tuple(renamed) == (*want, tuple(const) if const else None, scope)
+    assert msgpack.unpackb(renamed)["id"] == 108
