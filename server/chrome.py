@@ -53,7 +53,7 @@ def chrome_trace(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
         if kind == "forward":
             op, id_ = event.get("op"), event.get("id")
             ops[id_] = op or "leaf"
-            if event.get("label"):
+            if event.get("label") and id_ is not None:
                 labels[id_] = event["label"]
             start = max(previous_t, t - MAX_OP_US)
             out.append(

@@ -31,8 +31,18 @@ HISTORY_BYTES = 256 << 20  # the inputs' rows of the history, at most (16 bytes 
 class Structure:
     """A structure as the hub keeps it: its arrays, and where its nodes are in the graph."""
 
-    __slots__ = ("number", "ids", "offsets", "inputs", "input_set", "order", "root", "map")
-    __slots__ += ("stepped", "reached_set")
+    __slots__ = (
+        "number",
+        "ids",
+        "offsets",
+        "inputs",
+        "input_set",
+        "order",
+        "root",
+        "map",
+        "stepped",
+        "reached_set",
+    )
 
     def __init__(self, event: dict[str, Any]):
         self.number: int = event["structure"]
