@@ -7,7 +7,9 @@ work); "backward" has one slice per pass and, nested in
 it, one slice per node's backward step, until the next step starts; "updates" has instant
 events for `data` and `label` changes. Training steps (`step` maps) become counter tracks
 ("ph": "C"): "loss" (the root's data), and one per input of the step's structure (a
-parameter: its data and grad). Times are the events' `t` (microseconds).
+parameter: its data and grad); a step that came as one map has its pass as a slice of no
+duration on "backward" (its backward steps were not sent one by one). Times are the
+events' `t` (microseconds).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .events import reals, u8s
+from .events import reals, u4s, u8s
 from .recording import Recording
 
 PID = 1
@@ -35,7 +37,9 @@ def chrome_trace(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
     open_step: dict[str, Any] | None = None  # the backward step slice waiting for its end
     open_pass: dict[str, Any] | None = None
     labels: dict[int, str] = {}  # node id -> its label, for the names of parameters' tracks
-    structures: dict[int, tuple[int, list[int], int]] = {}  # number -> (n, inputs, root)
+    # structure number -> (n, inputs, root index, the root's id relative to a step's first)
+    structures: dict[int, tuple[int, list[int], int, int | None]] = {}
+    stepped: set[int] = set()  # structures whose defining step came (its pass as events)
 
     def close_step(t: float) -> None:
         nonlocal open_step
@@ -98,10 +102,18 @@ def chrome_trace(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 open_pass["dur"] = max(t - open_pass["ts"], 0)
                 open_pass = None
         elif kind == "structure":
-            n, inputs = len(event["ids"]) // 8, list(u8s(event["inputs"]))
-            structures[event["structure"]] = (n, inputs, event["root"])
+            n, inputs, root = len(event["ids"]) // 8, list(u8s(event["inputs"])), event["root"]
+            offset = u4s(event["offsets"])[root] if root < n else None
+            structures[event["structure"]] = (n, inputs, root, offset)
         elif kind == "step" and event.get("structure") in structures:
-            out.extend(_step_counters(event, t, *structures[event["structure"]], labels))
+            number = event["structure"]
+            n, inputs, root, offset = structures[number]
+            if number in stepped:  # a step that came as one map stands for its pass
+                root_id = event.get("first", 0) + offset if offset is not None else inputs[root - n]
+                name = f"backward pass {event.get('pass')}"
+                out.append(_slice(name, "backward", t, 0, BACKWARD_TID, root=root_id))
+            stepped.add(number)
+            out.extend(_step_counters(event, t, n, inputs, root, labels))
         elif kind in ("data", "label"):
             out.append(
                 {

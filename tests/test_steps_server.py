@@ -271,60 +271,6 @@ def test_a_graph_that_changes_every_step_keeps_max_nodes_and_its_history():
     assert got["history"]["from"] == 99 and got["structure"]["structure"] == 100
 
 
-def test_the_local_servers_fast_path_keeps_steps_from_the_tracers_records():
-    """The engine's own server (no checks: its tracer is trusted) takes STRUCTURE and STEP
-    records (opgraph/trace/forms.py) from the tracer's buffer, as the tracer emits them
-    after a traced step, and serves a late joiner the same structure, step and history."""
-    from array import array
-    from time import perf_counter_ns
-
-    from opgraph import Engine
-    from opgraph.trace.forms import STEP, STRUCTURE
-
-    engine = Engine(name="local", entry_points=False)
-    w, x = engine.value(0.5, label="w"), engine.value(1.5, label="x")
-    training = Training()
-    with engine.serve(port=0) as server:
-        a = w * x
-        loss = a * a
-        loss.label = "loss"
-        loss.backward()
-        ids = array("Q", [a.id, loss.id])
-        offsets = array("I", [0, loss.id - a.id])
-        order = array("I", [1, 0, 2, 3])
-        now = perf_counter_ns()
-        emit = engine.tracer._emit
-        emit((STRUCTURE, now, 1, (ids, offsets, array("Q", [w.id, x.id]), order), 1))
-        first = a.id
-        for step in range(1, 11):
-            data, grad = training.numbers()
-            if step == 1:  # the step the engine traced: its numbers are the engine's
-                data = [a.data, loss.data, w.data, x.data]
-                grad = [a.grad, loss.grad, w.grad, x.grad]
-                assert (data, grad) == training.numbers()
-            else:  # later steps: fresh ids above every id used, one pass each
-                first = loss.id + 10 * step
-            training.seen.append({"step": step, "data": data, "grad": grad})
-            record = (step, 1, first, step)
-            emit((STEP, now, record, array("d", data), array("d", grad)))
-            training.w -= training.lr * grad[2]
-
-        async def join():
-            viewer = await th.connect_reader(server.ws_url)  # waits for the buffer's end
-            first = joined(await viewer.until(lambda e: e["type"] == "snapshot_end"))
-            if first.get("step", {}).get("step") != 10:
-                await viewer.until(lambda e: e["type"] == "step" and e["step"] == 10)
-            late = await th.connect_reader(server.ws_url)
-            got = await late.until(lambda e: e["type"] == "snapshot_end")
-            await viewer.ws.close()
-            await late.ws.close()
-            return joined(got)
-
-        training.gap = loss.id - a.id - 1  # (the engine's offsets, for check_late_joiner)
-        got = asyncio.run(asyncio.wait_for(join(), th.TIMEOUT))
-    check_late_joiner(got, training)
-
-
 def test_events_after_a_step_see_the_graph_as_it_is_after_that_step():
     """A `data` on a parameter, and a node and a pass over the latest loss, after a step
     that came as one map: each finds the step's nodes and numbers, and changes them."""
