@@ -38,7 +38,7 @@ from .encode import (
 from .events import MAX_OPS
 from .protocol import hello
 from .steps import HISTORY_STEPS, Steps
-from .viewers import RESYNC_INTERVAL, RESYNC_PASS_WAIT, Viewer
+from .viewers import QUEUE_BYTES, RESYNC_INTERVAL, RESYNC_PASS_WAIT, Viewer
 
 FRAME_EVENTS = 2000  # events per websocket frame (about 60-100 KB)
 SNAPSHOT_FRAME_NODES = 2000
@@ -71,6 +71,7 @@ class Hub:
         ops: dict[str, str],
         *,
         queue_limit: int = 100_000,
+        queue_bytes: int = QUEUE_BYTES,
         max_nodes: int = 500_000,
         max_bytes: int = MAX_BYTES,
         max_node_bytes: int = MAX_NODE_BYTES,
@@ -83,6 +84,7 @@ class Hub:
         self.engine = engine
         self.ops = dict(ops)
         self.queue_limit = queue_limit
+        self.queue_bytes = queue_bytes
         self.max_nodes = max_nodes
         self.max_bytes = max_bytes
         self.max_node_bytes = max_node_bytes  # one published node, at most (intake.py)

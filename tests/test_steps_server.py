@@ -324,3 +324,61 @@ def test_a_renamed_node_is_the_node_with_its_new_id_parents_and_data(node):
     want = (op, tuple(104 if p == 4 else 103 if p == 3 else p for p in parents), 7.5, label)
     assert as_tuple(renamed) == (*want, tuple(const) if const else None, scope)
     assert msgpack.unpackb(renamed)["id"] == 108
+
+
+def test_a_stalled_viewer_holds_at_most_queue_bytes_of_steps_then_gets_a_snapshot():
+    """A step map stands for a whole step (16 bytes a node): a viewer that stops reading
+    is resynced once its queue holds `queue_bytes`, not after queue_limit such maps."""
+    from _steps_helpers import f8, u4, u8
+
+    n = 20_000  # a step map of 320 KB; 60 of them are 19 MB, past what the kernel buffers
+    forwards = [{"type": "forward", "id": 0, "op": None, "parents": [], "data": 1.0}]
+    forwards += [
+        {"type": "forward", "id": i, "op": "tanh", "parents": [i - 1], "data": 0.5}
+        for i in range(1, n + 1)
+    ]
+    forwards = [f | {"label": ""} for f in forwards]
+    first_step = [
+        *forwards,
+        {"type": "backward_begin", "root": n, "pass": 1},
+        {"type": "backward_end", "root": n, "pass": 1},
+        {"type": "structure", "structure": 1, "ids": u8(*range(1, n + 1))}
+        | {"offsets": u4(*range(n)), "inputs": u8(0), "order": u4(), "root": n - 1},
+    ]
+
+    def step(k):
+        return {"type": "step", "step": k, "structure": 1, "pass": k} | {
+            "first": 1 if k == 1 else 1 + n * (k - 1),
+            "data": f8(*[float(k)] * (n + 1)),
+            "grad": f8(*[0.0] * (n + 1)),
+        }
+
+    async def main(server):
+        stalled = await th.open_ws(server.ws_url, max_size=None)  # it never reads
+        publisher = await th.open_ws(publish_url(server.publish_url))
+        await publisher.send(pack(HELLO, *first_step, step(1)))
+        for start in range(2, 62, 10):
+            await publisher.send(pack(*(step(k) for k in range(start, start + 10))))
+        await publisher.close()
+        while server.call(lambda: server.hub.steps.history.steps[-1:].tolist()) != [61]:
+            await asyncio.sleep(0.05)
+        stats = server.stats()["viewers"][0]
+        if not stats["dropped"]:  # (it holds everything: it would get no snapshot)
+            await stalled.close()
+            return stats, []
+        reader = th.Reader(stalled)  # it reads again: dropped, then a snapshot of step 61
+        got = await reader.until(lambda e: e["type"] == "dropped")
+        got += await reader.until(lambda e: e["type"] == "snapshot_end")
+        await stalled.close()
+        return stats, got
+
+    server = TraceServer(
+        engine_name="hub", ops={}, port=0, accept_publishers=True, queue_bytes=2 << 20
+    )
+    with server.start():
+        stats, got = asyncio.run(asyncio.wait_for(main(server), th.TIMEOUT * 3))
+    assert stats["dropped"] > 0 and stats["queued_bytes"] <= 2 << 20
+    assert stats["max_queued_bytes"] <= (2 << 20) + 10 * 16 * (n + 1) + 4096  # (one frame)
+    snapshot = joined(got[[e["type"] for e in got].index("dropped") + 1 :])
+    assert snapshot["step"]["step"] == 61
+    assert floats(snapshot["history"]["loss"]) == [float(k) for k in range(1, 62)]
