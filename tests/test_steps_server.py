@@ -382,3 +382,42 @@ def test_a_stalled_viewer_holds_at_most_queue_bytes_of_steps_then_gets_a_snapsho
     snapshot = joined(got[[e["type"] for e in got].index("dropped") + 1 :])
     assert snapshot["step"]["step"] == 61
     assert floats(snapshot["history"]["loss"]) == [float(k) for k in range(1, 62)]
+
+
+def test_float32_steps_are_checked_kept_and_their_history_is_float64():
+    import struct
+
+    training = Training()
+    maps = training.steps(6)
+    for m in maps:
+        if m["type"] == "step":
+            for key in ("data", "grad"):
+                numbers = floats(m[key])
+                m[key] = struct.pack(f"<{len(numbers)}f", *numbers)
+            m["dtype"] = "f4"
+    hub = Hub("hub", {})
+    assert feed(hub, [pack(HELLO, *maps)]).closed is None
+    got = joined(list(msgpack.Unpacker(_snapshot_bytes(hub), raw=False)))
+    assert got["step"]["dtype"] == "f4"
+    rounded = [
+        [struct.unpack("<f", struct.pack("<f", v))[0] for v in s["data"]] for s in training.seen
+    ]
+    assert floats(got["history"]["loss"]) == [r[1] for r in rounded]
+    assert floats(got["history"]["data"]) == [v for r in rounded for v in r[2:]]
+    a, loss = (got["nodes"][i] for i in u8s(got["structure"]["ids"]))
+    assert loss["data"] == rounded[-1][1]
+
+
+def test_a_structure_whose_nodes_were_forgotten_leaves_the_history_in_snapshots():
+    hub = Hub("hub", {}, max_nodes=50)
+    training = Training()
+    hub.publish(training.steps(3))
+    leaves = [
+        {"type": "forward", "id": 100 + k, "op": None, "parents": [], "data": 1.0, "label": ""}
+        for k in range(60)
+    ]
+    hub.publish(leaves)  # the structure's nodes are the oldest: forgotten
+    got = joined(list(msgpack.Unpacker(_snapshot_bytes(hub), raw=False)))
+    assert "structure" not in got and "step" not in got
+    assert floats(got["history"]["loss"]) == [s["data"][1] for s in training.seen]
+    assert len(got["nodes"]) <= 50
