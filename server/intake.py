@@ -380,11 +380,14 @@ class _Run:
         event["structure"] = self.hub.next_structure
         return event
 
-    def step(self, event: dict) -> dict:
+    def step(self, event: dict) -> dict | None:
         """A `step` in the hub's numbers. The step that defined its structure names nodes
         the run announced; a later one's nodes get a fresh block of hub ids, as long as the
         structure's ids from the first (`offsets[-1] + 1`)."""
-        number = self.in_use = event["structure"]
+        number = event["structure"]
+        if number not in self.structures:  # (events.Steps knows the same ones: not seen)
+            return None
+        self.in_use = number
         structure, last = self.structures[number] = self.structures.pop(number)  # kept last
         first = event["first"]
         if first in self.ids:
@@ -405,7 +408,8 @@ class _Run:
         A `dropped` map (the script lost events on the way) is not an event of the stream:
         every viewer is resynced instead, as when the hub itself loses events."""
         lost = sum(event["count"] for event in events if event["type"] == "dropped")
-        out = [_renumber(event, self) for event in events if event["type"] != "dropped"]
+        renumbered = (_renumber(event, self) for event in events if event["type"] != "dropped")
+        out = [event for event in renumbered if event is not None]
         if lost:
             self.hub.upstream_lost(lost)
         for event in out:
@@ -458,7 +462,7 @@ def _start_run(hub: Hub, hello: dict) -> str:
     return source
 
 
-def _renumber(event: dict, run: _Run) -> dict:
+def _renumber(event: dict, run: _Run) -> dict | None:
     """The checked event with the run's ids and times made the hub's."""
     event.pop("seq", None)
     if "t" in event:
