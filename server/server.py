@@ -427,11 +427,19 @@ def _select_subprotocol(
 class EngineServer(TraceServer):
     """A server fed by one engine's tracer (what `engine.serve()` returns)."""
 
-    def __init__(self, engine: TracedEngine, *, buffer_limit: int = 2_000_000, **options: Any):
+    def __init__(
+        self,
+        engine: TracedEngine,
+        *,
+        buffer_limit: int = 2_000_000,
+        dtype: str = "f8",
+        **options: Any,
+    ):
+        tracer = Tracer(engine, max_buffer=buffer_limit, dtype=dtype)  # (checks dtype first)
         ops = {name: op.plugin for name, op in engine.ops.definitions.items()}
         super().__init__(engine_name=engine.name, ops=ops, **options)
         self.engine = engine
-        self.tracer: TraceBuffer = Tracer(engine, max_buffer=buffer_limit)
+        self.tracer: TraceBuffer = tracer
         self.drain_failures = 0  # batches of events lost to an error (reported once)
         self.add_source(self._drain_forever)
 
@@ -459,6 +467,10 @@ class EngineServer(TraceServer):
                 await asyncio.sleep(0)  # more to do: let viewers be sent to first
             else:
                 await asyncio.sleep(DRAIN_INTERVAL)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        self.tracer.send_collected()  # a step's nodes waiting for its pass: "so far" too
+        return super().flush(timeout)
 
     def _overdue(self) -> bool:
         """Whether the buffered events waited long enough for the engine to pause."""

@@ -126,8 +126,9 @@ def test_stalled_viewer_is_resynced_while_a_fast_one_loses_nothing(tmp_path):
                         continue
 
             reading = asyncio.ensure_future(read_fast())
-            for _ in range(60):  # about 150,000 events, more than the kernel buffers hold
-                mlp_step(engine, params, width=50)
+            for k in range(60):  # about 150,000 events, more than the kernel buffers hold
+                # (a graph unlike the last step's: each step is all its events, not a `step`)
+                mlp_step(engine, params, width=50 + k % 2)
                 seq = await numbered(server)
                 while not fast_events or fast_events[-1]["seq"] < seq:
                     await asyncio.sleep(0.005)  # the fast viewer keeps up (the test waits)

@@ -2,8 +2,9 @@
 with `--serve`, while serving the training's live trace.
 
 One training step of the demo builds about 65,000 nodes (forward and backward are about
-130,000 events), so by default `--serve` traces only the first and the last step;
-`--trace-steps` chooses others. Between traced steps tracing is paused, and the parameters'
+130,000 events). `--serve` traces every step: the first goes out as events, each later one,
+with the same graph, as one `step` event of its numbers (docs/protocol.md, "Steps").
+`--trace-steps` chooses fewer. Between traced steps tracing is paused, and the parameters'
 new values are announced (`data` events) when the next traced step uses them. After
 training the server keeps serving the traced steps' graphs until interrupted.
 
@@ -148,9 +149,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--serve", action="store_true", help="serve the training's live trace")
     group.add_argument(
         "--trace-steps",
-        default="first,last",
+        default="all",
         help="steps to trace: comma list of step numbers (from 1), 'first', 'last', "
-        "or 'all' (default: first,last)",
+        "or 'all' (default: all)",
     )
     group.add_argument("--port", type=int, default=8765, help="port of the trace server (8765)")
     group.add_argument("--record", metavar="FILE", help="also record the trace (.ogtrace)")
@@ -204,8 +205,8 @@ def run_served(args: argparse.Namespace) -> int:
         print(headline(model, X, args.steps, args.seed))
         print(f"viewer: {server.url}", flush=True)
         print(
-            f"tracing {describe(chosen, args.steps)} (one step is about 65,000 nodes; "
-            f"choose with --trace-steps)",
+            f"tracing {describe(chosen, args.steps)} (one step is about 65,000 nodes, sent "
+            f"in full once, then as its numbers; choose with --trace-steps)",
             flush=True,
         )
         progress = ProgressBar(args.steps)

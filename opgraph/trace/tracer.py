@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+import time
 from array import array
 from collections.abc import Callable, Iterable
 from operator import attrgetter, itemgetter
@@ -57,10 +58,12 @@ _MISSING = object()
 # Collected nodes the engine has not added to for this long (seconds) are sent as events by
 # the next `drain` (the program stopped before a pass: a notebook cell, an evaluation).
 IDLE = 0.3
+BUSY_NS = 20_000_000  # ... and it has not run for more than this (ns of CPU) meanwhile
 # A step of more nodes and inputs than this has no structure (docs/protocol.md: n + e at
 # most 500,000): it is sent as events only, and the tracer holds no more of its nodes.
 MAX_STEP = 500_000
-DTYPES: dict[str, Literal["d", "f"]] = {"f8": "d", "f4": "f"}  # the `dtype` option: the array typecode of a step's numbers
+# The `dtype` option: the array typecode of a step's numbers.
+DTYPES: dict[str, Literal["d", "f"]] = {"f8": "d", "f4": "f"}
 
 
 def _why(error: BaseException) -> str:
@@ -288,7 +291,10 @@ class Tracer:
         self._explicit = False
         self._step_asked = False  # step() was called during a pass: at its end
         self._merged: list[tuple[list[Value], list[float], Value]] = []
-        self._watch = (0, 0)  # (collected nodes, since when): the consumer's idle check
+        # The consumer's idle check: (collected nodes, since when, the engine thread's CPU time
+        # then), and that thread's CPU clock (see _engine_cpu_ns).
+        self._watch = (0, 0, 0)
+        self._engine_clock: int | None = None
         self.idle_ns = int(idle * 1e9)
 
     # --- attaching ------------------------------------------------------------------------
@@ -319,7 +325,8 @@ class Tracer:
             self._since = math.inf
             self._starting = True
             self._structure = None
-            self._troubles += 1
+            if self._sent or self._open:  # the step in progress sent some nodes before
+                self._troubles += 1
             self._send_unsent()
 
     # --- the hooks the engine calls -------------------------------------------------------
@@ -338,6 +345,7 @@ class Tracer:
         the step is compared with it when it ends) or sends each node as it is made. Only
         the engine's thread calls it, so the hook it swaps is never half changed."""
         self._collecting = on
+        self._engine_clock = _thread_clock()
         if on:
             vars(self)["forward"] = self._pending.append  # a C function: the cheapest hook
         else:
@@ -716,6 +724,12 @@ class Tracer:
             self._sent = count
             self._flushed = True
 
+    def send_collected(self) -> None:
+        """Send the nodes collected for the step in progress now, as events (any thread:
+        `flush()` asks for everything so far). The step is then sent in full."""
+        with self._lock:
+            self._send_unsent()
+
     def _trim(self) -> None:
         """The step outgrew MAX_STEP: it gets no structure, and its sent nodes are let go."""
         del self._pending[: self._sent]
@@ -728,18 +742,34 @@ class Tracer:
         count = len(self._pending)
         waiting = count - self._sent
         if waiting <= 0 or self._silent:
-            self._watch = (count, 0)
+            self._watch = (count, 0, 0)
             return
-        now = perf_counter_ns()
-        if self._watch[0] != count:  # the engine added some since the last look
-            self._watch = (count, now)
-        if waiting <= MAX_STEP and now - self._watch[1] < self.idle_ns:
+        now, busy = perf_counter_ns(), self._engine_cpu_ns()
+        seen, since, busy_since = self._watch
+        # The engine added nodes, or ran (between its last node and its pass: reachable(),
+        # sorting the nodes, under load for longer than `idle`) since the last look.
+        if seen != count or busy - busy_since > BUSY_NS:
+            self._watch = (count, now, busy)
+            since = now
+        if waiting <= MAX_STEP and now - since < self.idle_ns:
             return
         with self._lock:
             if self._collecting and not self._silent:
                 self._send_unsent()
                 if self._sent > MAX_STEP:
                     self._trim()
+
+    def _engine_cpu_ns(self) -> int:
+        """The CPU time of the engine's thread (the one that ended the last step), or 0 where
+        a thread's CPU clock cannot be read: the idle check then goes by the clock alone."""
+        clock = self._engine_clock
+        if clock is None:
+            return 0
+        try:
+            return time.clock_gettime_ns(clock)
+        except OSError:  # the thread ended
+            self._engine_clock = None
+            return 0
 
     # --- data changes and late announcements ----------------------------------------------
 
@@ -875,6 +905,15 @@ class Tracer:
         """The fields of `hello` that describe this tracer's engine."""
         ops = self.engine.ops.definitions
         return {"engine": self.engine.name, "ops": {n: op.plugin for n, op in ops.items()}}
+
+
+def _thread_clock() -> int | None:
+    """The CPU clock of the calling thread, for another thread to read; None where there is
+    none (pthread_getcpuclockid is Unix only)."""
+    try:
+        return time.pthread_getcpuclockid(threading.get_ident())
+    except (AttributeError, OSError):
+        return None
 
 
 def _merge(passes: list[tuple[list[Value], list[float], Value]]) -> tuple[list, list, Value]:
