@@ -59,11 +59,14 @@ def test_late_joiner_gets_a_snapshot_then_the_stream_without_gap_or_duplicate():
             done, joined = threading.Event(), threading.Event()
 
             def train():
-                steps = 0
-                while steps < 40 or not joined.is_set():
+                steps = after = 0
+                # a few steps after the join too: a repeated step is one `step` event, and the
+                # snapshot may have taken all of the step under way when the viewer joined
+                while steps < 40 or after < 3:
                     mlp_step(engine, params)
                     time.sleep(0.002)
                     steps += 1
+                    after += joined.is_set()
                 done.set()
 
             producer = threading.Thread(target=train)
