@@ -170,3 +170,34 @@ def test_the_stream_checks_accept_what_a_training_sends():
     for index, event in enumerate(Training(gap=5).steps(50)):
         checks.see(check_event(event, index), index)
     assert checks.step == 50 and checks.passes == 50
+
+
+def test_a_bad_step_over_a_real_socket_closes_1007_and_viewers_keep_the_last_good_step():
+    from opgraph.server.publisher import publish_url
+    from opgraph.server.server import TraceServer
+
+    training = Training()
+
+    async def main(server):
+        viewer = await th.connect_reader(server.ws_url)
+        await viewer.until(lambda e: e["type"] == "snapshot_end")
+        publisher = await th.open_ws(publish_url(server.publish_url))
+        await publisher.send(pack(HELLO, *training.steps(3)))
+        bad = step(step=4, first=99, data=f8(1, 2, 3)) | {"pass": 4}  # data cut short
+        await publisher.send(pack(bad))
+        code = await th.close_code(publisher)
+        reason = publisher.close_reason
+        await viewer.until(lambda e: e["type"] == "run" and e["state"] == "end")
+        late = await th.connect_reader(server.ws_url)
+        snapshot = await late.until(lambda e: e["type"] == "snapshot_end")
+        await viewer.ws.close()
+        await late.ws.close()
+        return code, reason, snapshot
+
+    server = TraceServer(engine_name="hub", ops={}, port=0, accept_publishers=True)
+    with server.start():
+        code, reason, snapshot = asyncio.run(asyncio.wait_for(main(server), th.TIMEOUT))
+    assert code == 1007
+    assert reason == "event 0 (step): 'data' must hold n + e = 4 numbers of 8 bytes, got 24 bytes"
+    [last] = [e for e in snapshot if e["type"] == "step"]
+    assert last["step"] == 3  # the last good step, nothing of the bad frame
