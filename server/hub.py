@@ -497,6 +497,7 @@ class Hub:
             "seq": self.seq,
             "nodes": len(self.nodes),
             "graph_bytes": self.graph_bytes,
+            "steps": self.steps.stats(),
             "viewers": [viewer.stats() for viewer in self.viewers],
             "runs": self.runs,
             "publishers": len(self.publishers),

@@ -289,6 +289,14 @@ class Steps:
         hub.graph_bytes += node_size(kept)
         hub.grads[new] = grad
 
+    def stats(self) -> dict[str, Any]:
+        latest = self.latest
+        return {
+            "step": latest["step"] if latest is not None else 0,
+            "structures": len(self.structures),
+            "history": len(self.history.steps),
+        }
+
     # --- snapshots --------------------------------------------------------------------------
 
     def snapshot_maps(self) -> list[dict[str, Any]]:

@@ -421,3 +421,9 @@ def test_a_structure_whose_nodes_were_forgotten_leaves_the_history_in_snapshots(
     assert "structure" not in got and "step" not in got
     assert floats(got["history"]["loss"]) == [s["data"][1] for s in training.seen]
     assert len(got["nodes"]) <= 50
+
+
+def test_the_servers_stats_say_how_far_the_training_went():
+    hub = Hub("hub", {}, history_steps=4)
+    hub.publish(Training().steps(6))
+    assert hub.stats()["steps"] == {"step": 6, "structures": 1, "history": 4}
