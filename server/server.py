@@ -40,7 +40,9 @@ from .intake import receive_run
 from .protocol import PUBLISH_MAX_SIZE, SUBPROTOCOL
 from .recording import Recorder
 from .security import check_upgrade, is_loopback
+from .steps import HISTORY_STEPS
 from .viewers import (
+    QUEUE_BYTES,
     RESYNC_INTERVAL,
     RESYNC_PASS_WAIT,
     SEND_TIMEOUT,
@@ -68,11 +70,14 @@ class TraceServer:
     Made by `opgraph.serve()`, `engine.serve()`, `opgraph serve` and `opgraph replay`.
     `token`: None makes one when `host` is not a loopback address (required there, unless
     `token=False`); a string sets it (an empty one only on loopback). `static_dir` is where
-    the viewer page comes from. A viewer that takes more than `send_timeout` seconds to
-    accept a frame is closed (code 4000); the snapshots a viewer asks for are sent at most
-    every `snapshot_interval` seconds. The graph kept for snapshots holds at most `max_nodes`
-    nodes and about `max_bytes` bytes (the oldest are forgotten); a hub refuses a published node
-    of more than `max_node_bytes`. See docs/security.md.
+    the viewer page comes from. A viewer's queue holds at most `queue_limit` events and
+    `queue_bytes` bytes (past either, it is resynced). A viewer that takes more than
+    `send_timeout` seconds to accept a frame is closed (code 4000); the snapshots a viewer
+    asks for are sent at most every `snapshot_interval` seconds. The graph kept for
+    snapshots holds at most `max_nodes` nodes and about `max_bytes` bytes (the oldest are
+    forgotten); a hub refuses a published node of more than `max_node_bytes`. Snapshots carry
+    the loss (and the inputs' numbers) of the last `history_steps` training steps. See
+    docs/security.md.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class TraceServer:
         record: str | os.PathLike | None = None,
         static_dir: str | os.PathLike | None = None,
         queue_limit: int = 100_000,
+        queue_bytes: int = QUEUE_BYTES,
         max_nodes: int = 500_000,
         max_bytes: int = MAX_BYTES,
         max_node_bytes: int = MAX_NODE_BYTES,
@@ -97,6 +103,7 @@ class TraceServer:
         resync_pass_wait: float = RESYNC_PASS_WAIT,
         send_timeout: float = SEND_TIMEOUT,
         snapshot_interval: float = SNAPSHOT_INTERVAL,
+        history_steps: int = HISTORY_STEPS,
     ):
         if token == "" and not is_loopback(host):
             raise ServerError(
@@ -127,12 +134,14 @@ class TraceServer:
             engine_name,
             ops,
             queue_limit=queue_limit,
+            queue_bytes=queue_bytes,
             max_nodes=max_nodes,
             max_bytes=max_bytes,
             max_node_bytes=max_node_bytes,
             recorder=self.recorder,
             resync_interval=resync_interval,
             resync_pass_wait=resync_pass_wait,
+            history_steps=history_steps,
         )
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None

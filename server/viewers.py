@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 # waits at least RESYNC_INTERVAL seconds (or twice what sending that snapshot took, if more),
 # then happens when the next backward pass begins, or RESYNC_PASS_WAIT seconds later at
 # the latest. (Defaults; `serve(resync_interval=..., resync_pass_wait=...)` sets them.)
+# A viewer's queue is bounded in bytes too (`queue_bytes`): a training step's map stands for
+# a whole step (about 16 bytes a node), so queue_limit events could be gigabytes.
+QUEUE_BYTES = 64 << 20
 RESYNC_INTERVAL = 0.5
 RESYNC_PASS_WAIT = 1.0
 # A viewer that takes more than SEND_TIMEOUT seconds to accept one frame (its TCP window
@@ -149,7 +152,9 @@ class Viewer:
         self.limit = hub.queue_limit
         self.queue: deque[tuple[bytes, int]] = deque()
         self.queued = 0  # events in the queue
+        self.queued_bytes = 0  # and their bytes (a training step's map is about 16 a node)
         self.max_queued = 0
+        self.max_queued_bytes = 0
         self.lost = 0  # events lost since the last resync
         self.dropped_total = 0
         self.resyncs = 0
@@ -168,11 +173,15 @@ class Viewer:
         """Queue a frame of `count` events, or count them lost if the queue is full."""
         if self.resync:
             self.lost += count
-        elif self.queued + count > self.limit:
+        elif self.queued + count > self.limit or (
+            self.queued_bytes + len(frame) > self.hub.queue_bytes and self.queue
+        ):
             self.lose(count)
         else:
             self.queue.append((frame, count))
             self.queued += count
+            self.queued_bytes += len(frame)
+            self.max_queued_bytes = max(self.max_queued_bytes, self.queued_bytes)
             if self.queued > self.max_queued:
                 self.max_queued = self.queued
         self.wake.set()
@@ -181,7 +190,7 @@ class Viewer:
         """Discard the queue; the viewer will get `dropped` and a snapshot."""
         self.lost += self.queued + count
         self.queue.clear()
-        self.queued = 0
+        self.queued = self.queued_bytes = 0
         self.resync = True
         self.wake.set()
 
@@ -226,7 +235,7 @@ class Viewer:
         self.lost = 0
         self.resync = False
         self.queue.clear()
-        self.queued = 0
+        self.queued = self.queued_bytes = 0
         return frame
 
     async def run(self) -> None:
@@ -247,7 +256,7 @@ class Viewer:
             self.too_slow = str(exc)
             self.ready = None
             self.queue.clear()
-            self.queued = 0
+            self.queued = self.queued_bytes = 0
 
     def _next_due(self, now: float) -> float | None:
         """Seconds until a snapshot falls due (None: nothing is waiting for a time)."""
@@ -271,6 +280,7 @@ class Viewer:
             elif self.queue and not self.resync:
                 frame, count = self.queue.popleft()
                 self.queued -= count
+                self.queued_bytes -= len(frame)
                 self.sending = True
                 try:
                     await self._send(frame)
@@ -302,7 +312,7 @@ class Viewer:
         self.lost = 0
         self.resync = self.want_snapshot = False
         self.queue.clear()
-        self.queued = 0
+        self.queued = self.queued_bytes = 0
         await self._send_snapshot_frames(head, snapshot)
 
     async def _send_snapshot_frames(self, head: list[bytes], snapshot: Snapshot) -> None:
@@ -326,6 +336,8 @@ class Viewer:
             "name": self.name,
             "queued": self.queued,
             "max_queued": self.max_queued,
+            "queued_bytes": self.queued_bytes,
+            "max_queued_bytes": self.max_queued_bytes,
             "limit": self.limit,
             "dropped": self.dropped_total + self.lost,
             "resyncs": self.resyncs,
