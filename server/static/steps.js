@@ -26,8 +26,9 @@
 //       index i < n: the structure's node i; i >= n: input i - n
 //   store.nodesFor(structure, graph)   the graph's node objects by index (cached per graph)
 //   store.show(record, graph)     write a record's numbers onto the graph's nodes (a few ms
-//                                 for 65,000 nodes, no relayout); a record out of the
-//                                 window writes the inputs and marks the step's nodes NaN
+//                                 for 65,000 nodes; graph.version is left alone, so nothing
+//                                 is laid out again); a record out of the window writes the
+//                                 inputs and marks the step's nodes NaN
 //   store.series(id)              { steps, data, grad } of one node over the kept records
 //                                 (an input: every record; a step's node: the window)
 //   store.lossSeries()            { steps: Float64Array, loss: Float64Array }
@@ -347,7 +348,7 @@ export class StepStore {
         if (node) { node.data = inputData[i]; node.grad = inputGrad[i]; }
       }
     }
-    graph.version++;
+    // graph.version stays: it says the graph's shape changed, which would lay it out again.
     return record.full;
   }
 

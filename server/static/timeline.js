@@ -35,7 +35,7 @@ export class Timeline {
     const shown = this.shownStep === null ? record : this.steps.record(this.shownStep);
     if (shown) this.steps.show(shown, this.graph);
     if (this.shownStep !== null && !shown) this.shownStep = null; // the shown step was dropped
-    this.valuesChanged();
+    this.valuesChanged(false);
   }
 
   /** Show step number `step` on the graph (null: the newest, and follow new ones). */
@@ -52,11 +52,13 @@ export class Timeline {
     this.valuesChanged();
   }
 
-  // Numbers changed on many nodes at once: the list rows, the panel and the looks follow.
-  valuesChanged() {
+  // Numbers changed on many nodes at once (the graph's shape did not: no relayout): the
+  // list rows and the panel are written again on the next frame, which draws the numbers.
+  valuesChanged(urgent = true) {
     this.listMarks = null; // every listed row is written again (setText skips the same)
     this.listNow = true;
-    this.requestDraw();
+    this.shownVersion = -1; // the details panel too
+    this.requestDraw(urgent);
   }
 
   /** The Record shown on the graph, or null before the first step. */
