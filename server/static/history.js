@@ -36,7 +36,6 @@ function makeView(id, graph, first) {
     el("thead", {}, el("tr", {}, el("th", {}, "step"), el("th", {}, "data"), el("th", {}, "grad"))),
     body);
   const section = el("section", { className: "history" },
-    el("h3", {}, "History"),
     el("p", { className: "legend-line" }, el("i", { className: "swatch data-line" }), "data ",
       el("i", { className: "swatch grad-line" }), "grad"),
     chart,

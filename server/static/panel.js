@@ -42,9 +42,9 @@ export class Panel {
     panel.replaceChildren(
       el("h2", { className: "node-title" }, nodeTitle(node)),
       factList(facts),
+      ...[this.historySection(node.id)].filter(Boolean),
       ...linkList("Inputs", inputs),
       ...linkList("Used by", users),
-      ...[this.historySection(node.id)].filter(Boolean),
       el("button", { dataset: { focus: String(node.id) }, title: "Show this node's neighbourhood on its own (G)" },
         "Focus on neighbourhood"),
     );

@@ -116,10 +116,11 @@ export class Timeline {
     const items = movers.map((m) => {
       const node = this.graph.nodes.get(m.id);
       const sign = m.delta > 0 ? "+" : "";
-      const button = el("button", { className: "link", dataset: { goto: String(m.id) } },
-        node ? nodeTitle(node) : `#${m.id}`);
+      const name = node ? `${nodeTitle(node)}${node.op ? ` ${node.op}` : ""}` : `#${m.id}`;
+      const button = el("button", { className: "link", dataset: { goto: String(m.id) } }, name);
       return el("li", { dataset: { id: String(m.id), delta: String(m.delta) } }, button,
-        ` ${formatNumber(m.from)} → ${formatNumber(m.to)} (${sign}${formatNumber(m.delta)})`);
+        el("span", { className: "change" },
+          `${formatNumber(m.from)} → ${formatNumber(m.to)} (${sign}${formatNumber(m.delta)})`));
     });
     $("diff").replaceChildren(
       el("h2", {}, `Step ${from.step} → step ${to.step}: what moved most`),
