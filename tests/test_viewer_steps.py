@@ -461,3 +461,29 @@ def test_a_hostile_history_is_rejected_and_the_snapshot_kept(page):
         assert "'loss' must hold 2" in page.evaluate("opgraphViewer.lastRejection")
         assert page.evaluate("opgraphViewer.steps.records.length") == STEPS
         assert page.evaluate("opgraphViewer.graph.size") == 6
+
+
+def test_the_page_keeps_the_history_and_the_window_it_says(page):
+    """With 20 steps of history and a window of 5 (page options), after 30 steps: a
+    parameter's History and the loss curve have the newest 20 steps, a node made in the step
+    the newest 5, and an older step shows its parameters but says its other nodes' numbers
+    were not kept."""
+    with StreamServer(live_stream()) as server:
+        page.goto(server.url + "?history_steps=20&window_steps=5")
+        expect(page.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
+        select(page, W)
+        assert history_rows(page) == parameter_history(3)[-20:]
+        expect(page.get_by_role("img", name="Loss over")).to_have_attribute("data-points", "20")
+        select(page, 4)  # the add node
+        rows = history_rows(page)
+        assert [r[0] for r in rows] == list(range(STEPS - 4, STEPS + 1))
+        assert rows[-1][1] == STEPS_DATA[-1]["data"][1]
+        slider = page.get_by_role("slider", name="Training step")
+        slider.focus()
+        page.keyboard.press("Home")
+        expect(page.locator("#step-text")).to_have_text(f"step {STEPS - 19} of {STEPS}")
+        expect(field(page, "data")).to_contain_text(f"not kept for step {STEPS - 19}")
+        select(page, B)
+        assert float(field(page, "data").inner_text()) == STEPS_DATA[STEPS - 20]["data"][5]
+        memory = page.evaluate("opgraphViewer.steps.records.filter(r => r.full).length")
+        assert memory == 5

@@ -96,7 +96,10 @@ class Viewer {
     this.hview = null; // the hierarchical overview as last laid out
     this.hasked = null; // what the last layout request was made from
     this.componentCache = null;
-    this.steps = new StepStore(); // training steps (steps.js)
+    this.steps = new StepStore({ // training steps (steps.js); the bounds are page options
+      historySteps: Number(params.get("history_steps")) || undefined,
+      windowSteps: Number(params.get("window_steps")) || undefined,
+    });
     this.shownStep = null; // the training step shown; null: the newest, following new ones
     this.compareStep = null; // the step the shown one is compared with, or null
     this.moverSet = new Set(); // ids of the nodes that moved most between them

@@ -16,6 +16,7 @@ export class History {
     if (!series.steps.length) return null;
     let view = this.historyView;
     const first = series.steps[0];
+    if (view && view.id === id && view.graph === this.graph && first > view.first) dropRows(view, first);
     if (!view || view.id !== id || view.graph !== this.graph || view.first !== first
       || view.rows > series.steps.length) {
       view = this.historyView = makeView(id, this.graph, first);
@@ -41,6 +42,17 @@ function makeView(id, graph, first) {
     chart,
     el("div", { className: "history-scroll" }, table));
   return { id, graph, first, chart, table, body, section, rows: 0, last: -Infinity };
+}
+
+// The oldest steps left the store (10,000 steps, or the window of a step's node): their
+// rows go, the others stay.
+function dropRows(view, first) {
+  const body = view.body;
+  while (body.firstChild && Number(body.firstChild.dataset.step) < first) {
+    body.firstChild.remove();
+    view.rows--;
+  }
+  view.first = first;
 }
 
 // The rows of the steps not listed yet (the series only grows at its end between renders;

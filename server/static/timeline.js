@@ -110,6 +110,13 @@ export class Timeline {
       this.requestDraw();
       return;
     }
+    if (from.structure !== to.structure) {
+      this.moverSet = new Set();
+      $("diff").replaceChildren(el("p", { className: "hint" },
+        `Steps ${from.step} and ${to.step} have different graphs (structures ${from.structure} and ${to.structure}).`));
+      this.requestDraw();
+      return;
+    }
     const movers = this.steps.movers(from, to, MOVERS);
     this.moverSet = new Set(movers.map((m) => this.steps.alias(m.id)));
     const scope = from.full && to.full ? "every node" : "the inputs and parameters (older steps keep only those)";
