@@ -214,7 +214,17 @@ def late_join_stream(histories: list[dict] | None = None) -> bytes:
     }
     return frames(
         {**hello(), "seq": seq},
-        {"type": "snapshot_begin", "seq": seq, "nodes": len(nodes)},
+        {
+            "type": "snapshot_begin",
+            "seq": seq,
+            "nodes": len(nodes),
+            # the last pass, as a server sends it: the latest step's, from its root
+            "last_pass": {
+                "pass": STEPS,
+                "root": ids[2],
+                "steps": [ids[2], ids[1], ids[0], W, B, XID],
+            },
+        },
         *nodes,
         structure_map(None, ids=ids),
         step_map(STEPS, None),
@@ -284,6 +294,8 @@ def test_a_parameters_history_is_the_numbers_the_script_had(shown):
     select(page, B)
     assert history_rows(page) == parameter_history(5)
     assert page.evaluate("opgraphViewer.rejected") == 0
+    # the last pass is the latest step's, live as for a late joiner
+    expect(page.locator("#st-pass")).to_have_text(f"backward pass {STEPS}: done, 6 steps")
 
 
 def test_the_loss_curve_has_a_point_per_step_equal_to_the_roots_data(shown):

@@ -32,10 +32,23 @@ export class Timeline {
 
   /** A step was recorded (live, or a snapshot's latest): shown at once while following. */
   trainingStepArrived(record) {
+    this.keepPassWithStep(record);
     const shown = this.shownStep === null ? record : this.steps.record(this.shownStep);
     if (shown) this.steps.show(shown, this.graph);
     if (this.shownStep !== null && !shown) this.shownStep = null; // the shown step was dropped
     this.valuesChanged(false);
+  }
+
+  // A values-only step stands for its pass too: the graph's last pass, which reached the
+  // structure's nodes, takes the step's pass number (so the status bar and the stepping say
+  // pass 30 at step 30, as for a viewer that joined then). `structure.pass`: the number
+  // the graph's pass over the structure has.
+  keepPassWithStep(record) {
+    const structure = this.steps.structures.get(record.structure);
+    const last = this.graph.lastPass;
+    if (!structure || !last || !last.done || last.error !== undefined) return;
+    if (last.pass !== record.pass && last.pass === structure.pass) this.graph.renumberLastPass(record.pass);
+    if (last.pass === record.pass) structure.pass = record.pass;
   }
 
   /** Show step number `step` on the graph (null: the newest, and follow new ones). */
