@@ -328,6 +328,11 @@ def test_scrubbing_to_a_step_shows_its_numbers_on_the_graph_and_in_the_panel(sho
         ".dataset.data) === v",
         arg=[W, five["data"][3]],
     )
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("]")  # from anywhere on the page: the next step
+    expect(page.locator("#step-text")).to_have_text(f"step 6 of {STEPS}")
+    page.keyboard.press("[")
+    expect(page.locator("#step-text")).to_have_text(f"step 5 of {STEPS}")
     page.get_by_role("button", name="Newest").click()
     expect(page.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
     expect(field(page, "training-step")).to_have_text(f"{STEPS} of {STEPS}")
@@ -499,3 +504,24 @@ def test_the_page_keeps_the_history_and_the_window_it_says(page):
         assert float(field(page, "data").inner_text()) == STEPS_DATA[STEPS - 20]["data"][5]
         memory = page.evaluate("opgraphViewer.steps.records.filter(r => r.full).length")
         assert memory == 5
+
+
+def test_play_walks_through_the_steps_and_stops_at_the_newest(page):
+    with StreamServer(live_stream()) as server:
+        page.goto(server.url)
+        expect(page.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
+        page.evaluate(
+            """() => { window.shownSteps = [];
+                new MutationObserver(() => shownSteps.push(document.getElementById("step-text")
+                  .textContent)).observe(document.getElementById("step-text"),
+                  {childList: true, characterData: true, subtree: true}); }"""
+        )
+        play = page.get_by_role("button", name="Play the training steps")
+        play.click()
+        expect(page.get_by_role("button", name="Pause the training steps")).to_have_attribute(
+            "aria-pressed", "true"
+        )
+        expect(play).to_have_attribute("aria-pressed", "false", timeout=30_000)  # at the end
+        expect(page.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
+        shown = page.evaluate("shownSteps")
+        assert shown[0] == f"step 1 of {STEPS}" and f"step 15 of {STEPS}" in shown
