@@ -138,7 +138,7 @@ def live_stream(steps: int = STEPS, extra: list[dict] | None = None) -> bytes:
     return frames(hello(), *events)
 
 
-def late_join_stream(histories: list[dict] | None = None) -> bytes:
+def late_join_stream(histories: list[dict] | None = None, w_now: float | None = None) -> bytes:
     """What a server sends a viewer joining after the last step: a snapshot with the latest
     step's nodes (named by its ids), its `structure`, `step` and the `history`."""
     last = STEPS_DATA[-1]
@@ -203,6 +203,8 @@ def late_join_stream(histories: list[dict] | None = None) -> bytes:
             "const": [2.0],
         },
     ]
+    if w_now is not None:  # w changed after the last step (the optimizer's update)
+        nodes[0]["data"] = w_now
     history = {
         "type": "history",
         "steps": u8(range(1, STEPS + 1)),
@@ -391,7 +393,7 @@ def test_comparing_two_steps_lists_what_moved_most(shown):
 
 HOSTILE = [
     ("ids and offsets of different lengths", structure_map(0, offsets=u4([0, 1])), "'offsets'"),
-    ("an id the viewer never saw", structure_map(0, ids=(3, 4, 999)), "does not have"),
+    ("an id never announced", structure_map(0, ids=(3, 4, 999)), "never announced"),
     ("offsets that do not start at 0", structure_map(0, offsets=u4([1, 2, 3])), "'offsets[0]'"),
     ("an order index out of range", structure_map(0, order=u4([2, 1, 0, 99])), "'order'"),
     ("a bin cut mid-number", structure_map(0, ids=b"\x03" * 7), "'ids' must be a bin"),
@@ -525,3 +527,41 @@ def test_play_walks_through_the_steps_and_stops_at_the_newest(page):
         expect(page.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
         shown = page.evaluate("shownSteps")
         assert shown[0] == f"step 1 of {STEPS}" and f"step 15 of {STEPS}" in shown
+
+
+def test_a_snapshot_shows_its_nodes_numbers_and_the_latest_step_as_the_step_used_them(page):
+    """The snapshot's nodes are the graph now (w updated after the last step); its `step` is
+    what the last step used: the panel shows w's data now, its History the step's."""
+    w_now = STEPS_DATA[-1]["data"][3] - 0.25
+    with StreamServer(late_join_stream(w_now=w_now)) as server:
+        page.goto(server.url)
+        expect(page.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
+        select(page, W)
+        assert history_rows(page) == parameter_history(3)
+        assert float(field(page, "data").inner_text()) == w_now
+
+
+def test_a_history_alone_gives_the_loss(page):
+    """A server whose graph lost the structure's nodes sends the `history` alone: the page
+    has the loss per step (no structure to read the parameters' rows by)."""
+    history = {
+        "type": "history",
+        "steps": u8(range(1, STEPS + 1)),
+        "loss": f8([s["data"][ROOT] for s in STEPS_DATA]),
+        "structure": 1,
+        "from": 0,
+        "data": f8([v for s in STEPS_DATA for v in s["data"][3:]]),
+        "grad": f8([v for s in STEPS_DATA for v in s["grad"][3:]]),
+    }
+    stream = frames(
+        {**hello(), "seq": 50},
+        {"type": "snapshot_begin", "seq": 50, "nodes": 0},
+        history,
+        {"type": "snapshot_end", "seq": 50},
+    )
+    with StreamServer(stream) as server:
+        page.goto(server.url)
+        expect(page.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
+        assert page.evaluate("opgraphViewer.rejected") == 0
+        expected = [(k + 1, s["data"][ROOT]) for k, s in enumerate(STEPS_DATA)]
+        assert loss_rows(page) == expected

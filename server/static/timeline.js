@@ -30,11 +30,14 @@ export class Timeline {
     $("loss-details").ontoggle = () => { this.timelineKey = null; this.requestDraw(); };
   }
 
-  /** A step was recorded (live, or a snapshot's latest): shown at once while following. */
-  trainingStepArrived(record) {
+  /**
+   * A step was recorded (live, or a snapshot's latest): shown at once while following. A
+   * snapshot's nodes already hold the newest numbers (`apply` false).
+   */
+  trainingStepArrived(record, apply = true) {
     this.keepPassWithStep(record);
     const shown = this.shownStep === null ? record : this.steps.record(this.shownStep);
-    if (shown) this.steps.show(shown, this.graph);
+    if (shown && (apply || this.shownStep !== null)) this.steps.show(shown, this.graph);
     if (this.shownStep !== null && !shown) this.shownStep = null; // the shown step was dropped
     this.valuesChanged(false);
   }
