@@ -60,7 +60,8 @@ IDLE = 0.3
 # A step of more nodes and inputs than this has no structure (docs/protocol.md: n + e at
 # most 500,000): it is sent as events only, and the tracer holds no more of its nodes.
 MAX_STEP = 500_000
-DTYPES: dict[str, Literal["d", "f"]] = {"f8": "d", "f4": "f"}  # the `dtype` option: the array typecode of a step's numbers
+# The `dtype` option: the array typecode of a step's numbers.
+DTYPES: dict[str, Literal["d", "f"]] = {"f8": "d", "f4": "f"}
 
 
 def _why(error: BaseException) -> str:
@@ -319,7 +320,8 @@ class Tracer:
             self._since = math.inf
             self._starting = True
             self._structure = None
-            self._troubles += 1
+            if self._sent or self._open:  # the step in progress sent some nodes before
+                self._troubles += 1
             self._send_unsent()
 
     # --- the hooks the engine calls -------------------------------------------------------
