@@ -154,12 +154,15 @@ export class Timeline {
     this.requestDraw();
   }
 
-  /** The timeline bar, redrawn when the steps or the shown step changed. */
+  /**
+   * The timeline bar, redrawn when the steps or the shown step changed. It appears with
+   * the second step: one backward pass (a single step) has nothing to scrub.
+   */
   updateTimeline() {
     const steps = this.steps;
     const bar = $("timeline");
-    bar.hidden = !steps.latest;
-    if (!steps.latest) return;
+    bar.hidden = steps.records.length < 2;
+    if (bar.hidden) return;
     const open = $("loss-details").open;
     const key = `${steps.version}|${this.shownStep}|${this.compareStep}|${open}`;
     if (key === this.timelineKey) return;
