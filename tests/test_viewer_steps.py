@@ -565,3 +565,16 @@ def test_a_history_alone_gives_the_loss(page):
         assert page.evaluate("opgraphViewer.rejected") == 0
         expected = [(k + 1, s["data"][ROOT]) for k, s in enumerate(STEPS_DATA)]
         assert loss_rows(page) == expected
+
+
+def test_values_only_steps_do_not_change_the_graphs_shape(page):
+    """A values-only step writes numbers on the nodes and leaves the graph's version (what
+    makes the page lay the overview out again) alone: after 30 steps it is what it was
+    after 3."""
+    versions = []
+    for steps in (3, STEPS):
+        with StreamServer(live_stream(steps=steps)) as server:
+            page.goto(server.url)
+            expect(page.locator("#step-text")).to_have_text(f"step {steps} of {steps} (newest)")
+            versions.append(page.evaluate("opgraphViewer.graph.version"))
+    assert versions[0] == versions[1]
