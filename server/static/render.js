@@ -401,6 +401,7 @@ const EDGE_COLOUR = "rgba(120, 130, 150, 0.45)";
 const BUNDLE_MIN = 24; // a unit with more edges than this on one side has them drawn as a bundle
 const BUS = 12; // world units between a bundle's bus and the boxes it reaches
 const COMB = 8; // world units between a bundle's comb and the boxes (the rows' gap is 16)
+const TINY_CELL = 3; // screen pixels: tiny boxes' edges with both ends in the same cells are drawn once
 
 /**
  * Draw the hierarchical overview: open groups as frames holding what they hold, closed
@@ -428,7 +429,7 @@ export function drawHierarchy(ctx, camera, width, height, view, looks) {
   const [right, bottom] = camera.toWorld(width, height);
   const sight = { left, top, right, bottom, scale: camera.scale };
   const unit = 1 / Math.min(1, camera.scale);
-  const counts = { frames: 0, boxes: 0, runs: 0, lines: 0, trunks: 0, buses: 0, stubs: 0, labels: 0 };
+  const counts = { frames: 0, boxes: 0, runs: 0, lines: 0, merged: 0, trunks: 0, buses: 0, stubs: 0, labels: 0 };
   const labels = [];
   const readable = camera.scale >= 0.85;
 
@@ -447,13 +448,14 @@ export function drawHierarchy(ctx, camera, width, height, view, looks) {
 
   const shown = [];
   forEachShown(prepared, sight, (box) => shown.push(box));
-  const edgeCounts = drawEdges(ctx, prepared, sight, shown, counts);
+  const tiny = camera.scale * prepared.unitW < 12;
+  const edgeCounts = drawEdges(ctx, prepared, sight, shown, counts, tiny);
   // Under the boxes: an edge's middle may fall on a box (a layer's grid of neurons), whose
   // name must stay readable.
   drawEdgeCounts(ctx, camera, edgeCounts);
 
   counts.boxes = shown.length;
-  if (camera.scale * prepared.unitW < 12) counts.runs = drawTinyBoxes(ctx, shown, sight, looks);
+  if (tiny) counts.runs = drawTinyBoxes(ctx, shown, sight, looks);
   else if (!readable) drawSmallBoxes(ctx, shown, camera, lookUnit, lookNode, labels);
   else for (const box of shown) drawBox(ctx, box, camera, lookUnit, lookNode);
   ctx.restore();
@@ -473,9 +475,19 @@ function overlaps(box, sight) {
  * are drawn one by one.
  */
 export function prepareView(view) {
+  const steps = preparing(view);
+  let step;
+  do step = steps.next();
+  while (!step.done);
+  return step.value;
+}
+
+/** `prepareView` as a generator that yields now and then: the page runs it in slices. */
+export function* preparing(view) {
   const frames = [], closed = [];
   for (const box of view.order) (box.open ? frames : closed).push(box);
   closed.sort((a, b) => a.x - b.x || a.y - b.y);
+  yield;
   const columns = []; // runs of `closed` with one left side: {x, start, end}
   let unitW = 0, unitH = 0;
   closed.forEach((box, i) => {
@@ -484,7 +496,9 @@ export function prepareView(view) {
     unitW = Math.max(unitW, box.w);
     unitH = Math.max(unitH, box.h);
   });
-  return { frames, closed, columns, unitW: unitW || NODE_W, unitH: unitH || NODE_H, ...routeEdges(view) };
+  yield;
+  const routes = yield* routeEdges(view);
+  return { frames, closed, columns, unitW: unitW || NODE_W, unitH: unitH || NODE_H, ...routes };
 }
 
 // Calls `visit` for each closed box in view, column by column, top to bottom: binary searches
@@ -512,10 +526,12 @@ function lowerBound(n, before) {
   return lo;
 }
 
-function routeEdges(view) {
+function* routeEdges(view) {
   const usable = [];
   const outs = new Map(), ins = new Map(); // unit key -> its edges on that side
+  let work = 0;
   for (const edge of view.edges) {
+    if (++work % 2000 === 0) yield;
     const a = view.boxes.get(edge.from), b = view.boxes.get(edge.to);
     if (!a || !b) continue;
     usable.push([edge, a, b]);
@@ -531,6 +547,7 @@ function routeEdges(view) {
     bundle.members.push(member);
   };
   for (const [edge, a, b] of usable) {
+    if (++work % 2000 === 0) yield;
     const out = outs.get(edge.from), into = ins.get(edge.to);
     if (out > BUNDLE_MIN && out >= into) join(fanOut, a, b, edge.count);
     else if (into > BUNDLE_MIN) join(fanIn, b, a, edge.count);
@@ -541,6 +558,8 @@ function routeEdges(view) {
   const bundles = []; // what each bundle stands for: {hub, side, count, members}
   for (const [hubs, side] of [[fanOut, "out"], [fanIn, "in"]]) {
     for (const bundle of hubs.values()) {
+      work += bundle.members.length;
+      if (work > 2000) { work = 0; yield; }
       const shape = shapeBundle(bundle, side);
       trunks.push(...shape.trunk, bundle.count);
       for (const segment of shape.segments) { // buses and combs shared by bundles: drawn once
@@ -584,16 +603,34 @@ function shapeBundle(bundle, side) {
 // The edges in view: those drawn one by one and the bundles' trunks as curves, in buckets of
 // similar counts (one stroke per bucket), then the buses, combs and stubs as one thin path.
 // What would be under a pixel long on the screen is left out. Returns the counts to write.
-function drawEdges(ctx, prepared, sight, shown, counts) {
+//
+// The rasteriser is what costs with thousands of edges (an open group of 20,000 nodes): a
+// stroke wider than a device pixel is outlined as a polygon, one at most a pixel wide is drawn
+// as a hairline, about six times faster, so single edges are hairlines when zoomed out. Once
+// boxes are a few pixels wide (`tiny`), single edges are straight, and those whose ends fall
+// in the same cells of TINY_CELL pixels as an edge already drawn are left out: what is drawn
+// is bounded by the pixels in view, not by the edges.
+function drawEdges(ctx, prepared, sight, shown, counts, tiny) {
   const unit = 1 / Math.min(1, sight.scale);
   const buckets = [];
   const labelled = []; // how many edges each drawn edge stands for, written at its middle
+  const cells = tiny ? new Set() : null;
+  const cellOf = (x, y) => { // a cell of the screen around the view, 11 bits a side
+    const cx = Math.min(2047, Math.max(0, Math.floor((x - sight.left) * sight.scale / TINY_CELL) + 512));
+    const cy = Math.min(2047, Math.max(0, Math.floor((y - sight.top) * sight.scale / TINY_CELL) + 512));
+    return cx * 2048 + cy;
+  };
   const collect = (flat, kind, labels) => {
     for (let i = 0; i < flat.length; i += 5) {
       const x1 = flat[i], y1 = flat[i + 1], x2 = flat[i + 2], y2 = flat[i + 3], count = flat[i + 4];
       if (Math.max(x1, x2) < sight.left || Math.min(x1, x2) > sight.right) continue;
       if (Math.max(y1, y2) < sight.top || Math.min(y1, y2) > sight.bottom) continue;
       if ((Math.abs(x2 - x1) + Math.abs(y2 - y1)) * sight.scale < 1) continue;
+      if (cells && kind === "lines") {
+        const key = cellOf(x1, y1) * 4194304 + cellOf(x2, y2); // 44 bits: exact in a double
+        if (cells.has(key)) { counts.merged++; continue; }
+        cells.add(key);
+      }
       counts[kind]++;
       (buckets[Math.round(Math.log2(count + 1))] ??= []).push(i, flat);
       if (labels && count > 1 && labelled.length < 300) labelled.push([(x1 + x2) / 2, (y1 + y2) / 2, count]);
@@ -605,11 +642,15 @@ function drawEdges(ctx, prepared, sight, shown, counts) {
   collect(prepared.lines, "lines", sight.scale >= 0.3);
   ctx.strokeStyle = EDGE_COLOUR;
   buckets.forEach((edges, size) => {
-    ctx.lineWidth = (0.8 + size * 0.6) * unit;
+    // a single edge (size 1) zoomed out: a hairline
+    ctx.lineWidth = size <= 1 && sight.scale < 1 ? 1 / sight.scale : (0.8 + size * 0.6) * unit;
     ctx.beginPath();
     for (let k = 0; k < edges.length; k += 2) {
       const i = edges[k], flat = edges[k + 1];
-      edgePath(ctx, flat[i], flat[i + 1], flat[i + 2], flat[i + 3]);
+      if (tiny && flat === prepared.lines) {
+        ctx.moveTo(flat[i], flat[i + 1]);
+        ctx.lineTo(flat[i + 2], flat[i + 3]);
+      } else edgePath(ctx, flat[i], flat[i + 1], flat[i + 2], flat[i + 3]);
     }
     ctx.stroke();
   });

@@ -6,9 +6,9 @@
 // state app.js lists.
 
 import { $ } from "./dom.js";
-import { componentLayout, describeView } from "./groups.js";
+import { Slices, componentLayout, describing } from "./groups.js";
 import {
-  NODE_H, NODE_W, drawGroups, drawHierarchy, drawScene, layoutGroups, sceneBox,
+  NODE_H, NODE_W, drawGroups, drawHierarchy, drawScene, layoutGroups, preparing, sceneBox,
 } from "./render.js";
 
 const params = new URLSearchParams(location.search);
@@ -29,11 +29,18 @@ export class View {
     return graph.scopes.scoped > 0 || graph.separateGraphs > 1 ? "hierarchy" : "aggregate";
   }
 
-  /** The overview: lay it out again (in the worker) when the groups opened or the graph changed. */
+  /**
+   * The overview: lay it out again (in the worker) when the groups opened or the graph
+   * changed. The description of what is shown (an open group of 20,000 nodes is 20,000 units
+   * and their edges) is made a slice at a time (`Slices`), and so is what drawing the layout
+   * needs (`preparing`): the page draws the picture it has and answers input meanwhile.
+   */
   updateHierarchy() {
     const graph = this.graph;
     const asked = this.hasked;
     if (asked && asked.graph === graph && asked.open === this.openVersion && asked.version === graph.version) return;
+    const job = this.describing;
+    if (job && job.graph === graph && job.open === this.openVersion) return; // under way
     const now = performance.now();
     if (asked && asked.graph === graph && asked.open === this.openVersion && now - asked.at < RELAYOUT_MS) {
       if (!this.relayoutTimer) {
@@ -41,13 +48,20 @@ export class View {
       }
       return;
     }
-    const view = describeView(graph, this.open);
-    this.hasked = { graph, open: this.openVersion, version: graph.version, at: now };
-    this.layout.post({ requests: view.requests }, { view, graph });
+    job?.slices.cancel(); // made for other groups opened, or another graph
+    const open = this.openVersion, version = graph.version;
+    const slices = new Slices(describing(graph, new Set(this.open)), (view) => {
+      this.describing = null;
+      this.describeMs = slices.work;
+      this.hasked = { graph, open, version, at: now };
+      this.layout.post({ requests: view.requests }, { view, graph });
+    });
+    this.describing = { graph, open, slices };
   }
 
-  layoutArrived(result, { view, graph }) {
-    if (graph !== this.graph) return;
+  /** A layout from the worker: drawn once what drawing it needs is prepared, in slices. */
+  layoutArrived(result, { view, graph }, release) {
+    if (graph !== this.graph) { release(); return; }
     const boxes = new Map();
     const order = [];
     result.keys.forEach((key, i) => {
@@ -58,10 +72,29 @@ export class View {
       boxes.set(key, box);
       order.push(box);
     });
-    this.hview = { boxes, order, edges: view.edges, bands: view.bands,
+    const next = { boxes, order, edges: view.edges, bands: view.bands,
       box: { left: 0, top: 0, right: Math.max(result.w, NODE_W), bottom: Math.max(result.h, NODE_H) } };
-    this.layoutMs = result.ms;
-    this.requestDraw();
+    const slices = new Slices(preparing(next), (prepared) => {
+      this.prepareMs = slices.work;
+      if (graph === this.graph) {
+        next.prepared = prepared;
+        this.hview = next;
+        this.layoutMs = result.ms;
+        this.zoomToOpened(boxes);
+        this.requestDraw();
+      }
+      release(); // the next layout may be asked for
+    });
+  }
+
+  // The first layout showing a group just opened (`zoomTo`, set by toggleGroup) brings it into
+  // view whole: the camera fits its box, as large as the window allows (up to 1:1).
+  zoomToOpened(boxes) {
+    const box = this.zoomTo ? boxes.get(this.zoomTo) : null;
+    if (!box?.open || !this.width) return;
+    this.zoomTo = null;
+    this.follow = false;
+    this.camera.fit({ left: box.x, top: box.y, right: box.x + box.w, bottom: box.y + box.h }, this.width, this.height);
   }
 
   /**
