@@ -401,7 +401,7 @@ const EDGE_COLOUR = "rgba(120, 130, 150, 0.45)";
 const BUNDLE_MIN = 24; // a unit with more edges than this on one side has them drawn as a bundle
 const BUS = 12; // world units between a bundle's bus and the boxes it reaches
 const COMB = 8; // world units between a bundle's comb and the boxes (the rows' gap is 16)
-const TINY_CELL = 3; // screen pixels: tiny boxes' edges with both ends in the same cells are drawn once
+const TINY_LINES = 3000; // edges drawn one by one between boxes a few pixels wide, at most
 
 /**
  * Draw the hierarchical overview: open groups as frames holding what they hold, closed
@@ -429,7 +429,7 @@ export function drawHierarchy(ctx, camera, width, height, view, looks) {
   const [right, bottom] = camera.toWorld(width, height);
   const sight = { left, top, right, bottom, scale: camera.scale };
   const unit = 1 / Math.min(1, camera.scale);
-  const counts = { frames: 0, boxes: 0, runs: 0, lines: 0, merged: 0, trunks: 0, buses: 0, stubs: 0, labels: 0 };
+  const counts = { frames: 0, boxes: 0, runs: 0, lines: 0, hidden: 0, trunks: 0, buses: 0, stubs: 0, labels: 0 };
   const labels = [];
   const readable = camera.scale >= 0.85;
 
@@ -607,39 +607,37 @@ function shapeBundle(bundle, side) {
 // The rasteriser is what costs with thousands of edges (an open group of 20,000 nodes): a
 // stroke wider than a device pixel is outlined as a polygon, one at most a pixel wide is drawn
 // as a hairline, about six times faster, so single edges are hairlines when zoomed out. Once
-// boxes are a few pixels wide (`tiny`), single edges are straight, and those whose ends fall
-// in the same cells of TINY_CELL pixels as an edge already drawn are left out: what is drawn
-// is bounded by the pixels in view, not by the edges.
+// boxes are a few pixels wide (`tiny`), edges drawn one by one are a grey haze: past
+// TINY_LINES of them in view, they are left out (counted as `hidden`) until the camera zooms
+// in, and the boxes (and the bundles) are the picture.
 function drawEdges(ctx, prepared, sight, shown, counts, tiny) {
   const unit = 1 / Math.min(1, sight.scale);
   const buckets = [];
   const labelled = []; // how many edges each drawn edge stands for, written at its middle
-  const cells = tiny ? new Set() : null;
-  const cellOf = (x, y) => { // a cell of the screen around the view, 11 bits a side
-    const cx = Math.min(2047, Math.max(0, Math.floor((x - sight.left) * sight.scale / TINY_CELL) + 512));
-    const cy = Math.min(2047, Math.max(0, Math.floor((y - sight.top) * sight.scale / TINY_CELL) + 512));
-    return cx * 2048 + cy;
-  };
-  const collect = (flat, kind, labels) => {
+  const inView = (flat, labels) => {
+    const found = [];
     for (let i = 0; i < flat.length; i += 5) {
-      const x1 = flat[i], y1 = flat[i + 1], x2 = flat[i + 2], y2 = flat[i + 3], count = flat[i + 4];
+      const x1 = flat[i], y1 = flat[i + 1], x2 = flat[i + 2], y2 = flat[i + 3];
       if (Math.max(x1, x2) < sight.left || Math.min(x1, x2) > sight.right) continue;
       if (Math.max(y1, y2) < sight.top || Math.min(y1, y2) > sight.bottom) continue;
       if ((Math.abs(x2 - x1) + Math.abs(y2 - y1)) * sight.scale < 1) continue;
-      if (cells && kind === "lines") {
-        const key = cellOf(x1, y1) * 4194304 + cellOf(x2, y2); // 44 bits: exact in a double
-        if (cells.has(key)) { counts.merged++; continue; }
-        cells.add(key);
-      }
-      counts[kind]++;
-      (buckets[Math.round(Math.log2(count + 1))] ??= []).push(i, flat);
+      found.push(i);
+      const count = flat[i + 4];
       if (labels && count > 1 && labelled.length < 300) labelled.push([(x1 + x2) / 2, (y1 + y2) / 2, count]);
     }
+    return found;
+  };
+  const collect = (flat, found) => {
+    for (const i of found) (buckets[Math.round(Math.log2(flat[i + 4] + 1))] ??= []).push(i, flat);
   };
   // Counts are written once zoomed in enough to read them; a bundle's at any zoom (it is
   // what a picture of thousands of groups is about).
-  collect(prepared.trunks, "trunks", true);
-  collect(prepared.lines, "lines", sight.scale >= 0.3);
+  const trunks = inView(prepared.trunks, true);
+  collect(prepared.trunks, trunks);
+  counts.trunks = trunks.length;
+  const lines = inView(prepared.lines, sight.scale >= 0.3);
+  if (tiny && lines.length > TINY_LINES) counts.hidden = lines.length;
+  else { collect(prepared.lines, lines); counts.lines = lines.length; }
   ctx.strokeStyle = EDGE_COLOUR;
   buckets.forEach((edges, size) => {
     // a single edge (size 1) zoomed out: a hairline
@@ -647,10 +645,7 @@ function drawEdges(ctx, prepared, sight, shown, counts, tiny) {
     ctx.beginPath();
     for (let k = 0; k < edges.length; k += 2) {
       const i = edges[k], flat = edges[k + 1];
-      if (tiny && flat === prepared.lines) {
-        ctx.moveTo(flat[i], flat[i + 1]);
-        ctx.lineTo(flat[i + 2], flat[i + 3]);
-      } else edgePath(ctx, flat[i], flat[i + 1], flat[i + 2], flat[i + 3]);
+      edgePath(ctx, flat[i], flat[i + 1], flat[i + 2], flat[i + 3]);
     }
     ctx.stroke();
   });
@@ -710,6 +705,21 @@ function drawTinyBoxes(ctx, shown, sight, looks) {
     for (const r of list) ctx.fillRect(r.x, r.y, r.w, r.bottom - r.y);
   }
   return runs;
+}
+
+/**
+ * Works out the colour of every closed box of a prepared view for the looks' stamp, yielding
+ * now and then: the page runs it in slices before it first draws a layout, so that the first
+ * frame of an open group of 20,000 nodes does not work out 20,000 looks.
+ */
+export function* tinting(prepared, looks) {
+  let work = 0;
+  for (const box of prepared.closed) {
+    if (box.tintStamp === looks.stamp) continue;
+    box.tint = tinyColour(box, looks.unit, looks.node);
+    box.tintStamp = looks.stamp;
+    if (++work % 2000 === 0) yield;
+  }
 }
 
 function tinyColour(box, lookUnit, lookNode) {

@@ -8,7 +8,7 @@
 import { $ } from "./dom.js";
 import { Slices, componentLayout, describing } from "./groups.js";
 import {
-  NODE_H, NODE_W, drawGroups, drawHierarchy, drawScene, layoutGroups, preparing, sceneBox,
+  NODE_H, NODE_W, drawGroups, drawHierarchy, drawScene, layoutGroups, preparing, sceneBox, tinting,
 } from "./render.js";
 
 const params = new URLSearchParams(location.search);
@@ -74,10 +74,14 @@ export class View {
     });
     const next = { boxes, order, edges: view.edges, bands: view.bands,
       box: { left: 0, top: 0, right: Math.max(result.w, NODE_W), bottom: Math.max(result.h, NODE_H) } };
-    const slices = new Slices(preparing(next), (prepared) => {
+    const viewer = this;
+    const steps = function* () { // what drawing it needs, then its boxes' colours as they are now
+      next.prepared = yield* preparing(next);
+      yield* tinting(next.prepared, viewer.currentLooks());
+    };
+    const slices = new Slices(steps(), () => {
       this.prepareMs = slices.work;
       if (graph === this.graph) {
-        next.prepared = prepared;
         this.hview = next;
         this.layoutMs = result.ms;
         this.zoomToOpened(boxes);
@@ -113,6 +117,15 @@ export class View {
       this.lookStamp = (this.lookStamp ?? 0) + 1;
     }
     return this.lookStamp;
+  }
+
+  /** How units and nodes look now, each look worked out once per stamp (render.js). */
+  currentLooks() {
+    return {
+      unit: (unit) => this.cachedLookUnit(unit),
+      node: (node) => this.cachedLook(node),
+      stamp: this.refreshLooks(),
+    };
   }
 
   /** A shown unit's look, worked out once per stamp (kept on the unit). */
@@ -313,11 +326,7 @@ export class View {
       this.currentUnits = this.findCurrentUnits();
       if (this.hview) {
         this.looksWorked = 0;
-        const looks = {
-          unit: (unit) => this.cachedLookUnit(unit),
-          node: (node) => this.cachedLook(node),
-          stamp: this.refreshLooks(),
-        };
+        const looks = this.currentLooks();
         // what was drawn, and how many looks were worked out: counters for the tests
         this.drawCounts = drawHierarchy(ctx, this.camera, width, height, this.hview, looks);
         this.drawCounts.looks = this.looksWorked;
