@@ -10,12 +10,15 @@
 //   view.js      what is drawn and when: view mode, overview layout, camera, looks
 //   list.js      the node list of the side panel
 //   panel.js     the details panel (text only)
+//   history.js   a node's History in the panel: its data and grad by training step
+//   timeline.js  the training steps: slider, play, loss curve, step diff (store: steps.js)
 //   dom.js       the tiny $/el/setText/factList helpers
 
 import { Controls } from "./controls.js";
 import { $ } from "./dom.js";
 import { Graph } from "./graph.js";
 import { LayoutClient } from "./groups.js";
+import { History } from "./history.js";
 import { NodeList } from "./list.js";
 import { Panel } from "./panel.js";
 import { Pointer } from "./pointer.js";
@@ -23,7 +26,9 @@ import { Receiving } from "./receive.js";
 import { Camera } from "./render.js";
 import { ownStreamUrl } from "./source.js";
 import { Status } from "./status.js";
+import { StepStore } from "./steps.js";
 import { Streams } from "./streams.js";
+import { Timeline } from "./timeline.js";
 import { GroupTree } from "./tree.js";
 import { View } from "./view.js";
 
@@ -53,6 +58,7 @@ class Viewer {
     this.tree = new GroupTree($("group-tree"), this);
     this.resetSession();
     this.bindControls();
+    this.bindTimeline();
     new ResizeObserver(() => this.resize()).observe($("stage"));
     setInterval(() => this.tickRate(), 1000);
     const channel = new MessageChannel();
@@ -72,6 +78,7 @@ class Viewer {
     this.gaps = 0;
     this.dropped = 0;
     this.rejected = 0; // invalid events, not applied
+    this.rejections = []; // the reasons of the first 20 of them
     this.selected = null; // a node id, or a group key in the overview
     this.focus = null; // {center, sub}: the neighbourhood view of a big graph
     this.stepIndex = null; // stepping through the last backward pass
@@ -92,13 +99,23 @@ class Viewer {
     this.describing = null; // {graph, open, slices}: the overview being described, a slice at a time
     this.zoomTo = null; // a group just opened: the camera fits it once a layout shows it
     this.componentCache = null;
+    this.steps = new StepStore({ // training steps (steps.js); the bounds are page options
+      historySteps: Number(params.get("history_steps")) || undefined,
+      windowSteps: Number(params.get("window_steps")) || undefined,
+    });
+    this.shownStep = null; // the training step shown; null: the newest, following new ones
+    this.compareStep = null; // the step the shown one is compared with, or null
+    this.moverSet = new Set(); // ids of the nodes that moved most between them
+    this.historyView = null; // the History table of the panel, kept between renders
+    this.timelineKey = null;
+    if (this.playTimer) this.togglePlaySteps(false);
     if (this.canvas) this.requestDraw();
   }
 }
 
 // Every module's methods (and getters) become the Viewer's. A name defined in two modules
 // is a mistake, said at once rather than one silently replacing the other.
-for (const part of [Receiving, Streams, Status, Controls, Pointer, View, NodeList, Panel]) {
+for (const part of [Receiving, Streams, Status, Controls, Pointer, View, NodeList, Panel, History, Timeline]) {
   for (const [name, descriptor] of Object.entries(Object.getOwnPropertyDescriptors(part.prototype))) {
     if (name === "constructor") continue;
     if (Object.hasOwn(Viewer.prototype, name)) throw new Error(`Viewer.${name} is defined twice`);

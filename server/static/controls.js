@@ -210,6 +210,8 @@ export class Controls {
       PageUp: () => this.step(-100),
       Home: () => this.step("first"),
       End: () => this.step("last"),
+      "[": () => this.moveTrainingStep(-1),
+      "]": () => this.moveTrainingStep(1),
       "/": () => $("search").focus(),
       f: () => this.fitView(),
       "+": () => this.zoom(1.25),

@@ -24,13 +24,15 @@ export class Panel {
     const pass = this.graph.lastPass;
     const step = node.bwPass === pass?.pass && node.bwStep >= 0
       ? `step ${node.bwStep + 1} of ${pass.steps.length} in pass ${pass.pass}` : "not in the last pass";
+    const kept = this.keptText(node);
     const facts = [
       ["id", "id", String(node.id)],
       ["op", "op", node.op ?? (node.placeholder ? "not seen by this viewer" : "leaf (input or parameter)")],
       node.op && ["plugin", "plugin", this.ops.get(node.op) ?? "unknown plugin"],
       node.const && ["constants", "const", node.const.map(String).join(", ")],
-      ["data", "data", node.placeholder ? "?" : String(node.data)],
-      ["grad", "grad", node.placeholder ? "?" : look.gradShown ? String(node.grad) : "not reached yet"],
+      kept.step && ["training step", "training-step", kept.step],
+      ["data", "data", node.placeholder ? "?" : kept.missing ?? String(node.data)],
+      ["grad", "grad", node.placeholder ? "?" : kept.missing ?? (look.gradShown ? String(node.grad) : "not reached yet")],
       ["rank", "rank", String(node.rank)],
       ["backward", "step", step],
     ];
@@ -40,11 +42,27 @@ export class Panel {
     panel.replaceChildren(
       el("h2", { className: "node-title" }, nodeTitle(node)),
       factList(facts),
+      ...[this.historySection(node.id)].filter(Boolean),
       ...linkList("Inputs", inputs),
       ...linkList("Used by", users),
       el("button", { dataset: { focus: String(node.id) }, title: "Show this node's neighbourhood on its own (G)" },
         "Focus on neighbourhood"),
     );
+  }
+
+  // The training step whose numbers the node shows; `missing` when that step is older
+  // than the window that keeps every node's numbers (steps.js).
+  keptText(node) {
+    const record = this.shownRecord;
+    if (!record) return {};
+    const structure = this.steps.structures.get(record.structure);
+    const index = structure?.index.get(node.id);
+    if (index === undefined) return {};
+    const step = `${record.step} of ${this.steps.latest.step}`;
+    if (index < structure.n && !record.full) {
+      return { step, missing: `not kept for step ${record.step} (only the last ${this.steps.windowSteps} steps keep every node)` };
+    }
+    return { step };
   }
 
   nodeLink(id, prefix = "") {

@@ -13,6 +13,8 @@ const params = new URLSearchParams(location.search);
 const MAX_NODES = Number(params.get("max_nodes")) || 400_000;
 const SLICE_MS = 12; // work per slice before the page gets to draw and handle input
 const DECODE_AHEAD = 20_000; // events decoded ahead of those applied; the rest stay bytes
+// Events that may name a node of the latest training step by its own id (steps.js, alias).
+const ALIASED = new Set(["forward", "data", "label", "backward", "backward_begin", "backward_end"]);
 // hello and the snapshot markers repeat a seq instead of counting up.
 const UNNUMBERED = new Set(["hello", "snapshot_begin", "snapshot_end"]);
 
@@ -92,9 +94,11 @@ export class Receiving {
     if (this.refused && type !== "hello") return; // a stream this viewer cannot read
     if (!this.checkSeq(event)) return;
     const target = this.staging ?? this.graph;
+    if (this.steps.current && ALIASED.has(type)) this.aliasIds(event);
     switch (type) {
       case "hello": return this.hello(event);
       case "forward":
+        this.steps.noteId(event.id);
         this.graph.addNode(event);
         if (this.graph.size > MAX_NODES) this.compact();
         break;
@@ -104,9 +108,12 @@ export class Receiving {
         this.snapshotPass = event.backward ?? null; // a pass in progress at the snapshot
         this.snapshotLastPass = this.lastPassOf(event); // the last pass that ended before it
         break;
-      case "node": target.addNode(event); break;
+      case "node": this.steps.noteId(event.id); target.addNode(event); break;
       case "snapshot_end": this.finishSnapshot(event); break;
-      case "backward_begin": this.graph.beginPass(event.root, event.pass); break;
+      case "backward_begin":
+        this.steps.notePass(event.pass);
+        this.graph.beginPass(event.root, event.pass);
+        break;
       case "backward": this.graph.backwardStep(event.id, event.grad); break;
       case "backward_end":
         this.graph.endPass(event.error);
@@ -116,9 +123,42 @@ export class Receiving {
       case "label": this.graph.setLabel(event.id, event.label); break;
       case "dropped": this.dropped += event.count ?? 0; break;
       case "run": this.run(event); break;
+      case "structure": this.structureEvent(event, target); break;
+      case "step": this.stepEvent(event); break;
+      case "history": this.historyEvent(event); break;
       default: return; // unknown kinds are ignored: the protocol grows by adding them
     }
     this.lastKind = type;
+  }
+
+  // After a values-only step, events may name its nodes by their ids (first + offsets[i]):
+  // they are the structure's nodes, which the graph holds under the defining step's ids.
+  aliasIds(event) {
+    const steps = this.steps;
+    if (event.id !== undefined) event.id = steps.alias(event.id);
+    if (typeof event.root === "number") event.root = steps.alias(event.root);
+    if (event.type === "forward") event.parents = event.parents.map((id) => steps.alias(id));
+  }
+
+  // Steps (docs/protocol.md): the store checks what needs its state, then keeps them; a
+  // live step is shown on the graph (timeline.js), a snapshot's once the snapshot is in.
+  structureEvent(event, target) {
+    const problem = this.steps.structureProblem(event, (id) => target.nodes.has(id), this.staging !== null);
+    if (problem) return this.reject(`'structure' event: ${problem}`, event);
+    this.steps.addStructure(event);
+  }
+
+  stepEvent(event) {
+    const problem = this.steps.stepProblem(event, this.staging !== null);
+    if (problem) return this.reject(`'step' event: ${problem}`, event);
+    const record = this.steps.addStep(event);
+    if (!this.staging) this.trainingStepArrived(record);
+  }
+
+  historyEvent(event) {
+    const problem = this.staging ? this.steps.historyProblem(event) : "a 'history' map comes only in a snapshot";
+    if (problem) return this.reject(`'history' event: ${problem}`, event);
+    this.steps.addHistory(event);
   }
 
   // An invalid event changes nothing: it is counted and its reason shown in the status bar.
@@ -126,6 +166,8 @@ export class Receiving {
   reject(problem, event) {
     this.rejected++;
     this.lastRejection = problem;
+    this.rejections.push(problem); // the first ones, for the console and the tests
+    if (this.rejections.length > 20) this.rejections.pop();
     console.warn(`opgraph viewer: rejected an invalid event: ${problem}`);
     if (event?.type === "hello") this.refuse(`The stream's hello is invalid (${problem}); it was not read.`);
     this.requestDraw();
@@ -206,6 +248,7 @@ export class Receiving {
     }
     this.graph = fresh;
     this.lastSeq = event.seq ?? this.lastSeq;
+    if (this.steps.latest) this.trainingStepArrived(this.steps.latest);
     if (this.selected !== null && typeof this.selected === "number" && !fresh.nodes.has(this.selected)) {
       this.selected = null;
     }

@@ -85,6 +85,55 @@ function nodeProblem(e) {
     ?? (e.parents.includes(e.id) ? "a node cannot be its own parent" : null);
 }
 
+// Steps (docs/protocol.md, "Steps"): the shape of `structure`, `step` and snapshot `history`
+// maps, their binary arrays' lengths included; steps.js checks what needs the page's state.
+export const MAX_STEP_ITEMS = 500_000; // n + e of a structure
+const isBin = (v) => v instanceof Uint8Array;
+const isPositive = (v) => Number.isSafeInteger(v) && v >= 1;
+const POSITIVE = "an integer from 1";
+const bins = (size) => (v) => isBin(v) && v.length % size === 0;
+
+function structureProblem(e) {
+  const problem = need(e.structure, isPositive, "structure", POSITIVE)
+    ?? need(e.ids, bins(8), "ids", "a bin of uint64 ids")
+    ?? need(e.offsets, bins(4), "offsets", "a bin of uint32 offsets")
+    ?? need(e.inputs, bins(8), "inputs", "a bin of uint64 ids")
+    ?? need(e.order, bins(4), "order", "a bin of uint32 indexes")
+    ?? need(e.root, isId, "root", "an index");
+  if (problem) return problem;
+  const n = e.ids.length / 8;
+  if (n === 0) return "a structure must have at least one node";
+  if (e.offsets.length / 4 !== n) return "'offsets' must have as many items as 'ids'";
+  if (n + e.inputs.length / 8 > MAX_STEP_ITEMS) return `a structure holds at most ${MAX_STEP_ITEMS} nodes and inputs`;
+  if (e.order.length / 4 > n + e.inputs.length / 8) return "'order' must list each node or input at most once";
+  return null;
+}
+
+const isDtype = (v) => v === "f4" || v === "f8";
+
+function stepProblem(e) {
+  const size = e.dtype === "f4" ? 4 : 8;
+  return need(e.step, isPositive, "step", POSITIVE)
+    ?? need(e.structure, isPositive, "structure", POSITIVE)
+    ?? need(e.first, isId, "first", ID)
+    ?? need(e.pass, isPositive, "pass", POSITIVE)
+    ?? may(e.dtype, isDtype, "dtype", '"f4" or absent')
+    ?? need(e.data, bins(size), "data", `a bin of float${8 * size} numbers`)
+    ?? need(e.grad, bins(size), "grad", `a bin of float${8 * size} numbers`)
+    ?? (e.data.length > MAX_STEP_ITEMS * size || e.grad.length !== e.data.length
+      ? `'data' and 'grad' must hold as many numbers, at most ${MAX_STEP_ITEMS}` : null);
+}
+
+function historyProblem(e) {
+  return need(e.structure, isPositive, "structure", POSITIVE)
+    ?? need(e.steps, bins(8), "steps", "a bin of uint64 step numbers")
+    ?? need(e.loss, bins(8), "loss", "a bin of float64 numbers")
+    ?? need(e.from, isId, "from", COUNT)
+    ?? need(e.data, bins(8), "data", "a bin of float64 numbers")
+    ?? need(e.grad, bins(8), "grad", "a bin of float64 numbers")
+    ?? (e.grad.length !== e.data.length ? "'data' and 'grad' must hold as many numbers" : null);
+}
+
 const OPS = `a map of at most ${MAX_OPS} op names to plugin names (strings)`;
 
 const KINDS = {
@@ -103,6 +152,9 @@ const KINDS = {
   snapshot_begin: (e) => may(e.nodes, isId, "nodes", COUNT)
     ?? may(e.backward, isPassInProgress, "backward", "a map {pass, root}"),
   snapshot_end: () => null,
+  structure: structureProblem,
+  step: stepProblem,
+  history: historyProblem,
   run: (e) => need(e.state, isName, "state", NAME) ?? may(e.source, isLabel, "source", LABEL)
     ?? may(e.engine, isName, "engine", NAME) ?? may(e.ops, isOps, "ops", OPS),
 };

@@ -111,9 +111,10 @@ export class View {
     const graph = this.graph;
     const seen = this.lookInputs;
     if (!seen || seen.graph !== graph || seen.version !== graph.version || seen.selected !== this.selected
-      || seen.step !== this.stepIndex || seen.matches !== this.matchSet || seen.kind !== this.lastKind) {
+      || seen.step !== this.stepIndex || seen.matches !== this.matchSet || seen.kind !== this.lastKind
+      || seen.movers !== this.moverSet) {
       this.lookInputs = { graph, version: graph.version, selected: this.selected, step: this.stepIndex,
-        matches: this.matchSet, kind: this.lastKind };
+        matches: this.matchSet, kind: this.lastKind, movers: this.moverSet };
       this.lookStamp = (this.lookStamp ?? 0) + 1;
     }
     return this.lookStamp;
@@ -273,7 +274,7 @@ export class View {
     const pass = this.graph.lastPass;
     const look = {
       state: "plain", gradShown: true, selected: node.id === this.selected,
-      match: this.matchSet.has(node.id), latest: false,
+      match: this.matchSet.has(node.id) || this.moverSet.has(node.id), latest: false,
     };
     if (this.lastKind === "forward" && node === this.graph.latest) look.latest = true;
     if (!pass || node.bwPass !== pass.pass) return look;
@@ -344,6 +345,7 @@ export class View {
     this.canvas.dataset.view = mode;
     $("empty").hidden = this.graph.size > 0 || this.staging !== null;
     this.updateStatus(mode);
+    this.updateTimeline();
     this.updateList();
     this.tree.update();
     if (this.shownVersion !== this.graph.version) {
