@@ -2,6 +2,7 @@
 // rank (aggregate view). Everything here is in world units; `Camera` maps them to pixels.
 
 import { COLUMN_WIDTH } from "./graph.js";
+import { drawSpread } from "./spread.js";
 
 export const NODE_W = 172;
 export const NODE_H = 56;
@@ -27,6 +28,8 @@ const COLORS = {
   muted: "#5c6677",
   pending: "#a0a7b4",
   group: "#f3f5f9",
+  dead: "#495057", // a dead ReLU unit (spread.js): its tag, its outline, its tiny box
+  deadFill: "#e9ecef",
 };
 
 const OP_SYMBOLS = { add: "+", mul: "×", pow: "^", neg: "−", sub: "−", div: "÷" };
@@ -401,6 +404,7 @@ const EDGE_COLOUR = "rgba(120, 130, 150, 0.45)";
 const BUNDLE_MIN = 24; // a unit with more edges than this on one side has them drawn as a bundle
 const BUS = 12; // world units between a bundle's bus and the boxes it reaches
 const COMB = 8; // world units between a bundle's comb and the boxes (the rows' gap is 16)
+const SPARKLINE_PX = 100; // a box this wide on the screen, or wider, shows its sparkline
 const TINY_LINES = 3000; // edges drawn one by one between boxes a few pixels wide, at most
 
 /**
@@ -429,7 +433,8 @@ export function drawHierarchy(ctx, camera, width, height, view, looks) {
   const [right, bottom] = camera.toWorld(width, height);
   const sight = { left, top, right, bottom, scale: camera.scale };
   const unit = 1 / Math.min(1, camera.scale);
-  const counts = { frames: 0, boxes: 0, runs: 0, lines: 0, hidden: 0, trunks: 0, buses: 0, stubs: 0, labels: 0 };
+  const counts = { frames: 0, boxes: 0, runs: 0, lines: 0, hidden: 0, trunks: 0, buses: 0, stubs: 0, labels: 0,
+    dead: 0, sparklines: 0 };
   const labels = [];
   const readable = camera.scale >= 0.85;
 
@@ -443,7 +448,9 @@ export function drawHierarchy(ctx, camera, width, height, view, looks) {
     ctx.lineWidth = (look.selected ? 3 : 1.2) * unit;
     ctx.strokeStyle = look.selected ? COLORS.selected : look.state === "plain" ? COLORS.nodeStroke : COLORS.doneStroke;
     ctx.stroke();
-    if (box.w * camera.scale >= 34) labels.push({ box, lines: [`▾ ${unitName(box.unit)} · ${box.unit.ref.count.toLocaleString("en-US")} nodes`] });
+    if (look.dead) counts.dead++;
+    const title = `▾ ${unitName(box.unit)} · ${box.unit.ref.count.toLocaleString("en-US")} nodes${look.dead ? " · dead" : ""}`;
+    if (box.w * camera.scale >= 34) labels.push({ box, lines: [title] });
   }
 
   const shown = [];
@@ -456,8 +463,9 @@ export function drawHierarchy(ctx, camera, width, height, view, looks) {
 
   counts.boxes = shown.length;
   if (tiny) counts.runs = drawTinyBoxes(ctx, shown, sight, looks);
-  else if (!readable) drawSmallBoxes(ctx, shown, camera, lookUnit, lookNode, labels);
-  else for (const box of shown) drawBox(ctx, box, camera, lookUnit, lookNode);
+  else if (!readable) counts.sparklines = drawSmallBoxes(ctx, shown, camera, looks, labels);
+  else for (const box of shown) counts.sparklines += drawBox(ctx, box, camera, looks);
+  for (const box of shown) if (box.unit.kind === "group" && lookUnit(box.unit).dead) counts.dead++;
   ctx.restore();
   counts.labels = drawBoxLabels(ctx, camera, labels, readable);
   return counts;
@@ -729,13 +737,14 @@ function tinyColour(box, lookUnit, lookNode) {
       : look.state === "done" ? COLORS.doneStroke : box.unit.ref.op ? COLORS.nodeStroke : COLORS.leafStroke;
   }
   const look = lookUnit(box.unit);
-  return look.selected ? COLORS.selected : look.state !== "plain" ? COLORS.doneStroke
+  return look.selected ? COLORS.selected : look.dead ? COLORS.dead : look.state !== "plain" ? COLORS.doneStroke
     : box.unit.ref.op === "leaf" ? COLORS.leafStroke : COLORS.nodeStroke;
 }
 
 // Boxes too small for world-size text: rounded boxes batched by fill and outline (one fill
 // or stroke per style, whatever the number of boxes), names written at a fixed screen size.
-function drawSmallBoxes(ctx, shown, camera, lookUnit, lookNode, labels) {
+function drawSmallBoxes(ctx, shown, camera, looks, labels) {
+  const { unit: lookUnit, node: lookNode } = looks;
   const unit = 1 / Math.min(1, camera.scale);
   const batches = new Map(); // "fill|rect|line colour width" -> boxes
   const add = (style, box) => {
@@ -756,7 +765,7 @@ function drawSmallBoxes(ctx, shown, camera, lookUnit, lookNode, labels) {
     add(`fill ${unitFill(box, look)}`, box);
     add(`line ${unitStroke(look)} ${unitStrokeWidth(look)}`, box);
     if (look.progress > 0) bars.push([box, look.progress]);
-    pushLabel(labels, box, camera);
+    pushLabel(labels, box, camera, look.dead);
   }
   const fillsFirst = [...batches].sort(([a], [b]) => a.startsWith("line") - b.startsWith("line"));
   for (const [style, list] of fillsFirst) { // outlines over every fill, as box by box
@@ -773,9 +782,16 @@ function drawSmallBoxes(ctx, shown, camera, lookUnit, lookNode, labels) {
   }
   ctx.fillStyle = COLORS.doneStroke; // how much of each group the backward pass has reached
   for (const [{ x, y, w, h }, progress] of bars) ctx.fillRect(x + 6, y + h - 5, (w - 12) * Math.min(1, progress), 4);
+  let sparklines = 0; // on boxes wide enough on the screen to read one
+  for (const box of shown) {
+    if (box.unit.kind !== "group" || box.w * camera.scale < SPARKLINE_PX) continue;
+    sparklines += drawSparkline(ctx, box, looks);
+  }
+  return sparklines;
 }
 
 function unitFill(box, look) {
+  if (look.dead) return COLORS.deadFill;
   if (look.state === "current" || look.state === "done") return COLORS.current;
   if (look.state !== "plain") return COLORS.done; // a group lights up as its gradients arrive
   return box.unit.kind === "band" && box.unit.ref.op === "leaf" ? COLORS.leaf : COLORS.group;
@@ -783,7 +799,7 @@ function unitFill(box, look) {
 
 function unitStroke(look) {
   return look.selected ? COLORS.selected : look.state === "current" ? COLORS.currentStroke
-    : look.match ? COLORS.match : look.state === "plain" ? COLORS.nodeStroke : COLORS.doneStroke;
+    : look.dead ? COLORS.dead : look.match ? COLORS.match : look.state === "plain" ? COLORS.nodeStroke : COLORS.doneStroke;
 }
 
 function unitStrokeWidth(look) {
@@ -801,19 +817,23 @@ function unitLines(box) {
 }
 
 // A box's name, to be written at a fixed screen size, if it has room for one.
-function pushLabel(labels, box, camera) {
-  if (box.w * camera.scale >= 34 && box.h * camera.scale >= 11) labels.push({ box, lines: unitLines(box) });
+function pushLabel(labels, box, camera, dead) {
+  if (box.w * camera.scale < 34 || box.h * camera.scale < 11) return;
+  const lines = unitLines(box);
+  labels.push({ box, lines: dead ? [lines[0], `dead · ${lines[1]}`] : lines });
 }
 
-// Zoomed in: one box, with its text at world size.
-function drawBox(ctx, box, camera, lookUnit, lookNode) {
+// Zoomed in: one box, with its text at world size; a dead ReLU unit tagged "dead", a group
+// whose parameters have gradients a sparkline of their spread over the steps (spread.js).
+// Returns 1 if it drew a sparkline.
+function drawBox(ctx, box, camera, looks) {
   const { x, y, w, h } = box;
   if (box.unit.kind === "node") {
-    drawNode(ctx, box.unit.ref, x, y, lookNode(box.unit.ref), camera.scale);
-    return;
+    drawNode(ctx, box.unit.ref, x, y, looks.node(box.unit.ref), camera.scale);
+    return 0;
   }
   const unit = 1 / Math.min(1, camera.scale);
-  const look = lookUnit(box.unit);
+  const look = looks.unit(box.unit);
   roundRect(ctx, x, y, w, h, 6);
   ctx.fillStyle = unitFill(box, look);
   ctx.fill();
@@ -827,12 +847,40 @@ function drawBox(ctx, box, camera, lookUnit, lookNode) {
   const lines = unitLines(box);
   ctx.textBaseline = "middle";
   ctx.textAlign = "left";
+  let nameRoom = w - 16;
+  if (look.dead) {
+    nameRoom -= 44;
+    roundRect(ctx, x + w - 46, y + 9, 38, 16, 8);
+    ctx.fillStyle = COLORS.dead;
+    ctx.fill();
+    ctx.font = "600 11px system-ui, sans-serif";
+    ctx.fillStyle = "#ffffff";
+    ctx.textAlign = "center";
+    ctx.fillText("dead", x + w - 27, y + 17.5, 34);
+    ctx.textAlign = "left";
+  }
   ctx.font = "600 13px system-ui, sans-serif";
   ctx.fillStyle = COLORS.text;
-  ctx.fillText(lines[0], x + 8, y + 17, w - 16);
+  ctx.fillText(lines[0], x + 8, y + 17, nameRoom);
+  const spread = looks.spread?.(box.unit);
   ctx.font = "12px system-ui, sans-serif";
   ctx.fillStyle = COLORS.muted;
-  ctx.fillText(lines[1], x + 8, y + 35, w - 16);
+  ctx.fillText(lines[1], x + 8, y + 37, w - 16 - (spread ? 72 : 0));
+  return drawSparkline(ctx, box, looks);
+}
+
+// The spread of a group's parameters' gradients over the steps (spread.js), small, in the
+// lower right corner of its box. Returns 1 if the group has one.
+function drawSparkline(ctx, box, looks) {
+  const { x, y, w, h } = box;
+  const spread = w >= 150 && h >= 50 ? looks.spread?.(box.unit) : null;
+  if (!spread) return 0;
+  ctx.save();
+  ctx.fillStyle = "#ffffff";
+  ctx.fillRect(x + w - 72, y + 28, 64, 18);
+  drawSpread(ctx, spread, x + w - 71, y + 29, 62, 16);
+  ctx.restore();
+  return 1;
 }
 
 // Edge counts at a fixed 10 px on the screen, on a light patch so they read over lines.

@@ -10,6 +10,7 @@ import { Slices, componentLayout, describing } from "./groups.js";
 import {
   NODE_H, NODE_W, drawGroups, drawHierarchy, drawScene, layoutGroups, preparing, sceneBox, tinting,
 } from "./render.js";
+import { deadUnits, gradSpread } from "./spread.js";
 
 const params = new URLSearchParams(location.search);
 // Above this many nodes the whole-graph view shows op groups per rank instead of nodes.
@@ -112,9 +113,9 @@ export class View {
     const seen = this.lookInputs;
     if (!seen || seen.graph !== graph || seen.version !== graph.version || seen.selected !== this.selected
       || seen.step !== this.stepIndex || seen.matches !== this.matchSet || seen.kind !== this.lastKind
-      || seen.movers !== this.moverSet) {
+      || seen.movers !== this.moverSet || seen.record !== this.shownRecord) {
       this.lookInputs = { graph, version: graph.version, selected: this.selected, step: this.stepIndex,
-        matches: this.matchSet, kind: this.lastKind, movers: this.moverSet };
+        matches: this.matchSet, kind: this.lastKind, movers: this.moverSet, record: this.shownRecord };
       this.lookStamp = (this.lookStamp ?? 0) + 1;
     }
     return this.lookStamp;
@@ -125,8 +126,18 @@ export class View {
     return {
       unit: (unit) => this.cachedLookUnit(unit),
       node: (node) => this.cachedLook(node),
+      spread: (unit) => (unit.kind === "group" ? this.groupSpread(unit.ref) : null),
       stamp: this.refreshLooks(),
     };
+  }
+
+  /** A group's grad spread over the training steps (spread.js), kept until a step arrives. */
+  groupSpread(group) {
+    const cached = group.spreadCache;
+    if (cached && cached.version === this.steps.version && cached.graph === this.graph) return cached.spread;
+    const spread = gradSpread(this.steps, group, this.graph);
+    group.spreadCache = { version: this.steps.version, graph: this.graph, spread };
+    return spread;
   }
 
   /** A shown unit's look, worked out once per stamp (kept on the unit). */
@@ -153,7 +164,8 @@ export class View {
     const progress = ref.count ? reached / ref.count : 0;
     let state = reached >= ref.count ? "done" : reached > 0 ? "partial" : "plain";
     if (this.currentUnits?.has(unit.key)) state = "current";
-    return { state, progress, reached, selected: this.selected === unit.key, match: false };
+    const dead = unit.kind === "group" && deadUnits(this.graph, this.refreshLooks()).dead.has(unit.key);
+    return { state, progress, reached, selected: this.selected === unit.key, match: false, dead };
   }
 
   // The keys of the groups holding the node of the current backward step.
