@@ -7,7 +7,7 @@
 import { $, el, factList, linkList } from "./dom.js";
 import { looseBands } from "./groups.js";
 import { dataText, formatNumber, nodeTitle, opText } from "./render.js";
-import { SPREAD_FIELDS, deadUnits, drawSpread, gradSpread } from "./spread.js";
+import { SPREAD_FIELDS, drawSpread, gradSpread } from "./spread.js";
 
 export class Panel {
   renderDetails() {
@@ -101,7 +101,7 @@ export class Panel {
 
   // "dead" for a dead ReLU unit, how many it holds for a group around some.
   deadText(group) {
-    const { dead, within } = deadUnits(this.graph, this.refreshLooks());
+    const { dead, within } = this.deadUnits();
     const record = this.shownRecord;
     const when = record ? `step ${record.step}` : "the values shown";
     if (dead.has(group.key)) return ["ReLU unit", "dead", `dead: its relu nodes output 0 for every sample of ${when}`];

@@ -81,20 +81,23 @@ function spreadOf(values, indexes) {
  * The dead ReLU units of the graph as it shows its numbers now (a training step's, or the
  * only ones): the groups that hold relu nodes themselves, every one of which outputs 0
  * (not NaN: a step whose numbers were not kept is not dead). Returns {dead: Set of group
- * keys, within: Map group key -> how many dead units it holds, itself included}.
- * `stamp` changes whenever the numbers shown may have (view.js); the result is kept until it does.
+ * keys, within: Map group key -> how many dead units it holds, itself included, signature:
+ * the dead keys as one string}. `record` is the training step shown (null without steps):
+ * the result is kept while it and the graph's version stay the same.
  */
-export function deadUnits(graph, stamp) {
+export function deadUnits(graph, record) {
   const cached = graph.deadCache;
-  if (cached && cached.stamp === stamp && cached.version === graph.version) return cached.result;
+  if (cached && cached.record === record && cached.full === record?.full && cached.version === graph.version) {
+    return cached.result;
+  }
   const dead = new Set(), within = new Map();
   for (const [group, nodes] of reluUnits(graph)) {
     if (!nodes.every((node) => node.data === 0)) continue;
     dead.add(group.key);
     for (let g = group; g && g.parent; g = g.parent) within.set(g.key, (within.get(g.key) ?? 0) + 1);
   }
-  const result = { dead, within };
-  graph.deadCache = { stamp, version: graph.version, result };
+  const result = { dead, within, signature: [...dead].join("\n") };
+  graph.deadCache = { record, full: record?.full, version: graph.version, result };
   return result;
 }
 

@@ -5,7 +5,6 @@
 
 import { looseBands } from "./groups.js";
 import { nodeTitle } from "./render.js";
-import { deadUnits } from "./spread.js";
 
 const NODES_LISTED = 50; // nodes listed under an open group; the others are counted
 const ITEMS_LIMIT = 2000; // items in the tree at most
@@ -94,7 +93,7 @@ export class GroupTree {
 
   groupItem(group, level) {
     const look = this.viewer.lookUnit({ kind: "group", key: group.key, ref: group });
-    const inside = deadUnits(this.viewer.graph, this.viewer.refreshLooks()).within.get(group.key);
+    const inside = this.viewer.deadUnits().within.get(group.key);
     const dead = look.dead ? " · dead" : inside ? ` · ${inside} dead unit${inside === 1 ? "" : "s"}` : "";
     return { key: group.key, level, text: `${group.name} · ${count(group.count)}${dead}`, group, look,
       expanded: this.viewer.open.has(group.key), expandable: group.children.size > 0 || group.ids.length > 0 };

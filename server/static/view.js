@@ -113,9 +113,9 @@ export class View {
     const seen = this.lookInputs;
     if (!seen || seen.graph !== graph || seen.version !== graph.version || seen.selected !== this.selected
       || seen.step !== this.stepIndex || seen.matches !== this.matchSet || seen.kind !== this.lastKind
-      || seen.movers !== this.moverSet || seen.record !== this.shownRecord) {
+      || seen.movers !== this.moverSet || seen.dead !== this.deadUnits().signature) {
       this.lookInputs = { graph, version: graph.version, selected: this.selected, step: this.stepIndex,
-        matches: this.matchSet, kind: this.lastKind, movers: this.moverSet, record: this.shownRecord };
+        matches: this.matchSet, kind: this.lastKind, movers: this.moverSet, dead: this.deadUnits().signature };
       this.lookStamp = (this.lookStamp ?? 0) + 1;
     }
     return this.lookStamp;
@@ -138,6 +138,11 @@ export class View {
     const spread = gradSpread(this.steps, group, this.graph);
     group.spreadCache = { version: this.steps.version, graph: this.graph, spread };
     return spread;
+  }
+
+  /** The dead ReLU units at the numbers shown (spread.js): a training step changes them. */
+  deadUnits() {
+    return deadUnits(this.graph, this.shownRecord);
   }
 
   /** A shown unit's look, worked out once per stamp (kept on the unit). */
@@ -164,7 +169,7 @@ export class View {
     const progress = ref.count ? reached / ref.count : 0;
     let state = reached >= ref.count ? "done" : reached > 0 ? "partial" : "plain";
     if (this.currentUnits?.has(unit.key)) state = "current";
-    const dead = unit.kind === "group" && deadUnits(this.graph, this.refreshLooks()).dead.has(unit.key);
+    const dead = unit.kind === "group" && this.deadUnits().dead.has(unit.key);
     return { state, progress, reached, selected: this.selected === unit.key, match: false, dead };
   }
 
