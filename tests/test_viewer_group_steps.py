@@ -69,6 +69,9 @@ class Step:
             value = self.data[total - self.first] + self.data[r - self.first]
             total = self.add("add", [total, r], "", "", value)
         self.root = total - self.first
+        # a hinge in scope "loss": a relu of no parameters, 0 at every step (not a unit)
+        flipped = self.add("neg", [total], "loss", "", -self.data[total - self.first])
+        self.add("relu", [flipped], "loss", "hinge", 0.0)
         # d loss / d relu = 1; through a relu only where its input was positive
         self.grad = [1.0] * len(self.nodes)  # every node on the way to the loss: 1 or 0
         for j, (x0, x1), pre in backprop:
@@ -76,6 +79,7 @@ class Step:
                 self.param_grad[j][0] += x0
                 self.param_grad[j][1] += x1
                 self.param_grad[j][2] += 1.0
+        self.grad[-2:] = [0.0, 0.0]  # made after the loss: the pass does not reach them
         for index, (op, parents, _, _) in enumerate(self.nodes):
             if op == "relu" and self.data[parents[0] - self.first] <= 0:
                 for upstream in self.upstream(index):
@@ -181,6 +185,7 @@ def test_grad_spread_and_a_dead_relu_unit_over_the_steps(page):
         expect(item(page, "s:L0/N1")).to_have_attribute("data-dead", "true")
         for j in (0, 2):
             expect(item(page, f"s:L0/N{j}")).not_to_contain_text("dead")
+        expect(item(page, "s:loss")).not_to_contain_text("dead")  # a hinge, not a unit
 
         # the layer's panel: the spread of its 9 parameters' |grad| at each step
         expect(page.locator("#details h2")).to_have_text("L0")

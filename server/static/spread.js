@@ -79,7 +79,7 @@ function spreadOf(values, indexes) {
 
 /**
  * The dead ReLU units of the graph as it shows its numbers now (a training step's, or the
- * only ones): the groups that hold relu nodes themselves, every one of which outputs 0
+ * only ones): the units (`reluUnits`) whose every relu node outputs 0
  * (not NaN: a step whose numbers were not kept is not dead). Returns {dead: Set of group
  * keys, within: Map group key -> how many dead units it holds, itself included, signature:
  * the dead keys as one string}. `record` is the training step shown (null without steps):
@@ -101,19 +101,23 @@ export function deadUnits(graph, record) {
   return result;
 }
 
-// The groups holding relu nodes themselves, with those nodes (per version of the graph).
+// The ReLU units: the groups holding relu nodes and parameters (leaves) of their own, as a
+// neuron does (nn.py makes its weights and bias in its scope), with those relu nodes; per
+// version of the graph. A loss's hinge (relu nodes, no parameters) is not a unit: all of
+// it 0 is every sample past the margin, not a dead neuron.
 function reluUnits(graph) {
   const cached = graph.reluCache;
   if (cached?.version === graph.version) return cached.units;
   const units = new Map();
   for (const group of graph.scopes.byPath.values()) {
+    const relus = [];
+    let params = 0;
     for (const id of group.ids) {
       const node = graph.nodes.get(id);
-      if (node?.op !== "relu") continue;
-      let list = units.get(group);
-      if (!list) units.set(group, (list = []));
-      list.push(node);
+      if (node?.op === "relu") relus.push(node);
+      else if (node && !node.op && !node.placeholder) params++;
     }
+    if (relus.length && params) units.set(group, relus);
   }
   graph.reluCache = { version: graph.version, units };
   return units;
