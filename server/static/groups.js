@@ -163,7 +163,7 @@ export function* describing(graph, open) {
     }
   }
   const requests = yield* layoutRequests(units, edges.list, containers, open);
-  return { units, edges: edges.list, containers, bands, requests };
+  return { units, edges: edges.list, containers, bands, requests, open };
 }
 
 // For each container (deepest first, so the worker knows an open group's size before it

@@ -60,23 +60,26 @@ export class View {
     this.describing = { graph, open, slices };
   }
 
-  /** A layout from the worker: drawn once what drawing it needs is prepared, in slices. */
+  /** A layout from the worker: drawn once its boxes and what drawing them needs are made, in slices. */
   layoutArrived(result, { view, graph }, release) {
     if (graph !== this.graph) { release(); return; }
     const boxes = new Map();
     const order = [];
-    result.keys.forEach((key, i) => {
-      const unit = view.units.get(key);
-      if (!unit) return;
-      const at = 4 * i, b = result.boxes; // x, y, w, h of each unit (no copy per unit)
-      const box = { x: b[at], y: b[at + 1], w: b[at + 2], h: b[at + 3], unit, open: unit.kind === "group" && this.open.has(key) };
-      boxes.set(key, box);
-      order.push(box);
-    });
     const next = { boxes, order, edges: view.edges, bands: view.bands,
       box: { left: 0, top: 0, right: Math.max(result.w, NODE_W), bottom: Math.max(result.h, NODE_H) } };
     const viewer = this;
-    const steps = function* () { // what drawing it needs, then its boxes' colours as they are now
+    const steps = function* () { // the boxes, what drawing needs, their colours as they are now
+      const b = result.boxes; // x, y, w, h of each unit (no copy per unit)
+      for (let i = 0; i < result.keys.length; i++) {
+        const key = result.keys[i], unit = view.units.get(key);
+        if (!unit) continue;
+        const at = 4 * i;
+        const box = { x: b[at], y: b[at + 1], w: b[at + 2], h: b[at + 3], unit,
+          open: unit.kind === "group" && view.open.has(key) }; // as laid out
+        boxes.set(key, box);
+        order.push(box);
+        if (i % 2000 === 1999) yield;
+      }
       next.prepared = yield* preparing(next);
       yield* tinting(next.prepared, viewer.currentLooks());
     };
