@@ -149,3 +149,35 @@ def test_opening_a_group_of_20000_nodes_stays_interactive_and_fits_it(page):
         zoomed = page.evaluate("opgraphViewer.drawCounts")
         assert 0 < zoomed["boxes"] < GROUP_NODES / 10
         assert zoomed["lines"] > 0 and zoomed["hidden"] == 0
+
+
+def test_nodes_that_arrive_while_a_big_group_is_described_are_shown_next(page):
+    """The description of a 20,000-node group takes several slices; a node arriving in
+    between (here: unscoped, using the group's last node, at a rank no unscoped node had)
+    has no band in the description under way. It is left out of it, then shown by the next
+    one; the page neither fails nor stops laying out."""
+    trace = neuron_trace()
+    with StreamServer(trace.bytes()) as server:
+        page.goto(server.url)
+        expect(page.locator("#st-nodes")).to_have_attribute("data-count", str(trace.next_id))
+        page.wait_for_function("() => opgraphViewer.hview?.drawn && !opgraphViewer.layout.busy")
+        last = trace.next_id - 1  # the group's last relu
+        slices = page.evaluate(
+            """async ([group, last]) => { const v = opgraphViewer;
+                v.toggleGroup("s:L1", true); v.toggleGroup(group, true); v.draw();
+                let slices = 0;  // until the description is under way, then a node arrives
+                while (v.describing && v.describing.slices.work === 0) {
+                    await new Promise((done) => setTimeout(done, 0)); slices++; }
+                v.graph.addNode({id: last + 1, op: "neg", parents: [last], data: -1});
+                v.requestDraw();
+                return v.describing ? slices : -1; }""",
+            [f"s:{GROUP}", last],
+        )
+        assert slices >= 0  # the node arrived while the description was under way
+        settled(page, f"s:{GROUP}")
+        edges = page.evaluate(
+            "(last) => opgraphViewer.hview.edges.filter(e => e.from === `n:${last}`)"
+            ".map(e => [e.to.split(' ')[1], e.count])",
+            last,
+        )
+        assert edges == [["neg", 1]]  # from the relu to the band of the late node

@@ -104,14 +104,16 @@ export function* describing(graph, open) {
     for (let g = group; g && g.parent; g = g.parent) if (!open.has(g.key)) shown = g.key;
     return shown;
   };
+  // (A node that arrived while the description is made, a slice at a time, may have no band
+  // yet: its edges wait for the next description, which its arrival asks for.)
   const shownOf = (node) => {
     const unit = node.unit;
-    if (unit.kind === "loose") return bandOf(node).key;
+    if (unit.kind === "loose") return bandOf(node)?.key ?? null;
     return shownScope(unit) ?? `n:${node.id}`;
   };
   const edges = new Edges();
   const addEdge = (from, to, count) => {
-    if (from !== to && units.has(from) && units.has(to)) edges.add(from, to, count);
+    if (from !== null && to !== null && from !== to && units.has(from) && units.has(to)) edges.add(from, to, count);
   };
   // Edges between groups come from the tree's counts; those with an end in an open group
   // (whose nodes are shown) from the nodes of the open groups, each edge counted once.
@@ -120,16 +122,17 @@ export function* describing(graph, open) {
   for (const link of tree.links.values()) {
     if (++work % SLICE_WORK === 0) yield;
     if (split && (link.from.kind === "loose" || link.to.kind === "loose")) continue;
-    const from = link.from.kind === "loose" ? bandOf(graph.nodes.get(link.from.ids[0])).key : shownScope(link.from);
-    const to = link.to.kind === "loose" ? bandOf(graph.nodes.get(link.to.ids[0])).key : shownScope(link.to);
-    if (from !== null && to !== null) addEdge(from, to, link.count);
+    const from = link.from.kind === "loose" ? shownOf(graph.nodes.get(link.from.ids[0])) : shownScope(link.from);
+    const to = link.to.kind === "loose" ? shownOf(graph.nodes.get(link.to.ids[0])) : shownScope(link.to);
+    addEdge(from, to, link.count);
   }
   if (split) {
     for (const loose of tree.loose.values()) {
       for (const id of loose.ids) {
         if (++work % SLICE_WORK === 0) yield;
         const node = graph.nodes.get(id);
-        const key = bandOf(node).key;
+        const key = shownOf(node);
+        if (key === null) continue;
         for (const parent of node.parents) {
           const other = graph.nodes.get(parent);
           if (other) addEdge(shownOf(other), key, 1);
@@ -138,7 +141,7 @@ export function* describing(graph, open) {
           const other = graph.nodes.get(child);
           if (!other || other.unit.kind === "loose") continue;
           const to = shownOf(other);
-          if (!to.startsWith("n:")) addEdge(key, to, 1);
+          if (to !== null && !to.startsWith("n:")) addEdge(key, to, 1);
         }
       }
     }
@@ -158,7 +161,7 @@ export function* describing(graph, open) {
         if (!other) continue;
         if (split && other.unit.kind === "loose") continue; // counted from the unscoped node
         const to = shownOf(other);
-        if (!to.startsWith("n:")) addEdge(key, to, 1); // node to node: counted by the child
+        if (to !== null && !to.startsWith("n:")) addEdge(key, to, 1); // node to node: counted by the child
       }
     }
   }
@@ -243,13 +246,15 @@ class Edges {
 
 /**
  * Runs a generator a slice of SLICE_MS at a time, each slice a task of its own, so that the
- * page draws and answers input in between; `done(value)` gets what it returned. `cancel()`
- * drops it (a newer job replaced it).
+ * page draws and answers input in between; `done(value)` gets what it returned, `failed()`
+ * is called if it threw (the error is logged, not thrown: the job's owner starts over).
+ * `cancel()` drops it (a newer job replaced it).
  */
 export class Slices {
-  constructor(generator, done) {
+  constructor(generator, done, failed) {
     this.generator = generator;
     this.done = done;
+    this.failed = failed;
     this.cancelled = false;
     this.work = 0; // ms spent in its slices, for the figures of docs/viewer.md
     setTimeout(() => this.slice(), 0);
@@ -259,8 +264,15 @@ export class Slices {
     if (this.cancelled) return;
     const start = performance.now();
     let step;
-    do step = this.generator.next();
-    while (!step.done && performance.now() - start < SLICE_MS);
+    try {
+      do step = this.generator.next();
+      while (!step.done && performance.now() - start < SLICE_MS);
+    } catch (error) {
+      console.error("opgraph viewer: laying out the overview failed:", error);
+      this.cancelled = true;
+      this.failed();
+      return;
+    }
     this.work += performance.now() - start;
     if (step.done) this.done(step.value);
     else setTimeout(() => this.slice(), 0);

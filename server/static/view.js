@@ -56,7 +56,7 @@ export class View {
       this.describeMs = slices.work;
       this.hasked = { graph, open, version, at: now };
       this.layout.post({ requests: view.requests }, { view, graph });
-    });
+    }, () => { this.describing = null; }); // failed: described again at the next draw
     this.describing = { graph, open, slices };
   }
 
@@ -92,7 +92,7 @@ export class View {
         this.requestDraw();
       }
       release(); // the next layout may be asked for
-    });
+    }, release);
   }
 
   // The first layout showing a group just opened (`zoomTo`, set by toggleGroup) brings it into
