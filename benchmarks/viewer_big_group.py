@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.viewer_groups import settled_nodes
 from opgraph import Engine
 from opgraph.demo import SEED, loss, make_moons
 from opgraph.nn import MLP
@@ -71,8 +72,7 @@ def measure(points: int, static: Path | None = None) -> dict[str, Any]:
         total, _ = loss(model, X, y)
         model.zero_grad()
         total.backward()
-        server.flush(timeout=60)
-        result["nodes"] = server.stats()["nodes"]  # pyright: ignore[reportAttributeAccessIssue]  # an EngineServer: it has stats()
+        result["nodes"] = settled_nodes(server)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
