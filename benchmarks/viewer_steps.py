@@ -2,11 +2,11 @@
 
     python -m benchmarks.viewer_steps [--steps 200] [--points 100]
 
-Records one real step of the moons demo model (`MLP(2, [16, 16, 1])` on `--points`
-points: about 65,000 nodes at 100) with the real engine and `engine.serve(record=...)`,
-then extends the recording as the steps protocol does (docs/protocol.md, "Steps"): the
-step's `structure` and `step` maps, then `--steps` values-only `step` maps (the first
-step's numbers, nudged a little each step). The page (Debian's chromium through
+Records two real steps of the moons demo's training (`MLP(2, [16, 16, 1])` on `--points`
+points: about 65,000 nodes a step at 100) with the real engine and tracer and
+`engine.serve(record=...)`: the first step in full with its `structure`, the second as a
+values-only `step` (docs/protocol.md, "Steps"); then appends `--steps` more values-only
+steps (the second step's numbers, nudged a little each step). The page (Debian's chromium through
 Playwright) opens that recording and reports:
 
 - `apply`: the page's time to apply one values-only `step` (checked, decoded, stored and
@@ -41,62 +41,51 @@ CHROMIUM = "/usr/bin/chromium"
 VIEWPORT = {"width": 1280, "height": 760}
 
 
-def record_one_step(path: Path, points: int) -> None:
+def record_two_steps(path: Path, points: int) -> None:
+    """Two traced steps of the demo's training: the first in full with its `structure`, the
+    second as one values-only `step` (what the tracer sends)."""
     engine = Engine(name="bench-steps", entry_points=False)
     X, y = make_moons(points, noise=0.1, seed=SEED)
     model = MLP(2, [16, 16, 1], rng=random.Random(SEED), engine=engine)
     with engine.serve(port=0, record=str(path)) as live:
-        total, _ = loss(model, X, y)
-        total.backward()
+        for _ in range(2):
+            total, _ = loss(model, X, y)
+            model.zero_grad()
+            total.backward()
+            for p in model.parameters():
+                p.data -= 0.01 * p.grad
         assert live.flush(timeout=120)
 
 
 def extend(path: Path, steps: int) -> dict[str, int]:
-    """Append the first step's `structure` and `step`, then `steps` values-only steps."""
+    """Append `steps` more values-only steps to the recording: the second step's map, its
+    numbers nudged a little each step, with new ids and the next pass."""
     events = list(msgpack.Unpacker(open(path, "rb"), raw=False, strict_map_key=False))
-    forwards = [e for e in events if e["type"] == "forward"]
-    grads = {e["id"]: e["grad"] for e in events if e["type"] == "backward"}
-    order_ids = [e["id"] for e in events if e["type"] == "backward"]
-    root = next(e["root"] for e in events if e["type"] == "backward_begin")
-    nodes = sorted((e for e in forwards if e["op"] is not None), key=lambda e: e["id"])
-    inputs = [e for e in forwards if e["op"] is None]
-    items = nodes + inputs
-    index = {e["id"]: i for i, e in enumerate(items)}
-    ids = [e["id"] for e in nodes]
-    data = [e["data"] for e in items]
-    grad = [grads.get(e["id"], 0.0) for e in items]
-    seq = events[-1]["seq"]
-    out = open(path, "ab")
-    seq += 1
-    structure = {
-        "type": "structure", "seq": seq, "structure": 1,
-        "ids": struct.pack(f"<{len(ids)}Q", *ids),
-        "offsets": struct.pack(f"<{len(ids)}I", *(i - ids[0] for i in ids)),
-        "inputs": struct.pack(f"<{len(inputs)}Q", *(e["id"] for e in inputs)),
-        "order": struct.pack(f"<{len(order_ids)}I", *(index[i] for i in order_ids)),
-        "root": index[root],
-    }  # fmt: skip
-    out.write(msgpack.packb(structure))
-    span = ids[-1] - ids[0] + 1
-    first = ids[0]
-    for k in range(1, steps + 2):
-        seq += 1
-        nudge = 1 + 0.001 * (k - 1)
-        step = {
-            "type": "step", "seq": seq, "step": k, "structure": 1, "first": first, "pass": k,
-            "data": struct.pack(f"<{len(items)}d", *(v * nudge for v in data)),
-            "grad": struct.pack(f"<{len(items)}d", *(v / nudge for v in grad)),
-        }  # fmt: skip
-        out.write(msgpack.packb(step))
-        first += span
-    out.close()
-    return {"nodes": len(ids), "inputs": len(inputs), "bytes_per_step": 16 * len(items)}
+    structure = next(e for e in events if e["type"] == "structure")
+    first, second = [e for e in events if e["type"] == "step"][:2]
+    n, e = len(structure["ids"]) // 8, len(structure["inputs"]) // 8
+    data = struct.unpack(f"<{n + e}d", second["data"])
+    grad = struct.unpack(f"<{n + e}d", second["grad"])
+    span = second["first"] - first["first"]
+    seq, step, pass_, first_id = events[-1]["seq"], second["step"], second["pass"], second["first"]
+    with open(path, "ab") as out:
+        for k in range(1, steps + 1):
+            nudge = 1 + 0.001 * k
+            seq, step, pass_, first_id = seq + 1, step + 1, pass_ + 1, first_id + span
+            event = {
+                "type": "step", "seq": seq, "step": step, "structure": structure["structure"],
+                "first": first_id, "pass": pass_,
+                "data": struct.pack(f"<{n + e}d", *(v * nudge for v in data)),
+                "grad": struct.pack(f"<{n + e}d", *(v / nudge for v in grad)),
+            }  # fmt: skip
+            out.write(msgpack.packb(event))
+    return {"nodes": n, "inputs": e, "bytes_per_step": 16 * (n + e), "last_step": step}
 
 
 TIME_STEPS = """() => { const v = opgraphViewer, apply = v.apply.bind(v);
     window.stepTimes = []; window.frameTimes = [];
     v.apply = (event) => {
-        if (event?.type !== "step" || event.step === 1) return apply(event);
+        if (event?.type !== "step" || event.step <= 2) return apply(event);
         const start = performance.now();
         apply(event);
         stepTimes.push(performance.now() - start);
@@ -115,7 +104,7 @@ def measure(steps: int, points: int) -> dict[str, Any]:
 
     folder = Path(tempfile.mkdtemp(prefix="viewer-steps-"))
     path = folder / "steps.ogtrace"
-    record_one_step(path, points)
+    record_two_steps(path, points)
     shape = extend(path, steps)
     engine = Engine(name="page", entry_points=False)
     with engine.serve(port=0) as server, sync_playwright() as playwright:
@@ -127,7 +116,9 @@ def measure(steps: int, points: int) -> dict[str, Any]:
         page.evaluate(TIME_STEPS)
         page.locator("#file").set_input_files(str(path))
         page.wait_for_function(
-            f"opgraphViewer.steps.latest?.step === {steps + 1}", timeout=600_000, polling=500
+            f"opgraphViewer.steps.latest?.step === {shape['last_step']}",
+            timeout=600_000,
+            polling=500,
         )
         cdp = page.context.new_cdp_session(page)
         cdp.send("HeapProfiler.collectGarbage")

@@ -23,7 +23,7 @@ if not _os.path.isdir(_os.path.join(__path__[0], "server")) and all(
     __path__.append(_checkout)
 
 from .compiler import BatchWarning, Compiled, CompileWarning, compile
-from .engine import Engine, default_engine, serve
+from .engine import Engine, default_engine, serve, step
 from .errors import (
     AnomalyError,
     CompileError,
@@ -96,6 +96,7 @@ __all__ = [
     "no_grad",
     "scope",
     "serve",
+    "step",
     "topological_order",
     "touch",
     "zero_grad",

@@ -50,7 +50,8 @@ class TracerHooks(Protocol):
         ...
 
     def backward_end(self, root: Value) -> None:
-        """The pass begun from `root` has ended; every grad of it is final."""
+        """The pass begun from `root` has ended; every grad of it is final, and each node's
+        grad is still this pass's own (backward adds what earlier passes left after this)."""
         ...
 
     def backward_failed(self, root: Value, nodes: list[Value], error: BaseException) -> None:
@@ -61,6 +62,10 @@ class TracerHooks(Protocol):
     def touch(self, values: Iterable[Value]) -> None:
         """The program asks that the current data of `values` be announced now
         (`opgraph.touch`)."""
+        ...
+
+    def end_step(self) -> None:
+        """The program marks the end of a training step (`opgraph.step`)."""
         ...
 
 

@@ -218,4 +218,18 @@ def serve(
     return (engine or default_engine()).serve(port, host, **options)
 
 
+def step(engine: Engine | None = None) -> None:
+    """Mark the end of a training step for the trace of `engine` (default: the default
+    engine). A no-op when the engine is not traced.
+
+    A step normally ends with each backward pass (docs/tracing.md, "Steps"). Once a program
+    calls `step()`, the engine's steps end only where it calls it: all the passes of a step
+    (gradient accumulation: one per micro-batch) are sent as one, whose grads are the sum of
+    theirs and whose root is the last pass's.
+    """
+    tracer = (engine or default_engine()).tracer
+    if tracer is not None:
+        tracer.end_step()
+
+
 Above.default_engine = default_engine  # for Value, which cannot import this module

@@ -124,10 +124,10 @@ def _backward(root: Value, gradient: float, nodes: list[Value], tracer: TracerHo
         if tracer is not None:  # and viewers see the pass end, failed, with those grads
             tracer.backward_failed(root, nodes, exc)
         raise
+    if tracer is not None:  # before the grads carried over: each node's grad is this pass's
+        tracer.backward_end(root)
     for node, grad in carried:
         node._grad += grad
-    if tracer is not None:
-        tracer.backward_end(root)
 
 
 # A traced pass reports its steps to the tracer in chunks of this many nodes (one call and one

@@ -22,7 +22,7 @@ from websockets.typing import Subprotocol
 
 from opgraph.errors import InvalidEvent
 
-from .events import MAX_INT, check_last_pass
+from .events import MAX_INT, check_last_pass, reals, u4s, u8s
 from .protocol import SUBPROTOCOL
 
 
@@ -142,6 +142,11 @@ class Graph:
         self.dropped = 0
         self.snapshots = 0
         self.gaps: list[tuple[int, int]] = []
+        # Training steps (docs/protocol.md, "Steps"): each structure's arrays, the ids its
+        # nodes have now, whether a step of it came; the latest `step` and `history` maps.
+        self.structures: dict[int, dict[str, Any]] = {}
+        self.step: dict[str, Any] | None = None
+        self.history: dict[str, Any] | None = None
         self._after_drop = False
         self._in_snapshot = False
 
@@ -159,6 +164,8 @@ class Graph:
             return
         if kind == "snapshot_begin":
             self.nodes.clear()
+            self.structures.clear()
+            self.step = self.history = None
             self._in_snapshot = True
             self.current_pass = (event.get("backward") or {}).get("pass")  # in progress
             self.last_pass = None
@@ -172,6 +179,12 @@ class Graph:
             return
         if kind == "node":
             self.nodes[event["id"]] = _node(event, event.get("grad", 0.0))
+            return
+        if kind == "history":
+            self.history = event
+            return
+        if self._in_snapshot and kind in ("structure", "step"):
+            self._steps(event, in_snapshot=True)
             return
         if kind == "snapshot_end":
             self.snapshots += 1
@@ -202,6 +215,44 @@ class Graph:
             self.passes += 1
         elif kind == "backward_end":
             self.current_pass = None
+        elif kind in ("structure", "step"):
+            self._steps(event, in_snapshot=False)
+
+    def _steps(self, event: dict[str, Any], in_snapshot: bool) -> None:
+        """A `structure` is kept; a `step` puts its numbers on its structure's nodes, renamed
+        `first + offsets[i]` (but for the step that defined the structure, whose nodes came
+        as events)."""
+        if event["type"] == "structure":
+            self.structures[event["structure"]] = {
+                "ids": list(u8s(event["ids"])),
+                "offsets": list(u4s(event["offsets"])),
+                "inputs": list(u8s(event["inputs"])),
+                "stepped": in_snapshot,  # (a snapshot's: its nodes are its latest step's)
+            }
+            return
+        self.step = event
+        structure = self.structures.get(event["structure"])
+        if structure is None or in_snapshot:  # a snapshot's nodes have it already
+            return
+        old = structure["ids"]
+        new = (
+            old if not structure["stepped"] else [event["first"] + o for o in structure["offsets"]]
+        )
+        structure["stepped"], structure["ids"] = True, new
+        if new is not old:
+            self.passes += 1  # the step stands for its pass
+        data, grad = (reals(event[key], event.get("dtype")) for key in ("data", "grad"))
+        rename = dict(zip(old, new, strict=True))
+        taken = [self.nodes.pop(id_, None) for id_ in old]
+        for i, node in enumerate(taken):
+            if node is not None:
+                node["parents"] = [rename.get(p, p) for p in node["parents"]]
+                node["data"], node["grad"] = data[i], grad[i]
+                self.nodes[new[i]] = node
+        for j, id_ in enumerate(structure["inputs"], start=len(old)):
+            node = self.nodes.get(id_)
+            if node is not None:
+                node["data"], node["grad"] = data[j], grad[j]
 
 
 def _node(event: dict[str, Any], grad: float) -> dict[str, Any]:

@@ -10,6 +10,7 @@ not fit the template (ids past 2**32) raise `struct.error`; callers fall back to
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable, Sequence
 
 import msgpack
@@ -18,6 +19,11 @@ from opgraph.contracts import Node
 from opgraph.trace import forward_packer, viewer_text
 
 _pack = msgpack.Packer().pack
+
+# A node of a hub's graph (hub.py) is the packed `forward` map it was announced with, or a
+# tuple (op, parents, data, label, const, scope) once something changed it. What it costs is
+# about its packed bytes (or its parts) plus NODE_OVERHEAD (its entry in the dict, the object).
+NODE_OVERHEAD = 120
 
 
 def _text(text: str | None) -> bytes:
@@ -253,3 +259,92 @@ def node_bytes(forward: bytes, grad: float, pass_: int | None) -> bytes | None:
         return b"".join((_NODE_HEAD[7 + scoped], middle, _GRAD.pack(_GRAD_KEY, grad)))
     head = _NODE_HEAD[8 + scoped]
     return b"".join((head, middle, _GRAD.pack(_GRAD_KEY, grad), _PASS_KEY, _pack(pass_)))
+
+
+def node_size(node: bytes | tuple) -> int:
+    """About the bytes a node of the hub's graph holds (the packed map, or the tuple's parts;
+    strings counted once per character, an interned scope not at all)."""
+    if type(node) is not tuple:
+        return len(node) + NODE_OVERHEAD
+    parents, label, const = node[1], node[3], node[4]
+    try:
+        return NODE_OVERHEAD + 64 + 8 * len(parents) + len(label) + (8 * len(const) if const else 0)
+    except TypeError:  # a map of the hub's own that events.py would refuse (tests of the page)
+        return NODE_OVERHEAD + 64
+
+
+def as_tuple(node: bytes | tuple) -> tuple:
+    """A node of the hub's graph as (op, parents, data, label, const, scope)."""
+    if type(node) is not tuple:  # the packed forward map
+        event = msgpack.unpackb(node, raw=False)
+        const = event.get("const")
+        node = (
+            event.get("op"),
+            tuple(event.get("parents", ())),
+            event.get("data", 0.0),
+            event.get("label", ""),
+            tuple(const) if const else None,
+            sys.intern(event.get("scope", "")),
+        )
+    return node
+
+
+# A node of a training step renamed (server/steps.py): its forward bytes with another id,
+# its parents renamed and other data, patched in place of the numbers, without decoding.
+_F64 = struct.Struct(">d")
+
+
+def _str_size(packed: bytes, at: int) -> int:
+    """The size of the msgpack str (or nil) that starts at `at`; 0 if it is neither."""
+    head = packed[at]
+    if head == 0xC0 or 0xA0 <= head <= 0xBF:
+        return 1 + (head & 0x1F if head != 0xC0 else 0)
+    if head == 0xD9:
+        return 2 + packed[at + 1]
+    if head == 0xDA:
+        return 3 + int.from_bytes(packed[at + 1 : at + 3], "big")
+    if head == 0xDB:
+        return 5 + int.from_bytes(packed[at + 1 : at + 5], "big")
+    return 0
+
+
+def renamed_forward(forward: bytes, id_: int, rename: dict | None, data: float) -> bytes | None:
+    """`forward` (bytes of `forward_bytes`) with id `id_`, each parent `p` renamed
+    `rename[p]` if it is there, and `data`; None for a layout it does not patch (more than
+    two parents, a number past 32 bits): decode that one instead."""
+    at = _F_PREFIX
+    if forward.startswith(_SCOPE_KEY, at):
+        at += len(_SCOPE_KEY)
+        at += _str_size(forward, at)
+    if not forward.startswith(_F_ID, at):
+        return None
+    id_at = at + len(_F_ID)
+    at = id_at + 4
+    if not forward.startswith(_OP_KEY, at):
+        return None
+    at += len(_OP_KEY)
+    at += _str_size(forward, at)
+    if not forward.startswith(_PARENTS_KEY, at):
+        return None
+    at += len(_PARENTS_KEY)
+    count = forward[at] - 0x90
+    if not 0 <= count <= 2:
+        return None
+    parents_at = at + 1
+    data_at = parents_at + 5 * count
+    if not forward.startswith(_DATA_KEY, data_at):
+        return None
+    out = bytearray(forward)
+    try:
+        _ID.pack_into(out, id_at, id_)
+        for at in range(parents_at, data_at, 5):
+            if out[at] != 0xCE:
+                return None
+            if rename is not None:
+                new = rename.get(_ID.unpack_from(out, at + 1)[0])
+                if new is not None:
+                    _ID.pack_into(out, at + 1, new)
+    except struct.error:  # a number past 32 bits
+        return None
+    _F64.pack_into(out, data_at + len(_DATA_KEY), data)
+    return bytes(out)

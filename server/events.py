@@ -9,7 +9,9 @@ the field. The local tracer's events (`Hub.publish_traced`) are trusted and skip
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from array import array
+from typing import Any, NoReturn
 
 from opgraph.errors import InvalidEvent
 from opgraph.trace import MAX_LABEL, MAX_SCOPE
@@ -27,9 +29,18 @@ MAX_OPS = 4096  # entries of a hello's (or a run's) `ops` map
 MAX_PARENTS = 65_536  # operands of one node
 MAX_CONST = 1024  # constants of one node
 
+# Steps (docs/protocol.md, "Steps"): a structure's nodes and inputs together, n + e, at most
+# MAX_STEP_NODES; a stream's checks remember the sizes of its last MAX_STRUCTURES structures
+# (the last defined or used; a `step` of an older one is refused as unknown).
+MAX_STEP_NODES = 500_000
+MAX_STRUCTURES = 1000
+
 # The live kinds a publisher may send (`dropped`: events it made but could not send); a
 # recording holds the live kinds and the hub's `run` markers.
-LIVE_KINDS = ("forward", "data", "label", "backward_begin", "backward", "backward_end")
+LIVE_KINDS = (
+    *("forward", "data", "label", "backward_begin", "backward", "backward_end"),
+    *("structure", "step"),
+)
 PUBLISHED_KINDS = (*LIVE_KINDS, "dropped")
 RECORDED_KINDS = (*LIVE_KINDS, "run")
 
@@ -130,6 +141,54 @@ def _state(value: Any) -> str:
     return value
 
 
+def _bin(value: Any) -> bytes:
+    if type(value) is not bytes:
+        raise _Bad(f"must be a msgpack bin, got {_shown(value)}")
+    return value
+
+
+def _dtype(value: Any) -> str:
+    if value != "f4":
+        raise _Bad(f"must be 'f4' (or absent, for f8), got {_shown(value)}")
+    return value
+
+
+# --- the packed arrays of `structure` and `step` (little-endian, whatever the machine) -----
+
+
+def _numbers(code: str, data: bytes) -> array:
+    numbers = array(code)
+    numbers.frombytes(data)
+    if sys.byteorder == "big":
+        numbers.byteswap()
+    return numbers
+
+
+def u8s(data: bytes) -> array:
+    """The uint64 numbers of a bin (its length a multiple of 8)."""
+    return _numbers("Q", data)
+
+
+def u4s(data: bytes) -> array:
+    """The uint32 numbers of a bin (its length a multiple of 4)."""
+    return _numbers("I", data)
+
+
+def reals(data: bytes, dtype: str | None = None) -> array:
+    """The floats of a `step`'s `data` or `grad` (f8, or f4 when `dtype` says so)."""
+    return _numbers("f" if dtype == "f4" else "d", data)
+
+
+def packed(numbers: array) -> bytes:
+    """`numbers` as the little-endian bin the protocol sends."""
+    if sys.byteorder == "big":
+        numbers = array(numbers.typecode, numbers)
+        numbers.byteswap()
+    return numbers.tobytes()
+
+
+assert array("I").itemsize == 4 and array("Q").itemsize == 8  # (u4s, u8s)
+
 # kind -> (required fields, optional fields), each field -> its check
 _KINDS: dict[str, tuple[dict, dict]] = {
     "forward": (
@@ -143,6 +202,16 @@ _KINDS: dict[str, tuple[dict, dict]] = {
     "backward_end": ({"root": _int, "pass": _pass}, {"error": _label}),  # error: it failed
     "dropped": ({"count": _int}, {}),
     "run": ({"state": _state, "source": _source}, {"engine": _name, "ops": _ops}),
+    "structure": (
+        {"structure": _pass, "ids": _bin, "offsets": _bin, "inputs": _bin, "order": _bin}
+        | {"root": _int},
+        {},
+    ),
+    "step": (
+        {"step": _pass, "structure": _pass, "first": _int, "pass": _pass}
+        | {"data": _bin, "grad": _bin},
+        {"dtype": _dtype},
+    ),
 }
 _EVERY_KIND = {"seq": _int, "t": _int}  # optional in every live map
 _HELLO = (
@@ -241,7 +310,146 @@ def _check_fields(event: dict, kind: str, index: int) -> dict:
             if parent >= clean["id"]:
                 problem = f"must be ids smaller than the node's id {clean['id']}, got {parent}"
                 raise InvalidEvent(index, kind, "'parents'", problem)
+    elif kind == "structure":
+        _check_structure(clean, index)
     return clean
+
+
+def _check_structure(event: dict, index: int) -> None:
+    """What a `structure` map must be on its own (Steps checks it against the stream)."""
+    field = ""
+    try:
+        for field, size in (("ids", 8), ("offsets", 4), ("inputs", 8), ("order", 4)):
+            if len(event[field]) % size:
+                raise _Bad(f"must hold {size}-byte numbers, got {len(event[field])} bytes")
+        n, e = len(event["ids"]) // 8, len(event["inputs"]) // 8
+        field = "ids"
+        if not n:
+            raise _Bad("must name at least one node")
+        if n + e > MAX_STEP_NODES:
+            raise _Bad(f"with 'inputs' must name at most {MAX_STEP_NODES:,} nodes, got {n + e:,}")
+        field = "offsets"
+        if len(event["offsets"]) // 4 != n:
+            raise _Bad(f"must hold one number per id ({n}), got {len(event['offsets']) // 4}")
+        offsets = u4s(event["offsets"])
+        if offsets[0] != 0 or not all(map(int.__lt__, offsets, offsets[1:])):
+            raise _Bad("must start at 0 and increase")
+        field = "ids"
+        ids = u8s(event["ids"])
+        if not all(map(int.__lt__, ids, ids[1:])) or ids[-1] > MAX_INT:
+            raise _Bad("must be increasing ids (at most 2**53-1)")
+        field = "inputs"
+        if e and max(u8s(event["inputs"])) > MAX_INT:
+            raise _Bad("must be ids (at most 2**53-1)")
+        field = "order"
+        order = u4s(event["order"])
+        if order and max(order) >= n + e:
+            raise _Bad(f"must be indexes below n + e = {n + e}, got {max(order)}")
+        if len(set(order)) != len(order):
+            raise _Bad("must list each index at most once")
+        field = "root"
+        if event["root"] >= n + e:
+            raise _Bad(f"must be an index below n + e = {n + e}, got {event['root']}")
+    except _Bad as bad:
+        raise InvalidEvent(index, "structure", repr(field), str(bad)) from None
+
+
+class Steps:
+    """What the checks of `structure` and `step` know of the stream before them (one per
+    publisher connection, one per recording read): the highest id and pass so far, the last
+    step and structure numbers, and each recent structure's size. `see(event, index)` takes
+    every checked map in stream order; it raises InvalidEvent for a `structure` or `step`
+    that does not fit the stream (docs/protocol.md, "Checking events from outside")."""
+
+    def __init__(self) -> None:
+        self.max_id = -1  # the highest id used so far (a forward's, a step's last node's)
+        self.passes = 0  # the highest pass number so far
+        self.step = 0
+        self.structure = 0
+        # structure -> (n, e, its last offset, its first id, whether it had its first step)
+        self.sizes: dict[int, list] = {}
+        self.in_use = 0  # the structure of the last step
+
+    def see(self, event: dict, index: int) -> None:
+        kind = event["type"]
+        if kind == "forward":
+            if event["id"] > self.max_id:
+                self.max_id = event["id"]
+        elif kind == "backward_begin":
+            self.passes = max(self.passes, event["pass"])
+        elif kind == "structure":
+            self._structure(event, index)
+        elif kind == "step":
+            self._step(event, index)
+
+    def _structure(self, event: dict, index: int) -> None:
+        number = event["structure"]
+        if number != self.structure + 1:
+            _refuse(index, "structure", "structure", f"must be {self.structure + 1}, got {number}")
+        ids, inputs = u8s(event["ids"]), u8s(event["inputs"])
+        # The receiver knows an id that was announced: bounded, as a stream can be endless,
+        # this is checked as "not above the highest id announced so far".
+        if ids[-1] > self.max_id:
+            _refuse(index, "structure", "ids", f"must be known ids, got {ids[-1]}")
+        if inputs and max(inputs) > self.max_id:
+            _refuse(index, "structure", "inputs", f"must be known ids, got {max(inputs)}")
+        self.structure = number
+        last = u4s(event["offsets"])[-1]
+        self.sizes[number] = [len(ids), len(inputs), last, ids[0], False]
+        forget_oldest(self.sizes, MAX_STRUCTURES, self.in_use)
+
+    def _step(self, event: dict, index: int) -> None:
+        number, first, pass_ = event["step"], event["first"], event["pass"]
+        if number != self.step + 1:
+            _refuse(index, "step", "step", f"must be {self.step + 1}, got {number}")
+        size = self.sizes.get(event["structure"])
+        if size is None:
+            problem = f"{event['structure']} is not a structure defined before"
+            _refuse(index, "step", "structure", problem + f" (or among the last {MAX_STRUCTURES})")
+        n, e, last, defined_first, stepped = size
+        if not stepped:  # the step that defined the structure: its nodes and pass were sent
+            if first != defined_first:
+                _refuse(
+                    index, "step", "first", f"must be {defined_first}, the structure's first id"
+                )
+            if pass_ > self.passes:
+                _refuse(index, "step", "pass", f"must be a pass sent before, got {pass_}")
+        else:  # a step that stands for its nodes and its pass: new ids, the next pass
+            if first <= self.max_id:
+                problem = f"must be above every id used before ({self.max_id}), got {first}"
+                _refuse(index, "step", "first", problem)
+            if first + last > MAX_INT:
+                problem = f"must leave its last id, first + {last}, at most 2**53-1"
+                _refuse(index, "step", "first", problem)
+            if pass_ != self.passes + 1:
+                _refuse(index, "step", "pass", f"must be {self.passes + 1}, got {pass_}")
+            self.max_id, self.passes = first + last, pass_
+        width = 4 if event.get("dtype") == "f4" else 8
+        for field in ("data", "grad"):
+            if len(event[field]) != (n + e) * width:
+                got = len(event[field])
+                problem = f"must hold n + e = {n + e} numbers of {width} bytes, got {got} bytes"
+                _refuse(index, "step", field, problem)
+        size[4] = True
+        self.step = number
+        self.in_use = event["structure"]
+        self.sizes[self.in_use] = self.sizes.pop(self.in_use)  # used: kept last
+
+
+def forget_oldest(kept: dict, limit: int, in_use: Any) -> None:
+    """Forget the oldest entries of `kept` past `limit`, but not `in_use` (the structure
+    of the last step: moved last instead), so that a training's own structure stays known
+    however many others came since."""
+    while len(kept) > max(limit, 1):
+        oldest = next(iter(kept))
+        if oldest == in_use:
+            kept[oldest] = kept.pop(oldest)
+            oldest = next(iter(kept))
+        del kept[oldest]
+
+
+def _refuse(index: int, kind: str, field: str, problem: str) -> NoReturn:
+    raise InvalidEvent(index, kind, repr(field), problem)
 
 
 def check_hello(event: Any, index: int = 0) -> dict:

@@ -26,9 +26,18 @@ import msgpack
 from opgraph.contracts import Node
 from opgraph.trace import BACKWARD_BEGIN, BACKWARD_STEPS, FORWARD, event_map, records
 
-from .encode import backward_steps_bytes, forward_bytes, forward_encoder, node_bytes
+from .encode import (
+    NODE_OVERHEAD,
+    as_tuple,
+    backward_steps_bytes,
+    forward_bytes,
+    forward_encoder,
+    node_bytes,
+    node_size,
+)
 from .events import MAX_OPS
 from .protocol import hello
+from .steps import HISTORY_STEPS, Steps
 from .viewers import RESYNC_INTERVAL, RESYNC_PASS_WAIT, Viewer
 
 FRAME_EVENTS = 2000  # events per websocket frame (about 60-100 KB)
@@ -38,7 +47,6 @@ SNAPSHOT_FRAME_NODES = 2000
 # Past the bound, the oldest nodes are forgotten, as past `max_nodes`.
 MAX_BYTES = 256 << 20
 MAX_NODE_BYTES = 1 << 20  # one published node: 5 bytes a parent, its label and scope
-NODE_OVERHEAD = 120
 
 # A node of the hub's graph is either the packed `forward` map it was announced with (bytes
 # from encode.py, as the fast path stores it; snapshots rewrite them, see node_bytes) or a
@@ -69,6 +77,7 @@ class Hub:
         recorder: Any = None,
         resync_interval: float = RESYNC_INTERVAL,
         resync_pass_wait: float = RESYNC_PASS_WAIT,
+        history_steps: int = HISTORY_STEPS,
     ):
         self.session = secrets.token_hex(8)
         self.engine = engine
@@ -100,8 +109,12 @@ class Hub:
         # op name -> (the Op, {scope path: a function packing its forward maps}), filled as
         # ops appear in scopes
         self._encoders: dict[str | None, tuple[Any, dict[str, Any]]] = {}
+        # Training steps: structures, the latest step, the history (steps.py)
+        self.steps = Steps(self, history_steps)
         self.viewers: set[Viewer] = set()
         self.next_id = 0  # for renumbering published runs (hub mode)
+        # the hub's own numbers of passes, steps and structures (hub mode: several runs)
+        self.next_pass = self.next_step = self.next_structure = 0
         self.runs = 0  # publishing scripts seen (hub mode)
         self.publishers: set[Any] = set()  # the runs publishing now (intake.py's _Run)
         self.closes: Counter[int | None] = Counter()  # publisher connections ended, by code
@@ -174,6 +187,8 @@ class Hub:
 
     def _keep(self, id_: int, node: bytes | tuple) -> None:
         """Store node `id_` (replacing the one it had: its grad and pass go), within bounds."""
+        if self.steps.pending:  # a node of the latest step replaced: write that step first
+            self.steps.before(id_)
         nodes = self.nodes
         old = nodes.pop(id_, None)
         if old is not None:
@@ -233,6 +248,8 @@ class Hub:
                 add(packed)
             elif kind == BACKWARD_STEPS:
                 ids, values = x, y
+                if self.steps.pending:
+                    self.steps.before_all(ids)
                 grads.update(zip(ids, values, strict=True))
                 self.reached.update(dict.fromkeys(ids, self.pass_in_progress))
                 self._record_steps(ids)
@@ -287,6 +304,13 @@ class Hub:
         if kind == "backward_begin":
             self.pass_in_progress, self.pass_root = event["pass"], event["root"]
             self.pass_steps = []
+            self.steps.pass_begins()
+            return
+        if kind == "structure":
+            self.steps.structure(event)
+            return
+        if kind == "step":
+            self.steps.step(event)
             return
         if kind == "backward_end":
             # Only the pass it ends: with several scripts on a hub, passes may overlap.
@@ -309,6 +333,8 @@ class Hub:
             return
         id_ = event["id"]
         value = event["grad" if kind == "backward" else kind]
+        if self.steps.pending:  # the latest step's numbers are older than this event
+            self.steps.before(id_)
         node = nodes.get(id_)
         if node is None:
             return
@@ -317,7 +343,7 @@ class Hub:
             self.reached[id_] = self.pass_in_progress
             self._record_steps((id_,))
             return
-        op, parents, data, label, const, scope = _as_tuple(node)
+        op, parents, data, label, const, scope = as_tuple(node)
         if kind == "data":
             data = value
             del nodes[id_]  # renewed: re-inserted last, so it is forgotten last
@@ -413,6 +439,7 @@ class Hub:
         return snapshot
 
     def _build_snapshot(self) -> list[bytes]:
+        self.steps.settle()  # the graph as it is after the latest step
         pack, seq, nodes, grads = self._pack, self.seq, self.nodes, self.grads
         reached = self.reached
         begin = {"type": "snapshot_begin", "seq": seq, "nodes": len(nodes)}
@@ -432,7 +459,7 @@ class Hub:
                     if packed is not None:
                         parts.append(packed)
                         continue
-                op, parents, data, label, const, scope = _as_tuple(kept)
+                op, parents, data, label, const, scope = as_tuple(kept)
                 node = {"type": "node", "id": id_, "op": op, "parents": list(parents)}
                 node.update(data=data, grad=grads.get(id_, 0.0), label=label)
                 if const:
@@ -443,6 +470,9 @@ class Hub:
                     node["pass"] = reached[id_]
                 parts.append(pack(node))
             frames.append(b"".join(parts))
+        steps = self.steps.snapshot_maps()  # structure, latest step, history
+        if steps:
+            frames.append(b"".join(map(pack, steps)))
         frames.append(pack({"type": "snapshot_end", "seq": seq}))
         return frames
 
@@ -472,38 +502,10 @@ class Hub:
         }
 
 
-def node_size(node: bytes | tuple) -> int:
-    """About the bytes a node of the hub's graph holds (the packed map, or the tuple's parts;
-    strings counted once per character, an interned scope not at all)."""
-    if type(node) is not tuple:
-        return len(node) + NODE_OVERHEAD
-    parents, label, const = node[1], node[3], node[4]
-    try:
-        return NODE_OVERHEAD + 64 + 8 * len(parents) + len(label) + (8 * len(const) if const else 0)
-    except TypeError:  # a map of the hub's own that events.py would refuse (tests of the page)
-        return NODE_OVERHEAD + 64
-
-
 class Snapshot(list):
     """The frames of one snapshot at `seq` (a list that the hub can hold weakly)."""
 
     seq = 0
-
-
-def _as_tuple(node: bytes | tuple) -> tuple:
-    """A node of the hub's graph as (op, parents, data, label, const, scope)."""
-    if type(node) is not tuple:  # the packed forward map
-        event = msgpack.unpackb(node, raw=False)
-        const = event.get("const")
-        node = (
-            event.get("op"),
-            tuple(event.get("parents", ())),
-            event.get("data", 0.0),
-            event.get("label", ""),
-            tuple(const) if const else None,
-            sys.intern(event.get("scope", "")),
-        )
-    return node
 
 
 class _Frames:

@@ -20,7 +20,19 @@ from typing import Any
 
 import msgpack
 
-from .events import MAX_INT, InvalidEvent, check_event, check_hello, close_reason
+from .events import (
+    MAX_INT,
+    MAX_STRUCTURES,
+    InvalidEvent,
+    Steps,
+    check_event,
+    check_hello,
+    close_reason,
+    forget_oldest,
+    packed,
+    u4s,
+    u8s,
+)
 from .hub import Hub
 from .protocol import CLOSE_INVALID, CLOSE_POLICY, CLOSE_TEXT_FRAME
 
@@ -90,6 +102,7 @@ class _Connection:
         self.arrived = asyncio.Event()  # a frame arrived, or the connection ended
         self.applied = asyncio.Event()  # a frame was applied
         self.ended = False
+        self.checks = Steps()  # what the checks of `structure` and `step` know of the stream
 
     async def receive(self, message: bytes, intake: _Intake) -> None:
         """Take a frame in, then wait while too much is held (it is acknowledged once checked,
@@ -189,6 +202,7 @@ class _Connection:
 
     def _checked(self, event: Any, index: int) -> dict:
         event = check_event(event, index)
+        self.checks.see(event, index)
         kind = event["type"]
         if kind == "forward":
             parents = event["parents"]
@@ -314,14 +328,76 @@ class _Run:
         self.offset = hub.now_us() - hello.get("t", 0)  # the run's t + offset = the hub's t
         self.ids: dict[int, int] = {}  # the run's id -> the hub's id
         self.open_pass: tuple[int, int] | None = None  # (hub root, pass) begun, not ended
+        # Steps: the hub numbers passes, steps and structures in its own stream. The run's
+        # last passes -> the hub's; its structures -> (the hub's number, the last offset);
+        # the ids of its latest values-only step -> the block of hub ids it was given
+        # (run first, run last, hub first); the inputs of its latest structure, whose ids
+        # stay mapped when the map is trimmed (a later step names them).
+        self.passes: dict[int, int] = {}
+        self.structures: dict[int, tuple[int, int]] = {}
+        self.block: tuple[int, int, int] | None = None
+        self.pinned: frozenset[int] = frozenset()
+        self.in_use = 0  # the run's structure of its last step
         hub.publishers.add(self)
 
     def hub_id(self, run_id: int) -> int:
         mapped = self.ids.get(run_id)
         if mapped is None:
+            block = self.block
+            if block is not None and block[0] <= run_id <= block[1]:
+                return block[2] + run_id - block[0]  # a node of the latest step
             mapped = self.ids[run_id] = self.hub.next_id
             self.hub.next_id += 1
         return mapped
+
+    def new_pass(self, run_pass: int) -> int:
+        """A pass the run begins: the hub's next number."""
+        self.passes.pop(run_pass, None)
+        return self.hub_pass(run_pass)
+
+    def hub_pass(self, run_pass: int) -> int:
+        """The hub's number of the run's pass `run_pass` (a new one for a pass not seen)."""
+        mapped = self.passes.get(run_pass)
+        if mapped is None:
+            self.hub.next_pass += 1
+            mapped = self.passes[run_pass] = self.hub.next_pass
+            if len(self.passes) > 64:  # a step names its own pass, the last one
+                del self.passes[next(iter(self.passes))]
+        return mapped
+
+    def structure(self, event: dict) -> dict:
+        """A `structure` in the hub's numbers: its ids and inputs mapped id by id."""
+        ids = u8s(event["ids"])
+        inputs = u8s(event["inputs"])
+        event["ids"] = packed(array("Q", [self.hub_id(id_) for id_ in ids]))
+        event["inputs"] = packed(array("Q", [self.hub_id(id_) for id_ in inputs]))
+        self.pinned = frozenset(inputs)
+        self.hub.next_structure += 1
+        last = u4s(event["offsets"])[-1]
+        self.structures[event["structure"]] = (self.hub.next_structure, last)
+        # as many as events.Steps knows, the same ones
+        forget_oldest(self.structures, MAX_STRUCTURES, self.in_use)
+        event["structure"] = self.hub.next_structure
+        return event
+
+    def step(self, event: dict) -> dict:
+        """A `step` in the hub's numbers. The step that defined its structure names nodes
+        the run announced; a later one's nodes get a fresh block of hub ids, as long as the
+        structure's ids from the first (`offsets[-1] + 1`)."""
+        number = self.in_use = event["structure"]
+        structure, last = self.structures[number] = self.structures.pop(number)  # kept last
+        first = event["first"]
+        if first in self.ids:
+            event["first"] = self.ids[first]
+        else:
+            hub_first = self.hub.next_id
+            self.hub.next_id += last + 1
+            self.block = (first, first + last, hub_first)
+            event["first"] = hub_first
+        self.hub.next_step += 1
+        event.update(step=self.hub.next_step, structure=structure)
+        event["pass"] = self.hub_pass(event["pass"])
+        return event
 
     def publish(self, events: list[dict]) -> None:
         """Renumber and publish a frame of checked events.
@@ -348,8 +424,8 @@ class _Run:
         """Forget the ids of nodes the hub has forgotten (its `max_nodes`), so that the map
         stays bounded over a long run; such an id used again gets a new hub id, which
         viewers treat as a node they never saw."""
-        nodes = self.hub.nodes
-        self.ids = {run: hub for run, hub in self.ids.items() if hub in nodes}
+        nodes, pinned = self.hub.nodes, self.pinned
+        self.ids = {run: hub for run, hub in self.ids.items() if hub in nodes or run in pinned}
 
     def end(self) -> None:
         """The script is gone: end its open pass (viewers would wait for it forever), then
@@ -387,7 +463,16 @@ def _renumber(event: dict, run: _Run) -> dict:
     event.pop("seq", None)
     if "t" in event:
         event["t"] = min(max(event["t"] + run.offset, 0), MAX_INT)
-    if event["type"] == "forward":  # parents first: an unknown parent gets a smaller id
+    kind = event["type"]
+    if kind == "structure":  # (its `root` is an index, not an id)
+        return run.structure(event)
+    if kind == "step":
+        return run.step(event)
+    if kind == "backward_begin":  # passes too are numbered in the hub's stream
+        event["pass"] = run.new_pass(event["pass"])
+    elif kind == "backward_end":
+        event["pass"] = run.hub_pass(event["pass"])
+    elif kind == "forward":  # parents first: an unknown parent gets a smaller id
         ids, hub_id = run.ids, run.hub_id
         event["parents"] = [ids.get(p) or hub_id(p) for p in event["parents"]]
     for key in ("id", "root"):

@@ -2,7 +2,8 @@
 
 `Recorder` appends what the hub sends; `Recording` reads a file back one event at a time,
 checking each map with the rules of events.py (what a publisher may send, plus the hub's
-`run` markers, with seq numbers one apart), and when the file is truncated or damaged it
+`run` markers, with seq numbers one apart; `structure` and `step` against the stream before
+them), and when the file is truncated or damaged it
 stops at the damage and says where.
 """
 
@@ -17,7 +18,7 @@ from typing import Any, BinaryIO
 
 import msgpack
 
-from .events import RECORDED_KINDS, InvalidEvent, check_event, check_hello
+from .events import RECORDED_KINDS, InvalidEvent, Steps, check_event, check_hello
 
 SUFFIX = ".ogtrace"
 
@@ -81,6 +82,7 @@ class Recording:
     def _read(self, file: BinaryIO) -> Iterator[dict[str, Any]]:
         unpacker = msgpack.Unpacker(file, raw=False, strict_map_key=False, read_size=1 << 16)
         count, last_seq, offset = 0, None, 0
+        steps = Steps()  # what the checks of `structure` and `step` know of the stream
         size = file.seek(0, io.SEEK_END)
         file.seek(0)
 
@@ -99,6 +101,8 @@ class Recording:
                 break
             try:
                 event = _checked(event, count, last_seq)
+                if count:
+                    steps.see(event, count)
             except InvalidEvent as exc:
                 self.damage = stop(str(exc))
                 break

@@ -39,6 +39,7 @@ from .intake import receive_run
 from .protocol import PUBLISH_MAX_SIZE, SUBPROTOCOL
 from .recording import Recorder
 from .security import check_upgrade, is_loopback
+from .steps import HISTORY_STEPS
 from .viewers import (
     RESYNC_INTERVAL,
     RESYNC_PASS_WAIT,
@@ -71,7 +72,8 @@ class TraceServer:
     accept a frame is closed (code 4000); the snapshots a viewer asks for are sent at most
     every `snapshot_interval` seconds. The graph kept for snapshots holds at most `max_nodes`
     nodes and about `max_bytes` bytes (the oldest are forgotten); a hub refuses a published node
-    of more than `max_node_bytes`. See docs/security.md.
+    of more than `max_node_bytes`. Snapshots carry the loss (and the inputs' numbers) of the
+    last `history_steps` training steps. See docs/security.md.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class TraceServer:
         resync_pass_wait: float = RESYNC_PASS_WAIT,
         send_timeout: float = SEND_TIMEOUT,
         snapshot_interval: float = SNAPSHOT_INTERVAL,
+        history_steps: int = HISTORY_STEPS,
     ):
         if token == "" and not is_loopback(host):
             raise ServerError(
@@ -132,6 +135,7 @@ class TraceServer:
             recorder=self.recorder,
             resync_interval=resync_interval,
             resync_pass_wait=resync_pass_wait,
+            history_steps=history_steps,
         )
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None

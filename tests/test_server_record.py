@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from opgraph import Engine
 from opgraph.server.chrome import chrome_trace, export_chrome
+from opgraph.server.events import u4s, u8s
 from opgraph.server.recording import Recording
 from opgraph.server.replay import ReplayServer
 from opgraph.server.server import ServerError
@@ -49,7 +50,10 @@ def test_a_recording_is_hello_then_every_event_in_order(tmp_path):
     assert events[0]["type"] == "hello" and events[0]["engine"] == "recorded"
     assert [e["seq"] for e in events[1:]] == list(range(1, len(events)))
     kinds = {e["type"] for e in events[1:]}
-    assert kinds == {"forward", "backward_begin", "backward", "backward_end", "data", "label"}
+    assert kinds == {"forward", "backward_begin", "backward", "backward_end", "data", "label"} | {
+        "structure",  # the training's steps: the first as events, then one `step` map each
+        "step",
+    }
     graph = th.graph_of(events)
     for p in params:
         assert graph[p.id]["data"] == p.data  # the data events carried the updates
@@ -82,11 +86,14 @@ def test_replay_serves_the_recording_as_a_live_stream(tmp_path):
     begin = dict(late[1])
     last_pass = begin.pop("last_pass")  # the recording's last pass, to step through
     assert begin == {"type": "snapshot_begin", "seq": len(recorded) - 1, "nodes": begin["nodes"]}
-    start = max(i for i, e in enumerate(recorded) if e["type"] == "backward_begin")
-    end = next(i for i, e in enumerate(recorded) if i > start and e["type"] == "backward_end")
-    steps = [e["id"] for e in recorded[start:end] if e["type"] == "backward"]
-    assert last_pass == {"pass": recorded[start]["pass"], "root": recorded[start]["root"],
-                         "steps": steps}  # fmt: skip
+    # the last pass is the last step's, which came as one map: its steps are its
+    # structure's `order`, its nodes named `first + offsets[i]`, then its inputs
+    structure = next(e for e in recorded if e["type"] == "structure")
+    step = [e for e in recorded if e["type"] == "step"][-1]
+    ids = [step["first"] + offset for offset in u4s(structure["offsets"])]
+    ids += list(u8s(structure["inputs"]))
+    steps = [ids[index] for index in u4s(structure["order"])]
+    assert last_pass == {"pass": step["pass"], "root": ids[structure["root"]], "steps": steps}
     streamed = [e for e in live if "seq" in e and e["type"] not in ("hello",) and "t" in e]
     assert streamed == [e for e in recorded[1:] if e["seq"] > live[1]["seq"]]
 
@@ -189,7 +196,9 @@ def test_export_writes_chrome_trace_events_with_passes_and_ops_as_slices(tmp_pat
     forwards = [e for e in slices if e["cat"] == "forward"]
     assert len(forwards) == sum(e["type"] == "forward" for e in recorded)
     assert {"tanh", "mul", "add", "leaf"} <= {e["name"] for e in forwards}
-    loss_step = next(s for s in steps if s["args"]["id"] == loss.id)
+    # (the loss of the first step: later steps came as `step` maps, with no backward steps)
+    first_loss = next(e["root"] for e in recorded if e["type"] == "backward_begin")
+    loss_step = next(s for s in steps if s["args"]["id"] == first_loss)
     assert loss_step["name"] == "mul" and loss_step["args"]["grad"] == 1.0
     assert any(e["ph"] == "i" and e["cat"] == "data" for e in events)
     # chrome_trace works on any stream of maps, too

@@ -138,7 +138,7 @@ def live_stream(steps: int = STEPS, extra: list[dict] | None = None) -> bytes:
     return frames(hello(), *events)
 
 
-def late_join_stream(histories: list[dict] | None = None) -> bytes:
+def late_join_stream(histories: list[dict] | None = None, w_now: float | None = None) -> bytes:
     """What a server sends a viewer joining after the last step: a snapshot with the latest
     step's nodes (named by its ids), its `structure`, `step` and the `history`."""
     last = STEPS_DATA[-1]
@@ -203,6 +203,8 @@ def late_join_stream(histories: list[dict] | None = None) -> bytes:
             "const": [2.0],
         },
     ]
+    if w_now is not None:  # w changed after the last step (the optimizer's update)
+        nodes[0]["data"] = w_now
     history = {
         "type": "history",
         "steps": u8(range(1, STEPS + 1)),
@@ -214,7 +216,17 @@ def late_join_stream(histories: list[dict] | None = None) -> bytes:
     }
     return frames(
         {**hello(), "seq": seq},
-        {"type": "snapshot_begin", "seq": seq, "nodes": len(nodes)},
+        {
+            "type": "snapshot_begin",
+            "seq": seq,
+            "nodes": len(nodes),
+            # the last pass, as a server sends it: the latest step's, from its root
+            "last_pass": {
+                "pass": STEPS,
+                "root": ids[2],
+                "steps": [ids[2], ids[1], ids[0], W, B, XID],
+            },
+        },
         *nodes,
         structure_map(None, ids=ids),
         step_map(STEPS, None),
@@ -284,6 +296,8 @@ def test_a_parameters_history_is_the_numbers_the_script_had(shown):
     select(page, B)
     assert history_rows(page) == parameter_history(5)
     assert page.evaluate("opgraphViewer.rejected") == 0
+    # the last pass is the latest step's, live as for a late joiner
+    expect(page.locator("#st-pass")).to_have_text(f"backward pass {STEPS}: done, 6 steps")
 
 
 def test_the_loss_curve_has_a_point_per_step_equal_to_the_roots_data(shown):
@@ -316,6 +330,11 @@ def test_scrubbing_to_a_step_shows_its_numbers_on_the_graph_and_in_the_panel(sho
         ".dataset.data) === v",
         arg=[W, five["data"][3]],
     )
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("]")  # from anywhere on the page: the next step
+    expect(page.locator("#step-text")).to_have_text(f"step 6 of {STEPS}")
+    page.keyboard.press("[")
+    expect(page.locator("#step-text")).to_have_text(f"step 5 of {STEPS}")
     page.get_by_role("button", name="Newest").click()
     expect(page.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
     expect(field(page, "training-step")).to_have_text(f"{STEPS} of {STEPS}")
@@ -374,7 +393,7 @@ def test_comparing_two_steps_lists_what_moved_most(shown):
 
 HOSTILE = [
     ("ids and offsets of different lengths", structure_map(0, offsets=u4([0, 1])), "'offsets'"),
-    ("an id the viewer never saw", structure_map(0, ids=(3, 4, 999)), "does not have"),
+    ("an id never announced", structure_map(0, ids=(3, 4, 999)), "never announced"),
     ("offsets that do not start at 0", structure_map(0, offsets=u4([1, 2, 3])), "'offsets[0]'"),
     ("an order index out of range", structure_map(0, order=u4([2, 1, 0, 99])), "'order'"),
     ("a bin cut mid-number", structure_map(0, ids=b"\x03" * 7), "'ids' must be a bin"),
@@ -487,3 +506,75 @@ def test_the_page_keeps_the_history_and_the_window_it_says(page):
         assert float(field(page, "data").inner_text()) == STEPS_DATA[STEPS - 20]["data"][5]
         memory = page.evaluate("opgraphViewer.steps.records.filter(r => r.full).length")
         assert memory == 5
+
+
+def test_play_walks_through_the_steps_and_stops_at_the_newest(page):
+    with StreamServer(live_stream()) as server:
+        page.goto(server.url)
+        expect(page.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
+        page.evaluate(
+            """() => { window.shownSteps = [];
+                new MutationObserver(() => shownSteps.push(document.getElementById("step-text")
+                  .textContent)).observe(document.getElementById("step-text"),
+                  {childList: true, characterData: true, subtree: true}); }"""
+        )
+        play = page.get_by_role("button", name="Play the training steps")
+        play.click()
+        expect(page.get_by_role("button", name="Pause the training steps")).to_have_attribute(
+            "aria-pressed", "true"
+        )
+        expect(play).to_have_attribute("aria-pressed", "false", timeout=30_000)  # at the end
+        expect(page.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
+        shown = page.evaluate("shownSteps")
+        assert shown[0] == f"step 1 of {STEPS}" and f"step 15 of {STEPS}" in shown
+
+
+def test_a_snapshot_shows_its_nodes_numbers_and_the_latest_step_as_the_step_used_them(page):
+    """The snapshot's nodes are the graph now (w updated after the last step); its `step` is
+    what the last step used: the panel shows w's data now, its History the step's."""
+    w_now = STEPS_DATA[-1]["data"][3] - 0.25
+    with StreamServer(late_join_stream(w_now=w_now)) as server:
+        page.goto(server.url)
+        expect(page.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
+        select(page, W)
+        assert history_rows(page) == parameter_history(3)
+        assert float(field(page, "data").inner_text()) == w_now
+
+
+def test_a_history_alone_gives_the_loss(page):
+    """A server whose graph lost the structure's nodes sends the `history` alone: the page
+    has the loss per step (no structure to read the parameters' rows by)."""
+    history = {
+        "type": "history",
+        "steps": u8(range(1, STEPS + 1)),
+        "loss": f8([s["data"][ROOT] for s in STEPS_DATA]),
+        "structure": 1,
+        "from": 0,
+        "data": f8([v for s in STEPS_DATA for v in s["data"][3:]]),
+        "grad": f8([v for s in STEPS_DATA for v in s["grad"][3:]]),
+    }
+    stream = frames(
+        {**hello(), "seq": 50},
+        {"type": "snapshot_begin", "seq": 50, "nodes": 0},
+        history,
+        {"type": "snapshot_end", "seq": 50},
+    )
+    with StreamServer(stream) as server:
+        page.goto(server.url)
+        expect(page.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
+        assert page.evaluate("opgraphViewer.rejected") == 0
+        expected = [(k + 1, s["data"][ROOT]) for k, s in enumerate(STEPS_DATA)]
+        assert loss_rows(page) == expected
+
+
+def test_values_only_steps_do_not_change_the_graphs_shape(page):
+    """A values-only step writes numbers on the nodes and leaves the graph's version (what
+    makes the page lay the overview out again) alone: after 30 steps it is what it was
+    after 3."""
+    versions = []
+    for steps in (3, STEPS):
+        with StreamServer(live_stream(steps=steps)) as server:
+            page.goto(server.url)
+            expect(page.locator("#step-text")).to_have_text(f"step {steps} of {steps} (newest)")
+            versions.append(page.evaluate("opgraphViewer.graph.version"))
+    assert versions[0] == versions[1]

@@ -7,6 +7,8 @@ uses on its fast path). The tracer writes records; whoever drains them reads the
 from __future__ import annotations
 
 import math
+import sys
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +18,13 @@ if TYPE_CHECKING:
 # Event kinds as they travel through the buffer. The buffer is a flat list of fields: each
 # record is RECORD fields, the kind first, then the time, then three more (None when unused).
 # BACKWARD_STEPS is one record for a chunk of backward steps: (kind, t, ids, grads, None).
+# The steps of docs/protocol.md ("Steps"), one event each:
+# STRUCTURE: (kind, t, number, (ids, offsets, inputs, order), root), the four arrays of
+#   typecodes "Q", "I", "Q", "I" (uint64 and uint32) and root an int;
+# STEP: (kind, t, (step, structure, first, pass), data, grad), two arrays of typecode "d"
+#   (float64) or "f" (float32, the tracer's dtype="f4").
 FORWARD, BACKWARD, BACKWARD_BEGIN, BACKWARD_END, DATA, LABEL, BACKWARD_STEPS = range(7)
+STRUCTURE, STEP = 7, 8
 RECORD = 5
 
 
@@ -130,4 +138,30 @@ def event_map(event: tuple, seq: int, t0: int) -> dict[str, Any]:
         return end
     if kind == DATA:
         return {"type": "data", "seq": seq, "id": event[2], "data": plain_number(event[3]), "t": t}
+    if kind == STRUCTURE:
+        ids, offsets, inputs, order = (_le_bytes(a) for a in event[3])
+        out = {"type": "structure", "seq": seq, "structure": event[2], "ids": ids}
+        out.update(offsets=offsets, inputs=inputs, order=order, root=event[4], t=t)
+        return out
+    if kind == STEP:
+        step, structure, first, pass_ = event[2]
+        data, grad = event[3], event[4]
+        out = {"type": "step", "seq": seq, "step": step, "structure": structure, "first": first}
+        out.update({"pass": pass_, "data": _le_bytes(data), "grad": _le_bytes(grad), "t": t})
+        if data.typecode == "f":
+            out["dtype"] = "f4"
+        return out
     return {"type": "label", "seq": seq, "id": event[2], "label": event[3], "t": t}
+
+
+# The protocol's u4 and u8 (the typecodes "I" and "Q" have these sizes on every platform
+# CPython supports; checked once).
+assert array("I").itemsize == 4 and array("Q").itemsize == 8
+
+
+def _le_bytes(numbers: array) -> bytes:
+    """An array's items as little-endian bytes, the protocol's `bin` arrays."""
+    if sys.byteorder != "little":
+        numbers = array(numbers.typecode, numbers)
+        numbers.byteswap()
+    return numbers.tobytes()

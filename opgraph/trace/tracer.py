@@ -11,15 +11,28 @@ Data changes: the engine does not watch `.data` assignments. The tracer remember
 it last announced per node and, whenever a node is used as an operand, announces a `data`
 event first if the value changed (an optimizer step changes the parameters, the next forward
 uses them). `touch(values)` announces changes right away.
+
+Steps (docs/protocol.md, "Steps"): a step is the nodes made since the last pass ended and
+the pass that ends it. The first step of a structure goes out as events, as usual, then as a
+STRUCTURE record and a STEP record (its numbers). From then on the tracer is optimistic: the
+forward hook only collects the step's nodes (one list append), and when the pass begins it
+compares them with the structure, a few lists built and compared in C. A step that
+matches is one STEP record with its numbers packed in arrays, no forward or backward event;
+one that does not goes out as events (late, but in creation order) and defines a new
+structure. Collected nodes wait for the pass; when the engine is idle (no pass comes: a
+notebook building an expression) the consumer's `drain` sends them as events after IDLE seconds.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable
+import threading
+from array import array
+from collections.abc import Callable, Iterable
+from operator import attrgetter, itemgetter
 from time import perf_counter_ns
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .forms import (
     BACKWARD,
@@ -30,6 +43,8 @@ from .forms import (
     FORWARD,
     LABEL,
     RECORD,
+    STEP,
+    STRUCTURE,
 )
 from .text import MAX_LABEL, viewer_text
 
@@ -38,6 +53,15 @@ if TYPE_CHECKING:
     from ..value import Value
 
 _MISSING = object()
+
+# Collected nodes the engine has not added to for this long (seconds) are sent as events by
+# the next `drain` (the program stopped before a pass: a notebook cell, an evaluation).
+IDLE = 0.3
+# A step of more nodes and inputs than this has no structure (docs/protocol.md: n + e at
+# most 500,000): it is sent as events only, and the tracer holds no more of its nodes.
+MAX_STEP = 500_000
+# The `dtype` option: the array typecode of a step's numbers.
+DTYPES: dict[str, Literal["d", "f"]] = {"f8": "d", "f4": "f"}
 
 
 def _why(error: BaseException) -> str:
@@ -56,18 +80,157 @@ def _same(a: float, b: float) -> bool:
     return a == b or (a != a and b != b)
 
 
+_get_id, _get_op, _get_a, _get_b, _get_tag, _get_data, _get_grad = (
+    attrgetter(name) for name in ("_id", "_opdef", "_a", "_b", "_tag", "_data", "_grad")
+)
+
+
+def _picker(indexes: list[int]) -> Callable[[list[Any]], tuple]:
+    """A function that takes the items at `indexes` of a list, as a tuple, in C."""
+    if len(indexes) == 1:
+        (index,) = indexes
+        return lambda items: (items[index],)
+    return itemgetter(*indexes)
+
+
+class _Structure:
+    """A step's structure, as later steps are compared with it (docs/protocol.md).
+
+    A step is compared through its *pool*: its nodes, then the structure's inputs (the same
+    nodes in every step), then None. Where the structure has an operand, the step's node
+    must have the pool's item at the same index: the same object, compared in C.
+    """
+
+    __slots__ = (
+        "a",
+        "b",
+        "contiguous",
+        "inputs",
+        "labels",
+        "nary",
+        "number",
+        "offsets",
+        "ops",
+        "order",
+        "root",
+        "scopes",
+        "tagged",
+        "unreached",
+    )
+
+    def __init__(
+        self,
+        number: int,
+        nodes: list[Value],
+        inputs: list[Value],
+        where: dict[int, int],
+        order: list[Value],
+        root: Value,
+    ) -> None:
+        self.number = number
+        self.inputs = inputs
+        first = nodes[0]._id
+        self.offsets = [n._id - first for n in nodes]
+        self.contiguous = self.offsets == list(range(len(nodes)))
+        self.ops = list(map(_get_op, nodes))
+        none = len(nodes) + len(inputs)  # the pool's last item, None
+
+        def index(x: Any) -> Any:
+            if x is None:
+                return none
+            if type(x) is tuple:  # the operands after the first of an op of three or more
+                return tuple(where[p._id] for p in x)
+            return where[x._id]
+
+        a = [index(x) for x in map(_get_a, nodes)]
+        b = [index(x) for x in map(_get_b, nodes)]
+        self.nary = tuple in map(type, b)
+        self.a = _picker(a)
+        self.b: Any = b if self.nary else _picker(b)
+        # Labels and scopes: a node without a label holds its scope path (a str) in `_tag`,
+        # one with a label (or a hook) a Tag of its own, compared by its label and scope.
+        tags = list(map(_get_tag, nodes))
+        tagged = [i for i, tag in enumerate(tags) if type(tag) is not str]
+        self.tagged = tagged
+        self.labels = [(tags[i].label, tags[i].scope) for i in tagged]
+        for i in tagged:
+            tags[i] = None
+        self.scopes = tags
+        self.order = _picker([where[n._id] for n in order]) if order else None
+        self.root = where[root._id]
+        reached = set(map(_get_id, order))
+        self.unreached = [i for i, n in enumerate(nodes + inputs) if n._id not in reached]
+
+    def pool(self, nodes: list[Value]) -> list[Any]:
+        return [*nodes, *self.inputs, None]
+
+    def same_nodes(self, nodes: list[Value], pool: list[Any]) -> bool:
+        """Whether `nodes`, a step's, have this structure (the pass aside). Compared list by
+        list, cheapest first: each comparison runs in C."""
+        count = len(self.ops)
+        if len(nodes) != count:
+            return False
+        first = nodes[0]._id
+        if self.contiguous:
+            # The hook appends nodes as they are made, so their ids increase: the ends tell.
+            # (Threads making nodes at once could swap two; two nodes that pass every check
+            # below in each other's place have the same op, operands, label and scope.)
+            if nodes[-1]._id - first != count - 1:
+                return False
+        elif [n._id - first for n in nodes] != self.offsets:
+            return False
+        if list(map(_get_op, nodes)) != self.ops:
+            return False
+        if tuple(map(_get_a, nodes)) != self.a(pool):
+            return False
+        if self.nary:
+            expected = [pool[i] if type(i) is int else tuple(pool[j] for j in i) for i in self.b]
+            if list(map(_get_b, nodes)) != expected:
+                return False
+        elif tuple(map(_get_b, nodes)) != self.b(pool):
+            return False
+        tags = list(map(_get_tag, nodes))
+        labels = [tags[i] for i in self.tagged]
+        if [t if type(t) is str else (t.label, t.scope) for t in labels] != self.labels:
+            return False
+        for i in self.tagged:
+            tags[i] = None
+        return tags == self.scopes
+
+    def same_pass(self, order: list[Value], root: Value, pool: list[Any]) -> bool:
+        if pool[self.root] is not root:
+            return False
+        if self.order is None:
+            return not order
+        return tuple(order) == self.order(pool)
+
+
 class Tracer:
     """Collects the trace events of one engine into a bounded buffer.
 
     `max_buffer` bounds the events waiting to be drained: past it, new events are counted
     in `lost` instead of stored, so memory stays bounded even when nobody drains.
     `max_known` bounds the memory of which nodes were announced (see `_forget`).
+    `dtype` is how a `step` event sends its numbers: "f8" (float64, as the engine has them)
+    or "f4" (float32, half the size). `idle`: after how many seconds without a new node the
+    nodes collected for a step are sent anyway, as events (see `_flush_idle`).
     """
 
     def __init__(
-        self, engine: TracedEngine, *, max_buffer: int = 2_000_000, max_known: int = 500_000
+        self,
+        engine: TracedEngine,
+        *,
+        max_buffer: int = 2_000_000,
+        max_known: int = 500_000,
+        dtype: str = "f8",
+        idle: float = IDLE,
     ):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be 'f8' (float64) or 'f4' (float32), got {dtype!r}")
+        if not idle >= 0:
+            raise ValueError(f"idle must be a number of seconds >= 0, got {idle!r}")
         self.engine = engine
+        self.dtype = dtype
         # Flat, so that buffering an event makes no object the garbage collector tracks (a
         # tuple per event, kept until drained, made a traced step collect twice as often).
         # Records are added whole by one list.extend (atomic under the GIL); the consumer
@@ -84,18 +247,50 @@ class Tracer:
         self._extra_out = 0
         self.passes = 0
         # The passes begun and not ended, innermost last (a hook may run a pass inside a
-        # pass): [pass number, backward steps reported so far]
-        self._open: list[list[int]] = []
+        # pass): [pass number, steps reported so far, the steps' nodes, root]
+        self._open: list[list[Any]] = []
         self.t0 = perf_counter_ns()
         # Which nodes the viewers know. Recording every node in a dict would cost more than
         # the rest of the tracer, so: a node made while the tracer was attached is known by
         # its id (ids grow), with id ranges for the times it was attached; leaves, whose data
         # an optimizer changes, and nodes announced late are in `_known` with their data.
+        # (Nodes collected for a step and not sent yet are not known: `_unsent_from`.)
         self._known: dict[int, float] = {}
         self._ranges: list[tuple[int, int]] = []  # [first, last + 1) of earlier attachments
         self._since: float = math.inf  # the first id made during the current attachment
         self._starting = True  # the next node seen starts the current attachment
         self._last_id = -1
+        # Steps. The engine's thread appends the nodes of the step in progress to `_pending`
+        # (only at its end); the first `_sent` of them went out as events. While
+        # `_collecting` (a structure is known) the others wait for the pass. The consumer's
+        # thread may send them (`_flush_idle`); the rare paths that read or change this
+        # state hold `_lock`, the forward hook never does.
+        self._lock = threading.RLock()
+        self._pending: list[Value] = []
+        self._sent = 0
+        self._collecting = False
+        self._flushed = False  # some of the step's collected nodes went out as events
+        self._oversize = False  # the step grew past MAX_STEP: no structure
+        self._troubles = 0  # events lost, or the consumer starting over: counted
+        self._troubles_at = 0  # ... when the last step ended
+        self._structure: _Structure | None = None
+        self.structures = 0  # structures numbered so far
+        self.steps = 0  # steps numbered so far
+        # A step whose nodes matched the structure when its pass began: the pass is not sent
+        # while it runs (`_silent`); `_closed` is the step's nodes; `_spoiled` when something
+        # (a label set, the consumer starting over) means it must go out as events after all.
+        self._silent = False
+        self._spoiled = False
+        self._closed: list[Value] = []
+        self._pool: list[Any] = []  # the closed step's pool (see _Structure)
+        self._closed_ok = True  # the closed step kept all its nodes (not oversize)
+        # opgraph.step(): once called, steps end there, not at passes (`_merged`: the passes
+        # of the step so far, each (nodes, grads, root)).
+        self._explicit = False
+        self._step_asked = False  # step() was called during a pass: at its end
+        self._merged: list[tuple[list[Value], list[float], Value]] = []
+        self._watch = (0, 0)  # (collected nodes, since when): the consumer's idle check
+        self.idle_ns = int(idle * 1e9)
 
     # --- attaching ------------------------------------------------------------------------
 
@@ -105,24 +300,53 @@ class Tracer:
         self.engine.tracer = self
 
     def detach(self) -> None:
-        """Stop tracing the engine; nodes made meanwhile are announced if used later."""
+        """Stop tracing the engine; nodes made meanwhile are announced if used later. Nodes
+        collected for a step are sent now."""
         if self.engine.tracer is self:
             self.engine.tracer = None
-        if self._since != math.inf:
-            self._ranges.append((int(self._since), self._last_id + 1))
-            self._since = math.inf
+        with self._lock:
+            self._send_unsent()
+            if self._since != math.inf:
+                self._ranges.append((int(self._since), self._last_id + 1))
+                self._since = math.inf
 
     def forget_all(self) -> None:
         """Forget which nodes were announced (the consumer starts over): every node is
-        announced again, with its ancestors, when the program next uses it."""
-        self._known.clear()
-        self._ranges.clear()
-        self._since = math.inf
-        self._starting = True
+        announced again, with its ancestors, when the program next uses it. Structures are
+        forgotten too: the next step goes out as events and defines a new one."""
+        with self._lock:
+            self._known.clear()
+            self._ranges.clear()
+            self._since = math.inf
+            self._starting = True
+            self._structure = None
+            if self._sent or self._open:  # the step in progress sent some nodes before
+                self._troubles += 1
+            self._send_unsent()
 
     # --- the hooks the engine calls -------------------------------------------------------
 
     def forward(self, node: Value) -> None:
+        # (While a structure is known, `_collect` puts `_pending.append` in its place.)
+        self._forward_full(node)
+        self._pending.append(node)
+        self._sent += 1
+        if self._sent > MAX_STEP:
+            with self._lock:
+                self._trim()
+
+    def _collect(self, on: bool) -> None:
+        """Whether the forward hook only collects the step's nodes (a structure is known:
+        the step is compared with it when it ends) or sends each node as it is made. Only
+        the engine's thread calls it, so the hook it swaps is never half changed."""
+        self._collecting = on
+        if on:
+            vars(self)["forward"] = self._pending.append  # a C function: the cheapest hook
+        else:
+            vars(self).pop("forward", None)
+
+    def _forward_full(self, node: Value) -> None:
+        """Buffer the `forward` of `node`, after what its parents need (see _check_parent)."""
         id_ = node._id
         if self._starting:
             self._since, self._starting = id_, False
@@ -154,7 +378,7 @@ class Tracer:
                 self._forget()
         buffer = self.buffer
         if len(buffer) // RECORD + self._extra_in - self._extra_out >= self.max_buffer:
-            self.lost += 1
+            self._lose(1)
             return
         # The node itself: its id, op and parents never change, so they are read when the
         # event is drained; data and label are taken now.
@@ -175,23 +399,47 @@ class Tracer:
         """A label set after the node was made: a `label` event if the viewers know the node.
         A node they do not know (made under `no_grad()`, before tracing started, or
         forgotten) is not announced for its label: it is announced, label and all, when a
-        traced node uses it (docs/protocol.md)."""
-        if self._is_known(node):
-            self._emit((LABEL, perf_counter_ns(), node._id, node.label, None))
+        traced node uses it (docs/protocol.md). A collected node's label is read when the
+        step is compared or sent."""
+        if not (self._collecting or self._silent):
+            if self._is_known(node):
+                self._emit((LABEL, perf_counter_ns(), node._id, node.label, None))
+            return
+        with self._lock:
+            if self._is_known(node):
+                self._emit((LABEL, perf_counter_ns(), node._id, node.label, None))
+            elif self._silent:  # perhaps a node of the step whose pass runs: compared already
+                self._spoiled = True
 
     def backward_begin(self, root: Value) -> None:
-        self.passes += 1
-        self._open.append([self.passes, 0])
-        self._emit((BACKWARD_BEGIN, perf_counter_ns(), root._id, self.passes, None))
+        with self._lock:
+            if self._explicit:  # numbered when the step ends (`end_step`)
+                self._open.append([0, 0, [], root])
+                return
+            self.passes += 1
+            nested = bool(self._open)
+            self._open.append([self.passes, 0, [], root])
+            if nested:
+                if self._silent:
+                    self._go_loud()
+                self._emit((BACKWARD_BEGIN, perf_counter_ns(), root._id, self.passes, None))
+                return
+            self._close_step()
+            if not self._silent:
+                self._emit((BACKWARD_BEGIN, perf_counter_ns(), root._id, self.passes, None))
 
     def backward(self, node: Value) -> None:
         # node.grad is this pass's gradient: backward() sets aside what earlier passes left
         # and adds it back after backward_end (see docs/protocol.md).
+        entry = self._open[-1]
+        entry[1] += 1
+        entry[2].append(node)
+        if self._silent or self._explicit:
+            return
         if (node._opdef is None or node._id < self._since) and not self._is_known(node):
             self._announce(node)
-        self._open[-1][1] += 1
         if self.pending() >= self.max_buffer:
-            self.lost += 1
+            self._lose(1)
             return
         self.buffer.extend((BACKWARD, perf_counter_ns(), node._id, node._grad, None))
 
@@ -200,40 +448,313 @@ class Tracer:
 
         One buffered item for the whole chunk: the nodes' ids and grads, read now.
         """
+        entry = self._open[-1]
+        entry[1] += len(nodes)
+        entry[2] += nodes
+        if self._silent or self._explicit:
+            return
+        self._announce_unknown(nodes)
+        self._steps(nodes)
+
+    def _announce_unknown(self, nodes: list[Value]) -> None:
+        """Announce the nodes of backward steps that the viewers do not know: leaves, and
+        nodes made before tracing started."""
         since = self._since
         for node in [n for n in nodes if n._opdef is None or n._id < since]:
             if not self._is_known(node):
                 self._announce(node)
-        self._open[-1][1] += len(nodes)
-        self._steps(nodes)
 
-    def _steps(self, nodes: list[Value]) -> None:
+    def _steps(self, nodes: list[Value], grads: list[float] | None = None) -> None:
         count = len(nodes)
         if self.pending() + count > self.max_buffer:
-            self.lost += count
+            self._lose(count)
             return
         ids = [node._id for node in nodes]
-        grads = [node._grad for node in nodes]
+        if grads is None:
+            grads = [node._grad for node in nodes]
         self._extra_in += count - 1
         self.buffer.extend((BACKWARD_STEPS, perf_counter_ns(), ids, grads, None))
 
+    def _chunked_steps(self, nodes: list[Value], grads: list[float]) -> None:
+        """The steps of a pass that was not sent while it ran, in chunks as the engine
+        reports them (reverse.TRACE_CHUNK: a viewer sees the pass advance)."""
+        self._announce_unknown(nodes)
+        for start in range(0, len(nodes), 256):
+            self._steps(nodes[start : start + 256], grads[start : start + 256])
+
     def backward_end(self, root: Value) -> None:
-        pass_, _ = self._open.pop()
-        self._emit((BACKWARD_END, perf_counter_ns(), root._id, pass_, None))
+        with self._lock:
+            if self._explicit:
+                nodes = self._open.pop()[2]
+                self._merged.append((nodes, list(map(_get_grad, nodes)), root))
+                self._explicit_step_asked()
+                return
+            if len(self._open) > 1:  # a pass run inside a pass: it ends no step
+                pass_ = self._open.pop()[0]
+                self._emit((BACKWARD_END, perf_counter_ns(), root._id, pass_, None))
+                return
+            pass_, _, order, _ = self._open[0]
+            nodes = self._closed
+            if self._silent:
+                structure = self._structure
+                if (
+                    not self._spoiled
+                    and structure is not None
+                    and structure.same_pass(order, root, self._pool)
+                ):
+                    self._open.pop()
+                    self._silent = False
+                    self._compact_step(nodes, pass_)
+                    self._closed = self._pool = []
+                    self._step_asked_in_pass()
+                    return
+                self._go_loud()
+            self._open.pop()
+            self._emit((BACKWARD_END, perf_counter_ns(), root._id, pass_, None))
+            self._end_step(nodes, order, root, pass_)
+            self._closed = self._pool = []
+            self._step_asked_in_pass()
 
     def backward_failed(self, root: Value, nodes: list[Value], error: BaseException) -> None:
         """The pass over `nodes` (backward's topological order) raised `error`, and the
         engine put every grad back as it was before the pass. Viewers hold the grads the pass
         reported: report those nodes again with the grads they have now, then end the pass
         with its `error` (docs/protocol.md), so that viewers, snapshots and recordings hold
-        what the engine holds."""
-        pass_, reported = self._open.pop()
-        if reported:
-            # Steps run from the root (the last node) down: the first `reported` of them.
-            self._steps(nodes[: -reported - 1 : -1])
-        self._emit((BACKWARD_END, perf_counter_ns(), root._id, pass_, _why(error)))
+        what the engine holds. A failed pass ends no step: the step goes on, as events."""
+        with self._lock:
+            if self._explicit:  # it added nothing: the step's merged pass leaves it out
+                self._open.pop()
+                self._explicit_step_asked()
+                return
+            if self._silent:
+                self._go_loud()
+            pass_, reported, _, _ = self._open.pop()
+            if reported:
+                # Steps run from the root (the last node) down: the first `reported` of them.
+                self._steps(nodes[: -reported - 1 : -1])
+            self._emit((BACKWARD_END, perf_counter_ns(), root._id, pass_, _why(error)))
+            if not self._open:  # the step's nodes, sent, stay the step's
+                self._pending[0:0] = self._closed
+                self._sent += len(self._closed)
+                self._flushed = True
+                self._oversize |= not self._closed_ok
+                self._closed = self._pool = []
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def end_step(self) -> None:
+        """`opgraph.step()`: the step ends here, not at the end of each pass (from now on).
+        Called during a pass (from a hook), it ends the step when the pass ends."""
+        with self._lock:
+            if self._open:
+                self._step_asked = True
+                return
+            self._explicit = True
+            self._end_explicit()
+
+    def _step_asked_in_pass(self) -> None:
+        # step() called during the pass that just ended this step: it asked for that end.
+        if self._step_asked:
+            self._step_asked = False
+            self._explicit = True
+
+    def _explicit_step_asked(self) -> None:
+        if self._step_asked and not self._open:
+            self._step_asked = False
+            self._end_explicit()
+
+    def _take_step(self) -> tuple[list[Value], int, bool]:
+        """The collected nodes of the step that ends, how many of them were sent, and whether
+        the step may be compared with the structure; the next step starts empty."""
+        pending, sent = self._pending, self._sent
+        nodes = pending[:]
+        del pending[: len(nodes)]  # (the engine's thread, or it waits for the lock: atomic)
+        self._sent = 0
+        comparable = self._collecting and not self._flushed and not self._oversize
+        self._closed_ok = not self._oversize
+        self._flushed = self._oversize = False
+        return nodes, sent, comparable and bool(nodes) and self._structure is not None
+
+    def _close_step(self) -> None:
+        """The outermost pass begins: it ends the step of the nodes collected so far. If they
+        have the known structure, the pass runs silent; else they go out as events."""
+        nodes, sent, comparable = self._take_step()
+        self._closed = nodes
+        structure = self._structure
+        if comparable and structure is not None:
+            pool = structure.pool(nodes)
+            if structure.same_nodes(nodes, pool):
+                self._silent, self._spoiled, self._pool = True, False, pool
+                return
+        self._send(nodes[sent:])
+
+    def _go_loud(self) -> None:
+        """The silent pass's step goes out as events after all: its nodes, the pass's begin
+        and the steps it ran so far."""
+        self._silent = False
+        pass_, _, order, root = self._open[0]
+        self._send(self._closed)
+        self._emit((BACKWARD_BEGIN, perf_counter_ns(), root._id, pass_, None))
+        # (Each step's grad is final once it ran: later steps add only to nodes after it.)
+        self._chunked_steps(order, list(map(_get_grad, order)))
+
+    def _end_explicit(self) -> None:
+        """opgraph.step(): the step's nodes and its passes, merged into one pass."""
+        nodes, sent, comparable = self._take_step()
+        merged, self._merged = self._merged, []
+        if not merged:  # no pass: no step, its nodes go out as events
+            self._send(nodes[sent:])
+            return
+        order, grads, root = _merge(merged)
+        self.passes += 1
+        structure = self._structure
+        if comparable and structure is not None:
+            pool = structure.pool(nodes)
+            if structure.same_nodes(nodes, pool) and structure.same_pass(order, root, pool):
+                self._compact_step(nodes, self.passes, (order, grads))
+                return
+        self._send(nodes[sent:])
+        self._emit((BACKWARD_BEGIN, perf_counter_ns(), root._id, self.passes, None))
+        self._chunked_steps(order, grads)
+        self._emit((BACKWARD_END, perf_counter_ns(), root._id, self.passes, None))
+        self._end_step(nodes, order, root, self.passes, grads)
+
+    def _compact_step(
+        self,
+        nodes: list[Value],
+        pass_: int,
+        merged: tuple[list[Value], list[float]] | None = None,
+        silent: bool = True,
+    ) -> None:
+        """A step of the known structure: one STEP record with its numbers (`silent`: and
+        nothing else, its nodes and pass were not sent). The grads are the nodes' own (this
+        pass's: backward_end comes before backward adds back what earlier passes left), or
+        `merged`'s, a merged pass's nodes and grads (opgraph.step())."""
+        structure = self._structure
+        assert structure is not None
+        first = nodes[0]._id
+        if self._starting:
+            self._since, self._starting = first, False
+        self._last_id = nodes[-1]._id
+        inputs = structure.inputs
+        typecode = DTYPES[self.dtype]
+        data = array(typecode, map(_get_data, nodes))
+        data.extend(map(_get_data, inputs))
+        if merged is None:
+            grads = array(typecode, map(_get_grad, nodes))
+            grads.extend(map(_get_grad, inputs))
+            for i in structure.unreached:
+                grads[i] = 0.0
+        else:
+            grads = array(typecode, bytes(len(data) * data.itemsize))  # zeros
+            where = {id(node): i for i, node in enumerate([*nodes, *inputs])}
+            for node, grad in zip(*merged, strict=True):
+                grads[where[id(node)]] = grad
+        if self.pending() >= self.max_buffer:  # lost: its numbers are not spent
+            self._lose(1)
+            if silent:  # (nothing else used its pass's number)
+                self.passes -= 1
+            return
+        self.steps += 1
+        head = (self.steps, structure.number, first, pass_)
+        self.buffer.extend((STEP, perf_counter_ns(), head, data, grads))
+        known = self._known
+        for x in inputs:  # the leaves' data was sent: a later `data` check compares with it
+            if x._opdef is None:
+                known[x._id] = x._data
+        self._troubles_at = self._troubles
+
+    def _end_step(
+        self,
+        nodes: list[Value],
+        order: list[Value],
+        root: Value,
+        pass_: int,
+        grads: list[float] | None = None,
+    ) -> None:
+        """A step that went out as events ended: its STRUCTURE and STEP records (unless it
+        has no nodes or too many, or events were lost meanwhile), and it is the structure
+        that later steps are compared with."""
+        troubled = self._troubles != self._troubles_at
+        self._troubles_at = self._troubles
+        if troubled:  # viewers may lack some of its nodes: no structure to build on
+            self._structure = None
+            self._collect(False)
+            return
+        if not nodes or not self._closed_ok:
+            return
+        defined = _define(self.structures + 1, nodes, order, root)
+        if defined is None:  # too big for a structure
+            return
+        structure, (arrays, root_index) = defined
+        if self.pending() + 2 > self.max_buffer:
+            self._lose(2)
+            self._troubles_at = self._troubles
+            self._structure = None
+            self._collect(False)
+            return
+        self.structures += 1
+        self._emit((STRUCTURE, perf_counter_ns(), structure.number, arrays, root_index))
+        self._structure = structure
+        self._collect(True)
+        merged = None if grads is None else (order, grads)
+        self._compact_step(nodes, pass_, merged, silent=False)
+
+    def _send(self, nodes: list[Value]) -> None:
+        """Send collected nodes as events, as the forward hook does when it sends them."""
+        for node in nodes:
+            self._forward_full(node)
+
+    def _send_unsent(self) -> None:
+        """Send the step's collected nodes that wait (lock held, the engine's or the
+        consumer's thread): the step then goes out as events (a new structure)."""
+        if self._silent:
+            self._spoiled = True
+            return
+        pending, sent = self._pending, self._sent
+        count = len(pending)
+        if count > sent:
+            self._send(pending[sent:count])
+            self._sent = count
+            self._flushed = True
+
+    def _trim(self) -> None:
+        """The step outgrew MAX_STEP: it gets no structure, and its sent nodes are let go."""
+        del self._pending[: self._sent]
+        self._sent = 0
+        self._oversize = True
+
+    def _flush_idle(self) -> None:
+        """The consumer's side: send the collected nodes once the engine has added none for
+        `idle_ns` (no pass came: a notebook, an evaluation), or once they are too many."""
+        count = len(self._pending)
+        waiting = count - self._sent
+        if waiting <= 0 or self._silent:
+            self._watch = (count, 0)
+            return
+        now = perf_counter_ns()
+        if self._watch[0] != count:  # the engine added some since the last look
+            self._watch = (count, now)
+        if waiting <= MAX_STEP and now - self._watch[1] < self.idle_ns:
+            return
+        with self._lock:
+            if self._collecting and not self._silent:
+                self._send_unsent()
+                if self._sent > MAX_STEP:
+                    self._trim()
 
     # --- data changes and late announcements ----------------------------------------------
+
+    def _unsent_from(self) -> float:
+        """The id of the first collected node not sent yet (inf if none): it and the nodes
+        made after it are not known to the viewers."""
+        if self._silent:
+            return self._closed[0]._id
+        if self._collecting:
+            pending, sent = self._pending, self._sent
+            if len(pending) > sent:
+                return pending[sent]._id
+        return math.inf
 
     def _is_known(self, node: Value) -> bool:
         """Whether the viewers were told about `node` (and it was not forgotten since)."""
@@ -243,19 +764,24 @@ class Tracer:
         if node._opdef is None:
             return False  # leaves are all in _known
         if id_ >= self._since:
-            return True
+            return id_ < self._unsent_from()
         return any(first <= id_ < end for first, end in self._ranges)
 
     def touch(self, values: Iterable[Value]) -> None:
-        """Announce the current data of `values` now if it changed since it was last sent."""
-        for value in values:
-            announced = self._known.get(value._id, _MISSING)
-            if announced is _MISSING and self._is_known(value):
-                # made while traced but not remembered (not a leaf): send its data anyway
-                self._known[value._id] = value._data
-                self._emit((DATA, perf_counter_ns(), value._id, value._data, None))
-            else:
-                self._check(value, announced)
+        """Announce the current data of `values` now if it changed since it was last sent
+        (the step's collected nodes go out first, as events)."""
+        with self._lock:
+            if self._silent:
+                self._go_loud()
+            self._send_unsent()
+            for value in values:
+                announced = self._known.get(value._id, _MISSING)
+                if announced is _MISSING and self._is_known(value):
+                    # made while traced but not remembered (not a leaf): send its data anyway
+                    self._known[value._id] = value._data
+                    self._emit((DATA, perf_counter_ns(), value._id, value._data, None))
+                else:
+                    self._check(value, announced)
 
     def _check(self, node: Value, announced: Any) -> None:
         if announced is _MISSING:
@@ -307,20 +833,28 @@ class Tracer:
 
     def _emit(self, event: tuple) -> None:
         if self.pending() >= self.max_buffer:
-            self.lost += 1
+            self._lose(1)
         else:
             self.buffer.extend(event)
+
+    def _lose(self, count: int) -> None:
+        """`count` events did not fit in the buffer."""
+        self.lost += count
+        self._troubles += 1
 
     # --- the consumer's side --------------------------------------------------------------
 
     def drain(self, limit: int = 1 << 62) -> list[Any]:
         """Take buffered records, oldest first, until they hold `limit` events (the last
         record, a chunk of backward steps, may pass it) or none is left, as a flat list of
-        fields (see `records`).
+        fields (see `records`). Collected nodes the engine left waiting (`_flush_idle`) are
+        sent first.
 
         Thread-safe against the engine, which adds whole records at the end only: the
         records are copied from the front, then deleted from it.
         """
+        if self._collecting:
+            self._flush_idle()
         buffer = self.buffer
         fields = buffer[: min(len(buffer) // RECORD, limit) * RECORD]
         kinds = fields[::RECORD]
@@ -343,6 +877,51 @@ class Tracer:
         """The fields of `hello` that describe this tracer's engine."""
         ops = self.engine.ops.definitions
         return {"engine": self.engine.name, "ops": {n: op.plugin for n, op in ops.items()}}
+
+
+def _merge(passes: list[tuple[list[Value], list[float], Value]]) -> tuple[list, list, Value]:
+    """Several passes of one step as one (opgraph.step()): each node once, in the order the
+    passes first reached it, with the sum of its grads; the last pass's root."""
+    if len(passes) == 1:
+        return passes[0]
+    total: dict[Value, float] = {}
+    for nodes, grads, _ in passes:
+        for node, grad in zip(nodes, grads, strict=True):
+            total[node] = total.get(node, 0.0) + grad
+    return list(total), list(total.values()), passes[-1][2]
+
+
+def _define(
+    number: int, nodes: list[Value], order: list[Value], root: Value
+) -> tuple[_Structure, tuple] | None:
+    """The structure of a step (its nodes, in creation order, and its pass), and the
+    STRUCTURE record's arrays and root; None if it has more than MAX_STEP nodes and inputs.
+    Its inputs: the operands made before the step, in order of first use, then the other
+    nodes the pass reached (made before the step too)."""
+    where = {n._id: i for i, n in enumerate(nodes)}
+    inputs: dict[int, Value] = {}
+    for node in nodes:
+        for parent in node._prev:
+            if parent._id not in where:
+                inputs.setdefault(parent._id, parent)
+    for node in order:
+        if node._id not in where:
+            inputs.setdefault(node._id, node)
+    if root._id not in where:
+        inputs.setdefault(root._id, root)
+    if len(nodes) + len(inputs) > MAX_STEP:
+        return None
+    where.update((id_, len(nodes) + k) for k, id_ in enumerate(inputs))
+    # (An input made during the step, a value made under no_grad() between its nodes, is
+    # another object in the next step: no later step matches, each goes out as events.)
+    structure = _Structure(number, nodes, list(inputs.values()), where, order, root)
+    arrays = (
+        array("Q", map(_get_id, nodes)),
+        array("I", structure.offsets),
+        array("Q", inputs),
+        array("I", [where[n._id] for n in order]),
+    )
+    return structure, (arrays, where[root._id])
 
 
 def touch(values: Iterable[Value]) -> None:

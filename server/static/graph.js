@@ -251,6 +251,21 @@ export class Graph {
     return { root: root ?? null, pass, steps: withGrads, done: true };
   }
 
+  /**
+   * The last pass stands for a later one over the same nodes, numbered `pass` (a
+   * values-only training step: steps.js): its number changes, what it reached stays. The
+   * version stays too: the graph's shape and looks did not change.
+   */
+  renumberLastPass(pass) {
+    const last = this.lastPass;
+    const old = last.pass;
+    last.pass = pass;
+    for (const node of this.order) if (node.bwPass === old) node.bwPass = pass;
+    for (const group of this.groups.values()) if (group.bwPass === old) group.bwPass = pass;
+    for (const unit of this.scopes.byPath.values()) if (unit.bwPass === old) unit.bwPass = pass;
+    for (const unit of this.scopes.loose.values()) if (unit.bwPass === old) unit.bwPass = pass;
+  }
+
   /** A node's backward step ran: it now holds its grad for this pass. */
   backwardStep(id, grad) {
     let current = this.lastPass;

@@ -12,6 +12,7 @@ import { range } from "./timeline.js";
 export class History {
   /** The History of node `id` (a section element), or null when no step names it. */
   historySection(id) {
+    if (this.steps.records.length < 2) return null; // one step: its numbers are the facts above
     const series = this.steps.series(id);
     if (!series.steps.length) return null;
     let view = this.historyView;

@@ -55,7 +55,7 @@ export class Panel {
   // than the window that keeps every node's numbers (steps.js).
   keptText(node) {
     const record = this.shownRecord;
-    if (!record) return {};
+    if (!record || this.steps.records.length < 2) return {}; // one step: nothing to tell apart
     const structure = this.steps.structures.get(record.structure);
     const index = structure?.index.get(node.id);
     if (index === undefined) return {};

@@ -123,7 +123,7 @@ export class Receiving {
       case "label": this.graph.setLabel(event.id, event.label); break;
       case "dropped": this.dropped += event.count ?? 0; break;
       case "run": this.run(event); break;
-      case "structure": this.structureEvent(event, target); break;
+      case "structure": this.structureEvent(event); break;
       case "step": this.stepEvent(event); break;
       case "history": this.historyEvent(event); break;
       default: return; // unknown kinds are ignored: the protocol grows by adding them
@@ -142,8 +142,8 @@ export class Receiving {
 
   // Steps (docs/protocol.md): the store checks what needs its state, then keeps them; a
   // live step is shown on the graph (timeline.js), a snapshot's once the snapshot is in.
-  structureEvent(event, target) {
-    const problem = this.steps.structureProblem(event, (id) => target.nodes.has(id), this.staging !== null);
+  structureEvent(event) {
+    const problem = this.steps.structureProblem(event, this.staging !== null);
     if (problem) return this.reject(`'structure' event: ${problem}`, event);
     this.steps.addStructure(event);
   }
@@ -152,6 +152,7 @@ export class Receiving {
     const problem = this.steps.stepProblem(event, this.staging !== null);
     if (problem) return this.reject(`'step' event: ${problem}`, event);
     const record = this.steps.addStep(event);
+    if (!record) return this.notice(`Step ${event.step}'s graph is no longer kept: its numbers are not shown.`);
     if (!this.staging) this.trainingStepArrived(record);
   }
 
@@ -248,7 +249,9 @@ export class Receiving {
     }
     this.graph = fresh;
     this.lastSeq = event.seq ?? this.lastSeq;
-    if (this.steps.latest) this.trainingStepArrived(this.steps.latest);
+    // The snapshot's nodes hold the numbers as they are now (events after the latest step
+    // included): the latest step's map is not applied again (docs/protocol.md).
+    if (this.steps.latest) this.trainingStepArrived(this.steps.latest, false);
     if (this.selected !== null && typeof this.selected === "number" && !fresh.nodes.has(this.selected)) {
       this.selected = null;
     }

@@ -6,11 +6,16 @@
 //
 // API (for the timeline, the panel and the group views):
 //   new StepStore({ historySteps = 10_000, windowSteps = 100 })
-//   store.structureProblem(event, knows) / store.addStructure(event)
-//       why a `structure` map is invalid (knows(id): does the graph have that node?), or
-//       null; then keep it. Returns the Structure.
+//   store.structureProblem(event, inSnapshot) / store.addStructure(event)
+//       why a `structure` map is invalid, or null; then keep it. Returns the Structure.
+//       Its ids must not be above the highest id announced (a stream can be endless: a
+//       node the page dropped is still "known"). At most MAX_STRUCTURES structures and
+//       MAX_STRUCTURE_ITEMS nodes and inputs in all are kept, the least recently used
+//       dropped first (never the current one); a `step` of a dropped one is skipped
+//       (counted in store.skipped), not kept.
 //   store.stepProblem(event, inSnapshot) / store.addStep(event) -> the step's Record
-//   store.historyProblem(event) / store.addHistory(event)   a snapshot's `history`
+//   store.historyProblem(event) / store.addHistory(event)   a snapshot's `history` (of a
+//                                 structure the page does not have: the loss only)
 //   store.noteId(id)              an id used by a `forward`/`node` (a step's nodes are new)
 //   store.alias(id)               the graph's id for an id of the latest step's nodes
 //                                 (first + offsets[i] -> the structure's ids[i]); others as is
@@ -42,6 +47,8 @@
 export const HISTORY_STEPS = 10_000;
 export const WINDOW_STEPS = 100;
 export const MAX_ITEMS = 500_000; // n + e of one structure (docs/protocol.md)
+export const MAX_STRUCTURES = 1_000; // as a hub keeps (docs/protocol.md, "Hub memory")
+export const MAX_STRUCTURE_ITEMS = 2_000_000; // nodes and inputs of all kept structures
 const MAX_ID = Number.MAX_SAFE_INTEGER;
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
@@ -101,6 +108,9 @@ export class StepStore {
     this.latest = null;
     this.current = null; // the latest step's structure
     this.lastStructure = 0; // the number of the last structure defined live
+    this.lastStep = 0; // the number of the last step (kept or skipped)
+    this.items = 0; // nodes and inputs of the kept structures
+    this.skipped = 0; // steps of a structure no longer kept
     this.lastPass = 0; // the pass of the last step (or backward_begin, via notePass)
     this.maxId = -1; // the highest node id used so far
     this.justDefined = null; // a structure whose defining step has not come yet
@@ -134,8 +144,8 @@ export class StepStore {
 
   // --- structure ---
 
-  /** Why a (shape-checked) `structure` map cannot be kept, or null; `knows(id)`: a node of the graph. */
-  structureProblem(event, knows, inSnapshot = false) {
+  /** Why a (shape-checked) `structure` map cannot be kept, or null. */
+  structureProblem(event, inSnapshot = false) {
     if (!inSnapshot && event.structure !== this.lastStructure + 1) {
       return `'structure' must be ${this.lastStructure + 1} (one more than the previous structure's)`;
     }
@@ -148,9 +158,10 @@ export class StepStore {
       if (offsets[i] <= offsets[i - 1]) return "'offsets' must increase";
       if (ids[i] <= ids[i - 1]) return "'ids' must increase";
     }
-    for (let i = 0; i < n; i++) if (!knows(ids[i])) return `'ids' names node ${ids[i]}, which this viewer does not have`;
+    // Known nodes: none above the highest id announced (ids increase, so the last is the top).
+    if (ids[n - 1] > this.maxId) return `'ids' names node ${ids[n - 1]}, which was never announced`;
     for (let i = 0; i < inputs.length; i++) {
-      if (!knows(inputs[i])) return `'inputs' names node ${inputs[i]}, which this viewer does not have`;
+      if (inputs[i] > this.maxId) return `'inputs' names node ${inputs[i]}, which was never announced`;
     }
     const seen = new Uint8Array(total);
     for (let i = 0; i < order.length; i++) {
@@ -177,10 +188,11 @@ export class StepStore {
       offsets: d?.offsets ?? u4(event.offsets), order: d?.order ?? u4(event.order),
       first: ids[0], nodes: null, nodesGraph: null,
     };
-    const old = this.structures.get(structure.number);
-    if (old) this.bytes -= structureBytes(old);
+    this.forget(this.structures.get(structure.number));
     this.structures.set(structure.number, structure);
     this.bytes += structureBytes(structure);
+    this.items += n + e;
+    this.bound(structure);
     this.lastStructure = Math.max(this.lastStructure, structure.number);
     this.justDefined = structure;
     for (let i = 0; i < n; i++) this.noteId(ids[i]);
@@ -188,12 +200,36 @@ export class StepStore {
     return structure;
   }
 
+  forget(structure) {
+    if (!structure) return;
+    this.structures.delete(structure.number);
+    this.bytes -= structureBytes(structure);
+    this.items -= structure.n + structure.e;
+  }
+
+  // At most MAX_STRUCTURES structures and MAX_STRUCTURE_ITEMS items: the least recently
+  // used go first (a Map iterates in insertion order; a used one is moved to its end).
+  bound(keep) {
+    for (const structure of this.structures.values()) {
+      if (this.structures.size <= MAX_STRUCTURES && this.items <= MAX_STRUCTURE_ITEMS) break;
+      if (structure !== keep && structure !== this.current) this.forget(structure);
+    }
+  }
+
+  used(structure) {
+    this.structures.delete(structure.number);
+    this.structures.set(structure.number, structure);
+  }
+
   // --- step ---
 
   /** Why a (shape-checked) `step` map cannot be kept, or null. */
   stepProblem(event, inSnapshot = false) {
     const structure = this.structures.get(event.structure);
-    if (!structure) return `'structure' ${event.structure} was never defined`;
+    if (!structure) {
+      return event.structure <= this.lastStructure && !inSnapshot ? null // dropped: addStep skips it
+        : `'structure' ${event.structure} was never defined`;
+    }
     const size = event.dtype === "f4" ? 4 : 8;
     const bytes = (structure.n + structure.e) * size;
     if (event.data.length !== bytes || event.grad.length !== bytes) {
@@ -201,21 +237,28 @@ export class StepStore {
     }
     if (event.first + structure.offsets[structure.n - 1] > MAX_ID) return "'first' + the last offset is above 2^53 - 1";
     if (inSnapshot) return null;
-    const last = this.latest?.step;
-    if (last !== undefined && event.step !== last + 1) return `'step' must be ${last + 1}`;
-    const defining = this.justDefined === structure;
-    if (!defining && event.first <= this.maxId) {
-      return `'first' must be above every id used before (${this.maxId})`;
+    const last = this.lastStep;
+    if (last && event.step !== last + 1) return `'step' must be ${last + 1}`;
+    if (this.justDefined === structure) { // the step that defined it: its nodes were announced
+      if (event.first !== structure.ids[0]) return "'first' must be the first id of the structure's step";
+      if (event.pass > this.lastPass) return `'pass' must be a pass sent before (at most ${this.lastPass})`;
+      return null;
     }
-    if (defining && event.first !== structure.ids[0]) return "'first' must be the first id of the structure's step";
-    const pass = defining ? this.lastPass : this.lastPass + 1;
-    if (this.lastPass && event.pass !== pass) return `'pass' must be ${pass}`;
+    if (event.first <= this.maxId) return `'first' must be above every id used before (${this.maxId})`;
+    if (this.lastPass && event.pass !== this.lastPass + 1) return `'pass' must be ${this.lastPass + 1}`;
     return null;
   }
 
   addStep(event) {
     const structure = this.structures.get(event.structure);
     this.justDefined = null;
+    this.lastStep = Math.max(this.lastStep, event.step);
+    this.notePass(event.pass);
+    if (!structure) { // a structure dropped to bound memory: the step's numbers cannot be read
+      this.skipped++;
+      return null;
+    }
+    this.used(structure);
     const data = floats(event.data, event.dtype), grad = floats(event.grad, event.dtype);
     const n = structure.n;
     const record = {
@@ -224,7 +267,6 @@ export class StepStore {
     };
     structure.first = event.first;
     this.noteId(event.first + structure.offsets[n - 1]);
-    this.notePass(event.pass);
     this.current = structure;
     this.insert(record);
     this.latest = this.records[this.records.length - 1];
@@ -273,14 +315,14 @@ export class StepStore {
 
   /** Why a (shape-checked) snapshot `history` map cannot be used, or null. */
   historyProblem(event) {
-    const structure = this.structures.get(event.structure);
-    if (!structure) return `'structure' ${event.structure} was never defined`;
+    const structure = this.structures.get(event.structure); // absent: the loss is still used
     const steps = u8(event.steps);
     if (!steps) return "'steps' must be integers of at most 2^53 - 1";
     const h = steps.length;
     if (event.loss.length !== 8 * h) return `'loss' must hold ${h} numbers`;
     if (event.from > h) return `'from' must be at most ${h}`;
     for (let i = 1; i < h; i++) if (steps[i] <= steps[i - 1]) return "'steps' must increase";
+    if (!structure) return null;
     const rows = (h - event.from) * structure.e * 8;
     if (event.data.length !== rows || event.grad.length !== rows) {
       return `'data' and 'grad' must hold ${h - event.from} rows of ${structure.e} numbers`;
@@ -291,15 +333,15 @@ export class StepStore {
   /** Fill the records a late joiner missed: the loss of each kept step, and the inputs'
    * numbers of those of the current structure; records this viewer has are kept. */
   addHistory(event) {
-    const structure = this.structures.get(event.structure);
+    const structure = this.structures.get(event.structure) ?? null; // null: the loss only
     const steps = u8(event.steps), loss = floats(event.loss);
     const data = floats(event.data), grad = floats(event.grad);
-    const e = structure.e;
+    const e = structure?.e ?? 0;
     const records = steps.length > this.historySteps ? this.historySteps : steps.length;
     for (let i = steps.length - records; i < steps.length; i++) {
       if (this.record(steps[i])) continue;
       const row = i - event.from;
-      const own = row >= 0;
+      const own = row >= 0 && structure !== null;
       this.insert({
         step: steps[i], structure: own ? structure.number : 0, pass: 0, loss: loss[i],
         inputData: own ? data.slice(row * e, row * e + e) : new Float64Array(0),
@@ -308,6 +350,7 @@ export class StepStore {
       });
     }
     this.latest = this.records[this.records.length - 1] ?? null;
+    if (steps.length) this.lastStep = Math.max(this.lastStep, steps[steps.length - 1]);
     this.version++;
   }
 

@@ -30,12 +30,28 @@ export class Timeline {
     $("loss-details").ontoggle = () => { this.timelineKey = null; this.requestDraw(); };
   }
 
-  /** A step was recorded (live, or a snapshot's latest): shown at once while following. */
-  trainingStepArrived(record) {
+  /**
+   * A step was recorded (live, or a snapshot's latest): shown at once while following. A
+   * snapshot's nodes already hold the newest numbers (`apply` false).
+   */
+  trainingStepArrived(record, apply = true) {
+    this.keepPassWithStep(record);
     const shown = this.shownStep === null ? record : this.steps.record(this.shownStep);
-    if (shown) this.steps.show(shown, this.graph);
+    if (shown && (apply || this.shownStep !== null)) this.steps.show(shown, this.graph);
     if (this.shownStep !== null && !shown) this.shownStep = null; // the shown step was dropped
     this.valuesChanged(false);
+  }
+
+  // A values-only step stands for its pass too: the graph's last pass, which reached the
+  // structure's nodes, takes the step's pass number (so the status bar and the stepping say
+  // pass 30 at step 30, as for a viewer that joined then). `structure.pass`: the number
+  // the graph's pass over the structure has.
+  keepPassWithStep(record) {
+    const structure = this.steps.structures.get(record.structure);
+    const last = this.graph.lastPass;
+    if (!structure || !last || !last.done || last.error !== undefined) return;
+    if (last.pass !== record.pass && last.pass === structure.pass) this.graph.renumberLastPass(record.pass);
+    if (last.pass === record.pass) structure.pass = record.pass;
   }
 
   /** Show step number `step` on the graph (null: the newest, and follow new ones). */
@@ -138,12 +154,15 @@ export class Timeline {
     this.requestDraw();
   }
 
-  /** The timeline bar, redrawn when the steps or the shown step changed. */
+  /**
+   * The timeline bar, redrawn when the steps or the shown step changed. It appears with
+   * the second step: one backward pass (a single step) has nothing to scrub.
+   */
   updateTimeline() {
     const steps = this.steps;
     const bar = $("timeline");
-    bar.hidden = !steps.latest;
-    if (!steps.latest) return;
+    bar.hidden = steps.records.length < 2;
+    if (bar.hidden) return;
     const open = $("loss-details").open;
     const key = `${steps.version}|${this.shownStep}|${this.compareStep}|${open}`;
     if (key === this.timelineKey) return;
