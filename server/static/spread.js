@@ -19,7 +19,8 @@ const perStructure = new WeakMap(); // a Structure -> {graph, map: group key -> 
 /**
  * The spread of |grad| of `group`'s parameters at every kept step that has their grads
  * (the store keeps every input's grad for its 10,000 steps): {steps, stats, params}, stats
- * holding the five SPREAD_FIELDS of step steps[i] at 5 * i. Null when no step has any.
+ * holding the five SPREAD_FIELDS of step steps[i] at 5 * i. Null when fewer than two steps
+ * have any (a program with one backward pass has nothing to spread over, as the timeline).
  * A step's five numbers are worked out once (records do not change once kept).
  */
 export function gradSpread(store, group, graph) {
@@ -41,7 +42,7 @@ export function gradSpread(store, group, graph) {
     steps.push(record.step);
     for (const value of five) stats.push(value);
   }
-  return steps.length ? { steps, stats, params } : null;
+  return steps.length > 1 ? { steps, stats, params } : null;
 }
 
 // The indexes into a step's inputs of the parameters inside `group`, per structure and graph.
