@@ -54,7 +54,7 @@ class Viewer {
     this.drawRequested = false;
     this.eventsThisSecond = 0;
     this.eventsPerSecond = 0;
-    this.layout = new LayoutClient((result, view) => this.layoutArrived(result, view));
+    this.layout = new LayoutClient((result, view, release) => this.layoutArrived(result, view, release));
     this.tree = new GroupTree($("group-tree"), this);
     this.resetSession();
     this.bindControls();
@@ -95,6 +95,9 @@ class Viewer {
     this.openVersion = 0;
     this.hview = null; // the hierarchical overview as last laid out
     this.hasked = null; // what the last layout request was made from
+    this.describing?.slices.cancel();
+    this.describing = null; // {graph, open, slices}: the overview being described, a slice at a time
+    this.zoomTo = null; // a group just opened: the camera fits it once a layout shows it
     this.componentCache = null;
     this.steps = new StepStore({ // training steps (steps.js); the bounds are page options
       historySteps: Number(params.get("history_steps")) || undefined,

@@ -72,6 +72,7 @@ export class Controls {
     if (open === this.open.has(key)) return;
     if (open) this.open.add(key);
     else this.open.delete(key);
+    this.zoomTo = open ? key : null; // the layout that shows it opened brings it into view
     this.openVersion++;
     this.tree.changed();
     this.requestDraw();

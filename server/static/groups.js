@@ -10,6 +10,8 @@ export const UNIT_H = 56;
 export const FRAME_HEADER = 44; // an open group's title bar, in world units
 export const FRAME_PAD = 14; // around an open group's content
 const COMPONENT_GAP = 120; // world units between separate computations
+const SLICE_WORK = 2000; // units of work between two yields of a sliced generator
+const SLICE_MS = 12; // a slice of sliced work runs this long at most, then lets the page draw
 
 /**
  * The unscoped nodes in bands of ranks (as the plain overview merges ranks so that at most
@@ -69,23 +71,31 @@ export function looseBands(graph) {
  * What the overview shows with the groups of `open` (keys) opened: every shown unit (a
  * group, a band of unscoped nodes, or a node of an open group), the edges between them with
  * counts, and for the root and each open group the description the layout worker lays out.
+ * A generator that yields every SLICE_WORK units of work and returns the description: the
+ * page runs it a slice at a time between frames (`Slices`), so an open group of 20,000 nodes
+ * is never described in one task of a tenth of a second or more.
  */
-export function describeView(graph, open) {
+export function* describing(graph, open) {
   const tree = graph.scopes;
   const { bands, bandOf, split } = looseBands(graph);
   const units = new Map(); // key -> {key, kind, ref, container (a group), first}
   const containers = [tree.root]; // the root and the open groups shown, parents first
   const addUnit = (key, kind, ref, container, first) => units.set(key, { key, kind, ref, container, first });
+  let work = 0;
   for (const band of bands.values()) addUnit(band.key, "band", band, tree.root, band.firstId);
-  const visit = (group) => {
+  function* visit(group) {
     for (const child of group.children.values()) {
       addUnit(child.key, "group", child, group, child.firstId);
-      if (open.has(child.key)) { containers.push(child); visit(child); }
+      if (open.has(child.key)) { containers.push(child); yield* visit(child); }
+      if (++work % SLICE_WORK === 0) yield;
     }
     if (group === tree.root) return;
-    for (const id of group.ids) addUnit(`n:${id}`, "node", graph.nodes.get(id), group, id);
-  };
-  visit(tree.root);
+    for (const id of group.ids) {
+      addUnit(`n:${id}`, "node", graph.nodes.get(id), group, id);
+      if (++work % SLICE_WORK === 0) yield;
+    }
+  }
+  yield* visit(tree.root);
 
   // The shown unit standing for a scope group: its outermost closed group, the group itself
   // included (null when it and every group around it are open: its nodes are shown).
@@ -94,30 +104,35 @@ export function describeView(graph, open) {
     for (let g = group; g && g.parent; g = g.parent) if (!open.has(g.key)) shown = g.key;
     return shown;
   };
+  // (A node that arrived while the description is made, a slice at a time, may have no band
+  // yet: its edges wait for the next description, which its arrival asks for.)
   const shownOf = (node) => {
     const unit = node.unit;
-    if (unit.kind === "loose") return bandOf(node).key;
+    if (unit.kind === "loose") return bandOf(node)?.key ?? null;
     return shownScope(unit) ?? `n:${node.id}`;
   };
   const edges = new Edges();
   const addEdge = (from, to, count) => {
-    if (from !== to && units.has(from) && units.has(to)) edges.add(from, to, count);
+    if (from !== null && to !== null && from !== to && units.has(from) && units.has(to)) edges.add(from, to, count);
   };
   // Edges between groups come from the tree's counts; those with an end in an open group
   // (whose nodes are shown) from the nodes of the open groups, each edge counted once.
   // Split by component, a rank group of unscoped nodes has no single band: edges that
   // touch unscoped nodes are then counted from those nodes.
   for (const link of tree.links.values()) {
+    if (++work % SLICE_WORK === 0) yield;
     if (split && (link.from.kind === "loose" || link.to.kind === "loose")) continue;
-    const from = link.from.kind === "loose" ? bandOf(graph.nodes.get(link.from.ids[0])).key : shownScope(link.from);
-    const to = link.to.kind === "loose" ? bandOf(graph.nodes.get(link.to.ids[0])).key : shownScope(link.to);
-    if (from !== null && to !== null) addEdge(from, to, link.count);
+    const from = link.from.kind === "loose" ? shownOf(graph.nodes.get(link.from.ids[0])) : shownScope(link.from);
+    const to = link.to.kind === "loose" ? shownOf(graph.nodes.get(link.to.ids[0])) : shownScope(link.to);
+    addEdge(from, to, link.count);
   }
   if (split) {
     for (const loose of tree.loose.values()) {
       for (const id of loose.ids) {
+        if (++work % SLICE_WORK === 0) yield;
         const node = graph.nodes.get(id);
-        const key = bandOf(node).key;
+        const key = shownOf(node);
+        if (key === null) continue;
         for (const parent of node.parents) {
           const other = graph.nodes.get(parent);
           if (other) addEdge(shownOf(other), key, 1);
@@ -126,7 +141,7 @@ export function describeView(graph, open) {
           const other = graph.nodes.get(child);
           if (!other || other.unit.kind === "loose") continue;
           const to = shownOf(other);
-          if (!to.startsWith("n:")) addEdge(key, to, 1);
+          if (to !== null && !to.startsWith("n:")) addEdge(key, to, 1);
         }
       }
     }
@@ -134,6 +149,7 @@ export function describeView(graph, open) {
   for (const group of containers) {
     if (group === tree.root) continue;
     for (const id of group.ids) {
+      if (++work % SLICE_WORK === 0) yield;
       const node = graph.nodes.get(id);
       const key = `n:${id}`;
       for (const parent of node.parents) {
@@ -145,21 +161,27 @@ export function describeView(graph, open) {
         if (!other) continue;
         if (split && other.unit.kind === "loose") continue; // counted from the unscoped node
         const to = shownOf(other);
-        if (!to.startsWith("n:")) addEdge(key, to, 1); // node to node: counted by the child
+        if (to !== null && !to.startsWith("n:")) addEdge(key, to, 1); // node to node: counted by the child
       }
     }
   }
-  return { units, edges: edges.list, containers, bands, requests: layoutRequests(units, edges.list, containers, open) };
+  const requests = yield* layoutRequests(units, edges.list, containers, open);
+  return { units, edges: edges.list, containers, bands, requests, open };
 }
 
 // For each container (deepest first, so the worker knows an open group's size before it
 // places it): its units and the edges among them, an edge between units of two containers
 // standing for an edge between the units that hold them in their lowest common container.
-function layoutRequests(units, edges, containers, open) {
+function* layoutRequests(units, edges, containers, open) {
   const byContainer = new Map(containers.map((c) => [c, { units: [], index: new Map(), lifted: false, ends: [] }]));
-  for (const unit of units.values()) byContainer.get(unit.container).units.push(unit);
+  let work = 0;
+  for (const unit of units.values()) {
+    byContainer.get(unit.container).units.push(unit);
+    if (++work % SLICE_WORK === 0) yield;
+  }
   const lift = (unit) => units.get(unit.container.key);
   for (const edge of edges) {
+    if (++work % SLICE_WORK === 0) yield;
     let a = units.get(edge.from), b = units.get(edge.to);
     const direct = a.container === b.container;
     while (a.container !== b.container) {
@@ -175,9 +197,11 @@ function layoutRequests(units, edges, containers, open) {
   for (const container of [...containers].reverse()) {
     const entry = byContainer.get(container);
     entry.units.sort((a, b) => a.first - b.first);
+    yield;
     entry.units.forEach((unit, i) => entry.index.set(unit.key, i));
     const pairs = [];
     for (const { from, to, count } of containerEdges(entry)) pairs.push(entry.index.get(from), entry.index.get(to), count);
+    yield;
     requests.push({
       key: container.key,
       units: entry.units.map((unit) => ({
@@ -220,6 +244,45 @@ class Edges {
   }
 }
 
+/**
+ * Runs a generator a slice of SLICE_MS at a time, each slice a task of its own, so that the
+ * page draws and answers input in between; `done(value)` gets what it returned, `failed()`
+ * is called if it threw (the error is logged, not thrown: the job's owner starts over).
+ * `cancel()` drops it (a newer job replaced it).
+ */
+export class Slices {
+  constructor(generator, done, failed) {
+    this.generator = generator;
+    this.done = done;
+    this.failed = failed;
+    this.cancelled = false;
+    this.work = 0; // ms spent in its slices, for the figures of docs/viewer.md
+    setTimeout(() => this.slice(), 0);
+  }
+
+  slice() {
+    if (this.cancelled) return;
+    const start = performance.now();
+    let step;
+    try {
+      do step = this.generator.next();
+      while (!step.done && performance.now() - start < SLICE_MS);
+    } catch (error) {
+      console.error("opgraph viewer: laying out the overview failed:", error);
+      this.cancelled = true;
+      this.failed();
+      return;
+    }
+    this.work += performance.now() - start;
+    if (step.done) this.done(step.value);
+    else setTimeout(() => this.slice(), 0);
+  }
+
+  cancel() {
+    this.cancelled = true;
+  }
+}
+
 /** Asks layout-worker.js for layouts, one request at a time; the newest one wins. */
 export class LayoutClient {
   constructor(onLayout) {
@@ -232,10 +295,14 @@ export class LayoutClient {
 
   start() {
     this.worker = new Worker(new URL("./layout-worker.js", import.meta.url), { type: "module" });
+    // Busy until the page has taken the layout in (`release`): it prepares it in slices.
     this.worker.onmessage = (message) => {
-      this.busy = false;
-      this.onLayout(message.data, this.context);
-      this.postNext();
+      const seq = this.seq;
+      this.onLayout(message.data, this.context, () => {
+        if (seq !== this.seq || !this.busy) return; // a failed worker was started again since
+        this.busy = false;
+        this.postNext();
+      });
     };
     // A worker that failed (or could not load) is started again for the next request.
     this.worker.onerror = (event) => {
@@ -246,7 +313,10 @@ export class LayoutClient {
     };
   }
 
-  /** Lay out `request`; `context` comes back with the layout (what it was made from). */
+  /**
+   * Lay out `request`; `context` comes back with the layout (what it was made from), and a
+   * function to call once the layout is taken in.
+   */
   post(request, context) {
     this.next = [request, context];
     if (!this.busy) this.postNext();

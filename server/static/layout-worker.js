@@ -9,6 +9,7 @@ import { FRAME_HEADER as HEADER, FRAME_PAD as PAD, UNIT_H, UNIT_W, pack } from "
 const COLUMN_GAP = 64;
 const ROW_GAP = 16;
 const WRAP_UNITS = 40; // a column of more units is wrapped into sub-columns
+const ASPECT = 1.6; // width over height of a component with wrapped columns: about a screen's
 const WRAP_GAP = 40; // between sub-columns: room for the bus of a bundle of edges (render.js)
 const cache = new Map(); // group key -> {signature, layout}
 
@@ -156,15 +157,20 @@ function layoutComponent(list, sizes, graph, state, boxes) {
     }
     return count ? sum / count : i;
   };
-  let x = 0, height = 0;
+  const sorted = [];
   for (let c = 0; c < columns; c++) {
     let column = byColumn.subarray(start[c], start[c + 1]);
     if (column.length > 1) {
       for (const i of column) sortKey[i] = meanRow(i);
       column = Array.from(column).sort((a, b) => sortKey[a] - sortKey[b] || a - b);
     }
-    const [width, bottom] = placeColumn(column, sizes, x, boxes);
     column.forEach((i, k) => { row[i] = k; hasRow[i] = 1; });
+    sorted.push(column);
+  }
+  const wrap = wrapHeight(sorted, sizes);
+  let x = 0, height = 0;
+  for (const column of sorted) {
+    const [width, bottom] = placeColumn(column, sizes, x, wrap, boxes);
     height = Math.max(height, bottom);
     x += width + COLUMN_GAP;
   }
@@ -209,15 +215,50 @@ function kahnOrder(list, graph, state) {
   return order;
 }
 
-// A column's units top to bottom from `x`; past WRAP_UNITS units, in sub-columns of about
-// the height that makes the block square (k sub-columns of width w + gap and height H hold
-// the column's total height T when k * H = T; square when k * (w + gap) = H, so
-// H = sqrt(T * (w + gap))). Returns the block's width and height.
-function placeColumn(units, sizes, x, boxes) {
-  let total = 0, widest = 0;
-  for (const i of units) { total += sizes[2 * i + 1] + ROW_GAP; widest = Math.max(widest, sizes[2 * i]); }
-  const wrap = units.length > WRAP_UNITS
-    ? Math.max(WRAP_UNITS * (UNIT_H + ROW_GAP), Math.sqrt(total * (widest + WRAP_GAP))) : Infinity;
+// The height at which the component's tall columns are wrapped into sub-columns: the one
+// that makes the whole about ASPECT times as wide as it is tall, so that an open group of
+// 20,000 nodes fills a screen rather than being a strip (each column a square block made a
+// row of blocks, a 6:1 strip, for a neuron of 100 samples by 6 steps). The width for a wrap
+// height only shrinks as the height grows, so a bisection finds it; never less than
+// WRAP_UNITS units (a short column stays one column), Infinity when no column is taller.
+function wrapHeight(columns, sizes) {
+  let tallest = 0;
+  for (const column of columns) {
+    let total = 0;
+    for (const i of column) total += sizes[2 * i + 1] + ROW_GAP;
+    tallest = Math.max(tallest, total - ROW_GAP);
+  }
+  let low = WRAP_UNITS * (UNIT_H + ROW_GAP);
+  if (tallest <= low) return Infinity;
+  let high = tallest;
+  if (widthAt(columns, sizes, low) <= ASPECT * low) return low;
+  for (let k = 0; k < 24 && high - low > UNIT_H; k++) {
+    const middle = (low + high) / 2;
+    if (widthAt(columns, sizes, middle) > ASPECT * middle) low = middle;
+    else high = middle;
+  }
+  return high;
+}
+
+// The width of the columns wrapped at height `wrap` (as placeColumn places them).
+function widthAt(columns, sizes, wrap) {
+  let x = 0;
+  for (const column of columns) {
+    let left = 0, y = 0, width = 0;
+    for (const i of column) {
+      const w = sizes[2 * i], h = sizes[2 * i + 1];
+      if (y > 0 && y + h > wrap) { left += width + WRAP_GAP; y = 0; width = 0; }
+      y += h + ROW_GAP;
+      width = Math.max(width, w);
+    }
+    x += left + width + COLUMN_GAP;
+  }
+  return x - COLUMN_GAP;
+}
+
+// A column's units top to bottom from `x`, wrapped into sub-columns `wrap` high. Returns the
+// block's width and height.
+function placeColumn(units, sizes, x, wrap, boxes) {
   let left = x, y = 0, width = 0, bottom = 0;
   for (const i of units) {
     const w = sizes[2 * i], h = sizes[2 * i + 1];

@@ -6,7 +6,8 @@
 
 import { $, el, factList, linkList } from "./dom.js";
 import { looseBands } from "./groups.js";
-import { dataText, nodeTitle, opText } from "./render.js";
+import { dataText, formatNumber, nodeTitle, opText } from "./render.js";
+import { SPREAD_FIELDS, drawSpread, gradSpread } from "./spread.js";
 
 export class Panel {
   renderDetails() {
@@ -83,16 +84,29 @@ export class Panel {
     const members = group.ids.slice(0, 30).map((id) => this.nodeLink(id));
     if (group.ids.length > 30) members.push(el("li", {}, `… ${group.ids.length - 30} more`));
     const open = this.open.has(group.key);
+    const spread = gradSpread(this.steps, group, this.graph);
     panel.replaceChildren(
       el("h2", { className: "group-title" }, group.path),
       factList([
         ["nodes", "count", group.count.toLocaleString("en-US")],
         ["groups", "groups", String(group.children.size)],
         ["backward", "step", `${look.reached} of ${group.count} reached in the last pass`],
-      ]),
+        this.deadText(group),
+      ].filter(Boolean)),
+      ...(spread ? [spreadSection(spread, this.shownRecord?.step ?? null)] : []),
       ...(members.length ? [el("h3", {}, "Nodes"), el("ul", { className: "links" }, ...members)] : []),
       el("button", { dataset: { toggle: group.key } }, open ? "Close the group" : "Open the group"),
     );
+  }
+
+  // "dead" for a dead ReLU unit, how many it holds for a group around some.
+  deadText(group) {
+    const { dead, within } = this.deadUnits();
+    const record = this.shownRecord;
+    const when = record ? `step ${record.step}` : "the values shown";
+    if (dead.has(group.key)) return ["ReLU unit", "dead", `dead: its relu nodes output 0 for every sample of ${when}`];
+    const count = within.get(group.key);
+    return count ? ["ReLU units", "dead", `${count} dead unit${count === 1 ? "" : "s"} inside at ${when}`] : null;
   }
 
   renderGroup(panel) {
@@ -141,4 +155,45 @@ export class Panel {
       el("ul", { className: "links" }, ...members),
     );
   }
+}
+
+const SPREAD_ROWS = 100; // rows of the panel's table: the newest steps (the chart has every one)
+
+/**
+ * The group panel's section: a line saying the spread at the step shown, the chart, and a
+ * table (caption "Grad spread") of the newest SPREAD_ROWS steps, one row per step.
+ */
+function spreadSection(spread, shown) {
+  const { steps, stats, params } = spread;
+  let at = steps.length - 1; // the step shown, or the newest one before it
+  if (shown !== null) while (at > 0 && steps[at] > shown) at--;
+  const five = stats.slice(5 * at, 5 * at + 5);
+  const [min, q1, median, q3, max] = Array.from(five, formatNumber);
+  const summary = `${params} parameter${params === 1 ? "" : "s"}, step ${steps[at]}: |grad| median ${median}`
+    + ` (quartiles ${q1} to ${q3}, min ${min}, max ${max})`;
+  const width = 300, height = 90, ratio = devicePixelRatio || 1;
+  const chart = el("canvas", { className: "history-chart spread-chart", role: "img" });
+  chart.width = width * ratio;
+  chart.height = height * ratio;
+  chart.style.width = `${width}px`;
+  chart.style.height = `${height}px`;
+  const ctx = chart.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  const { low, high } = drawSpread(ctx, spread, 3, 4, width - 6, height - 8, shown);
+  chart.setAttribute("aria-label", `|grad| of this group's ${params} parameters over ${steps.length} steps,`
+    + ` from ${formatNumber(low)} to ${formatNumber(high)} (log scale): min to max, quartiles, median`);
+  const rows = [];
+  for (let i = Math.max(0, steps.length - SPREAD_ROWS); i < steps.length; i++) {
+    rows.push(el("tr", { dataset: { step: String(steps[i]) } }, el("td", {}, String(steps[i])),
+      ...SPREAD_FIELDS.map((_, k) => el("td", {}, String(stats[5 * i + k])))));
+  }
+  const table = el("table", { className: "history-table spread-table" },
+    el("caption", {}, "Grad spread"),
+    el("thead", {}, el("tr", {}, el("th", {}, "step"), ...SPREAD_FIELDS.map((field) => el("th", {}, field)))),
+    el("tbody", {}, ...rows));
+  return el("section", { className: "history spread" },
+    el("h3", {}, "Gradient spread"),
+    el("p", { className: "spread-summary" }, summary),
+    chart,
+    el("div", { className: "history-scroll" }, table));
 }

@@ -85,7 +85,8 @@ export class Pointer {
       const ref = hit.unit.ref;
       const look = this.lookUnit(hit.unit);
       tip.textContent = `${ref.path ?? `${ref.op} · ${ref.ranks}`}\n${ref.count.toLocaleString("en-US")} nodes` +
-        (look.reached ? `\n${look.reached.toLocaleString("en-US")} reached by the backward pass` : "");
+        (look.reached ? `\n${look.reached.toLocaleString("en-US")} reached by the backward pass` : "") +
+        (look.dead ? "\ndead: its relu nodes output 0 for every sample" : "");
     } else {
       const group = hit.group;
       tip.textContent = `${group.op} · ${group.ranks}\n${group.count.toLocaleString("en-US")} nodes`;

@@ -2,6 +2,7 @@
 // rank (aggregate view). Everything here is in world units; `Camera` maps them to pixels.
 
 import { COLUMN_WIDTH } from "./graph.js";
+import { drawSpread } from "./spread.js";
 
 export const NODE_W = 172;
 export const NODE_H = 56;
@@ -27,6 +28,8 @@ const COLORS = {
   muted: "#5c6677",
   pending: "#a0a7b4",
   group: "#f3f5f9",
+  dead: "#495057", // a dead ReLU unit (spread.js): its tag, its outline, its tiny box
+  deadFill: "#e9ecef",
 };
 
 const OP_SYMBOLS = { add: "+", mul: "×", pow: "^", neg: "−", sub: "−", div: "÷" };
@@ -401,6 +404,8 @@ const EDGE_COLOUR = "rgba(120, 130, 150, 0.45)";
 const BUNDLE_MIN = 24; // a unit with more edges than this on one side has them drawn as a bundle
 const BUS = 12; // world units between a bundle's bus and the boxes it reaches
 const COMB = 8; // world units between a bundle's comb and the boxes (the rows' gap is 16)
+const SPARKLINE_PX = 100; // a box this wide on the screen, or wider, shows its sparkline
+const TINY_LINES = 3000; // edges drawn one by one between boxes a few pixels wide, at most
 
 /**
  * Draw the hierarchical overview: open groups as frames holding what they hold, closed
@@ -428,7 +433,8 @@ export function drawHierarchy(ctx, camera, width, height, view, looks) {
   const [right, bottom] = camera.toWorld(width, height);
   const sight = { left, top, right, bottom, scale: camera.scale };
   const unit = 1 / Math.min(1, camera.scale);
-  const counts = { frames: 0, boxes: 0, runs: 0, lines: 0, trunks: 0, buses: 0, stubs: 0, labels: 0 };
+  const counts = { frames: 0, boxes: 0, runs: 0, lines: 0, hidden: 0, trunks: 0, buses: 0, stubs: 0, labels: 0,
+    dead: 0, sparklines: 0 };
   const labels = [];
   const readable = camera.scale >= 0.85;
 
@@ -442,20 +448,24 @@ export function drawHierarchy(ctx, camera, width, height, view, looks) {
     ctx.lineWidth = (look.selected ? 3 : 1.2) * unit;
     ctx.strokeStyle = look.selected ? COLORS.selected : look.state === "plain" ? COLORS.nodeStroke : COLORS.doneStroke;
     ctx.stroke();
-    if (box.w * camera.scale >= 34) labels.push({ box, lines: [`▾ ${unitName(box.unit)} · ${box.unit.ref.count.toLocaleString("en-US")} nodes`] });
+    if (look.dead) counts.dead++;
+    const title = `▾ ${unitName(box.unit)} · ${box.unit.ref.count.toLocaleString("en-US")} nodes${look.dead ? " · dead" : ""}`;
+    if (box.w * camera.scale >= 34) labels.push({ box, lines: [title] });
   }
 
   const shown = [];
   forEachShown(prepared, sight, (box) => shown.push(box));
-  const edgeCounts = drawEdges(ctx, prepared, sight, shown, counts);
+  const tiny = camera.scale * prepared.unitW < 12;
+  const edgeCounts = drawEdges(ctx, prepared, sight, shown, counts, tiny);
   // Under the boxes: an edge's middle may fall on a box (a layer's grid of neurons), whose
   // name must stay readable.
   drawEdgeCounts(ctx, camera, edgeCounts);
 
   counts.boxes = shown.length;
-  if (camera.scale * prepared.unitW < 12) counts.runs = drawTinyBoxes(ctx, shown, sight, looks);
-  else if (!readable) drawSmallBoxes(ctx, shown, camera, lookUnit, lookNode, labels);
-  else for (const box of shown) drawBox(ctx, box, camera, lookUnit, lookNode);
+  if (tiny) counts.runs = drawTinyBoxes(ctx, shown, sight, looks);
+  else if (!readable) counts.sparklines = drawSmallBoxes(ctx, shown, camera, looks, labels);
+  else for (const box of shown) counts.sparklines += drawBox(ctx, box, camera, looks);
+  for (const box of shown) if (box.unit.kind === "group" && lookUnit(box.unit).dead) counts.dead++;
   ctx.restore();
   counts.labels = drawBoxLabels(ctx, camera, labels, readable);
   return counts;
@@ -473,9 +483,19 @@ function overlaps(box, sight) {
  * are drawn one by one.
  */
 export function prepareView(view) {
+  const steps = preparing(view);
+  let step;
+  do step = steps.next();
+  while (!step.done);
+  return step.value;
+}
+
+/** `prepareView` as a generator that yields now and then: the page runs it in slices. */
+export function* preparing(view) {
   const frames = [], closed = [];
   for (const box of view.order) (box.open ? frames : closed).push(box);
   closed.sort((a, b) => a.x - b.x || a.y - b.y);
+  yield;
   const columns = []; // runs of `closed` with one left side: {x, start, end}
   let unitW = 0, unitH = 0;
   closed.forEach((box, i) => {
@@ -484,7 +504,9 @@ export function prepareView(view) {
     unitW = Math.max(unitW, box.w);
     unitH = Math.max(unitH, box.h);
   });
-  return { frames, closed, columns, unitW: unitW || NODE_W, unitH: unitH || NODE_H, ...routeEdges(view) };
+  yield;
+  const routes = yield* routeEdges(view);
+  return { frames, closed, columns, unitW: unitW || NODE_W, unitH: unitH || NODE_H, ...routes };
 }
 
 // Calls `visit` for each closed box in view, column by column, top to bottom: binary searches
@@ -512,10 +534,12 @@ function lowerBound(n, before) {
   return lo;
 }
 
-function routeEdges(view) {
+function* routeEdges(view) {
   const usable = [];
   const outs = new Map(), ins = new Map(); // unit key -> its edges on that side
+  let work = 0;
   for (const edge of view.edges) {
+    if (++work % 2000 === 0) yield;
     const a = view.boxes.get(edge.from), b = view.boxes.get(edge.to);
     if (!a || !b) continue;
     usable.push([edge, a, b]);
@@ -531,6 +555,7 @@ function routeEdges(view) {
     bundle.members.push(member);
   };
   for (const [edge, a, b] of usable) {
+    if (++work % 2000 === 0) yield;
     const out = outs.get(edge.from), into = ins.get(edge.to);
     if (out > BUNDLE_MIN && out >= into) join(fanOut, a, b, edge.count);
     else if (into > BUNDLE_MIN) join(fanIn, b, a, edge.count);
@@ -541,6 +566,8 @@ function routeEdges(view) {
   const bundles = []; // what each bundle stands for: {hub, side, count, members}
   for (const [hubs, side] of [[fanOut, "out"], [fanIn, "in"]]) {
     for (const bundle of hubs.values()) {
+      work += bundle.members.length;
+      if (work > 2000) { work = 0; yield; }
       const shape = shapeBundle(bundle, side);
       trunks.push(...shape.trunk, bundle.count);
       for (const segment of shape.segments) { // buses and combs shared by bundles: drawn once
@@ -584,28 +611,45 @@ function shapeBundle(bundle, side) {
 // The edges in view: those drawn one by one and the bundles' trunks as curves, in buckets of
 // similar counts (one stroke per bucket), then the buses, combs and stubs as one thin path.
 // What would be under a pixel long on the screen is left out. Returns the counts to write.
-function drawEdges(ctx, prepared, sight, shown, counts) {
+//
+// The rasteriser is what costs with thousands of edges (an open group of 20,000 nodes): a
+// stroke wider than a device pixel is outlined as a polygon, one at most a pixel wide is drawn
+// as a hairline, about six times faster, so single edges are hairlines when zoomed out. Once
+// boxes are a few pixels wide (`tiny`), edges drawn one by one are a grey haze: past
+// TINY_LINES of them in view, they are left out (counted as `hidden`) until the camera zooms
+// in, and the boxes (and the bundles) are the picture.
+function drawEdges(ctx, prepared, sight, shown, counts, tiny) {
   const unit = 1 / Math.min(1, sight.scale);
   const buckets = [];
   const labelled = []; // how many edges each drawn edge stands for, written at its middle
-  const collect = (flat, kind, labels) => {
+  const inView = (flat, labels) => {
+    const found = [];
     for (let i = 0; i < flat.length; i += 5) {
-      const x1 = flat[i], y1 = flat[i + 1], x2 = flat[i + 2], y2 = flat[i + 3], count = flat[i + 4];
+      const x1 = flat[i], y1 = flat[i + 1], x2 = flat[i + 2], y2 = flat[i + 3];
       if (Math.max(x1, x2) < sight.left || Math.min(x1, x2) > sight.right) continue;
       if (Math.max(y1, y2) < sight.top || Math.min(y1, y2) > sight.bottom) continue;
       if ((Math.abs(x2 - x1) + Math.abs(y2 - y1)) * sight.scale < 1) continue;
-      counts[kind]++;
-      (buckets[Math.round(Math.log2(count + 1))] ??= []).push(i, flat);
+      found.push(i);
+      const count = flat[i + 4];
       if (labels && count > 1 && labelled.length < 300) labelled.push([(x1 + x2) / 2, (y1 + y2) / 2, count]);
     }
+    return found;
+  };
+  const collect = (flat, found) => {
+    for (const i of found) (buckets[Math.round(Math.log2(flat[i + 4] + 1))] ??= []).push(i, flat);
   };
   // Counts are written once zoomed in enough to read them; a bundle's at any zoom (it is
   // what a picture of thousands of groups is about).
-  collect(prepared.trunks, "trunks", true);
-  collect(prepared.lines, "lines", sight.scale >= 0.3);
+  const trunks = inView(prepared.trunks, true);
+  collect(prepared.trunks, trunks);
+  counts.trunks = trunks.length;
+  const lines = inView(prepared.lines, sight.scale >= 0.3);
+  if (tiny && lines.length > TINY_LINES) counts.hidden = lines.length;
+  else { collect(prepared.lines, lines); counts.lines = lines.length; }
   ctx.strokeStyle = EDGE_COLOUR;
   buckets.forEach((edges, size) => {
-    ctx.lineWidth = (0.8 + size * 0.6) * unit;
+    // a single edge (size 1) zoomed out: a hairline
+    ctx.lineWidth = size <= 1 && sight.scale < 1 ? 1 / sight.scale : (0.8 + size * 0.6) * unit;
     ctx.beginPath();
     for (let k = 0; k < edges.length; k += 2) {
       const i = edges[k], flat = edges[k + 1];
@@ -671,6 +715,21 @@ function drawTinyBoxes(ctx, shown, sight, looks) {
   return runs;
 }
 
+/**
+ * Works out the colour of every closed box of a prepared view for the looks' stamp, yielding
+ * now and then: the page runs it in slices before it first draws a layout, so that the first
+ * frame of an open group of 20,000 nodes does not work out 20,000 looks.
+ */
+export function* tinting(prepared, looks) {
+  let work = 0;
+  for (const box of prepared.closed) {
+    if (box.tintStamp === looks.stamp) continue;
+    box.tint = tinyColour(box, looks.unit, looks.node);
+    box.tintStamp = looks.stamp;
+    if (++work % 2000 === 0) yield;
+  }
+}
+
 function tinyColour(box, lookUnit, lookNode) {
   if (box.unit.kind === "node") {
     const look = lookNode(box.unit.ref);
@@ -678,13 +737,14 @@ function tinyColour(box, lookUnit, lookNode) {
       : look.state === "done" ? COLORS.doneStroke : box.unit.ref.op ? COLORS.nodeStroke : COLORS.leafStroke;
   }
   const look = lookUnit(box.unit);
-  return look.selected ? COLORS.selected : look.state !== "plain" ? COLORS.doneStroke
+  return look.selected ? COLORS.selected : look.dead ? COLORS.dead : look.state !== "plain" ? COLORS.doneStroke
     : box.unit.ref.op === "leaf" ? COLORS.leafStroke : COLORS.nodeStroke;
 }
 
 // Boxes too small for world-size text: rounded boxes batched by fill and outline (one fill
 // or stroke per style, whatever the number of boxes), names written at a fixed screen size.
-function drawSmallBoxes(ctx, shown, camera, lookUnit, lookNode, labels) {
+function drawSmallBoxes(ctx, shown, camera, looks, labels) {
+  const { unit: lookUnit, node: lookNode } = looks;
   const unit = 1 / Math.min(1, camera.scale);
   const batches = new Map(); // "fill|rect|line colour width" -> boxes
   const add = (style, box) => {
@@ -705,7 +765,7 @@ function drawSmallBoxes(ctx, shown, camera, lookUnit, lookNode, labels) {
     add(`fill ${unitFill(box, look)}`, box);
     add(`line ${unitStroke(look)} ${unitStrokeWidth(look)}`, box);
     if (look.progress > 0) bars.push([box, look.progress]);
-    pushLabel(labels, box, camera);
+    pushLabel(labels, box, camera, look.dead);
   }
   const fillsFirst = [...batches].sort(([a], [b]) => a.startsWith("line") - b.startsWith("line"));
   for (const [style, list] of fillsFirst) { // outlines over every fill, as box by box
@@ -722,9 +782,16 @@ function drawSmallBoxes(ctx, shown, camera, lookUnit, lookNode, labels) {
   }
   ctx.fillStyle = COLORS.doneStroke; // how much of each group the backward pass has reached
   for (const [{ x, y, w, h }, progress] of bars) ctx.fillRect(x + 6, y + h - 5, (w - 12) * Math.min(1, progress), 4);
+  let sparklines = 0; // on boxes wide enough on the screen to read one
+  for (const box of shown) {
+    if (box.unit.kind !== "group" || box.w * camera.scale < SPARKLINE_PX) continue;
+    sparklines += drawSparkline(ctx, box, looks);
+  }
+  return sparklines;
 }
 
 function unitFill(box, look) {
+  if (look.dead) return COLORS.deadFill;
   if (look.state === "current" || look.state === "done") return COLORS.current;
   if (look.state !== "plain") return COLORS.done; // a group lights up as its gradients arrive
   return box.unit.kind === "band" && box.unit.ref.op === "leaf" ? COLORS.leaf : COLORS.group;
@@ -732,7 +799,7 @@ function unitFill(box, look) {
 
 function unitStroke(look) {
   return look.selected ? COLORS.selected : look.state === "current" ? COLORS.currentStroke
-    : look.match ? COLORS.match : look.state === "plain" ? COLORS.nodeStroke : COLORS.doneStroke;
+    : look.dead ? COLORS.dead : look.match ? COLORS.match : look.state === "plain" ? COLORS.nodeStroke : COLORS.doneStroke;
 }
 
 function unitStrokeWidth(look) {
@@ -750,19 +817,23 @@ function unitLines(box) {
 }
 
 // A box's name, to be written at a fixed screen size, if it has room for one.
-function pushLabel(labels, box, camera) {
-  if (box.w * camera.scale >= 34 && box.h * camera.scale >= 11) labels.push({ box, lines: unitLines(box) });
+function pushLabel(labels, box, camera, dead) {
+  if (box.w * camera.scale < 34 || box.h * camera.scale < 11) return;
+  const lines = unitLines(box);
+  labels.push({ box, lines: dead ? [lines[0], `dead · ${lines[1]}`] : lines });
 }
 
-// Zoomed in: one box, with its text at world size.
-function drawBox(ctx, box, camera, lookUnit, lookNode) {
+// Zoomed in: one box, with its text at world size; a dead ReLU unit tagged "dead", a group
+// whose parameters have gradients a sparkline of their spread over the steps (spread.js).
+// Returns 1 if it drew a sparkline.
+function drawBox(ctx, box, camera, looks) {
   const { x, y, w, h } = box;
   if (box.unit.kind === "node") {
-    drawNode(ctx, box.unit.ref, x, y, lookNode(box.unit.ref), camera.scale);
-    return;
+    drawNode(ctx, box.unit.ref, x, y, looks.node(box.unit.ref), camera.scale);
+    return 0;
   }
   const unit = 1 / Math.min(1, camera.scale);
-  const look = lookUnit(box.unit);
+  const look = looks.unit(box.unit);
   roundRect(ctx, x, y, w, h, 6);
   ctx.fillStyle = unitFill(box, look);
   ctx.fill();
@@ -776,12 +847,40 @@ function drawBox(ctx, box, camera, lookUnit, lookNode) {
   const lines = unitLines(box);
   ctx.textBaseline = "middle";
   ctx.textAlign = "left";
+  let nameRoom = w - 16;
+  if (look.dead) {
+    nameRoom -= 44;
+    roundRect(ctx, x + w - 46, y + 9, 38, 16, 8);
+    ctx.fillStyle = COLORS.dead;
+    ctx.fill();
+    ctx.font = "600 11px system-ui, sans-serif";
+    ctx.fillStyle = "#ffffff";
+    ctx.textAlign = "center";
+    ctx.fillText("dead", x + w - 27, y + 17.5, 34);
+    ctx.textAlign = "left";
+  }
   ctx.font = "600 13px system-ui, sans-serif";
   ctx.fillStyle = COLORS.text;
-  ctx.fillText(lines[0], x + 8, y + 17, w - 16);
+  ctx.fillText(lines[0], x + 8, y + 17, nameRoom);
+  const spread = looks.spread?.(box.unit);
   ctx.font = "12px system-ui, sans-serif";
   ctx.fillStyle = COLORS.muted;
-  ctx.fillText(lines[1], x + 8, y + 35, w - 16);
+  ctx.fillText(lines[1], x + 8, y + 37, w - 16 - (spread ? 72 : 0));
+  return drawSparkline(ctx, box, looks);
+}
+
+// The spread of a group's parameters' gradients over the steps (spread.js), small, in the
+// lower right corner of its box. Returns 1 if the group has one.
+function drawSparkline(ctx, box, looks) {
+  const { x, y, w, h } = box;
+  const spread = w >= 150 && h >= 50 ? looks.spread?.(box.unit) : null;
+  if (!spread) return 0;
+  ctx.save();
+  ctx.fillStyle = "#ffffff";
+  ctx.fillRect(x + w - 72, y + 28, 64, 18);
+  drawSpread(ctx, spread, x + w - 71, y + 29, 62, 16);
+  ctx.restore();
+  return 1;
 }
 
 // Edge counts at a fixed 10 px on the screen, on a light patch so they read over lines.

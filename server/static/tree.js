@@ -42,7 +42,8 @@ export class GroupTree {
     if (section.hidden === scoped) section.hidden = !scoped;
     if (!scoped) return;
     const now = performance.now();
-    const key = `${graph.version}|${viewer.openVersion}|${viewer.query}|${viewer.selected}|${viewer.stepIndex}`;
+    const key = `${graph.version}|${viewer.openVersion}|${viewer.query}|${viewer.selected}|${viewer.stepIndex}`
+      + `|${viewer.shownRecord?.step}|${viewer.steps.latest?.step}`; // a training step shown: dead units
     if (key === this.key && this.listedGraph === graph) return;
     if (!this.dirty && this.listedGraph === graph && now - (this.updated ?? 0) < UPDATE_MS) return;
     this.dirty = false;
@@ -92,7 +93,9 @@ export class GroupTree {
 
   groupItem(group, level) {
     const look = this.viewer.lookUnit({ kind: "group", key: group.key, ref: group });
-    return { key: group.key, level, text: `${group.name} · ${count(group.count)}`, group, look,
+    const inside = this.viewer.deadUnits().within.get(group.key);
+    const dead = look.dead ? " · dead" : inside ? ` · ${inside} dead unit${inside === 1 ? "" : "s"}` : "";
+    return { key: group.key, level, text: `${group.name} · ${count(group.count)}${dead}`, group, look,
       expanded: this.viewer.open.has(group.key), expandable: group.children.size > 0 || group.ids.length > 0 };
   }
 
@@ -113,6 +116,7 @@ export class GroupTree {
       if (item.expandable) li.setAttribute("aria-expanded", String(item.expanded));
       if (item.look) {
         li.dataset.state = item.look.state;
+        if (item.look.dead) li.dataset.dead = "true";
         li.dataset.reached = String(item.look.reached);
         li.dataset.count = String(item.group.count);
       }

@@ -6,10 +6,11 @@
 // state app.js lists.
 
 import { $ } from "./dom.js";
-import { componentLayout, describeView } from "./groups.js";
+import { Slices, componentLayout, describing } from "./groups.js";
 import {
-  NODE_H, NODE_W, drawGroups, drawHierarchy, drawScene, layoutGroups, sceneBox,
+  NODE_H, NODE_W, drawGroups, drawHierarchy, drawScene, layoutGroups, preparing, sceneBox, tinting,
 } from "./render.js";
+import { deadUnits, gradSpread } from "./spread.js";
 
 const params = new URLSearchParams(location.search);
 // Above this many nodes the whole-graph view shows op groups per rank instead of nodes.
@@ -29,11 +30,18 @@ export class View {
     return graph.scopes.scoped > 0 || graph.separateGraphs > 1 ? "hierarchy" : "aggregate";
   }
 
-  /** The overview: lay it out again (in the worker) when the groups opened or the graph changed. */
+  /**
+   * The overview: lay it out again (in the worker) when the groups opened or the graph
+   * changed. The description of what is shown (an open group of 20,000 nodes is 20,000 units
+   * and their edges) is made a slice at a time (`Slices`), and so is what drawing the layout
+   * needs (`preparing`): the page draws the picture it has and answers input meanwhile.
+   */
   updateHierarchy() {
     const graph = this.graph;
     const asked = this.hasked;
     if (asked && asked.graph === graph && asked.open === this.openVersion && asked.version === graph.version) return;
+    const job = this.describing;
+    if (job && job.graph === graph && job.open === this.openVersion) return; // under way
     const now = performance.now();
     if (asked && asked.graph === graph && asked.open === this.openVersion && now - asked.at < RELAYOUT_MS) {
       if (!this.relayoutTimer) {
@@ -41,27 +49,60 @@ export class View {
       }
       return;
     }
-    const view = describeView(graph, this.open);
-    this.hasked = { graph, open: this.openVersion, version: graph.version, at: now };
-    this.layout.post({ requests: view.requests }, { view, graph });
+    job?.slices.cancel(); // made for other groups opened, or another graph
+    const open = this.openVersion, version = graph.version;
+    const slices = new Slices(describing(graph, new Set(this.open)), (view) => {
+      this.describing = null;
+      this.describeMs = slices.work;
+      this.hasked = { graph, open, version, at: now };
+      this.layout.post({ requests: view.requests }, { view, graph });
+    }, () => { this.describing = null; }); // failed: described again at the next draw
+    this.describing = { graph, open, slices };
   }
 
-  layoutArrived(result, { view, graph }) {
-    if (graph !== this.graph) return;
+  /** A layout from the worker: drawn once its boxes and what drawing them needs are made, in slices. */
+  layoutArrived(result, { view, graph }, release) {
+    if (graph !== this.graph) { release(); return; }
     const boxes = new Map();
     const order = [];
-    result.keys.forEach((key, i) => {
-      const unit = view.units.get(key);
-      if (!unit) return;
-      const at = 4 * i, b = result.boxes; // x, y, w, h of each unit (no copy per unit)
-      const box = { x: b[at], y: b[at + 1], w: b[at + 2], h: b[at + 3], unit, open: unit.kind === "group" && this.open.has(key) };
-      boxes.set(key, box);
-      order.push(box);
-    });
-    this.hview = { boxes, order, edges: view.edges, bands: view.bands,
+    const next = { boxes, order, edges: view.edges, bands: view.bands,
       box: { left: 0, top: 0, right: Math.max(result.w, NODE_W), bottom: Math.max(result.h, NODE_H) } };
-    this.layoutMs = result.ms;
-    this.requestDraw();
+    const viewer = this;
+    const steps = function* () { // the boxes, what drawing needs, their colours as they are now
+      const b = result.boxes; // x, y, w, h of each unit (no copy per unit)
+      for (let i = 0; i < result.keys.length; i++) {
+        const key = result.keys[i], unit = view.units.get(key);
+        if (!unit) continue;
+        const at = 4 * i;
+        const box = { x: b[at], y: b[at + 1], w: b[at + 2], h: b[at + 3], unit,
+          open: unit.kind === "group" && view.open.has(key) }; // as laid out
+        boxes.set(key, box);
+        order.push(box);
+        if (i % 2000 === 1999) yield;
+      }
+      next.prepared = yield* preparing(next);
+      yield* tinting(next.prepared, viewer.currentLooks());
+    };
+    const slices = new Slices(steps(), () => {
+      this.prepareMs = slices.work;
+      if (graph === this.graph) {
+        this.hview = next;
+        this.layoutMs = result.ms;
+        this.zoomToOpened(boxes);
+        this.requestDraw();
+      }
+      release(); // the next layout may be asked for
+    }, release);
+  }
+
+  // The first layout showing a group just opened (`zoomTo`, set by toggleGroup) brings it into
+  // view whole: the camera fits its box, as large as the window allows (up to 1:1).
+  zoomToOpened(boxes) {
+    const box = this.zoomTo ? boxes.get(this.zoomTo) : null;
+    if (!box?.open || !this.width) return;
+    this.zoomTo = null;
+    this.follow = false;
+    this.camera.fit({ left: box.x, top: box.y, right: box.x + box.w, bottom: box.y + box.h }, this.width, this.height);
   }
 
   /**
@@ -75,12 +116,36 @@ export class View {
     const seen = this.lookInputs;
     if (!seen || seen.graph !== graph || seen.version !== graph.version || seen.selected !== this.selected
       || seen.step !== this.stepIndex || seen.matches !== this.matchSet || seen.kind !== this.lastKind
-      || seen.movers !== this.moverSet) {
+      || seen.movers !== this.moverSet || seen.dead !== this.deadUnits().signature) {
       this.lookInputs = { graph, version: graph.version, selected: this.selected, step: this.stepIndex,
-        matches: this.matchSet, kind: this.lastKind, movers: this.moverSet };
+        matches: this.matchSet, kind: this.lastKind, movers: this.moverSet, dead: this.deadUnits().signature };
       this.lookStamp = (this.lookStamp ?? 0) + 1;
     }
     return this.lookStamp;
+  }
+
+  /** How units and nodes look now, each look worked out once per stamp (render.js). */
+  currentLooks() {
+    return {
+      unit: (unit) => this.cachedLookUnit(unit),
+      node: (node) => this.cachedLook(node),
+      spread: (unit) => (unit.kind === "group" ? this.groupSpread(unit.ref) : null),
+      stamp: this.refreshLooks(),
+    };
+  }
+
+  /** A group's grad spread over the training steps (spread.js), kept until a step arrives. */
+  groupSpread(group) {
+    const cached = group.spreadCache;
+    if (cached && cached.version === this.steps.version && cached.graph === this.graph) return cached.spread;
+    const spread = gradSpread(this.steps, group, this.graph);
+    group.spreadCache = { version: this.steps.version, graph: this.graph, spread };
+    return spread;
+  }
+
+  /** The dead ReLU units at the numbers shown (spread.js): a training step changes them. */
+  deadUnits() {
+    return deadUnits(this.graph, this.shownRecord);
   }
 
   /** A shown unit's look, worked out once per stamp (kept on the unit). */
@@ -107,7 +172,8 @@ export class View {
     const progress = ref.count ? reached / ref.count : 0;
     let state = reached >= ref.count ? "done" : reached > 0 ? "partial" : "plain";
     if (this.currentUnits?.has(unit.key)) state = "current";
-    return { state, progress, reached, selected: this.selected === unit.key, match: false };
+    const dead = unit.kind === "group" && this.deadUnits().dead.has(unit.key);
+    return { state, progress, reached, selected: this.selected === unit.key, match: false, dead };
   }
 
   // The keys of the groups holding the node of the current backward step.
@@ -281,11 +347,7 @@ export class View {
       this.currentUnits = this.findCurrentUnits();
       if (this.hview) {
         this.looksWorked = 0;
-        const looks = {
-          unit: (unit) => this.cachedLookUnit(unit),
-          node: (node) => this.cachedLook(node),
-          stamp: this.refreshLooks(),
-        };
+        const looks = this.currentLooks();
         // what was drawn, and how many looks were worked out: counters for the tests
         this.drawCounts = drawHierarchy(ctx, this.camera, width, height, this.hview, looks);
         this.drawCounts.looks = this.looksWorked;
