@@ -39,8 +39,10 @@ TWO_STEPS = """\
 X, y = make_moons(100, noise=0.1, seed=SEED)
 model = MLP(2, [16, 16, 1])
 history = train(model, X, y, steps=2)"""
+# A step on other points: a graph of another shape, so that its nodes are sent as events
+# (a step that repeats a known structure would be one `step` map: docs/protocol.md).
 THIRD_STEP = """\
-total, accuracy = loss(model, X, y)
+total, accuracy = loss(model, X[:60], y[:60])
 model.zero_grad()
 total.backward()
 for p in model.parameters():
@@ -74,6 +76,7 @@ async def stalled_client(url: str):
         max_size=None,
         max_queue=1,
         open_timeout=th.TIMEOUT,
+        ping_interval=None,  # (it answers no ping while it reads nothing)
     )
     return th.Reader(ws)
 
@@ -94,7 +97,7 @@ def test_a_viewer_joining_a_notebook_mid_training_gets_a_newer_snapshot_not_drop
             step, last = json.loads(printed(nb.cells[2])), int(printed(nb.cells[3]))
             graph = Graph()  # what the viewer shows, from everything it is sent
             snapshots = []  # the seq of each snapshot it gets
-            while graph.seq != last or graph._in_snapshot:
+            while graph.seq is None or graph.seq < last or graph._in_snapshot:
                 event = await reader.next(TIMEOUT)
                 graph.apply(event)
                 if event["type"] == "snapshot_end":
@@ -107,7 +110,7 @@ def test_a_viewer_joining_a_notebook_mid_training_gets_a_newer_snapshot_not_drop
     (viewer,) = stats["viewers"]
     # It joined before the third step's events, which one newer snapshot stood for (not one
     # built while the first was still on its way, only to be out of date in turn) ...
-    assert len(snapshots) == 2 and snapshots[0] < last == snapshots[1], snapshots
+    assert len(snapshots) == 2 and snapshots[0] < last <= snapshots[1], snapshots
     assert viewer["resyncs"] == len(snapshots) - 1
     # ... and no event was counted as dropped, none missing.
     assert graph.dropped == 0 and viewer["dropped"] == 0 and graph.gaps == []
