@@ -7,8 +7,10 @@ graph construction per op, backward per node, one training step of micrograd's m
 memory per node (of the moons loss graph, and of a chain of ops with constants), and the
 deepest chain each can backpropagate; for opgraph also the
 compiled moons step (and its compile time), the batched moons step (`Compiled.map`, with
-numpy) and how it grows with the number of points, and what tracing costs. Prints a table and writes
-JSON to benchmarks/results/ (`latest.json` and a timestamped copy).
+numpy) and how it grows with the number of points, what tracing costs, and a traced training
+run (benchmarks/training.py: every step traced to a viewer process, bytes per step on the wire
+and in a recording, a viewer joining after 1,000 steps). Prints a table and writes JSON to
+benchmarks/results/ (`latest.json` and a timestamped copy).
 
 Times are CPU time of this process (`time.process_time`), the best of `--repeat` runs: on a
 machine shared with other work, wall time mostly measures the other work. Every ratio is
@@ -340,6 +342,13 @@ def bench_tracing(config, X, y, moons_ms: float) -> dict:
     return results
 
 
+def bench_training(config) -> dict:
+    """A traced training run, every step traced (issue 19): see benchmarks/training.py."""
+    from . import training
+
+    return training.run_for_runner(config)
+
+
 # --- the table --------------------------------------------------------------------------------
 
 
@@ -424,6 +433,12 @@ def table(results: dict) -> str:
             )
     else:
         lines.append(f"tracing on: {t['on']}")
+    if "training" in results:  # (not in runs made before it was measured)
+        from .training import rows
+
+        lines.append("a training run, every step traced, one viewer process:")
+        for what, figure, target in rows(results["training"]):
+            row(f"  {what}", "", figure, "", target)
     return "\n".join(lines)
 
 
@@ -497,6 +512,7 @@ def main(argv=None) -> int:
         ("memory_chain", lambda: bench_memory_chain(config)),
         ("depth", lambda: bench_depth(config)),
         ("tracing", lambda: bench_tracing(config, X, y, results["moons"]["gc on"]["opgraph"])),
+        ("training", lambda: bench_training(config)),
     ]
     for name, run in steps:
         print(f"running {name} ...", file=sys.stderr, flush=True)

@@ -2,13 +2,16 @@
 
 The hub (hub.py) offers every frame of events to each viewer; a viewer whose queue overflows
 is resynced: `dropped`, then a snapshot the hub takes (shared by the viewers that need one at
-the same seq). Every send has a deadline: a viewer that stops reading is closed, so that
+the same seq). A viewer still joining (taking its first snapshot) whose queue overflows gets
+a newer snapshot instead, without `dropped`: it saw none of those events, and the snapshot
+stands for them. Every send has a deadline: a viewer that stops reading is closed, so that
 nothing stays held for it. A viewer's control messages (`snapshot`) are read here too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -158,7 +161,10 @@ class Viewer:
         self.lost = 0  # events lost since the last resync
         self.dropped_total = 0
         self.resyncs = 0
-        self.resync = False  # send dropped + snapshot before anything else
+        self.resync = False  # send a snapshot (after `dropped`, if it lost events) first
+        # Joining: no live event sent yet, only snapshots (see offer).
+        self.joining = True
+        self.sending_snapshot = False
         self.want_snapshot = False  # the viewer asked for a snapshot
         self.snapshot_requests = 0  # how many times it asked
         # frames to send before anything else: (hello or dropped, a snapshot the hub took)
@@ -170,13 +176,18 @@ class Viewer:
         self.too_slow: str | None = None  # why the viewer was given up
 
     def offer(self, frame: bytes, count: int) -> None:
-        """Queue a frame of `count` events, or count them lost if the queue is full."""
+        """Queue a frame of `count` events, or count them lost if the queue is full.
+
+        A viewer still joining loses nothing it saw: its first snapshot is still on its way
+        (a large one takes seconds, while a running loop makes events far faster than that),
+        so the events that overflow are covered by a newer snapshot, not counted as dropped.
+        """
         if self.resync:
-            self.lost += count
+            self.lost += 0 if self.joining else count
         elif self.queued + count > self.limit or (
             self.queued_bytes + len(frame) > self.hub.queue_bytes and self.queue
         ):
-            self.lose(count)
+            self._overflow(count)
         else:
             self.queue.append((frame, count))
             self.queued += count
@@ -187,8 +198,17 @@ class Viewer:
         self.wake.set()
 
     def lose(self, count: int) -> None:
-        """Discard the queue; the viewer will get `dropped` and a snapshot."""
-        self.lost += self.queued + count
+        """The source lost `count` events before they were numbered: no snapshot has them,
+        so they are counted even while the viewer joins. Discard the queue; the viewer will
+        get `dropped` and a snapshot."""
+        self.lost += count
+        self._overflow(0)
+
+    def _overflow(self, count: int) -> None:
+        """Discard the queue; a snapshot follows, after `dropped` (unless the viewer is still
+        joining: then the snapshot stands for the events it never saw, see offer)."""
+        if not self.joining:
+            self.lost += self.queued + count
         self.queue.clear()
         self.queued = self.queued_bytes = 0
         self.resync = True
@@ -205,7 +225,10 @@ class Viewer:
     # after a snapshot, the next resync waits a while, then comes when a pass begins.
 
     def resync_earliest(self) -> float:
-        """The loop time from which this viewer may be resynced when a pass begins."""
+        """The loop time from which this viewer may be resynced when a pass begins (never
+        while a snapshot is still being sent to it: the next would queue up behind it)."""
+        if self.sending_snapshot:
+            return math.inf
         if self.snapshot_done is None:
             return 0.0
         return self.snapshot_done + max(self.hub.resync_interval, 2 * self.snapshot_took)
@@ -224,19 +247,20 @@ class Viewer:
 
     def resync_with(self, snapshot: Snapshot) -> None:
         """Resync now with `snapshot` (frames of the hub's graph at hub.seq)."""
-        self.ready = ([self._dropped_frame()], snapshot)
+        self.ready = (self._resync_head(), snapshot)
         self.want_snapshot = False
         self.wake.set()
 
-    def _dropped_frame(self) -> bytes:
-        frame = self.hub._pack({"type": "dropped", "count": self.lost})
+    def _resync_head(self) -> list[bytes]:
+        """What precedes a resync's snapshot: `dropped`, if the viewer lost events."""
+        head = [self.hub._pack({"type": "dropped", "count": self.lost})] if self.lost else []
         self.dropped_total += self.lost
         self.resyncs += 1
         self.lost = 0
         self.resync = False
         self.queue.clear()
         self.queued = self.queued_bytes = 0
-        return frame
+        return head
 
     async def run(self) -> None:
         """Send the ready frames (hello and snapshot, from `Hub.join`), then queued frames as
@@ -308,7 +332,7 @@ class Viewer:
         # Built synchronously: it reflects exactly the events up to hub.seq; the queue holds
         # only events up to hub.seq too, so it is dropped and the stream goes on at seq + 1.
         snapshot = self.hub.snapshot_frames()
-        head = [self._dropped_frame()] if self.resync else []
+        head = self._resync_head() if self.resync else []
         self.lost = 0
         self.resync = self.want_snapshot = False
         self.queue.clear()
@@ -319,12 +343,18 @@ class Viewer:
         # (The snapshot may be shared with other viewers: it is read, never changed.)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        for frame in head:
-            await self._send(frame)
-        for frame in snapshot:
-            await self._send(frame)
+        self.sending_snapshot = True
+        try:
+            for frame in head:
+                await self._send(frame)
+            for frame in snapshot:
+                await self._send(frame)
+        finally:
+            self.sending_snapshot = False
         self.snapshot_done = loop.time()
         self.snapshot_took = self.snapshot_done - start
+        # Live events follow unless the queue overflowed meanwhile: then another snapshot.
+        self.joining = self.joining and self.resync
 
     def behind(self) -> bool:
         """Whether events are still on their way to this viewer (one waiting for its resync

@@ -29,6 +29,10 @@ def test_quick_run_prints_a_table_and_writes_json(tmp_path: Path):
     assert results["meta"]["quick"] is True
     for section in ("ops", "backward", "moons", "memory", "memory_chain", "depth", "tracing"):
         assert section in results
+    # The traced training run: a real viewer process got every event of every traced step.
+    training = results["training"]
+    assert training["cost"]["gaps"] == 0 and training["bytes"]["gaps"] == 0
+    assert training["bytes"]["wire_bytes_per_step"] > 0 and training["join"]["snapshot_bytes"] > 0
     step = results["moons"]["gc on"]
     assert step["micrograd"] > 0 and step["opgraph"] > 0
     assert step["ratio"] == step["micrograd"] / step["opgraph"]
