@@ -61,6 +61,7 @@ _MISSING = object()
 # Collected nodes the engine has not added to for this long (seconds) are sent as events by
 # the next `drain` (the program stopped before a pass: a notebook cell, an evaluation).
 IDLE = 0.3
+IDLE_LOOKS = 3  # and as many looks in a row that saw the engine add nothing
 BUSY_NS = 20_000_000  # ... and it has not run for more than this (ns of CPU) meanwhile
 # A step of more nodes and inputs than this has no structure (docs/protocol.md: n + e at
 # most 500,000): it is sent as events only, and the tracer holds no more of its nodes.
@@ -322,8 +323,9 @@ class Tracer:
         self._step_asked = False  # step() was called during a pass: at its end
         self._merged: list[tuple[list[Value], list[float], Value]] = []
         # The consumer's idle check: (collected nodes, since when, the engine thread's CPU time
-        # then), and that thread's CPU clock (see _engine_cpu_ns).
-        self._watch = (0, 0, 0)
+        # then, looks in a row that saw no change), and that thread's CPU clock (see
+        # _engine_cpu_ns).
+        self._watch = (0, 0, 0, 0)
         self._engine_clock: int | None = None
         self.idle_ns = int(idle * 1e9)
 
@@ -801,16 +803,24 @@ class Tracer:
         count = len(self._pending)
         waiting = count - self._sent
         if waiting <= 0 or self._silent:
-            self._watch = (count, 0, 0)
+            self._watch = (count, 0, 0, 0)
             return
         now, busy = perf_counter_ns(), self._engine_cpu_ns()
-        seen, since, busy_since = self._watch
+        seen, since, busy_since, looks = self._watch
         # The engine added nodes, or ran (between its last node and its pass: reachable(),
         # sorting the nodes, under load for longer than `idle`) since the last look.
         if seen != count or busy - busy_since > BUSY_NS:
-            self._watch = (count, now, busy)
-            since = now
-        if waiting <= MAX_STEP and now - since < self.idle_ns:
+            self._watch = (count, now, busy, 0)
+            since, looks = now, 0
+        else:
+            looks += 1
+            self._watch = (seen, since, busy_since, looks)
+        # Idle means `idle` seconds AND several looks in a row: a consumer that held the GIL
+        # for longer than `idle` (a large snapshot for a joining viewer) kept the engine from
+        # running, which is not idleness; between looks the consumer sleeps, and the engine
+        # gets its turn. (`idle=0`: at every look.)
+        patient = self.idle_ns > 0 and (now - since < self.idle_ns or looks < IDLE_LOOKS)
+        if waiting <= MAX_STEP and patient:
             return
         with self._lock:
             if self._collecting and not self._silent:
