@@ -444,6 +444,8 @@ class Tracer:
                 self._emit((LABEL, perf_counter_ns(), node._id, node.label, None))
             return
         with self._lock:
+            if not self._silent and node._id >= self._unsent_from():
+                return  # collected and not sent (the usual case: nn labels each neuron's output)
             if self._is_known(node):
                 self._emit((LABEL, perf_counter_ns(), node._id, node.label, None))
             elif self._silent:  # perhaps a node of the step whose pass runs: compared already
