@@ -17,9 +17,11 @@ import _tracing_helpers as th
 import msgpack
 from playwright.sync_api import expect
 from test_server_validate import HELLO
+from test_viewer_groups import item
 from test_viewer_steps_moons import STEPS as RUN_STEPS
 from test_viewer_steps_moons import Run, history_rows
 
+import opgraph
 from opgraph import Engine
 from opgraph.demo import SEED, learning_rate, loss, make_moons
 from opgraph.nn import MLP
@@ -43,6 +45,93 @@ def check(page, seen, losses, params) -> None:
     cells = rows.evaluate_all("rows => rows.map(r => [...r.cells].map(c => c.textContent))")
     assert [(int(s), float(v)) for s, v in cells] == list(enumerate(losses, start=1))
     expect(page.locator("#st-pass")).to_contain_text(f"backward pass {STEPS}: done")
+
+
+def dead_units(root) -> set[str]:
+    """The neurons (scope paths) whose relu outputs are 0 for every sample, read from the
+    script's own graph of a step."""
+    outputs: dict[str, list[float]] = {}
+    for node in opgraph.topological_order(root):
+        if node.op_name == "relu":
+            outputs.setdefault(node.scope, []).append(node.data)
+    return {scope for scope, values in outputs.items() if all(v == 0.0 for v in values)}
+
+
+def check_dead_units(page, hidden: list[str], dead: set[str]) -> None:
+    """The page marks exactly the script's dead neurons, at the step shown (the newest)."""
+    for layer in sorted({path.split("/")[0] for path in hidden}):
+        if not item(page, f"s:{layer}").get_attribute("aria-expanded") == "true":
+            item(page, f"s:{layer}").click()
+    for path in hidden:
+        if path in dead:
+            expect(item(page, f"s:{path}")).to_have_attribute("data-dead", "true")
+        else:
+            expect(item(page, f"s:{path}")).not_to_have_attribute("data-dead", "true")
+
+
+def check_scrubbing(page, param, seen) -> None:
+    """Back to step 1 on the slider: the panel shows the parameter as the first step had it."""
+    page.evaluate("id => opgraphViewer.select(opgraphViewer.graph.nodes.get(id))", param._id)
+    slider = page.get_by_role("slider", name="Training step")
+    slider.focus()
+    page.keyboard.press("Home")
+    expect(page.locator("#step-text")).to_have_text(f"step 1 of {STEPS}")
+    step, data, grad = seen[param._id][0]
+    expect(page.locator("#details [data-field=training-step]")).to_have_text(f"1 of {STEPS}")
+    assert float(page.locator("#details [data-field=data]").inner_text()) == data
+    assert float(page.locator("#details [data-field=grad]").inner_text()) == grad
+    page.get_by_role("button", name="Newest").click()
+    expect(page.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
+
+
+def test_a_real_training_shows_its_dead_units_scrubs_and_opens_as_a_recording(browser, tmp_path):
+    """The whole task on a real run: every step traced (no call added to the loop) and
+    recorded; the page marks the dead ReLU units the script's own graph has, scrubs back to
+    step 1, and the recording opened in a page ("Open recording") shows the same History."""
+    engine = Engine(name="moons-dead", entry_points=False)
+    X, y = make_moons(POINTS, noise=0.1, seed=SEED)
+    model = MLP(2, [16, 16, 1], rng=random.Random(SEED), engine=engine)
+    params = model.parameters()
+    hidden = [f"L{i}/N{j}" for i in (0, 1) for j in range(16)]
+    seen: dict[int, list[tuple[int, float, float]]] = {}
+    path = tmp_path / "moons.ogtrace"
+    with engine.serve(port=0, record=path) as live:
+        for k in range(1, STEPS + 1):
+            total, _ = loss(model, X, y)
+            model.zero_grad()
+            total.backward()
+            for p in params:
+                seen.setdefault(p._id, []).append((k, p.data, p.grad))
+            if k == STEPS:
+                dead = dead_units(total)
+            rate = learning_rate(k - 1, STEPS)
+            for p in params:
+                p.data -= rate * p.grad
+        assert live.flush(timeout=60)
+        context = browser.new_context(bypass_csp=True)
+        errors: list[str] = []
+        context.on("weberror", lambda error: errors.append(str(error.error)))
+        page = context.new_page()
+        page.goto(live.url)
+        expect(page.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
+        check_dead_units(page, hidden, dead)
+        check_scrubbing(page, params[0], seen)
+        recorded = context.new_page()
+        recorded.goto(live.url + "?live=0")
+        expect(recorded.locator("#st-conn")).to_have_text("offline")
+        recorded.locator("#file").set_input_files(str(path))
+        expect(recorded.locator("#st-conn")).to_have_text("recording: moons.ogtrace")
+        expect(recorded.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
+        assert recorded.evaluate("opgraphViewer.rejected") == 0
+        for p in (params[0], params[-1]):
+            recorded.evaluate(
+                "id => opgraphViewer.select(opgraphViewer.graph.nodes.get(id))", p._id
+            )
+            assert history_rows(recorded) == seen[p._id]
+        check_dead_units(recorded, hidden, dead)
+        context.close()
+        assert errors == []
+    print(f"dead units at step {STEPS}: {sorted(dead)}")
 
 
 def test_a_real_training_traced_live_and_joined_late(browser):
