@@ -60,8 +60,8 @@ _MISSING = object()
 
 # Collected nodes the engine has not added to for this long (seconds) are sent as events by
 # the next `drain` (the program stopped before a pass: a notebook cell, an evaluation).
-IDLE = 0.3
-IDLE_LOOKS = 3  # and as many looks in a row that saw the engine add nothing
+IDLE = 0.5
+IDLE_LOOKS = 10  # and as many looks in a row (drains, 10 ms apart) that saw the engine add nothing
 BUSY_NS = 20_000_000  # ... and it has not run for more than this (ns of CPU) meanwhile
 # A step of more nodes and inputs than this has no structure (docs/protocol.md: n + e at
 # most 500,000): it is sent as events only, and the tracer holds no more of its nodes.
