@@ -804,7 +804,9 @@ class BatchedProgram(Generated):
             emit(f"    {target} += {dw}", gi)
         else:  # a weight used more than once: each use's gradient added
             emit(f"    np.add.at(PG, IW{gi}, {dw})", gi)
-        return [f"w{gi}.T @ g", *["g" for _ in group.extras[0]]]
+        # One neuron: W.T @ g is an outer product, a broadcast multiply (BLAS is slower).
+        dx = f"w{gi}.T * g" if len(group.nodes) == 1 else f"w{gi}.T @ g"
+        return [dx, *["g" for _ in group.extras[0]]]
 
     kind = "opgraph.compile batched"
 
