@@ -36,10 +36,7 @@ from opgraph import Value
 from .batched import batched_step
 from .moons import MLP, make_moons, step
 
-try:
-    import torch
-except ImportError:  # optional: the PyTorch rows are skipped with a note
-    torch = None
+torch = None  # PyTorch, imported by bench_peers (optional: its rows are skipped without it)
 
 NO_TORCH = (
     "PyTorch not installed: rows skipped "
@@ -137,6 +134,11 @@ def _rounds(runners: dict, rounds: int, steps: dict, best: dict) -> None:
 
 def bench_peers(config) -> dict:
     """The moons step of PyTorch, opgraph batched and micrograd, by number of points."""
+    global torch
+    try:
+        import torch
+    except ImportError:
+        torch = None
     results: dict = {}
     if torch is None:
         results["note"] = NO_TORCH
@@ -189,20 +191,14 @@ def table(results: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, best kept (3)")
     config = parser.parse_args(argv)
-    configure(config)
-    print(table(bench_peers(config)))
-    return 0
-
-
-def configure(config) -> None:
-    """The sizes of the peers benchmark, quick or full."""
     if config.quick:
-        config.peer_points, config.peer_steps = [6, 60], 2
-        config.rounds = 1
+        config.peer_points, config.peer_steps, config.rounds = [6, 60], 2, 1
     else:
         config.peer_points, config.peer_steps = [100, 1_000, 10_000], 40
-        config.rounds = getattr(config, "rounds", None) or 3
+    print(table(bench_peers(config)))
+    return 0
 
 
 if __name__ == "__main__":

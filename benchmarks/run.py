@@ -43,9 +43,10 @@ from .moons import MLP, SEED, loss, make_moons, step
 try:
     import numpy  # noqa: F401
 
+    from . import peers
     from .batched import batched_step
 except ImportError:  # numpy is optional: the batched figures need it
-    batched_step = None
+    batched_step = peers = None
 
 # Steps per timed call of the batched runner: a step takes about a millisecond.
 BATCHED_INNER = 25
@@ -226,6 +227,13 @@ def bench_batched(config) -> dict:
     return results
 
 
+def bench_peers(config) -> dict:
+    """The moons step against PyTorch (when installed) and micrograd: benchmarks/peers.py."""
+    if peers is None:
+        return {"note": "not measured: numpy is not installed (pip install -e '.[bench]')"}
+    return peers.bench_peers(config)
+
+
 def bench_memory(X, y) -> dict:
     """Bytes per node of the moons loss graph (tracemalloc; the model's own memory excluded)."""
     results = {}
@@ -403,6 +411,10 @@ def table(results: dict) -> str:
     for points, r in results.get("batched", {}).items():
         if isinstance(r, dict):
             row(f"batched step, {int(points):,} points", "", fmt(r["ms"], 3), "", "ms, gc on")
+    if "peers" in results:  # (not in runs made before it was measured)
+        lines.append("")
+        lines.append(peers.table(results["peers"]) if peers else str(results["peers"]))
+        lines.append("")
     m = results["memory"]
     row("memory per node", fmt(m["micrograd"]), fmt(m["opgraph"]), f"{m['ratio']:.2f}x", "bytes")
     if "memory_chain" in results:  # (not in runs made before it was measured)
@@ -462,6 +474,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         config.rounds, config.steps = 1, 1
         config.batch_points = [6, 60]
         config.chain_steps = 1_000
+        config.peer_points, config.peer_steps = [6, 60], 2
     else:
         config.points, config.op_number = 100, 20_000
         config.depths = [1_000, 10_000, 100_000, 1_000_000]
@@ -469,6 +482,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         config.rounds, config.steps = config.repeat, 4
         config.batch_points = [100, 1_000, 10_000]
         config.chain_steps = 50_000
+        config.peer_points, config.peer_steps = [100, 1_000, 10_000], 40
     return config
 
 
@@ -497,6 +511,8 @@ def main(argv=None) -> int:
         ("memory_chain", lambda: bench_memory_chain(config)),
         ("depth", lambda: bench_depth(config)),
         ("tracing", lambda: bench_tracing(config, X, y, results["moons"]["gc on"]["opgraph"])),
+        # Last: importing PyTorch makes every later full collection walk its objects too.
+        ("peers", lambda: bench_peers(config)),
     ]
     for name, run in steps:
         print(f"running {name} ...", file=sys.stderr, flush=True)
