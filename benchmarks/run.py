@@ -7,7 +7,9 @@ graph construction per op, backward per node, one training step of micrograd's m
 memory per node (of the moons loss graph, and of a chain of ops with constants), and the
 deepest chain each can backpropagate; for opgraph also the
 compiled moons step (and its compile time), the batched moons step (`Compiled.map`, with
-numpy) and how it grows with the number of points, and what tracing costs. Prints a table and writes
+numpy) and how it grows with the number of points, and what tracing costs; Rogozhnikov's
+10,000-op task (benchmarks/rogozhnikov.py) and, last, the moons step against PyTorch and
+micrograd by batch size (benchmarks/peers.py). Prints a table and writes
 JSON to benchmarks/results/ (`latest.json` and a timestamped copy).
 
 Times are CPU time of this process (`time.process_time`), the best of `--repeat` runs: on a
@@ -43,10 +45,10 @@ from .moons import MLP, SEED, loss, make_moons, step
 try:
     import numpy  # noqa: F401
 
-    from . import peers
+    from . import peers, rogozhnikov
     from .batched import batched_step
 except ImportError:  # numpy is optional: the batched figures need it
-    batched_step = peers = None
+    batched_step = peers = rogozhnikov = None
 
 # Steps per timed call of the batched runner: a step takes about a millisecond.
 BATCHED_INNER = 25
@@ -234,6 +236,14 @@ def bench_peers(config) -> dict:
     return peers.bench_peers(config)
 
 
+def bench_rogozhnikov(config) -> dict:
+    """Rogozhnikov's 10,000-op scalar graph task: benchmarks/rogozhnikov.py."""
+    if rogozhnikov is None:
+        return {"note": "not measured: numpy is not installed (pip install -e '.[bench]')"}
+    rogozhnikov.configure(config)
+    return rogozhnikov.bench_rogozhnikov(config)
+
+
 def bench_memory(X, y) -> dict:
     """Bytes per node of the moons loss graph (tracemalloc; the model's own memory excluded)."""
     results = {}
@@ -411,6 +421,9 @@ def table(results: dict) -> str:
     for points, r in results.get("batched", {}).items():
         if isinstance(r, dict):
             row(f"batched step, {int(points):,} points", "", fmt(r["ms"], 3), "", "ms, gc on")
+    if "rogozhnikov" in results and "eager_s" in results["rogozhnikov"]:
+        lines.append("")
+        lines.append(rogozhnikov.table(results["rogozhnikov"]) if rogozhnikov else "")
     if "peers" in results:  # (not in runs made before it was measured)
         lines.append("")
         lines.append(peers.table(results["peers"]) if peers else str(results["peers"]))
@@ -511,6 +524,7 @@ def main(argv=None) -> int:
         ("memory_chain", lambda: bench_memory_chain(config)),
         ("depth", lambda: bench_depth(config)),
         ("tracing", lambda: bench_tracing(config, X, y, results["moons"]["gc on"]["opgraph"])),
+        ("rogozhnikov", lambda: bench_rogozhnikov(config)),
         # Last: importing PyTorch makes every later full collection walk its objects too.
         ("peers", lambda: bench_peers(config)),
     ]
