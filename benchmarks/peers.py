@@ -3,7 +3,8 @@
     python -m benchmarks.peers [--quick]
 
 The same MLP(2, [16, 16, 1]) step (zero grads, forward over the points, mean hinge loss plus
-1e-4 times the L2 norm, backward, SGD update) three ways: PyTorch's eager tensors (CPU,
+1e-4 times the L2 norm, backward, SGD update) three ways (and opgraph's eager step, at the
+first size, against micrograd): PyTorch's eager tensors (CPU,
 float64, one thread), opgraph's batched step (benchmarks/batched.py: `Compiled.map` and
 `opgraph.optim.SGD`) and micrograd's scalar Values. Same starting weights; before timing,
 one step of PyTorch and one of opgraph are checked to give the same loss and the same
@@ -152,16 +153,18 @@ def bench_peers(config) -> dict:
         if torch is not None:
             runners["pytorch"] = torch_step(MLP(Value, 2, [16, 16, 1]), X, y)[0]
         runners["opgraph"] = batched_step(X, y)
-        if points == config.peer_points[0]:
-            micro = MLP(MicroValue, 2, [16, 16, 1])
+        if points == config.peer_points[0]:  # the scalar engines: a step takes 0.1 to 1 s
+            micro, eager = MLP(MicroValue, 2, [16, 16, 1]), MLP(Value, 2, [16, 16, 1])
             runners["micrograd"] = lambda m=micro, X=X, y=y: step(m, MicroValue, X, y)
+            runners["eager"] = lambda m=eager, X=X, y=y: step(m, Value, X, y)
         steps = {name: max(1, config.peer_steps * 100 // points) for name in runners}
-        steps["micrograd"] = 1  # about a second a step
+        steps["micrograd"] = steps["eager"] = 1
         row = best_ms(runners, config.rounds, steps)
         if "pytorch" in row:
             row["vs_pytorch"] = row["pytorch"] / row["opgraph"]
         if "micrograd" in row:
             row["vs_micrograd"] = row["micrograd"] / row["opgraph"]
+            row["eager_vs_micrograd"] = row["micrograd"] / row["eager"]
         results[str(points)] = row
     return results
 
@@ -176,6 +179,11 @@ def table(results: dict) -> str:
     for points, row in results.items():
         if not isinstance(row, dict):
             continue
+        if "eager" in row:
+            lines.append(
+                f"  opgraph eager (no compile), {int(points):,} points: {row['eager']:,.1f} ms, "
+                f"{row['eager_vs_micrograd']:.1f}x micrograd"
+            )
 
         def cell(key: str, digits: int = 3, suffix: str = "", row=row) -> str:
             return f"{row[key]:,.{digits}f}{suffix}" if key in row else "-"
@@ -188,6 +196,27 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(results: dict, width: int = 48) -> str:
+    """Step time by number of points as bars on a log scale, PyTorch's above opgraph's."""
+    rows = [
+        (points, name, row[name])
+        for points, row in results.items()
+        if isinstance(row, dict)
+        for name in ("pytorch", "opgraph")
+        if name in row
+    ]
+    if not rows:
+        return ""
+    low = math.log10(min(ms for *_, ms in rows)) - 0.1
+    high = math.log10(max(ms for *_, ms in rows))
+    lines = ["ms per step, log scale"]
+    for points, name, ms in rows:
+        bar = "#" * max(1, round(width * (math.log10(ms) - low) / (high - low)))
+        label = f"{int(points):,} points" if name == "pytorch" or len(rows) < 2 else ""
+        lines.append(f"{label:>14} {name:<8} {bar} {ms:.3f}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
@@ -197,7 +226,9 @@ def main(argv=None) -> int:
         config.peer_points, config.peer_steps, config.rounds = [6, 60], 2, 1
     else:
         config.peer_points, config.peer_steps = [100, 1_000, 10_000], 40
-    print(table(bench_peers(config)))
+    results = bench_peers(config)
+    print(table(results))
+    print(plot(results))
     return 0
 
 

@@ -427,6 +427,7 @@ def table(results: dict) -> str:
     if "peers" in results:  # (not in runs made before it was measured)
         lines.append("")
         lines.append(peers.table(results["peers"]) if peers else str(results["peers"]))
+        lines.append(peers.plot(results["peers"]) if peers else "")
         lines.append("")
     m = results["memory"]
     row("memory per node", fmt(m["micrograd"]), fmt(m["opgraph"]), f"{m['ratio']:.2f}x", "bytes")
