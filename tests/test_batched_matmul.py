@@ -222,3 +222,13 @@ def test_detect_anomaly_names_the_sum_whose_product_overflows():
     with opgraph.detect_anomaly(), pytest.raises(AnomalyError, match=r"'add'.*act.*sample 1"):
         f.map([[1.0, 1.0], [1e200, 1.0]])
     assert "np.matmul(" in (f.batch_source or "")
+
+
+def test_detect_anomaly_checks_the_backward_of_a_matrix_product():
+    w = [Value(1e300), Value(1e300)]
+    f = opgraph.compile(lambda x: (w[0] * x[0] + w[1] * x[1]) * 1e300, [1e-300, 1e-300])
+    with opgraph.detect_anomaly():
+        assert f.map([[1e-300, 1e-300]]).tolist() == [2e300]  # a finite forward
+        with pytest.raises(AnomalyError, match=r"'add'.*non-finite gradient.*input 0"):
+            f.backward()  # d out / d x = w * 1e300 overflows
+    assert "np.matmul(" in (f.batch_source or "")
