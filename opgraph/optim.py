@@ -15,7 +15,8 @@ the bit (the plain loop keeps working).
         opt.step()
 
 The parameters may be those of a compiled function (`compiled.parameters`) or a model's
-(`model.parameters()`): they are the same Values either way.
+(`model.parameters()`): they are the same Values either way. The model or the compiled
+function itself stands for its parameters (`SGD(model, lr=0.05)`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from numbers import Real
+from typing import Any
 
 from .errors import OptimizerError
 from .value import Value
@@ -30,9 +32,12 @@ from .value import Value
 __all__ = ["SGD", "Adam"]
 
 
-def _parameters(params: Iterable[Value], name: str) -> list[Value]:
+def _parameters(params: Any, name: str) -> list[Value]:
     """The parameters as a list, each checked to be a Value (a clear error, not a slot
-    missing later)."""
+    missing later). A model or a compiled function stands for its parameters."""
+    found = getattr(params, "parameters", None)
+    if found is not None and not isinstance(params, Iterable):
+        params = found() if callable(found) else found  # model.parameters(), compiled.parameters
     if isinstance(params, Value) or not isinstance(params, Iterable):
         raise OptimizerError(
             f"{name}(params, ...): params must be an iterable of Values (for example "
@@ -60,7 +65,7 @@ def _rate(value: float, what: str, name: str, low: float = 0.0, high: float = ma
 class _Optimizer:
     """What SGD and Adam share: their parameters, and zeroing their gradients."""
 
-    def __init__(self, params: Iterable[Value]) -> None:
+    def __init__(self, params: Any) -> None:
         self.params = _parameters(params, type(self).__name__)
 
     def zero_grad(self) -> None:
@@ -76,7 +81,7 @@ class SGD(_Optimizer):
     """Stochastic gradient descent: `p.data -= lr * p.grad` for every parameter; with
     `momentum`, PyTorch's: `buf = momentum * buf + p.grad; p.data -= lr * buf`."""
 
-    def __init__(self, params: Iterable[Value], lr: float, momentum: float = 0.0) -> None:
+    def __init__(self, params: Any, lr: float, momentum: float = 0.0) -> None:
         super().__init__(params)
         self.lr = _rate(lr, "lr", "SGD")
         self.momentum = _rate(momentum, "momentum", "SGD", 0.0, 1.0)
@@ -102,7 +107,7 @@ class Adam(_Optimizer):
 
     def __init__(
         self,
-        params: Iterable[Value],
+        params: Any,
         lr: float = 0.001,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,

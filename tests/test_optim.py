@@ -107,6 +107,13 @@ def test_a_compiled_batched_step_with_sgd_follows_the_plain_loop():
     assert [p.data for p in models[0].parameters()] == [p.data for p in models[1].parameters()]
 
 
+def test_a_model_or_a_compiled_function_stands_for_its_parameters():
+    model = MLP(2, [3, 1], rng=random.Random(0))
+    f = opgraph.compile(lambda x: model(x), [0.5, 0.5])
+    assert SGD(model, lr=0.1).params == model.parameters()
+    assert set(map(id, Adam(f).params)) == set(map(id, model.parameters()))
+
+
 def test_zero_grad_zeroes_every_parameter():
     params = [Value(1.0), Value(2.0)]
     (params[0] * params[1]).backward()
