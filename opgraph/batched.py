@@ -41,6 +41,7 @@ This module imports numpy: only `Compiled.map` imports it, so the scalar engine 
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from numbers import Real
@@ -713,7 +714,7 @@ class BatchedProgram(Generated):
                     emit(f"    if not isfinite(c).all(): {check}({gi}, {j}, c)")
                     c = "c"
                 for statement in self._scatter(operand, c, f"{gi}_{j}", written):
-                    emit(f"    {statement}", gi)
+                    emit(f"    {_in_place(statement)}", gi)
         emit("    seed = yield PG, G")
         return "\n".join(code) + "\n", lines
 
@@ -998,6 +999,20 @@ class BatchedProgram(Generated):
             detail=f"a sum of products (matrix product) gave {what} a non-finite gradient",
             error=AnomalyError,
         )
+
+
+# `G[a:b] = x * g` (or `@`), a first contribution to contiguous rows: computed straight into
+# them (`out=`), the same numbers without a temporary array and its copy.
+_PRODUCT_INTO_ROWS = re.compile(r"G\[(\d+:\d+)\] = ([\w.]+) ([*@]) g")
+
+
+def _in_place(statement: str) -> str:
+    found = _PRODUCT_INTO_ROWS.fullmatch(statement)
+    if found is None:
+        return statement
+    rows, factor, operator = found.groups()
+    ufunc = "multiply" if operator == "*" else "np.matmul"
+    return f"{ufunc}({factor}, g, out=G[{rows}])"
 
 
 def _first_nonfinite(array: np.ndarray) -> tuple[int, int]:
