@@ -907,8 +907,10 @@ class BatchedProgram(Generated):
                 chunk = last.inputs[start:stop]
                 running, _ = self._forward(last.replay, last.lines, chunk, last.PV)
             PG, G = self._send(running, seed[start:stop], last.lines)
-            for block in PG.T:  # the sums of the blocks of samples, in order
-                total += block
+            # The sums of the blocks of samples added to the total in order, one after the
+            # other: a running sum (cumsum) along [total, block 0, block 1, ...], one numpy
+            # call instead of one per block (79 at 10,000 samples).
+            total = np.cumsum(np.column_stack([total, PG]), axis=1)[:, -1]
             input_grads[start:stop] = G[:inputs].T
         sums = total[self.reaching_rows].tolist()
         for p, s in zip(self.reaching, sums, strict=True):
