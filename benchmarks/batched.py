@@ -3,7 +3,9 @@
 `opgraph.compile` records the hinge loss of one point, `Compiled.map` runs it on the whole
 batch with numpy, and `backward(weights=1/n)` sums the points' gradients into the
 parameters, as the mean of the losses does. The L2 term, the same for every point, is
-compiled on its own. Same model, data, loss and update as `moons.step`.
+compiled on its own. Same model, data, loss and update as `moons.step`; the update and the
+zeroing of the gradients are `opgraph.optim.SGD`'s (the plain loop's arithmetic, equal to the
+bit), and the points are numpy arrays, made once, as a user of PyTorch makes its tensors.
 """
 
 from __future__ import annotations
@@ -12,29 +14,33 @@ from collections.abc import Callable
 
 import opgraph
 from opgraph import Value
+from opgraph.optim import SGD
 
 from .moons import MLP
 
 
-def batched_step(X: list, y: list, learning_rate: float = 0.05) -> Callable[[], float]:
-    """A function running one batched training step on (X, y), returning the loss."""
+def batched_step(
+    X: list, y: list, learning_rate: float = 0.05, model: MLP | None = None
+) -> Callable[[], float]:
+    """A function running one batched training step on (X, y), returning the loss; of a
+    new MLP(2, [16, 16, 1]) (the same weights every time), or of `model`."""
     import numpy as np
 
-    model = MLP(Value, 2, [16, 16, 1])
+    model = MLP(Value, 2, [16, 16, 1]) if model is None else model
     params = model.parameters()
     per_sample = opgraph.compile(lambda x, yi: (1 + -yi * model(x)).relu(), X[0], y[0])
     l2 = opgraph.compile(lambda: 1e-4 * sum(p * p for p in params))
     weights = np.full(len(X), 1.0 / len(X))
+    points, labels = np.array(X, dtype=np.float64), np.array(y, dtype=np.float64)
+    optimizer = SGD(params, lr=learning_rate)
 
     def step() -> float:
-        for p in params:
-            p.grad = 0.0
-        losses = per_sample.map(X, y)
+        optimizer.zero_grad()
+        losses = per_sample.map(points, labels)
         total = losses.sum() * (1.0 / len(losses)) + l2()
         per_sample.backward(weights=weights)
         l2.backward()
-        for p in params:
-            p.data -= learning_rate * p.grad
+        optimizer.step()
         return total
 
     return step

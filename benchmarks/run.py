@@ -7,10 +7,12 @@ graph construction per op, backward per node, one training step of micrograd's m
 memory per node (of the moons loss graph, and of a chain of ops with constants), and the
 deepest chain each can backpropagate; for opgraph also the
 compiled moons step (and its compile time), the batched moons step (`Compiled.map`, with
-numpy) and how it grows with the number of points, what tracing costs, and a traced training
+numpy) and how it grows with the number of points, what tracing costs, a traced training
 run (benchmarks/training.py: every step traced to a viewer process, bytes per step on the wire
-and in a recording, a viewer joining after 1,000 steps). Prints a table and writes JSON to
-benchmarks/results/ (`latest.json` and a timestamped copy).
+and in a recording, a viewer joining after 1,000 steps), Rogozhnikov's 10,000-op task
+(benchmarks/rogozhnikov.py) and, last, the moons step against PyTorch and micrograd by batch
+size (benchmarks/peers.py). Prints a table and writes JSON to benchmarks/results/
+(`latest.json` and a timestamped copy).
 
 Times are CPU time of this process (`time.process_time`), the best of `--repeat` runs: on a
 machine shared with other work, wall time mostly measures the other work. Every ratio is
@@ -45,9 +47,10 @@ from .moons import MLP, SEED, loss, make_moons, step
 try:
     import numpy  # noqa: F401
 
+    from . import peers, rogozhnikov
     from .batched import batched_step
 except ImportError:  # numpy is optional: the batched figures need it
-    batched_step = None
+    batched_step = peers = rogozhnikov = None
 
 # Steps per timed call of the batched runner: a step takes about a millisecond.
 BATCHED_INNER = 25
@@ -226,6 +229,21 @@ def bench_batched(config) -> dict:
         ms = row["batched"] / inner
         results[str(points)] = {"ms": ms, "us_per_point": ms * 1e3 / points}
     return results
+
+
+def bench_peers(config) -> dict:
+    """The moons step against PyTorch (when installed) and micrograd: benchmarks/peers.py."""
+    if peers is None:
+        return {"note": "not measured: numpy is not installed (pip install -e '.[bench]')"}
+    return peers.bench_peers(config)
+
+
+def bench_rogozhnikov(config) -> dict:
+    """Rogozhnikov's 10,000-op scalar graph task: benchmarks/rogozhnikov.py."""
+    if rogozhnikov is None:
+        return {"note": "not measured: numpy is not installed (pip install -e '.[bench]')"}
+    rogozhnikov.configure(config)
+    return rogozhnikov.bench_rogozhnikov(config)
 
 
 def bench_memory(X, y) -> dict:
@@ -412,6 +430,14 @@ def table(results: dict) -> str:
     for points, r in results.get("batched", {}).items():
         if isinstance(r, dict):
             row(f"batched step, {int(points):,} points", "", fmt(r["ms"], 3), "", "ms, gc on")
+    if "rogozhnikov" in results and "eager_s" in results["rogozhnikov"]:
+        lines.append("")
+        lines.append(rogozhnikov.table(results["rogozhnikov"]) if rogozhnikov else "")
+    if "peers" in results:  # (not in runs made before it was measured)
+        lines.append("")
+        lines.append(peers.table(results["peers"]) if peers else str(results["peers"]))
+        lines.append(peers.plot(results["peers"]) if peers else "")
+        lines.append("")
     m = results["memory"]
     row("memory per node", fmt(m["micrograd"]), fmt(m["opgraph"]), f"{m['ratio']:.2f}x", "bytes")
     if "memory_chain" in results:  # (not in runs made before it was measured)
@@ -477,6 +503,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         config.rounds, config.steps = 1, 1
         config.batch_points = [6, 60]
         config.chain_steps = 1_000
+        config.peer_points, config.peer_steps = [6, 60], 2
     else:
         config.points, config.op_number = 100, 20_000
         config.depths = [1_000, 10_000, 100_000, 1_000_000]
@@ -484,6 +511,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         config.rounds, config.steps = config.repeat, 4
         config.batch_points = [100, 1_000, 10_000]
         config.chain_steps = 50_000
+        config.peer_points, config.peer_steps = [100, 1_000, 10_000], 40
     return config
 
 
@@ -513,6 +541,9 @@ def main(argv=None) -> int:
         ("depth", lambda: bench_depth(config)),
         ("tracing", lambda: bench_tracing(config, X, y, results["moons"]["gc on"]["opgraph"])),
         ("training", lambda: bench_training(config)),
+        ("rogozhnikov", lambda: bench_rogozhnikov(config)),
+        # Last: importing PyTorch makes every later full collection walk its objects too.
+        ("peers", lambda: bench_peers(config)),
     ]
     for name, run in steps:
         print(f"running {name} ...", file=sys.stderr, flush=True)

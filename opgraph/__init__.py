@@ -22,6 +22,7 @@ if not _os.path.isdir(_os.path.join(__path__[0], "server")) and all(
 ):
     __path__.append(_checkout)
 
+from . import optim
 from .compiler import BatchWarning, Compiled, CompileWarning, compile
 from .engine import Engine, default_engine, serve, step
 from .errors import (
@@ -37,6 +38,7 @@ from .errors import (
     OperandError,
     OpError,
     OpgraphError,
+    OptimizerError,
     PluginError,
     PluginLoadError,
     PluginLoadWarning,
@@ -75,6 +77,7 @@ __all__ = [
     "OpError",
     "OperandError",
     "OpgraphError",
+    "OptimizerError",
     "PluginError",
     "OpConflictError",
     "PluginLoadError",
@@ -96,6 +99,7 @@ __all__ = [
     "hookspec",
     "jvp",
     "no_grad",
+    "optim",
     "scope",
     "serve",
     "step",

@@ -187,6 +187,11 @@ class CompileError(OpgraphError):
     """A function cannot be compiled faithfully, or a compiled function got other arguments."""
 
 
+class OptimizerError(OpgraphError, ValueError):
+    """An optimiser (`opgraph.optim`) got parameters that are not Values, or a
+    hyperparameter out of its range."""
+
+
 class GradcheckError(OpgraphError, AssertionError):
     """An op's derivative disagrees with finite differences (or cannot be checked)."""
 

@@ -28,7 +28,11 @@ def tanh_array(a):
 def relu_array(a):
     import numpy as np
 
-    return np.where(a <= 0, 0.0, a)  # as `relu`: nan stays nan, -0.0 becomes 0.0
+    # As `relu`: nan stays nan, and + 0.0 makes -0.0 (which maximum may keep) 0.0. maximum
+    # is a single pass, several times faster than np.where with its mask.
+    out = np.maximum(a, 0.0)
+    out += 0.0
+    return out
 
 
 def relu_array_derivative(out, a):

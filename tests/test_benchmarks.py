@@ -40,6 +40,11 @@ def test_quick_run_prints_a_table_and_writes_json(tmp_path: Path):
     assert results["depth"]["micrograd"] < results["depth"]["recursion_limit"]
     assert results["depth"]["opgraph"] == 10_000
     assert len(list(tmp_path.glob("quick-*.json"))) == 1
+    # The peers table: PyTorch's rows, or a note saying they were skipped and why.
+    assert "moons step (gc.collect() in each)" in result.stdout
+    peers = results["peers"]
+    assert "check" in peers if "torch" in peers else "PyTorch not installed" in peers["note"]
+    assert peers["6"]["opgraph"] > 0 and peers["6"]["micrograd"] > 0
 
     # A second run compares itself with the first.
     again = subprocess.run(
