@@ -369,10 +369,15 @@ class Steps:
         # structure -> (n, e, its last offset, its first id, whether it had its first step)
         self.sizes: dict[int, list] = {}
         self.in_use = 0  # the structure of the last step
+        # After a publisher's `dropped` (events it made and could not send), the next
+        # structure, step and pass numbers may skip the lost ones: each must only be higher.
+        self.skipped: set[str] = set()
 
     def see(self, event: dict, index: int) -> None:
         kind = event["type"]
-        if kind == "forward":
+        if kind == "dropped":
+            self.skipped = {"structure", "step", "pass"}
+        elif kind == "forward":
             if event["id"] > self.max_id:
                 self.max_id = event["id"]
         elif kind == "backward_begin":
@@ -384,7 +389,7 @@ class Steps:
 
     def _structure(self, event: dict, index: int) -> None:
         number = event["structure"]
-        if number != self.structure + 1:
+        if not self._follows("structure", number, self.structure):
             _refuse(index, "structure", "structure", f"must be {self.structure + 1}, got {number}")
         ids, inputs = u8s(event["ids"]), u8s(event["inputs"])
         # The receiver knows an id that was announced: bounded, as a stream can be endless,
@@ -400,7 +405,7 @@ class Steps:
 
     def _step(self, event: dict, index: int) -> None:
         number, first, pass_ = event["step"], event["first"], event["pass"]
-        if number != self.step + 1:
+        if not self._follows("step", number, self.step):
             _refuse(index, "step", "step", f"must be {self.step + 1}, got {number}")
         size = self.sizes.get(event["structure"])
         if size is None:
@@ -421,7 +426,7 @@ class Steps:
             if first + last > MAX_INT:
                 problem = f"must leave its last id, first + {last}, at most 2**53-1"
                 _refuse(index, "step", "first", problem)
-            if pass_ != self.passes + 1:
+            if not self._follows("pass", pass_, self.passes):
                 _refuse(index, "step", "pass", f"must be {self.passes + 1}, got {pass_}")
             self.max_id, self.passes = first + last, pass_
         width = 4 if event.get("dtype") == "f4" else 8
@@ -434,6 +439,15 @@ class Steps:
         self.step = number
         self.in_use = event["structure"]
         self.sizes[self.in_use] = self.sizes.pop(self.in_use)  # used: kept last
+
+
+    def _follows(self, what: str, number: int, last: int) -> bool:
+        """Whether `number` may follow `last`: the next one, or any higher one after a
+        `dropped` (once: the number after it must follow it again)."""
+        if what in self.skipped and number > last:
+            self.skipped.discard(what)
+            return True
+        return number == last + 1
 
 
 def forget_oldest(kept: dict, limit: int, in_use: Any) -> None:

@@ -14,6 +14,7 @@ import math
 import pickle
 import subprocess
 import sys
+from array import array
 from fractions import Fraction
 from numbers import Real
 
@@ -124,9 +125,14 @@ def test_a_traced_training_step_with_a_numpy_like_rate_sends_only_floats():
         w.data -= Float32(0.1) * w.grad
         opgraph.touch([w])
     events = event_maps(records(tracer.drain()), 1, tracer.t0)
-    numbers = [e[key] for e in events for key in ("data", "grad") if key in e]
+    numbers = [
+        e[key] for e in events if e["type"] != "step" for key in ("data", "grad") if key in e
+    ]
     assert numbers and all(type(x) is float for x in numbers)
     assert any(e["type"] == "data" for e in events)  # the update was sent
+    # A step's numbers are packed float64 (docs/protocol.md), w's among them as a float.
+    step = next(e for e in events if e["type"] == "step")
+    assert type(step["data"]) is bytes and 0.5 in array("d", step["data"]).tolist()
 
 
 @pytest.mark.parametrize("bad", ["1.5", 1j, None, [1.0], (1.0,), Value(1.0)])

@@ -16,6 +16,7 @@ import pytest
 from _steps_helpers import Training, f8, pack, u4, u8
 from test_server_validate import HELLO, Tape, feed, settled, snapshot_graph
 
+from opgraph.errors import InvalidEvent
 from opgraph.server.events import MAX_STEP_NODES, MAX_STRUCTURES, Steps, check_event
 from opgraph.server.hub import Hub
 from opgraph.server.intake import receive_run
@@ -170,6 +171,32 @@ def test_the_stream_checks_accept_what_a_training_sends():
     for index, event in enumerate(Training(gap=5).steps(50)):
         checks.see(check_event(event, index), index)
     assert checks.step == 50 and checks.passes == 50
+
+
+def test_after_a_publishers_dropped_the_numbers_may_skip_the_lost_ones_once():
+    # A script whose buffer overflowed lost a `structure`, `step`s and passes it had
+    # numbered: it says `dropped`, and its next numbers are higher than the last the hub saw.
+    events = list(Training().steps(3))
+    checks = Steps()
+    for index, event in enumerate(events):
+        checks.see(check_event(event, index), index)
+    assert (checks.structure, checks.step, checks.passes) == (1, 3, 3)
+    checks.see(check_event({"type": "dropped", "count": 40}, 3), 3)
+    later = structure(structure=3)  # structure 2 was lost
+    checks.see(check_event(later, 4), 4)
+    checks.see(check_event(step(step=9, structure=3, first=2, **{"pass": 3}), 5), 5)
+    skipped = step(step=10, structure=3, first=20, **{"pass": 8})  # a values-only step
+    checks.see(check_event(skipped, 6), 6)
+    assert (checks.structure, checks.step, checks.passes) == (3, 10, 8)
+    # Once only: what follows must follow again.
+    with pytest.raises(InvalidEvent, match="'step' must be 11, got 12"):
+        checks.see(check_event(step(step=12, structure=3, first=30, **{"pass": 9}), 7), 7)
+    # And never lower, nor without a `dropped`.
+    fresh = Steps()
+    for index, event in enumerate(events):
+        fresh.see(check_event(event, index), index)
+    with pytest.raises(InvalidEvent, match="'structure' must be 2, got 3"):
+        fresh.see(check_event(structure(structure=3), 3), 3)
 
 
 def test_a_bad_step_over_a_real_socket_closes_1007_and_viewers_keep_the_last_good_step():
