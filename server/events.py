@@ -440,7 +440,6 @@ class Steps:
         self.in_use = event["structure"]
         self.sizes[self.in_use] = self.sizes.pop(self.in_use)  # used: kept last
 
-
     def _follows(self, what: str, number: int, last: int) -> bool:
         """Whether `number` may follow `last`: the next one, or any higher one after a
         `dropped` (once: the number after it must follow it again)."""
