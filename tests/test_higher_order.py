@@ -327,17 +327,24 @@ def test_grad_nodes_are_ordinary_nodes_drawable_and_traced():
     assert "tanh" in dot.source and "x" in dot.source
 
 
-def test_grad_builds_traced_nodes():
+def traced_tanh(name: str):
+    """A traced engine's tracer, x and y = tanh(x), with the events so far drained, and a
+    function that gives the events since as maps."""
     from opgraph.trace import Tracer, event_maps, records
 
-    engine = Engine(name="traced-grad", entry_points=False)
+    engine = Engine(name=name, entry_points=False)
     tracer = Tracer(engine)
     tracer.attach()
     x = engine.value(0.5, label="x")
     y = x.tanh()
     tracer.drain()
+    return tracer, x, y, lambda: event_maps(records(tracer.drain()), 1, tracer.t0)
+
+
+def test_grad_builds_traced_nodes():
+    _, x, y, events_since = traced_tanh("traced-grad")
     (d,) = grad(y, [x], create_graph=True)
-    events = event_maps(records(tracer.drain()), 1, tracer.t0)
+    events = events_since()
     ids = {e["id"] for e in events if e["type"] == "forward"}
     assert d.id in ids
     # the pass's nodes are one group for a viewer: the scope `grad`, inside the caller's
@@ -350,19 +357,12 @@ def test_grad_builds_traced_nodes():
 
 def test_first_order_grad_results_are_not_traced_until_used():
     # An app that serves gradients: each result is a number the caller reads, not graph.
-    from opgraph.trace import Tracer, event_maps, records
-
-    engine = Engine(name="grad-service", entry_points=False)
-    tracer = Tracer(engine)
-    tracer.attach()
-    x = engine.value(0.5, label="x")
-    y = x.tanh()
-    tracer.drain()
+    tracer, x, y, events_since = traced_tanh("grad-service")
     results = [grad(y, [x])[0] for _ in range(100)]
     assert tracer.drain() == []  # 100 answers, no event
     assert results[0].data == pytest.approx(1 - math.tanh(0.5) ** 2)
     z = results[0] * 2  # used in traced work: then it is announced, with its data
-    events = event_maps(records(tracer.drain()), 1, tracer.t0)
+    events = events_since()
     forwards = [e for e in events if e["type"] == "forward"]
     announced = {e["id"]: e for e in forwards}
     assert results[0].id in announced and z.id in announced

@@ -14,6 +14,7 @@ import struct
 import pytest
 from playwright.sync_api import expect
 from test_viewer import frames, hello
+from test_viewer_steps_moons import history_rows
 from viewer_support import StreamServer
 
 expect.set_options(timeout=15_000)
@@ -138,6 +139,20 @@ def live_stream(steps: int = STEPS, extra: list[dict] | None = None) -> bytes:
     return frames(hello(), *events)
 
 
+def history_map() -> dict:
+    """The `history` a snapshot carries after the 30 steps: each step's loss, and the
+    inputs' (w and x) data and grad by step."""
+    return {
+        "type": "history",
+        "steps": u8(range(1, STEPS + 1)),
+        "loss": f8([s["data"][ROOT] for s in STEPS_DATA]),
+        "structure": 1,
+        "from": 0,
+        "data": f8([v for s in STEPS_DATA for v in s["data"][3:]]),
+        "grad": f8([v for s in STEPS_DATA for v in s["grad"][3:]]),
+    }
+
+
 def late_join_stream(histories: list[dict] | None = None, w_now: float | None = None) -> bytes:
     """What a server sends a viewer joining after the last step: a snapshot with the latest
     step's nodes (named by its ids), its `structure`, `step` and the `history`."""
@@ -205,15 +220,7 @@ def late_join_stream(histories: list[dict] | None = None, w_now: float | None = 
     ]
     if w_now is not None:  # w changed after the last step (the optimizer's update)
         nodes[0]["data"] = w_now
-    history = {
-        "type": "history",
-        "steps": u8(range(1, STEPS + 1)),
-        "loss": f8([s["data"][ROOT] for s in STEPS_DATA]),
-        "structure": 1,
-        "from": 0,
-        "data": f8([v for s in STEPS_DATA for v in s["data"][3:]]),
-        "grad": f8([v for s in STEPS_DATA for v in s["grad"][3:]]),
-    }
+    history = history_map()
     return frames(
         {**hello(), "seq": seq},
         {
@@ -236,15 +243,6 @@ def late_join_stream(histories: list[dict] | None = None, w_now: float | None = 
 
 
 # --- reading the page ----------------------------------------------------------------------
-
-
-def history_rows(page) -> list[tuple[int, float, float]]:
-    table = page.get_by_role("table", name="History")
-    expect(table).to_be_visible()
-    cells = table.locator("tbody tr").evaluate_all(
-        "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
-    )
-    return [(int(s), float(d), float(g)) for s, d, g in cells]
 
 
 def loss_rows(page) -> list[tuple[int, float]]:
@@ -544,15 +542,7 @@ def test_a_snapshot_shows_its_nodes_numbers_and_the_latest_step_as_the_step_used
 def test_a_history_alone_gives_the_loss(page):
     """A server whose graph lost the structure's nodes sends the `history` alone: the page
     has the loss per step (no structure to read the parameters' rows by)."""
-    history = {
-        "type": "history",
-        "steps": u8(range(1, STEPS + 1)),
-        "loss": f8([s["data"][ROOT] for s in STEPS_DATA]),
-        "structure": 1,
-        "from": 0,
-        "data": f8([v for s in STEPS_DATA for v in s["data"][3:]]),
-        "grad": f8([v for s in STEPS_DATA for v in s["grad"][3:]]),
-    }
+    history = history_map()
     stream = frames(
         {**hello(), "seq": 50},
         {"type": "snapshot_begin", "seq": 50, "nodes": 0},
