@@ -23,6 +23,19 @@ export function el(tag, props = {}, ...children) {
   return element;
 }
 
+/** A canvas `width` x `height` CSS pixels, sharp on a high-density screen: its 2D context,
+ *  scaled so that drawing is in CSS pixels. */
+export function sharpCanvas(canvas, width, height) {
+  const ratio = devicePixelRatio || 1;
+  canvas.width = width * ratio;
+  canvas.height = height * ratio;
+  canvas.style.width = `${width}px`;
+  canvas.style.height = `${height}px`;
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  return ctx;
+}
+
 // The details' facts: [name, data-field, text] rows, skipping the false ones.
 export function factList(facts) {
   const list = el("dl", { className: "facts" });

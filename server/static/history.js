@@ -6,7 +6,7 @@
 // Its methods become the viewer's (app.js mixes them in): `this` is the one Viewer, whose
 // state app.js lists.
 
-import { el } from "./dom.js";
+import { el, sharpCanvas } from "./dom.js";
 import { range } from "./timeline.js";
 
 export class History {
@@ -71,13 +71,8 @@ function appendRows(view, { steps, data, grad }) {
 
 /** Data (blue) and grad (orange) by step, each on its own scale; the shown step marked. */
 function drawHistory(canvas, { steps, data, grad }, shown) {
-  const width = 300, height = 90, ratio = devicePixelRatio || 1;
-  canvas.width = width * ratio;
-  canvas.height = height * ratio;
-  canvas.style.width = `${width}px`;
-  canvas.style.height = `${height}px`;
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  const width = 300, height = 90;
+  const ctx = sharpCanvas(canvas, width, height);
   ctx.clearRect(0, 0, width, height);
   const first = steps[0], span = Math.max(1, steps[steps.length - 1] - first);
   const x = (step) => 3 + ((step - first) / span) * (width - 6);

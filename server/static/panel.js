@@ -4,7 +4,7 @@
 // Its methods become the viewer's (app.js mixes them in): `this` is the one Viewer, whose
 // state app.js lists.
 
-import { $, el, factList, linkList } from "./dom.js";
+import { $, el, factList, linkList, sharpCanvas } from "./dom.js";
 import { looseBands } from "./groups.js";
 import { dataText, formatNumber, nodeTitle, opText } from "./render.js";
 import { SPREAD_FIELDS, drawSpread, gradSpread } from "./spread.js";
@@ -171,14 +171,9 @@ function spreadSection(spread, shown) {
   const [min, q1, median, q3, max] = Array.from(five, formatNumber);
   const summary = `${params} parameter${params === 1 ? "" : "s"}, step ${steps[at]}: |grad| median ${median}`
     + ` (quartiles ${q1} to ${q3}, min ${min}, max ${max})`;
-  const width = 300, height = 90, ratio = devicePixelRatio || 1;
+  const width = 300, height = 90;
   const chart = el("canvas", { className: "history-chart spread-chart", role: "img" });
-  chart.width = width * ratio;
-  chart.height = height * ratio;
-  chart.style.width = `${width}px`;
-  chart.style.height = `${height}px`;
-  const ctx = chart.getContext("2d");
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  const ctx = sharpCanvas(chart, width, height);
   const { low, high } = drawSpread(ctx, spread, 3, 4, width - 6, height - 8, shown);
   chart.setAttribute("aria-label", `|grad| of this group's ${params} parameters over ${steps.length} steps,`
     + ` from ${formatNumber(low)} to ${formatNumber(high)} (log scale): min to max, quartiles, median`);
