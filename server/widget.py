@@ -161,7 +161,8 @@ def widget(engine: TracedEngine, **options: Any) -> TraceWidget:
     if bad:
         raise ServerError(
             f"opgraph.widget() streams through the kernel and opens no socket: "
-            f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} options of opgraph.serve()"
+            f"{', '.join(bad)} {'is an option' if len(bad) == 1 else 'are options'} of "
+            f"opgraph.serve()"
         )
     with _lock:
         feed = _feeds.get(id(engine))
