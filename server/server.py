@@ -64,6 +64,15 @@ RECORD_FLUSH_INTERVAL = 0.5  # seconds between flushes of a recording to disk
 __all__ = ["EngineServer", "ServerError", "TraceServer", "serve_engine"]
 
 
+# What the notebook shows under the iframe: where the frame stays blank, and what works there.
+IFRAME_NOTE = (
+    "A blank frame? This viewer is served at 127.0.0.1 on the kernel's machine, and lets only "
+    "pages of local origins frame it: in Colab, a remote JupyterHub or VS Code the browser "
+    "cannot reach it or may not frame it. Show <code>opgraph.widget()</code> there instead: "
+    "it streams through the kernel, with no port."
+)
+
+
 class TraceServer:
     """A running tracing server: a context manager with `.url`, `.port`, `.close()`.
 
@@ -370,6 +379,7 @@ class TraceServer:
             f'<iframe src="{html.escape(self.url, quote=True)}" width="100%" '
             f'height="{self.NOTEBOOK_HEIGHT}" style="border: 1px solid #ccc" '
             f'title="opgraph viewer"></iframe>'
+            f"<p>{IFRAME_NOTE}</p>"
         )
 
     # --- HTTP: the page, and the checks before an upgrade ---------------------------------
