@@ -72,6 +72,7 @@ def _events(comms: list[dict]) -> list[dict]:
     return list(unpacker)
 
 
+@pytest.mark.subprocess  # the kernel (conftest.py sees no subprocess call here)
 def test_in_a_kernel_the_widget_streams_through_the_comm_and_opens_no_port():
     # "python3" is ipykernel's own kernel: this interpreter, the test's venv
     km, kc = start_new_kernel(kernel_name="python3")

@@ -80,6 +80,10 @@ def lab(tmp_path):
         "language": "python",
     }
     nbformat.write(nb, tmp_path / "widget.ipynb")
+    # every cell rendered, on screen or not (JupyterLab 4 draws only the visible ones)
+    settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     port, token = _free_port(), secrets.token_hex(16)
     env = {
         **os.environ,
@@ -114,7 +118,7 @@ def lab(tmp_path):
             server.kill()
 
 
-def test_run_all_in_jupyterlab_shows_the_backward_pass_with_nothing_dropped(lab):
+def test_run_all_in_jupyterlab_shows_the_backward_pass_with_nothing_dropped(lab, tmp_path):
     server, url = lab
     from playwright.sync_api import sync_playwright
 
@@ -134,7 +138,12 @@ def test_run_all_in_jupyterlab_shows_the_backward_pass_with_nothing_dropped(lab)
         page.click("text=Run All Cells", timeout=30_000)
         widget = page.locator(".opgraph-widget")
         rows = widget.locator("#node-list tbody tr")
-        page.locator(".jp-OutputArea-output pre", has_text="trained").wait_for(timeout=120_000)
+        trained = page.locator(".jp-OutputArea-output pre", has_text="trained")
+        try:
+            trained.wait_for(state="attached", timeout=120_000)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "lab.png"))
+            raise
         rows.nth(3).wait_for(timeout=60_000)
         widget.locator("#st-pass").filter(has_text=re.compile("pass")).wait_for(timeout=60_000)
         texts = rows.all_inner_texts()
