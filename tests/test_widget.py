@@ -20,6 +20,7 @@ from viewer_support import b64
 
 import opgraph
 from opgraph import Engine, ServerError
+from opgraph.nn import MLP
 from opgraph.server import widget as widget_module
 from opgraph.server.bundle import widget_esm
 
@@ -153,22 +154,74 @@ def test_bad_widget_options_are_refused_with_a_reason():
             opgraph.widget(engine)
 
 
-def _frames_of_a_traced_graph() -> list[bytes]:
-    """What a widget sends its page for a small graph: hello, snapshot, then live events."""
+def _frames_of_a_traced_graph(mlp: bool = False) -> list[bytes]:
+    """What a widget sends its page for a small graph (or a scoped MLP's): hello, snapshot,
+    then live events."""
     engine = Engine(name="page")
     w = opgraph.widget(engine)
     sent: list[bytes] = []
     w.send = lambda content, buffers=None: sent.extend(buffers or [])  # pyright: ignore[reportAttributeAccessIssue]
     try:
         w._on_msg(w, {"type": "ready", "view": "p"}, [])
-        x = engine.value(0.5, label="x")
-        y = (x * engine.value(4.0, label="k")).tanh()
-        y.label = "y"
-        y.backward()
+        if mlp:
+            MLP(2, [4, 4, 1], engine=engine)([0.5, -1.0]).backward()
+        else:
+            x = engine.value(0.5, label="x")
+            y = (x * engine.value(4.0, label="k")).tanh()
+            y.label = "y"
+            y.backward()
         assert w.flush()
     finally:
         w.close()
     return sent
+
+
+TWO = """
+<!doctype html><html><head><title>notebook</title></head><body>
+<div id="one"></div><div id="two"></div>
+<script type="module">
+import widget from "/widget.js";
+window.listeners = { one: [], two: [] };
+for (const name of ["one", "two"]) {
+  const model = {
+    get: (key) => ({ height: 400 })[key],
+    on: (event, f) => window.listeners[name].push(f),
+    off: () => {},
+    send: () => {},
+  };
+  widget.render({ model, el: document.getElementById(name) });
+}
+window.deliver = (name, frames) => {
+  const buffers = frames.map((b) => Uint8Array.from(atob(b), (c) => c.charCodeAt(0)).buffer);
+  for (const f of window.listeners[name]) f({ type: "frame" }, buffers);
+};
+</script></body></html>
+"""
+
+
+def test_two_widgets_on_one_page_are_two_viewers_and_the_overview_worker_runs(page):
+    frames = _frames_of_a_traced_graph(mlp=True)
+    esm = widget_esm()
+    page.route(
+        "http://widget.test/**",
+        lambda route: route.fulfill(
+            body=esm if route.request.url.endswith("/widget.js") else TWO,
+            content_type="text/javascript" if route.request.url.endswith(".js") else "text/html",
+        ),
+    )
+    page.goto("http://widget.test/")
+    page.wait_for_function("() => document.querySelectorAll('.opgraph-widget').length === 2")
+    page.evaluate("(frames) => window.deliver('one', frames)", [b64(f) for f in frames])
+    one, two = "#one .opgraph-widget", "#two .opgraph-widget"
+    # scopes (L0/N1 ...): the overview, laid out by the worker the widget made from its bundle
+    page.locator(f"{one} #st-nodes").filter(has_text="nodes").wait_for()
+    page.locator(f"{one} #view-mode").select_option("aggregate")
+    page.wait_for_function(
+        f"() => document.querySelector('{one}').opgraphViewer.hview !== null", timeout=20_000
+    )
+    count = "(s) => document.querySelector(s).opgraphViewer.graph.size"
+    assert page.evaluate(count, one) > 30 and page.evaluate(count, two) == 0
+    assert page.locator(f"{two} #st-nodes").inner_text() == "0 nodes"  # ids found per widget
 
 
 PAGE = """
