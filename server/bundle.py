@@ -62,7 +62,7 @@ def viewer_css() -> str:
     rules = re.sub(r"/\*.*?\*/", "", css, flags=re.S)  # (comments may say "body")
     if re.search(r"\bbody\b|\bhtml\b", rules):
         raise BundleError("viewer.css names body or html in a form bundle.py does not rewrite")
-    widget = ":host { display: block; }\n.page { height: 100%; }\n"
+    widget = ":host { display: block; }\n.page { height: 100%; }\n.page:focus { outline: none; }\n"
     return f"{css}\n/* a notebook widget (bundle.py) */\n{widget}"
 
 

@@ -146,6 +146,15 @@ def test_run_all_in_jupyterlab_shows_the_backward_pass_with_nothing_dropped(lab,
             raise
         rows.nth(3).wait_for(timeout=60_000)
         widget.locator("#st-pass").filter(has_text=re.compile("pass")).wait_for(timeout=60_000)
+        # keys typed in the viewer are its own ("v": the next view), not JupyterLab's
+        # command-mode shortcuts ("d d" would delete the widget's cell)
+        cells = page.locator(".jp-Notebook .jp-Cell").count()
+        widget.locator("#canvas").click()
+        page.keyboard.press("v")
+        page.keyboard.press("d")
+        page.keyboard.press("d")
+        mode = widget.locator("#view-mode").input_value()
+        cells_after = page.locator(".jp-Notebook .jp-Cell").count()
         texts = rows.all_inner_texts()
         status = widget.locator("#status").inner_text()
         listening = _kernel_ports(server)
@@ -156,5 +165,6 @@ def test_run_all_in_jupyterlab_shows_the_backward_pass_with_nothing_dropped(lab,
     assert by_label["y"][4] == "1"  # the output's grad, as text
     assert by_label["x"][4] not in ("", "0", "…")  # a grad that flowed back to x
     assert "0 dropped" in status and "no backward pass seen" not in status
+    assert mode == "detail" and cells_after == cells
     assert sorted(listening) == json.loads(before.split(" ", 1)[1])  # the widget opened none
     assert errors == []

@@ -25,6 +25,9 @@ export function startWidget({ model, el, body, css, workerUrl }) {
   const host = document.createElement("div");
   host.className = "opgraph-widget";
   host.style.height = `${model.get("height")}px`;
+  // Keys typed in the viewer are its own: JupyterLab's command-mode shortcuts ("d d" deletes
+  // the cell) skip an element with this attribute (Lumino sees the shadow root's host).
+  host.dataset.lmSuppressShortcuts = "true";
   el.append(host);
   const root = host.attachShadow({ mode: "open" });
   const sheet = new CSSStyleSheet();
@@ -32,6 +35,7 @@ export function startWidget({ model, el, body, css, workerUrl }) {
   root.adoptedStyleSheets = [sheet];
   const page = document.createElement("div");
   page.className = "page";
+  page.tabIndex = 0; // a click in the viewer focuses it: its keys then reach the viewer
   for (const child of body) page.append(build(child));
   root.append(page);
   setRoot(root);
