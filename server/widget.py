@@ -69,6 +69,8 @@ class TraceWidget(anywidget.AnyWidget):
             self.views.discard(view)
             if not self.views:
                 self.feed.server.call(self._leave)
+                if self.feed.widgets[-1:] != [self]:  # a newer one shows it: a cell run again
+                    self.close()
         elif kind == "snapshot" and self.viewer is not None:
             viewer = self.viewer
             self.feed.server.call(viewer.ask_snapshot)
@@ -178,7 +180,8 @@ def widget(engine: TracedEngine, **options: Any) -> TraceWidget:
                 f"engine {engine.name!r} already has a widget made with other options "
                 f"({feed.options or 'none'}): close it first to use {options}"
             )
-    # A cell run again: its earlier widget's page is gone; that widget is closed, not leaked.
+    # A cell run again: its earlier widget's page is gone; that widget is closed, not leaked
+    # (here, or when its page says "gone" after this one is made: see _on_msg).
     for earlier in [w for w in feed.widgets if w.shown and not w.views]:
         earlier.close()
     if feed.server._closed:  # (closing the earlier ones stopped it)

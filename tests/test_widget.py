@@ -133,7 +133,13 @@ def test_widgets_share_one_feed_per_engine_and_leave_nothing_behind():
     assert b.feed.server.hub.viewers == set()
     again = opgraph.widget(one)  # the cell run again: the earlier widget is closed
     assert b.comm is None and again.feed is not b.feed and b.feed.server._closed
-    for w in (again, c):
+    # Run All: the new widget is made before the earlier page says "gone"; then it is closed
+    again._on_msg(again, {"type": "ready", "view": "q"}, [])
+    newer = opgraph.widget(one)
+    assert again.comm is not None  # its page still shows it
+    again._on_msg(again, {"type": "gone", "view": "q"}, [])
+    assert again.comm is None and newer.feed.widgets == [newer]
+    for w in (newer, c):
         w.close()
     assert one.tracer is None and two.tracer is None
     assert threading.active_count() == threads and widget_module._feeds == {}

@@ -2,7 +2,8 @@
 Chromium: "Run All" of a notebook whose first cell shows the widget and whose next cell runs
 a small training loop; the widget's output then shows the nodes' labels and grads as text,
 the last backward pass to step through, nothing dropped, and the kernel listens on no port
-but those it listened on before the widget (Jupyter's channels)."""
+but those it listened on before the widget (Jupyter's channels). "Run All" again closes the
+earlier widget, and leaves the kernel's threads as they were."""
 
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ CELLS = [
     "    y.backward()\n"
     "    k.data -= 0.1 * k.grad\n"
     "print('trained', round(k.data, 4))",
+    # what the kernel holds: its threads, the engines' feeds, and which widgets are closed
+    "import threading, opgraph.server.widget as ow\n"
+    "shown = globals().setdefault('shown', []); shown.append(view)\n"
+    "print('state', threading.active_count(), len(ow._feeds), [v.comm is None for v in shown])",
 ]
 
 
@@ -134,8 +139,7 @@ def test_run_all_in_jupyterlab_shows_the_backward_pass_with_nothing_dropped(lab,
         )
         page.locator(".jp-Notebook").click()
         page.keyboard.press("Escape")
-        page.click("text=Run", timeout=30_000)  # the menu bar's Run menu
-        page.click("text=Run All Cells", timeout=30_000)
+        run_all(page)
         widget = page.locator(".opgraph-widget")
         rows = widget.locator("#node-list tbody tr")
         trained = page.locator(".jp-OutputArea-output pre", has_text="trained")
@@ -159,6 +163,27 @@ def test_run_all_in_jupyterlab_shows_the_backward_pass_with_nothing_dropped(lab,
         status = widget.locator("#status").inner_text()
         listening = _kernel_ports(server)
         before = page.locator(".jp-OutputArea-output pre", has_text="listening").inner_text()
+        state = page.locator(".jp-OutputArea-output pre", has_text="state")
+        first = state.inner_text().strip()
+        # Run All again: the widget's cell runs again, its earlier widget is closed, and the
+        # new one's page gets the graph again (a snapshot), with nothing dropped
+        run_all(page)
+        rows.nth(3).wait_for(timeout=60_000)  # the new widget's page is ready
+        # (its earlier page said "gone" after the new widget's cell ran: Run All sends every
+        # cell at once) then the state cell alone, once more
+        page.locator(".jp-Notebook .jp-Cell").nth(len(CELLS) - 1).locator(
+            ".jp-InputArea-editor"
+        ).click()
+        page.keyboard.press("Shift+Enter")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.jp-OutputArea-output pre')]"
+            ".some((e) => e.textContent.includes('[True, False, False]'))",
+            timeout=60_000,
+        )
+        again = state.inner_text().strip()
+        rows.nth(3).wait_for(timeout=60_000)
+        status_again = widget.locator("#status").inner_text()
+        widgets = widget.count()
         browser.close()
     by_label = {t.split("\t")[1]: t.split("\t") for t in texts}
     assert {"x", "k", "y"} <= set(by_label)
@@ -167,4 +192,14 @@ def test_run_all_in_jupyterlab_shows_the_backward_pass_with_nothing_dropped(lab,
     assert "0 dropped" in status and "no backward pass seen" not in status
     assert mode == "detail" and cells_after == cells
     assert sorted(listening) == json.loads(before.split(" ", 1)[1])  # the widget opened none
+    # the same threads, one feed; the first widget closed, the new one open
+    threads = first.split()[1]
+    assert first == f"state {threads} 1 [False]"
+    assert again == f"state {threads} 1 [True, False, False]"
+    assert widgets == 1 and "0 dropped" in status_again
     assert errors == []
+
+
+def run_all(page) -> None:
+    page.click("text=Run", timeout=30_000)  # the menu bar's Run menu
+    page.click("text=Run All Cells", timeout=30_000)
