@@ -24,7 +24,7 @@ if not _os.path.isdir(_os.path.join(__path__[0], "server")) and all(
 
 from . import optim
 from .compiler import BatchWarning, Compiled, CompileWarning, compile
-from .engine import Engine, default_engine, serve, step
+from .engine import Engine, default_engine, serve, step, widget
 from .errors import (
     AnomalyError,
     CompileError,
@@ -105,6 +105,7 @@ __all__ = [
     "step",
     "topological_order",
     "touch",
+    "widget",
     "zero_grad",
 ]
 

@@ -19,7 +19,7 @@ from .errors import PluginError
 from .loading import PluginInfo
 from .modes import ANOMALY
 from .ops import AnyOp, collect
-from .trace.serving import from_environment, serve_engine
+from .trace.serving import from_environment, serve_engine, widget_of
 from .value import Above, Value
 
 if TYPE_CHECKING:
@@ -222,6 +222,15 @@ def serve(
 ) -> Any:
     """Serve the trace of `engine` (default: the default engine); see `Engine.serve`."""
     return (engine or default_engine()).serve(port, host, **options)
+
+
+def widget(engine: Engine | None = None, **options: Any) -> Any:
+    """The live viewer of `engine`'s trace (default: the default engine) as a notebook widget,
+    streamed through the kernel: no port, no server (docs/notebook.md). It needs anywidget
+    (`pip install 'opgraph[notebook]'`). Options are `serve()`'s that do not name a socket
+    (`queue_limit=`, `max_nodes=`, `record=` ...); every widget of one engine shares its trace.
+    """
+    return widget_of(engine or default_engine(), **options)
 
 
 def step(engine: Engine | None = None) -> None:

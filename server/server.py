@@ -64,6 +64,15 @@ RECORD_FLUSH_INTERVAL = 0.5  # seconds between flushes of a recording to disk
 __all__ = ["EngineServer", "ServerError", "TraceServer", "serve_engine"]
 
 
+# What the notebook shows under the iframe: where the frame stays blank, and what works there.
+IFRAME_NOTE = (
+    "A blank frame? This viewer is served at 127.0.0.1 on the kernel's machine, and lets only "
+    "pages of local origins frame it: in Colab, a remote JupyterHub or VS Code the browser "
+    "cannot reach it or may not frame it. Show <code>opgraph.widget()</code> there instead: "
+    "it streams through the kernel, with no port."
+)
+
+
 class TraceServer:
     """A running tracing server: a context manager with `.url`, `.port`, `.close()`.
 
@@ -86,7 +95,7 @@ class TraceServer:
         engine_name: str,
         ops: dict[str, str],
         host: str = "127.0.0.1",
-        port: int = 8765,
+        port: int | None = 8765,
         token: str | bool | None = None,
         record: str | os.PathLike | None = None,
         static_dir: str | os.PathLike | None = None,
@@ -182,11 +191,20 @@ class TraceServer:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        if self.requested_port is None:  # no socket: viewers join through widgets (widget.py)
+            await self._serve_sources()
+        else:
+            await self._listen(self.requested_port)
+        if self.recorder is not None and self._error is None:  # (start() closes it on error)
+            self.recorder.close()
+
+    async def _listen(self, port: int) -> None:
+        """Serve the page and the streams on `port` until close()."""
         try:
             server = await websockets.serve(
                 self._handle,
                 self.host,
-                self.requested_port,
+                port,
                 process_request=self._process_request,
                 process_response=finish_response,
                 select_subprotocol=_select_subprotocol,
@@ -203,18 +221,22 @@ class TraceServer:
             return
         async with server:
             self.port = server.sockets[0].getsockname()[1]
-            for source in self._sources:
-                self._spawn(source())
-            if self.recorder is not None:
-                self._spawn(self._flush_recording(self.recorder))
-            self._ready.set()
-            await self._stop.wait()
-            for task in list(self._tasks):
-                task.cancel()
-            server.close(close_connections=True)
-            await asyncio.sleep(0)  # let the handlers see the cancellation
+            await self._serve_sources(server)
+
+    async def _serve_sources(self, server: websockets.Server | None = None) -> None:
+        """Run the sources (and the recording's flushes) until close(); then cancel them."""
+        for source in self._sources:
+            self._spawn(source())
         if self.recorder is not None:
-            self.recorder.close()
+            self._spawn(self._flush_recording(self.recorder))
+        self._ready.set()
+        assert self._stop is not None  # (made by _main)
+        await self._stop.wait()
+        for task in list(self._tasks):
+            task.cancel()
+        if server is not None:
+            server.close(close_connections=True)
+        await asyncio.sleep(0)  # let the handlers see the cancellation
 
     async def _flush_recording(self, recorder: Recorder) -> None:
         # A killed server loses at most this much of its recording.
@@ -357,6 +379,7 @@ class TraceServer:
             f'<iframe src="{html.escape(self.url, quote=True)}" width="100%" '
             f'height="{self.NOTEBOOK_HEIGHT}" style="border: 1px solid #ccc" '
             f'title="opgraph viewer"></iframe>'
+            f"<p>{IFRAME_NOTE}</p>"
         )
 
     # --- HTTP: the page, and the checks before an upgrade ---------------------------------

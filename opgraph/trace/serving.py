@@ -10,6 +10,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ServerError
 from .text import redact
 
 if TYPE_CHECKING:
@@ -30,6 +31,21 @@ def _server() -> Any:
 def serve_engine(engine: Engine, port: int, host: str, **options: Any) -> TraceServing:
     """Serve the trace of `engine`: `Engine.serve` (and so `opgraph.serve`)."""
     return _server().server.serve_engine(engine, port=port, host=host, **options)
+
+
+def widget_of(engine: Engine, **options: Any) -> Any:
+    """`opgraph.widget`: the viewer as a notebook widget (`opgraph.server.widget`), which
+    needs anywidget, an optional dependency."""
+    try:
+        import opgraph.server.widget
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("anywidget", "traitlets", "ipywidgets"):
+            raise
+        raise ServerError(
+            f"opgraph.widget() needs anywidget ({exc.name} is not installed): "
+            f"pip install 'opgraph[notebook]'"
+        ) from exc
+    return opgraph.server.widget.widget(engine, **options)
 
 
 def from_environment(engine: Engine) -> Any:

@@ -34,8 +34,16 @@ import { View } from "./view.js";
 
 const params = new URLSearchParams(location.search);
 
-class Viewer {
-  constructor() {
+export class Viewer {
+  /**
+   * @param {{eventRoot?: EventTarget, comm?: object}} options where the keyboard is listened
+   * to (the page's document, or a widget's shadow root); `comm`: a notebook widget's model,
+   * whose kernel is the live stream (widget.js)
+   */
+  constructor({ eventRoot = document, comm = null } = {}) {
+    this.eventRoot = eventRoot;
+    this.comm = comm;
+    this.embedded = comm !== null; // a widget leaves the notebook's title alone
     this.canvas = $("canvas");
     this.ctx = this.canvas.getContext("2d");
     this.camera = new Camera();
@@ -59,11 +67,22 @@ class Viewer {
     this.resetSession();
     this.bindControls();
     this.bindTimeline();
-    new ResizeObserver(() => this.resize()).observe($("stage"));
-    setInterval(() => this.tickRate(), 1000);
+    this.resizer = new ResizeObserver(() => this.resize());
+    this.resizer.observe($("stage"));
+    this.rateTimer = setInterval(() => this.tickRate(), 1000);
     const channel = new MessageChannel();
     channel.port1.onmessage = () => this.pump();
     this.wakePort = channel.port2;
+  }
+
+  /** Stop for good (a notebook widget's view removed): the stream, the timers, the worker. */
+  close() {
+    this.source?.stop();
+    this.source = null;
+    this.resizer.disconnect();
+    clearInterval(this.rateTimer);
+    if (this.playTimer) this.togglePlaySteps(false);
+    this.layout.worker?.terminate();
   }
 
   /** Forget everything about the current session: a new server or a new recording. */
@@ -123,8 +142,11 @@ for (const part of [Receiving, Streams, Status, Controls, Pointer, View, NodeLis
   }
 }
 
-const viewer = new Viewer();
-window.opgraphViewer = viewer; // for the console and the tests
-if (params.get("live") !== "0") viewer.startLive();
-else viewer.setConnection("offline", "live stream off: open a recording");
-viewer.offerRequestedStream();
+/** The viewer page's start (index.html): its own server's stream, unless `?live=0`. */
+export function startPage() {
+  const viewer = new Viewer();
+  window.opgraphViewer = viewer; // for the console and the tests
+  if (params.get("live") !== "0") viewer.startLive();
+  else viewer.setConnection("offline", "live stream off: open a recording");
+  viewer.offerRequestedStream();
+}

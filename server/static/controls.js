@@ -165,10 +165,13 @@ export class Controls {
       this.select(this.graph.nodes.get(Number(row.dataset.id)), { center: true });
     };
     $("details").onclick = (event) => this.detailsClick(event);
-    document.addEventListener("keydown", (event) => this.keydown(event));
-    document.addEventListener("securitypolicyviolation", (event) => this.connectionRefusedByPolicy(event));
-    document.addEventListener("dragover", (event) => event.preventDefault());
-    document.addEventListener("drop", (event) => {
+    // The page's document, or a widget's shadow root: keys typed in a notebook's cells are
+    // not the viewer's.
+    const events = this.eventRoot;
+    events.addEventListener("keydown", (event) => this.keydown(event));
+    events.addEventListener("securitypolicyviolation", (event) => this.connectionRefusedByPolicy(event));
+    events.addEventListener("dragover", (event) => event.preventDefault());
+    events.addEventListener("drop", (event) => {
       event.preventDefault();
       const file = event.dataTransfer?.files?.[0];
       if (file) this.openRecording(file);

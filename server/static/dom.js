@@ -1,7 +1,14 @@
 // DOM helpers: elements found by id, and built or changed with text only (never HTML), so
 // nothing a trace sends is read as markup.
 
-export const $ = (id) => document.getElementById(id);
+// Where `$` finds elements: the page, or (in a notebook widget, widget.js) the widget's
+// shadow root, so that two widgets in one notebook never find each other's elements.
+let root = document;
+export function setRoot(node) {
+  root = node;
+}
+
+export const $ = (id) => root.getElementById(id);
 
 export function setText(element, text) {
   if (element.textContent !== text) element.textContent = text;

@@ -283,6 +283,10 @@ export class Slices {
   }
 }
 
+/** Where the layout worker's script is: beside this file, or (a notebook widget) a URL made of
+ * its bundled code (widget.js). */
+export const layoutWorker = { url: null };
+
 /** Asks layout-worker.js for layouts, one request at a time; the newest one wins. */
 export class LayoutClient {
   constructor(onLayout) {
@@ -294,7 +298,8 @@ export class LayoutClient {
   }
 
   start() {
-    this.worker = new Worker(new URL("./layout-worker.js", import.meta.url), { type: "module" });
+    const url = layoutWorker.url ?? new URL("./layout-worker.js", import.meta.url);
+    this.worker = new Worker(url, { type: "module" });
     // Busy until the page has taken the layout in (`release`): it prepares it in slices.
     this.worker.onmessage = (message) => {
       const seq = this.seq;

@@ -116,6 +116,53 @@ export class LiveSource {
   }
 }
 
+/**
+ * A notebook widget's stream (widget.js, server/widget.py): the kernel sends the frames as
+ * binary buffers of the widget's comm messages, and starts (hello, snapshot) when the page
+ * says "ready". `model` is anywidget's: `send`, `on`/`off` of "msg:custom".
+ */
+export class CommSource {
+  constructor(model, sink) {
+    this.model = model;
+    this.sink = sink;
+    this.url = "the notebook's kernel";
+    this.view = Math.random().toString(36).slice(2); // this page, among the widget's views
+    this.listener = (message, buffers) => this.message(message, buffers);
+    this.started = false;
+  }
+
+  start() {
+    this.model.on("msg:custom", this.listener);
+    this.started = true;
+    this.model.send({ type: "ready", view: this.view });
+    this.sink.onState("open", this.url);
+  }
+
+  message(message, buffers) {
+    if (message?.type !== "frame") return;
+    for (const buffer of buffers ?? []) {
+      // ipywidgets gives DataViews (or ArrayBuffers): bytes without a copy
+      const bytes = ArrayBuffer.isView(buffer)
+        ? new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength)
+        : new Uint8Array(buffer);
+      this.sink.onFrame(bytes);
+    }
+  }
+
+  /** Ask the kernel for a fresh snapshot. */
+  requestSnapshot() {
+    if (this.started) this.model.send({ type: "snapshot", view: this.view });
+  }
+
+  stop() {
+    if (!this.started) return;
+    this.started = false;
+    this.model.off("msg:custom", this.listener);
+    this.model.send({ type: "gone", view: this.view });
+    this.sink.onState("closed", "");
+  }
+}
+
 /** Read a recording (`.ogtrace`: the wire format in a file) into bytes. */
 export async function readRecording(file) {
   return new Uint8Array(await file.arrayBuffer());

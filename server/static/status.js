@@ -55,7 +55,7 @@ export class Status {
       : `${nodes} nodes`;
     $("st-nodes").dataset.count = String(graph.size);
     const title = `opgraph · ${nodes} nodes${this.paused ? " · paused" : ""}`;
-    if (document.title !== title) document.title = title;
+    if (!this.embedded && document.title !== title) document.title = title;
     const pass = graph.lastPass;
     let passText = "no backward pass seen";
     if (pass) {

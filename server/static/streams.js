@@ -5,7 +5,7 @@
 // state app.js lists.
 
 import { $ } from "./dom.js";
-import { LiveSource, readRecording, requestedStreamUrl, shownUrl } from "./source.js";
+import { CommSource, LiveSource, readRecording, requestedStreamUrl, shownUrl } from "./source.js";
 
 export class Streams {
   startLive() {
@@ -15,14 +15,16 @@ export class Streams {
     this.source?.stop();
     this.source = null;
     this.showStreamUrl(url);
-    if (!url) {
+    const sink = {
+      onFrame: (bytes) => this.receive(bytes),
+      onState: (state, detail) => this.setConnection(state, detail),
+    };
+    if (this.comm) this.source = new CommSource(this.comm, sink); // a notebook widget's kernel
+    else if (url) this.source = new LiveSource(url, sink);
+    else {
       this.setConnection("offline", "no server: open a recording");
       return;
     }
-    this.source = new LiveSource(url, {
-      onFrame: (bytes) => this.receive(bytes),
-      onState: (state, detail) => this.setConnection(state, detail),
-    });
     this.source.start();
   }
 
@@ -92,6 +94,6 @@ export class Streams {
   showRecordingControls(shown) {
     $("speed").hidden = !shown;
     $("restart").hidden = !shown;
-    $("live").hidden = !shown || !this.streamUrl;
+    $("live").hidden = !shown || !(this.streamUrl || this.comm);
   }
 }

@@ -3,6 +3,7 @@
 // walked with the keyboard, read by screen readers and tests. Names are a trace's text:
 // they are set as text, never read as HTML.
 
+import { $ } from "./dom.js";
 import { looseBands } from "./groups.js";
 import { nodeTitle } from "./render.js";
 
@@ -128,7 +129,7 @@ export class GroupTree {
     }
     this.element.replaceChildren(fragment);
     const total = viewer.graph.scopes.byPath.size - 1;
-    const info = document.getElementById("tree-count");
+    const info = $("tree-count");
     info.textContent = viewer.query ? `${items.length} matching groups` : `${total.toLocaleString("en-US")} groups`;
     if (hadFocus && focused) focused.focus();
   }

@@ -1,0 +1,294 @@
+"""opgraph.widget(): the viewer in a notebook cell, streamed through the kernel's comm.
+
+In a real kernel (ipykernel, driven as Jupyter drives it): the widget sends hello, a snapshot
+and the events as binary comm buffers once its page says ready, loses nothing, and opens no
+listening port.
+In this process: the feed's life cycle (two widgets, a second engine, a cell run again,
+closing). In Chromium: the bundled page code (the same modules the server serves) shows the
+labels and grads of frames that a real hub made, fed through a comm-like model.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import msgpack
+import pytest
+from jupyter_client.manager import start_new_kernel
+from viewer_support import b64
+
+import opgraph
+from opgraph import Engine, ServerError
+from opgraph.nn import MLP
+from opgraph.server import widget as widget_module
+from opgraph.server.bundle import widget_esm
+
+LISTENING = """
+import psutil
+def listening():
+    sockets = psutil.Process().net_connections("all")
+    return sorted({c.laddr for c in sockets if c.status == "LISTEN"})
+"""
+
+BUILD = """
+a = engine.value(2.0, label="a"); b = engine.value(-3.0, label="b")
+out = (a * b + 1.0).tanh(); out.label = "out"
+out.backward()
+assert w.flush()
+"""
+
+
+def _run(kc, code: str, timeout: float = 60) -> tuple[list[dict], list[dict]]:
+    """Execute `code` in the kernel: its outputs, and every comm message the kernel sent
+    meanwhile (the widget's frames, from the feed's thread, whatever their parent)."""
+    msg_id = kc.execute(code)
+    outputs, comms = [], []
+    while True:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        kind = msg["msg_type"]
+        if kind == "comm_msg":
+            comms.append(msg)
+        elif msg["parent_header"].get("msg_id") == msg_id:
+            if kind == "error":
+                raise AssertionError("\n".join(msg["content"]["traceback"]))
+            if kind in ("stream", "execute_result", "display_data"):
+                outputs.append(msg["content"])
+            if kind == "status" and msg["content"]["execution_state"] == "idle":
+                return outputs, comms
+
+
+def _say(kc, comm_id: str, content: dict) -> None:
+    """What the widget's page sends (anywidget's model.send): a custom comm message."""
+    data = {"method": "custom", "content": content}
+    kc.shell_channel.send(kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data}))
+
+
+def _events(comms: list[dict]) -> list[dict]:
+    unpacker = msgpack.Unpacker(raw=False)
+    for msg in comms:
+        assert msg["content"]["data"]["content"] == {"type": "frame"}
+        for buffer in msg["buffers"]:
+            unpacker.feed(bytes(buffer))
+    return list(unpacker)
+
+
+@pytest.mark.subprocess  # the kernel (conftest.py sees no subprocess call here)
+def test_in_a_kernel_the_widget_streams_through_the_comm_and_opens_no_port():
+    # "python3" is ipykernel's own kernel: this interpreter, the test's venv
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        setup = "import opgraph\nengine = opgraph.Engine(name='nb')\n" + LISTENING
+        _run(kc, setup + "before = listening()")
+        shown, comms = _run(kc, "w = opgraph.widget(engine)\nw")
+        view = next(o["data"] for o in shown if "data" in o)
+        model_id = view["application/vnd.jupyter.widget-view+json"]["model_id"]
+        assert comms == []  # no page yet: nothing sent, nothing held
+        _, comms = _run(kc, BUILD)  # built before the page is ready ("Run All")
+        assert comms == []
+        _say(kc, model_id, {"type": "ready", "view": "page-1"})
+        _, first = _run(kc, "assert w.flush()")
+        late = _events(first)  # a late page: hello, then the graph as a snapshot
+        assert [e["type"] for e in late[:2]] == ["hello", "snapshot_begin"]
+        assert {e["label"] for e in late if e["type"] == "node"} >= {"a", "b", "out"}
+        assert late[-1]["type"] == "snapshot_end"
+        # live: the events themselves (another graph: the same one again is a training step)
+        _, comms = _run(kc, BUILD.replace(".tanh()", ".relu()"))
+        live = _events(comms)
+        kinds = [e["type"] for e in live]
+        assert "forward" in kinds and "backward_begin" in kinds and "backward_end" in kinds
+        seqs = [e["seq"] for e in live if "seq" in e and e["type"] != "snapshot_end"]
+        assert seqs == list(range(late[-1]["seq"] + 1, late[-1]["seq"] + 1 + len(seqs)))
+        grads = {e["id"]: e["grad"] for e in live if e["type"] == "backward"}
+        assert len(grads) == 6 and grads[max(grads)] == 1.0  # a, b, a*b, 1.0, +, relu
+        out, _ = _run(kc, "import json\nprint(json.dumps([w.stats(), listening() == before]))")
+        stats, same_ports = json.loads(out[0]["text"])
+        assert stats["viewer"]["dropped"] == 0 and stats["views"] == 1
+        assert stats["frames"] == len(first) + len(comms)  # one comm message a frame
+        assert same_ports  # the kernel listens where it did before: no port for the widget
+        out, _ = _run(
+            kc,
+            "import threading\nn = threading.active_count()\nw.close()\n"
+            "print(n - threading.active_count(), engine.tracer)",
+        )
+        assert out[0]["text"].split() == ["1", "None"]  # the feed's thread is gone
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_widgets_share_one_feed_per_engine_and_leave_nothing_behind():
+    threads = threading.active_count()
+    one, two = Engine(name="one"), Engine(name="two")
+    a, b = opgraph.widget(one), opgraph.widget(one)
+    c = opgraph.widget(two)
+    assert a.feed is b.feed and a.feed is not c.feed
+    assert threading.active_count() == threads + 2  # one loop thread per traced engine
+    for w in (a, b):
+        w._on_msg(w, {"type": "ready", "view": "p"}, [])
+    assert len(a.feed.server.hub.viewers) == 2
+    a.close()  # b still shows the trace
+    assert one.tracer is not None and len(b.feed.server.hub.viewers) == 1
+    b._on_msg(b, {"type": "gone", "view": "p"}, [])  # its cell was cleared: the hub lets go
+    assert b.feed.server.hub.viewers == set()
+    again = opgraph.widget(one)  # the cell run again: the earlier widget is closed
+    assert b.comm is None and again.feed is not b.feed and b.feed.server._closed
+    # Run All: the new widget is made before the earlier page says "gone"; then it is closed
+    again._on_msg(again, {"type": "ready", "view": "q"}, [])
+    newer = opgraph.widget(one)
+    assert again.comm is not None  # its page still shows it
+    again._on_msg(again, {"type": "gone", "view": "q"}, [])
+    assert again.comm is None and newer.feed.widgets == [newer]
+    for w in (newer, c):
+        w.close()
+    assert one.tracer is None and two.tracer is None
+    assert threading.active_count() == threads and widget_module._feeds == {}
+
+
+def test_bad_widget_options_are_refused_with_a_reason():
+    engine = Engine(name="opts")
+    with pytest.raises(ServerError, match="opens no socket: port is an option of"):
+        opgraph.widget(engine, port=0)
+    w = opgraph.widget(engine, queue_limit=1000)
+    try:
+        with pytest.raises(ServerError, match="already has a widget made with other options"):
+            opgraph.widget(engine, queue_limit=10)
+    finally:
+        w.close()
+    with engine.serve(port=0):
+        with pytest.raises(ServerError, match="is already traced"):
+            opgraph.widget(engine)
+
+
+def _frames_of_a_traced_graph(mlp: bool = False) -> list[bytes]:
+    """What a widget sends its page for a small graph (or a scoped MLP's): hello, snapshot,
+    then live events."""
+    engine = Engine(name="page")
+    w = opgraph.widget(engine)
+    sent: list[bytes] = []
+    w.send = lambda content, buffers=None: sent.extend(buffers or [])  # pyright: ignore[reportAttributeAccessIssue]
+    try:
+        w._on_msg(w, {"type": "ready", "view": "p"}, [])
+        if mlp:
+            MLP(2, [4, 4, 1], engine=engine)([0.5, -1.0]).backward()
+        else:
+            x = engine.value(0.5, label="x")
+            y = (x * engine.value(4.0, label="k")).tanh()
+            y.label = "y"
+            y.backward()
+        assert w.flush()
+    finally:
+        w.close()
+    return sent
+
+
+TWO = """
+<!doctype html><html><head><title>notebook</title></head><body>
+<div id="one"></div><div id="two"></div>
+<script type="module">
+import widget from "/widget.js";
+window.listeners = { one: [], two: [] };
+for (const name of ["one", "two"]) {
+  const model = {
+    get: (key) => ({ height: 400 })[key],
+    on: (event, f) => window.listeners[name].push(f),
+    off: () => {},
+    send: () => {},
+  };
+  widget.render({ model, el: document.getElementById(name) });
+}
+window.deliver = (name, frames) => {
+  const buffers = frames.map((b) => Uint8Array.from(atob(b), (c) => c.charCodeAt(0)).buffer);
+  for (const f of window.listeners[name]) f({ type: "frame" }, buffers);
+};
+</script></body></html>
+"""
+
+
+def test_two_widgets_on_one_page_are_two_viewers_and_the_overview_worker_runs(page):
+    frames = _frames_of_a_traced_graph(mlp=True)
+    esm = widget_esm()
+    page.route(
+        "http://widget.test/**",
+        lambda route: route.fulfill(
+            body=esm if route.request.url.endswith("/widget.js") else TWO,
+            content_type="text/javascript" if route.request.url.endswith(".js") else "text/html",
+        ),
+    )
+    page.goto("http://widget.test/")
+    page.wait_for_function("() => document.querySelectorAll('.opgraph-widget').length === 2")
+    page.evaluate("(frames) => window.deliver('one', frames)", [b64(f) for f in frames])
+    one, two = "#one .opgraph-widget", "#two .opgraph-widget"
+    # scopes (L0/N1 ...): the overview, laid out by the worker the widget made from its bundle
+    page.locator(f"{one} #st-nodes").filter(has_text="nodes").wait_for()
+    page.locator(f"{one} #view-mode").select_option("aggregate")
+    page.wait_for_function(
+        f"() => document.querySelector('{one}').opgraphViewer.hview !== null", timeout=20_000
+    )
+    count = "(s) => document.querySelector(s).opgraphViewer.graph.size"
+    assert page.evaluate(count, one) > 30 and page.evaluate(count, two) == 0
+    assert page.locator(f"{two} #st-nodes").inner_text() == "0 nodes"  # ids found per widget
+
+
+PAGE = """
+<!doctype html><html><head><title>notebook</title></head><body><div id="cell"></div>
+<script type="module">
+import widget from "/widget.js";
+const listeners = [];
+window.sent = [];
+const model = {
+  get: (name) => ({ height: 600 })[name],
+  on: (name, f) => listeners.push(f),
+  off: (name, f) => listeners.splice(listeners.indexOf(f), 1),
+  send: (message) => window.sent.push(message),
+};
+window.deliver = (frames) => {
+  const buffers = frames.map((b) => {
+    const bytes = Uint8Array.from(atob(b), (c) => c.charCodeAt(0));
+    return new DataView(bytes.buffer);
+  });
+  for (const f of listeners) f({ type: "frame" }, buffers);
+};
+window.cleanup = widget.render({ model, el: document.getElementById("cell") });
+</script></body></html>
+"""
+
+
+def test_the_bundled_page_shows_labels_and_grads_of_the_comm_frames(page):
+    frames = _frames_of_a_traced_graph()
+    esm = widget_esm()
+
+    def serve(route):
+        if route.request.url.endswith("/widget.js"):
+            route.fulfill(body=esm, content_type="text/javascript")
+        else:
+            route.fulfill(body=PAGE, content_type="text/html")
+
+    page.route("http://widget.test/**", serve)
+    page.goto("http://widget.test/")
+    page.wait_for_function("() => window.sent.length > 0")
+    assert page.evaluate("window.sent")[0]["type"] == "ready"
+    page.evaluate("(frames) => window.deliver(frames)", [b64(f) for f in frames])
+    page.wait_for_function(
+        "() => document.querySelector('.opgraph-widget').shadowRoot"
+        ".querySelectorAll('#node-list tbody tr').length >= 4"
+    )
+    rows = page.evaluate(
+        "() => [...document.querySelector('.opgraph-widget').shadowRoot"
+        ".querySelectorAll('#node-list tbody tr')].map((r) => r.innerText)"
+    )
+    # id, label, op, data, grad: dy/dx = 4 (1 - tanh(2)^2), the labels and grads as text
+    assert rows == [
+        "0\tx\tleaf\t0.5\t0.2826",
+        "1\tk\tleaf\t4\t0.03533",
+        "2\t\t×\t2\t0.07065",
+        "3\ty\ttanh\t0.964\t1",
+    ]
+    status = page.evaluate(
+        "() => document.querySelector('.opgraph-widget').shadowRoot"
+        ".getElementById('status').innerText"
+    )
+    assert "0 dropped" in status and "4 nodes" in status
+    page.evaluate("window.cleanup()")  # the view goes away: the page says so
+    assert page.evaluate("window.sent.map((m) => m.type)") == ["ready", "gone"]
+    assert page.title() == "notebook"  # a widget leaves the notebook's title alone
