@@ -83,7 +83,7 @@ def assert_clean(page) -> None:
     assert page.dialogs == [], f"a payload opened a dialog: {page.dialogs}"
     assert page.evaluate("window.__pwned") is None, "a payload ran"
     assert page.locator("img, svg, iframe, object, embed").count() == 0
-    assert page.evaluate("[...document.scripts].map(s => s.getAttribute('src'))") == ["app.js"]
+    assert page.evaluate("[...document.scripts].map(s => s.getAttribute('src'))") == ["page.js"]
 
 
 # --- hostile traces ------------------------------------------------------------------------

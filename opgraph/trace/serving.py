@@ -42,8 +42,10 @@ def widget_of(engine: Engine, **options: Any) -> Any:
         if exc.name not in ("anywidget", "traitlets", "ipywidgets"):
             raise
         raise ServerError(
-            f"opgraph.widget() needs anywidget ({exc.name} is not installed): "
-            f"pip install 'opgraph[notebook]'"
+            f"opgraph.widget() needs anywidget ({exc.name} is not installed in this Python, "
+            f"{sys.executable}): run {sys.executable} -m pip install anywidget (or pip install "
+            f"'opgraph[notebook]' where opgraph came from an index; in a clone, pip install -e "
+            f"'.[notebook]')"
         ) from exc
     return opgraph.server.widget.widget(engine, **options)
 
