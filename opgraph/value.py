@@ -483,8 +483,9 @@ class Value:
 
 
 def _described(node: Value) -> str:
+    """A node as an error names it: "Value 'w1'", or by its id, "Value #12"."""
     label = node.label
-    return f"Value {label!r}" if label else "a Value"
+    return f"Value {label!r}" if label else f"Value #{node._id}"
 
 
 def _unordered(node: Value, symbol: str) -> str:
@@ -689,9 +690,8 @@ def _real(x: Any, node: Value, attribute: str) -> float:
     """`x` as a float for `node.data` or `node.grad`, or a TypeError naming the node."""
     if isinstance(x, Real):
         return _number(x)
-    name = f"{node.label!r}" if node.label else f"#{node._id}"
     raise TypeError(
-        f"the {attribute} of Value {name} must be a real number (a float, an int, a numpy "
+        f"the {attribute} of {_described(node)} must be a real number (a float, an int, a numpy "
         f"scalar ...), got {type(x).__name__}: {x!r}"
     )
 
