@@ -47,6 +47,7 @@ from .errors import (
     AnomalyError,
     CompileError,
     describe,
+    install_hint,
     op_error,
     wrong_partials,
 )
@@ -76,8 +77,7 @@ def numpy_missing(what: str) -> str:
     python = sys.executable or "python"
     return (
         f"{what} with numpy, which is not installed in this Python ({python}): "
-        f"run {python} -m pip install numpy (or pip install 'opgraph[numpy]' where opgraph "
-        f"came from an index; in a clone, pip install -e '.[numpy]')"
+        f"{install_hint('numpy', 'numpy')}"
     )
 
 

@@ -6,6 +6,7 @@ values involved, so that a user can find the culprit without reading a traceback
 
 from __future__ import annotations
 
+import sys
 from typing import TypeVar
 
 
@@ -167,6 +168,16 @@ def describe(value) -> str:
     label = getattr(value, "label", "")
     data = getattr(value, "data", value)
     return f"{data!r} (label {label!r})" if label else repr(data)
+
+
+def install_hint(package: str, extra: str) -> str:
+    """How to install an optional `package` into this very Python, whether opgraph came
+    from an index or from a clone (where `opgraph[extra]` means nothing to pip)."""
+    python = sys.executable or "python"
+    return (
+        f"run {python} -m pip install {package} (or pip install 'opgraph[{extra}]' where "
+        f"opgraph came from an index; in a clone, pip install -e '.[{extra}]')"
+    )
 
 
 # --- errors of the tracing server, the publisher, compile and gradcheck ---------------------

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ServerError
+from ..errors import ServerError, install_hint
 from .text import redact
 
 if TYPE_CHECKING:
@@ -43,9 +43,7 @@ def widget_of(engine: Engine, **options: Any) -> Any:
             raise
         raise ServerError(
             f"opgraph.widget() needs anywidget ({exc.name} is not installed in this Python, "
-            f"{sys.executable}): run {sys.executable} -m pip install anywidget (or pip install "
-            f"'opgraph[notebook]' where opgraph came from an index; in a clone, pip install -e "
-            f"'.[notebook]')"
+            f"{sys.executable}): {install_hint('anywidget', 'notebook')}"
         ) from exc
     return opgraph.server.widget.widget(engine, **options)
 
