@@ -140,16 +140,22 @@ def publish_url_of(hub: subprocess.Popen) -> str:
     return hub.stdout.readline().strip().split("OPGRAPH_TRACE=")[-1]
 
 
+def publishing_and_settled(hub: subprocess.Popen, name: str) -> tuple:
+    """A script's publisher to the hub process, with 2,000 nodes made and every event of
+    them acknowledged: (publisher, x, the nodes)."""
+    engine = Engine(name=name, entry_points=False)
+    publisher = Publisher(engine, publish_url_of(hub)).start()
+    assert publisher.wait_connected(th.TIMEOUT)
+    x = engine.value(0.5, label="x")
+    first = [x + float(i) for i in range(2000)]
+    wait_until(lambda: publisher.delivered and not publisher.sent - publisher.delivered)
+    return publisher, x, first
+
+
 def test_the_exit_says_exactly_what_reached_a_hub_that_froze(capfd):
     hub = hub_process()
-    engine = Engine(name="frozen", entry_points=False)
     try:
-        url = publish_url_of(hub)
-        publisher = Publisher(engine, url).start()
-        assert publisher.wait_connected(th.TIMEOUT)
-        x = engine.value(0.5, label="x")
-        first = [x + float(i) for i in range(2000)]
-        wait_until(lambda: publisher.delivered and not publisher.sent - publisher.delivered)
+        publisher, x, first = publishing_and_settled(hub, "frozen")
         arrived = publisher.delivered
         os.kill(hub.pid, signal.SIGSTOP)  # nothing is acknowledged from now on
         more = [x * float(i) for i in range(3000)]
@@ -182,15 +188,9 @@ def test_a_hub_not_run_for_seconds_at_the_exit_is_waited_for_and_nothing_is_lost
     stall = PING_TIMEOUT + 2.0
     assert stall < EXIT_TIMEOUT
     hub = hub_process()
-    engine = Engine(name="starved", entry_points=False)
     resume = threading.Timer(stall, os.kill, (hub.pid, signal.SIGCONT))
     try:
-        url = publish_url_of(hub)
-        publisher = Publisher(engine, url).start()
-        assert publisher.wait_connected(th.TIMEOUT)
-        x = engine.value(0.5, label="x")
-        first = [x + float(i) for i in range(2000)]
-        wait_until(lambda: publisher.delivered and not publisher.sent - publisher.delivered)
+        publisher, x, first = publishing_and_settled(hub, "starved")
         os.kill(hub.pid, signal.SIGSTOP)
         resume.start()
         more = [x * float(i) for i in range(300)]  # (a frame the socket buffers take whole)
