@@ -252,6 +252,8 @@ def backward(page, server, value) -> None:
         arg=passes,
         timeout=60_000,
     )
+    # ... and the events after it: the pass's `structure` and `step` (docs/protocol.md).
+    page.wait_for_function("(seq) => opgraphViewer.lastSeq >= seq", arg=server.hub.seq)
 
 
 def test_one_scope_per_sample_around_an_mlp(page):
