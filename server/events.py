@@ -361,7 +361,7 @@ class Steps:
     every checked map in stream order; it raises InvalidEvent for a `structure` or `step`
     that does not fit the stream (docs/protocol.md, "Checking events from outside")."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, continuing: bool = False) -> None:
         self.max_id = -1  # the highest id used so far (a forward's, a step's last node's)
         self.passes = 0  # the highest pass number so far
         self.step = 0
@@ -371,7 +371,9 @@ class Steps:
         self.in_use = 0  # the structure of the last step
         # After a publisher's `dropped` (events it made and could not send), the next
         # structure, step and pass numbers may skip the lost ones: each must only be higher.
-        self.skipped: set[str] = set()
+        # A publisher's connection may continue a script that numbered some already (it
+        # reconnected after the hub was away): its first numbers may then start higher.
+        self.skipped: set[str] = {"structure", "step", "pass"} if continuing else set()
 
     def see(self, event: dict, index: int) -> None:
         kind = event["type"]
@@ -382,6 +384,7 @@ class Steps:
                 self.max_id = event["id"]
         elif kind == "backward_begin":
             self.passes = max(self.passes, event["pass"])
+            self.skipped.discard("pass")  # the pass after it must follow it
         elif kind == "structure":
             self._structure(event, index)
         elif kind == "step":

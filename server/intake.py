@@ -102,7 +102,9 @@ class _Connection:
         self.arrived = asyncio.Event()  # a frame arrived, or the connection ended
         self.applied = asyncio.Event()  # a frame was applied
         self.ended = False
-        self.checks = Steps()  # what the checks of `structure` and `step` know of the stream
+        # what the checks of `structure` and `step` know of the stream (a script may have
+        # numbered some before: it reconnected)
+        self.checks = Steps(continuing=True)
 
     async def receive(self, message: bytes, intake: _Intake) -> None:
         """Take a frame in, then wait while too much is held (it is acknowledged once checked,
