@@ -6,11 +6,49 @@ No timing is asserted: the figures are the benchmark's output, not a test's.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _series_of(root: ET.Element) -> dict[str, list[tuple[float, float]]]:
+    """The figure's marked points (x, y on the page) by library."""
+    return {
+        group.get("data-name", ""): [
+            (float(c.get("cx", "")), float(c.get("cy", ""))) for c in group.iter(f"{SVG}circle")
+        ]
+        for group in root.iter(f"{SVG}g")
+    }
+
+
+def test_the_figure_puts_slower_steps_higher_and_more_points_further_right():
+    from benchmarks.figure import svg
+
+    peers = {
+        "torch": "2.13.0+cpu",
+        "100": {"pytorch": 0.4, "opgraph": 0.2, "micrograd": 1000.0, "eager": 70.0},
+        "1000": {"pytorch": 0.6, "opgraph": 0.5},
+        "10000": {"pytorch": 2.6, "opgraph": 3.0},
+    }
+    drawn = _series_of(ET.fromstring(svg(peers)))
+    assert [len(drawn[name]) for name in ("pytorch", "opgraph", "micrograd", "eager")] == [
+        3,
+        3,
+        1,
+        1,
+    ]
+    for rows in (drawn["pytorch"], drawn["opgraph"]):
+        assert rows[0][0] < rows[1][0] < rows[2][0]  # 100, 1,000, 10,000 points
+        assert rows[0][1] > rows[1][1] > rows[2][1]  # slower steps higher on the page
+    assert drawn["opgraph"][0][1] > drawn["pytorch"][0][1]  # 0.2 ms below 0.4 ms
+    assert drawn["micrograd"][0][1] < drawn["eager"][0][1] < drawn["pytorch"][2][1]
+    # The decades span everything: micrograd's second sits inside the plot.
+    assert all(40 <= y <= 350 for rows in drawn.values() for _, y in rows)
 
 
 def test_quick_run_prints_a_table_and_writes_json(tmp_path: Path):
@@ -45,6 +83,19 @@ def test_quick_run_prints_a_table_and_writes_json(tmp_path: Path):
     peers = results["peers"]
     assert "check" in peers if "torch" in peers else "PyTorch not installed" in peers["note"]
     assert peers["6"]["opgraph"] > 0 and peers["6"]["micrograd"] > 0
+    # The figure of docs/performance.md, drawn from this run's results.
+    figure = subprocess.run(
+        [sys.executable, "-m", "benchmarks.figure", str(tmp_path / "quick.json"), "p.svg"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert figure.returncode == 0, figure.stderr
+    drawn = _series_of(ET.parse(tmp_path / "p.svg").getroot())
+    assert set(drawn) == {"opgraph", "micrograd", "eager"} | ({"pytorch"} & set(peers["6"]))
+    assert len(drawn["opgraph"]) == 2  # a line through both sizes
 
     # A second run compares itself with the first.
     again = subprocess.run(
