@@ -22,6 +22,8 @@ import msgpack
 
 from .events import (
     MAX_INT,
+    MAX_OPS,
+    MAX_PARENTS,
     MAX_STRUCTURES,
     InvalidEvent,
     Steps,
@@ -47,6 +49,10 @@ SLICE = 0.01
 # (opgraph's `Publisher` keeps at most its WINDOW unacknowledged: well below).
 RUN_INTAKE = 4 << 20
 TOTAL_INTAKE = 64 << 20
+# The longest array and the largest map a publisher's event may hold (a node's parents, a
+# hello's ops): msgpack refuses a longer one as it reads its length, before making its items
+# (16 MiB of nils would be 16 million Nones, about 130 MB, then refused by the checks).
+DECODE_LIMITS = {"max_array_len": MAX_PARENTS, "max_map_len": MAX_OPS}
 
 
 async def receive_run(hub: Hub, ws: Any) -> None:
@@ -151,7 +157,7 @@ class _Connection:
     def steps(self, message: bytes) -> Generator[None, None, tuple[int, str] | None]:
         """Check a frame whole, then apply it, a chunk at a time; returns None, or the close
         code and reason that refuse it (then nothing of it was applied)."""
-        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, **DECODE_LIMITS)
         unpacker.feed(message)
         checked: list[dict] = []
         first = self.run is None
@@ -160,6 +166,10 @@ class _Connection:
         while True:
             try:
                 chunk = list(itertools.islice(unpacker, CHUNK))
+            except ValueError as exc:
+                if "exceeds max_" in str(exc):  # msgpack's words: "N exceeds max_array_len(M)"
+                    return CLOSE_INVALID, _too_long(index, exc)
+                return CLOSE_INVALID, "a publish frame must hold msgpack maps back to back"
             except Exception:
                 return CLOSE_INVALID, "a publish frame must hold msgpack maps back to back"
             if not chunk:
@@ -222,6 +232,19 @@ class _Connection:
                 f"keeps per node ({limit:,}: 5 a parent, and its label and scope)"
             )
         return event
+
+
+def _too_long(index: int, exc: ValueError) -> str:
+    """The close reason for a map (the event at `index` or after) holding an array or a map
+    longer than DECODE_LIMITS."""
+    count, _, limit = str(exc).partition(" exceeds ")
+    count = f"{int(count):,}" if count.isdigit() else count
+    what = "an array" if "array" in limit else "a map"
+    most = DECODE_LIMITS["max_array_len" if what == "an array" else "max_map_len"]
+    return (
+        f"event {index} or a later one holds {what} of {count} items, more than any event "
+        f"may hold ({most:,})"
+    )
 
 
 class _TooBig(Exception):

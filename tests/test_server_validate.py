@@ -159,7 +159,7 @@ def test_a_bad_hello_starts_no_run():
     hub = Hub("hub", {})
     for hello, code, said in [
         (leaf(0), 1008, "must send an opgraph hello first"),
-        ({**HELLO, "ops": {f"op{i}": "p" for i in range(200_000)}}, 1007, "'ops' must have"),
+        ({**HELLO, "ops": {f"op{i}": "p" for i in range(200_000)}}, 1007, "a map of 200,000"),
         ({**HELLO, "engine": "e" * 1000}, 1007, "'engine' must be at most 200"),
         ({**HELLO, "ops": {"mul": 3}}, 1007, "'ops' must be a string"),
         ({**HELLO, "version": 2}, 1007, "'version' 2 is not supported"),
@@ -373,3 +373,44 @@ def test_the_fast_checks_agree_with_the_field_checks(event, seq, t):
     except InvalidEvent:
         checked = "refused"
     assert checked == general
+
+
+@pytest.mark.parametrize("what", ["array", "map"])
+def test_an_event_holding_millions_of_items_is_refused_before_they_are_made(what):
+    """A 16 MiB frame whose one map holds an array of millions of nils (or a map of millions
+    of keys) would be ~130 MB of Python objects, refused only afterwards by the checks: the
+    hub refuses it as msgpack reads its length, names why, and the graph stays as it was."""
+    import tracemalloc
+
+    n = 2_000_000
+    if what == "array":  # {"type": "forward", "parents": [nil] * n}
+        body = b"\x82" + msgpack.packb("type") + msgpack.packb("forward") + msgpack.packb("parents")
+        body += b"\xdd" + n.to_bytes(4, "big") + b"\xc0" * n
+    else:  # {0: nil, 1: nil, ...}: a map32 of n entries
+        body = (
+            b"\xdf" + n.to_bytes(4, "big") + b"".join(msgpack.packb(k) + b"\xc0" for k in range(n))
+        )
+
+    async def main(server):
+        publisher = await th.open_ws(publish_url(server.publish_url))
+        await publisher.send(pack(HELLO, leaf(0, label="a")))
+        await publisher.send(body)
+        return await th.close_code(publisher), publisher.close_reason
+
+    server = TraceServer(engine_name="hub", ops={}, port=0, accept_publishers=True).start()
+    tracemalloc.start()
+    try:
+        with server:
+            code, reason = asyncio.run(asyncio.wait_for(main(server), th.TIMEOUT))
+            nodes = server.hub.stats()["nodes"]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert code == 1007
+    article = "an array" if what == "array" else "a map"
+    expected = f"event 0 or a later one holds {article} of {n:,} items, more than any event"
+    assert reason.startswith(expected)
+    assert nodes == 1  # the first frame's node, nothing of the refused one
+    # The frame itself (up to 15 MB) is held, twice at most (received, then queued); its
+    # millions of items never were (24 MB of list alone, plus the check's copies).
+    assert peak < 3 * len(body) + (8 << 20)
