@@ -8,24 +8,55 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ..errors import ServerError, install_hint
 from .text import redact
 
 if TYPE_CHECKING:
-    from ..contracts import TraceServing
+    from opgraph.server.publisher import Publisher
+
+    from ..contracts import TracedEngine, TraceServing
     from ..engine import Engine
 
 
-def _server() -> Any:
-    """The tracing server (`opgraph.server`, with its `server` and `publisher` modules), imported
-    on first use: it loads websockets and msgpack. The one place where the engine reaches the
-    server: `opgraph.serve`, `Engine.serve` and `from_environment` all go through here."""
-    import opgraph.server.publisher
-    import opgraph.server.server
+class _ServerModule(Protocol):
+    """`opgraph.server.server`, as the engine calls it."""
 
-    return opgraph.server
+    def serve_engine(
+        self,
+        engine: TracedEngine,
+        port: int = ...,
+        host: str = ...,
+        *,
+        at_exit: bool = ...,
+        announce: bool = ...,
+        **options: Any,
+    ) -> TraceServing: ...
+
+
+class _PublisherModule(Protocol):
+    """`opgraph.server.publisher`, as the engine calls it."""
+
+    def publish(
+        self, engine: TracedEngine, url: str, *, at_exit: bool = ..., dtype: str = ...
+    ) -> Publisher: ...
+
+
+class ServerModules(NamedTuple):
+    """The modules of `opgraph.server` the engine calls, loaded by `_server()`."""
+
+    server: _ServerModule
+    publisher: _PublisherModule
+
+
+def _server() -> ServerModules:
+    """The tracing server (`opgraph.server`'s `server` and `publisher` modules), imported on
+    first use: it loads websockets and msgpack. The one place where the engine reaches the
+    server: `opgraph.serve`, `Engine.serve` and `from_environment` all go through here."""
+    from opgraph.server import publisher, server
+
+    return ServerModules(server, publisher)
 
 
 def serve_engine(engine: Engine, port: int, host: str, **options: Any) -> TraceServing:
@@ -48,7 +79,7 @@ def widget_of(engine: Engine, **options: Any) -> Any:
     return opgraph.server.widget.widget(engine, **options)
 
 
-def from_environment(engine: Engine) -> Any:
+def from_environment(engine: Engine) -> TraceServing | Publisher | None:
     """Start tracing `engine` as the OPGRAPH_TRACE environment variable asks, if it does.
 
     `OPGRAPH_TRACE=1` serves the trace on port 8765 (OPGRAPH_TRACE_PORT chooses another; 0 a
