@@ -91,11 +91,12 @@ class Publisher:
         *,
         connect_timeout: float = CONNECT_TIMEOUT,
         max_pending: int = MAX_PENDING,
+        dtype: str = "f8",
     ):
         self.engine = engine
         self.url = publish_url(url)
         self.shown_url = redact(self.url)  # the URL as messages print it
-        self.tracer: TraceBuffer = Tracer(engine, max_buffer=max_pending)
+        self.tracer: TraceBuffer = Tracer(engine, max_buffer=max_pending, dtype=dtype)
         self.connect_timeout = connect_timeout
         self.sent = 0  # events handed to a connection
         self.delivered = 0  # events the hub acknowledged (received: it applies them)
@@ -539,11 +540,14 @@ def _within_limits(event: dict) -> dict:
     return event
 
 
-def publish(engine: TracedEngine, url: str, *, at_exit: bool = False) -> Publisher:
-    """Publish `engine`'s trace to the hub at `url` (`OPGRAPH_TRACE=ws://...`).
+def publish(
+    engine: TracedEngine, url: str, *, at_exit: bool = False, dtype: str = "f8"
+) -> Publisher:
+    """Publish `engine`'s trace to the hub at `url` (`OPGRAPH_TRACE=ws://...`); `dtype="f4"`
+    sends a training step's numbers as float32 (`OPGRAPH_TRACE_DTYPE=f4`).
 
     Returns at once; connecting happens in the background (see `Publisher`)."""
-    publisher = Publisher(engine, url).start()
+    publisher = Publisher(engine, url, dtype=dtype).start()
     print(
         f"opgraph: publishing the trace of engine {engine.name!r} to {publisher.shown_url}",
         file=sys.stderr,

@@ -114,6 +114,10 @@ class TraceServer:
         snapshot_interval: float = SNAPSHOT_INTERVAL,
         history_steps: int = HISTORY_STEPS,
     ):
+        if type(history_steps) is not int or history_steps < 1:  # (a bool is no count)
+            raise ServerError(
+                f"history_steps must be a whole number of at least 1, got {history_steps!r}"
+            )
         if token == "" and not is_loopback(host):
             raise ServerError(
                 f"an empty token on {host} would let anyone who can reach it read the trace: "

@@ -14,11 +14,15 @@ them): a test that starts Chromium, a process or a trace server (its code, its f
 the code of tests/ it calls names Playwright, `subprocess` or a server) is marked `browser`,
 `subprocess` or `server` here, automatically; a file whose every test installs or is slow
 says so in its `pytestmark`.
+
+The work tree's: an audit hook refuses, in every test, a write under docs/ (tracked files)
+unless OPGRAPH_UPDATE_DOC_IMAGES=1 asks to refresh the screenshots there (`WroteUnderDocs`).
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import subprocess
 import sys
 import sysconfig
@@ -220,3 +224,33 @@ def pytest_collection_modifyitems(config, items):
             seen: set = set()
             if any(f is not None and uses(f, wanted, seen) for f in functions):
                 item.add_marker(marker)
+
+
+# --- the work tree -----------------------------------------------------------------------
+
+DOCS = TESTS.parent / "docs"
+WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+class WroteUnderDocs(AssertionError):
+    """A test opened a file under docs/ for writing without OPGRAPH_UPDATE_DOC_IMAGES=1."""
+
+
+def refuse_writes_under_docs(event: str, args: tuple) -> None:
+    """An audit hook: a test run leaves docs/ (tracked files) as it found it; screenshots go
+    to the test's tmp_path unless OPGRAPH_UPDATE_DOC_IMAGES=1 asks to refresh docs/img."""
+    if event != "open" or os.environ.get("OPGRAPH_UPDATE_DOC_IMAGES") == "1":
+        return
+    path, mode, flags = args
+    writes = any(c in mode for c in "wax+") if isinstance(mode, str) else flags & WRITES
+    if not writes or isinstance(path, int):
+        return
+    where = Path(os.path.abspath(os.fsdecode(path)))
+    if where.is_relative_to(DOCS):
+        raise WroteUnderDocs(
+            f"a test wrote {where}: tests write into tmp_path, and only"
+            " OPGRAPH_UPDATE_DOC_IMAGES=1 lets them refresh docs/"
+        )
+
+
+sys.addaudithook(refuse_writes_under_docs)

@@ -1,14 +1,16 @@
 """The live trace viewer in a real browser (Debian's chromium driven by Playwright) against
 the real tracing server (`engine.serve(port=0)`): what a learner sees and can do.
 
-The tests also capture the screenshots of docs/viewer.md (into docs/img/), so the manual
-always shows the page as it is.
+The tests also take the screenshots of docs/viewer.md: into the test's tmp_path, or into
+docs/img/ when OPGRAPH_UPDATE_DOC_IMAGES=1 (`screenshot`), so that a test run leaves the work
+tree as it found it.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import threading
 from pathlib import Path
@@ -23,6 +25,7 @@ from opgraph import Engine, topological_order
 from opgraph.trace import touch
 
 DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+UPDATE_DOC_IMAGES = "OPGRAPH_UPDATE_DOC_IMAGES"  # =1: screenshots refresh docs/img
 # Waits for what the page shows; generous, for a CI machine busy with other work.
 expect.set_options(timeout=15_000)
 
@@ -82,7 +85,10 @@ def shown(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def screenshot(page, name: str) -> None:
+def screenshot(page, name: str, tmp_path: Path) -> Path:
+    """The page's picture as `name`, in `tmp_path`, or in docs/img with OPGRAPH_UPDATE_DOC_IMAGES=1.
+
+    A test run never writes tracked files: refreshing the docs' pictures is asked for."""
     # The events-per-second figure is the one thing on the page that depends on timing; once
     # the stream is quiet it reads 0, so the committed pictures only change when the page does.
     page.wait_for_function(
@@ -90,14 +96,16 @@ def screenshot(page, name: str) -> None:
         " && document.getElementById('st-rate').textContent.startsWith('0 ')",
         timeout=10_000,
     )
-    DOCS_IMG.mkdir(parents=True, exist_ok=True)
-    path = DOCS_IMG / name
+    folder = DOCS_IMG if os.environ.get(UPDATE_DOC_IMAGES) == "1" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
     picture = page.screenshot()
     # Chromium draws the same page with off-by-one anti-aliasing and compresses it to other
     # bytes from run to run: rewrite the file only when the picture visibly changed, so a
-    # test run leaves the tree clean.
+    # refresh leaves the pictures that did not change as they were.
     if not path.exists() or visibly_different(path.read_bytes(), picture):
         path.write_bytes(picture)
+    return path
 
 
 def visibly_different(png: bytes, other: bytes) -> bool:
@@ -134,7 +142,7 @@ def backward_order(root) -> list[int]:
 # --- what it shows ----------------------------------------------------------------------------
 
 
-def test_nodes_labels_data_and_grads_appear_live(page, engine, server):
+def test_nodes_labels_data_and_grads_appear_live(page, engine, server, tmp_path):
     open_viewer(page, server)
     values, y = neuron(engine)
     server.flush()
@@ -172,7 +180,7 @@ def test_nodes_labels_data_and_grads_appear_live(page, engine, server):
     assert details.locator("[data-field=plugin]").inner_text() == y.op.plugin
     assert float(details.locator("[data-field=data]").inner_text()) == y.data
     assert float(details.locator("[data-field=grad]").inner_text()) == 1.0
-    screenshot(page, "viewer-neuron.png")
+    screenshot(page, "viewer-neuron.png", tmp_path)
 
 
 def test_data_and_label_changes_update_the_page(page, engine, server):
@@ -221,7 +229,7 @@ def test_status_bar(page, engine, server):
 # --- backward: highlighting order and stepping -------------------------------------------------
 
 
-def test_backward_highlight_order_and_stepping(page, engine, server):
+def test_backward_highlight_order_and_stepping(page, engine, server, tmp_path):
     open_viewer(page, server)
     values, y = neuron(engine)
     y.backward()
@@ -251,7 +259,7 @@ def test_backward_highlight_order_and_stepping(page, engine, server):
         node = by_id[node_id]
         assert edges == [[p.id, node.id, k] for k, p in enumerate(node.parents)]
         if index == 3:
-            screenshot(page, "viewer-stepping.png")
+            screenshot(page, "viewer-stepping.png", tmp_path)
         if index < len(order) - 1:
             page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")  # past the last step: stays there
@@ -613,7 +621,7 @@ def mlp_graph(engine, neurons: int, inputs: int = 20):
     return loss
 
 
-def test_aggregate_view_of_50000_nodes_stays_responsive(page, engine, server):
+def test_aggregate_view_of_50000_nodes_stays_responsive(page, engine, server, tmp_path):
     open_viewer(page, server)
     page.evaluate(
         """() => {
@@ -657,7 +665,7 @@ def test_aggregate_view_of_50000_nodes_stays_responsive(page, engine, server):
     )
     expect(page.locator("#list-more")).to_contain_text("Showing the first 400")
     print(f"\nlongest task while loading {total} nodes: {page.evaluate('longest'):.0f} ms")
-    screenshot(page, "viewer-aggregate.png")
+    screenshot(page, "viewer-aggregate.png", tmp_path)
 
     # Focus on the neighbourhood of one neuron, found by search.
     page.fill("#search", "n5")
@@ -670,7 +678,7 @@ def test_aggregate_view_of_50000_nodes_stays_responsive(page, engine, server):
     assert "n5" in listed
     n5 = next(r for r in rows(page) if r["label"] == "n5")
     assert n5["step"] is not None  # reached by the backward pass
-    screenshot(page, "viewer-focus.png")
+    screenshot(page, "viewer-focus.png", tmp_path)
     page.keyboard.press("Escape")
     expect(page.locator("#canvas")).to_have_attribute("data-view", "aggregate")
 

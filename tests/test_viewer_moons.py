@@ -6,8 +6,8 @@ The overview shows the layers L0, L1 and L2 as groups; opening a layer shows its
 opening a neuron its ops and its own weights and bias (made in its scope); the backward pass
 lights every group as done.
 
-The test also captures docs/img/viewer-groups.png and viewer-groups-layer.png, the pictures
-of docs/viewer.md (see test_viewer.screenshot: rewritten only when they visibly change).
+The test also takes viewer-groups.png and viewer-groups-layer.png, the pictures of
+docs/viewer.md (into docs/img only with OPGRAPH_UPDATE_DOC_IMAGES=1: test_viewer.screenshot).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def zoom_to_fill(page, key: str) -> None:
     page.wait_for_function(f"opgraphViewer.camera.scale > {scale * factor * 0.99}")
 
 
-def test_a_moons_training_step_in_the_hierarchical_viewer(page):
+def test_a_moons_training_step_in_the_hierarchical_viewer(page, tmp_path):
     engine = Engine(name="moons", entry_points=False)
     X, y = make_moons(POINTS, noise=0.1, seed=SEED)
     model = MLP(2, [16, 16, 1], rng=random.Random(SEED), engine=engine)  # as `opgraph demo`
@@ -99,7 +99,7 @@ def test_a_moons_training_step_in_the_hierarchical_viewer(page):
         edges = page.evaluate("opgraphViewer.hview.edges.map(e => [e.from, e.to, e.count])")
         assert ["s:L0", "s:L1", 16 * 16 * POINTS] in edges  # each L1 neuron reads L0's 16
         assert ["s:L1", "s:L2", 16 * POINTS] in edges
-        screenshot(page, "viewer-groups.png")
+        screenshot(page, "viewer-groups.png", tmp_path)
 
         # a click on L1 opens it: its 16 neurons, in the tree and drawn inside its frame
         page.mouse.click(*box_center(page, "s:L1"))
@@ -127,7 +127,7 @@ def test_a_moons_training_step_in_the_hierarchical_viewer(page):
         # zooming in with the wheel until it fills the canvas (its neurons' names readable)
         zoom_to_fill(page, "s:L1")
         page.mouse.move(1, 1)  # no tooltip in the picture
-        screenshot(page, "viewer-groups-layer.png")
+        screenshot(page, "viewer-groups-layer.png", tmp_path)
 
         # the keyboard opens L0, then its neuron N3: its ops and its own parameters
         neuron = model.layers[0].neurons[3]

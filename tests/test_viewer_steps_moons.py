@@ -5,8 +5,8 @@ sent to the page in Chromium as the steps protocol says the tracer sends them
 `structure` and `step`, then one values-only `step` per step, built from the real nodes of
 each step. The page's History of a parameter is what the script saw (its data as the step
 used it, its grad after the step's backward), the loss curve is the script's loss, and
-scrubbing shows an earlier step's numbers. The screenshot of docs/viewer.md
-(docs/img/viewer-training.png) is taken here.
+scrubbing shows an earlier step's numbers. The screenshots of docs/viewer.md
+(viewer-training.png, viewer-training-diff.png) are taken here (test_viewer.screenshot).
 
 The tracer (`opgraph.trace`) emitting these maps itself is tested on its own; here the maps
 are made from the engine's nodes so that the page is checked against numbers the test
@@ -136,7 +136,7 @@ def history_rows(page) -> list[tuple[int, float, float]]:
     return [(int(s), float(d), float(g)) for s, d, g in cells]
 
 
-def test_a_real_training_run_in_the_page(page, run):
+def test_a_real_training_run_in_the_page(page, run, tmp_path):
     with StreamServer(frames(hello(), *run.events)) as server:
         page.goto(server.url)
         expect(page.locator("#step-text")).to_have_text(f"step {STEPS} of {STEPS} (newest)")
@@ -173,7 +173,7 @@ def test_a_real_training_run_in_the_page(page, run):
         )
         data = page.locator('#details dd[data-field="data"]').inner_text()
         assert float(data) == run.seen[p._id][2][1]
-        screenshot(page, "viewer-training.png")  # docs/viewer.md: a parameter's History
+        screenshot(page, "viewer-training.png", tmp_path)  # docs/viewer.md: a parameter's History
 
         # what moved most from step 1 to the last step, listed and highlighted
         page.get_by_role("button", name="Newest").click()
@@ -183,4 +183,4 @@ def test_a_real_training_run_in_the_page(page, run):
         expect(movers).to_have_count(10)
         page.locator("#tree-section [role=treeitem]", has_text="L0").first.click()
         page.keyboard.press("Enter")  # open layer L0
-        screenshot(page, "viewer-training-diff.png")
+        screenshot(page, "viewer-training-diff.png", tmp_path)

@@ -17,7 +17,11 @@ from typing import Any
 
 
 def positive_int(text: str) -> int:
-    number = int(text)
+    """An option's whole number of at least 1 (argparse's `type=`)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
     return number

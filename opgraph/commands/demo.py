@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from opgraph.demo import (
     MLP,
@@ -154,6 +155,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--port", type=int, default=8765, help="port of the trace server (8765)")
     group.add_argument("--record", metavar="FILE", help="also record the trace (.ogtrace)")
     group.add_argument(
+        "--history-steps",
+        type=positive_int,
+        metavar="N",
+        help="training steps whose loss and inputs' numbers snapshots carry (10000)",
+    )
+    group.add_argument(
         "--no-wait", action="store_true", help="exit after training instead of serving on"
     )
 
@@ -182,6 +189,12 @@ def describe(chosen: set[int], steps: int) -> str:
     return f"step{'s' if len(chosen) > 1 else ''} {numbers} of {steps}" if chosen else "no step"
 
 
+def history_option(args: argparse.Namespace) -> dict[str, Any]:
+    """`--history-steps` as `serve()`'s option, only when given: the server's own default
+    (opgraph.server.steps.HISTORY_STEPS) stays the one number."""
+    return {} if args.history_steps is None else {"history_steps": args.history_steps}
+
+
 def run_served(args: argparse.Namespace) -> int:
     stop_on_sigterm()
     try:
@@ -194,7 +207,7 @@ def run_served(args: argparse.Namespace) -> int:
     X, y = make_moons(100, noise=0.1, seed=args.seed)
     model = MLP(2, [16, 16, 1], rng=random.Random(args.seed))
     try:
-        server = model.engine.serve(port=args.port, record=args.record)
+        server = model.engine.serve(port=args.port, record=args.record, **history_option(args))
     except ServerError as exc:
         hint = " (choose another port with --port)" if "cannot serve" in str(exc) else ""
         print(f"opgraph demo: {exc}{hint}", file=sys.stderr)

@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
     parser.add_argument("--record", metavar="FILE", help="also record the trace to FILE (.ogtrace)")
     parser.add_argument("--exit", action="store_true", help="stop serving when the script ends")
+    parser.add_argument(
+        "--dtype",
+        choices=("f8", "f4"),
+        default="f8",
+        help="a training step's numbers as float64 (f8) or float32 (f4, half the bytes)",
+    )
     add_wait_arguments(parser, "running the script")
     # One positional for the script and its arguments: a positional of its own for the script
     # would take a `--` right after it as argparse's separator and drop it from the script's
@@ -63,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.pop("OPGRAPH_TRACE", None)
     from opgraph import serve
 
-    server = serve(port=args.port, record=args.record)
+    server = serve(port=args.port, record=args.record, dtype=args.dtype)
     with server:
         print(f"viewer: {server.url}", flush=True)
         if args.record:

@@ -9,6 +9,7 @@ from opgraph.errors import ServerError
 from opgraph.server.hub import MAX_BYTES, MAX_NODE_BYTES
 from opgraph.server.security import is_loopback
 from opgraph.server.server import TraceServer
+from opgraph.server.steps import HISTORY_STEPS
 
 from . import positive_int, stop_on_sigterm, wait_until_interrupted
 
@@ -46,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=MAX_NODE_BYTES,
         help="bytes one published node may take (5 a parent, its label and scope)",
     )
+    parser.add_argument(
+        "--history-steps",
+        type=positive_int,
+        metavar="N",
+        default=HISTORY_STEPS,
+        help="training steps whose loss and inputs' numbers snapshots carry",
+    )
 
 
 def hub_server(args: argparse.Namespace) -> TraceServer:
@@ -63,6 +71,7 @@ def hub_server(args: argparse.Namespace) -> TraceServer:
         queue_limit=args.queue_limit,
         max_bytes=args.max_bytes,
         max_node_bytes=args.max_node_bytes,
+        history_steps=args.history_steps,
         accept_publishers=True,
     )
 

@@ -1,0 +1,140 @@
+"""`--history-steps N`: how many training steps of history (loss, and the inputs' numbers) a
+hub (`opgraph serve`) or the demo's server (`opgraph demo --serve`) keeps for late joiners,
+set from the real command line and read by a real viewer's snapshot (docs/security.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import _tracing_helpers as th
+import pytest
+from _steps_helpers import floats
+from test_steps_server import joined
+
+from opgraph import Engine, ServerError
+from opgraph.server.client import stream_url
+from opgraph.server.events import u8s
+
+# A training loop that knows nothing of tracing (OPGRAPH_TRACE publishes it); prints its losses.
+SCRIPT = textwrap.dedent(
+    """
+    import json
+    from opgraph import Value
+
+    w = [Value(0.3 * k - 0.4, label=f"w{k}") for k in range(3)]
+    x = [Value(0.5 + k, label=f"x{k}") for k in range(3)]
+    losses = []
+    for _ in range(7):
+        total = sum(((wk * xk).tanh() for wk, xk in zip(w, x)), Value(0.0))
+        loss = total * total
+        loss.backward()
+        losses.append(loss.data)
+        for p in w:
+            p.data -= 0.05 * p.grad
+            p.grad = 0.0
+    print(json.dumps(losses))
+    """
+)
+
+
+def clean_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPGRAPH_TRACE")}
+    return env | extra
+
+
+def opgraph(*args: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "opgraph", *args]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    return subprocess.Popen(command, text=True, env=clean_env(), **pipes)
+
+
+def line_starting(process: subprocess.Popen, prefix: str) -> str:
+    assert process.stdout is not None
+    seen = []
+    while not seen or not seen[-1].startswith(prefix):
+        seen.append(process.stdout.readline())
+        assert seen[-1], f"opgraph ended early: {seen} {process.communicate()[1]}"
+    return seen[-1].strip()
+
+
+def late_joiner_history(viewer_url: str) -> dict:
+    async def join():
+        reader = await th.connect_reader(stream_url(viewer_url))
+        got = await reader.until(lambda e: e["type"] == "snapshot_end", timeout=120)
+        await reader.ws.close()
+        return joined(got)
+
+    return asyncio.run(join())["history"]
+
+
+def test_a_hub_keeps_the_history_steps_it_is_given():
+    hub = opgraph("serve", "--port", "0", "--history-steps", "3")
+    try:
+        viewer_url = line_starting(hub, "viewer:").split()[-1]
+        publish = line_starting(hub, "publish from scripts with:").split("OPGRAPH_TRACE=")[-1]
+        script = subprocess.run(
+            [sys.executable, "-c", SCRIPT],
+            capture_output=True,
+            text=True,
+            env=clean_env(OPGRAPH_TRACE=publish),
+            timeout=120,
+        )
+        assert script.returncode == 0, script.stderr
+        losses = json.loads(script.stdout)
+        history = late_joiner_history(viewer_url)
+    finally:
+        hub.terminate()
+        hub.wait(timeout=10)
+    assert list(u8s(history["steps"])) == [5, 6, 7]  # the last 3 of 7 steps
+    assert floats(history["loss"]) == losses[-3:]
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "ten", "2.5", ""])
+def test_serve_refuses_a_history_of_no_steps_or_not_a_number(bad):
+    result = subprocess.run(
+        [sys.executable, "-m", "opgraph", "serve", "--port", "0", "--history-steps", bad],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and result.stdout == ""  # no hub was started
+    expected = "must be at least 1, got" if bad.lstrip("-").isdigit() else "must be a whole number"
+    assert f"opgraph serve: error: argument --history-steps: {expected}" in result.stderr
+
+
+def test_the_demo_server_keeps_the_history_steps_it_is_given(tmp_path):
+    demo = opgraph(
+        "demo", "--serve", "--port", "0", "--steps", "3", "--history-steps", "2",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    try:
+        viewer_url = line_starting(demo, "viewer:").split()[-1]
+        line_starting(demo, "serving the trace at")  # trained: every step is in the history
+        history = late_joiner_history(viewer_url)
+    finally:
+        demo.terminate()
+        demo.wait(timeout=30)
+    assert list(u8s(history["steps"])) == [2, 3]
+    assert len(floats(history["loss"])) == 2
+
+
+def test_the_demo_refuses_a_history_of_no_steps():
+    result = subprocess.run(
+        [sys.executable, "-m", "opgraph", "demo", "--serve", "--history-steps", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "argument --history-steps: must be at least 1, got 0" in result.stderr
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "10"])
+def test_serve_in_a_script_refuses_a_bad_history_steps(bad):
+    with pytest.raises(ServerError, match="history_steps must be a whole number of at least 1"):
+        Engine(name="history", entry_points=False).serve(port=0, history_steps=bad)
