@@ -634,8 +634,9 @@ class _Program(Generated):
             code.append("    " + text)
             if node is not None:
                 lines[len(code)] = node
-                if node in fused and text.startswith(f"v{node} = "):
-                    self.fused_lines.add(len(code))
+        if fuse:  # the forward lines of several nodes (a node's backward lines are its own)
+            forward_lines = range(2, len(forward) + 2)
+            self.fused_lines = {n for n in forward_lines if lines.get(n) in fused}
         return "\n".join(code) + "\n", lines
 
     def _inlinable(self, read: set[int]) -> set[int]:
@@ -699,6 +700,7 @@ class _Program(Generated):
                 fused.add(i)
             if checked:
                 out.append((f"if not isfinite(v{i}): forward_anomaly({i}, v{i})", None))
+        assert not pending  # (each was taken into its one user's expression)
         out.append((f"seed = yield ({''.join(f'v{i}, ' for i in self.outputs)})", None))
         return out, fused
 

@@ -302,3 +302,13 @@ def test_an_error_the_unfused_rerun_does_not_repeat_is_raised_as_it_was():
         compiled(1.0)  # fails inside the fused line; the re-run one node per line does not
     assert odd["calls"] == 2
     assert compiled(1.0) == 3.0
+
+
+def test_a_negative_number_baked_into_an_inline_power_keeps_its_sign():
+    # `-2.0 ** x` would be -(2.0 ** x): the replay writes `(-2.0) ** x`. (Only the forward
+    # is compared: the rule's slope in b is a stand-in.)
+    op = Op("power_of", operator.pow, partials=("b * a ** (b - 1)", "0"), static=(0,))
+    e = engine(plugin("powers", op))
+    compiled = opgraph.compile(lambda x: e.ops.power_of(-2.0, x) + x, 1.0, engine=e)
+    assert "(-2.0) ** " in compiled.source
+    assert compiled(2.0) == 6.0 and compiled(3.0) == -5.0
