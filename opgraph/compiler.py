@@ -551,7 +551,7 @@ def _outputs(result: Any, name: str) -> tuple[list[Value], bool]:
 
 # A node inlined into its user's expression nests it one level deeper: past this many nodes in
 # one expression, the next gets a line of its own, so that a sum of 10,000 terms stays far
-# below the recursion limit of CPython's compiler.
+# below the 200 levels of parentheses CPython's parser takes ("too many nested parentheses").
 MAX_INLINED = 100
 _VALUE_NAME = re.compile(r"\bv(\d+)\b")  # a node's value in the generated code: `v12`
 

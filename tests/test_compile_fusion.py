@@ -195,8 +195,8 @@ def test_the_l2_term_of_a_model_is_a_few_lines_both_ways():
 
 
 def test_a_sum_of_10000_terms_compiles_and_runs():
-    # Inlined without bound, the sum would be nested 20,000 deep: beyond what CPython's
-    # parser and compiler accept.
+    # Inlined without bound, the sum would be nested 20,000 deep: CPython's parser refuses
+    # more than 200 levels of parentheses.
     numbers = [random.Random(k).uniform(-1, 1) for k in range(10_000)]
     w = Value(0.5)
     compiled = check(lambda *xs: sum(w * x for x in xs), [w], numbers)
