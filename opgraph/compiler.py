@@ -2,7 +2,8 @@
 
 A training loop rebuilds the same graph every step. `compile(fn, *example_args)` runs `fn`
 once, takes the graph it built, and writes it out as two straight-line Python functions:
-a forward pass, one line per node, and a backward pass, the chain rule line by line in reverse.
+a forward pass, a line per node or per chain of arithmetic (a neuron's sum is one
+expression), and a backward pass, the chain rule line by line in reverse.
 Both call the same plugin `forward` and `derivative` functions as eager mode, so any op
 compiles, third-party ones included; the partials of a row that gives them inline (add's,
 mul's, nearly every node) are written out, by rules.py, exactly as eager mode computes them,
