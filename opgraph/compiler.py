@@ -2,7 +2,8 @@
 
 A training loop rebuilds the same graph every step. `compile(fn, *example_args)` runs `fn`
 once, takes the graph it built, and writes it out as two straight-line Python functions:
-a forward pass, one line per node, and a backward pass, the chain rule line by line in reverse.
+a forward pass, a line per node or per chain of arithmetic (a neuron's sum is one
+expression), and a backward pass, the chain rule line by line in reverse.
 Both call the same plugin `forward` and `derivative` functions as eager mode, so any op
 compiles, third-party ones included; the partials of a row that gives them inline (add's,
 mul's, nearly every node) are written out, by rules.py, exactly as eager mode computes them,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import sys
 import threading
 import time
@@ -548,14 +550,27 @@ def _outputs(result: Any, name: str) -> tuple[list[Value], bool]:
 # Code generation
 
 
+# A node inlined into its user's expression nests it one level deeper: past this many nodes in
+# one expression, the next gets a line of its own, so that a sum of 10,000 terms stays far
+# below the 200 levels of parentheses CPython's parser takes ("too many nested parentheses").
+MAX_INLINED = 100
+_VALUE_NAME = re.compile(r"\bv(\d+)\b")  # a node's value in the generated code: `v12`
+
+
 class _Program(Generated):
     """The generated replay function of one recorded graph.
 
-    Node i of the graph is the local variable `v{i}` (its data) and `g{i}` (its grad). The
-    function is a generator: it reads the inputs and parameters, computes one node per line,
-    and yields the outputs; sent a seed gradient, it runs the chain rule line by line in
-    reverse, adds into the parameters' grads, and yields the inputs' grads. Its locals stay
-    alive between the two, so nothing is copied from forward to backward.
+    Node i of the graph is the local variable `v{i}` (its data), and its gradient a local
+    variable such as `g{i}`. The function is a generator: it reads the inputs and parameters,
+    computes the nodes in order, and yields the outputs; sent a seed gradient, it runs the
+    chain rule line by line in reverse, adds into the parameters' grads, and yields the
+    inputs' grads. Its locals stay alive between the two, so nothing is copied from forward
+    to backward.
+
+    The function that runs is fused (`_generate`): a chain of arithmetic is one expression,
+    and a gradient passed on unchanged (an add's) is not copied. The version that checks
+    every result (detect_anomaly) is not, and neither is the one made, on the first failure
+    inside a fused line, to find which of its nodes failed (`_unfused_error`).
     """
 
     def __init__(self, compiled: Compiled):
@@ -566,7 +581,9 @@ class _Program(Generated):
         self.namespace: dict[str, Any] = dict(rules.NAMESPACE)  # inf, nan, IEEE div, power
         self._names: dict[int, str] = {}
         self._checked: tuple[Callable, dict[int, int]] | None = None
+        self._unfused: tuple[Callable, dict[int, int]] | None = None
         self._filenames: set[str] = set()
+        self.fused_lines: set[int] = set()  # lines of the fused source computing several nodes
         self.source, self.lines = self._generate(checked=False)
         self.replay = self._build(self.source)
         self._running: Any = None  # the generator of the last call, waiting for backward
@@ -581,93 +598,208 @@ class _Program(Generated):
             self.namespace[name] = fn
         return self._names[id(fn)]
 
-    def _arguments(self, op: Row, parents: list[int]) -> tuple[Row, list[str], list[int]]:
-        """The op to call, its argument expressions, and which partials belong to parents."""
+    def _arguments(
+        self, op: Row, parents: list[int], inlined: dict[int, str] | None = None
+    ) -> tuple[Row, list[str], list[int]]:
+        """The op to call, its argument expressions, and which partials belong to parents.
+        A parent is `v{p}`, or its expression when it is in `inlined`."""
+        names = [inlined[p] if inlined and p in inlined else f"v{p}" for p in parents]
         if op.base is None:
-            return op, [f"v{p}" for p in parents], list(range(len(parents)))
+            return op, names, list(range(len(parents)))
         fixed = dict(op.constants)  # an op with constants baked in: call the full op
-        names = iter(f"v{p}" for p in parents)
-        args = [literal(fixed[i]) if i in fixed else next(names) for i in range(op.base.arity)]
+        rest = iter(names)
+        args = [literal(fixed[i]) if i in fixed else next(rest) for i in range(op.base.arity)]
         return op.base, args, [i for i in range(op.base.arity) if i not in fixed]
 
-    def _generate(self, checked: bool) -> tuple[str, dict[int, int]]:
-        """The source of the replay function, and which node each line computes."""
+    def _generate(self, checked: bool, fuse: bool = True) -> tuple[str, dict[int, int]]:
+        """The source of the replay function, and which node each line computes.
+
+        Fused (unless `checked`, or `fuse` is False): a node whose forward is inline
+        arithmetic (`a * b`, rules.forward_source) is written inside its user's expression,
+        in parentheses, when that user is inline arithmetic too, uses it once, and nothing
+        else reads its value (it is not an output, and no backward line names it: mul's
+        partials read its operands, tanh's its output). A neuron `b + w0*x0 + w1*x1 + ...`
+        is one line. Python evaluates it left to right, the same float operations on the
+        same operands as one line per node, so the results are the same to the bit.
+        """
+        fuse = fuse and not checked
+        for k, p in enumerate(self.compiled.parameters):
+            self.namespace[f"P{k}"] = p
+        backward = self._backward_lines(checked, fuse)
+        read = {int(i) for text, _ in backward for i in _VALUE_NAME.findall(text)}
+        inline = self._inlinable(read) if fuse else set()
+        forward, fused = self._forward_lines(checked, inline)
+        code = ["def replay(x):"]
+        lines: dict[int, int] = {}  # line number (from 1) -> node index
+        for text, node in forward + backward:
+            code.append("    " + text)
+            if node is not None:
+                lines[len(code)] = node
+        if fuse:  # the forward lines of several nodes (a node's backward lines are its own)
+            forward_lines = range(2, len(forward) + 2)
+            self.fused_lines = {n for n in forward_lines if lines.get(n) in fused}
+        return "\n".join(code) + "\n", lines
+
+    def _inlinable(self, read: set[int]) -> set[int]:
+        """The op nodes the fused forward may write inside their user's expression (see
+        `_generate`); `read`: the nodes whose value the backward lines read."""
+        nodes, index = self.compiled.nodes, self.index
+        inline_forward: dict[int, bool] = {}
+        users: dict[int, list[int]] = {}
+        for j, node in enumerate(nodes):
+            if node._opdef is None:
+                continue
+            parents = [index[id(p)] for p in node._prev]
+            call_op, args, _ = self._arguments(node._opdef, parents)
+            inline_forward[j] = rules.forward_source(call_op, args) is not None
+            for p in parents:
+                users.setdefault(p, []).append(j)  # twice for `x * x`
+        outputs = set(self.outputs)
+        return {
+            i
+            for i, inline in inline_forward.items()
+            if inline
+            and len(users.get(i, ())) == 1
+            and inline_forward[users[i][0]]
+            and i not in outputs
+            and i not in read
+        }
+
+    def _forward_lines(
+        self, checked: bool, inline: set[int]
+    ) -> tuple[list[tuple[str, int | None]], set[int]]:
+        """Forward: inputs, parameters and constants first met, then a line per op node
+        not in `inline`, and the yield of the outputs. Also the nodes whose line is fused."""
         compiled, index = self.compiled, self.index
         inputs = {id(v): k for k, v in enumerate(compiled.inputs)}
         parameters = {id(v): k for k, v in enumerate(compiled.parameters)}
-        for k, p in enumerate(compiled.parameters):
-            self.namespace[f"P{k}"] = p
-        code = ["def replay(x):"]
-        lines: dict[int, int] = {}  # line number (from 1) -> node index
-
-        def emit(line: str, node: int | None = None) -> None:
-            code.append("    " + line)
-            if node is not None:
-                lines[len(code)] = node
-
-        # Forward: inputs, parameters and constants first met, then one line per op node.
+        out: list[tuple[str, int | None]] = []
+        pending: dict[int, tuple[str, int]] = {}  # inlined node -> (expression, its nodes)
+        fused: set[int] = set()
         for i, node in enumerate(compiled.nodes):
             op = node._opdef
             if op is None:
                 if id(node) in inputs:
-                    emit(f"v{i} = x[{inputs[id(node)]}]")
+                    out.append((f"v{i} = x[{inputs[id(node)]}]", None))
                 elif id(node) in parameters:
-                    emit(f"v{i} = P{parameters[id(node)]}._data")
+                    out.append((f"v{i} = P{parameters[id(node)]}._data", None))
                 else:  # a constant made while recording
-                    emit(f"v{i} = {literal(node._data)}")
+                    out.append((f"v{i} = {literal(node._data)}", None))
                 continue
-            call_op, args, _ = self._arguments(op, [index[id(p)] for p in node._prev])
+            parents = [index[id(p)] for p in node._prev]
+            inlined = {p: f"({pending[p][0]})" for p in parents if p in pending}
+            size = 1 + sum(pending.pop(p)[1] for p in inlined)
+            call_op, args, _ = self._arguments(op, parents, inlined)
             expression = rules.forward_source(call_op, args)
             if expression is None:
                 expression = f"{self._name(call_op.forward, call_op.name)}({', '.join(args)})"
-            emit(f"v{i} = {expression}", i)
+            if i in inline and size < MAX_INLINED:
+                pending[i] = (expression, size)  # written inside its user's line
+                continue
+            out.append((f"v{i} = {expression}", i))
+            if size > 1:
+                fused.add(i)
             if checked:
-                emit(f"if not isfinite(v{i}): forward_anomaly({i}, v{i})")
-        emit(f"seed = yield ({''.join(f'v{i}, ' for i in self.outputs)})")
+                out.append((f"if not isfinite(v{i}): forward_anomaly({i}, v{i})", None))
+        assert not pending  # (each was taken into its one user's expression)
+        out.append((f"seed = yield ({''.join(f'v{i}, ' for i in self.outputs)})", None))
+        return out, fused
 
-        # Backward, as often as it is asked for: the chain rule from the first output down.
-        emit("while True:")
+    def _backward_lines(self, checked: bool, fuse: bool) -> list[tuple[str, int | None]]:
+        """Backward, as often as it is asked for: the chain rule from the first output down.
+
+        Fused: a parent whose first term is the node's gradient itself (an add's partial of
+        1) is given the node's variable instead of a copy of it; a variable shared so is
+        added into in place only once no node still to be processed reads it (else the
+        sum goes into a variable of the parent's own: `g4 = g9 + ...`). A gradient that
+        nobody reads (a constant's) is not computed.
+        """
+        nodes, index = self.compiled.nodes, self.index
         root = self.outputs[0]
-        emit(f"    g{root} = seed")
-        has_grad = {root}
-        for i in range(len(compiled.nodes) - 1, -1, -1):
-            node = compiled.nodes[i]
-            op = node._opdef
-            if op is None or i not in has_grad:
-                continue  # a leaf, or a node the first output does not depend on
-            parents = [index[id(p)] for p in node._prev]
+        out: list[tuple[str, int | None]] = [("while True:", None), (f"    g{root} = seed", None)]
+        needed = self._needed() if fuse else None
+        grad = {root: f"g{root}"}  # node -> the variable that holds its gradient
+        sharers = {f"g{root}": {root}}  # variable -> the nodes still reading it
+        for i in range(len(nodes) - 1, -1, -1):
+            op = nodes[i]._opdef
+            if op is None or i not in grad or (needed is not None and i not in needed):
+                continue  # a leaf, a node the first output does not depend on, or no use
+            parents = [index[id(p)] for p in nodes[i]._prev]
             call_op, args, keep = self._arguments(op, parents)
+            g = grad[i]
             if call_op.partials is not None:  # inline: the rule's terms written out
                 partials = rules.partial_sources(call_op.partials, f"v{i}", args, ieee=True)
                 terms = [
-                    rules.term_source(call_op.partials, k, f"v{i}", args, f"g{i}", ieee=True)
+                    rules.term_source(call_op.partials, k, f"v{i}", args, g, ieee=True)
                     for k in range(len(args))
                 ]
             else:
                 d = self._name(call_op.derivative, f"d_{call_op.name}")
                 # The partials unpack into d0, d1, ...; a wrong count fails on this line.
                 partials = [f"d{k}" for k in range(len(args))]
-                emit(f"    {', '.join(partials)}, = {d}(v{i}, {', '.join(args)})", i)
-                terms = [f"{d} * g{i}" for d in partials]
+                out.append((f"    {', '.join(partials)}, = {d}(v{i}, {', '.join(args)})", i))
+                terms = [f"{d} * {g}" for d in partials]
             for k, parent in zip(keep, parents, strict=True):
-                assign = "+=" if parent in has_grad else "="
-                emit(f"    g{parent} {assign} {terms[k]}", i)
+                if needed is not None and parent not in needed:
+                    continue
+                line = self._contribution(parent, terms[k], g if fuse else None, grad, sharers)
+                if line is None:
+                    continue
+                out.append((line, i))
                 if checked:
-                    check = f"backward_anomaly({i}, {partials[k]}, g{parent})"
-                    emit(f"    if not isfinite(g{parent}): {check}")
-                has_grad.add(parent)
-        for k, p in enumerate(compiled.parameters):
-            if index[id(p)] in has_grad:
+                    check = f"backward_anomaly({i}, {partials[k]}, {grad[parent]})"
+                    out.append((f"    if not isfinite({grad[parent]}): {check}", None))
+            sharers[g].discard(i)  # node i has read its gradient for the last time
+        for k, p in enumerate(self.compiled.parameters):
+            if index[id(p)] in grad:
                 # `_grad` directly, with `.grad`'s check: a grad that is not a float (a
                 # plugin's complex partial) is converted or refused, naming the parameter.
-                g = f"g{index[id(p)]}"
-                emit(f"    P{k}._grad += {g} if type({g}) is float else real_grad(P{k}, {g})")
-        grads = [
-            f"g{index[id(v)]}" if index.get(id(v)) in has_grad else "0.0"  # unused: no grad
-            for v in compiled.inputs
-        ]
-        emit(f"    seed = yield [{', '.join(grads)}]")
-        return "\n".join(code) + "\n", lines
+                g = grad[index[id(p)]]
+                out.append(
+                    (f"    P{k}._grad += {g} if type({g}) is float else real_grad(P{k}, {g})", None)
+                )
+        grads = [grad.get(index.get(id(v), -1), "0.0") for v in self.compiled.inputs]
+        out.append((f"    seed = yield [{', '.join(grads)}]", None))  # unused input: 0.0
+        return out
+
+    @staticmethod
+    def _contribution(
+        parent: int,
+        term: str,
+        alias: str | None,
+        grad: dict[int, str],
+        sharers: dict[str, set[int]],
+    ) -> str | None:
+        """The line adding `term` to `parent`'s gradient (`grad` and `sharers` updated), or
+        None when the term is `alias` (the node's variable, when fused) and the parent takes
+        that name for its gradient."""
+        if parent not in grad:
+            if alias is not None and term == alias:
+                grad[parent] = alias  # the same number: no copy
+                sharers[alias].add(parent)
+                return None
+            grad[parent] = f"g{parent}"
+            sharers[f"g{parent}"] = {parent}
+            return f"    g{parent} = {term}"
+        if sharers[grad[parent]] == {parent}:  # its own, or no other node reads it still
+            return f"    {grad[parent]} += {term}"
+        shared, grad[parent] = grad[parent], f"g{parent}"  # x = x + t is x += t, to the bit
+        sharers[shared].discard(parent)
+        sharers[f"g{parent}"] = {parent}
+        return f"    g{parent} = {shared} + {term}"
+
+    def _needed(self) -> set[int]:
+        """The nodes whose gradient is read: the inputs and parameters, and the op nodes
+        with one of them among their ancestors."""
+        leaves = {id(v) for v in self.compiled.inputs} | {id(v) for v in self.compiled.parameters}
+        needed: set[int] = set()
+        for i, node in enumerate(self.compiled.nodes):
+            if node._opdef is None:
+                if id(node) in leaves:
+                    needed.add(i)
+            elif any(self.index[id(p)] in needed for p in node._prev):
+                needed.add(i)
+        return needed
 
     kind = "opgraph.compile"
 
@@ -691,9 +823,26 @@ class _Program(Generated):
         except AnomalyError:
             raise
         except Exception as exc:
-            raise self._error(exc, lines, "forward") from exc
+            cause = exc
+            if not checked and self._failing_line(exc) in self.fused_lines:
+                cause, lines = self._unfused_error(numbers, exc)
+            raise self._error(cause, lines, "forward") from cause
         self._running, self._lines = running, lines
         return outputs
+
+    def _unfused_error(self, numbers: list[float], exc: Exception) -> tuple[Exception, dict]:
+        """`exc` came from a fused line, which computes several nodes: the same inputs run
+        through the replay of one node per line (made now, once) tell which node failed.
+        Returns its error and lines, or `exc` if it does not fail (an op that is random)."""
+        if self._unfused is None:
+            source, lines = self._generate(checked=False, fuse=False)
+            self._unfused = (self._build(source), lines)
+        replay, lines = self._unfused
+        try:
+            next(replay(numbers))
+        except Exception as precise:
+            return precise, lines
+        return exc, {}
 
     def backward(self, seed: float) -> list[float]:
         if self._running is None:

@@ -414,10 +414,25 @@ INFIX: dict[Callable, tuple[str, str]] = {
 }
 
 
+# Compiled replay also writes these operators: on floats `a / b` and `a ** b` are the very
+# functions, errors included (ZeroDivisionError, OverflowError), where numpy's ufuncs return
+# inf or nan, so batched replay calls such a forward as it is.
+SCALAR_INFIX: dict[Callable, str] = {
+    **{fn: symbol for fn, (symbol, _) in INFIX.items()},
+    operator.truediv: "/",
+    operator.pow: "**",
+}
+
+
 def forward_source(row: Row, args: Sequence[str]) -> str | None:
-    """`a + b` for a forward that is operator.add (see INFIX); None for any other."""
-    infix = INFIX.get(row.forward)
-    return f"{args[0]} {infix[0]} {args[1]}" if infix else None
+    """`a + b` for a forward that is operator.add (see SCALAR_INFIX); None for any other.
+    An argument is a name, a number or an expression in parentheses; a negative number is
+    put in parentheses (`(-2.0) ** a`, not `-(2.0 ** a)`)."""
+    symbol = SCALAR_INFIX.get(row.forward)
+    if symbol is None:
+        return None
+    a, b = (f"({x})" if x.startswith("-") else x for x in args)
+    return f"{a} {symbol} {b}"
 
 
 def forward_ufunc(row: Row) -> str | None:
