@@ -554,6 +554,8 @@ def _outputs(result: Any, name: str) -> tuple[list[Value], bool]:
 # one expression, the next gets a line of its own, so that a sum of 10,000 terms stays far
 # below the 200 levels of parentheses CPython's parser takes ("too many nested parentheses").
 MAX_INLINED = 100
+# Ops whose forward and partials, on floats, give floats (see _only_float_arithmetic).
+_FLOAT_ARITHMETIC = ("add", "subtract", "multiply")
 _VALUE_NAME = re.compile(r"\bv(\d+)\b")  # a node's value in the generated code: `v12`
 
 
@@ -750,17 +752,29 @@ class _Program(Generated):
                     check = f"backward_anomaly({i}, {partials[k]}, {grad[parent]})"
                     out.append((f"    if not isfinite({grad[parent]}): {check}", None))
             sharers[g].discard(i)  # node i has read its gradient for the last time
+        floats = self._only_float_arithmetic()
         for k, p in enumerate(self.compiled.parameters):
             if index[id(p)] in grad:
                 # `_grad` directly, with `.grad`'s check: a grad that is not a float (a
                 # plugin's complex partial) is converted or refused, naming the parameter.
                 g = grad[index[id(p)]]
-                out.append(
-                    (f"    P{k}._grad += {g} if type({g}) is float else real_grad(P{k}, {g})", None)
-                )
+                check = "" if floats else f" if type({g}) is float else real_grad(P{k}, {g})"
+                out.append((f"    P{k}._grad += {g}{check}", None))
         grads = [grad.get(index.get(id(v), -1), "0.0") for v in self.compiled.inputs]
         out.append((f"    seed = yield [{', '.join(grads)}]", None))  # unused input: 0.0
         return out
+
+    def _only_float_arithmetic(self) -> bool:
+        """Whether every op of the graph adds, subtracts or multiplies with its inline
+        partials: then every gradient is a float (the inputs, parameters' data, constants
+        and the seed are floats), and `.grad`'s check of each parameter's sum can go."""
+        for node in self.compiled.nodes:
+            if node._opdef is None:
+                continue
+            op = node._opdef.base or node._opdef
+            if op.partials is None or rules.forward_ufunc(op) not in _FLOAT_ARITHMETIC:
+                return False
+        return True
 
     @staticmethod
     def _contribution(
