@@ -219,6 +219,15 @@ def block_products(g: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.concatenate([sums, rest], axis=1)
 
 
+def _running_total(PG: np.ndarray) -> np.ndarray:
+    """The sum of each row's blocks added up in order from 0.0, as backward's running sum
+    along [0.0, block 0, block 1, ...] gives it: the running sum of the blocks alone, plus
+    0.0. The two differ only where the blocks' sum is -0.0, which 0.0 + ... makes 0.0."""
+    if PG.shape[1] == 1:
+        return PG[:, 0] + 0.0
+    return np.cumsum(PG, axis=1)[:, -1] + 0.0
+
+
 class _Batch:
     """The last map(), for backward(): its program, inputs and parameters, and the replay
     waiting for backward when the batch was one chunk (None: run the chunks again)."""
@@ -511,6 +520,7 @@ class BatchedProgram(Generated):
         ]
         self.reaching = [p for _, p in self.reaching_parameters]
         self.reaching_rows = np.array([k for k, _ in self.reaching_parameters], dtype=np.intp)
+        self.all_reach = len(self.reaching) == len(self.parameters)
 
     def _reads(self, group: _Group) -> list[Value | float]:
         """What a group's nodes read: a matrix product's weights (row by row, so that a
@@ -607,6 +617,8 @@ class BatchedProgram(Generated):
         """The names of the group's forward and derivative array functions (None: inline)."""
         op = group.op
         forward = derivative = None
+        if _is_builtin_relu(op):
+            return forward, derivative  # written inline (_relu_forward, _contributions)
         if rules.forward_ufunc(op) is None:
             forward = f"F{gi}"
             self.namespace[forward] = self._array_function(op, "array_forward", gi)
@@ -670,7 +682,10 @@ class BatchedProgram(Generated):
                 else:
                     names.append(f"a{gi}_{j}")
                     emit(f"a{gi}_{j} = {operand.read}", gi)
-            if forward is None:
+            if _is_builtin_relu(group.op):
+                for line in _relu_forward(names[0], out):
+                    emit(line, gi)
+            elif forward is None:
                 ufunc = rules.forward_ufunc(group.op)
                 emit(f"{ufunc}({names[0]}, {names[1]}, out={out})", gi)
             else:
@@ -723,6 +738,12 @@ class BatchedProgram(Generated):
         names = [op.read if op.kind == "C" else f"a{gi}_{j}" for j, op in enumerate(ops)]
         _, derivative = self._kernels(group, gi)
         end = group.start + len(group.nodes)
+        if _is_builtin_relu(group.op):
+            # The plugin's `(a > 0) * 1.0` times g, without the float array: numpy multiplies
+            # by the mask's True and False as 1.0 and 0.0, the same numbers (nan > 0 is
+            # False, so g * 0.0, as eager's float(a > 0) * g).
+            emit(f"    d0 = {names[0]} > 0", gi)
+            return ["d0 * g"]
         if group.op.partials is not None:  # inline: the rule's terms written out
             out = f"V[{group.start}:{end}]"
             return [
@@ -893,29 +914,37 @@ class BatchedProgram(Generated):
 
     def backward(self, seed: np.ndarray) -> np.ndarray:
         """Add each parameter's gradient, summed over the batch, to its `.grad`; return the
-        (n, number of inputs) gradients of the inputs. `seed` weighs each sample."""
+        (n, number of inputs) gradients of the inputs (for a batch of one chunk, a view of
+        the gradient array, valid until the next run). `seed` weighs each sample."""
         last = self._last
         if last is None:
             raise CompileError(f"compiled {self.compiled.name}: call map() before backward()")
-        n, inputs = len(last.inputs), len(self.compiled.inputs)
+        inputs = len(self.compiled.inputs)
+        if last.running is not None:  # one chunk, its forward pass kept
+            PG, G = self._send(last.running, seed, last.lines)
+            self._add_grads(_running_total(PG))
+            return G[:inputs].T
+        n = len(last.inputs)
         total = np.zeros(len(self.parameters))
         input_grads = np.empty((n, inputs))
         for start in range(0, n, last.chunk):
             stop = min(start + last.chunk, n)
-            running = last.running
-            if running is None:  # one chunk of several: its forward pass again
-                chunk = last.inputs[start:stop]
-                running, _ = self._forward(last.replay, last.lines, chunk, last.PV)
+            chunk = last.inputs[start:stop]  # its forward pass again
+            running, _ = self._forward(last.replay, last.lines, chunk, last.PV)
             PG, G = self._send(running, seed[start:stop], last.lines)
             # The sums of the blocks of samples added to the total in order, one after the
             # other: a running sum (cumsum) along [total, block 0, block 1, ...], one numpy
             # call instead of one per block (79 at 10,000 samples).
             total = np.cumsum(np.column_stack([total, PG]), axis=1)[:, -1]
             input_grads[start:stop] = G[:inputs].T
-        sums = total[self.reaching_rows].tolist()
+        self._add_grads(total)
+        return input_grads
+
+    def _add_grads(self, total: np.ndarray) -> None:
+        """Add the batch's sums to the `.grad` of the parameters that reach the output."""
+        sums = (total if self.all_reach else total[self.reaching_rows]).tolist()
         for p, s in zip(self.reaching, sums, strict=True):
             p._grad += s  # the slot: a float, as the property's setter keeps it
-        return input_grads
 
     def _send(self, running: Any, seed: np.ndarray, lines: dict[int, int]) -> tuple:
         """The backward pass of one chunk: the block sums of the parameters' gradients, and
@@ -1015,6 +1044,31 @@ def _in_place(statement: str) -> str:
     rows, factor, operator = found.groups()
     ufunc = "multiply" if operator == "*" else "np.matmul"
     return f"{ufunc}({factor}, g, out=G[{rows}])"
+
+
+# The built-in relu's kernels (plugins/activations.py), written inline by the generator: a
+# call of the plugin's function and the copy of its result into V saved, the same numbers.
+_RELU_KERNELS = {
+    "array_forward": ("opgraph.plugins.activations", "relu_array"),
+    "array_derivative": ("opgraph.plugins.activations", "relu_array_derivative"),
+}
+
+
+def _is_builtin_relu(op: Row) -> bool:
+    """Are op's array kernels the built-in relu's (so that the generator may inline them)?"""
+    for field, (module, name) in _RELU_KERNELS.items():
+        kernel = getattr(op, field, None)
+        if getattr(kernel, "__module__", None) != module:
+            return False
+        if getattr(kernel, "__qualname__", None) != name:
+            return False
+    return op.partials is None and rules.forward_ufunc(op) is None
+
+
+def _relu_forward(a: str, out: str) -> list[str]:
+    """relu_array(a) written into out: maximum keeps nan (and may keep -0.0, which + 0.0
+    makes 0.0), as `relu` does."""
+    return [f"np.maximum({a}, 0.0, out={out})", f"add({out}, 0.0, out={out})"]
 
 
 def _first_nonfinite(array: np.ndarray) -> tuple[int, int]:

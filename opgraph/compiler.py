@@ -524,7 +524,8 @@ class Compiled:
                     f"last map(); got {type(weights).__name__} of dtype {seed.dtype} and shape "
                     f"{seed.shape}"
                 )
-            seed = seed.astype(np.float64) * float(gradient)
+            # float64 weights are multiplied as they are (the same numbers, without a copy)
+            seed = seed.astype(np.float64, copy=False) * float(gradient)
         self.batch_input_grads += self._batched.backward(seed)
 
 
