@@ -88,17 +88,24 @@ def batch_inputs(compiled: Compiled, args: Sequence[Any]) -> np.ndarray:
             f"{name}.map(): compiled with {len(items)} argument(s), got {len(args)}; pass each "
             f"argument as a batch of samples"
         )
+    layout = compiled._batch_layout  # each argument's (_count, _dims), found once
+    if layout is None:
+        layout = compiled._batch_layout = [(_count(shape), _dims(shape)) for shape in items]
     blocks, n = [], None
     for j, (shape, arg) in enumerate(zip(items, args, strict=True)):
-        where = f"{name}.map() argument {j}"
-        if _count(shape) == 0:  # a fixed argument: the very object, not a batch
-            fill(shape, arg, [], where)
+        count, dims = layout[j]
+        if count == 0:  # a fixed argument: the very object, not a batch
+            fill(shape, arg, [], f"{name}.map() argument {j}")
             continue
-        block = _samples(shape, arg, where)
+        array = type(arg) is np.ndarray and arg.ndim and arg.dtype == np.float64
+        if array and arg.shape[1:] == dims:  # the fast path: already the right array
+            block = arg.reshape(len(arg), count)
+        else:
+            block = _samples(shape, arg, f"{name}.map() argument {j}", count, dims)
         if n is not None and len(block) != n:
             raise CompileError(
-                f"{where}: {len(block)} samples, but the arguments before it have {n}; every "
-                f"batched argument needs the same number of samples"
+                f"{name}.map() argument {j}: {len(block)} samples, but the arguments before "
+                f"it have {n}; every batched argument needs the same number of samples"
             )
         n = len(block)
         blocks.append(block)
@@ -107,7 +114,8 @@ def batch_inputs(compiled: Compiled, args: Sequence[Any]) -> np.ndarray:
             f"{name}.map(): no argument holds samples: the function has no inputs (numbers "
             f"in its arguments), so there is nothing to batch; call it instead"
         )
-    return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+    # A copy, whichever way: backward may run the forward pass again from these numbers.
+    return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0].copy()
 
 
 def _count(shape: Any) -> int:
@@ -136,9 +144,9 @@ def _dims(shape: Any) -> tuple[int, ...] | None:
     return (len(inner), *first)
 
 
-def _samples(shape: Any, batch: Any, where: str) -> np.ndarray:
-    """One argument's batch as an (n, inputs per sample) float array, checked."""
-    count, dims = _count(shape), _dims(shape)
+def _samples(shape: Any, batch: Any, where: str, count: int, dims: Any) -> np.ndarray:
+    """One argument's batch as an (n, inputs per sample) float array, checked (count and
+    dims: `_count(shape)` and `_dims(shape)`)."""
     if not isinstance(batch, list | tuple | np.ndarray):
         raise CompileError(
             f"{where}: expected a batch of samples (a list, tuple or numpy array whose first "
@@ -158,7 +166,7 @@ def _samples(shape: Any, batch: Any, where: str) -> np.ndarray:
                     f"{where}: expected an array of shape {expected}, n samples of the example "
                     f"argument's shape, got shape {array.shape}"
                 )
-            return array.reshape(len(array), count).astype(np.float64)
+            return array.reshape(len(array), count).astype(np.float64, copy=False)
     if isinstance(batch, np.ndarray) and batch.ndim == 0:
         raise CompileError(f"{where}: expected a batch of samples, got a 0-d array")
     rows = []
@@ -187,36 +195,41 @@ def _blocks_of(m: int) -> int:
     return -(-m // SUM_BLOCK)
 
 
-def block_sums(c: np.ndarray) -> np.ndarray:
+def block_sums(c: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """The sums of each row of the (rows, m) array c over each block of samples: an array
-    of shape (rows, blocks)."""
+    of shape (rows, blocks), written into `out` if given."""
     rows, m = c.shape
     if m <= SUM_BLOCK:
-        return c.sum(axis=1, keepdims=True)
+        return c.sum(axis=1, keepdims=True, out=out)
     full = m - m % SUM_BLOCK
-    sums = c[:, :full].reshape(rows, full // SUM_BLOCK, SUM_BLOCK).sum(axis=2)
-    if full == m:
-        return sums
-    return np.concatenate([sums, c[:, full:].sum(axis=1, keepdims=True)], axis=1)
+    blocks = full // SUM_BLOCK
+    if out is None:
+        out = np.empty((rows, _blocks_of(m)))
+    c[:, :full].reshape(rows, blocks, SUM_BLOCK).sum(axis=2, out=out[:, :blocks])
+    if full < m:
+        c[:, full:].sum(axis=1, out=out[:, blocks])
+    return out
 
 
-def block_products(g: np.ndarray, x: np.ndarray) -> np.ndarray:
+def block_products(g: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """The gradients of W in `W @ x` for the gradient g of its rows: for each block of
     samples, the sum over the block of g times x (`g @ x.T`), flattened row by row. An array
     of shape (rows of g times rows of x, blocks), as block_sums gives for one weight per row."""
     m, n = g.shape
     k = x.shape[0]
+    if out is None:
+        out = np.empty((m * k, _blocks_of(n)))
     if n <= SUM_BLOCK:
-        return (g @ x.T).reshape(m * k, 1)
+        out[:, 0] = (g @ x.T).ravel()
+        return out
     full = n - n % SUM_BLOCK
     b = full // SUM_BLOCK
     gb = g[:, :full].reshape(m, b, SUM_BLOCK).transpose(1, 0, 2)  # (blocks, m, SUM_BLOCK)
     xb = x[:, :full].reshape(k, b, SUM_BLOCK).transpose(1, 2, 0)  # (blocks, SUM_BLOCK, k)
-    sums = (gb @ xb).reshape(b, m * k).T
-    if full == n:
-        return sums
-    rest = (g[:, full:] @ x[:, full:].T).reshape(m * k, 1)
-    return np.concatenate([sums, rest], axis=1)
+    out[:, :b] = (gb @ xb).reshape(b, m * k).T
+    if full < n:
+        out[:, b] = (g[:, full:] @ x[:, full:].T).ravel()
+    return out
 
 
 def _running_total(PG: np.ndarray) -> np.ndarray:
@@ -696,11 +709,14 @@ class BatchedProgram(Generated):
 
         # G is not zeroed: the first contribution to a row is assigned (`=`), later ones
         # added (`+=`); every row backward reads has been written by then. Only the inputs'
-        # rows, returned whole, start at zero.
+        # rows no op reads, returned whole, are set to zero (on the line kept for it here).
+        # (Assigned, an input's gradient may be -0.0 where 0.0 + it was 0.0: backward()
+        # adds it to batch_input_grads, zeros at map(), which makes it 0.0 again.)
         emit("while True:")
-        written = set(range(len(self.compiled.inputs)))
-        if written:
-            emit(f"    G[:{len(written)}] = 0.0")
+        written: set[int] = set()
+        zeroing = len(code)
+        emit("    # (the inputs' gradients no op gives)")
+        allocation = len(code)
         emit("    PG = np.zeros((len(PV), blocks(V.shape[1])))")
         root = self.compiled.outputs[0]
         if id(root) in self.row:
@@ -731,7 +747,54 @@ class BatchedProgram(Generated):
                 for statement in self._scatter(operand, c, f"{gi}_{j}", written):
                     emit(f"    {_in_place(statement)}", gi)
         emit("    seed = yield PG, G")
+        unread = [r for r in range(len(self.compiled.inputs)) if r not in written]
+        if unread:
+            self.namespace["ZIN"] = np.array(unread, dtype=np.intp)
+            code[zeroing] = "        G[ZIN] = 0.0"
+        self._assign_first_sums(code, allocation)
         return "\n".join(code) + "\n", lines
+
+    def _assign_first_sums(self, code: list[str], allocation: int) -> None:
+        """Make the first sum into rows of PG an assignment, written by block_sums or
+        block_products straight into them (`out`), instead of added to zeros; if every row
+        is assigned so, PG is not zeroed. Lines are changed in place, one for one.
+
+        0.0 + x is x but for x = -0.0: such a zero's sign is lost in the running sum from
+        0.0 that backward() adds the blocks up with, so the gradients are the same bits."""
+        assigned: set[int] = set()
+        touched: set[int] = set()
+        for k in range(allocation + 1, len(code)):
+            line = code[k].strip()
+            if "PG" not in line:
+                continue
+            found = _PG_SUM.fullmatch(line)
+            if found is None:
+                rows = self._pg_rows(line)
+                if rows is None:  # rows not known: the rest stays as it is
+                    break
+                touched |= rows
+                continue
+            start, stop, expression = int(found[1]), int(found[2]), found[3]
+            rows = set(range(start, stop))
+            if rows & touched:
+                touched |= rows
+                continue
+            touched |= rows
+            assigned |= rows
+            code[k] = "        " + _assign(f"PG[{start}:{stop}]", expression)
+        if len(assigned) == len(self.parameters):
+            code[allocation] = "        PG = np.empty((len(PV), blocks(V.shape[1])))"
+
+    def _pg_rows(self, line: str) -> set[int] | None:
+        """The rows of PG a statement adds to, or None if not known."""
+        found = re.match(r"(?:PG\[(\w+)\] \+=|np\.add\.at\(PG, (\w+),)", line)
+        if found is None:
+            return None
+        index = found[1] or found[2]
+        if index.isdigit():
+            return {int(index)}
+        rows = self.namespace.get(index)
+        return set(rows.tolist()) if isinstance(rows, np.ndarray) else None
 
     def _contributions(self, gi: int, group: _Group, ops: list[_Operand], emit) -> list:
         """The expressions of a group's contributions to each argument's gradient."""
@@ -1034,7 +1097,7 @@ class BatchedProgram(Generated):
 
 # `G[a:b] = x * g` (or `@`), a first contribution to contiguous rows: computed straight into
 # them (`out=`), the same numbers without a temporary array and its copy.
-_PRODUCT_INTO_ROWS = re.compile(r"G\[(\d+:\d+)\] = ([\w.]+) ([*@]) g")
+_PRODUCT_INTO_ROWS = re.compile(r"G\[(\d+:\d+)\] = ([\w.]+|\([-\w.+]+\)) ([*@]) g")
 
 
 def _in_place(statement: str) -> str:
@@ -1069,6 +1132,19 @@ def _relu_forward(a: str, out: str) -> list[str]:
     """relu_array(a) written into out: maximum keeps nan (and may keep -0.0, which + 0.0
     makes 0.0), as `relu` does."""
     return [f"np.maximum({a}, 0.0, out={out})", f"add({out}, 0.0, out={out})"]
+
+
+# `PG[a:b] += expression`: a sum into a slice of the parameters' gradients.
+_PG_SUM = re.compile(r"PG\[(\d+):(\d+)\] \+= (.+)")
+_INTO = re.compile(r"(block_sums|block_products)\((.+)\)")
+
+
+def _assign(target: str, expression: str) -> str:
+    """`target = expression`, a block_sums or block_products call writing into target."""
+    found = _INTO.fullmatch(expression)
+    if found is None:
+        return f"{target} = {expression}"
+    return f"{found[1]}({found[2]}, out={target})"
 
 
 def _first_nonfinite(array: np.ndarray) -> tuple[int, int]:

@@ -328,6 +328,7 @@ class Compiled:
         self._program = _Program(self)
         self.input_grads: list[float] = [0.0] * len(inputs)
         self._batched: Any = None  # the batched program, made at the first map()
+        self._batch_layout: Any = None  # the arguments' sizes, found at the first map()
         self._mapped = False  # was the last run map() (not a call)?
         self.batch_input_grads: Any = None  # (n, inputs) array after map() and backward()
         self._one_run = _OneRun(name)
