@@ -463,7 +463,7 @@ class Compiled:
                 self._batched = BatchedProgram(self)
             self._mapped = True  # backward() is now the batched one (an error if this fails)
             outputs = self._batched.run(inputs, checked, self.chunk_size)
-            self.batch_input_grads = self._batched.zeros(inputs.shape)
+            self.batch_input_grads = self._batched.zeros((self._batched.n, len(self.inputs)))
         return outputs[0] if self._single else tuple(outputs)
 
     def zero_grad(self) -> None:
