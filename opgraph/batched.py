@@ -366,7 +366,7 @@ class BatchedProgram(Generated):
         self.replay = self._build(self.source)
         self._checked: tuple[Callable, dict[int, int]] | None = None
         self._last: _Batch | None = None  # the last map(), for backward()
-        self._V = self._G = np.empty((self.rows, 0))
+        self._V, self._G = np.empty((self.rows + self.zero_rows, 0)), np.empty((self.rows, 0))
         self.n = 0  # samples of the last batch
 
     # --- layout ---------------------------------------------------------------------------
@@ -519,6 +519,10 @@ class BatchedProgram(Generated):
                 self.row[id(nodes[i])] = row
                 row += 1
         self.rows = row
+        # Rows of zeros below them in V, as many as the largest relu group: numpy's maximum
+        # of two arrays is a vector loop, of an array and the number 0.0 twice as slow.
+        relus = [len(g.nodes) for g in self.groups if _is_builtin_relu(g.op)]
+        self.zero_rows = max(relus, default=0)
         # Parameters in the order the groups first read them: a group's weights are then a
         # slice of the parameter column rather than a gather.
         order: dict[int, Value] = {}
@@ -698,7 +702,8 @@ class BatchedProgram(Generated):
                     names.append(f"a{gi}_{j}")
                     emit(f"a{gi}_{j} = {operand.read}", gi)
             if _is_builtin_relu(group.op):
-                for line in _relu_forward(names[0], out):
+                zeros = f"V[{self.rows}:{self.rows + len(group.nodes)}]"
+                for line in _relu_forward(names[0], zeros, out):
                     emit(line, gi)
             elif forward is None:
                 ufunc = rules.forward_ufunc(group.op)
@@ -977,7 +982,9 @@ class BatchedProgram(Generated):
         kept for the next batch, as fresh arrays of tens of megabytes cost a page fault per
         4 kB at every step."""
         if self._V.shape[1] != width:
-            self._V, self._G = np.empty((self.rows, width)), np.empty((self.rows, width))
+            self._V = np.empty((self.rows + self.zero_rows, width))
+            self._V[self.rows :] = 0.0  # the zeros relu's maximum reads
+            self._G = np.empty((self.rows, width))
 
     @staticmethod
     def zeros(shape: tuple[int, ...]) -> np.ndarray:
@@ -1148,10 +1155,10 @@ def _is_builtin_relu(op: Row) -> bool:
     return op.partials is None and rules.forward_ufunc(op) is None
 
 
-def _relu_forward(a: str, out: str) -> list[str]:
-    """relu_array(a) written into out: maximum keeps nan (and may keep -0.0, which + 0.0
-    makes 0.0), as `relu` does."""
-    return [f"np.maximum({a}, 0.0, out={out})", f"add({out}, 0.0, out={out})"]
+def _relu_forward(a: str, zeros: str, out: str) -> list[str]:
+    """relu_array(a) written into out (zeros: rows of V that hold 0.0): maximum keeps nan
+    (and may keep -0.0, which + 0.0 makes 0.0), as `relu` does."""
+    return [f"np.maximum({a}, {zeros}, out={out})", f"add({out}, 0.0, out={out})"]
 
 
 # `PG[a:b] += expression`: a sum into a slice of the parameters' gradients.
