@@ -220,7 +220,10 @@ def block_products(g: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) 
     if out is None:
         out = np.empty((m * k, _blocks_of(n)))
     if n <= SUM_BLOCK:
-        out[:, 0] = (g @ x.T).ravel()
+        if out.flags.c_contiguous:  # one block: PG's rows, (m * k, 1), are W's gradient
+            np.matmul(g, x.T, out=out.reshape(m, k))
+        else:
+            out[:, 0] = (g @ x.T).ravel()
         return out
     full = n - n % SUM_BLOCK
     b = full // SUM_BLOCK
