@@ -31,6 +31,11 @@ a warning. Floating-point errors give inf and nan as in eager mode, silently (`n
 The backward pass is seeded with each sample's weight; the parameters' gradients are summed
 over the batch, in blocks of SUM_BLOCK samples added up in order.
 
+At 100 samples a numpy call costs about a microsecond whatever its size, so the generated
+code makes few: each constant slice of V, G and PV is a view made once for a batch's arrays
+(`views`), the built-in relu is written inline (against rows of zeros kept below V's nodes),
+and the first contribution to a row of G or PG is assigned, not added to zeros.
+
 A large batch runs in chunks of `Compiled.chunk_size` samples, so that `V` and its gradients
 take a bounded amount of memory; backward then runs each chunk's forward pass again (only a
 batch of one chunk keeps its forward operands). Chunks are whole blocks, so the results are
