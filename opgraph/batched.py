@@ -826,7 +826,8 @@ class BatchedProgram(Generated):
             unpack = ", ".join(names.values()) + ("," if len(names) == 1 else "")
             code[1] = f"    {unpack} = views(V, G, PV, {int(checked)})"
         # (the expressions are the generator's own slices, digits only: _SLICE)
-        self._view_makers[checked] = eval(f"lambda V, G, PV: ({', '.join(names)},)")  # noqa: S307
+        views = "".join(f"{expression}, " for expression in names)  # (none: "()")
+        self._view_makers[checked] = eval(f"lambda V, G, PV: ({views})")  # noqa: S307
 
     def views(self, V: np.ndarray, G: np.ndarray, PV: np.ndarray, checked: int) -> tuple:  # noqa: N803
         """The named views of the arrays of a replay (`_name_views`), made once for them."""

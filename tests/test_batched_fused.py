@@ -223,3 +223,16 @@ def test_views_follow_the_batch_size_and_the_parameters_between_maps():
         assert_close(grads, expected_grads, what="parameter grad", rows=True)
         assert_close(f.batch_input_grads, expected_inputs, what="input grad", rows=True)
     assert "= views(V, G, PV, 0)" in (f.batch_source or "")
+
+
+def test_a_graph_without_op_groups_still_batches():
+    """No slices to name: the output is an input or a parameter."""
+    w = Value(2.0)
+    f = opgraph.compile(lambda x: x, 1.0)
+    assert np.asarray(f.map([1.0, -0.0])).tolist() == [1.0, -0.0]
+    f.backward(weights=np.array([3.0, 4.0]))
+    assert f.batch_input_grads.tolist() == [[3.0], [4.0]]
+    g = opgraph.compile(lambda x: w, 1.0)
+    assert np.asarray(g.map([1.0, 5.0])).tolist() == [2.0, 2.0]
+    g.backward()
+    assert w.grad == 2.0 and g.batch_input_grads.tolist() == [[0.0], [0.0]]
