@@ -15,6 +15,7 @@ import re
 
 import numpy as np
 import pytest
+from dags import OPS, programs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_batched import assert_close, eager_batch
@@ -236,3 +237,54 @@ def test_a_graph_without_op_groups_still_batches():
     assert np.asarray(g.map([1.0, 5.0])).tolist() == [2.0, 2.0]
     g.backward()
     assert w.grad == 2.0 and g.batch_input_grads.tolist() == [[0.0], [0.0]]
+
+
+# The ops of tests/dags.py that compute the same IEEE-754 operations batched as eager, so that
+# a graph of them without parameters (no matrix products) gives the same outputs to the bit.
+EXACT_OPS = {
+    name: OPS[name]
+    for name in ("add", "sub", "mul", "neg", "add_number", "radd", "rsub", "rmul", "relu")
+}
+ANY = st.one_of(
+    st.sampled_from([0.0, -0.0, math.nan, math.inf, -math.inf]),
+    st.floats(-3.0, 3.0, allow_nan=False, allow_subnormal=True),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(programs(EXACT_OPS, max_leaves=3, max_steps=14), st.lists(ANY, min_size=1, max_size=7))
+def test_random_relu_dags_with_special_inputs_equal_eager(program, values):
+    """Random DAGs of tests/dags.py, relu among exact ops, on inputs that are 0.0, -0.0,
+    nan, inf or anything: the outputs to the bit, the input gradients to 1e-12 (an input read
+    by several nodes sums its gradients in another order)."""
+    k = len(program.leaves)
+    samples = [[values[(i + j) % len(values)] for j in range(k)] for i in range(len(values))]
+
+    def fn(*xs):  # dags.run, without its reads of relu's inputs (a compile refuses them)
+        nodes = list(xs)
+        for op, args in program.steps:
+            nodes.append(EXACT_OPS[op][1](*[nodes[i] for i in args]))
+        return sum(nodes[k:])
+
+    f = opgraph.compile(fn, *program.leaves)
+    outputs = f.map(*[[s[j] for s in samples] for j in range(k)])
+    f.backward(weights=np.linspace(-1.0, 2.0, len(samples)))
+    expected, _, expected_inputs = eager_batch(fn, [], samples, np.linspace(-1, 2, len(samples)))
+    assert_same(outputs, expected, "output")
+    assert_close(f.batch_input_grads, expected_inputs, what="input grad", rows=True)
+
+
+def test_parameters_summed_into_PG_rows_no_slice_assigns_start_from_zero():  # noqa: N802
+    """A parameter read by several nodes of a group is added into its row of PG (`+=`), so
+    that row is zeroed first, while a layer's weights are written into theirs."""
+    w, b = Value(0.5), Value(-0.25)
+    layer = [Value(0.1 * k) for k in range(4)]
+
+    def fn(x):
+        h = sum((wk * xk for wk, xk in zip(layer[:2], x, strict=True)), b)
+        g = sum((wk * xk for wk, xk in zip(layer[2:], x, strict=True)), b)
+        return (h * w).relu() + (g * w).relu() + (x[0] * w).relu()
+
+    samples = [[x] for [x] in points(200, 2, seed=7)]
+    source = check_against_eager(fn, [w, b, *layer], samples)
+    assert "PG = np.zeros(" in source and re.search(r"PG\[\d+\] \+=", source)
