@@ -104,7 +104,9 @@ def test_relu_is_written_inline_forward_and_backward_in_the_moons_net():
     )
     assert not KERNEL_CALL.search(source), source  # no call of the plugin's kernels
     assert len(re.findall(r"np\.maximum\(a\d+_0, V\d+_\d+, out=V\d+_\d+\)", source)) == 3
-    assert len(re.findall(r"d0 = a\d+_0 > 0", source)) == 3
+    # backward: the mask a > 0 written as 0.0 and 1.0 into the rows it goes to, times g
+    assert len(re.findall(r"np\.greater\(a\d+_0, 0\.0, out=(G\d+_\d+)\)", source)) == 3
+    assert len(re.findall(r"multiply\((G\d+_\d+), g, out=\1\)", source)) == 3
 
 
 def test_relu_of_one_row_read_by_several_nodes_over_chunks_equals_eager():
