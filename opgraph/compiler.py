@@ -330,6 +330,7 @@ class Compiled:
         self._program = _Program(self)
         self.input_grads: list[float] = [0.0] * len(inputs)
         self._batched: Any = None  # the batched program, made at the first map()
+        self._batch_layout: Any = None  # the arguments' sizes, found at the first map()
         self._mapped = False  # was the last run map() (not a call)?
         self.batch_input_grads: Any = None  # (n, inputs) array after map() and backward()
         self._one_run = _OneRun(name)
@@ -464,7 +465,7 @@ class Compiled:
                 self._batched = BatchedProgram(self)
             self._mapped = True  # backward() is now the batched one (an error if this fails)
             outputs = self._batched.run(inputs, checked, self.chunk_size)
-            self.batch_input_grads = self._batched.zeros(inputs.shape)
+            self.batch_input_grads = self._batched.zeros((self._batched.n, len(self.inputs)))
         return outputs[0] if self._single else tuple(outputs)
 
     def zero_grad(self) -> None:
@@ -526,7 +527,8 @@ class Compiled:
                     f"last map(); got {type(weights).__name__} of dtype {seed.dtype} and shape "
                     f"{seed.shape}"
                 )
-            seed = seed.astype(np.float64) * float(gradient)
+            # float64 weights are multiplied as they are (the same numbers, without a copy)
+            seed = seed.astype(np.float64, copy=False) * float(gradient)
         self.batch_input_grads += self._batched.backward(seed)
 
 
