@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import rules
+from . import kernels, rules
 from .codegen import SUM_BLOCK, BatchWarning, Generated, Input, fill, literal, reachable
 from .errors import (
     AnomalyError,
@@ -531,7 +531,7 @@ class BatchedProgram(Generated):
         self.rows = row
         # Rows of zeros below them in V, as many as the largest relu group: numpy's maximum
         # of two arrays is a vector loop, of an array and the number 0.0 twice as slow.
-        relus = [len(g.nodes) for g in self.groups if _is_builtin_relu(g.op)]
+        relus = [len(g.nodes) for g in self.groups if _is_relu(g.op)]
         self.zero_rows = max(relus, default=0)
         # Parameters in the order the groups first read them: a group's weights are then a
         # slice of the parameter column rather than a gather.
@@ -647,7 +647,7 @@ class BatchedProgram(Generated):
         """The names of the group's forward and derivative array functions (None: inline)."""
         op = group.op
         forward = derivative = None
-        if _is_builtin_relu(op):
+        if _is_relu(op):
             return forward, derivative  # written inline (_relu_forward, _contributions)
         if rules.forward_ufunc(op) is None:
             forward = f"F{gi}"
@@ -713,7 +713,7 @@ class BatchedProgram(Generated):
                 else:
                     names.append(f"a{gi}_{j}")
                     emit(f"a{gi}_{j} = {operand.read}", gi)
-            if _is_builtin_relu(group.op):
+            if _is_relu(group.op):
                 zeros = f"V[{self.rows}:{self.rows + len(group.nodes)}]"
                 for line in _relu_forward(names[0], zeros, out):
                     emit(line, gi)
@@ -855,7 +855,7 @@ class BatchedProgram(Generated):
         names = [op.read if op.kind == "C" else f"a{gi}_{j}" for j, op in enumerate(ops)]
         _, derivative = self._kernels(group, gi)
         end = group.start + len(group.nodes)
-        if _is_builtin_relu(group.op):
+        if _is_relu(group.op):
             # The plugin's `(a > 0) * 1.0` times g, without the float array: numpy multiplies
             # by the mask's True and False as 1.0 and 0.0, the same numbers (nan > 0 is
             # False, so g * 0.0, as eager's float(a > 0) * g).
@@ -1186,23 +1186,15 @@ def _in_place(statement: str) -> str:
     return f"{ufunc}({factor}, g, out=G[{rows}])"
 
 
-# The built-in relu's kernels (plugins/activations.py), written inline by the generator: a
-# call of the plugin's function and the copy of its result into V saved, the same numbers.
-_RELU_KERNELS = {
-    "array_forward": ("opgraph.plugins.activations", "relu_array"),
-    "array_derivative": ("opgraph.plugins.activations", "relu_array_derivative"),
-}
-
-
-def _is_builtin_relu(op: Row) -> bool:
-    """Are op's array kernels the built-in relu's (so that the generator may inline them)?"""
-    for field, (module, name) in _RELU_KERNELS.items():
-        kernel = getattr(op, field, None)
-        if getattr(kernel, "__module__", None) != module:
-            return False
-        if getattr(kernel, "__qualname__", None) != name:
-            return False
-    return op.partials is None and rules.forward_ufunc(op) is None
+def _is_relu(op: Row) -> bool:
+    """Are op's array kernels the engine's relu (opgraph.kernels), which the generator writes
+    out? Whatever the op's name: an op with kernels of its own is called through them."""
+    return (
+        op.array_forward is kernels.relu
+        and op.array_derivative is kernels.relu_derivative
+        and op.partials is None
+        and rules.forward_ufunc(op) is None
+    )
 
 
 def _relu_masks_in_place(code: list[str]) -> None:
@@ -1220,7 +1212,7 @@ def _relu_masks_in_place(code: list[str]) -> None:
 
 
 def _relu_forward(a: str, zeros: str, out: str) -> list[str]:
-    """relu_array(a) written into out (zeros: rows of V that hold 0.0): maximum keeps nan
+    """kernels.relu(a) written into out (zeros: rows of V that hold 0.0): maximum keeps nan
     (and may keep -0.0, which + 0.0 makes 0.0), as `relu` does."""
     return [f"np.maximum({a}, {zeros}, out={out})", f"add({out}, 0.0, out={out})"]
 

@@ -1,12 +1,13 @@
 """The activation functions: tanh, relu, sigmoid.
 
-The array kernels are the same on numpy arrays, for batched replay; the derivatives of tanh
-and sigmoid are written inline with the output, which works on floats, arrays and Values.
+The array kernels are the same on numpy arrays, for batched replay (relu's are the engine's
+own, `opgraph.kernels`, which batched replay writes out); the derivatives of tanh and sigmoid
+are written inline with the output, which works on floats, arrays and Values.
 """
 
 import math
 
-from opgraph import Op, hookimpl
+from opgraph import Op, hookimpl, kernels
 
 from .numerics import exp
 
@@ -23,20 +24,6 @@ def tanh_array(a):
     import numpy as np
 
     return np.tanh(a)
-
-
-def relu_array(a):
-    import numpy as np
-
-    # As `relu`: nan stays nan, and + 0.0 makes -0.0 (which maximum may keep) 0.0. maximum
-    # is a single pass, several times faster than np.where with its mask.
-    out = np.maximum(a, 0.0)
-    out += 0.0
-    return out
-
-
-def relu_array_derivative(out, a):
-    return ((a > 0) * 1.0,)
 
 
 def sigmoid_array(a):
@@ -59,7 +46,7 @@ def d_relu_value(out, a):
 OPS = [
     Op("tanh", math.tanh, partials=("1 - out * out",), array_forward=tanh_array),
     Op("relu", lambda a: 0.0 if a <= 0 else a, lambda out, a: (float(a > 0),), symbol="ReLU",
-       array_forward=relu_array, array_derivative=relu_array_derivative,
+       array_forward=kernels.relu, array_derivative=kernels.relu_derivative,
        value_derivative=d_relu_value),
     Op("sigmoid", sigmoid, partials=("out * (1 - out)",), array_forward=sigmoid_array),
 ]
