@@ -4,9 +4,37 @@ as a tracer of a training loop sends them, for the server's tests of steps."""
 from __future__ import annotations
 
 import struct
+import textwrap
 from typing import Any
 
 import msgpack
+
+
+def training_script(steps: int, start: float = 0.1) -> str:
+    """A training loop that knows nothing of tracing (OPGRAPH_TRACE publishes it): `steps`
+    steps of three tanh neurons, inputs from `start`; prints its losses as JSON. With an
+    argument, it waits for a line on stdin after training (a served trace ends with it)."""
+    return textwrap.dedent(
+        f"""
+        import json, sys
+        from opgraph import Value
+
+        w = [Value(0.3 * k - 0.4, label=f"w{{k}}") for k in range(3)]
+        x = [Value({start} + k, label=f"x{{k}}") for k in range(3)]
+        losses = []
+        for _ in range({steps}):
+            total = sum(((wk * xk).tanh() for wk, xk in zip(w, x)), Value(0.0))
+            loss = total * total
+            loss.backward()
+            losses.append(loss.data)
+            for p in w:
+                p.data -= 0.05 * p.grad
+                p.grad = 0.0
+        print(json.dumps(losses), flush=True)
+        if len(sys.argv) > 1:
+            sys.stdin.readline()
+        """
+    )
 
 
 def u8(*ids: int) -> bytes:

@@ -12,39 +12,17 @@ import re
 import struct
 import subprocess
 import sys
-import textwrap
 import time
 
 import _tracing_helpers as th
-from _steps_helpers import floats
+from _steps_helpers import floats, training_script
 from test_steps_server import joined
 
 from opgraph.server.client import stream_url
 
 STEPS = 4
-# A training loop that knows nothing of tracing; prints its losses. With an argument, it waits
-# for a line on stdin after training (its served trace ends with it).
-SCRIPT = textwrap.dedent(
-    f"""
-    import json, sys
-    from opgraph import Value
 
-    w = [Value(0.3 * k - 0.4, label=f"w{{k}}") for k in range(3)]
-    x = [Value(0.1 + k, label=f"x{{k}}") for k in range(3)]
-    losses = []
-    for _ in range({STEPS}):
-        total = sum(((wk * xk).tanh() for wk, xk in zip(w, x)), Value(0.0))
-        loss = total * total
-        loss.backward()
-        losses.append(loss.data)
-        for p in w:
-            p.data -= 0.05 * p.grad
-            p.grad = 0.0
-    print(json.dumps(losses), flush=True)
-    if len(sys.argv) > 1:
-        sys.stdin.readline()
-    """
-)
+SCRIPT = training_script(STEPS)
 
 
 def float32(x: float) -> float:

@@ -9,37 +9,17 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import _tracing_helpers as th
 import pytest
-from _steps_helpers import floats
+from _steps_helpers import floats, training_script
 from test_steps_server import joined
 
 from opgraph import Engine, ServerError
 from opgraph.server.client import stream_url
 from opgraph.server.events import u8s
 
-# A training loop that knows nothing of tracing (OPGRAPH_TRACE publishes it); prints its losses.
-SCRIPT = textwrap.dedent(
-    """
-    import json
-    from opgraph import Value
-
-    w = [Value(0.3 * k - 0.4, label=f"w{k}") for k in range(3)]
-    x = [Value(0.5 + k, label=f"x{k}") for k in range(3)]
-    losses = []
-    for _ in range(7):
-        total = sum(((wk * xk).tanh() for wk, xk in zip(w, x)), Value(0.0))
-        loss = total * total
-        loss.backward()
-        losses.append(loss.data)
-        for p in w:
-            p.data -= 0.05 * p.grad
-            p.grad = 0.0
-    print(json.dumps(losses))
-    """
-)
+SCRIPT = training_script(7, start=0.5)
 
 
 def clean_env(**extra: str) -> dict:
