@@ -61,15 +61,22 @@ class TraceWidget(anywidget.AnyWidget):
         if not isinstance(content, dict) or self.feed.server._closed:
             return
         kind, view = content.get("type"), str(content.get("view", ""))
+        feed = self.feed
         if kind == "ready":
-            self.views.add(view)
-            self.shown = True
-            self.feed.server.call(self._join)
+            with _lock:
+                self.views.add(view)
+                self.shown = True
+            feed.server.call(self._join)
         elif kind == "gone":
-            self.views.discard(view)
-            if not self.views:
-                self.feed.server.call(self._leave)
-                if self.feed.widgets[-1:] != [self]:  # a newer one shows it: a cell run again
+            # The kernel may handle this while the cell that makes a newer widget runs: under
+            # the lock, a widget being made counts as newer (see `widget()`).
+            with _lock:
+                self.views.discard(view)
+                unseen = not self.views
+                newer = feed.making > 0 or feed.widgets[-1:] != [self]  # a cell run again
+            if unseen:
+                feed.server.call(self._leave)
+                if newer:
                     self.close()
         elif kind == "snapshot" and self.viewer is not None:
             viewer = self.viewer
@@ -142,14 +149,20 @@ class _Feed:
         self.options = options
         self.server = EngineServer(engine, port=None, **options).start()
         self.widgets: list[TraceWidget] = []
+        self.making = 0  # widgets being made for it, not in `widgets` yet (under _lock)
+        self.stopped = False  # its last widget closed: it stops (under _lock)
 
-    def release(self, widget: TraceWidget) -> None:
-        if widget in self.widgets:
-            self.widgets.remove(widget)
-        if not self.widgets:
-            with _lock:
+    def release(self, widget: TraceWidget | None) -> None:
+        """`widget` closed (None: one failed to be made); the last one stops the feed."""
+        with _lock:
+            if widget in self.widgets:
+                self.widgets.remove(widget)
+            last = not self.widgets and not self.making and not self.stopped
+            if last:
+                self.stopped = True
                 if _feeds.get(id(self.engine)) is self:
                     del _feeds[id(self.engine)]
+        if last:
             self.server.close()
 
 
@@ -180,12 +193,26 @@ def widget(engine: TracedEngine, **options: Any) -> TraceWidget:
                 f"engine {engine.name!r} already has a widget made with other options "
                 f"({feed.options or 'none'}): close it first to use {options}"
             )
-    # A cell run again: its earlier widget's page is gone; that widget is closed, not leaked
-    # (here, or when its page says "gone" after this one is made: see _on_msg).
-    for earlier in [w for w in feed.widgets if w.shown and not w.views]:
-        earlier.close()
-    if feed.server._closed:  # (closing the earlier ones stopped it)
+        # A cell run again: its earlier widget's page is gone, and that widget is closed, not
+        # leaked: here, or when its page says "gone" while or after this one is made (_on_msg).
+        earlier = [w for w in feed.widgets if w.shown and not w.views]
+    for old in earlier:
+        old.close()
+    with _lock:
+        stopped = feed.stopped  # (closing the earlier ones stopped it: a new feed)
+        if not stopped:
+            feed.making += 1
+    if stopped:
+        feed.server.close()  # (done already, or by another thread: wait for it)
         return widget(engine, **options)
-    made = TraceWidget(feed)
-    feed.widgets.append(made)
+    try:
+        made = TraceWidget(feed)
+    except BaseException:
+        with _lock:
+            feed.making -= 1
+        feed.release(None)  # the feed stops unless a widget shows it
+        raise
+    with _lock:
+        feed.making -= 1
+        feed.widgets.append(made)
     return made

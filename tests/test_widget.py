@@ -292,3 +292,31 @@ def test_the_bundled_page_shows_labels_and_grads_of_the_comm_frames(page):
     page.evaluate("window.cleanup()")  # the view goes away: the page says so
     assert page.evaluate("window.sent.map((m) => m.type)") == ["ready", "gone"]
     assert page.title() == "notebook"  # a widget leaves the notebook's title alone
+
+
+def test_a_page_gone_while_the_cell_makes_the_next_widget_closes_the_earlier(monkeypatch):
+    """Run All in JupyterLab: the kernel may handle the earlier page's "gone" while the cell
+    that makes the next widget runs, after it looked for earlier widgets without a page and
+    before it added the new one. The earlier widget is closed all the same, not left feeding
+    a page that is gone (seen in 1 JupyterLab run of about 10)."""
+    from opgraph.server import widget as ow
+
+    engine = Engine(name="race")
+    earlier = opgraph.widget(engine)
+    earlier._on_msg(earlier, {"type": "ready", "view": "p"}, [])
+    made = ow.TraceWidget.__init__
+
+    def gone_meanwhile(self, *args, **kwargs):
+        earlier._on_msg(earlier, {"type": "gone", "view": "p"}, [])
+        made(self, *args, **kwargs)
+
+    monkeypatch.setattr(ow.TraceWidget, "__init__", gone_meanwhile)
+    newer = opgraph.widget(engine)
+    monkeypatch.undo()
+    try:
+        assert earlier.comm is None and earlier.viewer is None  # closed, out of the hub
+        assert newer.feed.widgets == [newer] and not newer.feed.server._closed
+        assert engine.tracer is not None  # the newer widget still shows the trace
+    finally:
+        newer.close()
+    assert engine.tracer is None and newer.feed.server._closed
