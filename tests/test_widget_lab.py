@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 
 import nbformat
 import psutil
@@ -146,9 +147,9 @@ def test_run_all_in_jupyterlab_shows_the_backward_pass_with_nothing_dropped(lab,
         trained = page.locator(".jp-OutputArea-output pre", has_text="trained")
         try:
             trained.wait_for(state="attached", timeout=120_000)
-        except Exception:
+        except Exception as exc:
             page.screenshot(path=str(tmp_path / "lab.png"))
-            raise
+            raise AssertionError(f"no 'trained' output: {_notebook_state(page)}") from exc
         rows.nth(3).wait_for(timeout=60_000)
         widget.locator("#st-pass").filter(has_text=re.compile("pass")).wait_for(timeout=60_000)
         # keys typed in the viewer are its own ("v": the next view), not JupyterLab's
@@ -171,16 +172,20 @@ def test_run_all_in_jupyterlab_shows_the_backward_pass_with_nothing_dropped(lab,
         run_all(page)
         rows.nth(3).wait_for(timeout=60_000)  # the new widget's page is ready
         # (its earlier page said "gone" after the new widget's cell ran: Run All sends every
-        # cell at once) then the state cell alone, once more
+        # cell at once) then, once Run All has run the state cell, that cell alone again
+        state.filter(has_text=re.compile(r"\[(True|False), False\]")).wait_for(timeout=60_000)
         page.locator(".jp-Notebook .jp-Cell").nth(len(CELLS) - 1).locator(
-            ".jp-InputArea-editor"
-        ).click()
-        page.keyboard.press("Shift+Enter")
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('.jp-OutputArea-output pre')]"
-            ".some((e) => e.textContent.includes('[True, False, False]'))",
-            timeout=60_000,
-        )
+            ".jp-InputPrompt"
+        ).click()  # selects the cell (command mode: no key goes to an editor or the widget)
+        run_from_menu(page, "notebook:run-cell")
+        try:
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.jp-OutputArea-output pre')]"
+                ".some((e) => e.textContent.includes('[True, False, False]'))",
+                timeout=60_000,
+            )
+        except Exception as exc:
+            raise AssertionError(f"state not closed: {_notebook_state(page)}") from exc
         again = state.inner_text().strip()
         rows.nth(3).wait_for(timeout=60_000)
         status_again = widget.locator("#status").inner_text()
@@ -200,6 +205,52 @@ def test_run_all_in_jupyterlab_shows_the_backward_pass_with_nothing_dropped(lab,
     assert errors == []
 
 
+def _notebook_state(page) -> str:
+    """What the notebook shows: each cell's prompt and output, and the kernel's status."""
+    return page.evaluate(
+        """() => JSON.stringify({
+            kernel: document.querySelector('.jp-Notebook-ExecutionIndicator')
+                ?.getAttribute('data-status'),
+            cells: [...document.querySelectorAll('.jp-Notebook .jp-Cell')].map((c) => [
+                c.querySelector('.jp-InputPrompt')?.textContent,
+                c.querySelector('.jp-OutputArea')?.textContent.slice(0, 200),
+            ]),
+            menu: [...document.querySelectorAll('.lm-Menu-item[data-command="runmenu:run-all"]')]
+                .map((e) => e.getAttribute('aria-disabled')),
+            active: document.activeElement?.className,
+        })"""
+    )
+
+
 def run_all(page) -> None:
-    page.click("text=Run", timeout=30_000)  # the menu bar's Run menu
-    page.click("text=Run All Cells", timeout=30_000)
+    run_from_menu(page, "runmenu:run-all")
+
+
+def run_from_menu(page, command: str) -> None:
+    """The Run menu's item for `command`, until the cells' prompts show it ran. JupyterLab
+    can take the click and run nothing (2 runs in 12 after the page loaded: every prompt
+    unchanged, the kernel idle), so a click that changed no prompt within 20 s is made again
+    (nothing ran, so nothing runs twice); the item is clicked only once it is enabled."""
+    menu = page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$"))
+    item = page.locator(f".lm-Menu-item[data-command='{command}']")
+    prompts = page.locator(".jp-Notebook .jp-InputPrompt")
+    for _ in range(3):
+        before = prompts.all_inner_texts()
+        menu.click(timeout=30_000)
+        item.wait_for(timeout=30_000)
+        if item.get_attribute("aria-disabled") == "true":
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(1000)
+            continue
+        item.click(timeout=30_000)
+        try:
+            page.wait_for_function(
+                "(before) => [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')]"
+                ".some((p, i) => p.innerText !== before[i])",
+                arg=before,
+                timeout=20_000,
+            )
+            return
+        except Exception:
+            warnings.warn(f"{command} ran nothing: clicked again", stacklevel=2)
+    raise AssertionError(f"{command} ran nothing, 3 times: {_notebook_state(page)}")
