@@ -33,7 +33,8 @@ over the batch, in blocks of SUM_BLOCK samples added up in order.
 
 At 100 samples a numpy call costs about a microsecond whatever its size, so the generated
 code makes few: each constant slice of V, G and PV is a view made once for a batch's arrays
-(`views`), the built-in relu is written inline (against rows of zeros kept below V's nodes),
+(`views`), relu's kernels (the engine's own, opgraph/kernels.py) are written inline (against
+rows of zeros kept below V's nodes),
 and the first contribution to a row of G or PG is assigned, not added to zeros.
 
 A large batch runs in chunks of `Compiled.chunk_size` samples, so that `V` and its gradients
