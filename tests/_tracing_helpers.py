@@ -1,8 +1,11 @@
-"""Helpers shared by the tracing tests: real websocket clients of a real server on loopback."""
+"""Helpers shared by the tracing tests: real websocket clients of a real server on loopback,
+and the environment and output of real `opgraph` processes."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 from collections import deque
 from typing import Any
 
@@ -10,6 +13,24 @@ import msgpack
 import websockets
 
 TIMEOUT = 20  # seconds: no test waits longer for an event
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a script or `opgraph` process, without the OPGRAPH_TRACE
+    variables (a developer's own setting must not trace it), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPGRAPH_TRACE")}
+    return env | extra
+
+
+def line_starting(process: subprocess.Popen, prefix: str, stream: str = "stdout") -> str:
+    """The first line of the process's `stream` (its stdout or stderr, a text pipe) that
+    starts with `prefix`, stripped; fails with what it printed if it ends first."""
+    pipe = getattr(process, stream)
+    seen: list[str] = []
+    while not seen or not seen[-1].startswith(prefix):
+        seen.append(pipe.readline())
+        assert seen[-1], f"the process ended early: {seen} {process.communicate()}"
+    return seen[-1].strip()
 
 
 async def open_ws(url: str, **options: Any):

@@ -47,12 +47,6 @@ CHAIN = textwrap.dedent(
 )
 
 
-def script_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPGRAPH_TRACE")}
-    env.update(extra)
-    return env
-
-
 def per_scope(path: Path) -> tuple[Counter, Counter, Counter]:
     """From a hub's recording: the nodes and backward steps of each scope, and run markers."""
     scope_of: dict[int, str] = {}
@@ -98,7 +92,7 @@ def test_twenty_scripts_at_once_reach_the_hub_whole_while_the_page_answers(tmp_p
         procs = [
             subprocess.Popen(
                 [sys.executable, "-c", CHAIN, f"s{k}", str(NODES)],
-                env=script_env(OPGRAPH_TRACE=server.publish_url),
+                env=th.script_env(OPGRAPH_TRACE=server.publish_url),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -237,7 +231,7 @@ def test_a_node_larger_than_the_hub_keeps_is_refused_with_a_reason_the_script_pr
         )
         result = subprocess.run(
             [sys.executable, "-c", code],
-            env=script_env(OPGRAPH_TRACE=server.publish_url),
+            env=th.script_env(OPGRAPH_TRACE=server.publish_url),
             capture_output=True,
             text=True,
             timeout=th.TIMEOUT * 3,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import struct
 import subprocess
@@ -27,19 +26,6 @@ SCRIPT = training_script(STEPS)
 
 def float32(x: float) -> float:
     return struct.unpack("<f", struct.pack("<f", x))[0]
-
-
-def clean_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPGRAPH_TRACE")}
-    return env | extra
-
-
-def line_starting(stream, prefix: str) -> str:
-    seen = []
-    while not seen or not seen[-1].startswith(prefix):
-        seen.append(stream.readline())
-        assert seen[-1], f"the process ended early: {seen}"
-    return seen[-1].strip()
 
 
 async def snapshot(viewer_url: str) -> list[dict]:
@@ -75,11 +61,11 @@ def test_a_script_publishes_f4_step_maps_to_a_hub():
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=clean_env(),
+        env=th.script_env(),
     )
     try:
-        viewer_url = line_starting(hub.stdout, "viewer:").split()[-1]
-        publish = line_starting(hub.stdout, "publish from").split("OPGRAPH_TRACE=")[-1]
+        viewer_url = th.line_starting(hub, "viewer:").split()[-1]
+        publish = th.line_starting(hub, "publish from").split("OPGRAPH_TRACE=")[-1]
 
         async def main():
             reader = await th.connect_reader(stream_url(viewer_url))
@@ -88,7 +74,7 @@ def test_a_script_publishes_f4_step_maps_to_a_hub():
                 sys.executable, "-c", SCRIPT,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=clean_env(OPGRAPH_TRACE=publish, OPGRAPH_TRACE_DTYPE="f4"),
+                env=th.script_env(OPGRAPH_TRACE=publish, OPGRAPH_TRACE_DTYPE="f4"),
             )  # fmt: skip
             out, err = await script.communicate()
             assert script.returncode == 0, err
@@ -113,7 +99,7 @@ def test_opgraph_trace_1_serves_f4_step_maps():
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=clean_env(OPGRAPH_TRACE="1", OPGRAPH_TRACE_PORT="0", OPGRAPH_TRACE_DTYPE="f4"),
+        env=th.script_env(OPGRAPH_TRACE="1", OPGRAPH_TRACE_PORT="0", OPGRAPH_TRACE_DTYPE="f4"),
     )
     try:
         assert script.stderr is not None and script.stdout is not None
@@ -136,13 +122,13 @@ def test_opgraph_run_dtype_f4_serves_f4_step_maps(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=clean_env(),
+        env=th.script_env(),
     )
     try:
         assert run.stdout is not None and run.stderr is not None
-        viewer_url = line_starting(run.stdout, "viewer:").split()[-1]
+        viewer_url = th.line_starting(run, "viewer:").split()[-1]
         losses = json.loads(run.stdout.readline())
-        line_starting(run.stderr, "opgraph run: train.py ended")  # still serving its graph
+        th.line_starting(run, "opgraph run: train.py ended", "stderr")  # still serving its graph
         got = joined(asyncio.run(snapshot(viewer_url)))
     finally:
         run.terminate()
@@ -157,7 +143,9 @@ def test_a_bad_dtype_is_named_and_the_script_runs_untraced():
             capture_output=True,
             text=True,
             timeout=60,
-            env=clean_env(OPGRAPH_TRACE=trace, OPGRAPH_TRACE_PORT="0", OPGRAPH_TRACE_DTYPE="f2"),
+            env=th.script_env(
+                OPGRAPH_TRACE=trace, OPGRAPH_TRACE_PORT="0", OPGRAPH_TRACE_DTYPE="f2"
+            ),
         )
         assert result.returncode == 0 and len(json.loads(result.stdout)) == STEPS
         assert (

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 
@@ -22,24 +21,10 @@ from opgraph.server.events import u8s
 SCRIPT = training_script(7, start=0.5)
 
 
-def clean_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPGRAPH_TRACE")}
-    return env | extra
-
-
 def opgraph(*args: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "opgraph", *args]
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-    return subprocess.Popen(command, text=True, env=clean_env(), **pipes)
-
-
-def line_starting(process: subprocess.Popen, prefix: str) -> str:
-    assert process.stdout is not None
-    seen = []
-    while not seen or not seen[-1].startswith(prefix):
-        seen.append(process.stdout.readline())
-        assert seen[-1], f"opgraph ended early: {seen} {process.communicate()[1]}"
-    return seen[-1].strip()
+    return subprocess.Popen(command, text=True, env=th.script_env(), **pipes)
 
 
 def late_joiner_history(viewer_url: str) -> dict:
@@ -55,13 +40,13 @@ def late_joiner_history(viewer_url: str) -> dict:
 def test_a_hub_keeps_the_history_steps_it_is_given():
     hub = opgraph("serve", "--port", "0", "--history-steps", "3")
     try:
-        viewer_url = line_starting(hub, "viewer:").split()[-1]
-        publish = line_starting(hub, "publish from scripts with:").split("OPGRAPH_TRACE=")[-1]
+        viewer_url = th.line_starting(hub, "viewer:").split()[-1]
+        publish = th.line_starting(hub, "publish from scripts with:").split("OPGRAPH_TRACE=")[-1]
         script = subprocess.run(
             [sys.executable, "-c", SCRIPT],
             capture_output=True,
             text=True,
-            env=clean_env(OPGRAPH_TRACE=publish),
+            env=th.script_env(OPGRAPH_TRACE=publish),
             timeout=120,
         )
         assert script.returncode == 0, script.stderr
@@ -93,8 +78,8 @@ def test_the_demo_server_keeps_the_history_steps_it_is_given(tmp_path):
         "--out", str(tmp_path),
     )  # fmt: skip
     try:
-        viewer_url = line_starting(demo, "viewer:").split()[-1]
-        line_starting(demo, "serving the trace at")  # trained: every step is in the history
+        viewer_url = th.line_starting(demo, "viewer:").split()[-1]
+        th.line_starting(demo, "serving the trace at")  # trained: every step is in the history
         history = late_joiner_history(viewer_url)
     finally:
         demo.terminate()

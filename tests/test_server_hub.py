@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import re
 import socket
 import subprocess
@@ -50,12 +49,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def script_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPGRAPH_TRACE")}
-    env.update(extra)
-    return env
-
-
 def by_label(nodes: dict[int, dict], prefix: str) -> dict[str, dict]:
     """The viewer's graph for one script, keyed by labels instead of (renumbered) ids."""
     label = {i: n["label"] for i, n in nodes.items()}
@@ -86,7 +79,7 @@ def test_hub_keeps_viewers_connected_across_two_publishing_scripts(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=script_env(),
+        env=th.script_env(),
     )
     try:
         viewer_url = hub.stdout.readline().split()[-1]
@@ -105,7 +98,7 @@ def test_hub_keeps_viewers_connected_across_two_publishing_scripts(tmp_path):
                     tag,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
-                    env=script_env(OPGRAPH_TRACE=publish),
+                    env=th.script_env(OPGRAPH_TRACE=publish),
                 )  # fmt: skip
                 for tag in ("one", "two")
             ]
@@ -151,7 +144,7 @@ def test_publishing_to_a_missing_hub_warns_and_runs_untraced():
         capture_output=True,
         text=True,
         timeout=60,
-        env=script_env(OPGRAPH_TRACE="ws://127.0.0.1:9"),  # nothing listens on port 9
+        env=th.script_env(OPGRAPH_TRACE="ws://127.0.0.1:9"),  # nothing listens on port 9
     )
     assert result.returncode == 0
     assert "tracing is off" in result.stderr and "127.0.0.1:9" in result.stderr
@@ -165,7 +158,7 @@ def test_opgraph_trace_1_serves_a_script_without_code_changes():
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=script_env(OPGRAPH_TRACE="1", OPGRAPH_TRACE_PORT="0"),
+        env=th.script_env(OPGRAPH_TRACE="1", OPGRAPH_TRACE_PORT="0"),
     )
     try:
         announced = script.stderr.readline()
@@ -325,7 +318,7 @@ def test_a_bad_opgraph_trace_port_is_named_and_the_script_runs_untraced():
         capture_output=True,
         text=True,
         timeout=60,
-        env=script_env(OPGRAPH_TRACE="1", OPGRAPH_TRACE_PORT="abc"),
+        env=th.script_env(OPGRAPH_TRACE="1", OPGRAPH_TRACE_PORT="abc"),
     )
     assert result.returncode == 0
     assert json.loads(result.stdout)["badport.x"]["grad"] != 0  # ran untraced

@@ -293,12 +293,6 @@ class Script:
             self.proc.wait()
 
 
-def script_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPGRAPH_TRACE")}
-    env.update(extra)
-    return env
-
-
 @pytest.fixture
 def hub_process():
     """A real `opgraph serve` in its own process: (process, viewer URL, publish URL)."""
@@ -320,7 +314,7 @@ def hub_process():
 
 def test_a_frozen_hub_is_noticed_soon_with_bounded_memory_and_a_prompt_exit(hub_process):
     hub, viewer_url, publish_url = hub_process
-    script = Script(TRAINER, script_env(OPGRAPH_TRACE=publish_url))
+    script = Script(TRAINER, th.script_env(OPGRAPH_TRACE=publish_url))
     try:
 
         async def events_arrive():
@@ -359,7 +353,7 @@ def test_a_hub_that_never_answers_blocks_nothing_and_is_named():
     url = f"ws://127.0.0.1:{silent.getsockname()[1]}"
     try:
         # a script longer than the connection deadline: told why, then runs untraced
-        script = Script(TRAINER, script_env(OPGRAPH_TRACE=url))
+        script = Script(TRAINER, th.script_env(OPGRAPH_TRACE=url))
         try:
             script.wait_for("out", "training")
             _, message = script.wait_for("err", "cannot publish", timeout=CONNECT_TIMEOUT + 10)
@@ -372,7 +366,7 @@ def test_a_hub_that_never_answers_blocks_nothing_and_is_named():
         assert exit_delay < 1.0  # nothing left to send
 
         # a script shorter than it: its exit waits for the attempt, and says what it was doing
-        script = Script(TRAINER, script_env(OPGRAPH_TRACE=url))
+        script = Script(TRAINER, th.script_env(OPGRAPH_TRACE=url))
         try:
             script.wait_for("out", "training")
             report, exit_delay = script.stop()
@@ -402,7 +396,7 @@ def test_publisher_messages_never_show_the_hub_token(capfd):
             capture_output=True,
             text=True,
             timeout=th.TIMEOUT,
-            env=script_env(OPGRAPH_TRACE=hub.publish_url),
+            env=th.script_env(OPGRAPH_TRACE=hub.publish_url),
         )
         assert result.returncode == 0
         assert "publishing the trace of engine 'default'" in result.stderr
@@ -425,7 +419,7 @@ def test_a_bad_opgraph_trace_setting_is_named_without_its_token():
         capture_output=True,
         text=True,
         timeout=th.TIMEOUT,
-        env=script_env(OPGRAPH_TRACE="http://hub.example:8765/?token=t0p-s3cret"),
+        env=th.script_env(OPGRAPH_TRACE="http://hub.example:8765/?token=t0p-s3cret"),
     )
     assert result.returncode == 0 and "6.0" in result.stdout
     assert "tracing is off" in result.stderr and "token=***" in result.stderr
