@@ -241,11 +241,11 @@ def block_products(g: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) 
     return out
 
 
-def _running_total(PG: np.ndarray) -> np.ndarray:
-    """The sum of each row's blocks added up in order from 0.0, as backward's running sum
-    along [0.0, block 0, block 1, ...] gives it. A column at a time: numpy's cumsum along
-    rows of 79 blocks (10,000 samples) takes twice as long."""
-    total = PG[:, 0] + 0.0
+def _running_total(start: np.ndarray | float, PG: np.ndarray) -> np.ndarray:
+    """`start` plus each row's blocks, added one after the other in order: a batch's
+    parameter gradients from 0.0, or a chunk's added to the chunks' before it. A column at
+    a time: numpy's cumsum along rows of 79 blocks (10,000 samples) takes twice as long."""
+    total = start + PG[:, 0]
     for b in range(1, PG.shape[1]):
         total += PG[:, b]
     return total
@@ -857,9 +857,9 @@ class BatchedProgram(Generated):
         _, derivative = self._kernels(group, gi)
         end = group.start + len(group.nodes)
         if _is_relu(group.op):
-            # The plugin's `(a > 0) * 1.0` times g, without the float array: numpy multiplies
-            # by the mask's True and False as 1.0 and 0.0, the same numbers (nan > 0 is
-            # False, so g * 0.0, as eager's float(a > 0) * g).
+            # kernels.relu_derivative's `(a > 0) * 1.0` times g, without the float array:
+            # numpy multiplies by the mask's True and False as 1.0 and 0.0, the same numbers
+            # (nan > 0 is False, so g * 0.0, as eager's float(a > 0) * g).
             emit(f"    d0 = {names[0]} > 0", gi)
             return ["d0 * g"]
         if group.op.partials is not None:  # inline: the rule's terms written out
@@ -1062,7 +1062,7 @@ class BatchedProgram(Generated):
         inputs = len(self.compiled.inputs)
         if last.running is not None:  # one chunk, its forward pass kept
             PG, G = self._send(last.running, seed, last.lines)
-            self._add_grads(_running_total(PG))
+            self._add_grads(_running_total(0.0, PG))
             return G[:inputs].T
         n = self.n
         total = np.zeros(len(self.parameters))
@@ -1072,10 +1072,7 @@ class BatchedProgram(Generated):
             # its forward pass again
             running, _ = self._forward(last.replay, last.lines, last.inputs, start, stop, last.PV)
             PG, G = self._send(running, seed[start:stop], last.lines)
-            # The sums of the blocks of samples added to the total in order, one after the
-            # other: a running sum (cumsum) along [total, block 0, block 1, ...], one numpy
-            # call instead of one per block (79 at 10,000 samples).
-            total = np.cumsum(np.column_stack([total, PG]), axis=1)[:, -1]
+            total = _running_total(total, PG)  # the blocks added to the total in order
             input_grads[start:stop] = G[:inputs].T
         self._add_grads(total)
         return input_grads
