@@ -653,11 +653,10 @@ class _Program(Generated):
         for j, node in enumerate(nodes):
             if node._opdef is None:
                 continue
-            parents = [index[id(p)] for p in node._prev]
-            call_op, args, _ = self._arguments(node._opdef, parents)
-            inline_forward[j] = rules.forward_source(call_op, args) is not None
-            for p in parents:
-                users.setdefault(p, []).append(j)  # twice for `x * x`
+            op = node._opdef.base or node._opdef  # the op called (see _arguments)
+            inline_forward[j] = op.forward in rules.SCALAR_INFIX  # (forward_source writes it)
+            for p in node._prev:
+                users.setdefault(index[id(p)], []).append(j)  # twice for `x * x`
         outputs = set(self.outputs)
         return {
             i
