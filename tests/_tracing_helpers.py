@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 from collections import deque
 from typing import Any
 
@@ -20,6 +21,15 @@ def script_env(**extra: str) -> dict[str, str]:
     variables (a developer's own setting must not trace it), plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPGRAPH_TRACE")}
     return env | extra
+
+
+def opgraph_process(*args: str, stderr: int = subprocess.PIPE) -> subprocess.Popen:
+    """`python -m opgraph *args` in a process of its own (`script_env`), its output as text
+    pipes; `stderr=subprocess.DEVNULL` for one that runs long and is not read."""
+    command = [sys.executable, "-m", "opgraph", *args]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=script_env()
+    )
 
 
 def line_starting(process: subprocess.Popen, prefix: str, stream: str = "stdout") -> str:

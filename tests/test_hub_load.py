@@ -119,12 +119,7 @@ def test_twenty_scripts_at_once_reach_the_hub_whole_while_the_page_answers(tmp_p
 
 def hub_process() -> subprocess.Popen:
     """`opgraph serve` in a process of its own (so that a test can stop and resume it)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "opgraph", "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    return th.opgraph_process("serve", "--port", "0", stderr=subprocess.DEVNULL)
 
 
 def publish_url_of(hub: subprocess.Popen) -> str:

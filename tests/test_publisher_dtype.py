@@ -56,13 +56,7 @@ def check_f4(steps: list[dict], history: dict, losses: list[float]) -> None:
 
 
 def test_a_script_publishes_f4_step_maps_to_a_hub():
-    hub = subprocess.Popen(
-        [sys.executable, "-m", "opgraph", "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=th.script_env(),
-    )
+    hub = th.opgraph_process("serve", "--port", "0")
     try:
         viewer_url = th.line_starting(hub, "viewer:").split()[-1]
         publish = th.line_starting(hub, "publish from").split("OPGRAPH_TRACE=")[-1]

@@ -21,12 +21,6 @@ from opgraph.server.events import u8s
 SCRIPT = training_script(7, start=0.5)
 
 
-def opgraph(*args: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "opgraph", *args]
-    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-    return subprocess.Popen(command, text=True, env=th.script_env(), **pipes)
-
-
 def late_joiner_history(viewer_url: str) -> dict:
     async def join():
         reader = await th.connect_reader(stream_url(viewer_url))
@@ -38,7 +32,7 @@ def late_joiner_history(viewer_url: str) -> dict:
 
 
 def test_a_hub_keeps_the_history_steps_it_is_given():
-    hub = opgraph("serve", "--port", "0", "--history-steps", "3")
+    hub = th.opgraph_process("serve", "--port", "0", "--history-steps", "3")
     try:
         viewer_url = th.line_starting(hub, "viewer:").split()[-1]
         publish = th.line_starting(hub, "publish from scripts with:").split("OPGRAPH_TRACE=")[-1]
@@ -73,7 +67,7 @@ def test_serve_refuses_a_history_of_no_steps_or_not_a_number(bad):
 
 
 def test_the_demo_server_keeps_the_history_steps_it_is_given(tmp_path):
-    demo = opgraph(
+    demo = th.opgraph_process(
         "demo", "--serve", "--port", "0", "--steps", "3", "--history-steps", "2",
         "--out", str(tmp_path),
     )  # fmt: skip

@@ -296,12 +296,7 @@ class Script:
 @pytest.fixture
 def hub_process():
     """A real `opgraph serve` in its own process: (process, viewer URL, publish URL)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "opgraph", "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    proc = th.opgraph_process("serve", "--port", "0", stderr=subprocess.DEVNULL)
     try:
         viewer = proc.stdout.readline().split()[-1]
         publish = proc.stdout.readline().strip().split("OPGRAPH_TRACE=")[-1]
