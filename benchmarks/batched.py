@@ -1,11 +1,13 @@
 """The moons training step batched: one point's loss compiled once, run over all points.
 
-`opgraph.compile` records the hinge loss of one point, `Compiled.map` runs it on the whole
-batch with numpy, and `backward(weights=1/n)` sums the points' gradients into the
-parameters, as the mean of the losses does. The L2 term, the same for every point, is
-compiled on its own. Same model, data, loss and update as `moons.step`; the update and the
-zeroing of the gradients are `opgraph.optim.SGD`'s (the plain loop's arithmetic, equal to the
-bit), and the points are numpy arrays, made once, as a user of PyTorch makes its tensors.
+`opgraph.compile` records the loss of one point, its hinge plus the L2 term, and
+`Compiled.map` runs it on the whole batch with numpy; `backward(weights=1/n)` sums the
+points' gradients into the parameters, as the mean of the losses does. The mean of the
+points' losses is micrograd's `data_loss + reg_loss`; the L2 term, a sum of products of
+parameters, is one dot product per batch, not one per point. Same model, data, loss and
+update as `moons.step`; the update and the zeroing of the gradients are
+`opgraph.optim.SGD`'s (the plain loop's arithmetic, equal to the bit), and the points are
+numpy arrays, made once, as a user of PyTorch makes its tensors.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ def batched_step(
 
     model = MLP(Value, 2, [16, 16, 1]) if model is None else model
     params = model.parameters()
-    per_sample = opgraph.compile(lambda x, yi: (1 + -yi * model(x)).relu(), X[0], y[0])
-    l2 = opgraph.compile(lambda: 1e-4 * sum(p * p for p in params))
+    per_sample = opgraph.compile(
+        lambda x, yi: (1 + -yi * model(x)).relu() + 1e-4 * sum(p * p for p in params), X[0], y[0]
+    )
     weights = np.full(len(X), 1.0 / len(X))
     points, labels = np.array(X, dtype=np.float64), np.array(y, dtype=np.float64)
     optimizer = SGD(params, lr=learning_rate)
@@ -37,9 +40,8 @@ def batched_step(
     def step() -> float:
         optimizer.zero_grad()
         losses = per_sample.map(points, labels)
-        total = losses.sum() * (1.0 / len(losses)) + l2()
+        total = losses.sum() * (1.0 / len(losses))
         per_sample.backward(weights=weights)
-        l2.backward()
         optimizer.step()
         return total
 

@@ -18,8 +18,10 @@ muls. Found in the recorded graph alone (whatever the association order of the a
 parameter on either side of each product), the sums of at least two products of a parameter
 and a row that read the same rows form a group computed as one matrix product, `W @ X`, and
 their other terms (the bias) added after it; backward is `W.T @ g` for the rows and `g @ X.T`
-(per block of samples) for the weights. Only adds and muls nothing else reads are taken
-into a sum; everything else runs as above. The terms are added in another order than the
+(per block of samples) for the weights. A sum of products of two parameters (an L2
+penalty in each sample's loss) is the same for every sample: one dot product per batch,
+`pa.T @ pb`, written into every sample's column. Only adds and muls nothing else reads are
+taken into a sum; everything else runs as above. The terms are added in another order than the
 graph's chain, so results differ from eager mode by rounding (within 1e-12 relative of the
 largest term's scale, see docs/performance.md).
 
@@ -355,6 +357,39 @@ class _Sum:
         self.absorbed = absorbed
 
 
+class _ParameterSum:
+    """A node found to be a sum of products of two parameters (an L2 penalty, a dot product
+    of weight vectors): the products' (a, b) pairs in the sum's order, its other terms, and
+    the adds and muls it replaces."""
+
+    def __init__(self, pairs: list[tuple[Value, Value]], extras: list, absorbed: list):
+        self.pairs = pairs
+        self.extras = extras
+        self.absorbed = absorbed
+
+
+class _Dot(_Group):
+    """One sum of products of parameters, `sum_j a[j] * b[j] + extras`: the same for every
+    sample, computed once per batch as one dot product of two columns of PV, and its
+    parameters' gradients from the batch's total of its own (per block of samples)."""
+
+    def __init__(self, op: Row, depth: int, backward: bool, found: _ParameterSum):
+        super().__init__(op, depth, backward)
+        self.a = [a for a, _ in found.pairs]
+        self.b = [b for _, b in found.pairs]
+        self.extras = [found.extras]  # (as _Linear's: per node, one node here)
+
+    def sort(self, parameter_row: dict[int, int]) -> None:
+        """Put the products in the order of their parameters' rows in PV (a sum in any
+        order is the same to rounding), so that a sum over all the parameters, or a slice
+        of them, reads and writes slices of PV and PG rather than gathers and scatters."""
+        pairs = sorted(
+            zip(self.a, self.b, strict=True),
+            key=lambda ab: (parameter_row[id(ab[0])], parameter_row[id(ab[1])]),
+        )
+        self.a, self.b = [a for a, _ in pairs], [b for _, b in pairs]
+
+
 class BatchedProgram(Generated):
     """The generated batched replay of one Compiled function."""
 
@@ -427,9 +462,10 @@ class BatchedProgram(Generated):
             return rule.is_one(0) and rule.is_one(1)
         return rule.texts == (rule.params[1], rule.params[0])  # d(a*b)/da = b, d/db = a
 
-    def _sums(self) -> dict[int, _Sum]:
-        """The nodes that are sums of at least two products of a parameter and a row,
-        by id: found from the graph alone, in whatever order its adds associate.
+    def _sums(self) -> dict[int, _Sum | _ParameterSum]:
+        """The nodes that are sums of at least two products of a parameter and a row
+        (`_Sum`), or else of two parameters (`_ParameterSum`), by id: found from the graph
+        alone, in whatever order its adds associate.
 
         A sum is a tree of adds; its leaves are its terms. An add or a product is taken into
         the sum only when nothing else reads it (one use, not an output), so that its value
@@ -447,42 +483,51 @@ class BatchedProgram(Generated):
         def inner(v: Value | float) -> bool:
             return not isinstance(v, int | float) and uses.get(id(v)) == 1 and id(v) not in outputs
 
-        sums: dict[int, _Sum] = {}
+        sums: dict[int, _Sum | _ParameterSum] = {}
         for node in nodes:
             if not self._is(node, "add") or (inner(node) and self._is(user[id(node)], "add")):
                 continue  # not the top add of a sum
-            products, extras, absorbed = [], [], []
+            adds, terms = [], []
             stack: list[Value | float] = list(reversed(self._call(node)[1]))
             while stack:
                 term = stack.pop()
                 if not isinstance(term, int | float) and inner(term) and self._is(term, "add"):
-                    absorbed.append(term)
+                    adds.append(term)
                     stack.extend(reversed(self._call(term)[1]))
                     continue
-                product = self._product(term) if inner(term) else None
-                if product is None:
-                    extras.append(term)
-                else:
-                    absorbed.append(term)
-                    products.append(product)
-            if len(products) >= 2:
-                sums[id(node)] = _Sum(products, extras, absorbed)
+                found = self._product(term) if inner(term) else (None, None)
+                terms.append((term, *found))
+            # A parameter times a row makes a matrix product; failing two of those, two
+            # parameters make a dot product. The other terms stay nodes of their own.
+            for kind in ("row", "parameters"):
+                taken = [t for t in terms if t[1] == kind]
+                if len(taken) < 2:
+                    continue
+                extras = [term for term, found, _ in terms if found != kind]
+                absorbed = [*adds, *(term for term, *_ in taken)]
+                pairs = [pair for *_, pair in taken]
+                made = _Sum if kind == "row" else _ParameterSum
+                sums[id(node)] = made(pairs, extras, absorbed)
+                break
         return sums
 
-    def _product(self, term: Value | float) -> tuple[Value, Value] | None:
-        """(weight, input) if term is a parameter times a row of V (either order)."""
+    def _product(self, term: Value | float) -> tuple[str | None, tuple[Value, Value] | None]:
+        """("row", (weight, input)) if term is a parameter times a row of V (either order),
+        ("parameters", (a, b)) if it is a parameter times a parameter, else (None, None)."""
         if not self._is(term, "multiply"):
-            return None
+            return None, None
         assert not isinstance(term, int | float)  # (an op node: _is says so)
         a, b = self._call(term)[1]
         if isinstance(a, int | float) or isinstance(b, int | float):
-            return None
+            return None, None
         kinds = (self._kind(a), self._kind(b))
         if kinds == ("P", "V"):
-            return a, b
+            return "row", (a, b)
         if kinds == ("V", "P"):
-            return b, a
-        return None
+            return "row", (b, a)
+        if kinds == ("P", "P"):
+            return "parameters", (a, b)
+        return None, None
 
     def _group(self) -> None:
         """Sort the op nodes into groups: same depth, same op, same kinds of arguments; sums
@@ -500,6 +545,13 @@ class BatchedProgram(Generated):
                 continue
             backward = id(node) in self.reaches_root
             found = sums.get(id(node))
+            if isinstance(found, _ParameterSum):  # a group of its own: one dot product
+                terms = [e for e in found.extras if not isinstance(e, float)]
+                depth[id(node)] = 1 + max((depth[id(t)] for t in terms), default=0)
+                dot = _Dot(self._call(node)[0], depth[id(node)], backward, found)
+                dot.nodes.append(i)
+                groups[("dot", i)] = dot
+                continue
             if found is not None:
                 terms = [*found.xs, *(e for e in found.extras if not isinstance(e, float))]
                 depth[id(node)] = 1 + max(depth[id(t)] for t in terms)
@@ -534,10 +586,12 @@ class BatchedProgram(Generated):
         # of two arrays is a vector loop, of an array and the number 0.0 twice as slow.
         relus = [len(g.nodes) for g in self.groups if _is_relu(g.op)]
         self.zero_rows = max(relus, default=0)
+        self.bytes_per_sample = 8 * (2 * self.rows + self.zero_rows)  # V and G (chunk_size)
         # Parameters in the order the groups first read them: a group's weights are then a
-        # slice of the parameter column rather than a gather.
+        # slice of the parameter column rather than a gather. Dot products last: one gather
+        # of all their parameters costs less than layers' weights gathered one by one.
         order: dict[int, Value] = {}
-        for group in self.groups:
+        for group in sorted(self.groups, key=lambda group: isinstance(group, _Dot)):
             for a in self._reads(group):
                 if not isinstance(a, float | int) and id(a) in self.parameter_ids:
                     order.setdefault(id(a), a)
@@ -545,6 +599,9 @@ class BatchedProgram(Generated):
             order.setdefault(id(p), p)
         self.parameters = list(order.values())
         self.parameter_row = {id(p): k for k, p in enumerate(self.parameters)}
+        for group in self.groups:
+            if isinstance(group, _Dot):
+                group.sort(self.parameter_row)
         self.reaching_parameters = [
             (k, p) for k, p in enumerate(self.parameters) if id(p) in self.reaches_root
         ]
@@ -559,6 +616,8 @@ class BatchedProgram(Generated):
         if isinstance(group, _Linear):
             weights = [w for ws in group.weights for w in ws]
             return [*weights, *(e for extras in group.extras for e in extras)]
+        if isinstance(group, _Dot):
+            return [*group.a, *group.b, *group.extras[0]]
         return [a for i in group.nodes for a in self._call(self.compiled.nodes[i])[1]]
 
     # --- operands -------------------------------------------------------------------------
@@ -697,8 +756,11 @@ class BatchedProgram(Generated):
         operands: list[list[_Operand]] = []
         for gi, group in enumerate(self.groups):
             out = f"V[{group.start}:{group.start + len(group.nodes)}]"
-            if isinstance(group, _Linear):
-                operands.append(self._linear_forward(gi, group, out, emit))
+            if isinstance(group, _Linear | _Dot):
+                if isinstance(group, _Linear):
+                    operands.append(self._linear_forward(gi, group, out, emit))
+                else:
+                    operands.append(self._dot_forward(gi, group, out, emit))
                 if checked:
                     emit(f"if not isfinite({out}).all(): forward_anomaly({gi}, {out})")
                 continue
@@ -753,6 +815,8 @@ class BatchedProgram(Generated):
             emit(f"    g = G[{group.start}:{end}]  # {group.op.name}, depth {group.depth}", gi)
             if isinstance(group, _Linear):
                 contributions = self._linear_backward(gi, group, emit, checked)
+            elif isinstance(group, _Dot):
+                contributions = self._dot_backward(gi, group, emit, checked)
             else:
                 contributions = self._contributions(gi, group, ops, emit)
             for j, operand in enumerate(ops):
@@ -947,6 +1011,57 @@ class BatchedProgram(Generated):
         # One neuron: W.T @ g is an outer product, a broadcast multiply (BLAS is slower).
         dx = f"w{gi}.T * g" if len(group.nodes) == 1 else f"w{gi}.T @ g"
         return [dx, *["g" for _ in group.extras[0]]]
+
+    # --- dot products of parameters ----------------------------------------------------------
+
+    def _parameter_index(self, name: str, params: list[Value]) -> str:
+        """Where the parameters are in PV and PG: a slice (`0:16`), or the name of an array
+        of their rows (a gather)."""
+        rows = np.array([self.parameter_row[id(p)] for p in params], dtype=np.intp)
+        found = _progression(rows)
+        if found:
+            return _slice(*found, len(rows))
+        self.namespace[name] = rows
+        return name
+
+    def _dot_forward(self, gi: int, group: _Dot, out: str, emit) -> list[_Operand]:
+        """`out = a . b`, the same number in every sample's column, then each extra term
+        added. Returns the extras' operands, whose gradients backward scatters."""
+        emit(f"# sum of {len(group.a)} products of parameters (dot), depth {group.depth}")
+        for column, params in (("pa", group.a), ("pb", group.b)):
+            index = self._parameter_index(f"I{column}{gi}", params)
+            read = f"PV[{index}]" if ":" in index else f"PV.take({index}, 0)"
+            if column == "pb" and all(a is b for a, b in zip(group.a, group.b, strict=True)):
+                read = f"pa{gi}"  # a sum of squares
+            emit(f"{column}{gi} = {read}", gi)
+        emit(f"{out} = pa{gi}.T @ pb{gi}", gi)  # a (1, 1) array: into every sample's column
+        ops = []
+        for j, extra in enumerate(group.extras[0]):
+            operand = self._operand(f"{gi}_{j}", [extra])
+            ops.append(operand)
+            read = operand.read
+            if operand.kind != "C":
+                emit(f"a{gi}_{j} = {read}", gi)
+                read = f"a{gi}_{j}"
+            emit(f"add({out}, {read}, out={out})", gi)
+        return ops
+
+    def _dot_backward(self, gi: int, group: _Dot, emit, checked: bool) -> list:
+        """Backward of `a . b + extras` for the gradient g of its row: summed over each
+        block of samples (gs), a's gradient is `b * gs` and b's `a * gs`; each extra's is g."""
+        emit(f"    gs{gi} = block_sums(g)", gi)
+        for column, other, params in (("pa", "pb", group.a), ("pb", "pa", group.b)):
+            c = f"{other}{gi} * gs{gi}"
+            if checked:
+                emit(f"    c = {c}", gi)
+                emit(f"    if not isfinite(c).all(): linear_anomaly({gi}, -1, c)")
+                c = "c"
+            index = self._parameter_index(f"I{column}{gi}", params)
+            if ":" in index or len(np.unique(self.namespace[index])) == len(params):
+                emit(f"    PG[{index}] += {c}", gi)
+            else:  # a parameter in several products: each product's gradient added
+                emit(f"    np.add.at(PG, {index}, {c})", gi)
+        return ["g" for _ in group.extras[0]]
 
     kind = "opgraph.compile batched"
 

@@ -346,13 +346,20 @@ class Compiled:
     def chunk_size(self) -> int:
         """How many samples `map` runs at once: a larger batch runs in chunks of this many,
         so that its memory is bounded by the chunk, not by the batch. By default, as many
-        as fit the chunk's data and gradient arrays (a row of 8 bytes per sample for each
-        input and op node, twice) in MAP_MEMORY bytes; a multiple of SUM_BLOCK. Set it to a
-        multiple of SUM_BLOCK to change it, or to None for the default."""
+        as fit the chunk's data and gradient arrays (8 bytes per sample for each of their
+        rows) in MAP_MEMORY bytes; a multiple of SUM_BLOCK. Set it to a multiple of
+        SUM_BLOCK to change it, or to None for the default.
+
+        Before the first map() the rows are counted from the graph (one per input and op
+        node, in both arrays); after it, those the batched replay made (a sum of products
+        is one row, not one per add and mul)."""
         if self._chunk_size is not None:
             return self._chunk_size
-        rows = self._rows  # an input's or op node's row: counted once, the nodes never change
-        return max(SUM_BLOCK, MAP_MEMORY // (16 * rows) // SUM_BLOCK * SUM_BLOCK)
+        if self._batched is not None:
+            per_sample = self._batched.bytes_per_sample
+        else:  # an input's or op node's row, in both arrays: counted once, nodes never change
+            per_sample = 16 * self._rows
+        return max(SUM_BLOCK, MAP_MEMORY // per_sample // SUM_BLOCK * SUM_BLOCK)
 
     @chunk_size.setter
     def chunk_size(self, size: int | None) -> None:
