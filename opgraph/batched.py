@@ -572,8 +572,12 @@ class BatchedProgram(Generated):
             if key not in groups:
                 groups[key] = _Group(op, depth[id(node)], backward)
             groups[key].nodes.append(i)
-        # Depth by depth; within a depth, in the order the nodes were made.
-        self.groups = sorted(groups.values(), key=lambda g: (g.depth, g.nodes[0]))
+        # Depth by depth; within a depth, in the order the nodes were made, dot products
+        # first: backward, walking the groups in reverse, then adds their gradients last,
+        # into rows of PG that the layers' weight gradients were written straight into.
+        self.groups = sorted(
+            groups.values(), key=lambda g: (g.depth, not isinstance(g, _Dot), g.nodes[0])
+        )
         row = len(self.compiled.inputs)  # V: the inputs, then each group's nodes
         self.row = dict(self.input_row)
         for group in self.groups:
@@ -1050,12 +1054,15 @@ class BatchedProgram(Generated):
         """Backward of `a . b + extras` for the gradient g of its row: summed over each
         block of samples (gs), a's gradient is `b * gs` and b's `a * gs`; each extra's is g."""
         emit(f"    gs{gi} = block_sums(g)", gi)
+        square = all(a is b for a, b in zip(group.a, group.b, strict=True))
         for column, other, params in (("pa", "pb", group.a), ("pb", "pa", group.b)):
-            c = f"{other}{gi} * gs{gi}"
-            if checked:
-                emit(f"    c = {c}", gi)
-                emit(f"    if not isfinite(c).all(): linear_anomaly({gi}, -1, c)")
-                c = "c"
+            c = f"d{column}{gi}"  # the gradients of the parameters of the column
+            if square and column == "pb":
+                c = f"dpa{gi}"  # a sum of squares: each square's two factors, the same
+            else:
+                emit(f"    {c} = {other}{gi} * gs{gi}", gi)
+                if checked:
+                    emit(f"    if not isfinite({c}).all(): linear_anomaly({gi}, -1, {c})")
             index = self._parameter_index(f"I{column}{gi}", params)
             if ":" in index or len(np.unique(self.namespace[index])) == len(params):
                 emit(f"    PG[{index}] += {c}", gi)
