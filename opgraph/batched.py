@@ -263,6 +263,42 @@ class _Batch:
         self.chunk, self.running = chunk, running
 
 
+class _SumsIntoPG:
+    """The backward statements that add into PG (the parameters' gradients, summed per
+    block of samples), made in the order backward runs them.
+
+    The first sum into a slice of rows nothing has written yet is assigned, computed
+    straight into them (`block_sums(c, out=PG[a:b])`), instead of added to zeros; PG is
+    zeroed only if some rows are not assigned so. 0.0 + x is x but for x = -0.0, a zero
+    whose sign the running sum from 0.0 in backward() loses anyway: the same bits. After a
+    sum into rows not known here (a strided slice), every later sum is added."""
+
+    def __init__(self) -> None:
+        self.touched: set[int] = set()  # rows written so far
+        self.assigned: set[int] = set()  # rows whose first write was an assignment
+        self.unknown = False  # a write to rows not known: no more assignments
+
+    def add(self, index: str, rows: Any, call: str | None, args: str, at: bool = False) -> str:
+        """The statement adding `call(args)` (`args` itself if call is None) into the rows
+        `index` of PG: a slice (`0:16`), a row (`5`) or an index array's name; `rows` are
+        their numbers. `at`: some rows repeat, each of their sums is added (np.add.at)."""
+        expression = f"{call}({args})" if call else args
+        if at:
+            self.touched.update(rows)
+            return f"np.add.at(PG, {index}, {expression})"
+        bounds = re.fullmatch(r"(\d+):(\d+)", index)
+        if self.unknown or (":" in index and bounds is None):  # a strided slice
+            self.unknown = True
+            return f"PG[{index}] += {expression}"
+        written = set(range(int(bounds[1]), int(bounds[2]))) if bounds else set(rows)
+        first = bounds is not None and not written & self.touched
+        self.touched |= written
+        if not first:
+            return f"PG[{index}] += {expression}"
+        self.assigned |= written
+        return f"{call}({args}, out=PG[{index}])" if call else f"PG[{index}] = {args}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Operands: where a group's argument reads its rows from
 
@@ -692,18 +728,22 @@ class BatchedProgram(Generated):
         found = _progression(rows)
         if found:
             where = _slice(*found, k)
-            return _Operand("P", f"PV[{where}]", lambda c: [f"PG[{where}] += block_sums({c})"])
+            return _Operand(
+                "P", f"PV[{where}]", lambda c: [self._pg.add(where, rows, "block_sums", c)]
+            )
         if np.all(rows == rows[0]):
             r = int(rows[0])
+            sums = "block_sums({}).sum(axis=0)"
             return _Operand(
-                "P", f"PV[{r}:{r + 1}]", lambda c: [f"PG[{r}] += block_sums({c}).sum(axis=0)"]
+                "P", f"PV[{r}:{r + 1}]", lambda c: [self._pg.add(str(r), [r], None, sums.format(c))]
             )
         self.namespace[f"I{name}"] = rows
-        if len(np.unique(rows)) == k:
-            scatter = f"PG[I{name}] += block_sums({{}})"
-        else:
-            scatter = f"np.add.at(PG, I{name}, block_sums({{}}))"
-        return _Operand("P", f"PV.take(I{name}, 0)", lambda c: [scatter.format(c)])
+        repeated = len(np.unique(rows)) < k
+        return _Operand(
+            "P",
+            f"PV.take(I{name}, 0)",
+            lambda c: [self._pg.add(f"I{name}", rows, "block_sums", c, at=repeated)],
+        )
 
     # --- the source -----------------------------------------------------------------------
 
@@ -750,6 +790,7 @@ class BatchedProgram(Generated):
         nodes = self.compiled.nodes
         code = ["def replay(V, G, PV):"]
         lines: dict[int, int] = {}
+        self._pg = _SumsIntoPG()  # (the parameters' scatters add into PG through it)
 
         def emit(line: str, group: int | None = None) -> None:
             code.append("    " + line)
@@ -809,7 +850,8 @@ class BatchedProgram(Generated):
             emit(f"    G[{self.row[id(root)]}] = seed")
             written.add(self.row[id(root)])
         elif id(root) in self.parameter_row:
-            emit(f"    PG[{self.parameter_row[id(root)]}] += block_sums(seed[None])[0]")
+            r = self.parameter_row[id(root)]
+            emit("    " + self._pg.add(str(r), [r], None, "block_sums(seed[None])[0]"))
         for gi in range(len(self.groups) - 1, -1, -1):
             group = self.groups[gi]
             if not group.backward:
@@ -821,6 +863,8 @@ class BatchedProgram(Generated):
                 contributions = self._linear_backward(gi, group, emit, checked)
             elif isinstance(group, _Dot):
                 contributions = self._dot_backward(gi, group, emit, checked)
+            elif _is_relu(group.op):
+                contributions = self._relu_backward(gi, ops[0], written, checked, emit)
             else:
                 contributions = self._contributions(gi, group, ops, emit)
             for j, operand in enumerate(ops):
@@ -839,41 +883,10 @@ class BatchedProgram(Generated):
         if unread:
             self.namespace["ZIN"] = np.array(unread, dtype=np.intp)
             code[zeroing] = "        G[ZIN] = 0.0"
-        self._assign_first_sums(code, allocation)
-        _relu_masks_in_place(code)
+        if len(self._pg.assigned) == len(self.parameters):  # every row assigned: not zeroed
+            code[allocation] = "        PG = np.empty((len(PV), blocks(V.shape[1])))"
         self._name_views(code, checked)
         return "\n".join(code) + "\n", lines
-
-    def _assign_first_sums(self, code: list[str], allocation: int) -> None:
-        """Make the first sum into rows of PG an assignment, written by block_sums or
-        block_products straight into them (`out`), instead of added to zeros; if every row
-        is assigned so, PG is not zeroed. Lines are changed in place, one for one.
-
-        0.0 + x is x but for x = -0.0: such a zero's sign is lost in the running sum from
-        0.0 that backward() adds the blocks up with, so the gradients are the same bits."""
-        assigned: set[int] = set()
-        touched: set[int] = set()
-        for k in range(allocation + 1, len(code)):
-            line = code[k].strip()
-            if "PG" not in line:
-                continue
-            found = _PG_SUM.fullmatch(line)
-            if found is None:
-                rows = self._pg_rows(line)
-                if rows is None:  # rows not known: the rest stays as it is
-                    break
-                touched |= rows
-                continue
-            start, stop, expression = int(found[1]), int(found[2]), found[3]
-            rows = set(range(start, stop))
-            if rows & touched:
-                touched |= rows
-                continue
-            touched |= rows
-            assigned |= rows
-            code[k] = "        " + _assign(f"PG[{start}:{stop}]", expression)
-        if len(assigned) == len(self.parameters):
-            code[allocation] = "        PG = np.empty((len(PV), blocks(V.shape[1])))"
 
     def _name_views(self, code: list[str], checked: bool) -> None:
         """Name each slice of V, G and PV the code reads (`V[4:20]` is `V4_20`), the views
@@ -908,28 +921,39 @@ class BatchedProgram(Generated):
         self._view_cache[checked] = (V, G, PV, views)
         return views
 
-    def _pg_rows(self, line: str) -> set[int] | None:
-        """The rows of PG a statement adds to, or None if not known."""
-        found = re.match(r"(?:PG\[(\w+)\] \+=|np\.add\.at\(PG, (\w+),)", line)
-        if found is None:
-            return None
-        index = found[1] or found[2]
-        if index.isdigit():
-            return {int(index)}
-        rows = self.namespace.get(index)
-        return set(rows.tolist()) if isinstance(rows, np.ndarray) else None
+    def _relu_backward(
+        self, gi: int, operand: _Operand, written: set[int], checked: bool, emit
+    ) -> list:
+        """relu's contribution: kernels.relu_derivative's `(a > 0) * 1.0` times g, without
+        the float array (numpy multiplies by the mask's True and False as 1.0 and 0.0, the
+        same numbers; nan > 0 is False, so g * 0.0, as eager's float(a > 0) * g).
+
+        When it is the first write to contiguous rows of G, the mask is written into them
+        as 0.0 and 1.0, then multiplied by g there (numpy multiplies a float array faster
+        than it converts a boolean one: 85 against 94 us on 16 x 10,000) and nothing is
+        left to scatter (None); else the mask is `d0`, and its product with g is scattered."""
+        rows = operand.rows  # (None for a parameter's relu: its gradient goes to PG)
+        found = _progression(rows) if rows is not None else None
+        if (
+            rows is not None
+            and found is not None
+            and found[1] == 1
+            and not written.intersection(rows.tolist())
+            and not checked
+        ):
+            target = f"G[{_slice(*found, len(rows))}]"
+            emit(f"    np.greater(a{gi}_0, 0.0, out={target})", gi)
+            emit(f"    multiply({target}, g, out={target})", gi)
+            written.update(rows.tolist())
+            return [None]
+        emit(f"    d0 = a{gi}_0 > 0", gi)
+        return ["d0 * g"]
 
     def _contributions(self, gi: int, group: _Group, ops: list[_Operand], emit) -> list:
         """The expressions of a group's contributions to each argument's gradient."""
         names = [op.read if op.kind == "C" else f"a{gi}_{j}" for j, op in enumerate(ops)]
         _, derivative = self._kernels(group, gi)
         end = group.start + len(group.nodes)
-        if _is_relu(group.op):
-            # kernels.relu_derivative's `(a > 0) * 1.0` times g, without the float array:
-            # numpy multiplies by the mask's True and False as 1.0 and 0.0, the same numbers
-            # (nan > 0 is False, so g * 0.0, as eager's float(a > 0) * g).
-            emit(f"    d0 = {names[0]} > 0", gi)
-            return ["d0 * g"]
         if group.op.partials is not None:  # inline: the rule's terms written out
             out = f"V[{group.start}:{end}]"
             return [
@@ -999,19 +1023,15 @@ class BatchedProgram(Generated):
         (summed per block of samples), X's `W.T @ g`, each extra's g itself."""
         w_rows = group.w_rows
         found = _progression(w_rows)
-        if found:
-            target = f"PG[{_slice(*found, len(w_rows))}]"
-        else:
-            target = f"PG[IW{gi}]"
-        dw = f"block_products(g, x{gi})"
+        index = _slice(*found, len(w_rows)) if found else f"IW{gi}"
+        call, dw = "block_products", f"g, x{gi}"
         if checked:
-            emit(f"    c = {dw}", gi)
+            emit(f"    c = {call}({dw})", gi)
             emit(f"    if not isfinite(c).all(): linear_anomaly({gi}, -1, c)")
-            dw = "c"
-        if found or len(np.unique(w_rows)) == len(w_rows):
-            emit(f"    {target} += {dw}", gi)
-        else:  # a weight used more than once: each use's gradient added
-            emit(f"    np.add.at(PG, IW{gi}, {dw})", gi)
+            call, dw = None, "c"
+        # A weight used more than once: each use's gradient added (np.add.at).
+        repeated = not found and len(np.unique(w_rows)) < len(w_rows)
+        emit("    " + self._pg.add(index, w_rows, call, dw, at=repeated), gi)
         # One neuron: W.T @ g is an outer product, a broadcast multiply (BLAS is slower).
         dx = f"w{gi}.T * g" if len(group.nodes) == 1 else f"w{gi}.T @ g"
         return [dx, *["g" for _ in group.extras[0]]]
@@ -1064,10 +1084,10 @@ class BatchedProgram(Generated):
                 if checked:
                     emit(f"    if not isfinite({c}).all(): linear_anomaly({gi}, -1, {c})")
             index = self._parameter_index(f"I{column}{gi}", params)
-            if ":" in index or len(np.unique(self.namespace[index])) == len(params):
-                emit(f"    PG[{index}] += {c}", gi)
-            else:  # a parameter in several products: each product's gradient added
-                emit(f"    np.add.at(PG, {index}, {c})", gi)
+            rows = [self.parameter_row[id(p)] for p in params]
+            # A parameter in several products: each product's gradient added (np.add.at).
+            repeated = len(set(rows)) < len(rows)
+            emit("    " + self._pg.add(index, rows, None, c, at=repeated), gi)
         return ["g" for _ in group.extras[0]]
 
     kind = "opgraph.compile batched"
@@ -1317,20 +1337,6 @@ def _is_relu(op: Row) -> bool:
     )
 
 
-def _relu_masks_in_place(code: list[str]) -> None:
-    """relu's backward `d0 = a > 0` then `multiply(d0, g, out=G[a:b])`: the mask written as
-    0.0 and 1.0 into the rows it goes to, then multiplied there. numpy multiplies a float
-    array faster than it converts a boolean one (85 against 94 us on 16 x 10,000), and the
-    same numbers come out. Lines are changed in place, one for one."""
-    for k in range(len(code) - 1):
-        mask = re.fullmatch(r"(\s+)d0 = (\w+) > 0", code[k])
-        product = re.fullmatch(r"\s+multiply\(d0, g, out=(G\[\d+:\d+\])\)", code[k + 1])
-        if mask and product:
-            indent, a, rows = mask[1], mask[2], product[1]
-            code[k] = f"{indent}np.greater({a}, 0.0, out={rows})"
-            code[k + 1] = f"{indent}multiply({rows}, g, out={rows})"
-
-
 def _relu_forward(a: str, zeros: str, out: str) -> list[str]:
     """kernels.relu(a) written into out (zeros: rows of V that hold 0.0): maximum keeps nan
     (and may keep -0.0, which + 0.0 makes 0.0), as `relu` does."""
@@ -1339,18 +1345,6 @@ def _relu_forward(a: str, zeros: str, out: str) -> list[str]:
 
 # A slice of V, G or PV with constant bounds, maybe read as a matrix.
 _SLICE = re.compile(r"\b(PV|V|G)\[(\d+):(\d+)(?::(\d+))?\](\.reshape\(\d+, \d+\))?")
-
-# `PG[a:b] += expression`: a sum into a slice of the parameters' gradients.
-_PG_SUM = re.compile(r"PG\[(\d+):(\d+)\] \+= (.+)")
-_INTO = re.compile(r"(block_sums|block_products)\((.+)\)")
-
-
-def _assign(target: str, expression: str) -> str:
-    """`target = expression`, a block_sums or block_products call writing into target."""
-    found = _INTO.fullmatch(expression)
-    if found is None:
-        return f"{target} = {expression}"
-    return f"{found[1]}({found[2]}, out={target})"
 
 
 def _first_nonfinite(array: np.ndarray) -> tuple[int, int]:
