@@ -16,6 +16,7 @@ leaves the hub; the feed stops with the last widget of its engine closed.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -132,9 +133,14 @@ class TraceWidget(anywidget.AnyWidget):
         return self.feed.server.flush(timeout)
 
     def close(self) -> None:
-        """Stop showing the trace: the hub forgets this widget; the last one stops the feed."""
+        """Stop showing the trace: the hub forgets this widget; the last one stops the feed.
+
+        Once only: ipywidgets closes a widget again when the collector frees it, which may
+        happen at any allocation, also while this thread holds `_lock` (making another
+        widget): a second close that took the lock would wait for itself forever."""
         feed = getattr(self, "feed", None)  # (None: ipywidgets closing one that failed to start)
-        if feed is not None:
+        if feed is not None and not getattr(self, "_released", False):
+            self._released = True
             if not feed.server._closed:
                 feed.server.call(self._leave)
             feed.release(self)
@@ -168,6 +174,17 @@ class _Feed:
 
 _feeds: dict[int, _Feed] = {}  # id(engine) -> its feed (the feed holds the engine)
 _lock = threading.Lock()
+
+
+@atexit.register
+def _close_feeds_at_exit() -> None:
+    """At exit, while their loops still run: each feed's server closed. Otherwise a widget
+    the interpreter frees afterwards waits for a loop that no longer runs (10 s, then a
+    TimeoutError printed) before the program or the kernel can end."""
+    with _lock:
+        feeds = list(_feeds.values())
+    for feed in feeds:
+        feed.server.close()
 
 
 def widget(engine: TracedEngine, **options: Any) -> TraceWidget:

@@ -11,6 +11,8 @@ labels and grads of frames that a real hub made, fed through a comm-like model.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 
 import msgpack
@@ -320,3 +322,59 @@ def test_a_page_gone_while_the_cell_makes_the_next_widget_closes_the_earlier(mon
     finally:
         newer.close()
     assert engine.tracer is None and newer.feed.server._closed
+
+
+def test_a_closed_widget_freed_by_the_collector_while_another_is_made_does_not_hang(
+    monkeypatch,
+):
+    """ipywidgets closes a widget again when the collector frees it, and a collection may
+    run at any allocation: here, while `opgraph.widget` holds its lock to start the next
+    engine's feed. Seen once as a hung test run: the second close waited for that lock."""
+    import gc
+
+    from opgraph.server import server as server_module
+
+    start = server_module.EngineServer.start
+
+    def collect_first(self):
+        gc.collect()  # the closed widget is freed here, inside the lock
+        return start(self)
+
+    engine = Engine(name="next")
+    made: list = []
+    thread = threading.Thread(target=lambda: made.append(opgraph.widget(engine)), daemon=True)
+    gc.disable()  # no collection but the one inside the lock
+    try:
+        closed = opgraph.widget(Engine(name="freed"))
+        closed.close()
+        closed.cycle = closed  # garbage only the collector frees, as widgets' cycles are
+        del closed
+        monkeypatch.setattr(server_module.EngineServer, "start", collect_first)
+        thread.start()
+        thread.join(timeout=60)  # a bound for the hang, not a timing
+    finally:
+        gc.enable()
+    assert not thread.is_alive(), "opgraph.widget() waited for its own lock"
+    made[0].close()
+    assert engine.tracer is None and widget_module._feeds == {}
+
+
+def test_a_program_that_leaves_its_widget_open_ends_at_once_without_an_error():
+    """A script (or a kernel shutting down) with a widget never closed: the feeds close at
+    exit, so the widget the interpreter frees last does not wait for a stopped loop (it
+    did: 10 s, then a TimeoutError printed from Widget.__del__)."""
+    script = (
+        "import opgraph\n"
+        "from opgraph import Engine, Value\n"
+        "engine = Engine(name='left')\n"
+        "w = opgraph.widget(engine)\n"
+        "x = engine.Value(2.0)\n"
+        "(x * x).backward()\n"
+        "print('made', engine.tracer is not None)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "made True"
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
