@@ -1006,7 +1006,13 @@ class BatchedProgram(Generated):
         x.rows = x_rows
         emit(f"x{gi} = {x.read}", gi)
         emit(f"np.matmul(w{gi}, x{gi}, out={out})", gi)
-        ops = [x]
+        group.w_rows = w_rows
+        return [x, *self._extra_terms(gi, group, out, emit)]
+
+    def _extra_terms(self, gi: int, group: _Linear | _Dot, out: str, emit) -> list[_Operand]:
+        """The other terms of the group's sums (a bias), added into `out` one position at a
+        time after the products; returns their operands, whose gradients backward scatters."""
+        ops = []
         for j in range(len(group.extras[0])):
             operand = self._operand(f"{gi}_{j}", [extras[j] for extras in group.extras])
             ops.append(operand)
@@ -1015,7 +1021,6 @@ class BatchedProgram(Generated):
                 emit(f"a{gi}_{j} = {read}", gi)
                 read = f"a{gi}_{j}"
             emit(f"add({out}, {read}, out={out})", gi)
-        group.w_rows = w_rows
         return ops
 
     def _linear_backward(self, gi: int, group: _Linear, emit, checked: bool) -> list:
@@ -1059,16 +1064,7 @@ class BatchedProgram(Generated):
                 read = f"pa{gi}"  # a sum of squares
             emit(f"{column}{gi} = {read}", gi)
         emit(f"{out} = pa{gi}.T @ pb{gi}", gi)  # a (1, 1) array: into every sample's column
-        ops = []
-        for j, extra in enumerate(group.extras[0]):
-            operand = self._operand(f"{gi}_{j}", [extra])
-            ops.append(operand)
-            read = operand.read
-            if operand.kind != "C":
-                emit(f"a{gi}_{j} = {read}", gi)
-                read = f"a{gi}_{j}"
-            emit(f"add({out}, {read}, out={out})", gi)
-        return ops
+        return self._extra_terms(gi, group, out, emit)
 
     def _dot_backward(self, gi: int, group: _Dot, emit, checked: bool) -> list:
         """Backward of `a . b + extras` for the gradient g of its row: summed over each

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_batched_matmul import check_against_eager, points
+from test_batched_matmul import bits_by_chunk, check_against_eager, points
 
 import opgraph
 from opgraph import AnomalyError, Value
@@ -116,13 +116,7 @@ def test_chunks_of_a_dot_product_give_the_same_bits_as_one_chunk():
         lambda x: model(x).tanh() + 0.01 * sum(p * p for p in params), [0.1, 0.2, 0.3]
     )
     X = np.random.default_rng(4).normal(size=(1000, 3))
-    results = []
-    for chunk in (1024, 128, 256):
-        f.chunk_size = chunk
-        model.zero_grad()
-        out = f.map(X)
-        f.backward()
-        results.append((out.tobytes(), [p.grad for p in params]))
+    results = bits_by_chunk(f, params, X)
     assert DOT in (f.batch_source or "")
     assert results[1] == results[0] and results[2] == results[0]
 

@@ -188,17 +188,25 @@ def test_random_dags_with_dense_layers_batched_equal_eager(data, program, split,
     check_against_eager(fn, params + dense_params, samples, weights, nonzero=False)
 
 
+def bits_by_chunk(f, params, X) -> list:
+    """`f.map(X)` then `backward()` in one chunk, then in chunks of 128 and of 256: the
+    outputs' bytes and the parameters' gradients of each."""
+    results = []
+    for chunk in (1024, 128, 256):
+        f.chunk_size = chunk
+        for p in params:
+            p.grad = 0.0
+        out = f.map(X)
+        f.backward()
+        results.append((out.tobytes(), [p.grad for p in params]))
+    return results
+
+
 def test_chunks_of_a_matrix_product_give_the_same_bits_as_one_chunk():
     model = MLP(3, [8, 8, 1], rng=random.Random(1))
     f = opgraph.compile(lambda x: model(x).tanh(), [0.1, 0.2, 0.3])
     X = np.random.default_rng(4).normal(size=(1000, 3))
-    results = []
-    for chunk in (1024, 128, 256):
-        f.chunk_size = chunk
-        model.zero_grad()
-        out = f.map(X)
-        f.backward()
-        results.append((out.tobytes(), [p.grad for p in model.parameters()]))
+    results = bits_by_chunk(f, model.parameters(), X)
     assert "np.matmul(" in (f.batch_source or "")
     assert results[1] == results[0] and results[2] == results[0]
 
