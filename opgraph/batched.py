@@ -549,7 +549,11 @@ class BatchedProgram(Generated):
 
     def _product(self, term: Value | float) -> tuple[str | None, tuple[Value, Value] | None]:
         """("row", (weight, input)) if term is a parameter times a row of V (either order),
-        ("parameters", (a, b)) if it is a parameter times a parameter, else (None, None)."""
+        ("parameters", (a, b)) if it is a parameter times a parameter (or a parameter's
+        square, `_square`), else (None, None)."""
+        square = self._square(term)
+        if square is not None:
+            return "parameters", (square, square)
         if not self._is(term, "multiply"):
             return None, None
         assert not isinstance(term, int | float)  # (an op node: _is says so)
@@ -564,6 +568,26 @@ class BatchedProgram(Generated):
         if kinds == ("P", "P"):
             return "parameters", (a, b)
         return None, None
+
+    def _square(self, term: Value | float) -> Value | None:
+        """p if term is `p ** 2` of a parameter p, by the engine's pow (`kernels.power`, the
+        exponent fixed), whose derivative in p is p + p on p's recorded value, as the
+        product p * p's: a dot product takes it as that product."""
+        if isinstance(term, int | float) or term._opdef is None:
+            return None
+        op, args = self._call(term)
+        if op.forward is not kernels.power or len(args) != 2:
+            return None
+        p, exponent = args
+        if isinstance(p, int | float) or self._kind(p) != "P":
+            return None
+        if not isinstance(exponent, int | float) or isinstance(exponent, bool) or exponent != 2:
+            return None
+        try:
+            partial = op.derivative(term._data, p._data, 2.0)[0]
+        except Exception:  # (its derivative fails here: batched replay runs it, and says so)
+            return None
+        return p if partial == p._data + p._data else None
 
     def _group(self) -> None:
         """Sort the op nodes into groups: same depth, same op, same kinds of arguments; sums

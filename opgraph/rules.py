@@ -58,6 +58,7 @@ from .errors import (
     op_error,
     wrong_partials,
 )
+from .kernels import power
 from .value import Value, _number
 
 if TYPE_CHECKING:
@@ -331,7 +332,8 @@ class _Placeholders(ast.NodeTransformer):
         return self.slots.get(node.id, node)
 
 
-# IEEE-754 forms of `/` and `**` on floats, which Python raises on (or goes complex).
+# IEEE-754 forms of `/` and `**` on floats, which Python raises on (or goes complex);
+# `power` is the engine's kernel (kernels.py), the built-in pow's forward.
 
 
 def div(a: float, b: float) -> float:
@@ -342,23 +344,6 @@ def div(a: float, b: float) -> float:
         if a == 0 or math.isnan(a):
             return math.nan
         return math.copysign(math.inf, a) * math.copysign(1.0, b)
-
-
-def power(a: float, b: float) -> float:
-    """a ** b as IEEE-754 pow (the built-in plugins' `numerics.power`)."""
-    try:
-        out = a**b
-    except ZeroDivisionError:  # zero to a negative power: a pole
-        return math.copysign(math.inf, a) if _odd_integer(b) else math.inf
-    except OverflowError:  # too large, or a negative base to a fractional power
-        if a < 0 and not b.is_integer():
-            return math.nan
-        return -math.inf if a < 0 and _odd_integer(b) else math.inf
-    return math.nan if isinstance(out, complex) else out
-
-
-def _odd_integer(x: float) -> bool:
-    return math.isfinite(x) and x.is_integer() and int(x) % 2 == 1
 
 
 # Generated functions: compiled with a file name of their own and registered with linecache.

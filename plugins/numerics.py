@@ -9,24 +9,10 @@ from __future__ import annotations
 
 import math
 
+from opgraph import kernels
+
 inf, nan = math.inf, math.nan
-
-
-def _odd_integer(x: float) -> bool:
-    return math.isfinite(x) and x.is_integer() and int(x) % 2 == 1
-
-
-def power(a: float, b: float) -> float:
-    """a ** b, as IEEE-754 pow."""
-    try:
-        out = a**b
-    except ZeroDivisionError:  # zero to a negative power: a pole
-        return math.copysign(inf, a) if _odd_integer(b) else inf
-    except OverflowError:  # too large, or a negative base to a fractional power (complex)
-        if a < 0 and not b.is_integer():
-            return nan
-        return -inf if a < 0 and _odd_integer(b) else inf
-    return nan if isinstance(out, complex) else out
+power = kernels.power  # a ** b, as IEEE-754 pow: the engine's, which its code generators know
 
 
 def exp(a: float) -> float:

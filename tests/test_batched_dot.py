@@ -16,12 +16,13 @@ import random
 
 import numpy as np
 import pytest
+from conftest import plugin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_batched_matmul import bits_by_chunk, check_against_eager, points
 
 import opgraph
-from opgraph import AnomalyError, Value
+from opgraph import AnomalyError, Engine, Op, Value, kernels
 from opgraph.nn import MLP
 
 DOT = "products of parameters (dot)"
@@ -40,6 +41,45 @@ def test_an_l2_penalty_in_the_per_sample_loss_is_one_dot_product_per_batch():
     # the generated code stays the size of the network's, not of its parameter count.
     assert len(source.splitlines()) < 120
     assert "PV.take" not in source
+
+
+def test_an_l2_penalty_written_with_powers_is_the_same_dot_product():
+    """`p ** 2` (the built-in pow, whose forward is the engine's `kernels.power`) is a
+    product of p with itself: a learner's other way to write the L2 term."""
+    model = MLP(2, [8, 1], rng=random.Random(4))
+    params = model.parameters()
+
+    def loss(x):
+        return (1 + -1.0 * model(x)).relu() + 1e-3 * sum(p**2 for p in params)
+
+    source = check_against_eager(loss, params, points(30, 2, seed=6))
+    assert f"sum of {len(params)} {DOT}" in source and "PV.take" not in source
+
+
+def test_a_plugin_pow_with_the_engines_forward_but_another_derivative_stays_a_node():
+    """A square is taken as a product only if its derivative is the product's (p + p): an
+    op of a plugin with the engine's pow as forward and a partial of its own runs as
+    itself, with its own partial, in batched replay as in eager mode."""
+    half = Op(
+        "halfsquare",
+        kernels.power,
+        lambda out, a, b: (0.5 * b * a, 0.0),
+        static=(1,),
+        array_forward=np.power,
+        array_derivative=lambda out, a, b: (0.5 * b * a + 0.0 * out, np.zeros_like(out)),
+    )
+    engine = Engine(plugins=[plugin("halves", half)], entry_points=False)
+    ps = [engine.value(v) for v in (0.5, -1.5, 2.0)]
+    f = opgraph.compile(
+        lambda x: (engine.ops.halfsquare(ps[0], 2) + engine.ops.halfsquare(ps[1], 2)) * x,
+        1.0,
+        engine=engine,
+    )
+    xs = [1.0, 2.0, 4.0]
+    f.map(xs)
+    f.backward()
+    assert DOT not in (f.batch_source or "")
+    assert [p.grad for p in ps] == [0.5 * 2 * p.data * sum(xs) for p in ps[:2]] + [0.0]
 
 
 def test_a_hand_written_dot_product_of_two_weight_vectors_in_any_order():
