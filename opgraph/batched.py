@@ -414,6 +414,7 @@ class _Dot(_Group):
         self.a = [a for a, _ in found.pairs]
         self.b = [b for _, b in found.pairs]
         self.extras = [found.extras]  # (as _Linear's: per node, one node here)
+        self.square = all(a is b for a, b in found.pairs)  # a sum of squares: b is a
 
     def sort(self, parameter_row: dict[int, int]) -> None:
         """Put the products in the order of their parameters' rows in PV (a sum in any
@@ -1067,25 +1068,25 @@ class BatchedProgram(Generated):
 
     # --- dot products of parameters ----------------------------------------------------------
 
-    def _parameter_index(self, name: str, params: list[Value]) -> str:
+    def _parameter_index(self, name: str, params: list[Value]) -> tuple[str, np.ndarray]:
         """Where the parameters are in PV and PG: a slice (`0:16`), or the name of an array
-        of their rows (a gather)."""
+        of their rows (a gather); and their rows."""
         rows = np.array([self.parameter_row[id(p)] for p in params], dtype=np.intp)
         found = _progression(rows)
         if found:
-            return _slice(*found, len(rows))
+            return _slice(*found, len(rows)), rows
         self.namespace[name] = rows
-        return name
+        return name, rows
 
     def _dot_forward(self, gi: int, group: _Dot, out: str, emit) -> list[_Operand]:
         """`out = a . b`, the same number in every sample's column, then each extra term
         added. Returns the extras' operands, whose gradients backward scatters."""
         emit(f"# sum of {len(group.a)} products of parameters (dot), depth {group.depth}")
         for column, params in (("pa", group.a), ("pb", group.b)):
-            index = self._parameter_index(f"I{column}{gi}", params)
+            index, _ = self._parameter_index(f"I{column}{gi}", params)
             read = f"PV[{index}]" if ":" in index else f"PV.take({index}, 0)"
-            if column == "pb" and all(a is b for a, b in zip(group.a, group.b, strict=True)):
-                read = f"pa{gi}"  # a sum of squares
+            if column == "pb" and group.square:
+                read = f"pa{gi}"
             emit(f"{column}{gi} = {read}", gi)
         emit(f"{out} = pa{gi}.T @ pb{gi}", gi)  # a (1, 1) array: into every sample's column
         return self._extra_terms(gi, group, out, emit)
@@ -1094,19 +1095,17 @@ class BatchedProgram(Generated):
         """Backward of `a . b + extras` for the gradient g of its row: summed over each
         block of samples (gs), a's gradient is `b * gs` and b's `a * gs`; each extra's is g."""
         emit(f"    gs{gi} = block_sums(g)", gi)
-        square = all(a is b for a, b in zip(group.a, group.b, strict=True))
         for column, other, params in (("pa", "pb", group.a), ("pb", "pa", group.b)):
             c = f"d{column}{gi}"  # the gradients of the parameters of the column
-            if square and column == "pb":
+            if group.square and column == "pb":
                 c = f"dpa{gi}"  # a sum of squares: each square's two factors, the same
             else:
                 emit(f"    {c} = {other}{gi} * gs{gi}", gi)
                 if checked:
                     emit(f"    if not isfinite({c}).all(): linear_anomaly({gi}, -1, {c})")
-            index = self._parameter_index(f"I{column}{gi}", params)
-            rows = [self.parameter_row[id(p)] for p in params]
+            index, rows = self._parameter_index(f"I{column}{gi}", params)
             # A parameter in several products: each product's gradient added (np.add.at).
-            repeated = len(set(rows)) < len(rows)
+            repeated = len(np.unique(rows)) < len(rows)
             emit("    " + self._pg.add(index, rows, None, c, at=repeated), gi)
         return ["g" for _ in group.extras[0]]
 

@@ -47,6 +47,7 @@ class TraceWidget(anywidget.AnyWidget):
 
     def __init__(self, feed: _Feed, **kwargs: Any):
         super().__init__(**kwargs)
+        self._released = False  # close() has let the feed go (it does so once)
         self.feed = feed
         self.viewer: Viewer | None = None
         self._task: asyncio.Task | None = None
@@ -139,7 +140,7 @@ class TraceWidget(anywidget.AnyWidget):
         happen at any allocation, also while this thread holds `_lock` (making another
         widget): a second close that took the lock would wait for itself forever."""
         feed = getattr(self, "feed", None)  # (None: ipywidgets closing one that failed to start)
-        if feed is not None and not getattr(self, "_released", False):
+        if feed is not None and not self._released:
             self._released = True
             if not feed.server._closed:
                 feed.server.call(self._leave)
