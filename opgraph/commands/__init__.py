@@ -16,6 +16,19 @@ import sys
 from typing import Any
 
 
+def add_history_steps(parser: Any, default: int | None = None) -> None:
+    """`--history-steps N`, of `opgraph serve` and `opgraph demo --serve`: None leaves the
+    server its own default (opgraph.server.steps.HISTORY_STEPS)."""
+    parser.add_argument(
+        "--history-steps",
+        type=positive_int,
+        metavar="N",
+        default=default,
+        help="training steps whose loss and inputs' numbers snapshots carry"
+        + (f" ({default})" if default is not None else " (the server's default, if not given)"),
+    )
+
+
 def positive_int(text: str) -> int:
     """An option's whole number of at least 1 (argparse's `type=`)."""
     try:

@@ -36,7 +36,7 @@ from opgraph.demo import (
 )
 from opgraph.errors import GraphvizNotFoundError, ServerError
 
-from . import positive_int, stop_on_sigterm, wait_until_interrupted
+from . import add_history_steps, positive_int, stop_on_sigterm, wait_until_interrupted
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -154,12 +154,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--port", type=int, default=8765, help="port of the trace server (8765)")
     group.add_argument("--record", metavar="FILE", help="also record the trace (.ogtrace)")
-    group.add_argument(
-        "--history-steps",
-        type=positive_int,
-        metavar="N",
-        help="training steps whose loss and inputs' numbers snapshots carry (10000)",
-    )
+    add_history_steps(group)
     group.add_argument(
         "--no-wait", action="store_true", help="exit after training instead of serving on"
     )

@@ -11,7 +11,7 @@ from opgraph.server.security import is_loopback
 from opgraph.server.server import TraceServer
 from opgraph.server.steps import HISTORY_STEPS
 
-from . import positive_int, stop_on_sigterm, wait_until_interrupted
+from . import add_history_steps, positive_int, stop_on_sigterm, wait_until_interrupted
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,13 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=MAX_NODE_BYTES,
         help="bytes one published node may take (5 a parent, its label and scope)",
     )
-    parser.add_argument(
-        "--history-steps",
-        type=positive_int,
-        metavar="N",
-        default=HISTORY_STEPS,
-        help="training steps whose loss and inputs' numbers snapshots carry",
-    )
+    add_history_steps(parser, HISTORY_STEPS)
 
 
 def hub_server(args: argparse.Namespace) -> TraceServer:
