@@ -602,12 +602,15 @@ def test_a_damaged_recording_is_reported(page, server, tmp_path):
 # --- big graphs ----------------------------------------------------------------------------
 
 
-def mlp_graph(engine, neurons: int, inputs: int = 20):
-    """One layer of tanh neurons and a summed loss: ~3 nodes per weight, like the moons demo."""
+def mlp_graph(engine, neurons: int, inputs: int = 20, halfway=None):
+    """One layer of tanh neurons and a summed loss: ~3 nodes per weight, like the moons demo.
+    `halfway()`, if given, is called once half the neurons are built."""
     V = engine.Value
     xs = [V(math.sin(i), f"x{i}") for i in range(inputs)]
     outs = []
     for j in range(neurons):
+        if halfway is not None and j == neurons // 2:
+            halfway()
         act = V(0.1, f"n{j}.b")
         for i, x in enumerate(xs):
             act = act + V(math.cos(i + j), f"n{j}.w{i}") * x
@@ -635,9 +638,13 @@ def test_aggregate_view_of_50000_nodes_stays_responsive(page, engine, server, tm
             }).observe({type: "longtask"});
         }"""
     )
-    # The program builds the graph in another thread while the page receives it.
-    built = []
-    builder = threading.Thread(target=lambda: built.append(mlp_graph(engine, neurons=820)))
+    # The program builds the graph in another thread while the page receives it; it builds
+    # the second half only once the page has paused, so that nodes are still to come then
+    # (however fast the page took the first half).
+    built, paused = [], threading.Event()
+    builder = threading.Thread(
+        target=lambda: built.append(mlp_graph(engine, neurons=820, halfway=paused.wait))
+    )
     builder.start()
     try:
         # Mid-load, the page answers a key press: Space pauses it with nodes still to come.
@@ -648,8 +655,10 @@ def test_aggregate_view_of_50000_nodes_stays_responsive(page, engine, server, tm
         expect(page.locator("#pause")).to_have_text("Resume")
         expect(page.locator("#st-paused")).to_have_text(re.compile(r"^paused · [\d,]+ events"))
         assert int(page.locator("#st-nodes").get_attribute("data-count")) < 50_000
+        paused.set()
         page.keyboard.press("Space")
     finally:
+        paused.set()
         builder.join()
     loss = built[0]
     total = loss.id + 1
