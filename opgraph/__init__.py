@@ -51,6 +51,7 @@ from .hookspecs import hookimpl, hookspec
 from .modes import current_scope, detect_anomaly, enable_grad, grad_enabled, no_grad, scope
 from .ops import Composite, Op
 from .reverse import backward, topological_order, zero_grad
+from .stored import ParameterStore
 from .trace import touch
 from .value import Value
 
@@ -78,6 +79,7 @@ __all__ = [
     "OperandError",
     "OpgraphError",
     "OptimizerError",
+    "ParameterStore",
     "PluginError",
     "OpConflictError",
     "PluginLoadError",

@@ -70,6 +70,7 @@ from .errors import (
     wrong_partials,
 )
 from .ops import Row
+from .stored import store_rows
 
 if TYPE_CHECKING:
     from .compiler import Compiled
@@ -674,6 +675,10 @@ class BatchedProgram(Generated):
         self.reaching_rows = np.array([k for k, _ in self.reaching_parameters], dtype=np.intp)
         self._PV = np.empty((len(self.parameters), 1))  # the parameters' values, at each map
         self.all_reach = len(self.reaching) == len(self.parameters)
+        # Parameters that live in one ParameterStore are read and written with one numpy
+        # call over their rows (a gather: PV's order is the groups', not the store's).
+        self._store, self._store_rows = store_rows(self.parameters)
+        self._grad_rows = store_rows(self.reaching)[1]
 
     def _reads(self, group: _Group) -> list[Value | float]:
         """What a group's nodes read: a matrix product's weights (row by row, so that a
@@ -1143,7 +1148,10 @@ class BatchedProgram(Generated):
         # The slots, not the `data` property: a call per parameter and step saved (the
         # setter keeps `_data` a float).
         PV = self._PV  # the same array at every step: its views are made once
-        PV[:, 0] = np.fromiter(map(_DATA, self.parameters), np.float64, len(self.parameters))
+        if self._store is not None:
+            PV[:, 0] = self._store.data[self._store_rows]
+        else:
+            PV[:, 0] = np.fromiter(map(_DATA, self.parameters), np.float64, len(self.parameters))
         outputs = [np.empty(n) for _ in self.compiled.outputs]
         self._buffers(min(n, chunk))
         running = None
@@ -1241,6 +1249,9 @@ class BatchedProgram(Generated):
     def _add_grads(self, total: np.ndarray) -> None:
         """Add the batch's sums to the `.grad` of the parameters that reach the output."""
         sums = np.ascontiguousarray(total if self.all_reach else total[self.reaching_rows])
+        if self._store is not None:  # (rows distinct: store_rows checked)
+            self._store.grad[self._grad_rows] += sums
+            return
         # Its memoryview (`.data`) gives the numbers as Python floats one by one, no list.
         for p, s in zip(self.reaching, sums.data, strict=True):
             p._grad += s  # the slot: a float, as the property's setter keeps it

@@ -33,6 +33,7 @@ from .errors import (
 )
 from .modes import ANOMALY, NO_GRAD, child_path, mode, scope_path
 from .ops import AnyOp, Composite, Row, _parameter_names, with_constants
+from .stored import stored_class
 from .value import DISPATCHING, OPERATORS, Value, _number
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ def _bind_primitive(
     `engine_flags` are fixed here, so the engine binds its ops again when either changes.
     """
     forward, to_value = op.forward, _coercer(cls, op, tracer)
+    stored = stored_class(cls)  # a stored parameter of this engine is a Value of it too
     new, next_id, get_mode = object.__new__, cls._ids.__next__, mode.get
     get_scope = scope_path.get
 
@@ -122,7 +124,7 @@ def _bind_primitive(
     if op.arity == 1:
 
         def unary(a):
-            if type(a) is not cls:
+            if type(a) is not cls and type(a) is not stored:
                 a = to_value(a)
             try:
                 out = forward(a._data)
@@ -145,9 +147,9 @@ def _bind_primitive(
     if op.arity == 2:
 
         def binary(a, b):
-            if type(a) is not cls:
+            if type(a) is not cls and type(a) is not stored:
                 a = to_value(a)
-            if type(b) is not cls:
+            if type(b) is not cls and type(b) is not stored:
                 b = to_value(b)
             try:
                 out = forward(a._data, b._data)
@@ -172,7 +174,7 @@ def _bind_primitive(
             raise op_error(
                 op, f"takes {op.arity} operands, got {len(operands)}", error=OperandError
             )
-        parents = tuple(x if type(x) is cls else to_value(x) for x in operands)
+        parents = tuple(x if type(x) is cls or type(x) is stored else to_value(x) for x in operands)
         try:
             out = forward(*[p._data for p in parents])
         except Exception as exc:
@@ -231,6 +233,7 @@ def _bind_composite(
     op: Composite, cls: type[Value], tracer: TracerHooks | None
 ) -> Callable[..., Value]:
     fn, to_value = op.fn, _coercer(cls, op, tracer)
+    stored = stored_class(cls)  # as in _bind_primitive
     assert fn is not None  # (Composite.check() refused a composite without one)
     get_scope, set_scope, reset_scope = scope_path.get, scope_path.set, scope_path.reset
     inside: dict[str, str] = {}  # the scope the parts run in, by the scope the op runs in
@@ -252,7 +255,7 @@ def _bind_composite(
             raise forward_error(op, values, exc) from exc
         finally:
             reset_scope(token)
-        if type(out) is not cls:
+        if type(out) is not cls and type(out) is not stored:
             raise op_error(
                 op, f"returned {out!r}; a composite op must return a Value built from other ops"
             )
@@ -262,14 +265,15 @@ def _bind_composite(
     if op.arity == 1:
 
         def unary(a):
-            return run((a if type(a) is cls else to_value(a),))
+            return run((a if type(a) is cls or type(a) is stored else to_value(a),))
 
         return unary
 
     if op.arity == 2:
 
         def binary(a, b):
-            return run((a if type(a) is cls else to_value(a), b if type(b) is cls else to_value(b)))
+            a = a if type(a) is cls or type(a) is stored else to_value(a)
+            return run((a, b if type(b) is cls or type(b) is stored else to_value(b)))
 
         return binary
 
@@ -278,7 +282,7 @@ def _bind_composite(
             raise op_error(
                 op, f"takes {op.arity} operands, got {len(operands)}", error=OperandError
             )
-        return run([x if type(x) is cls else to_value(x) for x in operands])
+        return run([x if type(x) is cls or type(x) is stored else to_value(x) for x in operands])
 
     return composite
 

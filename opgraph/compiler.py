@@ -56,7 +56,7 @@ from .errors import (
 from .modes import ANOMALY, enable_grad, mode
 from .ops import Row
 from .reverse import begin_pass, end_pass, seed_gradient
-from .value import Value, _real
+from .value import Value, _real, engine_class
 
 if TYPE_CHECKING:
     import numpy as np
@@ -315,7 +315,7 @@ class Compiled:
         with _DataReads() as reads, _RandomCalls() as draws, enable_grad():
             result = fn(*values)
         self.outputs, self._single = _outputs(result, name)
-        if type(self.outputs[0]) is not self.engine.Value:
+        if engine_class(self.outputs[0]) is not self.engine.Value:
             raise CompileError(
                 f"compile({name}): the graph belongs to engine "
                 f"{self.outputs[0].engine.name!r}; pass engine= to compile()"

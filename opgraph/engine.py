@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import pickle
 import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,23 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"<Engine {self.name!r}: {len(self.ops)} ops>"
+
+    # An engine is shared by everything built on it, as a module is: a copy of a model keeps
+    # the model's engine, and a pickle names the default engine. Another engine's plugins
+    # and ops live only in this process, so its models (and Values) are not pickled.
+    def __copy__(self) -> Engine:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Engine:
+        return self
+
+    def __reduce__(self) -> tuple:
+        if self is _default:
+            return (default_engine, ())
+        raise pickle.PicklingError(
+            f"engine {self.name!r} cannot be pickled: only models of the default engine can "
+            f"(an engine's plugins live in its process)"
+        )
 
     # --- values ---------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from .hooks import HOOKS, run_hooks
 from .modes import enable_grad, no_grad, scope
 from .reverse import topological_order
 from .rules import value_partials
-from .value import Value, _number
+from .value import Value, _number, engine_class
 
 # ---------------------------------------------------------------------------------------------
 # grad
@@ -74,11 +74,11 @@ def grad(
 def _engine_class(output: Any, inputs: list[Any]) -> type[Value]:
     if not isinstance(output, Value):
         raise TypeError(f"grad() differentiates a Value, got {type(output).__name__}: {output!r}")
-    cls = type(output)
+    cls = engine_class(output)
     for x in inputs:
         if not isinstance(x, Value):
             raise TypeError(f"grad() inputs must be Values, got {type(x).__name__}: {x!r}")
-        if type(x) is not cls:
+        if engine_class(x) is not cls:
             raise EngineMismatchError(
                 f"grad(): input {describe(x)} is of engine {x.engine.name!r}, the output of "
                 f"engine {output.engine.name!r}"
@@ -120,7 +120,7 @@ def _value_pass(order: list[Value], needed: set[Value], output: Value) -> dict[V
     A gradient is kept as a plain float while it is a constant (the 1 the pass starts from,
     add's partials), so that `1 * g` and the like build no node.
     """
-    cls = type(output)
+    cls = engine_class(output)
     grads: dict[Value, Any] = {output: 1.0}
     hooks = HOOKS if HOOKS else None
     for node in reversed(order):
@@ -148,7 +148,7 @@ def _times(partial: Any, g: Any) -> Any:
 
 
 def _as_value(cls: type[Value], g: Any) -> Value:
-    return g if type(g) is cls else cls(g)
+    return g if isinstance(g, Value) else cls(g)  # (a Value here is of the graph's engine)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def jvp(
     leaves = [engine.Value(x) for x in primals]
     with enable_grad():
         out = fn(*leaves)
-    if type(out) is not engine.Value:
+    if engine_class(out) is not engine.Value:
         raise TypeError(f"jvp(): fn must return a Value of engine {engine.name!r}, got {out!r}")
     tangent = {leaf: _number(t) for leaf, t in zip(leaves, tangents, strict=True)}
     # The sweep, parents first, with the op table's local derivatives (rules.py).

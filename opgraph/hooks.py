@@ -15,7 +15,7 @@ from numbers import Real
 from typing import Any
 
 from .errors import HookError, node_name
-from .value import Above, Tag, Value, _number
+from .value import Above, Tag, Value, _number, engine_class
 
 
 class Hooks(dict):
@@ -100,12 +100,12 @@ def run_hooks(node: Value, grad: Any, hooks: dict[int, Callable], on_values: boo
         result = fn(grad)
         if result is None:
             continue
-        if on_values and type(result) is type(node):
+        if on_values and engine_class(result) is engine_class(node):
             grad = result
         elif isinstance(result, Real) and not isinstance(result, Value):
             grad = _number(result)
             if on_values:
-                grad = type(node)(grad)
+                grad = engine_class(node)(grad)
         else:
             wanted = "a Value or a real number" if on_values else "a real number"
             raise HookError(

@@ -12,7 +12,10 @@ returns a Value, not a list). On top of that:
   neuron 3 of layer 0 carry the scope path "L0/N3" (an MLP opens none of its own). Building
   one opens the same scopes, so the neuron's parameters carry "L0/N3" too. A neuron called
   by itself, outside its layer, opens the whole path of its name ("L0/N3"), so its ops
-  still sit with its parameters.
+  still sit with its parameters;
+- `MLP(..., stored=True)` keeps every parameter's number and gradient in one
+  `ParameterStore` (`model.store`; stored.py), which makes batched replay and the optimisers
+  faster (docs/performance.md); `Neuron` and `Layer` take a `store=` of your own.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 from .engine import Engine, default_engine
 from .modes import child_path, scope_path
+from .stored import ParameterStore
 from .value import Value
 
 Activation = str | Callable[[Value], Value]
@@ -131,11 +135,12 @@ class Neuron(Module):
         engine: Engine | None = None,
         rng: random.Random | None = None,
         name: str = "",
+        store: ParameterStore | None = None,
     ):
         self.engine = engine if engine is not None else default_engine()
         _check_activation(act, self.engine)
         uniform = (rng or random).uniform  # micrograd draws from the `random` module
-        value = self.engine.value
+        value = self.engine.value if store is None else _store_of(store, self.engine).value
         self.scope_name = _scope_name(name, "Neuron")
         self.outer_scope = _outer_scope(name)
         with _building(self.scope_name):
@@ -174,6 +179,17 @@ class Neuron(Module):
     def __repr__(self) -> str:
         kind = _activation_title(self.act) if self.nonlin else "Linear"
         return f"{kind}Neuron({len(self.w)})"
+
+
+def _store_of(store: ParameterStore, engine: Engine) -> ParameterStore:
+    if not isinstance(store, ParameterStore):
+        raise TypeError(f"store= takes a ParameterStore, got {type(store).__name__}: {store!r}")
+    if store.engine is not engine:
+        raise ValueError(
+            f"store= holds parameters of engine {store.engine.name!r}, the neuron is of "
+            f"engine {engine.name!r}"
+        )
+    return store
 
 
 class Layer(Module):
@@ -230,6 +246,7 @@ class MLP(Module):
         *,
         engine: Engine | None = None,
         rng: random.Random | None = None,
+        stored: bool = False,
     ):
         if not isinstance(nouts, Iterable):
             raise TypeError(
@@ -240,6 +257,10 @@ class MLP(Module):
             raise ValueError(f"MLP({nin!r}, nouts): nouts is empty, an MLP needs a layer")
         sizes = [nin, *nouts]
         self.engine = engine if engine is not None else default_engine()
+        # stored=True: every parameter in one ParameterStore, in the order of parameters(),
+        # so that batched replay and the optimisers read and write them as one slice
+        count = sum((sizes[i] + 1) * sizes[i + 1] for i in range(len(nouts)))
+        self.store = ParameterStore(count, self.engine) if stored else None
         self.layers = [
             Layer(
                 sizes[i],
@@ -249,6 +270,7 @@ class MLP(Module):
                 engine=self.engine,
                 rng=rng,
                 name=f"L{i}",
+                store=self.store,
             )
             for i in range(len(nouts))
         ]

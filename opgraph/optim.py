@@ -27,6 +27,7 @@ from numbers import Real
 from typing import Any
 
 from .errors import OptimizerError
+from .stored import store_rows
 from .value import Value
 
 __all__ = ["SGD", "Adam"]
@@ -62,14 +63,26 @@ def _rate(value: float, what: str, name: str, low: float = 0.0, high: float = ma
     return float(value)
 
 
+def _zeros(n: int) -> Any:
+    import numpy as np  # (only for stored parameters, whose store has imported it)
+
+    return np.zeros(n)
+
+
 class _Optimizer:
     """What SGD and Adam share: their parameters, and zeroing their gradients."""
 
     def __init__(self, params: Any) -> None:
         self.params = _parameters(params, type(self).__name__)
+        # Parameters that all live in one ParameterStore (nn.MLP(stored=True)) are updated
+        # by numpy calls over their rows: the same operations on each number, in one call.
+        self._store, self._rows = store_rows(self.params)
 
     def zero_grad(self) -> None:
         """Set every parameter's gradient to 0.0 (as `p.grad = 0.0` does)."""
+        if self._store is not None:
+            self._store.grad[self._rows] = 0.0
+            return
         for p in self.params:
             p._grad = 0.0
 
@@ -85,11 +98,21 @@ class SGD(_Optimizer):
         super().__init__(params)
         self.lr = _rate(lr, "lr", "SGD")
         self.momentum = _rate(momentum, "momentum", "SGD", 0.0, 1.0)
-        self._buffers = [0.0] * len(self.params)
+        self._buffers: Any = [0.0] * len(self.params)
+        if self._store is not None:
+            self._buffers = _zeros(len(self.params))
 
     def step(self) -> None:
         """Apply one update to every parameter."""
         lr, params = self.lr, self.params
+        if self._store is not None:  # the same arithmetic, one numpy call per operation
+            data, grad, rows = self._store.data, self._store.grad, self._rows
+            if not self.momentum:
+                data[rows] -= lr * grad[rows]
+            else:
+                buffers = self._buffers = self.momentum * self._buffers + grad[rows]
+                data[rows] -= lr * buffers
+            return
         if not self.momentum:
             for p in params:
                 p._data -= lr * p._grad  # the slots: the arithmetic of `p.data -= lr * p.grad`
@@ -120,14 +143,25 @@ class Adam(_Optimizer):
         self.b2 = _rate(betas[1], "betas[1]", "Adam", 0.0, 1.0)
         self.eps = _rate(eps, "eps", "Adam")
         self.t = 0  # steps taken
-        self._m = [0.0] * len(self.params)
-        self._v = [0.0] * len(self.params)
+        self._m: Any = [0.0] * len(self.params)
+        self._v: Any = [0.0] * len(self.params)
+        if self._store is not None:
+            self._m, self._v = _zeros(len(self.params)), _zeros(len(self.params))
 
     def step(self) -> None:
         """Apply one update to every parameter."""
         self.t += 1
         b1, b2, eps, lr = self.b1, self.b2, self.eps, self.lr
         c1, c2 = 1.0 - b1**self.t, 1.0 - b2**self.t  # the bias corrections
+        if self._store is not None:  # the same arithmetic, one numpy call per operation
+            from numpy import sqrt as array_sqrt  # (imported already by the store)
+
+            data, rows = self._store.data, self._rows
+            g = self._store.grad[rows]
+            m = self._m = b1 * self._m + (1.0 - b1) * g
+            v = self._v = b2 * self._v + (1.0 - b2) * g * g
+            data[rows] -= lr * (m / c1) / (array_sqrt(v / c2) + eps)
+            return
         m, v, sqrt = self._m, self._v, math.sqrt
         for k, p in enumerate(self.params):
             g = p._grad

@@ -59,7 +59,7 @@ from .errors import (
     wrong_partials,
 )
 from .kernels import power
-from .value import Value, _number
+from .value import Value, _number, engine_class
 
 if TYPE_CHECKING:
     from .ops import Row
@@ -658,7 +658,7 @@ def value_partials(node: Value) -> tuple:
         ) from exc
     checked: list[Any] = []
     for partial in partials:
-        if type(partial) is type(node):
+        if type(partial) is type(node) or engine_class(partial) is engine_class(node):
             checked.append(partial)
         elif isinstance(partial, Real) and not isinstance(partial, Value):
             checked.append(_number(partial))

@@ -311,7 +311,7 @@ class Value:
                 todo[id(node)] = node
                 stack.extend(node._prev)
         for node in sorted(todo.values(), key=lambda v: v._id):
-            twin = object.__new__(type(node))
+            twin = node._twin(memo)
             twin._data, twin._grad = node._data, node._grad
             tag = node._tag  # (a Tag is the node's own: the twin gets one without the hooks)
             twin._tag = tag if type(tag) is str else Tag(tag.label, tag.scope)
@@ -321,6 +321,11 @@ class Value:
         # As copy.deepcopy does: the memo keeps the originals alive, so their ids stay unique.
         memo.setdefault(id(memo), []).extend(todo.values())
         return memo[id(self)]
+
+    def _twin(self, memo: dict) -> Value:
+        """A bare node of this node's class, for __deepcopy__ to fill in (a stored
+        parameter's twin is the same row of a copy of its store: stored.py)."""
+        return object.__new__(type(self))
 
     # --- operators: each applies one op of the engine's op table ---------------------------
     # These are the methods as written. Each engine installs its bound op functions in their
@@ -652,10 +657,17 @@ def _unsaved_ancestors(node: Value, saved: dict) -> list[Value]:
     return sorted(found.values(), key=attrgetter("_id")) if found else []
 
 
+def engine_class(node: Any) -> type:
+    """The engine's Value class of a node: its own class, or for a stored parameter its
+    class's base (stored.py). `engine_class(x) is cls` says "x is a node of cls's engine"."""
+    return getattr(type(node), "_plain", type(node))
+
+
 def _unpickle_root(cls: type, ancestors: list) -> Value:
     """A root node, after its ancestors (`ancestors`, loaded already); pickle then restores
     its state (`Value.__setstate__`)."""
-    if not (isinstance(cls, type) and issubclass(cls, Value)):
+    # (a stored parameter's class is refused: a parameter is made in a row of its store)
+    if not (isinstance(cls, type) and issubclass(cls, Value)) or hasattr(cls, "_plain"):
         raise TypeError(f"not a pickled Value: {cls!r}")
     return object.__new__(cls)
 

@@ -47,11 +47,13 @@ def plain_adam(params, lr, b1, b2, eps, t, m, v):
         p.data -= lr * m_hat / (math.sqrt(v_hat) + eps)
 
 
-def train_pair(make_optimizer, plain, steps=6):
+def train_pair(make_optimizer, plain, steps=6, stored=False):
     """The same model trained with the optimiser and with the plain loop: the parameters
-    after each step."""
+    after each step. `stored`: the optimiser's model keeps its parameters in a
+    ParameterStore, which the optimiser updates with numpy calls."""
     X, y = data()
-    ours, theirs = MLP(2, [6, 6, 1], rng=random.Random(1)), MLP(2, [6, 6, 1], rng=random.Random(1))
+    ours = MLP(2, [6, 6, 1], rng=random.Random(1), stored=stored)
+    theirs = MLP(2, [6, 6, 1], rng=random.Random(1))
     opt = make_optimizer(ours.parameters())
     state: dict = {}
     for t in range(1, steps + 1):
@@ -65,15 +67,17 @@ def train_pair(make_optimizer, plain, steps=6):
     assert any(p.grad != 0 for p in ours.parameters())
 
 
+@pytest.mark.parametrize("stored", [False, True], ids=["plain", "stored"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_sgd_equals_the_plain_loop_to_the_bit(momentum):
+def test_sgd_equals_the_plain_loop_to_the_bit(momentum, stored):
     def plain(params, t, state):
         plain_sgd(params, 0.05, momentum, state.setdefault("b", [0.0] * len(params)))
 
-    train_pair(lambda ps: SGD(ps, lr=0.05, momentum=momentum), plain)
+    train_pair(lambda ps: SGD(ps, lr=0.05, momentum=momentum), plain, stored=stored)
 
 
-def test_adam_equals_the_documented_formula_to_the_bit():
+@pytest.mark.parametrize("stored", [False, True], ids=["plain", "stored"])
+def test_adam_equals_the_documented_formula_to_the_bit(stored):
     def plain(params, t, state):
         m, v = (
             state.setdefault("m", [0.0] * len(params)),
@@ -81,12 +85,13 @@ def test_adam_equals_the_documented_formula_to_the_bit():
         )
         plain_adam(params, 0.01, 0.9, 0.999, 1e-8, t, m, v)
 
-    train_pair(lambda ps: Adam(ps, lr=0.01), plain)
+    train_pair(lambda ps: Adam(ps, lr=0.01), plain, stored=stored)
 
 
-def test_a_compiled_batched_step_with_sgd_follows_the_plain_loop():
+@pytest.mark.parametrize("stored", [False, True], ids=["plain", "stored"])
+def test_a_compiled_batched_step_with_sgd_follows_the_plain_loop(stored):
     X, y = data(40)
-    models = [MLP(2, [8, 8, 1], rng=random.Random(4)) for _ in range(2)]
+    models = [MLP(2, [8, 8, 1], rng=random.Random(4), stored=s) for s in (stored, False)]
     steps = []
     for model in models:
         f = opgraph.compile(lambda x, yi, m=model: (1 + -yi * m(x)).relu(), X[0], y[0])
@@ -105,6 +110,7 @@ def test_a_compiled_batched_step_with_sgd_follows_the_plain_loop():
         for p in models[1].parameters():
             p.data -= 0.1 * p.grad
     assert [p.data for p in models[0].parameters()] == [p.data for p in models[1].parameters()]
+    assert [p.grad for p in models[0].parameters()] == [p.grad for p in models[1].parameters()]
 
 
 def test_a_model_or_a_compiled_function_stands_for_its_parameters():

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 
 import opgraph
 from opgraph import Value, enable_grad, grad_enabled, no_grad, topological_order
+from opgraph.stored import ParameterStore, StoredValue
 from opgraph.value import Tag
 
 # ---------------------------------------------------------------------------------------------
@@ -527,6 +528,13 @@ def _nodes_made_every_way() -> dict[str, Value]:
         "deep-copied": copy.deepcopy(product),
         "engine.value": fused.value(1.0),
     }
+    store = ParameterStore(2)
+    parameter = store.value(0.5, "p")
+    nodes["stored parameter"] = parameter
+    nodes["stored, of another engine"] = ParameterStore(1, fused).value(1.0)
+    nodes["stored, unpickled"] = pickle.loads(pickle.dumps(parameter))
+    nodes["stored, deep-copied"] = copy.deepcopy(parameter)
+    nodes["stored, copied"] = copy.copy(parameter)
     with no_grad():
         nodes["under no_grad"] = x * y
     with opgraph.detect_anomaly():
@@ -540,7 +548,8 @@ def test_every_way_of_making_a_node_sets_every_slot():
     slots = list(Value.__slots__)
     types = {"_data": float, "_grad": float, "_id": int}
     for how, node in _nodes_made_every_way().items():
-        for slot in slots:
+        # a stored parameter's own slots too (its _data and _grad are its store's rows)
+        for slot in slots + list(StoredValue.__slots__ if isinstance(node, StoredValue) else ()):
             try:
                 value = object.__getattribute__(node, slot)
             except AttributeError:
