@@ -8,6 +8,10 @@ parameters, is one dot product per batch, not one per point. Same model, data, l
 update as `moons.step`; the update and the zeroing of the gradients are
 `opgraph.optim.SGD`'s (the plain loop's arithmetic, equal to the bit), and the points are
 numpy arrays, made once, as a user of PyTorch makes its tensors.
+
+`stored=True` keeps the parameters in one `opgraph.ParameterStore` (what
+`nn.MLP(..., stored=True)` does): then reading their numbers, adding their gradients and
+SGD's update are one numpy call each instead of a pass over 337 parameters.
 """
 
 from __future__ import annotations
@@ -15,20 +19,28 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import opgraph
-from opgraph import Value
+from opgraph import ParameterStore, Value
 from opgraph.optim import SGD
 
 from .moons import MLP
 
+PARAMETERS = (2 + 1) * 16 + (16 + 1) * 16 + (16 + 1) * 1  # of MLP(2, [16, 16, 1]): 337
+
+
+def moons_model(stored: bool = False) -> MLP:
+    """MLP(2, [16, 16, 1]) with the weights of every run (its seed), its parameters plain
+    Values or rows of one ParameterStore, made in the order of parameters()."""
+    return MLP(ParameterStore(PARAMETERS).value if stored else Value, 2, [16, 16, 1])
+
 
 def batched_step(
-    X: list, y: list, learning_rate: float = 0.05, model: MLP | None = None
+    X: list, y: list, learning_rate: float = 0.05, model: MLP | None = None, stored: bool = False
 ) -> Callable[[], float]:
     """A function running one batched training step on (X, y), returning the loss; of a
-    new MLP(2, [16, 16, 1]) (the same weights every time), or of `model`."""
+    new MLP(2, [16, 16, 1]) (the same weights every time, `stored` or not), or of `model`."""
     import numpy as np
 
-    model = MLP(Value, 2, [16, 16, 1]) if model is None else model
+    model = moons_model(stored) if model is None else model
     params = model.parameters()
     per_sample = opgraph.compile(
         lambda x, yi: (1 + -yi * model(x)).relu() + 1e-4 * sum(p * p for p in params), X[0], y[0]

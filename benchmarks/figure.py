@@ -23,7 +23,8 @@ WIDTH, HEIGHT = 640, 400
 LEFT, RIGHT, TOP, BOTTOM = 70, 150, 40, 50  # margins around the plot area
 SERIES = {  # name in the results -> label, colour
     "pytorch": ("PyTorch tensors", "#d1495b"),
-    "opgraph": ("opgraph batched", "#00798c"),
+    "opgraph": ("batched, stored params", "#00798c"),
+    "plain": ("batched, plain params", "#7fbcc5"),
     "eager": ("opgraph eager", "#edae49"),
     "micrograd": ("micrograd", "#66a182"),
 }

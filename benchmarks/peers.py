@@ -6,7 +6,8 @@ The same MLP(2, [16, 16, 1]) step (zero grads, forward over the points, mean hin
 1e-4 times the L2 norm, backward, SGD update) three ways (and opgraph's eager step, at the
 first size, against micrograd): PyTorch's eager tensors (CPU,
 float64, one thread), opgraph's batched step (benchmarks/batched.py: `Compiled.map` and
-`opgraph.optim.SGD`) and micrograd's scalar Values. Same starting weights; before timing,
+`opgraph.optim.SGD`, the parameters in a ParameterStore as `nn.MLP(stored=True)` keeps them;
+the "plain" column is the same step on plain Values) and micrograd's scalar Values. Same starting weights; before timing,
 one step of PyTorch and one of opgraph are checked to give the same loss and the same
 gradients to 1e-12 relative (of the largest gradient).
 
@@ -34,7 +35,7 @@ from micrograd.engine import Value as MicroValue
 
 from opgraph import Value
 
-from .batched import batched_step
+from .batched import batched_step, moons_model
 from .moons import MLP, make_moons, step
 
 torch = None  # PyTorch, imported by bench_peers (optional: its rows are skipped without it)
@@ -83,7 +84,7 @@ def check_equal(points: int) -> str:
     """One step of PyTorch and one of opgraph's batched step from the same weights: the same
     loss and gradients to 1e-12 relative. Returns a line saying so, or raises."""
     X, y = make_moons(points)
-    model = MLP(Value, 2, [16, 16, 1])
+    model = moons_model(stored=True)
     run_torch, tensors = torch_step(model, X, y)
     run_opgraph = batched_step(X, y, model=model)
     ours, theirs = run_opgraph(), run_torch()
@@ -152,7 +153,8 @@ def bench_peers(config) -> dict:
         runners: dict[str, Callable[[], object]] = {}
         if torch is not None:
             runners["pytorch"] = torch_step(MLP(Value, 2, [16, 16, 1]), X, y)[0]
-        runners["opgraph"] = batched_step(X, y)
+        runners["opgraph"] = batched_step(X, y, stored=True)
+        runners["plain"] = batched_step(X, y)
         if points == config.peer_points[0]:  # the scalar engines: a step takes 0.1 to 1 s
             micro, eager = MLP(MicroValue, 2, [16, 16, 1]), MLP(Value, 2, [16, 16, 1])
             runners["micrograd"] = lambda m=micro, X=X, y=y: step(m, MicroValue, X, y)
@@ -162,6 +164,7 @@ def bench_peers(config) -> dict:
         row = best_ms(runners, config.rounds, steps)
         if "pytorch" in row:
             row["vs_pytorch"] = row["pytorch"] / row["opgraph"]
+            row["plain_vs_pytorch"] = row["pytorch"] / row["plain"]
         if "micrograd" in row:
             row["vs_micrograd"] = row["micrograd"] / row["opgraph"]
             row["eager_vs_micrograd"] = row["micrograd"] / row["eager"]
@@ -172,7 +175,7 @@ def bench_peers(config) -> dict:
 def table(results: dict) -> str:
     """The rows of the peers table."""
     lines = [f"{'moons step (gc.collect() in each)':<34}{'pytorch':>12}{'opgraph':>12}"]
-    lines[0] += f"{'micrograd':>12}{'vs pytorch':>12}{'vs micrograd':>14}"
+    lines[0] += f"{'plain':>12}{'micrograd':>12}{'vs pytorch':>12}{'vs micrograd':>14}"
     for note in ("torch", "check", "note"):
         if note in results:
             lines.append(f"  {note}: {results[note]}")
@@ -190,7 +193,7 @@ def table(results: dict) -> str:
 
         lines.append(
             f"{f'{int(points):,} points, ms':<34}{cell('pytorch'):>12}{cell('opgraph'):>12}"
-            f"{cell('micrograd', 1):>12}{cell('vs_pytorch', 2, 'x'):>12}"
+            f"{cell('plain'):>12}{cell('micrograd', 1):>12}{cell('vs_pytorch', 2, 'x'):>12}"
             f"{cell('vs_micrograd', 0, 'x'):>14}"
         )
     return "\n".join(lines)

@@ -7,7 +7,7 @@ graph construction per op, backward per node, one training step of micrograd's m
 memory per node (of the moons loss graph, and of a chain of ops with constants), and the
 deepest chain each can backpropagate; for opgraph also the
 compiled moons step (and its compile time), the batched moons step (`Compiled.map`, with
-numpy) and how it grows with the number of points, what tracing costs, a traced training
+numpy, the parameters in a ParameterStore) and how it grows with the number of points, what tracing costs, a traced training
 run (benchmarks/training.py: every step traced to a viewer process, bytes per step on the wire
 and in a recording, a viewer joining after 1,000 steps), Rogozhnikov's 10,000-op task
 (benchmarks/rogozhnikov.py) and, last, the moons step against PyTorch and micrograd by batch
@@ -196,7 +196,7 @@ def bench_moons(config, X, y) -> dict:
     runners = {name: functools.partial(step, models[name], V, X, y) for name, V in ENGINES.items()}
     runners["compiled"] = compiled_step
     if batched_step is not None:
-        one_batched_step = batched_step(X, y)
+        one_batched_step = batched_step(X, y, stored=True)
         runners["batched"] = lambda: [one_batched_step() for _ in range(BATCHED_INNER)]
     results: dict = {
         "nodes": len(compiled.nodes),
@@ -221,7 +221,7 @@ def bench_batched(config) -> dict:
     results = {}
     for points in config.batch_points:
         X, y = make_moons(points)
-        run = batched_step(X, y)
+        run = batched_step(X, y, stored=True)
         inner = max(1, BATCHED_INNER * 100 // points)
         row = sustained(
             {"batched": lambda run=run, k=inner: [run() for _ in range(k)]}, config, True

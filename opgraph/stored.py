@@ -135,10 +135,15 @@ class ParameterStore:
             ) from exc
         self.engine = engine if engine is not None else Above.default_engine()
         self._class = stored_class(self.engine.Value)
-        self.data: np.ndarray = numpy.zeros(capacity)
-        self.grad: np.ndarray = numpy.zeros(capacity)
-        self._taken = bytearray(capacity)  # 1 for a row a parameter holds
+        self._arrays(numpy.zeros(capacity), numpy.zeros(capacity))
         self._count = 0  # rows handed out by value(), in order
+
+    def _arrays(self, data: np.ndarray, grad: np.ndarray) -> None:
+        """Take `data` and `grad` as the store's arrays, no row held yet."""
+        self.data, self.grad = data, grad
+        # one buffer view of each, which every parameter's ctypes doubles share
+        self._views = (memoryview(data), memoryview(grad))  # pyright: ignore[reportArgumentType]
+        self._taken = bytearray(len(data))  # 1 for a row a parameter holds
 
     @property
     def capacity(self) -> int:
@@ -178,8 +183,8 @@ class ParameterStore:
         self._taken[row] = 1
         node = object.__new__(self._class)
         node._store, node._row = self, row
-        node._data_cell = c_double.from_buffer(self.data.data, 8 * row)
-        node._grad_cell = c_double.from_buffer(self.grad.data, 8 * row)
+        node._data_cell = c_double.from_buffer(self._views[0], 8 * row)
+        node._grad_cell = c_double.from_buffer(self._views[1], 8 * row)
         return node
 
     def __deepcopy__(self, memo: dict) -> ParameterStore:
@@ -187,9 +192,8 @@ class ParameterStore:
         # (StoredValue._twin) take theirs back one by one.
         twin = object.__new__(ParameterStore)
         memo[id(self)] = twin
-        twin.engine, twin._class = self.engine, self._class
-        twin.data, twin.grad = self.data.copy(), self.grad.copy()
-        twin._taken, twin._count = bytearray(self.capacity), self._count
+        twin.engine, twin._class, twin._count = self.engine, self._class, self._count
+        twin._arrays(self.data.copy(), self.grad.copy())
         return twin
 
     def __reduce__(self) -> tuple:
@@ -215,9 +219,8 @@ def _unpickle_store(cls: Any, data: Any, grad: Any, count: Any) -> ParameterStor
             f"a pickled ParameterStore of {len(data)} bytes cannot hold {count!r} rows"
         )
     store = ParameterStore(0, engine)
-    store.data = np.frombuffer(data, dtype=np.float64).copy()
-    store.grad = np.frombuffer(grad, dtype=np.float64).copy()
-    store._taken, store._count = bytearray(len(data) // 8), count
+    store._arrays(np.frombuffer(data, np.float64).copy(), np.frombuffer(grad, np.float64).copy())
+    store._count = count
     return store
 
 

@@ -94,8 +94,9 @@ def test_quick_run_prints_a_table_and_writes_json(tmp_path: Path):
     )
     assert figure.returncode == 0, figure.stderr
     drawn = _series_of(ET.parse(tmp_path / "p.svg").getroot())
-    assert set(drawn) == {"opgraph", "micrograd", "eager"} | ({"pytorch"} & set(peers["6"]))
-    assert len(drawn["opgraph"]) == 2  # a line through both sizes
+    expected = {"opgraph", "plain", "micrograd", "eager"} | ({"pytorch"} & set(peers["6"]))
+    assert set(drawn) == expected
+    assert len(drawn["opgraph"]) == len(drawn["plain"]) == 2  # lines through both sizes
 
     # A second run compares itself with the first.
     again = subprocess.run(
