@@ -4,12 +4,12 @@
 
 The same MLP(2, [16, 16, 1]) step (zero grads, forward over the points, mean hinge loss plus
 1e-4 times the L2 norm, backward, SGD update) three ways (and opgraph's eager step, at the
-first size, against micrograd): PyTorch's eager tensors (CPU,
-float64, one thread), opgraph's batched step (benchmarks/batched.py: `Compiled.map` and
-`opgraph.optim.SGD`, the parameters in a ParameterStore as `nn.MLP(stored=True)` keeps them;
-the "plain" column is the same step on plain Values) and micrograd's scalar Values. Same starting weights; before timing,
-one step of PyTorch and one of opgraph are checked to give the same loss and the same
-gradients to 1e-12 relative (of the largest gradient).
+first size, against micrograd): PyTorch's eager tensors (CPU, float64, one thread),
+opgraph's batched step (benchmarks/batched.py: `Compiled.map` and `opgraph.optim.SGD`, the
+parameters in a ParameterStore as `nn.MLP(stored=True)` keeps them; the "plain" column is
+the same step on plain Values) and micrograd's scalar Values. Same starting weights; before
+timing, one step of PyTorch and one of opgraph are checked to give the same loss and the
+same gradients to 1e-12 relative (of the largest gradient).
 
 Timed by batch size (100, 1,000 and 10,000 points) as CPU time of the process, the best of
 several rounds, the libraries taking turns; each timed step ends with `gc.collect()`, so that

@@ -7,7 +7,8 @@ graph construction per op, backward per node, one training step of micrograd's m
 memory per node (of the moons loss graph, and of a chain of ops with constants), and the
 deepest chain each can backpropagate; for opgraph also the
 compiled moons step (and its compile time), the batched moons step (`Compiled.map`, with
-numpy, the parameters in a ParameterStore) and how it grows with the number of points, what tracing costs, a traced training
+numpy, the parameters in a ParameterStore) and how it grows with the number of points, what
+tracing costs, a traced training
 run (benchmarks/training.py: every step traced to a viewer process, bytes per step on the wire
 and in a recording, a viewer joining after 1,000 steps), Rogozhnikov's 10,000-op task
 (benchmarks/rogozhnikov.py) and, last, the moons step against PyTorch and micrograd by batch
