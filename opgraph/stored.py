@@ -29,6 +29,7 @@ import copy
 import pickle
 from collections.abc import Sequence
 from ctypes import c_double
+from numbers import Integral
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
@@ -124,8 +125,9 @@ class ParameterStore:
     engine, in two float64 numpy arrays; `value(x, label)` hands out the next row."""
 
     def __init__(self, capacity: int, engine: Engine | None = None) -> None:
-        if type(capacity) is not int or capacity < 0:
+        if isinstance(capacity, bool) or not isinstance(capacity, Integral) or capacity < 0:
             raise ValueError(f"ParameterStore(capacity): a count of rows, got {capacity!r}")
+        capacity = int(capacity)
         try:
             import numpy  # (here, not at import: the scalar engine never imports numpy)
         except ImportError as exc:
@@ -140,10 +142,22 @@ class ParameterStore:
 
     def _arrays(self, data: np.ndarray, grad: np.ndarray) -> None:
         """Take `data` and `grad` as the store's arrays, no row held yet."""
-        self.data, self.grad = data, grad
+        self._numbers, self._grads = data, grad
         # one buffer view of each, which every parameter's ctypes doubles share
         self._views = (memoryview(data), memoryview(grad))  # pyright: ignore[reportArgumentType]
         self._taken = bytearray(len(data))  # 1 for a row a parameter holds
+
+    # The arrays, to read and write in place; not to replace (the parameters hold their
+    # memory): `store.data[:] = numbers`, not `store.data = numbers`.
+    @property
+    def data(self) -> np.ndarray:
+        """The parameters' numbers, one row each (rows not handed out yet are 0.0)."""
+        return self._numbers
+
+    @property
+    def grad(self) -> np.ndarray:
+        """The parameters' gradients, one row each."""
+        return self._grads
 
     @property
     def capacity(self) -> int:

@@ -81,6 +81,9 @@ def test_data_and_grad_are_the_stores_rows_both_ways():
     store.data[1] = -1.0  # a write to the array is the parameter's number
     store.grad[:] = 0.0
     assert b.data == -1.0 and w.grad == 0.0
+    with pytest.raises(AttributeError):  # replaced, the arrays would no longer be the rows
+        store.data = np.zeros(3)
+    assert store.capacity == len(ParameterStore(np.int64(3)).data) == 3
     with pytest.raises(TypeError, match=r"the data of .*'w'.*must be a real number"):
         w.data = "1.5"
     assert w.data == 1.75  # nothing lost
