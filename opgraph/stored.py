@@ -15,7 +15,7 @@ so that each of those passes is one numpy call over a slice:
 engine's Value class): the same ops, the same `data` and `grad`, the same results to the bit.
 Only where their numbers live differs: `_data` and `_grad`, the slots the engine reads, are
 properties over the store's arrays, read through a ctypes double (C, no Python call). That
-costs eager work on a stored parameter about 15% of a step; the fast path is batched replay.
+makes an eager step on a stored model about a tenth slower; the fast path is batched replay.
 
 A store has a fixed capacity (numpy views of its memory never move) and lives as long as one
 of its parameters does. A copy of a parameter (`copy.copy`) is a plain Value with its own
@@ -133,7 +133,7 @@ class ParameterStore:
         except ImportError as exc:
             raise ImportError(
                 "stored parameters keep their numbers in numpy arrays: pip install numpy "
-                "(or opgraph[fast])"
+                "(or 'opgraph[numpy]')"
             ) from exc
         self.engine = engine if engine is not None else Above.default_engine()
         self._class = stored_class(self.engine.Value)
@@ -174,6 +174,8 @@ class ParameterStore:
         """A new parameter (a leaf) in the next free row, with number `data` and grad 0."""
         if type(data) is not float:
             data = _number(data)
+        scope = scope_path.get()  # (the label checked before a row is taken)
+        tag = Tag(_checked_label(label), scope) if type(label) is not str or label else scope
         row = self._count
         if row == self.capacity:
             raise ValueError(
@@ -182,9 +184,7 @@ class ParameterStore:
             )
         node = self._node(row)
         self._count = row + 1
-        node._data, node._grad = data, 0.0
-        scope = scope_path.get()
-        node._tag = Tag(_checked_label(label), scope) if label else scope
+        node._data, node._grad, node._tag = data, 0.0, tag
         node._a = node._b = node._opdef = None
         node._id = next(self._class._ids)
         return node

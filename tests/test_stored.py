@@ -130,6 +130,11 @@ def test_a_stored_value_is_made_only_in_a_row_of_a_store():
             ParameterStore(bad)
     with pytest.raises(TypeError, match="a real number"):
         ParameterStore(1).value("x")
+    store = ParameterStore(1)
+    for bad_label in (3, ["w"]):  # refused before a row is taken: the row stays free
+        with pytest.raises(TypeError, match="label must be a str"):
+            store.value(1.0, bad_label)
+    assert len(store) == 0 and store.value(2.0, "ok").data == store.data[0] == 2.0
 
 
 def test_neurons_and_layers_take_a_store_of_their_own_engine():
