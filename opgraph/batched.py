@@ -49,6 +49,7 @@ This module imports numpy: only `Compiled.map` imports it, so the scalar engine 
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -257,11 +258,12 @@ def _running_total(start: np.ndarray | float, PG: np.ndarray) -> np.ndarray:
 class _Batch:
     """The last map(), for backward(): its program and parameters, and the replay waiting
     for backward when the batch was one chunk, or else (running None) a copy of its inputs
-    to run the chunks again."""
+    to run the chunks again; and the hoisted nodes' generator and lines (`_Hoisted`), or
+    None."""
 
-    def __init__(self, replay, lines, inputs, PV, chunk: int, running: Any):  # noqa: N803
+    def __init__(self, replay, lines, inputs, PV, chunk: int, running: Any, hoisted: Any):  # noqa: N803
         self.replay, self.lines, self.inputs, self.PV = replay, lines, inputs, PV
-        self.chunk, self.running = chunk, running
+        self.chunk, self.running, self.hoisted = chunk, running, hoisted
 
 
 class _SumsIntoPG:
@@ -440,6 +442,7 @@ class BatchedProgram(Generated):
             "multiply": np.multiply,
         }
         self.warned: set[str] = set()
+        self.index = {id(node): i for i, node in enumerate(compiled.nodes)}
         self._leaves()
         self.reaches_root = {id(v) for v in reachable(compiled.outputs[:1])}
         self._group()
@@ -452,6 +455,11 @@ class BatchedProgram(Generated):
         self._last: _Batch | None = None  # the last map(), for backward()
         self._V, self._G = np.empty((self.rows + self.zero_rows, 0)), np.empty((self.rows, 0))
         self.n = 0  # samples of the last batch
+
+    @property
+    def full_source(self) -> str:
+        """The batched replay's source, then the hoisted nodes' (`_Hoisted`), if any."""
+        return self.source if self.hoisted is None else f"{self.source}\n{self.hoisted.source}"
 
     # --- layout ---------------------------------------------------------------------------
 
@@ -479,11 +487,24 @@ class BatchedProgram(Generated):
 
     def _kind(self, arg: Value | float) -> str:
         """C: a constant (the same for every sample and never differentiated); P: a
-        parameter (the same for every sample, its gradient summed over the batch); V: a row
-        of V (an input or an op node, one number per sample)."""
+        parameter, or a node computed once per batch (`_Hoisted`), the same for every
+        sample, its gradient summed over the batch; V: a row of V (an input or an op node,
+        one number per sample)."""
         if isinstance(arg, float) or id(arg) in self.constant_of:
             return "C"
-        return "P" if id(arg) in self.parameter_ids else "V"
+        return "P" if id(arg) in self.parameter_ids or id(arg) in self.hoisted_ids else "V"
+
+    def _independent(self) -> set[int]:
+        """The ids of the op nodes that depend on no input: on parameters and constants only,
+        the same for every sample."""
+        found: set[int] = set()
+        for node in self.compiled.nodes:
+            if node._opdef is not None and all(
+                id(p) in found or (p._opdef is None and id(p) not in self.input_row)
+                for p in node._prev
+            ):
+                found.add(id(node))
+        return found
 
     # --- sums of products ------------------------------------------------------------------
 
@@ -562,6 +583,8 @@ class BatchedProgram(Generated):
         a, b = self._call(term)[1]
         if isinstance(a, int | float) or isinstance(b, int | float):
             return None, None
+        if id(a) in self.independent or id(b) in self.independent:
+            return None, None  # a factor computed once per batch: a node of its own (_Hoisted)
         kinds = (self._kind(a), self._kind(b))
         if kinds == ("P", "V"):
             return "row", (a, b)
@@ -595,13 +618,17 @@ class BatchedProgram(Generated):
         """Sort the op nodes into groups: same depth, same op, same kinds of arguments; sums
         of products over the same rows into one matrix product."""
         nodes = self.compiled.nodes
+        self.independent = self._independent()
+        self.hoisted_ids: set[int] = set()  # (none while the sums are found)
         sums = self._sums()
         absorbed = {id(v) for s in sums.values() for v in s.absorbed}
+        hoisted = self._hoist(sums, absorbed)
+        self.hoisted_ids = {id(nodes[i]) for i in hoisted}
         depth: dict[int, int] = {}
         groups: dict[tuple, _Group] = {}
         for i, node in enumerate(nodes):
-            if node._opdef is None:
-                depth[id(node)] = 0
+            if node._opdef is None or id(node) in self.hoisted_ids:
+                depth[id(node)] = 0  # the same for every sample: read like a parameter
                 continue
             if id(node) in absorbed:
                 continue
@@ -665,6 +692,19 @@ class BatchedProgram(Generated):
             order.setdefault(id(p), p)
         self.parameters = list(order.values())
         self.parameter_row = {id(p): k for k, p in enumerate(self.parameters)}
+        # Below the parameters in PV, the hoisted nodes the batch reads, in the same order.
+        read: dict[int, int] = {}
+        for group in self.groups:
+            for a in self._reads(group):
+                if not isinstance(a, float | int) and id(a) in self.hoisted_ids:
+                    read.setdefault(id(a), self.index[id(a)])
+        for value in self.compiled.outputs:
+            if id(value) in self.hoisted_ids:
+                read.setdefault(id(value), self.index[id(value)])
+        boundary = list(read.values())
+        for k, i in enumerate(boundary):
+            self.parameter_row[id(nodes[i])] = len(self.parameters) + k
+        self.hoisted = _Hoisted(self, hoisted, boundary) if hoisted else None
         for group in self.groups:
             if isinstance(group, _Dot):
                 group.sort(self.parameter_row)
@@ -673,12 +713,31 @@ class BatchedProgram(Generated):
         ]
         self.reaching = [p for _, p in self.reaching_parameters]
         self.reaching_rows = np.array([k for k, _ in self.reaching_parameters], dtype=np.intp)
-        self._PV = np.empty((len(self.parameters), 1))  # the parameters' values, at each map
+        # The parameters' values, at each map, then the hoisted nodes the batch reads.
+        self._PV = np.empty((len(self.parameter_row), 1))
+        self._PV_parameters = self._PV[: len(self.parameters), 0]
         self.all_reach = len(self.reaching) == len(self.parameters)
         # Parameters that live in one ParameterStore are read and written with one numpy
         # call over their rows (a gather: PV's order is the groups', not the store's).
         self._store, self._store_rows = store_rows(self.parameters)
         self._grad_rows = store_rows(self.reaching)[1]
+
+    def _hoist(self, sums: dict[int, _Sum | _ParameterSum], absorbed: set[int]) -> list[int]:
+        """The op nodes computed once per batch (`_Hoisted`), by index, in creation order:
+        those that depend on no input, but for the nodes of a dot product (`_Dot`, a numpy
+        call of its own: they stay rows of V) and the nodes that read one."""
+        hoisted: list[int] = []
+        ids: set[int] = set()
+        for i, node in enumerate(self.compiled.nodes):
+            if (
+                id(node) in self.independent
+                and id(node) not in absorbed
+                and id(node) not in sums
+                and all(p._opdef is None or id(p) in ids for p in node._prev)
+            ):
+                hoisted.append(i)
+                ids.add(id(node))
+        return hoisted
 
     def _reads(self, group: _Group) -> list[Value | float]:
         """What a group's nodes read: a matrix product's weights (row by row, so that a
@@ -913,7 +972,7 @@ class BatchedProgram(Generated):
         if unread:
             self.namespace["ZIN"] = np.array(unread, dtype=np.intp)
             code[zeroing] = "        G[ZIN] = 0.0"
-        if len(self._pg.assigned) == len(self.parameters):  # every row assigned: not zeroed
+        if len(self._pg.assigned) == len(self.parameter_row):  # every row assigned: not zeroed
             code[allocation] = "        PG = np.empty((len(PV), blocks(V.shape[1])))"
         self._name_views(code, checked)
         return "\n".join(code) + "\n", lines
@@ -1149,9 +1208,11 @@ class BatchedProgram(Generated):
         # setter keeps `_data` a float).
         PV = self._PV  # the same array at every step: its views are made once
         if self._store is not None:
-            PV[:, 0] = self._store.data[self._store_rows]
+            self._PV_parameters[:] = self._store.data[self._store_rows]
         else:
-            PV[:, 0] = np.fromiter(map(_DATA, self.parameters), np.float64, len(self.parameters))
+            count = len(self.parameters)
+            self._PV_parameters[:] = np.fromiter(map(_DATA, self.parameters), np.float64, count)
+        hoisted = None if self.hoisted is None else self.hoisted.forward(PV, checked)
         outputs = [np.empty(n) for _ in self.compiled.outputs]
         self._buffers(min(n, chunk))
         running = None
@@ -1160,9 +1221,9 @@ class BatchedProgram(Generated):
             for out, value in zip(outputs, self.compiled.outputs, strict=True):
                 out[start : start + chunk] = self._output(V, PV, value)
         if n <= chunk:
-            self._last = _Batch(replay, lines, None, PV, chunk, running)
+            self._last = _Batch(replay, lines, None, PV, chunk, running, hoisted)
         else:
-            self._last = _Batch(replay, lines, inputs, PV, chunk, None)
+            self._last = _Batch(replay, lines, inputs, PV, chunk, None, hoisted)
         self.n = n
         return outputs
 
@@ -1231,10 +1292,10 @@ class BatchedProgram(Generated):
         inputs = len(self.compiled.inputs)
         if last.running is not None:  # one chunk, its forward pass kept
             PG, G = self._send(last.running, seed, last.lines)
-            self._add_grads(_running_total(0.0, PG))
+            self._add_grads(self._through_hoisted(_running_total(0.0, PG)))
             return G[:inputs].T
         n = self.n
-        total = np.zeros(len(self.parameters))
+        total = np.zeros(len(self.parameter_row))
         input_grads = np.empty((n, inputs))
         for start in range(0, n, last.chunk):
             stop = min(start + last.chunk, n)
@@ -1243,8 +1304,21 @@ class BatchedProgram(Generated):
             PG, G = self._send(running, seed[start:stop], last.lines)
             total = _running_total(total, PG)  # the blocks added to the total in order
             input_grads[start:stop] = G[:inputs].T
-        self._add_grads(total)
+        self._add_grads(self._through_hoisted(total))
         return input_grads
+
+    def _through_hoisted(self, total: np.ndarray) -> np.ndarray:
+        """The batch's sums of the parameters' gradients, from `total` (in PV's order, the
+        hoisted nodes' below them) with the hoisted nodes' parts added, once per batch."""
+        last = self._last
+        if self.hoisted is not None and last is not None and last.hoisted is not None:
+            running, lines = last.hoisted
+            try:
+                self.hoisted.backward(running, lines, total)
+            except Exception:
+                self._last = None
+                raise
+        return total[: len(self.parameters)]
 
     def _add_grads(self, total: np.ndarray) -> None:
         """Add the batch's sums to the `.grad` of the parameters that reach the output."""
@@ -1340,6 +1414,222 @@ class BatchedProgram(Generated):
             detail=f"a sum of products (matrix product) gave {what} a non-finite gradient",
             error=AnomalyError,
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes that depend on no input, computed once per batch
+
+
+class _Hoisted(Generated):
+    """The op nodes that depend on no input, only on parameters and constants (an L1
+    penalty `sum(p.relu() for p in params)` in each sample's loss): the same for every
+    sample, so computed once per batch rather than as rows of V, by straight-line Python on
+    floats, as compiled replay computes them (the same operations: the same bits as eager).
+
+    The nodes the batch reads are rows of PV below the parameters: the generated numpy code
+    reads them as it reads parameters, and its backward gives their gradients summed over
+    the batch (per block of samples, added in order: the same bits whatever the chunks).
+    Backward here, once per batch, takes those totals through the hoisted nodes down to
+    the parameters' totals. `replay(PV)` is a generator: it computes the nodes from the
+    parameters' values in PV and writes the ones the batch reads into PV; sent the totals
+    (a list, in PV's order), it yields the gradients of the parameters in `grad_rows`."""
+
+    kind = "opgraph.compile batched hoisted"
+
+    def __init__(self, program: BatchedProgram, hoisted: list[int], boundary: list[int]):
+        self.compiled = program.compiled
+        self.program = program
+        self.hoisted = hoisted  # the nodes computed here, by index, in creation order
+        self.boundary = boundary  # the ones the batch reads, in PV's order
+        self.namespace: dict[str, Any] = dict(rules.NAMESPACE)  # IEEE div, power, inf, nan
+        self._names: dict[int, str] = {}
+        self._filenames: set[str] = set()
+        self._checked: tuple[Callable, dict[int, int]] | None = None
+        self.grad_rows = np.empty(0, dtype=np.intp)  # rows of the parameters backward gives
+        self.source, self.lines = self._generate(checked=False)
+        self.replay = self._build(self.source)
+
+    def _name(self, fn: Callable, hint: str) -> str:
+        """A global name in the generated code for a plugin function."""
+        if id(fn) not in self._names:
+            self._names[id(fn)] = f"{hint}_{len(self._names)}"
+            self.namespace[self._names[id(fn)]] = fn
+        return self._names[id(fn)]
+
+    def _arguments(self, node: Value) -> tuple[Row, list[str], list[int | None]]:
+        """The op to call, its arguments as source, and the node index of each (None for a
+        number the op fixes)."""
+        op, args = self.program._call(node)
+        texts: list[str] = []
+        parents: list[int | None] = []
+        for a in args:
+            j = None if isinstance(a, int | float) else self.program.index[id(a)]
+            texts.append(literal(a) if isinstance(a, int | float) else f"v{j}")
+            parents.append(j)
+        return op, texts, parents
+
+    def _generate(self, checked: bool) -> tuple[str, dict[int, int]]:
+        """The source of the generator, and the node each line computes (one per line)."""
+        nodes, program = self.compiled.nodes, self.program
+        count = len(program.parameters)
+        code = ["def replay(PV):", f"    pv = PV[:{count}, 0].tolist()"]
+        lines: dict[int, int] = {}
+
+        def emit(text: str, node: int | None = None) -> None:
+            code.append("    " + text)
+            if node is not None:
+                lines[len(code)] = node
+
+        leaves: dict[int, None] = {}  # the leaves read, in order
+        for i in self.hoisted:
+            leaves.update((j, None) for j in self._arguments(nodes[i])[2] if j is not None)
+        for j in leaves:
+            node = nodes[j]
+            if node._opdef is None:
+                row = program.parameter_row.get(id(node))
+                emit(f"v{j} = pv[{row}]" if row is not None else f"v{j} = {literal(node._data)}")
+        for i in self.hoisted:
+            op, args, _ = self._arguments(nodes[i])
+            expression = rules.forward_source(op, args)
+            if expression is None:
+                expression = f"{self._name(op.forward, op.name)}({', '.join(args)})"
+            emit(f"v{i} = {expression}", i)
+            if checked:
+                emit(f"if not isfinite(v{i}): forward_anomaly({i}, v{i})")
+        if self.boundary:
+            values = "".join(f"v{i}, " for i in self.boundary)
+            emit(f"PV[{count}:{count + len(self.boundary)}, 0] = ({values})")
+        emit("totals = yield")
+        emit("while True:")
+        grads = self._backward_lines(checked, emit)
+        emit(f"    totals = yield [{''.join(f'{g}, ' for g in grads)}]")
+        return "\n".join(code) + "\n", lines
+
+    def _backward_lines(self, checked: bool, emit: Callable) -> list[str]:
+        """The chain rule through the hoisted nodes, from the totals of those the batch reads;
+        returns the variables of the parameters' gradients (rows `grad_rows` of PV)."""
+        nodes, program = self.compiled.nodes, self.program
+        parameters = {id(p) for p in program.parameters}
+        needed: set[int] = set()  # the leaves and nodes a parameter's gradient goes through
+        for i in self.hoisted:
+            if any(id(p) in parameters or program.index[id(p)] in needed for p in nodes[i]._prev):
+                needed.add(i)
+        grad: set[int] = set()  # the nodes whose gradient has a variable, g{i}
+        for k, i in enumerate(self.boundary):
+            if i in needed and id(nodes[i]) in program.reaches_root:
+                emit(f"    g{i} = totals[{k}]")
+                grad.add(i)
+        for i in reversed(self.hoisted):
+            if i not in grad:
+                continue
+            op, args, parents = self._arguments(nodes[i])
+            if op.partials is not None:  # inline: the rule's terms written out
+                partials = rules.partial_sources(op.partials, f"v{i}", args, ieee=True)
+                terms = [
+                    rules.term_source(op.partials, k, f"v{i}", args, f"g{i}", ieee=True)
+                    for k in range(len(args))
+                ]
+            else:
+                d = self._name(op.derivative, f"d_{op.name}")
+                partials = [f"d{k}" for k in range(len(args))]
+                emit(f"    {', '.join(partials)}, = {d}(v{i}, {', '.join(args)})", i)
+                terms = [f"{partial} * g{i}" for partial in partials]
+            for k, j in enumerate(parents):
+                if j is None or (j not in needed and id(nodes[j]) not in parameters):
+                    continue  # a number, a constant, or a node no parameter is under
+                emit(f"    g{j} {'+=' if j in grad else '='} {terms[k]}", i)
+                grad.add(j)
+                if checked:
+                    check = f"backward_anomaly({i}, {partials[k]}, g{j})"
+                    emit(f"    if not isfinite(g{j}): {check}")
+        rows = [(program.parameter_row[id(p)], program.index[id(p)]) for p in program.parameters]
+        reached = [(row, j) for row, j in rows if j in grad]
+        self.grad_rows = np.array([row for row, _ in reached], dtype=np.intp)
+        return [f"g{j}" for _, j in reached]
+
+    def _build(self, source: str) -> Callable:
+        return self._exec(
+            source,
+            isfinite=math.isfinite,
+            forward_anomaly=self._forward_anomaly,
+            backward_anomaly=self._backward_anomaly,
+        )
+
+    # --- running, and errors that name the node -------------------------------------------
+
+    def forward(self, PV: np.ndarray, checked: bool) -> tuple[Any, dict[int, int]]:  # noqa: N803
+        """Compute the hoisted nodes into PV; the generator waiting for backward, and the
+        lines of its source."""
+        replay, lines = self._function(checked)
+        running = replay(PV)
+        try:
+            next(running)
+        except AnomalyError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, lines, "forward") from exc
+        return running, lines
+
+    def backward(self, running: Any, lines: dict[int, int], total: np.ndarray) -> None:
+        """Add the hoisted nodes' part of the parameters' gradients into `total` (the batch's
+        sums, in PV's order: the parameters', then the hoisted nodes')."""
+        count = len(self.program.parameters)
+        try:
+            grads = running.send(total[count:].tolist())
+        except AnomalyError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, lines, "backward") from exc
+        total[self.grad_rows] += grads
+
+    def _error(self, exc: Exception, lines: dict[int, int], where: str) -> Exception:
+        line = self._failing_line(exc)
+        if line not in lines:
+            return exc
+        node = self.compiled.nodes[lines[line]]
+        detail = (where == "backward" and _recount(node)) or f"{type(exc).__name__}: {exc}"
+        return op_error(
+            node._opdef,
+            f"failed in batched {where} of {self.compiled.name} (computed once per batch)",
+            node=node,
+            inputs=node._prev,
+            recorded=True,
+            detail=detail,
+        )
+
+    def _forward_anomaly(self, i: int, out: float) -> None:
+        node = self.compiled.nodes[i]
+        raise op_error(
+            node._opdef,
+            f"produced {out} in batched forward of {self.compiled.name} (computed once per batch)",
+            node=node,
+            error=AnomalyError,
+        )
+
+    def _backward_anomaly(self, i: int, partial: float, grad: float) -> None:
+        node = self.compiled.nodes[i]
+        raise op_error(
+            node._opdef,
+            f"gave a non-finite gradient in batched backward of {self.compiled.name} "
+            f"(computed once per batch)",
+            node=node,
+            detail=f"partial {partial}, gradient summed over the batch {grad}",
+            error=AnomalyError,
+        )
+
+
+def _recount(node: Value) -> str | None:
+    """After a failed backward line: the problem if `node`'s derivative returns the wrong
+    number of partials (called again on the recorded inputs, and counted), else None."""
+    op = node._opdef
+    assert op is not None  # (a line of the generated code computes a node an op made)
+    try:
+        rules.counted_partials(op.derivative(node._data, *[p._data for p in node._prev]), node)
+    except PartialsCountError as exc:
+        return str(exc)
+    except Exception:
+        return None
+    return None
 
 
 # `G[a:b] = x * g` (or `@`), a first contribution to contiguous rows: computed straight into
