@@ -25,6 +25,13 @@ taken into a sum; everything else runs as above. The terms are added in another 
 graph's chain, so results differ from eager mode by rounding (within 1e-12 relative of the
 largest term's scale, see docs/performance.md).
 
+Any other node that depends on no input (only on parameters and constants: an L1 penalty
+`sum(p.relu() for p in params)`, a weight computed from a parameter) is the same for every
+sample as well: it is not a row of V but computed once per batch, before the numpy code, by
+straight-line Python on floats (`_Hoisted`). The values the numpy code reads are rows of the
+parameter column below the parameters, read as parameters; backward takes the batch's total
+of their gradients through the hoisted nodes to the parameters, once.
+
 Each op computes with its plugin's array kernels (`Op.array_forward`, `Op.array_derivative`);
 a forward that is an operator (`operator.add`, `operator.mul`) with numpy's ufunc of the same
 IEEE-754 arithmetic (`add`, `multiply`), and a row's inline partials written out (rules.py).
