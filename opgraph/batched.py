@@ -1430,6 +1430,7 @@ class BatchedProgram(Generated):
 # A group of at least this many hoisted nodes of one op, at one depth and reading the same
 # kinds of operands, runs as one numpy call over a vector of them rather than a line each.
 VECTOR = 8
+MAX_TERMS = 100  # terms of a sum written on one line of the hoisted code
 
 
 class _Hoisted(Generated):
@@ -1465,8 +1466,11 @@ class _Hoisted(Generated):
         self._filenames: set[str] = set()
         self._checked: tuple[Callable, dict[int, int]] | None = None
         self.grad_rows = np.empty(0, dtype=np.intp)  # rows of the parameters backward gives
+        self.trees = self._sum_trees()  # top add -> its terms, for sums of many terms
+        self.absorbed = {i for _, adds in self.trees.values() for i in adds}
         self.units = self._units()
         self.operands = {u: self._operands(u) for u, unit in enumerate(self.units) if len(unit) > 1}
+        self.sums = {i: self._sum_of(terms) for i, (terms, _) in self.trees.items()}
         self.unpacked = self._unpacked()
         self.source, self.lines = self._generate(checked=False)
         self.replay = self._build(self.source)
@@ -1479,6 +1483,58 @@ class _Hoisted(Generated):
             return "C"
         return "P" if id(arg) in self.program.parameter_ids else "H"
 
+    def _sum_trees(self) -> dict[int, tuple[list[Value | float], list[int]]]:
+        """The sums of at least VECTOR terms (`sum(p.relu() for p in params)`), by their
+        top add: the terms, and the adds of the tree, which nothing else reads (one use,
+        not an output). Found in whatever order the adds associate, as `_sums` does."""
+        nodes, program = self.compiled.nodes, self.program
+        hoisted = set(self.hoisted)
+        uses: dict[int, int] = {}
+        user: dict[int, Value] = {}
+        for node in nodes:
+            for parent in node._prev:
+                uses[id(parent)] = uses.get(id(parent), 0) + 1
+                user[id(parent)] = node
+        outputs = {id(v) for v in self.compiled.outputs}
+
+        def inner(v: Value | float) -> bool:  # an add of a larger sum
+            return (
+                not isinstance(v, int | float)
+                and program.index[id(v)] in hoisted
+                and uses.get(id(v)) == 1
+                and id(v) not in outputs
+                and program._is(v, "add")
+                and program.index[id(user[id(v)])] in hoisted
+                and program._is(user[id(v)], "add")
+            )
+
+        trees: dict[int, tuple[list[Value | float], list[int]]] = {}
+        for i in self.hoisted:
+            if not program._is(nodes[i], "add") or inner(nodes[i]):
+                continue
+            terms: list[Value | float] = []
+            adds: list[int] = []
+            stack = list(reversed(program._call(nodes[i])[1]))
+            while stack:
+                term = stack.pop()
+                if inner(term):
+                    assert not isinstance(term, int | float)  # (inner says so)
+                    adds.append(program.index[id(term)])
+                    stack.extend(reversed(program._call(term)[1]))
+                else:
+                    terms.append(term)
+            if len(terms) >= VECTOR:
+                trees[i] = (terms, adds)
+        return trees
+
+    def _reads(self, i: int) -> list[Value | float]:
+        """What node i's line reads: a sum's terms (those not read as whole vectors, once
+        `sums` is made), another node's arguments."""
+        if i in self.trees:
+            sums = getattr(self, "sums", None)
+            return sums[i][1] if sums is not None else self.trees[i][0]
+        return self.program._call(self.compiled.nodes[i])[1]
+
     def _units(self) -> list[list[int]]:
         """The hoisted nodes in units (a list of one node, or a vector's nodes), in an
         order that computes a node's operands before it: depth by depth."""
@@ -1486,15 +1542,23 @@ class _Hoisted(Generated):
         depth: dict[int, int] = {}
         groups: dict[tuple, list[int]] = {}
         for i in self.hoisted:
-            op, args = program._call(nodes[i])
+            if i in self.absorbed:
+                continue
+            args = self._reads(i)
             parents = [program.index[id(a)] for a in args if not isinstance(a, int | float)]
             depth[i] = 1 + max((depth.get(j, 0) for j in parents), default=0)
+            if i in self.trees:  # a sum: a line of its own
+                groups[("sum", i)] = [i]
+                continue
+            op = program._call(nodes[i])[0]
             kinds = tuple(self._kind(a) for a in args)
             groups.setdefault((depth[i], id(op), kinds), []).append(i)
         units: list[list[int]] = []
-        for (_, _, kinds), members in groups.items():
+        for key, members in groups.items():
+            kinds = key[-1]
             op = program._call(nodes[members[0]])[0]
-            if len(members) >= VECTOR and kinds.count("C") < len(kinds) and _has_kernels(op):
+            vector = len(members) >= VECTOR and kinds.count("C") < len(kinds)
+            if vector and _has_kernels(op):
                 units.append(members)
             else:
                 units.extend([i] for i in members)
@@ -1523,14 +1587,39 @@ class _Hoisted(Generated):
                 found.append(("H", w) if w is not None else ("gather", list(parents)))
         return found
 
+    def _sum_of(self, terms: list[Value | float]) -> tuple[list[int], list[Value | float]]:
+        """A sum's terms: the vectors all of whose nodes are terms (each summed by numpy
+        once), and the other terms."""
+        index = self.program.index
+        left: dict[int, int] = {}  # node -> how many times it is a term still
+        for t in terms:
+            if not isinstance(t, int | float):
+                left[index[id(t)]] = left.get(index[id(t)], 0) + 1
+        vectors = []
+        for u, unit in enumerate(self.units):
+            if len(unit) > 1 and all(left.get(i, 0) > 0 for i in unit):
+                vectors.append(u)
+                for i in unit:
+                    left[i] -= 1
+        rest: list[Value | float] = []
+        for t in terms:
+            j = None if isinstance(t, int | float) else index[id(t)]
+            if j is None or left[j] > 0:
+                rest.append(t)
+                if j is not None:
+                    left[j] -= 1
+        return vectors, rest
+
     def _unpacked(self) -> set[int]:
         """The vectors whose nodes a line of Python reads (or the batch: they go into PV
         as floats): unpacked into a variable per node."""
         vector_of = {i: u for u, unit in enumerate(self.units) if len(unit) > 1 for i in unit}
         read: set[int] = {vector_of[i] for i in self.boundary if i in vector_of}
+        index = self.program.index
         for unit in self.units:
             if len(unit) == 1:
-                parents = self._arguments(self.compiled.nodes[unit[0]])[2]
+                args = self._reads(unit[0])
+                parents = [index[id(a)] for a in args if not isinstance(a, int | float)]
                 read.update(vector_of[j] for j in parents if j in vector_of)
         for operands in self.operands.values():
             for kind, what in operands:
@@ -1575,8 +1664,10 @@ class _Hoisted(Generated):
         leaves: dict[int, None] = {}  # the leaves lines of Python read, in order
         for unit in self.units:
             if len(unit) == 1:
-                parents = self._arguments(nodes[unit[0]])[2]
-                leaves.update((j, None) for j in parents if j is not None)
+                args = self._reads(unit[0])
+                leaves.update(
+                    (program.index[id(a)], None) for a in args if not isinstance(a, int | float)
+                )
         for j in leaves:
             node = nodes[j]
             if node._opdef is None:
@@ -1587,11 +1678,15 @@ class _Hoisted(Generated):
                 self._vector_forward(u, checked, emit)
                 continue
             i = unit[0]
-            op, args, _ = self._arguments(nodes[i])
-            expression = rules.forward_source(op, args)
-            if expression is None:
-                expression = f"{self._name(op.forward, op.name)}({', '.join(args)})"
-            emit(f"v{i} = {expression}", i)
+            if i in self.sums:
+                for line in self._sum_lines(i):
+                    emit(line, i)
+            else:
+                op, args, _ = self._arguments(nodes[i])
+                expression = rules.forward_source(op, args)
+                if expression is None:
+                    expression = f"{self._name(op.forward, op.name)}({', '.join(args)})"
+                emit(f"v{i} = {expression}", i)
             if checked:
                 emit(f"if not isfinite(v{i}): forward_anomaly({i}, v{i})")
         if self.boundary:
@@ -1604,6 +1699,21 @@ class _Hoisted(Generated):
         grads = self._backward_lines(checked, emit)
         emit(f"    total = yield [{''.join(f'{g}, ' for g in grads)}]")
         return "\n".join(code) + "\n", lines
+
+    def _sum_lines(self, i: int) -> list[str]:
+        """A sum of many terms: numpy's sum of each vector of terms, then the other terms
+        (an order other than the graph's: the same to rounding), MAX_TERMS to a line (a
+        chain of 10,000 `+` is too deep for Python's compiler)."""
+        vectors, rest = self.sums[i]
+        index = self.program.index
+        parts = [f"h{u}.sum()" for u in vectors]
+        if parts:
+            parts = [f"float({' + '.join(parts)})"]
+        parts += [literal(t) if isinstance(t, int | float) else f"v{index[id(t)]}" for t in rest]
+        lines = [f"v{i} = {' + '.join(parts[:MAX_TERMS])}"]
+        for k in range(MAX_TERMS, len(parts), MAX_TERMS):
+            lines.append(f"v{i} = v{i} + {' + '.join(parts[k : k + MAX_TERMS])}")
+        return lines
 
     def _names_of(self, u: int) -> list[str]:
         """A vector's operands as the forward names them (numbers as literals)."""
@@ -1671,6 +1781,9 @@ class _Hoisted(Generated):
             i = unit[0]
             if i not in grad:
                 continue
+            if i in self.sums:
+                self._sum_backward(i, needed, grad, vector_grad, emit)
+                continue
             op, args, parents = self._arguments(nodes[i])
             if op.partials is not None:  # inline: the rule's terms written out
                 partials = rules.partial_sources(op.partials, f"v{i}", args, ieee=True)
@@ -1694,6 +1807,30 @@ class _Hoisted(Generated):
         reached = [p for p in program.parameters if program.index[id(p)] in grad]
         self.grad_rows = np.array([program.parameter_row[id(p)] for p in reached], dtype=np.intp)
         return [f"g{program.index[id(p)]}" for p in reached]
+
+    def _sum_backward(
+        self, i: int, needed: set[int], grad: set[int], vector_grad: set[int], emit: Callable
+    ) -> None:
+        """A sum's gradient is each term's: a vector's, broadcast to its nodes."""
+        vectors, rest = self.sums[i]
+        for u in vectors:
+            if needed.intersection(self.units[u]):
+                size = len(self.units[u])
+                emit(
+                    f"    gh{u} = gh{u} + g{i}"
+                    if u in vector_grad
+                    else f"    gh{u} = np.full({size}, g{i})",
+                    i,
+                )
+                vector_grad.add(u)
+        parameters = self.program.parameter_ids
+        for t in rest:
+            if isinstance(t, int | float):
+                continue
+            j = self.program.index[id(t)]
+            if j in needed or id(t) in parameters:
+                emit(f"    g{j} {'+=' if j in grad else '='} g{i}", i)
+                grad.add(j)
 
     def _vector_backward(
         self,

@@ -22,7 +22,7 @@ from conftest import plugin
 from dags import OPS, programs, run
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from test_batched import build
+from test_batched import build, eager_batch
 from test_batched_matmul import bits_by_chunk, check_against_eager, points
 
 import opgraph
@@ -60,7 +60,9 @@ def test_an_l1_penalty_in_the_per_sample_loss_is_computed_once_per_batch(penalty
     # a group per add of the 337-term chain, 340 groups, and the penalty's terms as rows).
     assert len(GROUP.findall(batch)) == 6  # relu, relu, mul, add, relu; the penalty's add
     assert len(batch.splitlines()) < 100
-    assert HOISTED in source
+    # Once per batch: the terms' op is one numpy call over the parameters, their sum one.
+    assert "337 x relu, one numpy call" in source or "337 x pow, one numpy call" in source
+    assert "float(h" in source and ".sum())" in source
 
 
 def test_stored_parameters_get_the_penalty_gradients_too():
@@ -227,6 +229,95 @@ def test_random_graphs_with_hoisted_parts_batched_equal_eager(program, penalty, 
     def fn(x):
         return build(program, [*params, x]) + build(penalty, extra) * (x * 0.5 + 1.0)
 
+    # A hoisted node's gradient is its partial times the batch's total, where eager adds
+    # each sample's product: with an infinite partial, eager's inf - inf (nan) is then
+    # inf or -inf. Both are non-finite (detect_anomaly stops either); compared where finite.
+    weights = np.random.default_rng(0).uniform(-1, 1, n)  # (check_against_eager's)
+    outputs, grads, _ = eager_batch(fn, params + extra, samples, list(weights))
+    assume(all(math.isfinite(v) for v in [*outputs, *grads]))
     with np.errstate(all="ignore"):
-        source = check_against_eager(fn, params + extra, samples, nonzero=False)
+        source = check_against_eager(fn, params + extra, samples, weights, nonzero=False)
     assert HOISTED in source
+
+
+# --- many hoisted nodes of one op: one numpy call, and their sum one numpy sum ---------------
+
+UNARY = ["relu", "tanh", "exp", "sigmoid", "square", "sqrt", "rmul", "add_number", "neg"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from(UNARY),
+    st.lists(st.integers(0, 11), min_size=8, max_size=20),
+    st.lists(st.integers(0, 30), min_size=20, max_size=20),
+    st.lists(st.floats(-2, 2), min_size=12, max_size=12),
+    st.booleans(),
+    st.integers(1, 5),
+)
+def test_random_sums_of_an_op_over_parameters_batched_equal_eager(
+    name, chosen, order, values, shared, n
+):
+    """An op over 8 to 20 parameters (repeats allowed), summed in a random association
+    order with a constant and a parameter among the terms; with `shared`, some terms are
+    also read by the batch (their values unpacked) and by a second hoisted sum."""
+    params = [Value(v) for v in values]
+    op = OPS[name][1]
+
+    def fn(xs):
+        x = xs[0]
+        terms = [op(params[k]) for k in chosen]
+        others = [t * x for t in terms[:3]] if shared else []
+        second = sum(terms[::2]) * 0.5 if shared else 0.0
+        terms += [0.25, params[11]]
+        for draw in order[: len(terms) - 1]:  # a random association order
+            k = draw % (len(terms) - 1)
+            terms[k : k + 2] = [terms[k] + terms[k + 1]]
+        return terms[0] * (x * x + 1.0) + sum(others) + second
+
+    source = check_against_eager(fn, params, points(n, 1, seed=n), nonzero=False)
+    if name != "square":  # (squares of parameters nothing else reads make a dot product)
+        assert HOISTED in source
+
+
+def test_a_vector_of_hoisted_nodes_that_overflows_names_the_node():
+    params = [Value(0.1 * k) for k in range(10)]
+    params[6].data = 1e3
+
+    def fn(x):
+        terms = [p.exp() for p in params]
+        terms[6].label = "huge"
+        return sum(terms) * x
+
+    f = opgraph.compile(fn, 1.0)
+    assert np.isinf(f.map([1.0])).all()
+    with opgraph.detect_anomaly(), pytest.raises(AnomalyError, match=r"'exp'.*inf.*'huge'"):
+        f.map([1.0, 2.0])
+    assert "10 x exp, one numpy call" in (f.batch_source or "")
+
+
+def test_a_vector_whose_gradient_is_infinite_names_the_node():
+    params = [Value(1.0 + k) for k in range(9)] + [Value(0.0)]
+
+    def fn(x):
+        terms = [p**0.5 for p in params]
+        terms[9].label = "root of zero"
+        return sum(terms) * x
+
+    f = opgraph.compile(fn, 1.0)
+    with opgraph.detect_anomaly():
+        f.map([1.0, 2.0])
+        with pytest.raises(AnomalyError, match=r"'pow'.*non-finite gradient.*'root of zero'"):
+            f.backward()
+    assert "10 x pow, one numpy call" in (f.batch_source or "")
+
+
+def test_a_sum_of_thousands_of_parameters_is_written_in_lines_python_compiles():
+    """`sum(params)`: 3,000 terms, no op to vectorise, written 100 terms to a line (one
+    line of 3,000 `+` is too deep for Python's compiler)."""
+    params = [Value(math.sin(k)) for k in range(3000)]
+    f = opgraph.compile(lambda x: (sum(params) + sum(p.relu() for p in params)) * x, 1.0)
+    out = f.map([1.0, 2.0])
+    f.backward()
+    total = sum(p.data for p in params) + sum(max(p.data, 0.0) for p in params)
+    assert out.tolist() == pytest.approx([total, 2 * total], rel=1e-12)
+    assert [p.grad for p in params[:4]] == [3.0 * (1 + (p.data > 0)) for p in params[:4]]
