@@ -1442,8 +1442,10 @@ class _Hoisted(Generated):
     (the same operations as eager mode), in units: a unit is one node, a line of Python, or
     a vector, at least VECTOR nodes of one op at one depth (none reads another: the 337
     relus of the L1 penalty), one numpy call on a vector of their operands (`h3`), unpacked
-    into floats where a line of Python reads them. The chain of adds over them stays lines
-    of Python: at ~30 ns an add, cheaper than anything numpy does.
+    into floats where a line of Python reads them. A sum of at least VECTOR terms (a tree
+    of adds nothing else reads, in any association order) is one line: numpy's sum of each
+    vector all of whose nodes are terms, then the other terms; so the penalty's 337 adds
+    are `float(h0.sum())`, and backward broadcasts its gradient to the vector.
 
     The nodes the batch reads are rows of PV below the parameters: the generated numpy code
     reads them as it reads parameters, and its backward gives their gradients summed over
@@ -1528,11 +1530,10 @@ class _Hoisted(Generated):
         return trees
 
     def _reads(self, i: int) -> list[Value | float]:
-        """What node i's line reads: a sum's terms (those not read as whole vectors, once
-        `sums` is made), another node's arguments."""
-        if i in self.trees:
-            sums = getattr(self, "sums", None)
-            return sums[i][1] if sums is not None else self.trees[i][0]
+        """What node i's line of Python reads: a sum's terms but its whole vectors, another
+        node's arguments."""
+        if i in self.sums:
+            return self.sums[i][1]
         return self.program._call(self.compiled.nodes[i])[1]
 
     def _units(self) -> list[list[int]]:
@@ -1544,7 +1545,7 @@ class _Hoisted(Generated):
         for i in self.hoisted:
             if i in self.absorbed:
                 continue
-            args = self._reads(i)
+            args = self.trees[i][0] if i in self.trees else program._call(nodes[i])[1]
             parents = [program.index[id(a)] for a in args if not isinstance(a, int | float)]
             depth[i] = 1 + max((depth.get(j, 0) for j in parents), default=0)
             if i in self.trees:  # a sum: a line of its own
