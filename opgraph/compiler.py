@@ -381,8 +381,9 @@ class Compiled:
 
     @property
     def batch_source(self) -> str | None:
-        """The generated numpy code of the batched replay (None before the first `map`)."""
-        return self._batched.source if self._batched is not None else None
+        """The generated numpy code of the batched replay (None before the first `map`),
+        then the Python code of the nodes it computes once per batch, if any."""
+        return self._batched.full_source if self._batched is not None else None
 
     def _classify(self, first_id: int) -> None:
         """Sort the graph's leaves into inputs, constants made by `fn`, and parameters."""
