@@ -538,12 +538,7 @@ class BatchedProgram(Generated):
         is never needed on its own.
         """
         nodes = self.compiled.nodes
-        uses: dict[int, int] = {}
-        user: dict[int, Value] = {}
-        for node in nodes:
-            for parent in node._prev:
-                uses[id(parent)] = uses.get(id(parent), 0) + 1
-                user[id(parent)] = node
+        uses, user = _uses(nodes)
         outputs = {id(v) for v in self.compiled.outputs}
 
         def inner(v: Value | float) -> bool:
@@ -1457,6 +1452,7 @@ class _Hoisted(Generated):
     yields the gradients of the parameters in `grad_rows` that lines of Python compute."""
 
     kind = "opgraph.compile batched hoisted"
+    words, note = "batched", " (computed once per batch)"  # in its errors (Generated)
 
     def __init__(self, program: BatchedProgram, hoisted: list[int], boundary: list[int]):
         self.compiled = program.compiled
@@ -1491,12 +1487,7 @@ class _Hoisted(Generated):
         not an output). Found in whatever order the adds associate, as `_sums` does."""
         nodes, program = self.compiled.nodes, self.program
         hoisted = set(self.hoisted)
-        uses: dict[int, int] = {}
-        user: dict[int, Value] = {}
-        for node in nodes:
-            for parent in node._prev:
-                uses[id(parent)] = uses.get(id(parent), 0) + 1
-                user[id(parent)] = node
+        uses, user = _uses(nodes)
         outputs = {id(v) for v in self.compiled.outputs}
 
         def inner(v: Value | float) -> bool:  # an add of a larger sum
@@ -1892,8 +1883,8 @@ class _Hoisted(Generated):
         return self._exec(
             source,
             isfinite=math.isfinite,
-            forward_anomaly=self._forward_anomaly,
-            backward_anomaly=self._backward_anomaly,
+            forward_anomaly=self._line_forward_anomaly,
+            backward_anomaly=self._line_backward_anomaly,
             vector_anomaly=self._vector_anomaly,
         )
 
@@ -1925,47 +1916,12 @@ class _Hoisted(Generated):
             raise self._error(exc, lines, "backward") from exc
         total[self.grad_rows] += grads
 
-    def _error(self, exc: Exception, lines: dict[int, int], where: str) -> Exception:
-        line = self._failing_line(exc)
-        if line not in lines:
-            return exc
-        node = self.compiled.nodes[lines[line]]
-        detail = (where == "backward" and _recount(node)) or f"{type(exc).__name__}: {exc}"
-        return op_error(
-            node._opdef,
-            f"failed in batched {where} of {self.compiled.name} (computed once per batch)",
-            node=node,
-            inputs=node._prev,
-            recorded=True,
-            detail=detail,
-        )
-
-    def _forward_anomaly(self, i: int, out: float) -> None:
-        node = self.compiled.nodes[i]
-        raise op_error(
-            node._opdef,
-            f"produced {out} in batched forward of {self.compiled.name} (computed once per batch)",
-            node=node,
-            error=AnomalyError,
-        )
-
-    def _backward_anomaly(self, i: int, partial: float, grad: float) -> None:
-        node = self.compiled.nodes[i]
-        raise op_error(
-            node._opdef,
-            f"gave a non-finite gradient in batched backward of {self.compiled.name} "
-            f"(computed once per batch)",
-            node=node,
-            detail=f"partial {partial}, gradient summed over the batch {grad}",
-            error=AnomalyError,
-        )
-
     def _vector_anomaly(self, u: int, array: np.ndarray, position: int | None = None) -> None:
         """A vector's forward (position None) or its contribution to an operand gave inf or
         nan: named by the node of the first such element."""
         k = int(np.argwhere(~np.isfinite(array))[0][0])
         if position is None:
-            self._forward_anomaly(self.units[u][k], float(array[k]))
+            self._line_forward_anomaly(self.units[u][k], float(array[k]))
         node = self.compiled.nodes[self.units[u][k]]
         raise op_error(
             node._opdef,
@@ -1977,25 +1933,23 @@ class _Hoisted(Generated):
         )
 
 
+def _uses(nodes: list[Value]) -> tuple[dict[int, int], dict[int, Value]]:
+    """How many times each node is an operand (by id), and a node that reads it (the only
+    one, where it is read once)."""
+    uses: dict[int, int] = {}
+    user: dict[int, Value] = {}
+    for node in nodes:
+        for parent in node._prev:
+            uses[id(parent)] = uses.get(id(parent), 0) + 1
+            user[id(parent)] = node
+    return uses, user
+
+
 def _has_kernels(op: Row) -> bool:
     """Can a vector of op's nodes run as one numpy call: a forward that is a ufunc or an
     array kernel, and partials written inline or an array kernel?"""
     forward = rules.forward_ufunc(op) is not None or op.array_forward is not None
     return forward and (op.partials is not None or op.array_derivative is not None)
-
-
-def _recount(node: Value) -> str | None:
-    """After a failed backward line: the problem if `node`'s derivative returns the wrong
-    number of partials (called again on the recorded inputs, and counted), else None."""
-    op = node._opdef
-    assert op is not None  # (a line of the generated code computes a node an op made)
-    try:
-        rules.counted_partials(op.derivative(node._data, *[p._data for p in node._prev]), node)
-    except PartialsCountError as exc:
-        return str(exc)
-    except Exception:
-        return None
-    return None
 
 
 # `G[a:b] = x * g` (or `@`), a first contribution to contiguous rows: computed straight into

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
-from .errors import CompileError
+from .errors import AnomalyError, CompileError, op_error, wrong_partials
 from .reverse import topological_order
 from .value import Value
 
@@ -136,6 +136,49 @@ class Generated:
         """The `replay` function of `source` (by `_exec`, with the names it needs)."""
         raise NotImplementedError
 
+    # How the errors of a line of scalar code name the replay: "failed in compiled forward
+    # of loss", or for batched replay's hoisted nodes, "batched" and a note.
+    words = "compiled"
+    note = ""
+
+    def _error(self, exc: Exception, lines: dict[int, int], where: str) -> Exception:
+        """`exc` from a line of scalar code as an OpError naming the node the line computes
+        (its op, plugin and label), or `exc` itself if it came from no such line."""
+        line = self._failing_line(exc)
+        if line not in lines:
+            return exc
+        node = self.compiled.nodes[lines[line]]
+        return op_error(
+            node._opdef,
+            f"failed in {self.words} {where} of {self.compiled.name}{self.note}",
+            node=node,
+            inputs=node._prev,
+            recorded=True,
+            detail=_recount(node, where) or f"{type(exc).__name__}: {exc}",
+        )
+
+    def _line_forward_anomaly(self, i: int, out: float) -> None:
+        """detect_anomaly(): node i of scalar code produced inf or nan."""
+        node = self.compiled.nodes[i]
+        raise op_error(
+            node._opdef,
+            f"produced {out} in {self.words} forward of {self.compiled.name}{self.note}",
+            node=node,
+            error=AnomalyError,
+        )
+
+    def _line_backward_anomaly(self, i: int, partial: float, grad: float) -> None:
+        """detect_anomaly(): a gradient through node i of scalar code is inf or nan."""
+        node = self.compiled.nodes[i]
+        raise op_error(
+            node._opdef,
+            f"gave a non-finite gradient in {self.words} backward of {self.compiled.name}"
+            f"{self.note}",
+            node=node,
+            detail=f"partial {partial}, grad {grad}",
+            error=AnomalyError,
+        )
+
     def _failing_line(self, exc: Exception) -> int | None:
         """The line of the generated source where `exc` was raised, if it was raised there."""
         tb, line = exc.__traceback__, None
@@ -144,6 +187,25 @@ class Generated:
                 line = tb.tb_lineno
             tb = tb.tb_next
         return line
+
+
+def _recount(node: Value, where: str) -> str | None:
+    """After a failed backward line: the problem if `node`'s derivative returns the wrong
+    number of partials (called again on the recorded inputs, and counted), else None."""
+    if where != "backward":
+        return None
+    made = node._opdef
+    assert made is not None  # (a line of the generated code computes a node an op made)
+    op = made.base or made  # the full op: the generated line calls it
+    args = [p._data for p in node._prev]
+    if op is not made:
+        fixed, rest = dict(made.constants), iter(args)
+        args = [fixed[i] if i in fixed else next(rest) for i in range(op.arity)]
+    try:
+        partials = tuple(op.derivative(node._data, *args))
+    except Exception:
+        return None
+    return wrong_partials(op.arity, partials) if len(partials) != op.arity else None
 
 
 def literal(x: float) -> str:

@@ -50,8 +50,6 @@ from .errors import (
     CompileError,
     describe,
     install_hint,
-    op_error,
-    wrong_partials,
 )
 from .modes import ANOMALY, enable_grad, mode
 from .ops import Row
@@ -831,8 +829,8 @@ class _Program(Generated):
             source,
             isfinite=math.isfinite,
             real_grad=_real_grad,
-            forward_anomaly=self._forward_anomaly,
-            backward_anomaly=self._backward_anomaly,
+            forward_anomaly=self._line_forward_anomaly,
+            backward_anomaly=self._line_backward_anomaly,
         )
 
     # --- running, and errors that name the node -------------------------------------------
@@ -878,55 +876,3 @@ class _Program(Generated):
         except Exception as exc:
             self._running = None
             raise self._error(exc, self._lines, "backward") from exc
-
-    def _error(self, exc: Exception, lines: dict[int, int], where: str) -> Exception:
-        line = self._failing_line(exc)
-        if line not in lines:
-            return exc
-        node = self.compiled.nodes[lines[line]]
-        return op_error(
-            node._opdef,
-            f"failed in compiled {where} of {self.compiled.name}",
-            node=node,
-            inputs=node._prev,
-            recorded=True,
-            detail=_recount(node, where) or f"{type(exc).__name__}: {exc}",
-        )
-
-    def _forward_anomaly(self, i: int, out: float) -> None:
-        node = self.compiled.nodes[i]
-        raise op_error(
-            node._opdef,
-            f"produced {out} in compiled forward of {self.compiled.name}",
-            node=node,
-            error=AnomalyError,
-        )
-
-    def _backward_anomaly(self, i: int, partial: float, grad: float) -> None:
-        node = self.compiled.nodes[i]
-        raise op_error(
-            node._opdef,
-            f"gave a non-finite gradient in compiled backward of {self.compiled.name}",
-            node=node,
-            detail=f"partial {partial}, grad {grad}",
-            error=AnomalyError,
-        )
-
-
-def _recount(node: Value, where: str) -> str | None:
-    """After a failed backward line: the problem if `node`'s derivative returns the wrong
-    number of partials (called again on the recorded inputs, and counted), else None."""
-    if where != "backward":
-        return None
-    made = node._opdef
-    assert made is not None  # (a line of the generated code computes a node an op made)
-    op = made.base or made  # the full op: the generated line calls it
-    args = [p._data for p in node._prev]
-    if op is not made:
-        fixed, rest = dict(made.constants), iter(args)
-        args = [fixed[i] if i in fixed else next(rest) for i in range(op.arity)]
-    try:
-        partials = tuple(op.derivative(node._data, *args))
-    except Exception:
-        return None
-    return wrong_partials(op.arity, partials) if len(partials) != op.arity else None
