@@ -161,6 +161,15 @@ def notebook_state(page: Any) -> str:
     )
 
 
+def open_notebook(page: Any, url: str) -> None:
+    """Open the notebook at `url` once its kernel is idle, in command mode."""
+    page.goto(url)
+    page.locator(".jp-Notebook").wait_for(timeout=120_000)
+    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
+    page.locator(".jp-Notebook").click()
+    page.keyboard.press("Escape")
+
+
 def run_all(page: Any) -> None:
     run_from_menu(page, "runmenu:run-all")
 
@@ -214,11 +223,7 @@ class Seen:
 def run_widget_notebook(page: Any, server: subprocess.Popen, url: str, shot: Path) -> Seen:
     """Open widget.ipynb at `url`, Run All, read the widget, type keys in the viewer, then
     Run All again and run the state cell once more; `shot` is a screenshot if nothing ran."""
-    page.goto(url)
-    page.locator(".jp-Notebook").wait_for(timeout=120_000)
-    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
-    page.locator(".jp-Notebook").click()
-    page.keyboard.press("Escape")
+    open_notebook(page, url)
     run_all(page)
     widget = page.locator(".opgraph-widget")
     rows = widget.locator("#node-list tbody tr")
