@@ -4,7 +4,8 @@ lecture open, at its own URL (/notebooks/...) with its own page, menus and toolb
 default settings. "Run All" shows the widget in the cell's output with the nodes' labels and
 grads as text, the last backward pass, nothing dropped, and the kernel listens on no new port;
 keys typed in the viewer are the viewer's; "Run All" again closes the earlier widget. A page
-reloaded after a save shows the widget again, from the kernel that still runs."""
+reloaded after a save shows the widget again, from the kernel that still runs, and running
+the widget's cell again then still closes the earlier widget."""
 
 from __future__ import annotations
 
