@@ -296,6 +296,33 @@ def test_the_bundled_page_shows_labels_and_grads_of_the_comm_frames(page):
     assert page.title() == "notebook"  # a widget leaves the notebook's title alone
 
 
+def test_a_page_that_unloads_says_gone_and_one_shown_again_says_ready(page):
+    """A reloaded notebook page never removes its widgets' views: the page says "gone" when
+    it is hidden (the kernel cannot see it leave; Notebook 7's reload test shows the earlier
+    widget then closes when its cell runs again), and "ready" if the browser shows it again
+    from its back-forward cache. The events are made here; the reload is real there."""
+    esm = widget_esm()
+
+    def serve(route):
+        if route.request.url.endswith("/widget.js"):
+            route.fulfill(body=esm, content_type="text/javascript")
+        else:
+            route.fulfill(body=PAGE, content_type="text/html")
+
+    page.route("http://widget.test/**", serve)
+    page.goto("http://widget.test/")
+    page.wait_for_function("() => window.sent.length > 0")
+    transition = "(kind) => window.dispatchEvent(new PageTransitionEvent(kind, {persisted: true}))"
+    page.evaluate(transition, "pagehide")
+    page.evaluate(transition, "pageshow")
+    page.evaluate("window.cleanup()")  # the cell cleared: gone, and no more page events
+    page.evaluate(transition, "pagehide")
+    page.evaluate(transition, "pageshow")
+    sent = page.evaluate("window.sent")
+    assert [m["type"] for m in sent] == ["ready", "gone", "ready", "gone"]
+    assert len({m["view"] for m in sent}) == 1  # one page, one view
+
+
 def test_a_page_gone_while_the_cell_makes_the_next_widget_closes_the_earlier(monkeypatch):
     """Run All in JupyterLab: the kernel may handle the earlier page's "gone" while the cell
     that makes the next widget runs, after it looked for earlier widgets without a page and

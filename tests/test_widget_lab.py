@@ -7,122 +7,16 @@ earlier widget, and leaves one feed and its one thread in the kernel."""
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import secrets
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-import warnings
-
-import nbformat
-import psutil
 import pytest
+from notebook_support import NOTEBOOK, jupyter, run_widget_notebook
 from viewer_support import CHROMIUM_ARGS, VIEWPORT, launch
-
-CELLS = [
-    # the kernel's listening ports before the widget (its channels, and IOPub's own pipe)
-    "import psutil\n"
-    "print('listening', sorted({c.laddr.port for c in psutil.Process().net_connections('all')"
-    " if c.status == 'LISTEN'}))",
-    "import opgraph\nview = opgraph.widget()\nview",
-    # a small training loop: the same graph each step, so the viewer gets training steps too
-    "x = opgraph.Value(0.5, label='x')\nk = opgraph.Value(4.0, label='k')\n"
-    "for step in range(5):\n"
-    "    x.grad = k.grad = 0.0\n"
-    "    y = (x * k).tanh(); y.label = 'y'\n"
-    "    y.backward()\n"
-    "    k.data -= 0.1 * k.grad\n"
-    "print('trained', round(k.data, 4))",
-    # what the kernel holds: its threads, the engines' feeds, and which widgets are closed
-    "import threading, opgraph.server.widget as ow\n"
-    "shown = globals().setdefault('shown', []); shown.append(view)\n"
-    "ours = [t for t in threading.enumerate() if t.name == 'opgraph-trace-server']\n"
-    "print('state', len(ours), len(ow._feeds), [v.comm is None for v in shown])",
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_up(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout  # a hang, not a speed: JupyterLab starting
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            assert server.stderr is not None
-            pytest.fail(f"jupyter lab exited with {server.returncode}: {server.stderr.read()}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail("jupyter lab did not answer")
-
-
-def _kernel_ports(server: subprocess.Popen) -> set[int]:
-    """The kernel's listening ports now."""
-    kernels = [
-        p
-        for p in psutil.Process(server.pid).children(recursive=True)
-        if "ipykernel_launcher" in " ".join(p.cmdline())
-    ]
-    assert len(kernels) == 1
-    return {c.laddr.port for c in kernels[0].net_connections("all") if c.status == "LISTEN"}
 
 
 @pytest.fixture
 def lab(tmp_path):
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, tmp_path / "widget.ipynb")
-    # every cell rendered, on screen or not (JupyterLab 4 draws only the visible ones)
-    settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
-    settings.mkdir(parents=True)
-    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-        "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
-    }
-    server = subprocess.Popen(
-        [
-            sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
-            f"--port={port}", "--port-retries=0", f"--IdentityProvider.token={token}",
-            f"--ServerApp.root_dir={tmp_path}", "--allow-root",
-            "--ServerApp.terminals_enabled=False",
-            # nothing from the network: no news, no update check, no extension index
-            "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-            "--LabApp.extension_manager=readonly",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_up(f"{base}/api/status?token={token}", server)
-        yield server, f"{base}/lab/tree/widget.ipynb?token={token}"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    # every cell drawn, on screen or not (JupyterLab 4 draws only the visible ones)
+    with jupyter("jupyterlab", tmp_path, windowing="none") as (server, base, token):
+        yield server, f"{base}/lab/tree/{NOTEBOOK}?token={token}"
 
 
 def test_run_all_in_jupyterlab_shows_the_backward_pass_with_nothing_dropped(lab, tmp_path):
@@ -134,123 +28,17 @@ def test_run_all_in_jupyterlab_shows_the_backward_pass_with_nothing_dropped(lab,
         page = browser.new_page(viewport=VIEWPORT)
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(url)
-        page.locator(".jp-Notebook").wait_for(timeout=120_000)
-        page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
-            timeout=120_000
-        )
-        page.locator(".jp-Notebook").click()
-        page.keyboard.press("Escape")
-        run_all(page)
-        widget = page.locator(".opgraph-widget")
-        rows = widget.locator("#node-list tbody tr")
-        trained = page.locator(".jp-OutputArea-output pre", has_text="trained")
-        try:
-            trained.wait_for(state="attached", timeout=120_000)
-        except Exception as exc:
-            page.screenshot(path=str(tmp_path / "lab.png"))
-            raise AssertionError(f"no 'trained' output: {_notebook_state(page)}") from exc
-        rows.nth(3).wait_for(timeout=60_000)
-        widget.locator("#st-pass").filter(has_text=re.compile("pass")).wait_for(timeout=60_000)
-        # keys typed in the viewer are its own ("v": the next view), not JupyterLab's
-        # command-mode shortcuts ("d d" would delete the widget's cell)
-        cells = page.locator(".jp-Notebook .jp-Cell").count()
-        widget.locator("#canvas").click()
-        page.keyboard.press("v")
-        page.keyboard.press("d")
-        page.keyboard.press("d")
-        mode = widget.locator("#view-mode").input_value()
-        cells_after = page.locator(".jp-Notebook .jp-Cell").count()
-        texts = rows.all_inner_texts()
-        status = widget.locator("#status").inner_text()
-        listening = _kernel_ports(server)
-        before = page.locator(".jp-OutputArea-output pre", has_text="listening").inner_text()
-        state = page.locator(".jp-OutputArea-output pre", has_text="state")
-        first = state.inner_text().strip()
-        # Run All again: the widget's cell runs again, its earlier widget is closed, and the
-        # new one's page gets the graph again (a snapshot), with nothing dropped
-        run_all(page)
-        rows.nth(3).wait_for(timeout=60_000)  # the new widget's page is ready
-        # (its earlier page said "gone" after the new widget's cell ran: Run All sends every
-        # cell at once) then, once Run All has run the state cell, that cell alone again
-        state.filter(has_text=re.compile(r"\[(True|False), False\]")).wait_for(timeout=60_000)
-        page.locator(".jp-Notebook .jp-Cell").nth(len(CELLS) - 1).locator(
-            ".jp-InputPrompt"
-        ).click()  # selects the cell (command mode: no key goes to an editor or the widget)
-        run_from_menu(page, "notebook:run-cell")
-        try:
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('.jp-OutputArea-output pre')]"
-                ".some((e) => e.textContent.includes('[True, False, False]'))",
-                timeout=60_000,
-            )
-        except Exception as exc:
-            raise AssertionError(f"state not closed: {_notebook_state(page)}") from exc
-        again = state.inner_text().strip()
-        rows.nth(3).wait_for(timeout=60_000)
-        status_again = widget.locator("#status").inner_text()
-        widgets = widget.count()
+        seen = run_widget_notebook(page, server, url, tmp_path / "lab.png")
         browser.close()
-    by_label = {t.split("\t")[1]: t.split("\t") for t in texts}
+    by_label = {t.split("\t")[1]: t.split("\t") for t in seen.rows}
     assert {"x", "k", "y"} <= set(by_label)
     assert by_label["y"][4] == "1"  # the output's grad, as text
     assert by_label["x"][4] not in ("", "0", "…")  # a grad that flowed back to x
-    assert "0 dropped" in status and "no backward pass seen" not in status
-    assert mode == "detail" and cells_after == cells
-    assert sorted(listening) == json.loads(before.split(" ", 1)[1])  # the widget opened none
+    assert "0 dropped" in seen.status and "no backward pass seen" not in seen.status
+    assert seen.mode == "detail" and seen.cells[1] == seen.cells[0]
+    assert seen.listening == seen.listening_before  # the widget opened none
     # one feed and its one thread; the first widget closed, the new one open
-    assert first == "state 1 1 [False]"
-    assert again == "state 1 1 [True, False, False]"
-    assert widgets == 1 and "0 dropped" in status_again
+    assert seen.first == "state 1 1 [False]"
+    assert seen.again == "state 1 1 [True, False, False]"
+    assert seen.widgets == 1 and "0 dropped" in seen.status_again
     assert errors == []
-
-
-def _notebook_state(page) -> str:
-    """What the notebook shows: each cell's prompt and output, and the kernel's status."""
-    return page.evaluate(
-        """() => JSON.stringify({
-            kernel: document.querySelector('.jp-Notebook-ExecutionIndicator')
-                ?.getAttribute('data-status'),
-            cells: [...document.querySelectorAll('.jp-Notebook .jp-Cell')].map((c) => [
-                c.querySelector('.jp-InputPrompt')?.textContent,
-                c.querySelector('.jp-OutputArea')?.textContent.slice(0, 200),
-            ]),
-            menu: [...document.querySelectorAll('.lm-Menu-item[data-command="runmenu:run-all"]')]
-                .map((e) => e.getAttribute('aria-disabled')),
-            active: document.activeElement?.className,
-        })"""
-    )
-
-
-def run_all(page) -> None:
-    run_from_menu(page, "runmenu:run-all")
-
-
-def run_from_menu(page, command: str) -> None:
-    """The Run menu's item for `command`, until the cells' prompts show it ran. JupyterLab
-    can take the click and run nothing (2 runs in 12 after the page loaded: every prompt
-    unchanged, the kernel idle), so a click that changed no prompt within 20 s is made again
-    (nothing ran, so nothing runs twice); the item is clicked only once it is enabled."""
-    menu = page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$"))
-    item = page.locator(f".lm-Menu-item[data-command='{command}']")
-    prompts = page.locator(".jp-Notebook .jp-InputPrompt")
-    for _ in range(3):
-        before = prompts.all_inner_texts()
-        menu.click(timeout=30_000)
-        item.wait_for(timeout=30_000)
-        if item.get_attribute("aria-disabled") == "true":
-            page.keyboard.press("Escape")
-            page.wait_for_timeout(1000)
-            continue
-        item.click(timeout=30_000)
-        try:
-            page.wait_for_function(
-                "(before) => [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')]"
-                ".some((p, i) => p.innerText !== before[i])",
-                arg=before,
-                timeout=20_000,
-            )
-            return
-        except Exception:
-            warnings.warn(f"{command} ran nothing: clicked again", stacklevel=2)
-    raise AssertionError(f"{command} ran nothing, 3 times: {_notebook_state(page)}")

@@ -129,6 +129,15 @@ export class CommSource {
     this.view = Math.random().toString(36).slice(2); // this page, among the widget's views
     this.listener = (message, buffers) => this.message(message, buffers);
     this.started = false;
+    // A page that unloads (reloaded, its tab closed) never removes its widget's views, so it
+    // says "gone" itself: the kernel cannot see it leave, and would count it as still showing
+    // the widget (then a cell run again would not close its earlier widget). A page that the
+    // browser keeps and shows again says "ready" once more.
+    this.pageHidden = (event) => {
+      this.stop();
+      if (event.persisted) window.addEventListener("pageshow", this.pageShown, { once: true });
+    };
+    this.pageShown = () => this.start();
   }
 
   start() {
@@ -136,6 +145,7 @@ export class CommSource {
     this.started = true;
     this.model.send({ type: "ready", view: this.view });
     this.sink.onState("open", this.url);
+    window.addEventListener("pagehide", this.pageHidden);
   }
 
   message(message, buffers) {
@@ -155,8 +165,10 @@ export class CommSource {
   }
 
   stop() {
+    window.removeEventListener("pageshow", this.pageShown); // (closed while hidden: for good)
     if (!this.started) return;
     this.started = false;
+    window.removeEventListener("pagehide", this.pageHidden);
     this.model.off("msg:custom", this.listener);
     this.model.send({ type: "gone", view: this.view });
     this.sink.onState("closed", "");
