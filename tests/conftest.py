@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -35,6 +36,13 @@ import pytest
 from viewer_support import VIEWPORT, launch, load_module, page_error
 
 from opgraph import Composite, Engine, Op, hookimpl
+
+# Ctrl-C: the tests of `opgraph run`, `serve` and `replay` send SIGINT to a process as a
+# terminal does to a foreground one. A test run started in the background by a shell without
+# job control (`cmd &` in a script) ignores SIGINT, and its processes would inherit that and
+# never stop; a handler, unlike "ignore", is not inherited by a new program.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def plugin(name: str, *ops: Op | Composite, replace: bool = False) -> types.ModuleType:
