@@ -208,7 +208,13 @@ def test_random_dags_batched_equal_eager_per_sample(program, split, n, seed):
     expected, expected_grads, expected_inputs = eager_batch(
         lambda *xs: build(program, [*params, *xs]), params, samples, weights.tolist()
     )
-    assert_close(outputs, expected, what="output")
+    # An output is a sum of the steps, which may cancel (tanh(x) - x + x**3 near 0): numpy's
+    # kernels (np.tanh) may differ from the scalar ones by an ulp, so an output is compared
+    # relative to the largest step of its sample, the precision the sum has.
+    for k, sample in enumerate(samples):
+        steps = run(program, Value, OPS, [p.data for p in params] + sample).nodes
+        scale = max((abs(v.data) for v in steps if math.isfinite(v.data)), default=0.0)
+        assert close(outputs[k], expected[k], 1e-12, scale), (k, outputs[k], expected[k], scale)
     assert_close(grads, expected_grads, rel=1e-9, what="parameter grad", rows=True)
     assert_close(per_sample.batch_input_grads, expected_inputs, what="input grad", rows=True)
 
