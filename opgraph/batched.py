@@ -71,6 +71,7 @@ from .codegen import SUM_BLOCK, BatchWarning, Generated, Input, fill, literal, r
 from .errors import (
     AnomalyError,
     CompileError,
+    NotRealError,
     PartialsCountError,
     node_name,
     op_error,
@@ -1373,7 +1374,8 @@ class BatchedProgram(Generated):
             exc = exc.cause
         first = self.compiled.nodes[group.nodes[0]]
         node = first if element is None else self.compiled.nodes[group.nodes[element[0]]]
-        detail = str(exc) if isinstance(exc, PartialsCountError) else f"{type(exc).__name__}: {exc}"
+        plain = isinstance(exc, PartialsCountError | NotRealError)  # (already says what)
+        detail = str(exc) if plain else f"{type(exc).__name__}: {exc}"
         return op_error(
             first._opdef,
             f"failed in batched {where} of {self.compiled.name}",
@@ -1909,12 +1911,15 @@ class _Hoisted(Generated):
         sums, in PV's order: the parameters', then the hoisted nodes')."""
         try:
             with np.errstate(all="ignore"):
-                grads = running.send(total)
+                grads = running.send(total)  # (which adds vectors' parameters into total)
+                total[self.grad_rows] += grads
         except AnomalyError:
             raise
         except Exception as exc:
             raise self._error(exc, lines, "backward") from exc
-        total[self.grad_rows] += grads
+
+    def _derived(self) -> list[Value]:
+        return [self.compiled.nodes[i] for i in self.hoisted]
 
     def _vector_anomaly(self, u: int, array: np.ndarray, position: int | None = None) -> None:
         """A vector's forward (position None) or its contribution to an operand gave inf or
@@ -2065,6 +2070,12 @@ def _elementwise(scalar: Callable, is_derivative: bool, arity: int, gi: int) -> 
                 ds = tuple(scalar(*xs))
                 if len(ds) != arity:
                     raise PartialsCountError(wrong_partials(arity, ds))
+                unreal = [d for d in ds if not isinstance(d, Real)]
+                if unreal:  # (as eager says it: a complex partial is never right)
+                    raise NotRealError(
+                        f"derivative returned a partial derivative {unreal[0]!r} of type "
+                        f"{type(unreal[0]).__name__}; each one must be a real number"
+                    )
             except Exception as exc:
                 raise _ElementError(exc, position, shape) from exc
             partials.append(ds)

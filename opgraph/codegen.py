@@ -143,19 +143,34 @@ class Generated:
 
     def _error(self, exc: Exception, lines: dict[int, int], where: str) -> Exception:
         """`exc` from a line of scalar code as an OpError naming the node the line computes
-        (its op, plugin and label), or `exc` itself if it came from no such line."""
+        (its op, plugin and label), or `exc` itself if it came from no such line. A
+        TypeError in backward is first traced to a derivative that returns a partial that
+        is not a real number (a complex one fails only later, where numbers are added)."""
         line = self._failing_line(exc)
-        if line not in lines:
+        unreal = _not_real(self._derived()) if where == "backward" else None
+        if unreal is not None and isinstance(exc, TypeError):
+            node, partial = unreal
+            detail = (
+                f"derivative returned a partial derivative {partial!r} of type "
+                f"{type(partial).__name__}; each one must be a real number (then: {exc})"
+            )
+        elif line in lines:
+            node = self.compiled.nodes[lines[line]]
+            detail = _recount(node, where) or f"{type(exc).__name__}: {exc}"
+        else:
             return exc
-        node = self.compiled.nodes[lines[line]]
         return op_error(
             node._opdef,
             f"failed in {self.words} {where} of {self.compiled.name}{self.note}",
             node=node,
             inputs=node._prev,
             recorded=True,
-            detail=_recount(node, where) or f"{type(exc).__name__}: {exc}",
+            detail=detail,
         )
+
+    def _derived(self) -> list[Value]:
+        """The nodes whose derivatives this code calls (all of the recording's)."""
+        return self.compiled.nodes
 
     def _line_forward_anomaly(self, i: int, out: float) -> None:
         """detect_anomaly(): node i of scalar code produced inf or nan."""
@@ -189,23 +204,43 @@ class Generated:
         return line
 
 
-def _recount(node: Value, where: str) -> str | None:
-    """After a failed backward line: the problem if `node`'s derivative returns the wrong
-    number of partials (called again on the recorded inputs, and counted), else None."""
-    if where != "backward":
-        return None
+def _partials_again(node: Value) -> tuple[Any, int] | None:
+    """`node`'s partials, its op's derivative called again on the recorded inputs (the full
+    op, as the generated line calls it), and how many there should be; None if it raises."""
     made = node._opdef
     assert made is not None  # (a line of the generated code computes a node an op made)
-    op = made.base or made  # the full op: the generated line calls it
+    op = made.base or made
     args = [p._data for p in node._prev]
     if op is not made:
         fixed, rest = dict(made.constants), iter(args)
         args = [fixed[i] if i in fixed else next(rest) for i in range(op.arity)]
     try:
-        partials = tuple(op.derivative(node._data, *args))
+        return tuple(op.derivative(node._data, *args)), op.arity
     except Exception:
         return None
-    return wrong_partials(op.arity, partials) if len(partials) != op.arity else None
+
+
+def _recount(node: Value, where: str) -> str | None:
+    """After a failed backward line: the problem if `node`'s derivative returns the wrong
+    number of partials, else None."""
+    found = _partials_again(node) if where == "backward" else None
+    if found is None:
+        return None
+    partials, arity = found
+    return wrong_partials(arity, partials) if len(partials) != arity else None
+
+
+def _not_real(nodes: list[Value]) -> tuple[Value, Any] | None:
+    """The first of `nodes` whose op's derivative function (inline partials are numbers by
+    construction) returns a partial that is not a real number, and that partial."""
+    for node in nodes:
+        if node._opdef is None or node._opdef.partials is not None:
+            continue
+        found = _partials_again(node)
+        for partial in found[0] if found is not None else ():
+            if not isinstance(partial, Real):
+                return node, partial
+    return None
 
 
 def literal(x: float) -> str:

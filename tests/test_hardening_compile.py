@@ -16,6 +16,7 @@ import re
 import threading
 import traceback
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -343,3 +344,49 @@ def test_the_generated_source_is_forgotten_with_its_compiled_function():
     del f
     gc.collect()
     assert not added & set(linecache.cache)
+
+
+# --- a plugin's derivative that returns a complex partial ------------------------------------
+
+
+def _complex_partial_engine() -> Engine:
+    twisted = Op("twisted", lambda a: 2.0 * a, derivative=lambda out, a: (complex(2.0, 1.0),))
+    return Engine(plugins=[plugin("twisters", twisted)], entry_points=False)
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["compiled", "batched, a row per sample", "batched, once per batch"],
+)
+def test_a_complex_partial_is_named_in_compiled_and_batched_backward_as_in_eager(how):
+    """Eager backward says which op's derivative returned a complex partial; a replay said
+    'the grad of w must be a real number' (compiled), a numpy casting error naming nothing
+    (a node computed once per batch), or float()'s complaint (a row): now each names the op,
+    its plugin and the node, with eager's words."""
+    engine = _complex_partial_engine()
+    w = engine.value(0.5, "w")
+    twisted = engine.ops.twisted
+    if how == "batched, once per batch":  # twisted(w) depends on no input: hoisted
+
+        def loss(x):
+            return twisted(w) * x
+    else:
+
+        def loss(x):
+            return twisted(w * x)
+
+    f = opgraph.compile(loss, 1.0, engine=engine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", opgraph.BatchWarning)  # (no array kernel: by element)
+        if how == "compiled":
+            f(2.0)
+        else:
+            f.map([1.0, 2.0])
+    pattern = (
+        r"op 'twisted' \(plugin 'twisters'\) failed in \w+ backward of .*loss.* at node #\d+.*"
+        r"derivative returned a partial derivative \(2\+1j\) of type complex"
+    )
+    with pytest.raises(OpError, match=pattern):
+        f.backward()
+    with pytest.raises(OpError, match=r"partial derivative \(2\+1j\) of type complex"):
+        loss(engine.value(1.0)).backward()  # eager, the same words
