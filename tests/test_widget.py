@@ -256,8 +256,8 @@ window.cleanup = widget.render({ model, el: document.getElementById("cell") });
 """
 
 
-def test_the_bundled_page_shows_labels_and_grads_of_the_comm_frames(page):
-    frames = _frames_of_a_traced_graph()
+def _open_widget_page(page) -> None:
+    """PAGE with the bundled widget, until its first message to the kernel."""
     esm = widget_esm()
 
     def serve(route):
@@ -269,6 +269,11 @@ def test_the_bundled_page_shows_labels_and_grads_of_the_comm_frames(page):
     page.route("http://widget.test/**", serve)
     page.goto("http://widget.test/")
     page.wait_for_function("() => window.sent.length > 0")
+
+
+def test_the_bundled_page_shows_labels_and_grads_of_the_comm_frames(page):
+    frames = _frames_of_a_traced_graph()
+    _open_widget_page(page)
     assert page.evaluate("window.sent")[0]["type"] == "ready"
     page.evaluate("(frames) => window.deliver(frames)", [b64(f) for f in frames])
     page.wait_for_function(
@@ -301,17 +306,7 @@ def test_a_page_that_unloads_says_gone_and_one_shown_again_says_ready(page):
     it is hidden (the kernel cannot see it leave; Notebook 7's reload test shows the earlier
     widget then closes when its cell runs again), and "ready" if the browser shows it again
     from its back-forward cache. The events are made here; the reload is real there."""
-    esm = widget_esm()
-
-    def serve(route):
-        if route.request.url.endswith("/widget.js"):
-            route.fulfill(body=esm, content_type="text/javascript")
-        else:
-            route.fulfill(body=PAGE, content_type="text/html")
-
-    page.route("http://widget.test/**", serve)
-    page.goto("http://widget.test/")
-    page.wait_for_function("() => window.sent.length > 0")
+    _open_widget_page(page)
     transition = "(kind) => window.dispatchEvent(new PageTransitionEvent(kind, {persisted: true}))"
     page.evaluate(transition, "pagehide")
     page.evaluate(transition, "pageshow")
