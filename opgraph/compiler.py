@@ -708,8 +708,8 @@ class _Program(Generated):
             out.append((f"v{i} = {expression}", i))
             if size > 1:
                 fused.add(i)
-            if checked:
-                out.append((f"if not isfinite(v{i}): forward_anomaly({i}, v{i})", None))
+            if checked:  # (isfinite of a complex raises: the error names node i too)
+                out.append((f"if not isfinite(v{i}): forward_anomaly({i}, v{i})", i))
         assert not pending  # (each was taken into its one user's expression)
         out.append((f"seed = yield ({''.join(f'v{i}, ' for i in self.outputs)})", None))
         return out, fused
@@ -848,8 +848,27 @@ class _Program(Generated):
             if not checked and self._failing_line(exc) in self.fused_lines:
                 cause, lines = self._unfused_error(numbers, exc)
             raise self._error(cause, lines, "forward") from cause
+        if not all(type(out) is float for out in outputs):
+            self._refuse_unreal(numbers, outputs)
         self._running, self._lines = running, lines
         return outputs
+
+    def _refuse_unreal(self, numbers: list[float], outputs: tuple) -> None:
+        """An output that is not a real number (a plugin's forward went complex on these
+        inputs: `a ** 0.5` of a negative `a`) is never returned: the checking replay, one
+        node per line, names the node that made it, as eager mode refuses it."""
+        if all(isinstance(out, Real) for out in outputs):
+            return  # (an int from a plugin's forward: a real number, as eager takes it)
+        replay, lines = self._function(checked=True)
+        try:
+            next(replay(numbers))
+        except AnomalyError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, lines, "forward") from exc
+        raise CompileError(  # (not reached while the checks see every node)
+            f"compiled {self.compiled.name}: an output is not a real number: {outputs!r}"
+        )
 
     def _unfused_error(self, numbers: list[float], exc: Exception) -> tuple[Exception, dict]:
         """`exc` came from a fused line, which computes several nodes: the same inputs run

@@ -320,7 +320,8 @@ class Hoisted(Generated):
                     expression = f"{self._name(op.forward, op.name)}({', '.join(args)})"
                 emit(f"v{i} = {expression}", i)
             if checked:
-                emit(f"if not isfinite(v{i}): forward_anomaly({i}, v{i})")
+                # (isfinite of a complex raises: the error names node i too)
+                emit(f"if not isfinite(v{i}): forward_anomaly({i}, v{i})", i)
         if self.boundary:
             values = "".join(f"v{i}, " for i in self.boundary)
             emit(f"PV[{count}:{count + len(self.boundary)}, 0] = ({values})")
@@ -541,8 +542,25 @@ class Hoisted(Generated):
         except AnomalyError:
             raise
         except Exception as exc:
-            raise self._error(exc, lines, "forward") from exc
+            error = self._error(exc, lines, "forward")
+            if error is exc and not checked:
+                self._name_unreal(PV)  # (a complex number fails only where PV takes it)
+            raise error from exc
         return running, lines
+
+    def _name_unreal(self, PV: np.ndarray) -> None:  # noqa: N803
+        """Run the checking lines, one check per node, to name the node whose forward
+        returned a number that is not real (a plugin's `a ** 0.5` of a negative `a`)."""
+        replay, lines = self._function(True)
+        try:
+            with np.errstate(all="ignore"):
+                next(replay(PV))
+        except AnomalyError:
+            return  # (an inf before it, fine unchecked: the first error stands)
+        except Exception as exc:
+            error = self._error(exc, lines, "forward")
+            if error is not exc:
+                raise error from exc
 
     def backward(self, running: Any, lines: dict[int, int], total: np.ndarray) -> None:
         """Add the hoisted nodes' part of the parameters' gradients into `total` (the batch's

@@ -390,3 +390,34 @@ def test_a_complex_partial_is_named_in_compiled_and_batched_backward_as_in_eager
         f.backward()
     with pytest.raises(OpError, match=r"partial derivative \(2\+1j\) of type complex"):
         loss(engine.value(1.0)).backward()  # eager, the same words
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["compiled", "batched, a row per sample", "batched, once per batch"],
+)
+def test_a_forward_that_goes_complex_on_new_numbers_is_named_not_returned(how):
+    """A plugin's forward `a ** 0.5` is real where it was recorded and complex for a
+    negative `a`. Eager refuses it; compiled replay returned the complex number as the
+    output, and a node computed once per batch raised float()'s complaint naming nothing:
+    now both name the op, its plugin and the node, and return nothing."""
+    root = Op("root", lambda a: a**0.5, derivative=lambda out, a: (0.5 / out,))
+    engine = Engine(plugins=[plugin("roots", root)], entry_points=False)
+    w = engine.value(4.0, "w")
+    once = how == "batched, once per batch"
+
+    def loss(x):
+        return engine.ops.root(w) * x if once else engine.ops.root(x * w)
+
+    f = opgraph.compile(loss, 4.0, engine=engine)
+    if once:
+        w.data = -4.0  # the parameter goes negative: root(w) is complex
+    pattern = r"op 'root' \(plugin 'roots'\) failed in \w+ forward of .*loss.* at node #\d+"
+    with warnings.catch_warnings(), pytest.raises(OpError, match=pattern):
+        warnings.simplefilter("ignore", opgraph.BatchWarning)  # (no array kernel)
+        if how == "compiled":
+            f(-4.0)
+        else:
+            f.map([4.0, 1.0 if once else -4.0])
+    with pytest.raises(OpError, match=r"forward returned .* of type complex"):
+        engine.ops.root(engine.value(-4.0))  # eager
