@@ -1448,7 +1448,9 @@ def _first_nonfinite(array: np.ndarray) -> tuple[int, int]:
 def _shape_checked(kernel: Callable, field: str, arity: int) -> Callable:
     """A plugin's kernel, checked to compute element by element: each result has the shape
     of its inputs broadcast together (or is a number), not fewer rows that numpy would
-    silently broadcast into the group; a derivative returns one partial per input."""
+    silently broadcast into the group, and real numbers, not complex ones whose imaginary
+    part numpy would silently drop as it stores them; a derivative returns one partial per
+    input."""
 
     def check(result: Any, args: tuple) -> None:
         shape = np.shape(result)
@@ -1456,6 +1458,11 @@ def _shape_checked(kernel: Callable, field: str, arity: int) -> Callable:
             raise ValueError(
                 f"{field} returned an array of shape {shape} for inputs of shapes "
                 f"{[np.shape(a) for a in args]}; it must compute element by element"
+            )
+        if np.asarray(result).dtype.kind not in "fiub":
+            raise TypeError(
+                f"{field} returned {np.asarray(result).dtype} numbers; it must return real "
+                f"numbers (a float64 array)"
             )
 
     if field == "array_forward":

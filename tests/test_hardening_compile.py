@@ -421,3 +421,36 @@ def test_a_forward_that_goes_complex_on_new_numbers_is_named_not_returned(how):
             f.map([4.0, 1.0 if once else -4.0])
     with pytest.raises(OpError, match=r"forward returned .* of type complex"):
         engine.ops.root(engine.value(-4.0))  # eager
+
+
+@pytest.mark.parametrize("kernel", ["array_forward", "array_derivative"])
+def test_an_array_kernel_that_returns_complex_numbers_is_refused_not_cast(kernel):
+    """numpy stores a complex result into the float64 rows by dropping its imaginary part,
+    with a warning at most: the batch's root(-4) was 0.0 where eager refuses the op. A
+    kernel's result must be real numbers; the error names the op, its plugin and the node."""
+
+    def complex_root(a):
+        return np.asarray(a, dtype=complex) ** 0.5
+
+    def complex_partial(out, a):
+        return (np.asarray(0.5 / out, dtype=complex),)
+
+    def real_partial(out, a):
+        return (0.5 / out,)
+
+    root = Op(
+        "root",
+        lambda a: a**0.5,
+        derivative=lambda out, a: (0.5 / out,),
+        array_forward=complex_root if kernel == "array_forward" else np.sqrt,
+        array_derivative=complex_partial if kernel == "array_derivative" else real_partial,
+    )
+    engine = Engine(plugins=[plugin("roots", root)], entry_points=False)
+    w = engine.value(4.0, "w")
+    f = opgraph.compile(lambda x: engine.ops.root(x * w), 4.0, engine=engine)
+    where = "forward" if kernel == "array_forward" else "backward"
+    pattern = rf"op 'root' \(plugin 'roots'\) failed in batched {where}.*{kernel} returned complex"
+    with warnings.catch_warnings(), pytest.raises(OpError, match=pattern):
+        warnings.simplefilter("error")  # (nor a ComplexWarning, nor a BatchWarning)
+        f.map([4.0, 1.0])
+        f.backward()
