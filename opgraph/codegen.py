@@ -144,11 +144,12 @@ class Generated:
     def _error(self, exc: Exception, lines: dict[int, int], where: str) -> Exception:
         """`exc` from a line of scalar code as an OpError naming the node the line computes
         (its op, plugin and label), or `exc` itself if it came from no such line. A
-        TypeError in backward is first traced to a derivative that returns a partial that
-        is not a real number (a complex one fails only later, where numbers are added)."""
+        TypeError or ValueError in backward is first traced to a derivative that returns a
+        partial that is not a real number (a complex one or an array fails only later, where
+        numbers are added)."""
         line = self._failing_line(exc)
         unreal = _not_real(self._derived()) if where == "backward" else None
-        if unreal is not None and isinstance(exc, TypeError):
+        if unreal is not None and isinstance(exc, TypeError | ValueError):
             node, partial = unreal
             detail = (
                 f"derivative returned a partial derivative {partial!r} of type "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -324,7 +325,8 @@ class Hoisted(Generated):
                 emit(f"if not isfinite(v{i}): forward_anomaly({i}, v{i})", i)
         if self.boundary:
             values = "".join(f"v{i}, " for i in self.boundary)
-            emit(f"PV[{count}:{count + len(self.boundary)}, 0] = ({values})")
+            # (reals(): numpy would store a None as nan, a complex without its imaginary part)
+            emit(f"PV[{count}:{count + len(self.boundary)}, 0] = reals(({values}))")
         emit("total = yield")
         emit("while True:")
         if self.boundary:
@@ -524,6 +526,7 @@ class Hoisted(Generated):
         return self._exec(
             source,
             isfinite=math.isfinite,
+            reals=_reals,
             forward_anomaly=self._line_forward_anomaly,
             backward_anomaly=self._line_backward_anomaly,
             vector_anomaly=self._vector_anomaly,
@@ -592,3 +595,11 @@ class Hoisted(Generated):
             detail=f"{array[k]} for input {position}, its gradient summed over the batch",
             error=AnomalyError,
         )
+
+
+def _reals(values: tuple) -> tuple:
+    """`values`, the hoisted numbers the batch reads, if each is a real number; else a
+    TypeError (which the checking lines then trace to the node that made it)."""
+    if not set(map(type, values)) <= {float} and not all(isinstance(v, Real) for v in values):
+        raise TypeError(f"a number computed once per batch is not real: {values!r}"[:200])
+    return values

@@ -454,3 +454,24 @@ def test_an_array_kernel_that_returns_complex_numbers_is_refused_not_cast(kernel
         warnings.simplefilter("error")  # (nor a ComplexWarning, nor a BatchWarning)
         f.map([4.0, 1.0])
         f.backward()
+
+
+@pytest.mark.parametrize("bad", ["a forward's None", "an array as a partial"])
+def test_a_hostile_plugin_in_a_node_computed_once_per_batch_is_named(bad):
+    """A node that depends on no input runs once per batch as Python (hoisted.py). A
+    forward's None became nan as numpy stored it (the batch's loss nan, silently), and an
+    array partial failed with numpy's broadcasting error naming nothing: each is named."""
+    if bad == "a forward's None":
+        op = Op("odd", lambda a: None if a < 0 else a, derivative=lambda out, a: (1.0,))
+        where, detail = "forward", "not real|NoneType"
+    else:
+        op = Op("odd", lambda a: 2.0 * a, derivative=lambda out, a: (np.array([1.0, 2.0]),))
+        where, detail = "backward", "partial derivative array"
+    engine = Engine(plugins=[plugin("odds", op)], entry_points=False)
+    w = engine.value(0.5, "w")
+    f = opgraph.compile(lambda x: engine.ops.odd(w) * x, 1.0, engine=engine)
+    w.data = -0.5
+    pattern = rf"op 'odd' \(plugin 'odds'\) failed in batched {where}.*once per batch.*'w'"
+    with pytest.raises(OpError, match=rf"{pattern}.*({detail})"):
+        f.map([1.0, -1.0])
+        f.backward()
