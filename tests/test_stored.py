@@ -23,7 +23,7 @@ from hypothesis import given, settings
 import opgraph
 from opgraph import Engine, EngineMismatchError, ParameterStore, Value
 from opgraph.nn import MLP, Layer, Neuron
-from opgraph.optim import SGD
+from opgraph.optim import SGD, Adam
 from opgraph.stored import StoredValue, _unpickle_store, _unpickle_stored, store_rows
 from opgraph.value import _unpickle_root, engine_class
 
@@ -230,6 +230,16 @@ def test_parameters_from_several_stores_or_repeated_are_updated_one_by_one():
     reordered = [mixed[3], mixed[0]]
     store, rows = store_rows(reordered)
     assert store is s1 and rows.tolist() == [1, 0]
+    plain_reordered = [Value(p.data) for p in reordered]
+    for params in (reordered, plain_reordered):
+        for p in params:
+            p.grad = 0.0
+        (params[0] * 3.0 + params[1] * params[1]).backward()
+        for optimizer in (SGD(params, lr=0.1, momentum=0.9), Adam(params, lr=0.1)):
+            optimizer.step()
+            optimizer.step()
+    assert [p.data for p in reordered] == [p.data for p in plain_reordered]
+    assert s1.data[:2].tolist() == [reordered[1].data, reordered[0].data]
 
 
 # --- copies and pickles ----------------------------------------------------------------------
