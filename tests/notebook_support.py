@@ -27,6 +27,7 @@ from typing import Any
 import nbformat
 import psutil
 import pytest
+from viewer_support import CHROMIUM_ARGS, VIEWPORT, launch
 
 CELLS = [
     # the kernel's listening ports before the widget (its channels, and IOPub's own pipe)
@@ -218,6 +219,37 @@ class Seen:
     again: str  # ... after Run All again and that cell run once more
     status_again: str  # the new widget's status line
     widgets: int  # widgets on the page in the end
+
+
+@contextmanager
+def browser_page(playwright: Any) -> Iterator[tuple[Any, list[str]]]:
+    """A Chromium page of the viewport the viewer tests use, and the page's errors (each
+    with its stack: a test may tell the front end's own from the widget's)."""
+    browser = launch(playwright, CHROMIUM_ARGS)
+    try:
+        page = browser.new_page(viewport=VIEWPORT)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(f"{error}\n{error.stack}"))
+        yield page, errors
+    finally:
+        browser.close()
+
+
+def assert_the_widget_was_shown(seen: Seen) -> None:
+    """What Run All, keys in the viewer, and Run All again must show in any front end: the
+    labels and grads as text, nothing dropped, the viewer's keys its own, no new port in the
+    kernel, and the earlier widget closed when its cell ran again."""
+    by_label = {t.split("\t")[1]: t.split("\t") for t in seen.rows}
+    assert {"x", "k", "y"} <= set(by_label)
+    assert by_label["y"][4] == "1"  # the output's grad, as text
+    assert by_label["x"][4] not in ("", "0", "…")  # a grad that flowed back to x
+    assert "0 dropped" in seen.status and "no backward pass seen" not in seen.status
+    assert seen.mode == "detail" and seen.cells[1] == seen.cells[0]
+    assert seen.listening == seen.listening_before  # the widget opened none
+    # one feed and its one thread; the first widget closed, the new one open
+    assert seen.first == "state 1 1 [False]"
+    assert seen.again == "state 1 1 [True, False, False]"
+    assert seen.widgets == 1 and "0 dropped" in seen.status_again
 
 
 def run_widget_notebook(page: Any, server: subprocess.Popen, url: str, shot: Path) -> Seen:

@@ -17,6 +17,8 @@ import pytest
 from notebook_support import (
     CELLS,
     NOTEBOOK,
+    assert_the_widget_was_shown,
+    browser_page,
     jupyter,
     notebook_state,
     open_notebook,
@@ -24,7 +26,6 @@ from notebook_support import (
     run_from_menu,
     run_widget_notebook,
 )
-from viewer_support import CHROMIUM_ARGS, VIEWPORT, launch
 
 # Notebook 7's own start-up race (jupyter/notebook#7862): its keyboard-shortcuts plugin reads
 # the schema of a settings plugin not loaded yet, in the page's core bundle, before any cell
@@ -47,11 +48,7 @@ def test_run_all_in_notebook_7_shows_the_backward_pass_with_nothing_dropped(note
     server, url = notebook
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = launch(playwright, CHROMIUM_ARGS)
-        page = browser.new_page(viewport=VIEWPORT)
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(f"{error}\n{error.stack}"))
+    with sync_playwright() as playwright, browser_page(playwright) as (page, errors):
         seen = run_widget_notebook(page, server, url, tmp_path / "notebook.png")
         # the widget is drawn in its own cell's output, the cell's width and 600 pixels high
         cell = page.locator(".jp-Notebook .jp-Cell").nth(1)  # CELLS[1]: `view`
@@ -59,21 +56,10 @@ def test_run_all_in_notebook_7_shows_the_backward_pass_with_nothing_dropped(note
         box = shown.bounding_box() if shown.count() == 1 else None
         output = cell.locator(".jp-OutputArea").bounding_box()
         app = page.evaluate("() => document.body.dataset.notebook")
-        browser.close()
     assert app == "notebooks"  # Notebook 7's notebook page, not JupyterLab's
-    by_label = {t.split("\t")[1]: t.split("\t") for t in seen.rows}
-    assert {"x", "k", "y"} <= set(by_label)
-    assert by_label["y"][4] == "1"  # the output's grad, as text
-    assert by_label["x"][4] not in ("", "0", "…")  # a grad that flowed back to x
-    assert "0 dropped" in seen.status and "no backward pass seen" not in seen.status
+    assert_the_widget_was_shown(seen)
     assert box is not None and output is not None
     assert box["height"] == 600 and box["width"] > 0.8 * output["width"]
-    assert seen.mode == "detail" and seen.cells[1] == seen.cells[0]
-    assert seen.listening == seen.listening_before  # the widget opened none
-    # one feed and its one thread; the first widget closed, the new one open
-    assert seen.first == "state 1 1 [False]"
-    assert seen.again == "state 1 1 [True, False, False]"
-    assert seen.widgets == 1 and "0 dropped" in seen.status_again
     assert [e for e in errors if not FRONT_END_RACE.match(e)] == []
 
 
@@ -81,11 +67,7 @@ def test_a_saved_notebook_7_page_reloaded_shows_the_widget_again(notebook, tmp_p
     server, url = notebook
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = launch(playwright, CHROMIUM_ARGS)
-        page = browser.new_page(viewport=VIEWPORT)
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(f"{error}\n{error.stack}"))
+    with sync_playwright() as playwright, browser_page(playwright) as (page, errors):
         open_notebook(page, url)
         run_all(page)
         widget = page.locator(".opgraph-widget")
@@ -116,7 +98,6 @@ def test_a_saved_notebook_7_page_reloaded_shows_the_widget_again(notebook, tmp_p
         rows.nth(3).wait_for(timeout=60_000)  # the new widget's page is ready
         status_again = widget.locator("#status").inner_text()
         widgets = widget.count()
-        browser.close()
     by_label = {t.split("\t")[1]: t.split("\t") for t in texts}
     assert {"x", "k", "y"} <= set(by_label) and by_label["y"][4] == "1"
     assert "0 dropped" in status and "no backward pass seen" not in status
