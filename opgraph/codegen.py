@@ -148,8 +148,9 @@ class Generated:
         partial that is not a real number (a complex one or an array fails only later, where
         numbers are added)."""
         line = self._failing_line(exc)
-        unreal = _not_real(self._derived()) if where == "backward" else None
-        if unreal is not None and isinstance(exc, TypeError | ValueError):
+        traced = where == "backward" and isinstance(exc, TypeError | ValueError)
+        unreal = _not_real(self._derived()) if traced else None
+        if unreal is not None:
             node, partial = unreal
             detail = (
                 f"derivative returned a partial derivative {partial!r} of type "
@@ -168,6 +169,24 @@ class Generated:
             recorded=True,
             detail=detail,
         )
+
+    def _checked_error(self, *args: Any) -> Exception | None:
+        """After a forward that made a number that is not real (a plugin's `a ** 0.5` of a
+        negative `a`), which the unchecked code meets only where it stores or returns it:
+        the checking replay, a check per node, run on `args`, stops at the node that made
+        it. Its error naming that node, or None if it stops on no node's line or passes.
+        An AnomalyError (an inf before it) propagates."""
+        replay, lines = self._function(True)
+        try:
+            next(replay(*args))
+        except AnomalyError:
+            raise
+        except Exception as exc:
+            error = self._error(exc, lines, "forward")
+            if error is not exc:
+                error.__cause__ = exc
+                return error
+        return None
 
     def _derived(self) -> list[Value]:
         """The nodes whose derivatives this code calls (all of the recording's)."""

@@ -859,14 +859,7 @@ class _Program(Generated):
         node per line, names the node that made it, as eager mode refuses it."""
         if all(isinstance(out, Real) for out in outputs):
             return  # (an int from a plugin's forward: a real number, as eager takes it)
-        replay, lines = self._function(checked=True)
-        try:
-            next(replay(numbers))
-        except AnomalyError:
-            raise
-        except Exception as exc:
-            raise self._error(exc, lines, "forward") from exc
-        raise CompileError(  # (not reached while the checks see every node)
+        raise self._checked_error(numbers) or CompileError(  # (or: while the checks see all)
             f"compiled {self.compiled.name}: an output is not a real number: {outputs!r}"
         )
 

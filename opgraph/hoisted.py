@@ -546,24 +546,14 @@ class Hoisted(Generated):
             raise
         except Exception as exc:
             error = self._error(exc, lines, "forward")
-            if error is exc and not checked:
-                self._name_unreal(PV)  # (a complex number fails only where PV takes it)
+            if error is exc and not checked:  # (a complex number fails where PV takes it)
+                try:
+                    with np.errstate(all="ignore"):
+                        error = self._checked_error(PV) or error
+                except AnomalyError:
+                    pass  # (an inf before it, fine unchecked: the first error stands)
             raise error from exc
         return running, lines
-
-    def _name_unreal(self, PV: np.ndarray) -> None:  # noqa: N803
-        """Run the checking lines, one check per node, to name the node whose forward
-        returned a number that is not real (a plugin's `a ** 0.5` of a negative `a`)."""
-        replay, lines = self._function(True)
-        try:
-            with np.errstate(all="ignore"):
-                next(replay(PV))
-        except AnomalyError:
-            return  # (an inf before it, fine unchecked: the first error stands)
-        except Exception as exc:
-            error = self._error(exc, lines, "forward")
-            if error is not exc:
-                raise error from exc
 
     def backward(self, running: Any, lines: dict[int, int], total: np.ndarray) -> None:
         """Add the hoisted nodes' part of the parameters' gradients into `total` (the batch's

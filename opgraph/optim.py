@@ -63,12 +63,6 @@ def _rate(value: float, what: str, name: str, low: float = 0.0, high: float = ma
     return float(value)
 
 
-def _zeros(n: int) -> Any:
-    import numpy as np  # (only for stored parameters, whose store has imported it)
-
-    return np.zeros(n)
-
-
 class _Optimizer:
     """What SGD and Adam share: their parameters, and zeroing their gradients."""
 
@@ -77,6 +71,15 @@ class _Optimizer:
         # Parameters that all live in one ParameterStore (nn.MLP(stored=True)) are updated
         # by numpy calls over their rows: the same operations on each number, in one call.
         self._store, self._rows = store_rows(self.params)
+
+    def _zeros(self) -> Any:
+        """A number of state per parameter, all 0.0: an array for stored parameters, which
+        are updated by numpy calls, else a list."""
+        if self._store is None:
+            return [0.0] * len(self.params)
+        import numpy as np  # (imported already by the store)
+
+        return np.zeros(len(self.params))
 
     def zero_grad(self) -> None:
         """Set every parameter's gradient to 0.0 (as `p.grad = 0.0` does)."""
@@ -98,9 +101,7 @@ class SGD(_Optimizer):
         super().__init__(params)
         self.lr = _rate(lr, "lr", "SGD")
         self.momentum = _rate(momentum, "momentum", "SGD", 0.0, 1.0)
-        self._buffers: Any = [0.0] * len(self.params)
-        if self._store is not None:
-            self._buffers = _zeros(len(self.params))
+        self._buffers = self._zeros()
 
     def step(self) -> None:
         """Apply one update to every parameter."""
@@ -143,10 +144,7 @@ class Adam(_Optimizer):
         self.b2 = _rate(betas[1], "betas[1]", "Adam", 0.0, 1.0)
         self.eps = _rate(eps, "eps", "Adam")
         self.t = 0  # steps taken
-        self._m: Any = [0.0] * len(self.params)
-        self._v: Any = [0.0] * len(self.params)
-        if self._store is not None:
-            self._m, self._v = _zeros(len(self.params)), _zeros(len(self.params))
+        self._m, self._v = self._zeros(), self._zeros()
 
     def step(self) -> None:
         """Apply one update to every parameter."""
