@@ -435,7 +435,7 @@ class BatchedProgram(Generated):
             "multiply": np.multiply,
         }
         self.warned: set[str] = set()
-        self.index = {id(node): i for i, node in enumerate(compiled.nodes)}
+        self.index = compiled.index
         self._leaves()
         self.reaches_root = {id(v) for v in reachable(compiled.outputs[:1])}
         self._group()

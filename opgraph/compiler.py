@@ -319,6 +319,7 @@ class Compiled:
                 f"{self.outputs[0].engine.name!r}; pass engine= to compile()"
             )
         self.nodes = reachable(self.outputs)
+        self.index = {id(node): i for i, node in enumerate(self.nodes)}  # node -> its number
         # a row of the batched arrays for each input and op node (chunk_size)
         self._rows = len(inputs) + sum(1 for node in self.nodes if node._opdef is not None)
         self._classify(marker._id)
@@ -585,8 +586,7 @@ class _Program(Generated):
 
     def __init__(self, compiled: Compiled):
         self.compiled = compiled
-        nodes = compiled.nodes
-        self.index = {id(node): i for i, node in enumerate(nodes)}
+        self.index = compiled.index
         self.outputs = [self.index[id(v)] for v in compiled.outputs]
         self.namespace: dict[str, Any] = dict(rules.NAMESPACE)  # inf, nan, IEEE div, power
         self._names: dict[int, str] = {}
