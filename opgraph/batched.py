@@ -1459,10 +1459,10 @@ def _shape_checked(kernel: Callable, field: str, arity: int) -> Callable:
                 f"{field} returned an array of shape {shape} for inputs of shapes "
                 f"{[np.shape(a) for a in args]}; it must compute element by element"
             )
-        if np.asarray(result).dtype.kind not in "fiub":
+        dtype = np.asarray(result).dtype
+        if dtype.kind not in "fiub":
             raise TypeError(
-                f"{field} returned {np.asarray(result).dtype} numbers; it must return real "
-                f"numbers (a float64 array)"
+                f"{field} returned {dtype} numbers; it must return real numbers (a float64 array)"
             )
 
     if field == "array_forward":
@@ -1525,12 +1525,8 @@ def _elementwise(scalar: Callable, is_derivative: bool, arity: int, gi: int) -> 
                 ds = tuple(scalar(*xs))
                 if len(ds) != arity:
                     raise PartialsCountError(wrong_partials(arity, ds))
-                unreal = [d for d in ds if not isinstance(d, Real)]
-                if unreal:  # (as eager says it: a complex partial is never right)
-                    raise NotRealError(
-                        f"derivative returned a partial derivative {unreal[0]!r} of type "
-                        f"{type(unreal[0]).__name__}; each one must be a real number"
-                    )
+                # (as eager checks them: a complex partial is never right)
+                ds = tuple(d if type(d) is float else rules.real_partial(d) for d in ds)
             except Exception as exc:
                 raise _ElementError(exc, position, shape) from exc
             partials.append(ds)

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
-from .errors import AnomalyError, CompileError, op_error, wrong_partials
+from .errors import AnomalyError, CompileError, NotRealError, op_error, wrong_partials
 from .reverse import topological_order
+from .rules import real_partial
 from .value import Value
 
 if TYPE_CHECKING:
@@ -151,11 +152,8 @@ class Generated:
         traced = where == "backward" and isinstance(exc, TypeError | ValueError)
         unreal = _not_real(self._derived()) if traced else None
         if unreal is not None:
-            node, partial = unreal
-            detail = (
-                f"derivative returned a partial derivative {partial!r} of type "
-                f"{type(partial).__name__}; each one must be a real number (then: {exc})"
-            )
+            node, why = unreal
+            detail = f"{why} (then: {exc})"
         elif line in lines:
             node = self.compiled.nodes[lines[line]]
             detail = _recount(node, where) or f"{type(exc).__name__}: {exc}"
@@ -250,16 +248,18 @@ def _recount(node: Value, where: str) -> str | None:
     return wrong_partials(arity, partials) if len(partials) != arity else None
 
 
-def _not_real(nodes: list[Value]) -> tuple[Value, Any] | None:
+def _not_real(nodes: list[Value]) -> tuple[Value, NotRealError] | None:
     """The first of `nodes` whose op's derivative function (inline partials are numbers by
-    construction) returns a partial that is not a real number, and that partial."""
+    construction) returns a partial that is not a real number, and eager's error for it."""
     for node in nodes:
         if node._opdef is None or node._opdef.partials is not None:
             continue
         found = _partials_again(node)
         for partial in found[0] if found is not None else ():
-            if not isinstance(partial, Real):
-                return node, partial
+            try:
+                real_partial(partial)
+            except NotRealError as why:
+                return node, why
     return None
 
 
