@@ -100,7 +100,8 @@ class Generated:
     `<opgraph.compile loss#3>`, so that a traceback through it shows the generated line; it
     is forgotten with the program. A subclass sets `kind` (the name's prefix), `namespace`,
     `replay`, `lines`, `_checked` and `_filenames` (an empty set before the first `_exec`),
-    and writes `_generate(checked)` and `_build(source)`.
+    `_names` (an empty dict) if its code calls plugin functions by name (`_name`), and
+    writes `_generate(checked)` and `_build(source)`.
     """
 
     kind: str
@@ -110,6 +111,7 @@ class Generated:
     lines: dict[int, int]
     _checked: tuple[Callable, dict[int, int]] | None
     _filenames: set[str]
+    _names: dict[int, str]
 
     def _exec(self, source: str, **names: Any) -> Callable:
         """The `replay` function that `source` defines, with `names` in its globals."""
@@ -120,6 +122,15 @@ class Generated:
         namespace = {**self.namespace, **names}
         exec(builtins.compile(source, filename, "exec"), namespace)
         return namespace["replay"]
+
+    def _name(self, fn: Callable, hint: str) -> str:
+        """A global name in the generated code for a plugin function (`_names`: by the
+        function's id, those given so far)."""
+        if id(fn) not in self._names:
+            name = f"{hint}_{len(self._names)}"
+            self._names[id(fn)] = name
+            self.namespace[name] = fn
+        return self._names[id(fn)]
 
     def _function(self, checked: bool) -> tuple[Callable, dict[int, int]]:
         if not checked:

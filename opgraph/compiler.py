@@ -600,14 +600,6 @@ class _Program(Generated):
 
     # --- the source -----------------------------------------------------------------------
 
-    def _name(self, fn: Callable, hint: str) -> str:
-        """A global name in the generated code for a plugin function."""
-        if id(fn) not in self._names:
-            name = f"{hint}_{len(self._names)}"
-            self._names[id(fn)] = name
-            self.namespace[name] = fn
-        return self._names[id(fn)]
-
     def _arguments(
         self, op: Row, parents: list[int], inlined: dict[int, str] | None = None
     ) -> tuple[Row, list[str], list[int]]:

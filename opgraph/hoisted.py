@@ -262,13 +262,6 @@ class Hoisted(Generated):
 
     # --- the source -------------------------------------------------------------------------
 
-    def _name(self, fn: Callable, hint: str) -> str:
-        """A global name in the generated code for a plugin function."""
-        if id(fn) not in self._names:
-            self._names[id(fn)] = f"{hint}_{len(self._names)}"
-            self.namespace[self._names[id(fn)]] = fn
-        return self._names[id(fn)]
-
     def _arguments(self, node: Value) -> tuple[Row, list[str], list[int | None]]:
         """The op to call, its arguments as source, and the node index of each (None for a
         number the op fixes)."""
