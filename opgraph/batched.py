@@ -77,7 +77,7 @@ from .errors import (
     op_message,
     wrong_partials,
 )
-from .hoisted import Hoisted, node_uses, progression, slice_source
+from .hoisted import Hoisted, index_source, node_uses, progression, slice_source
 from .ops import Row
 from .stored import store_rows
 
@@ -1072,12 +1072,9 @@ class BatchedProgram(Generated):
         w_rows = np.array(
             [self.parameter_row[id(w)] for ws in group.weights for w in ws], dtype=np.intp
         )
-        found = progression(w_rows)
-        if found:
-            emit(f"w{gi} = PV[{slice_source(*found, m * k)}].reshape({m}, {k})", gi)
-        else:
-            self.namespace[f"IW{gi}"] = w_rows
-            emit(f"w{gi} = PV.take(IW{gi}, 0).reshape({m}, {k})", gi)
+        index = index_source(w_rows, f"IW{gi}", self.namespace)
+        read = f"PV[{index}]" if ":" in index else f"PV.take({index}, 0)"
+        emit(f"w{gi} = {read}.reshape({m}, {k})", gi)
         x_rows = np.array([self.row[id(x)] for x in group.xs], dtype=np.intp)
         x = self._row_operand(f"{gi}_x", x_rows, broadcast=False)
         x.rows = x_rows
@@ -1104,15 +1101,14 @@ class BatchedProgram(Generated):
         """Backward of `W @ X + extras` for the gradient g of its rows: W's is `g @ X.T`
         (summed per block of samples), X's `W.T @ g`, each extra's g itself."""
         w_rows = group.w_rows
-        found = progression(w_rows)
-        index = slice_source(*found, len(w_rows)) if found else f"IW{gi}"
+        index = index_source(w_rows, f"IW{gi}", self.namespace)
         call, dw = "block_products", f"g, x{gi}"
         if checked:
             emit(f"    c = {call}({dw})", gi)
             emit(f"    if not isfinite(c).all(): linear_anomaly({gi}, -1, c)")
             call, dw = None, "c"
         # A weight used more than once: each use's gradient added (np.add.at).
-        repeated = not found and len(np.unique(w_rows)) < len(w_rows)
+        repeated = ":" not in index and len(np.unique(w_rows)) < len(w_rows)
         emit("    " + self._pg.add(index, w_rows, call, dw, at=repeated), gi)
         # One neuron: W.T @ g is an outer product, a broadcast multiply (BLAS is slower).
         dx = f"w{gi}.T * g" if len(group.nodes) == 1 else f"w{gi}.T @ g"
@@ -1124,11 +1120,7 @@ class BatchedProgram(Generated):
         """Where the parameters are in PV and PG: a slice (`0:16`), or the name of an array
         of their rows (a gather); and their rows."""
         rows = np.array([self.parameter_row[id(p)] for p in params], dtype=np.intp)
-        found = progression(rows)
-        if found:
-            return slice_source(*found, len(rows)), rows
-        self.namespace[name] = rows
-        return name, rows
+        return index_source(rows, name, self.namespace), rows
 
     def _dot_forward(self, gi: int, group: _Dot, out: str, emit) -> list[_Operand]:
         """`out = a . b`, the same number in every sample's column, then each extra term

@@ -44,6 +44,16 @@ def slice_source(start: int, step: int, count: int) -> str:
     return f"{start}:{stop}" if step == 1 else f"{start}:{stop}:{step}"
 
 
+def index_source(rows: np.ndarray, name: str, namespace: dict[str, Any]) -> str:
+    """Rows of an array as an index in source: a slice if they are evenly spaced, else
+    `name`, the rows as an index array put in the generated code's `namespace`."""
+    found = progression(rows)
+    if found:
+        return slice_source(*found, len(rows))
+    namespace[name] = rows
+    return name
+
+
 def node_uses(nodes: list[Value]) -> tuple[dict[int, int], dict[int, Value]]:
     """How many times each node is an operand (by id), and a node that reads it (the only
     one, where it is read once)."""
@@ -379,11 +389,7 @@ class Hoisted(Generated):
 
     def _rows(self, name: str, rows: np.ndarray) -> str:
         """Rows of PV (or of the totals) as an index: a slice, or a named array."""
-        found = progression(rows)
-        if found:
-            return slice_source(*found, len(rows))
-        self.namespace[name] = rows
-        return name
+        return index_source(rows, name, self.namespace)
 
     def _backward_lines(self, checked: bool, emit: Callable) -> list[str]:
         """The chain rule through the hoisted nodes, from the totals of those the batch reads;
