@@ -10,7 +10,8 @@ comm's, joined to the hub of an `EngineServer` that listens on no port (`port=No
 by every widget of one engine. A widget joins only when its page says "ready" (hello and a
 snapshot first, then the stream), so that "Run All" loses nothing: events made before the
 page was ready are in the snapshot. A page that goes away ("gone", the cell cleared or re-run)
-leaves the hub; the feed stops with the last widget of its engine closed.
+leaves the hub; a widget made again by its cell takes over the feed, which stops with the
+last widget of its engine closed.
 """
 
 from __future__ import annotations
@@ -214,16 +215,12 @@ def widget(engine: TracedEngine, **options: Any) -> TraceWidget:
         # A cell run again: its earlier widget's page is gone, and that widget is closed, not
         # leaked: here, or when its page says "gone" while or after this one is made (_on_msg).
         earlier = [w for w in feed.widgets if w.shown and not w.views]
-    for old in earlier:
-        old.close()
-    with _lock:
-        stopped = feed.stopped  # (closing the earlier ones stopped it: a new feed)
-        if not stopped:
-            feed.making += 1
-    if stopped:
-        feed.server.close()  # (done already, or by another thread: wait for it)
-        return widget(engine, **options)
+        # The new widget takes over the trace: the earlier ones closed, the feed keeps running
+        # (with the graph so far, a new page's snapshot), as a widget is being made for it.
+        feed.making += 1
     try:
+        for old in earlier:
+            old.close()
         made = TraceWidget(feed)
     except BaseException:
         with _lock:

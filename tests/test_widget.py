@@ -119,6 +119,39 @@ def test_in_a_kernel_the_widget_streams_through_the_comm_and_opens_no_port():
         km.shutdown_kernel(now=True)
 
 
+@pytest.mark.subprocess  # the kernel
+def test_a_cell_run_again_after_its_page_said_gone_shows_the_graph_so_far():
+    """JupyterLab and Notebook 7 clear a cell's outputs before they send its code, so the
+    kernel may hear the earlier widget's page say "gone" before the cell runs again. The new
+    widget takes over the engine's trace: its page gets the graph built before (a
+    snapshot), not an empty trace (seen once in CI: a reloaded Notebook 7 page, the widget's
+    cell run again, and no node shown)."""
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        _run(kc, "import opgraph\nengine = opgraph.Engine(name='nb')\nw = opgraph.widget(engine)")
+        model_id = _model_id(_run(kc, "w")[0])
+        _say(kc, model_id, {"type": "ready", "view": "page-1"})
+        _run(kc, BUILD)
+        _say(kc, model_id, {"type": "gone", "view": "page-1"})  # the outputs cleared
+        shown, _ = _run(kc, "w2 = opgraph.widget(engine)\nw2")  # ... then the cell runs
+        _say(kc, _model_id(shown), {"type": "ready", "view": "page-2"})
+        _, comms = _run(kc, "assert w2.flush()")
+        events = _events(comms)
+        assert [e["type"] for e in events[:2]] == ["hello", "snapshot_begin"]
+        assert {e["label"] for e in events if e["type"] == "node"} >= {"a", "b", "out"}
+        out, _ = _run(kc, "print(w.comm is None, w2.feed is w.feed, engine.tracer is not None)")
+        assert out[0]["text"].split() == ["True", "True", "True"]  # the earlier one closed
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def _model_id(outputs: list[dict]) -> str:
+    """The widget's model id in a cell's outputs (its view, as the page gets it)."""
+    data = next(o["data"] for o in outputs if "data" in o)
+    return data["application/vnd.jupyter.widget-view+json"]["model_id"]
+
+
 def test_widgets_share_one_feed_per_engine_and_leave_nothing_behind():
     threads = threading.active_count()
     one, two = Engine(name="one"), Engine(name="two")
@@ -133,8 +166,9 @@ def test_widgets_share_one_feed_per_engine_and_leave_nothing_behind():
     assert one.tracer is not None and len(b.feed.server.hub.viewers) == 1
     b._on_msg(b, {"type": "gone", "view": "p"}, [])  # its cell was cleared: the hub lets go
     assert b.feed.server.hub.viewers == set()
-    again = opgraph.widget(one)  # the cell run again: the earlier widget is closed
-    assert b.comm is None and again.feed is not b.feed and b.feed.server._closed
+    again = opgraph.widget(one)  # the cell run again: the earlier widget is closed ...
+    assert b.comm is None and b.viewer is None
+    assert again.feed is b.feed and not again.feed.server._closed  # ... its trace carries on
     # Run All: the new widget is made before the earlier page says "gone"; then it is closed
     again._on_msg(again, {"type": "ready", "view": "q"}, [])
     newer = opgraph.widget(one)
