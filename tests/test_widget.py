@@ -21,7 +21,7 @@ from jupyter_client.manager import start_new_kernel
 from viewer_support import b64
 
 import opgraph
-from opgraph import Engine, ServerError
+from opgraph import Engine, ServerError, Value
 from opgraph.nn import MLP
 from opgraph.server import widget as widget_module
 from opgraph.server.bundle import widget_esm
@@ -202,11 +202,13 @@ def _frames_of_a_traced_graph(mlp: bool = False) -> list[bytes]:
     engine = Engine(name="page")
     w = opgraph.widget(engine)
     sent: list[bytes] = []
-    w.send = lambda content, buffers=None: sent.extend(buffers or [])  # pyright: ignore[reportAttributeAccessIssue]
+    w.send = lambda content, buffers=None: sent.extend(buffers or [])
     try:
         w._on_msg(w, {"type": "ready", "view": "p"}, [])
         if mlp:
-            MLP(2, [4, 4, 1], engine=engine)([0.5, -1.0]).backward()
+            out = MLP(2, [4, 4, 1], engine=engine)([0.5, -1.0])
+            assert isinstance(out, Value)  # (one output: a Value, not a list)
+            out.backward()
         else:
             x = engine.value(0.5, label="x")
             y = (x * engine.value(4.0, label="k")).tanh()
