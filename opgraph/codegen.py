@@ -23,6 +23,8 @@ from .rules import real_partial
 from .value import Value
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from .compiler import Compiled
 
 # A parameter's gradient is summed over a batch in blocks of SUM_BLOCK samples, so that the
@@ -225,12 +227,17 @@ class Generated:
 
     def _failing_line(self, exc: Exception) -> int | None:
         """The line of the generated source where `exc` was raised, if it was raised there."""
-        tb, line = exc.__traceback__, None
+        found = self._failing_frame(exc)
+        return found[1] if found is not None else None
+
+    def _failing_frame(self, exc: Exception) -> tuple[FrameType, int] | None:
+        """The frame of generated code where `exc` was raised, and its line, if it was."""
+        tb, found = exc.__traceback__, None
         while tb is not None:
             if tb.tb_frame.f_code.co_filename in self._filenames:
-                line = tb.tb_lineno
+                found = tb.tb_frame, tb.tb_lineno
             tb = tb.tb_next
-        return line
+        return found
 
 
 def _partials_again(node: Value) -> tuple[Any, int] | None:

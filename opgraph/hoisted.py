@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from numbers import Real
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from . import rules
 from .codegen import Generated, literal
-from .errors import AnomalyError, op_error
+from .errors import AnomalyError, node_name, op_error
 from .value import Value
 
 if TYPE_CHECKING:
@@ -118,6 +118,8 @@ class Hoisted(Generated):
         self.trees = self._sum_trees()  # top add -> its terms, for sums of many terms
         self.absorbed = {i for _, adds in self.trees.values() for i in adds}
         self.units = self._units()
+        # a vector by its first node (its lines name that node)
+        self.vector_of = {unit[0]: u for u, unit in enumerate(self.units) if len(unit) > 1}
         self.operands = {u: self._operands(u) for u, unit in enumerate(self.units) if len(unit) > 1}
         self.sums = {i: self._sum_of(terms) for i, (terms, _) in self.trees.items()}
         self.unpacked = self._unpacked()
@@ -569,6 +571,59 @@ class Hoisted(Generated):
     def _derived(self) -> list[Value]:
         return [self.compiled.nodes[i] for i in self.hoisted]
 
+    def _error(self, exc: Exception, lines: dict[int, int], where: str) -> Exception:
+        """As Generated's. A vector's lines name its first node, so a vector's forward that
+        raised is first traced to the node whose op, called on its own numbers, raises."""
+        found = self._failing_frame(exc) if where == "forward" else None
+        node = lines.get(found[1]) if found is not None else None
+        u = self.vector_of.get(node) if node is not None else None
+        if found is None or u is None:
+            return super()._error(exc, lines, where)
+        error = self._element_error(u, found[0].f_locals)
+        if error is not None:
+            return error
+        first = self.compiled.nodes[self.units[u][0]]  # (only the array kernel raised)
+        return op_error(
+            first._opdef,
+            f"failed in {self.words} forward of {self.compiled.name}{self.note}",
+            node=f"{node_name(first)} and {len(self.units[u]) - 1} other node(s) of one numpy call",
+            detail=f"{type(exc).__name__}: {exc}",
+        )
+
+    def _element_error(self, u: int, local: dict[str, Any]) -> Exception | None:
+        """The error of vector u's first node whose op's scalar forward raises on the
+        numbers the vector was given (read from the failed replay's locals), or None."""
+        columns = []
+        try:
+            for kind, what in self.operands[u]:
+                if kind == "C":
+                    columns.append(list(what))
+                elif kind == "P":
+                    columns.append(local["PV"][what, 0].tolist())
+                elif kind == "H":
+                    columns.append(local[f"h{what}"].tolist())
+                else:
+                    columns.append([local[f"v{p}"] for p in what])
+        except (KeyError, AttributeError):  # (a line before the op's call failed)
+            return None
+        nodes = self.compiled.nodes
+        for k, i in enumerate(self.units[u]):
+            op, call = self.program._call(nodes[i])
+            numbers = [column[k] for column in columns]
+            try:
+                op.forward(*numbers)
+            except Exception as why:
+                return op_error(
+                    nodes[i]._opdef,
+                    f"failed in {self.words} forward of {self.compiled.name}{self.note}",
+                    node=nodes[i],
+                    inputs=[
+                        _Now(x, getattr(a, "label", "")) for x, a in zip(numbers, call, strict=True)
+                    ],
+                    detail=f"{type(why).__name__}: {why}",
+                )
+        return None
+
     def _vector_anomaly(self, u: int, array: np.ndarray, position: int | None = None) -> None:
         """A vector's forward (position None) or its contribution to an operand gave inf or
         nan: named by the node of the first such element."""
@@ -584,6 +639,13 @@ class Hoisted(Generated):
             detail=f"{array[k]} for input {position}, its gradient summed over the batch",
             error=AnomalyError,
         )
+
+
+class _Now(NamedTuple):
+    """An input of a node as an error shows it: its number now, and its label."""
+
+    data: float
+    label: str
 
 
 def _reals(values: tuple) -> tuple:

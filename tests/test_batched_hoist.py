@@ -311,6 +311,74 @@ def test_a_vector_whose_gradient_is_infinite_names_the_node():
     assert "10 x pow, one numpy call" in (f.batch_source or "")
 
 
+def _picky_engine(scalar_raises: bool = True) -> Engine:
+    """An op that refuses numbers above 0.95, with an array kernel that refuses an array
+    holding one (and whose scalar forward refuses nothing if not `scalar_raises`)."""
+
+    def forward(a):
+        if scalar_raises and a > 0.95:
+            raise ValueError(f"too large: {a}")
+        return 2.0 * a
+
+    def array_forward(a):
+        if (a > 0.95).any():
+            raise ValueError("too large, somewhere")
+        return 2.0 * a
+
+    picky = Op(
+        "picky",
+        forward,
+        derivative=lambda out, a: (2.0,),
+        array_forward=array_forward,
+        array_derivative=lambda out, a: (np.full_like(a, 2.0),),
+    )
+    return Engine(plugins=[plugin("pickers", picky)], entry_points=False)
+
+
+@pytest.mark.parametrize("operand", ["parameters", "a vector", "hoisted nodes, one by one"])
+def test_an_error_in_a_vector_names_the_node_that_raised_not_the_first(operand):
+    """Ten picky nodes are one numpy call; the eighth's parameter grows past what the op
+    takes. The error names that node and its number now, as compiled replay does, not the
+    vector's first node with its recorded input."""
+    engine = _picky_engine()
+    params = [engine.value(0.05 * k, f"w{k}") for k in range(10)]
+
+    def operands() -> list:
+        if operand == "parameters":
+            return params
+        if operand == "a vector":
+            return [p * 1.0 for p in params]  # ten muls, one numpy call
+        return [p * 1.0 for p in params[:5]] + [p + 0.0 for p in params[5:]]  # lines
+
+    def fn(x):
+        return sum(engine.ops.picky(a) for a in operands()) * x
+
+    f = opgraph.compile(fn, 1.0, engine=engine)
+    f.map([1.0, 2.0])
+    assert "10 x picky, one numpy call" in (f.batch_source or "")
+    params[7].data = 0.97
+    with pytest.raises(OpError) as batched:
+        f.map([1.0, 2.0])
+    with pytest.raises(OpError) as compiled:
+        f(1.0)
+    message = str(batched.value)
+    assert "op 'picky' (plugin 'pickers') failed in batched forward" in message
+    assert "ValueError: too large: 0.97" in message
+    if operand == "parameters":
+        assert "inputs (0.97 (label 'w7'))" in message
+    node = re.search(r"at node #\d+", str(compiled.value))
+    assert node is not None and node.group() in message  # the node compiled replay names
+
+
+def test_an_array_kernel_alone_that_raises_in_a_vector_names_the_vector():
+    engine = _picky_engine(scalar_raises=False)
+    params = [engine.value(0.05 * k, f"w{k}") for k in range(10)]
+    f = opgraph.compile(lambda x: sum(p.picky() for p in params) * x, 1.0, engine=engine)
+    params[7].data = 0.97
+    with pytest.raises(OpError, match=r"and 9 other node\(s\) of one numpy call: ValueError"):
+        f.map([1.0, 2.0])
+
+
 def test_a_sum_of_thousands_of_parameters_is_written_in_lines_python_compiles():
     """`sum(params)`: 3,000 terms, no op to vectorise, written 100 terms to a line (one
     line of 3,000 `+` is too deep for Python's compiler)."""
