@@ -53,10 +53,10 @@ CELLS = [
 NOTEBOOK = "widget.ipynb"
 
 
-def write_notebook(folder: Path) -> None:
-    """CELLS as `folder`/widget.ipynb, for the Python 3 kernel."""
+def write_notebook(folder: Path, cells: list[str] = CELLS) -> None:
+    """`cells` as `folder`/widget.ipynb, for the Python 3 kernel."""
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
     nb.metadata["kernelspec"] = {
         "name": "python3",
         "display_name": "Python 3",
@@ -88,13 +88,13 @@ def wait_up(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
 
 @contextmanager
 def jupyter(
-    app: str, folder: Path, windowing: str | None = None
+    app: str, folder: Path, windowing: str | None = None, cells: list[str] = CELLS
 ) -> Iterator[tuple[subprocess.Popen, str, str]]:
     """`python -m <app>` ("jupyterlab" or "notebook") serving `folder`, which holds
-    widget.ipynb: yields the server's process, its base URL and its token. `windowing` is
-    the notebook's windowingMode setting ("none": every cell drawn, on screen or not);
-    None leaves the front end's default."""
-    write_notebook(folder)
+    widget.ipynb (of `cells`): yields the server's process, its base URL and its token.
+    `windowing` is the notebook's windowingMode setting ("none": every cell drawn, on screen
+    or not); None leaves the front end's default."""
+    write_notebook(folder, cells)
     if windowing is not None:
         settings = folder / "settings" / "@jupyterlab" / "notebook-extension"
         settings.mkdir(parents=True)
