@@ -29,20 +29,24 @@ import psutil
 import pytest
 from viewer_support import CHROMIUM_ARGS, VIEWPORT, launch
 
-CELLS = [
-    # the kernel's listening ports before the widget (its channels, and IOPub's own pipe)
-    "import psutil\n"
-    "print('listening', sorted({c.laddr.port for c in psutil.Process().net_connections('all')"
-    " if c.status == 'LISTEN'}))",
-    "import opgraph\nview = opgraph.widget()\nview",
-    # a small training loop: the same graph each step, so the viewer gets training steps too
+# a small training loop: the same graph each step, so the viewer gets training steps too
+TRAINING = (
     "x = opgraph.Value(0.5, label='x')\nk = opgraph.Value(4.0, label='k')\n"
     "for step in range(5):\n"
     "    x.grad = k.grad = 0.0\n"
     "    y = (x * k).tanh(); y.label = 'y'\n"
     "    y.backward()\n"
     "    k.data -= 0.1 * k.grad\n"
-    "print('trained', round(k.data, 4))",
+    "print('trained', round(k.data, 4))"
+)
+
+CELLS = [
+    # the kernel's listening ports before the widget (its channels, and IOPub's own pipe)
+    "import psutil\n"
+    "print('listening', sorted({c.laddr.port for c in psutil.Process().net_connections('all')"
+    " if c.status == 'LISTEN'}))",
+    "import opgraph\nview = opgraph.widget()\nview",
+    TRAINING,
     # what the kernel holds: its threads, the engines' feeds, and which widgets are closed
     "import threading, opgraph.server.widget as ow\n"
     "shown = globals().setdefault('shown', []); shown.append(view)\n"

@@ -10,19 +10,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from notebook_support import NOTEBOOK, browser_page, jupyter, open_notebook, run_all
+from notebook_support import NOTEBOOK, TRAINING, browser_page, jupyter, open_notebook, run_all
 
-CELLS = [
-    "import opgraph\nviewer = opgraph.serve(port=0)\nviewer",
-    # the same small training loop as the widget's notebook: one graph, five steps
-    "x = opgraph.Value(0.5, label='x')\nk = opgraph.Value(4.0, label='k')\n"
-    "for step in range(5):\n"
-    "    x.grad = k.grad = 0.0\n"
-    "    y = (x * k).tanh(); y.label = 'y'\n"
-    "    y.backward()\n"
-    "    k.data -= 0.1 * k.grad\n"
-    "print('trained', round(k.data, 4))",
-]
+CELLS = ["import opgraph\nviewer = opgraph.serve(port=0)\nviewer", TRAINING]
 
 # Notebook 7's own start-up race (jupyter/notebook#7862), as in test_widget_notebook.py: the
 # only page error that is not the viewer's.
