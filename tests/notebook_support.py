@@ -319,3 +319,76 @@ def run_widget_notebook(page: Any, server: subprocess.Popen, url: str, shot: Pat
         status_again=widget.locator("#status").inner_text(),
         widgets=widget.count(),
     )
+
+
+@dataclass
+class Reloaded:
+    """What the page showed in `reload_and_run_again`."""
+
+    rows: list[str]  # the reloaded page's node list, a row's cells tab-separated
+    status: str  # ... and its status line
+    again: str  # the state cell's output after the widget's cell and it ran again
+    status_again: str  # the new widget's status line
+    widgets: int  # widgets on the page in the end
+
+
+def reload_and_run_again(page: Any, url: str, saved: Path) -> Reloaded:
+    """Open the notebook at `url`, Run All, save it (to `saved`), reload the page, read the
+    widget the reloaded page shows from the running kernel, then run the widget's cell and
+    the state cell again."""
+    open_notebook(page, url)
+    run_all(page)
+    widget = page.locator(".opgraph-widget")
+    rows = widget.locator("#node-list tbody tr")
+    state = page.locator(".jp-OutputArea-output pre", has_text="state")
+    state.wait_for(timeout=120_000)
+    rows.nth(3).wait_for(timeout=60_000)
+    page.keyboard.press("Control+s")  # what a user does before reloading
+    _wait_saved(saved)
+    page.reload()  # the outputs come from the file, the widget from the running kernel
+    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
+    rows.nth(3).wait_for(timeout=60_000)  # the reloaded page got the graph (a snapshot)
+    widget.locator("#st-pass").filter(has_text=re.compile("pass")).wait_for(timeout=60_000)
+    texts = rows.all_inner_texts()
+    status = widget.locator("#status").inner_text()
+    # the widget's cell run again, then the state cell: the earlier widget is closed (the
+    # page before the reload is gone, not a page still showing it), and the new one shows
+    # the graph built before (its cell's outputs are cleared before it runs: its page may
+    # say "gone" before the kernel runs the cell)
+    for cell in (1, len(CELLS) - 1):
+        page.locator(".jp-Notebook .jp-Cell").nth(cell).locator(".jp-InputPrompt").click()
+        run_from_menu(page, "notebook:run-cell")
+    try:
+        state.filter(has_text=re.compile(r"\[(True|False), False\]")).wait_for(timeout=60_000)
+    except Exception as exc:
+        raise AssertionError(f"state not shown: {notebook_state(page)}") from exc
+    again = state.inner_text().strip()
+    rows.nth(3).wait_for(timeout=60_000)  # the new widget's page is ready
+    return Reloaded(
+        rows=texts,
+        status=status,
+        again=again,
+        status_again=widget.locator("#status").inner_text(),
+        widgets=widget.count(),
+    )
+
+
+def assert_the_reloaded_widget_was_shown(seen: Reloaded) -> None:
+    by_label = {t.split("\t")[1]: t.split("\t") for t in seen.rows}
+    assert {"x", "k", "y"} <= set(by_label) and by_label["y"][4] == "1"
+    assert "0 dropped" in seen.status and "no backward pass seen" not in seen.status
+    # one feed and its one thread; the widget shown before the reload closed, the new open
+    assert seen.again == "state 1 1 [True, False]"
+    assert seen.widgets == 1 and "0 dropped" in seen.status_again
+
+
+def _wait_saved(path: Path) -> None:
+    """Until the notebook's file holds the widget's output (a hang, not a speed)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        cells = json.loads(path.read_text())["cells"]
+        if any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+               for o in cells[1].get("outputs", [])):  # fmt: skip
+            return
+        time.sleep(0.2)
+    raise AssertionError("the notebook was not saved")
