@@ -32,8 +32,11 @@ def test_run_all_shows_the_live_viewer_in_the_cell_with_the_trained_graph(front_
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright, browser_page(playwright) as (page, errors):
-        blocked: list[str] = []
-        page.on("console", lambda m: blocked.append(m.text) if "frame" in m.text else None)
+        blocked: list[str] = []  # the browser's word when a policy refuses the frame
+        page.on(
+            "console",
+            lambda m: blocked.append(m.text) if "frame-ancestors" in m.text else None,
+        )
         open_notebook(page, front_end)
         run_all(page)
         page.locator(".jp-OutputArea-output pre", has_text="trained").wait_for(timeout=120_000)
