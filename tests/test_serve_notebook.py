@@ -10,13 +10,17 @@ from __future__ import annotations
 import re
 
 import pytest
-from notebook_support import NOTEBOOK, TRAINING, browser_page, jupyter, open_notebook, run_all
+from notebook_support import (
+    FRONT_END_RACE,
+    NOTEBOOK,
+    TRAINING,
+    browser_page,
+    jupyter,
+    open_notebook,
+    run_all,
+)
 
 CELLS = ["import opgraph\nviewer = opgraph.serve(port=0)\nviewer", TRAINING]
-
-# Notebook 7's own start-up race (jupyter/notebook#7862), as in test_widget_notebook.py: the
-# only page error that is not the viewer's.
-FRONT_END_RACE = re.compile(r"Cannot read properties of undefined \(reading 'schema'\)")
 
 
 @pytest.fixture(params=["notebook", "jupyterlab"])

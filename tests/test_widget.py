@@ -83,8 +83,7 @@ def test_in_a_kernel_the_widget_streams_through_the_comm_and_opens_no_port():
         setup = "import opgraph\nengine = opgraph.Engine(name='nb')\n" + LISTENING
         _run(kc, setup + "before = listening()")
         shown, comms = _run(kc, "w = opgraph.widget(engine)\nw")
-        view = next(o["data"] for o in shown if "data" in o)
-        model_id = view["application/vnd.jupyter.widget-view+json"]["model_id"]
+        model_id = _model_id(shown)
         assert comms == []  # no page yet: nothing sent, nothing held
         _, comms = _run(kc, BUILD)  # built before the page is ready ("Run All")
         assert comms == []

@@ -9,10 +9,9 @@ the widget's cell again then still closes the earlier widget."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from notebook_support import (
+    FRONT_END_RACE,
     NOTEBOOK,
     assert_the_reloaded_widget_was_shown,
     assert_the_widget_was_shown,
@@ -20,15 +19,6 @@ from notebook_support import (
     jupyter,
     reload_and_run_again,
     run_widget_notebook,
-)
-
-# Notebook 7's own start-up race (jupyter/notebook#7862): its keyboard-shortcuts plugin reads
-# the schema of a settings plugin not loaded yet, in the page's core bundle, before any cell
-# runs. It is not the widget's (whose code runs from a blob: URL), and is the only error left
-# out.
-FRONT_END_RACE = re.compile(
-    r"Cannot read properties of undefined \(reading 'schema'\)\n"
-    r"TypeError: [^\n]*\n\s+at \S+/static/notebook/notebook_core\.\w+\.js"
 )
 
 
